@@ -1,0 +1,279 @@
+"""The mesh as one reader sees it: a pure, synchronous core fed with etcd puts, deletes and resyncs.
+
+It turns raw key/values into typed records, emits only real differences as typed events, reports
+rejected records (never raises on remote input) and applies the MCS conflict rule.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from federation.errors import RecordError
+from federation.model import (
+    Keys,
+    ServiceExport,
+    ServiceKey,
+    ServicePort,
+    ServiceType,
+    Site,
+    SiteKey,
+    decode_export,
+    decode_site,
+)
+
+ExportId = tuple[str, str, str]
+"""(site, namespace, name)"""
+
+
+# ---------------------------------------------------------------- events
+
+
+@dataclass(frozen=True, slots=True)
+class SiteAdded:
+    site: Site
+
+
+@dataclass(frozen=True, slots=True)
+class SiteChanged:
+    site: Site
+    previous: Site
+
+
+@dataclass(frozen=True, slots=True)
+class SiteRemoved:
+    site: Site
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceAdded:
+    export: ServiceExport
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceChanged:
+    export: ServiceExport
+    previous: ServiceExport
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceRemoved:
+    export: ServiceExport
+
+
+Event = SiteAdded | SiteChanged | SiteRemoved | ServiceAdded | ServiceChanged | ServiceRemoved
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """A record that failed validation: its key and why."""
+
+    key: str
+    reason: str
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What one put, delete or resync did."""
+
+    events: list[Event] = field(default_factory=list)
+    rejected: list[Rejected] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------- federated view
+
+
+@dataclass(frozen=True, slots=True)
+class Conflict:
+    """A site whose export disagrees with the winning (oldest) export of the same service."""
+
+    site: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class FederatedService:
+    """One service across the mesh: the winning spec and the agreeing exports."""
+
+    namespace: str
+    name: str
+    type: ServiceType
+    ports: tuple[ServicePort, ...]
+    exports: tuple[ServiceExport, ...]
+    conflicts: tuple[Conflict, ...] = ()
+
+    @property
+    def sites(self) -> tuple[str, ...]:
+        """Sites whose export is part of the service."""
+        return tuple(e.site for e in self.exports)
+
+
+def resolve(exports: Iterable[ServiceExport]) -> FederatedService:
+    """Merge the exports of one service: the oldest export's ports and type win (MCS), others conflict."""
+    ordered = sorted(exports, key=lambda e: (e.exported_at, e.site))
+    if not ordered:
+        raise ValueError("resolve needs at least one export")
+    winner = ordered[0]
+    spec = winner.spec()
+    members: list[ServiceExport] = []
+    conflicts: list[Conflict] = []
+    for e in ordered:
+        if e.spec() == spec:
+            members.append(e)
+            continue
+        if e.type != winner.type:
+            reason = f"type {e.type.value} differs from {winner.type.value} exported first by {winner.site}"
+        else:
+            reason = f"ports {_ports_text(e.ports)} differ from {_ports_text(winner.ports)} exported first by {winner.site}"
+        conflicts.append(Conflict(e.site, reason))
+    return FederatedService(
+        namespace=winner.namespace,
+        name=winner.name,
+        type=winner.type,
+        ports=winner.ports,
+        exports=tuple(sorted(members, key=lambda e: e.site)),
+        conflicts=tuple(conflicts),
+    )
+
+
+def _ports_text(ports: tuple[ServicePort, ...]) -> str:
+    return ",".join(f"{p.name}/{p.port}/{p.protocol.value}" for p in sorted(ports, key=lambda p: p.port))
+
+
+@dataclass(frozen=True, slots=True)
+class MeshView:
+    """An immutable snapshot of the mesh for answering (DNS, egress, CLI)."""
+
+    sites: Mapping[str, Site]
+    exports: Mapping[ExportId, ServiceExport]
+    revision: int = 0
+
+    def services(self) -> dict[tuple[str, str], FederatedService]:
+        """Every federated service, conflict rule applied; exports of sites without a site record are left out."""
+        grouped: dict[tuple[str, str], list[ServiceExport]] = {}
+        for export in self.exports.values():
+            if export.site in self.sites:
+                grouped.setdefault(export.service, []).append(export)
+        return {svc: resolve(group) for svc, group in sorted(grouped.items())}
+
+    def service(self, namespace: str, name: str) -> FederatedService | None:
+        """One federated service, or None."""
+        group = [
+            e for e in self.exports.values() if e.service == (namespace, name) and e.site in self.sites
+        ]
+        return resolve(group) if group else None
+
+
+# ---------------------------------------------------------------- the catalog
+
+
+class Catalog:
+    """Typed state of every valid record under one key prefix, updated by puts, deletes and resyncs."""
+
+    def __init__(self, keys: Keys) -> None:
+        self._keys = keys
+        self._raw: dict[str, bytes] = {}
+        self._sites: dict[str, Site] = {}
+        self._exports: dict[ExportId, ServiceExport] = {}
+        self._rejected: dict[str, str] = {}
+        self.revision = 0
+
+    # -- inputs
+
+    def put(self, key: str, value: bytes, revision: int = 0) -> Outcome:
+        """Apply one put of `key`."""
+        out = Outcome()
+        self.revision = max(self.revision, revision)
+        if self._raw.get(key) == value:
+            return out
+        self._raw[key] = value
+        self._apply(key, value, out)
+        return out
+
+    def delete(self, key: str, revision: int = 0) -> Outcome:
+        """Apply one delete of `key`."""
+        out = Outcome()
+        self.revision = max(self.revision, revision)
+        if self._raw.pop(key, None) is None:
+            return out
+        self._rejected.pop(key, None)
+        self._remove(key, out)
+        return out
+
+    def resync(self, kvs: Mapping[str, bytes], revision: int) -> Outcome:
+        """Replace the whole state with a fresh listing; emit only what really differs."""
+        out = Outcome()
+        for key in sorted(set(self._raw) - set(kvs)):
+            sub = self.delete(key)
+            out.events += sub.events
+        for key, value in sorted(kvs.items()):
+            sub = self.put(key, value)
+            out.events += sub.events
+            out.rejected += sub.rejected
+        self.revision = revision
+        return out
+
+    # -- outputs
+
+    def view(self) -> MeshView:
+        """An immutable snapshot of the current state."""
+        return MeshView(
+            sites=MappingProxyType(dict(self._sites)),
+            exports=MappingProxyType(dict(self._exports)),
+            revision=self.revision,
+        )
+
+    @property
+    def rejected(self) -> Mapping[str, str]:
+        """Keys currently holding an invalid record, with the reason."""
+        return MappingProxyType(self._rejected)
+
+    def __len__(self) -> int:
+        return len(self._sites) + len(self._exports)
+
+    # -- private
+
+    def _apply(self, key: str, value: bytes, out: Outcome) -> None:
+        try:
+            parsed = self._keys.parse(key)
+            if parsed is None:
+                return
+            if isinstance(parsed, SiteKey):
+                site = decode_site(parsed, value)
+                self._rejected.pop(key, None)
+                old_site = self._sites.get(site.name)
+                self._sites[site.name] = site
+                if old_site is None:
+                    out.events.append(SiteAdded(site))
+                elif old_site != site:
+                    out.events.append(SiteChanged(site, old_site))
+                return
+            export = decode_export(parsed, value)
+            self._rejected.pop(key, None)
+            ident = (parsed.site, parsed.namespace, parsed.name)
+            old_export = self._exports.get(ident)
+            self._exports[ident] = export
+            if old_export is None:
+                out.events.append(ServiceAdded(export))
+            elif old_export != export:
+                out.events.append(ServiceChanged(export, old_export))
+        except RecordError as exc:
+            self._rejected[key] = str(exc)
+            out.rejected.append(Rejected(key, str(exc)))
+            # The key no longer holds a valid record: a fresh reader would not see one either.
+            self._remove(key, out)
+
+    def _remove(self, key: str, out: Outcome) -> None:
+        try:
+            parsed = self._keys.parse(key)
+        except RecordError:
+            return
+        if isinstance(parsed, SiteKey):
+            site = self._sites.pop(parsed.site, None)
+            if site is not None:
+                out.events.append(SiteRemoved(site))
+        elif isinstance(parsed, ServiceKey):
+            export = self._exports.pop((parsed.site, parsed.namespace, parsed.name), None)
+            if export is not None:
+                out.events.append(ServiceRemoved(export))

@@ -1,0 +1,27 @@
+"""The error tree, shaped by what callers catch."""
+
+from __future__ import annotations
+
+
+class MeshfedError(Exception):
+    """Base of every error meshfed raises on purpose."""
+
+
+class ConfigError(MeshfedError):
+    """A config file, flag or environment variable is wrong; the message names file, field and reason."""
+
+
+class RegistryUnavailable(MeshfedError):
+    """etcd could not be reached or did not answer in time; retryable."""
+
+
+class RecordError(MeshfedError):
+    """A registry key or value failed validation; the message says why."""
+
+
+class LocalProtocolError(MeshfedError):
+    """We tried to do something the protocol forbids: a bug on our side."""
+
+
+class RemoteProtocolError(MeshfedError):
+    """The peer misbehaved; close that stream only."""

@@ -1,0 +1,1 @@
+"""meshfed data plane: tunnel protocol, east-west listener, egress, load balancing."""
