@@ -125,7 +125,10 @@ def resolve(exports: Iterable[ServiceExport]) -> FederatedService:
         if e.type != winner.type:
             reason = f"type {e.type.value} differs from {winner.type.value} exported first by {winner.site}"
         else:
-            reason = f"ports {_ports_text(e.ports)} differ from {_ports_text(winner.ports)} exported first by {winner.site}"
+            reason = (
+                f"ports {_ports_text(e.ports)} differ from {_ports_text(winner.ports)} "
+                f"exported first by {winner.site}"
+            )
         conflicts.append(Conflict(e.site, reason))
     return FederatedService(
         namespace=winner.namespace,

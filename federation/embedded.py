@@ -144,7 +144,7 @@ class EtcdProcess:
     def _port_open(self) -> bool:
         if self.tls is None:
             try:
-                with urllib.request.urlopen(f"http://{self.endpoint}/health", timeout=1) as resp:  # noqa: S310
+                with urllib.request.urlopen(f"http://{self.endpoint}/health", timeout=1) as resp:
                     return bool(resp.status == 200)
             except (urllib.error.URLError, OSError):
                 return False

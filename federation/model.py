@@ -450,10 +450,10 @@ def validate_export(export: ServiceExport) -> None:
             raise RecordError(f"{where}.addresses has more than {_MAX_ADDRESSES} entries")
         for a in e.addresses:
             _check_ip(f"{where}.addresses", a)
-        for p in e.ports:
-            if p.name not in seen:
-                raise RecordError(f"{where}.ports names {p.name!r}, which is not a service port")
-            _check_port(f"{where}.ports.{p.name}", p.port)
+        for ep in e.ports:
+            if ep.name not in seen:
+                raise RecordError(f"{where}.ports names {ep.name!r}, which is not a service port")
+            _check_port(f"{where}.ports.{ep.name}", ep.port)
         if e.hostname is not None:
             _check_label(f"{where}.hostname", e.hostname)
             if e.hostname in hostnames:

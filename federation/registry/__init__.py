@@ -1,0 +1,1 @@
+"""The registry: etcd adapter, the site's publisher and the mesh-wide mirror."""

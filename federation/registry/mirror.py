@@ -1,0 +1,211 @@
+"""The mesh mirror: list once, watch from that revision, resync on compaction or a broken stream.
+
+While etcd is unreachable it keeps serving the last known state and reports itself stale.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from federation.backoff import Backoff
+from federation.catalog import Catalog, Event, MeshView, Outcome
+from federation.errors import RegistryUnavailable
+from federation.model import Keys
+from federation.ratelimit import LogLimiter
+from federation.registry.etcd import Compacted, EtcdClient
+
+log = logging.getLogger(__name__)
+
+Subscriber = Callable[[MeshView, Sequence[Event]], None]
+
+
+class RegistryMetrics:
+    """The registry's Prometheus metrics, on the agent's own CollectorRegistry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.synced = Gauge("meshfed_registry_synced", "1 once the initial registry listing is done", registry=registry)
+        self.stale = Gauge(
+            "meshfed_registry_stale",
+            "1 while etcd is unreachable and the mirror serves its last state",
+            registry=registry,
+        )
+        self.staleness = Gauge(
+            "meshfed_registry_staleness_seconds", "Seconds since the mirror last heard from etcd", registry=registry
+        )
+        self.records = Gauge("meshfed_registry_records", "Valid sites and exports in the mirror", registry=registry)
+        self.seen = Counter("meshfed_registry_records_seen", "Registry puts and deletes applied", registry=registry)
+        self.rejected = Counter(
+            "meshfed_registry_records_rejected",
+            "Registry records skipped because they failed validation",
+            registry=registry,
+        )
+        self.watch_restarts = Counter(
+            "meshfed_registry_watch_restarts", "Times the list/watch session was restarted", registry=registry
+        )
+        self.resyncs = Counter("meshfed_registry_resyncs", "Full listings after the first one", registry=registry)
+
+
+class Mirror:
+    """A live, typed copy of every site's records, fed by etcd list/watch."""
+
+    def __init__(
+        self,
+        client: EtcdClient,
+        keys: Keys,
+        *,
+        metrics: RegistryMetrics | None = None,
+        backoff: Backoff | None = None,
+        probe_interval: float = 2.0,
+        probe_timeout: float = 3.0,
+    ) -> None:
+        self._client = client
+        self._keys = keys
+        self._metrics = metrics or RegistryMetrics(CollectorRegistry())
+        self._backoff = backoff or Backoff()
+        self._probe_interval = probe_interval
+        self._probe_timeout = probe_timeout
+        self.catalog = Catalog(keys)
+        self._view = self.catalog.view()
+        self._subscribers: list[Subscriber] = []
+        self._pending: list[Event] = []
+        self._flush_scheduled = False
+        self._reject_log = LogLimiter(interval=60.0, capacity=1024)
+        self._last_contact: float | None = None
+        self.synced = asyncio.Event()
+        self.stale = True
+        self.error: str | None = None
+        self.sessions = 0
+        self._metrics.staleness.set_function(self.staleness)
+        self._metrics.stale.set(1)
+
+    # -- reading
+
+    def view(self) -> MeshView:
+        """The current snapshot (the last known one while stale)."""
+        return self._view
+
+    def staleness(self) -> float:
+        """Seconds since etcd last answered, 0 while the watch is healthy."""
+        if not self.stale:
+            return 0.0
+        if self._last_contact is None:
+            return float("inf")
+        return time.monotonic() - self._last_contact
+
+    def subscribe(self, callback: Subscriber) -> None:
+        """Call `callback(view, events)` after each batch of changes (synchronously, in the loop)."""
+        self._subscribers.append(callback)
+
+    # -- running
+
+    async def run(self) -> None:
+        """Mirror until cancelled; never deletes from the local view because etcd is away."""
+        try:
+            await self._loop()
+        finally:
+            await asyncio.shield(self._client.close())
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await self._session()
+            except RegistryUnavailable as exc:
+                self._mark_stale(str(exc))
+                self._metrics.watch_restarts.inc()
+                delay = 0.0 if isinstance(exc, Compacted) else self._backoff.next()
+                log.warning("registry mirror: %s; resyncing in %.1fs (serving last known state)", exc, delay)
+                await self._client.reset()
+                await asyncio.sleep(delay)
+
+    async def _session(self) -> None:
+        kvs, revision = await self._client.get_prefix(self._keys.root())
+        outcome = self.catalog.resync({k: v.value for k, v in kvs.items()}, revision)
+        self.sessions += 1
+        if self.sessions > 1:
+            self._metrics.resyncs.inc()
+        self._record(outcome, count=len(kvs) if self.sessions == 1 else len(outcome.events))
+        self._flush()
+        self._healthy()
+        if not self.synced.is_set():
+            log.info("registry mirror: initial sync done at revision %d (%d records)", revision, len(self.catalog))
+            self.synced.set()
+            self._metrics.synced.set(1)
+        self._backoff.reset()
+        probe = asyncio.create_task(self._probe(), name="registry-probe")
+        watch = asyncio.create_task(self._watch(revision), name="registry-watch")
+        try:
+            done, _ = await asyncio.wait({probe, watch}, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()
+            raise RegistryUnavailable("watch stream ended")
+        finally:
+            for task in (probe, watch):
+                task.cancel()
+            await asyncio.gather(probe, watch, return_exceptions=True)
+
+    async def _watch(self, revision: int) -> None:
+        async for event in self._client.watch_prefix(self._keys.root(), revision + 1):
+            if event.value is None:
+                outcome = self.catalog.delete(event.key, event.revision)
+            else:
+                outcome = self.catalog.put(event.key, event.value, event.revision)
+            self._record(outcome, count=1)
+            self._last_contact = time.monotonic()
+
+    async def _probe(self) -> None:
+        """Detect a silent etcd (partition, stopped process) that leaves the watch hanging."""
+        while True:
+            await asyncio.sleep(self._probe_interval)
+            try:
+                await asyncio.wait_for(self._client.revision(), self._probe_timeout)
+            except TimeoutError:
+                raise RegistryUnavailable(f"etcd did not answer within {self._probe_timeout:.1f}s") from None
+            self._healthy()
+
+    # -- private
+
+    def _healthy(self) -> None:
+        self._last_contact = time.monotonic()
+        if self.stale:
+            if self.synced.is_set():
+                log.info("registry mirror: etcd reachable again; serving live state")
+            self.stale = False
+            self.error = None
+            self._metrics.stale.set(0)
+
+    def _mark_stale(self, reason: str) -> None:
+        self.stale = True
+        self.error = reason
+        self._metrics.stale.set(1)
+
+    def _record(self, outcome: Outcome, count: int) -> None:
+        self._metrics.seen.inc(count)
+        now = time.monotonic()
+        for rej in outcome.rejected:
+            self._metrics.rejected.inc()
+            if self._reject_log.allow(rej.key, now):
+                log.warning("registry mirror: skipped record %s: %s", rej.key, rej.reason)
+        if outcome.events:
+            self._pending.extend(outcome.events)
+            if not self._flush_scheduled:
+                self._flush_scheduled = True
+                asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        """Publish one new view for every burst of events (the watch hands them over without yielding)."""
+        self._flush_scheduled = False
+        events, self._pending = self._pending, []
+        self._view = self.catalog.view()
+        self._metrics.records.set(len(self.catalog))
+        if not events:
+            return
+        for callback in self._subscribers:
+            try:
+                callback(self._view, events)
+            except Exception:
+                log.exception("registry mirror: subscriber %r failed", callback)
