@@ -1,0 +1,79 @@
+"""Test helpers: a small mesh PKI made by our own issuing code, and MeshViews whose sites carry it."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from federation.catalog import MeshView
+from federation.issuing import Authority, Issued, cert_pem, issue_gateway, new_root, new_site_ca
+from federation.model import Endpoint, EndpointPort, Gateway, Locality, ServiceExport, ServicePort, Site
+
+TD = "mesh.example"
+_HERE = Locality()
+
+
+def now() -> dt.datetime:
+    """The current UTC time."""
+    return dt.datetime.now(dt.UTC)
+
+
+@dataclass
+class Mesh:
+    """A root CA and site CAs issued from it, for tests."""
+
+    trust_domain: str = TD
+    root: Authority = field(init=False)
+    sites: dict[str, Authority] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.root = new_root(self.trust_domain, now())
+
+    def site_ca(self, name: str) -> Authority:
+        """The site CA of `name`, made on first use."""
+        if name not in self.sites:
+            self.sites[name] = new_site_ca(self.root, name, now())
+        return self.sites[name]
+
+    def leaf(self, site: str, gateway: str = "gw", lifetime: dt.timedelta = dt.timedelta(hours=24),
+             at: dt.datetime | None = None) -> Issued:
+        """A gateway leaf for `site`."""
+        return issue_gateway(self.site_ca(site), gateway, at or now(), lifetime)
+
+    def bundle_pem(self) -> bytes:
+        """The trust bundle (root certificate) as PEM."""
+        return cert_pem(self.root.cert)
+
+    def site(self, name: str, network: str | None = None, gateways: tuple[Gateway, ...] = (),
+             locality: Locality = _HERE) -> Site:
+        """A site record whose ca_chain is the site's intermediate."""
+        return Site(name=name, network=network or f"net-{name}", locality=locality, gateways=gateways,
+                    ca_chain=cert_pem(self.site_ca(name).cert).decode())
+
+    def write_leaf(self, directory: Path, site: str, gateway: str = "gw") -> tuple[Path, Path, Path]:
+        """Write chain, key and bundle PEM files for a gateway leaf; return their paths."""
+        issued = self.leaf(site, gateway)
+        directory.mkdir(parents=True, exist_ok=True)
+        chain, key, bundle = directory / "gw.crt", directory / "gw.key", directory / "bundle.pem"
+        chain.write_bytes(issued.chain_pem())
+        key.write_bytes(issued.key_pem())
+        bundle.write_bytes(self.bundle_pem())
+        return chain, key, bundle
+
+
+def export(site: str, ns: str, name: str, port: int, addresses: tuple[str, ...] = ("127.0.0.1",),
+           port_name: str = "tcp", endpoint_ports: tuple[int, ...] = (), ready: bool = True) -> ServiceExport:
+    """An export with one service port and one endpoint per target port (all at `addresses`)."""
+    targets = endpoint_ports or (port,)
+    endpoints = tuple(
+        Endpoint(addresses=addresses, ports=(EndpointPort(port_name, p),), ready=ready) for p in targets
+    )
+    return ServiceExport(site=site, namespace=ns, name=name, ports=(ServicePort(port_name, port),),
+                         endpoints=endpoints)
+
+
+def view(sites: list[Site], exports: list[ServiceExport] = ()) -> MeshView:  # type: ignore[assignment]
+    """A MeshView of `sites` and `exports`."""
+    return MeshView(sites={s.name: s for s in sites},
+                    exports={(e.site, e.namespace, e.name): e for e in exports})
