@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from federation.backoff import Backoff
-from federation.catalog import Event, MeshView, ServiceAdded, ServiceChanged, ServiceRemoved
+from federation.catalog import Event, MeshView
 from federation.embedded import EtcdProcess
 from federation.model import Keys, ServicePort
 from federation.registry.etcd import EtcdClient

@@ -1,0 +1,7 @@
+"""`python -m federation` is the `meshfed` command."""
+
+import sys
+
+from federation.cli import main
+
+sys.exit(main())

@@ -1,0 +1,90 @@
+"""The admin HTTP endpoint: /healthz, /readyz, /metrics and /registry (the mirror as JSON)."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+log = logging.getLogger(__name__)
+
+Check = Callable[[], str | None]
+"""Returns None when fine, else the reason (shown in the response body)."""
+
+
+class AdminServer:
+    """Serves health, readiness, metrics and JSON documents registered by subsystems."""
+
+    def __init__(self, host: str, port: int, metrics: CollectorRegistry) -> None:
+        self._host = host
+        self._port = port
+        self._metrics = metrics
+        self._live: list[tuple[str, Check]] = []
+        self._ready: list[tuple[str, Check]] = []
+        self._documents: dict[str, Callable[[], Any]] = {}
+        self._runner: web.AppRunner | None = None
+        self.bound: tuple[str, int] | None = None
+
+    def add_liveness(self, name: str, check: Check) -> None:
+        """A check that must pass for /healthz."""
+        self._live.append((name, check))
+
+    def add_readiness(self, name: str, check: Check) -> None:
+        """A check that must pass for /readyz."""
+        self._ready.append((name, check))
+
+    def add_document(self, path: str, producer: Callable[[], Any]) -> None:
+        """Serve `producer()` as JSON at `path` (e.g. /registry)."""
+        self._documents[path] = producer
+
+    async def start(self) -> tuple[str, int]:
+        """Listen; returns the bound (host, port) (port 0 picks one)."""
+        app = web.Application()
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        app.router.add_get("/metrics", self._metrics_handler)
+        for path in self._documents:
+            app.router.add_get(path, self._document)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self._host, self._port))
+        sock.setblocking(False)
+        site = web.SockSite(self._runner, sock)
+        await site.start()
+        self.bound = (self._host, int(sock.getsockname()[1]))
+        log.info("admin endpoint on http://%s:%d", *self.bound)
+        return self.bound
+
+    async def close(self) -> None:
+        """Stop listening."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def _healthz(self, _req: web.Request) -> web.Response:
+        return _checks(self._live, "alive")
+
+    async def _readyz(self, _req: web.Request) -> web.Response:
+        return _checks(self._ready, "ready")
+
+    async def _metrics_handler(self, _req: web.Request) -> web.Response:
+        body = generate_latest(self._metrics)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _document(self, req: web.Request) -> web.Response:
+        return web.json_response(self._documents[req.path]())
+
+
+def _checks(checks: list[tuple[str, Check]], word: str) -> web.Response:
+    failing = [(name, reason) for name, check in checks if (reason := check()) is not None]
+    if failing:
+        text = "\n".join(f"not {word}: {name}: {reason}" for name, reason in failing)
+        return web.Response(status=503, text=text + "\n")
+    return web.Response(text=f"{word}\n")

@@ -1,0 +1,130 @@
+"""The agent's composition root: registry sync, admin and (later) DNS, gateway and sources, in one TaskGroup."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Awaitable
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+
+import federation
+from federation.config import AgentConfig
+from federation.embedded import EtcdProcess
+from federation.errors import LocalProtocolError
+from federation.model import Keys, Locality, Site
+from federation.registry.etcd import EtcdClient, TLSFiles
+from federation.registry.mirror import Mirror, RegistryMetrics
+from federation.registry.publisher import Publisher
+from federation.reporting import registry_report
+
+log = logging.getLogger(__name__)
+
+ADMIN_ADDR_FILE = "admin.addr"
+
+
+class _Shutdown(Exception):
+    """Raised inside the task group to end it in order."""
+
+
+class Agent:
+    """One site's agent: publishes the site's exports and mirrors the mesh."""
+
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self.keys = Keys(config.registry.prefix)
+        self.metrics = CollectorRegistry()
+        self.etcd: EtcdProcess | None = None
+        self.mirror: Mirror | None = None
+        self.publisher: Publisher | None = None
+        self.admin_address: tuple[str, int] | None = None
+
+    def site_record(self) -> Site:
+        """The site record this agent publishes."""
+        s = self.config.site
+        return Site(
+            name=s.name,
+            network=s.network,
+            locality=Locality(s.region, s.zone),
+            kind=s.kind,
+            agent_version=federation.__version__,
+        )
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until `stop` is set; a subsystem that fails ends the agent with its error."""
+        cfg = self.config
+        state = cfg.state_dir
+        state.mkdir(parents=True, exist_ok=True, mode=0o700)
+        endpoints = cfg.registry.endpoints
+        if not endpoints:
+            self.etcd = EtcdProcess(data_dir=state / "etcd")
+            await asyncio.to_thread(self.etcd.start)
+            endpoints = (self.etcd.endpoint,)
+            log.info("no registry.endpoints configured: started embedded etcd at %s", self.etcd.endpoint)
+        try:
+            await self._run(endpoints, stop)
+        finally:
+            if self.etcd is not None:
+                await asyncio.to_thread(self.etcd.stop)
+                log.info("embedded etcd stopped")
+
+    async def _run(self, endpoints: tuple[str, ...], stop: asyncio.Event) -> None:
+        from federation.admin import AdminServer
+
+        cfg = self.config
+        tls = TLSFiles(cfg.registry.tls.ca, cfg.registry.tls.cert, cfg.registry.tls.key) if cfg.registry.tls else None
+
+        def client() -> EtcdClient:
+            return EtcdClient(endpoints, tls=tls, timeout=cfg.registry.timeout)
+
+        mirror = self.mirror = Mirror(client(), self.keys, metrics=RegistryMetrics(self.metrics))
+        publisher = self.publisher = Publisher(
+            client(), self.keys, self.site_record(), cfg.exports,
+            ttl=cfg.registry.lease_ttl, lease_file=cfg.state_dir / "lease",
+        )  # fmt: skip
+        admin = AdminServer(cfg.admin.address, cfg.admin.port, self.metrics)
+        admin.add_readiness("registry", lambda: None if mirror.synced.is_set() else "initial registry sync pending")
+        admin.add_readiness("publisher", lambda: None if publisher.published.is_set() else "site not yet published")
+        admin.add_document("/registry", lambda: registry_report(
+            mirror.view(), mirror.catalog.rejected, source=f"agent of site {cfg.site.name}",
+            stale=mirror.stale, staleness=mirror.staleness(), error=mirror.error,
+        ))  # fmt: skip
+        self.admin_address = await admin.start()
+        _write_private(cfg.state_dir / ADMIN_ADDR_FILE, f"{self.admin_address[0]}:{self.admin_address[1]}\n")
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(_guard("registry mirror", mirror.run()), name="registry-mirror")
+                tg.create_task(_guard("registry publisher", publisher.run()), name="registry-publisher")
+                tg.create_task(_stop_on(stop), name="stop-waiter")
+        except* _Shutdown:
+            log.info("agent for site %s stopped", cfg.site.name)
+        finally:
+            await admin.close()
+            with contextlib.suppress(FileNotFoundError):
+                (cfg.state_dir / ADMIN_ADDR_FILE).unlink()
+
+
+async def _guard(name: str, work: Awaitable[None]) -> None:
+    """Log the death of a long-lived task loudly; its end ends the agent."""
+    try:
+        await work
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("%s has failed; stopping the agent", name)
+        raise
+    raise LocalProtocolError(f"{name} returned, which it never should")
+
+
+async def _stop_on(stop: asyncio.Event) -> None:
+    await stop.wait()
+    raise _Shutdown
+
+
+def _write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)

@@ -1,0 +1,172 @@
+"""Core subcommands: `agent`, `registry ls`, `version`, `demo`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from federation.catalog import Catalog
+from federation.config import AgentConfig, load_config
+from federation.errors import ConfigError, MeshfedError, RegistryUnavailable
+from federation.model import DEFAULT_PREFIX, Keys
+from federation.registry.etcd import EtcdClient, TLSFiles
+from federation.reporting import format_report, registry_report
+
+log = logging.getLogger(__name__)
+
+
+def add_commands(sub: Any) -> None:
+    """Register the core subcommands."""
+    p = sub.add_parser("agent", help="run a site's agent")
+    p.add_argument("--config", required=True, help="agent config file (YAML)")
+    p.set_defaults(handler=cmd_agent)
+
+    reg = sub.add_parser("registry", help="inspect the registry")
+    regsub = reg.add_subparsers(dest="registry_command", metavar="COMMAND")
+    ls = regsub.add_parser("ls", help="sites, services, endpoints, conflicts and staleness")
+    ls.add_argument("--config", help="agent config file: its registry settings (and its agent, as a fallback)")
+    ls.add_argument("--endpoints", help="etcd host:port[,host:port...] (overrides the config)")
+    ls.add_argument("--prefix", default=None, help=f"registry key prefix (default {DEFAULT_PREFIX})")
+    ls.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    ls.set_defaults(handler=cmd_registry_ls)
+
+    v = sub.add_parser("version", help="print the version")
+    v.set_defaults(handler=cmd_version)
+
+    d = sub.add_parser("demo", help="run a one-machine demo on an embedded etcd")
+    d.add_argument("--state-dir", default=None, help="where the demo keeps its files (default: a temp dir)")
+    d.add_argument("--keep", action="store_true", help="leave it running until Ctrl-C")
+    d.set_defaults(handler=cmd_demo)
+
+
+def cmd_version(_args: argparse.Namespace) -> int:
+    from federation.cli import version_text
+
+    print(version_text())
+    return 0
+
+
+def cmd_agent(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"meshfed: {exc}", file=sys.stderr)
+        return 2
+    return run_agent_process(config)
+
+
+def run_agent_process(config: AgentConfig) -> int:
+    """Run an agent in this process until SIGINT/SIGTERM; exit code for the shell."""
+    from federation.agent import Agent
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await Agent(config).run(stop)
+
+    try:
+        _run(main())
+    except Exception as exc:
+        errors = _leaves(exc)
+        if not all(isinstance(e, MeshfedError) for e in errors):
+            raise
+        for e in errors:
+            print(f"meshfed: {e}", file=sys.stderr)
+        return 2 if any(isinstance(e, ConfigError) for e in errors) else 1
+    return 0
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
+    return [exc]
+
+
+def cmd_registry_ls(args: argparse.Namespace) -> int:
+    try:
+        report = asyncio.run(_registry_report(args))
+    except (ConfigError, RegistryUnavailable) as exc:
+        print(f"meshfed: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0
+
+
+async def _registry_report(args: argparse.Namespace) -> dict[str, Any]:
+    config = load_config(args.config) if args.config else None
+    prefix = args.prefix or (config.registry.prefix if config else DEFAULT_PREFIX)
+    endpoints = _endpoints(args, config)
+    tls = None
+    if config and config.registry.tls:
+        t = config.registry.tls
+        tls = TLSFiles(t.ca, t.cert, t.key)
+    timeout = config.registry.timeout if config else 5.0
+    client = EtcdClient(endpoints, tls=tls, timeout=timeout)
+    try:
+        kvs, revision = await asyncio.wait_for(client.get_prefix(Keys(prefix).root()), timeout + 1)
+    except (RegistryUnavailable, TimeoutError) as exc:
+        fallback = _agent_view(config) if config else None
+        if fallback is None:
+            raise RegistryUnavailable(f"cannot read the registry at {','.join(endpoints)}: {exc}") from None
+        fallback["stale"] = True
+        fallback["error"] = f"etcd unreachable from this shell ({exc}); showing the agent's last known view"
+        return fallback
+    finally:
+        await client.close()
+    catalog = Catalog(Keys(prefix))
+    catalog.resync({k: v.value for k, v in kvs.items()}, revision)
+    return registry_report(catalog.view(), catalog.rejected, source=f"etcd {','.join(endpoints)}")
+
+
+def _endpoints(args: argparse.Namespace, config: AgentConfig | None) -> tuple[str, ...]:
+    if args.endpoints:
+        return tuple(e.strip() for e in args.endpoints.split(",") if e.strip())
+    if config and config.registry.endpoints:
+        return config.registry.endpoints
+    if config:
+        from federation.embedded import ENDPOINT_FILE
+
+        path = config.state_dir / "etcd" / ENDPOINT_FILE
+        with contextlib.suppress(OSError):
+            return (path.read_text().strip(),)
+        raise ConfigError(f"{config.source}: registry.endpoints is empty and no embedded etcd is running ({path})")
+    raise ConfigError("say where the registry is: --config FILE or --endpoints host:port")
+
+
+def _agent_view(config: AgentConfig) -> dict[str, Any] | None:
+    from federation.agent import ADMIN_ADDR_FILE
+
+    try:
+        addr = (config.state_dir / ADMIN_ADDR_FILE).read_text().strip()
+        with urllib.request.urlopen(f"http://{addr}/registry", timeout=3) as resp:
+            data: dict[str, Any] = json.load(resp)
+            return data
+    except (OSError, urllib.error.URLError, ValueError):
+        return None
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from federation.demo import run_demo
+
+    code: int = run_demo(Path(args.state_dir) if args.state_dir else None, keep=args.keep)
+    return code
+
+
+def _run(coro: Any) -> None:
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(coro)
+        return
+    uvloop.run(coro)

@@ -1,0 +1,76 @@
+"""The registry over TLS with client certificates, against a real etcd started with TLS."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from pathlib import Path
+
+import pytest
+
+from federation.embedded import EtcdProcess, EtcdTLSFiles
+from federation.errors import RegistryUnavailable
+from federation.etcdcerts import issue_etcd_client, issue_etcd_server
+from federation.issuing import Issued, cert_pem, new_root, write_private, write_public
+from federation.model import Keys
+from federation.registry.etcd import EtcdClient, TLSFiles
+from federation.registry.mirror import Mirror
+from federation.registry.publisher import Publisher
+from tests.util import eventually, export, site
+
+
+def _write(directory: Path, name: str, issued: Issued) -> tuple[Path, Path]:
+    write_public(directory / f"{name}.crt", issued.chain_pem())
+    write_private(directory / f"{name}.key", issued.key_pem())
+    return directory / f"{name}.crt", directory / f"{name}.key"
+
+
+@pytest.fixture
+def tls_etcd(tmp_path: Path) -> tuple[EtcdProcess, TLSFiles, TLSFiles]:
+    now = dt.datetime.now(dt.UTC)
+    root = new_root("mesh.example", now)
+    other = new_root("other.example", now)
+    pki = tmp_path / "pki"
+    pki.mkdir()
+    write_public(pki / "ca.crt", cert_pem(root.cert))
+    server_cert, server_key = _write(pki, "etcd", issue_etcd_server(root, ["127.0.0.1", "localhost"], now))
+    client_cert, client_key = _write(pki, "site-east", issue_etcd_client(root, "site-east", now))
+    rogue_cert, rogue_key = _write(pki, "rogue", issue_etcd_client(other, "site-east", now))
+    server = EtcdProcess(data_dir=tmp_path / "etcd", tls=EtcdTLSFiles(pki / "ca.crt", server_cert, server_key))
+    server.start()
+    yield server, TLSFiles(pki / "ca.crt", client_cert, client_key), TLSFiles(pki / "ca.crt", rogue_cert, rogue_key)
+    server.stop()
+
+
+async def test_publish_and_mirror_over_tls(tls_etcd: tuple[EtcdProcess, TLSFiles, TLSFiles]) -> None:
+    server, good, _ = tls_etcd
+    keys = Keys()
+    pub = Publisher(EtcdClient([server.endpoint], tls=good, timeout=3), keys, site("east"), [export("east")], ttl=5)
+    mirror = Mirror(EtcdClient([server.endpoint], tls=good, timeout=3), keys)
+    tasks = [asyncio.create_task(pub.run(), name="pub"), asyncio.create_task(mirror.run(), name="mirror")]
+    try:
+        await eventually(lambda: ("east", "shop", "web") in mirror.view().exports, what="export over TLS")
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_certificate_from_another_ca_is_refused(tls_etcd: tuple[EtcdProcess, TLSFiles, TLSFiles]) -> None:
+    server, _, rogue = tls_etcd
+    client = EtcdClient([server.endpoint], tls=rogue, timeout=2)
+    try:
+        with pytest.raises(RegistryUnavailable):
+            await client.get_prefix("/meshfed/")
+    finally:
+        await client.close()
+
+
+async def test_plaintext_client_is_refused(tls_etcd: tuple[EtcdProcess, TLSFiles, TLSFiles]) -> None:
+    server, _, _ = tls_etcd
+    client = EtcdClient([server.endpoint], timeout=2)
+    try:
+        with pytest.raises(RegistryUnavailable):
+            await client.get_prefix("/meshfed/")
+    finally:
+        await client.close()
