@@ -14,6 +14,7 @@ Handler = Callable[[argparse.Namespace], int]
 # Modules that add subcommands: each has `add_commands(sub)` and sets `handler=` defaults on its parsers.
 COMMAND_MODULES: tuple[str, ...] = (
     "federation.cli_core",
+    "federation.cli_etcd",
     "federation.cli_ca",
 )
 

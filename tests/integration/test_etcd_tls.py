@@ -74,3 +74,55 @@ async def test_plaintext_client_is_refused(tls_etcd: tuple[EtcdProcess, TLSFiles
             await client.get_prefix("/meshfed/")
     finally:
         await client.close()
+
+
+async def test_rbac_lets_a_site_write_only_its_own_prefix(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    certs = tmp_path / "certs"
+    ca_dir = tmp_path / "ca"
+
+    def meshfed(*args: str) -> None:
+        subprocess.run([sys.executable, "-m", "federation", *args], check=True, capture_output=True, timeout=60)
+
+    meshfed("ca", "init", "--trust-domain", "mesh.example", "--out", str(ca_dir))
+    meshfed("etcd", "certs", "--ca", str(ca_dir), "--host", "127.0.0.1", "--out", str(certs))
+    for user in ("root", "site-east", "site-west"):
+        meshfed("etcd", "client-cert", user, "--ca", str(ca_dir), "--out", str(certs))
+    assert (certs / "site-east.key").stat().st_mode & 0o077 == 0
+    server = EtcdProcess(data_dir=tmp_path / "etcd",
+                         tls=EtcdTLSFiles(certs / "ca.crt", certs / "etcd.crt", certs / "etcd.key"))
+    server.start()
+    try:
+        script = Path(__file__).parents[2] / "deploy" / "etcd" / "rbac.sh"
+        subprocess.run(["bash", str(script), server.endpoint, str(certs), "east", "west"], check=True,
+                       capture_output=True, timeout=60)
+
+        def put(user: str, key: str) -> subprocess.CompletedProcess[bytes]:
+            return subprocess.run(
+                ["etcdctl", f"--endpoints=https://{server.endpoint}", f"--cacert={certs}/ca.crt",
+                 f"--cert={certs}/{user}.crt", f"--key={certs}/{user}.key", "put", key, "{}"],
+                capture_output=True, timeout=20, env={"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"})
+
+        assert put("site-east", "/meshfed/v1/sites/east/services/shop/web").returncode == 0
+        assert put("site-east", "/meshfed/v1/sites/east").returncode == 0
+        denied = put("site-east", "/meshfed/v1/sites/west/services/shop/web")
+        assert denied.returncode != 0
+        assert b"permission denied" in denied.stderr
+        assert put("site-east", "/meshfed/v1/sites/eastern").returncode != 0  # a neighbour's name is not ours
+
+        # The agent's own publisher and mirror work with exactly these permissions.
+        east_tls = TLSFiles(certs / "ca.crt", certs / "site-east.crt", certs / "site-east.key")
+        pub = Publisher(EtcdClient([server.endpoint], tls=east_tls, timeout=3), Keys(), site("east"),
+                        [export("east", "api")], ttl=5)
+        mirror = Mirror(EtcdClient([server.endpoint], tls=east_tls, timeout=3), Keys())
+        tasks = [asyncio.create_task(pub.run(), name="pub"), asyncio.create_task(mirror.run(), name="mirror")]
+        try:
+            await eventually(lambda: ("east", "shop", "api") in mirror.view().exports, what="export under RBAC")
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+    finally:
+        server.stop()

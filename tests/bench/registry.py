@@ -1,0 +1,213 @@
+"""Registry benchmark: per-change lag from site A's publisher to site B's mirror, against a bare aetcd watch.
+
+Site A exports 100 services x 100 endpoints (10,000 endpoints) and then changes every endpoint once,
+paced at --rate changes/s through the real Publisher. Site B observes through the real Mirror
+(list + watch + decode + validate + typed events + a new view per burst). The floor is a bare aetcd
+prefix watch that only JSON-decodes the same values, run against the same workload in the same run.
+Also reports the mirror's memory per 100,000 endpoints (tracemalloc). Prints ratios, not just times.
+
+    .venv/bin/python -m tests.bench.registry [--rate 2000] [--services 100] [--per-service 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import gc
+import json
+import statistics
+import tempfile
+import time
+import tracemalloc
+from collections.abc import Callable
+from pathlib import Path
+
+import aetcd
+
+from federation.catalog import Catalog, MeshView
+from federation.embedded import EtcdProcess
+from federation.model import Endpoint, Keys, ServiceExport, ServicePort, encode_export
+from federation.registry.etcd import EtcdClient
+from federation.registry.mirror import Mirror
+from federation.registry.publisher import Publisher
+from tests.util import site
+
+KEYS = Keys()
+
+
+def address(change: int) -> str:
+    """A unique address per change id, so the observer can tell which change it sees."""
+    return f"10.{(change >> 16) & 255}.{(change >> 8) & 255}.{change & 255}"
+
+
+def change_of(addr: str) -> int:
+    _, a, b, c = (int(x) for x in addr.split("."))
+    return (a << 16) | (b << 8) | c
+
+
+def make_exports(services: int, per: int, generation: int) -> list[ServiceExport]:
+    base = generation * services * per
+    return [
+        ServiceExport("east", "bench", f"svc{s}", (ServicePort("http", 80),),
+                      endpoints=tuple(Endpoint((address(base + s * per + e),)) for e in range(per)))
+        for s in range(services)
+    ]
+
+
+async def drive_changes(publisher: Publisher, services: int, per: int, rate: float,
+                        submitted: dict[int, float]) -> None:
+    """Change every endpoint once (generation 1), at `rate` changes per second."""
+    current = make_exports(services, per, 0)
+    base = services * per
+    total = services * per
+    batch = max(1, int(rate / 200))  # one batch every 5 ms
+    start = time.perf_counter()
+    for i in range(0, total, batch):
+        for change in range(i, min(i + batch, total)):
+            s, e = divmod(change, per)
+            eps = list(current[s].endpoints)
+            eps[e] = Endpoint((address(base + change),))
+            current[s] = dataclasses.replace(current[s], endpoints=tuple(eps))
+            submitted[base + change] = time.perf_counter()
+        publisher.set_exports(current)
+        delay = start + (i + batch) / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        else:
+            await asyncio.sleep(0)
+
+
+def lags(submitted: dict[int, float], observed: dict[int, float]) -> list[float]:
+    return sorted(observed[c] - submitted[c] for c in submitted if c in observed)
+
+
+def pct(values: list[float], p: float) -> float:
+    return values[min(len(values) - 1, int(len(values) * p))]
+
+
+async def run_mirror(etcd: EtcdProcess, services: int, per: int, rate: float) -> list[float]:
+    pub = Publisher(EtcdClient([etcd.endpoint]), KEYS, site("east"), make_exports(services, per, 0), ttl=30)
+    mirror = Mirror(EtcdClient([etcd.endpoint]), KEYS)
+    base = services * per
+    observed: dict[int, float] = {}
+    submitted: dict[int, float] = {}
+
+    def on_change(view: MeshView, events: object) -> None:
+        now = time.perf_counter()
+        for ev in events:  # type: ignore[attr-defined]
+            export = getattr(ev, "export", None)
+            if export is None:
+                continue
+            for ep in export.endpoints:
+                c = change_of(ep.addresses[0])
+                if c >= base and c not in observed:
+                    observed[c] = now
+
+    mirror.subscribe(on_change)
+    tasks = [asyncio.create_task(pub.run(), name="pub"), asyncio.create_task(mirror.run(), name="mirror")]
+    try:
+        await asyncio.wait_for(pub.published.wait(), 30)
+        await _until(lambda: len(mirror.view().exports) == services, 30)
+        await drive_changes(pub, services, per, rate, submitted)
+        await _until(lambda: len(observed) == services * per, 60)
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    return lags(submitted, observed)
+
+
+async def run_floor(etcd: EtcdProcess, services: int, per: int, rate: float) -> list[float]:
+    """The same workload observed by a bare aetcd watch that only decodes JSON."""
+    pub = Publisher(EtcdClient([etcd.endpoint]), KEYS, site("east"), make_exports(services, per, 0), ttl=30)
+    base = services * per
+    observed: dict[int, float] = {}
+    submitted: dict[int, float] = {}
+    host, port = etcd.endpoint.rsplit(":", 1)
+    prefix = KEYS.root().encode()
+
+    async def watch() -> None:
+        async with aetcd.Client(host=host, port=int(port)) as client:
+            rev = (await client.get_prefix(b"\0none")).header.revision
+            async for event in await client.watch_prefix(prefix, start_revision=rev + 1):
+                now = time.perf_counter()
+                if not event.kv.value:
+                    continue
+                obj = json.loads(event.kv.value)
+                for ep in obj.get("endpoints", ()):
+                    c = change_of(ep["addresses"][0])
+                    if c >= base and c not in observed:
+                        observed[c] = now
+
+    pub_task = asyncio.create_task(pub.run(), name="pub")
+    await asyncio.wait_for(pub.published.wait(), 30)
+    watch_task = asyncio.create_task(watch(), name="floor-watch")
+    try:
+        await asyncio.sleep(0.5)
+        await drive_changes(pub, services, per, rate, submitted)
+        await _until(lambda: len(observed) == services * per, 60)
+    finally:
+        for t in (pub_task, watch_task):
+            t.cancel()
+        await asyncio.gather(pub_task, watch_task, return_exceptions=True)
+    return lags(submitted, observed)
+
+
+def memory_per_100k(services: int = 1000, per: int = 100) -> tuple[float, float]:
+    """(MiB held by a Catalog + its view for services*per endpoints, MiB of the raw JSON values)."""
+    values = {KEYS.service("east", "bench", e.name): encode_export(e) for e in make_exports(services, per, 3)}
+    raw = sum(len(v) for v in values.values()) / 2**20
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    catalog = Catalog(KEYS)
+    catalog.resync(values, 1)
+    view = catalog.view()
+    gc.collect()
+    held = (tracemalloc.get_traced_memory()[0] - before) / 2**20
+    tracemalloc.stop()
+    del view, catalog
+    return held * 100_000 / (services * per), raw * 100_000 / (services * per)
+
+
+async def _until(check: Callable[[], bool], limit: float) -> None:
+    deadline = time.monotonic() + limit
+    while not check():
+        if time.monotonic() > deadline:
+            raise TimeoutError("benchmark step did not finish in time")
+        await asyncio.sleep(0.01)
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        results = {}
+        for name, fn in (("floor", run_floor), ("mirror", run_mirror)):
+            etcd = EtcdProcess(data_dir=Path(tmp) / name)
+            etcd.start()
+            try:
+                results[name] = await fn(etcd, args.services, args.per_service, args.rate)
+            finally:
+                etcd.stop()
+    floor, mirror = results["floor"], results["mirror"]
+    n = args.services * args.per_service
+    print(f"registry benchmark: {n} endpoint changes in {args.services} services, paced at {args.rate:.0f}/s")
+    print(f"{'observer':<28}{'changes seen':>14}{'p50 lag ms':>12}{'p99 lag ms':>12}")
+    for name, vals in (("bare aetcd watch (floor)", floor), ("meshfed mirror", mirror)):
+        print(f"{name:<28}{len(vals):>14}{pct(vals, 0.5) * 1e3:>12.1f}{pct(vals, 0.99) * 1e3:>12.1f}")
+    print(f"ratio mirror/floor: p50 {pct(mirror, 0.5) / pct(floor, 0.5):.2f}x, "
+          f"p99 {pct(mirror, 0.99) / pct(floor, 0.99):.2f}x, mean {statistics.mean(mirror) / statistics.mean(floor):.2f}x")
+    held, raw = memory_per_100k()
+    print(f"mirror memory: {held:.1f} MiB per 100,000 endpoints (raw JSON values: {raw:.1f} MiB, ratio {held / raw:.1f}x)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rate", type=float, default=2000.0, help="endpoint changes per second")
+    parser.add_argument("--services", type=int, default=100)
+    parser.add_argument("--per-service", type=int, default=100)
+    asyncio.run(main_async(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
