@@ -77,3 +77,33 @@ def view(sites: list[Site], exports: list[ServiceExport] = ()) -> MeshView:  # t
     """A MeshView of `sites` and `exports`."""
     return MeshView(sites={s.name: s for s in sites},
                     exports={(e.site, e.namespace, e.name): e for e in exports})
+
+
+def forge_leaf(mesh: Mesh, signer: str, claimed: str) -> Issued:
+    """A leaf signed by `signer`'s site CA whose SPIFFE ID claims a gateway of site `claimed`."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+
+    real = mesh.leaf(signer)
+    cert = real.cert
+    builder = (
+        x509.CertificateBuilder().subject_name(cert.subject).issuer_name(cert.issuer)
+        .public_key(real.key.public_key()).serial_number(cert.serial_number)
+        .not_valid_before(cert.not_valid_before_utc).not_valid_after(cert.not_valid_after_utc)
+    )
+    for ext in cert.extensions:
+        value = ext.value
+        if isinstance(value, x509.SubjectAlternativeName):
+            value = x509.SubjectAlternativeName(
+                [x509.UniformResourceIdentifier(f"spiffe://{mesh.trust_domain}/site/{claimed}/gateway/gw")])
+        builder = builder.add_extension(value, critical=ext.critical)
+    return Issued(builder.sign(mesh.site_ca(signer).key, hashes.SHA256()), real.key, real.chain)
+
+
+def write_issued(directory: Path, issued: Issued) -> tuple[Path, Path]:
+    """Write an issued leaf's chain and key; return their paths."""
+    directory.mkdir(parents=True, exist_ok=True)
+    chain, key = directory / "leaf.crt", directory / "leaf.key"
+    chain.write_bytes(issued.chain_pem())
+    key.write_bytes(issued.key_pem())
+    return chain, key

@@ -1,0 +1,220 @@
+"""The tunnel preamble: a sans-IO codec (h11's shape) for the request that opens a stream and its status.
+
+Wire format of each message (network byte order):
+    version u8 (=1) | type u8 (1 request, 2 response) | body length u16 (<= MAX_BODY) | body
+Request body:  ns (u8 len + ascii) | service (u8 len + ascii) | port kind u8 (0 name: u8 len + ascii,
+               1 number: u16) | endpoint hostname (u8 len + ascii; 0 = any endpoint)
+Response body: status u8 | reason (u8 len + utf-8, for logs)
+No socket, no clock, no logging: the shells feed bytes in and write what `send` returns.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+import struct
+from dataclasses import dataclass
+from typing import Final
+
+from federation.errors import LocalProtocolError, RemoteProtocolError
+
+VERSION: Final = 1
+MAX_BODY: Final = 512
+"""Longer than any valid request (4 labels of 63 bytes); anything above is refused before buffering it."""
+_HEADER = struct.Struct("!BBH")
+_REQUEST, _RESPONSE = 1, 2
+_LABEL = re.compile(rb"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_PORT_NAME = re.compile(rb"^[a-z0-9]([-a-z0-9]{0,13}[a-z0-9])?$")
+
+
+class Status(enum.IntEnum):
+    """Outcome of a stream request, sent before any application byte."""
+
+    OK = 0
+    NO_SUCH_SERVICE = 1
+    NO_HEALTHY_ENDPOINT = 2
+    REFUSED = 3
+    FORBIDDEN = 4
+    BAD_REQUEST = 5
+
+
+class Role(enum.Enum):
+    """Which side of the preamble this codec speaks."""
+
+    CLIENT = "client"
+    """Sends a Request, receives a Response (the egress)."""
+    SERVER = "server"
+    """Receives a Request, sends a Response (the east-west gateway)."""
+
+
+class _NeedData:
+    def __repr__(self) -> str:
+        return "NEED_DATA"
+
+
+NEED_DATA: Final = _NeedData()
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """Open a stream to `namespace/service` on `port` (a port name or number), optionally one endpoint."""
+
+    namespace: str
+    service: str
+    port: str | int
+    hostname: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    """The gateway's answer to a Request."""
+
+    status: Status
+    reason: str = ""
+
+
+Event = Request | Response
+
+
+class Preamble:
+    """One preamble exchange. Feed bytes with `receive_data`, pull with `next_event`, encode with `send`."""
+
+    def __init__(self, role: Role) -> None:
+        self.role = role
+        self._buf = bytearray()
+        self._event: Event | None = None
+
+    def receive_data(self, data: bytes) -> None:
+        """Add bytes received from the peer."""
+        self._buf += data
+
+    @property
+    def trailing_data(self) -> bytes:
+        """Bytes received after the complete message (they belong to the stream that follows)."""
+        return bytes(self._buf) if self._event is not None else b""
+
+    def next_event(self) -> Event | _NeedData:
+        """The peer's message once complete, else NEED_DATA; RemoteProtocolError if it is malformed."""
+        if self._event is not None:
+            return self._event
+        if len(self._buf) < 1:
+            return NEED_DATA
+        if self._buf[0] != VERSION:
+            raise RemoteProtocolError(f"preamble version {self._buf[0]} is not {VERSION}")
+        if len(self._buf) < _HEADER.size:
+            return NEED_DATA
+        _, kind, length = _HEADER.unpack_from(self._buf)
+        want = _REQUEST if self.role is Role.SERVER else _RESPONSE
+        if kind != want:
+            raise RemoteProtocolError(f"preamble message type {kind} where {want} belongs")
+        if length > MAX_BODY:
+            raise RemoteProtocolError(f"preamble of {length} bytes is over the limit of {MAX_BODY}")
+        end = _HEADER.size + length
+        if len(self._buf) < end:
+            return NEED_DATA
+        body = _Reader(bytes(self._buf[_HEADER.size:end]))
+        event = _decode_request(body) if kind == _REQUEST else _decode_response(body)
+        if body.left():
+            raise RemoteProtocolError(f"preamble has {body.left()} bytes after its last field")
+        del self._buf[:end]
+        self._event = event
+        return event
+
+    def send(self, event: Event) -> bytes:
+        """Encode our message; LocalProtocolError if this role does not send it or it is invalid."""
+        if isinstance(event, Request) and self.role is Role.CLIENT:
+            return _frame(_REQUEST, _encode_request(event))
+        if isinstance(event, Response) and self.role is Role.SERVER:
+            reason = event.reason.encode()[:255]
+            return _frame(_RESPONSE, bytes((event.status,)) + _short(reason.decode(errors="ignore").encode()))
+        raise LocalProtocolError(f"a {self.role.value} does not send {type(event).__name__}")
+
+
+def _frame(kind: int, body: bytes) -> bytes:
+    if len(body) > MAX_BODY:
+        raise LocalProtocolError(f"preamble body of {len(body)} bytes is over {MAX_BODY}")
+    return _HEADER.pack(VERSION, kind, len(body)) + body
+
+
+def _short(b: bytes) -> bytes:
+    if len(b) > 255:
+        raise LocalProtocolError("preamble field longer than 255 bytes")
+    return bytes((len(b),)) + b
+
+
+def _encode_request(r: Request) -> bytes:
+    for what, value, pattern in (("namespace", r.namespace, _LABEL), ("service", r.service, _LABEL),
+                                 ("hostname", r.hostname or "x", _LABEL)):
+        if not pattern.match(value.encode()):
+            raise LocalProtocolError(f"{what} {value!r} is not a DNS label")
+    out = _short(r.namespace.encode()) + _short(r.service.encode())
+    if isinstance(r.port, int):
+        if not 1 <= r.port <= 65535:
+            raise LocalProtocolError(f"port {r.port} is out of range")
+        out += b"\x01" + struct.pack("!H", r.port)
+    else:
+        if not _PORT_NAME.match(r.port.encode()):
+            raise LocalProtocolError(f"port name {r.port!r} is not valid")
+        out += b"\x00" + _short(r.port.encode())
+    return out + _short((r.hostname or "").encode())
+
+
+def _decode_request(body: _Reader) -> Request:
+    ns = body.label("namespace", _LABEL)
+    service = body.label("service", _LABEL)
+    kind = body.u8("port kind")
+    port: str | int
+    if kind == 0:
+        port = body.label("port name", _PORT_NAME)
+    elif kind == 1:
+        port = body.u16("port")
+        if port == 0:
+            raise RemoteProtocolError("preamble port 0 is not a port")
+    else:
+        raise RemoteProtocolError(f"preamble port kind {kind} is neither name (0) nor number (1)")
+    hostname = body.label("hostname", _LABEL, empty_ok=True)
+    return Request(ns, service, port, hostname or None)
+
+
+def _decode_response(body: _Reader) -> Response:
+    code = body.u8("status")
+    try:
+        status = Status(code)
+    except ValueError:
+        raise RemoteProtocolError(f"preamble status {code} is unknown") from None
+    reason = body.field("reason").decode("utf-8", errors="replace")
+    return Response(status, reason)
+
+
+class _Reader:
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+        self._pos = 0
+
+    def left(self) -> int:
+        return len(self._data) - self._pos
+
+    def take(self, what: str, n: int) -> bytes:
+        if self.left() < n:
+            raise RemoteProtocolError(f"preamble ends inside {what}")
+        chunk = self._data[self._pos:self._pos + n]
+        self._pos += n
+        return chunk
+
+    def u8(self, what: str) -> int:
+        return self.take(what, 1)[0]
+
+    def u16(self, what: str) -> int:
+        value: int = struct.unpack("!H", self.take(what, 2))[0]
+        return value
+
+    def field(self, what: str) -> bytes:
+        return self.take(what, self.u8(what))
+
+    def label(self, what: str, pattern: re.Pattern[bytes], empty_ok: bool = False) -> str:
+        raw = self.field(what)
+        if empty_ok and not raw:
+            return ""
+        if not pattern.match(raw):
+            raise RemoteProtocolError(f"preamble {what} {raw[:64]!r} is not a valid name")
+        return raw.decode("ascii")

@@ -1,0 +1,69 @@
+"""Metrics and rate-limited refusal logs shared by the gateway and the egress."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+
+class Refusals:
+    """Logs each refusal with its reason, at most once per (kind, peer host) per `interval`; counts all."""
+
+    def __init__(self, logger: logging.Logger, counter: Counter, interval: float = 60.0,
+                 capacity: int = 1024) -> None:
+        self._log = logger
+        self._counter = counter
+        self._interval = interval
+        self._capacity = capacity
+        self._last: OrderedDict[tuple[str, str], float] = OrderedDict()
+        self.suppressed = 0
+
+    def refuse(self, kind: str, peer: str, reason: str, now: float | None = None) -> None:
+        """Count a refusal of `kind` and log it unless one like it from `peer` was logged recently."""
+        self._counter.labels(kind).inc()
+        now = time.monotonic() if now is None else now
+        key = (kind, peer)
+        last = self._last.pop(key, None)
+        if last is not None and now - last < self._interval:
+            self._last[key] = last
+            self.suppressed += 1
+            return
+        self._last[key] = now
+        while len(self._last) > self._capacity:
+            self._last.popitem(last=False)
+        self._log.warning("refused %s from %s: %s", kind, peer, reason)
+
+
+class GatewayMetrics:
+    """The east-west gateway's metrics, registered in the agent's registry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.handshakes = Counter("meshfed_gateway_handshakes_total", "TLS handshakes by result",
+                                  ["result"], registry=registry)
+        self.refusals = Counter("meshfed_gateway_refusals_total", "Connections or streams refused, by reason",
+                                ["reason"], registry=registry)
+        self.streams = Counter("meshfed_gateway_streams_total", "Stream requests by status",
+                               ["status"], registry=registry)
+        self.tunnels = Gauge("meshfed_gateway_tunnels", "Authenticated tunnels open", registry=registry)
+        self.bytes = Counter("meshfed_gateway_bytes_total", "Bytes relayed, counted when a stream ends",
+                             ["direction"], registry=registry)
+
+
+class EgressMetrics:
+    """The egress's metrics, registered in the agent's registry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.listeners = Gauge("meshfed_egress_listeners", "Egress listeners open", registry=registry)
+        self.connections = Counter("meshfed_egress_connections_total", "Client connections by outcome",
+                                   ["result"], registry=registry)
+        self.attempts = Counter("meshfed_egress_attempts_total", "Route attempts by kind and outcome",
+                                ["route", "result"], registry=registry)
+        self.handshakes = Counter("meshfed_egress_handshakes_total", "Tunnel handshakes by result",
+                                  ["result"], registry=registry)
+        self.reused = Counter("meshfed_egress_tunnel_reuses_total", "Streams that used a pooled tunnel",
+                              registry=registry)
+        self.refusals = Counter("meshfed_egress_refusals_total", "Peers refused, by reason", ["reason"],
+                                registry=registry)

@@ -1,0 +1,317 @@
+"""Byte relays built on asyncio Protocols: a framed splice between a plain socket and a tunnel, and a raw splice.
+
+Flow control is end to end: when one side's write buffer fills, the other side stops reading.
+Half-close is carried as an END frame in the tunnel and `write_eof` on plain TCP. A stream that
+ended cleanly both ways leaves its tunnel reusable; anything else closes the tunnel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from federation.errors import RemoteProtocolError
+from gateway.framing import ABORT_FRAME, END_FRAME, Deframer, header
+
+log = logging.getLogger(__name__)
+
+Done = Callable[[bool], None]
+"""Called once when a stream is over; True if it ended cleanly both ways (the tunnel may be reused)."""
+
+
+class PlainLeg(asyncio.Protocol):
+    """A plain TCP socket (a client at the egress, an endpoint at the gateway) feeding a `Stream`.
+
+    Reading is paused until a stream is attached, so nothing is read before the tunnel said ok.
+    """
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.sink: Stream | Splice | None = None
+        self.lost = False
+        self.early_eof = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.pause_reading()
+
+    def data_received(self, data: bytes) -> None:
+        if self.sink is not None:
+            self.sink.plain_data(self, data)
+
+    def eof_received(self) -> bool:
+        if self.sink is None:
+            self.early_eof = True
+        else:
+            self.sink.plain_eof(self)
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        if self.sink is not None:
+            self.sink.plain_lost(self, exc)
+
+    def pause_writing(self) -> None:
+        if self.sink is not None:
+            self.sink.pause_from(self)
+
+    def resume_writing(self) -> None:
+        if self.sink is not None:
+            self.sink.resume_from(self)
+
+
+class TunnelLeg(asyncio.Protocol):
+    """Base of the TLS side of a tunnel: control data before a stream, deframed payload during one."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.stream: Stream | None = None
+        self.closed = False
+
+    def data_received(self, data: bytes) -> None:
+        if self.stream is not None:
+            self.stream.tunnel_data(data)
+        else:
+            self.control_data(data)
+
+    def control_data(self, data: bytes) -> None:
+        """Bytes received while no stream is attached (the preamble)."""
+        raise NotImplementedError
+
+    def eof_received(self) -> bool:
+        if self.stream is not None:
+            self.stream.finish(clean=False)
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.stream is not None:
+            self.stream.finish(clean=False)
+
+    def pause_writing(self) -> None:
+        if self.stream is not None:
+            self.stream.pause_plain_reading()
+
+    def resume_writing(self) -> None:
+        if self.stream is not None:
+            self.stream.resume_plain_reading()
+
+    def close(self) -> None:
+        """Close the tunnel connection."""
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+
+class Stream:
+    """One use of a tunnel: relays between `plain` and the framed `tunnel` until both ends sent END."""
+
+    def __init__(self, tunnel: TunnelLeg, plain: PlainLeg, idle_timeout: float, on_done: Done,
+                 pending: bytes = b"") -> None:
+        assert tunnel.transport is not None
+        assert plain.transport is not None
+        self.tunnel = tunnel
+        self.plain = plain
+        self._tt = tunnel.transport
+        self._pt = plain.transport
+        self._deframer = Deframer()
+        self._on_done = on_done
+        self.sent_end = False
+        self.got_end = False
+        self.done = False
+        self.bytes_up = 0
+        self.bytes_down = 0
+        self._idle_timeout = idle_timeout
+        self._seen = (0, 0)
+        self._idle_strikes = 0
+        self._timer: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(
+            idle_timeout / 2, self._check_idle
+        )
+        tunnel.stream = self
+        plain.sink = self
+        if pending:
+            self.tunnel_data(pending)
+        if plain.early_eof and not self.done:
+            self.plain_eof(plain)
+        if plain.lost:
+            self.finish(clean=False)
+        elif not self.done:
+            self._pt.resume_reading()
+
+    # -- plain -> tunnel
+    def plain_data(self, _leg: PlainLeg, data: bytes) -> None:
+        self.bytes_up += len(data)
+        # Two TLS records (header, payload) cost less than copying the payload to prepend 4 bytes.
+        self._tt.writelines((header(len(data)), data))
+
+    def plain_eof(self, _leg: PlainLeg) -> None:
+        if not self.sent_end:
+            self.sent_end = True
+            self._tt.write(END_FRAME)
+            self._maybe_done()
+
+    def plain_lost(self, _leg: PlainLeg, exc: Exception | None) -> None:
+        if not (self.sent_end and self.got_end):
+            self.finish(clean=False)
+
+    # -- tunnel -> plain
+    def tunnel_data(self, data: bytes) -> None:
+        try:
+            pieces = self._deframer.feed(data)
+        except RemoteProtocolError as exc:
+            log.warning("tunnel stream broken by the peer: %s", exc)
+            self.finish(clean=False)
+            return
+        for piece in pieces:
+            self.bytes_down += len(piece)
+            self._pt.write(piece)
+        if self._deframer.aborted:
+            self.finish(clean=False)
+        elif self._deframer.ended:
+            rest = self._deframer.rest()
+            if rest and not self.sent_end:
+                # The peer may start the next stream only after both ends sent END.
+                self.finish(clean=False)
+                return
+            self.got_end = True
+            if self._pt.can_write_eof() and not self._pt.is_closing():
+                self._pt.write_eof()
+            self._maybe_done()
+            if rest:
+                self.tunnel.data_received(rest)
+
+    # -- flow control
+    def pause_from(self, _leg: PlainLeg) -> None:
+        self._tt.pause_reading()
+
+    def resume_from(self, _leg: PlainLeg) -> None:
+        if not self.done:
+            self._tt.resume_reading()
+
+    def pause_plain_reading(self) -> None:
+        if not self.done and not self._pt.is_closing():
+            self._pt.pause_reading()
+
+    def resume_plain_reading(self) -> None:
+        if not self.done and not self._pt.is_closing():
+            self._pt.resume_reading()
+
+    # -- ending
+    def _maybe_done(self) -> None:
+        if self.sent_end and self.got_end:
+            self.finish(clean=True)
+
+    def finish(self, clean: bool) -> None:
+        """End the stream; a clean end leaves the tunnel ready for the next one, else it is closed."""
+        if self.done:
+            return
+        self.done = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.tunnel.stream = None
+        self.plain.sink = None
+        if clean:
+            self._pt.close()
+            self._tt.resume_reading()
+        else:
+            self._pt.abort()
+            if not self.tunnel.closed:
+                self._tt.write(ABORT_FRAME)
+            self.tunnel.close()
+        self._on_done(clean)
+
+    def _check_idle(self) -> None:
+        self._timer = None
+        if self.done:
+            return
+        now = (self.bytes_up, self.bytes_down)
+        self._idle_strikes = self._idle_strikes + 1 if now == self._seen else 0
+        self._seen = now
+        if self._idle_strikes >= 2:
+            log.info("stream idle for %.0f s, closing it", self._idle_timeout)
+            self.finish(clean=False)
+            return
+        self._timer = asyncio.get_running_loop().call_later(self._idle_timeout / 2, self._check_idle)
+
+
+class Splice:
+    """A raw relay between two plain sockets (same-network direct path), half-close respected."""
+
+    def __init__(self, a: PlainLeg, b: PlainLeg, idle_timeout: float, on_done: Done) -> None:
+        assert a.transport is not None
+        assert b.transport is not None
+        self._legs = {id(a): (a, b), id(b): (b, a)}
+        self._eof: set[int] = set()
+        self._on_done = on_done
+        self.done = False
+        self._count = 0
+        self._seen = -1
+        self._strikes = 0
+        self._idle = idle_timeout
+        self._timer: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(
+            idle_timeout / 2, self._check_idle)
+        a.sink = b.sink = self
+        for leg in (a, b):
+            if leg.lost:
+                self.finish(clean=False)
+                return
+        for leg in (a, b):
+            if leg.early_eof:
+                self.plain_eof(leg)
+        for leg in (a, b):
+            if not self.done and leg.transport is not None:
+                leg.transport.resume_reading()
+
+    def plain_data(self, leg: PlainLeg, data: bytes) -> None:
+        self._count += 1
+        other = self._legs[id(leg)][1]
+        assert other.transport is not None
+        other.transport.write(data)
+
+    def plain_eof(self, leg: PlainLeg) -> None:
+        self._eof.add(id(leg))
+        other = self._legs[id(leg)][1]
+        if other.transport is not None and other.transport.can_write_eof() and not other.transport.is_closing():
+            other.transport.write_eof()
+        if len(self._eof) == 2:
+            self.finish(clean=True)
+
+    def plain_lost(self, leg: PlainLeg, exc: Exception | None) -> None:
+        self.finish(clean=len(self._eof) == 2)
+
+    def pause_from(self, leg: PlainLeg) -> None:
+        other = self._legs[id(leg)][1]
+        if other.transport is not None and not other.transport.is_closing():
+            other.transport.pause_reading()
+
+    def resume_from(self, leg: PlainLeg) -> None:
+        other = self._legs[id(leg)][1]
+        if not self.done and other.transport is not None and not other.transport.is_closing():
+            other.transport.resume_reading()
+
+    def finish(self, clean: bool) -> None:
+        """Close both sockets (abort them unless both ends finished cleanly)."""
+        if self.done:
+            return
+        self.done = True
+        if self._timer is not None:
+            self._timer.cancel()
+        for a, _ in self._legs.values():
+            a.sink = None
+            if a.transport is not None:
+                a.transport.close() if clean else a.transport.abort()
+        self._on_done(clean)
+
+    def _check_idle(self) -> None:
+        self._timer = None
+        if self.done:
+            return
+        self._strikes = self._strikes + 1 if self._count == self._seen else 0
+        self._seen = self._count
+        if self._strikes >= 2:
+            self.finish(clean=False)
+            return
+        self._timer = asyncio.get_running_loop().call_later(self._idle / 2, self._check_idle)

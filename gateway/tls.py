@@ -1,0 +1,117 @@
+"""TLS 1.3 mutual-auth contexts for tunnels, and the gateway certificate that renews itself into them."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import ssl
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from federation.issuing import Authority, Issued, cert_pem, issue_gateway, site_of_ca, write_private
+from federation.verifying import TrustBundle
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], dt.datetime]
+
+
+def server_context(chain: Path, key: Path, bundle: Path) -> ssl.SSLContext:
+    """A server context: TLS 1.3 only, a client certificate verifying to the mesh root required."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    _harden(ctx, chain, key, bundle)
+    return ctx
+
+
+def client_context(chain: Path, key: Path, bundle: Path) -> ssl.SSLContext:
+    """A client context presenting our gateway certificate and requiring a mesh server certificate.
+
+    Host names are not checked: the peer's SPIFFE ID is, by `federation.verifying.verify_peer`.
+    """
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    _harden(ctx, chain, key, bundle)
+    return ctx
+
+
+def _harden(ctx: ssl.SSLContext, chain: Path, key: Path, bundle: Path) -> None:
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_3
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.load_verify_locations(cafile=str(bundle))
+    ctx.load_cert_chain(str(chain), str(key))
+
+
+class CertificateStore:
+    """The gateway's leaf: issued from the site CA, written 0600, renewed at half life into live contexts.
+
+    Renewal calls `load_cert_chain` on the contexts in use, which changes the certificate offered by
+    new handshakes only; established connections keep theirs.
+    """
+
+    def __init__(self, site_ca: Authority, gateway: str, directory: Path | None = None,
+                 lifetime: dt.timedelta = dt.timedelta(hours=24), clock: Clock | None = None) -> None:
+        self.site_ca = site_ca
+        self.site = site_of_ca(site_ca.cert)
+        self.gateway = gateway
+        self.lifetime = lifetime
+        self._clock = clock or (lambda: dt.datetime.now(dt.UTC))
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        if directory is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="meshfed-gw-")
+            directory = Path(self._tmp.name)
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.chain_file = directory / "gateway.crt"
+        self.key_file = directory / "gateway.key"
+        self.bundle_file = directory / "trust-bundle.pem"
+        root = site_ca.parents[-1] if site_ca.parents else site_ca.cert
+        self.bundle = TrustBundle.from_pem(cert_pem(root))
+        self.bundle_file.write_bytes(cert_pem(root))
+        self.renewals = 0
+        self.issued = self._issue()
+        self.server = server_context(self.chain_file, self.key_file, self.bundle_file)
+        self.client = client_context(self.chain_file, self.key_file, self.bundle_file)
+
+    @property
+    def ca_chain_pem(self) -> str:
+        """What the site record's `ca_chain` carries: the site intermediate, for peers to verify against."""
+        return cert_pem(self.site_ca.cert).decode()
+
+    def renew(self) -> Issued:
+        """Issue a fresh leaf now and load it into both contexts for the handshakes that follow."""
+        self.issued = self._issue()
+        for ctx in (self.server, self.client):
+            ctx.load_cert_chain(str(self.chain_file), str(self.key_file))
+        self.renewals += 1
+        return self.issued
+
+    def seconds_to_renewal(self) -> float:
+        """Seconds until half the current leaf's lifetime has passed (0 if already past)."""
+        cert = self.issued.cert
+        half = cert.not_valid_before_utc + (cert.not_valid_after_utc - cert.not_valid_before_utc) / 2
+        return max(0.0, (half - self._clock()).total_seconds())
+
+    async def run(self, min_interval: float = 1.0) -> None:
+        """Renew at half life, forever; a failed renewal is logged and retried after `min_interval`."""
+        while True:
+            await asyncio.sleep(max(min_interval, self.seconds_to_renewal()))
+            try:
+                issued = self.renew()
+            except (OSError, ssl.SSLError, ValueError) as exc:
+                log.error("gateway certificate renewal failed, retrying: %s", exc)
+                continue
+            log.info("gateway certificate renewed, valid until %s", issued.cert.not_valid_after_utc)
+
+    def close(self) -> None:
+        """Remove the private directory, if the store made one."""
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def _issue(self) -> Issued:
+        issued = issue_gateway(self.site_ca, self.gateway, self._clock(), self.lifetime)
+        write_private(self.key_file, issued.key_pem())
+        write_private(self.chain_file, issued.chain_pem())
+        return issued

@@ -1,0 +1,214 @@
+"""The east-west gateway on loopback with real TLS: streams, tunnel reuse, and every hostile input refused."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import ssl
+from pathlib import Path
+
+import pytest
+
+from federation.issuing import issue_gateway
+from gateway.preamble import Request, Status
+from gateway.tls import client_context
+from tests.pkihelp import Mesh, export, forge_leaf, now, write_issued
+from tests.tunnelhelp import RawTunnel, TwoSites, two_sites
+
+REFUSED = "gateway.eastwest"
+
+
+def refusals(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == REFUSED and r.getMessage().startswith("refused")]
+
+
+async def echo_once(t: RawTunnel, payload: bytes) -> bytes:
+    t.send(payload)
+    t.end()
+    return await t.receive_until_end()
+
+
+async def test_streams_relay_both_ways_and_the_tunnel_is_reused(tmp_path: Path) -> None:
+    async with two_sites(tmp_path) as s:
+        t = await RawTunnel.open(s.gw_port, s.west.client)
+        for i in range(3):
+            assert (await t.request(Request("ns", "echo", "tcp"))).status is Status.OK
+            assert await echo_once(t, b"hello %d" % i * 1000) == b"hello %d" % i * 1000
+        assert s.echo.connections == 3
+        await t.close()
+
+
+async def test_unknown_service_is_refused_and_the_tunnel_stays_usable(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with two_sites(tmp_path) as s:
+        t = await RawTunnel.open(s.gw_port, s.west.client)
+        resp = await t.request(Request("ns", "nope", "tcp"))
+        assert resp.status is Status.NO_SUCH_SERVICE
+        assert "not exported by east" in resp.reason
+        assert (await t.request(Request("ns", "echo", 7))).status is Status.OK
+        assert await echo_once(t, b"x") == b"x"
+        await t.close()
+    assert len(refusals(caplog)) == 1
+
+
+async def test_a_refusing_endpoint_is_answered_refused(tmp_path: Path) -> None:
+    async with two_sites(tmp_path) as s:
+        s.exports[0] = export("east", "ns", "echo", 7, endpoint_ports=(1,))
+        t = await RawTunnel.open(s.gw_port, s.west.client)
+        assert (await t.request(Request("ns", "echo", "tcp"))).status is Status.REFUSED
+        await t.close()
+
+
+async def _hostile(s: TwoSites, caplog: pytest.LogCaptureFixture, attack: object, reason: str) -> None:
+    """Run `attack` while a good tunnel streams; the attack is refused once, the good stream untouched."""
+    good = await RawTunnel.open(s.gw_port, s.west.client)
+    assert (await good.request(Request("ns", "echo", "tcp"))).status is Status.OK
+    good.send(b"before")
+    await attack()  # type: ignore[operator]
+    good.send(b" after")
+    good.end()
+    assert await good.receive_until_end() == b"before after"
+    await good.close()
+    lines = refusals(caplog)
+    assert len(lines) == 1, lines
+    assert reason in lines[0]
+
+
+async def test_plaintext_instead_of_a_client_hello(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    async with two_sites(tmp_path) as s:
+        async def attack() -> None:
+            t = await RawTunnel.open(s.gw_port, None)
+            t.writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert await t.closed_by_peer()
+            await t.close()
+        await _hostile(s, caplog, attack, "TLS handshake failed")
+
+
+async def _tls_attack(s: TwoSites, ctx: ssl.SSLContext) -> None:
+    try:
+        t = await RawTunnel.open(s.gw_port, ctx)
+    except (ssl.SSLError, ConnectionError):
+        return
+    # TLS 1.3: the client finishes first, so the server's verdict arrives as an alert or a close.
+    t.writer.write(b"\x01")
+    assert await t.closed_by_peer()
+    await t.close()
+
+
+async def test_client_without_certificate(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    async with two_sites(tmp_path) as s:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.load_verify_locations(cafile=str(s.west.bundle_file))
+        await _hostile(s, caplog, lambda: _tls_attack(s, ctx), "PEER_DID_NOT_RETURN_A_CERTIFICATE")
+
+
+async def test_certificate_from_another_ca(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    async with two_sites(tmp_path) as s:
+        other = Mesh()
+        chain, key, _ = other.write_leaf(tmp_path / "other", "west")
+        ctx = client_context(chain, key, s.west.bundle_file)
+        await _hostile(s, caplog, lambda: _tls_attack(s, ctx), "certificate not accepted")
+
+
+async def test_expired_certificate(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    async with two_sites(tmp_path) as s:
+        old = issue_gateway(s.mesh.site_ca("west"), "gw", now() - dt.timedelta(days=2), dt.timedelta(hours=1))
+        chain, key = write_issued(tmp_path / "expired", old)
+        ctx = client_context(chain, key, s.west.bundle_file)
+        await _hostile(s, caplog, lambda: _tls_attack(s, ctx), "certificate has expired")
+
+
+async def test_site_a_claiming_to_be_site_b(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """West's CA signs a leaf claiming east: the handshake verifies to the root, the identity check refuses."""
+    async with two_sites(tmp_path) as s:
+        chain, key = write_issued(tmp_path / "forged", forge_leaf(s.mesh, signer="west", claimed="east"))
+        ctx = client_context(chain, key, s.west.bundle_file)
+
+        async def attack() -> None:
+            t = await RawTunnel.open(s.gw_port, ctx)
+            resp = await t.response()
+            assert resp.status is Status.FORBIDDEN
+            assert await t.closed_by_peer()
+            await t.close()
+        await _hostile(s, caplog, attack, "does not verify through the CA that site east registered")
+
+
+@pytest.mark.parametrize(("data", "reason"), [
+    (b"\x01\x01\xff\xff", "over the limit"),
+    (b"\x01\x01\x00\x03\x02NS", "not a valid name"),
+    (b"\x02garbage", "version"),
+])
+async def test_bad_preambles(tmp_path: Path, caplog: pytest.LogCaptureFixture, data: bytes, reason: str) -> None:
+    async with two_sites(tmp_path) as s:
+        async def attack() -> None:
+            t = await RawTunnel.open(s.gw_port, s.west.client)
+            t.writer.write(data)
+            assert (await t.response()).status is Status.BAD_REQUEST
+            assert await t.closed_by_peer()
+            await t.close()
+        await _hostile(s, caplog, attack, reason)
+
+
+async def test_preamble_that_never_finishes(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    async with two_sites(tmp_path) as s:
+        async def attack() -> None:
+            t = await RawTunnel.open(s.gw_port, s.west.client)
+            t.writer.write(b"\x01\x01\x00\x20\x02ns")
+            assert await t.closed_by_peer()
+            await t.close()
+        await _hostile(s, caplog, attack, "preamble did not finish in time")
+
+
+async def test_service_not_exported(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    async with two_sites(tmp_path) as s:
+        async def attack() -> None:
+            t = await RawTunnel.open(s.gw_port, s.west.client)
+            assert (await t.request(Request("kube-system", "secrets", 443))).status is Status.NO_SUCH_SERVICE
+            await t.close()
+        await _hostile(s, caplog, attack, "kube-system/secrets is not exported by east")
+
+
+def test_log_level_is_warning_for_refusals() -> None:
+    assert logging.getLogger(REFUSED).getEffectiveLevel() <= logging.WARNING
+
+
+async def test_renewal_changes_new_handshakes_only(tmp_path: Path) -> None:
+    async with two_sites(tmp_path) as s:
+        first = await RawTunnel.open(s.gw_port, s.west.client)
+        assert (await first.request(Request("ns", "echo", "tcp"))).status is Status.OK
+        first.send(b"one")
+        old_serial = s.east.issued.cert.serial_number
+        s.east.renew()
+        s.west.renew()
+        assert s.east.issued.cert.serial_number != old_serial
+        second = await RawTunnel.open(s.gw_port, s.west.client)
+        peer = second.writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+        from cryptography import x509
+
+        assert x509.load_der_x509_certificate(peer).serial_number == s.east.issued.cert.serial_number
+        assert (await second.request(Request("ns", "echo", "tcp"))).status is Status.OK
+        assert await echo_once(second, b"two") == b"two"
+        first.send(b" still")
+        first.end()
+        assert await first.receive_until_end() == b"one still"
+        await first.close()
+        await second.close()
+    assert s.east.renewals == 1
+
+
+def test_seconds_to_renewal_is_half_the_lifetime(tmp_path: Path) -> None:
+    from gateway.tls import CertificateStore
+
+    t0 = now()
+    clock = [t0]
+    store = CertificateStore(Mesh().site_ca("east"), "gw", tmp_path, dt.timedelta(hours=24), lambda: clock[0])
+    # Leaves are backdated a little; renewal is at the midpoint of the validity window.
+    assert 12 * 3600 - 600 < store.seconds_to_renewal() <= 12 * 3600
+    clock[0] = t0 + dt.timedelta(hours=13)
+    assert store.seconds_to_renewal() == 0
+    import stat
+
+    assert stat.S_IMODE(store.key_file.stat().st_mode) == 0o600
+    store.close()
