@@ -1,0 +1,1 @@
+"""Federated DNS: MCS names for every imported service, answered from the registry mirror."""

@@ -1,0 +1,296 @@
+"""The asyncio shell of the federated DNS server: UDP and TCP sockets around the pure answering core.
+
+The agent calls `update(view, stale_sites)` after every registry change; until the first call every
+name in the zone gets SERVFAIL (nothing authoritative before the initial sync).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from federation.catalog import MeshView
+from federation.dns.answering import Answerer, Forward, StaticVips, VipSource, Zone, ZoneBuilder
+from federation.dns.fastpath import FastPath
+from federation.dns.forwarding import Forwarder, read_resolv_conf, upstream_addresses, wait_all
+from federation.dns.settings import DnsSettings, split_hostport
+
+log = logging.getLogger(__name__)
+
+MAX_FORWARDS = 512
+"""Forwarded queries in flight; beyond this a query gets SERVFAIL at once instead of queueing."""
+MAX_TCP_CLIENTS = 256
+"""Open TCP connections; more are closed on accept."""
+TCP_IDLE = 10.0
+"""Seconds an idle TCP connection stays open (RFC 7766 6.2.3 suggests seconds, not minutes)."""
+
+
+class DnsServer:
+    """Answers the federated zone on UDP and TCP, forwards the rest, and is fed mesh snapshots."""
+
+    def __init__(
+        self,
+        settings: DnsSettings,
+        *,
+        local_site: str,
+        vip_source: VipSource | None = None,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        self.settings = settings
+        self._vips: VipSource = vip_source if vip_source is not None else StaticVips()
+        self._builder = ZoneBuilder(
+            settings.zone, local_site=local_site, ttl=settings.ttl, site_pinning=settings.site_pinning
+        )
+        self.answerer = Answerer(
+            self._builder.origin, forwarding=settings.forwarding, max_udp=settings.max_udp_payload
+        )
+        self.fast = FastPath(self.answerer)
+        self.zone: Zone | None = None
+        self._last: tuple[MeshView, frozenset[str]] | None = None
+        self._forwarder: Forwarder | None = None
+        self._udp: list[asyncio.DatagramTransport] = []
+        self._tcp: list[asyncio.Server] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._clients: set[asyncio.Task[None]] = set()
+        self._limiter = _Limiter()
+        reg = registry if registry is not None else CollectorRegistry()
+        queries = Counter("meshfed_dns_queries", "DNS queries by transport and the path that answered",
+                          ["transport", "path"], registry=reg)
+        self._q = {(t, p): queries.labels(t, p) for t in ("udp", "tcp")
+                   for p in ("fast", "slow", "forward", "dropped")}
+        errors = Counter("meshfed_dns_errors", "DNS queries that failed, by reason", ["reason"], registry=reg)
+        self._err = {r: errors.labels(r) for r in ("internal", "upstream", "overload")}
+        self._names = Gauge("meshfed_dns_zone_names", "Names in the federated zone", registry=reg)
+        self._build = Gauge("meshfed_dns_zone_build_seconds", "Time the last zone rebuild took", registry=reg)
+        self._synced = Gauge("meshfed_dns_synced", "1 once the first mesh snapshot arrived", registry=reg)
+
+    # -- lifecycle
+
+    async def start(self) -> None:
+        """Bind every configured UDP and TCP address; ports given as 0 are read back with the properties."""
+        loop = asyncio.get_running_loop()
+        s = self.settings
+        try:
+            for text in s.udp:
+                host, port = split_hostport(text)
+                first = None
+                for _ in range(s.workers):
+                    sock = _udp_socket(host, port if first is None else first, reuse=s.workers > 1)
+                    transport, _ = await loop.create_datagram_endpoint(lambda: _Udp(self), sock=sock)
+                    self._udp.append(transport)
+                    first = first or transport.get_extra_info("sockname")[1]
+            udp_ports = dict(self.udp_addresses)
+            for text in s.tcp:
+                host, port = split_hostport(text)
+                if port == 0 and host in udp_ports:
+                    port = udp_ports[host]  # dig and stub resolvers retry TC answers on the same port
+                server = await asyncio.start_server(self._tcp_client, host, port, reuse_address=True)
+                self._tcp.append(server)
+        except BaseException:
+            await self.close()
+            raise
+        ours = self.udp_addresses + self.tcp_addresses
+        self._forwarder = Forwarder(upstream_addresses(s.upstreams, read_resolv_conf(), ours), s.forward_timeout)
+        if s.forwarding and not self._forwarder.upstreams:
+            log.warning("dns forwarding is on but no upstream resolver is known; other names get SERVFAIL")
+        log.info("dns serving %s on udp %s tcp %s", s.zone, self.udp_addresses, self.tcp_addresses)
+
+    async def close(self) -> None:
+        """Stop listening and end every connection and forwarded query."""
+        for t in self._udp:
+            t.close()
+        self._udp.clear()
+        for srv in self._tcp:
+            srv.close()
+        await wait_all(self._clients | self._tasks)
+        for srv in self._tcp:
+            await srv.wait_closed()
+        self._tcp.clear()
+
+    async def __aenter__(self) -> DnsServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def udp_addresses(self) -> list[tuple[str, int]]:
+        """(host, port) of every bound UDP socket, one per address (workers share it)."""
+        out: list[tuple[str, int]] = []
+        for t in self._udp:
+            hp = tuple(t.get_extra_info("sockname")[:2])
+            if hp not in out:
+                out.append((str(hp[0]), int(hp[1])))
+        return out
+
+    @property
+    def tcp_addresses(self) -> list[tuple[str, int]]:
+        """(host, port) of every TCP listener."""
+        return [(str(s[0]), int(s[1])) for srv in self._tcp for s in (sock.getsockname() for sock in srv.sockets)]
+
+    # -- feeding
+
+    def update(self, view: MeshView, stale_sites: frozenset[str] = frozenset()) -> None:
+        """Answer from `view` from now on; `stale_sites` (stale records or gateways down) are used last."""
+        started = time.perf_counter()
+        zone = self._builder.build(view, stale_sites, self._vips)
+        self.fast.update(zone)
+        self.zone = zone
+        self._last = (view, stale_sites)
+        self._names.set(len(zone.nodes))
+        self._build.set(time.perf_counter() - started)
+        self._synced.set(1)
+
+    def refresh(self) -> None:
+        """Rebuild from the last view, e.g. after the VIP source changed."""
+        if self._last is not None:
+            self.update(*self._last)
+
+    # -- answering
+
+    def answer_sync(self, data: bytes, *, udp: bool) -> bytes | Forward | None:
+        """The immediate answer to one message (a `Forward` still has to go upstream)."""
+        out = self.fast.answer(data, udp)
+        if out is not None:
+            self._q["udp" if udp else "tcp", "fast"].inc()
+            return out
+        return self._slow(data, udp=udp)
+
+    def _slow(self, data: bytes, *, udp: bool) -> bytes | Forward | None:
+        transport = "udp" if udp else "tcp"
+        try:
+            res = self.answerer.handle(data, self.zone, udp=udp)
+        except Exception:
+            self._err["internal"].inc()
+            if self._limiter.allow("internal"):
+                log.exception("dns answering failed (a bug); answering SERVFAIL")
+            res = self.answerer.servfail(data)
+        if res is None:
+            self._q[transport, "dropped"].inc()
+        elif isinstance(res, Forward):
+            self._q[transport, "forward"].inc()
+        else:
+            self._q[transport, "slow"].inc()
+        return res
+
+    async def forward(self, fwd: Forward, *, udp: bool) -> bytes | None:
+        """The upstream's answer to `fwd`, or SERVFAIL when no upstream answered in time."""
+        out = None
+        if self._forwarder is not None and self._forwarder.upstreams:
+            limit = self.answerer.udp_limit(fwd.query) if udp else 65535
+            out = await self._forwarder.resolve(fwd.query, udp=udp, limit=limit)
+        if out is None:
+            self._err["upstream"].inc()
+            out = self.answerer.servfail(fwd.wire)
+        return out
+
+    def _datagram(self, data: bytes, addr: tuple[str, int], transport: asyncio.DatagramTransport) -> None:
+        res = self._slow(data, udp=True)
+        if isinstance(res, bytes):
+            transport.sendto(res, addr)
+        elif isinstance(res, Forward):
+            if len(self._tasks) >= MAX_FORWARDS:
+                self._err["overload"].inc()
+                fail = self.answerer.servfail(data)
+                if fail is not None:
+                    transport.sendto(fail, addr)
+                return
+            self._spawn(self._forward_udp(res, addr, transport))
+
+    async def _forward_udp(self, fwd: Forward, addr: tuple[str, int], transport: asyncio.DatagramTransport) -> None:
+        out = await self.forward(fwd, udp=True)
+        if out is not None and not transport.is_closing():
+            transport.sendto(out, addr)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name="dns-forward")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _tcp_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is None or len(self._clients) >= MAX_TCP_CLIENTS:
+            writer.close()
+            return
+        self._clients.add(task)
+        try:
+            while True:
+                async with asyncio.timeout(TCP_IDLE):
+                    size = int.from_bytes(await reader.readexactly(2), "big")
+                    data = await reader.readexactly(size)
+                res = self.answer_sync(data, udp=False)
+                if isinstance(res, Forward):
+                    res = await self.forward(res, udp=False)
+                if res is None:
+                    break
+                writer.write(len(res).to_bytes(2, "big") + res)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
+            pass
+        finally:
+            self._clients.discard(task)
+            writer.close()
+
+
+class _Udp(asyncio.DatagramProtocol):
+    def __init__(self, server: DnsServer) -> None:
+        self._server = server
+        self._answer: Callable[[bytes, bool], bytes | None] = server.fast.answer
+        self._fast = server._q["udp", "fast"]
+        self._transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.DatagramTransport)
+        self._transport = transport
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        assert self._transport is not None
+        out = self._answer(data, True)
+        if out is not None:
+            self._fast.inc()
+            self._transport.sendto(out, addr)
+        else:
+            self._server._datagram(data, addr, self._transport)
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("dns udp socket error: %s", exc)
+
+
+class _Limiter:
+    """At most one log line per key per interval, over a bounded set of keys."""
+
+    def __init__(self, interval: float = 10.0, size: int = 256) -> None:
+        self._interval = interval
+        self._size = size
+        self._last: dict[str, float] = {}
+
+    def allow(self, key: str) -> bool:
+        now = time.monotonic()
+        last = self._last.get(key)
+        if last is not None and now - last < self._interval:
+            return False
+        if len(self._last) >= self._size:
+            self._last.clear()
+        self._last[key] = now
+        return True
+
+
+def _udp_socket(host: str, port: int, *, reuse: bool) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        if reuse:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
