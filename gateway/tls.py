@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import datetime as dt
 import logging
 import ssl
@@ -25,15 +26,38 @@ def server_context(chain: Path, key: Path, bundle: Path) -> ssl.SSLContext:
     return ctx
 
 
-def client_context(chain: Path, key: Path, bundle: Path) -> ssl.SSLContext:
+def client_context(chain: Path, key: Path, bundle: Path) -> ResumingContext:
     """A client context presenting our gateway certificate and requiring a mesh server certificate.
 
     Host names are not checked: the peer's SPIFFE ID is, by `federation.verifying.verify_peer`.
     """
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx = ResumingContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.sessions = collections.OrderedDict()
     ctx.check_hostname = False
     _harden(ctx, chain, key, bundle)
     return ctx
+
+
+class ResumingContext(ssl.SSLContext):
+    """A client context that offers the last TLS session it got from the same server name (resumption)."""
+
+    sessions: collections.OrderedDict[str, ssl.SSLSession]
+
+    def wrap_bio(self, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO, server_side: bool = False,
+                 server_hostname: str | bytes | None = None, session: ssl.SSLSession | None = None
+                 ) -> ssl.SSLObject:
+        if session is None and isinstance(server_hostname, str):
+            session = self.sessions.get(server_hostname)
+        return super().wrap_bio(incoming, outgoing, server_side, server_hostname, session)
+
+    def remember(self, server_hostname: str, session: ssl.SSLSession | None) -> None:
+        """Keep `session` for the next handshake with `server_hostname` (bounded)."""
+        if session is None or not session.has_ticket:
+            return
+        self.sessions.pop(server_hostname, None)
+        self.sessions[server_hostname] = session
+        while len(self.sessions) > 1024:
+            self.sessions.popitem(last=False)
 
 
 def _harden(ctx: ssl.SSLContext, chain: Path, key: Path, bundle: Path) -> None:

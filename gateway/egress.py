@@ -1,0 +1,256 @@
+"""The egress: a local listener per imported service port, relaying each client to the best reachable route.
+
+Routes come from `gateway.balancing.routes`: endpoints on our own network directly, else a gateway
+of another site through a pooled mTLS tunnel. A refused connect or a non-ok status moves on to the
+next route before any application byte is sent. Listeners follow the registry through `update(view)`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from federation.catalog import MeshView
+from federation.errors import RemoteProtocolError
+from federation.verifying import PeerRejected, TrustBundle
+from gateway.balancing import Bind, Close, Direct, ListenerKey, Open, Route, desired_listeners, plan, routes
+from gateway.pool import PoolKey, TunnelPool
+from gateway.preamble import Request, Status
+from gateway.refusals import EgressMetrics
+from gateway.relay import PlainLeg, Splice
+from gateway.settings import GatewaySettings
+from gateway.tls import ResumingContext
+
+log = logging.getLogger(__name__)
+
+MAX_ROUTES = 4
+"""Routes tried per client connection before giving up on it."""
+
+BindFor = Callable[[ListenerKey], Bind]
+
+
+class Egress:
+    """Egress listeners of one site. `start()`, `update(view)` on every registry change, `close()`."""
+
+    def __init__(self, site: str, view: Callable[[], MeshView], client_context: ResumingContext,
+                 bundle: TrustBundle, settings: GatewaySettings | None = None,
+                 registry: CollectorRegistry | None = None, bind_for: BindFor | None = None) -> None:
+        self.site = site
+        self._view_fn = view
+        self.context = client_context
+        self.bundle = bundle
+        self.settings = settings or GatewaySettings()
+        self.metrics = EgressMetrics(registry or CollectorRegistry())
+        self._bind_for = bind_for or (lambda _key: (self.settings.egress_address, 0))
+        self._view: MeshView | None = None
+        self._servers: dict[ListenerKey, asyncio.Server] = {}
+        self._pools: dict[PoolKey, TunnelPool] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._wake = asyncio.Event()
+        self._settled = asyncio.Event()
+        self._reconciler: asyncio.Task[None] | None = None
+        self._turn = 0
+        self._active: set[Any] = set()
+
+    # -- lifecycle
+
+    async def start(self) -> None:
+        """Open listeners for the current view and follow later updates."""
+        self.update(self._view_fn())
+        await self._apply()
+        self._reconciler = asyncio.get_running_loop().create_task(self._reconcile(), name="egress-reconcile")
+
+    def update(self, view: MeshView) -> None:
+        """Take a new registry view (sync; listeners follow in the background)."""
+        self._view = view
+        self._settled.clear()
+        self._wake.set()
+
+    async def settled(self) -> None:
+        """Wait until the listeners match the last view given to `update`."""
+        await self._settled.wait()
+
+    def listeners(self) -> dict[ListenerKey, tuple[str, int]]:
+        """(namespace, service, port name) -> the (host, port) its listener is bound to."""
+        out = {}
+        for key, server in self._servers.items():
+            host, port = server.sockets[0].getsockname()[:2]
+            out[key] = (host, port)
+        return out
+
+    async def close(self) -> None:
+        """Close listeners, pools and streams; cancel connects in progress."""
+        if self._reconciler is not None:
+            self._reconciler.cancel()
+            await asyncio.gather(self._reconciler, return_exceptions=True)
+        for server in self._servers.values():
+            server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        for relay in list(self._active):
+            relay.finish(clean=False)
+        for pool in self._pools.values():
+            pool.close()
+        for server in self._servers.values():
+            await server.wait_closed()
+        self._servers.clear()
+        self.metrics.listeners.set(0)
+
+    # -- reconciling listeners
+
+    async def _reconcile(self) -> None:
+        while True:
+            await self._wake.wait()
+            await self._apply()
+
+    async def _apply(self) -> None:
+        self._wake.clear()
+        view = self._view
+        if view is None:
+            return
+        desired = {key: self._bind_for(key) for key in desired_listeners(view, self.site)}
+        loop = asyncio.get_running_loop()
+        for op in plan(desired, self.listeners()):
+            if isinstance(op, Close):
+                self._servers.pop(op.key).close()
+                log.info("egress listener for %s/%s:%s closed", *op.key)
+            elif isinstance(op, Open):
+                try:
+                    server = await loop.create_server(
+                        self._factory(op.key), op.bind[0], op.bind[1], backlog=1024)
+                except OSError as exc:
+                    log.error("egress listener for %s/%s:%s on %s:%d failed: %s", *op.key, *op.bind, exc)
+                    continue
+                self._servers[op.key] = server
+                log.info("egress listener for %s/%s:%s on %s:%d", *op.key, *self.listeners()[op.key])
+        self.metrics.listeners.set(len(self._servers))
+        for key in [k for k in self._pools if k[0] not in view.sites]:
+            self._pools.pop(key).close()
+        if not self._wake.is_set():
+            self._settled.set()
+
+    # -- routing one client
+
+    def _factory(self, key: ListenerKey) -> Callable[[], _ClientLeg]:
+        return lambda: _ClientLeg(self, key)
+
+    def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        """Run `coro` as a named task that `close()` cancels."""
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def route(self, client: PlainLeg, key: ListenerKey) -> None:
+        """Connect `client` through the first route that accepts it, or close it."""
+        view = self._view or self._view_fn()
+        self._turn += 1
+        for route in routes(view, self.site, *key, turn=self._turn)[:MAX_ROUTES]:
+            if client.lost:
+                self.metrics.connections.labels("client_gone").inc()
+                return
+            if await (self._direct(client, route) if isinstance(route, Direct) else self._tunnel(client, route, key)):
+                self.metrics.connections.labels("relayed").inc()
+                return
+        self.metrics.connections.labels("no_route").inc()
+        log.info("no route accepted a client of %s/%s:%s", *key)
+        if client.transport is not None:
+            client.transport.abort()
+
+    async def _direct(self, client: PlainLeg, route: Direct) -> bool:
+        loop = asyncio.get_running_loop()
+        t = route.target
+        try:
+            async with asyncio.timeout(self.settings.connect_timeout):
+                _, leg = await loop.create_connection(PlainLeg, t.address, t.port)
+        except (OSError, TimeoutError) as exc:
+            self.metrics.attempts.labels("direct", "refused").inc()
+            log.info("direct connect to %s:%d failed: %s", t.address, t.port, exc)
+            return False
+        self.metrics.attempts.labels("direct", "ok").inc()
+        held: list[Any] = []
+
+        def done(_clean: bool) -> None:
+            self._active.difference_update(held)
+        splice = Splice(client, leg, self.settings.idle_timeout, done)
+        if not splice.done:
+            held.append(splice)
+            self._active.add(splice)
+        return True
+
+    async def _tunnel(self, client: PlainLeg, route: Route, key: ListenerKey) -> bool:
+        assert not isinstance(route, Direct)
+        pool = self._pool(route.site, route.gateway)
+        req = Request(key[0], key[1], key[2])
+        for _ in range(2):  # a pooled tunnel may have died idle: one fresh retry on the same gateway
+            tunnel = None
+            try:
+                async with asyncio.timeout(self.settings.handshake_timeout + self.settings.connect_timeout):
+                    tunnel, reused = await pool.take()
+                    resp = await tunnel.request(req)
+            except asyncio.CancelledError:
+                if tunnel is not None:
+                    tunnel.close()
+                    pool.give_back(tunnel)
+                raise
+            except (OSError, TimeoutError, RemoteProtocolError, ssl.SSLError, PeerRejected) as exc:
+                if tunnel is not None:
+                    tunnel.close()
+                    pool.give_back(tunnel)
+                self.metrics.attempts.labels("gateway", "failed").inc()
+                log.info("tunnel to %s gateway %s:%d failed: %s", route.site, *pool.key[1:], exc)
+                if isinstance(exc, PeerRejected):
+                    return False
+                continue
+            pool.remember_session(tunnel)
+            if reused:
+                self.metrics.reused.inc()
+            if resp.status is not Status.OK:
+                self.metrics.attempts.labels("gateway", resp.status.name.lower()).inc()
+                log.info("gateway of %s answered %s for %s/%s:%s: %s", route.site, resp.status.name, *key,
+                         resp.reason)
+                pool.give_back(tunnel)
+                return False
+            self.metrics.attempts.labels("gateway", "ok").inc()
+            held: list[Any] = []
+
+            def done(_clean: bool, tunnel: Any = tunnel, held: list[Any] = held) -> None:
+                self._active.difference_update(held)
+                pool.give_back(tunnel)
+            stream = tunnel.attach(client, self.settings.idle_timeout, done)
+            if not stream.done:
+                held.append(stream)
+                self._active.add(stream)
+            return True
+        return False
+
+    def _pool(self, site: str, gateway: Any) -> TunnelPool:
+        key = (site, gateway.address, gateway.port)
+        pool = self._pools.get(key)
+        if pool is None or pool.gateway != gateway:
+            if pool is not None:
+                pool.close()
+            pool = self._pools[key] = TunnelPool(
+                key, gateway, self.context, self.bundle, lambda: self._view or self._view_fn(),
+                self.settings.pool_size, self.settings.pool_idle, self.settings.handshake_timeout, self.spawn,
+            )
+        return pool
+
+
+class _ClientLeg(PlainLeg):
+    """An accepted client: reading stays paused until a route accepted it."""
+
+    def __init__(self, egress: Egress, key: ListenerKey) -> None:
+        super().__init__()
+        self.egress = egress
+        self.key = key
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.egress.spawn(self.egress.route(self, self.key), name="egress-route-{}/{}:{}".format(*self.key))

@@ -1,0 +1,195 @@
+"""The egress end of tunnels: open (with TLS session resumption), verify the peer gateway, pool and reuse."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import datetime as dt
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from federation.catalog import MeshView
+from federation.errors import RemoteProtocolError
+from federation.model import Gateway
+from federation.verifying import PeerRejected, TrustBundle, verify_peer
+from gateway.preamble import NEED_DATA, Preamble, Request, Response, Role
+from gateway.relay import Done, PlainLeg, Stream, TunnelLeg
+from gateway.tls import ResumingContext
+
+log = logging.getLogger(__name__)
+
+PoolKey = tuple[str, str, int]
+"""(site, gateway address, gateway port)"""
+
+
+class EgressTunnel(TunnelLeg):
+    """The client end of one tunnel: sends a preamble, waits for its status, then carries one stream."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._preamble: Preamble | None = None
+        self._answer: asyncio.Future[Response] | None = None
+        self._pending = b""
+        self.streams = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    @property
+    def usable(self) -> bool:
+        """Open, and between streams."""
+        return not self.closed and self.stream is None and self._answer is None
+
+    async def request(self, req: Request) -> Response:
+        """Send a stream request and wait for the status; OSError or RemoteProtocolError on failure."""
+        assert self.transport is not None
+        self._preamble = Preamble(Role.CLIENT)
+        self._answer = asyncio.get_running_loop().create_future()
+        self.transport.write(self._preamble.send(req))
+        try:
+            return await self._answer
+        finally:
+            self._answer = None
+
+    def attach(self, client: PlainLeg, idle_timeout: float, on_done: Done) -> Stream:
+        """Relay `client` through this tunnel (after an ok status)."""
+        pending, self._pending = self._pending, b""
+        self.streams += 1
+        return Stream(self, client, idle_timeout, on_done, pending=pending)
+
+    def control_data(self, data: bytes) -> None:
+        if self._answer is None or self._preamble is None or self._answer.done():
+            if self._answer is not None and self._answer.done():
+                self._pending += data  # stream bytes that followed the ok status
+                return
+            log.warning("tunnel peer sent %d bytes outside a stream; closing the tunnel", len(data))
+            self.close()
+            return
+        self._preamble.receive_data(data)
+        try:
+            event = self._preamble.next_event()
+        except RemoteProtocolError as exc:
+            self._answer.set_exception(exc)
+            self.close()
+            return
+        if event is NEED_DATA:
+            return
+        assert isinstance(event, Response)
+        self._pending = self._preamble.trailing_data
+        self._answer.set_result(event)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._answer is not None and not self._answer.done():
+            self._answer.set_exception(ConnectionResetError("tunnel closed before a status"))
+        super().connection_lost(exc)
+
+
+class TunnelPool:
+    """Idle tunnels to one peer gateway: taken without a handshake, refilled in the background."""
+
+    def __init__(self, key: PoolKey, gateway: Gateway, context: ResumingContext, bundle: TrustBundle,
+                 view: Callable[[], MeshView], size: int, idle: float, handshake_timeout: float,
+                 spawn: Callable[..., Any]) -> None:
+        self.key = key
+        self.gateway = gateway
+        self.context = context
+        self.bundle = bundle
+        self.view = view
+        self.size = size
+        self.idle_seconds = idle
+        self.handshake_timeout = handshake_timeout
+        self._spawn = spawn
+        self._idle: collections.deque[tuple[EgressTunnel, asyncio.TimerHandle]] = collections.deque()
+        self._filling = 0
+        self._in_use: set[EgressTunnel] = set()
+        self.handshakes = 0
+        self.closed = False
+
+    @property
+    def server_name(self) -> str:
+        """The SNI/session key for this gateway (names are checked by SPIFFE ID, not by hostname)."""
+        return f"{self.gateway.name}.{self.key[0]}.{self.bundle.trust_domain}"
+
+    async def take(self) -> tuple[EgressTunnel, bool]:
+        """A tunnel ready for a request, and whether it came from the pool (no handshake waited for)."""
+        while self._idle:
+            tunnel, timer = self._idle.popleft()
+            timer.cancel()
+            if tunnel.usable:
+                self._in_use.add(tunnel)
+                self._refill()
+                return tunnel, True
+        tunnel = await self.open()
+        self._in_use.add(tunnel)
+        self._refill()
+        return tunnel, False
+
+    def give_back(self, tunnel: EgressTunnel) -> None:
+        """Return a taken tunnel: kept if its stream ended cleanly and the pool has room, else closed."""
+        self._in_use.discard(tunnel)
+        if self.closed or not tunnel.usable or len(self._idle) >= max(self.size, 1):
+            tunnel.close()
+            return
+        timer = asyncio.get_running_loop().call_later(self.idle_seconds, self._expire, tunnel)
+        self._idle.append((tunnel, timer))
+
+    async def open(self) -> EgressTunnel:
+        """Handshake a new tunnel and check the server is a gateway of the expected site."""
+        loop = asyncio.get_running_loop()
+        self.handshakes += 1
+        transport, tunnel = await loop.create_connection(
+            EgressTunnel, self.gateway.address, self.gateway.port, ssl=self.context,
+            server_hostname=self.server_name, ssl_handshake_timeout=self.handshake_timeout,
+        )
+        sslobj = transport.get_extra_info("ssl_object")
+        try:
+            verify_peer(sslobj.getpeercert(binary_form=True), self.view(), self.bundle,
+                        dt.datetime.now(dt.UTC), expect_site=self.key[0])
+        except BaseException:
+            transport.abort()
+            raise
+        return tunnel
+
+    def remember_session(self, tunnel: EgressTunnel) -> None:
+        """After a status arrived (so TLS 1.3 tickets have been read), keep the session for resumption."""
+        if tunnel.transport is not None:
+            sslobj = tunnel.transport.get_extra_info("ssl_object")
+            if sslobj is not None:
+                self.context.remember(self.server_name, sslobj.session)
+
+    def close(self) -> None:
+        """Close every tunnel, idle or in use (the egress ends streams first)."""
+        self.closed = True
+        while self._idle:
+            tunnel, timer = self._idle.popleft()
+            timer.cancel()
+            tunnel.close()
+        for tunnel in list(self._in_use):
+            tunnel.close()
+
+    def _refill(self) -> None:
+        # Tunnels in use come back when their stream ends; only top up what they will not cover.
+        want = self.size - len(self._idle) - self._filling - len(self._in_use)
+        for _ in range(max(0, want)):
+            self._filling += 1
+            self._spawn(self._fill_one(), name=f"egress-pool-fill-{self.key[0]}")
+
+    async def _fill_one(self) -> None:
+        try:
+            tunnel = await self.open()
+        except (OSError, TimeoutError, PeerRejected) as exc:
+            log.info("could not pre-open a tunnel to %s:%d: %s", self.key[1], self.key[2], exc)
+            return
+        finally:
+            self._filling -= 1
+        self.give_back(tunnel)
+
+    def _expire(self, tunnel: EgressTunnel) -> None:
+        for i, (t, _) in enumerate(self._idle):
+            if t is tunnel:
+                del self._idle[i]
+                break
+        tunnel.close()
+

@@ -1,0 +1,193 @@
+"""Egress + east-west gateway on loopback: client -> egress listener -> mTLS tunnel -> gateway -> echo server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+
+from federation.model import Gateway, Locality
+from gateway.eastwest import EastWestGateway
+from gateway.egress import Egress
+from gateway.settings import GatewaySettings
+from gateway.tls import CertificateStore
+from tests.pkihelp import export, view
+from tests.tunnelhelp import TwoSites, two_sites
+
+KEY = ("ns", "echo", "tcp")
+
+
+@contextlib.asynccontextmanager
+async def egress_of_west(s: TwoSites, **settings: object) -> AsyncIterator[Egress]:
+    eg = Egress("west", s.view, s.west.client, s.west.bundle,
+                GatewaySettings(**{"pool_size": 2, **settings}),  # type: ignore[arg-type]
+                registry=CollectorRegistry())
+    await eg.start()
+    try:
+        yield eg
+    finally:
+        await eg.close()
+
+
+async def roundtrip(addr: tuple[str, int], payload: bytes) -> bytes:
+    """Send `payload`, half-close, read everything back."""
+    reader, writer = await asyncio.open_connection(*addr)
+    try:
+        writer.write(payload)
+        writer.write_eof()
+        await writer.drain()
+        return await reader.read()
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+
+
+async def test_a_client_reaches_a_service_of_another_network(tmp_path: Path) -> None:
+    async with two_sites(tmp_path) as s, egress_of_west(s) as eg:
+        addr = eg.listeners()[KEY]
+        assert addr[0] == "127.0.0.1"
+        payload = bytes(range(256)) * 8192  # 2 MiB
+        assert await roundtrip(addr, payload) == payload
+
+
+async def test_tunnels_are_pooled_and_reused(tmp_path: Path) -> None:
+    async with two_sites(tmp_path) as s, egress_of_west(s) as eg:
+        addr = eg.listeners()[KEY]
+        for i in range(10):
+            assert await roundtrip(addr, b"ping %d" % i) == b"ping %d" % i
+        pool = next(iter(eg._pools.values()))
+        assert pool.handshakes <= 4
+        assert eg.metrics.reused._value.get() >= 8
+        assert s.echo.connections == 10
+
+
+async def test_parallel_clients(tmp_path: Path) -> None:
+    async with two_sites(tmp_path) as s, egress_of_west(s) as eg:
+        addr = eg.listeners()[KEY]
+        payloads = [bytes([i]) * (50_000 + i) for i in range(20)]
+        got = await asyncio.gather(*(roundtrip(addr, p) for p in payloads))
+        assert got == payloads
+
+
+async def test_next_gateway_is_tried_on_refused_connect_and_on_a_non_ok_status(tmp_path: Path) -> None:
+    """Site north is nearest but its gateway refuses connects, site south's answers `refused`: east serves."""
+    async with two_sites(tmp_path) as s:
+        north_port = await _closed_port()
+        south_store = CertificateStore(s.mesh.site_ca("south"), "gw", tmp_path / "south")
+        here = Locality("eu", "eu-1")
+
+        def mesh_view():  # type: ignore[no-untyped-def]
+            base = s.view()
+            sites = dict(base.sites)
+            sites["west"] = s.mesh.site("west", network="net-west", locality=here)
+            sites["north"] = s.mesh.site("north", locality=here, gateways=(Gateway("gw", "127.0.0.1", north_port),))
+            sites["south"] = s.mesh.site("south", locality=Locality("eu", "eu-2"),
+                                         gateways=(Gateway("gw", "127.0.0.1", south.address[1]),))
+            exports = [*base.exports.values(), export("north", "ns", "echo", 7),
+                       export("south", "ns", "echo", 7, endpoint_ports=(1,))]
+            return view(list(sites.values()), exports)
+
+        south = EastWestGateway("south", mesh_view, south_store.server, south_store.bundle, s.settings)
+        await south.start()
+        eg = Egress("west", mesh_view, s.west.client, s.west.bundle, GatewaySettings(pool_size=0))
+        await eg.start()
+        try:
+            assert await roundtrip(eg.listeners()[KEY], b"hello") == b"hello"
+            attempts = {tuple(m.labels.values()): m.value for m in eg.metrics.attempts.collect()[0].samples
+                        if m.name.endswith("_total")}
+            assert attempts[("gateway", "failed")] >= 1
+            assert attempts[("gateway", "refused")] == 1
+            assert attempts[("gateway", "ok")] == 1
+        finally:
+            await eg.close()
+            await south.close()
+            south_store.close()
+
+
+async def test_listeners_follow_the_registry(tmp_path: Path) -> None:
+    async with two_sites(tmp_path) as s, egress_of_west(s) as eg:
+        assert set(eg.listeners()) == {KEY}
+        first = eg.listeners()[KEY]
+        s.exports.append(export("east", "ns", "other", 80, endpoint_ports=(1,)))
+        eg.update(s.view())
+        await eg.settled()
+        assert set(eg.listeners()) == {KEY, ("ns", "other", "tcp")}
+        assert eg.listeners()[KEY] == first  # untouched by an unrelated change
+        s.exports.clear()
+        eg.update(s.view())
+        await eg.settled()
+        assert eg.listeners() == {}
+        reader_writer = asyncio.open_connection(*first)
+        try:
+            _, w = await reader_writer
+        except ConnectionRefusedError:
+            pass
+        else:
+            w.close()
+            raise AssertionError("listener still open")
+
+
+async def test_same_network_goes_direct_without_a_gateway(tmp_path: Path) -> None:
+    async with two_sites(tmp_path) as s:
+        echo_port = s.exports[0].endpoints[0].ports[0].port
+
+        def mesh_view():  # type: ignore[no-untyped-def]
+            base = s.view()
+            near = s.mesh.site("near", network="net-west")
+            return view([*base.sites.values(), near], [export("near", "ns", "local", 9, endpoint_ports=(echo_port,))])
+
+        eg = Egress("west", mesh_view, s.west.client, s.west.bundle, GatewaySettings())
+        await eg.start()
+        try:
+            assert await roundtrip(eg.listeners()[("ns", "local", "tcp")], b"direct") == b"direct"
+            assert eg._pools == {}
+        finally:
+            await eg.close()
+
+
+async def test_certificate_rotation_during_a_long_transfer(tmp_path: Path) -> None:
+    async with two_sites(tmp_path) as s, egress_of_west(s, pool_size=0) as eg:
+        addr = eg.listeners()[KEY]
+        reader, writer = await asyncio.open_connection(*addr)
+        block = bytes(range(256)) * 256  # 64 KiB
+        blocks = 256  # 16 MiB total
+        sent = hashlib.sha256()
+        received = hashlib.sha256()
+        got = 0
+
+        async def read_all() -> None:
+            nonlocal got
+            while data := await reader.read(256 * 1024):
+                received.update(data)
+                got += len(data)
+
+        reading = asyncio.create_task(read_all(), name="test-reader")
+        for i in range(blocks):
+            writer.write(block)
+            sent.update(block)
+            await writer.drain()
+            if i == blocks // 2:
+                old = s.east.issued.cert.serial_number
+                s.east.renew()
+                s.west.renew()
+                assert s.east.issued.cert.serial_number != old
+                # A new connection handshakes with the renewed certificates meanwhile.
+                assert await roundtrip(addr, b"new") == b"new"
+        writer.write_eof()
+        await reading
+        writer.close()
+        assert got == len(block) * blocks
+        assert received.digest() == sent.digest()
+
+
+async def _closed_port() -> int:
+    server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port: int = server.sockets[0].getsockname()[1]
+    server.close()
+    await server.wait_closed()
+    return port

@@ -1,0 +1,91 @@
+"""Pure choices: endpoint order, route order by network and locality, listener plans, stream admission."""
+
+from __future__ import annotations
+
+from federation.model import Gateway, Locality, Site
+from gateway.balancing import (
+    Close,
+    Direct,
+    EndpointPicker,
+    Open,
+    Target,
+    ViaGateway,
+    desired_listeners,
+    plan,
+    routes,
+)
+from gateway.eastwest import admit
+from gateway.preamble import Request, Status
+from tests.pkihelp import export, view
+
+A, B, C = Target("10.0.0.1", 80), Target("10.0.0.2", 80), Target("10.0.0.3", 80)
+
+
+def test_round_robin_and_recently_refused_last() -> None:
+    p = EndpointPicker(penalty=10)
+    assert p.order("k", [A, B, C], now=0) == [A, B, C]
+    assert p.order("k", [A, B, C], now=0) == [B, C, A]
+    p.refused(C, now=1)
+    assert p.order("k", [A, B, C], now=2) == [A, B, C]
+    assert p.order("k", [A, B, C], now=3) == [A, B, C]  # turn 3 starts at A; C, refused, goes last
+    assert p.order("k", [A, B, C], now=4) == [B, A, C]
+
+
+def test_penalty_expires() -> None:
+    p = EndpointPicker(penalty=10)
+    p.refused(A, now=0)
+    assert p.order("k", [A, B], now=5) == [B, A]
+    assert p.order("x", [A, B], now=11) == [A, B]
+
+
+def _site(name: str, network: str, region: str = "", zone: str = "") -> Site:
+    return Site(name, network, Locality(region, zone), gateways=(Gateway("gw", f"192.0.2.{len(name)}"),))
+
+
+def test_routes_prefer_own_network_then_zone_then_region_then_any() -> None:
+    sites = [
+        _site("me", "n1", "eu", "eu-1"),
+        _site("flat", "n1", "us", "us-1"),
+        _site("zone", "n2", "eu", "eu-1"),
+        _site("region", "n3", "eu", "eu-2"),
+        _site("far", "n4", "ap", "ap-1"),
+    ]
+    exports = [export(s.name, "ns", "svc", 80) for s in sites if s.name != "me"]
+    got = routes(view(sites, exports), "me", "ns", "svc", "tcp")
+    assert [type(r) for r in got] == [Direct, ViaGateway, ViaGateway, ViaGateway]
+    assert [r.site for r in got] == ["flat", "zone", "region", "far"]
+
+
+def test_routes_skip_sites_without_ready_endpoints() -> None:
+    sites = [_site("me", "n1"), _site("down", "n2"), _site("up", "n3")]
+    exports = [export("down", "ns", "svc", 80, ready=False), export("up", "ns", "svc", 80)]
+    assert [r.site for r in routes(view(sites, exports), "me", "ns", "svc", "tcp")] == ["up"]
+    assert routes(view(sites, exports), "me", "ns", "nope", "tcp") == []
+
+
+def test_desired_listeners_are_for_services_of_other_sites() -> None:
+    sites = [_site("me", "n1"), _site("other", "n2")]
+    exports = [export("me", "ns", "mine", 80), export("other", "ns", "theirs", 80)]
+    assert desired_listeners(view(sites, exports), "me") == {("ns", "theirs", "tcp")}
+
+
+def test_plan_closes_then_opens_and_keeps_kernel_chosen_ports() -> None:
+    a, b, c = ("ns", "a", "p"), ("ns", "b", "p"), ("ns", "c", "p")
+    actual = {a: ("127.0.0.1", 40001), b: ("127.0.0.1", 40002)}
+    desired = {a: ("127.0.0.1", 0), c: ("127.0.0.1", 0)}
+    assert plan(desired, actual) == [Close(b), Open(c, ("127.0.0.1", 0))]
+    assert plan({a: ("127.0.0.2", 0)}, actual) == [Close(a), Close(b), Open(a, ("127.0.0.2", 0))]
+
+
+def test_admission() -> None:
+    v = view([_site("me", "n1")], [export("me", "ns", "svc", 80, endpoint_ports=(8080,)),
+                                   export("me", "ns", "down", 80, ready=False)])
+    ok = admit(v, "me", Request("ns", "svc", 80))
+    assert ok.status is Status.OK
+    assert ok.targets == (Target("127.0.0.1", 8080),)
+    assert admit(v, "me", Request("ns", "svc", "tcp")).status is Status.OK
+    assert admit(v, "me", Request("ns", "svc", 81)).status is Status.NO_SUCH_SERVICE
+    assert admit(v, "me", Request("ns", "other", 80)).status is Status.NO_SUCH_SERVICE
+    assert admit(v, "me", Request("ns", "down", 80)).status is Status.NO_HEALTHY_ENDPOINT
+    assert admit(v, "me", Request("ns", "svc", 80, hostname="web-0")).status is Status.NO_HEALTHY_ENDPOINT
+    assert admit(v, "other", Request("ns", "svc", 80)).status is Status.NO_SUCH_SERVICE
