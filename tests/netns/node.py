@@ -1,0 +1,77 @@
+"""One process of the netns topology: `echo HOST PORT`, `gateway SITE CA_DIR VIEW HOST`, or `egress ...`.
+
+Runs until stdin closes (the test holds the pipe), printing `READY <port>` once listening.
+The view file holds JSON {"sites": [site records], "exports": [export records]} in the registry codec.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+from federation.catalog import MeshView
+from federation.issuing import load_site
+from federation.model import ServiceKey, SiteKey, decode_export, decode_site, encode_export, encode_site
+from gateway.eastwest import EastWestGateway
+from gateway.egress import Egress
+from gateway.settings import GatewaySettings
+from gateway.tls import CertificateStore
+from tests.tunnelhelp import EchoServer
+
+
+def dump_view(view: MeshView) -> str:
+    """The JSON a node reads back with `load_view`."""
+    return json.dumps({
+        "sites": [encode_site(s).decode() for s in view.sites.values()],
+        "exports": [encode_export(e).decode() for e in view.exports.values()],
+    })
+
+
+def load_view(path: Path) -> MeshView:
+    data = json.loads(path.read_text())
+    sites = [decode_site(SiteKey(json.loads(s)["name"]), s.encode()) for s in data["sites"]]
+    exports = []
+    for raw in data["exports"]:
+        obj = json.loads(raw)
+        exports.append(decode_export(ServiceKey(obj["site"], obj["namespace"], obj["name"]), raw.encode()))
+    return MeshView(sites={s.name: s for s in sites}, exports={(e.site, e.namespace, e.name): e for e in exports})
+
+
+async def _until_stdin_closes() -> None:
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(None, sys.stdin.read)
+
+
+async def main(argv: list[str]) -> None:
+    role = argv[0]
+    if role == "echo":
+        echo = EchoServer()
+        server = await asyncio.start_server(echo._handle, argv[1], int(argv[2]))
+        print("READY", server.sockets[0].getsockname()[1], flush=True)
+        await _until_stdin_closes()
+        server.close()
+        return
+    site, ca_dir, view_file, host = argv[1], Path(argv[2]), Path(argv[3]), argv[4]
+    view = load_view(view_file)
+    store = CertificateStore(load_site(ca_dir), "gw")
+    settings = GatewaySettings(listen_address=host, egress_address=host)
+    if role == "gateway":
+        gw = EastWestGateway(site, lambda: view, store.server, store.bundle, settings)
+        await gw.start()
+        print("READY", gw.address[1], flush=True)
+        await _until_stdin_closes()
+        await gw.close()
+    else:
+        eg = Egress(site, lambda: view, store.client, store.bundle, settings)
+        await eg.start()
+        ports = {"/".join(k): v[1] for k, v in eg.listeners().items()}
+        print("READY", json.dumps(ports), flush=True)
+        await _until_stdin_closes()
+        await eg.close()
+    store.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(main(sys.argv[1:]))
