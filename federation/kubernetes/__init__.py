@@ -1,0 +1,1 @@
+"""The Kubernetes source: exports from ServiceExports, imports as ServiceImports and derived Services."""
