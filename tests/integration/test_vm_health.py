@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import sys
 from collections.abc import AsyncIterator, Sequence
 
 import pytest
@@ -22,7 +21,7 @@ from federation.vm.settings import CheckSettings, PortSettings, VmServiceSetting
 from tests.util import eventually, site
 
 KEYS = Keys()
-INTERVAL = 0.2
+INTERVAL = 0.3
 
 
 class Web:
@@ -66,7 +65,7 @@ def service(name: str, port: int, check: CheckSettings) -> VmServiceSettings:
 
 
 def fast(kind: str, **kw: object) -> CheckSettings:
-    return CheckSettings(kind=kind, interval=INTERVAL, timeout=INTERVAL / 2, rise=2, fall=2, **kw)  # type: ignore[arg-type]
+    return CheckSettings(kind=kind, interval=INTERVAL, timeout=INTERVAL * 0.9, rise=2, fall=2, **kw)  # type: ignore[arg-type]
 
 
 async def test_registry_follows_http_and_tcp_checks(etcd: EtcdProcess, server: Web) -> None:
@@ -112,9 +111,9 @@ async def test_registry_follows_http_and_tcp_checks(etcd: EtcdProcess, server: W
 
 async def test_command_check_and_first_round_before_publishing() -> None:
     settings = VmSettings(services=(
-        service("good", 1, fast("command", command=(sys.executable, "-c", "print('fine')"))),
-        service("bad", 1, fast("command", command=(sys.executable, "-c", "import sys; sys.exit(3)"))),
-        service("slow", 1, fast("command", command=(sys.executable, "-c", "import time; time.sleep(30)"))),
+        service("good", 1, CheckSettings(kind="command", command=("sh", "-c", "echo fine"), interval=10, timeout=9)),
+        service("bad", 1, CheckSettings(kind="command", command=("sh", "-c", "exit 3"), interval=10, timeout=9)),
+        service("slow", 1, fast("command", command=("sleep", "30"))),
     ))
     calls: list[Sequence[ServiceExport]] = []
     checks = HealthChecker(settings, "vm-a", calls.append)
