@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Iterable, Sequence
+from typing import cast
 
 import dns.flags
 import dns.message
@@ -118,8 +119,7 @@ class Upstream(asyncio.DatagramProtocol):
         self.transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.DatagramTransport)
-        self.transport = transport
+        self.transport = cast(asyncio.DatagramTransport, transport)  # not a subclass on 3.11
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         q = dns.message.from_wire(data)

@@ -7,11 +7,12 @@ name in the zone gets SERVFAIL (nothing authoritative before the initial sync).
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import socket
 import time
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, cast
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
@@ -20,6 +21,7 @@ from federation.dns.answering import Answerer, Forward, StaticVips, VipSource, Z
 from federation.dns.fastpath import FastPath
 from federation.dns.forwarding import Forwarder, read_resolv_conf, upstream_addresses, wait_all
 from federation.dns.settings import DnsSettings, split_hostport
+from federation.ratelimit import LogLimiter
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +60,7 @@ class DnsServer:
         self._tcp: list[asyncio.Server] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._clients: set[asyncio.Task[None]] = set()
-        self._limiter = _Limiter()
+        self._limiter = LogLimiter(interval=10.0, capacity=256)
         reg = registry if registry is not None else CollectorRegistry()
         queries = Counter("meshfed_dns_queries", "DNS queries by transport and the path that answered",
                           ["transport", "path"], registry=reg)
@@ -74,32 +76,42 @@ class DnsServer:
 
     async def start(self) -> None:
         """Bind every configured UDP and TCP address; ports given as 0 are read back with the properties."""
-        loop = asyncio.get_running_loop()
         s = self.settings
-        try:
-            for text in s.udp:
-                host, port = split_hostport(text)
-                first = None
-                for _ in range(s.workers):
-                    sock = _udp_socket(host, port if first is None else first, reuse=s.workers > 1)
-                    transport, _ = await loop.create_datagram_endpoint(lambda: _Udp(self), sock=sock)
-                    self._udp.append(transport)
-                    first = first or transport.get_extra_info("sockname")[1]
-            udp_ports = dict(self.udp_addresses)
-            for text in s.tcp:
-                host, port = split_hostport(text)
-                if port == 0 and host in udp_ports:
-                    port = udp_ports[host]  # dig and stub resolvers retry TC answers on the same port
-                server = await asyncio.start_server(self._tcp_client, host, port, reuse_address=True)
-                self._tcp.append(server)
-        except BaseException:
-            await self.close()
-            raise
+        for attempt in range(5):
+            try:
+                await self._bind()
+                break
+            except OSError as exc:
+                await self.close()
+                # A TCP port taken right after UDP got it from the kernel: pick another pair.
+                if exc.errno != errno.EADDRINUSE or attempt == 4 or not _any_port_zero(s):
+                    raise
+            except BaseException:
+                await self.close()
+                raise
         ours = self.udp_addresses + self.tcp_addresses
         self._forwarder = Forwarder(upstream_addresses(s.upstreams, read_resolv_conf(), ours), s.forward_timeout)
         if s.forwarding and not self._forwarder.upstreams:
             log.warning("dns forwarding is on but no upstream resolver is known; other names get SERVFAIL")
         log.info("dns serving %s on udp %s tcp %s", s.zone, self.udp_addresses, self.tcp_addresses)
+
+    async def _bind(self) -> None:
+        loop = asyncio.get_running_loop()
+        s = self.settings
+        for text in s.udp:
+            host, port = split_hostport(text)
+            first = None
+            for _ in range(s.workers):
+                sock = _udp_socket(host, port if first is None else first, reuse=s.workers > 1)
+                transport, _ = await loop.create_datagram_endpoint(lambda: _Udp(self), sock=sock)
+                self._udp.append(transport)
+                first = first or transport.get_extra_info("sockname")[1]
+        udp_ports = dict(self.udp_addresses)
+        for text in s.tcp:
+            host, port = split_hostport(text)
+            if port == 0 and host in udp_ports:
+                port = udp_ports[host]  # dig and stub resolvers retry TC answers on the same port
+            self._tcp.append(await asyncio.start_server(self._tcp_client, host, port, reuse_address=True))
 
     async def close(self) -> None:
         """Stop listening and end every connection and forwarded query."""
@@ -169,7 +181,7 @@ class DnsServer:
             res = self.answerer.handle(data, self.zone, udp=udp)
         except Exception:
             self._err["internal"].inc()
-            if self._limiter.allow("internal"):
+            if self._limiter.allow("internal", time.monotonic()):
                 log.exception("dns answering failed (a bug); answering SERVFAIL")
             res = self.answerer.servfail(data)
         if res is None:
@@ -247,8 +259,7 @@ class _Udp(asyncio.DatagramProtocol):
         self._transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.DatagramTransport)
-        self._transport = transport
+        self._transport = cast(asyncio.DatagramTransport, transport)  # not a subclass on 3.11
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         assert self._transport is not None
@@ -263,25 +274,6 @@ class _Udp(asyncio.DatagramProtocol):
         log.debug("dns udp socket error: %s", exc)
 
 
-class _Limiter:
-    """At most one log line per key per interval, over a bounded set of keys."""
-
-    def __init__(self, interval: float = 10.0, size: int = 256) -> None:
-        self._interval = interval
-        self._size = size
-        self._last: dict[str, float] = {}
-
-    def allow(self, key: str) -> bool:
-        now = time.monotonic()
-        last = self._last.get(key)
-        if last is not None and now - last < self._interval:
-            return False
-        if len(self._last) >= self._size:
-            self._last.clear()
-        self._last[key] = now
-        return True
-
-
 def _udp_socket(host: str, port: int, *, reuse: bool) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_DGRAM)
@@ -294,3 +286,7 @@ def _udp_socket(host: str, port: int, *, reuse: bool) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+def _any_port_zero(settings: DnsSettings) -> bool:
+    return any(split_hostport(t)[1] == 0 for t in (*settings.udp, *settings.tcp))

@@ -1,0 +1,234 @@
+"""The DNS server on real loopback sockets, asked by dnspython and by dig, fed by a real etcd."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import dns.asyncquery
+import dns.flags
+import dns.message
+import dns.rcode
+import pytest
+
+from federation.catalog import MeshView
+from federation.dns.answering import StaticVips
+from federation.dns.server import DnsServer
+from federation.dns.settings import DnsSettings
+from federation.embedded import EtcdProcess
+from federation.model import Keys, encode_export, encode_site
+from federation.registry.etcd import EtcdClient, Put
+from federation.registry.mirror import Mirror
+from tests.dnshelp import export, site, start_upstream, view
+
+VIPS = StaticVips({("shop", "web"): ("240.240.0.7", "fd6d:6573:6866:6564::7")})
+BIG = [f"10.9.{i // 200}.{i % 200 + 1}" for i in range(60)]
+
+
+def mesh() -> MeshView:
+    return view(
+        [site("east", "us", "a"), site("west", "us", "b")],
+        [
+            export("east", "shop", "web", ["10.0.0.1"]),
+            export("west", "shop", "db", ["10.1.0.1", "10.1.0.2"], headless=True, hostnames=["db-0", "db-1"]),
+            export("east", "shop", "big", BIG, headless=True),
+        ],
+    )
+
+
+@asynccontextmanager
+async def serving(v: MeshView | None = None, **kw: object) -> AsyncIterator[DnsServer]:
+    settings = DnsSettings(udp=("127.0.0.1:0",), tcp=("127.0.0.1:0",), **kw)  # type: ignore[arg-type]
+    server = DnsServer(settings, local_site="east", vip_source=VIPS)
+    await server.start()
+    try:
+        if v is not None:
+            server.update(v)
+        yield server
+    finally:
+        await server.close()
+
+
+async def ask(server: DnsServer, name: str, rdtype: str = "A", *, tcp: bool = False,
+              edns: int = -1) -> dns.message.Message:
+    q = dns.message.make_query(name, rdtype, use_edns=edns)
+    if tcp:
+        host, port = server.tcp_addresses[0]
+        return await dns.asyncquery.tcp(q, host, port=port, timeout=5)
+    host, port = server.udp_addresses[0]
+    return await dns.asyncquery.udp(q, host, port=port, timeout=5)
+
+
+def texts(msg: dns.message.Message, section: str = "answer") -> list[str]:
+    return [rd.to_text() for rrset in getattr(msg, section) for rd in rrset]
+
+
+async def dig(server: DnsServer, *args: str) -> str:
+    host, port = server.udp_addresses[0]
+    proc = await asyncio.create_subprocess_exec(
+        "dig", f"@{host}", "-p", str(port), "+tries=1", "+time=3", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 20)
+    assert proc.returncode == 0, out.decode()
+    return out.decode()
+
+
+async def test_every_record_type_with_dnspython_over_udp_and_tcp() -> None:
+    async with serving(mesh()) as server:
+        assert server.udp_addresses[0][1] == server.tcp_addresses[0][1]  # same port for TC fallback
+        for tcp in (False, True):
+            assert texts(await ask(server, "web.shop.svc.clusterset.local", tcp=tcp)) == ["240.240.0.7"]
+            assert texts(await ask(server, "web.shop.svc.clusterset.local", "AAAA", tcp=tcp)) == [
+                "fd6d:6573:6866:6564::7"]
+            assert texts(await ask(server, "db.shop.svc.clusterset.local", tcp=tcp)) == ["10.1.0.1", "10.1.0.2"]
+            srv = await ask(server, "_http._tcp.db.shop.svc.clusterset.local", "SRV", tcp=tcp)
+            assert texts(srv) == ["0 1 8080 db-0.west.db.shop.svc.clusterset.local.",
+                                  "0 1 8080 db-1.west.db.shop.svc.clusterset.local."]
+            assert texts(await ask(server, "db-1.west.db.shop.svc.clusterset.local", tcp=tcp)) == ["10.1.0.2"]
+            assert texts(await ask(server, "east.web.shop.svc.clusterset.local", tcp=tcp)) == ["10.0.0.1"]
+            assert texts(await ask(server, "dns-version.clusterset.local", "TXT", tcp=tcp)) == ['"1.0.0"']
+            assert texts(await ask(server, "7.0.240.240.in-addr.arpa", "PTR", tcp=tcp)) == [
+                "web.shop.svc.clusterset.local."]
+            soa = await ask(server, "clusterset.local", "SOA", tcp=tcp)
+            assert soa.answer[0][0].minimum == 5
+            nx = await ask(server, "nope.shop.svc.clusterset.local", tcp=tcp)
+            assert nx.rcode() == dns.rcode.NXDOMAIN
+            assert texts(nx, "authority")[0].startswith("clusterset.local. hostmaster.clusterset.local.")
+            nodata = await ask(server, "web.shop.svc.clusterset.local", "TXT", tcp=tcp)
+            assert nodata.rcode() == dns.rcode.NOERROR
+            assert nodata.answer == []
+
+
+async def test_truncated_over_udp_then_whole_over_tcp() -> None:
+    async with serving(mesh()) as server:
+        udp = await ask(server, "big.shop.svc.clusterset.local")
+        assert udp.flags & dns.flags.TC
+        tcp = await ask(server, "big.shop.svc.clusterset.local", tcp=True)
+        assert texts(tcp) == BIG
+
+
+async def test_servfail_before_the_initial_sync_and_updates_take_effect() -> None:
+    async with serving() as server:
+        assert (await ask(server, "web.shop.svc.clusterset.local")).rcode() == dns.rcode.SERVFAIL
+        server.update(mesh())
+        assert texts(await ask(server, "web.shop.svc.clusterset.local")) == ["240.240.0.7"]
+        server.update(view([site("east")], []))
+        assert (await ask(server, "web.shop.svc.clusterset.local")).rcode() == dns.rcode.NXDOMAIN
+
+
+async def test_refused_outside_the_zone_when_forwarding_is_off() -> None:
+    async with serving(mesh(), forwarding=False) as server:
+        assert (await ask(server, "example.org")).rcode() == dns.rcode.REFUSED
+
+
+async def test_forwarding_to_a_local_upstream() -> None:
+    upstream = await start_upstream()
+    try:
+        async with serving(mesh(), upstreams=(f"127.0.0.1:{upstream.port}",)) as server:
+            for tcp in (False, True):
+                assert texts(await ask(server, "www.example.org", tcp=tcp)) == ["192.0.2.1"]
+            assert upstream.seen == ["www.example.org.", "www.example.org."]
+            assert texts(await ask(server, "web.shop.svc.clusterset.local")) == ["240.240.0.7"]
+    finally:
+        assert upstream.transport is not None
+        upstream.transport.close()
+
+
+async def test_a_silent_upstream_gives_servfail_not_a_hang() -> None:
+    upstream = await start_upstream(silent=True)
+    try:
+        async with serving(mesh(), upstreams=(f"127.0.0.1:{upstream.port}",), forward_timeout=0.3) as server:
+            for tcp in (False, True):
+                assert (await ask(server, "www.example.org", tcp=tcp)).rcode() == dns.rcode.SERVFAIL
+            # a query still in flight when the server closes is cancelled, not leaked
+            host, port = server.udp_addresses[0]
+            loop = asyncio.get_running_loop()
+            t, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol, remote_addr=(host, port))
+            t.sendto(dns.message.make_query("slow.example.org", "A").to_wire())
+            t.close()
+            await asyncio.sleep(0.05)
+    finally:
+        assert upstream.transport is not None
+        upstream.transport.close()
+
+
+async def test_several_workers_share_the_port() -> None:
+    async with serving(mesh(), workers=3) as server:
+        assert len(server.udp_addresses) == 1
+        for _ in range(10):
+            assert texts(await ask(server, "web.shop.svc.clusterset.local")) == ["240.240.0.7"]
+
+
+@pytest.mark.skipif(shutil.which("dig") is None, reason="dig not installed (bind9-dnsutils)")
+async def test_every_record_type_with_dig() -> None:
+    async with serving(mesh()) as server:
+        assert (await dig(server, "+short", "web.shop.svc.clusterset.local")).split() == ["240.240.0.7"]
+        assert (await dig(server, "+short", "web.shop.svc.clusterset.local", "AAAA")).split() == [
+            "fd6d:6573:6866:6564::7"]
+        assert (await dig(server, "+short", "db.shop.svc.clusterset.local")).split() == ["10.1.0.1", "10.1.0.2"]
+        assert (await dig(server, "+short", "_http._tcp.web.shop.svc.clusterset.local", "SRV")).split() == [
+            "0", "0", "80", "web.shop.svc.clusterset.local."]
+        assert (await dig(server, "+short", "db-0.west.db.shop.svc.clusterset.local")).split() == ["10.1.0.1"]
+        assert (await dig(server, "+short", "dns-version.clusterset.local", "TXT")).split() == ['"1.0.0"']
+        assert (await dig(server, "+short", "-x", "240.240.0.7")).split() == ["web.shop.svc.clusterset.local."]
+        assert "status: NXDOMAIN" in await dig(server, "nope.shop.svc.clusterset.local")
+        soa = await dig(server, "clusterset.local", "SOA")
+        assert "flags: qr aa rd" in soa
+        assert "hostmaster.clusterset.local." in soa
+        any_ = await dig(server, "web.shop.svc.clusterset.local", "ANY")
+        assert "ANSWER: 1," in any_
+
+
+@pytest.mark.skipif(shutil.which("dig") is None, reason="dig not installed (bind9-dnsutils)")
+async def test_dig_falls_back_to_tcp_for_an_answer_over_512_bytes() -> None:
+    async with serving(mesh()) as server:
+        out = await dig(server, "+noedns", "big.shop.svc.clusterset.local")
+        assert "Truncated, retrying in TCP mode" in out
+        assert "ANSWER: 60," in out
+        assert all(f"\t{a}\n" in out for a in BIG)
+
+
+async def test_registry_changes_reach_dns_answers(etcd: EtcdProcess) -> None:
+    keys = Keys()
+    writer = EtcdClient([etcd.endpoint], timeout=3)
+    mirror = Mirror(EtcdClient([etcd.endpoint], timeout=3), keys, probe_interval=0.5, probe_timeout=1.0)
+    async with serving(forwarding=False) as server:
+        mirror.subscribe(lambda v, _events: server.update(v))
+        task = asyncio.create_task(mirror.run(), name="mirror")
+        try:
+            await writer.connect()
+            east = site("east", "us", "a")
+            await writer.commit([
+                Put(keys.site("east"), encode_site(east)),
+                Put(keys.service("east", "shop", "db"),
+                    encode_export(export("east", "shop", "db", ["10.0.0.1"], headless=True))),
+            ])
+            await asyncio.wait_for(mirror.synced.wait(), 10)
+            server.update(mirror.view())  # as the agent does once after the initial sync
+            await _until(server, "db.shop.svc.clusterset.local", ["10.0.0.1"])
+            await writer.commit([Put(keys.service("east", "shop", "db"), encode_export(
+                export("east", "shop", "db", ["10.0.0.1", "10.0.0.2"], headless=True)))])
+            await _until(server, "db.shop.svc.clusterset.local", ["10.0.0.1", "10.0.0.2"])
+            await writer.commit([Put(keys.service("east", "shop", "db"), b"{not json")])
+            # an invalid record is skipped, never crashes the server: the name goes away
+            await _until(server, "db.shop.svc.clusterset.local", [])
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await writer.close()
+
+
+async def _until(server: DnsServer, name: str, want: list[str], timeout: float = 5.0) -> None:
+    """Poll until `name` answers `want`; registry watches normally deliver in milliseconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    got: list[str] = []
+    while loop.time() < deadline:
+        got = texts(await ask(server, name))
+        if got == want:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"{name} answered {got}, want {want}")
