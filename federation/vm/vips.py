@@ -1,0 +1,217 @@
+"""The VIP interface: a dummy interface (default meshfed0) carrying the VIP of every imported service.
+
+`plan` is the pure core (desired VIPs vs. addresses found on the interface); `VipInterface` is the netlink
+shell. A restart reads what the interface holds and converges, so nothing is added twice or left over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import ipaddress
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from pyroute2 import AsyncIPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from federation.vm.settings import VmSettings
+
+log = logging.getLogger(__name__)
+
+Vip = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+IFA_F_NODAD = 0x02
+"""Skip duplicate address detection: a VIP is ours by allocation, and a tentative address cannot be bound."""
+
+_KINDS = ("dummy", "bridge")
+"""Link kinds tried in order: dummy is the right one; a bridge without ports behaves the same for local
+addresses and serves kernels built without the dummy driver (some micro-VM kernels)."""
+
+_ALIAS = "meshfed VIPs"
+
+
+@dataclass(frozen=True, slots=True)
+class VipPlan:
+    """Host addresses to add to and remove from the interface."""
+
+    add: tuple[Vip, ...]
+    remove: tuple[tuple[Vip, int], ...]
+
+    def __bool__(self) -> bool:
+        return bool(self.add or self.remove)
+
+
+def plan(desired: Iterable[Vip], actual: Iterable[tuple[Vip, int]]) -> VipPlan:
+    """What turns `actual` (address, prefix length) into exactly `desired` as host (/32, /128) addresses.
+
+    Link-local addresses belong to the kernel and are left alone; a desired address held with another
+    prefix length is removed and added back as a host address.
+    """
+    want = set(desired)
+    keep: set[Vip] = set()
+    remove = []
+    for address, prefixlen in actual:
+        if address.is_link_local:
+            continue
+        if address in want and prefixlen == address.max_prefixlen and address not in keep:
+            keep.add(address)
+        else:
+            remove.append((address, prefixlen))
+    add = sorted(want - keep, key=_order)
+    return VipPlan(tuple(add), tuple(sorted(remove, key=lambda r: _order(r[0]))))
+
+
+class VipMetrics:
+    """meshfed_vm_vip_* series."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.vips = Gauge("meshfed_vm_vips", "VIPs on the VIP interface", registry=registry)
+        self.fallback = Gauge("meshfed_vm_vip_fallback",
+                              "1 when the agent cannot manage the VIP interface (no CAP_NET_ADMIN)", registry=registry)
+        self.changes = Counter("meshfed_vm_vip_changes", "VIP addresses added or removed", ("op",), registry=registry)
+
+
+class VipInterface:
+    """Keeps the VIP interface holding exactly the VIPs it is given; says once if it cannot."""
+
+    def __init__(self, settings: VmSettings, *, netns: str | None = None,
+                 metrics: CollectorRegistry | None = None) -> None:
+        self._name = settings.vip_interface
+        self._netns = netns
+        self._metrics = VipMetrics(metrics) if metrics is not None else None
+        self._lock = asyncio.Lock()
+        self._fallback: str | None = None
+        self._addresses: frozenset[Vip] = frozenset()
+        self.kind = ""
+        """The link kind in use (dummy, or bridge on kernels without dummy), empty before the first reconcile."""
+
+    @property
+    def name(self) -> str:
+        """The interface name."""
+        return self._name
+
+    @property
+    def fallback(self) -> bool:
+        """True when VIPs cannot be managed (no CAP_NET_ADMIN): listeners use loopback ports instead."""
+        return self._fallback is not None
+
+    @property
+    def fallback_reason(self) -> str:
+        """Why, for `meshfed status`; empty when not in fallback."""
+        return self._fallback or ""
+
+    @property
+    def addresses(self) -> frozenset[Vip]:
+        """The VIPs on the interface after the last reconcile."""
+        return self._addresses
+
+    async def reconcile(self, vips: Iterable[Vip]) -> None:
+        """Make the interface (created if missing, up) hold exactly `vips`; a no-op in fallback."""
+        desired = frozenset(vips)
+        async with self._lock:
+            if self._fallback is not None:
+                return
+            try:
+                await self._reconcile(desired)
+            except NetlinkError as exc:
+                if exc.code not in (errno.EPERM, errno.EACCES):
+                    raise
+                self._fallback = f"no permission to manage interface {self._name} (needs CAP_NET_ADMIN)"
+                log.warning("%s: VIPs are off, imported services get loopback ports instead", self._fallback)
+                if self._metrics is not None:
+                    self._metrics.fallback.set(1)
+
+    async def remove(self) -> bool:
+        """Delete the interface and its VIPs (uninstall); False if there was none."""
+        async with self._lock, self._route() as ipr:
+            index = await _lookup(ipr, self._name)
+            if index is None:
+                return False
+            await ipr.link("del", index=index)
+            self._addresses = frozenset()
+            log.info("removed VIP interface %s", self._name)
+            return True
+
+    # ---------------------------------------------------------------- private
+
+    def _route(self) -> AsyncIPRoute:
+        return AsyncIPRoute(netns=self._netns) if self._netns else AsyncIPRoute()
+
+    async def _reconcile(self, desired: frozenset[Vip]) -> None:
+        async with self._route() as ipr:
+            index = await self._ensure_link(ipr)
+            actual = [(ipaddress.ip_address(m.get("address")), int(m["prefixlen"]))
+                      async for m in await ipr.addr("dump", index=index)]
+            todo = plan(desired, actual)
+            for address, prefixlen in todo.remove:
+                await _ignore(ipr.addr("del", index=index, address=str(address), prefixlen=prefixlen),
+                              errno.EADDRNOTAVAIL)
+            for address in todo.add:
+                await _ignore(ipr.addr("add", index=index, address=str(address), prefixlen=address.max_prefixlen,
+                                       flags=IFA_F_NODAD if address.version == 6 else 0), errno.EEXIST)
+        self._addresses = desired
+        if todo:
+            log.info("VIP interface %s: added %s, removed %s", self._name,
+                     ", ".join(map(str, todo.add)) or "none", ", ".join(str(a) for a, _ in todo.remove) or "none")
+        if self._metrics is not None:
+            self._metrics.vips.set(len(desired))
+            self._metrics.changes.labels("add").inc(len(todo.add))
+            self._metrics.changes.labels("remove").inc(len(todo.remove))
+
+    async def _ensure_link(self, ipr: AsyncIPRoute) -> int:
+        index = await _lookup(ipr, self._name)
+        if index is None:
+            for kind in _KINDS:
+                try:
+                    await ipr.link("add", ifname=self._name, kind=kind)
+                except NetlinkError as exc:
+                    if exc.code == errno.EOPNOTSUPP:
+                        continue
+                    if exc.code != errno.EEXIST:
+                        raise
+                self.kind = kind
+                if kind != _KINDS[0]:
+                    log.warning("the kernel has no %s interfaces; VIP interface %s is an empty %s instead",
+                                _KINDS[0], self._name, kind)
+                break
+            else:
+                raise NetlinkError(errno.EOPNOTSUPP, f"the kernel supports none of {', '.join(_KINDS)}")
+            index = await _lookup(ipr, self._name)
+            if index is None:
+                raise NetlinkError(errno.ENODEV, f"{self._name} vanished right after it was created")
+            await ipr.link("set", index=index, ifalias=_ALIAS)
+            log.info("created VIP interface %s (%s)", self._name, self.kind)
+        elif not self.kind:
+            self.kind = await _kind(ipr, index)
+        await ipr.link("set", index=index, state="up")
+        return index
+
+
+async def _lookup(ipr: AsyncIPRoute, name: str) -> int | None:
+    found = await ipr.link_lookup(ifname=name)
+    return int(found[0]) if found else None
+
+
+async def _kind(ipr: AsyncIPRoute, index: int) -> str:
+    for link in await ipr.link("get", index=index):
+        info = link.get("IFLA_LINKINFO")
+        if info is not None:
+            return str(info.get("IFLA_INFO_KIND") or "")
+    return ""
+
+
+async def _ignore(request: Any, code: int) -> None:
+    try:
+        await request
+    except NetlinkError as exc:
+        if exc.code != code:
+            raise
+
+
+def _order(address: Vip) -> tuple[int, int]:
+    return (address.version, int(address))
+
