@@ -1,0 +1,253 @@
+"""The Kubernetes source: exports from ServiceExports into the registry, imports from the mesh view into the cluster.
+
+Shell around the pure cores in conversion.py and importing.py: four reflectors keep caches of
+Services, EndpointSlices, ServiceExports and ServiceImports; one reconcile task turns them (and the
+latest mesh view) into exports, ServiceExport status and writes of owned objects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from federation.backoff import Backoff
+from federation.catalog import MeshView
+from federation.kubernetes.client import ApiError, ApiUnavailable, KubeClient
+from federation.kubernetes.conversion import (
+    NOWHERE,
+    Conversion,
+    ObjKey,
+    convert_all,
+    export_conditions,
+    key_of,
+    same_conditions,
+)
+from federation.kubernetes.importing import Create, Delete, EgressTarget, Op, Owned, Patch, plan_imports
+from federation.kubernetes.settings import KubernetesSettings
+from federation.kubernetes.watching import Reflector, WatchMetrics
+from federation.model import Locality, ServiceExport
+from federation.ratelimit import LogLimiter
+
+log = logging.getLogger(__name__)
+
+WATCHED = ("services", "endpointslices", "serviceexports", "serviceimports")
+
+
+class SourceMetrics:
+    """What the Kubernetes source did, for /metrics."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.watch = WatchMetrics(registry)
+        self.exports = Gauge("meshfed_kubernetes_exports", "Services exported from this cluster", registry=registry)
+        self.invalid = Gauge(
+            "meshfed_kubernetes_invalid_exports", "ServiceExports that cannot be exported", registry=registry
+        )
+        self.imports = Gauge("meshfed_kubernetes_imports", "ServiceImports the agent owns", registry=registry)
+        self.writes = Counter(
+            "meshfed_kubernetes_writes", "Writes to the API server, by resource and verb", ["resource", "verb"],
+            registry=registry,
+        )  # fmt: skip
+        self.write_errors = Counter(
+            "meshfed_kubernetes_write_errors", "Failed writes to the API server, by resource and verb",
+            ["resource", "verb"], registry=registry,
+        )  # fmt: skip
+
+
+def _no_egress(namespace: str, name: str, port_name: str) -> tuple[str, int] | None:
+    return None
+
+
+class KubernetesSource:
+    """Exports this cluster's ServiceExports and imports the mesh's services as native objects."""
+
+    def __init__(
+        self,
+        settings: KubernetesSettings,
+        site: str,
+        on_exports: Callable[[Iterable[ServiceExport]], None],
+        *,
+        egress_target: EgressTarget = _no_egress,
+        locality: Locality = NOWHERE,
+        metrics: CollectorRegistry | None = None,
+        clock: Callable[[], float] = time.time,
+        client: KubeClient | None = None,
+    ) -> None:
+        self.settings = settings
+        self.site = site
+        self.synced = asyncio.Event()
+        """Set once every cache has listed and the first exports were handed over."""
+        self.imports_synced = asyncio.Event()
+        """Set once the owned objects match a mesh view for the first time."""
+        self._on_exports = on_exports
+        self._egress_target = egress_target
+        self._locality = locality
+        self._metrics = SourceMetrics(metrics or CollectorRegistry())
+        self._clock = clock
+        self._client = client
+        self._owned = (settings.owned_label, settings.owned_value)
+        self._view: MeshView | None = None
+        self._wake = asyncio.Event()
+        self._reflectors: dict[str, Reflector] = {}
+        self._published: list[ServiceExport] | None = None
+        self._limiter = LogLimiter()
+
+    def update(self, view: MeshView) -> None:
+        """A new mesh view (after each registry change): rewrite imports and conflict status to match."""
+        self._view = view
+        self._wake.set()
+
+    @property
+    def stores(self) -> dict[str, dict[ObjKey, dict[str, Any]]]:
+        """The cached objects per resource (for the admin endpoint and tests)."""
+        return {r: x.store for r, x in self._reflectors.items()}
+
+    async def run(self) -> None:
+        """Watch and reconcile until cancelled."""
+        client = self._client or await self._connect()
+        try:
+            self._reflectors = {
+                r: Reflector(
+                    client, r, self._wake.set, metrics=self._metrics.watch, backoff=self._backoff(),
+                    watch_timeout=self.settings.watch_timeout,
+                )
+                for r in WATCHED
+            }
+            async with asyncio.TaskGroup() as tg:
+                for r, reflector in self._reflectors.items():
+                    tg.create_task(reflector.run(), name=f"kubernetes-watch-{r}")
+                tg.create_task(self._reconcile_loop(client), name="kubernetes-reconcile")
+        finally:
+            if self._client is None:
+                await asyncio.shield(client.close())
+
+    # ------------------------------------------------------------ internals
+
+    def _backoff(self) -> Backoff:
+        return Backoff(base=self.settings.backoff_base, cap=self.settings.backoff_cap)
+
+    async def _connect(self) -> KubeClient:
+        backoff = self._backoff()
+        while True:
+            try:
+                return await KubeClient.connect(self.settings)
+            except ApiUnavailable as exc:
+                delay = backoff.next()
+                log.warning("kubernetes: %s; retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+
+    async def _reconcile_loop(self, client: KubeClient) -> None:
+        # Nothing is published, written or deleted before every cache has its first list (HasSynced).
+        await asyncio.gather(*(r.synced.wait() for r in self._reflectors.values()))
+        log.info("kubernetes: caches synced for site %s", self.site)
+        retry = self._backoff()
+        while True:
+            failed = await self._reconcile(client)
+            if failed:
+                delay = retry.next()
+                await asyncio.sleep(delay)
+                continue
+            retry.reset()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=self.settings.resync)
+            self._wake.clear()
+            await asyncio.sleep(self.settings.reconcile_delay)  # batch a burst of events
+
+    async def _reconcile(self, client: KubeClient) -> bool:
+        """One pass; True if some write failed and the pass should be retried."""
+        s = self.stores
+        conversion = convert_all(
+            s["services"].values(), s["endpointslices"].values(), s["serviceexports"].values(),
+            self.site, self._locality, self._owned,
+        )  # fmt: skip
+        self._publish(conversion)
+        failed = await self._write_status(client, conversion)
+        view = self._view
+        own = view.sites.get(self.site) if view is not None else None
+        if view is None or own is None:
+            return failed
+        existing = Owned(s["services"], s["serviceimports"], s["endpointslices"])
+        ops = plan_imports(view, own, existing, self._egress_target, self._owned)
+        failed = await self._apply(client, ops) or failed
+        self._metrics.imports.set(len(view.services()))
+        if not failed:
+            self.imports_synced.set()
+        return failed
+
+    def _publish(self, conversion: Conversion) -> None:
+        self._metrics.exports.set(len(conversion.exports))
+        self._metrics.invalid.set(len(conversion.invalid))
+        if conversion.exports != self._published:
+            self._published = list(conversion.exports)
+            log.info("kubernetes: %d service(s) exported from site %s", len(conversion.exports), self.site)
+            self._on_exports(list(conversion.exports))
+        self.synced.set()
+
+    async def _write_status(self, client: KubeClient, conversion: Conversion) -> bool:
+        view = self._view
+        services = view.services() if view is not None else {}
+        failed = False
+        for k, se in list(self.stores["serviceexports"].items()):
+            fs = services.get(k)
+            conflict = next((c for c in fs.conflicts if c.site == self.site), None) if fs else None
+            known = fs is not None and (conflict is not None or self.site in fs.sites)
+            status = se.get("status") or {}
+            previous = status.get("conditions") or []
+            generation = int((se.get("metadata") or {}).get("generation") or 0)
+            want = export_conditions(previous, conversion.invalid.get(k), conflict, known, self._clock(), generation)
+            if same_conditions(previous, want):
+                continue
+            try:
+                updated = await client.patch("serviceexports", k[0], k[1], {"status": {"conditions": want}}, "status")
+            except (ApiError, ApiUnavailable) as exc:
+                failed = failed or not (isinstance(exc, ApiError) and exc.code == 404)
+                self._write_failed("serviceexports/status", "patch", k, exc)
+                continue
+            self._metrics.writes.labels("serviceexports/status", "patch").inc()
+            self._reflectors["serviceexports"].apply(updated)
+        return failed
+
+    async def _apply(self, client: KubeClient, ops: list[Op]) -> bool:
+        failed = False
+        for op in ops:
+            verb = {Create: "create", Patch: "patch", Delete: "delete"}[type(op)]
+            reflector = self._reflectors[op.resource]
+            try:
+                if isinstance(op, Create):
+                    reflector.apply(await client.create(op.resource, op.obj))
+                    k = key_of(op.obj)
+                elif isinstance(op, Patch):
+                    k = (op.namespace, op.name)
+                    reflector.apply(await client.patch(op.resource, op.namespace, op.name, op.body))
+                else:
+                    k = (op.namespace, op.name)
+                    try:
+                        await client.delete(op.resource, op.namespace, op.name)
+                    except ApiError as exc:
+                        if exc.code != 404:
+                            raise
+                    reflector.apply({"metadata": {"namespace": k[0], "name": k[1]}}, deleted=True)
+            except ApiUnavailable as exc:
+                self._write_failed(op.resource, verb, _op_key(op), exc)
+                return True  # the server is away: stop this pass, retry all of it later
+            except ApiError as exc:
+                self._write_failed(op.resource, verb, _op_key(op), exc)
+                failed = True
+                continue
+            self._metrics.writes.labels(op.resource, verb).inc()
+            log.info("kubernetes: %s %s %s/%s", verb, op.resource, *k)
+        return failed
+
+    def _write_failed(self, resource: str, verb: str, k: ObjKey, exc: Exception) -> None:
+        self._metrics.write_errors.labels(resource, verb).inc()
+        if self._limiter.allow((resource, verb, k), time.monotonic()):
+            log.warning("kubernetes: %s %s %s/%s failed: %s", verb, resource, k[0], k[1], exc)
+
+
+def _op_key(op: Op) -> ObjKey:
+    return key_of(op.obj) if isinstance(op, Create) else (op.namespace, op.name)

@@ -1,0 +1,185 @@
+"""The Kubernetes source against the stand-in API server, a real etcd, and the real Publisher and Mirror."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from federation.backoff import Backoff
+from federation.embedded import EtcdProcess
+from federation.kubernetes.importing import derived_name
+from federation.kubernetes.settings import KubernetesSettings
+from federation.kubernetes.source import KubernetesSource
+from federation.model import Endpoint, Keys, ServiceExport, ServicePort
+from federation.registry.etcd import EtcdClient
+from federation.registry.mirror import Mirror
+from federation.registry.publisher import Publisher
+from tests.kubeapi import FakeApiServer
+from tests.kubeobjects import endpoint, endpointslice, service, serviceexport
+from tests.util import eventually, export, site
+
+KEYS = Keys()
+EGRESS = ("10.244.0.9", 20001)
+
+
+def fast() -> Backoff:
+    return Backoff(base=0.05, cap=0.3)
+
+
+@dataclass
+class Cluster:
+    api: FakeApiServer
+    source: KubernetesSource
+    mirror: Mirror
+    published: list[list[ServiceExport]] = field(default_factory=list)
+
+    def exported(self) -> dict[tuple[str, str, str], ServiceExport]:
+        return dict(self.mirror.view().exports)
+
+    def conditions(self, name: str = "web") -> dict[str, tuple[str, str]]:
+        se = self.api.get("serviceexports", "shop", name) or {}
+        return {c["type"]: (c["status"], c["reason"]) for c in (se.get("status") or {}).get("conditions", [])}
+
+
+@asynccontextmanager
+async def cluster(etcd: EtcdProcess, tmp_path: Path, api: FakeApiServer) -> AsyncIterator[Cluster]:
+    """Site `east` (network net-a) run as a Kubernetes site against `api`."""
+    settings = KubernetesSettings(enabled=True, kubeconfig=str(api.kubeconfig(tmp_path / "kubeconfig")),
+                                  backoff_base=0.05, backoff_cap=0.3, reconcile_delay=0.01, request_timeout=3)
+    publisher = Publisher(EtcdClient([etcd.endpoint], timeout=3), KEYS, site("east"), ttl=5, backoff=fast())
+    mirror = Mirror(EtcdClient([etcd.endpoint], timeout=3), KEYS, backoff=fast())
+    c: Cluster
+
+    def on_exports(exports: Any) -> None:
+        c.published.append(list(exports))
+        publisher.set_exports(exports)
+
+    source = KubernetesSource(settings, "east", on_exports, egress_target=lambda ns, n, p: EGRESS)
+    c = Cluster(api, source, mirror)
+    mirror.subscribe(lambda view, _events: source.update(view))
+    tasks = [asyncio.create_task(publisher.run(), name="publisher"), asyncio.create_task(mirror.run(), name="mirror"),
+             asyncio.create_task(source.run(), name="kubernetes-source")]
+    try:
+        yield c
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for t in tasks:
+            if not t.cancelled() and t.exception() is not None:
+                raise t.exception()  # type: ignore[misc]
+
+
+def other_site(etcd: EtcdProcess, name: str, network: str, exports: list[ServiceExport]) -> Publisher:
+    return Publisher(EtcdClient([etcd.endpoint], timeout=3), KEYS, site(name, network=network), exports, ttl=5,
+                     backoff=fast())
+
+
+@asynccontextmanager
+async def running(*publishers: Publisher) -> AsyncIterator[None]:
+    tasks = [asyncio.create_task(p.run(), name=f"publisher-{p.site.name}") for p in publishers]
+    try:
+        yield
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def seed_web(api: FakeApiServer) -> None:
+    api.put(service())
+    api.put(endpointslice(endpoints=[endpoint("10.244.1.5"), endpoint("10.244.1.6")]))
+    api.put(serviceexport())
+
+
+async def test_export_reaches_registry_with_status_and_readiness_flows(etcd: EtcdProcess, tmp_path: Path) -> None:
+    async with FakeApiServer() as api, cluster(etcd, tmp_path, api) as c:
+        seed_web(api)
+        key = ("east", "shop", "web")
+        await eventually(lambda: key in c.exported(), what="export in the registry")
+        e = c.exported()[key]
+        assert [(x.addresses, x.ready) for x in e.endpoints] == [(("10.244.1.5",), True), (("10.244.1.6",), True)]
+        assert e.ports == (ServicePort("http", 80),)
+        await eventually(lambda: c.conditions() == {"Valid": ("True", "Valid"), "Conflict": ("False", "NoConflicts")},
+                         what="ServiceExport status")
+        api.put(endpointslice(endpoints=[endpoint("10.244.1.5", ready=False), endpoint("10.244.1.6")]))
+        await eventually(lambda: not c.exported()[key].endpoints[0].ready, what="readiness change in the registry")
+        api.put(serviceexport(name="ghost"))
+        await eventually(lambda: c.conditions("ghost").get("Valid") == ("False", "NoService"), what="NoService")
+        api.remove("serviceexports", "shop", "web")
+        await eventually(lambda: key not in c.exported(), what="export withdrawn")
+
+
+async def test_conflict_is_written_to_status(etcd: EtcdProcess, tmp_path: Path) -> None:
+    older = ServiceExport("west", "shop", "web", (ServicePort("http", 9090),), endpoints=(Endpoint(("10.8.0.1",)),),
+                          exported_at=1000.0)
+    async with FakeApiServer() as api, running(other_site(etcd, "west", "net-b", [older])), \
+            cluster(etcd, tmp_path, api) as c:
+        seed_web(api)
+        await eventually(lambda: c.conditions().get("Conflict") == ("True", "PortConflict"), what="PortConflict")
+        se = api.get("serviceexports", "shop", "web")
+        assert se is not None
+        [conflict] = [x for x in se["status"]["conditions"] if x["type"] == "Conflict"]
+        assert "exported first by west" in conflict["message"]
+
+
+async def test_imports_create_and_remove_owned_objects(etcd: EtcdProcess, tmp_path: Path) -> None:
+    near = export("near", name="db", addresses=("10.1.0.5",))
+    far = export("far", name="db", addresses=("10.9.0.5",))
+    derived = derived_name("db")
+    async with FakeApiServer() as api, cluster(etcd, tmp_path, api):
+        api.put(service(name="db"))  # a local Service of the same name that the agent must not touch
+        pubs = (other_site(etcd, "near", "net-a", [near]), other_site(etcd, "far", "net-b", [far]))
+        async with running(*pubs):
+            await eventually(lambda: len(owned_slices(api)) == 2 and api.get("serviceimports", "shop", "db"),
+                             what="ServiceImport, derived Service and slices")
+            imp = api.get("serviceimports", "shop", "db")
+            svc = api.get("services", "shop", derived)
+            assert imp is not None
+            assert svc is not None
+            assert "selector" not in svc["spec"]
+            await eventually(lambda: api.get("serviceimports", "shop", "db")["spec"]["ips"]  # type: ignore[index]
+                             == [svc["spec"]["clusterIP"]], what="cluster IP in the ServiceImport")
+            addresses = sorted((e["addresses"][0], s["ports"][0]["port"])
+                               for s in owned_slices(api) for e in s["endpoints"])
+            assert addresses == [("10.1.0.5", 8080), EGRESS]
+            pubs[0].set_exports([])
+            await eventually(lambda: len(owned_slices(api)) == 1, what="near's slice removed")
+            pubs[1].set_exports([])
+            await eventually(lambda: api.get("serviceimports", "shop", "db") is None
+                             and api.get("services", "shop", derived) is None and not owned_slices(api),
+                             what="import removed")
+        assert api.get("services", "shop", "db") is not None
+
+
+async def test_survives_410_and_dropped_connections_without_withdrawing(etcd: EtcdProcess, tmp_path: Path) -> None:
+    near = export("near", name="db", addresses=("10.1.0.5",))
+    async with FakeApiServer() as api, running(other_site(etcd, "near", "net-a", [near])), \
+            cluster(etcd, tmp_path, api) as c:
+        seed_web(api)
+        await eventually(lambda: ("east", "shop", "web") in c.exported() and owned_slices(api), what="first sync")
+        uids = {o["metadata"]["uid"] for store in api.objects.values() for o in store.values()}
+        lists, calls = api.list_count, len(c.published)
+        api.bookmark()
+        api.expire()
+        await eventually(lambda: api.list_count >= lists + 4, what="relist of all four resources after 410")
+        api.unavailable = True
+        api.drop_watches()
+        await eventually(lambda: api.watch_count > 0 and not api.watchers, what="watches gone")
+        await asyncio.sleep(0.3)  # several failed reconnects while the server is away
+        api.unavailable = False
+        api.put(endpointslice(endpoints=[endpoint("10.244.1.5"), endpoint("10.244.1.7")]))
+        await eventually(lambda: ("10.244.1.7",) in [e.addresses for e in c.exported()[("east", "shop", "web")]
+                                                    .endpoints], what="change after reconnect")
+        assert all(any(e.name == "web" for e in p) for p in c.published[calls - 1:]), "an export was withdrawn"
+        assert uids <= {o["metadata"]["uid"] for store in api.objects.values() for o in store.values()}
+        assert not any(verb == "delete" for verb, _, _ in api.calls)
+
+
+def owned_slices(api: FakeApiServer) -> list[dict[str, Any]]:
+    return [s for s in api.objects["endpointslices"].values()
+            if s["metadata"].get("labels", {}).get("multicluster.meshfed.io/managed-by") == "meshfed"]
