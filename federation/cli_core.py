@@ -73,6 +73,7 @@ def run_agent_process(config: AgentConfig) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGUSR1, dump_tasks)
         await Agent(config).run(stop)
 
     try:
@@ -91,6 +92,16 @@ def _leaves(exc: BaseException) -> list[BaseException]:
     if isinstance(exc, BaseExceptionGroup):
         return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
     return [exc]
+
+
+def dump_tasks() -> None:
+    """SIGUSR1: log every task's stack, for a process that seems stuck."""
+    import io
+
+    for task in asyncio.all_tasks():
+        buf = io.StringIO()
+        task.print_stack(file=buf)
+        log.warning("task %s:\n%s", task.get_name(), buf.getvalue())
 
 
 def cmd_registry_ls(args: argparse.Namespace) -> int:

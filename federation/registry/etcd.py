@@ -32,6 +32,9 @@ _CHANNEL_OPTIONS: dict[str, Any] = {
     "grpc.max_reconnect_backoff_ms": 2_000,
 }
 
+_CLOSE_TIMEOUT = 2.0
+"""Seconds a close or watch cancel may take before the channel is dropped the hard way."""
+
 MAX_TXN_OPS = 100
 """etcd refuses transactions with more than --max-txn-ops (default 128) operations."""
 
@@ -140,11 +143,21 @@ class EtcdClient:
         await self._client.connect()
 
     async def close(self) -> None:
-        """Close the channel; safe to call twice."""
+        """Close the channel within a bounded time; safe to call twice.
+
+        aetcd's own close can wait forever on its watcher's bounded request queue when the stream
+        stalled (a silent etcd), so after `_CLOSE_TIMEOUT` the gRPC channel is closed directly.
+        """
         client, self._client = self._client, None
-        if client is not None:
-            with contextlib.suppress(Exception):
-                await client.close()
+        if client is None:
+            return
+        try:
+            await asyncio.wait_for(client.close(), _CLOSE_TIMEOUT)
+        except Exception:
+            channel = getattr(client, "channel", None)
+            if channel is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(channel.close(None), _CLOSE_TIMEOUT)
 
     async def reset(self) -> None:
         """Drop the channel and move to the next endpoint (after an error)."""
@@ -266,7 +279,7 @@ class EtcdClient:
                     yield WatchEvent(kv.key.decode(), value, int(kv.mod_revision))
         finally:
             with contextlib.suppress(Exception):
-                await asyncio.shield(watch.cancel())
+                await asyncio.wait_for(asyncio.shield(watch.cancel()), _CLOSE_TIMEOUT)
 
     async def _connected(self) -> None:
         async with self._errors():

@@ -95,7 +95,14 @@ class AgentProcess:
         if self.proc is None or self.proc.poll() is not None:
             return self.proc.returncode if self.proc else 0
         self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(20)
+        try:
+            return self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.send_signal(signal.SIGUSR1)  # the agent logs every task's stack
+            time.sleep(1)
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(f"agent did not stop on SIGTERM; its log:\n{self.log.read_text()[-20000:]}") from None
 
 
 def contextlib_open(path: Path) -> Any:

@@ -135,3 +135,20 @@ async def test_etcd_outage_keeps_state_and_converges(etcd: EtcdProcess) -> None:
         kvs, _ = await client.get_prefix(KEYS.root())
         await client.close()
         assert len(kvs) == 5  # two site records, three exports: nothing duplicated
+
+
+async def test_silent_etcd_is_noticed_and_mirror_recovers(etcd: EtcdProcess) -> None:
+    pub = publisher_for(etcd, "east", [export("east", "web")])
+    mirror = mirror_for(etcd)
+    async with running(("p", pub.run), ("m", mirror.run)):
+        await eventually(lambda: len(mirror.view().exports) == 1, what="sync")
+        etcd.pause()  # a partition: the server is there but says nothing
+        try:
+            await eventually(lambda: mirror.stale, what="the probe to notice the silence")
+            await asyncio.sleep(2)
+            assert len(mirror.view().exports) == 1
+        finally:
+            etcd.resume()
+        await eventually(lambda: not mirror.stale, what="recovery after the partition")
+        pub.set_exports([export("east", "web"), export("east", "api")])
+        await eventually(lambda: len(mirror.view().exports) == 2, what="changes flow again")
