@@ -16,6 +16,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "federation.cli_core",
     "federation.cli_etcd",
     "federation.cli_ca",
+    "federation.cli_dns",
 )
 
 

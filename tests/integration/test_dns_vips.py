@@ -1,0 +1,96 @@
+"""VIP allocation against a real etcd: two VM-site agents agree, and release waits for the grace period."""
+
+from __future__ import annotations
+
+import asyncio
+
+import dns.asyncquery
+import dns.message
+
+from federation.dns.server import DnsServer
+from federation.dns.settings import DnsSettings
+from federation.dns.vips import VipAllocator
+from federation.embedded import EtcdProcess
+from federation.model import Keys
+from federation.registry.etcd import EtcdClient
+from tests.dnshelp import export, site, view
+
+RANGES = ("240.240.0.0/16", "fd6d:6573:6866:6564::/64")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_two_vm_sites_get_the_same_vip_and_release_waits_for_the_grace_period(etcd: EtcdProcess) -> None:
+    clock = Clock()
+    clients = [EtcdClient([etcd.endpoint], timeout=3) for _ in range(2)]
+    changes: list[int] = []
+    east, west = (VipAllocator(c, Keys(), ranges=RANGES, grace=60, clock=clock) for c in clients)
+    east.subscribe(lambda: changes.append(1))
+    try:
+        services = [export("east", "shop", f"svc{i}", ["10.0.0.1"]) for i in range(20)]
+        mesh = view([site("east"), site("west")], services)
+        # both agents allocate at once: compare-and-swap leaves one allocation per service
+        for _ in range(2):
+            await asyncio.gather(east.reconcile(mesh), west.reconcile(mesh))
+        assert east.table == west.table
+        assert len(east.table) == 20
+        addresses = [a for addrs in east.table.values() for a in addrs]
+        assert len(addresses) == len(set(addresses)) == 40
+        web = east.addresses("shop", "svc0")
+        assert web[0].startswith("240.240.")
+        assert web[1].startswith("fd6d:6573:6866:6564:")
+        assert changes
+
+        # no site exports svc0 any more: kept through the grace period, then released
+        fewer = view([site("east"), site("west")], services[1:])
+        await east.reconcile(fewer)
+        clock.now += 59
+        await asyncio.gather(east.reconcile(fewer), west.reconcile(fewer))
+        assert west.addresses("shop", "svc0") == web
+        clock.now += 2
+        for _ in range(2):
+            await asyncio.gather(east.reconcile(fewer), west.reconcile(fewer))
+        assert east.addresses("shop", "svc0") == ()
+        assert west.addresses("shop", "svc0") == ()
+        kvs, _ = await clients[0].get_prefix(Keys().mesh("vips") + "/")
+        assert len(kvs) == 19 * 3  # one allocation and two address claims per remaining service
+
+        # exported again: a fresh allocation, the same on both sites
+        for _ in range(2):  # the loser of a race sees the winner's allocation on its next pass
+            await asyncio.gather(east.reconcile(mesh), west.reconcile(mesh))
+        assert east.addresses("shop", "svc0") == west.addresses("shop", "svc0") != ()
+    finally:
+        for c in clients:
+            await c.close()
+
+
+async def test_the_allocator_feeds_dns_answers(etcd: EtcdProcess) -> None:
+    client = EtcdClient([etcd.endpoint], timeout=3)
+    mesh = view([site("east")], [export("east", "shop", "web", ["10.0.0.1"])])
+    allocator = VipAllocator(client, Keys(), ranges=RANGES)
+    server = DnsServer(DnsSettings(udp=("127.0.0.1:0",), tcp=("127.0.0.1:0",), forwarding=False),
+                       local_site="east", vip_source=allocator)
+    allocator.subscribe(server.refresh)
+    await server.start()
+    task = asyncio.create_task(allocator.run(lambda: mesh, interval=0.1), name="vips")
+    try:
+        server.update(mesh)
+        host, port = server.udp_addresses[0]
+        q = dns.message.make_query("web.shop.svc.clusterset.local", "A")
+        for _ in range(200):
+            r = await dns.asyncquery.udp(q, host, port=port, timeout=3)
+            if r.answer:
+                break
+            await asyncio.sleep(0.02)
+        assert [rd.to_text() for rd in r.answer[0]] == [allocator.addresses("shop", "web")[0]]
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await server.close()
+        await client.close()
