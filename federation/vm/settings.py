@@ -89,7 +89,7 @@ class DiscoverySettings:
     namespace: str = "lan"
     """A namespace of their own, so discovered names never collide with declared services."""
     interfaces: tuple[str, ...] = ()
-    """Empty means every interface zeroconf finds; name some to keep discovery off public NICs."""
+    """Addresses of the interfaces to browse on; empty means all, so list the LAN's to keep public NICs out."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,7 +221,7 @@ def _discovery(raw: Any, where: str) -> DiscoverySettings:
         enabled=_bool(d, "enabled", where, False),
         types=types,
         namespace=_label(d, "namespace", where, "lan"),
-        interfaces=_strings(d, "interfaces", where, ()),
+        interfaces=tuple(_ip(a, f"{where}.interfaces") for a in _strings(d, "interfaces", where, ())),
     )
 
 
@@ -294,3 +294,9 @@ def _address(value: Any, where: str) -> str:
         return str(ipaddress.ip_address(str(value)))
     except ValueError:
         raise ConfigError(f"{where}: {value!r} is neither an IP address nor \"auto\"") from None
+
+
+def _ip(value: str, where: str) -> str:
+    if value == AUTO:
+        raise ConfigError(f"{where}: \"auto\" is not allowed here; give interface addresses")
+    return _address(value, where)
