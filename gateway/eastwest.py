@@ -12,7 +12,7 @@ import logging
 import ssl
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from prometheus_client import CollectorRegistry
 
@@ -78,10 +78,19 @@ class EastWestGateway:
     async def start(self) -> None:
         """Listen on the configured address (SO_REUSEPORT when several workers share the port)."""
         s = self.settings
-        self._server = await asyncio.get_running_loop().create_server(
-            lambda: _Incoming(self), s.listen_address, s.listen_port,
-            reuse_port=s.workers > 1 or None, backlog=1024,
-        )
+        loop = asyncio.get_running_loop()
+        if isinstance(loop, asyncio.BaseEventLoop):
+            self._server = await loop.create_server(
+                lambda: _Incoming(self), s.listen_address, s.listen_port,
+                reuse_port=s.workers > 1 or None, backlog=1024,
+            )
+        else:
+            # uvloop (0.23): server-side start_tls stalls, so let the loop run the handshake; failed
+            # handshakes are then not seen here, only the ones that succeed.
+            self._server = await loop.create_server(
+                lambda: GatewayTunnel(self, "?"), s.listen_address, s.listen_port, ssl=self.context,
+                ssl_handshake_timeout=s.handshake_timeout, reuse_port=s.workers > 1 or None, backlog=1024,
+            )
         log.info("east-west gateway of site %s listening on %s:%d", self.site, *self.address)
 
     @property
@@ -133,7 +142,6 @@ class EastWestGateway:
             transport.abort()
             return
         self.metrics.handshakes.labels("ok").inc()
-        assert isinstance(tls, asyncio.Transport)
         tunnel.begin(tls)
 
 
@@ -144,7 +152,7 @@ class _Incoming(asyncio.Protocol):
         self.gateway = gateway
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass asyncio's
         transport.pause_reading()
         peer = transport.get_extra_info("peername")
         host = str(peer[0]) if peer else "?"
@@ -169,6 +177,14 @@ class GatewayTunnel(TunnelLeg):
         self._timer: asyncio.TimerHandle | None = None
         self._connecting = False
         self._pending = bytearray()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Only on loops where the server runs the handshake itself (see `EastWestGateway.start`)."""
+        transport = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        self.peer = str(peer[0]) if peer else "?"
+        self.gw.metrics.handshakes.labels("ok").inc()
+        self.begin(transport)
 
     def begin(self, transport: asyncio.Transport) -> None:
         """The handshake is done: check who the peer is, then wait for a stream request."""

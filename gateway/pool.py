@@ -7,7 +7,7 @@ import collections
 import datetime as dt
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from federation.catalog import MeshView
 from federation.errors import RemoteProtocolError
@@ -34,7 +34,7 @@ class EgressTunnel(TunnelLeg):
         self.streams = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass asyncio's
         self.transport = transport
 
     @property
@@ -87,17 +87,21 @@ class EgressTunnel(TunnelLeg):
 
 
 class TunnelPool:
-    """Idle tunnels to one peer gateway: taken without a handshake, refilled in the background."""
+    """Idle tunnels to one peer gateway: taken without a handshake, refilled in the background.
+
+    `size` tunnels are kept open ahead of demand; up to `keep` are kept after a burst, until idle.
+    """
 
     def __init__(self, key: PoolKey, gateway: Gateway, context: ResumingContext, bundle: TrustBundle,
                  view: Callable[[], MeshView], size: int, idle: float, handshake_timeout: float,
-                 spawn: Callable[..., Any]) -> None:
+                 spawn: Callable[..., Any], keep: int | None = None) -> None:
         self.key = key
         self.gateway = gateway
         self.context = context
         self.bundle = bundle
         self.view = view
         self.size = size
+        self.keep = max(size, keep if keep is not None else size)
         self.idle_seconds = idle
         self.handshake_timeout = handshake_timeout
         self._spawn = spawn
@@ -129,7 +133,7 @@ class TunnelPool:
     def give_back(self, tunnel: EgressTunnel) -> None:
         """Return a taken tunnel: kept if its stream ended cleanly and the pool has room, else closed."""
         self._in_use.discard(tunnel)
-        if self.closed or not tunnel.usable or len(self._idle) >= max(self.size, 1):
+        if self.closed or not tunnel.usable or len(self._idle) >= max(self.keep, 1):
             tunnel.close()
             return
         timer = asyncio.get_running_loop().call_later(self.idle_seconds, self._expire, tunnel)

@@ -10,11 +10,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from typing import cast
 
 from federation.errors import RemoteProtocolError
 from gateway.framing import ABORT_FRAME, END_FRAME, Deframer, header
 
 log = logging.getLogger(__name__)
+
+_SMALL = 16 * 1024
+"""Up to this size a chunk is copied behind its header so that it travels in one TLS record."""
 
 Done = Callable[[bool], None]
 """Called once when a stream is over; True if it ended cleanly both ways (the tunnel may be reused)."""
@@ -31,15 +35,26 @@ class PlainLeg(asyncio.Protocol):
         self.sink: Stream | Splice | None = None
         self.lost = False
         self.early_eof = False
+        self.early = bytearray()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass asyncio's
         self.transport = transport
         transport.pause_reading()
 
     def data_received(self, data: bytes) -> None:
         if self.sink is not None:
             self.sink.plain_data(self, data)
+        else:
+            # Some loops (uvloop) deliver a read that was already under way when reading was paused.
+            self.early += data
+            if self.transport is not None:
+                self.transport.pause_reading()
+
+    def take_early(self) -> bytes:
+        """Bytes that arrived before a stream was attached."""
+        early, self.early = bytes(self.early), bytearray()
+        return early
 
     def eof_received(self) -> bool:
         if self.sink is None:
@@ -133,6 +148,8 @@ class Stream:
         plain.sink = self
         if pending:
             self.tunnel_data(pending)
+        if plain.early and not self.done:
+            self.plain_data(plain, plain.take_early())
         if plain.early_eof and not self.done:
             self.plain_eof(plain)
         if plain.lost:
@@ -142,9 +159,13 @@ class Stream:
 
     # -- plain -> tunnel
     def plain_data(self, _leg: PlainLeg, data: bytes) -> None:
-        self.bytes_up += len(data)
-        # Two TLS records (header, payload) cost less than copying the payload to prepend 4 bytes.
-        self._tt.writelines((header(len(data)), data))
+        n = len(data)
+        self.bytes_up += n
+        if n <= _SMALL:
+            self._tt.write(header(n) + data)  # one TLS record: what latency wants
+        else:
+            # Two TLS records (header, payload) cost less than copying a large payload to prepend 4 bytes.
+            self._tt.writelines((header(n), data))
 
     def plain_eof(self, _leg: PlainLeg) -> None:
         if not self.sent_end:
@@ -259,7 +280,9 @@ class Splice:
                 self.finish(clean=False)
                 return
         for leg in (a, b):
-            if leg.early_eof:
+            if leg.early:
+                self.plain_data(leg, leg.take_early())
+            if leg.early_eof and not self.done:
                 self.plain_eof(leg)
         for leg in (a, b):
             if not self.done and leg.transport is not None:

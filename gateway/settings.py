@@ -40,6 +40,8 @@ class GatewaySettings:
     """0: the kernel picks a port per service port; the agent reports the chosen ones."""
     pool_size: int = 4
     """Pre-opened tunnels per peer gateway: covers bursts of new connections without a handshake."""
+    pool_max: int = 64
+    """Idle tunnels kept per peer gateway after a burst, so the next burst needs no handshake either."""
     pool_idle: float = 60.0
     """An unused pooled tunnel is closed after this, before the peer's tunnel_idle_timeout does."""
     cert_lifetime: float = 86400.0
@@ -80,6 +82,8 @@ def parse_gateway_settings(data: Mapping[str, Any], where: str) -> GatewaySettin
         raise ConfigError(f"{where}.name: {settings.name!r} is not a DNS label")
     if settings.pool_size < 0:
         raise ConfigError(f"{where}.pool_size: must be 0 or more")
+    if settings.pool_max < settings.pool_size:
+        raise ConfigError(f"{where}.pool_max: must be at least pool_size ({settings.pool_size})")
     for name in ("listen_address", "egress_address"):
         try:
             ipaddress.ip_address(getattr(settings, name))

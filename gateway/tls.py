@@ -139,3 +139,4 @@ class CertificateStore:
         write_private(self.key_file, issued.key_pem())
         write_private(self.chain_file, issued.chain_pem())
         return issued
+

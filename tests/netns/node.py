@@ -1,4 +1,6 @@
-"""One process of the netns topology: `echo HOST PORT`, `gateway SITE CA_DIR VIEW HOST`, or `egress ...`.
+"""One data-path process: `echo HOST PORT`, `gateway SITE CA_DIR VIEW HOST [PORT]`, or `egress ...`.
+
+Used by the netns test and the tunnel benchmark.
 
 Runs until stdin closes (the test holds the pipe), printing `READY <port>` once listening.
 The view file holds JSON {"sites": [site records], "exports": [export records]} in the registry codec.
@@ -8,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from pathlib import Path
+from typing import cast
 
 from federation.catalog import MeshView
 from federation.issuing import load_site
@@ -18,7 +22,6 @@ from gateway.eastwest import EastWestGateway
 from gateway.egress import Egress
 from gateway.settings import GatewaySettings
 from gateway.tls import CertificateStore
-from tests.tunnelhelp import EchoServer
 
 
 def dump_view(view: MeshView) -> str:
@@ -39,6 +42,21 @@ def load_view(path: Path) -> MeshView:
     return MeshView(sites={s.name: s for s in sites}, exports={(e.site, e.namespace, e.name): e for e in exports})
 
 
+class _Echo(asyncio.Protocol):
+    """Echoes every byte and answers a half-close with one (a Protocol: fast enough to benchmark through)."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass asyncio's
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.transport.write(data)
+
+    def eof_received(self) -> bool:
+        self.transport.write_eof()
+        return True
+
+
 async def _until_stdin_closes() -> None:
     loop = asyncio.get_running_loop()
     await loop.run_in_executor(None, sys.stdin.read)
@@ -47,16 +65,16 @@ async def _until_stdin_closes() -> None:
 async def main(argv: list[str]) -> None:
     role = argv[0]
     if role == "echo":
-        echo = EchoServer()
-        server = await asyncio.start_server(echo._handle, argv[1], int(argv[2]))
+        server = await asyncio.get_running_loop().create_server(_Echo, argv[1], int(argv[2]), backlog=1024)
         print("READY", server.sockets[0].getsockname()[1], flush=True)
         await _until_stdin_closes()
         server.close()
         return
     site, ca_dir, view_file, host = argv[1], Path(argv[2]), Path(argv[3]), argv[4]
+    port = int(argv[5]) if len(argv) > 5 else 15443
     view = load_view(view_file)
     store = CertificateStore(load_site(ca_dir), "gw")
-    settings = GatewaySettings(listen_address=host, egress_address=host)
+    settings = GatewaySettings(listen_address=host, listen_port=port, egress_address=host)
     if role == "gateway":
         gw = EastWestGateway(site, lambda: view, store.server, store.bundle, settings)
         await gw.start()
@@ -74,4 +92,8 @@ async def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    if os.environ.get("MESHFED_UVLOOP") == "1":
+        import uvloop
+
+        uvloop.install()
     asyncio.run(main(sys.argv[1:]))
