@@ -17,6 +17,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "federation.cli_etcd",
     "federation.cli_ca",
     "federation.cli_dns",
+    "federation.cli_vm",
 )
 
 
