@@ -174,6 +174,8 @@ class KubernetesSource:
         existing = Owned(s["services"], s["serviceimports"], s["endpointslices"])
         ops = plan_imports(view, own, existing, self._egress_target, self._owned)
         failed = await self._apply(client, ops) or failed
+        if ops:
+            self._wake.set()  # writes change what the plan sees (a new Service's cluster IP): plan again
         self._metrics.imports.set(len(view.services()))
         if not failed:
             self.imports_synced.set()
