@@ -183,3 +183,37 @@ async def test_survives_410_and_dropped_connections_without_withdrawing(etcd: Et
 def owned_slices(api: FakeApiServer) -> list[dict[str, Any]]:
     return [s for s in api.objects["endpointslices"].values()
             if s["metadata"].get("labels", {}).get("multicluster.meshfed.io/managed-by") == "meshfed"]
+
+
+def rbac_rules() -> set[tuple[str, str, str]]:
+    """(verb, group, resource) triples the ClusterRole in deploy/kubernetes/rbac.yaml grants."""
+    import yaml
+
+    granted = set()
+    for doc in yaml.safe_load_all(Path("deploy/kubernetes/rbac.yaml").read_text()):
+        if doc["kind"] == "ClusterRole":
+            for rule in doc["rules"]:
+                granted |= {(v, g, r) for v in rule["verbs"] for g in rule["apiGroups"] for r in rule["resources"]}
+    return granted
+
+
+async def test_rbac_grants_exactly_the_calls_the_agent_makes(etcd: EtcdProcess, tmp_path: Path) -> None:
+    near = export("near", name="db", addresses=("10.1.0.5",))
+    async with FakeApiServer() as api, cluster(etcd, tmp_path, api) as c:
+        seed_web(api)
+        pub = other_site(etcd, "near", "net-a", [near])
+        async with running(pub):
+            await eventually(lambda: api.get("serviceimports", "shop", "db") is not None and c.conditions(), what="sync")
+            await eventually(lambda: api.get("serviceimports", "shop", "db")["spec"]["ips"] != [],  # type: ignore[index]
+                             what="ServiceImport patched")
+            pub.set_exports([export("near", name="db", addresses=("10.1.0.5",), ready=False)])
+            await eventually(lambda: any(not e["conditions"]["ready"] for s in owned_slices(api) for e in s["endpoints"]),
+                             what="slice patched")
+            pub.set_exports([export("near", name="db", addresses=("10.1.0.5",), ports=(ServicePort("pg", 5432),))])
+            await eventually(lambda: api.get("serviceimports", "shop", "db")["spec"]["ports"][0]["name"]  # type: ignore[index]
+                             == "pg" and any(s["ports"][0]["name"] == "pg" for s in owned_slices(api)),
+                             what="derived Service and slices patched")
+            pub.set_exports([])
+            await eventually(lambda: api.get("serviceimports", "shop", "db") is None, what="import deleted")
+    used = {(verb, group, res) for verb, group, res in api.calls}
+    assert used == rbac_rules()
