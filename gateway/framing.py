@@ -41,9 +41,19 @@ class Deframer:
 
         Returns views into `data` (no copy). After `ended`, call `rest` for the unread bytes.
         """
+        size = len(data)
+        if not self._partial and self._remaining >= size:
+            # Fast path: the whole read is payload of the frame in progress.
+            self._remaining -= size
+            return [memoryview(data)] if size else []
+        if not self._remaining and not self._partial and size > 4:
+            length = int.from_bytes(data[:4], "big")
+            if 0 < length == size - 4:
+                # Fast path: exactly one whole data frame (typical for request/response traffic).
+                return [memoryview(data)[4:]]
         view = memoryview(data)
         out: list[memoryview] = []
-        pos, size = 0, len(view)
+        pos = 0
         while pos < size:
             if self._remaining:
                 n = min(self._remaining, size - pos)
