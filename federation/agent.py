@@ -6,8 +6,9 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
 
@@ -15,11 +16,14 @@ import federation
 from federation.config import AgentConfig
 from federation.embedded import EtcdProcess
 from federation.errors import LocalProtocolError
-from federation.model import Keys, Locality, Site
+from federation.model import Keys, Locality, ServiceExport, Site
 from federation.registry.etcd import EtcdClient, TLSFiles
 from federation.registry.mirror import Mirror, RegistryMetrics
 from federation.registry.publisher import Publisher
 from federation.reporting import registry_report
+
+if TYPE_CHECKING:
+    from federation.parts import DataPlane
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +38,11 @@ class Agent:
     """One site's agent: publishes the site's exports and mirrors the mesh."""
 
     def __init__(self, config: AgentConfig) -> None:
+        from federation.parts import parse_sections
+
         self.config = config
+        self.sections = parse_sections(config)
+        self.plane: DataPlane | None = None
         self.keys = Keys(config.registry.prefix)
         self.metrics = CollectorRegistry()
         self.etcd: EtcdProcess | None = None
@@ -73,6 +81,7 @@ class Agent:
 
     async def _run(self, endpoints: tuple[str, ...], stop: asyncio.Event) -> None:
         from federation.admin import AdminServer
+        from federation.parts import DataPlane
 
         cfg = self.config
         tls = TLSFiles(cfg.registry.tls.ca, cfg.registry.tls.cert, cfg.registry.tls.key) if cfg.registry.tls else None
@@ -81,30 +90,77 @@ class Agent:
             return EtcdClient(endpoints, tls=tls, timeout=cfg.registry.timeout)
 
         mirror = self.mirror = Mirror(client(), self.keys, metrics=RegistryMetrics(self.metrics))
-        publisher = self.publisher = Publisher(
-            client(), self.keys, self.site_record(), cfg.exports,
-            ttl=cfg.registry.lease_ttl, lease_file=cfg.state_dir / "lease",
-        )  # fmt: skip
+        exports_sink = _Deferred()
+        plane = self.plane = DataPlane(cfg, self.sections, self.keys, self.metrics, mirror.view, client,
+                                       exports_sink)
         admin = AdminServer(cfg.admin.address, cfg.admin.port, self.metrics)
-        admin.add_readiness("registry", lambda: None if mirror.synced.is_set() else "initial registry sync pending")
-        admin.add_readiness("publisher", lambda: None if publisher.published.is_set() else "site not yet published")
-        admin.add_document("/registry", lambda: registry_report(
-            mirror.view(), mirror.catalog.rejected, source=f"agent of site {cfg.site.name}",
-            stale=mirror.stale, staleness=mirror.staleness(), error=mirror.error,
-        ))  # fmt: skip
-        self.admin_address = await admin.start()
-        _write_private(cfg.state_dir / ADMIN_ADDR_FILE, f"{self.admin_address[0]}:{self.admin_address[1]}\n")
+        pending: list[tuple[str, Coroutine[Any, Any, None]]] = []
         try:
+            await plane.start(lambda name, coro: pending.append((name, coro)))
+            publisher = self.publisher = Publisher(
+                client(), self.keys, plane.site_record(self.site_record()), plane.exports.merged(),
+                ttl=cfg.registry.lease_ttl, lease_file=cfg.state_dir / "lease",
+            )  # fmt: skip
+            exports_sink.target = publisher.set_exports
+            mirror.subscribe(plane.on_view)
+            admin.add_readiness("registry", lambda: None if mirror.synced.is_set() else "initial registry sync pending")
+            admin.add_readiness("publisher", lambda: None if publisher.published.is_set() else "site not yet published")
+            admin.add_document("/registry", lambda: registry_report(
+                mirror.view(), mirror.catalog.rejected, source=f"agent of site {cfg.site.name}",
+                stale=mirror.stale, staleness=mirror.staleness(), error=mirror.error,
+            ))  # fmt: skip
+            admin.add_document("/status", lambda: self.status())
+            self.admin_address = await admin.start()
+            _write_private(cfg.state_dir / ADMIN_ADDR_FILE, f"{self.admin_address[0]}:{self.admin_address[1]}\n")
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(_guard("registry mirror", mirror.run()), name="registry-mirror")
                 tg.create_task(_guard("registry publisher", publisher.run()), name="registry-publisher")
+                for name, coro in pending:
+                    tg.create_task(_guard(name, coro), name=name)
+                pending.clear()
                 tg.create_task(_stop_on(stop), name="stop-waiter")
         except* _Shutdown:
             log.info("agent for site %s stopped", cfg.site.name)
         finally:
+            for _, coro in pending:
+                coro.close()
             await admin.close()
+            await plane.close()
             with contextlib.suppress(FileNotFoundError):
                 (cfg.state_dir / ADMIN_ADDR_FILE).unlink()
+
+    def status(self) -> dict[str, Any]:
+        """What `meshfed status` prints: site, registry connection, exports, checks, imports."""
+        mirror, cfg = self.mirror, self.config
+        out: dict[str, Any] = {
+            "site": cfg.site.name,
+            "network": cfg.site.network,
+            "kind": cfg.site.kind,
+            "locality": f"{cfg.site.region}/{cfg.site.zone}".strip("/"),
+            "registry": {
+                "endpoints": list(cfg.registry.endpoints) or [self.etcd.endpoint if self.etcd else "embedded"],
+                "synced": bool(mirror and mirror.synced.is_set()),
+                "stale": bool(mirror and mirror.stale),
+                "stalenessSeconds": None if mirror is None or mirror.staleness() == float("inf")
+                else round(mirror.staleness(), 1),
+                "error": mirror.error if mirror else None,
+                "lease": f"{self.publisher.lease:x}" if self.publisher and self.publisher.lease else None,
+            },
+        }
+        if self.plane is not None:
+            out.update(self.plane.status())
+        return out
+
+
+class _Deferred:
+    """Forwards exports to the publisher once it exists (the data plane starts first, to name its gateway)."""
+
+    def __init__(self) -> None:
+        self.target: Callable[[Sequence[ServiceExport]], None] | None = None
+
+    def __call__(self, exports: Sequence[ServiceExport]) -> None:
+        if self.target is not None:
+            self.target(exports)
 
 
 async def _guard(name: str, work: Awaitable[None]) -> None:

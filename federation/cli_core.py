@@ -39,6 +39,11 @@ def add_commands(sub: Any) -> None:
     ls.add_argument("--json", action="store_true", help="print JSON instead of tables")
     ls.set_defaults(handler=cmd_registry_ls)
 
+    st = sub.add_parser("status", help="this site's agent: registry, gateway, DNS, exports, imports")
+    st.add_argument("--config", default="/etc/meshfed/agent.yaml", help="agent config file (finds the agent)")
+    st.add_argument("--json", action="store_true", help="print JSON")
+    st.set_defaults(handler=cmd_status)
+
     v = sub.add_parser("version", help="print the version")
     v.set_defaults(handler=cmd_version)
 
@@ -156,15 +161,36 @@ def _endpoints(args: argparse.Namespace, config: AgentConfig | None) -> tuple[st
 
 
 def _agent_view(config: AgentConfig) -> dict[str, Any] | None:
+    return _agent_document(config, "/registry")
+
+
+def _agent_document(config: AgentConfig, path: str) -> dict[str, Any] | None:
     from federation.agent import ADMIN_ADDR_FILE
 
     try:
         addr = (config.state_dir / ADMIN_ADDR_FILE).read_text().strip()
-        with urllib.request.urlopen(f"http://{addr}/registry", timeout=3) as resp:
+        with urllib.request.urlopen(f"http://{addr}{path}", timeout=3) as resp:
             data: dict[str, Any] = json.load(resp)
             return data
     except (OSError, urllib.error.URLError, ValueError):
         return None
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"meshfed: {exc}", file=sys.stderr)
+        return 1
+    data = _agent_document(config, "/status")
+    if data is None:
+        print(f"meshfed: no agent answers for {config.source} (is `meshfed agent --config {config.source}` running?)",
+              file=sys.stderr)
+        return 1
+    from federation.reporting import format_status
+
+    print(json.dumps(data, indent=2) if args.json else format_status(data))
+    return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

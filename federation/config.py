@@ -46,6 +46,8 @@ class SiteSettings:
     """Locality for nearest-first ordering; empty when unknown."""
     kind: str = "vm"
     """vm or kubernetes: decides where imported services get their address."""
+    gateway_address: str = ""
+    """Address other networks reach this site's gateway at (a LoadBalancer or public IP); empty: its listen address."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,14 +161,17 @@ def _parse(data: Any, source: str, environ: Mapping[str, str]) -> AgentConfig:
 
 
 def _site(d: Mapping[str, Any]) -> SiteSettings:
-    _no_unknown(d, {"name", "network", "region", "zone", "kind"}, "site")
+    _no_unknown(d, {"name", "network", "region", "zone", "kind", "gateway_address"}, "site")
     s = SiteSettings(
         name=_label(d, "name", "site"),
         network=_label(d, "network", "site"),
         region=_str(d, "region", "site", ""),
         zone=_str(d, "zone", "site", ""),
         kind=_str(d, "kind", "site", "vm"),
+        gateway_address=_str(d, "gateway_address", "site", ""),
     )
+    if s.gateway_address:
+        _ip(s.gateway_address, "site.gateway_address")
     if s.kind not in ("vm", "kubernetes"):
         raise _FieldError("site.kind", f"{s.kind!r} is not vm or kubernetes")
     return s

@@ -112,3 +112,43 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     return "\n".join("  " + "  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
                      for r in [header, *rows])
+
+
+def format_status(status: Mapping[str, Any]) -> str:
+    """A readable rendering of an agent's /status document."""
+    reg = status["registry"]
+    state = "STALE" if reg["stale"] else ("synced" if reg["synced"] else "syncing")
+    lines = [
+        f"site {status['site']} ({status['kind']}, network {status['network']}, {status['locality'] or 'no locality'})",
+        f"registry: {','.join(reg['endpoints'])}: {state}"
+        + (f", {reg['stalenessSeconds']}s old: {reg['error']}" if reg["stale"] else "")
+        + (f", lease {reg['lease']}" if reg.get("lease") else ""),
+    ]
+    gw = status.get("gateway")
+    lines.append(f"gateway: listening {gw['listen']}, advertised {gw['advertised']}, certificate valid until "
+                 f"{gw['certificateValidUntil']}" if gw else "gateway: off (gateway.ca_dir not set)")
+    dns = status.get("dns")
+    lines.append(f"dns: zone {dns['zone']} on udp {','.join(dns['udp'])} tcp {','.join(dns['tcp'])}"
+                 if dns else "dns: off")
+    vif = status.get("vipInterface")
+    if vif:
+        lines.append(f"vip interface {vif['name']}: " + (f"FALLBACK: {vif['fallback']}" if vif["fallback"]
+                     else f"{len(vif['addresses'])} VIP(s)"))
+    lines.append("")
+    lines.append("EXPORTED")
+    checks = {c["service"]: c for c in status.get("checks", [])}
+    rows = []
+    for e in status.get("exports", []):
+        c = checks.get(e["service"])
+        check = ("ok" if c["ready"] else "FAILING") + (f" ({c['detail']})" if c and c["detail"] else "") if c else "-"
+        rows.append([e["service"], f"{e['ready']}/{e['endpoints']}", check])
+    lines.append(_table(["SERVICE", "READY", "CHECK"], rows))
+    lines.append("")
+    lines.append("IMPORTED")
+    rows = []
+    for i in status.get("imports", []):
+        listen = ",".join(f"{k}={v}" for k, v in sorted(i["listeners"].items())) or "-"
+        via = "; ".join(f"{s['site']} {s['ready']}/{s['endpoints']} via {s['via']}" for s in i["sites"])
+        rows.append([i["service"], ",".join(i["vips"]) or "-", listen, via])
+    lines.append(_table(["SERVICE", "VIP", "LISTENERS", "SITES"], rows))
+    return "\n".join(lines)

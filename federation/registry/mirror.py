@@ -129,7 +129,7 @@ class Mirror:
         if self.sessions > 1:
             self._metrics.resyncs.inc()
         self._record(outcome, count=len(kvs) if self.sessions == 1 else len(outcome.events))
-        self._flush()
+        self._flush(initial=self.sessions == 1)
         self._healthy()
         if not self.synced.is_set():
             log.info("registry mirror: initial sync done at revision %d (%d records)", revision, len(self.catalog))
@@ -196,13 +196,16 @@ class Mirror:
                 self._flush_scheduled = True
                 asyncio.get_running_loop().call_soon(self._flush)
 
-    def _flush(self) -> None:
-        """Publish one new view for every burst of events (the watch hands them over without yielding)."""
+    def _flush(self, initial: bool = False) -> None:
+        """Publish one new view for every burst of events (the watch hands them over without yielding).
+
+        Subscribers also hear of the initial sync when it brought no events, so they can start answering.
+        """
         self._flush_scheduled = False
         events, self._pending = self._pending, []
         self._view = self.catalog.view()
         self._metrics.records.set(len(self.catalog))
-        if not events:
+        if not events and not initial:
             return
         for callback in self._subscribers:
             try:

@@ -105,7 +105,8 @@ class VmSettings:
     announce: bool = False
     """Off: announcing mesh services on a LAN exposes their names to every device on it."""
     vip_interface: str = "meshfed0"
-    """A dummy interface of our own, so VIPs never mix with the operator's addresses and vanish with it."""
+    """A dummy interface of our own, so VIPs never mix with the operator's addresses and vanish with it.
+    Empty: no VIPs; imported services get loopback egress ports (shared hosts, tests)."""
 
 
 def parse_vm_settings(data: Mapping[str, Any], where: str) -> VmSettings:
@@ -123,7 +124,7 @@ def parse_vm_settings(data: Mapping[str, Any], where: str) -> VmSettings:
             raise ConfigError(f"{where}.services[{i}]: {s.namespace}/{s.name} is declared twice")
         seen.add((s.namespace, s.name))
     interface = _str(d, "vip_interface", where, "meshfed0")
-    if not 1 <= len(interface) <= 15 or "/" in interface or " " in interface:
+    if interface and (len(interface) > 15 or "/" in interface or " " in interface):
         raise ConfigError(f"{where}.vip_interface: {interface!r} is not a Linux interface name (1..15 chars)")
     return VmSettings(
         address=address,

@@ -22,7 +22,7 @@ def etcdctl(etcd: EtcdProcess, *args: str) -> str:
 
 
 def keys(etcd: EtcdProcess) -> list[str]:
-    return [k for k in etcdctl(etcd, "get", "--prefix", "--keys-only", "/meshfed/").split() if k]
+    return [k for k in etcdctl(etcd, "get", "--prefix", "--keys-only", "/meshfed/v1/sites/").split() if k]
 
 
 def meshfed(*args: str) -> subprocess.CompletedProcess[str]:

@@ -1,0 +1,292 @@
+"""The agent's subsystems beyond the registry: gateway, egress, DNS, VIPs and the VM and Kubernetes sources.
+
+Part of the composition root (with agent.py): the one place where `federation` meets `gateway`.
+Section settings are parsed here, at start, so a bad section fails with file, field and reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import ipaddress
+import logging
+from collections.abc import Callable, Coroutine, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from federation.catalog import Event, MeshView
+from federation.config import AgentConfig
+from federation.dns.server import DnsServer
+from federation.dns.settings import DnsSettings, parse_dns_settings
+from federation.dns.vips import VipAllocator
+from federation.errors import ConfigError
+from federation.issuing import load_site
+from federation.kubernetes.settings import KubernetesSettings, parse_kubernetes_settings
+from federation.kubernetes.source import KubernetesSource
+from federation.model import Gateway, Keys, Locality, ServiceExport, Site
+from federation.registry.etcd import EtcdClient
+from federation.vm.discovery import LanDiscovery
+from federation.vm.exportset import ExportSet
+from federation.vm.health import HealthChecker
+from federation.vm.settings import VmSettings, parse_vm_settings
+from federation.vm.vips import VipInterface
+from gateway.eastwest import EastWestGateway
+from gateway.egress import Egress
+from gateway.settings import GatewaySettings, parse_gateway_settings
+from gateway.tls import CertificateStore
+
+log = logging.getLogger(__name__)
+
+Spawn = Callable[[str, Coroutine[Any, Any, None]], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Sections:
+    """Every subsystem's settings, validated."""
+
+    gateway: GatewaySettings
+    dns: DnsSettings
+    vm: VmSettings
+    kubernetes: KubernetesSettings
+
+
+def parse_sections(config: AgentConfig) -> Sections:
+    """Validate the dns, gateway, vm and kubernetes sections; ConfigError names file, field and reason."""
+    try:
+        return Sections(
+            gateway=parse_gateway_settings(config.sections.get("gateway", {}), "gateway"),
+            dns=parse_dns_settings(config.sections.get("dns", {}), "dns"),
+            vm=parse_vm_settings(config.sections.get("vm", {}), "vm"),
+            kubernetes=parse_kubernetes_settings(config.sections.get("kubernetes", {}), "kubernetes"),
+        )
+    except ConfigError as exc:
+        raise ConfigError(f"{config.source}: {exc}") from None
+
+
+class DataPlane:
+    """Starts and stops the subsystems of one site and feeds them registry views."""
+
+    def __init__(self, config: AgentConfig, sections: Sections, keys: Keys, metrics: CollectorRegistry,
+                 view: Callable[[], MeshView], etcd_client: Callable[[], EtcdClient],
+                 set_exports: Callable[[Sequence[ServiceExport]], None]) -> None:
+        self.config = config
+        self.sections = sections
+        self.keys = keys
+        self.metrics = metrics
+        self.view = view
+        self._etcd_client = etcd_client
+        self.exports = ExportSet(set_exports)
+        self._static = self.exports.group("static")
+        self.certs: CertificateStore | None = None
+        self.eastwest: EastWestGateway | None = None
+        self.egress: Egress | None = None
+        self.dns: DnsServer | None = None
+        self.vips: VipAllocator | None = None
+        self.vip_interface: VipInterface | None = None
+        self.checker: HealthChecker | None = None
+        self.discovery: LanDiscovery | None = None
+        self.kubernetes: KubernetesSource | None = None
+        self.gateway_record: Gateway | None = None
+        self._vip_wake = asyncio.Event()
+
+    @property
+    def site(self) -> str:
+        return self.config.site.name
+
+    @property
+    def locality(self) -> Locality:
+        return Locality(self.config.site.region, self.config.site.zone)
+
+    async def start(self, spawn: Spawn) -> None:
+        """Bind every listener (so the site record can name the gateway) and spawn the long-lived tasks."""
+        s = self.sections
+        self._static(self.config.exports)
+        if s.gateway.ca_dir:
+            await self._start_gateway(spawn)
+        else:
+            log.warning("gateway.ca_dir is not set: no east-west gateway and no egress for this site "
+                        "(cross-network traffic is off; run `meshfed ca site` and set it)")
+        if s.dns.enabled:
+            if self.config.site.kind == "vm":
+                self.vips = VipAllocator(self._etcd_client(), self.keys, ranges=s.dns.vip_ranges, grace=s.dns.vip_grace)
+                self.vips.subscribe(self._vips_changed)
+                spawn("vip-allocator", self.vips.run(self.view))
+            self.dns = DnsServer(s.dns, local_site=self.site, vip_source=self._vip_source(), registry=self.metrics)
+            await self.dns.start()
+        if self.config.site.kind == "vm":
+            if s.vm.vip_interface:
+                self.vip_interface = VipInterface(s.vm, metrics=self.metrics)
+                spawn("vip-interface", self._keep_vip_interface())
+            if s.vm.services:
+                self.checker = HealthChecker(s.vm, self.site, self.exports.group("checks"),
+                                             locality=self.locality, metrics=self.metrics)
+                spawn("health-checks", self.checker.run())
+            if s.vm.discovery.enabled:
+                self.discovery = LanDiscovery(s.vm, self.site, self.exports.group("discovery"), metrics=self.metrics)
+                spawn("lan-discovery", self.discovery.run())
+        if s.kubernetes.enabled:
+            self.kubernetes = KubernetesSource(
+                s.kubernetes, self.site, _as_list(self.exports.group("kubernetes")), egress_target=self._egress_target,
+                locality=self.locality, metrics=self.metrics,
+            )  # fmt: skip
+            spawn("kubernetes-source", self.kubernetes.run())
+
+    def on_view(self, view: MeshView, _events: Sequence[Event]) -> None:
+        """Called by the mirror after each burst of registry changes (and once after the initial sync)."""
+        if self.egress is not None:
+            self.egress.update(view)
+        if self.dns is not None:
+            self.dns.update(view)
+        if self.vips is not None:
+            self.vips.kick()
+        if self.kubernetes is not None:
+            self.kubernetes.update(view)
+        self._vip_wake.set()
+
+    def site_record(self, base: Site) -> Site:
+        """The site record with this site's gateway and CA chain."""
+        if self.gateway_record is None or self.certs is None:
+            return base
+        return Site(base.name, base.network, base.locality, base.kind, (self.gateway_record,),
+                    self.certs.ca_chain_pem, base.agent_version)
+
+    async def close(self) -> None:
+        """Stop listeners and tunnels."""
+        for closer in (self.egress, self.eastwest, self.dns):
+            if closer is not None:
+                await closer.close()
+        if self.certs is not None:
+            self.certs.close()
+
+    def status(self) -> dict[str, Any]:
+        """What `meshfed status` shows about the data plane."""
+        view = self.view()
+        imports = []
+        listeners = self.egress.listeners() if self.egress is not None else {}
+        for (ns, name), svc in view.services().items():
+            if all(e.site == self.site for e in svc.exports):
+                continue
+            imports.append({
+                "service": f"{ns}/{name}",
+                "vips": list(self._vip_source().addresses(ns, name)) if self.dns else [],
+                "listeners": {k[2]: f"{h}:{p}" for k, (h, p) in listeners.items() if k[:2] == (ns, name)},
+                "sites": [
+                    {"site": e.site, "network": view.sites[e.site].network,
+                     "via": "direct" if view.sites[e.site].network == self.config.site.network
+                     else ",".join(f"{g.address}:{g.port}" for g in view.sites[e.site].gateways) or "no gateway",
+                     "ready": sum(1 for ep in e.endpoints if ep.ready), "endpoints": len(e.endpoints)}
+                    for e in svc.exports if e.site in view.sites
+                ],
+            })  # fmt: skip
+        checks = [
+            {"service": f"{c.namespace}/{c.name}", "address": c.address, "ready": c.ready, "detail": c.detail}
+            for c in (self.checker.status() if self.checker is not None else [])
+        ]
+        vif = self.vip_interface
+        return {
+            "gateway": None if self.eastwest is None or self.gateway_record is None else {
+                "listen": "{}:{}".format(*self.eastwest.address),
+                "advertised": f"{self.gateway_record.address}:{self.gateway_record.port}",
+                "certificateValidUntil": self.certs.issued.cert.not_valid_after_utc.isoformat() if self.certs else None,
+            },
+            "dns": None if self.dns is None else {
+                "udp": [f"{h}:{p}" for h, p in self.dns.udp_addresses],
+                "tcp": [f"{h}:{p}" for h, p in self.dns.tcp_addresses],
+                "zone": self.sections.dns.zone,
+            },
+            "vipInterface": None if vif is None else {
+                "name": vif.name, "fallback": vif.fallback_reason or None,
+                "addresses": sorted(str(a) for a in vif.addresses),
+            },
+            "exports": [{"service": f"{e.namespace}/{e.name}", "ready": sum(1 for ep in e.endpoints if ep.ready),
+                         "endpoints": len(e.endpoints)} for e in self.exports.merged()],
+            "checks": checks,
+            "imports": imports,
+        }  # fmt: skip
+
+    # -- private
+
+    async def _start_gateway(self, spawn: Spawn) -> None:
+        gw = self.sections.gateway
+        try:
+            site_ca = await asyncio.to_thread(load_site, Path(gw.ca_dir))
+        except Exception as exc:
+            raise ConfigError(f"{self.config.source}: gateway.ca_dir: {exc}") from None
+        cert_dir = Path(gw.cert_dir) if gw.cert_dir else self.config.state_dir / "gateway"
+        self.certs = CertificateStore(site_ca, gw.name, cert_dir, lifetime=dt.timedelta(seconds=gw.cert_lifetime))
+        if self.certs.site != self.site:
+            raise ConfigError(f"{self.config.source}: gateway.ca_dir: the CA in {gw.ca_dir} belongs to site "
+                              f"{self.certs.site!r}, not {self.site!r}")
+        self.eastwest = EastWestGateway(self.site, self.view, self.certs.server, self.certs.bundle, gw, self.metrics)
+        await self.eastwest.start()
+        host, port = self.eastwest.address
+        advertised = self.config.site.gateway_address or host
+        if ipaddress.ip_address(advertised).is_unspecified:
+            raise ConfigError(f"{self.config.source}: site.gateway_address: the gateway listens on {host}; say "
+                              "which address other networks reach it at")
+        self.gateway_record = Gateway(gw.name, advertised, port)
+        self.egress = Egress(self.site, self.view, self.certs.client, self.certs.bundle, gw, self.metrics,
+                             bind_for=self._bind_for)
+        await self.egress.start()
+        spawn("certificate-renewal", self.certs.run())
+
+    def _vip_source(self) -> _IPv4Vips:
+        return _IPv4Vips(self.vips)
+
+    def _bind_for(self, key: tuple[str, str, str]) -> tuple[str, int]:
+        """VM sites listen on VIP:port (applications use the DNS name unchanged); others on loopback ports."""
+        gw = self.sections.gateway
+        vif = self.vip_interface
+        if self.vips is not None and vif is not None and not vif.fallback:
+            vip = self._vip_source().addresses(key[0], key[1])
+            svc = self.view().service(key[0], key[1])
+            port = next((p.port for p in svc.ports if p.name == key[2]), 0) if svc else 0
+            if vip and port and ipaddress.ip_address(vip[0]) in vif.addresses:
+                return vip[0], port
+        return gw.egress_address, gw.egress_port
+
+    def _egress_target(self, namespace: str, name: str, port_name: str) -> tuple[str, int] | None:
+        if self.egress is None:
+            return None
+        return self.egress.listeners().get((namespace, name, port_name))
+
+    def _vips_changed(self) -> None:
+        if self.dns is not None:
+            self.dns.refresh()
+        self._vip_wake.set()
+
+    async def _keep_vip_interface(self) -> None:
+        """Hold the VIPs of every imported service on the VIP interface, then let egress rebind to them."""
+        assert self.vip_interface is not None
+        while True:
+            await self._vip_wake.wait()
+            self._vip_wake.clear()
+            if self.vips is None:
+                continue
+            view = self.view()
+            wanted: set[ipaddress.IPv4Address | ipaddress.IPv6Address] = set()
+            for (ns, name), svc in view.services().items():
+                if any(e.site != self.site for e in svc.exports):
+                    wanted.update(ipaddress.ip_address(a) for a in self._vip_source().addresses(ns, name))
+            await self.vip_interface.reconcile(wanted)
+            if self.egress is not None:
+                self.egress.update(view)
+
+
+def _as_list(sink: Callable[[Sequence[ServiceExport]], None]) -> Callable[[Iterable[ServiceExport]], None]:
+    return lambda exports: sink(list(exports))
+
+
+class _IPv4Vips:
+    """The VIPs DNS answers: IPv4 only, because egress listeners bind one address per service port."""
+
+    def __init__(self, allocator: VipAllocator | None) -> None:
+        self._allocator = allocator
+
+    def addresses(self, namespace: str, name: str) -> tuple[str, ...]:
+        if self._allocator is None:
+            return ()
+        return tuple(a for a in self._allocator.addresses(namespace, name) if ":" not in a)
