@@ -51,6 +51,17 @@ StateDirectory=meshfed
 StateDirectoryMode=0700
 ReadWritePaths=/var/lib/meshfed
 RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX AF_NETLINK
+UMask=0077
+ProtectKernelTunables=yes
+ProtectKernelModules=yes
+ProtectKernelLogs=yes
+ProtectControlGroups=yes
+ProtectClock=yes
+ProtectHostname=yes
+RestrictNamespaces=yes
+RestrictRealtime=yes
+LockPersonality=yes
+SystemCallArchitectures=native
 LimitNOFILE=65536
 
 [Install]
