@@ -64,19 +64,19 @@ class Conversion:
 
 def key_of(obj: Obj) -> ObjKey:
     """(namespace, name) from an object's metadata."""
-    meta = obj.get("metadata") or {}
+    meta = _m(_m(obj).get("metadata"))
     return (str(meta.get("namespace", "")), str(meta.get("name", "")))
 
 
 def is_owned(obj: Obj, owned: tuple[str, str]) -> bool:
     """True if the object carries the owned label with the owned value."""
-    labels = (obj.get("metadata") or {}).get("labels") or {}
+    labels = _m(_m(_m(obj).get("metadata")).get("labels"))
     return bool(labels.get(owned[0]) == owned[1])
 
 
-def parse_time(text: str | None) -> float:
+def parse_time(text: Any) -> float:
     """RFC 3339 as the API writes it (`2024-05-01T10:00:00Z`) to unix time; 0.0 if missing or bad."""
-    if not text:
+    if not text or not isinstance(text, str):
         return 0.0
     try:
         return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
@@ -110,15 +110,17 @@ def convert_all(
     owned: tuple[str, str] = ("", ""),
 ) -> Conversion:
     """Exports plus the reason each ServiceExport that cannot be exported is invalid."""
-    by_key = {key_of(s): s for s in services if not (owned[0] and is_owned(s, owned))}
+    by_key = {key_of(s): s for s in services if isinstance(s, Mapping) and not (owned[0] and is_owned(s, owned))}
     slices: dict[ObjKey, list[Obj]] = {}
     for sl in endpointslices:
-        labels = (sl.get("metadata") or {}).get("labels") or {}
+        if not isinstance(sl, Mapping):
+            continue
+        labels = _m(_m(_m(sl).get("metadata")).get("labels"))
         svc = labels.get(SERVICE_NAME_LABEL)
         if svc:
             slices.setdefault((key_of(sl)[0], str(svc)), []).append(sl)
     out = Conversion()
-    for se in sorted(serviceexports, key=key_of):
+    for se in sorted((x for x in serviceexports if isinstance(x, Mapping)), key=key_of):
         k = key_of(se)
         service = by_key.get(k)
         result = _convert_one(se, service, slices.get(k, []), site, locality)
@@ -154,7 +156,7 @@ def export_conditions(
         else:
             reason = REASON_TYPE_CONFLICT if conflict.reason.startswith("type") else REASON_PORT_CONFLICT
             conf = ("True", reason, f"this site's export is not used: {conflict.reason}")
-    before = {str(c.get("type")): c for c in previous}
+    before = {str(c.get("type")): c for c in _l(previous) if isinstance(c, Mapping)}
     out = []
     for ctype, (status, reason, message) in (("Valid", valid), ("Conflict", conf)):
         old = before.get(ctype)
@@ -174,7 +176,8 @@ def same_conditions(a: Sequence[Obj], b: Sequence[Obj]) -> bool:
     """True if two condition lists say the same (times aside)."""
 
     def norm(cs: Sequence[Obj]) -> list[tuple[Any, ...]]:
-        return sorted((c.get("type"), c.get("status"), c.get("reason"), c.get("message")) for c in cs)
+        fields = ("type", "status", "reason", "message")
+        return sorted(tuple(str(c.get(f)) for f in fields) for c in _l(cs) if isinstance(c, Mapping))
 
     return norm(a) == norm(b)
 
@@ -188,13 +191,13 @@ def _convert_one(
     ns, name = key_of(se)
     if service is None:
         return Invalid(REASON_NO_SERVICE, f"there is no Service {ns}/{name} to export")
-    spec = service.get("spec") or {}
+    spec = _m(service.get("spec"))
     stype = spec.get("type", "ClusterIP")
     if stype == "ExternalName":
         return Invalid(REASON_INVALID_TYPE, "ExternalName services cannot be exported (MCS)")
     headless = spec.get("clusterIP") == "None"
     try:
-        ports, renamed = _service_ports(spec.get("ports") or [])
+        ports, renamed = _service_ports(_l(spec.get("ports")))
         endpoints = _endpoints(slices, ports, renamed, headless, locality)
         export = ServiceExport(
             site=site,
@@ -203,7 +206,7 @@ def _convert_one(
             ports=ports,
             type=ServiceType.HEADLESS if headless else ServiceType.CLUSTER_SET_IP,
             endpoints=endpoints,
-            exported_at=parse_time((se.get("metadata") or {}).get("creationTimestamp")),
+            exported_at=parse_time(_m(se.get("metadata")).get("creationTimestamp")),
         )
         validate_export(export)
     except RecordError as exc:
@@ -211,7 +214,7 @@ def _convert_one(
     return export
 
 
-def _service_ports(raw: list[Any]) -> tuple[tuple[ServicePort, ...], dict[str, str]]:
+def _service_ports(raw: Sequence[Any]) -> tuple[tuple[ServicePort, ...], dict[str, str]]:
     """The service ports; an unnamed single port gets a name (`<proto>-<port>`) since the registry needs one."""
     ports = []
     renamed: dict[str, str] = {}
@@ -244,20 +247,20 @@ def _endpoints(
     hostnames: set[str] = set()
     out: list[Endpoint] = []
     for sl in sorted(slices, key=lambda s: key_of(s)[1]):
-        if sl.get("addressType") not in ("IPv4", "IPv6"):
+        if _m(sl).get("addressType") not in ("IPv4", "IPv6"):
             continue  # FQDN slices have no addresses the mesh can route to
         eports = []
-        for p in sl.get("ports") or []:
+        for p in map(_m, _l(sl.get("ports"))):
             pname = renamed.get(str(p.get("name") or ""), str(p.get("name") or ""))
             number = p.get("port")
             if pname in names and isinstance(number, int) and 1 <= number <= 65535:
                 eports.append(EndpointPort(pname, number))
-        for e in sl.get("endpoints") or []:
-            addresses = tuple(str(a) for a in (e.get("addresses") or ()))
+        for e in map(_m, _l(sl.get("endpoints"))):
+            addresses = tuple(str(a) for a in _l(e.get("addresses")))
             if not addresses or addresses in seen_addresses or len(out) >= MAX_ENDPOINTS:
                 continue
             seen_addresses.add(addresses)
-            cond = e.get("conditions") or {}
+            cond = _m(e.get("conditions"))
             # The API says a nil `ready` means ready; a terminating endpoint is never ready.
             ready = cond.get("ready") is not False and cond.get("terminating") is not True
             hostname = e.get("hostname") if headless else None
@@ -274,3 +277,13 @@ def _endpoints(
                 locality=Locality(locality.region, zone) if isinstance(zone, str) and zone else locality,
             ))  # fmt: skip
     return tuple(out)
+
+
+def _m(value: Any) -> Mapping[str, Any]:
+    """`value` if it is a mapping, else an empty one: a malformed field reads as absent."""
+    return value if isinstance(value, Mapping) else {}
+
+
+def _l(value: Any) -> Sequence[Any]:
+    """`value` if it is a list, else an empty one."""
+    return value if isinstance(value, list | tuple) else ()

@@ -96,6 +96,8 @@ class KubernetesSource:
         self._reflectors: dict[str, Reflector] = {}
         self._published: list[ServiceExport] | None = None
         self._limiter = LogLimiter()
+        self._refused: dict[tuple[str, ObjKey], float] = {}
+        """Writes the API server refused (4xx), with when: not retried before backoff_cap has passed."""
 
     def update(self, view: MeshView) -> None:
         """A new mesh view (after each registry change): rewrite imports and conflict status to match."""
@@ -173,9 +175,10 @@ class KubernetesSource:
             return failed
         existing = Owned(s["services"], s["serviceimports"], s["endpointslices"])
         ops = plan_imports(view, own, existing, self._egress_target, self._owned)
-        failed = await self._apply(client, ops) or failed
-        if ops:
+        unavailable, wrote = await self._apply(client, ops)
+        if wrote and not unavailable:
             self._wake.set()  # writes change what the plan sees (a new Service's cluster IP): plan again
+        failed = failed or unavailable
         self._metrics.imports.set(len(view.services()))
         if not failed:
             self.imports_synced.set()
@@ -193,32 +196,39 @@ class KubernetesSource:
     async def _write_status(self, client: KubeClient, conversion: Conversion) -> bool:
         view = self._view
         services = view.services() if view is not None else {}
-        failed = False
         for k, se in list(self.stores["serviceexports"].items()):
             fs = services.get(k)
             conflict = next((c for c in fs.conflicts if c.site == self.site), None) if fs else None
             known = fs is not None and (conflict is not None or self.site in fs.sites)
             status = se.get("status") or {}
             previous = status.get("conditions") or []
-            generation = int((se.get("metadata") or {}).get("generation") or 0)
+            generation = (se.get("metadata") or {}).get("generation")
+            generation = generation if isinstance(generation, int) and generation >= 0 else 0
             want = export_conditions(previous, conversion.invalid.get(k), conflict, known, self._clock(), generation)
             if same_conditions(previous, want):
                 continue
             try:
                 updated = await client.patch("serviceexports", k[0], k[1], {"status": {"conditions": want}}, "status")
-            except (ApiError, ApiUnavailable) as exc:
-                failed = failed or not (isinstance(exc, ApiError) and exc.code == 404)
+            except ApiUnavailable as exc:
+                self._write_failed("serviceexports/status", "patch", k, exc)
+                return True
+            except ApiError as exc:  # refused (gone, forbidden): retrying at once would not help
                 self._write_failed("serviceexports/status", "patch", k, exc)
                 continue
             self._metrics.writes.labels("serviceexports/status", "patch").inc()
             self._reflectors["serviceexports"].apply(updated)
-        return failed
+        return False
 
-    async def _apply(self, client: KubeClient, ops: list[Op]) -> bool:
-        failed = False
+    async def _apply(self, client: KubeClient, ops: list[Op]) -> tuple[bool, int]:
+        """Write the ops in order: (the API server was unreachable, so retry the pass later; writes done)."""
+        wrote = 0
+        now = time.monotonic()
         for op in ops:
             verb = {Create: "create", Patch: "patch", Delete: "delete"}[type(op)]
             reflector = self._reflectors[op.resource]
+            refused_at = self._refused.get((op.resource, _op_key(op)))
+            if refused_at is not None and now - refused_at < self.settings.backoff_cap:
+                continue
             try:
                 if isinstance(op, Create):
                     reflector.apply(await client.create(op.resource, op.obj))
@@ -236,14 +246,18 @@ class KubernetesSource:
                     reflector.apply({"metadata": {"namespace": k[0], "name": k[1]}}, deleted=True)
             except ApiUnavailable as exc:
                 self._write_failed(op.resource, verb, _op_key(op), exc)
-                return True  # the server is away: stop this pass, retry all of it later
+                return True, wrote  # the server is away: stop this pass, retry all of it later
             except ApiError as exc:
+                # Refused: a missing namespace, a foreign object of the same name, the admission policy.
+                # Retried at the next change or resync, not in a loop; the log line says why.
                 self._write_failed(op.resource, verb, _op_key(op), exc)
-                failed = True
+                self._refused[(op.resource, _op_key(op))] = now
                 continue
             self._metrics.writes.labels(op.resource, verb).inc()
             log.info("kubernetes: %s %s %s/%s", verb, op.resource, *k)
-        return failed
+            self._refused.pop((op.resource, k), None)
+            wrote += 1
+        return False, wrote
 
     def _write_failed(self, resource: str, verb: str, k: ObjKey, exc: Exception) -> None:
         self._metrics.write_errors.labels(resource, verb).inc()

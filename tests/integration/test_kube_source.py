@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -217,3 +218,19 @@ async def test_rbac_grants_exactly_the_calls_the_agent_makes(etcd: EtcdProcess, 
             await eventually(lambda: api.get("serviceimports", "shop", "db") is None, what="import deleted")
     used = {(verb, group, res) for verb, group, res in api.calls}
     assert used == rbac_rules()
+
+
+async def test_foreign_objects_are_left_alone(etcd: EtcdProcess, tmp_path: Path) -> None:
+    foreign = {"apiVersion": "multicluster.x-k8s.io/v1alpha1", "kind": "ServiceImport",
+               "metadata": {"name": "db", "namespace": "shop", "labels": {"team": "a"}},
+               "spec": {"type": "Headless", "ports": [{"port": 1, "protocol": "TCP"}]}}
+    pubs = (other_site(etcd, "near", "net-a", [export("near", name="db"), export("near", name="api")]),)
+    async with FakeApiServer() as api, running(*pubs), cluster(etcd, tmp_path, api):
+        api.put(foreign)
+        before = copy.deepcopy(api.get("serviceimports", "shop", "db"))
+        await eventually(lambda: api.get("serviceimports", "shop", "api") is not None, what="the other import")
+        await eventually(lambda: ("create", "multicluster.x-k8s.io", "serviceimports") in api.calls
+                         and api.get("services", "shop", derived_name("db")) is not None, what="attempts on db")
+        pubs[0].set_exports([export("near", name="api")])
+        await eventually(lambda: api.get("services", "shop", derived_name("db")) is None, what="db's owned objects gone")
+        assert api.get("serviceimports", "shop", "db") == before

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from federation.catalog import Conflict
 from federation.kubernetes.conversion import (
     Invalid,
@@ -122,3 +127,27 @@ def test_transition_time_kept_while_status_unchanged() -> None:
     assert flipped[1]["lastTransitionTime"] == format_time(2000.0)
     assert flipped[0]["lastTransitionTime"] == format_time(1000.0)
     assert not same_conditions(first, flipped)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-5, 70000) | st.sampled_from(["", "None", "TCP", "x", "10.0.0.1", "web",
+                                                                            "shop", "IPv4", "db-0", "2024-05-01T10:00:00Z"]),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.sampled_from(
+        ["metadata", "name", "namespace", "labels", "spec", "ports", "port", "protocol", "clusterIP", "type",
+         "endpoints", "addresses", "conditions", "ready", "hostname", "zone", "addressType", "creationTimestamp",
+         "kubernetes.io/service-name"]), children, max_size=5),
+    max_leaves=20,
+)
+
+
+@given(st.lists(json_values, max_size=3), st.lists(json_values, max_size=3), st.lists(json_values, max_size=3))
+@settings(max_examples=300, deadline=None)
+def test_malformed_objects_never_raise(services: list[Any], slices: list[Any], exports: list[Any]) -> None:
+    services = [*services, service()]
+    slices = [*slices, endpointslice()]
+    exports = [*exports, serviceexport()]
+    out = convert_all(services, slices, exports, "east")  # type: ignore[arg-type]
+    for conds in (exports, [e for e in exports if isinstance(e, dict)]):
+        export_conditions(conds, None, None, True, 0.0)  # type: ignore[arg-type]
+        same_conditions(conds, conds)  # type: ignore[arg-type]
+    assert all(e.site == "east" for e in out.exports)
