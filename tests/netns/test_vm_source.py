@@ -1,0 +1,76 @@
+"""The assembled VM source: held until checks ran, static and checked exports merged, VIPs following the view."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+from collections.abc import Iterator, Sequence
+
+import pytest
+
+from federation.catalog import MeshView
+from federation.model import ServiceExport
+from federation.vm.settings import CheckSettings, PortSettings, VmServiceSettings, VmSettings
+from federation.vm.source import VmSource
+from tests.util import eventually, export, site
+
+pytestmark = pytest.mark.netns
+
+
+@pytest.fixture
+def netns() -> Iterator[str]:
+    name = f"mfsrc{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True, timeout=20)
+    try:
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=20, check=False)
+
+
+def vips_on(ns: str) -> list[str]:
+    out = subprocess.run(["ip", "-n", ns, "-o", "addr", "show", "dev", "meshfed0", "scope", "global"],
+                         capture_output=True, text=True, timeout=20, check=False)
+    return sorted(line.split()[3] for line in out.stdout.splitlines())
+
+
+class Vips:
+    def __init__(self, table: dict[tuple[str, str], tuple[str, ...]]) -> None:
+        self.table = table
+
+    def addresses(self, namespace: str, name: str) -> tuple[str, ...]:
+        return self.table.get((namespace, name), ())
+
+
+async def test_vm_source_publishes_once_checked_and_follows_the_view(netns: str) -> None:
+    server = await asyncio.start_server(lambda _r, w: w.close(), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    settings = VmSettings(services=(VmServiceSettings(
+        "shop", "web", (PortSettings("http", 8080, target_port=port),), address="127.0.0.1",
+        check=CheckSettings(interval=0.5, timeout=0.4)),))
+    published: list[Sequence[ServiceExport]] = []
+    source = VmSource(settings, "vm-a", published.append, static_exports=[export("vm-a", "db")], netns=netns)
+    task = asyncio.create_task(source.run(), name="vm-source")
+    try:
+        await asyncio.wait_for(source.ready.wait(), 15)
+        assert [[e.name for e in p] for p in published] == [["db", "web"]]  # one complete first list
+        assert published[0][1].endpoints[0].ready
+
+        sites = {"vm-a": site("vm-a"), "vm-b": site("vm-b", "net-b")}
+        view = MeshView(sites=sites, exports={("vm-b", "shop", "api"): export("vm-b", "api"),
+                                              ("vm-b", "shop", "pay"): export("vm-b", "pay")})
+        source.update(view, Vips({("shop", "api"): ("240.240.0.1",), ("shop", "pay"): ("240.240.0.2",)}))
+        await eventually(lambda: vips_on(netns) == ["240.240.0.1/32", "240.240.0.2/32"], what="VIPs on meshfed0")
+        source.update(MeshView(sites=sites, exports={("vm-b", "shop", "api"): export("vm-b", "api")}),
+                      Vips({("shop", "api"): ("240.240.0.1",)}))
+        await eventually(lambda: vips_on(netns) == ["240.240.0.1/32"], what="a removed service's VIP gone")
+        assert not source.fallback
+
+        server.close()
+        await server.wait_closed()
+        await eventually(lambda: not published[-1][1].endpoints[0].ready, what="web not ready")
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        server.close()
+        await server.wait_closed()
