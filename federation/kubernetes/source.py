@@ -25,10 +25,20 @@ from federation.kubernetes.conversion import (
     ObjKey,
     convert_all,
     export_conditions,
+    is_owned,
     key_of,
     same_conditions,
 )
-from federation.kubernetes.importing import Create, Delete, EgressTarget, Op, Owned, Patch, plan_imports
+from federation.kubernetes.importing import (
+    MCS_SERVICE_LABEL,
+    Create,
+    Delete,
+    EgressTarget,
+    Op,
+    Owned,
+    Patch,
+    plan_imports,
+)
 from federation.kubernetes.settings import KubernetesSettings
 from federation.kubernetes.watching import Reflector, WatchMetrics
 from federation.model import Locality, ServiceExport
@@ -108,6 +118,18 @@ class KubernetesSource:
     def stores(self) -> dict[str, dict[ObjKey, dict[str, Any]]]:
         """The cached objects per resource (for the admin endpoint and tests)."""
         return {r: x.store for r, x in self._reflectors.items()}
+
+    def imported_ips(self) -> dict[tuple[str, str], str]:
+        """(namespace, name) -> cluster IP of each derived Service: the ClusterSetIP pods here can route."""
+        out = {}
+        for obj in self.stores.get("services", {}).values():
+            if not is_owned(obj, self._owned):
+                continue
+            meta, spec = obj.get("metadata") or {}, obj.get("spec") or {}
+            name, ip = (meta.get("labels") or {}).get(MCS_SERVICE_LABEL), spec.get("clusterIP")
+            if isinstance(name, str) and isinstance(ip, str) and ip not in ("", "None"):
+                out[(str(meta.get("namespace", "")), name)] = ip
+        return out
 
     async def run(self) -> None:
         """Watch and reconcile until cancelled."""

@@ -132,7 +132,7 @@ async def test_imports_create_and_remove_owned_objects(etcd: EtcdProcess, tmp_pa
     near = export("near", name="db", addresses=("10.1.0.5",))
     far = export("far", name="db", addresses=("10.9.0.5",))
     derived = derived_name("db")
-    async with FakeApiServer() as api, cluster(etcd, tmp_path, api):
+    async with FakeApiServer() as api, cluster(etcd, tmp_path, api) as c:
         api.put(service(name="db"))  # a local Service of the same name that the agent must not touch
         pubs = (other_site(etcd, "near", "net-a", [near]), other_site(etcd, "far", "net-b", [far]))
         async with running(*pubs):
@@ -145,6 +145,7 @@ async def test_imports_create_and_remove_owned_objects(etcd: EtcdProcess, tmp_pa
             assert "selector" not in svc["spec"]
             await eventually(lambda: api.get("serviceimports", "shop", "db")["spec"]["ips"]  # type: ignore[index]
                              == [svc["spec"]["clusterIP"]], what="cluster IP in the ServiceImport")
+            assert c.source.imported_ips() == {("shop", "db"): svc["spec"]["clusterIP"]}
             addresses = sorted((e["addresses"][0], s["ports"][0]["port"])
                                for s in owned_slices(api) for e in s["endpoints"])
             assert addresses == [("10.1.0.5", 8080), EGRESS]
