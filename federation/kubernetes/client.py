@@ -14,7 +14,7 @@ from typing import Any
 
 import aiohttp
 
-from federation.errors import MeshfedError
+from federation.errors import ConfigError, MeshfedError
 from federation.kubernetes.settings import KubernetesSettings
 
 
@@ -73,7 +73,7 @@ class KubeClient:
 
     @classmethod
     async def connect(cls, settings: KubernetesSettings) -> KubeClient:
-        """Load the kubeconfig (or the in-cluster service account) and make a client."""
+        """Load the kubeconfig (or the in-cluster service account) and make a client; ConfigError if neither loads."""
         from kubernetes_asyncio import client, config
 
         cfg = client.Configuration()
@@ -85,7 +85,8 @@ class KubeClient:
             else:
                 config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
         except (config.ConfigException, OSError, ValueError) as exc:
-            raise ApiUnavailable(f"cannot load Kubernetes client config: {exc}") from exc
+            where = settings.kubeconfig or "in-cluster service account"
+            raise ConfigError(f"kubernetes.kubeconfig: cannot load {where}: {exc}") from exc
         return cls(client.ApiClient(configuration=cfg), settings.request_timeout)
 
     async def close(self) -> None:

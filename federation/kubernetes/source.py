@@ -133,7 +133,7 @@ class KubernetesSource:
 
     async def run(self) -> None:
         """Watch and reconcile until cancelled."""
-        client = self._client or await self._connect()
+        client = self._client or await KubeClient.connect(self.settings)  # a bad config ends the agent at start
         try:
             self._reflectors = {
                 r: Reflector(
@@ -154,16 +154,6 @@ class KubernetesSource:
 
     def _backoff(self) -> Backoff:
         return Backoff(base=self.settings.backoff_base, cap=self.settings.backoff_cap)
-
-    async def _connect(self) -> KubeClient:
-        backoff = self._backoff()
-        while True:
-            try:
-                return await KubeClient.connect(self.settings)
-            except ApiUnavailable as exc:
-                delay = backoff.next()
-                log.warning("kubernetes: %s; retrying in %.1fs", exc, delay)
-                await asyncio.sleep(delay)
 
     async def _reconcile_loop(self, client: KubeClient) -> None:
         # Nothing is published, written or deleted before every cache has its first list (HasSynced).

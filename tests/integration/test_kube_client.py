@@ -1,0 +1,55 @@
+"""The kubernetes_asyncio adapter against the stand-in API server: auth, errors, config failures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from federation.errors import ConfigError
+from federation.kubernetes.client import ApiError, ApiUnavailable, Expired, KubeClient
+from federation.kubernetes.settings import KubernetesSettings
+from tests.kubeapi import FakeApiServer
+from tests.kubeobjects import service
+
+
+async def test_missing_kubeconfig_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"^kubernetes\.kubeconfig: cannot load .*nope"):
+        await KubeClient.connect(KubernetesSettings(kubeconfig=str(tmp_path / "nope")))
+
+
+async def test_list_create_patch_delete_and_errors(tmp_path: Path) -> None:
+    async with FakeApiServer() as api:
+        client = await KubeClient.connect(KubernetesSettings(kubeconfig=str(api.kubeconfig(tmp_path / "k"))))
+        try:
+            created = await client.create("services", service())
+            assert created["spec"]["clusterIP"].startswith("10.96.")
+            items, rv = await client.list_all("services")
+            assert [i["metadata"]["name"] for i in items] == ["web"]
+            assert int(rv) >= int(created["metadata"]["resourceVersion"])
+            with pytest.raises(ApiError) as exc:
+                await client.create("services", service())
+            assert exc.value.code == 409
+            patched = await client.patch("services", "shop", "web", {"metadata": {"labels": {"a": "b"}}})
+            assert patched["metadata"]["labels"] == {"a": "b"}
+            api.expire()
+            with pytest.raises(Expired):
+                async for _ in client.watch("services", rv, 5):
+                    pass
+            await client.delete("services", "shop", "web")
+            with pytest.raises(ApiError) as exc:
+                await client.delete("services", "shop", "web")
+            assert exc.value.code == 404
+            api.unavailable = True
+            with pytest.raises(ApiUnavailable):
+                await client.list_all("services")
+        finally:
+            await client.close()
+        port = api.port
+    client = await KubeClient.connect(KubernetesSettings(kubeconfig=str(tmp_path / "k"), request_timeout=2))
+    try:
+        assert port
+        with pytest.raises(ApiUnavailable):  # nothing listens there any more
+            await client.list_all("services")
+    finally:
+        await client.close()
