@@ -17,6 +17,8 @@ from gateway.framing import ABORT_FRAME, END_FRAME, Deframer, header
 
 log = logging.getLogger(__name__)
 
+READ_SIZE = 256 * 1024
+"""Bytes per read: large reads keep the per-chunk Python cost small next to the copying and crypto."""
 _SMALL = 16 * 1024
 """Up to this size a chunk is copied behind its header so that it travels in one TLS record."""
 
@@ -24,7 +26,37 @@ Done = Callable[[bool], None]
 """Called once when a stream is over; True if it ended cleanly both ways (the tunnel may be reused)."""
 
 
-class PlainLeg(asyncio.Protocol):
+class _LargeReads(asyncio.BufferedProtocol):
+    """Reads into one reused buffer and hands a view of it to `data_received`.
+
+    The buffer is replaced whenever the transport that received the view still holds it (its write
+    buffer is not empty), so no byte is overwritten before it has been sent.
+    """
+
+    _buf: bytearray | None = None
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if self._buf is None:
+            self._buf = bytearray(READ_SIZE)
+        # A memoryview, not the bytearray: asyncio's sslproto slices it and reads into the slice.
+        return memoryview(self._buf)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        assert self._buf is not None
+        out = self.out_transport()
+        self.data_received(memoryview(self._buf)[:nbytes])  # type: ignore[arg-type]
+        if out is not None and out.get_write_buffer_size():
+            self._buf = None
+
+    def data_received(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def out_transport(self) -> asyncio.WriteTransport | None:
+        """The transport that what is read now gets written to (it may keep a view of the buffer)."""
+        raise NotImplementedError
+
+
+class PlainLeg(_LargeReads):
     """A plain TCP socket (a client at the egress, an endpoint at the gateway) feeding a `Stream`.
 
     Reading is paused until a stream is attached, so nothing is read before the tunnel said ok.
@@ -50,6 +82,9 @@ class PlainLeg(asyncio.Protocol):
             self.early += data
             if self.transport is not None:
                 self.transport.pause_reading()
+
+    def out_transport(self) -> asyncio.WriteTransport | None:
+        return self.sink.out_for(self) if self.sink is not None else None
 
     def take_early(self) -> bytes:
         """Bytes that arrived before a stream was attached."""
@@ -77,8 +112,11 @@ class PlainLeg(asyncio.Protocol):
             self.sink.resume_from(self)
 
 
-class TunnelLeg(asyncio.Protocol):
+class TunnelLeg(_LargeReads):
     """Base of the TLS side of a tunnel: control data before a stream, deframed payload during one."""
+
+    def out_transport(self) -> asyncio.WriteTransport | None:
+        return self.stream.out_for(None) if self.stream is not None else None
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
@@ -156,6 +194,10 @@ class Stream:
             self.finish(clean=False)
         elif not self.done:
             self._pt.resume_reading()
+
+    def out_for(self, leg: PlainLeg | None) -> asyncio.WriteTransport:
+        """Where bytes read from `leg` (None: from the tunnel) are written."""
+        return self._tt if leg is not None else self._pt
 
     # -- plain -> tunnel
     def plain_data(self, _leg: PlainLeg, data: bytes) -> None:
@@ -287,6 +329,10 @@ class Splice:
         for leg in (a, b):
             if not self.done and leg.transport is not None:
                 leg.transport.resume_reading()
+
+    def out_for(self, leg: PlainLeg | None) -> asyncio.WriteTransport | None:
+        """Where bytes read from `leg` are written."""
+        return self._legs[id(leg)][1].transport if leg is not None else None
 
     def plain_data(self, leg: PlainLeg, data: bytes) -> None:
         self._count += 1
