@@ -48,8 +48,9 @@ def add_commands(sub: Any) -> None:
     v.set_defaults(handler=cmd_version)
 
     d = sub.add_parser("demo", help="run a one-machine demo on an embedded etcd")
-    d.add_argument("--state-dir", default=None, help="where the demo keeps its files (default: a temp dir)")
+    d.add_argument("--state-dir", default=None, help="where the demo keeps its files (default: /tmp/meshfed-demo)")
     d.add_argument("--keep", action="store_true", help="leave it running until Ctrl-C")
+    d.add_argument("--down", action="store_true", help="tear down a demo left running with --keep")
     d.set_defaults(handler=cmd_demo)
 
 
@@ -196,7 +197,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from federation.demo import run_demo
 
-    code: int = run_demo(Path(args.state_dir) if args.state_dir else None, keep=args.keep)
+    if args.log_level == "info":
+        logging.getLogger().setLevel(logging.WARNING)  # the demo narrates; its agents log to files
+    code: int = run_demo(Path(args.state_dir) if args.state_dir else None, keep=args.keep, down=args.down)
     return code
 
 

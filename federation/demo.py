@@ -1,112 +1,405 @@
-"""`meshfed demo`: one machine, nothing set up, a site agent on an embedded etcd exporting a sample service."""
+"""`meshfed demo`: three sites on two networks on one machine, shown step by step.
+
+east (net-1) exports shop/web and shop/api; edge (net-1, another zone) runs a standby shop/web;
+west (net-2) exports shop/cart. With root every site is a network namespace and the networks really
+cannot reach each other (federation/lab.py); without root everything runs on loopback ports.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
+import json
+import os
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
-from aiohttp import web
 
-from federation.config import load_config
+from federation.embedded import EtcdProcess, free_port
+from federation.issuing import new_root, new_site_ca, save_root, save_site
+from federation.lab import DEFAULT_SITES, WAN_ROOT, Lab
 
-_SAMPLE_PAGE = "hello from site {site}\n"
-
-
-def run_demo(state_dir: Path | None, keep: bool = False) -> int:
-    """Run the demo; 0 when every step worked."""
-    own_dir = state_dir is None
-    root = Path(tempfile.mkdtemp(prefix="meshfed-demo-")) if state_dir is None else state_dir
-    try:
-        return asyncio.run(_demo(root, keep))
-    finally:
-        if own_dir and not keep:
-            shutil.rmtree(root, ignore_errors=True)
-
-
-def _say(text: str) -> None:
-    print(text, flush=True)
+PREFIX = "mfdemo"
+DEFAULT_STATE = Path(tempfile.gettempdir()) / "meshfed-demo"
+ZONE = "clusterset.local"
+SERVICES = {  # site -> [(service, exported port, sample port)]
+    "east": [("web", 80, 8080), ("api", 80, 8081)],
+    "west": [("cart", 80, 8080)],
+    "edge": [("web", 80, 8080)],
+}
+CHECK_INTERVAL = 1.0
+LEASE_TTL = 5
 
 
-async def _demo(root: Path, keep: bool) -> int:
-    from federation.agent import Agent
+@dataclass
+class DemoSite:
+    """Where one site's pieces live in this run."""
 
-    await asyncio.to_thread(root.mkdir, parents=True, exist_ok=True)
-    started = time.monotonic()
-    app = web.Application()
-    app.router.add_get("/", lambda _r: _page("east"))
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    sample_port = runner.addresses[0][1]
-    config_path = root / "east.yaml"
-    config_path.write_text(yaml.safe_dump({
-        "site": {"name": "east", "network": "net-1", "region": "demo", "zone": "a"},
-        "state_dir": str(root / "east"),
-        "admin": {"address": "127.0.0.1", "port": 0},
-        "exports": [{
-            "namespace": "shop", "name": "web",
-            "ports": [{"name": "http", "port": 80}],
-            "endpoints": [{"addresses": ["127.0.0.1"], "ports": {"http": sample_port}}],
-        }],
-    }, sort_keys=False))  # fmt: skip
-    _say(f"== meshfed demo (state in {root})")
-    _say(f"-- sample service shop/web: http://127.0.0.1:{sample_port}/")
-    agent = Agent(load_config(config_path))
-    stop = asyncio.Event()
-    task = asyncio.create_task(agent.run(stop), name="demo-agent")
-    try:
-        await _until(lambda: agent.mirror is not None and agent.mirror.synced.is_set()
-                     and agent.publisher is not None and agent.publisher.published.is_set(), task)
-        assert agent.etcd is not None
-        assert agent.admin_address is not None
-        _say(f"-- agent for site east is ready; embedded etcd at {agent.etcd.endpoint}; "
-             f"admin at http://{agent.admin_address[0]}:{agent.admin_address[1]}/")
-        await _until(lambda: agent.mirror is not None and len(agent.mirror.view().exports) == 1, task)
-        _say(f"$ meshfed registry ls --config {config_path}")
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "federation", "registry", "ls", "--config", str(config_path),
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-        )  # fmt: skip
-        out, _ = await proc.communicate()
-        _say(out.decode().rstrip())
-        if proc.returncode != 0:
-            return 1
-        _say(f"== demo done in {time.monotonic() - started:.1f}s")
-        if keep:
-            _say("-- left running; try:")
-            _say(f"   meshfed registry ls --config {config_path}")
-            _say(f"   curl http://{agent.admin_address[0]}:{agent.admin_address[1]}/metrics")
-            _say("   Ctrl-C stops everything")
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(sig, stop.set)
-            await stop.wait()
+    name: str
+    network: str
+    zone: str
+    address: str
+    """Where its samples listen (the LAN address in a namespace, 127.0.0.1 on loopback)."""
+    wan: str
+    """Where its gateway and admin endpoint listen."""
+    ports: dict[str, int] = field(default_factory=dict)
+    """sample service -> port"""
+    sample_pids: dict[str, int] = field(default_factory=dict)
+
+
+class Demo:
+    """Builds, shows and tears down the demo mesh."""
+
+    def __init__(self, state: Path, netns: bool, out: Any = sys.stdout) -> None:
+        self.state = state
+        self.netns = netns
+        self.out = out
+        self.lab = Lab(PREFIX, state)
+        self.sites: dict[str, DemoSite] = {}
+        self.etcd: EtcdProcess | None = None
+        self.agents: dict[str, subprocess.Popen[bytes]] = {}
+        self.python = sys.executable
+
+    # -- building
+
+    def up(self) -> None:
+        """Network, CA, etcd, sample services and one agent per site; returns when every agent is ready."""
+        self.state.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if self.netns:
+            self.lab.up()
+        for s in DEFAULT_SITES:
+            addr = s.lan_ip if self.netns else "127.0.0.1"
+            wan = s.wan_ip if self.netns else "127.0.0.1"
+            site = DemoSite(s.name, s.network, s.zone, addr, wan)
+            site.ports = {svc: (sample if self.netns else free_port()) for svc, _, sample in SERVICES[s.name]}
+            self.sites[s.name] = site
+        self._make_ca()
+        self.etcd = EtcdProcess(self.state / "etcd", host=WAN_ROOT if self.netns else "127.0.0.1")
+        self.etcd.start()
+        self._remember(self.etcd.pid)
+        for site in self.sites.values():
+            for svc in site.ports:
+                self.start_sample(site.name, svc)
+        for site in self.sites.values():
+            self.start_agent(site.name)
+        for name in self.sites:
+            self.wait_ready(name)
+
+    def start_sample(self, site: str, service: str) -> None:
+        s = self.sites[site]
+        proc = self.lab.popen(site if self.netns else None,
+                              [self.python, "-m", "federation.sample", "--listen", f"{s.address}:{s.ports[service]}",
+                               "--service", service, "--site", site], log=self.state / f"{site}-{service}.log")
+        s.sample_pids[service] = proc.pid
+
+    def stop_sample(self, site: str, service: str) -> None:
+        pid = self.sites[site].sample_pids.pop(service)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+
+    def start_agent(self, site: str) -> None:
+        cfg = self.write_config(site)
+        (self.state / site / "admin.addr").unlink(missing_ok=True)
+        self.agents[site] = self.lab.popen(site if self.netns else None,
+                                           [self.python, "-m", "federation", "agent", "--config", str(cfg)],
+                                           log=self.state / f"{site}-agent.log")
+
+    def kill_agent(self, site: str) -> None:
+        proc = self.agents.pop(site)
+        proc.kill()
+        proc.wait()
+
+    def write_config(self, name: str) -> Path:
+        s = self.sites[name]
+        assert self.etcd is not None
+        services = [
+            {"namespace": "shop", "name": svc, "address": s.address,
+             "ports": [{"name": "http", "port": port, "target_port": s.ports[svc]}],
+             "check": {"kind": "tcp", "interval": CHECK_INTERVAL, "timeout": 0.5, "rise": 1, "fall": 1}}
+            for svc, port, _ in SERVICES[name]
+        ]  # fmt: skip
+        dns_addrs = ["127.0.0.1:53", f"{s.address}:53"] if self.netns else ["127.0.0.1:0"]
+        config = {
+            "site": {"name": name, "network": s.network, "region": "demo", "zone": s.zone, "kind": "vm",
+                     "gateway_address": s.wan},
+            "state_dir": str(self.state / name),
+            "registry": {"endpoints": [self.etcd.endpoint], "lease_ttl": LEASE_TTL},
+            "admin": {"address": s.wan, "port": 15000 if self.netns else 0},
+            "gateway": {"ca_dir": str(self.state / "ca" / name), "listen_address": s.wan,
+                        "listen_port": 15443 if self.netns else 0},
+            "dns": {"udp": dns_addrs, "tcp": dns_addrs},
+            "vm": {"services": services, "vip_interface": "meshfed0" if self.netns else ""},
+        }  # fmt: skip
+        path = self.state / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        return path
+
+    def wait_ready(self, site: str, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            proc = self.agents[site]
+            if proc.poll() is not None:
+                raise RuntimeError(f"agent {site} exited: {self._tail(site)}")
+            with contextlib.suppress(OSError, ValueError), _get(self.admin(site) + "/readyz") as resp:
+                if resp.status == 200:
+                    return
+            time.sleep(0.1)
+        raise RuntimeError(f"agent {site} not ready after {timeout:.0f}s: {self._tail(site)}")
+
+    def down(self) -> None:
+        """Stop every process and remove every namespace; keep nothing outside the state directory."""
+        for proc in self.agents.values():
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.agents.values():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(15)
+        self.agents.clear()
+        if self.etcd is not None:
+            self.etcd.stop()
+        self.lab.down()
+
+    # -- looking
+
+    def admin(self, site: str) -> str:
+        addr = (self.state / site / "admin.addr").read_text().strip()
+        return f"http://{addr}"
+
+    def status(self, site: str) -> dict[str, Any]:
+        with _get(self.admin(site) + "/status") as resp:
+            return dict(json.load(resp))
+
+    def dns_server(self, site: str) -> str:
+        """host:port of the site's DNS (127.0.0.1:53 inside a namespace)."""
+        if self.netns:
+            return "127.0.0.1:53"
+        return str(self.status(site)["dns"]["udp"][0])
+
+    def resolve(self, site: str, name: str, rtype: str = "A") -> subprocess.CompletedProcess[str]:
+        argv = [self.python, "-m", "federation", "resolve", name, "--type", rtype, "--server", self.dns_server(site)]
+        if self.netns:
+            return self.lab.run(site, argv)
+        return subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+
+    def url(self, site: str, service: str) -> str:
+        """What a client in `site` uses: the DNS name (VIP) in a namespace, the egress port on loopback."""
+        if self.netns:
+            return f"http://{service}.shop.svc.{ZONE}/"
+        for imp in self.status(site)["imports"]:
+            if imp["service"] == f"shop/{service}" and imp["listeners"].get("http"):
+                return f"http://{imp['listeners']['http']}/"
+        raise RuntimeError(f"no egress listener for shop/{service} in {site}")
+
+    def curl(self, site: str, url: str, timeout: float = 5.0) -> tuple[bool, str, float]:
+        """(ok, body or error, seconds) of one GET from inside `site`."""
+        argv = ["curl", "-sS", "--max-time", str(timeout), "-w", "\n%{time_total}", url]
+        if self.netns:
+            res = self.lab.run(site, argv, timeout=timeout + 5)
+        else:
+            res = subprocess.run(argv, capture_output=True, text=True, timeout=timeout + 5, check=False)
+        if res.returncode != 0:
+            return False, res.stderr.strip() or f"curl exited {res.returncode}", 0.0
+        body, _, secs = res.stdout.rpartition("\n")
+        return True, body.strip(), float(secs)
+
+    def registry_ls(self) -> subprocess.CompletedProcess[str]:
+        assert self.etcd is not None
+        return subprocess.run([self.python, "-m", "federation", "registry", "ls", "--endpoints", self.etcd.endpoint],
+                              capture_output=True, text=True, timeout=30, check=False)
+
+    def registry_ls_json(self) -> str:
+        assert self.etcd is not None
+        return subprocess.run([self.python, "-m", "federation", "registry", "ls", "--endpoints", self.etcd.endpoint,
+                               "--json"], capture_output=True, text=True, timeout=30, check=True).stdout
+
+    def wait_curl(self, site: str, url: str, timeout: float = 20.0) -> tuple[bool, str, float]:
+        """The first successful GET within `timeout` (listeners and VIPs follow the registry within moments)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            ok, body, secs = self.curl(site, url)
+            if ok or time.monotonic() > deadline:
+                return ok, body, secs
+            time.sleep(0.2)
+
+    def wait_for(self, check: Any, timeout: float, what: str) -> float:
+        start = time.monotonic()
+        while not check():
+            if time.monotonic() - start > timeout:
+                raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}")
+            time.sleep(0.1)
+        return time.monotonic() - start
+
+    # -- private
+
+    def _make_ca(self) -> None:
+        import datetime as dt
+
+        now = dt.datetime.now(dt.UTC)
+        root = new_root("demo.meshfed.example", now)
+        save_root(self.state / "ca" / "root", root, force=True)
+        for name in self.sites:
+            save_site(self.state / "ca" / name, new_site_ca(root, name, now), force=True)
+
+    def _remember(self, pid: int | None) -> None:
+        if pid is not None:
+            with open(self.state / "lab.pids", "a") as f:
+                f.write(f"{pid}\n")
+
+    def _tail(self, site: str) -> str:
+        with contextlib.suppress(OSError):
+            return (self.state / f"{site}-agent.log").read_text()[-3000:]
+        return ""
+
+
+# ---------------------------------------------------------------- the show
+
+
+def run_demo(state_dir: Path | None, keep: bool = False, down: bool = False) -> int:
+    """`meshfed demo`: 0 when every step worked."""
+    state = state_dir or DEFAULT_STATE
+    netns = Lab.available() is None
+    if down:
+        Demo(state, netns).lab.down()
+        shutil.rmtree(state, ignore_errors=True)
+        print(f"demo torn down: no namespaces, processes or files left ({state} removed)")
         return 0
+    demo = Demo(state, netns)
+    say = demo.out.write
+    try:
+        return _show(demo, say, keep)
+    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+        say(f"\ndemo failed: {exc}\nlogs are in {state}\n")
+        keep = False
+        return 1
     finally:
-        stop.set()
-        with contextlib.suppress(Exception):
-            await task
-        await runner.cleanup()
+        if not keep:
+            demo.down()
+            shutil.rmtree(state, ignore_errors=True)
 
 
-async def _page(site: str) -> web.Response:
-    return web.Response(text=_SAMPLE_PAGE.format(site=site))
+def _show(demo: Demo, say: Any, keep: bool) -> int:
+    started = time.monotonic()
+    mode = ("network namespaces: net-1 (east, edge) and net-2 (west) cannot reach each other; "
+            "only the gateways meet on a wan" if demo.netns else
+            "LOOPBACK MODE (not root, so no network namespaces): every site shares 127.0.0.1; the networks "
+            "are separate only in meshfed's eyes")
+    say(f"== meshfed demo: 3 sites, 2 networks, one etcd\n   {mode}\n   state in {demo.state}\n")
+    demo.up()
+    assert demo.etcd is not None
+    say(f"== 1. every agent is ready (embedded etcd at {demo.etcd.endpoint}, mesh CA with one intermediate per site)\n")
+    demo.wait_for(lambda: len(json.loads(demo.registry_ls_json())["services"]) == 3, 30, "all exports")
+    say("$ meshfed registry ls\n" + _indent(demo.registry_ls().stdout) + "\n")
+
+    say("== 2. the same federated name, asked in each site\n")
+    for site in demo.sites:
+        res = demo.resolve(site, f"web.shop.svc.{ZONE}")
+        first = next((ln for ln in res.stdout.splitlines() if " A " in f" {ln} " or "\tA\t" in ln), res.stdout.strip())
+        say(f"  [{site}] $ meshfed resolve web.shop.svc.{ZONE}\n{_indent(res.stdout.strip(), 6)}\n")
+        if res.returncode != 0 or not first:
+            raise RuntimeError(f"resolving in {site} failed: {res.stderr}")
+
+    say("== 3. west -> shop/web: a different network, so through the mTLS gateways\n")
+    url = demo.url("west", "web")
+    ok, body, secs = demo.wait_curl("west", url)
+    say(f"  [west] $ curl {url}\n      {body}   ({secs * 1000:.1f} ms)\n")
+    if not ok or "served by east" not in body:
+        raise RuntimeError(f"expected east to serve west's request, got: {body}")
+    path = _path(demo.status("west"), "shop/web")
+    say(f"      path: {path}\n")
+    if demo.netns:
+        direct = f"http://{demo.sites['east'].address}:{demo.sites['east'].ports['web']}/"
+        ok, body, _ = demo.curl("west", direct, timeout=2)
+        say(f"  [west] $ curl {direct}     (the endpoint itself, no gateway)\n      "
+            f"{'UNEXPECTEDLY REACHED' if ok else 'fails: ' + body}\n")
+        if ok:
+            raise RuntimeError("west reached east's endpoint directly: the networks are not separate")
+
+    say("== 4. edge -> shop/api: the same network as east, so straight to the endpoint\n")
+    url = demo.url("edge", "api")
+    ok, body, secs = demo.wait_curl("edge", url)
+    say(f"  [edge] $ curl {url}\n      {body}   ({secs * 1000:.1f} ms)\n")
+    say(f"      path: {_path(demo.status('edge'), 'shop/api')}\n")
+    if not ok or "served by east" not in body:
+        raise RuntimeError(f"expected east to serve edge's request, got: {body}")
+
+    say("== 5. failover: east's web endpoint stops; west asks again\n")
+    demo.stop_sample("east", "web")
+    url = demo.url("west", "web")
+    ok, body, secs = demo.curl("west", url)
+    say(f"  [west] $ curl {url}\n      {body}   ({secs * 1000:.1f} ms)\n")
+    if not ok or "served by edge" not in body:
+        raise RuntimeError(f"expected edge to take over shop/web, got: {body}")
+    waited = demo.wait_for(lambda: _ready(demo.status("west"), "shop/web", "east") == 0, 15, "east's check to fail")
+    say(f"      east's health check marked its endpoint not ready {waited:.1f}s later; "
+        f"new connections skip east\n")
+    demo.start_sample("east", "web")
+    demo.wait_for(lambda: _ready(demo.status("west"), "shop/web", "east") == 1, 15, "east to come back")
+    say("      east's endpoint is back and ready again\n")
+
+    say(f"== demo done in {time.monotonic() - started:.1f}s\n")
+    if not keep:
+        return 0
+    say(_keep_help(demo))
+    stop = {"now": False}
+    signal.signal(signal.SIGINT, lambda *_: stop.update(now=True))
+    signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
+    while not stop["now"]:
+        time.sleep(0.2)
+    return 0
 
 
-async def _until(check: object, task: asyncio.Task[None], limit: float = 30.0) -> None:
-    deadline = time.monotonic() + limit
-    while not check():  # type: ignore[operator]
-        if task.done():
-            task.result()
-            raise RuntimeError("the agent stopped during the demo")
-        if time.monotonic() > deadline:
-            raise TimeoutError("the demo agent did not get ready in time")
-        await asyncio.sleep(0.05)
+def _keep_help(demo: Demo) -> str:
+    west_cfg = demo.state / "west.yaml"
+    if demo.netns:
+        return (
+            "\n-- left running. Try:\n"
+            f"   ip netns exec {PREFIX}-west meshfed status --config {west_cfg}\n"
+            f"   ip netns exec {PREFIX}-west meshfed resolve web.shop.svc.{ZONE}\n"
+            f"   ip netns exec {PREFIX}-west curl http://web.shop.svc.{ZONE}/\n"
+            f"   ip netns exec {PREFIX}-east dig +short @127.0.0.1 cart.shop.svc.{ZONE}\n"
+            f"   meshfed registry ls --endpoints {demo.etcd.endpoint if demo.etcd else ''}\n"
+            "   Ctrl-C (or `meshfed demo --down` from another shell) removes everything\n"
+        )
+    return (
+        "\n-- left running. Try:\n"
+        f"   meshfed status --config {west_cfg}\n"
+        f"   curl {demo.url('west', 'web')}\n"
+        f"   meshfed registry ls --endpoints {demo.etcd.endpoint if demo.etcd else ''}\n"
+        "   Ctrl-C (or `meshfed demo --down` from another shell) removes everything\n"
+    )
+
+
+def _path(status: dict[str, Any], service: str) -> str:
+    for imp in status["imports"]:
+        if imp["service"] == service:
+            listen = imp["listeners"].get("http", "?")
+            hops = [f"{s['site']} via {s['via']}" for s in imp["sites"] if s["ready"]]
+            vip = f"VIP {imp['vips'][0]}, " if imp["vips"] else ""
+            return f"{status['site']} egress ({vip}listener {listen}) -> " + " | then ".join(hops)
+    return "unknown"
+
+
+def _ready(status: dict[str, Any], service: str, site: str) -> int:
+    for imp in status["imports"]:
+        if imp["service"] == service:
+            return sum(s["ready"] for s in imp["sites"] if s["site"] == site)
+    return -1
+
+
+def _get(url: str) -> Any:
+    """GET from an agent's admin endpoint (always http:// built here, never user input)."""
+    return urllib.request.urlopen(url, timeout=5)  # noqa: S310
+
+
+def _indent(text: str, n: int = 2) -> str:
+    return "\n".join(" " * n + line if line else line for line in text.rstrip().splitlines())

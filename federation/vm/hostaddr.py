@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import socket
 
@@ -13,8 +14,13 @@ from federation.errors import ConfigError
 async def own_address(netns: str | None = None) -> str:
     """The preferred source address of the default route (IPv4 first), else the first global address.
 
-    Raises ConfigError when the host has no global address at all ("auto" cannot work there).
+    Raises ConfigError when the host has no global address at all ("auto" cannot work there). Runs on a
+    plain asyncio loop in a worker thread: pyroute2's netlink sockets do not work under uvloop.
     """
+    return await asyncio.to_thread(asyncio.run, _own_address(netns))
+
+
+async def _own_address(netns: str | None) -> str:
     kwargs = {"netns": netns} if netns else {}
     async with AsyncIPRoute(**kwargs) as ipr:
         for family in (socket.AF_INET, socket.AF_INET6):

@@ -10,9 +10,9 @@ import asyncio
 import errno
 import ipaddress
 import logging
-from collections.abc import Iterable
+from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from pyroute2 import AsyncIPRoute
@@ -21,6 +21,8 @@ from pyroute2.netlink.exceptions import NetlinkError
 from federation.vm.settings import VmSettings
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 Vip = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -116,7 +118,7 @@ class VipInterface:
             if self._fallback is not None:
                 return
             try:
-                await self._reconcile(desired)
+                await _netlink(self._reconcile(desired))
             except NetlinkError as exc:
                 if exc.code not in (errno.EPERM, errno.EACCES):
                     raise
@@ -127,7 +129,11 @@ class VipInterface:
 
     async def remove(self) -> bool:
         """Delete the interface and its VIPs (uninstall); False if there was none."""
-        async with self._lock, self._route() as ipr:
+        async with self._lock:
+            return await _netlink(self._remove())
+
+    async def _remove(self) -> bool:
+        async with self._route() as ipr:
             index = await _lookup(ipr, self._name)
             if index is None:
                 return False
@@ -189,6 +195,15 @@ class VipInterface:
             self.kind = await _kind(ipr, index)
         await ipr.link("set", index=index, state="up")
         return index
+
+
+async def _netlink(work: Coroutine[Any, Any, T]) -> T:
+    """Run pyroute2's async netlink code on a private standard event loop in a worker thread.
+
+    pyroute2 opens netlink sockets through the running loop, which uvloop cannot do (AF_NETLINK is not
+    a UDP family it accepts); a thread with a plain asyncio loop works under any loop the agent runs.
+    """
+    return await asyncio.to_thread(asyncio.run, work)
 
 
 async def _lookup(ipr: AsyncIPRoute, name: str) -> int | None:

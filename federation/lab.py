@@ -1,0 +1,189 @@
+"""A multi-network lab on one machine: network namespaces joined by bridges (for the demo and e2e tests).
+
+    root ns 198.19.0.254 (etcd) --+
+                                  wan bridge (198.19.0.0/24): only the sites' wan sides
+    <prefix>-east  wan 198.19.0.11 -+-  lan 198.18.1.11 --+  net-1 bridge (198.18.1.0/24)
+    <prefix>-edge  wan 198.19.0.13 -+-  lan 198.18.1.13 --+
+    <prefix>-west  wan 198.19.0.12 -+-  lan 198.18.2.12 --   net-2 bridge (198.18.2.0/24)
+
+No namespace forwards packets, so a site reaches another network only through the gateways on the
+wan. Addresses are from 198.18.0.0/15 (RFC 2544 benchmarking range). Everything created carries the
+prefix, so `down()` finds and removes it all, also after a crash.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+WAN_ROOT = "198.19.0.254"
+"""The host's own address on the wan, where the lab's etcd listens."""
+
+
+@dataclass(frozen=True, slots=True)
+class LabSite:
+    """One site of the lab: its namespace and addresses."""
+
+    name: str
+    network: str
+    wan_ip: str
+    lan_ip: str
+    zone: str
+
+    def ns(self, prefix: str) -> str:
+        return f"{prefix}-{self.name}"
+
+
+DEFAULT_SITES = (
+    LabSite("east", "net-1", "198.19.0.11", "198.18.1.11", "zone-a"),
+    LabSite("west", "net-2", "198.19.0.12", "198.18.2.12", "zone-a"),
+    LabSite("edge", "net-1", "198.19.0.13", "198.18.1.13", "zone-b"),
+)
+
+
+class Lab:
+    """Builds and removes the namespaces, bridges and veths; runs processes inside namespaces."""
+
+    def __init__(self, prefix: str, state_dir: Path, sites: Sequence[LabSite] = DEFAULT_SITES) -> None:
+        if not prefix.isalnum() or len(prefix) > 6:
+            raise ValueError("lab prefix must be alphanumeric, at most 6 characters (interface names are short)")
+        self.prefix = prefix
+        self.state_dir = state_dir
+        self.sites = {s.name: s for s in sites}
+        self._pids_file = state_dir / "lab.pids"
+
+    @staticmethod
+    def available() -> str | None:
+        """None if this process can build a lab, else why not."""
+        if os.geteuid() != 0:
+            return "network namespaces need root"
+        if shutil.which("ip") is None:
+            return "the `ip` command (iproute2) is missing"
+        return None
+
+    def ns(self, site: str) -> str:
+        return self.sites[site].ns(self.prefix)
+
+    def up(self) -> None:
+        """Create everything (removing leftovers of an earlier run with the same prefix first)."""
+        self.down()
+        p = self.prefix
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        networks = sorted({s.network for s in self.sites.values()})
+        _ip("netns", "add", f"{p}-wan")
+        _nsip(f"{p}-wan", "link", "add", "name", "br0", "type", "bridge")
+        _nsip(f"{p}-wan", "link", "set", "br0", "up")
+        for net in networks:
+            _ip("netns", "add", f"{p}-{net}")
+            _nsip(f"{p}-{net}", "link", "add", "name", "br0", "type", "bridge")
+            _nsip(f"{p}-{net}", "link", "set", "br0", "up")
+        # The host joins the wan, so it can run etcd and reach the agents' admin endpoints there.
+        _ip("link", "add", f"{p}h", "type", "veth", "peer", "name", "host", "netns", f"{p}-wan")
+        _ip("addr", "add", f"{WAN_ROOT}/24", "dev", f"{p}h")
+        _ip("link", "set", f"{p}h", "up")
+        _nsip(f"{p}-wan", "link", "set", "host", "master", "br0", "up")
+        for site in self.sites.values():
+            ns = site.ns(p)
+            _ip("netns", "add", ns)
+            _nsip(ns, "link", "set", "lo", "up")
+            for side, bridge_ns, addr in (("w", f"{p}-wan", site.wan_ip), ("l", f"{p}-{site.network}", site.lan_ip)):
+                peer, here = f"{site.name[:8]}{side}", f"{p}{side}{site.name[:6]}"
+                _ip("link", "add", here, "type", "veth", "peer", "name", peer, "netns", bridge_ns)
+                _ip("link", "set", here, "netns", ns)
+                _nsip(ns, "link", "set", here, "name", "wan" if side == "w" else "lan")
+                _nsip(ns, "addr", "add", f"{addr}/24", "dev", "wan" if side == "w" else "lan")
+                _nsip(ns, "link", "set", "wan" if side == "w" else "lan", "up")
+                _nsip(bridge_ns, "link", "set", peer, "master", "br0", "up")
+            # `ip netns exec` shows this file as /etc/resolv.conf: the site's agent is its resolver.
+            resolv = Path("/etc/netns") / ns
+            resolv.mkdir(parents=True, exist_ok=True)
+            (resolv / "resolv.conf").write_text("nameserver 127.0.0.1\noptions timeout:2 attempts:1\n")
+
+    def down(self) -> None:
+        """Kill the lab's processes and remove every namespace, link and file it made (idempotent)."""
+        self.kill_all()
+        p = self.prefix
+        for ns in _namespaces():
+            if ns.startswith(f"{p}-"):
+                subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
+                shutil.rmtree(Path("/etc/netns") / ns, ignore_errors=True)
+        subprocess.run(["ip", "link", "del", f"{p}h"], capture_output=True, check=False)
+
+    def popen(self, site: str | None, argv: Sequence[str], log: Path | None = None,
+              env: dict[str, str] | None = None, stdin: int | None = subprocess.DEVNULL) -> subprocess.Popen[bytes]:
+        """Start `argv` in the site's namespace (None: the host), remembered for `kill_all`."""
+        cmd = ["ip", "netns", "exec", self.ns(site), *argv] if site else list(argv)
+        out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 - handed to the child
+        try:
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=stdin,
+                                    env=env, start_new_session=True)
+        finally:
+            if log:
+                out.close()  # type: ignore[union-attr]
+        with open(self._pids_file, "a") as f:
+            f.write(f"{proc.pid}\n")
+        return proc
+
+    def run(self, site: str, argv: Sequence[str], timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+        """Run `argv` in the site's namespace and wait for it."""
+        return subprocess.run(["ip", "netns", "exec", self.ns(site), *argv], capture_output=True, text=True,
+                              timeout=timeout, check=False)
+
+    def kill_all(self) -> None:
+        """SIGTERM, then SIGKILL, every process group this lab started (by the PIDs it recorded)."""
+        try:
+            pids = [int(x) for x in self._pids_file.read_text().split()]
+        except (OSError, ValueError):
+            return
+        for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 2.0)):
+            alive = [pid for pid in pids if _signal_group(pid, sig)]
+            deadline = time.monotonic() + wait
+            while alive and time.monotonic() < deadline:
+                alive = [pid for pid in alive if _exists(pid)]
+                time.sleep(0.05)
+            if not alive:
+                break
+        self._pids_file.unlink(missing_ok=True)
+
+
+def _namespaces() -> list[str]:
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False).stdout
+    return [line.split()[0] for line in out.splitlines() if line.strip()]
+
+
+def _ip(*args: str) -> None:
+    res = subprocess.run(["ip", *args], capture_output=True, text=True, check=False)
+    if res.returncode != 0:
+        raise RuntimeError(f"ip {' '.join(args)}: {res.stderr.strip()}")
+
+
+def _nsip(ns: str, *args: str) -> None:
+    _ip("-n", ns, *args)
+
+
+def _signal_group(pid: int, sig: int) -> bool:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)  # each child leads its own session: this reaches what it started too
+        return True
+    return False
+
+
+def _exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child of ours still "exists" until reaped.
+    with contextlib.suppress(ChildProcessError):
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        return done == 0
+    return False
