@@ -212,3 +212,60 @@ def test_seconds_to_renewal_is_half_the_lifetime(tmp_path: Path) -> None:
 
     assert stat.S_IMODE(store.key_file.stat().st_mode) == 0o600
     store.close()
+
+
+async def test_site_not_in_the_registry(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    async with two_sites(tmp_path) as s:
+        chain, key, _ = s.mesh.write_leaf(tmp_path / "north", "north")
+        ctx = client_context(chain, key, s.west.bundle_file)
+
+        async def attack() -> None:
+            t = await RawTunnel.open(s.gw_port, ctx)
+            assert (await t.response()).status is Status.FORBIDDEN
+            assert await t.closed_by_peer()
+            await t.close()
+        await _hostile(s, caplog, attack, "claims site north, which is not in the registry")
+
+
+async def test_workers_share_the_port_with_so_reuseport(tmp_path: Path) -> None:
+    import dataclasses
+
+    from gateway.eastwest import EastWestGateway
+
+    async with two_sites(tmp_path) as s:
+        assert s.gateway is not None
+        first = EastWestGateway("east", s.view, s.east.server, s.east.bundle,
+                                dataclasses.replace(s.settings, workers=2))
+        await first.start()
+        port = first.address[1]
+        second = EastWestGateway("east", s.view, s.east.server, s.east.bundle,
+                                 dataclasses.replace(s.settings, workers=2, listen_port=port))
+        await second.start()
+        try:
+            s.gw_port = port
+            for _ in range(4):
+                t = await RawTunnel.open(port, s.west.client)
+                assert (await t.request(Request("ns", "echo", "tcp"))).status is Status.OK
+                assert await echo_once(t, b"w") == b"w"
+                await t.close()
+        finally:
+            await first.close()
+            await second.close()
+
+
+async def test_the_store_renews_by_itself(tmp_path: Path) -> None:
+    import asyncio
+
+    from gateway.tls import CertificateStore
+
+    store = CertificateStore(Mesh().site_ca("east"), "gw", tmp_path, dt.timedelta(seconds=1))
+    task = asyncio.create_task(store.run(min_interval=0.05), name="test-renewer")
+    try:
+        async with asyncio.timeout(10):
+            while store.renewals < 2:
+                await asyncio.sleep(0.05)
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        store.close()
