@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -133,8 +133,17 @@ class Egress:
         self.metrics.listeners.set(len(self._servers))
         for key in [k for k in self._pools if k[0] not in view.sites]:
             self._pools.pop(key).close()
+        self._warm(view, desired)
         if not self._wake.is_set():
             self._settled.set()
+
+    def _warm(self, view: MeshView, listeners: Mapping[ListenerKey, Bind]) -> None:
+        """Pre-open tunnels to the first gateway each listener would use, so no client waits for them."""
+        for key in listeners:
+            for route in routes(view, self.site, *key):
+                if not isinstance(route, Direct):
+                    self._pool(route.site, route.gateway).warm()
+                break
 
     # -- routing one client
 

@@ -130,6 +130,16 @@ class TunnelPool:
         self._refill()
         return tunnel, False
 
+    def warm(self) -> None:
+        """Open tunnels in the background until `size` are idle."""
+        if not self.closed:
+            self._refill()
+
+    @property
+    def idle(self) -> int:
+        """Tunnels open and waiting for a stream."""
+        return len(self._idle)
+
     def give_back(self, tunnel: EgressTunnel) -> None:
         """Return a taken tunnel: kept if its stream ended cleanly and the pool has room, else closed."""
         self._in_use.discard(tunnel)

@@ -191,3 +191,38 @@ async def _closed_port() -> int:
     server.close()
     await server.wait_closed()
     return port
+
+
+async def test_the_first_client_finds_a_warm_pool(tmp_path: Path) -> None:
+    async with two_sites(tmp_path) as s, egress_of_west(s, pool_size=2) as eg:
+        pool = next(iter(eg._pools.values()))
+        async with asyncio.timeout(10):
+            while pool.idle < 2:
+                await asyncio.sleep(0.01)
+        assert await roundtrip(eg.listeners()[KEY], b"warm") == b"warm"
+        assert eg.metrics.reused._value.get() == 1
+        assert pool.handshakes == 2
+
+
+async def test_a_gateway_of_the_wrong_site_is_not_trusted(tmp_path: Path) -> None:
+    """The registry says east's gateway is at an address where west's own gateway answers: refused."""
+    async with two_sites(tmp_path) as s:
+        impostor = EastWestGateway("west", s.view, s.west.server, s.west.bundle, s.settings)
+        await impostor.start()
+        real_port = s.gw_port
+        s.gw_port = impostor.address[1]
+        eg = Egress("west", s.view, s.west.client, s.west.bundle, GatewaySettings(pool_size=0))
+        await eg.start()
+        try:
+            reader, writer = await asyncio.open_connection(*eg.listeners()[KEY])
+            writer.write(b"secret")
+            try:
+                assert await reader.read() == b""
+            except ConnectionResetError:
+                pass  # the egress resets a client it has no route for
+            writer.close()
+            assert eg.metrics.connections.labels("no_route")._value.get() == 1
+        finally:
+            s.gw_port = real_port
+            await eg.close()
+            await impostor.close()
