@@ -269,3 +269,15 @@ async def test_the_store_renews_by_itself(tmp_path: Path) -> None:
         with pytest.raises(asyncio.CancelledError):
             await task
         store.close()
+
+
+async def test_an_endpoint_that_refused_is_skipped_while_others_serve(tmp_path: Path) -> None:
+    async with two_sites(tmp_path) as s:
+        echo_port = s.exports[0].endpoints[0].ports[0].port
+        s.exports[0] = export("east", "ns", "echo", 7, endpoint_ports=(1, echo_port))
+        t = await RawTunnel.open(s.gw_port, s.west.client)
+        for i in range(4):
+            assert (await t.request(Request("ns", "echo", "tcp"))).status is Status.OK
+            assert await echo_once(t, b"%d" % i) == b"%d" % i
+        await t.close()
+        assert s.echo.connections == 4
