@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Mapping
+from typing import NamedTuple
 
 from federation.dns.answering import AAAA, IN, PTR, SRV, A, Answerer, Labels, Node, Zone
 
@@ -19,8 +20,22 @@ FAST_TYPES = (A, AAAA, SRV, PTR)
 _PLAIN_COUNTS = b"\x00\x01\x00\x00\x00\x00\x00\x00"
 _EDNS_COUNTS = b"\x00\x01\x00\x00\x00\x00\x00\x01"
 
-Entry = tuple[bytes, bytes, bytes]
-"""(AN/NS/AR counts without OPT, the same with OPT counted, the answer/authority/additional bytes)"""
+
+
+class Entry(NamedTuple):
+    """One pre-encoded positive answer, in the pieces truncation needs."""
+
+    counts: bytes
+    """AN/NS/AR counts of the whole answer without an OPT record."""
+    counts_edns: bytes
+    """The same with the OPT record counted."""
+    body: bytes
+    """Answer and additional sections, whole."""
+    answers: int
+    answer: bytes
+    """The answer section alone (one RRset: it fits whole or the response is truncated)."""
+    glue: tuple[tuple[int, bytes], ...]
+    """Additional RRsets as (record count, bytes), dropped from the end when they do not fit."""
 
 
 class FastPath:
@@ -29,6 +44,8 @@ class FastPath:
     def __init__(self, answerer: Answerer) -> None:
         self._answerer = answerer
         self._max_udp = answerer.max_udp
+        self._opt = struct.pack("!BHHBBHH", 0, 41, self._max_udp, 0, 0, 0, 0)
+        self._opt_do = struct.pack("!BHHBBHH", 0, 41, self._max_udp, 0, 0, 0x8000, 0)
         self._table: dict[bytes, Entry] = {}
         self._cache: dict[tuple[str, str], tuple[Mapping[Labels, Node], dict[bytes, Entry]]] = {}
 
@@ -59,18 +76,10 @@ class FastPath:
             edns = True
         else:
             return None
-        i = 12
-        try:
-            length = wire[i]
-            while length:
-                if length > 63:  # a compression pointer or reserved label type
-                    return None
-                i += length + 1
-                length = wire[i]
-        except IndexError:
-            return None
-        end = i + 5
-        if end - 12 > 259 or end > n or wire[end - 2:end] != b"\x00\x01":
+        # The name ends at its first zero byte: a table hit proves the bytes before it are a
+        # well-formed label sequence (the table only holds such names), so no label walk is needed.
+        end = wire.find(b"\x00", 12) + 5
+        if end < 17 or end > n or wire[end - 2:end] != b"\x00\x01":
             return None
         entry = self._table.get(wire[12:end - 4].lower() + wire[end - 4:end - 2])
         if entry is None:
@@ -83,17 +92,36 @@ class FastPath:
                 return None
             payload = (opt[3] << 8) | opt[4]
             limit = max(512, min(payload, self._max_udp))
-            tail = entry[2] + struct.pack("!BHHBBHH", 0, 41, self._max_udp, 0, 0, (opt[7] & 0x80) << 8, 0)
-            head_counts = entry[1]
+            optrr = self._opt_do if opt[7] & 0x80 else self._opt
         elif end != n:
             return None
         else:
-            tail = entry[2]
-            head_counts = entry[0]
-        if udp and end + len(tail) > limit:
-            return None
-        flags = bytes((0x84 | (wire[2] & 0x01), wire[3] & 0x10))
-        return b"".join((wire[0:2], flags, b"\x00\x01", head_counts, wire[12:end], tail))
+            optrr = b""
+        flags = 0x84 | (wire[2] & 0x01)
+        if not udp or end + len(entry.body) + len(optrr) <= limit:
+            counts = entry.counts_edns if edns else entry.counts
+            body = entry.body
+        else:
+            # As dnspython truncates (RFC 2181 9): the answer RRset whole or not at all, with TC;
+            # additional RRsets while they fit, without TC.
+            room = limit - len(optrr) - end
+            if len(entry.answer) > room:
+                flags |= 0x02
+                counts = struct.pack("!HHH", 0, 0, 1 if edns else 0)
+                body = b""
+            else:
+                parts = [entry.answer]
+                used = len(entry.answer)
+                additional = 0
+                for count, chunk in entry.glue:
+                    if used + len(chunk) > room:
+                        break
+                    parts.append(chunk)
+                    used += len(chunk)
+                    additional += count
+                counts = struct.pack("!HHH", entry.answers, 0, additional + (1 if edns else 0))
+                body = b"".join(parts)
+        return b"".join((wire[0:2], bytes((flags, wire[3] & 0x10)), b"\x00\x01", counts, wire[12:end], body, optrr))
 
     def _encode(self, zone: Zone, part: Mapping[Labels, Node]) -> dict[bytes, Entry]:
         entries: dict[bytes, Entry] = {}
@@ -113,34 +141,45 @@ def encode_answer(
     enc.name(qname, compress=True)
     qlen = len(enc.out) - 12
     enc.out += struct.pack("!HH", rdtype, IN)
-    answers = additional = 0
+    start = len(enc.out)
+    answers = 0
+    glue: list[tuple[int, bytes]] = []
     if rdtype == A:
         answers = enc.addresses(qname, A, node.a, ttl)
     elif rdtype == AAAA:
         answers = enc.addresses(qname, AAAA, node.aaaa, ttl)
     elif rdtype == PTR and node.ptr is not None:
-        start = enc.record(qname, PTR, ttl)
+        rec = enc.record(qname, PTR, ttl)
         enc.name(node.ptr, compress=True)
-        enc.finish(start)
+        enc.finish(rec)
         answers = 1
     elif rdtype == SRV:
         for prio, weight, port, target in node.srv:
-            start = enc.record(qname, SRV, ttl)
+            rec = enc.record(qname, SRV, ttl)
             enc.out += struct.pack("!HHH", prio, weight, port)
             enc.name(target, compress=False)  # RFC 2782: no compression of the target
-            enc.finish(start)
+            enc.finish(rec)
             answers += 1
         for target in node.glue:
-            glue = nodes.get(target)
-            if glue is not None:
-                additional += enc.addresses(target, A, glue.a, ttl)
-                additional += enc.addresses(target, AAAA, glue.aaaa, ttl)
+            glue_node = nodes.get(target)
+            if glue_node is None:
+                continue
+            for t, packed in ((A, glue_node.a), (AAAA, glue_node.aaaa)):
+                mark = len(enc.out)
+                count = enc.addresses(target, t, packed, ttl)
+                if count:
+                    glue.append((count, bytes(enc.out[mark:])))
     key = bytes(enc.out[12:12 + qlen]) + struct.pack("!H", rdtype)
-    body = bytes(enc.out[12 + qlen + 4:])
-    return key, (
+    body = bytes(enc.out[start:])
+    answer = body[: len(body) - sum(len(chunk) for _, chunk in glue)]
+    additional = sum(count for count, _ in glue)
+    return key, Entry(
         struct.pack("!HHH", answers, 0, additional),
         struct.pack("!HHH", answers, 0, additional + 1),
         body,
+        answers,
+        answer,
+        tuple(glue),
     )
 
 

@@ -11,10 +11,11 @@ import errno
 import logging
 import socket
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, cast
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client.core import CounterMetricFamily, Metric
 
 from federation.catalog import MeshView
 from federation.dns.answering import Answerer, Forward, StaticVips, VipSource, Zone, ZoneBuilder
@@ -57,17 +58,16 @@ class DnsServer:
         self._last: tuple[MeshView, frozenset[str]] | None = None
         self._forwarder: Forwarder | None = None
         self._udp: list[asyncio.DatagramTransport] = []
+        self._protocols: list[_Udp] = []
         self._tcp: list[asyncio.Server] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._clients: set[asyncio.Task[None]] = set()
         self._limiter = LogLimiter(interval=10.0, capacity=256)
         reg = registry if registry is not None else CollectorRegistry()
-        queries = Counter("meshfed_dns_queries", "DNS queries by transport and the path that answered",
-                          ["transport", "path"], registry=reg)
-        self._q = {(t, p): queries.labels(t, p) for t in ("udp", "tcp")
-                   for p in ("fast", "slow", "forward", "dropped")}
-        errors = Counter("meshfed_dns_errors", "DNS queries that failed, by reason", ["reason"], registry=reg)
-        self._err = {r: errors.labels(r) for r in ("internal", "upstream", "overload")}
+        # Plain ints on the hot path (a prometheus Counter takes a lock per increment), exported by a collector.
+        self._q = {(t, p): 0 for t in ("udp", "tcp") for p in ("fast", "slow", "forward", "dropped")}
+        self._err = dict.fromkeys(("internal", "upstream", "overload"), 0)
+        reg.register(_Counters(self))
         self._names = Gauge("meshfed_dns_zone_names", "Names in the federated zone", registry=reg)
         self._build = Gauge("meshfed_dns_zone_build_seconds", "Time the last zone rebuild took", registry=reg)
         self._synced = Gauge("meshfed_dns_synced", "1 once the first mesh snapshot arrived", registry=reg)
@@ -77,14 +77,14 @@ class DnsServer:
     async def start(self) -> None:
         """Bind every configured UDP and TCP address; ports given as 0 are read back with the properties."""
         s = self.settings
-        for attempt in range(5):
+        for attempt in range(20):
             try:
                 await self._bind()
                 break
             except OSError as exc:
                 await self.close()
-                # A TCP port taken right after UDP got it from the kernel: pick another pair.
-                if exc.errno != errno.EADDRINUSE or attempt == 4 or not _any_port_zero(s):
+                # The port the kernel gave TCP is taken for UDP: pick another pair.
+                if exc.errno != errno.EADDRINUSE or attempt == 19 or not _any_port_zero(s):
                     raise
             except BaseException:
                 await self.close()
@@ -98,20 +98,22 @@ class DnsServer:
     async def _bind(self) -> None:
         loop = asyncio.get_running_loop()
         s = self.settings
-        for text in s.udp:
-            host, port = split_hostport(text)
-            first = None
-            for _ in range(s.workers):
-                sock = _udp_socket(host, port if first is None else first, reuse=s.workers > 1)
-                transport, _ = await loop.create_datagram_endpoint(lambda: _Udp(self), sock=sock)
-                self._udp.append(transport)
-                first = first or transport.get_extra_info("sockname")[1]
-        udp_ports = dict(self.udp_addresses)
+        # TCP first: a kernel-chosen TCP port is free of TIME_WAIT leftovers, which a port chosen for
+        # UDP often is not; UDP then takes the same port, since clients retry a TC answer there.
         for text in s.tcp:
             host, port = split_hostport(text)
-            if port == 0 and host in udp_ports:
-                port = udp_ports[host]  # dig and stub resolvers retry TC answers on the same port
             self._tcp.append(await asyncio.start_server(self._tcp_client, host, port, reuse_address=True))
+        tcp_ports = dict(self.tcp_addresses)
+        for text in s.udp:
+            host, port = split_hostport(text)
+            if port == 0 and host in tcp_ports:
+                port = tcp_ports[host]
+            for _ in range(s.workers):
+                sock = _udp_socket(host, port, reuse=s.workers > 1)
+                transport, proto = await loop.create_datagram_endpoint(lambda: _Udp(self), sock=sock)
+                self._udp.append(transport)
+                self._protocols.append(proto)
+                port = transport.get_extra_info("sockname")[1]
 
     async def close(self) -> None:
         """Stop listening and end every connection and forwarded query."""
@@ -171,7 +173,7 @@ class DnsServer:
         """The immediate answer to one message (a `Forward` still has to go upstream)."""
         out = self.fast.answer(data, udp)
         if out is not None:
-            self._q["udp" if udp else "tcp", "fast"].inc()
+            self._q["udp" if udp else "tcp", "fast"] += 1
             return out
         return self._slow(data, udp=udp)
 
@@ -180,16 +182,16 @@ class DnsServer:
         try:
             res = self.answerer.handle(data, self.zone, udp=udp)
         except Exception:
-            self._err["internal"].inc()
+            self._err["internal"] += 1
             if self._limiter.allow("internal", time.monotonic()):
                 log.exception("dns answering failed (a bug); answering SERVFAIL")
             res = self.answerer.servfail(data)
         if res is None:
-            self._q[transport, "dropped"].inc()
+            self._q[transport, "dropped"] += 1
         elif isinstance(res, Forward):
-            self._q[transport, "forward"].inc()
+            self._q[transport, "forward"] += 1
         else:
-            self._q[transport, "slow"].inc()
+            self._q[transport, "slow"] += 1
         return res
 
     async def forward(self, fwd: Forward, *, udp: bool) -> bytes | None:
@@ -199,8 +201,14 @@ class DnsServer:
             limit = self.answerer.udp_limit(fwd.query) if udp else 65535
             out = await self._forwarder.resolve(fwd.query, udp=udp, limit=limit)
         if out is None:
-            self._err["upstream"].inc()
+            self._err["upstream"] += 1
             out = self.answerer.servfail(fwd.wire)
+        return out
+
+    def counts(self) -> dict[tuple[str, str], int]:
+        """Queries so far by (transport, path): fast, slow (dnspython), forward, dropped."""
+        out = dict(self._q)
+        out["udp", "fast"] += sum(p.fast for p in self._protocols)
         return out
 
     def _datagram(self, data: bytes, addr: tuple[str, int], transport: asyncio.DatagramTransport) -> None:
@@ -209,7 +217,7 @@ class DnsServer:
             transport.sendto(res, addr)
         elif isinstance(res, Forward):
             if len(self._tasks) >= MAX_FORWARDS:
-                self._err["overload"].inc()
+                self._err["overload"] += 1
                 fail = self.answerer.servfail(data)
                 if fail is not None:
                     transport.sendto(fail, addr)
@@ -255,7 +263,7 @@ class _Udp(asyncio.DatagramProtocol):
     def __init__(self, server: DnsServer) -> None:
         self._server = server
         self._answer: Callable[[bytes, bool], bytes | None] = server.fast.answer
-        self._fast = server._q["udp", "fast"]
+        self.fast = 0
         self._transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -265,13 +273,31 @@ class _Udp(asyncio.DatagramProtocol):
         assert self._transport is not None
         out = self._answer(data, True)
         if out is not None:
-            self._fast.inc()
+            self.fast += 1
             self._transport.sendto(out, addr)
         else:
             self._server._datagram(data, addr, self._transport)
 
     def error_received(self, exc: Exception) -> None:
         log.debug("dns udp socket error: %s", exc)
+
+
+class _Counters:
+    """Exports the server's plain-int counters to Prometheus at scrape time."""
+
+    def __init__(self, server: DnsServer) -> None:
+        self._server = server
+
+    def collect(self) -> Iterator[Metric]:
+        queries = CounterMetricFamily("meshfed_dns_queries", "DNS queries by transport and the path that answered",
+                                      labels=["transport", "path"])
+        for (transport, path), n in self._server.counts().items():
+            queries.add_metric([transport, path], n)
+        yield queries
+        errors = CounterMetricFamily("meshfed_dns_errors", "DNS queries that failed, by reason", labels=["reason"])
+        for reason, n in self._server._err.items():
+            errors.add_metric([reason], n)
+        yield errors
 
 
 def _udp_socket(host: str, port: int, *, reuse: bool) -> socket.socket:

@@ -12,6 +12,7 @@ import dns.flags
 import dns.message
 import dns.rcode
 import pytest
+from prometheus_client import CollectorRegistry
 
 from federation.catalog import MeshView
 from federation.dns.answering import StaticVips
@@ -155,11 +156,24 @@ async def test_a_silent_upstream_gives_servfail_not_a_hang() -> None:
         upstream.transport.close()
 
 
-async def test_several_workers_share_the_port() -> None:
-    async with serving(mesh(), workers=3) as server:
+async def test_several_workers_share_the_port_and_queries_are_counted() -> None:
+    registry = CollectorRegistry()
+    settings = DnsSettings(udp=("127.0.0.1:0",), tcp=("127.0.0.1:0",), workers=3, forwarding=False)
+    async with DnsServer(settings, local_site="east", vip_source=VIPS, registry=registry) as server:
+        server.update(mesh())
         assert len(server.udp_addresses) == 1
         for _ in range(10):
             assert texts(await ask(server, "web.shop.svc.clusterset.local")) == ["240.240.0.7"]
+        await ask(server, "example.org")
+        await ask(server, "web.shop.svc.clusterset.local", tcp=True)
+
+        def value(path: str, transport: str = "udp") -> float | None:
+            return registry.get_sample_value("meshfed_dns_queries_total", {"transport": transport, "path": path})
+
+        assert value("fast") == 10
+        assert value("slow") == 1
+        assert value("fast", "tcp") == 1
+        assert registry.get_sample_value("meshfed_dns_zone_names") == len(server.zone.nodes if server.zone else ())
 
 
 @pytest.mark.skipif(shutil.which("dig") is None, reason="dig not installed (bind9-dnsutils)")

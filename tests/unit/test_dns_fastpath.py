@@ -15,7 +15,7 @@ from federation.dns.answering import Answerer, StaticVips, Zone, ZoneBuilder, na
 from federation.dns.fastpath import FAST_TYPES, FastPath
 from federation.dns.server import DnsServer
 from federation.dns.settings import DnsSettings
-from tests.dnshelp import ZONE, big_view
+from tests.dnshelp import ZONE, big_view, export, site, view
 
 VIEW, VIPS = big_view(400, seed=7)
 BUILDER = ZoneBuilder(ZONE, local_site="east")
@@ -150,3 +150,30 @@ def _check_request_path(data: bytes) -> None:
                 assert len(slow) <= 1232
             if len(data) >= 12 and struct.unpack_from("!H", data, 10)[0] == 0 and udp:
                 assert len(slow) <= 512  # no OPT record in the query: the classic limit
+
+
+def test_truncated_answers_are_byte_identical_too() -> None:
+    addrs = [f"10.9.{i // 200}.{i % 200 + 1}" for i in range(60)] + [f"fd00::{i:x}" for i in range(1, 9)]
+    v = view([site("east")], [
+        export("east", "shop", "big", addrs, headless=True, hostnames=[f"h{i}" for i in range(len(addrs))]),
+        export("east", "shop", "mid", addrs[:10] + addrs[-2:], headless=True),
+    ])
+    zone = ZoneBuilder(ZONE, local_site="east").build(v, frozenset(), StaticVips())
+    fast = FastPath(ANSWERER)
+    fast.update(zone)
+    seen_tc = seen_partial_glue = 0
+    questions = [(f"{svc}.shop.svc.clusterset.local", t) for svc in ("big", "mid") for t in ("A", "AAAA")]
+    questions += [(f"_http._tcp.{svc}.shop.svc.clusterset.local", "SRV") for svc in ("big", "mid")]
+    for name, rdtype in questions:
+        for edns, payload in [(-1, 512), (0, 512), (0, 1232), (0, 600), (0, 800), (0, 1000), (0, 4096)]:
+            for udp in (True, False):
+                wire = dns.message.make_query(name, rdtype, use_edns=edns, payload=payload).to_wire()
+                out = fast.answer(wire, udp)
+                assert out is not None
+                assert out == ANSWERER.handle(wire, zone, udp=udp)
+                msg = dns.message.from_wire(out)
+                seen_tc += bool(msg.flags & dns.flags.TC)
+                seen_partial_glue += bool(msg.answer and msg.additional and len(msg.additional) < 12
+                                          and rdtype == "SRV")
+    assert seen_tc
+    assert seen_partial_glue
