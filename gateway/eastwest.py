@@ -22,7 +22,7 @@ from federation.verifying import PeerRejected, TrustBundle, verify_peer
 from gateway.balancing import EndpointPicker, Target, endpoint_targets, find_port
 from gateway.preamble import NEED_DATA, Preamble, Request, Response, Role, Status
 from gateway.refusals import GatewayMetrics, Refusals
-from gateway.relay import PlainLeg, Stream, TunnelLeg
+from gateway.relay import ActiveStreams, PlainLeg, Stream, TunnelLeg
 from gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
@@ -71,6 +71,7 @@ class EastWestGateway:
         self.metrics = GatewayMetrics(registry or CollectorRegistry())
         self.refusals = Refusals(log, self.metrics.refusals)
         self.picker = EndpointPicker()
+        self.active = ActiveStreams()
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._tunnels: set[GatewayTunnel] = set()
@@ -100,10 +101,11 @@ class EastWestGateway:
         host, port = self._server.sockets[0].getsockname()[:2]
         return host, port
 
-    async def close(self) -> None:
-        """Stop accepting, abort handshakes in progress and close every tunnel and its streams."""
+    async def close(self, grace: float = 0.0) -> None:
+        """Stop accepting; let streams finish for up to `grace` seconds; then close every tunnel."""
         if self._server is not None:
             self._server.close()
+        await self.active.wait_idle(grace)
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
@@ -177,6 +179,7 @@ class GatewayTunnel(TunnelLeg):
         self._timer: asyncio.TimerHandle | None = None
         self._connecting = False
         self._pending = bytearray()
+        self._last: Stream | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Only on loops where the server runs the handshake itself (see `EastWestGateway.start`)."""
@@ -262,7 +265,8 @@ class GatewayTunnel(TunnelLeg):
             self.gw.metrics.streams.labels(Status.OK.name.lower()).inc()
             self._answer(Response(Status.OK))
             pending, self._pending = bytes(self._pending), bytearray()
-            Stream(self, leg, self.gw.settings.idle_timeout, self._stream_done, pending=pending)
+            self.gw.active.add()
+            self._last = Stream(self, leg, self.gw.settings.idle_timeout, self._stream_done, pending=pending)
             if self.transport is not None and not self.closed:
                 self.transport.resume_reading()
             return
@@ -276,6 +280,11 @@ class GatewayTunnel(TunnelLeg):
         self._await_request(pending)
 
     def _stream_done(self, clean: bool) -> None:
+        self.gw.active.done()
+        if self._last is not None:
+            self.gw.metrics.bytes.labels("in").inc(self._last.bytes_down)
+            self.gw.metrics.bytes.labels("out").inc(self._last.bytes_up)
+            self._last = None
         if clean and not self.closed:
             self._await_request()
 

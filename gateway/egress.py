@@ -22,7 +22,7 @@ from gateway.balancing import Bind, Close, Direct, ListenerKey, Open, Route, des
 from gateway.pool import PoolKey, TunnelPool
 from gateway.preamble import Request, Status
 from gateway.refusals import EgressMetrics
-from gateway.relay import PlainLeg, Splice
+from gateway.relay import ActiveStreams, PlainLeg, Splice
 from gateway.settings import GatewaySettings
 from gateway.tls import ResumingContext
 
@@ -56,6 +56,7 @@ class Egress:
         self._reconciler: asyncio.Task[None] | None = None
         self._turn = 0
         self._active: set[Any] = set()
+        self.active = ActiveStreams()
 
     # -- lifecycle
 
@@ -83,13 +84,14 @@ class Egress:
             out[key] = (host, port)
         return out
 
-    async def close(self) -> None:
-        """Close listeners, pools and streams; cancel connects in progress."""
+    async def close(self, grace: float = 0.0) -> None:
+        """Close listeners; let streams finish for up to `grace` seconds; then close pools and streams."""
         if self._reconciler is not None:
             self._reconciler.cancel()
             await asyncio.gather(self._reconciler, return_exceptions=True)
         for server in self._servers.values():
             server.close()
+        await self.active.wait_idle(grace)
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
@@ -184,13 +186,8 @@ class Egress:
             return False
         self.metrics.attempts.labels("direct", "ok").inc()
         held: list[Any] = []
-
-        def done(_clean: bool) -> None:
-            self._active.difference_update(held)
-        splice = Splice(client, leg, self.settings.idle_timeout, done)
-        if not splice.done:
-            held.append(splice)
-            self._active.add(splice)
+        splice = Splice(client, leg, self.settings.idle_timeout, lambda _clean: self._untrack(held))
+        self._track(splice, held)
         return True
 
     async def _tunnel(self, client: PlainLeg, route: Route, key: ListenerKey) -> bool:
@@ -230,14 +227,24 @@ class Egress:
             held: list[Any] = []
 
             def done(_clean: bool, tunnel: Any = tunnel, held: list[Any] = held) -> None:
-                self._active.difference_update(held)
+                self._untrack(held)
                 pool.give_back(tunnel)
-            stream = tunnel.attach(client, self.settings.idle_timeout, done)
-            if not stream.done:
-                held.append(stream)
-                self._active.add(stream)
+            self._track(tunnel.attach(client, self.settings.idle_timeout, done), held)
             return True
         return False
+
+    def _track(self, relay: Any, held: list[Any]) -> None:
+        # A relay may have ended inside its constructor (client gone): then there is nothing to track.
+        if not relay.done:
+            held.append(relay)
+            self._active.add(relay)
+            self.active.add()
+
+    def _untrack(self, held: list[Any]) -> None:
+        for relay in held:
+            if relay in self._active:
+                self._active.discard(relay)
+                self.active.done()
 
     def _pool(self, site: str, gateway: Any) -> TunnelPool:
         key = (site, gateway.address, gateway.port)

@@ -8,6 +8,7 @@ ended cleanly both ways leaves its tunnel reusable; anything else closes the tun
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from typing import cast
@@ -24,6 +25,34 @@ _SMALL = 16 * 1024
 
 Done = Callable[[bool], None]
 """Called once when a stream is over; True if it ended cleanly both ways (the tunnel may be reused)."""
+
+
+class ActiveStreams:
+    """Counts the streams in flight so a shutdown can wait for them to end."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def add(self) -> None:
+        """A stream started."""
+        self.count += 1
+        self._idle.clear()
+
+    def done(self) -> None:
+        """A stream ended."""
+        self.count -= 1
+        if self.count <= 0:
+            self.count = 0
+            self._idle.set()
+
+    async def wait_idle(self, grace: float) -> None:
+        """Return when no stream is left, or after `grace` seconds."""
+        if grace > 0:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(grace):
+                    await self._idle.wait()
 
 
 class _LargeReads(asyncio.BufferedProtocol):

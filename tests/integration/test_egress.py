@@ -226,3 +226,25 @@ async def test_a_gateway_of_the_wrong_site_is_not_trusted(tmp_path: Path) -> Non
             s.gw_port = real_port
             await eg.close()
             await impostor.close()
+
+
+async def test_close_with_grace_lets_a_stream_finish(tmp_path: Path) -> None:
+    async with two_sites(tmp_path) as s:
+        eg = Egress("west", s.view, s.west.client, s.west.bundle, GatewaySettings(pool_size=0))
+        await eg.start()
+        reader, writer = await asyncio.open_connection(*eg.listeners()[KEY])
+        writer.write(b"first")
+        assert await reader.readexactly(5) == b"first"
+        assert eg.active.count == 1
+
+        async def finish_later() -> None:
+            writer.write(b" last")
+            writer.write_eof()
+            assert await reader.read() == b" last"
+            writer.close()
+
+        closing = asyncio.create_task(eg.close(grace=10), name="test-egress-close")
+        await asyncio.sleep(0)
+        await finish_later()
+        await closing
+        assert eg.active.count == 0
