@@ -52,17 +52,17 @@ class DemoSite:
     """Where its gateway and admin endpoint listen."""
     ports: dict[str, int] = field(default_factory=dict)
     """sample service -> port"""
-    sample_pids: dict[str, int] = field(default_factory=dict)
+    samples: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
 
 class Demo:
     """Builds, shows and tears down the demo mesh."""
 
-    def __init__(self, state: Path, netns: bool, out: Any = sys.stdout) -> None:
+    def __init__(self, state: Path, netns: bool, out: Any = sys.stdout, prefix: str = PREFIX) -> None:
         self.state = state
         self.netns = netns
         self.out = out
-        self.lab = Lab(PREFIX, state)
+        self.lab = Lab(prefix, state)
         self.sites: dict[str, DemoSite] = {}
         self.etcd: EtcdProcess | None = None
         self.agents: dict[str, subprocess.Popen[bytes]] = {}
@@ -98,14 +98,13 @@ class Demo:
         proc = self.lab.popen(site if self.netns else None,
                               [self.python, "-m", "federation.sample", "--listen", f"{s.address}:{s.ports[service]}",
                                "--service", service, "--site", site], log=self.state / f"{site}-{service}.log")
-        s.sample_pids[service] = proc.pid
+        s.samples[service] = proc
 
     def stop_sample(self, site: str, service: str) -> None:
-        pid = self.sites[site].sample_pids.pop(service)
+        proc = self.sites[site].samples.pop(service)
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGKILL)
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, 0)
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
     def start_agent(self, site: str) -> None:
         cfg = self.write_config(site)

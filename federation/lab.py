@@ -58,6 +58,8 @@ class Lab:
         self.state_dir = state_dir
         self.sites = {s.name: s for s in sites}
         self._pids_file = state_dir / "lab.pids"
+        self.children: list[subprocess.Popen[bytes]] = []
+        """Processes this Lab object started (reaped by `kill_all`); other runs are found by the pids file."""
 
     @staticmethod
     def available() -> str | None:
@@ -127,8 +129,10 @@ class Lab:
         finally:
             if log:
                 out.close()  # type: ignore[union-attr]
+        self.state_dir.mkdir(parents=True, exist_ok=True)
         with open(self._pids_file, "a") as f:
             f.write(f"{proc.pid}\n")
+        self.children.append(proc)
         return proc
 
     def run(self, site: str, argv: Sequence[str], timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
@@ -141,7 +145,8 @@ class Lab:
         try:
             pids = [int(x) for x in self._pids_file.read_text().split()]
         except (OSError, ValueError):
-            return
+            pids = []
+        pids += [c.pid for c in self.children if c.pid not in pids]
         for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 2.0)):
             alive = [pid for pid in pids if _signal_group(pid, sig)]
             deadline = time.monotonic() + wait
@@ -150,6 +155,10 @@ class Lab:
                 time.sleep(0.05)
             if not alive:
                 break
+        for child in self.children:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.wait(1)
+        self.children.clear()
         self._pids_file.unlink(missing_ok=True)
 
 

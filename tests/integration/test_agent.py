@@ -41,8 +41,13 @@ def wait_for(check: object, timeout: float = 20.0, what: str = "condition") -> N
 def agents() -> Iterator[list[AgentProcess]]:
     started: list[AgentProcess] = []
     yield started
-    for a in started:
-        a.stop()
+    errors = []
+    for a in started:  # every agent gets its SIGTERM even when an earlier one fails to stop
+        try:
+            a.stop()
+        except AssertionError as exc:
+            errors.append(str(exc))
+    assert not errors, "\n".join(errors)
 
 
 def test_agent_ready_metrics_and_registry(etcd: EtcdProcess, tmp_path: Path, agents: list[AgentProcess]) -> None:

@@ -107,8 +107,13 @@ def test_cross_network_request_dns_and_status(etcd: EtcdProcess, tmp_path: Path,
         assert "shop/web" in text.stdout
         assert "east 1/1 via 127.0.0.1:" in text.stdout
     finally:
+        errors = []
         for a in agents:
-            a.stop()
+            try:
+                a.stop()
+            except AssertionError as exc:
+                errors.append(str(exc))
+        assert not errors, "\n".join(errors)
 
 
 def test_gateway_ca_of_another_site_is_refused(etcd: EtcdProcess, tmp_path: Path) -> None:
