@@ -9,6 +9,7 @@ import socket
 from pyroute2 import AsyncIPRoute
 
 from federation.errors import ConfigError
+from federation.vm.vips import route_socket
 
 
 async def own_address(netns: str | None = None) -> str:
@@ -21,8 +22,7 @@ async def own_address(netns: str | None = None) -> str:
 
 
 async def _own_address(netns: str | None) -> str:
-    kwargs = {"netns": netns} if netns else {}
-    async with AsyncIPRoute(**kwargs) as ipr:
+    async with route_socket(netns) as ipr:
         for family in (socket.AF_INET, socket.AF_INET6):
             routes = [r async for r in await ipr.get_default_routes(family=family)]
             for route in routes:

@@ -10,12 +10,14 @@ import asyncio
 import errno
 import ipaddress
 import logging
+import socket
 from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from pyroute2 import AsyncIPRoute
+from pyroute2 import netns as pyroute2_netns
 from pyroute2.netlink.exceptions import NetlinkError
 
 from federation.vm.settings import VmSettings
@@ -34,6 +36,7 @@ _KINDS = ("dummy", "bridge")
 addresses and serves kernels built without the dummy driver (some micro-VM kernels)."""
 
 _ALIAS = "meshfed VIPs"
+NETLINK_ROUTE = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,7 +148,7 @@ class VipInterface:
     # ---------------------------------------------------------------- private
 
     def _route(self) -> AsyncIPRoute:
-        return AsyncIPRoute(netns=self._netns) if self._netns else AsyncIPRoute()
+        return route_socket(self._netns)
 
     async def _reconcile(self, desired: frozenset[Vip]) -> None:
         async with self._route() as ipr:
@@ -204,6 +207,22 @@ async def _netlink(work: Coroutine[Any, Any, T]) -> T:
     a UDP family it accepts); a thread with a plain asyncio loop works under any loop the agent runs.
     """
     return await asyncio.to_thread(asyncio.run, work)
+
+
+def route_socket(netns: str | None = None) -> AsyncIPRoute:
+    """An rtnetlink client, in network namespace `netns` if given (tests).
+
+    The socket is opened here with setns on this thread rather than by pyroute2's netns support,
+    which forks a helper process per socket; a fork while gRPC threads run can stall the loop.
+    """
+    if not netns:
+        return AsyncIPRoute()
+    pyroute2_netns.pushns(netns)
+    try:
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_ROUTE)
+    finally:
+        pyroute2_netns.popns()
+    return AsyncIPRoute(fileno=sock.detach())
 
 
 async def _lookup(ipr: AsyncIPRoute, name: str) -> int | None:
