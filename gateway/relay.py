@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 
 READ_SIZE = 256 * 1024
 """Bytes per read: large reads keep the per-chunk Python cost small next to the copying and crypto."""
+_HIGH_WATER = 1024 * 1024
 _SMALL = 16 * 1024
 """Up to this size a chunk is copied behind its header so that it travels in one TLS record."""
 
@@ -198,6 +199,9 @@ class Stream:
         self.plain = plain
         self._tt = tunnel.transport
         self._pt = plain.transport
+        # asyncio's 64 KiB default high-water mark pauses a bulk stream every few reads.
+        self._pt.set_write_buffer_limits(high=_HIGH_WATER)
+        self._tt.set_write_buffer_limits(high=_HIGH_WATER)
         self._deframer = Deframer()
         self._on_done = on_done
         self.sent_end = False
