@@ -130,9 +130,9 @@ def make_pki(tmp: Path) -> tuple[Authority, dict[str, Authority]]:
     return root, cas
 
 
-def haproxy_pair(tmp: Path, root: Authority, cas: dict[str, Authority], backend: int
-                 ) -> tuple[list[str], list[str], int]:
-    """Configs for a haproxy initiator (plain in, mTLS out) and terminator (mTLS in, plain out)."""
+def haproxy_pair(tmp: Path, root: Authority, cas: dict[str, Authority], backends: list[int]
+                 ) -> tuple[list[str], list[str], list[int]]:
+    """A haproxy initiator (plain in, mTLS out) and terminator (mTLS in, plain out), one path per backend."""
     pems = {}
     for site in ("a", "b"):
         leaf = issue_gateway(cas[site], "gw", now())
@@ -140,18 +140,22 @@ def haproxy_pair(tmp: Path, root: Authority, cas: dict[str, Authority], backend:
         pems[site].write_bytes(leaf.chain_pem() + leaf.key_pem())
     ca = tmp / "haproxy-ca.pem"
     ca.write_bytes(cert_pem(root.cert))
-    front, middle = free_port(), free_port()
-    common = "global\n  nbthread 1\n  tune.ssl.default-dh-param 2048\ndefaults\n  mode tcp\n" \
+    common = "global\n  nbthread 1\ndefaults\n  mode tcp\n" \
              "  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n"
-    initiator = tmp / "initiator.cfg"
-    initiator.write_text(common + f"frontend fe\n  bind {HOST}:{front}\n  default_backend be\n"
-                         f"backend be\n  server s {HOST}:{middle} ssl crt {pems['a']} ca-file {ca} verify required"
-                         " ssl-min-ver TLSv1.3\n")
-    terminator = tmp / "terminator.cfg"
-    terminator.write_text(common + f"frontend fe\n  bind {HOST}:{middle} ssl crt {pems['b']} ca-file {ca}"
-                          " verify required ssl-min-ver TLSv1.3\n  default_backend be\n"
-                          f"backend be\n  server s {HOST}:{backend}\n")
-    return (["haproxy", "-db", "-f", str(initiator)], ["haproxy", "-db", "-f", str(terminator)], front)
+    init, term, fronts = [common], [common], []
+    for i, backend in enumerate(backends):
+        front, middle = free_port(), free_port()
+        fronts.append(front)
+        init.append(f"frontend fe{i}\n  bind {HOST}:{front}\n  default_backend be{i}\n"
+                    f"backend be{i}\n  server s {HOST}:{middle} ssl crt {pems['a']} ca-file {ca}"
+                    " verify required ssl-min-ver TLSv1.3\n")
+        term.append(f"frontend fe{i}\n  bind {HOST}:{middle} ssl crt {pems['b']} ca-file {ca}"
+                    f" verify required ssl-min-ver TLSv1.3\n  default_backend be{i}\n"
+                    f"backend be{i}\n  server s {HOST}:{backend}\n")
+    (tmp / "initiator.cfg").write_text("".join(init))
+    (tmp / "terminator.cfg").write_text("".join(term))
+    return (["haproxy", "-db", "-f", str(tmp / "initiator.cfg")],
+            ["haproxy", "-db", "-f", str(tmp / "terminator.cfg")], fronts)
 
 
 def meshfed_view(tmp: Path, cas: dict[str, Authority], backend_ports: dict[str, int], gw_port: int
@@ -169,18 +173,23 @@ def meshfed_view(tmp: Path, cas: dict[str, Authority], backend_ports: dict[str, 
 
 
 def measure(name: str, iperf_port: int, echo_port: int, seconds: float) -> dict[str, float]:
-    print(f"# {name}: iperf3 ...", file=sys.stderr)
+    """One round of every measurement through one path."""
+    print(f"# {name} ...", file=sys.stderr)
     gbps = iperf(iperf_port, seconds)
-    print(f"# {name}: rtt ...", file=sys.stderr)
     p50, p99 = rtt(echo_port, seconds)
-    print(f"# {name}: connections ...", file=sys.stderr)
     cps = connections_per_second(echo_port, seconds)
     return {"gbps": gbps, "p50": p50, "p99": p99, "cps": cps}
 
 
+def median_of(rounds: list[dict[str, float]]) -> dict[str, float]:
+    """The median of each measurement over rounds."""
+    return {k: statistics.median(r[k] for r in rounds) for k in rounds[0]}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--seconds", type=float, default=5.0, help="length of each measurement")
+    parser.add_argument("--seconds", type=float, default=3.0, help="length of each measurement")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the table shows medians")
     parser.add_argument("--uvloop", action="store_true", help="run meshfed processes on uvloop")
     args = parser.parse_args()
     for tool in ("haproxy", "iperf3"):
@@ -188,34 +197,33 @@ def main() -> int:
             print(f"{tool} is missing: apt-get install {tool}", file=sys.stderr)
             return 2
     py = sys.executable
-    results: dict[str, dict[str, float]] = {}
+    rounds: dict[str, list[dict[str, float]]] = {"direct TCP": [], "haproxy mTLS pair": [],
+                                                 "meshfed egress + gateway": []}
+    env = {"MESHFED_UVLOOP": "1" if args.uvloop else "0"}
     with tempfile.TemporaryDirectory(prefix="meshfed-bench-") as d:
         tmp = Path(d)
         root, cas = make_pki(tmp)
-        iperf_port = free_port()
+        iperf_port, gw_port = free_port(), free_port()
         with process("iperf3", "-s", "-B", HOST, "-p", str(iperf_port)), \
                 process(py, "-m", "tests.netns.node", "echo", HOST, "0", ready="READY ") as echo:
             echo_port = int(echo)
-            results["direct TCP"] = measure("direct", iperf_port, echo_port, args.seconds)
-            ha_init, ha_term, ha_front = haproxy_pair(tmp, root, cas, iperf_port)
-            with process(*ha_term), process(*ha_init):
-                gbps = iperf(ha_front, args.seconds)
-            ha_init, ha_term, ha_front = haproxy_pair(tmp, root, cas, echo_port)
-            with process(*ha_term), process(*ha_init):
-                p50, p99 = rtt(ha_front, args.seconds)
-                cps = connections_per_second(ha_front, args.seconds)
-            results["haproxy mTLS pair"] = {"gbps": gbps, "p50": p50, "p99": p99, "cps": cps}
-            gw_port = free_port()
+            ha_init, ha_term, (ha_iperf, ha_echo) = haproxy_pair(tmp, root, cas, [iperf_port, echo_port])
             a_dir, b_dir, view_file = meshfed_view(tmp, cas, {"iperf": iperf_port, "echo": echo_port}, gw_port)
-            env = {"MESHFED_UVLOOP": "1" if args.uvloop else "0"}
-            with process(py, "-m", "tests.netns.node", "gateway", "b", str(b_dir), str(view_file), HOST,
-                         str(gw_port), ready="READY ", env=env), \
+            with process(*ha_term), process(*ha_init), \
+                    process(py, "-m", "tests.netns.node", "gateway", "b", str(b_dir), str(view_file), HOST,
+                            str(gw_port), ready="READY ", env=env), \
                     process(py, "-m", "tests.netns.node", "egress", "a", str(a_dir), str(view_file), HOST,
                             ready="READY ", env=env) as ports:
                 listeners = json.loads(ports)
-                results["meshfed egress + gateway"] = measure(
-                    "meshfed", listeners["bench/iperf/tcp"], listeners["bench/echo/tcp"], args.seconds)
-    print(table(results))
+                paths = {
+                    "direct TCP": (iperf_port, echo_port),
+                    "haproxy mTLS pair": (ha_iperf, ha_echo),
+                    "meshfed egress + gateway": (listeners["bench/iperf/tcp"], listeners["bench/echo/tcp"]),
+                }
+                for i in range(args.rounds):
+                    for name, (ip, ep) in paths.items():
+                        rounds[name].append(measure(f"round {i + 1}: {name}", ip, ep, args.seconds))
+    print(table({name: median_of(r) for name, r in rounds.items()}))
     return 0
 
 
