@@ -17,6 +17,9 @@ from federation.dns.answering import AAAA, IN, PTR, SRV, A, Answerer, Labels, No
 FAST_TYPES = (A, AAAA, SRV, PTR)
 """The types the fast path answers; everything else takes the dnspython path."""
 
+MEMO_MAX = 65536
+"""Most whole UDP responses remembered by query bytes; cleared when full and on every update."""
+
 _PLAIN_COUNTS = b"\x00\x01\x00\x00\x00\x00\x00\x00"
 _EDNS_COUNTS = b"\x00\x01\x00\x00\x00\x00\x00\x01"
 
@@ -47,10 +50,16 @@ class FastPath:
         self._opt = struct.pack("!BHHBBHH", 0, 41, self._max_udp, 0, 0, 0, 0)
         self._opt_do = struct.pack("!BHHBBHH", 0, 41, self._max_udp, 0, 0, 0x8000, 0)
         self._table: dict[bytes, Entry] = {}
+        self._memo: dict[bytes, bytes] = {}
         self._cache: dict[tuple[str, str], tuple[Mapping[Labels, Node], dict[bytes, Entry]]] = {}
 
     def __len__(self) -> int:
         return len(self._table)
+
+    @property
+    def memo_size(self) -> int:
+        """Responses currently remembered (at most MEMO_MAX)."""
+        return len(self._memo)
 
     def update(self, zone: Zone) -> None:
         """Re-encode the services whose nodes changed since the last update; drop the removed ones."""
@@ -63,9 +72,24 @@ class FastPath:
             table.update(entries)
         self._cache = cache
         self._table = table
+        self._memo = {}
 
     def answer(self, wire: bytes, udp: bool) -> bytes | None:
         """The response to a plain in-table question, or None when the dnspython path must answer."""
+        if udp:
+            # Most clients repeat the same few questions: everything but the ID maps to the same bytes.
+            tail = self._memo.get(wire[2:])
+            if tail is not None:
+                return wire[:2] + tail
+            out = self._answer(wire, True)
+            if out is not None:
+                if len(self._memo) >= MEMO_MAX:
+                    self._memo.clear()  # bounded: only table hits get here, but 0x20 case variants are many
+                self._memo[wire[2:]] = out[2:]
+            return out
+        return self._answer(wire, False)
+
+    def _answer(self, wire: bytes, udp: bool) -> bytes | None:
         n = len(wire)
         if n < 17 or n > 512 or wire[2] & 0xF8:  # QR set or an opcode other than QUERY
             return None

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from federation.dns.answering import Answerer, StaticVips, Zone, ZoneBuilder, name_of
-from federation.dns.fastpath import FAST_TYPES, FastPath
+from federation.dns.fastpath import FAST_TYPES, MEMO_MAX, FastPath
 from federation.dns.server import DnsServer
 from federation.dns.settings import DnsSettings
 from tests.dnshelp import ZONE, big_view, export, site, view
@@ -103,6 +103,7 @@ def test_a_flood_of_random_names_grows_nothing() -> None:
             assert server.answer_sync(wire, udp=True) is not None
 
     table = len(server.fast)
+    memo = server.fast.memo_size
     nodes = len(server.zone.nodes) if server.zone else 0
     flood(500)
     tracemalloc.start()
@@ -113,9 +114,28 @@ def test_a_flood_of_random_names_grows_nothing() -> None:
     finally:
         tracemalloc.stop()
     assert len(server.fast) == table
+    assert server.fast.memo_size == memo
     assert server.zone is not None
     assert len(server.zone.nodes) == nodes
     assert end - start < 256 * 1024, f"memory grew by {end - start} bytes over 4000 random names"
+
+
+def test_case_variants_of_real_names_fill_the_response_memo_only_up_to_its_bound() -> None:
+    fast = FastPath(ANSWERER)
+    fast.update(ZONE_DATA)
+    base = bytearray(dns.message.make_query("_http._tcp.svc1.ns1.svc.clusterset.local", "SRV").to_wire())
+    letters = [i for i in range(13, len(base) - 5) if chr(base[i]).isalpha()]
+    rng = random.Random(20)
+    for i in range(MEMO_MAX + 5000):
+        wire = bytearray(base)
+        bits = rng.getrandbits(len(letters))
+        for j, pos in enumerate(letters):
+            if bits >> j & 1:
+                wire[pos] ^= 0x20
+        wire[0:2] = (i & 0xFFFF).to_bytes(2, "big")
+        assert fast.answer(bytes(wire), True) is not None
+        assert fast.memo_size <= MEMO_MAX
+    assert fast.memo_size > 0
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
