@@ -123,7 +123,7 @@ class FakeApiServer:
 
     def expire(self) -> None:
         """Compact history: every open watch gets a 410 Expired ERROR event, as after etcd compaction."""
-        self.floor = self.rv + 1
+        self.floor = self.rv
         self.history.clear()
         for w in list(self.watchers):
             w.queue.put_nowait(_status(410, "Expired", f"too old resource version: ({self.rv})"))

@@ -167,8 +167,11 @@ class KubernetesSource:
                 await asyncio.sleep(delay)
                 continue
             retry.reset()
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that arrives
+            # as the event is set (gh-86296), which would leave this task running after its group is cancelled.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self.settings.resync)
+                async with asyncio.timeout(self.settings.resync):
+                    await self._wake.wait()
             self._wake.clear()
             await asyncio.sleep(self.settings.reconcile_delay)  # batch a burst of events
 
@@ -191,7 +194,7 @@ class KubernetesSource:
         if wrote and not unavailable:
             self._wake.set()  # writes change what the plan sees (a new Service's cluster IP): plan again
         failed = failed or unavailable
-        self._metrics.imports.set(len(view.services()))
+        self._metrics.imports.set(sum(1 for o in s["serviceimports"].values() if is_owned(o, self._owned)))
         if not failed:
             self.imports_synced.set()
         return failed

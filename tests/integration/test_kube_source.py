@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from prometheus_client import CollectorRegistry
+
 from federation.backoff import Backoff
 from federation.embedded import EtcdProcess
 from federation.kubernetes.importing import derived_name
@@ -36,6 +38,7 @@ class Cluster:
     api: FakeApiServer
     source: KubernetesSource
     mirror: Mirror
+    metrics: CollectorRegistry
     published: list[list[ServiceExport]] = field(default_factory=list)
 
     def exported(self) -> dict[tuple[str, str, str], ServiceExport]:
@@ -59,8 +62,9 @@ async def cluster(etcd: EtcdProcess, tmp_path: Path, api: FakeApiServer) -> Asyn
         c.published.append(list(exports))
         publisher.set_exports(exports)
 
-    source = KubernetesSource(settings, "east", on_exports, egress_target=lambda ns, n, p: EGRESS)
-    c = Cluster(api, source, mirror)
+    metrics = CollectorRegistry()
+    source = KubernetesSource(settings, "east", on_exports, egress_target=lambda ns, n, p: EGRESS, metrics=metrics)
+    c = Cluster(api, source, mirror, metrics)
     mirror.subscribe(lambda view, _events: source.update(view))
     tasks = [asyncio.create_task(publisher.run(), name="publisher"), asyncio.create_task(mirror.run(), name="mirror"),
              asyncio.create_task(source.run(), name="kubernetes-source")]
@@ -180,6 +184,10 @@ async def test_survives_410_and_dropped_connections_without_withdrawing(etcd: Et
         assert all(any(e.name == "web" for e in p) for p in c.published[calls - 1:]), "an export was withdrawn"
         assert uids <= {o["metadata"]["uid"] for store in api.objects.values() for o in store.values()}
         assert not any(verb == "delete" for verb, _, _ in api.calls)
+        m = c.metrics.get_sample_value
+        assert m("meshfed_kubernetes_watch_restarts_total", {"resource": "services", "reason": "expired"}) == 1
+        assert m("meshfed_kubernetes_exports") == 1
+        assert m("meshfed_kubernetes_imports") == 2  # db from near, and web exported by this site itself
 
 
 def owned_slices(api: FakeApiServer) -> list[dict[str, Any]]:
