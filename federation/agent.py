@@ -98,7 +98,7 @@ class Agent:
         try:
             await plane.start(lambda name, coro: pending.append((name, coro)))
             publisher = self.publisher = Publisher(
-                client(), self.keys, plane.site_record(self.site_record()), plane.exports.merged(),
+                client(), self.keys, plane.site_record(self.site_record()), plane.merged_exports(),
                 ttl=cfg.registry.lease_ttl, lease_file=cfg.state_dir / "lease",
             )  # fmt: skip
             exports_sink.target = publisher.set_exports
@@ -114,7 +114,8 @@ class Agent:
             _write_private(cfg.state_dir / ADMIN_ADDR_FILE, f"{self.admin_address[0]}:{self.admin_address[1]}\n")
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(_guard("registry mirror", mirror.run()), name="registry-mirror")
-                tg.create_task(_guard("registry publisher", publisher.run()), name="registry-publisher")
+                tg.create_task(_guard("registry publisher", _after(plane.exports_ready(), publisher.run())),
+                               name="registry-publisher")
                 for name, coro in pending:
                     tg.create_task(_guard(name, coro), name=name)
                 pending.clear()
@@ -173,6 +174,12 @@ async def _guard(name: str, work: Awaitable[None]) -> None:
         log.exception("%s has failed; stopping the agent", name)
         raise
     raise LocalProtocolError(f"{name} returned, which it never should")
+
+
+async def _after(first: Awaitable[None], then: Awaitable[None]) -> None:
+    """Run `then` once `first` is done (the publisher waits for a complete export list)."""
+    await first
+    await then
 
 
 async def _stop_on(stop: asyncio.Event) -> None:

@@ -32,6 +32,7 @@ from federation.vm.discovery import LanDiscovery
 from federation.vm.exportset import ExportSet
 from federation.vm.health import HealthChecker
 from federation.vm.settings import VmSettings, parse_vm_settings
+from federation.vm.source import VmSource
 from federation.vm.vips import VipInterface
 from gateway.eastwest import EastWestGateway
 from gateway.egress import Egress
@@ -78,8 +79,10 @@ class DataPlane:
         self.metrics = metrics
         self.view = view
         self._etcd_client = etcd_client
+        self._sink = set_exports
+        self._synced = asyncio.Event()
         self.exports = ExportSet(set_exports)
-        self._static = self.exports.group("static")
+        self.vm: VmSource | None = None
         self.certs: CertificateStore | None = None
         self.eastwest: EastWestGateway | None = None
         self.egress: Egress | None = None
@@ -90,7 +93,6 @@ class DataPlane:
         self.discovery: LanDiscovery | None = None
         self.kubernetes: KubernetesSource | None = None
         self.gateway_record: Gateway | None = None
-        self._vip_wake = asyncio.Event()
 
     @property
     def site(self) -> str:
@@ -103,7 +105,8 @@ class DataPlane:
     async def start(self, spawn: Spawn) -> None:
         """Bind every listener (so the site record can name the gateway) and spawn the long-lived tasks."""
         s = self.sections
-        self._static(self.config.exports)
+        if self.config.site.kind != "vm":
+            self.exports.group("static")(self.config.exports)
         if s.gateway.ca_dir:
             await self._start_gateway(spawn)
         else:
@@ -113,20 +116,17 @@ class DataPlane:
             if self.config.site.kind == "vm":
                 self.vips = VipAllocator(self._etcd_client(), self.keys, ranges=s.dns.vip_ranges, grace=s.dns.vip_grace)
                 self.vips.subscribe(self._vips_changed)
-                spawn("vip-allocator", self.vips.run(self.view))
+                spawn("vip-allocator", _after(self._synced.wait(), self.vips.run(self.view)))
             self.dns = DnsServer(s.dns, local_site=self.site, vip_source=self._vip_source(), registry=self.metrics)
             await self.dns.start()
         if self.config.site.kind == "vm":
-            if s.vm.vip_interface:
-                self.vip_interface = VipInterface(s.vm, metrics=self.metrics)
-                spawn("vip-interface", self._keep_vip_interface())
-            if s.vm.services:
-                self.checker = HealthChecker(s.vm, self.site, self.exports.group("checks"),
-                                             locality=self.locality, metrics=self.metrics)
-                spawn("health-checks", self.checker.run())
-            if s.vm.discovery.enabled:
-                self.discovery = LanDiscovery(s.vm, self.site, self.exports.group("discovery"), metrics=self.metrics)
-                spawn("lan-discovery", self.discovery.run())
+            self.vm = VmSource(s.vm, self.site, self._sink, static_exports=self.config.exports,
+                               locality=self.locality, metrics=self.metrics)
+            self.vm.on_vips_changed = self._vips_on_interface
+            self.vip_interface = self.vm.vips if s.vm.vip_interface else None
+            self.checker = self.vm.checks
+            self.discovery = self.vm.discovery
+            spawn("vm-source", self.vm.run())
         if s.kubernetes.enabled:
             self.kubernetes = KubernetesSource(
                 s.kubernetes, self.site, _as_list(self.exports.group("kubernetes")), egress_target=self._egress_target,
@@ -136,6 +136,7 @@ class DataPlane:
 
     def on_view(self, view: MeshView, _events: Sequence[Event]) -> None:
         """Called by the mirror after each burst of registry changes (and once after the initial sync)."""
+        self._synced.set()
         if self.egress is not None:
             self.egress.update(view)
         if self.dns is not None:
@@ -144,7 +145,23 @@ class DataPlane:
             self.vips.kick()
         if self.kubernetes is not None:
             self.kubernetes.update(view)
-        self._vip_wake.set()
+        if self.vm is not None:
+            self.vm.update(view, self._vip_source())
+
+    async def exports_ready(self) -> None:
+        """Wait until the site's export list is complete (first checks done, caches listed).
+
+        The publisher starts only then: started with a partial list it would delete the site's other
+        records of the previous run, and re-added records would lose their export time (MCS age).
+        """
+        if self.vm is not None:
+            await self.vm.ready.wait()
+        if self.kubernetes is not None:
+            await self.kubernetes.synced.wait()
+
+    def merged_exports(self) -> tuple[ServiceExport, ...]:
+        """The exports the site publishes now."""
+        return self.vm.exports.merged() if self.vm is not None else self.exports.merged()
 
     def site_record(self, base: Site) -> Site:
         """The site record with this site's gateway and CA chain."""
@@ -254,26 +271,21 @@ class DataPlane:
         return self.egress.listeners().get((namespace, name, port_name))
 
     def _vips_changed(self) -> None:
+        """The VIP table in etcd changed: DNS answers and the interface follow."""
         if self.dns is not None:
             self.dns.refresh()
-        self._vip_wake.set()
+        if self.vm is not None and self._synced.is_set():  # an empty view before the sync would drop every VIP
+            self.vm.update(self.view(), self._vip_source())
 
-    async def _keep_vip_interface(self) -> None:
-        """Hold the VIPs of every imported service on the VIP interface, then let egress rebind to them."""
-        assert self.vip_interface is not None
-        while True:
-            await self._vip_wake.wait()
-            self._vip_wake.clear()
-            if self.vips is None:
-                continue
-            view = self.view()
-            wanted: set[ipaddress.IPv4Address | ipaddress.IPv6Address] = set()
-            for (ns, name), svc in view.services().items():
-                if any(e.site != self.site for e in svc.exports):
-                    wanted.update(ipaddress.ip_address(a) for a in self._vip_source().addresses(ns, name))
-            await self.vip_interface.reconcile(wanted)
-            if self.egress is not None:
-                self.egress.update(view)
+    def _vips_on_interface(self) -> None:
+        """The interface holds new VIPs: let egress listeners move onto them."""
+        if self.egress is not None:
+            self.egress.update(self.view())
+
+
+async def _after(first: Coroutine[Any, Any, Any], then: Coroutine[Any, Any, None]) -> None:
+    await first
+    await then
 
 
 def _as_list(sink: Callable[[Sequence[ServiceExport]], None]) -> Callable[[Iterable[ServiceExport]], None]:

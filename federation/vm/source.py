@@ -70,6 +70,8 @@ class VmSource:
         self._vips_changed = asyncio.Event()
         self._vips_seen = False
         self._backoff = Backoff(base=1.0, cap=30.0)
+        self.on_vips_changed: Callable[[], None] | None = None
+        """Called after the interface holds a new set of VIPs (the egress then binds listeners to them)."""
 
     @property
     def fallback(self) -> bool:
@@ -101,7 +103,8 @@ class VmSource:
                 tg.create_task(self.discovery.run(), name="vm-lan-discovery")
             if self.announcer is not None:
                 tg.create_task(self.announcer.run(), name="vm-mdns-announcer")
-            tg.create_task(self._reconcile_vips(), name="vm-vip-interface")
+            if self._settings.vip_interface:
+                tg.create_task(self._reconcile_vips(), name="vm-vip-interface")
             await self.checks.ready.wait()
             if self.discovery is not None:
                 await asyncio.sleep(self._settle)
@@ -134,3 +137,5 @@ class VmSource:
                 self._vips_changed.set()
             else:
                 self._backoff.reset()
+                if self.on_vips_changed is not None:
+                    self.on_vips_changed()

@@ -82,6 +82,8 @@ def test_cross_network_request_dns_and_status(etcd: EtcdProcess, tmp_path: Path,
             return dict(json.loads(west.get("/status")[1]))
 
         wait_for(lambda: any(i["listeners"] for i in west_status()["imports"]), what="west's egress listener")
+        # east's gateway admits west only once west's site record (with its CA chain) is in east's view.
+        wait_for(lambda: {s["name"] for s in east.registry()["sites"]} == {"east", "west"}, what="east to know west")
         [imp] = west_status()["imports"]
         assert imp["service"] == "shop/web"
         assert imp["sites"][0]["via"].startswith("127.0.0.1:")  # east is on another network: through its gateway
