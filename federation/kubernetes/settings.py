@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -31,6 +32,9 @@ class KubernetesSettings:
     """Objects carrying this label are the agent's; it never creates, changes or deletes any other."""
     owned_value: str = "meshfed"
     """The label value that marks an object as owned."""
+    egress_address: str = ""
+    """Where pods reach the egress listeners when those listen on 0.0.0.0 or loopback: the pod IP
+    (downward API, MESHFED_POD_IP in the Deployment); empty uses the listener's own address."""
     request_timeout: float = 10.0
     """Long enough for a loaded API server, short enough to notice a dead one before clients do."""
     watch_timeout: int = 300
@@ -81,6 +85,11 @@ def _field(key: str, value: Any, default: Any, where: str) -> Any:
         raise ConfigError(f"{where}: {value!r} is not a namespace name (a DNS label)")
     if key == "owned_label" and not _LABEL_KEY.match(value):
         raise ConfigError(f"{where}: {value!r} is not a label key")
+    if key == "egress_address" and value:
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            raise ConfigError(f"{where}: {value!r} is not an IP address") from None
     if key == "owned_value" and (not value or not _LABEL_VALUE.match(value)):
         raise ConfigError(f"{where}: {value!r} is not a non-empty label value")
     return value

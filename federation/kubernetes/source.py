@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -189,7 +190,7 @@ class KubernetesSource:
         if view is None or own is None:
             return failed
         existing = Owned(s["services"], s["serviceimports"], s["endpointslices"])
-        ops = plan_imports(view, own, existing, self._egress_target, self._owned)
+        ops = plan_imports(view, own, existing, self._egress, self._owned)
         unavailable, wrote = await self._apply(client, ops)
         if wrote and not unavailable:
             self._wake.set()  # writes change what the plan sees (a new Service's cluster IP): plan again
@@ -273,6 +274,25 @@ class KubernetesSource:
             self._refused.pop((op.resource, k), None)
             wrote += 1
         return False, wrote
+
+    def _egress(self, namespace: str, name: str, port_name: str) -> tuple[str, int] | None:
+        """The egress listener as pods reach it: a wildcard or loopback bind is advertised as egress_address."""
+        target = self._egress_target(namespace, name, port_name)
+        if target is None:
+            return None
+        host, port = target
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            return None
+        if ip.is_unspecified or ip.is_loopback:
+            if not self.settings.egress_address:
+                if self._limiter.allow(("egress", host), time.monotonic()):
+                    log.warning("kubernetes: egress listeners bind %s, which pods cannot reach; set "
+                                "kubernetes.egress_address to the pod IP", host)
+                return None
+            host = self.settings.egress_address
+        return host, port
 
     def _write_failed(self, resource: str, verb: str, k: ObjKey, exc: Exception) -> None:
         self._metrics.write_errors.labels(resource, verb).inc()

@@ -53,7 +53,8 @@ class Cluster:
 async def cluster(etcd: EtcdProcess, tmp_path: Path, api: FakeApiServer) -> AsyncIterator[Cluster]:
     """Site `east` (network net-a) run as a Kubernetes site against `api`."""
     settings = KubernetesSettings(enabled=True, kubeconfig=str(api.kubeconfig(tmp_path / "kubeconfig")),
-                                  backoff_base=0.05, backoff_cap=0.3, reconcile_delay=0.01, request_timeout=3)
+                                  backoff_base=0.05, backoff_cap=0.3, reconcile_delay=0.01, request_timeout=3,
+                                  egress_address=EGRESS[0])
     publisher = Publisher(EtcdClient([etcd.endpoint], timeout=3), KEYS, site("east"), ttl=5, backoff=fast())
     mirror = Mirror(EtcdClient([etcd.endpoint], timeout=3), KEYS, backoff=fast())
     c: Cluster
@@ -63,7 +64,8 @@ async def cluster(etcd: EtcdProcess, tmp_path: Path, api: FakeApiServer) -> Asyn
         publisher.set_exports(exports)
 
     metrics = CollectorRegistry()
-    source = KubernetesSource(settings, "east", on_exports, egress_target=lambda ns, n, p: EGRESS, metrics=metrics)
+    source = KubernetesSource(settings, "east", on_exports, egress_target=lambda ns, n, p: ("0.0.0.0", EGRESS[1]),
+                              metrics=metrics)
     c = Cluster(api, source, mirror, metrics)
     mirror.subscribe(lambda view, _events: source.update(view))
     tasks = [asyncio.create_task(publisher.run(), name="publisher"), asyncio.create_task(mirror.run(), name="mirror"),

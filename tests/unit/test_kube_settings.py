@@ -23,6 +23,7 @@ def test_defaults_and_values() -> None:
     ({"watch_timeout": 0}, "kubernetes.watch_timeout:"),
     ({"backoff_base": -1}, "kubernetes.backoff_base: must be a positive"),
     ({"backoff_base": 60}, "kubernetes.backoff_base: 60.0 exceeds backoff_cap"),
+    ({"egress_address": "pod"}, "kubernetes.egress_address: 'pod' is not an IP address"),
 ])
 def test_errors_name_the_field(data: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError, match="^" + message.replace(".", r"\.")):
