@@ -214,9 +214,9 @@ class Egress:
                 if isinstance(exc, PeerRejected):
                     return False
                 continue
-            pool.remember_session(tunnel)
             if reused:
                 self.metrics.reused.inc()
+            pool.remember_session(tunnel)
             if resp.status is not Status.OK:
                 self.metrics.attempts.labels("gateway", resp.status.name.lower()).inc()
                 log.info("gateway of %s answered %s for %s/%s:%s: %s", route.site, resp.status.name, *key,

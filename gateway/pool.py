@@ -32,6 +32,7 @@ class EgressTunnel(TunnelLeg):
         self._answer: asyncio.Future[Response] | None = None
         self._pending = b""
         self.streams = 0
+        self.session_saved = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass asyncio's
@@ -167,8 +168,12 @@ class TunnelPool:
         return tunnel
 
     def remember_session(self, tunnel: EgressTunnel) -> None:
-        """After a status arrived (so TLS 1.3 tickets have been read), keep the session for resumption."""
-        if tunnel.transport is not None:
+        """After a status arrived (so TLS 1.3 tickets have been read), keep the session for resumption.
+
+        Once per tunnel: reading the session costs about 0.3 ms.
+        """
+        if tunnel.transport is not None and not tunnel.session_saved:
+            tunnel.session_saved = True
             sslobj = tunnel.transport.get_extra_info("ssl_object")
             if sslobj is not None:
                 self.context.remember(self.server_name, sslobj.session)

@@ -248,3 +248,22 @@ async def test_close_with_grace_lets_a_stream_finish(tmp_path: Path) -> None:
         await finish_later()
         await closing
         assert eg.active.count == 0
+
+
+async def test_later_handshakes_resume_the_tls_session(tmp_path: Path) -> None:
+    async with two_sites(tmp_path) as s, egress_of_west(s, pool_size=0) as eg:
+        addr = eg.listeners()[KEY]
+        reader1, writer1 = await asyncio.open_connection(*addr)  # holds its tunnel: the next needs a new one
+        writer1.write(b"a")
+        assert await reader1.readexactly(1) == b"a"
+        assert await roundtrip(addr, b"b") == b"b"
+        pool = next(iter(eg._pools.values()))
+        tunnel = await pool.open()
+        try:
+            assert tunnel.transport is not None
+            assert tunnel.transport.get_extra_info("ssl_object").session_reused
+        finally:
+            tunnel.close()
+        writer1.write_eof()
+        assert await reader1.read() == b""
+        writer1.close()
