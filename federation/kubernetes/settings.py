@@ -28,6 +28,8 @@ class KubernetesSettings:
     """Empty means the kubeconfig's current context, as kubectl does."""
     namespace: str = "meshfed-system"
     """The namespace of the manifests in deploy/kubernetes/."""
+    eastwest_service: str = "meshfed-eastwest"
+    """The LoadBalancer Service of deploy/kubernetes/services.yaml; its address is the site's gateway address."""
     owned_label: str = "multicluster.meshfed.io/managed-by"
     """Objects carrying this label are the agent's; it never creates, changes or deletes any other."""
     owned_value: str = "meshfed"
@@ -81,8 +83,8 @@ def _field(key: str, value: Any, default: Any, where: str) -> Any:
         return float(value)
     if not isinstance(value, str):
         raise ConfigError(f"{where}: must be a string")
-    if key == "namespace" and not _DNS_LABEL.match(value):
-        raise ConfigError(f"{where}: {value!r} is not a namespace name (a DNS label)")
+    if key in ("namespace", "eastwest_service") and not _DNS_LABEL.match(value):
+        raise ConfigError(f"{where}: {value!r} is not a DNS label")
     if key == "owned_label" and not _LABEL_KEY.match(value):
         raise ConfigError(f"{where}: {value!r} is not a label key")
     if key == "egress_address" and value:

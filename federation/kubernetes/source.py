@@ -120,6 +120,17 @@ class KubernetesSource:
         """The cached objects per resource (for the admin endpoint and tests)."""
         return {r: x.store for r, x in self._reflectors.items()}
 
+    def eastwest_address(self) -> str | None:
+        """The east-west LoadBalancer's first ingress IP (or hostname), once the cloud has assigned one."""
+        svc = self.stores.get("services", {}).get((self.settings.namespace, self.settings.eastwest_service))
+        ingress = ((((svc or {}).get("status") or {}).get("loadBalancer") or {}).get("ingress")) or []
+        for item in ingress if isinstance(ingress, list) else []:
+            if isinstance(item, dict):
+                address = item.get("ip") or item.get("hostname")
+                if isinstance(address, str) and address:
+                    return address
+        return None
+
     def imported_ips(self) -> dict[tuple[str, str], str]:
         """(namespace, name) -> cluster IP of each derived Service: the ClusterSetIP pods here can route."""
         out = {}

@@ -115,6 +115,10 @@ async def test_export_reaches_registry_with_status_and_readiness_flows(etcd: Etc
                          what="ServiceExport status")
         api.put(endpointslice(endpoints=[endpoint("10.244.1.5", ready=False), endpoint("10.244.1.6")]))
         await eventually(lambda: not c.exported()[key].endpoints[0].ready, what="readiness change in the registry")
+        assert c.source.eastwest_address() is None
+        lb = service("meshfed-system", "meshfed-eastwest", type="LoadBalancer")
+        api.put({**lb, "status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.7", "ipMode": "VIP"}]}}})
+        await eventually(lambda: c.source.eastwest_address() == "203.0.113.7", what="east-west address")
         api.put(serviceexport(name="ghost"))
         await eventually(lambda: c.conditions("ghost").get("Valid") == ("False", "NoService"), what="NoService")
         api.remove("serviceexports", "shop", "web")

@@ -17,7 +17,7 @@ def test_defaults_and_values() -> None:
 @pytest.mark.parametrize(("data", "message"), [
     ({"nope": 1}, "kubernetes.nope: unknown field"),
     ({"enabled": "yes"}, "kubernetes.enabled: must be true or false"),
-    ({"namespace": "Not OK"}, "kubernetes.namespace: 'Not OK' is not a namespace name"),
+    ({"namespace": "Not OK"}, "kubernetes.namespace: 'Not OK' is not a DNS label"),
     ({"owned_label": "a b"}, "kubernetes.owned_label: 'a b' is not a label key"),
     ({"owned_value": ""}, "kubernetes.owned_value:"),
     ({"watch_timeout": 0}, "kubernetes.watch_timeout:"),
