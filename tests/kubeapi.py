@@ -42,7 +42,7 @@ KINDS = {k.plural: k for k in (
     Kind("", "v1", "services", "Service"),
     Kind("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice"),
     Kind("multicluster.x-k8s.io", "v1alpha1", "serviceexports", "ServiceExport", True, builtin=False),
-    Kind("multicluster.x-k8s.io", "v1alpha1", "serviceimports", "ServiceImport", False, builtin=False),
+    Kind("multicluster.x-k8s.io", "v1alpha1", "serviceimports", "ServiceImport", True, builtin=False),
 )}
 
 

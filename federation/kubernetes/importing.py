@@ -50,6 +50,8 @@ class Patch:
     namespace: str
     name: str
     body: dict[str, Any]
+    subresource: str = ""
+    """"status" for the status subresource (ServiceImport.status.clusters)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +113,8 @@ def plan_imports(
                 ops.append(Create(resource, want))
             elif _projection(resource, have, want) != _projection(resource, want, want):
                 ops.append(Patch(resource, k[0], k[1], _patch_body(resource, want)))
+            if have is not None and resource == SERVICEIMPORTS and _clusters(have) != _clusters(want):
+                ops.append(Patch(resource, k[0], k[1], {"status": want["status"]}, "status"))
     deletes: list[Op] = [
         Delete(resource, *k)
         for resource in reversed(RESOURCES)
@@ -151,6 +155,8 @@ def _desired_for(
         "kind": "ServiceImport",
         "metadata": {"name": name, "namespace": ns, "labels": {owned[0]: owned[1]}},
         "spec": {"type": svc.type.value, "ports": ports, "ips": ips},
+        # Written through the status subresource once the object exists (create drops status).
+        "status": {"clusters": [{"cluster": site} for site in svc.sites]},
     }
     out: list[tuple[str, dict[str, Any]]] = [(SERVICES, service), (SERVICEIMPORTS, serviceimport)]
     slice_labels = {
@@ -244,6 +250,11 @@ def _projection(resource: str, obj: Obj, want: Obj) -> Any:
     if resource == SERVICEIMPORTS:
         return (labels, spec.get("type"), _norm_ports(spec.get("ports")), list(spec.get("ips") or []))
     return (labels, _norm_ports(spec.get("ports")))
+
+
+def _clusters(obj: Obj) -> list[Any]:
+    clusters = (obj.get("status") or {}).get("clusters") or []
+    return [c.get("cluster") for c in clusters if isinstance(c, Mapping)]
 
 
 def _norm_ports(ports: Any) -> list[tuple[Any, ...]]:

@@ -252,8 +252,9 @@ class KubernetesSource:
         now = time.monotonic()
         for op in ops:
             verb = {Create: "create", Patch: "patch", Delete: "delete"}[type(op)]
+            resource = f"{op.resource}/{op.subresource}" if isinstance(op, Patch) and op.subresource else op.resource
             reflector = self._reflectors[op.resource]
-            refused_at = self._refused.get((op.resource, _op_key(op)))
+            refused_at = self._refused.get((resource, _op_key(op)))
             if refused_at is not None and now - refused_at < self.settings.backoff_cap:
                 continue
             try:
@@ -262,7 +263,7 @@ class KubernetesSource:
                     k = key_of(op.obj)
                 elif isinstance(op, Patch):
                     k = (op.namespace, op.name)
-                    reflector.apply(await client.patch(op.resource, op.namespace, op.name, op.body))
+                    reflector.apply(await client.patch(op.resource, op.namespace, op.name, op.body, op.subresource))
                 else:
                     k = (op.namespace, op.name)
                     try:
@@ -272,17 +273,17 @@ class KubernetesSource:
                             raise
                     reflector.apply({"metadata": {"namespace": k[0], "name": k[1]}}, deleted=True)
             except ApiUnavailable as exc:
-                self._write_failed(op.resource, verb, _op_key(op), exc)
+                self._write_failed(resource, verb, _op_key(op), exc)
                 return True, wrote  # the server is away: stop this pass, retry all of it later
             except ApiError as exc:
                 # Refused: a missing namespace, a foreign object of the same name, the admission policy.
                 # Retried at the next change or resync, not in a loop; the log line says why.
-                self._write_failed(op.resource, verb, _op_key(op), exc)
-                self._refused[(op.resource, _op_key(op))] = now
+                self._write_failed(resource, verb, _op_key(op), exc)
+                self._refused[(resource, _op_key(op))] = now
                 continue
-            self._metrics.writes.labels(op.resource, verb).inc()
-            log.info("kubernetes: %s %s %s/%s", verb, op.resource, *k)
-            self._refused.pop((op.resource, k), None)
+            self._metrics.writes.labels(resource, verb).inc()
+            log.info("kubernetes: %s %s %s/%s", verb, resource, *k)
+            self._refused.pop((resource, k), None)
             wrote += 1
         return False, wrote
 

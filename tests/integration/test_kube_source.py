@@ -156,6 +156,8 @@ async def test_imports_create_and_remove_owned_objects(etcd: EtcdProcess, tmp_pa
             await eventually(lambda: api.get("serviceimports", "shop", "db")["spec"]["ips"]  # type: ignore[index]
                              == [svc["spec"]["clusterIP"]], what="cluster IP in the ServiceImport")
             assert c.source.imported_ips() == {("shop", "db"): svc["spec"]["clusterIP"]}
+            await eventually(lambda: api.get("serviceimports", "shop", "db").get("status")  # type: ignore[union-attr]
+                             == {"clusters": [{"cluster": "far"}, {"cluster": "near"}]}, what="ServiceImport status")
             addresses = sorted((e["addresses"][0], s["ports"][0]["port"])
                                for s in owned_slices(api) for e in s["endpoints"])
             assert addresses == [("10.1.0.5", 8080), EGRESS]
