@@ -12,7 +12,7 @@ import socket
 import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import dns.exception
 import dns.flags
@@ -29,10 +29,9 @@ import dns.rdtypes.ANY.TXT
 import dns.rdtypes.IN.A
 import dns.rdtypes.IN.AAAA
 import dns.rdtypes.IN.SRV
-import dns.reversename
 import dns.rrset
 
-from federation.catalog import FederatedService, MeshView
+from federation.catalog import FederatedService, MeshView, resolve
 from federation.model import Endpoint, ServiceExport, ServiceType, Site
 
 DNS_VERSION = "1.0.0"
@@ -171,8 +170,21 @@ class Forward:
 # ---------------------------------------------------------------- building a zone
 
 
+class _Part(NamedTuple):
+    """One service's share of the zone, and what it was built from."""
+
+    fingerprint: object
+    nodes: Mapping[Labels, Node]
+    ents: tuple[Labels, ...]
+
+
 class ZoneBuilder:
-    """Builds `Zone`s from mesh views, rebuilding only the services that changed."""
+    """Builds `Zone`s from mesh views, rebuilding only the services that changed.
+
+    The catalog keeps unchanged records as the same objects from view to view, so a service whose
+    exports, site records, staleness and VIPs are all the same objects as last time is not touched:
+    one registry change costs one service's rebuild plus a copy of the name table.
+    """
 
     def __init__(self, zone: str, *, local_site: str, ttl: int = 5, site_pinning: bool = True) -> None:
         self.origin = dns.name.from_text(zone).canonicalize()
@@ -180,36 +192,65 @@ class ZoneBuilder:
         self.local_site = local_site
         self.ttl = ttl
         self.site_pinning = site_pinning
-        self._cache: dict[tuple[str, str], tuple[object, Mapping[Labels, Node], tuple[Labels, ...]]] = {}
+        self._parts: dict[tuple[str, str], _Part] = {}
+        self._nodes: dict[Labels, Node] = {
+            self.apex: Node(soa=True),
+            (b"dns-version", *self.apex): Node(txt=(DNS_VERSION.encode(),)),
+        }
+        self._ent_refs: dict[Labels, int] = {}
 
     def build(self, view: MeshView, stale_sites: frozenset[str], vips: VipSource) -> Zone:
         """The zone for `view`; `stale_sites` are left out wherever another site has ready endpoints."""
         local = view.sites.get(self.local_site)
-        parts: dict[tuple[str, str], Mapping[Labels, Node]] = {}
-        cache: dict[tuple[str, str], tuple[object, Mapping[Labels, Node], tuple[Labels, ...]]] = {}
-        nodes: dict[Labels, Node] = {
-            self.apex: Node(soa=True),
-            (b"dns-version", *self.apex): Node(txt=(DNS_VERSION.encode(),)),
-        }
-        ents: set[Labels] = set()
-        for key, svc in view.services().items():
-            addrs = vips.addresses(*key) if svc.type is ServiceType.CLUSTER_SET_IP else ()
-            sites = tuple(view.sites.get(s) for s in svc.sites)
-            fingerprint = (svc, sites, stale_sites.intersection(svc.sites), addrs, local)
-            hit = self._cache.get(key)
-            if hit is not None and hit[0] == fingerprint:
-                _, part, part_ents = hit
+        groups: dict[tuple[str, str], list[ServiceExport]] = {}
+        for export in view.exports.values():
+            if export.site in view.sites:
+                groups.setdefault(export.service, []).append(export)
+        parts: dict[tuple[str, str], _Part] = {}
+        for key, group in groups.items():
+            exports = tuple(group)
+            stale = stale_sites.intersection(e.site for e in exports) if stale_sites else stale_sites
+            addrs = vips.addresses(*key)
+            fingerprint = (exports, tuple(view.sites.get(e.site) for e in exports), stale, addrs, local)
+            old = self._parts.get(key)
+            if old is not None and old.fingerprint == fingerprint:
+                parts[key] = old
+                continue
+            svc = resolve(exports)
+            if svc.type is not ServiceType.CLUSTER_SET_IP:
+                addrs = ()
+            nodes = self._service(svc, view.sites, stale_sites, addrs, local)
+            new = _Part(fingerprint, nodes, self._ents(nodes))
+            if old is not None:
+                self._remove(old)
+            self._add(new)
+            parts[key] = new
+        for key in self._parts.keys() - parts.keys():
+            self._remove(self._parts[key])
+        self._parts = parts
+        return Zone(self.origin, self.ttl, view.revision % 2**32, dict(self._nodes),
+                    {key: part.nodes for key, part in parts.items()})
+
+    def _add(self, part: _Part) -> None:
+        self._nodes.update(part.nodes)
+        for name in part.ents:
+            self._ent_refs[name] = self._ent_refs.get(name, 0) + 1
+            self._nodes.setdefault(name, _EMPTY)  # an empty non-terminal: NODATA, never NXDOMAIN
+
+    def _remove(self, part: _Part) -> None:
+        for name in part.nodes:
+            if self._ent_refs.get(name):
+                self._nodes[name] = _EMPTY
             else:
-                part = self._service(svc, view.sites, stale_sites, addrs, local)
-                part_ents = self._ents(part)
-            parts[key] = part
-            cache[key] = (fingerprint, part, part_ents)
-            nodes.update(part)
-            ents.update(part_ents)
-        self._cache = cache
-        for name in ents:
-            nodes.setdefault(name, _EMPTY)  # an empty non-terminal: NODATA, never NXDOMAIN
-        return Zone(self.origin, self.ttl, view.revision % 2**32, nodes, parts)
+                self._nodes.pop(name, None)
+        for name in part.ents:
+            refs = self._ent_refs[name] - 1
+            if refs:
+                self._ent_refs[name] = refs
+            else:
+                del self._ent_refs[name]
+                if self._nodes.get(name) is _EMPTY:
+                    del self._nodes[name]
 
     # -- private
 
@@ -239,19 +280,18 @@ class ZoneBuilder:
         ns, name = svc.namespace, svc.name
         base = self._name(name, ns, "svc")
         nodes: dict[Labels, Node] = {}
-        picked = self._order(svc.exports, sites, stale, local)
         if svc.type is ServiceType.CLUSTER_SET_IP:
             a, aaaa = _pack(vips)
             nodes[base] = Node(a=a, aaaa=aaaa)
             for vip in vips:
-                nodes[labels_of(dns.reversename.from_address(vip))] = Node(ptr=base)
+                nodes[reverse_labels(_packed(vip))] = Node(ptr=base)
             for port in svc.ports:
                 srv_name = (f"_{port.name}".encode(), f"_{port.protocol.value.lower()}".encode(), *base)
                 nodes[srv_name] = Node(srv=((0, 0, port.port, base),), glue=(base,))
         else:
             targets: list[tuple[Endpoint, Labels]] = []
             all_addrs: list[str] = []
-            for export, ep in picked:
+            for export, ep in self._order(svc.exports, sites, stale, local):
                 host = self._name(_hostname(ep), export.site, name, ns, "svc")
                 a, aaaa = _pack(ep.addresses)
                 nodes[host] = Node(a=a, aaaa=aaaa)
@@ -311,9 +351,25 @@ def _pack(addresses: Iterable[str]) -> tuple[tuple[bytes, ...], tuple[bytes, ...
     v4: dict[bytes, None] = {}
     v6: dict[bytes, None] = {}
     for a in addresses:
-        packed = ipaddress.ip_address(a).packed
+        packed = _packed(a)
         (v4 if len(packed) == 4 else v6)[packed] = None
     return tuple(v4), tuple(v6)
+
+
+def _packed(address: str) -> bytes:
+    """An address in network byte order (inet_pton is C; ipaddress parses in Python)."""
+    try:
+        return socket.inet_pton(socket.AF_INET6 if ":" in address else socket.AF_INET, address)
+    except OSError:
+        return ipaddress.ip_address(address).packed  # e.g. a scoped IPv6 address
+
+
+def reverse_labels(packed: bytes) -> Labels:
+    """The in-addr.arpa or ip6.arpa name of an address (RFC 1035 3.5, RFC 3596 2.5)."""
+    if len(packed) == 4:
+        return (*(str(b).encode() for b in reversed(packed)), b"in-addr", b"arpa")
+    nibbles = packed.hex()[::-1]
+    return (*(c.encode() for c in nibbles), b"ip6", b"arpa")
 
 
 def _hostname(ep: Endpoint) -> str:

@@ -63,15 +63,20 @@ class FastPath:
 
     def update(self, zone: Zone) -> None:
         """Re-encode the services whose nodes changed since the last update; drop the removed ones."""
-        table: dict[bytes, Entry] = {}
-        cache: dict[tuple[str, str], tuple[Mapping[Labels, Node], dict[bytes, Entry]]] = {}
+        table, cache = self._table, self._cache
         for key, part in zone.parts.items():
-            hit = self._cache.get(key)
-            entries = hit[1] if hit is not None and hit[0] is part else self._encode(zone, part)
-            cache[key] = (part, entries)
+            hit = cache.get(key)
+            if hit is not None:
+                if hit[0] is part:
+                    continue
+                for k in hit[1]:
+                    table.pop(k, None)
+            entries = self._encode(zone, part)
             table.update(entries)
-        self._cache = cache
-        self._table = table
+            cache[key] = (part, entries)
+        for key in cache.keys() - zone.parts.keys():
+            for k in cache.pop(key)[1]:
+                table.pop(k, None)
         self._memo = {}
 
     def answer(self, wire: bytes, udp: bool) -> bytes | None:
@@ -178,11 +183,14 @@ def encode_answer(
         enc.finish(rec)
         answers = 1
     elif rdtype == SRV:
+        # Every answer record's owner is the question name, written at offset 12.
+        head = b"\xc0\x0c" + struct.pack("!HHI", SRV, IN, ttl)
+        out = enc.out
         for prio, weight, port, target in node.srv:
-            rec = enc.record(qname, SRV, ttl)
-            enc.out += struct.pack("!HHH", prio, weight, port)
-            enc.name(target, compress=False)  # RFC 2782: no compression of the target
-            enc.finish(rec)
+            target_wire = _wire(target)  # RFC 2782: the target is never compressed
+            out += head
+            out += struct.pack("!HHHH", 6 + len(target_wire), prio, weight, port)
+            out += target_wire
             answers += 1
         for target in node.glue:
             glue_node = nodes.get(target)
@@ -215,18 +223,24 @@ class _Encoder:
         self._compress: dict[Labels, int] = {}
 
     def name(self, labels: Labels, *, compress: bool) -> None:
-        for i in range(len(labels)):
-            if compress:
+        out = self.out
+        if compress:
+            table = self._compress
+            for i, label in enumerate(labels):
                 suffix = labels[i:]
-                pos = self._compress.get(suffix)
+                pos = table.get(suffix)
                 if pos is not None:
-                    self.out += struct.pack("!H", 0xC000 | pos)
+                    out += (0xC000 | pos).to_bytes(2, "big")
                     return
-                if len(self.out) <= 0x3FFF:
-                    self._compress[suffix] = len(self.out)
-            self.out.append(len(labels[i]))
-            self.out += labels[i]
-        self.out.append(0)
+                if len(out) <= 0x3FFF:
+                    table[suffix] = len(out)
+                out.append(len(label))
+                out += label
+        else:
+            for label in labels:
+                out.append(len(label))
+                out += label
+        out.append(0)
 
     def record(self, owner: Labels, rdtype: int, ttl: int) -> int:
         self.name(owner, compress=True)
@@ -237,8 +251,24 @@ class _Encoder:
         struct.pack_into("!H", self.out, start - 2, len(self.out) - start)
 
     def addresses(self, owner: Labels, rdtype: int, packed: tuple[bytes, ...], ttl: int) -> int:
-        for addr in packed:
-            start = self.record(owner, rdtype, ttl)
-            self.out += addr
-            self.finish(start)
+        if not packed:
+            return 0
+        out = self.out
+        fixed = struct.pack("!HHIH", rdtype, IN, ttl, len(packed[0]))
+        self.name(owner, compress=True)
+        out += fixed
+        out += packed[0]
+        pos = self._compress.get(owner)
+        pointer = (0xC000 | pos).to_bytes(2, "big") if pos is not None else None
+        for addr in packed[1:]:
+            if pointer is None:  # the owner sits past 0x3FFF: dnspython writes it again, so do we
+                self.name(owner, compress=True)
+            else:
+                out += pointer
+            out += fixed
+            out += addr
         return len(packed)
+
+
+def _wire(labels: Labels) -> bytes:
+    return b"".join(len(label).to_bytes(1, "big") + label for label in labels) + b"\x00"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import random
 
 import dns.edns
 import dns.flags
@@ -13,8 +14,9 @@ import dns.rdatatype
 
 from federation.catalog import MeshView
 from federation.dns.answering import Answerer, Forward, StaticVips, Zone, ZoneBuilder
+from federation.dns.fastpath import FastPath
 from federation.model import Endpoint, Locality
-from tests.dnshelp import ZONE, export, query, rcode, site, view
+from tests.dnshelp import ZONE, big_view, export, query, rcode, site, view
 
 VIPS = StaticVips({("shop", "web"): ("240.240.0.7", "fd6d:6573:6866:6564::7")})
 
@@ -243,3 +245,40 @@ def test_unchanged_services_are_not_rebuilt() -> None:
     assert first.parts[("shop", "web")] is second.parts[("shop", "web")]
     changed = builder.build(mesh(), frozenset({"west"}), VIPS)
     assert changed.parts[("shop", "db")] is not second.parts[("shop", "db")]
+
+
+def test_incremental_builds_equal_fresh_builds_through_random_changes() -> None:
+    rng = random.Random(7)
+    v, vips = big_view(60, seed=3)
+    builder = ZoneBuilder(ZONE, local_site="east")
+    fast = FastPath(Answerer(builder.origin))
+    exports = dict(v.exports)
+    sites = dict(v.sites)
+    stale: frozenset[str] = frozenset()
+    keys = sorted(v.exports)
+    for step in range(40):
+        for _ in range(rng.randint(1, 4)):
+            key = rng.choice(keys)
+            action = rng.random()
+            if action < 0.3:
+                exports.pop(key, None)
+            elif action < 0.6 and key in exports:
+                e = exports[key]
+                exports[key] = dataclasses.replace(e, endpoints=e.endpoints[:-1] or e.endpoints)
+            elif action < 0.8:
+                exports[key] = v.exports[key]
+            else:
+                moved = dataclasses.replace(v.exports[key], site="far", exported_at=step + 2.0)
+                exports[("far", key[1], key[2])] = moved
+        if rng.random() < 0.2:
+            stale = frozenset(rng.sample(["east", "west", "far"], rng.randint(0, 2)))
+        if rng.random() < 0.1:
+            sites["far"] = dataclasses.replace(sites["far"], locality=Locality("us", str(step)))
+        current = MeshView(dict(sites), dict(exports), step)
+        zone = builder.build(current, stale, StaticVips(vips))
+        fast.update(zone)
+        fresh = ZoneBuilder(ZONE, local_site="east").build(current, stale, StaticVips(vips))
+        assert zone.nodes == fresh.nodes
+        fresh_fast = FastPath(Answerer(builder.origin))
+        fresh_fast.update(fresh)
+        assert fast._table == fresh_fast._table
