@@ -282,3 +282,17 @@ def test_incremental_builds_equal_fresh_builds_through_random_changes() -> None:
         fresh_fast = FastPath(Answerer(builder.origin))
         fresh_fast.update(fresh)
         assert fast._table == fresh_fast._table
+
+
+def test_oversized_labels_names_and_huge_packets_get_formerr() -> None:
+    answerer = Answerer(ZoneBuilder(ZONE, local_site="x").origin, forwarding=False)
+    zone = build()
+    header = b"\xab\xcd\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00"
+    long_label = header + b"\x40" + b"a" * 64 + b"\x00\x00\x01\x00\x01"
+    long_name = header + (b"\x3f" + b"a" * 63) * 5 + b"\x00\x00\x01\x00\x01"
+    huge = header + b"\x03web" * 16000 + b"\x00\x00\x01\x00\x01"
+    for wire in (long_label, long_name, huge, header + b"\xff" * 60000):
+        out = answerer.handle(wire, zone, udp=False)
+        assert isinstance(out, bytes)
+        assert rcode(out) == dns.rcode.FORMERR
+        assert out[:2] == b"\xab\xcd"
