@@ -18,6 +18,7 @@ from gateway.eastwest import EastWestGateway
 from gateway.egress import BindFor, Egress
 from gateway.settings import GatewaySettings
 from gateway.tls import CertificateStore
+from gateway.workers import GatewayWorkers
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,12 @@ class DataPlane:
             EastWestGateway(site, view, self.certs.server, self.certs.bundle, settings, registry) if serve else None
         )
         self.egress = Egress(site, view, self.certs.client, self.certs.bundle, settings, registry, bind_for)
+        self.workers = (
+            GatewayWorkers(site, settings, self.certs.chain_file, self.certs.key_file, self.certs.bundle_file,
+                           settings.workers - 1)
+            if serve and settings.workers > 1 else None
+        )
+        self._view = view
         self._renewer: asyncio.Task[None] | None = None
 
     @property
@@ -66,13 +73,18 @@ class DataPlane:
         """Listen (gateway, then egress) and start renewing the certificate at half its lifetime."""
         if self.gateway is not None:
             await self.gateway.start()
+            if self.workers is not None:
+                await self.workers.start(self.gateway.address[1], self._view())
+                self.certs.on_renew = self.workers.reload
         await self.egress.start()
         self._renewer = asyncio.get_running_loop().create_task(self.certs.run(), name="gateway-cert-renewal")
         self._renewer.add_done_callback(_log_death)
 
     def update(self, view: MeshView) -> None:
-        """A new registry view: egress listeners follow it (the gateway reads the view per request)."""
+        """A new registry view: egress listeners and worker processes follow it (the gateway reads it per request)."""
         self.egress.update(view)
+        if self.workers is not None:
+            self.workers.update(view)
 
     async def close(self, grace: float = 0.0) -> None:
         """Stop accepting, let streams finish for up to `grace` seconds, close everything."""
@@ -82,6 +94,8 @@ class DataPlane:
         closing = [self.egress.close(grace)]
         if self.gateway is not None:
             closing.append(self.gateway.close(grace))
+        if self.workers is not None:
+            closing.append(self.workers.close(grace))
         await asyncio.gather(*closing)
         self.certs.close()
 

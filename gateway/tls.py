@@ -94,6 +94,8 @@ class CertificateStore:
         self.bundle = TrustBundle.from_pem(cert_pem(root))
         self.bundle_file.write_bytes(cert_pem(root))
         self.renewals = 0
+        self.on_renew: Callable[[], None] | None = None
+        """Called after every renewal (e.g. to tell worker processes to reload the files)."""
         self.issued = self._issue()
         self.server = server_context(self.chain_file, self.key_file, self.bundle_file)
         self.client = client_context(self.chain_file, self.key_file, self.bundle_file)
@@ -109,6 +111,8 @@ class CertificateStore:
         for ctx in (self.server, self.client):
             ctx.load_cert_chain(str(self.chain_file), str(self.key_file))
         self.renewals += 1
+        if self.on_renew is not None:
+            self.on_renew()
         return self.issued
 
     def seconds_to_renewal(self) -> float:

@@ -68,3 +68,43 @@ def test_a_ca_of_another_site_is_a_config_error(tmp_path: Path) -> None:
         DataPlane("west", lambda: view([]), GatewaySettings())
     with pytest.raises(ConfigError, match="cannot read CA"):
         DataPlane("west", lambda: view([]), GatewaySettings(ca_dir=str(tmp_path / "nope")))
+
+
+async def test_worker_processes_share_the_gateway_port(tmp_path: Path) -> None:
+    mesh = Mesh()
+    for site in ("east", "west"):
+        save_site(tmp_path / site, mesh.site_ca(site))
+    echo = EchoServer()
+    echo_port = await echo.start()
+    state: dict[str, MeshView] = {"view": view([], [])}
+
+    def settings(site: str, workers: int) -> GatewaySettings:
+        return GatewaySettings(listen_address="127.0.0.1", listen_port=0, ca_dir=str(tmp_path / site),
+                               workers=workers, pool_size=0)
+
+    east = DataPlane("east", lambda: state["view"], settings("east", 2))
+    west = DataPlane("west", lambda: state["view"], settings("west", 1))
+    await east.start()
+    sites = [
+        Site("east", "net-east", gateways=(east.gateway_record("127.0.0.1"),), ca_chain=east.ca_chain_pem),
+        Site("west", "net-west", ca_chain=west.ca_chain_pem),
+    ]
+    state["view"] = view(sites, [export("east", "ns", "echo", 7, endpoint_ports=(echo_port,))])
+    east.update(state["view"])
+    await west.start()
+    try:
+        assert east.gateway is not None
+        # Stop the gateway in the agent's process: the worker alone now answers on the port.
+        await east.gateway.close()
+        east.certs.renew()  # the worker reloads the renewed files
+        addr = west.egress.listeners()[("ns", "echo", "tcp")]
+        for i in range(3):
+            reader, writer = await asyncio.open_connection(*addr)
+            writer.write(b"via worker %d" % i)
+            writer.write_eof()
+            assert await reader.read() == b"via worker %d" % i
+            writer.close()
+    finally:
+        await west.close()
+        await east.close()
+        await echo.close()

@@ -1,0 +1,140 @@
+"""Extra east-west gateway processes sharing the listening port (SO_REUSEPORT) when `workers` > 1.
+
+The agent's process runs the first gateway; `GatewayWorkers` starts `workers - 1` more with
+`python -m gateway.workers`, sends each the registry view as JSON lines on its stdin after every
+change (and `reload` after a certificate renewal), and stops them by closing stdin. A worker's
+metrics stay in that worker. The kernel spreads new connections over all processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from federation.catalog import MeshView
+from federation.model import ServiceKey, SiteKey, decode_export, decode_site, encode_export, encode_site
+from federation.verifying import TrustBundle
+from gateway.settings import GatewaySettings
+
+log = logging.getLogger(__name__)
+
+
+def encode_view(view: MeshView) -> bytes:
+    """One JSON line holding every site and export record of `view` (the registry codec)."""
+    return json.dumps({
+        "sites": [encode_site(s).decode() for s in view.sites.values()],
+        "exports": [encode_export(e).decode() for e in view.exports.values()],
+    }).encode() + b"\n"
+
+
+def decode_view(line: bytes) -> MeshView:
+    """The MeshView that `encode_view` wrote (records validated again)."""
+    data = json.loads(line)
+    sites = [decode_site(SiteKey(json.loads(s)["name"]), s.encode()) for s in data["sites"]]
+    exports = []
+    for raw in data["exports"]:
+        obj = json.loads(raw)
+        exports.append(decode_export(ServiceKey(obj["site"], obj["namespace"], obj["name"]), raw.encode()))
+    return MeshView(sites={s.name: s for s in sites},
+                    exports={(e.site, e.namespace, e.name): e for e in exports})
+
+
+class GatewayWorkers:
+    """`count` worker processes serving the same port as the gateway in this process."""
+
+    def __init__(self, site: str, settings: GatewaySettings, chain: Path, key: Path, bundle: Path,
+                 count: int) -> None:
+        self.site = site
+        self.settings = settings
+        self.files = (chain, key, bundle)
+        self.count = count
+        self._procs: list[asyncio.subprocess.Process] = []
+
+    async def start(self, port: int, view: MeshView) -> None:
+        """Start the workers on `port` (already bound with SO_REUSEPORT here) and wait until they listen."""
+        config = json.dumps({
+            "site": self.site, "port": port, "files": [str(f) for f in self.files],
+            "settings": {k: getattr(self.settings, k) for k in (
+                "listen_address", "handshake_timeout", "preamble_timeout", "tunnel_idle_timeout",
+                "idle_timeout", "connect_timeout")},
+        })
+        for i in range(self.count):
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "gateway.workers", config,
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            )
+            self._procs.append(proc)
+            assert proc.stdin is not None
+            assert proc.stdout is not None
+            proc.stdin.write(encode_view(view))
+            line = await proc.stdout.readline()
+            if not line.startswith(b"READY"):
+                raise RuntimeError(f"gateway worker {i + 1} did not start (exit {await proc.wait()})")
+            log.info("gateway worker %d (pid %d) listening on port %d", i + 1, proc.pid, port)
+
+    def update(self, view: MeshView) -> None:
+        """Send a new registry view to every worker."""
+        self._send(encode_view(view))
+
+    def reload(self) -> None:
+        """Tell the workers to load the renewed certificate files."""
+        self._send(b"reload\n")
+
+    async def close(self, grace: float = 0.0) -> None:
+        """Close the workers' stdin (they stop accepting and drain for `grace`), then wait for them."""
+        for proc in self._procs:
+            if proc.stdin is not None and not proc.stdin.is_closing():
+                proc.stdin.write(json.dumps({"stop": grace}).encode() + b"\n")
+                proc.stdin.close()
+        for proc in self._procs:
+            try:
+                async with asyncio.timeout(grace + 10):
+                    await proc.wait()
+            except TimeoutError:
+                log.warning("gateway worker pid %d did not stop; killing it", proc.pid)
+                proc.kill()
+                await proc.wait()
+        self._procs.clear()
+
+    def _send(self, line: bytes) -> None:
+        for proc in self._procs:
+            if proc.stdin is not None and not proc.stdin.is_closing():
+                proc.stdin.write(line)
+
+
+async def _worker(config: dict[str, Any]) -> None:
+    from gateway.eastwest import EastWestGateway
+    from gateway.tls import server_context
+
+    chain, key, bundle = (Path(f) for f in config["files"])
+    settings = GatewaySettings(**config["settings"], listen_port=config["port"], workers=2)
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    state = {"view": decode_view(await reader.readline())}
+    context = server_context(chain, key, bundle)
+    gateway = EastWestGateway(config["site"], lambda: state["view"], context,
+                              TrustBundle.from_pem(bundle.read_bytes()), settings)
+    await gateway.start()
+    sys.stdout.write("READY\n")
+    sys.stdout.flush()
+    grace = 0.0
+    while line := await reader.readline():
+        if line == b"reload\n":
+            context.load_cert_chain(str(chain), str(key))
+        elif line.startswith(b'{"stop"'):
+            grace = float(json.loads(line)["stop"])
+        else:
+            state["view"] = decode_view(line)
+    await gateway.close(grace)
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="worker %(process)d %(levelname)s %(name)s: %(message)s")
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_worker(json.loads(sys.argv[1])))
