@@ -3,7 +3,7 @@
 Used by the netns test and the tunnel benchmark.
 
 Runs until stdin closes (the test holds the pipe), printing `READY <port>` once listening.
-The view file holds JSON {"sites": [site records], "exports": [export records]} in the registry codec.
+The view file holds one line of `gateway.workers.encode_view`.
 """
 
 from __future__ import annotations
@@ -17,29 +17,20 @@ from typing import cast
 
 from federation.catalog import MeshView
 from federation.issuing import load_site
-from federation.model import ServiceKey, SiteKey, decode_export, decode_site, encode_export, encode_site
 from gateway.eastwest import EastWestGateway
 from gateway.egress import Egress
 from gateway.settings import GatewaySettings
 from gateway.tls import CertificateStore
+from gateway.workers import decode_view, encode_view
 
 
 def dump_view(view: MeshView) -> str:
-    """The JSON a node reads back with `load_view`."""
-    return json.dumps({
-        "sites": [encode_site(s).decode() for s in view.sites.values()],
-        "exports": [encode_export(e).decode() for e in view.exports.values()],
-    })
+    """The text a node reads back with `load_view`."""
+    return encode_view(view).decode()
 
 
 def load_view(path: Path) -> MeshView:
-    data = json.loads(path.read_text())
-    sites = [decode_site(SiteKey(json.loads(s)["name"]), s.encode()) for s in data["sites"]]
-    exports = []
-    for raw in data["exports"]:
-        obj = json.loads(raw)
-        exports.append(decode_export(ServiceKey(obj["site"], obj["namespace"], obj["name"]), raw.encode()))
-    return MeshView(sites={s.name: s for s in sites}, exports={(e.site, e.namespace, e.name): e for e in exports})
+    return decode_view(path.read_bytes())
 
 
 class _Echo(asyncio.Protocol):
