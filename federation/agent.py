@@ -102,6 +102,7 @@ class Agent:
                 ttl=cfg.registry.lease_ttl, lease_file=cfg.state_dir / "lease",
             )  # fmt: skip
             exports_sink.target = publisher.set_exports
+            plane.on_site_changed = lambda: publisher.set_site(plane.site_record(self.site_record()))
             mirror.subscribe(plane.on_view)
             admin.add_readiness("registry", lambda: None if mirror.synced.is_set() else "initial registry sync pending")
             admin.add_readiness("publisher", lambda: None if publisher.published.is_set() else "site not yet published")

@@ -131,7 +131,8 @@ async def _registry_report(args: argparse.Namespace) -> dict[str, Any]:
     timeout = config.registry.timeout if config else 5.0
     client = EtcdClient(endpoints, tls=tls, timeout=timeout)
     try:
-        kvs, revision = await asyncio.wait_for(client.get_prefix(Keys(prefix).root()), timeout + 1)
+        async with asyncio.timeout(timeout + 1):
+            kvs, revision = await client.get_prefix(Keys(prefix).root())
     except (RegistryUnavailable, TimeoutError) as exc:
         fallback = _agent_view(config) if config else None
         if fallback is None:

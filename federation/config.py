@@ -156,7 +156,10 @@ def _parse(data: Any, source: str, environ: Mapping[str, str]) -> AgentConfig:
         if e.service in seen:
             raise _FieldError(f"exports[{i}]", f"{e.namespace}/{e.name} is exported twice")
         seen.add(e.service)
-    sections = {name: _mapping(top.get(name, {}), name) for name in SECTIONS_PARSED_ELSEWHERE}
+    sections = {name: dict(_mapping(top.get(name, {}), name)) for name in SECTIONS_PARSED_ELSEWHERE}
+    # In a pod the address of the egress listeners is only known at run time (the Deployment's downward API).
+    if environ.get("MESHFED_POD_IP") and "egress_address" not in sections["kubernetes"]:
+        sections["kubernetes"]["egress_address"] = environ["MESHFED_POD_IP"]
     return AgentConfig(site, registry, admin, state_dir, exports, sections, source)
 
 

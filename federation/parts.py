@@ -83,6 +83,8 @@ class DataPlane:
         self._synced = asyncio.Event()
         self.exports = ExportSet(set_exports)
         self.vm: VmSource | None = None
+        self.on_site_changed: Callable[[], None] | None = None
+        """Called when the site record changes (gateway address learnt later); the agent republishes."""
         self.certs: CertificateStore | None = None
         self.eastwest: EastWestGateway | None = None
         self.egress: Egress | None = None
@@ -133,6 +135,7 @@ class DataPlane:
                 locality=self.locality, metrics=self.metrics,
             )  # fmt: skip
             spawn("kubernetes-source", self.kubernetes.run())
+            spawn("kubernetes-follow", self._follow_kubernetes())
 
     def on_view(self, view: MeshView, _events: Sequence[Event]) -> None:
         """Called by the mirror after each burst of registry changes (and once after the initial sync)."""
@@ -165,10 +168,11 @@ class DataPlane:
 
     def site_record(self, base: Site) -> Site:
         """The site record with this site's gateway and CA chain."""
-        if self.gateway_record is None or self.certs is None:
+        if self.certs is None:
             return base
-        return Site(base.name, base.network, base.locality, base.kind, (self.gateway_record,),
-                    self.certs.ca_chain_pem, base.agent_version)
+        gateways = (self.gateway_record,) if self.gateway_record is not None else ()
+        return Site(base.name, base.network, base.locality, base.kind, gateways, self.certs.ca_chain_pem,
+                    base.agent_version)
 
     async def close(self) -> None:
         """Stop listeners and tunnels."""
@@ -241,16 +245,22 @@ class DataPlane:
         await self.eastwest.start()
         host, port = self.eastwest.address
         advertised = self.config.site.gateway_address or host
-        if ipaddress.ip_address(advertised).is_unspecified:
-            raise ConfigError(f"{self.config.source}: site.gateway_address: the gateway listens on {host}; say "
-                              "which address other networks reach it at")
-        self.gateway_record = Gateway(gw.name, advertised, port)
+        if ipaddress.ip_address(host).is_unspecified and not self.config.site.gateway_address:
+            if not self.sections.kubernetes.enabled:
+                raise ConfigError(f"{self.config.source}: site.gateway_address: the gateway listens on {host}; "
+                                  "say which address other networks reach it at")
+            log.info("gateway address not configured: waiting for the east-west LoadBalancer's ingress address")
+        else:
+            self.gateway_record = Gateway(gw.name, advertised, port)
         self.egress = Egress(self.site, self.view, self.certs.client, self.certs.bundle, gw, self.metrics,
                              bind_for=self._bind_for)
         await self.egress.start()
         spawn("certificate-renewal", self.certs.run())
 
-    def _vip_source(self) -> _IPv4Vips:
+    def _vip_source(self) -> _IPv4Vips | _ClusterIPs:
+        """Where a ClusterSetIP answer comes from: the mesh VIP on VMs, the ServiceImport's IP on Kubernetes."""
+        if self.kubernetes is not None:
+            return _ClusterIPs(self.kubernetes)
         return _IPv4Vips(self.vips)
 
     def _bind_for(self, key: tuple[str, str, str]) -> tuple[str, int]:
@@ -269,6 +279,25 @@ class DataPlane:
         if self.egress is None:
             return None
         return self.egress.listeners().get((namespace, name, port_name))
+
+    async def _follow_kubernetes(self, interval: float = 1.0) -> None:
+        """DNS follows the derived Services' ClusterIPs; the site record follows the LoadBalancer's address."""
+        assert self.kubernetes is not None
+        seen: dict[tuple[str, str], str] = {}
+        while True:
+            await asyncio.sleep(interval)
+            ips = self.kubernetes.imported_ips()
+            if ips != seen:
+                seen = ips
+                if self.dns is not None:
+                    self.dns.refresh()
+            lb = self.kubernetes.eastwest_address()
+            if (self.eastwest is not None and not self.config.site.gateway_address and lb
+                    and (self.gateway_record is None or self.gateway_record.address != lb)):
+                self.gateway_record = Gateway(self.sections.gateway.name, lb, self.eastwest.address[1])
+                log.info("gateway advertised at the LoadBalancer's address %s:%d", lb, self.gateway_record.port)
+                if self.on_site_changed is not None:
+                    self.on_site_changed()
 
     def _vips_changed(self) -> None:
         """The VIP table in etcd changed: DNS answers and the interface follow."""
@@ -290,6 +319,17 @@ async def _after(first: Coroutine[Any, Any, Any], then: Coroutine[Any, Any, None
 
 def _as_list(sink: Callable[[Sequence[ServiceExport]], None]) -> Callable[[Iterable[ServiceExport]], None]:
     return lambda exports: sink(list(exports))
+
+
+class _ClusterIPs:
+    """On a Kubernetes site the clusterset IP is the ServiceImport's IP: the derived Service's ClusterIP."""
+
+    def __init__(self, source: KubernetesSource) -> None:
+        self._source = source
+
+    def addresses(self, namespace: str, name: str) -> tuple[str, ...]:
+        ip = self._source.imported_ips().get((namespace, name))
+        return (ip,) if ip else ()
 
 
 class _IPv4Vips:

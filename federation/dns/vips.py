@@ -268,7 +268,8 @@ class VipAllocator:
                     break
             self._kick.clear()
             try:
-                await asyncio.wait_for(self._kick.wait(), interval)
+                async with asyncio.timeout(interval):  # not wait_for: on 3.11 it can swallow a cancel
+                    await self._kick.wait()
             except TimeoutError:
                 pass
 

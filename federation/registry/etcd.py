@@ -152,12 +152,14 @@ class EtcdClient:
         if client is None:
             return
         try:
-            await asyncio.wait_for(client.close(), _CLOSE_TIMEOUT)
+            async with asyncio.timeout(_CLOSE_TIMEOUT):
+                await client.close()
         except Exception:
             channel = getattr(client, "channel", None)
             if channel is not None:
                 with contextlib.suppress(Exception):
-                    await asyncio.wait_for(channel.close(None), _CLOSE_TIMEOUT)
+                    async with asyncio.timeout(_CLOSE_TIMEOUT):
+                        await channel.close(None)
 
     async def reset(self) -> None:
         """Drop the channel and move to the next endpoint (after an error)."""
@@ -279,7 +281,8 @@ class EtcdClient:
                     yield WatchEvent(kv.key.decode(), value, int(kv.mod_revision))
         finally:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.shield(watch.cancel()), _CLOSE_TIMEOUT)
+                async with asyncio.timeout(_CLOSE_TIMEOUT):
+                    await asyncio.shield(watch.cancel())
 
     async def _connected(self) -> None:
         async with self._errors():

@@ -162,7 +162,8 @@ class Mirror:
         while True:
             await asyncio.sleep(self._probe_interval)
             try:
-                await asyncio.wait_for(self._client.revision(), self._probe_timeout)
+                async with asyncio.timeout(self._probe_timeout):
+                    await self._client.revision()
             except TimeoutError:
                 raise RegistryUnavailable(f"etcd did not answer within {self._probe_timeout:.1f}s") from None
             self._healthy()

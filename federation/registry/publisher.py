@@ -110,7 +110,10 @@ class Publisher:
             wait = interval - (time.monotonic() - last_keepalive)
             if wait > 0:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._changed.wait(), timeout=wait)
+                    # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow the cancellation that
+                    # stops the agent when it lands as the event fires (CPython gh-86296).
+                    async with asyncio.timeout(wait):
+                        await self._changed.wait()
             if time.monotonic() - last_keepalive < interval:
                 continue
             left = await self._client.keepalive(self.lease)

@@ -45,3 +45,12 @@ def test_exports_are_parsed_and_validated() -> None:
 def test_missing_file_is_one_line(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"nope\.yaml: cannot read"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_pod_ip_becomes_the_kubernetes_egress_address() -> None:
+    cfg = parse_config({"site": {"name": "east", "network": "n1", "kind": "kubernetes"}}, "x.yaml",
+                       {"MESHFED_POD_IP": "10.1.2.3"})
+    assert cfg.sections["kubernetes"]["egress_address"] == "10.1.2.3"
+    explicit = parse_config({"site": {"name": "east", "network": "n1"}, "kubernetes": {"egress_address": "10.9.9.9"}},
+                            "x.yaml", {"MESHFED_POD_IP": "10.1.2.3"})
+    assert explicit.sections["kubernetes"]["egress_address"] == "10.9.9.9"
