@@ -21,11 +21,12 @@ from federation.errors import RemoteProtocolError
 from federation.verifying import PeerRejected, TrustBundle, verify_peer
 from gateway.balancing import EndpointPicker, Target, endpoint_targets, find_port
 from gateway.preamble import NEED_DATA, Preamble, Request, Response, Role, Status
-from gateway.refusals import GatewayMetrics, Refusals
+from gateway.refusals import GatewayMetrics, Refusals, Throttle
 from gateway.relay import ActiveStreams, PlainLeg, Stream, TunnelLeg
 from gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
+_throttle = Throttle()
 
 MAX_ATTEMPTS = 3
 """Endpoints tried per stream request before answering `refused`."""
@@ -255,7 +256,7 @@ class GatewayTunnel(TunnelLeg):
                 async with asyncio.timeout(self.gw.settings.connect_timeout):
                     transport, leg = await loop.create_connection(PlainLeg, target.address, target.port)
             except (OSError, TimeoutError) as exc:
-                log.info("endpoint %s:%d refused: %s", target.address, target.port, exc)
+                _throttle.log(log, logging.INFO, target, "endpoint %s:%d refused: %s", target.address, target.port, exc)
                 self.gw.picker.refused(target, loop.time())
                 continue
             if self.closed:

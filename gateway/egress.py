@@ -21,12 +21,13 @@ from federation.verifying import PeerRejected, TrustBundle
 from gateway.balancing import Bind, Close, Direct, ListenerKey, Open, Route, desired_listeners, plan, routes
 from gateway.pool import PoolKey, TunnelPool
 from gateway.preamble import Request, Status
-from gateway.refusals import EgressMetrics
+from gateway.refusals import EgressMetrics, Throttle
 from gateway.relay import ActiveStreams, PlainLeg, Splice
 from gateway.settings import GatewaySettings
 from gateway.tls import ResumingContext
 
 log = logging.getLogger(__name__)
+_throttle = Throttle()
 
 MAX_ROUTES = 4
 """Routes tried per client connection before giving up on it."""
@@ -170,7 +171,7 @@ class Egress:
                 self.metrics.connections.labels("relayed").inc()
                 return
         self.metrics.connections.labels("no_route").inc()
-        log.info("no route accepted a client of %s/%s:%s", *key)
+        _throttle.log(log, logging.WARNING, ("no-route", key), "no route accepted a client of %s/%s:%s", *key)
         if client.transport is not None:
             client.transport.abort()
 
@@ -182,7 +183,8 @@ class Egress:
                 _, leg = await loop.create_connection(PlainLeg, t.address, t.port)
         except (OSError, TimeoutError) as exc:
             self.metrics.attempts.labels("direct", "refused").inc()
-            log.info("direct connect to %s:%d failed: %s", t.address, t.port, exc)
+            _throttle.log(log, logging.INFO, ("direct", t), "direct connect to %s:%d failed: %s",
+                          t.address, t.port, exc)
             return False
         self.metrics.attempts.labels("direct", "ok").inc()
         held: list[Any] = []
@@ -210,7 +212,8 @@ class Egress:
                     tunnel.close()
                     pool.give_back(tunnel)
                 self.metrics.attempts.labels("gateway", "failed").inc()
-                log.info("tunnel to %s gateway %s:%d failed: %s", route.site, *pool.key[1:], exc)
+                _throttle.log(log, logging.INFO, ("tunnel", pool.key), "tunnel to %s gateway %s:%d failed: %s",
+                              route.site, *pool.key[1:], exc)
                 if isinstance(exc, PeerRejected):
                     return False
                 continue
@@ -219,7 +222,8 @@ class Egress:
             pool.remember_session(tunnel)
             if resp.status is not Status.OK:
                 self.metrics.attempts.labels("gateway", resp.status.name.lower()).inc()
-                log.info("gateway of %s answered %s for %s/%s:%s: %s", route.site, resp.status.name, *key,
+                _throttle.log(log, logging.INFO, ("status", route.site, key, resp.status),
+                              "gateway of %s answered %s for %s/%s:%s: %s", route.site, resp.status.name, *key,
                          resp.reason)
                 pool.give_back(tunnel)
                 return False

@@ -14,10 +14,12 @@ from federation.errors import RemoteProtocolError
 from federation.model import Gateway
 from federation.verifying import PeerRejected, TrustBundle, verify_peer
 from gateway.preamble import NEED_DATA, Preamble, Request, Response, Role
+from gateway.refusals import Throttle
 from gateway.relay import Done, PlainLeg, Stream, TunnelLeg
 from gateway.tls import ResumingContext
 
 log = logging.getLogger(__name__)
+_throttle = Throttle()
 
 PoolKey = tuple[str, str, int]
 """(site, gateway address, gateway port)"""
@@ -65,7 +67,8 @@ class EgressTunnel(TunnelLeg):
             if self._answer is not None and self._answer.done():
                 self._pending += data  # stream bytes that followed the ok status
                 return
-            log.warning("tunnel peer sent %d bytes outside a stream; closing the tunnel", len(data))
+            _throttle.log(log, logging.WARNING, "outside", "tunnel peer sent %d bytes outside a stream; closing it",
+                          len(data))
             self.close()
             return
         self._preamble.receive_data(data)
@@ -199,7 +202,8 @@ class TunnelPool:
         try:
             tunnel = await self.open()
         except (OSError, TimeoutError, PeerRejected) as exc:
-            log.info("could not pre-open a tunnel to %s:%d: %s", self.key[1], self.key[2], exc)
+            _throttle.log(log, logging.INFO, ("fill", self.key), "could not pre-open a tunnel to %s:%d: %s",
+                          self.key[1], self.key[2], exc)
             return
         finally:
             self._filling -= 1

@@ -9,6 +9,34 @@ from collections import OrderedDict
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 
+class Throttle:
+    """Lets one log line per key through per `interval` seconds; remembers at most `capacity` keys."""
+
+    def __init__(self, interval: float = 60.0, capacity: int = 1024) -> None:
+        self.interval = interval
+        self.capacity = capacity
+        self._last: OrderedDict[object, float] = OrderedDict()
+        self.suppressed = 0
+
+    def allow(self, key: object, now: float | None = None) -> bool:
+        """True if a line for `key` may be logged now."""
+        now = time.monotonic() if now is None else now
+        last = self._last.pop(key, None)
+        if last is not None and now - last < self.interval:
+            self._last[key] = last
+            self.suppressed += 1
+            return False
+        self._last[key] = now
+        while len(self._last) > self.capacity:
+            self._last.popitem(last=False)
+        return True
+
+    def log(self, logger: logging.Logger, level: int, key: object, msg: str, *args: object) -> None:
+        """Log `msg % args` at `level` unless a line for `key` was logged recently."""
+        if logger.isEnabledFor(level) and self.allow(key):
+            logger.log(level, msg, *args)
+
+
 class Refusals:
     """Logs each refusal with its reason, at most once per (kind, peer host) per `interval`; counts all."""
 
@@ -16,25 +44,18 @@ class Refusals:
                  capacity: int = 1024) -> None:
         self._log = logger
         self._counter = counter
-        self._interval = interval
-        self._capacity = capacity
-        self._last: OrderedDict[tuple[str, str], float] = OrderedDict()
-        self.suppressed = 0
+        self._throttle = Throttle(interval, capacity)
+
+    @property
+    def suppressed(self) -> int:
+        """Refusals counted but not logged because one like them was logged recently."""
+        return self._throttle.suppressed
 
     def refuse(self, kind: str, peer: str, reason: str, now: float | None = None) -> None:
         """Count a refusal of `kind` and log it unless one like it from `peer` was logged recently."""
         self._counter.labels(kind).inc()
-        now = time.monotonic() if now is None else now
-        key = (kind, peer)
-        last = self._last.pop(key, None)
-        if last is not None and now - last < self._interval:
-            self._last[key] = last
-            self.suppressed += 1
-            return
-        self._last[key] = now
-        while len(self._last) > self._capacity:
-            self._last.popitem(last=False)
-        self._log.warning("refused %s from %s: %s", kind, peer, reason)
+        if self._throttle.allow((kind, peer), now):
+            self._log.warning("refused %s from %s: %s", kind, peer, reason)
 
 
 class GatewayMetrics:

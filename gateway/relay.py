@@ -15,8 +15,10 @@ from typing import cast
 
 from federation.errors import RemoteProtocolError
 from gateway.framing import ABORT_FRAME, END_FRAME, Deframer, header
+from gateway.refusals import Throttle
 
 log = logging.getLogger(__name__)
+_throttle = Throttle()
 
 READ_SIZE = 256 * 1024
 """Bytes per read: large reads keep the per-chunk Python cost small next to the copying and crypto."""
@@ -265,7 +267,7 @@ class Stream:
         try:
             pieces = self._deframer.feed(data)
         except RemoteProtocolError as exc:
-            log.warning("tunnel stream broken by the peer: %s", exc)
+            _throttle.log(log, logging.WARNING, "broken", "tunnel stream broken by the peer: %s", exc)
             self.finish(clean=False)
             return
         for piece in pieces:
@@ -335,7 +337,7 @@ class Stream:
         self._idle_strikes = self._idle_strikes + 1 if now == self._seen else 0
         self._seen = now
         if self._idle_strikes >= 2:
-            log.info("stream idle for %.0f s, closing it", self._idle_timeout)
+            _throttle.log(log, logging.INFO, "idle", "stream idle for %.0f s, closing it", self._idle_timeout)
             self.finish(clean=False)
             return
         self._timer = asyncio.get_running_loop().call_later(self._idle_timeout / 2, self._check_idle)
