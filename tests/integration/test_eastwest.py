@@ -281,3 +281,18 @@ async def test_an_endpoint_that_refused_is_skipped_while_others_serve(tmp_path: 
             assert await echo_once(t, b"%d" % i) == b"%d" % i
         await t.close()
         assert s.echo.connections == 4
+
+
+async def test_idle_streams_and_idle_tunnels_are_closed(tmp_path: Path) -> None:
+    import dataclasses
+
+    async with two_sites(tmp_path) as s:
+        assert s.gateway is not None
+        s.gateway.settings = dataclasses.replace(s.settings, idle_timeout=0.2, tunnel_idle_timeout=0.3)
+        quiet_stream = await RawTunnel.open(s.gw_port, s.west.client)
+        assert (await quiet_stream.request(Request("ns", "echo", "tcp"))).status is Status.OK
+        quiet_tunnel = await RawTunnel.open(s.gw_port, s.west.client)
+        assert await quiet_stream.closed_by_peer()
+        assert await quiet_tunnel.closed_by_peer()
+        await quiet_stream.close()
+        await quiet_tunnel.close()

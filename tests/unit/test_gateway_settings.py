@@ -46,3 +46,16 @@ def test_bad_values_name_the_field_and_reason(data: dict[str, object], message: 
     with pytest.raises(ConfigError) as err:
         parse_gateway_settings(data, "gateway")
     assert str(err.value).startswith(message)
+
+
+def test_throttle_lets_one_line_per_key_per_interval() -> None:
+    from gateway.refusals import Throttle
+
+    t = Throttle(interval=60, capacity=2)
+    assert t.allow("a", now=0)
+    assert not t.allow("a", now=59)
+    assert t.allow("b", now=59)
+    assert t.allow("a", now=61)
+    assert t.allow("c", now=62)  # capacity 2: the oldest key ("b") is forgotten
+    assert t.allow("b", now=63)
+    assert t.suppressed == 1
