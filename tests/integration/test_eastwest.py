@@ -296,3 +296,15 @@ async def test_idle_streams_and_idle_tunnels_are_closed(tmp_path: Path) -> None:
         assert await quiet_tunnel.closed_by_peer()
         await quiet_stream.close()
         await quiet_tunnel.close()
+
+
+async def test_stream_bytes_sent_with_the_request_are_relayed_after_the_connect(tmp_path: Path) -> None:
+    from gateway.framing import END_FRAME, header
+    from gateway.preamble import Preamble, Role
+
+    async with two_sites(tmp_path) as s:
+        t = await RawTunnel.open(s.gw_port, s.west.client)
+        t.writer.write(Preamble(Role.CLIENT).send(Request("ns", "echo", "tcp")) + header(5) + b"early" + END_FRAME)
+        assert (await t.response()).status is Status.OK
+        assert await t.receive_until_end() == b"early"
+        await t.close()
