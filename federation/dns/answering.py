@@ -210,6 +210,8 @@ class ZoneBuilder:
         for key, group in groups.items():
             exports = tuple(group)
             stale = stale_sites.intersection(e.site for e in exports) if stale_sites else stale_sites
+            if stale and not _staleness_matters(exports, stale):
+                stale = frozenset()
             addrs = vips.addresses(*key)
             fingerprint = (exports, tuple(view.sites.get(e.site) for e in exports), stale, addrs, local)
             old = self._parts.get(key)
@@ -354,6 +356,13 @@ def _pack(addresses: Iterable[str]) -> tuple[tuple[bytes, ...], tuple[bytes, ...
         packed = _packed(a)
         (v4 if len(packed) == 4 else v6)[packed] = None
     return tuple(v4), tuple(v6)
+
+
+def _staleness_matters(exports: tuple[ServiceExport, ...], stale: frozenset[str]) -> bool:
+    """False when leaving stale sites out changes nothing: a VIP answer, or no fresh ready endpoint."""
+    if all(e.type is ServiceType.CLUSTER_SET_IP for e in exports):
+        return False
+    return any(ep.ready for e in exports if e.site not in stale for ep in e.endpoints)
 
 
 def _packed(address: str) -> bytes:
