@@ -25,6 +25,7 @@ import yaml
 
 from federation.embedded import EtcdProcess, free_port
 from federation.issuing import new_root, new_site_ca, save_root, save_site
+from federation.kubernetes import objects as kobj
 from federation.lab import DEFAULT_SITES, WAN_ROOT, Lab
 
 PREFIX = "mfdemo"
@@ -53,6 +54,8 @@ class DemoSite:
     ports: dict[str, int] = field(default_factory=dict)
     """sample service -> port"""
     samples: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    kubernetes: bool = False
+    """A Kubernetes-style site: its exports come from ServiceExports in its API stand-in."""
 
 
 class Demo:
@@ -88,6 +91,7 @@ class Demo:
         for site in self.sites.values():
             for svc in site.ports:
                 self.start_sample(site.name, svc)
+        self.start_cluster("east")
         for site in self.sites.values():
             self.start_agent(site.name)
         for name in self.sites:
@@ -99,6 +103,36 @@ class Demo:
                               [self.python, "-m", "federation.sample", "--listen", f"{s.address}:{s.ports[service]}",
                                "--service", service, "--site", site], log=self.state / f"{site}-{service}.log")
         s.samples[service] = proc
+
+    def start_cluster(self, site: str) -> None:
+        """The Kubernetes API stand-in of a Kubernetes-style site, holding its Services, slices and exports."""
+        s = self.sites[site]
+        objects: list[dict[str, Any]] = []
+        for svc, port, _ in SERVICES[site]:
+            objects.append(kobj.service("shop", svc, ports=[{"name": "http", "port": port, "protocol": "TCP",
+                                                               "targetPort": s.ports[svc]}]))
+            objects.append(kobj.endpointslice("shop", svc, name=f"{svc}-demo",
+                                              endpoints=[kobj.endpoint(s.address, zone=s.zone)],
+                                              ports=[{"name": "http", "port": s.ports[svc], "protocol": "TCP"}]))
+            objects.append(kobj.serviceexport("shop", svc))
+        (self.state / f"{site}-objects.json").write_text(json.dumps(objects))
+        kubeconfig = self.state / f"{site}-kubeconfig"
+        kubeconfig.unlink(missing_ok=True)
+        self.lab.popen(site if self.netns else None,
+                       [self.python, "-m", "federation.kubernetes.standin", "serve", "--kubeconfig", str(kubeconfig),
+                        "--objects", str(self.state / f"{site}-objects.json")], log=self.state / f"{site}-api.log")
+        self.wait_for(kubeconfig.exists, 20, f"{site}'s API stand-in")
+        s.kubernetes = True
+
+    def set_endpoint_ready(self, site: str, service: str, ready: bool) -> None:
+        """What the EndpointSlice controller does when a pod stops or starts: flip the endpoint's readiness."""
+        argv = [self.python, "-m", "federation.kubernetes.standin", "set-ready", "--kubeconfig",
+                str(self.state / f"{site}-kubeconfig"), "--namespace", "shop", "--slice", f"{service}-demo",
+                "--ready", "true" if ready else "false"]
+        res = self.lab.run(site, argv) if self.netns else subprocess.run(argv, capture_output=True, text=True,
+                                                                          timeout=30, check=False)
+        if res.returncode != 0:
+            raise RuntimeError(f"updating {site}'s EndpointSlice failed: {res.stderr}")
 
     def stop_sample(self, site: str, service: str) -> None:
         proc = self.sites[site].samples.pop(service)
@@ -128,9 +162,9 @@ class Demo:
             for svc, port, _ in SERVICES[name]
         ]  # fmt: skip
         dns_addrs = ["127.0.0.1:53", f"{s.address}:53"] if self.netns else ["127.0.0.1:0"]
-        config = {
-            "site": {"name": name, "network": s.network, "region": "demo", "zone": s.zone, "kind": "vm",
-                     "gateway_address": s.wan},
+        config: dict[str, Any] = {
+            "site": {"name": name, "network": s.network, "region": "demo", "zone": s.zone,
+                     "kind": "kubernetes" if s.kubernetes else "vm", "gateway_address": s.wan},
             "state_dir": str(self.state / name),
             "registry": {"endpoints": [self.etcd.endpoint], "lease_ttl": LEASE_TTL},
             "admin": {"address": s.wan, "port": 15000 if self.netns else 0},
@@ -139,6 +173,11 @@ class Demo:
             "dns": {"udp": dns_addrs, "tcp": dns_addrs},
             "vm": {"services": services, "vip_interface": "meshfed0" if self.netns else ""},
         }  # fmt: skip
+        if s.kubernetes:
+            del config["vm"]
+            config["kubernetes"] = {"enabled": True, "kubeconfig": str(self.state / f"{name}-kubeconfig"),
+                                    "egress_address": s.address}
+            config["gateway"]["egress_address"] = s.address
         path = self.state / f"{name}.yaml"
         path.write_text(yaml.safe_dump(config, sort_keys=False))
         return path
@@ -292,14 +331,17 @@ def _show(demo: Demo, say: Any, keep: bool) -> int:
             "only the gateways meet on a wan" if demo.netns else
             "LOOPBACK MODE (not root, so no network namespaces): every site shares 127.0.0.1; the networks "
             "are separate only in meshfed's eyes")
-    say(f"== meshfed demo: 3 sites, 2 networks, one etcd\n   {mode}\n   state in {demo.state}\n")
+    say(f"== meshfed demo: 3 sites, 2 networks, one etcd\n   {mode}\n"
+        "   east: a Kubernetes-style site (a local API stand-in with Services, EndpointSlices, ServiceExports)\n"
+        f"   west, edge: VM sites with health-checked services\n   state in {demo.state}\n")
     demo.up()
     assert demo.etcd is not None
     say(f"== 1. every agent is ready (embedded etcd at {demo.etcd.endpoint}, mesh CA with one intermediate per site)\n")
     demo.wait_for(lambda: len(json.loads(demo.registry_ls_json())["services"]) == 3, 30, "all exports")
     say("$ meshfed registry ls\n" + _indent(demo.registry_ls().stdout) + "\n")
 
-    say("== 2. the same federated name, asked in each site\n")
+    say("== 2. the same federated name, asked in each site (VM sites answer the mesh-wide VIP; the Kubernetes\n"
+        "      site east answers the ClusterIP of the Service meshfed derived for the import)\n")
     for site in demo.sites:
         res = demo.resolve(site, f"web.shop.svc.{ZONE}")
         first = next((ln for ln in res.stdout.splitlines() if " A " in f" {ln} " or "\tA\t" in ln), res.stdout.strip())
@@ -338,12 +380,16 @@ def _show(demo: Demo, say: Any, keep: bool) -> int:
     say(f"  [west] $ curl {url}\n      {body}   ({secs * 1000:.1f} ms)\n")
     if not ok or "served by edge" not in body:
         raise RuntimeError(f"expected edge to take over shop/web, got: {body}")
-    waited = demo.wait_for(lambda: _ready(demo.status("west"), "shop/web", "east") == 0, 15, "east's check to fail")
-    say(f"      east's health check marked its endpoint not ready {waited:.1f}s later; "
-        f"new connections skip east\n")
+    say("      east's gateway got a refused connect and said so in the preamble; west's egress tried edge's\n"
+        "      gateway before any byte of the request was sent\n")
+    demo.set_endpoint_ready("east", "web", ready=False)
+    waited = demo.wait_for(lambda: _ready(demo.status("west"), "shop/web", "east") == 0, 15, "east's slice update")
+    say(f"      east's EndpointSlice marks the endpoint not ready; west's view shows it {waited:.1f}s later\n")
     demo.start_sample("east", "web")
+    demo.set_endpoint_ready("east", "web", ready=True)
     demo.wait_for(lambda: _ready(demo.status("west"), "shop/web", "east") == 1, 15, "east to come back")
-    say("      east's endpoint is back and ready again\n")
+    ok, body, _ = demo.curl("west", url)
+    say(f"      east's endpoint is back: {body}\n")
 
     say(f"== demo done in {time.monotonic() - started:.1f}s\n")
     if not keep:

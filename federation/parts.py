@@ -257,11 +257,9 @@ class DataPlane:
         await self.egress.start()
         spawn("certificate-renewal", self.certs.run())
 
-    def _vip_source(self) -> _IPv4Vips | _ClusterIPs:
+    def _vip_source(self) -> _SiteVips:
         """Where a ClusterSetIP answer comes from: the mesh VIP on VMs, the ServiceImport's IP on Kubernetes."""
-        if self.kubernetes is not None:
-            return _ClusterIPs(self.kubernetes)
-        return _IPv4Vips(self.vips)
+        return _SiteVips(self)
 
     def _bind_for(self, key: tuple[str, str, str]) -> tuple[str, int]:
         """VM sites listen on VIP:port (applications use the DNS name unchanged); others on loopback ports."""
@@ -319,6 +317,18 @@ async def _after(first: Coroutine[Any, Any, Any], then: Coroutine[Any, Any, None
 
 def _as_list(sink: Callable[[Sequence[ServiceExport]], None]) -> Callable[[Iterable[ServiceExport]], None]:
     return lambda exports: sink(list(exports))
+
+
+class _SiteVips:
+    """Decides per lookup, so subsystems started later (the Kubernetes source) are seen by DNS too."""
+
+    def __init__(self, plane: DataPlane) -> None:
+        self._plane = plane
+
+    def addresses(self, namespace: str, name: str) -> tuple[str, ...]:
+        if self._plane.kubernetes is not None:
+            return _ClusterIPs(self._plane.kubernetes).addresses(namespace, name)
+        return _IPv4Vips(self._plane.vips).addresses(namespace, name)
 
 
 class _ClusterIPs:
