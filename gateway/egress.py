@@ -22,8 +22,9 @@ from gateway.balancing import Bind, Close, Direct, ListenerKey, Open, Route, des
 from gateway.pool import PoolKey, TunnelPool
 from gateway.preamble import Request, Status
 from gateway.refusals import EgressMetrics, Throttle
-from gateway.relay import ActiveStreams, PlainLeg, Splice
+from gateway.relay import ActiveStreams, PlainLeg
 from gateway.settings import GatewaySettings
+from gateway.splice import Splice
 from gateway.tls import ResumingContext
 
 log = logging.getLogger(__name__)
