@@ -11,6 +11,10 @@ if TYPE_CHECKING:
     from gateway.relay import PlainLeg
 
 
+_HIGH_WATER = 1024 * 1024
+"""As for tunnels: asyncio's 64 KiB default pauses a bulk stream every few reads."""
+
+
 class Splice:
     """A raw relay between two plain sockets (same-network direct path), half-close respected."""
 
@@ -28,6 +32,8 @@ class Splice:
         self._timer: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(
             idle_timeout / 2, self._check_idle)
         a.sink = b.sink = self
+        a.transport.set_write_buffer_limits(high=_HIGH_WATER)
+        b.transport.set_write_buffer_limits(high=_HIGH_WATER)
         for leg in (a, b):
             if leg.lost:
                 self.finish(clean=False)
