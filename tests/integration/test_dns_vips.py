@@ -70,27 +70,39 @@ async def test_two_vm_sites_get_the_same_vip_and_release_waits_for_the_grace_per
             await c.close()
 
 
-async def test_the_allocator_feeds_dns_answers(etcd: EtcdProcess) -> None:
-    client = EtcdClient([etcd.endpoint], timeout=3)
-    mesh = view([site("east")], [export("east", "shop", "web", ["10.0.0.1"])])
-    allocator = VipAllocator(client, Keys(), ranges=RANGES)
-    server = DnsServer(DnsSettings(udp=("127.0.0.1:0",), tcp=("127.0.0.1:0",), forwarding=False),
-                       local_site="east", vip_source=allocator)
-    allocator.subscribe(server.refresh)
-    await server.start()
-    task = asyncio.create_task(allocator.run(lambda: mesh, interval=0.1), name="vips")
+async def test_two_vm_site_agents_answer_the_same_vip(etcd: EtcdProcess) -> None:
+    mesh = view([site("east"), site("west")], [export("east", "shop", "web", ["10.0.0.1"]),
+                                               export("west", "shop", "web", ["10.1.0.1"])])
+    clients, servers, tasks = [], [], []
     try:
-        server.update(mesh)
-        host, port = server.udp_addresses[0]
-        q = dns.message.make_query("web.shop.svc.clusterset.local", "A")
-        for _ in range(200):
-            r = await dns.asyncquery.udp(q, host, port=port, timeout=3)
-            if r.answer:
-                break
-            await asyncio.sleep(0.02)
-        assert [rd.to_text() for rd in r.answer[0]] == [allocator.addresses("shop", "web")[0]]
+        for name in ("east", "west"):
+            client = EtcdClient([etcd.endpoint], timeout=3)
+            clients.append(client)
+            allocator = VipAllocator(client, Keys(), ranges=RANGES)
+            server = DnsServer(DnsSettings(udp=("127.0.0.1:0",), tcp=("127.0.0.1:0",), forwarding=False),
+                               local_site=name, vip_source=allocator)
+            allocator.subscribe(server.refresh)
+            servers.append(server)
+            await server.start()
+            server.update(mesh)
+            tasks.append(asyncio.create_task(allocator.run(lambda: mesh, interval=0.1), name=f"vips-{name}"))
+        answers = []
+        for server in servers:
+            host, port = server.udp_addresses[0]
+            q = dns.message.make_query("web.shop.svc.clusterset.local", "A")
+            for _ in range(250):
+                r = await dns.asyncquery.udp(q, host, port=port, timeout=3)
+                if r.answer:
+                    break
+                await asyncio.sleep(0.02)
+            answers.append([rd.to_text() for rd in r.answer[0]])
+        assert answers[0] == answers[1]
+        assert answers[0][0].startswith("240.240.")
     finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        await server.close()
-        await client.close()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for server in servers:
+            await server.close()
+        for client in clients:
+            await client.close()
