@@ -281,13 +281,17 @@ class _UdpSocket:
         try:
             self._sock.sendto(data, addr)
         except OSError as exc:  # a full send buffer (BlockingIOError) or an unreachable client: UDP drops
-            log.debug("dns udp send to %s failed: %s", addr[0], exc)
+            self._send_failed(addr, exc)
 
     def close(self) -> None:
         if not self._closed:
             self._closed = True
             self._loop.remove_reader(self._sock.fileno())
             self._sock.close()
+
+    def _send_failed(self, addr: tuple[str, int], exc: OSError) -> None:
+        if log.isEnabledFor(logging.DEBUG) and self._server._limiter.allow(("send", addr[0]), time.monotonic()):
+            log.debug("dns udp send to %s failed: %s", addr[0], exc)
 
     def _readable(self) -> None:
         recv, send, answer = self._sock.recvfrom, self._sock.sendto, self._answer
@@ -307,7 +311,7 @@ class _UdpSocket:
             try:
                 send(out, addr)
             except OSError as exc:
-                log.debug("dns udp send to %s failed: %s", addr[0], exc)
+                self._send_failed(addr, exc)
 
 
 class _Counters:
