@@ -251,7 +251,8 @@ class FakeApiServer:
         try:
             while True:
                 try:
-                    item = await asyncio.wait_for(watcher.queue.get(), timeout)
+                    async with asyncio.timeout(timeout):
+                        item = await watcher.queue.get()
                 except TimeoutError:
                     break
                 if item == "drop":
