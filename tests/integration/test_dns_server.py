@@ -80,27 +80,32 @@ async def dig(server: DnsServer, *args: str) -> str:
 async def test_every_record_type_with_dnspython_over_udp_and_tcp() -> None:
     async with serving(mesh()) as server:
         assert server.udp_addresses[0][1] == server.tcp_addresses[0][1]  # same port for TC fallback
-        for tcp in (False, True):
-            assert texts(await ask(server, "web.shop.svc.clusterset.local", tcp=tcp)) == ["240.240.0.7"]
-            assert texts(await ask(server, "web.shop.svc.clusterset.local", "AAAA", tcp=tcp)) == [
-                "fd6d:6573:6866:6564::7"]
-            assert texts(await ask(server, "db.shop.svc.clusterset.local", tcp=tcp)) == ["10.1.0.1", "10.1.0.2"]
-            srv = await ask(server, "_http._tcp.db.shop.svc.clusterset.local", "SRV", tcp=tcp)
-            assert texts(srv) == ["0 1 8080 db-0.west.db.shop.svc.clusterset.local.",
-                                  "0 1 8080 db-1.west.db.shop.svc.clusterset.local."]
-            assert texts(await ask(server, "db-1.west.db.shop.svc.clusterset.local", tcp=tcp)) == ["10.1.0.2"]
-            assert texts(await ask(server, "east.web.shop.svc.clusterset.local", tcp=tcp)) == ["10.0.0.1"]
-            assert texts(await ask(server, "dns-version.clusterset.local", "TXT", tcp=tcp)) == ['"1.0.0"']
-            assert texts(await ask(server, "7.0.240.240.in-addr.arpa", "PTR", tcp=tcp)) == [
-                "web.shop.svc.clusterset.local."]
-            soa = await ask(server, "clusterset.local", "SOA", tcp=tcp)
-            assert soa.answer[0][0].minimum == 5
-            nx = await ask(server, "nope.shop.svc.clusterset.local", tcp=tcp)
-            assert nx.rcode() == dns.rcode.NXDOMAIN
-            assert texts(nx, "authority")[0].startswith("clusterset.local. hostmaster.clusterset.local.")
-            nodata = await ask(server, "web.shop.svc.clusterset.local", "TXT", tcp=tcp)
-            assert nodata.rcode() == dns.rcode.NOERROR
-            assert nodata.answer == []
+        await check_with_dnspython(server)
+
+
+async def check_with_dnspython(server: DnsServer) -> None:
+    """Every record type of mesh(), over UDP and TCP."""
+    for tcp in (False, True):
+        assert texts(await ask(server, "web.shop.svc.clusterset.local", tcp=tcp)) == ["240.240.0.7"]
+        assert texts(await ask(server, "web.shop.svc.clusterset.local", "AAAA", tcp=tcp)) == [
+            "fd6d:6573:6866:6564::7"]
+        assert texts(await ask(server, "db.shop.svc.clusterset.local", tcp=tcp)) == ["10.1.0.1", "10.1.0.2"]
+        srv = await ask(server, "_http._tcp.db.shop.svc.clusterset.local", "SRV", tcp=tcp)
+        assert texts(srv) == ["0 1 8080 db-0.west.db.shop.svc.clusterset.local.",
+                              "0 1 8080 db-1.west.db.shop.svc.clusterset.local."]
+        assert texts(await ask(server, "db-1.west.db.shop.svc.clusterset.local", tcp=tcp)) == ["10.1.0.2"]
+        assert texts(await ask(server, "east.web.shop.svc.clusterset.local", tcp=tcp)) == ["10.0.0.1"]
+        assert texts(await ask(server, "dns-version.clusterset.local", "TXT", tcp=tcp)) == ['"1.0.0"']
+        assert texts(await ask(server, "7.0.240.240.in-addr.arpa", "PTR", tcp=tcp)) == [
+            "web.shop.svc.clusterset.local."]
+        soa = await ask(server, "clusterset.local", "SOA", tcp=tcp)
+        assert soa.answer[0][0].minimum == 5
+        nx = await ask(server, "nope.shop.svc.clusterset.local", tcp=tcp)
+        assert nx.rcode() == dns.rcode.NXDOMAIN
+        assert texts(nx, "authority")[0].startswith("clusterset.local. hostmaster.clusterset.local.")
+        nodata = await ask(server, "web.shop.svc.clusterset.local", "TXT", tcp=tcp)
+        assert nodata.rcode() == dns.rcode.NOERROR
+        assert nodata.answer == []
 
 
 async def test_truncated_over_udp_then_whole_over_tcp() -> None:
@@ -179,21 +184,26 @@ async def test_several_workers_share_the_port_and_queries_are_counted() -> None:
 @pytest.mark.skipif(shutil.which("dig") is None, reason="dig not installed (bind9-dnsutils)")
 async def test_every_record_type_with_dig() -> None:
     async with serving(mesh()) as server:
-        assert (await dig(server, "+short", "web.shop.svc.clusterset.local")).split() == ["240.240.0.7"]
-        assert (await dig(server, "+short", "web.shop.svc.clusterset.local", "AAAA")).split() == [
-            "fd6d:6573:6866:6564::7"]
-        assert (await dig(server, "+short", "db.shop.svc.clusterset.local")).split() == ["10.1.0.1", "10.1.0.2"]
-        assert (await dig(server, "+short", "_http._tcp.web.shop.svc.clusterset.local", "SRV")).split() == [
-            "0", "0", "80", "web.shop.svc.clusterset.local."]
-        assert (await dig(server, "+short", "db-0.west.db.shop.svc.clusterset.local")).split() == ["10.1.0.1"]
-        assert (await dig(server, "+short", "dns-version.clusterset.local", "TXT")).split() == ['"1.0.0"']
-        assert (await dig(server, "+short", "-x", "240.240.0.7")).split() == ["web.shop.svc.clusterset.local."]
-        assert "status: NXDOMAIN" in await dig(server, "nope.shop.svc.clusterset.local")
-        soa = await dig(server, "clusterset.local", "SOA")
-        assert "flags: qr aa rd" in soa
-        assert "hostmaster.clusterset.local." in soa
-        any_ = await dig(server, "web.shop.svc.clusterset.local", "ANY")
-        assert "ANSWER: 1," in any_
+        await check_with_dig(server)
+
+
+async def check_with_dig(server: DnsServer) -> None:
+    """Every record type of mesh(), asked by dig."""
+    assert (await dig(server, "+short", "web.shop.svc.clusterset.local")).split() == ["240.240.0.7"]
+    assert (await dig(server, "+short", "web.shop.svc.clusterset.local", "AAAA")).split() == [
+        "fd6d:6573:6866:6564::7"]
+    assert (await dig(server, "+short", "db.shop.svc.clusterset.local")).split() == ["10.1.0.1", "10.1.0.2"]
+    assert (await dig(server, "+short", "_http._tcp.web.shop.svc.clusterset.local", "SRV")).split() == [
+        "0", "0", "80", "web.shop.svc.clusterset.local."]
+    assert (await dig(server, "+short", "db-0.west.db.shop.svc.clusterset.local")).split() == ["10.1.0.1"]
+    assert (await dig(server, "+short", "dns-version.clusterset.local", "TXT")).split() == ['"1.0.0"']
+    assert (await dig(server, "+short", "-x", "240.240.0.7")).split() == ["web.shop.svc.clusterset.local."]
+    assert "status: NXDOMAIN" in await dig(server, "nope.shop.svc.clusterset.local")
+    soa = await dig(server, "clusterset.local", "SOA")
+    assert "flags: qr aa rd" in soa
+    assert "hostmaster.clusterset.local." in soa
+    any_ = await dig(server, "web.shop.svc.clusterset.local", "ANY")
+    assert "ANSWER: 1," in any_
 
 
 @pytest.mark.skipif(shutil.which("dig") is None, reason="dig not installed (bind9-dnsutils)")
@@ -235,14 +245,43 @@ async def test_registry_changes_reach_dns_answers(etcd: EtcdProcess) -> None:
             await writer.close()
 
 
-async def _until(server: DnsServer, name: str, want: list[str], timeout: float = 5.0) -> None:
+async def _until(server: DnsServer, name: str, want: list[str], timeout: float = 5.0, tcp: bool = False) -> None:
     """Poll until `name` answers `want`; registry watches normally deliver in milliseconds."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     got: list[str] = []
     while loop.time() < deadline:
-        got = texts(await ask(server, name))
+        got = texts(await ask(server, name, tcp=tcp))
         if got == want:
             return
         await asyncio.sleep(0.02)
     raise AssertionError(f"{name} answered {got}, want {want}")
+
+
+@pytest.mark.skipif(shutil.which("dig") is None, reason="dig not installed (bind9-dnsutils)")
+async def test_every_record_type_from_real_registry_records(etcd: EtcdProcess) -> None:
+    """The same names, this time from records in a real etcd read by the registry mirror."""
+    keys = Keys()
+    writer = EtcdClient([etcd.endpoint], timeout=3)
+    mirror = Mirror(EtcdClient([etcd.endpoint], timeout=3), keys, probe_interval=0.5, probe_timeout=1.0)
+    v = mesh()
+    async with serving(forwarding=False) as server:
+        mirror.subscribe(lambda view_, _events: server.update(view_))
+        task = asyncio.create_task(mirror.run(), name="mirror")
+        try:
+            await writer.connect()
+            await writer.commit(
+                [Put(keys.site(s.name), encode_site(s)) for s in v.sites.values()]
+                + [Put(keys.service(*k), encode_export(e)) for k, e in v.exports.items()]
+            )
+            await asyncio.wait_for(mirror.synced.wait(), 10)
+            await _until(server, "big.shop.svc.clusterset.local", BIG, tcp=True)
+            await check_with_dnspython(server)
+            await check_with_dig(server)
+            out = await dig(server, "+noedns", "big.shop.svc.clusterset.local")
+            assert "Truncated, retrying in TCP mode" in out
+            assert "ANSWER: 60," in out
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await writer.close()
