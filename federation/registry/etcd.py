@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -298,6 +298,22 @@ class EtcdClient:
             raise Compacted(exc.compacted_revision) from exc
         except (TimeoutError, aetcd.exceptions.ClientError, grpc.RpcError, OSError) as exc:
             raise RegistryUnavailable(f"etcd at {self.endpoints[self._index % len(self.endpoints)]}: {exc}") from exc
+
+
+async def reconnecting(client: EtcdClient, session: Callable[[], Awaitable[None]],
+                       on_error: Callable[[RegistryUnavailable], float]) -> None:
+    """Run `session` again and again until cancelled: after each RegistryUnavailable, `on_error` says
+    how long to wait, the channel is dropped and the next endpoint tried. The client is closed at the end."""
+    try:
+        while True:
+            try:
+                await session()
+            except RegistryUnavailable as exc:
+                delay = on_error(exc)
+                await client.reset()
+                await asyncio.sleep(delay)
+    finally:
+        await asyncio.shield(client.close())
 
 
 def _kv(kv: Any) -> KV:

@@ -17,7 +17,7 @@ from federation.catalog import Catalog, Event, MeshView, Outcome
 from federation.errors import RegistryUnavailable
 from federation.model import Keys
 from federation.ratelimit import LogLimiter
-from federation.registry.etcd import Compacted, EtcdClient
+from federation.registry.etcd import Compacted, EtcdClient, reconnecting
 
 log = logging.getLogger(__name__)
 
@@ -105,22 +105,14 @@ class Mirror:
 
     async def run(self) -> None:
         """Mirror until cancelled; never deletes from the local view because etcd is away."""
-        try:
-            await self._loop()
-        finally:
-            await asyncio.shield(self._client.close())
+        await reconnecting(self._client, self._session, self._on_error)
 
-    async def _loop(self) -> None:
-        while True:
-            try:
-                await self._session()
-            except RegistryUnavailable as exc:
-                self._mark_stale(str(exc))
-                self._metrics.watch_restarts.inc()
-                delay = 0.0 if isinstance(exc, Compacted) else self._backoff.next()
-                log.warning("registry mirror: %s; resyncing in %.1fs (serving last known state)", exc, delay)
-                await self._client.reset()
-                await asyncio.sleep(delay)
+    def _on_error(self, exc: RegistryUnavailable) -> float:
+        self._mark_stale(str(exc))
+        self._metrics.watch_restarts.inc()
+        delay = 0.0 if isinstance(exc, Compacted) else self._backoff.next()
+        log.warning("registry mirror: %s; resyncing in %.1fs (serving last known state)", exc, delay)
+        return delay
 
     async def _session(self) -> None:
         kvs, revision = await self._client.get_prefix(self._keys.root())

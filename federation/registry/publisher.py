@@ -14,7 +14,7 @@ from federation.backoff import Backoff
 from federation.errors import RegistryUnavailable
 from federation.model import Keys, ServiceExport, Site
 from federation.publishing import DeleteOp, PutOp, Stored, desired_records, plan
-from federation.registry.etcd import Delete, EtcdClient, Put
+from federation.registry.etcd import Delete, EtcdClient, Put, reconnecting
 
 log = logging.getLogger(__name__)
 
@@ -72,20 +72,12 @@ class Publisher:
 
     async def run(self) -> None:
         """Publish until cancelled, reconnecting with backoff."""
-        try:
-            await self._loop()
-        finally:
-            await asyncio.shield(self._client.close())
+        await reconnecting(self._client, self._session, self._on_error)
 
-    async def _loop(self) -> None:
-        while True:
-            try:
-                await self._session()
-            except RegistryUnavailable as exc:
-                delay = self._backoff.next()
-                log.warning("registry publisher: %s; retrying in %.1fs", exc, delay)
-                await self._client.reset()
-                await asyncio.sleep(delay)
+    def _on_error(self, exc: RegistryUnavailable) -> float:
+        delay = self._backoff.next()
+        log.warning("registry publisher: %s; retrying in %.1fs", exc, delay)
+        return delay
 
     async def withdraw(self) -> None:
         """Delete every key of the site and revoke the lease (an operator removing the site)."""
