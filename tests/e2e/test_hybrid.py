@@ -148,3 +148,39 @@ def _ready(mesh: Demo, site: str, service: str, exporter: str) -> int:
         if imp["service"] == service:
             return sum(s["ready"] for s in imp["sites"] if s["site"] == exporter)
     return -1
+
+
+def test_kubernetes_site_imports_a_vm_service_as_native_objects(mesh: Demo) -> None:
+    """east (Kubernetes) gets a ServiceImport and a derived Service for west's cart; the derived
+    EndpointSlice points at east's egress listener, and a pod connecting there (as kube-proxy would send
+    it) reaches west's VM through the gateways."""
+    import json as _json
+
+    kubeconfig = _json.loads((mesh.state / "east-kubeconfig").read_text())
+    server = kubeconfig["clusters"][0]["cluster"]["server"]
+    token = kubeconfig["users"][0]["user"]["token"]
+
+    def get(path: str) -> dict:  # type: ignore[type-arg]
+        res = mesh.lab.run("east", ["curl", "-sS", "-H", f"Authorization: Bearer {token}", server + path])
+        return dict(_json.loads(res.stdout))
+
+    def cart_slice() -> dict | None:  # type: ignore[type-arg]
+        for item in get("/apis/discovery.k8s.io/v1/namespaces/shop/endpointslices")["items"]:
+            if item["metadata"].get("labels", {}).get("kubernetes.io/service-name", "").startswith("cart-mf-"):
+                return dict(item)
+        return None
+
+    mesh.wait_for(lambda: cart_slice() is not None, 30, "the derived EndpointSlice for cart")
+    imports = {i["metadata"]["name"]: i for i in get("/apis/multicluster.x-k8s.io/v1alpha1/namespaces/shop/serviceimports")["items"]}
+    assert imports["cart"]["spec"]["type"] == "ClusterSetIP"
+    assert imports["cart"]["spec"]["ips"][0].startswith("10.96.")
+    slice_ = cart_slice()
+    assert slice_ is not None
+    address = slice_["endpoints"][0]["addresses"][0]
+    port = slice_["ports"][0]["port"]
+    assert address == mesh.sites["east"].address  # east's egress listener, not west's unreachable endpoint
+    ok, body, _ = mesh.wait_curl("east", f"http://{address}:{port}/")
+    assert ok, body
+    assert body.startswith("cart served by west")
+    status = get("/apis/multicluster.x-k8s.io/v1alpha1/namespaces/shop/serviceexports/web")["status"]
+    assert {c["type"]: c["status"] for c in status["conditions"]}["Valid"] == "True"
