@@ -296,3 +296,20 @@ def test_oversized_labels_names_and_huge_packets_get_formerr() -> None:
         assert isinstance(out, bytes)
         assert rcode(out) == dns.rcode.FORMERR
         assert out[:2] == b"\xab\xcd"
+
+
+def test_the_zone_name_is_configurable() -> None:
+    v = mesh()
+    zone = ZoneBuilder("mesh.example", local_site="east").build(v, frozenset(), VIPS)
+    answerer = Answerer(zone.origin, forwarding=False)
+
+    def ask_here(name: str, rdtype: str = "A") -> dns.message.Message:
+        out = answerer.handle(query(name, rdtype), zone, udp=True)
+        assert isinstance(out, bytes)
+        return dns.message.from_wire(out)
+
+    assert texts(ask_here("web.shop.svc.mesh.example")) == ["240.240.0.7"]
+    assert texts(ask_here("dns-version.mesh.example", "TXT")) == ['"1.0.0"']
+    assert texts(ask_here("7.0.240.240.in-addr.arpa", "PTR")) == ["web.shop.svc.mesh.example."]
+    assert ask_here("web.shop.svc.clusterset.local").rcode() == dns.rcode.REFUSED
+    assert ask_here("nope.mesh.example").authority[0].name.to_text() == "mesh.example."
