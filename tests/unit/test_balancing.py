@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from federation.model import Gateway, Locality, Site
 from gateway.balancing import (
     Close,
@@ -89,3 +92,38 @@ def test_admission() -> None:
     assert admit(v, "me", Request("ns", "down", 80)).status is Status.NO_HEALTHY_ENDPOINT
     assert admit(v, "me", Request("ns", "svc", 80, hostname="web-0")).status is Status.NO_HEALTHY_ENDPOINT
     assert admit(v, "other", Request("ns", "svc", 80)).status is Status.NO_SUCH_SERVICE
+
+
+def test_view_codec_round_trip() -> None:
+    from gateway.workers import decode_view, encode_view
+
+    sites = [_site("me", "n1", "eu", "eu-1"), _site("other", "n2")]
+    exports = [export("other", "ns", "svc", 80, endpoint_ports=(8080, 8081))]
+    v = view(sites, exports)
+    back = decode_view(encode_view(v))
+    assert dict(back.sites) == dict(v.sites)
+    assert dict(back.exports) == dict(v.exports)
+
+
+_names = st.sampled_from(["a", "b", "c", "d", "e"])
+
+
+@given(
+    st.lists(st.tuples(_names, st.sampled_from(["n1", "n2", "n3"]), st.booleans()), max_size=8,
+             unique_by=lambda t: t[0]),
+    st.integers(0, 10),
+)
+def test_routes_never_tunnel_to_our_own_network_and_never_skip_a_flat_endpoint(
+    spec: list[tuple[str, str, bool]], turn: int
+) -> None:
+    sites = [_site("me", "n1")] + [_site(n, net) for n, net, _ in spec]
+    exports = [export(n, "ns", "svc", 80, ready=ready) for n, _, ready in spec]
+    got = routes(view(sites, exports), "me", "ns", "svc", "tcp", turn=turn)
+    nets = {s.name: s.network for s in sites}
+    ready = {n for n, _, r in spec if r}
+    assert all(r.site in ready for r in got)
+    assert all(nets[r.site] == "n1" for r in got if isinstance(r, Direct))
+    assert all(nets[r.site] != "n1" for r in got if isinstance(r, ViaGateway))
+    kinds = [isinstance(r, Direct) for r in got]
+    assert kinds == sorted(kinds, reverse=True)  # every direct route comes before every tunnel
+    assert {r.site for r in got} == ready
