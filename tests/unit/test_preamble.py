@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from federation.errors import LocalProtocolError, RemoteProtocolError
@@ -26,12 +26,14 @@ def _decode(role: Role, data: bytes, chunk: int) -> object:
     return p.next_event()
 
 
+@settings(deadline=None)  # shared CI machines: a slow example is not a failure
 @given(requests, st.integers(1, 8))
 def test_request_round_trip_in_any_chunking(req: Request, chunk: int) -> None:
     wire = Preamble(Role.CLIENT).send(req)
     assert _decode(Role.SERVER, wire, chunk) == req
 
 
+@settings(deadline=None)  # shared CI machines: a slow example is not a failure
 @given(responses)
 def test_response_round_trip(resp: Response) -> None:
     wire = Preamble(Role.SERVER).send(resp)
@@ -40,6 +42,7 @@ def test_response_round_trip(resp: Response) -> None:
     assert got.status == resp.status
 
 
+@settings(deadline=None)  # shared CI machines: a slow example is not a failure
 @given(st.binary(max_size=600))
 def test_arbitrary_bytes_only_ever_raise_remote_protocol_error(data: bytes) -> None:
     for role in Role:
@@ -91,6 +94,7 @@ def test_a_role_sends_only_its_own_messages() -> None:
         Preamble(Role.CLIENT).send(Request("NS", "svc", 80))
 
 
+@settings(deadline=None)  # shared CI machines: a slow example is not a failure
 @given(st.lists(st.binary(min_size=1, max_size=300), max_size=8), st.binary(max_size=20), st.integers(1, 50))
 def test_frames_round_trip_and_keep_what_follows_the_end(chunks: list[bytes], after: bytes, cut: int) -> None:
     wire = b"".join(header(len(c)) + c for c in chunks) + END_FRAME + after
@@ -115,6 +119,7 @@ def test_abort_and_oversized_frames() -> None:
         Deframer().feed(header(MAX_FRAME + 1))
 
 
+@settings(deadline=None)  # shared CI machines: a slow example is not a failure
 @given(st.binary(max_size=200))
 def test_arbitrary_tunnel_bytes_only_raise_remote_protocol_error(data: bytes) -> None:
     try:
