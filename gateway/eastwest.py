@@ -173,6 +173,7 @@ class GatewayTunnel(TunnelLeg):
         self.gw = gateway
         self.peer = peer
         self.identity = ""
+        self.peer_site = ""
         self._early = bytearray()
         self._ready = False
         self._preamble = Preamble(Role.SERVER)
@@ -204,6 +205,7 @@ class GatewayTunnel(TunnelLeg):
             self.close()
             return
         self.identity = identity.spiffe_id
+        self.peer_site = identity.site
         self.gw._tunnels.add(self)
         self.gw.metrics.tunnels.inc()
         self._ready = True
@@ -235,7 +237,13 @@ class GatewayTunnel(TunnelLeg):
         assert isinstance(event, Request)
         self._cancel_timer()
         trailing = self._preamble.trailing_data
-        admission = admit(self.gw.view(), self.gw.site, event)
+        view = self.gw.view()
+        if self.peer_site not in view.sites:
+            # The peer's site left the registry since the handshake: its tunnels go with it.
+            self._refuse("identity", f"{self.identity}: site {self.peer_site} is no longer in the registry",
+                         Status.FORBIDDEN, close=True)
+            return
+        admission = admit(view, self.gw.site, event)
         if admission.status is not Status.OK:
             self._refuse("stream", f"{self.identity}: {admission.reason}", admission.status, close=False)
             self._await_request(trailing)

@@ -308,3 +308,17 @@ async def test_stream_bytes_sent_with_the_request_are_relayed_after_the_connect(
         assert (await t.response()).status is Status.OK
         assert await t.receive_until_end() == b"early"
         await t.close()
+
+
+async def test_a_site_removed_from_the_registry_loses_its_open_tunnels(tmp_path: Path) -> None:
+    async with two_sites(tmp_path) as s:
+        t = await RawTunnel.open(s.gw_port, s.west.client)
+        assert (await t.request(Request("ns", "echo", "tcp"))).status is Status.OK
+        assert await echo_once(t, b"x") == b"x"
+        base = s.view
+        s.view = lambda: type(base())(sites={"east": base().sites["east"]}, exports=base().exports)  # type: ignore[method-assign]
+        assert s.gateway is not None
+        s.gateway.view = s.view
+        assert (await t.request(Request("ns", "echo", "tcp"))).status is Status.FORBIDDEN
+        assert await t.closed_by_peer()
+        await t.close()
