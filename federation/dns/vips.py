@@ -151,6 +151,13 @@ def wanted_services(view: MeshView) -> set[Service]:
     return {key for key, svc in view.services().items() if svc.type is ServiceType.CLUSTER_SET_IP}
 
 
+def exported_services(view: MeshView) -> frozenset[Service]:
+    """A cheap trigger: services some site exports as ClusterSetIP (conflicts not resolved)."""
+    return frozenset(
+        e.service for e in view.exports.values() if e.type is ServiceType.CLUSTER_SET_IP and e.site in view.sites
+    )
+
+
 def plan(state: State, wanted: Iterable[Service], *, now: float, grace: float,
          ranges: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> list[Op]:
     """The operations that bring `state` to one allocation per wanted service, releasing after `grace`."""
@@ -256,19 +263,34 @@ class VipAllocator:
         self._kick.set()
 
     async def run(self, views: Callable[[], MeshView], interval: float = 5.0) -> None:
-        """Reconcile after every kick and every `interval` seconds; keeps the last table while etcd is away."""
+        """Reconcile every `interval` seconds, and at once when a kick brings a new set of services.
+
+        Kicks come with every registry change, mostly endpoint churn; listing every allocation from
+        etcd on each would load etcd for nothing, so a kick reconciles only when the set of exported
+        ClusterSetIP services changed. The interval picks up other agents' work and grace expiry.
+        Keeps the last table while etcd is away.
+        """
+        loop = asyncio.get_running_loop()
+        due = loop.time()
+        last: frozenset[Service] | None = None
         while True:
-            # A pass that changed something runs again at once (bounded): a lost race is settled there.
-            for _ in range(3):
-                try:
-                    if not await self.reconcile(views()):
+            view = views()
+            exported = exported_services(view)
+            if loop.time() >= due or exported != last:
+                last = exported
+                # A pass that changed something runs again at once (bounded): a lost race is settled there.
+                for _ in range(3):
+                    try:
+                        if not await self.reconcile(view):
+                            break
+                    except MeshfedError as exc:
+                        log.warning("vip allocation: %s; keeping the last known VIPs", exc)
                         break
-                except MeshfedError as exc:
-                    log.warning("vip allocation: %s; keeping the last known VIPs", exc)
-                    break
+                    view = views()
+                due = loop.time() + interval
             self._kick.clear()
             try:
-                async with asyncio.timeout(interval):  # not wait_for: on 3.11 it can swallow a cancel
+                async with asyncio.timeout(max(0.0, due - loop.time())):  # not wait_for: gh-86296
                     await self._kick.wait()
             except TimeoutError:
                 pass

@@ -106,3 +106,56 @@ async def test_two_vm_site_agents_answer_the_same_vip(etcd: EtcdProcess) -> None
             await server.close()
         for client in clients:
             await client.close()
+
+
+class CountingClient:
+    """The real client, counting full listings of the VIP prefix."""
+
+    def __init__(self, client: EtcdClient) -> None:
+        self.client = client
+        self.listings = 0
+
+    async def get_prefix(self, prefix: str):  # type: ignore[no-untyped-def]
+        self.listings += 1
+        return await self.client.get_prefix(prefix)
+
+    async def put_if_absent(self, key: str, value: bytes, lease: int = 0) -> bool:
+        return await self.client.put_if_absent(key, value, lease)
+
+    async def replace(self, key: str, old: bytes, new: bytes) -> bool:
+        return await self.client.replace(key, old, new)
+
+    async def delete_if(self, key: str, value: bytes) -> bool:
+        return await self.client.delete_if(key, value)
+
+
+async def test_endpoint_churn_does_not_relist_allocations_but_a_new_service_does(etcd: EtcdProcess) -> None:
+    client = CountingClient(EtcdClient([etcd.endpoint], timeout=3))
+    allocator = VipAllocator(client, Keys(), ranges=RANGES)
+    current = [view([site("east")], [export("east", "shop", "web", ["10.0.0.1"])])]
+    task = asyncio.create_task(allocator.run(lambda: current[0], interval=3600), name="vips")
+    try:
+        for _ in range(200):
+            if allocator.addresses("shop", "web"):
+                break
+            await asyncio.sleep(0.02)
+        assert allocator.addresses("shop", "web")
+        settled = client.listings
+        for i in range(20):  # endpoint churn: same services, new endpoints
+            current[0] = view([site("east")], [export("east", "shop", "web", [f"10.0.0.{i + 2}"])])
+            allocator.kick()
+            await asyncio.sleep(0.01)
+        assert client.listings == settled
+        current[0] = view([site("east")], [export("east", "shop", "web", ["10.0.0.1"]),
+                                           export("east", "shop", "api", ["10.0.0.9"])])
+        allocator.kick()
+        for _ in range(200):
+            if allocator.addresses("shop", "api"):
+                break
+            await asyncio.sleep(0.02)
+        assert allocator.addresses("shop", "api")
+        assert client.listings > settled
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await client.client.close()
