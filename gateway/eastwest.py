@@ -87,8 +87,9 @@ class EastWestGateway:
                 reuse_port=s.workers > 1 or None, backlog=1024,
             )
         else:
-            # uvloop (0.23): server-side start_tls stalls, so let the loop run the handshake; failed
-            # handshakes are then not seen here, only the ones that succeed.
+            # uvloop starts reading right after connection_made (overriding pause_reading) and runs a
+            # task created there only after its next poll, so the ClientHello can be read before
+            # start_tls takes the socket. Let the loop run the handshake: failures are then unseen.
             self._server = await loop.create_server(
                 lambda: GatewayTunnel(self, "?"), s.listen_address, s.listen_port, ssl=self.context,
                 ssl_handshake_timeout=s.handshake_timeout, reuse_port=s.workers > 1 or None, backlog=1024,
