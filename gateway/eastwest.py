@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import socket
 import ssl
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -74,6 +75,8 @@ class EastWestGateway:
         self.picker = EndpointPicker()
         self.active = ActiveStreams()
         self._server: asyncio.Server | None = None
+        self._lsock: socket.socket | None = None
+        self._acceptor: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._tunnels: set[GatewayTunnel] = set()
 
@@ -88,25 +91,35 @@ class EastWestGateway:
             )
         else:
             # uvloop starts reading right after connection_made (overriding pause_reading) and runs a
-            # task created there only after its next poll, so the ClientHello can be read before
-            # start_tls takes the socket. Let the loop run the handshake: failures are then unseen.
-            self._server = await loop.create_server(
-                lambda: GatewayTunnel(self, "?"), s.listen_address, s.listen_port, ssl=self.context,
-                ssl_handshake_timeout=s.handshake_timeout, reuse_port=s.workers > 1 or None, backlog=1024,
+            # task created there only after its next poll, so the ClientHello could be read before
+            # start_tls takes the socket. Accept raw sockets instead and hand each, unread, to
+            # connect_accepted_socket, which raises a failed handshake to us just the same.
+            self._lsock = socket.create_server(
+                (s.listen_address, s.listen_port), backlog=1024, reuse_port=s.workers > 1,
+                family=socket.AF_INET6 if ":" in s.listen_address else socket.AF_INET,
             )
+            self._lsock.setblocking(False)
+            self._acceptor = loop.create_task(self._accept(self._lsock), name="gateway-accept")
         log.info("east-west gateway of site %s listening on %s:%d", self.site, *self.address)
 
     @property
     def address(self) -> tuple[str, int]:
         """The (host, port) actually bound."""
-        assert self._server is not None, "start() first"
-        host, port = self._server.sockets[0].getsockname()[:2]
+        sock = self._server.sockets[0] if self._server is not None else self._lsock
+        assert sock is not None, "start() first"
+        host, port = sock.getsockname()[:2]
         return host, port
 
     async def close(self, grace: float = 0.0) -> None:
         """Stop accepting; let streams finish for up to `grace` seconds; then close every tunnel."""
         if self._server is not None:
             self._server.close()
+        if self._acceptor is not None:
+            self._acceptor.cancel()
+            await asyncio.gather(self._acceptor, return_exceptions=True)
+            self._acceptor = None
+        if self._lsock is not None:
+            self._lsock.close()
         await self.active.wait_idle(grace)
         for task in list(self._tasks):
             task.cancel()
@@ -127,6 +140,31 @@ class EastWestGateway:
         task = asyncio.get_running_loop().create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _accept(self, lsock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                conn, addr = await loop.sock_accept(lsock)
+            except OSError as exc:  # out of file descriptors, and the like: back off a little
+                _throttle.log(log, logging.ERROR, "accept", "gateway accept failed: %s", exc)
+                await asyncio.sleep(0.1)
+                continue
+            peer = str(addr[0])
+            self.spawn(self._handshake_accepted(conn, peer), name=f"gateway-handshake-{peer}")
+
+    async def _handshake_accepted(self, conn: socket.socket, peer: str) -> None:
+        tunnel = GatewayTunnel(self, peer)
+        try:
+            await asyncio.get_running_loop().connect_accepted_socket(
+                lambda: tunnel, conn, ssl=self.context, ssl_handshake_timeout=self.settings.handshake_timeout)
+        except (OSError, TimeoutError) as exc:
+            self.metrics.handshakes.labels("failed").inc()
+            self.refusals.refuse("handshake", peer, _tls_reason(exc))
+            conn.close()
+        except asyncio.CancelledError:
+            conn.close()
+            raise
 
     async def handshake(self, transport: asyncio.Transport, peer: str) -> None:
         tunnel = GatewayTunnel(self, peer)
@@ -185,10 +223,8 @@ class GatewayTunnel(TunnelLeg):
         self._last: Stream | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        """Only on loops where the server runs the handshake itself (see `EastWestGateway.start`)."""
+        """Only after `connect_accepted_socket` (see `EastWestGateway.start`): the handshake is done."""
         transport = cast(asyncio.Transport, transport)
-        peer = transport.get_extra_info("peername")
-        self.peer = str(peer[0]) if peer else "?"
         self.gw.metrics.handshakes.labels("ok").inc()
         self.begin(transport)
 
