@@ -12,7 +12,8 @@ import struct
 from collections.abc import Mapping
 from typing import NamedTuple
 
-from federation.dns.answering import AAAA, IN, PTR, SRV, A, Answerer, Labels, Node, Zone
+from federation.dns.answering import Answerer
+from federation.dns.zone import AAAA, IN, PTR, SRV, A, Labels, Node, Zone
 
 FAST_TYPES = (A, AAAA, SRV, PTR)
 """The types the fast path answers; everything else takes the dnspython path."""

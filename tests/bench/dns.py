@@ -25,7 +25,7 @@ import time
 import zlib
 from pathlib import Path
 
-from federation.dns.answering import AAAA, PTR, SRV, A, StaticVips, ZoneBuilder, name_of
+from federation.dns.zone import AAAA, PTR, SRV, A, StaticVips, ZoneBuilder, name_of
 from tests.dnshelp import ZONE, big_view
 
 SEED = 1645

@@ -7,9 +7,9 @@ import asyncio
 import pytest
 
 from federation.cli import main
-from federation.dns.answering import StaticVips
 from federation.dns.server import DnsServer
 from federation.dns.settings import DnsSettings
+from federation.dns.zone import StaticVips
 from tests.dnshelp import export, site, view
 
 

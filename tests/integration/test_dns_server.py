@@ -15,9 +15,9 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from federation.catalog import MeshView
-from federation.dns.answering import StaticVips
 from federation.dns.server import DnsServer
 from federation.dns.settings import DnsSettings
+from federation.dns.zone import StaticVips
 from federation.embedded import EtcdProcess
 from federation.model import Keys, encode_export, encode_site
 from federation.registry.etcd import EtcdClient, Put

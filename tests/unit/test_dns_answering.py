@@ -13,8 +13,9 @@ import dns.rcode
 import dns.rdatatype
 
 from federation.catalog import MeshView
-from federation.dns.answering import Answerer, Forward, StaticVips, Zone, ZoneBuilder
+from federation.dns.answering import Answerer, Forward
 from federation.dns.fastpath import FastPath
+from federation.dns.zone import StaticVips, Zone, ZoneBuilder
 from federation.model import Endpoint, Locality
 from tests.dnshelp import ZONE, big_view, export, query, rcode, site, view
 

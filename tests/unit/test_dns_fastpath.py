@@ -11,10 +11,11 @@ import dns.message
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from federation.dns.answering import Answerer, StaticVips, Zone, ZoneBuilder, name_of
+from federation.dns.answering import Answerer
 from federation.dns.fastpath import FAST_TYPES, MEMO_MAX, FastPath
 from federation.dns.server import DnsServer
 from federation.dns.settings import DnsSettings
+from federation.dns.zone import StaticVips, Zone, ZoneBuilder, name_of
 from tests.dnshelp import ZONE, big_view, export, site, view
 
 VIEW, VIPS = big_view(400, seed=7)

@@ -1,0 +1,369 @@
+"""The federated zone as plain data: MCS names built from a mesh snapshot, for both answer paths.
+
+Pure: no IO, no logging. `ZoneBuilder.build(view, stale_sites, vips)` turns a `MeshView` into an
+immutable `Zone` of per-name `Node`s, rebuilding only the services that changed since the last build.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, Protocol
+
+import dns.name
+import dns.rdata
+import dns.rdataclass
+import dns.rdatatype
+import dns.rdtypes.ANY.PTR
+import dns.rdtypes.ANY.SOA
+import dns.rdtypes.ANY.TXT
+import dns.rdtypes.IN.A
+import dns.rdtypes.IN.AAAA
+import dns.rdtypes.IN.SRV
+import dns.rrset
+
+from federation.catalog import FederatedService, MeshView, resolve
+from federation.model import Endpoint, ServiceExport, ServiceType, Site
+
+DNS_VERSION = "1.0.0"
+"""The MCS DNS specification version this server implements (KEP-1645 `dns-version` TXT record)."""
+
+IN = dns.rdataclass.IN
+A, AAAA, SRV, PTR, TXT, SOA = (
+    dns.rdatatype.A,
+    dns.rdatatype.AAAA,
+    dns.rdatatype.SRV,
+    dns.rdatatype.PTR,
+    dns.rdatatype.TXT,
+    dns.rdatatype.SOA,
+)
+
+class VipSource(Protocol):
+    """Where the A/AAAA answer of a ClusterSetIP service comes from on this site's kind."""
+
+    def addresses(self, namespace: str, name: str) -> tuple[str, ...]:
+        """The addresses that route to `namespace/name` from this site (none yet: NODATA)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class StaticVips:
+    """A VIP source from a fixed table (tests; the Kubernetes source's ClusterIPs)."""
+
+    table: Mapping[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
+
+    def addresses(self, namespace: str, name: str) -> tuple[str, ...]:
+        """The table's entry, or nothing."""
+        return self.table.get((namespace, name), ())
+
+
+Labels = tuple[bytes, ...]
+"""An absolute name as its lower-case labels, the root label left out."""
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    """Everything owned by one name, as plain data both answer paths encode."""
+
+    a: tuple[bytes, ...] = ()
+    """Packed IPv4 addresses, in answer order."""
+    aaaa: tuple[bytes, ...] = ()
+    """Packed IPv6 addresses, in answer order."""
+    srv: tuple[tuple[int, int, int, Labels], ...] = ()
+    """(priority, weight, port, target) records."""
+    ptr: Labels | None = None
+    txt: tuple[bytes, ...] = ()
+    soa: bool = False
+    glue: tuple[Labels, ...] = ()
+    """Names whose A/AAAA records go into the additional section of an SRV answer."""
+
+    def types(self) -> tuple[int, ...]:
+        """The record types this name has, lowest type number first (RFC 8482 picks the first)."""
+        out = [
+            t for t, present in (
+                (A, self.a), (SOA, self.soa), (PTR, self.ptr is not None), (TXT, self.txt),
+                (AAAA, self.aaaa), (SRV, self.srv),
+            ) if present
+        ]
+        return tuple(out)
+
+
+_EMPTY = Node()
+
+
+@dataclass(frozen=True, slots=True)
+class Zone:
+    """An immutable snapshot of every name this server answers for."""
+
+    origin: dns.name.Name
+    ttl: int
+    serial: int
+    nodes: Mapping[Labels, Node]
+    parts: Mapping[tuple[str, str], Mapping[Labels, Node]]
+    """Per-service nodes; the same object across builds while the service is unchanged."""
+
+    @property
+    def origin_labels(self) -> Labels:
+        """The zone apex as labels."""
+        return labels_of(self.origin)
+
+    def soa(self) -> dns.rrset.RRset:
+        """The SOA RRset of the apex; its minimum is the TTL, so negative answers live as long as positive."""
+        rdata = _rd(
+            dns.rdtypes.ANY.SOA.SOA, IN, SOA, self.origin, dns.name.Name([b"hostmaster", *self.origin.labels]),
+            self.serial, 60, 10, 3600, self.ttl,
+        )
+        return _rrset(self.origin, self.ttl, [rdata])
+
+    def rrset(self, labels: Labels, node: Node, rdtype: int) -> dns.rrset.RRset | None:
+        """The RRset of `rdtype` at `labels` as dnspython objects, or None."""
+        name = name_of(labels)
+        rds: list[dns.rdata.Rdata]
+        if rdtype == A:
+            rds = [_rd(dns.rdtypes.IN.A.A, IN, A, socket.inet_ntop(socket.AF_INET, a)) for a in node.a]
+        elif rdtype == AAAA:
+            rds = [_rd(dns.rdtypes.IN.AAAA.AAAA, IN, AAAA, socket.inet_ntop(socket.AF_INET6, a)) for a in node.aaaa]
+        elif rdtype == SRV:
+            rds = [_rd(dns.rdtypes.IN.SRV.SRV, IN, SRV, p, w, port, name_of(t)) for p, w, port, t in node.srv]
+        elif rdtype == PTR:
+            rds = [_rd(dns.rdtypes.ANY.PTR.PTR, IN, PTR, name_of(node.ptr))] if node.ptr is not None else []
+        elif rdtype == TXT:
+            rds = [_rd(dns.rdtypes.ANY.TXT.TXT, IN, TXT, list(node.txt))] if node.txt else []
+        elif rdtype == SOA:
+            return self.soa() if node.soa else None
+        else:
+            return None
+        return _rrset(name, self.ttl, rds) if rds else None
+
+
+def labels_of(name: dns.name.Name) -> Labels:
+    """`name` as lower-case labels without the root label."""
+    return tuple(lbl.lower() for lbl in name.labels if lbl)
+
+
+def name_of(labels: Labels) -> dns.name.Name:
+    """The absolute dnspython name of `labels`."""
+    return dns.name.Name([*labels, b""])
+
+
+# ---------------------------------------------------------------- building a zone
+
+
+class _Part(NamedTuple):
+    """One service's share of the zone, and what it was built from."""
+
+    fingerprint: object
+    nodes: Mapping[Labels, Node]
+    ents: tuple[Labels, ...]
+
+
+class ZoneBuilder:
+    """Builds `Zone`s from mesh views, rebuilding only the services that changed.
+
+    The catalog keeps unchanged records as the same objects from view to view, so a service whose
+    exports, site records, staleness and VIPs are all the same objects as last time is not touched:
+    one registry change costs one service's rebuild plus a copy of the name table.
+    """
+
+    def __init__(self, zone: str, *, local_site: str, ttl: int = 5, site_pinning: bool = True) -> None:
+        self.origin = dns.name.from_text(zone).canonicalize()
+        self.apex = labels_of(self.origin)
+        self.local_site = local_site
+        self.ttl = ttl
+        self.site_pinning = site_pinning
+        self._parts: dict[tuple[str, str], _Part] = {}
+        self._nodes: dict[Labels, Node] = {
+            self.apex: Node(soa=True),
+            (b"dns-version", *self.apex): Node(txt=(DNS_VERSION.encode(),)),
+        }
+        self._ent_refs: dict[Labels, int] = {}
+
+    def build(self, view: MeshView, stale_sites: frozenset[str], vips: VipSource) -> Zone:
+        """The zone for `view`; `stale_sites` are left out wherever another site has ready endpoints."""
+        local = view.sites.get(self.local_site)
+        groups: dict[tuple[str, str], list[ServiceExport]] = {}
+        for export in view.exports.values():
+            if export.site in view.sites:
+                groups.setdefault(export.service, []).append(export)
+        parts: dict[tuple[str, str], _Part] = {}
+        for key, group in groups.items():
+            exports = tuple(group)
+            stale = stale_sites.intersection(e.site for e in exports) if stale_sites else stale_sites
+            if stale and not _staleness_matters(exports, stale):
+                stale = frozenset()
+            addrs = vips.addresses(*key)
+            fingerprint = (exports, tuple(view.sites.get(e.site) for e in exports), stale, addrs, local)
+            old = self._parts.get(key)
+            if old is not None and old.fingerprint == fingerprint:
+                parts[key] = old
+                continue
+            svc = resolve(exports)
+            if svc.type is not ServiceType.CLUSTER_SET_IP:
+                addrs = ()
+            nodes = self._service(svc, view.sites, stale_sites, addrs, local)
+            new = _Part(fingerprint, nodes, self._ents(nodes))
+            if old is not None:
+                self._remove(old)
+            self._add(new)
+            parts[key] = new
+        for key in self._parts.keys() - parts.keys():
+            self._remove(self._parts[key])
+        self._parts = parts
+        return Zone(self.origin, self.ttl, view.revision % 2**32, dict(self._nodes),
+                    {key: part.nodes for key, part in parts.items()})
+
+    def _add(self, part: _Part) -> None:
+        self._nodes.update(part.nodes)
+        for name in part.ents:
+            self._ent_refs[name] = self._ent_refs.get(name, 0) + 1
+            self._nodes.setdefault(name, _EMPTY)  # an empty non-terminal: NODATA, never NXDOMAIN
+
+    def _remove(self, part: _Part) -> None:
+        for name in part.nodes:
+            if self._ent_refs.get(name):
+                self._nodes[name] = _EMPTY
+            else:
+                self._nodes.pop(name, None)
+        for name in part.ents:
+            refs = self._ent_refs[name] - 1
+            if refs:
+                self._ent_refs[name] = refs
+            else:
+                del self._ent_refs[name]
+                if self._nodes.get(name) is _EMPTY:
+                    del self._nodes[name]
+
+    # -- private
+
+    def _name(self, *labels: str) -> Labels:
+        return (*(lbl.encode() for lbl in labels), *self.apex)
+
+    def _ents(self, part: Mapping[Labels, Node]) -> tuple[Labels, ...]:
+        out: set[Labels] = set()
+        depth = len(self.apex)
+        for name in part:
+            if name[-depth:] != self.apex:
+                continue
+            for i in range(1, len(name) - depth):
+                parent = name[i:]
+                if parent not in part:
+                    out.add(parent)
+        return tuple(out)
+
+    def _service(
+        self,
+        svc: FederatedService,
+        sites: Mapping[str, Site],
+        stale: frozenset[str],
+        vips: tuple[str, ...],
+        local: Site | None,
+    ) -> Mapping[Labels, Node]:
+        ns, name = svc.namespace, svc.name
+        base = self._name(name, ns, "svc")
+        nodes: dict[Labels, Node] = {}
+        if svc.type is ServiceType.CLUSTER_SET_IP:
+            a, aaaa = _pack(vips)
+            nodes[base] = Node(a=a, aaaa=aaaa)
+            for vip in vips:
+                nodes[reverse_labels(_packed(vip))] = Node(ptr=base)
+            for port in svc.ports:
+                srv_name = (f"_{port.name}".encode(), f"_{port.protocol.value.lower()}".encode(), *base)
+                nodes[srv_name] = Node(srv=((0, 0, port.port, base),), glue=(base,))
+        else:
+            targets: list[tuple[Endpoint, Labels]] = []
+            all_addrs: list[str] = []
+            for export, ep in self._order(svc.exports, sites, stale, local):
+                host = self._name(_hostname(ep), export.site, name, ns, "svc")
+                a, aaaa = _pack(ep.addresses)
+                nodes[host] = Node(a=a, aaaa=aaaa)
+                targets.append((ep, host))
+                all_addrs.extend(ep.addresses)
+            a, aaaa = _pack(all_addrs)
+            nodes[base] = Node(a=a, aaaa=aaaa)
+            for port in svc.ports:
+                srv_name = (f"_{port.name}".encode(), f"_{port.protocol.value.lower()}".encode(), *base)
+                srv = tuple((0, ep.weight, ep.port_for(port), host) for ep, host in targets)
+                nodes[srv_name] = Node(srv=srv, glue=tuple(host for _, host in targets))
+        if self.site_pinning:
+            for export in svc.exports:
+                eps = self._order([export], sites, frozenset(), local)
+                a, aaaa = _pack([addr for _, ep in eps for addr in ep.addresses])
+                nodes[self._name(export.site, name, ns, "svc")] = Node(a=a, aaaa=aaaa)
+        return nodes
+
+    def _order(
+        self,
+        exports: Iterable[ServiceExport],
+        sites: Mapping[str, Site],
+        stale: frozenset[str],
+        local: Site | None,
+    ) -> list[tuple[ServiceExport, Endpoint]]:
+        """Ready endpoints: the local site's first, then nearest locality; stale sites only as a last resort."""
+        ready = [(e, ep) for e in exports for ep in e.endpoints if ep.ready]
+        fresh = [(e, ep) for e, ep in ready if e.site not in stale]
+        chosen = fresh or ready
+        here = local.locality if local is not None else None
+
+        def rank(item: tuple[ServiceExport, Endpoint]) -> tuple[int, int, str]:
+            export, ep = item
+            if export.site == self.local_site:
+                return (0, 0, "")
+            site = sites.get(export.site)
+            loc = ep.locality if ep.locality.region else (site.locality if site else ep.locality)
+            near = 3
+            if here is not None and here.region and loc.region == here.region:
+                near = 1 if here.zone and loc.zone == here.zone else 2
+            return (1, near, export.site)
+
+        return sorted(chosen, key=rank)
+
+
+def _rd(cls: Any, *args: Any) -> dns.rdata.Rdata:
+    rdata: dns.rdata.Rdata = cls(*args)
+    return rdata
+
+
+def _rrset(name: dns.name.Name, ttl: int, rdatas: Iterable[dns.rdata.Rdata]) -> dns.rrset.RRset:
+    return dns.rrset.from_rdata_list(name, ttl, list(rdatas))
+
+
+def _pack(addresses: Iterable[str]) -> tuple[tuple[bytes, ...], tuple[bytes, ...]]:
+    """IPv4 and IPv6 addresses packed, duplicates dropped, order kept."""
+    v4: dict[bytes, None] = {}
+    v6: dict[bytes, None] = {}
+    for a in addresses:
+        packed = _packed(a)
+        (v4 if len(packed) == 4 else v6)[packed] = None
+    return tuple(v4), tuple(v6)
+
+
+def _staleness_matters(exports: tuple[ServiceExport, ...], stale: frozenset[str]) -> bool:
+    """False when leaving stale sites out changes nothing: a VIP answer, or no fresh ready endpoint."""
+    if all(e.type is ServiceType.CLUSTER_SET_IP for e in exports):
+        return False
+    return any(ep.ready for e in exports if e.site not in stale for ep in e.endpoints)
+
+
+def _packed(address: str) -> bytes:
+    """An address in network byte order (inet_pton is C; ipaddress parses in Python)."""
+    try:
+        return socket.inet_pton(socket.AF_INET6 if ":" in address else socket.AF_INET, address)
+    except OSError:
+        return ipaddress.ip_address(address).packed  # e.g. a scoped IPv6 address
+
+
+def reverse_labels(packed: bytes) -> Labels:
+    """The in-addr.arpa or ip6.arpa name of an address (RFC 1035 3.5, RFC 3596 2.5)."""
+    if len(packed) == 4:
+        return (*(str(b).encode() for b in reversed(packed)), b"in-addr", b"arpa")
+    nibbles = packed.hex()[::-1]
+    return (*(c.encode() for c in nibbles), b"ip6", b"arpa")
+
+
+def _hostname(ep: Endpoint) -> str:
+    """The endpoint's hostname, else its first address with dashes (as CoreDNS names unnamed endpoints)."""
+    if ep.hostname:
+        return ep.hostname
+    return ep.addresses[0].replace(".", "-").replace(":", "-")
