@@ -38,6 +38,9 @@ class Answerer:
     def __init__(self, origin: dns.name.Name, *, forwarding: bool = True, max_udp: int = 1232) -> None:
         self.origin = origin
         self.forwarding = forwarding
+        # A server that forwards other names is a recursive resolver to its clients: say so (RA),
+        # or dig and some stubs warn that recursion is not available.
+        self._ra = dns.flags.RA if forwarding else 0
         self.max_udp = max_udp
 
     def handle(self, wire: bytes, zone: Zone | None, *, udp: bool) -> bytes | Forward | None:
@@ -51,7 +54,7 @@ class Answerer:
         except Exception:  # any decode failure of remote bytes: FORMERR (RFC 1035 4.1.1)
             return header_only(wire, dns.rcode.FORMERR)
         resp = dns.message.Message(id=query.id)
-        resp.flags = dns.flags.QR | (query.flags & _ANSWER_FLAGS)
+        resp.flags = dns.flags.QR | (query.flags & _ANSWER_FLAGS) | self._ra
         resp.set_opcode(query.opcode())
         if query.edns >= 0:
             resp.use_edns(0, query.ednsflags & dns.flags.DO, self.max_udp)

@@ -48,6 +48,7 @@ class FastPath:
     def __init__(self, answerer: Answerer) -> None:
         self._answerer = answerer
         self._max_udp = answerer.max_udp
+        self._ra = 0x80 if answerer.forwarding else 0
         self._opt = struct.pack("!BHHBBHH", 0, 41, self._max_udp, 0, 0, 0, 0)
         self._opt_do = struct.pack("!BHHBBHH", 0, 41, self._max_udp, 0, 0, 0x8000, 0)
         self._table: dict[bytes, Entry] = {}
@@ -151,7 +152,8 @@ class FastPath:
                     additional += count
                 counts = struct.pack("!HHH", entry.answers, 0, additional + (1 if edns else 0))
                 body = b"".join(parts)
-        return b"".join((wire[0:2], bytes((flags, wire[3] & 0x10)), b"\x00\x01", counts, wire[12:end], body, optrr))
+        flags2 = self._ra | (wire[3] & 0x10)
+        return b"".join((wire[0:2], bytes((flags, flags2)), b"\x00\x01", counts, wire[12:end], body, optrr))
 
     def _encode(self, zone: Zone, part: Mapping[Labels, Node]) -> dict[bytes, Entry]:
         entries: dict[bytes, Entry] = {}
