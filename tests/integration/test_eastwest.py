@@ -322,3 +322,10 @@ async def test_a_site_removed_from_the_registry_loses_its_open_tunnels(tmp_path:
         assert (await t.request(Request("ns", "echo", "tcp"))).status is Status.FORBIDDEN
         assert await t.closed_by_peer()
         await t.close()
+
+
+async def test_this_module_runs_on_the_stdlib_loop() -> None:
+    """The uvloop folder re-runs some of these tests there; here they must exercise start_tls."""
+    import asyncio
+
+    assert isinstance(asyncio.get_running_loop(), asyncio.BaseEventLoop)
