@@ -104,7 +104,10 @@ def verify_peer(leaf_der: bytes | None, view: MeshView, bundle: TrustBundle, now
         leaf = x509.load_der_x509_certificate(leaf_der)
     except ValueError as exc:
         raise PeerRejected(f"peer certificate does not parse: {exc}") from None
-    uris = uris_of(leaf)
+    try:
+        uris = uris_of(leaf)
+    except ValueError as exc:  # cryptography parses extensions lazily: a malformed one raises here
+        raise PeerRejected(f"peer certificate extensions do not parse: {exc}") from None
     if len(uris) != 1:
         raise PeerRejected(f"peer certificate has {len(uris)} URI SANs, a SPIFFE leaf has exactly one")
     spiffe = parse_spiffe_id(uris[0])
@@ -125,7 +128,7 @@ def verify_peer(leaf_der: bytes | None, view: MeshView, bundle: TrustBundle, now
     verifier = PolicyBuilder().store(Store(list(bundle.roots))).time(now).build_client_verifier()
     try:
         chain = verifier.verify(leaf, intermediates).chain
-    except VerificationError as exc:
+    except (VerificationError, ValueError) as exc:
         raise PeerRejected(
             f"peer {spiffe} does not verify through the CA that site {site_name} registered: {exc}"
         ) from None
@@ -133,7 +136,7 @@ def verify_peer(leaf_der: bytes | None, view: MeshView, bundle: TrustBundle, now
         raise PeerRejected(f"peer {spiffe} chain has {len(chain)} certificates, not leaf/site/root")
     try:
         issuer_site = site_of_ca(chain[1])
-    except PkiError as exc:
+    except (PkiError, ValueError) as exc:
         raise PeerRejected(f"peer {spiffe} issuer: {exc}") from None
     if issuer_site != site_name:
         raise PeerRejected(f"peer {spiffe} was issued by the CA of site {issuer_site}, not {site_name}")

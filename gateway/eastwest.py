@@ -233,7 +233,11 @@ class GatewayTunnel(TunnelLeg):
         self.transport = transport
         if self.closed:
             return
-        der = transport.get_extra_info("ssl_object").getpeercert(binary_form=True)
+        sslobj = transport.get_extra_info("ssl_object")
+        if sslobj is None:  # closed while the handshake finished
+            self.close()
+            return
+        der = sslobj.getpeercert(binary_form=True)
         try:
             identity = verify_peer(der, self.gw.view(), self.gw.bundle, dt.datetime.now(dt.UTC))
         except PeerRejected as exc:

@@ -163,6 +163,8 @@ class TunnelPool:
         )
         sslobj = transport.get_extra_info("ssl_object")
         try:
+            if sslobj is None:
+                raise ConnectionResetError("tunnel closed right after its handshake")
             verify_peer(sslobj.getpeercert(binary_form=True), self.view(), self.bundle,
                         dt.datetime.now(dt.UTC), expect_site=self.key[0])
         except BaseException:

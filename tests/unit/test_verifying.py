@@ -7,6 +7,8 @@ import datetime as dt
 
 import pytest
 from cryptography.hazmat.primitives import serialization
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from federation.issuing import cert_pem, issue_gateway, new_site_ca
 from federation.verifying import PeerRejected, TrustBundle, parse_spiffe_id, verify_peer
@@ -124,3 +126,20 @@ def test_malformed_spiffe_ids(uri: str) -> None:
 def test_garbage_certificate(mesh: Mesh) -> None:
     with pytest.raises(PeerRejected, match="does not parse"):
         verify_peer(b"\x30\x03abc", view([]), TrustBundle.from_pem(mesh.bundle_pem()), now())
+
+
+_MESH = Mesh()
+_VIEW = view([_MESH.site("east")])
+_BUNDLE = TrustBundle.from_pem(_MESH.bundle_pem())
+_GOOD = der(_MESH.leaf("east"))
+
+
+@settings(deadline=None, max_examples=200)  # shared CI machines: a slow example is not a failure
+@given(st.binary(max_size=600) | st.builds(
+    lambda pos, val: _GOOD[:pos % len(_GOOD)] + bytes([val]) + _GOOD[pos % len(_GOOD) + 1:],
+    st.integers(0, 10_000), st.integers(0, 255)))
+def test_any_certificate_bytes_only_ever_raise_peer_rejected(data: bytes) -> None:
+    try:
+        verify_peer(data, _VIEW, _BUNDLE, now())
+    except PeerRejected:
+        pass
