@@ -44,6 +44,8 @@ class PeerIdentity:
     spiffe_id: str
     site: str
     gateway: str
+    not_after: dt.datetime | None = None
+    """When the peer's certificate expires: a long-lived tunnel must not outlive it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,4 +142,4 @@ def verify_peer(leaf_der: bytes | None, view: MeshView, bundle: TrustBundle, now
         raise PeerRejected(f"peer {spiffe} issuer: {exc}") from None
     if issuer_site != site_name:
         raise PeerRejected(f"peer {spiffe} was issued by the CA of site {issuer_site}, not {site_name}")
-    return PeerIdentity(str(spiffe), site_name, gateway)
+    return PeerIdentity(str(spiffe), site_name, gateway, leaf.not_valid_after_utc)

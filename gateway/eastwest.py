@@ -213,6 +213,7 @@ class GatewayTunnel(TunnelLeg):
         self.peer = peer
         self.identity = ""
         self.peer_site = ""
+        self.peer_expiry: dt.datetime | None = None
         self._early = bytearray()
         self._ready = False
         self._preamble = Preamble(Role.SERVER)
@@ -247,6 +248,7 @@ class GatewayTunnel(TunnelLeg):
             return
         self.identity = identity.spiffe_id
         self.peer_site = identity.site
+        self.peer_expiry = identity.not_after
         self.gw._tunnels.add(self)
         self.gw.metrics.tunnels.inc()
         self._ready = True
@@ -279,6 +281,11 @@ class GatewayTunnel(TunnelLeg):
         self._cancel_timer()
         trailing = self._preamble.trailing_data
         view = self.gw.view()
+        if self.peer_expiry is not None and dt.datetime.now(dt.UTC) >= self.peer_expiry:
+            # TLS checks the certificate once, at the handshake; a tunnel must not outlive it.
+            self._refuse("identity", f"{self.identity}: certificate expired since the handshake",
+                         Status.FORBIDDEN, close=True)
+            return
         if self.peer_site not in view.sites:
             # The peer's site left the registry since the handshake: its tunnels go with it.
             self._refuse("identity", f"{self.identity}: site {self.peer_site} is no longer in the registry",

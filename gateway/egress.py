@@ -260,7 +260,7 @@ class Egress:
             pool = self._pools[key] = TunnelPool(
                 key, gateway, self.context, self.bundle, lambda: self._view or self._view_fn(),
                 self.settings.pool_size, self.settings.pool_idle, self.settings.handshake_timeout, self.spawn,
-                keep=self.settings.pool_max,
+                keep=self.settings.pool_max, max_age=self.settings.tunnel_max_age,
             )
         return pool
 

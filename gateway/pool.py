@@ -35,10 +35,12 @@ class EgressTunnel(TunnelLeg):
         self._pending = b""
         self.streams = 0
         self.session_saved = False
+        self.opened = 0.0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass asyncio's
         self.transport = transport
+        self.opened = asyncio.get_running_loop().time()
 
     @property
     def usable(self) -> bool:
@@ -98,7 +100,7 @@ class TunnelPool:
 
     def __init__(self, key: PoolKey, gateway: Gateway, context: ResumingContext, bundle: TrustBundle,
                  view: Callable[[], MeshView], size: int, idle: float, handshake_timeout: float,
-                 spawn: Callable[..., Any], keep: int | None = None) -> None:
+                 spawn: Callable[..., Any], keep: int | None = None, max_age: float = 3600.0) -> None:
         self.key = key
         self.gateway = gateway
         self.context = context
@@ -106,6 +108,7 @@ class TunnelPool:
         self.view = view
         self.size = size
         self.keep = max(size, keep if keep is not None else size)
+        self.max_age = max_age
         self.idle_seconds = idle
         self.handshake_timeout = handshake_timeout
         self._spawn = spawn
@@ -147,7 +150,8 @@ class TunnelPool:
     def give_back(self, tunnel: EgressTunnel) -> None:
         """Return a taken tunnel: kept if its stream ended cleanly and the pool has room, else closed."""
         self._in_use.discard(tunnel)
-        if self.closed or not tunnel.usable or len(self._idle) >= max(self.keep, 1):
+        too_old = asyncio.get_running_loop().time() - tunnel.opened > self.max_age
+        if self.closed or too_old or not tunnel.usable or len(self._idle) >= max(self.keep, 1):
             tunnel.close()
             return
         timer = asyncio.get_running_loop().call_later(self.idle_seconds, self._expire, tunnel)

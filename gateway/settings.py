@@ -42,6 +42,8 @@ class GatewaySettings:
     """Pre-opened tunnels per peer gateway: covers bursts of new connections without a handshake."""
     pool_max: int = 64
     """Idle tunnels kept per peer gateway after a burst, so the next burst needs no handshake either."""
+    tunnel_max_age: float = 3600.0
+    """A tunnel is not reused after an hour, so pooled tunnels soon carry renewed certificates."""
     pool_idle: float = 60.0
     """An unused pooled tunnel is closed after this, before the peer's tunnel_idle_timeout does."""
     cert_lifetime: float = 86400.0
@@ -55,7 +57,7 @@ class GatewaySettings:
 _LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _POSITIVE = {
     "workers", "handshake_timeout", "preamble_timeout", "tunnel_idle_timeout", "idle_timeout",
-    "connect_timeout", "pool_idle", "cert_lifetime",
+    "connect_timeout", "pool_idle", "cert_lifetime", "tunnel_max_age",
 }
 
 

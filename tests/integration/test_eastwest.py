@@ -329,3 +329,19 @@ async def test_this_module_runs_on_the_stdlib_loop() -> None:
     import asyncio
 
     assert isinstance(asyncio.get_running_loop(), asyncio.BaseEventLoop)
+
+
+async def test_a_tunnel_does_not_outlive_its_peers_certificate(tmp_path: Path) -> None:
+    import asyncio
+
+    async with two_sites(tmp_path) as s:
+        short = issue_gateway(s.mesh.site_ca("west"), "gw", now(), dt.timedelta(seconds=2))
+        chain, key = write_issued(tmp_path / "short", short)
+        t = await RawTunnel.open(s.gw_port, client_context(chain, key, s.west.bundle_file))
+        assert (await t.request(Request("ns", "echo", "tcp"))).status is Status.OK
+        assert await echo_once(t, b"in time") == b"in time"
+        remaining = (short.cert.not_valid_after_utc - now()).total_seconds()
+        await asyncio.sleep(max(0.0, remaining) + 0.2)
+        assert (await t.request(Request("ns", "echo", "tcp"))).status is Status.FORBIDDEN
+        assert await t.closed_by_peer()
+        await t.close()

@@ -267,3 +267,13 @@ async def test_later_handshakes_resume_the_tls_session(tmp_path: Path) -> None:
         writer1.write_eof()
         assert await reader1.read() == b""
         writer1.close()
+
+
+async def test_tunnels_past_their_max_age_are_not_reused(tmp_path: Path) -> None:
+    async with two_sites(tmp_path) as s, egress_of_west(s, pool_size=0, tunnel_max_age=1e-9) as eg:
+        addr = eg.listeners()[KEY]
+        for i in range(3):
+            assert await roundtrip(addr, b"%d" % i) == b"%d" % i
+        pool = next(iter(eg._pools.values()))
+        assert pool.handshakes == 3
+        assert pool.idle == 0
