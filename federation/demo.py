@@ -26,7 +26,7 @@ import yaml
 from federation.embedded import EtcdProcess, free_port
 from federation.issuing import new_root, new_site_ca, save_root, save_site
 from federation.kubernetes import objects as kobj
-from federation.lab import DEFAULT_SITES, WAN_ROOT, Lab
+from federation.lab import Lab
 
 PREFIX = "mfdemo"
 DEFAULT_STATE = Path(tempfile.gettempdir()) / "meshfed-demo"
@@ -61,11 +61,14 @@ class DemoSite:
 class Demo:
     """Builds, shows and tears down the demo mesh."""
 
-    def __init__(self, state: Path, netns: bool, out: Any = sys.stdout, prefix: str = PREFIX) -> None:
+    def __init__(self, state: Path, netns: bool, out: Any = sys.stdout, prefix: str = PREFIX,
+                 lan_discovery: str | None = None, wan: int | None = 0) -> None:
+        self.lan_discovery = lan_discovery
+        """A site that browses its LAN for DNS-SD (_http._tcp) and exports what it finds under `lan`."""
         self.state = state
         self.netns = netns
         self.out = out
-        self.lab = Lab(prefix, state)
+        self.lab = Lab(prefix, state, wan=wan if netns else 0)
         self.sites: dict[str, DemoSite] = {}
         self.etcd: EtcdProcess | None = None
         self.agents: dict[str, subprocess.Popen[bytes]] = {}
@@ -78,14 +81,14 @@ class Demo:
         self.state.mkdir(parents=True, exist_ok=True, mode=0o700)
         if self.netns:
             self.lab.up()
-        for s in DEFAULT_SITES:
+        for s in self.lab.sites.values():
             addr = s.lan_ip if self.netns else "127.0.0.1"
             wan = s.wan_ip if self.netns else "127.0.0.1"
             site = DemoSite(s.name, s.network, s.zone, addr, wan)
             site.ports = {svc: (sample if self.netns else free_port()) for svc, _, sample in SERVICES[s.name]}
             self.sites[s.name] = site
         self._make_ca()
-        self.etcd = EtcdProcess(self.state / "etcd", host=WAN_ROOT if self.netns else "127.0.0.1")
+        self.etcd = EtcdProcess(self.state / "etcd", host=self.lab.wan_root if self.netns else "127.0.0.1")
         self.etcd.start()
         self._remember(self.etcd.pid)
         for site in self.sites.values():
@@ -173,6 +176,9 @@ class Demo:
             "dns": {"udp": dns_addrs, "tcp": dns_addrs},
             "vm": {"services": services, "vip_interface": "meshfed0" if self.netns else ""},
         }  # fmt: skip
+        if name == self.lan_discovery:
+            config["vm"]["discovery"] = {"enabled": True, "types": ["_http._tcp.local."], "namespace": "lan",
+                                         "interfaces": [s.address]}
         if s.kubernetes:
             del config["vm"]
             config["kubernetes"] = {"enabled": True, "kubeconfig": str(self.state / f"{name}-kubeconfig"),

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 WAN_ROOT = "198.19.0.254"
-"""The host's own address on the wan, where the lab's etcd listens."""
+"""The host's own address on the default wan (198.19.0.0/24), where the lab's etcd listens."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,12 +51,18 @@ DEFAULT_SITES = (
 class Lab:
     """Builds and removes the namespaces, bridges and veths; runs processes inside namespaces."""
 
-    def __init__(self, prefix: str, state_dir: Path, sites: Sequence[LabSite] = DEFAULT_SITES) -> None:
+    def __init__(self, prefix: str, state_dir: Path, sites: Sequence[LabSite] = DEFAULT_SITES,
+                 wan: int | None = 0) -> None:
+        """`wan` is the third octet of the wan (198.19.<wan>.0/24); None picks one no host route uses yet,
+        so several labs (a demo and a test run) can exist side by side."""
         if not prefix.isalnum() or len(prefix) > 6:
             raise ValueError("lab prefix must be alphanumeric, at most 6 characters (interface names are short)")
         self.prefix = prefix
         self.state_dir = state_dir
-        self.sites = {s.name: s for s in sites}
+        self.wan = _free_wan() if wan is None else wan
+        self.wan_root = f"198.19.{self.wan}.254"
+        """The host's address on this lab's wan, where the lab's etcd listens."""
+        self.sites = {s.name: _on_wan(s, self.wan) for s in sites}
         self._pids_file = state_dir / "lab.pids"
         self.children: list[subprocess.Popen[bytes]] = []
         """Processes this Lab object started (reaped by `kill_all`); other runs are found by the pids file."""
@@ -88,7 +94,7 @@ class Lab:
             _nsip(f"{p}-{net}", "link", "set", "br0", "up")
         # The host joins the wan, so it can run etcd and reach the agents' admin endpoints there.
         _ip("link", "add", f"{p}h", "type", "veth", "peer", "name", "host", "netns", f"{p}-wan")
-        _ip("addr", "add", f"{WAN_ROOT}/24", "dev", f"{p}h")
+        _ip("addr", "add", f"{self.wan_root}/24", "dev", f"{p}h")
         _ip("link", "set", f"{p}h", "up")
         _nsip(f"{p}-wan", "link", "set", "host", "master", "br0", "up")
         for site in self.sites.values():
@@ -160,6 +166,19 @@ class Lab:
                 child.wait(1)
         self.children.clear()
         self._pids_file.unlink(missing_ok=True)
+
+
+def _on_wan(site: LabSite, wan: int) -> LabSite:
+    host = site.wan_ip.rsplit(".", 1)[1]
+    return LabSite(site.name, site.network, f"198.19.{wan}.{host}", site.lan_ip, site.zone)
+
+
+def _free_wan() -> int:
+    used = subprocess.run(["ip", "-4", "route", "show"], capture_output=True, text=True, check=False).stdout
+    for wan in range(1, 250):
+        if f"198.19.{wan}.0/24" not in used:
+            return wan
+    raise RuntimeError("no free 198.19.x.0/24 for another lab")
 
 
 def _namespaces() -> list[str]:

@@ -47,7 +47,9 @@ class Publisher:
         self._exports = tuple(exports)
         self._ttl = ttl
         self._lease_file = lease_file
-        self._backoff = backoff or Backoff()
+        # Retries must come well within the lease TTL: etcd restarts a lease's countdown when it comes back,
+        # and a publisher still backing off then lets the lease, and every record of the site, expire.
+        self._backoff = backoff or Backoff(base=0.2, cap=max(0.5, ttl / 4))
         self._clock = clock
         self._changed = asyncio.Event()
         self._actual: dict[str, Stored] = {}
