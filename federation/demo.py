@@ -349,6 +349,9 @@ def _show(demo: Demo, say: Any, keep: bool) -> int:
     say("== 2. the same federated name, asked in each site (VM sites answer the mesh-wide VIP; the Kubernetes\n"
         "      site east answers the ClusterIP of the Service meshfed derived for the import)\n")
     for site in demo.sites:
+        # Answers follow the registry within moments (on Kubernetes, once the derived Service has its IP).
+        demo.wait_for(lambda site=site: " A " in demo.resolve(site, f"web.shop.svc.{ZONE}").stdout, 15,
+                      f"an answer in {site}")
         res = demo.resolve(site, f"web.shop.svc.{ZONE}")
         first = next((ln for ln in res.stdout.splitlines() if " A " in f" {ln} " or "\tA\t" in ln), res.stdout.strip())
         say(f"  [{site}] $ meshfed resolve web.shop.svc.{ZONE}\n{_indent(res.stdout.strip(), 6)}\n")
