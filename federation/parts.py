@@ -31,6 +31,7 @@ from federation.registry.etcd import EtcdClient
 from federation.vm.discovery import LanDiscovery
 from federation.vm.exportset import ExportSet
 from federation.vm.health import HealthChecker
+from federation.vm.hostaddr import own_address
 from federation.vm.settings import VmSettings, parse_vm_settings
 from federation.vm.source import VmSource
 from federation.vm.vips import VipInterface
@@ -246,14 +247,24 @@ class DataPlane:
         host, port = self.eastwest.address
         advertised = self.config.site.gateway_address or host
         if ipaddress.ip_address(host).is_unspecified and not self.config.site.gateway_address:
-            if not self.sections.kubernetes.enabled:
+            if self.sections.kubernetes.enabled:
+                log.info("gateway address not configured: waiting for the east-west LoadBalancer's ingress address")
+                await self._start_egress(spawn)
+                return
+            if self.config.site.kind != "vm":
                 raise ConfigError(f"{self.config.source}: site.gateway_address: the gateway listens on {host}; "
                                   "say which address other networks reach it at")
-            log.info("gateway address not configured: waiting for the east-west LoadBalancer's ingress address")
-        else:
-            self.gateway_record = Gateway(gw.name, advertised, port)
-        self.egress = Egress(self.site, self.view, self.certs.client, self.certs.bundle, gw, self.metrics,
-                             bind_for=self._bind_for)
+            # A VM's gateway is reached at the VM's own address, as an operator would expect.
+            vm_address = self.sections.vm.address
+            advertised = vm_address if vm_address != "auto" else await own_address()
+            log.info("gateway advertised at this VM's address %s (set site.gateway_address to change it)", advertised)
+        self.gateway_record = Gateway(gw.name, advertised, port)
+        await self._start_egress(spawn)
+
+    async def _start_egress(self, spawn: Spawn) -> None:
+        assert self.certs is not None
+        self.egress = Egress(self.site, self.view, self.certs.client, self.certs.bundle, self.sections.gateway,
+                             self.metrics, bind_for=self._bind_for)
         await self.egress.start()
         spawn("certificate-renewal", self.certs.run())
 

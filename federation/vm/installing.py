@@ -77,6 +77,7 @@ site:
   region: "@REGION@"
   zone: "@ZONE@"
   kind: vm
+  # gateway_address: 203.0.113.10   # where other networks reach this VM's gateway; default: vm.address
 registry:
   # etcd of the mesh; empty starts an embedded etcd (a one-machine mesh).
   endpoints: [@ENDPOINTS@]
