@@ -166,7 +166,7 @@ class EastWestGateway:
             conn.close()
             raise
 
-    async def handshake(self, transport: asyncio.Transport, peer: str) -> None:
+    async def _handshake(self, transport: asyncio.Transport, peer: str) -> None:
         tunnel = GatewayTunnel(self, peer)
         loop = asyncio.get_running_loop()
         try:
@@ -198,7 +198,7 @@ class _Incoming(asyncio.Protocol):
         transport.pause_reading()
         peer = transport.get_extra_info("peername")
         host = str(peer[0]) if peer else "?"
-        self.gateway.spawn(self.gateway.handshake(transport, host), name=f"gateway-handshake-{host}")
+        self.gateway.spawn(self.gateway._handshake(transport, host), name=f"gateway-handshake-{host}")
 
     def data_received(self, data: bytes) -> None:  # pragma: no cover - reading is paused
         pass
