@@ -216,7 +216,7 @@ def load_certs(pem: bytes) -> list[x509.Certificate]:
     """Every certificate in a PEM bundle; PkiError when there is none or one is malformed."""
     try:
         certs = x509.load_pem_x509_certificates(pem)
-    except ValueError as exc:
+    except (ValueError, x509.InvalidVersion) as exc:
         raise PkiError(f"not a PEM certificate bundle: {exc}") from None
     return certs
 

@@ -9,15 +9,24 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import warnings
 from dataclasses import dataclass
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
 from federation.catalog import MeshView
 from federation.errors import MeshfedError
 from federation.issuing import PkiError, load_certs, site_of_ca, trust_domain_of, uris_of
 
+_PARSE_ERRORS: tuple[type[Exception], ...] = (
+    # What cryptography raises on malformed certificates; found by fuzzing, not all are ValueErrors.
+    ValueError, x509.InvalidVersion, x509.DuplicateExtension, x509.UnsupportedGeneralNameType,
+    UnsupportedAlgorithm,
+)
+_VERIFY_ERRORS: tuple[type[Exception], ...] = (VerificationError, *_PARSE_ERRORS)
+_ISSUER_ERRORS: tuple[type[Exception], ...] = (PkiError, *_PARSE_ERRORS)
 _SEGMENT = re.compile(r"^[A-Za-z0-9._-]+$")
 _TRUST_DOMAIN = re.compile(r"^[a-z0-9._-]+$")
 
@@ -102,14 +111,23 @@ def verify_peer(leaf_der: bytes | None, view: MeshView, bundle: TrustBundle, now
     """
     if not leaf_der:
         raise PeerRejected("peer presented no certificate")
+    with warnings.catch_warnings():
+        # cryptography only warns about some malformations (a serial that is not positive, a country
+        # name of the wrong length); a peer certificate with one is refused like any malformed one.
+        warnings.simplefilter("error")
+        try:
+            return _verify(leaf_der, view, bundle, now, expect_site)
+        except Warning as exc:
+            raise PeerRejected(f"peer certificate is malformed: {exc}") from None
+
+
+def _verify(leaf_der: bytes, view: MeshView, bundle: TrustBundle, now: dt.datetime,
+            expect_site: str | None) -> PeerIdentity:
     try:
         leaf = x509.load_der_x509_certificate(leaf_der)
-    except ValueError as exc:
+        uris = uris_of(leaf)  # extensions are parsed lazily: a malformed one raises here
+    except _PARSE_ERRORS as exc:
         raise PeerRejected(f"peer certificate does not parse: {exc}") from None
-    try:
-        uris = uris_of(leaf)
-    except ValueError as exc:  # cryptography parses extensions lazily: a malformed one raises here
-        raise PeerRejected(f"peer certificate extensions do not parse: {exc}") from None
     if len(uris) != 1:
         raise PeerRejected(f"peer certificate has {len(uris)} URI SANs, a SPIFFE leaf has exactly one")
     spiffe = parse_spiffe_id(uris[0])
@@ -130,7 +148,7 @@ def verify_peer(leaf_der: bytes | None, view: MeshView, bundle: TrustBundle, now
     verifier = PolicyBuilder().store(Store(list(bundle.roots))).time(now).build_client_verifier()
     try:
         chain = verifier.verify(leaf, intermediates).chain
-    except (VerificationError, ValueError) as exc:
+    except _VERIFY_ERRORS as exc:
         raise PeerRejected(
             f"peer {spiffe} does not verify through the CA that site {site_name} registered: {exc}"
         ) from None
@@ -138,7 +156,7 @@ def verify_peer(leaf_der: bytes | None, view: MeshView, bundle: TrustBundle, now
         raise PeerRejected(f"peer {spiffe} chain has {len(chain)} certificates, not leaf/site/root")
     try:
         issuer_site = site_of_ca(chain[1])
-    except (PkiError, ValueError) as exc:
+    except _ISSUER_ERRORS as exc:
         raise PeerRejected(f"peer {spiffe} issuer: {exc}") from None
     if issuer_site != site_name:
         raise PeerRejected(f"peer {spiffe} was issued by the CA of site {issuer_site}, not {site_name}")

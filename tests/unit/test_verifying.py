@@ -143,3 +143,12 @@ def test_any_certificate_bytes_only_ever_raise_peer_rejected(data: bytes) -> Non
         verify_peer(data, _VIEW, _BUNDLE, now())
     except PeerRejected:
         pass
+
+
+def test_a_certificate_with_an_unknown_version_is_rejected() -> None:
+    """Found by the fuzz test above: cryptography raises InvalidVersion, which is not a ValueError."""
+    bad = bytearray(_GOOD)
+    i = bad.index(b"\xa0\x03\x02\x01\x02") + 4  # [0] EXPLICIT version INTEGER 2 (v3)
+    bad[i] = 1
+    with pytest.raises(PeerRejected, match="does not parse"):
+        verify_peer(bytes(bad), _VIEW, _BUNDLE, now())
