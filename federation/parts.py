@@ -263,8 +263,9 @@ class DataPlane:
 
     async def _start_egress(self, spawn: Spawn) -> None:
         assert self.certs is not None
+        vips_here = self.config.site.kind == "vm" and bool(self.sections.vm.vip_interface)
         self.egress = Egress(self.site, self.view, self.certs.client, self.certs.bundle, self.sections.gateway,
-                             self.metrics, bind_for=self._bind_for)
+                             self.metrics, bind_for=self._bind_for, local_services=vips_here)
         await self.egress.start()
         spawn("certificate-renewal", self.certs.run())
 

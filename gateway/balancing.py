@@ -138,11 +138,15 @@ def routes(view: MeshView, own_site: str, namespace: str, name: str, port_name: 
     return out
 
 
-def desired_listeners(view: MeshView, own_site: str) -> set[ListenerKey]:
-    """The egress listeners to run: one per TCP port of every service another site exports."""
+def desired_listeners(view: MeshView, own_site: str, include_own: bool = False) -> set[ListenerKey]:
+    """The egress listeners to run: one per TCP port of every service another site exports.
+
+    With `include_own` also for services only this site exports: a VM site's clients reach its own
+    services at their VIP too (on Kubernetes they use the cluster's own Service instead).
+    """
     out: set[ListenerKey] = set()
     for (ns, name), svc in view.services().items():
-        if any(e.site != own_site for e in svc.exports):
+        if include_own or any(e.site != own_site for e in svc.exports):
             out.update((ns, name, p.name) for p in svc.ports if p.protocol is Protocol.TCP)
     return out
 

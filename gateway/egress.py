@@ -41,7 +41,8 @@ class Egress:
 
     def __init__(self, site: str, view: Callable[[], MeshView], client_context: ResumingContext,
                  bundle: TrustBundle, settings: GatewaySettings | None = None,
-                 registry: CollectorRegistry | None = None, bind_for: BindFor | None = None) -> None:
+                 registry: CollectorRegistry | None = None, bind_for: BindFor | None = None,
+                 local_services: bool = False) -> None:
         self.site = site
         self._view_fn = view
         self.context = client_context
@@ -49,6 +50,8 @@ class Egress:
         self.settings = settings or GatewaySettings()
         self.metrics = EgressMetrics(registry or CollectorRegistry())
         self._bind_for = bind_for or (lambda _key: (self.settings.egress_address, 0))
+        self.local_services = local_services
+        """Also listen for services only this site exports (a VM's own services at their VIP)."""
         self._view: MeshView | None = None
         self._servers: dict[ListenerKey, asyncio.Server] = {}
         self._pools: dict[PoolKey, TunnelPool] = {}
@@ -119,7 +122,8 @@ class Egress:
         view = self._view
         if view is None:
             return
-        desired = {key: self._bind_for(key) for key in desired_listeners(view, self.site)}
+        keys = desired_listeners(view, self.site, include_own=self.local_services)
+        desired = {key: self._bind_for(key) for key in keys}
         loop = asyncio.get_running_loop()
         for op in plan(desired, self.listeners()):
             if isinstance(op, Close):

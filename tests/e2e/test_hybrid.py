@@ -119,6 +119,20 @@ def test_killed_agent_disappears_from_dns_within_the_ttl_and_returns(mesh: Demo)
     _, body, _ = mesh.wait_curl("edge", f"http://{name}/")
     assert body.startswith("cart served by west"), body
 
+    # The restarted VM agent converged: meshfed0 holds exactly one VIP per service of the mesh (its own
+    # cart included: its clients reach it at the VIP too), nothing twice, nothing left over.
+    services = [f"{s}.shop.svc.{ZONE}" for s in ("web", "api", "cart")]
+
+    def converged() -> bool:
+        want = {a for n in services for a in dig(mesh, "west", n)}
+        addrs = mesh.lab.run("west", ["ip", "-4", "-o", "addr", "show", "dev", "meshfed0"]).stdout.split("\n")
+        have = [line.split()[3].split("/")[0] for line in addrs if line.strip()]
+        return len(want) == 3 and sorted(have) == sorted(want)
+
+    mesh.wait_for(converged, 20, "west's VIPs to converge")
+    _, body, _ = mesh.wait_curl("west", f"http://{name}/")  # its own service, at its VIP
+    assert body.startswith("cart served by west"), body
+
 
 def test_etcd_outage_of_ten_seconds_changes_nothing_clients_see(mesh: Demo) -> None:
     assert mesh.etcd is not None

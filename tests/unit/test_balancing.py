@@ -70,6 +70,8 @@ def test_desired_listeners_are_for_services_of_other_sites() -> None:
     sites = [_site("me", "n1"), _site("other", "n2")]
     exports = [export("me", "ns", "mine", 80), export("other", "ns", "theirs", 80)]
     assert desired_listeners(view(sites, exports), "me") == {("ns", "theirs", "tcp")}
+    assert desired_listeners(view(sites, exports), "me", include_own=True) == {("ns", "theirs", "tcp"),
+                                                                               ("ns", "mine", "tcp")}
 
 
 def test_plan_closes_then_opens_and_keeps_kernel_chosen_ports() -> None:
