@@ -90,6 +90,8 @@ class Conflict:
 
     site: str
     reason: str
+    kind: str = "ports"
+    """What differs: "type" or "ports" (MCS TypeConflict / PortConflict)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,14 +124,15 @@ def resolve(exports: Iterable[ServiceExport]) -> FederatedService:
         if e.spec() == spec:
             members.append(e)
             continue
-        if e.type != winner.type:
+        kind = "type" if e.type != winner.type else "ports"
+        if kind == "type":
             reason = f"type {e.type.value} differs from {winner.type.value} exported first by {winner.site}"
         else:
             reason = (
                 f"ports {_ports_text(e.ports)} differ from {_ports_text(winner.ports)} "
                 f"exported first by {winner.site}"
             )
-        conflicts.append(Conflict(e.site, reason))
+        conflicts.append(Conflict(e.site, reason, kind))
     return FederatedService(
         namespace=winner.namespace,
         name=winner.name,

@@ -32,7 +32,7 @@ def registry_report(
                     for e in svc.exports
                     for ep in e.endpoints
                 ],
-                "conflicts": [{"site": c.site, "reason": c.reason} for c in svc.conflicts],
+                "conflicts": [{"site": c.site, "kind": c.kind, "reason": c.reason} for c in svc.conflicts],
             }
         )
     return {

@@ -154,7 +154,7 @@ def export_conditions(
         elif conflict is None:
             conf = ("False", REASON_NO_CONFLICTS, "the service agrees with every other site's export")
         else:
-            reason = REASON_TYPE_CONFLICT if conflict.reason.startswith("type") else REASON_PORT_CONFLICT
+            reason = REASON_TYPE_CONFLICT if conflict.kind == "type" else REASON_PORT_CONFLICT
             conf = ("True", reason, f"this site's export is not used: {conflict.reason}")
     before = {str(c.get("type")): c for c in _l(previous) if isinstance(c, Mapping)}
     out = []

@@ -67,6 +67,7 @@ def test_oldest_export_wins_and_conflicts_are_named() -> None:
     assert svc.sites == ("west",)
     assert {x.site for x in svc.conflicts} == {"east", "north", "south"}
     assert any("type Headless differs" in x.reason for x in svc.conflicts)
+    assert {x.site: x.kind for x in svc.conflicts} == {"east": "ports", "north": "type", "south": "ports"}
 
 
 def test_view_leaves_out_exports_without_a_site_record() -> None:
