@@ -104,7 +104,7 @@ def test_conditions_valid_and_no_conflict() -> None:
 
 def test_conditions_conflict_reason_follows_kind_of_disagreement() -> None:
     ports = export_conditions([], None, Conflict("east", "ports http/80/TCP differ from ... by west"), True, 0)
-    types = export_conditions([], None, Conflict("east", "type Headless differs from ClusterSetIP ..."), True, 0)
+    types = export_conditions([], None, Conflict("east", "type Headless differs from ClusterSetIP ...", "type"), True, 0)
     assert ports[1]["reason"] == "PortConflict"
     assert ports[1]["status"] == "True"
     assert "differ" in ports[1]["message"]
