@@ -39,6 +39,7 @@ from gateway.eastwest import EastWestGateway
 from gateway.egress import Egress
 from gateway.settings import GatewaySettings, parse_gateway_settings
 from gateway.tls import CertificateStore
+from gateway.workers import GatewayWorkers
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +89,7 @@ class DataPlane:
         """Called when the site record changes (gateway address learnt later); the agent republishes."""
         self.certs: CertificateStore | None = None
         self.eastwest: EastWestGateway | None = None
+        self.workers: GatewayWorkers | None = None
         self.egress: Egress | None = None
         self.dns: DnsServer | None = None
         self.vips: VipAllocator | None = None
@@ -143,6 +145,8 @@ class DataPlane:
         self._synced.set()
         if self.egress is not None:
             self.egress.update(view)
+        if self.workers is not None:
+            self.workers.update(view)
         if self.dns is not None:
             self.dns.update(view)
         if self.vips is not None:
@@ -177,7 +181,7 @@ class DataPlane:
 
     async def close(self) -> None:
         """Stop listeners and tunnels."""
-        for closer in (self.egress, self.eastwest, self.dns):
+        for closer in (self.egress, self.eastwest, self.workers, self.dns):
             if closer is not None:
                 await closer.close()
         if self.certs is not None:
@@ -244,6 +248,12 @@ class DataPlane:
                               f"{self.certs.site!r}, not {self.site!r}")
         self.eastwest = EastWestGateway(self.site, self.view, self.certs.server, self.certs.bundle, gw, self.metrics)
         await self.eastwest.start()
+        if gw.workers > 1:
+            # More processes on the same port (SO_REUSEPORT), fed each registry view and renewed certificate.
+            self.workers = GatewayWorkers(self.site, gw, self.certs.chain_file, self.certs.key_file,
+                                          self.certs.bundle_file, gw.workers - 1)
+            await self.workers.start(self.eastwest.address[1], self.view())
+            self.certs.on_renew = self.workers.reload
         host, port = self.eastwest.address
         advertised = self.config.site.gateway_address or host
         if ipaddress.ip_address(host).is_unspecified and not self.config.site.gateway_address:

@@ -9,8 +9,13 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from federation.embedded import EtcdProcess
+
+# The machines are shared and noisy: property tests check behaviour, never time (deadline off).
+settings.register_profile("meshfed", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("meshfed")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

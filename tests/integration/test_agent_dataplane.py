@@ -70,9 +70,11 @@ def test_cross_network_request_dns_and_status(etcd: EtcdProcess, tmp_path: Path,
         for site, exports in (("east", [{"namespace": "shop", "name": "web", "ports": [{"name": "http", "port": 80}],
                                           "endpoints": [{"addresses": ["127.0.0.1"], "ports": {"http": web_server}}]}]),
                               ("west", [])):
+            gateway = {"ca_dir": str(site_ca(tmp_path, site)), "listen_address": "127.0.0.1", "listen_port": 0}
+            if site == "east":
+                gateway["workers"] = 2  # a second gateway process on the same port (SO_REUSEPORT)
             cfg = write_config(tmp_path / f"{site}.yaml", site, [etcd.endpoint], tmp_path / site, exports,
-                               gateway={"ca_dir": str(site_ca(tmp_path, site)), "listen_address": "127.0.0.1",
-                                        "listen_port": 0})
+                               gateway=gateway)
             agents.append(AgentProcess(cfg, tmp_path / site).start())
         east, west = agents
         east.wait_ready()
@@ -88,8 +90,9 @@ def test_cross_network_request_dns_and_status(etcd: EtcdProcess, tmp_path: Path,
         assert imp["service"] == "shop/web"
         assert imp["sites"][0]["via"].startswith("127.0.0.1:")  # east is on another network: through its gateway
         host, port = imp["listeners"]["http"].rsplit(":", 1)
-        with urllib.request.urlopen(f"http://{host}:{port}/", timeout=10) as resp:
-            assert resp.read() == b"hello from east\n"
+        for _ in range(6):  # several connections: the kernel spreads them over both gateway processes
+            with urllib.request.urlopen(f"http://{host}:{port}/", timeout=10) as resp:
+                assert resp.read() == b"hello from east\n"
 
         # west's DNS answers the federated name with the mesh-wide VIP that east's DNS gives too.
         def answer(agent: AgentProcess) -> list[str]:
