@@ -10,6 +10,7 @@ import asyncio
 import datetime as dt
 import ipaddress
 import logging
+import time
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -148,7 +149,7 @@ class DataPlane:
         if self.workers is not None:
             self.workers.update(view)
         if self.dns is not None:
-            self.dns.update(view)
+            self.dns.update(view, self._down_sites())
         if self.vips is not None:
             self.vips.kick()
         if self.kubernetes is not None:
@@ -278,6 +279,7 @@ class DataPlane:
                              self.metrics, bind_for=self._bind_for, local_services=vips_here)
         await self.egress.start()
         spawn("certificate-renewal", self.certs.run())
+        spawn("gateway-health", self._follow_gateway_health())
 
     def _vip_source(self) -> _SiteVips:
         """Where a ClusterSetIP answer comes from: the mesh VIP on VMs, the ServiceImport's IP on Kubernetes."""
@@ -299,6 +301,24 @@ class DataPlane:
         if self.egress is None:
             return None
         return self.egress.listeners().get((namespace, name, port_name))
+
+    def _down_sites(self) -> frozenset[str]:
+        return self.egress.health.down(time.monotonic()) if self.egress is not None else frozenset()
+
+    async def _follow_gateway_health(self, interval: float = 1.0) -> None:
+        """DNS leaves out sites whose gateway is known to be down (while others can serve), and takes them
+        back once a tunnel works again or the hold has passed."""
+        seen: frozenset[str] = frozenset()
+        while True:
+            await asyncio.sleep(interval)
+            down = self._down_sites()
+            if down != seen and self._synced.is_set():
+                if down - seen:
+                    log.warning("gateways of %s unreachable: DNS answers leave them out while others serve",
+                                ", ".join(sorted(down - seen)))
+                seen = down
+                if self.dns is not None:
+                    self.dns.update(self.view(), down)
 
     async def _follow_kubernetes(self, interval: float = 1.0) -> None:
         """DNS follows the derived Services' ClusterIPs; the site record follows the LoadBalancer's address."""

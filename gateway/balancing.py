@@ -138,6 +138,30 @@ def routes(view: MeshView, own_site: str, namespace: str, name: str, port_name: 
     return out
 
 
+class SiteHealth:
+    """Sites whose gateway the egress could not reach lately (connect, TLS or identity failure).
+
+    A site is down from its latest failure until a tunnel to it works again, or for `hold` seconds.
+    Pure: time comes in as an argument. DNS leaves such sites out while other sites can serve.
+    """
+
+    def __init__(self, hold: float = 30.0) -> None:
+        self.hold = hold
+        self._failed: dict[str, float] = {}
+
+    def failed(self, site: str, now: float) -> None:
+        self._failed[site] = now
+
+    def succeeded(self, site: str) -> None:
+        self._failed.pop(site, None)
+
+    def down(self, now: float) -> frozenset[str]:
+        """The sites whose gateway failed within the last `hold` seconds and has not worked since."""
+        for site in [s for s, t in self._failed.items() if now - t >= self.hold]:
+            del self._failed[site]
+        return frozenset(self._failed)
+
+
 def desired_listeners(view: MeshView, own_site: str, include_own: bool = False) -> set[ListenerKey]:
     """The egress listeners to run: one per TCP port of every service another site exports.
 

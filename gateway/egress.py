@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import time
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
@@ -18,7 +19,18 @@ from prometheus_client import CollectorRegistry
 from federation.catalog import MeshView
 from federation.errors import RemoteProtocolError
 from federation.verifying import PeerRejected, TrustBundle
-from gateway.balancing import Bind, Close, Direct, ListenerKey, Open, Route, desired_listeners, plan, routes
+from gateway.balancing import (
+    Bind,
+    Close,
+    Direct,
+    ListenerKey,
+    Open,
+    Route,
+    SiteHealth,
+    desired_listeners,
+    plan,
+    routes,
+)
 from gateway.pool import PoolKey, TunnelPool
 from gateway.preamble import Request, Status
 from gateway.refusals import EgressMetrics, Throttle
@@ -50,6 +62,8 @@ class Egress:
         self.settings = settings or GatewaySettings()
         self.metrics = EgressMetrics(registry or CollectorRegistry())
         self._bind_for = bind_for or (lambda _key: (self.settings.egress_address, 0))
+        self.health = SiteHealth()
+        """Sites whose gateway could not be reached lately (DNS leaves them out while others serve)."""
         self.local_services = local_services
         """Also listen for services only this site exports (a VM's own services at their VIP)."""
         self._view: MeshView | None = None
@@ -217,11 +231,13 @@ class Egress:
                     tunnel.close()
                     pool.give_back(tunnel)
                 self.metrics.attempts.labels("gateway", "failed").inc()
+                self.health.failed(route.site, time.monotonic())
                 _throttle.log(log, logging.INFO, ("tunnel", pool.key), "tunnel to %s gateway %s:%d failed: %s",
                               route.site, *pool.key[1:], exc)
                 if isinstance(exc, PeerRejected):
                     return False
                 continue
+            self.health.succeeded(route.site)
             if reused:
                 self.metrics.reused.inc()
             pool.remember_session(tunnel)

@@ -130,3 +130,16 @@ def test_routes_never_tunnel_to_our_own_network_and_never_skip_a_flat_endpoint(
     kinds = [isinstance(r, Direct) for r in got]
     assert kinds == sorted(kinds, reverse=True)  # every direct route comes before every tunnel
     assert {r.site for r in got} == ready
+
+
+def test_site_health_marks_a_failing_gateway_down_until_it_works_or_the_hold_passes() -> None:
+    from gateway.balancing import SiteHealth
+
+    h = SiteHealth(hold=30)
+    h.failed("west", now=100)
+    assert h.down(now=101) == {"west"}
+    h.succeeded("west")
+    assert h.down(now=102) == frozenset()
+    h.failed("west", now=200)
+    assert h.down(now=229) == {"west"}
+    assert h.down(now=230) == frozenset()
