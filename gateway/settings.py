@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from federation.errors import ConfigError
+from federation.sections import parse_section
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,19 +64,15 @@ _POSITIVE = {
 
 def parse_gateway_settings(data: Mapping[str, Any], where: str) -> GatewaySettings:
     """Settings from the `gateway:` config mapping; ConfigError names `where.field` and the reason."""
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"{where}: must be a mapping")
-    fields = {f.name: f for f in dataclasses.fields(GatewaySettings)}
-    values: dict[str, Any] = {}
-    for key, value in data.items():
-        name = str(key).replace("-", "_")
-        field = fields.get(name)
-        if field is None:
-            raise ConfigError(f"{where}.{key}: unknown setting (known: {', '.join(sorted(fields))})")
-        values[name] = _coerce(f"{where}.{key}", field.type, value)
-        if name in _POSITIVE and values[name] <= 0:
-            raise ConfigError(f"{where}.{key}: must be greater than 0")
-    settings = GatewaySettings(**values)
+    types = {f.name: f.type for f in dataclasses.fields(GatewaySettings)}
+
+    def field(name: str, value: Any, _default: Any, at: str) -> Any:
+        parsed = _coerce(at, types[name], value)
+        if name in _POSITIVE and parsed <= 0:
+            raise ConfigError(f"{at}: must be greater than 0")
+        return parsed
+
+    settings = parse_section(GatewaySettings, data, where, field)
     for name in ("listen_port", "egress_port"):
         port = getattr(settings, name)
         if not 0 <= port <= 65535:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -11,6 +10,7 @@ from typing import Any
 import dns.name
 
 from federation.errors import ConfigError
+from federation.sections import parse_section
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,16 +47,7 @@ class DnsSettings:
 
 def parse_dns_settings(data: Mapping[str, Any], where: str) -> DnsSettings:
     """Validate the `dns:` section; raise ConfigError(f"{where}.{field}: reason")."""
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"{where}: is not a mapping")
-    known = {f.name: f for f in dataclasses.fields(DnsSettings)}
-    defaults = DnsSettings()
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        if key not in known:
-            raise ConfigError(f"{where}.{key}: unknown field (known: {', '.join(sorted(known))})")
-        out[key] = _field(key, value, getattr(defaults, key), f"{where}.{key}")
-    return DnsSettings(**out)
+    return parse_section(DnsSettings, data, where, _field)
 
 
 def split_hostport(text: str, default_port: int = 53) -> tuple[str, int]:

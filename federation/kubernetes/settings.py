@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import ipaddress
 import re
 from collections.abc import Mapping
@@ -10,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from federation.errors import ConfigError
+from federation.sections import parse_section
 
 _LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 _LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
@@ -53,16 +53,7 @@ class KubernetesSettings:
 
 def parse_kubernetes_settings(data: Mapping[str, Any], where: str) -> KubernetesSettings:
     """Validate the `kubernetes:` section; raise ConfigError(f"{where}.{field}: reason")."""
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"{where}: is not a mapping")
-    known = {f.name for f in dataclasses.fields(KubernetesSettings)}
-    defaults = KubernetesSettings()
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        if key not in known:
-            raise ConfigError(f"{where}.{key}: unknown field (known: {', '.join(sorted(known))})")
-        out[key] = _field(key, value, getattr(defaults, key), f"{where}.{key}")
-    settings = KubernetesSettings(**out)
+    settings = parse_section(KubernetesSettings, data, where, _field)
     if settings.backoff_base > settings.backoff_cap:
         raise ConfigError(f"{where}.backoff_base: {settings.backoff_base} exceeds backoff_cap {settings.backoff_cap}")
     return settings

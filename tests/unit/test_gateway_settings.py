@@ -38,7 +38,7 @@ def test_every_field_says_why_its_default() -> None:
     ({"workers": "2"}, "gateway.workers: '2' is not an integer"),
     ({"idle_timeout": True}, "gateway.idle_timeout: True is not a number"),
     ({"listen_address": "example.com"}, "gateway.listen_address: 'example.com' is not an IP address"),
-    ({"colour": 1}, "gateway.colour: unknown setting"),
+    ({"colour": 1}, "gateway.colour: unknown field"),
     ({"name": "Gw_1"}, "gateway.name: 'Gw_1' is not a DNS label"),
     ({"pool_idle": 100, "tunnel_idle_timeout": 90}, "gateway.pool_idle: must be below"),
 ])
