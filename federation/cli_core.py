@@ -51,6 +51,7 @@ def add_commands(sub: Any) -> None:
     d.add_argument("--state-dir", default=None, help="where the demo keeps its files (default: /tmp/meshfed-demo)")
     d.add_argument("--keep", action="store_true", help="leave it running until Ctrl-C")
     d.add_argument("--down", action="store_true", help="tear down a demo left running with --keep")
+    d.add_argument("--loopback", action="store_true", help="loopback ports instead of network namespaces")
     d.set_defaults(handler=cmd_demo)
 
 
@@ -200,7 +201,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     if args.log_level == "info":
         logging.getLogger().setLevel(logging.WARNING)  # the demo narrates; its agents log to files
-    code: int = run_demo(Path(args.state_dir) if args.state_dir else None, keep=args.keep, down=args.down)
+    code: int = run_demo(Path(args.state_dir) if args.state_dir else None, keep=args.keep, down=args.down,
+                         loopback=args.loopback)
     return code
 
 

@@ -308,10 +308,10 @@ class Demo:
 # ---------------------------------------------------------------- the show
 
 
-def run_demo(state_dir: Path | None, keep: bool = False, down: bool = False) -> int:
+def run_demo(state_dir: Path | None, keep: bool = False, down: bool = False, loopback: bool = False) -> int:
     """`meshfed demo`: 0 when every step worked."""
     state = state_dir or DEFAULT_STATE
-    netns = Lab.available() is None
+    netns = Lab.available() is None and not loopback
     if down:
         Demo(state, netns).lab.down()
         shutil.rmtree(state, ignore_errors=True)
@@ -333,10 +333,11 @@ def run_demo(state_dir: Path | None, keep: bool = False, down: bool = False) -> 
 
 def _show(demo: Demo, say: Any, keep: bool) -> int:
     started = time.monotonic()
+    why = Lab.available() or "asked for with --loopback"
     mode = ("network namespaces: net-1 (east, edge) and net-2 (west) cannot reach each other; "
             "only the gateways meet on a wan" if demo.netns else
-            "LOOPBACK MODE (not root, so no network namespaces): every site shares 127.0.0.1; the networks "
-            "are separate only in meshfed's eyes")
+            f"LOOPBACK MODE ({why}): every site shares 127.0.0.1 on ports of its own; the networks are "
+            "separate only in meshfed's eyes, so the direct path cannot be shown to fail")
     say(f"== meshfed demo: 3 sites, 2 networks, one etcd\n   {mode}\n"
         "   east: a Kubernetes-style site (a local API stand-in with Services, EndpointSlices, ServiceExports)\n"
         f"   west, edge: VM sites with health-checked services\n   state in {demo.state}\n")
@@ -438,7 +439,7 @@ def _path(status: dict[str, Any], service: str) -> str:
         if imp["service"] == service:
             listen = imp["listeners"].get("http", "?")
             hops = [f"{s['site']} via {s['via']}" for s in imp["sites"] if s["ready"]]
-            vip = f"VIP {imp['vips'][0]}, " if imp["vips"] else ""
+            vip = f"VIP {imp['vips'][0]}, " if imp["vips"] and listen.startswith(imp["vips"][0] + ":") else ""
             return f"{status['site']} egress ({vip}listener {listen}) -> " + " | then ".join(hops)
     return "unknown"
 
