@@ -38,7 +38,9 @@ class Throttle:
 
 
 class Refusals:
-    """Logs each refusal with its reason, at most once per (kind, peer host) per `interval`; counts all."""
+    """Logs each refusal with its reason, at most once per (kind, peer host, kind of reason) per `interval`;
+    counts all. The reason's first 24 characters tell a missing certificate from a foreign CA from the
+    same host apart, while what a peer controls further in cannot multiply the lines."""
 
     def __init__(self, logger: logging.Logger, counter: Counter, interval: float = 60.0,
                  capacity: int = 1024) -> None:
@@ -54,7 +56,7 @@ class Refusals:
     def refuse(self, kind: str, peer: str, reason: str, now: float | None = None) -> None:
         """Count a refusal of `kind` and log it unless one like it from `peer` was logged recently."""
         self._counter.labels(kind).inc()
-        if self._throttle.allow((kind, peer), now):
+        if self._throttle.allow((kind, peer, reason[:24]), now):
             self._log.warning("refused %s from %s: %s", kind, peer, reason)
 
 
