@@ -234,7 +234,9 @@ async def test_rbac_grants_exactly_the_calls_the_agent_makes(etcd: EtcdProcess, 
                              == "pg" and any(s["ports"][0]["name"] == "pg" for s in owned_slices(api)),
                              what="derived Service and slices patched")
             pub.set_exports([])
-            await eventually(lambda: api.get("serviceimports", "shop", "db") is None, what="import deleted")
+            # The import and its derived Service go in separate calls: wait for both deletes.
+            await eventually(lambda: api.get("serviceimports", "shop", "db") is None
+                             and api.get("services", "shop", derived_name("db")) is None, what="import deleted")
     used = {(verb, group, res) for verb, group, res in api.calls}
     assert used == rbac_rules()
 
