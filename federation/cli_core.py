@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import signal
@@ -28,6 +29,8 @@ def add_commands(sub: Any) -> None:
     """Register the core subcommands."""
     p = sub.add_parser("agent", help="run a site's agent")
     p.add_argument("--config", required=True, help="agent config file (YAML)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="gateway processes sharing the east-west port (SO_REUSEPORT); overrides gateway.workers")
     p.set_defaults(handler=cmd_agent)
 
     reg = sub.add_parser("registry", help="inspect the registry")
@@ -65,6 +68,12 @@ def cmd_version(_args: argparse.Namespace) -> int:
 def cmd_agent(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config)
+        if args.workers is not None:
+            gateway = dict(config.sections.get("gateway", {}), workers=args.workers)
+            config = dataclasses.replace(config, sections={**config.sections, "gateway": gateway})
+        from federation.parts import parse_sections
+
+        parse_sections(config)  # a bad section fails here, before anything starts
     except ConfigError as exc:
         print(f"meshfed: {exc}", file=sys.stderr)
         return 2

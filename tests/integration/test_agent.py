@@ -166,3 +166,15 @@ def test_version() -> None:
     out = meshfed("version")
     assert out.returncode == 0
     assert out.stdout.startswith("meshfed 0.")
+
+
+def test_bad_section_and_bad_workers_flag_fail_at_start(tmp_path: Path) -> None:
+    cfg = tmp_path / "agent.yaml"
+    cfg.write_text("site: {name: east, network: n}\ndns: {ttl: -1}\n")
+    out = meshfed("agent", "--config", str(cfg))
+    assert out.returncode == 2
+    assert out.stderr.strip() == f"meshfed: {cfg}: dns.ttl: -1 is not in 0..86400"
+    cfg.write_text("site: {name: east, network: n}\n")
+    out = meshfed("agent", "--config", str(cfg), "--workers", "0")
+    assert out.returncode == 2
+    assert out.stderr.strip() == f"meshfed: {cfg}: gateway.workers: must be greater than 0"
