@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from federation.embedded import EtcdProcess, free_port
+from federation.errors import MeshfedError
 from federation.issuing import new_root, new_site_ca, save_root, save_site
 from federation.kubernetes import objects as kobj
 from federation.lab import Lab
@@ -78,6 +79,9 @@ class Demo:
 
     def up(self) -> None:
         """Network, CA, etcd, sample services and one agent per site; returns when every agent is ready."""
+        # A fresh mesh every time: an etcd data dir left by an interrupted run names other peer addresses.
+        self.lab.kill_all()  # processes an interrupted run recorded in its state directory
+        shutil.rmtree(self.state, ignore_errors=True)
         self.state.mkdir(parents=True, exist_ok=True, mode=0o700)
         if self.netns:
             self.lab.up()
@@ -319,16 +323,20 @@ def run_demo(state_dir: Path | None, keep: bool = False, down: bool = False, loo
         return 0
     demo = Demo(state, netns)
     say = demo.out.write
+    ok = False
     try:
-        return _show(demo, say, keep)
-    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
-        say(f"\ndemo failed: {exc}\nlogs are in {state}\n")
+        code = _show(demo, say, keep)
+        ok = code == 0
+        return code
+    except (RuntimeError, OSError, subprocess.SubprocessError, MeshfedError) as exc:
+        say(f"\ndemo failed: {exc}\nlogs kept in {state}; `meshfed demo --down` removes them\n")
         keep = False
         return 1
     finally:
         if not keep:
             demo.down()
-            shutil.rmtree(state, ignore_errors=True)
+            if ok:
+                shutil.rmtree(state, ignore_errors=True)
 
 
 def _show(demo: Demo, say: Any, keep: bool) -> int:

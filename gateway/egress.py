@@ -8,8 +8,11 @@ next route before any application byte is sent. Listeners follow the registry th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import socket
 import ssl
+import struct
 import time
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
@@ -192,6 +195,11 @@ class Egress:
         self.metrics.connections.labels("no_route").inc()
         _throttle.log(log, logging.WARNING, ("no-route", key), "no route accepted a client of %s/%s:%s", *key)
         if client.transport is not None:
+            # A reset, not a clean close: the client sees "connection reset", not an empty answer it
+            # might take for the service's own.
+            sock = client.transport.get_extra_info("socket")
+            with contextlib.suppress(OSError, AttributeError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             client.transport.abort()
 
     async def _direct(self, client: PlainLeg, route: Direct) -> bool:
