@@ -215,7 +215,10 @@ class Demo:
         self.agents.clear()
         if self.etcd is not None:
             self.etcd.stop()
-        self.lab.down()
+        if self.netns:
+            self.lab.down()
+        else:  # a loopback demo made no namespaces: never touch those of a demo running beside it
+            self.lab.kill_all()
 
     # -- looking
 

@@ -21,3 +21,25 @@ def test_demo_on_loopback_runs_every_step_and_leaves_nothing(tmp_path: Path) -> 
     assert "-> east via direct" in text
     assert "web served by edge" in text  # the failover
     assert not state.exists()  # torn down: the state directory is gone too
+
+
+def test_loopback_demo_leaves_namespaces_of_others_alone(tmp_path: Path) -> None:
+    """A loopback demo made no namespaces; tearing it down must not remove a real demo's beside it."""
+    import os
+
+    from federation.demo import PREFIX
+
+    if os.geteuid() != 0:
+        import pytest
+
+        pytest.skip("making a namespace needs root")
+    name = f"{PREFIX}-bystander"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        out = subprocess.run([sys.executable, "-m", "federation", "demo", "--loopback", "--state-dir",
+                              str(tmp_path / "demo")], capture_output=True, text=True, timeout=240)
+        assert out.returncode == 0, out.stdout + out.stderr
+        listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
+        assert name in listed
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False)
