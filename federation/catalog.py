@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Any
 
 from federation.errors import RecordError
 from federation.model import (
@@ -154,21 +155,31 @@ class MeshView:
     sites: Mapping[str, Site]
     exports: Mapping[ExportId, ServiceExport]
     revision: int = 0
+    _memo: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    """Results computed once per snapshot (the snapshot never changes, so they stay right)."""
 
     def services(self) -> dict[tuple[str, str], FederatedService]:
-        """Every federated service, conflict rule applied; exports of sites without a site record are left out."""
-        grouped: dict[tuple[str, str], list[ServiceExport]] = {}
-        for export in self.exports.values():
-            if export.site in self.sites:
-                grouped.setdefault(export.service, []).append(export)
-        return {svc: resolve(group) for svc, group in sorted(grouped.items())}
+        """Every federated service, conflict rule applied; exports of sites without a site record are left out.
+
+        Computed once per snapshot: DNS, egress, VIPs and every new client connection ask for it.
+        """
+        cached: dict[tuple[str, str], FederatedService] | None = self._memo.get("services")
+        if cached is None:
+            grouped: dict[tuple[str, str], list[ServiceExport]] = {}
+            for export in self.exports.values():
+                if export.site in self.sites:
+                    grouped.setdefault(export.service, []).append(export)
+            cached = {svc: resolve(group) for svc, group in sorted(grouped.items())}
+            self._memo["services"] = cached
+        return dict(cached)
 
     def service(self, namespace: str, name: str) -> FederatedService | None:
-        """One federated service, or None."""
-        group = [
-            e for e in self.exports.values() if e.service == (namespace, name) and e.site in self.sites
-        ]
-        return resolve(group) if group else None
+        """One federated service, or None (a dictionary lookup once `services()` has been computed)."""
+        cached: dict[tuple[str, str], FederatedService] | None = self._memo.get("services")
+        if cached is None:
+            self.services()
+            cached = self._memo["services"]
+        return cached.get((namespace, name))
 
 
 # ---------------------------------------------------------------- the catalog
