@@ -195,6 +195,10 @@ class Catalog:
         self._exports: dict[ExportId, ServiceExport] = {}
         self._rejected: dict[str, str] = {}
         self.revision = 0
+        # Resolved services kept across snapshots: a new view re-resolves only the services touched since.
+        self._by_service: dict[tuple[str, str], set[ExportId]] = {}
+        self._resolved: dict[tuple[str, str], FederatedService] = {}
+        self._dirty: set[tuple[str, str]] = set()
 
     # -- inputs
 
@@ -234,11 +238,19 @@ class Catalog:
     # -- outputs
 
     def view(self) -> MeshView:
-        """An immutable snapshot of the current state."""
+        """An immutable snapshot of the current state, its services already resolved (incrementally)."""
+        for key in self._dirty:
+            members = [self._exports[i] for i in self._by_service.get(key, ()) if i[0] in self._sites]
+            if members:
+                self._resolved[key] = resolve(members)
+            else:
+                self._resolved.pop(key, None)
+        self._dirty.clear()
         return MeshView(
             sites=MappingProxyType(dict(self._sites)),
             exports=MappingProxyType(dict(self._exports)),
             revision=self.revision,
+            _memo={"services": dict(sorted(self._resolved.items()))},
         )
 
     @property
@@ -262,6 +274,7 @@ class Catalog:
                 old_site = self._sites.get(site.name)
                 self._sites[site.name] = site
                 if old_site is None:
+                    self._touch_site(site.name)
                     out.events.append(SiteAdded(site))
                 elif old_site != site:
                     out.events.append(SiteChanged(site, old_site))
@@ -271,6 +284,8 @@ class Catalog:
             ident = (parsed.site, parsed.namespace, parsed.name)
             old_export = self._exports.get(ident)
             self._exports[ident] = export
+            self._by_service.setdefault(export.service, set()).add(ident)
+            self._dirty.add(export.service)
             if old_export is None:
                 out.events.append(ServiceAdded(export))
             elif old_export != export:
@@ -289,8 +304,20 @@ class Catalog:
         if isinstance(parsed, SiteKey):
             site = self._sites.pop(parsed.site, None)
             if site is not None:
+                self._touch_site(site.name)
                 out.events.append(SiteRemoved(site))
         elif isinstance(parsed, ServiceKey):
-            export = self._exports.pop((parsed.site, parsed.namespace, parsed.name), None)
+            ident = (parsed.site, parsed.namespace, parsed.name)
+            export = self._exports.pop(ident, None)
             if export is not None:
+                members = self._by_service.get(export.service)
+                if members is not None:
+                    members.discard(ident)
+                    if not members:
+                        del self._by_service[export.service]
+                self._dirty.add(export.service)
                 out.events.append(ServiceRemoved(export))
+
+    def _touch_site(self, site: str) -> None:
+        """A site record came or went: every service it exports counts again, or no longer."""
+        self._dirty.update(e.service for i, e in self._exports.items() if i[0] == site)

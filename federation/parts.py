@@ -86,6 +86,9 @@ class DataPlane:
         self._synced = asyncio.Event()
         self.exports = ExportSet(set_exports)
         self.vm: VmSource | None = None
+        self._site_vips = _SiteVips(self)
+        self.cluster_ips: dict[tuple[str, str], str] = {}
+        """ClusterIPs of the derived Services (Kubernetes sites), refreshed by the kubernetes-follow task."""
         self.on_site_changed: Callable[[], None] | None = None
         """Called when the site record changes (gateway address learnt later); the agent republishes."""
         self.certs: CertificateStore | None = None
@@ -283,7 +286,7 @@ class DataPlane:
 
     def _vip_source(self) -> _SiteVips:
         """Where a ClusterSetIP answer comes from: the mesh VIP on VMs, the ServiceImport's IP on Kubernetes."""
-        return _SiteVips(self)
+        return self._site_vips
 
     def _bind_for(self, key: tuple[str, str, str]) -> tuple[str, int]:
         """VM sites listen on VIP:port (applications use the DNS name unchanged); others on loopback ports."""
@@ -328,7 +331,7 @@ class DataPlane:
             await asyncio.sleep(interval)
             ips = self.kubernetes.imported_ips()
             if ips != seen:
-                seen = ips
+                seen = self.cluster_ips = ips
                 if self.dns is not None:
                     self.dns.refresh()
             lb = self.kubernetes.eastwest_address()
@@ -362,35 +365,18 @@ def _as_list(sink: Callable[[Sequence[ServiceExport]], None]) -> Callable[[Itera
 
 
 class _SiteVips:
-    """Decides per lookup, so subsystems started later (the Kubernetes source) are seen by DNS too."""
+    """Where ClusterSetIP answers come from, decided per lookup (the Kubernetes source starts after DNS):
+    the ServiceImport's ClusterIP on Kubernetes, else the mesh-wide VIP (IPv4 only: the egress binds one
+    address per service port). Each lookup is a dictionary get: DNS builds call it once per service."""
 
     def __init__(self, plane: DataPlane) -> None:
         self._plane = plane
 
     def addresses(self, namespace: str, name: str) -> tuple[str, ...]:
-        if self._plane.kubernetes is not None:
-            return _ClusterIPs(self._plane.kubernetes).addresses(namespace, name)
-        return _IPv4Vips(self._plane.vips).addresses(namespace, name)
-
-
-class _ClusterIPs:
-    """On a Kubernetes site the clusterset IP is the ServiceImport's IP: the derived Service's ClusterIP."""
-
-    def __init__(self, source: KubernetesSource) -> None:
-        self._source = source
-
-    def addresses(self, namespace: str, name: str) -> tuple[str, ...]:
-        ip = self._source.imported_ips().get((namespace, name))
-        return (ip,) if ip else ()
-
-
-class _IPv4Vips:
-    """The VIPs DNS answers: IPv4 only, because egress listeners bind one address per service port."""
-
-    def __init__(self, allocator: VipAllocator | None) -> None:
-        self._allocator = allocator
-
-    def addresses(self, namespace: str, name: str) -> tuple[str, ...]:
-        if self._allocator is None:
+        plane = self._plane
+        if plane.kubernetes is not None:
+            ip = plane.cluster_ips.get((namespace, name))
+            return (ip,) if ip else ()
+        if plane.vips is None:
             return ()
-        return tuple(a for a in self._allocator.addresses(namespace, name) if ":" not in a)
+        return tuple(a for a in plane.vips.addresses(namespace, name) if ":" not in a)

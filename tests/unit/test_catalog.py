@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from federation.catalog import (
     Catalog,
+    MeshView,
     ServiceAdded,
     ServiceChanged,
     ServiceRemoved,
@@ -76,3 +80,26 @@ def test_view_leaves_out_exports_without_a_site_record() -> None:
     assert cat.view().services() == {}
     cat.put(KEYS.site("east"), encode_site(site("east")))
     assert list(cat.view().services()) == [("shop", "web")]
+
+
+_ops = st.lists(st.tuples(st.sampled_from(["put-site", "del-site", "put-export", "del-export"]),
+                          st.sampled_from(["east", "west", "edge"]), st.sampled_from(["web", "api"]),
+                          st.sampled_from([80, 81]), st.floats(min_value=0, max_value=10)), max_size=40)
+
+
+@given(_ops)
+def test_incremental_services_equal_a_fresh_computation(ops: list[tuple[str, str, str, int, float]]) -> None:
+    cat = Catalog(KEYS)
+    for op, site_name, name, port, stamp in ops:
+        if op == "put-site":
+            cat.put(KEYS.site(site_name), encode_site(site(site_name)))
+        elif op == "del-site":
+            cat.delete(KEYS.site(site_name))
+        elif op == "put-export":
+            e = dataclasses.replace(export(site_name, name, ports=(ServicePort("http", port),)), exported_at=stamp)
+            _put_export(cat, e)
+        else:
+            cat.delete(KEYS.service(site_name, "shop", name))
+        view = cat.view()
+        fresh = MeshView(sites=dict(view.sites), exports=dict(view.exports))
+        assert view.services() == fresh.services()
