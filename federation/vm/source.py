@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import logging
 from collections.abc import Callable, Iterable, Sequence
@@ -31,6 +32,12 @@ log = logging.getLogger(__name__)
 DISCOVERY_SETTLE = 3.0
 """Seconds LAN discovery gets before the first publication: zeroconf's first queries go out at 0, 1 and 3 s
 (RFC 6762 5.2), so a restart does not withdraw and re-add every LAN service."""
+
+
+@functools.lru_cache(maxsize=65536)
+def _address(text: str) -> Vip:
+    """Parsed once: every registry change recomputes the wanted VIPs from the same few strings."""
+    return ipaddress.ip_address(text)
 
 
 class VmSource:
@@ -84,7 +91,7 @@ class VmSource:
         Call it only once the registry's initial sync is done: an empty view would remove every VIP.
         """
         wanted = frozenset(
-            ipaddress.ip_address(a)
+            _address(a)
             for (namespace, name), svc in view.services().items() if svc.type is ServiceType.CLUSTER_SET_IP
             for a in vips.addresses(namespace, name)
         )
