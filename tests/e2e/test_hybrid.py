@@ -138,6 +138,8 @@ def test_etcd_outage_of_ten_seconds_changes_nothing_clients_see(mesh: Demo) -> N
     assert mesh.etcd is not None
     url = f"http://web.shop.svc.{ZONE}/"
     names = [f"{s}.shop.svc.{ZONE}" for s in ("web", "api", "cart")]
+    # A steady state first: an import re-created by an earlier test gets its new ClusterIP on east a moment later.
+    mesh.wait_for(lambda: all(dig(mesh, site, n) for site in mesh.sites for n in names), 30, "every name everywhere")
     before = {(site, n): dig(mesh, site, n) for site in mesh.sites for n in names}
     mesh.etcd.stop()
     try:
