@@ -5,9 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
@@ -16,6 +14,7 @@ import federation
 from federation.config import AgentConfig
 from federation.embedded import EtcdProcess
 from federation.errors import LocalProtocolError
+from federation.files import write_private
 from federation.model import Keys, Locality, ServiceExport, Site
 from federation.registry.etcd import EtcdClient, TLSFiles
 from federation.registry.mirror import Mirror, RegistryMetrics
@@ -112,7 +111,8 @@ class Agent:
             ))  # fmt: skip
             admin.add_document("/status", lambda: self.status())
             self.admin_address = await admin.start()
-            _write_private(cfg.state_dir / ADMIN_ADDR_FILE, f"{self.admin_address[0]}:{self.admin_address[1]}\n")
+            host, port = self.admin_address
+            write_private(cfg.state_dir / ADMIN_ADDR_FILE, f"{host}:{port}\n".encode())
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(_guard("registry mirror", mirror.run()), name="registry-mirror")
                 tg.create_task(_guard("registry publisher", _after(plane.exports_ready(), publisher.run())),
@@ -186,9 +186,3 @@ async def _after(first: Awaitable[None], then: Awaitable[None]) -> None:
 async def _stop_on(stop: asyncio.Event) -> None:
     await stop.wait()
     raise _Shutdown
-
-
-def _write_private(path: Path, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)

@@ -144,7 +144,7 @@ async def _registry_report(args: argparse.Namespace) -> dict[str, Any]:
         async with asyncio.timeout(timeout + 1):
             kvs, revision = await client.get_prefix(Keys(prefix).root())
     except (RegistryUnavailable, TimeoutError) as exc:
-        fallback = _agent_view(config) if config else None
+        fallback = _agent_document(config, "/registry") if config else None
         if fallback is None:
             raise RegistryUnavailable(f"cannot read the registry at {','.join(endpoints)}: {exc}") from None
         fallback["stale"] = True
@@ -170,10 +170,6 @@ def _endpoints(args: argparse.Namespace, config: AgentConfig | None) -> tuple[st
             return (path.read_text().strip(),)
         raise ConfigError(f"{config.source}: registry.endpoints is empty and no embedded etcd is running ({path})")
     raise ConfigError("say where the registry is: --config FILE or --endpoints host:port")
-
-
-def _agent_view(config: AgentConfig) -> dict[str, Any] | None:
-    return _agent_document(config, "/registry")
 
 
 def _agent_document(config: AgentConfig, path: str) -> dict[str, Any] | None:

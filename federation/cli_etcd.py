@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from federation.etcdcerts import issue_etcd_client, issue_etcd_server
-from federation.issuing import PkiError, cert_pem, load_authority, write_private, write_public
+from federation.files import write_private, write_public
+from federation.issuing import PkiError, cert_pem, load_authority
 
 
 def add_commands(sub: Any) -> None:

@@ -263,15 +263,11 @@ class Demo:
         body, _, secs = res.stdout.rpartition("\n")
         return True, body.strip(), float(secs)
 
-    def registry_ls(self) -> subprocess.CompletedProcess[str]:
-        assert self.etcd is not None
-        return subprocess.run([self.python, "-m", "federation", "registry", "ls", "--endpoints", self.etcd.endpoint],
-                              capture_output=True, text=True, timeout=30, check=False)
-
-    def registry_ls_json(self) -> str:
+    def registry_ls(self, *extra: str) -> subprocess.CompletedProcess[str]:
+        """`meshfed registry ls` against the demo's etcd (extra flags, e.g. --json)."""
         assert self.etcd is not None
         return subprocess.run([self.python, "-m", "federation", "registry", "ls", "--endpoints", self.etcd.endpoint,
-                               "--json"], capture_output=True, text=True, timeout=30, check=True).stdout
+                               *extra], capture_output=True, text=True, timeout=30, check=False)
 
     def wait_curl(self, site: str, url: str, timeout: float = 20.0) -> tuple[bool, str, float]:
         """The first successful GET within `timeout` (listeners and VIPs follow the registry within moments)."""
@@ -355,7 +351,8 @@ def _show(demo: Demo, say: Any, keep: bool) -> int:
     demo.up()
     assert demo.etcd is not None
     say(f"== 1. every agent is ready (embedded etcd at {demo.etcd.endpoint}, mesh CA with one intermediate per site)\n")
-    demo.wait_for(lambda: len(json.loads(demo.registry_ls_json())["services"]) == 3, 30, "all exports")
+    demo.wait_for(lambda: len(json.loads(demo.registry_ls("--json").stdout or "{}").get("services", [])) == 3,
+                  30, "all exports")
     say("$ meshfed registry ls\n" + _indent(demo.registry_ls().stdout) + "\n")
 
     say("== 2. the same federated name, asked in each site (VM sites answer the mesh-wide VIP; the Kubernetes\n"

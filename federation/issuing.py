@@ -7,7 +7,6 @@ Time always comes in as an argument.
 from __future__ import annotations
 
 import datetime as dt
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from federation.errors import MeshfedError
+from federation.files import write_private, write_public
 
 ROOT_LIFETIME = dt.timedelta(days=3650)
 SITE_LIFETIME = dt.timedelta(days=730)
@@ -222,27 +222,6 @@ def load_certs(pem: bytes) -> list[x509.Certificate]:
 
 
 # ---------------------------------------------------------------- files
-
-
-def write_private(path: Path, data: bytes) -> None:
-    """Write `data` to `path` readable by the owner only (0600), whatever the umask, replacing atomically."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-
-
-def write_public(path: Path, data: bytes) -> None:
-    """Write a certificate file (0644), replacing atomically."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    tmp.chmod(0o644)
-    os.replace(tmp, path)
 
 
 def save_root(out: Path, root: Authority, force: bool = False) -> None:

@@ -118,7 +118,7 @@ class Lab:
         """Kill the lab's processes and remove every namespace, link and file it made (idempotent)."""
         self.kill_all()
         p = self.prefix
-        for ns in _namespaces():
+        for ns in namespaces():
             if ns.startswith(f"{p}-"):
                 subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
                 shutil.rmtree(Path("/etc/netns") / ns, ignore_errors=True)
@@ -181,7 +181,8 @@ def _free_wan() -> int:
     raise RuntimeError("no free 198.19.x.0/24 for another lab")
 
 
-def _namespaces() -> list[str]:
+def namespaces() -> list[str]:
+    """Every network namespace on the host (`ip netns list`)."""
     out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False).stdout
     return [line.split()[0] for line in out.splitlines() if line.strip()]
 

@@ -57,7 +57,7 @@ def desired_records(
         if export.site != site.name:
             raise RecordError(f"export {export.namespace}/{export.name} names site {export.site!r}, not {site.name!r}")
         key = keys.service(site.name, export.namespace, export.name)
-        stamp = export.exported_at or _stored_stamp(key, actual) or now
+        stamp = export.exported_at or _stored_stamp(keys, key, actual) or now
         stamped = dataclasses.replace(export, exported_at=stamp)
         validate_export(stamped)
         out[key] = encode_export(stamped)
@@ -75,13 +75,14 @@ def plan(desired: Mapping[str, bytes], actual: Mapping[str, Stored], lease: int)
     return ops
 
 
-def _stored_stamp(key: str, actual: Mapping[str, Stored]) -> float:
+def _stored_stamp(keys: Keys, key: str, actual: Mapping[str, Stored]) -> float:
     have = actual.get(key)
     if have is None:
         return 0.0
-    parts = key.rsplit("/", 4)
     try:
-        stored = decode_export(ServiceKey(parts[-4], parts[-2], parts[-1]), have.value)
-    except (RecordError, IndexError):
+        parsed = keys.parse(key)
+        if not isinstance(parsed, ServiceKey):
+            return 0.0
+        return decode_export(parsed, have.value).exported_at
+    except RecordError:
         return 0.0
-    return stored.exported_at

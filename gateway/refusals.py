@@ -4,34 +4,22 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import OrderedDict
+from collections.abc import Hashable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from federation.ratelimit import LogLimiter
 
-class Throttle:
-    """Lets one log line per key through per `interval` seconds; remembers at most `capacity` keys."""
 
-    def __init__(self, interval: float = 60.0, capacity: int = 1024) -> None:
-        self.interval = interval
-        self.capacity = capacity
-        self._last: OrderedDict[object, float] = OrderedDict()
-        self.suppressed = 0
+class Throttle(LogLimiter):
+    """federation's LogLimiter (one line per key per `interval`, at most `capacity` keys), reading the
+    clock itself, with a `log` shortcut."""
 
-    def allow(self, key: object, now: float | None = None) -> bool:
+    def allow(self, key: Hashable, now: float | None = None) -> bool:
         """True if a line for `key` may be logged now."""
-        now = time.monotonic() if now is None else now
-        last = self._last.pop(key, None)
-        if last is not None and now - last < self.interval:
-            self._last[key] = last
-            self.suppressed += 1
-            return False
-        self._last[key] = now
-        while len(self._last) > self.capacity:
-            self._last.popitem(last=False)
-        return True
+        return super().allow(key, time.monotonic() if now is None else now)
 
-    def log(self, logger: logging.Logger, level: int, key: object, msg: str, *args: object) -> None:
+    def log(self, logger: logging.Logger, level: int, key: Hashable, msg: str, *args: object) -> None:
         """Log `msg % args` at `level` unless a line for `key` was logged recently."""
         if logger.isEnabledFor(level) and self.allow(key):
             logger.log(level, msg, *args)

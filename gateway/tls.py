@@ -11,7 +11,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from federation.issuing import Authority, Issued, cert_pem, issue_gateway, site_of_ca, write_private
+from federation.files import write_private
+from federation.issuing import Authority, Issued, cert_pem, issue_gateway, site_of_ca
 from federation.verifying import TrustBundle
 
 log = logging.getLogger(__name__)

@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from federation.backoff import Backoff
 from federation.errors import RegistryUnavailable
+from federation.files import write_private
 from federation.model import Keys, ServiceExport, Site
 from federation.publishing import DeleteOp, PutOp, Stored, desired_records, plan
 from federation.registry.etcd import Delete, EtcdClient, Put, reconnecting
@@ -169,11 +169,7 @@ class Publisher:
         if self._lease_file is None:
             return
         self._lease_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self._lease_file.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(f"{self._site.name} {lease:x}\n")
-        tmp.replace(self._lease_file)
+        write_private(self._lease_file, f"{self._site.name} {lease:x}\n".encode())
 
     def _forget_lease(self) -> None:
         if self._lease_file is not None:

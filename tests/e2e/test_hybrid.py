@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import os
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from federation.demo import LEASE_TTL, ZONE, Demo
+from federation.lab import namespaces
 
 pytestmark = pytest.mark.netns
 
@@ -31,13 +31,8 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
         yield demo
     finally:
         demo.down()
-        assert not [ns for ns in _namespaces() if ns.startswith(demo.lab.prefix)], "namespaces left behind"
+        assert not [ns for ns in namespaces() if ns.startswith(demo.lab.prefix)], "namespaces left behind"
         assert not list(Path("/etc/netns").glob(f"{demo.lab.prefix}-*")), "resolver files left in /etc/netns"
-
-
-def _namespaces() -> list[str]:
-    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False).stdout
-    return [line.split()[0] for line in out.splitlines() if line.strip()]
 
 
 def dig(demo: Demo, site: str, name: str, rtype: str = "A") -> list[str]:

@@ -52,7 +52,7 @@ class AgentProcess:
 
     def start(self) -> AgentProcess:
         (self.state_dir / "admin.addr").unlink(missing_ok=True)  # a SIGKILLed agent leaves its address behind
-        with contextlib_open(self.log) as logf:
+        with open(self.log, "ab") as logf:  # the child gets its own copy of the descriptor
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "federation", "agent", "--config", str(self.config)],
                 stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=dict(os.environ),

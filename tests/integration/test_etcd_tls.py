@@ -11,7 +11,8 @@ import pytest
 from federation.embedded import EtcdProcess, EtcdTLSFiles
 from federation.errors import RegistryUnavailable
 from federation.etcdcerts import issue_etcd_client, issue_etcd_server
-from federation.issuing import Issued, cert_pem, new_root, write_private, write_public
+from federation.files import write_private, write_public
+from federation.issuing import Issued, cert_pem, new_root
 from federation.model import Keys
 from federation.registry.etcd import EtcdClient, TLSFiles
 from federation.registry.mirror import Mirror

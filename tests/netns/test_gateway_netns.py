@@ -23,6 +23,7 @@ from federation.catalog import MeshView
 from federation.issuing import save_site
 from federation.model import Endpoint, EndpointPort, Gateway, ServiceExport, ServicePort
 from tests.netns.node import dump_view
+from tests.netns.nshelp import stop_by_stdin
 from tests.pkihelp import Mesh
 
 pytestmark = pytest.mark.netns
@@ -90,16 +91,7 @@ def node(ns: str, *args: str) -> Iterator[str]:
             raise AssertionError(f"node {args[0]} did not start: {line!r} {proc.communicate(timeout=10)[1]}")
         yield line.split(" ", 1)[1].strip()
     finally:
-        if proc.stdin is not None:
-            proc.stdin.close()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-        for pipe in (proc.stdout, proc.stderr):
-            if pipe is not None:
-                pipe.close()
+        stop_by_stdin(proc)
 
 
 def in_ns(ns: str, code: str) -> subprocess.CompletedProcess[str]:

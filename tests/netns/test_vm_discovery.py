@@ -22,6 +22,7 @@ from federation.registry.publisher import Publisher
 from federation.vm.discovery import LanDiscovery
 from federation.vm.exportset import ExportSet
 from federation.vm.settings import DiscoverySettings, VmSettings
+from tests.netns.nshelp import stop_by_stdin
 from tests.util import eventually, site
 
 pytestmark = pytest.mark.netns
@@ -62,16 +63,7 @@ def announcer(ns: str, service_type: str, instance: str, port: int, ttl: int = 1
         assert line.startswith("READY"), proc.communicate(timeout=10)[1]
         yield proc
     finally:
-        if proc.stdin is not None:
-            proc.stdin.close()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-        for pipe in (proc.stdout, proc.stderr):
-            if pipe is not None:
-                pipe.close()
+        stop_by_stdin(proc)
 
 
 def zeroconf_in(ns: str) -> AsyncZeroconf:

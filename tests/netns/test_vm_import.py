@@ -9,8 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
-import os
-import subprocess
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
@@ -24,6 +22,7 @@ from federation.registry.mirror import Mirror
 from federation.registry.publisher import Publisher
 from federation.vm.settings import CheckSettings, PortSettings, VmServiceSettings, VmSettings
 from federation.vm.source import VmSource
+from tests.netns.nshelp import global_addresses, scratch_netns
 from tests.util import eventually, site
 
 pytestmark = pytest.mark.netns
@@ -33,18 +32,8 @@ RANGES = ("240.240.0.0/16", "fd6d:6573:6866:6564::/64")
 
 @pytest.fixture
 def netns() -> Iterator[str]:
-    name = f"mfimp{os.getpid()}"
-    subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True, timeout=20)
-    try:
+    with scratch_netns("mfimp") as name:
         yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=20, check=False)
-
-
-def on_meshfed0(ns: str) -> list[str]:
-    out = subprocess.run(["ip", "-n", ns, "-o", "addr", "show", "dev", "meshfed0", "scope", "global"],
-                         capture_output=True, text=True, timeout=20, check=False)
-    return sorted(line.split()[3] for line in out.stdout.splitlines())
 
 
 @contextlib.asynccontextmanager
@@ -93,24 +82,24 @@ async def test_vm_export_reaches_other_vm_as_vip_and_restart_converges(etcd: Etc
                     await eventually(lambda: bool(allocator.addresses("shop", "web")), what="web's VIPs allocated")
                     v4, v6 = allocator.addresses("shop", "web")
                     want = sorted([f"{v4}/32", f"{v6}/128"])
-                    await eventually(lambda: on_meshfed0(netns) == want, what="web's VIPs on vm-b's meshfed0")
+                    await eventually(lambda: global_addresses(netns) == want, what="web's VIPs on vm-b's meshfed0")
                     assert web_ready() is True
 
                     server.close()
                     await server.wait_closed()
                     await eventually(lambda: web_ready() is False, what="web not ready in vm-b's view")
-                    assert on_meshfed0(netns) == want  # still exported: its VIP stays
+                    assert global_addresses(netns) == want  # still exported: its VIP stays
 
                 # vm-b's agent restarts: a new VM source converges on what is there, nothing added twice
                 source_b2 = VmSource(VmSettings(), "vm-b", lambda _exports: None, netns=netns)
                 async with tasks(source_b=source_b2.run(), follow=follow(mirror, allocator, source_b2)):
                     vips = {ipaddress.ip_address(v4), ipaddress.ip_address(v6)}
                     await eventually(lambda: source_b2.vips.addresses == vips, what="the restarted source")
-                    assert on_meshfed0(netns) == want
+                    assert global_addresses(netns) == want
 
                     # vm-a stops exporting web; with no grace period its VIP is released and leaves meshfed0
                     publisher.set_exports([])
-                    await eventually(lambda: on_meshfed0(netns) == [], what="web's VIPs gone after the unexport")
+                    await eventually(lambda: global_addresses(netns) == [], what="web's VIPs gone after the unexport")
     finally:
         server.close()
         await server.wait_closed()

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
 from collections.abc import Iterator, Sequence
 
 import pytest
@@ -13,6 +11,7 @@ from federation.catalog import MeshView
 from federation.model import ServiceExport
 from federation.vm.settings import CheckSettings, PortSettings, VmServiceSettings, VmSettings
 from federation.vm.source import VmSource
+from tests.netns.nshelp import global_addresses, scratch_netns
 from tests.util import eventually, export, site
 
 pytestmark = pytest.mark.netns
@@ -20,18 +19,8 @@ pytestmark = pytest.mark.netns
 
 @pytest.fixture
 def netns() -> Iterator[str]:
-    name = f"mfsrc{os.getpid()}"
-    subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True, timeout=20)
-    try:
+    with scratch_netns("mfsrc") as name:
         yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=20, check=False)
-
-
-def vips_on(ns: str) -> list[str]:
-    out = subprocess.run(["ip", "-n", ns, "-o", "addr", "show", "dev", "meshfed0", "scope", "global"],
-                         capture_output=True, text=True, timeout=20, check=False)
-    return sorted(line.split()[3] for line in out.stdout.splitlines())
 
 
 class Vips:
@@ -60,10 +49,10 @@ async def test_vm_source_publishes_once_checked_and_follows_the_view(netns: str)
         view = MeshView(sites=sites, exports={("vm-b", "shop", "api"): export("vm-b", "api"),
                                               ("vm-b", "shop", "pay"): export("vm-b", "pay")})
         source.update(view, Vips({("shop", "api"): ("240.240.0.1",), ("shop", "pay"): ("240.240.0.2",)}))
-        await eventually(lambda: vips_on(netns) == ["240.240.0.1/32", "240.240.0.2/32"], what="VIPs on meshfed0")
+        await eventually(lambda: global_addresses(netns) == ["240.240.0.1/32", "240.240.0.2/32"], what="VIPs on meshfed0")
         source.update(MeshView(sites=sites, exports={("vm-b", "shop", "api"): export("vm-b", "api")}),
                       Vips({("shop", "api"): ("240.240.0.1",)}))
-        await eventually(lambda: vips_on(netns) == ["240.240.0.1/32"], what="a removed service's VIP gone")
+        await eventually(lambda: global_addresses(netns) == ["240.240.0.1/32"], what="a removed service's VIP gone")
         assert not source.fallback
 
         server.close()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ipaddress
-import os
 import shutil
 import subprocess
 import sys
@@ -15,6 +14,7 @@ from prometheus_client import CollectorRegistry
 
 from federation.vm.settings import VmSettings
 from federation.vm.vips import VipInterface
+from tests.netns.nshelp import scratch_netns
 
 pytestmark = pytest.mark.netns
 ROOT = Path(__file__).resolve().parents[2]
@@ -23,13 +23,8 @@ A, B, C, V6 = (ipaddress.ip_address(x) for x in ("240.240.0.1", "240.240.0.2", "
 
 @pytest.fixture
 def netns() -> Iterator[str]:
-    name = f"mfvip{os.getpid()}"
-    subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True, timeout=20)
-    try:
-        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True, capture_output=True, timeout=20)
+    with scratch_netns("mfvip", loopback_up=True) as name:
         yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=20, check=False)
 
 
 def on_interface(ns: str, ifname: str = "meshfed0") -> list[str] | None:
