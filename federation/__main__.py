@@ -2,6 +2,6 @@
 
 import sys
 
-from federation.cli import main
+from federation.cli.main import main
 
 sys.exit(main())

@@ -9,8 +9,8 @@ from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from federation.catalog import MeshView
-from federation.model import Gateway, Locality, Protocol, ServiceExport, ServicePort
+from federation.core.records import Gateway, Locality, Protocol, ServiceExport, ServicePort
+from federation.core.view import MeshView
 
 ListenerKey = tuple[str, str, str]
 """(namespace, service, port name)"""

@@ -17,9 +17,9 @@ from typing import Any, cast
 
 from prometheus_client import CollectorRegistry
 
-from federation.catalog import MeshView
-from federation.errors import RemoteProtocolError
-from federation.verifying import PeerRejected, TrustBundle, verify_peer
+from federation.core.errors import RemoteProtocolError
+from federation.core.view import MeshView
+from federation.pki.verifying import PeerRejected, TrustBundle, verify_peer
 from gateway.balancing import EndpointPicker, Target, endpoint_targets, find_port
 from gateway.preamble import NEED_DATA, Preamble, Request, Response, Role, Status
 from gateway.refusals import GatewayMetrics, Refusals, Throttle

@@ -19,9 +19,9 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from federation.catalog import MeshView
-from federation.errors import RemoteProtocolError
-from federation.verifying import PeerRejected, TrustBundle
+from federation.core.errors import RemoteProtocolError
+from federation.core.view import MeshView
+from federation.pki.verifying import PeerRejected, TrustBundle
 from gateway.balancing import (
     Bind,
     Close,

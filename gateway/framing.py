@@ -11,7 +11,7 @@ from __future__ import annotations
 import struct
 from typing import Final
 
-from federation.errors import RemoteProtocolError
+from federation.core.errors import RemoteProtocolError
 
 MAX_FRAME: Final = 16 * 1024 * 1024
 END: Final = 0

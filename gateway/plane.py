@@ -10,10 +10,10 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
-from federation.catalog import MeshView
-from federation.errors import ConfigError
-from federation.issuing import PkiError, load_site, site_of_ca
-from federation.model import Gateway
+from federation.core.errors import ConfigError
+from federation.core.records import Gateway
+from federation.core.view import MeshView
+from federation.pki.issuing import PkiError, load_site, site_of_ca
 from gateway.eastwest import EastWestGateway
 from gateway.egress import BindFor, Egress
 from gateway.settings import GatewaySettings

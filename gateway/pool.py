@@ -9,10 +9,10 @@ import logging
 from collections.abc import Callable
 from typing import Any, cast
 
-from federation.catalog import MeshView
-from federation.errors import RemoteProtocolError
-from federation.model import Gateway
-from federation.verifying import PeerRejected, TrustBundle, verify_peer
+from federation.core.errors import RemoteProtocolError
+from federation.core.records import Gateway
+from federation.core.view import MeshView
+from federation.pki.verifying import PeerRejected, TrustBundle, verify_peer
 from gateway.preamble import NEED_DATA, Preamble, Request, Response, Role
 from gateway.refusals import Throttle
 from gateway.relay import Done, PlainLeg, Stream, TunnelLeg

@@ -16,7 +16,7 @@ import struct
 from dataclasses import dataclass
 from typing import Final
 
-from federation.errors import LocalProtocolError, RemoteProtocolError
+from federation.core.errors import LocalProtocolError, RemoteProtocolError
 
 VERSION: Final = 1
 MAX_BODY: Final = 512

@@ -8,7 +8,7 @@ from collections.abc import Hashable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from federation.ratelimit import LogLimiter
+from federation.core.ratelimit import LogLimiter
 
 
 class Throttle(LogLimiter):

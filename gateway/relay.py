@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
-from federation.errors import RemoteProtocolError
+from federation.core.errors import RemoteProtocolError
 from gateway.framing import ABORT_FRAME, END_FRAME, Deframer, header
 from gateway.refusals import Throttle
 

@@ -11,9 +11,9 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from federation.files import write_private
-from federation.issuing import Authority, Issued, cert_pem, issue_gateway, site_of_ca
-from federation.verifying import TrustBundle
+from federation.pki.issuing import Authority, Issued, cert_pem, issue_gateway, site_of_ca
+from federation.pki.verifying import TrustBundle
+from federation.runtime.files import write_private
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ def server_context(chain: Path, key: Path, bundle: Path) -> ssl.SSLContext:
 def client_context(chain: Path, key: Path, bundle: Path) -> ResumingContext:
     """A client context presenting our gateway certificate and requiring a mesh server certificate.
 
-    Host names are not checked: the peer's SPIFFE ID is, by `federation.verifying.verify_peer`.
+    Host names are not checked: the peer's SPIFFE ID is, by `federation.pki.verifying.verify_peer`.
     """
     ctx = ResumingContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.sessions = collections.OrderedDict()

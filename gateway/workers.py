@@ -16,9 +16,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from federation.catalog import MeshView
-from federation.model import ServiceKey, SiteKey, decode_export, decode_site, encode_export, encode_site
-from federation.verifying import TrustBundle
+from federation.core.codec import decode_export, decode_site, encode_export, encode_site
+from federation.core.keys import ServiceKey, SiteKey
+from federation.core.view import MeshView
+from federation.pki.verifying import TrustBundle
 from gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, settings
 
-from federation.embedded import EtcdProcess
+from federation.registry.embedded import EtcdProcess
 
 # The machines are shared and noisy: property tests check behaviour, never time (deadline off).
 settings.register_profile("meshfed", deadline=None, suppress_health_check=[HealthCheck.too_slow])

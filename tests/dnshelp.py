@@ -13,8 +13,7 @@ import dns.rcode
 import dns.rdatatype
 import dns.rrset
 
-from federation.catalog import MeshView
-from federation.model import (
+from federation.core.records import (
     Endpoint,
     EndpointPort,
     Locality,
@@ -24,6 +23,7 @@ from federation.model import (
     ServiceType,
     Site,
 )
+from federation.core.view import MeshView
 
 ZONE = "clusterset.local"
 

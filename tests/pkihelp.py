@@ -6,9 +6,9 @@ import datetime as dt
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from federation.catalog import MeshView
-from federation.issuing import Authority, Issued, cert_pem, issue_gateway, new_root, new_site_ca
-from federation.model import Endpoint, EndpointPort, Gateway, Locality, ServiceExport, ServicePort, Site
+from federation.core.records import Endpoint, EndpointPort, Gateway, Locality, ServiceExport, ServicePort, Site
+from federation.core.view import MeshView
+from federation.pki.issuing import Authority, Issued, cert_pem, issue_gateway, new_root, new_site_ca
 
 TD = "mesh.example"
 _HERE = Locality()

@@ -10,8 +10,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from federation.catalog import MeshView
-from federation.model import Gateway, ServiceExport
+from federation.core.records import Gateway, ServiceExport
+from federation.core.view import MeshView
 from gateway.eastwest import EastWestGateway
 from gateway.framing import END_FRAME, header
 from gateway.preamble import NEED_DATA, Preamble, Request, Response, Role

@@ -6,7 +6,7 @@ import asyncio
 import time
 from collections.abc import Callable
 
-from federation.model import Endpoint, Locality, ServiceExport, ServicePort, ServiceType, Site
+from federation.core.records import Endpoint, Locality, ServiceExport, ServicePort, ServiceType, Site
 
 
 async def eventually(check: Callable[[], bool], timeout: float = 15.0, what: str = "condition") -> None:

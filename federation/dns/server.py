@@ -17,13 +17,13 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client.core import CounterMetricFamily, Metric
 
-from federation.catalog import MeshView
+from federation.core.ratelimit import LogLimiter
+from federation.core.view import MeshView, VipSource
 from federation.dns.answering import Answerer, Forward
 from federation.dns.fastpath import FastPath
 from federation.dns.forwarding import Forwarder, read_resolv_conf, upstream_addresses, wait_all
 from federation.dns.settings import DnsSettings, split_hostport
-from federation.dns.zone import StaticVips, VipSource, Zone, ZoneBuilder
-from federation.ratelimit import LogLimiter
+from federation.dns.zone import StaticVips, Zone, ZoneBuilder
 
 log = logging.getLogger(__name__)
 

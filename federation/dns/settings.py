@@ -9,8 +9,8 @@ from typing import Any
 
 import dns.name
 
-from federation.errors import ConfigError
-from federation.sections import parse_section
+from federation.core.errors import ConfigError
+from federation.core.settings import parse_section
 
 
 @dataclass(frozen=True, slots=True)

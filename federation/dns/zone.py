@@ -24,8 +24,8 @@ import dns.rdtypes.IN.AAAA
 import dns.rdtypes.IN.SRV
 import dns.rrset
 
-from federation.catalog import FederatedService, MeshView, resolve
-from federation.model import Endpoint, ServiceExport, ServiceType, Site
+from federation.core.records import Endpoint, ServiceExport, ServiceType, Site
+from federation.core.view import FederatedService, MeshView, resolve
 
 DNS_VERSION = "1.0.0"
 """The MCS DNS specification version this server implements (KEP-1645 `dns-version` TXT record)."""

@@ -19,7 +19,7 @@ import aetcd.rtypes
 import grpc
 import grpc.aio
 
-from federation.errors import RegistryUnavailable
+from federation.core.errors import RegistryUnavailable
 
 # Keepalive pings find a silent etcd (a partition) on an otherwise idle watch. etcd rejects pings more
 # often than every 5 s (--grpc-keepalive-min-time), so 10 s it is.

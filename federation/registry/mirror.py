@@ -12,11 +12,12 @@ from collections.abc import Callable, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from federation.backoff import Backoff
-from federation.catalog import Catalog, Event, MeshView, Outcome
-from federation.errors import RegistryUnavailable
-from federation.model import Keys
-from federation.ratelimit import LogLimiter
+from federation.core.backoff import Backoff
+from federation.core.catalog import Catalog, Outcome
+from federation.core.errors import RegistryUnavailable
+from federation.core.keys import Keys
+from federation.core.ratelimit import LogLimiter
+from federation.core.view import Event, MeshView
 from federation.registry.etcd import Compacted, EtcdClient, reconnecting
 
 log = logging.getLogger(__name__)

@@ -9,12 +9,13 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from federation.backoff import Backoff
-from federation.errors import RegistryUnavailable
-from federation.files import write_private
-from federation.model import Keys, ServiceExport, Site
-from federation.publishing import DeleteOp, PutOp, Stored, desired_records, plan
+from federation.core.backoff import Backoff
+from federation.core.errors import RegistryUnavailable
+from federation.core.keys import Keys
+from federation.core.records import ServiceExport, Site
 from federation.registry.etcd import Delete, EtcdClient, Put, reconnecting
+from federation.registry.publishing import DeleteOp, PutOp, Stored, desired_records, plan
+from federation.runtime.files import write_private
 
 log = logging.getLogger(__name__)
 

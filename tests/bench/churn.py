@@ -25,8 +25,9 @@ import dns.asyncquery
 import dns.message
 import dns.rdatatype
 
-from federation.embedded import EtcdProcess
-from federation.model import Endpoint, Keys, ServiceExport, ServicePort
+from federation.core.keys import Keys
+from federation.core.records import Endpoint, ServiceExport, ServicePort
+from federation.registry.embedded import EtcdProcess
 from federation.registry.etcd import EtcdClient
 from federation.registry.publisher import Publisher
 from tests.integration.agentproc import AgentProcess, write_config

@@ -25,9 +25,12 @@ from pathlib import Path
 
 import aetcd
 
-from federation.catalog import Catalog, MeshView
-from federation.embedded import EtcdProcess
-from federation.model import Endpoint, Keys, ServiceExport, ServicePort, encode_export
+from federation.core.catalog import Catalog
+from federation.core.codec import encode_export
+from federation.core.keys import Keys
+from federation.core.records import Endpoint, ServiceExport, ServicePort
+from federation.core.view import MeshView
+from federation.registry.embedded import EtcdProcess
 from federation.registry.etcd import EtcdClient
 from federation.registry.mirror import Mirror
 from federation.registry.publisher import Publisher

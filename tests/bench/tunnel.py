@@ -22,9 +22,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from federation.catalog import MeshView
-from federation.issuing import Authority, cert_pem, issue_gateway, new_root, new_site_ca, save_site
-from federation.model import Endpoint, EndpointPort, Gateway, ServiceExport, ServicePort, Site
+from federation.core.records import Endpoint, EndpointPort, Gateway, ServiceExport, ServicePort, Site
+from federation.core.view import MeshView
+from federation.pki.issuing import Authority, cert_pem, issue_gateway, new_root, new_site_ca, save_site
 from tests.netns.node import dump_view
 from tests.pkihelp import now
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from federation.demo import LEASE_TTL, ZONE, Demo
-from federation.lab import namespaces
+from federation.devkit.demo import LEASE_TTL, ZONE, Demo
+from federation.devkit.lab import namespaces
 
 pytestmark = pytest.mark.netns
 
@@ -211,7 +211,7 @@ def test_lan_service_announced_by_mdns_is_reachable_from_another_network(mesh: D
     import sys
 
     lan_ip = mesh.sites["east"].address  # another host on net-1: not edge itself
-    mesh.lab.popen("east", [sys.executable, "-m", "federation.sample", "--listen", f"{lan_ip}:9631",
+    mesh.lab.popen("east", [sys.executable, "-m", "federation.devkit.sample", "--listen", f"{lan_ip}:9631",
                             "--service", "printer", "--site", "the-lan"], log=mesh.state / "printer.log")
     announcer = mesh.lab.popen("east", [sys.executable, "-m", "tests.netns.mdnsnode", "_http._tcp.local.",
                                         "Office Printer", lan_ip, "9631", "120"], stdin=sp.PIPE,

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import yaml
 
-from federation.embedded import EtcdProcess
-from federation.issuing import new_root, new_site_ca, save_root, save_site
-from federation.lab import Lab, LabSite
+from federation.devkit.lab import Lab, LabSite
+from federation.pki.issuing import new_root, new_site_ca, save_root, save_site
+from federation.registry.embedded import EtcdProcess
 
 W = Path("/tmp/walk/state")
 W.mkdir(parents=True, exist_ok=True)
@@ -51,7 +51,7 @@ def sh(site, cmd, show=True):
 try:
     # vm-a: another site of the mesh, exporting web (a small HTTP server) with a health check.
     lab.popen(
-        "vm-a", [PY, "-m", "federation.sample", "--listen", f"{a.lan_ip}:8080", "--service", "web", "--site", "vm-a"]
+        "vm-a", [PY, "-m", "federation.devkit.sample", "--listen", f"{a.lan_ip}:8080", "--service", "web", "--site", "vm-a"]
     )
     cfg_a = {
         "site": {"name": "vm-a", "network": "net-a", "gateway_address": a.wan_ip},
@@ -106,7 +106,7 @@ try:
     sh("vm-b", "curl -s web.shop.svc.clusterset.local:8080")
     sh("vm-b", f"curl -sS --max-time 2 http://{a.lan_ip}:8080/ || true    # vm-a's address itself: another network")
     print("### 7. stop web on vm-a; vm-b no longer gets it; start it again")
-    sh("vm-a", "pkill -f 'federation.sample --listen 198.18.1.21:8080'; true")
+    sh("vm-a", "pkill -f 'federation.devkit.sample --listen 198.18.1.21:8080'; true")
     t0 = time.monotonic()
     for _ in range(100):
         r = sh("vm-b", f"{MF} status --json", show=False)

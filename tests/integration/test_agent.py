@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from federation.embedded import EtcdProcess
+from federation.registry.embedded import EtcdProcess
 from tests.integration.agentproc import AgentProcess, web_export, write_config
 
 

@@ -17,7 +17,7 @@ import dns.query
 import dns.rdatatype
 import pytest
 
-from federation.embedded import EtcdProcess
+from federation.registry.embedded import EtcdProcess
 from tests.integration.agentproc import AgentProcess, write_config
 
 

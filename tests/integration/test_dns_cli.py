@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from federation.cli import main
+from federation.cli.main import main
 from federation.dns.server import DnsServer
 from federation.dns.settings import DnsSettings
 from federation.dns.zone import StaticVips

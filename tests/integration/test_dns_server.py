@@ -14,12 +14,13 @@ import dns.rcode
 import pytest
 from prometheus_client import CollectorRegistry
 
-from federation.catalog import MeshView
+from federation.core.codec import encode_export, encode_site
+from federation.core.keys import Keys
+from federation.core.view import MeshView
 from federation.dns.server import DnsServer
 from federation.dns.settings import DnsSettings
 from federation.dns.zone import StaticVips
-from federation.embedded import EtcdProcess
-from federation.model import Keys, encode_export, encode_site
+from federation.registry.embedded import EtcdProcess
 from federation.registry.etcd import EtcdClient, Put
 from federation.registry.mirror import Mirror
 from tests.dnshelp import export, site, start_upstream, view

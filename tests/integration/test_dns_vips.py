@@ -7,11 +7,11 @@ import asyncio
 import dns.asyncquery
 import dns.message
 
+from federation.core.keys import Keys
 from federation.dns.server import DnsServer
 from federation.dns.settings import DnsSettings
-from federation.dns.vips import VipAllocator
-from federation.embedded import EtcdProcess
-from federation.model import Keys
+from federation.registry.allocator import VipAllocator
+from federation.registry.embedded import EtcdProcess
 from federation.registry.etcd import EtcdClient
 from tests.dnshelp import export, site, view
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from federation.issuing import issue_gateway
+from federation.pki.issuing import issue_gateway
 from gateway.preamble import Request, Status
 from gateway.tls import client_context
 from tests.pkihelp import Mesh, export, forge_leaf, now, write_issued

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from federation.model import Gateway, Locality
+from federation.core.records import Gateway, Locality
 from gateway.eastwest import EastWestGateway
 from gateway.egress import Egress
 from gateway.settings import GatewaySettings

@@ -8,15 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from federation.embedded import EtcdProcess, EtcdTLSFiles
-from federation.errors import RegistryUnavailable
-from federation.etcdcerts import issue_etcd_client, issue_etcd_server
-from federation.files import write_private, write_public
-from federation.issuing import Issued, cert_pem, new_root
-from federation.model import Keys
+from federation.core.errors import RegistryUnavailable
+from federation.core.keys import Keys
+from federation.pki.etcdcerts import issue_etcd_client, issue_etcd_server
+from federation.pki.issuing import Issued, cert_pem, new_root
+from federation.registry.embedded import EtcdProcess, EtcdTLSFiles
 from federation.registry.etcd import EtcdClient, TLSFiles
 from federation.registry.mirror import Mirror
 from federation.registry.publisher import Publisher
+from federation.runtime.files import write_private, write_public
 from tests.util import eventually, export, site
 
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import yaml
 
-from federation.embedded import EtcdProcess
+from federation.devkit.apiserver import FakeApiServer
+from federation.devkit.objects import endpoint, endpointslice, service, serviceexport
+from federation.registry.embedded import EtcdProcess
 from tests.integration.agentproc import AgentProcess, write_config
-from tests.kubeapi import FakeApiServer
-from tests.kubeobjects import endpoint, endpointslice, service, serviceexport
 from tests.util import eventually
 
 

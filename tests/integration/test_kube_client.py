@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from federation.errors import ConfigError
-from federation.kubernetes.client import ApiError, ApiUnavailable, Expired, KubeClient
-from federation.kubernetes.settings import KubernetesSettings
-from tests.kubeapi import FakeApiServer
-from tests.kubeobjects import service
+from federation.core.errors import ConfigError
+from federation.devkit.apiserver import FakeApiServer
+from federation.devkit.objects import service
+from federation.sources.kubernetes.client import ApiError, ApiUnavailable, Expired, KubeClient
+from federation.sources.kubernetes.settings import KubernetesSettings
 
 
 async def test_missing_kubeconfig_is_a_config_error(tmp_path: Path) -> None:

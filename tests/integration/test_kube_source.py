@@ -12,17 +12,18 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from federation.backoff import Backoff
-from federation.embedded import EtcdProcess
-from federation.kubernetes.importing import derived_name
-from federation.kubernetes.settings import KubernetesSettings
-from federation.kubernetes.source import KubernetesSource
-from federation.model import Endpoint, Keys, ServiceExport, ServicePort
+from federation.core.backoff import Backoff
+from federation.core.keys import Keys
+from federation.core.records import Endpoint, ServiceExport, ServicePort
+from federation.devkit.apiserver import FakeApiServer
+from federation.devkit.objects import endpoint, endpointslice, service, serviceexport
+from federation.registry.embedded import EtcdProcess
 from federation.registry.etcd import EtcdClient
 from federation.registry.mirror import Mirror
 from federation.registry.publisher import Publisher
-from tests.kubeapi import FakeApiServer
-from tests.kubeobjects import endpoint, endpointslice, service, serviceexport
+from federation.sources.kubernetes.importing import derived_name
+from federation.sources.kubernetes.settings import KubernetesSettings
+from federation.sources.kubernetes.source import KubernetesSource
 from tests.util import eventually, export, site
 
 KEYS = Keys()

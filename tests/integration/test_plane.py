@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from federation.catalog import MeshView
-from federation.errors import ConfigError
-from federation.issuing import save_site
-from federation.model import Site
+from federation.core.errors import ConfigError
+from federation.core.records import Site
+from federation.core.view import MeshView
+from federation.pki.issuing import save_site
 from gateway.plane import DataPlane
 from gateway.settings import GatewaySettings
 from tests.pkihelp import Mesh, export, view

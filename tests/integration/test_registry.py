@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from federation.backoff import Backoff
-from federation.catalog import Event, MeshView
-from federation.embedded import EtcdProcess
-from federation.model import Keys, ServicePort
+from federation.core.backoff import Backoff
+from federation.core.keys import Keys
+from federation.core.records import ServicePort
+from federation.core.view import Event, MeshView
+from federation.registry.embedded import EtcdProcess
 from federation.registry.etcd import EtcdClient
 from federation.registry.mirror import Mirror
 from federation.registry.publisher import Publisher

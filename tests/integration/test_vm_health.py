@@ -9,15 +9,16 @@ import pytest
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from federation.backoff import Backoff
-from federation.embedded import EtcdProcess
-from federation.model import Keys, ServiceExport
+from federation.core.backoff import Backoff
+from federation.core.keys import Keys
+from federation.core.records import ServiceExport
+from federation.registry.embedded import EtcdProcess
 from federation.registry.etcd import EtcdClient
 from federation.registry.mirror import Mirror
 from federation.registry.publisher import Publisher
-from federation.vm.exportset import ExportSet
-from federation.vm.health import HealthChecker
-from federation.vm.settings import CheckSettings, PortSettings, VmServiceSettings, VmSettings
+from federation.sources.vm.exportset import ExportSet
+from federation.sources.vm.health import HealthChecker
+from federation.sources.vm.settings import CheckSettings, PortSettings, VmServiceSettings, VmSettings
 from tests.util import eventually, site
 
 KEYS = Keys()

@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 from typing import cast
 
-from federation.catalog import MeshView
-from federation.issuing import load_site
+from federation.core.view import MeshView
+from federation.pki.issuing import load_site
 from gateway.eastwest import EastWestGateway
 from gateway.egress import Egress
 from gateway.settings import GatewaySettings

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from federation.catalog import MeshView
-from federation.issuing import save_site
-from federation.model import Endpoint, EndpointPort, Gateway, ServiceExport, ServicePort
+from federation.core.records import Endpoint, EndpointPort, Gateway, ServiceExport, ServicePort
+from federation.core.view import MeshView
+from federation.pki.issuing import save_site
 from tests.netns.node import dump_view
 from tests.netns.nshelp import stop_by_stdin
 from tests.pkihelp import Mesh

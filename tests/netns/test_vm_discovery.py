@@ -14,14 +14,15 @@ import pytest
 from pyroute2 import netns as pyroute2_netns
 from zeroconf.asyncio import AsyncZeroconf
 
-from federation.embedded import EtcdProcess
-from federation.model import Keys, ServiceExport
+from federation.core.keys import Keys
+from federation.core.records import ServiceExport
+from federation.registry.embedded import EtcdProcess
 from federation.registry.etcd import EtcdClient
 from federation.registry.mirror import Mirror
 from federation.registry.publisher import Publisher
-from federation.vm.discovery import LanDiscovery
-from federation.vm.exportset import ExportSet
-from federation.vm.settings import DiscoverySettings, VmSettings
+from federation.sources.vm.exportset import ExportSet
+from federation.sources.vm.mdns import LanDiscovery
+from federation.sources.vm.settings import DiscoverySettings, VmSettings
 from tests.netns.nshelp import stop_by_stdin
 from tests.util import eventually, site
 
@@ -144,8 +145,8 @@ def zeroconf_on(ns: str, address: str) -> AsyncZeroconf:
 
 
 async def test_imported_services_are_announced_with_their_vip_and_withdrawn(lan: str) -> None:
-    from federation.catalog import MeshView
-    from federation.vm.announcing import MdnsAnnouncer
+    from federation.core.view import MeshView
+    from federation.sources.vm.mdns import MdnsAnnouncer
     from tests.util import export
 
     view = MeshView(sites={"vm-a": site("vm-a"), "vm-b": site("vm-b", "net-b")},

@@ -13,15 +13,15 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from federation.backoff import Backoff
-from federation.dns.vips import VipAllocator
-from federation.embedded import EtcdProcess
-from federation.model import Keys
+from federation.core.backoff import Backoff
+from federation.core.keys import Keys
+from federation.registry.allocator import VipAllocator
+from federation.registry.embedded import EtcdProcess
 from federation.registry.etcd import EtcdClient
 from federation.registry.mirror import Mirror
 from federation.registry.publisher import Publisher
-from federation.vm.settings import CheckSettings, PortSettings, VmServiceSettings, VmSettings
-from federation.vm.source import VmSource
+from federation.sources.vm.settings import CheckSettings, PortSettings, VmServiceSettings, VmSettings
+from federation.sources.vm.source import VmSource
 from tests.netns.nshelp import global_addresses, scratch_netns
 from tests.util import eventually, site
 

@@ -7,10 +7,10 @@ from collections.abc import Iterator, Sequence
 
 import pytest
 
-from federation.catalog import MeshView
-from federation.model import ServiceExport
-from federation.vm.settings import CheckSettings, PortSettings, VmServiceSettings, VmSettings
-from federation.vm.source import VmSource
+from federation.core.records import ServiceExport
+from federation.core.view import MeshView
+from federation.sources.vm.settings import CheckSettings, PortSettings, VmServiceSettings, VmSettings
+from federation.sources.vm.source import VmSource
 from tests.netns.nshelp import global_addresses, scratch_netns
 from tests.util import eventually, export, site
 

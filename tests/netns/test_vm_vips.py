@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from federation.vm.settings import VmSettings
-from federation.vm.vips import VipInterface
+from federation.sources.vm.netlink import VipInterface
+from federation.sources.vm.settings import VmSettings
 from tests.netns.nshelp import scratch_netns
 
 pytestmark = pytest.mark.netns
@@ -79,8 +79,8 @@ async def test_custom_interface_name(netns: str) -> None:
 FALLBACK = """
 import asyncio, ipaddress, logging
 logging.basicConfig(level=logging.WARNING, format="%(message)s")
-from federation.vm.settings import VmSettings
-from federation.vm.vips import VipInterface
+from federation.sources.vm.settings import VmSettings
+from federation.sources.vm.netlink import VipInterface
 async def main():
     vips = VipInterface(VmSettings())
     for _ in range(3):
@@ -102,7 +102,7 @@ def test_without_cap_net_admin_it_says_so_once_and_falls_back(netns: str) -> Non
 
 
 async def test_auto_address_is_the_default_route_source(netns: str) -> None:
-    from federation.vm.hostaddr import own_address
+    from federation.sources.vm.netlink import own_address
 
     def ip(*args: str) -> None:
         subprocess.run(["ip", "-n", netns, *args], check=True, capture_output=True, timeout=20)

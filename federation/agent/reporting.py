@@ -1,0 +1,154 @@
+"""The registry as an operator reads it: a JSON-ready report and a text table. Pure."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from federation.core.view import MeshView
+
+
+def registry_report(
+    view: MeshView, rejected: Mapping[str, str], *, source: str, stale: bool = False, staleness: float = 0.0,
+    error: str | None = None,
+) -> dict[str, Any]:
+    """Sites, services with their endpoints and origin site, conflicts, rejected records and staleness."""
+    services = []
+    for (ns, name), svc in view.services().items():
+        services.append(
+            {
+                "namespace": ns,
+                "name": name,
+                "type": svc.type.value,
+                "ports": [f"{p.name}/{p.port}/{p.protocol.value}" for p in svc.ports],
+                "sites": list(svc.sites),
+                "endpoints": [
+                    {
+                        "site": e.site,
+                        "addresses": list(ep.addresses),
+                        "ready": ep.ready,
+                        **({"hostname": ep.hostname} if ep.hostname else {}),
+                    }
+                    for e in svc.exports
+                    for ep in e.endpoints
+                ],
+                "conflicts": [{"site": c.site, "kind": c.kind, "reason": c.reason} for c in svc.conflicts],
+            }
+        )
+    return {
+        "source": source,
+        "revision": view.revision,
+        "stale": stale,
+        "stalenessSeconds": round(staleness, 1) if staleness != float("inf") else None,
+        "error": error,
+        "sites": [
+            {
+                "name": s.name,
+                "network": s.network,
+                "region": s.locality.region,
+                "zone": s.locality.zone,
+                "kind": s.kind,
+                "gateways": [f"{g.address}:{g.port}" for g in s.gateways],
+                "agentVersion": s.agent_version,
+            }
+            for s in sorted(view.sites.values(), key=lambda s: s.name)
+        ],
+        "services": services,
+        "rejected": [{"key": k, "reason": r} for k, r in sorted(rejected.items())],
+    }
+
+
+def format_report(report: Mapping[str, Any]) -> str:
+    """A readable text rendering of `registry_report`."""
+    lines = [f"registry: {report['source']} at revision {report['revision']}"]
+    if report.get("stale"):
+        age = report.get("stalenessSeconds")
+        lines.append(
+            f"STALE: showing the last known state ({'age unknown' if age is None else f'{age:.0f}s old'}): "
+            f"{report.get('error') or 'etcd unreachable'}"
+        )
+    lines.append("")
+    lines.append(f"SITES ({len(report['sites'])})")
+    lines.append(_table(["SITE", "NETWORK", "LOCALITY", "KIND", "GATEWAYS"], [
+        [s["name"], s["network"], "/".join(x for x in (s["region"], s["zone"]) if x) or "-", s["kind"],
+         ",".join(s["gateways"]) or "-"]
+        for s in report["sites"]
+    ]))
+    lines.append("")
+    lines.append(f"SERVICES ({len(report['services'])})")
+    rows = []
+    for svc in report["services"]:
+        ready = sum(1 for e in svc["endpoints"] if e["ready"])
+        rows.append([f"{svc['namespace']}/{svc['name']}", svc["type"], ",".join(svc["ports"]) or "-",
+                     ",".join(svc["sites"]), f"{ready}/{len(svc['endpoints'])}"])
+    lines.append(_table(["SERVICE", "TYPE", "PORTS", "SITES", "READY"], rows))
+    endpoint_rows = [
+        [f"{svc['namespace']}/{svc['name']}", e["site"], ",".join(e["addresses"]), "yes" if e["ready"] else "no",
+         e.get("hostname", "-")]
+        for svc in report["services"]
+        for e in svc["endpoints"]
+    ]
+    if endpoint_rows:
+        lines.append("")
+        lines.append("ENDPOINTS")
+        lines.append(_table(["SERVICE", "SITE", "ADDRESSES", "READY", "HOSTNAME"], endpoint_rows))
+    conflicts = [(svc, c) for svc in report["services"] for c in svc["conflicts"]]
+    if conflicts:
+        lines.append("")
+        lines.append("CONFLICTS (oldest export wins; these sites' exports are left out)")
+        for svc, c in conflicts:
+            lines.append(f"  {svc['namespace']}/{svc['name']} from {c['site']}: {c['reason']}")
+    if report["rejected"]:
+        lines.append("")
+        lines.append("REJECTED RECORDS (skipped)")
+        for r in report["rejected"]:
+            lines.append(f"  {r['key']}: {r['reason']}")
+    return "\n".join(lines)
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    if not rows:
+        return "  (none)"
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    return "\n".join("  " + "  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+                     for r in [header, *rows])
+
+
+def format_status(status: Mapping[str, Any]) -> str:
+    """A readable rendering of an agent's /status document."""
+    reg = status["registry"]
+    state = "STALE" if reg["stale"] else ("synced" if reg["synced"] else "syncing")
+    lines = [
+        f"site {status['site']} ({status['kind']}, network {status['network']}, {status['locality'] or 'no locality'})",
+        f"registry: {','.join(reg['endpoints'])}: {state}"
+        + (f", {reg['stalenessSeconds']}s old: {reg['error']}" if reg["stale"] else "")
+        + (f", lease {reg['lease']}" if reg.get("lease") else ""),
+    ]
+    gw = status.get("gateway")
+    lines.append(f"gateway: listening {gw['listen']}, advertised {gw['advertised']}, certificate valid until "
+                 f"{gw['certificateValidUntil']}" if gw else "gateway: off (gateway.ca_dir not set)")
+    dns = status.get("dns")
+    lines.append(f"dns: zone {dns['zone']} on udp {','.join(dns['udp'])} tcp {','.join(dns['tcp'])}"
+                 if dns else "dns: off")
+    vif = status.get("vipInterface")
+    if vif:
+        lines.append(f"vip interface {vif['name']}: " + (f"FALLBACK: {vif['fallback']}" if vif["fallback"]
+                     else f"{len(vif['addresses'])} VIP(s)"))
+    lines.append("")
+    lines.append("EXPORTED")
+    checks = {c["service"]: c for c in status.get("checks", [])}
+    rows = []
+    for e in status.get("exports", []):
+        c = checks.get(e["service"])
+        check = ("ok" if c["ready"] else "FAILING") + (f" ({c['detail']})" if c and c["detail"] else "") if c else "-"
+        rows.append([e["service"], f"{e['ready']}/{e['endpoints']}", check])
+    lines.append(_table(["SERVICE", "READY", "CHECK"], rows))
+    lines.append("")
+    lines.append("IMPORTED")
+    rows = []
+    for i in status.get("imports", []):
+        listen = ",".join(f"{k}={v}" for k, v in sorted(i["listeners"].items())) or "-"
+        via = "; ".join(f"{s['site']} {s['ready']}/{s['endpoints']} via {s['via']}" for s in i["sites"])
+        rows.append([i["service"], ",".join(i["vips"]) or "-", listen, via])
+    lines.append(_table(["SERVICE", "VIP", "LISTENERS", "SITES"], rows))
+    return "\n".join(lines)

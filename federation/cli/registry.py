@@ -1,0 +1,88 @@
+"""`meshfed registry ls`: sites, services, endpoints, conflicts and staleness, read from etcd."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import sys
+from typing import Any
+
+from federation.agent.reporting import format_report, registry_report
+from federation.agent.settings import AgentConfig, load_config
+from federation.cli.agent import agent_document
+from federation.core.catalog import Catalog
+from federation.core.errors import ConfigError, RegistryUnavailable
+from federation.core.keys import DEFAULT_PREFIX, Keys
+from federation.registry.etcd import EtcdClient, TLSFiles
+
+log = logging.getLogger(__name__)
+
+
+def add_commands(sub: Any) -> None:
+    """Register `registry ls`."""
+    reg = sub.add_parser("registry", help="inspect the registry")
+    regsub = reg.add_subparsers(dest="registry_command", metavar="COMMAND")
+    ls = regsub.add_parser("ls", help="sites, services, endpoints, conflicts and staleness")
+    ls.add_argument("--config", help="agent config file: its registry settings (and its agent, as a fallback)")
+    ls.add_argument("--endpoints", help="etcd host:port[,host:port...] (overrides the config)")
+    ls.add_argument("--prefix", default=None, help=f"registry key prefix (default {DEFAULT_PREFIX})")
+    ls.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    ls.set_defaults(handler=cmd_registry_ls)
+
+
+
+def cmd_registry_ls(args: argparse.Namespace) -> int:
+    try:
+        report = asyncio.run(_registry_report(args))
+    except (ConfigError, RegistryUnavailable) as exc:
+        print(f"meshfed: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0
+
+
+async def _registry_report(args: argparse.Namespace) -> dict[str, Any]:
+    config = load_config(args.config) if args.config else None
+    prefix = args.prefix or (config.registry.prefix if config else DEFAULT_PREFIX)
+    endpoints = _endpoints(args, config)
+    tls = None
+    if config and config.registry.tls:
+        t = config.registry.tls
+        tls = TLSFiles(t.ca, t.cert, t.key)
+    timeout = config.registry.timeout if config else 5.0
+    client = EtcdClient(endpoints, tls=tls, timeout=timeout)
+    try:
+        async with asyncio.timeout(timeout + 1):
+            kvs, revision = await client.get_prefix(Keys(prefix).root())
+    except (RegistryUnavailable, TimeoutError) as exc:
+        fallback = agent_document(config, "/registry") if config else None
+        if fallback is None:
+            raise RegistryUnavailable(f"cannot read the registry at {','.join(endpoints)}: {exc}") from None
+        fallback["stale"] = True
+        fallback["error"] = f"etcd unreachable from this shell ({exc}); showing the agent's last known view"
+        return fallback
+    finally:
+        await client.close()
+    catalog = Catalog(Keys(prefix))
+    catalog.resync({k: v.value for k, v in kvs.items()}, revision)
+    return registry_report(catalog.view(), catalog.rejected, source=f"etcd {','.join(endpoints)}")
+
+
+def _endpoints(args: argparse.Namespace, config: AgentConfig | None) -> tuple[str, ...]:
+    if args.endpoints:
+        return tuple(e.strip() for e in args.endpoints.split(",") if e.strip())
+    if config and config.registry.endpoints:
+        return config.registry.endpoints
+    if config:
+        from federation.registry.embedded import ENDPOINT_FILE
+
+        path = config.state_dir / "etcd" / ENDPOINT_FILE
+        with contextlib.suppress(OSError):
+            return (path.read_text().strip(),)
+        raise ConfigError(f"{config.source}: registry.endpoints is empty and no embedded etcd is running ({path})")
+    raise ConfigError("say where the registry is: --config FILE or --endpoints host:port")
+
+

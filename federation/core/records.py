@@ -1,0 +1,210 @@
+"""Typed registry records (sites, exports, endpoints, ports) and their validation. Pure: no IO.
+
+Every check raises `RecordError` naming the field and the reason; readers skip such records.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import re
+from dataclasses import dataclass
+
+from federation.core.errors import RecordError
+
+_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_PORT_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,13}[a-z0-9])?$")
+_MAX_ADDRESSES = 100
+
+
+
+class ServiceType(enum.StrEnum):
+    """MCS service types."""
+
+    CLUSTER_SET_IP = "ClusterSetIP"
+    HEADLESS = "Headless"
+
+
+class Protocol(enum.StrEnum):
+    """Transport protocols a service port may use."""
+
+    TCP = "TCP"
+    UDP = "UDP"
+    SCTP = "SCTP"
+
+
+@dataclass(frozen=True, slots=True)
+class Locality:
+    """Where something runs, for nearest-first ordering."""
+
+    region: str = ""
+    zone: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ServicePort:
+    """One port of a service, the same across sites."""
+
+    name: str
+    port: int
+    protocol: Protocol = Protocol.TCP
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointPort:
+    """The port an endpoint listens on for the service port of the same name."""
+
+    name: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """One backend: its addresses and ports, readiness, optional hostname, locality and weight."""
+
+    addresses: tuple[str, ...]
+    ports: tuple[EndpointPort, ...] = ()
+    ready: bool = True
+    hostname: str | None = None
+    locality: Locality = Locality()
+    weight: int = 1
+
+    def port_for(self, service_port: ServicePort) -> int:
+        """The target port for `service_port`: the endpoint's own when named, else the service's."""
+        for p in self.ports:
+            if p.name == service_port.name:
+                return p.port
+        return service_port.port
+
+
+@dataclass(frozen=True, slots=True)
+class Gateway:
+    """A site's east-west gateway: where other networks send this site's traffic."""
+
+    name: str
+    address: str
+    port: int = 15443
+
+
+@dataclass(frozen=True, slots=True)
+class Site:
+    """A cluster or a group of VMs, with its network, locality and gateways."""
+
+    name: str
+    network: str
+    locality: Locality = Locality()
+    kind: str = "vm"
+    gateways: tuple[Gateway, ...] = ()
+    ca_chain: str = ""
+    agent_version: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceExport:
+    """One site's export of `namespace/name`: ports, type and endpoints."""
+
+    site: str
+    namespace: str
+    name: str
+    ports: tuple[ServicePort, ...]
+    type: ServiceType = ServiceType.CLUSTER_SET_IP
+    endpoints: tuple[Endpoint, ...] = ()
+    exported_at: float = 0.0
+    """Unix time the site first exported the service; the oldest export wins a conflict."""
+
+    @property
+    def service(self) -> tuple[str, str]:
+        """The mesh-wide identity of the service: (namespace, name)."""
+        return (self.namespace, self.name)
+
+    def spec(self) -> tuple[ServiceType, tuple[ServicePort, ...]]:
+        """The part that must agree across sites (MCS conflict rule), ports in a canonical order."""
+        return (self.type, tuple(sorted(self.ports, key=lambda p: (p.port, p.protocol, p.name))))
+
+
+# ---------------------------------------------------------------- validation
+
+
+def validate_site(site: Site) -> None:
+    """Raise RecordError naming the first thing wrong with `site`."""
+    check_label("site", site.name)
+    check_label("network", site.network)
+    if site.kind not in ("vm", "kubernetes"):
+        raise RecordError(f"siteKind {site.kind!r} is not vm or kubernetes")
+    for i, g in enumerate(site.gateways):
+        check_label(f"gateways[{i}].name", g.name)
+        _check_host(f"gateways[{i}].address", g.address)
+        _check_port(f"gateways[{i}].port", g.port)
+
+
+def validate_export(export: ServiceExport) -> None:
+    """Raise RecordError naming the first thing wrong with `export`."""
+    check_label("site", export.site)
+    check_label("namespace", export.namespace)
+    check_label("service name", export.name)
+    if not export.ports and export.type is ServiceType.CLUSTER_SET_IP:
+        raise RecordError("a ClusterSetIP service needs at least one port")
+    seen: set[str] = set()
+    for i, p in enumerate(export.ports):
+        if not _PORT_NAME.match(p.name):
+            raise RecordError(f"ports[{i}].name {p.name!r} is not a port name (DNS label of at most 15 chars)")
+        if p.name in seen:
+            raise RecordError(f"ports[{i}].name {p.name!r} is used twice")
+        seen.add(p.name)
+        _check_port(f"ports[{i}].port", p.port)
+    hostnames: set[str] = set()
+    for i, e in enumerate(export.endpoints):
+        where = f"endpoints[{i}]"
+        if not e.addresses:
+            raise RecordError(f"{where}.addresses is empty")
+        if len(e.addresses) > _MAX_ADDRESSES:
+            raise RecordError(f"{where}.addresses has more than {_MAX_ADDRESSES} entries")
+        for a in e.addresses:
+            check_ip(f"{where}.addresses", a)
+        for ep in e.ports:
+            if ep.name not in seen:
+                raise RecordError(f"{where}.ports names {ep.name!r}, which is not a service port")
+            _check_port(f"{where}.ports.{ep.name}", ep.port)
+        if e.hostname is not None:
+            check_label(f"{where}.hostname", e.hostname)
+            if e.hostname in hostnames:
+                raise RecordError(f"{where}.hostname {e.hostname!r} is used twice")
+            hostnames.add(e.hostname)
+        if not 0 <= e.weight <= 65535:
+            raise RecordError(f"{where}.weight {e.weight} is not in 0..65535")
+
+
+def is_dns_label(value: str) -> bool:
+    """True if `value` is an RFC 1123 DNS label (lower case, as Kubernetes names are)."""
+    return bool(_LABEL.match(value))
+
+
+def check_label(what: str, value: str) -> None:
+    """Raise RecordError unless `value` is a DNS label; `what` names the field."""
+    if not isinstance(value, str) or not _LABEL.match(value):
+        raise RecordError(f"{what} {value!r} is not a DNS label (a-z, 0-9, '-', at most 63 chars)")
+
+
+def _check_port(what: str, value: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 65535:
+        raise RecordError(f"{what} {value!r} is not in 1..65535")
+
+
+def check_ip(what: str, value: str) -> None:
+    """Raise RecordError unless `value` is an IP address; `what` names the field."""
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        raise RecordError(f"{what} {value!r} is not an IP address") from None
+
+
+def _check_host(what: str, value: str) -> None:
+    try:
+        ipaddress.ip_address(value)
+        return
+    except ValueError:
+        pass
+    labels = value.rstrip(".").split(".")
+    if len(value) > 253 or not all(_LABEL.match(lbl) for lbl in labels):
+        raise RecordError(f"{what} {value!r} is neither an IP address nor a DNS name")
+

@@ -1,1 +1,0 @@
-"""The Kubernetes source: exports from ServiceExports, imports as ServiceImports and derived Services."""

@@ -1,0 +1,289 @@
+"""Pure conversion of Kubernetes objects (plain dicts shaped like the API's) into registry exports.
+
+A Service is exported when a ServiceExport of the same namespace and name exists; its endpoints come
+from the EndpointSlices labelled `kubernetes.io/service-name`. ServiceExport status conditions follow
+the MCS API (sigs.k8s.io/mcs-api): `Valid` and `Conflict`, with the reasons that project uses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from federation.core.errors import RecordError
+from federation.core.records import (
+    Endpoint,
+    EndpointPort,
+    Locality,
+    Protocol,
+    ServiceExport,
+    ServicePort,
+    ServiceType,
+    is_dns_label,
+    validate_export,
+)
+from federation.core.view import Conflict
+
+Obj = Mapping[str, Any]
+ObjKey = tuple[str, str]
+"""(namespace, name) of a namespaced object."""
+
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+NOWHERE = Locality()
+MAX_ENDPOINTS = 1000
+"""Endpoints per export: the registry record stays well below etcd's 1.5 MiB value limit."""
+
+# Reasons as in sigs.k8s.io/mcs-api (ServiceExportReason*).
+REASON_VALID = "Valid"
+REASON_NO_SERVICE = "NoService"
+REASON_INVALID_TYPE = "InvalidServiceType"
+REASON_INVALID = "InvalidService"
+REASON_NO_CONFLICTS = "NoConflicts"
+REASON_TYPE_CONFLICT = "TypeConflict"
+REASON_PORT_CONFLICT = "PortConflict"
+REASON_PENDING = "Pending"
+
+
+@dataclass(frozen=True, slots=True)
+class Invalid:
+    """Why a ServiceExport cannot be exported: an MCS reason and a message for the operator."""
+
+    reason: str
+    message: str
+
+
+@dataclass(slots=True)
+class Conversion:
+    """What `convert_all` made: the exports, and the ServiceExports that could not be exported."""
+
+    exports: list[ServiceExport] = field(default_factory=list)
+    invalid: dict[ObjKey, Invalid] = field(default_factory=dict)
+
+
+def key_of(obj: Obj) -> ObjKey:
+    """(namespace, name) from an object's metadata."""
+    meta = _m(_m(obj).get("metadata"))
+    return (str(meta.get("namespace", "")), str(meta.get("name", "")))
+
+
+def is_owned(obj: Obj, owned: tuple[str, str]) -> bool:
+    """True if the object carries the owned label with the owned value."""
+    labels = _m(_m(_m(obj).get("metadata")).get("labels"))
+    return bool(labels.get(owned[0]) == owned[1])
+
+
+def parse_time(text: Any) -> float:
+    """RFC 3339 as the API writes it (`2024-05-01T10:00:00Z`) to unix time; 0.0 if missing or bad."""
+    if not text or not isinstance(text, str):
+        return 0.0
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return 0.0
+
+
+def format_time(now: float) -> str:
+    """Unix time as the API writes it."""
+    return datetime.fromtimestamp(int(now), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def convert(
+    services: Iterable[Obj],
+    endpointslices: Iterable[Obj],
+    serviceexports: Iterable[Obj],
+    site: str,
+    locality: Locality = NOWHERE,
+    owned: tuple[str, str] = ("", ""),
+) -> list[ServiceExport]:
+    """The registry exports of one site: one per valid ServiceExport with its Service."""
+    return convert_all(services, endpointslices, serviceexports, site, locality, owned).exports
+
+
+def convert_all(
+    services: Iterable[Obj],
+    endpointslices: Iterable[Obj],
+    serviceexports: Iterable[Obj],
+    site: str,
+    locality: Locality = NOWHERE,
+    owned: tuple[str, str] = ("", ""),
+) -> Conversion:
+    """Exports plus the reason each ServiceExport that cannot be exported is invalid."""
+    by_key = {key_of(s): s for s in services if isinstance(s, Mapping) and not (owned[0] and is_owned(s, owned))}
+    slices: dict[ObjKey, list[Obj]] = {}
+    for sl in endpointslices:
+        if not isinstance(sl, Mapping):
+            continue
+        labels = _m(_m(_m(sl).get("metadata")).get("labels"))
+        svc = labels.get(SERVICE_NAME_LABEL)
+        if svc:
+            slices.setdefault((key_of(sl)[0], str(svc)), []).append(sl)
+    out = Conversion()
+    for se in sorted((x for x in serviceexports if isinstance(x, Mapping)), key=key_of):
+        k = key_of(se)
+        service = by_key.get(k)
+        result = _convert_one(se, service, slices.get(k, []), site, locality)
+        if isinstance(result, Invalid):
+            out.invalid[k] = result
+        else:
+            out.exports.append(result)
+    return out
+
+
+def export_conditions(
+    previous: Sequence[Obj],
+    invalid: Invalid | None,
+    conflict: Conflict | None,
+    known: bool,
+    now: float,
+    generation: int = 0,
+) -> list[dict[str, Any]]:
+    """The `Valid` and `Conflict` conditions of one ServiceExport.
+
+    `known` is False until the mesh view has synced: Conflict is then Unknown rather than a guess.
+    lastTransitionTime is kept from `previous` while a condition's status does not change.
+    """
+    if invalid is not None:
+        valid = ("False", invalid.reason, invalid.message)
+        conf = ("Unknown", REASON_PENDING, "the service is not exported, so no conflict is checked")
+    else:
+        valid = ("True", REASON_VALID, "the service is exported to the mesh")
+        if not known:
+            conf = ("Unknown", REASON_PENDING, "waiting for the first sync of the mesh registry")
+        elif conflict is None:
+            conf = ("False", REASON_NO_CONFLICTS, "the service agrees with every other site's export")
+        else:
+            reason = REASON_TYPE_CONFLICT if conflict.kind == "type" else REASON_PORT_CONFLICT
+            conf = ("True", reason, f"this site's export is not used: {conflict.reason}")
+    before = {str(c.get("type")): c for c in _l(previous) if isinstance(c, Mapping)}
+    out = []
+    for ctype, (status, reason, message) in (("Valid", valid), ("Conflict", conf)):
+        old = before.get(ctype)
+        since = old.get("lastTransitionTime") if old and old.get("status") == status else None
+        out.append({
+            "type": ctype,
+            "status": status,
+            "reason": reason,
+            "message": message,
+            "lastTransitionTime": since or format_time(now),
+            "observedGeneration": generation,
+        })  # fmt: skip
+    return out
+
+
+def same_conditions(a: Sequence[Obj], b: Sequence[Obj]) -> bool:
+    """True if two condition lists say the same (times aside)."""
+
+    def norm(cs: Sequence[Obj]) -> list[tuple[Any, ...]]:
+        fields = ("type", "status", "reason", "message")
+        return sorted(tuple(str(c.get(f)) for f in fields) for c in _l(cs) if isinstance(c, Mapping))
+
+    return norm(a) == norm(b)
+
+
+# ---------------------------------------------------------------- one export
+
+
+def _convert_one(
+    se: Obj, service: Obj | None, slices: list[Obj], site: str, locality: Locality
+) -> ServiceExport | Invalid:
+    ns, name = key_of(se)
+    if service is None:
+        return Invalid(REASON_NO_SERVICE, f"there is no Service {ns}/{name} to export")
+    spec = _m(service.get("spec"))
+    stype = spec.get("type", "ClusterIP")
+    if stype == "ExternalName":
+        return Invalid(REASON_INVALID_TYPE, "ExternalName services cannot be exported (MCS)")
+    headless = spec.get("clusterIP") == "None"
+    try:
+        ports, renamed = _service_ports(_l(spec.get("ports")))
+        endpoints = _endpoints(slices, ports, renamed, headless, locality)
+        export = ServiceExport(
+            site=site,
+            namespace=ns,
+            name=name,
+            ports=ports,
+            type=ServiceType.HEADLESS if headless else ServiceType.CLUSTER_SET_IP,
+            endpoints=endpoints,
+            exported_at=parse_time(_m(se.get("metadata")).get("creationTimestamp")),
+        )
+        validate_export(export)
+    except RecordError as exc:
+        return Invalid(REASON_INVALID, f"the Service cannot be exported: {exc}")
+    return export
+
+
+def _service_ports(raw: Sequence[Any]) -> tuple[tuple[ServicePort, ...], dict[str, str]]:
+    """The service ports; an unnamed single port gets a name (`<proto>-<port>`) since the registry needs one."""
+    ports = []
+    renamed: dict[str, str] = {}
+    for i, p in enumerate(raw):
+        if not isinstance(p, Mapping):
+            raise RecordError(f"ports[{i}] is not an object")
+        try:
+            proto = Protocol(p.get("protocol", "TCP"))
+        except ValueError:
+            raise RecordError(f"ports[{i}].protocol {p.get('protocol')!r} is not TCP, UDP or SCTP") from None
+        number = p.get("port")
+        if not isinstance(number, int) or isinstance(number, bool):
+            raise RecordError(f"ports[{i}].port is not an integer")
+        pname = str(p.get("name") or "")
+        if not pname:
+            pname = renamed[""] = f"{proto.value.lower()}-{number}"
+        ports.append(ServicePort(pname, number, proto))
+    return tuple(ports), renamed
+
+
+def _endpoints(
+    slices: list[Obj],
+    ports: tuple[ServicePort, ...],
+    renamed: dict[str, str],
+    headless: bool,
+    locality: Locality,
+) -> tuple[Endpoint, ...]:
+    names = {p.name for p in ports}
+    seen_addresses: set[tuple[str, ...]] = set()
+    hostnames: set[str] = set()
+    out: list[Endpoint] = []
+    for sl in sorted(slices, key=lambda s: key_of(s)[1]):
+        if _m(sl).get("addressType") not in ("IPv4", "IPv6"):
+            continue  # FQDN slices have no addresses the mesh can route to
+        eports = []
+        for p in map(_m, _l(sl.get("ports"))):
+            pname = renamed.get(str(p.get("name") or ""), str(p.get("name") or ""))
+            number = p.get("port")
+            if pname in names and isinstance(number, int) and 1 <= number <= 65535:
+                eports.append(EndpointPort(pname, number))
+        for e in map(_m, _l(sl.get("endpoints"))):
+            addresses = tuple(str(a) for a in _l(e.get("addresses")))
+            if not addresses or addresses in seen_addresses or len(out) >= MAX_ENDPOINTS:
+                continue
+            seen_addresses.add(addresses)
+            cond = _m(e.get("conditions"))
+            # The API says a nil `ready` means ready; a terminating endpoint is never ready.
+            ready = cond.get("ready") is not False and cond.get("terminating") is not True
+            hostname = e.get("hostname") if headless else None
+            if not isinstance(hostname, str) or not is_dns_label(hostname) or hostname in hostnames:
+                hostname = None
+            else:
+                hostnames.add(hostname)
+            zone = e.get("zone")
+            out.append(Endpoint(
+                addresses=addresses,
+                ports=tuple(eports),
+                ready=ready,
+                hostname=hostname,
+                locality=Locality(locality.region, zone) if isinstance(zone, str) and zone else locality,
+            ))  # fmt: skip
+    return tuple(out)
+
+
+def _m(value: Any) -> Mapping[str, Any]:
+    """`value` if it is a mapping, else an empty one: a malformed field reads as absent."""
+    return value if isinstance(value, Mapping) else {}
+
+
+def _l(value: Any) -> Sequence[Any]:
+    """`value` if it is a list, else an empty one."""
+    return value if isinstance(value, list | tuple) else ()

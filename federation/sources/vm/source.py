@@ -1,0 +1,148 @@
+"""The VM source in one piece, for the agent's composition root: exports (static + checked + LAN), VIPs, mDNS.
+
+    vm = VmSource(vm_settings, site_name, publisher.set_exports, static_exports=config.exports, metrics=registry)
+    tg.create_task(vm.run(), name="vm-source")
+    await vm.ready.wait()             # before publisher.run(): see `ready`
+    mirror.subscribe(lambda view, _events: vm.update(view, vip_source))   # after the initial sync
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import ipaddress
+import logging
+from collections.abc import Callable, Iterable, Sequence
+
+from prometheus_client import CollectorRegistry
+
+from federation.core.backoff import Backoff
+from federation.core.records import Locality, ServiceExport, ServiceType
+from federation.core.view import MeshView, VipSource
+from federation.sources.vm.addressing import Vip
+from federation.sources.vm.checking import UNKNOWN_LOCALITY
+from federation.sources.vm.exportset import ExportSet
+from federation.sources.vm.health import HealthChecker
+from federation.sources.vm.mdns import LanDiscovery, MdnsAnnouncer
+from federation.sources.vm.netlink import VipInterface
+from federation.sources.vm.settings import VmSettings
+
+log = logging.getLogger(__name__)
+
+DISCOVERY_SETTLE = 3.0
+"""Seconds LAN discovery gets before the first publication: zeroconf's first queries go out at 0, 1 and 3 s
+(RFC 6762 5.2), so a restart does not withdraw and re-add every LAN service."""
+
+
+@functools.lru_cache(maxsize=65536)
+def _address(text: str) -> Vip:
+    """Parsed once: every registry change recomputes the wanted VIPs from the same few strings."""
+    return ipaddress.ip_address(text)
+
+
+class VmSource:
+    """Runs the health checker, LAN discovery, the mDNS announcer and the VIP interface of one VM site."""
+
+    def __init__(
+        self,
+        settings: VmSettings,
+        site_name: str,
+        on_exports: Callable[[Sequence[ServiceExport]], None],
+        *,
+        static_exports: Iterable[ServiceExport] = (),
+        locality: Locality = UNKNOWN_LOCALITY,
+        metrics: CollectorRegistry | None = None,
+        discovery_settle: float = DISCOVERY_SETTLE,
+        netns: str | None = None,
+    ) -> None:
+        self._settings = settings
+        self._on_exports = on_exports
+        self._held: Sequence[ServiceExport] | None = None
+        self._settle = discovery_settle
+        self.ready = asyncio.Event()
+        """Set when the first complete export list went to `on_exports` (checks done, discovery settled).
+
+        Start the registry publisher only after it: a publisher started with a partial list deletes the
+        site's other records from the previous run, and a re-added record loses its export time (MCS age).
+        """
+        self.exports = ExportSet(self._deliver)
+        self.exports.group("static")(tuple(static_exports))
+        self.checks = HealthChecker(settings, site_name, self.exports.group("checks"), locality=locality,
+                                    metrics=metrics)
+        self.discovery = (LanDiscovery(settings, site_name, self.exports.group("lan"), metrics=metrics)
+                          if settings.discovery.enabled else None)
+        self.announcer = MdnsAnnouncer(settings, site_name) if settings.announce else None
+        self.vips = VipInterface(settings, metrics=metrics, netns=netns)
+        self._wanted_vips: frozenset[Vip] = frozenset()
+        self._vips_changed = asyncio.Event()
+        self._vips_seen = False
+        self._backoff = Backoff(base=1.0, cap=30.0)
+        self.on_vips_changed: Callable[[], None] | None = None
+        """Called after the interface holds a new set of VIPs (the egress then binds listeners to them)."""
+
+    @property
+    def fallback(self) -> bool:
+        """True when VIPs cannot be managed (no CAP_NET_ADMIN); the egress uses loopback ports instead."""
+        return self.vips.fallback
+
+    def update(self, view: MeshView, vips: VipSource) -> None:
+        """Follow the mesh: VIPs of its ClusterSetIP services on the interface, imported services on mDNS.
+
+        Call it only once the registry's initial sync is done: an empty view would remove every VIP.
+        """
+        wanted = frozenset(
+            _address(a)
+            for (namespace, name), svc in view.services().items() if svc.type is ServiceType.CLUSTER_SET_IP
+            for a in vips.addresses(namespace, name)
+        )
+        if wanted != self._wanted_vips or not self._vips_seen:  # the first view converges leftovers too
+            self._vips_seen = True
+            self._wanted_vips = wanted
+            self._vips_changed.set()
+        if self.announcer is not None:
+            self.announcer.update(view, vips)
+
+    async def run(self) -> None:
+        """Run every part until cancelled."""
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self.checks.run(), name="vm-health-checks")
+            if self.discovery is not None:
+                tg.create_task(self.discovery.run(), name="vm-lan-discovery")
+            if self.announcer is not None:
+                tg.create_task(self.announcer.run(), name="vm-mdns-announcer")
+            if self._settings.vip_interface:
+                tg.create_task(self._reconcile_vips(), name="vm-vip-interface")
+            await self.checks.ready.wait()
+            if self.discovery is not None:
+                await asyncio.sleep(self._settle)
+            self._release()
+
+    # ---------------------------------------------------------------- private
+
+    def _deliver(self, exports: Sequence[ServiceExport]) -> None:
+        if self.ready.is_set():
+            self._on_exports(exports)
+        else:
+            self._held = exports
+
+    def _release(self) -> None:
+        self.ready.set()
+        self._on_exports(self._held if self._held is not None else self.exports.merged())
+        self._held = None
+        log.info("vm source: publishing %d exports", len(self.exports.merged()))
+
+    async def _reconcile_vips(self) -> None:
+        while True:
+            await self._vips_changed.wait()
+            self._vips_changed.clear()
+            try:
+                await self.vips.reconcile(self._wanted_vips)
+            except OSError as exc:  # NetlinkError included: e.g. the interface deleted under our feet
+                delay = self._backoff.next()
+                log.warning("VIP interface %s: %s; retrying in %.1fs", self.vips.name, exc, delay)
+                await asyncio.sleep(delay)
+                self._vips_changed.set()
+            else:
+                self._backoff.reset()
+                if self.on_vips_changed is not None:
+                    self.on_vips_changed()

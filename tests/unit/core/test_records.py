@@ -1,0 +1,111 @@
+"""Record codec and validation: round trips, precise rejections, and no crash on arbitrary bytes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from federation.core.codec import decode_export, decode_site, encode_export, encode_site
+from federation.core.errors import RecordError
+from federation.core.keys import Keys, ServiceKey, SiteKey
+from federation.core.records import (
+    Endpoint,
+    EndpointPort,
+    Gateway,
+    Locality,
+    ServiceExport,
+    ServicePort,
+    ServiceType,
+    Site,
+)
+
+KEYS = Keys()
+SITE = Site("east", "net-1", Locality("eu", "eu-1a"), "kubernetes", (Gateway("gw", "198.18.0.1"),), "PEM", "0.1.0")
+EXPORT = ServiceExport(
+    "east", "shop", "web", (ServicePort("http", 80), ServicePort("grpc", 9090)), ServiceType.HEADLESS,
+    (Endpoint(("10.0.0.1", "fd00::1"), (EndpointPort("http", 8080),), True, "web-0", Locality("eu", "eu-1a"), 3),),
+    1700000000.5,
+)
+
+
+def test_round_trips() -> None:
+    assert decode_site(SiteKey("east"), encode_site(SITE)) == SITE
+    assert decode_export(ServiceKey("east", "shop", "web"), encode_export(EXPORT)) == EXPORT
+
+
+def test_keys_parse_the_layout() -> None:
+    assert KEYS.parse("/meshfed/v1/sites/east") == SiteKey("east")
+    assert KEYS.parse("/meshfed/v1/sites/east/services/shop/web") == ServiceKey("east", "shop", "web")
+    assert KEYS.parse("/meshfed/v1/mesh/vips/x") is None
+    with pytest.raises(RecordError, match="does not fit the layout"):
+        KEYS.parse("/meshfed/v1/sites/east/other/x")
+    with pytest.raises(RecordError, match="not a DNS label"):
+        KEYS.parse("/meshfed/v1/sites/East")
+
+
+def _mutated(**changes: object) -> bytes:
+    obj = json.loads(encode_export(EXPORT))
+    obj.update(changes)
+    return json.dumps(obj).encode()
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"{", "value is not JSON"),
+        (b"[]", "not a JSON object"),
+        (_mutated(schema=2), "schema 2 is not supported"),
+        (_mutated(kind="Site"), "kind 'Site' where 'ServiceExport' belongs"),
+        (_mutated(site="west"), "record says site 'west' but its key says 'east'"),
+        (_mutated(name="api"), "record says name 'api' but its key says 'web'"),
+        (_mutated(type="LoadBalancer"), "type 'LoadBalancer' is not ClusterSetIP or Headless"),
+        (_mutated(ports=[{"name": "http", "port": 70000}]), "ports[0].port 70000 is not in 1..65535"),
+        (_mutated(ports=[{"name": "HTTP", "port": 80}]), "ports[0].name 'HTTP' is not a port name"),
+        (_mutated(ports=[{"name": "a", "port": 80}, {"name": "a", "port": 81}]), "'a' is used twice"),
+        (_mutated(endpoints=[{"addresses": ["10.0.0.300"]}]), "'10.0.0.300' is not an IP address"),
+        (_mutated(endpoints=[{"addresses": []}]), "endpoints[0].addresses is empty"),
+        (_mutated(endpoints=[{"addresses": ["10.0.0.1"], "hostname": "Web_0"}]), "is not a DNS label"),
+        (_mutated(endpoints=[{"addresses": ["10.0.0.1"], "ready": "yes"}]), "ready is not a boolean"),
+        (_mutated(exportedAt="yesterday"), "exportedAt is not a number"),
+    ],
+)
+def test_rejections_name_the_reason(data: bytes, reason: str) -> None:
+    with pytest.raises(RecordError) as err:
+        decode_export(ServiceKey("east", "shop", "web"), data)
+    assert reason in str(err.value)
+
+
+def test_site_name_must_match_key() -> None:
+    with pytest.raises(RecordError, match="names site 'east' but its key names site 'west'"):
+        decode_site(SiteKey("west"), encode_site(SITE))
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@given(st.binary(max_size=300))
+def test_arbitrary_bytes_only_raise_record_error(data: bytes) -> None:
+    for decode in (lambda: decode_site(SiteKey("east"), data),
+                   lambda: decode_export(ServiceKey("east", "shop", "web"), data)):
+        try:
+            decode()
+        except RecordError:
+            pass
+
+
+@given(st.dictionaries(st.sampled_from(["schema", "kind", "site", "namespace", "name", "type", "ports",
+                                        "endpoints", "exportedAt", "network", "gateways", "locality"]),
+                       _json, max_size=10))
+def test_arbitrary_json_only_raises_record_error(obj: dict[str, object]) -> None:
+    obj = {"schema": 1, "kind": "ServiceExport", **obj}
+    try:
+        decode_export(ServiceKey("east", "shop", "web"), json.dumps(obj).encode())
+    except RecordError:
+        pass

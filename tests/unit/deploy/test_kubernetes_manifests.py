@@ -1,0 +1,121 @@
+"""deploy/kubernetes/ validated offline against the Kubernetes OpenAPI schemas (kubernetes-validate ships them)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from federation.agent.settings import parse_config
+from federation.devkit.objects import serviceexport
+from federation.dns.settings import parse_dns_settings
+from federation.sources.kubernetes.importing import Owned, plan_imports
+from federation.sources.kubernetes.settings import KubernetesSettings, parse_kubernetes_settings
+from gateway.settings import parse_gateway_settings
+from tests.util import export, site
+
+DEPLOY = Path(__file__).resolve().parents[3] / "deploy" / "kubernetes"
+VERSION = "1.30.0"
+"""ValidatingAdmissionPolicy is GA from 1.30, the oldest release the manifests support."""
+
+
+def documents() -> list[tuple[str, dict[str, Any]]]:
+    return [(p.name, d) for p in sorted(DEPLOY.glob("*.yaml")) for d in yaml.safe_load_all(p.read_text()) if d]
+
+
+def by_kind(kind: str, name: str | None = None) -> dict[str, Any]:
+    return next(d for _, d in documents() if d["kind"] == kind and name in (None, d.get("metadata", {}).get("name")))
+
+
+@pytest.mark.parametrize(("file", "doc"), [d for d in documents() if d[1]["kind"] != "Kustomization"],
+                         ids=lambda x: x if isinstance(x, str) else f"{x['kind']}/{x['metadata']['name']}")
+def test_manifest_matches_the_openapi_schema(file: str, doc: dict[str, Any]) -> None:
+    kubernetes_validate.validate(doc, VERSION, strict=True)
+
+
+def test_the_validator_rejects_a_misspelt_field() -> None:
+    bad = by_kind("Deployment")
+    bad = {**bad, "spec": {**bad["spec"], "replica": 1}}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(bad, VERSION, strict=True)
+
+
+def test_kustomization_lists_every_manifest() -> None:
+    kust = by_kind("Kustomization")
+    assert sorted(kust["resources"]) == sorted(p.name for p in DEPLOY.glob("*.yaml") if p.name != "kustomization.yaml")
+
+
+def test_objects_the_agent_writes_match_the_crds() -> None:
+    ops = plan_imports(_view(), site("here"), Owned(), lambda *_: ("10.0.0.1", 20000),
+                       (KubernetesSettings().owned_label, KubernetesSettings().owned_value))
+    schemas = {d["spec"]["names"]["kind"]: d["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+               for _, d in documents() if d["kind"] == "CustomResourceDefinition"}
+    imports = [op.obj for op in ops if getattr(op, "resource", "") == "serviceimports"]  # type: ignore[attr-defined]
+    assert imports
+    for obj in imports:
+        jsonschema.validate(obj, schemas["ServiceImport"])
+    from federation.sources.kubernetes.conversion import export_conditions
+
+    se = {**serviceexport(), "status": {"conditions": export_conditions([], None, None, True, 1714557600.0)}}
+    jsonschema.validate(se, schemas["ServiceExport"])
+    for op in ops:
+        obj = getattr(op, "obj", None)
+        if obj is not None and obj["kind"] in ("Service", "EndpointSlice"):
+            kubernetes_validate.validate(obj, VERSION, strict=True)
+
+
+def test_configmap_is_a_valid_agent_config(tmp_path: Path) -> None:
+    text = by_kind("ConfigMap", "meshfed-agent")["data"]["agent.yaml"]
+    for name in ("ca.crt", "tls.crt", "tls.key"):  # the Secret the Deployment mounts there
+        (tmp_path / name).write_text("x")
+    text = text.replace("/etc/meshfed/etcd/", f"{tmp_path}/")
+    cfg = parse_config(yaml.safe_load(text), "configmap.yaml")
+    assert cfg.site.kind == "kubernetes"
+    assert cfg.admin.port == 15000
+    k = parse_kubernetes_settings(cfg.sections["kubernetes"], "kubernetes")
+    assert k.enabled
+    assert not k.kubeconfig
+    assert k.namespace == by_kind("Namespace")["metadata"]["name"]
+    dns = parse_dns_settings(cfg.sections["dns"], "dns")
+    assert dns.zone == "clusterset.local"
+    gw = parse_gateway_settings(cfg.sections["gateway"], "gateway")
+    assert gw.listen_port == 15443
+
+
+def test_deployment_probes_ports_and_services_line_up() -> None:
+    dep = by_kind("Deployment")
+    [c] = dep["spec"]["template"]["spec"]["containers"]
+    ports = {p["name"]: (p["containerPort"], p["protocol"]) for p in c["ports"]}
+    assert ports["admin"] == (15000, "TCP")
+    assert (c["readinessProbe"]["httpGet"]["path"], c["livenessProbe"]["httpGet"]["path"]) == ("/readyz", "/healthz")
+    assert dep["spec"]["template"]["spec"]["serviceAccountName"] == by_kind("ServiceAccount")["metadata"]["name"]
+    eastwest = by_kind("Service", "meshfed-eastwest")
+    assert eastwest["spec"]["type"] == "LoadBalancer"
+    assert [(p["port"], ports[p["targetPort"]][0]) for p in eastwest["spec"]["ports"]] == [(15443, 15443)]
+    dns = by_kind("Service", "meshfed-dns")
+    assert sorted((p["port"], p["protocol"]) for p in dns["spec"]["ports"]) == [(53, "TCP"), (53, "UDP")]
+    assert all(ports[p["targetPort"]][1] == p["protocol"] for p in dns["spec"]["ports"])
+    labels = dep["spec"]["template"]["metadata"]["labels"]
+    for svc in (eastwest, dns, by_kind("PodDisruptionBudget")):
+        sel = svc["spec"]["selector"]
+        assert (sel.get("matchLabels") or sel).items() <= labels.items()
+
+
+def test_admission_policy_uses_the_owned_label() -> None:
+    policy = by_kind("ValidatingAdmissionPolicy")
+    assert repr(KubernetesSettings().owned_label) in str(policy["spec"]["variables"])
+    sa = by_kind("ServiceAccount")["metadata"]
+    assert f"system:serviceaccount:{sa['namespace']}:{sa['name']}" in policy["spec"]["matchConditions"][0]["expression"]
+
+
+def _view() -> Any:
+    from federation.core.view import MeshView
+
+    e = export("near", name="db", addresses=("10.1.0.5",))
+    far = export("far", name="db", addresses=("10.9.0.5",))
+    return MeshView({s.name: s for s in (site("here"), site("near"), site("far", network="net-b"))},
+                    {(x.site, x.namespace, x.name): x for x in (e, far)})

@@ -1,0 +1,160 @@
+"""The import plan: ServiceImports, derived Services and EndpointSlices from the mesh view (pure)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from federation.core.records import Endpoint, EndpointPort, ServiceExport, ServicePort, ServiceType, Site
+from federation.core.view import MeshView
+from federation.sources.kubernetes.importing import (
+    Create,
+    Delete,
+    Owned,
+    Patch,
+    derived_name,
+    plan_imports,
+)
+from tests.util import export, site
+
+OWNED = ("multicluster.meshfed.io/managed-by", "meshfed")
+HERE = site("here", network="net-a")
+
+
+def egress(ns: str, name: str, port: str) -> tuple[str, int] | None:
+    return ("10.244.0.7", 20000 + len(port))
+
+
+def no_egress(ns: str, name: str, port: str) -> tuple[str, int] | None:
+    return None
+
+
+def view(*exports: ServiceExport, sites: tuple[Site, ...] = ()) -> MeshView:
+    all_sites = {s.name: s for s in (HERE, site("near", "net-a"), site("far", "net-b"), *sites)}
+    return MeshView(all_sites, {(e.site, e.namespace, e.name): e for e in exports})
+
+
+def apply(ops: list[Any], owned: Owned) -> Owned:
+    """What the API server would hold after the ops (enough for the plan's fields)."""
+    state = {r: dict(owned.of(r)) for r in ("services", "serviceimports", "endpointslices")}
+    for op in ops:
+        if isinstance(op, Create):
+            m = op.obj["metadata"]
+            # The API server drops status on create where status is a subresource (ServiceImport).
+            state[op.resource][(m["namespace"], m["name"])] = {k: v for k, v in op.obj.items() if k != "status"}
+        elif isinstance(op, Delete):
+            del state[op.resource][(op.namespace, op.name)]
+        else:
+            obj = dict(state[op.resource][(op.namespace, op.name)])
+            for k, v in op.body.items():
+                obj[k] = {**obj.get(k, {}), **v} if k == "metadata" else v
+            state[op.resource][(op.namespace, op.name)] = obj
+    return Owned(state["services"], state["serviceimports"], state["endpointslices"])
+
+
+def creates(ops: list[Any], resource: str) -> list[dict[str, Any]]:
+    return [op.obj for op in ops if isinstance(op, Create) and op.resource == resource]
+
+
+def test_same_network_endpoints_are_used_directly() -> None:
+    ops = plan_imports(view(export("near", addresses=("10.1.0.5", "10.1.0.6"))), HERE, Owned(), egress, OWNED)
+    [svc] = creates(ops, "services")
+    [imp] = creates(ops, "serviceimports")
+    [sl] = creates(ops, "endpointslices")
+    assert svc["metadata"]["name"] == derived_name("web")
+    assert "selector" not in svc["spec"]
+    assert svc["metadata"]["labels"][OWNED[0]] == OWNED[1]
+    assert imp["spec"] == {"type": "ClusterSetIP", "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+                           "ips": []}
+    assert sl["metadata"]["labels"]["kubernetes.io/service-name"] == svc["metadata"]["name"]
+    assert sl["metadata"]["labels"]["endpointslice.kubernetes.io/managed-by"] == "meshfed.io/agent"
+    assert [e["addresses"] for e in sl["endpoints"]] == [["10.1.0.5"], ["10.1.0.6"]]
+    assert sl["ports"] == [{"name": "http", "port": 8080, "protocol": "TCP"}]
+
+
+def test_other_network_goes_through_local_egress() -> None:
+    ops = plan_imports(view(export("far", addresses=("10.9.0.5",))), HERE, Owned(), egress, OWNED)
+    [sl] = creates(ops, "endpointslices")
+    assert sl["endpoints"] == [{"addresses": ["10.244.0.7"], "conditions": {"ready": True}}]
+    assert sl["ports"] == [{"name": "http", "port": 20004, "protocol": "TCP"}]
+
+
+def test_no_egress_listener_means_no_remote_endpoints_but_import_stays() -> None:
+    ops = plan_imports(view(export("far")), HERE, Owned(), no_egress, OWNED)
+    assert creates(ops, "endpointslices") == []
+    assert len(creates(ops, "serviceimports")) == 1
+
+
+def test_endpoint_target_ports_split_slices() -> None:
+    e = ServiceExport("near", "shop", "web", (ServicePort("http", 80),), endpoints=(
+        Endpoint(("10.1.0.5",), (EndpointPort("http", 8080),)), Endpoint(("10.1.0.6",)), Endpoint(("fd00::6",))))
+    ops = plan_imports(view(e), HERE, Owned(), egress, OWNED)
+    slices = creates(ops, "endpointslices")
+    assert sorted((s["addressType"], s["ports"][0]["port"]) for s in slices) == [
+        ("IPv4", 80), ("IPv4", 8080), ("IPv6", 80)]
+    assert len({s["metadata"]["name"] for s in slices}) == 3
+
+
+def test_headless_import_keeps_hostnames() -> None:
+    e = ServiceExport("near", "shop", "db", (ServicePort("pg", 5432),), type=ServiceType.HEADLESS,
+                      endpoints=(Endpoint(("10.1.0.5",), hostname="db-0"),))
+    ops = plan_imports(view(e), HERE, Owned(), egress, OWNED)
+    [svc] = creates(ops, "services")
+    assert svc["spec"]["clusterIP"] == "None"
+    assert creates(ops, "endpointslices")[0]["endpoints"][0]["hostname"] == "db-0"
+    assert creates(ops, "serviceimports")[0]["spec"]["type"] == "Headless"
+
+
+def test_converged_state_plans_nothing_and_changes_patch_only_what_changed() -> None:
+    v = view(export("near", addresses=("10.1.0.5",)))
+    state = apply(plan_imports(v, HERE, Owned(), egress, OWNED), Owned())
+    [status] = plan_imports(v, HERE, state, egress, OWNED)
+    assert isinstance(status, Patch)
+    assert (status.resource, status.subresource, status.body) == (
+        "serviceimports", "status", {"status": {"clusters": [{"cluster": "near"}]}})
+    state = apply([status], state)
+    assert plan_imports(v, HERE, state, egress, OWNED) == []
+    changed = view(export("near", addresses=("10.1.0.5",), ready=False))
+    ops = plan_imports(changed, HERE, state, egress, OWNED)
+    assert [(type(op).__name__, op.resource) for op in ops] == [("Patch", "endpointslices")]
+    assert isinstance(ops[0], Patch)
+    assert ops[0].body["endpoints"][0]["conditions"] == {"ready": False}
+
+
+def test_allocated_cluster_ip_goes_into_serviceimport() -> None:
+    v = view(export("near"))
+    state = apply(plan_imports(v, HERE, Owned(), egress, OWNED), Owned())
+    key = ("shop", derived_name("web"))
+    svc = state.services[key]
+    services = {key: {**svc, "spec": {**svc["spec"], "clusterIP": "10.96.7.7"}}}
+    ops = [op for op in plan_imports(v, HERE, Owned(services, state.serviceimports, state.endpointslices), egress,
+                                     OWNED) if not (isinstance(op, Patch) and op.subresource)]
+    assert len(ops) == 1
+    assert isinstance(ops[0], Patch)
+    assert ops[0].body["spec"]["ips"] == ["10.96.7.7"]
+
+
+def test_removed_import_deletes_only_owned_objects() -> None:
+    state = apply(plan_imports(view(export("near")), HERE, Owned(), egress, OWNED), Owned())
+    foreign = {"metadata": {"name": "web", "namespace": "other", "labels": {"app": "web"}}, "spec": {}}
+    services = {**state.services, ("other", "web"): foreign}
+    ops = plan_imports(view(), HERE, Owned(services, state.serviceimports, state.endpointslices), egress, OWNED)
+    assert all(isinstance(op, Delete) for op in ops)
+    assert [op.resource for op in ops] == ["endpointslices", "serviceimports", "services"]
+    assert ("other", "web") not in {(op.namespace, op.name) for op in ops}  # type: ignore[union-attr]
+
+
+def test_type_change_recreates_the_derived_service() -> None:
+    state = apply(plan_imports(view(export("near")), HERE, Owned(), egress, OWNED), Owned())
+    headless = export("near", type=ServiceType.HEADLESS)
+    ops = plan_imports(view(headless), HERE, state, egress, OWNED)
+    assert isinstance(ops[0], Delete)
+    assert ops[0].resource == "services"
+    assert creates(ops, "services")[0]["spec"]["clusterIP"] == "None"
+
+
+def test_conflicting_site_is_left_out() -> None:
+    ok = export("near", addresses=("10.1.0.5",))
+    bad = ServiceExport("here", "shop", "web", (ServicePort("http", 9999),),
+                        endpoints=(Endpoint(("10.1.0.9",)),), exported_at=99.0)
+    ops = plan_imports(view(ok, bad), HERE, Owned(), egress, OWNED)
+    assert [e["addresses"] for e in creates(ops, "endpointslices")[0]["endpoints"]] == [["10.1.0.5"]]
