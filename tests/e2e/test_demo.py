@@ -27,7 +27,7 @@ def test_loopback_demo_leaves_namespaces_of_others_alone(tmp_path: Path) -> None
     """A loopback demo made no namespaces; tearing it down must not remove a real demo's beside it."""
     import os
 
-    from federation.devkit.demo import PREFIX
+    from federation.devkit.stage import PREFIX
 
     if os.geteuid() != 0:
         import pytest

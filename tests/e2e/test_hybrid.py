@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from federation.devkit.demo import LEASE_TTL, ZONE, Demo
 from federation.devkit.lab import namespaces
+from federation.devkit.stage import LEASE_TTL, ZONE, Demo
 
 pytestmark = pytest.mark.netns
 
