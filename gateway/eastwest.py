@@ -11,8 +11,7 @@ import datetime as dt
 import logging
 import socket
 import ssl
-from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from collections.abc import Coroutine
 from typing import Any, cast
 
 from prometheus_client import CollectorRegistry
@@ -20,7 +19,9 @@ from prometheus_client import CollectorRegistry
 from federation.core.errors import RemoteProtocolError
 from federation.core.view import MeshView
 from federation.pki.verifying import PeerRejected, TrustBundle, verify_peer
-from gateway.balancing import EndpointPicker, Target, endpoint_targets, find_port
+from federation.runtime.values import Readable
+from gateway.admission import Admission, admit
+from gateway.balancing import EndpointPicker
 from gateway.preamble import NEED_DATA, Preamble, Request, Response, Role, Status
 from gateway.refusals import GatewayMetrics, Refusals, Throttle
 from gateway.relay import ActiveStreams, PlainLeg, Stream, TunnelLeg
@@ -34,39 +35,15 @@ MAX_ATTEMPTS = 3
 _MAX_EARLY = 64 * 1024
 
 
-@dataclass(frozen=True, slots=True)
-class Admission:
-    """What a stream request gets: a status, a reason for logs, and the endpoints to try."""
-
-    status: Status
-    reason: str
-    targets: tuple[Target, ...] = ()
-    key: tuple[str, str, str] = ("", "", "")
-
-
-def admit(view: MeshView, site: str, req: Request) -> Admission:
-    """Check `req` against this site's own export of the service. Pure."""
-    export = view.exports.get((site, req.namespace, req.service))
-    if export is None:
-        return Admission(Status.NO_SUCH_SERVICE, f"{req.namespace}/{req.service} is not exported by {site}")
-    port = find_port(export.ports, req.port)
-    if port is None:
-        return Admission(Status.NO_SUCH_SERVICE, f"{req.namespace}/{req.service} has no port {req.port}")
-    targets = endpoint_targets(export, port, req.hostname)
-    if not targets:
-        what = f"endpoint {req.hostname}" if req.hostname else "endpoint"
-        return Admission(Status.NO_HEALTHY_ENDPOINT, f"{req.namespace}/{req.service} has no ready {what}")
-    return Admission(Status.OK, "", tuple(targets), (req.namespace, req.service, port.name))
-
-
 class EastWestGateway:
     """The site's mTLS listener for other networks. `start()`, then `close()`; `address` once started."""
 
-    def __init__(self, site: str, view: Callable[[], MeshView], server_context: ssl.SSLContext,
+    def __init__(self, site: str, mesh: Readable[MeshView], server_context: ssl.SSLContext,
                  bundle: TrustBundle, settings: GatewaySettings | None = None,
                  registry: CollectorRegistry | None = None) -> None:
         self.site = site
-        self.view = view
+        self.mesh = mesh
+        """The registry view every handshake and stream request is checked against."""
         self.context = server_context
         self.bundle = bundle
         self.settings = settings or GatewaySettings()
@@ -110,8 +87,8 @@ class EastWestGateway:
         host, port = sock.getsockname()[:2]
         return host, port
 
-    async def close(self, grace: float = 0.0) -> None:
-        """Stop accepting; let streams finish for up to `grace` seconds; then close every tunnel."""
+    async def stop_accepting(self) -> None:
+        """Close the listening socket; tunnels and their streams go on (a stopping agent drains them)."""
         if self._server is not None:
             self._server.close()
         if self._acceptor is not None:
@@ -120,6 +97,10 @@ class EastWestGateway:
             self._acceptor = None
         if self._lsock is not None:
             self._lsock.close()
+
+    async def close(self, grace: float = 0.0) -> None:
+        """Stop accepting; let streams finish for up to `grace` seconds; then close every tunnel."""
+        await self.stop_accepting()
         await self.active.wait_idle(grace)
         for task in list(self._tasks):
             task.cancel()
@@ -240,7 +221,7 @@ class GatewayTunnel(TunnelLeg):
             return
         der = sslobj.getpeercert(binary_form=True)
         try:
-            identity = verify_peer(der, self.gw.view(), self.gw.bundle, dt.datetime.now(dt.UTC))
+            identity = verify_peer(der, self.gw.mesh.get(), self.gw.bundle, dt.datetime.now(dt.UTC))
         except PeerRejected as exc:
             self.gw.refusals.refuse("identity", self.peer, str(exc))
             self._answer(Response(Status.FORBIDDEN, "identity not accepted"))
@@ -280,7 +261,7 @@ class GatewayTunnel(TunnelLeg):
         assert isinstance(event, Request)
         self._cancel_timer()
         trailing = self._preamble.trailing_data
-        view = self.gw.view()
+        view = self.gw.mesh.get()
         if self.peer_expiry is not None and dt.datetime.now(dt.UTC) >= self.peer_expiry:
             # TLS checks the certificate once, at the handshake; a tunnel must not outlive it.
             self._refuse("identity", f"{self.identity}: certificate expired since the handshake",

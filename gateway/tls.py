@@ -6,6 +6,7 @@ import asyncio
 import collections
 import datetime as dt
 import logging
+import operator
 import ssl
 import tempfile
 from collections.abc import Callable
@@ -14,6 +15,7 @@ from pathlib import Path
 from federation.pki.issuing import Authority, Issued, cert_pem, issue_gateway, site_of_ca
 from federation.pki.verifying import TrustBundle
 from federation.runtime.files import write_private
+from federation.runtime.values import Value
 
 log = logging.getLogger(__name__)
 
@@ -95,9 +97,8 @@ class CertificateStore:
         self.bundle = TrustBundle.from_pem(cert_pem(root))
         self.bundle_file.write_bytes(cert_pem(root))
         self.renewals = 0
-        self.on_renew: Callable[[], None] | None = None
-        """Called after every renewal (e.g. to tell worker processes to reload the files)."""
-        self.issued = self._issue()
+        self.current: Value[Issued] = Value(self._issue(), name="gateway certificate", same=operator.is_)
+        """The leaf in use; a renewal sets a new one (worker processes follow it and reload the files)."""
         self.server = server_context(self.chain_file, self.key_file, self.bundle_file)
         self.client = client_context(self.chain_file, self.key_file, self.bundle_file)
 
@@ -106,15 +107,19 @@ class CertificateStore:
         """What the site record's `ca_chain` carries: the site intermediate, for peers to verify against."""
         return cert_pem(self.site_ca.cert).decode()
 
+    @property
+    def issued(self) -> Issued:
+        """The leaf in use."""
+        return self.current.get()
+
     def renew(self) -> Issued:
         """Issue a fresh leaf now and load it into both contexts for the handshakes that follow."""
-        self.issued = self._issue()
+        issued = self._issue()
         for ctx in (self.server, self.client):
             ctx.load_cert_chain(str(self.chain_file), str(self.key_file))
         self.renewals += 1
-        if self.on_renew is not None:
-            self.on_renew()
-        return self.issued
+        self.current.set(issued)
+        return issued
 
     def seconds_to_renewal(self) -> float:
         """Seconds until half the current leaf's lifetime has passed (0 if already past)."""

@@ -18,6 +18,7 @@ from gateway.preamble import NEED_DATA, Preamble, Request, Response, Role
 from gateway.settings import GatewaySettings
 from gateway.tls import CertificateStore
 from tests.pkihelp import Mesh, export, view
+from tests.util import LiveView
 
 
 class EchoServer:
@@ -68,6 +69,8 @@ class TwoSites:
         self.east = CertificateStore(self.mesh.site_ca("east"), "gw", self.tmp / "east")
         self.west = CertificateStore(self.mesh.site_ca("west"), "gw", self.tmp / "west")
         self.gw_port = 0
+        self.live = LiveView(self.view)
+        """The mesh as the gateways and the egress read it: computed afresh from this object's state."""
 
     def view(self) -> MeshView:
         gw = (Gateway("gw", "127.0.0.1", self.gw_port),)
@@ -76,7 +79,7 @@ class TwoSites:
     async def start(self) -> None:
         echo_port = await self.echo.start()
         self.exports.append(export("east", "ns", "echo", 7, endpoint_ports=(echo_port,)))
-        self.gateway = EastWestGateway("east", self.view, self.east.server, self.east.bundle, self.settings)
+        self.gateway = EastWestGateway("east", self.live, self.east.server, self.east.bundle, self.settings)
         await self.gateway.start()
         self.gw_port = self.gateway.address[1]
 

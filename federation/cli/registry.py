@@ -11,12 +11,12 @@ import sys
 from typing import Any
 
 from federation.agent.reporting import format_report, registry_report
-from federation.agent.settings import AgentConfig, load_config
+from federation.agent.settings import AgentSettings, load_settings
 from federation.cli.agent import agent_document
 from federation.core.catalog import Catalog
 from federation.core.errors import ConfigError, RegistryUnavailable
 from federation.core.keys import DEFAULT_PREFIX, Keys
-from federation.registry.etcd import EtcdClient, TLSFiles
+from federation.registry.etcd import EtcdClient
 
 log = logging.getLogger(__name__)
 
@@ -45,13 +45,10 @@ def cmd_registry_ls(args: argparse.Namespace) -> int:
 
 
 async def _registry_report(args: argparse.Namespace) -> dict[str, Any]:
-    config = load_config(args.config) if args.config else None
+    config = load_settings(args.config) if args.config else None
     prefix = args.prefix or (config.registry.prefix if config else DEFAULT_PREFIX)
     endpoints = _endpoints(args, config)
-    tls = None
-    if config and config.registry.tls:
-        t = config.registry.tls
-        tls = TLSFiles(t.ca, t.cert, t.key)
+    tls = config.registry.tls if config else None
     timeout = config.registry.timeout if config else 5.0
     client = EtcdClient(endpoints, tls=tls, timeout=timeout)
     try:
@@ -71,7 +68,7 @@ async def _registry_report(args: argparse.Namespace) -> dict[str, Any]:
     return registry_report(catalog.view(), catalog.rejected, source=f"etcd {','.join(endpoints)}")
 
 
-def _endpoints(args: argparse.Namespace, config: AgentConfig | None) -> tuple[str, ...]:
+def _endpoints(args: argparse.Namespace, config: AgentSettings | None) -> tuple[str, ...]:
     if args.endpoints:
         return tuple(e.strip() for e in args.endpoints.split(",") if e.strip())
     if config and config.registry.endpoints:

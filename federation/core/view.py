@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from federation.core.records import ServiceExport, ServicePort, ServiceType, Site
 
@@ -12,15 +12,12 @@ ExportId = tuple[str, str, str]
 """(site, namespace, name)"""
 ServiceId = tuple[str, str]
 """(namespace, name): a service's identity across the mesh (MCS namespace sameness)."""
+PortId = tuple[str, str, str]
+"""(namespace, name, port name): one port of a service, e.g. what an egress listener serves."""
 
-
-class VipSource(Protocol):
-    """Where the address of a ClusterSetIP service comes from on this site: the mesh VIP on VMs, the
-    derived Service's ClusterIP on Kubernetes."""
-
-    def addresses(self, namespace: str, name: str) -> tuple[str, ...]:
-        """The addresses that route to `namespace/name` from this site (none yet: NODATA)."""
-        ...
+VipTable = Mapping[ServiceId, tuple[str, ...]]
+"""The addresses that reach each ClusterSetIP service from this site: the mesh VIPs on VM sites, the
+derived Services' ClusterIPs on Kubernetes sites. A service missing from it has no address yet (NODATA)."""
 
 
 # ---------------------------------------------------------------- events
@@ -134,8 +131,16 @@ class MeshView:
     sites: Mapping[str, Site]
     exports: Mapping[ExportId, ServiceExport]
     revision: int = 0
+    complete: bool = True
+    """False only for the empty view a reader holds before its first listing: nothing may be answered
+    authoritatively, deleted or withdrawn from it (Istio's HasSynced)."""
     _memo: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
     """Results computed once per snapshot (the snapshot never changes, so they stay right)."""
+
+    @classmethod
+    def before_sync(cls) -> MeshView:
+        """The view a reader has before its first complete listing."""
+        return cls(sites={}, exports={}, complete=False)
 
     def services(self) -> dict[tuple[str, str], FederatedService]:
         """Every federated service, conflict rule applied; exports of sites without a site record are left out.

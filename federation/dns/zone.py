@@ -9,8 +9,8 @@ from __future__ import annotations
 import ipaddress
 import socket
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, NamedTuple, Protocol
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import dns.name
 import dns.rdata
@@ -25,7 +25,7 @@ import dns.rdtypes.IN.SRV
 import dns.rrset
 
 from federation.core.records import Endpoint, ServiceExport, ServiceType, Site
-from federation.core.view import FederatedService, MeshView, resolve
+from federation.core.view import FederatedService, MeshView, VipTable, resolve
 
 DNS_VERSION = "1.0.0"
 """The MCS DNS specification version this server implements (KEP-1645 `dns-version` TXT record)."""
@@ -39,25 +39,6 @@ A, AAAA, SRV, PTR, TXT, SOA = (
     dns.rdatatype.TXT,
     dns.rdatatype.SOA,
 )
-
-class VipSource(Protocol):
-    """Where the A/AAAA answer of a ClusterSetIP service comes from on this site's kind."""
-
-    def addresses(self, namespace: str, name: str) -> tuple[str, ...]:
-        """The addresses that route to `namespace/name` from this site (none yet: NODATA)."""
-        ...
-
-
-@dataclass(frozen=True, slots=True)
-class StaticVips:
-    """A VIP source from a fixed table (tests; the Kubernetes source's ClusterIPs)."""
-
-    table: Mapping[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
-
-    def addresses(self, namespace: str, name: str) -> tuple[str, ...]:
-        """The table's entry, or nothing."""
-        return self.table.get((namespace, name), ())
-
 
 Labels = tuple[bytes, ...]
 """An absolute name as its lower-case labels, the root label left out."""
@@ -180,7 +161,7 @@ class ZoneBuilder:
         }
         self._ent_refs: dict[Labels, int] = {}
 
-    def build(self, view: MeshView, stale_sites: frozenset[str], vips: VipSource) -> Zone:
+    def build(self, view: MeshView, stale_sites: frozenset[str], vips: VipTable) -> Zone:
         """The zone for `view`; `stale_sites` are left out wherever another site has ready endpoints."""
         local = view.sites.get(self.local_site)
         groups: dict[tuple[str, str], list[ServiceExport]] = {}
@@ -193,7 +174,7 @@ class ZoneBuilder:
             stale = stale_sites.intersection(e.site for e in exports) if stale_sites else stale_sites
             if stale and not _staleness_matters(exports, stale):
                 stale = frozenset()
-            addrs = vips.addresses(*key)
+            addrs = vips.get(key, ())
             fingerprint = (exports, tuple(view.sites.get(e.site) for e in exports), stale, addrs, local)
             old = self._parts.get(key)
             if old is not None and old.fingerprint == fingerprint:

@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import aetcd
@@ -20,6 +19,7 @@ import grpc
 import grpc.aio
 
 from federation.core.errors import RegistryUnavailable
+from federation.runtime.files import TlsFiles
 
 # Keepalive pings find a silent etcd (a partition) on an otherwise idle watch. etcd rejects pings more
 # often than every 5 s (--grpc-keepalive-min-time), so 10 s it is.
@@ -82,19 +82,10 @@ class Delete:
     key: str
 
 
-@dataclass(frozen=True, slots=True)
-class TLSFiles:
-    """Client TLS for etcd: the CA that signed etcd's certificate, our certificate and key."""
-
-    ca: Path
-    cert: Path
-    key: Path
-
-
 class _TLSClient(aetcd.Client):  # type: ignore[misc]
     """aetcd's client over a TLS channel with a client certificate."""
 
-    def __init__(self, host: str, port: int, tls: TLSFiles, **kwargs: Any) -> None:
+    def __init__(self, host: str, port: int, tls: TlsFiles, **kwargs: Any) -> None:
         super().__init__(host=host, port=port, **kwargs)
         self._tls = tls
 
@@ -120,7 +111,7 @@ class _TLSClient(aetcd.Client):  # type: ignore[misc]
 class EtcdClient:
     """The registry's view of etcd: get, list, transactions, leases, watches, all typed."""
 
-    def __init__(self, endpoints: Sequence[str], tls: TLSFiles | None = None, timeout: float = 5.0) -> None:
+    def __init__(self, endpoints: Sequence[str], tls: TlsFiles | None = None, timeout: float = 5.0) -> None:
         if not endpoints:
             raise ValueError("EtcdClient needs at least one endpoint")
         self.endpoints = tuple(endpoints)

@@ -1,12 +1,14 @@
 """The mesh mirror: list once, watch from that revision, resync on compaction or a broken stream.
 
-While etcd is unreachable it keeps serving the last known state and reports itself stale.
+While etcd is unreachable it keeps serving the last known state and reports itself stale. Readers
+follow `mesh`, a value holder of the latest immutable `MeshView` (incomplete until the initial sync).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import operator
 import time
 from collections.abc import Callable, Sequence
 
@@ -19,6 +21,7 @@ from federation.core.keys import Keys
 from federation.core.ratelimit import LogLimiter
 from federation.core.view import Event, MeshView
 from federation.registry.etcd import Compacted, EtcdClient, reconnecting
+from federation.runtime.values import Value
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +74,8 @@ class Mirror:
         self._probe_interval = probe_interval
         self._probe_timeout = probe_timeout
         self.catalog = Catalog(keys)
-        self._view = self.catalog.view()
+        self.mesh: Value[MeshView] = Value(MeshView.before_sync(), name="mesh view", same=operator.is_)
+        """The latest snapshot: complete after the initial sync, then one new one per burst of changes."""
         self._subscribers: list[Subscriber] = []
         self._pending: list[Event] = []
         self._flush_scheduled = False
@@ -86,10 +90,6 @@ class Mirror:
 
     # -- reading
 
-    def view(self) -> MeshView:
-        """The current snapshot (the last known one while stale)."""
-        return self._view
-
     def staleness(self) -> float:
         """Seconds since etcd last answered, 0 while the watch is healthy."""
         if not self.stale:
@@ -99,7 +99,8 @@ class Mirror:
         return time.monotonic() - self._last_contact
 
     def subscribe(self, callback: Subscriber) -> None:
-        """Call `callback(view, events)` after each batch of changes (synchronously, in the loop)."""
+        """Call `callback(view, events)` after each batch of changes (synchronously, in the loop): the typed
+        event tap for tools and tests. The agent's subsystems follow `mesh` instead."""
         self._subscribers.append(callback)
 
     # -- running
@@ -197,12 +198,13 @@ class Mirror:
         """
         self._flush_scheduled = False
         events, self._pending = self._pending, []
-        self._view = self.catalog.view()
         self._metrics.records.set(len(self.catalog))
         if not events and not initial:
             return
+        view = self.catalog.view()
+        self.mesh.set(view)
         for callback in self._subscribers:
             try:
-                callback(self._view, events)
+                callback(view, events)
             except Exception:
                 log.exception("registry mirror: subscriber %r failed", callback)

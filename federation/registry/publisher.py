@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from federation.core.backoff import Backoff
@@ -16,6 +16,7 @@ from federation.core.records import ServiceExport, Site
 from federation.registry.etcd import Delete, EtcdClient, Put, reconnecting
 from federation.registry.publishing import DeleteOp, PutOp, Stored, desired_records, plan
 from federation.runtime.files import write_private
+from federation.runtime.values import Changes, Readable
 
 log = logging.getLogger(__name__)
 
@@ -28,14 +29,18 @@ class LeaseLost(RegistryUnavailable):
 
 
 class Publisher:
-    """Writes the site record and its exports under the site's prefix and keeps the lease alive."""
+    """Writes the site record and its exports under the site's prefix and keeps the lease alive.
+
+    It follows `site` and `exports` (value holders owned by the agent and the sources) and writes what
+    changed at once; between changes it refreshes the lease every third of its TTL.
+    """
 
     def __init__(
         self,
         client: EtcdClient,
         keys: Keys,
-        site: Site,
-        exports: Iterable[ServiceExport] = (),
+        site: Readable[Site],
+        exports: Readable[Sequence[ServiceExport]],
         *,
         ttl: int = 10,
         lease_file: Path | None = None,
@@ -45,14 +50,13 @@ class Publisher:
         self._client = client
         self._keys = keys
         self._site = site
-        self._exports = tuple(exports)
+        self._exports = exports
         self._ttl = ttl
         self._lease_file = lease_file
         # Retries must come well within the lease TTL: etcd restarts a lease's countdown when it comes back,
         # and a publisher still backing off then lets the lease, and every record of the site, expire.
         self._backoff = backoff or Backoff(base=0.2, cap=max(0.5, ttl / 4))
         self._clock = clock
-        self._changed = asyncio.Event()
         self._actual: dict[str, Stored] = {}
         self.lease = 0
         self.published = asyncio.Event()
@@ -61,17 +65,8 @@ class Publisher:
 
     @property
     def site(self) -> Site:
-        return self._site
-
-    def set_site(self, site: Site) -> None:
-        """Replace the site record (gateways, CA chain); written at the next sync."""
-        self._site = site
-        self._changed.set()
-
-    def set_exports(self, exports: Iterable[ServiceExport]) -> None:
-        """Replace the site's exports; written at the next sync."""
-        self._exports = tuple(exports)
-        self._changed.set()
+        """The site record as it is now."""
+        return self._site.get()
 
     async def run(self) -> None:
         """Publish until cancelled, reconnecting with backoff."""
@@ -94,11 +89,14 @@ class Publisher:
     async def _session(self) -> None:
         self.lease = await self._acquire_lease()
         self._actual, _ = await self._owned()
+        with Changes(self._site, self._exports) as changes:
+            await self._keep(changes, max(self._ttl / 3, 0.2))
+
+    async def _keep(self, changes: Changes, interval: float) -> None:
+        """Write what changed at once; refresh the lease every `interval`; re-read our keys now and then."""
         rounds = 0
-        interval = max(self._ttl / 3, 0.2)
         last_keepalive = time.monotonic()
         while True:
-            self._changed.clear()
             await self._sync()
             self._backoff.reset()
             self.published.set()
@@ -108,20 +106,20 @@ class Publisher:
                     # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow the cancellation that
                     # stops the agent when it lands as the event fires (CPython gh-86296).
                     async with asyncio.timeout(wait):
-                        await self._changed.wait()
+                        await changes.wait()
             if time.monotonic() - last_keepalive < interval:
                 continue
             left = await self._client.keepalive(self.lease)
             last_keepalive = time.monotonic()
             if left <= 0:
                 self._forget_lease()
-                raise LeaseLost(f"lease {self.lease:x} expired; re-registering site {self._site.name}")
+                raise LeaseLost(f"lease {self.lease:x} expired; re-registering site {self.site.name}")
             rounds += 1
             if rounds % _RELIST_EVERY == 0:
                 self._actual, _ = await self._owned()
 
     async def _sync(self) -> None:
-        desired = desired_records(self._keys, self._site, self._exports, self._actual, self._clock())
+        desired = desired_records(self._keys, self._site.get(), self._exports.get(), self._actual, self._clock())
         ops = plan(desired, self._actual, self.lease)
         if not ops:
             return
@@ -134,14 +132,15 @@ class Publisher:
             else:
                 self._actual[op.key] = Stored(op.value, self.lease)
         self.writes += len(ops)
-        log.info("registry publisher: wrote %d key(s) for site %s", len(ops), self._site.name)
+        log.info("registry publisher: wrote %d key(s) for site %s", len(ops), self.site.name)
 
     async def _owned(self) -> tuple[dict[str, Stored], int]:
-        children, rev = await self._client.get_prefix(self._keys.site_children(self._site.name))
+        name = self.site.name
+        children, rev = await self._client.get_prefix(self._keys.site_children(name))
         own = {k: Stored(v.value, v.lease) for k, v in children.items()}
-        site_kv = await self._client.get(self._keys.site(self._site.name))
+        site_kv = await self._client.get(self._keys.site(name))
         if site_kv is not None:
-            own[self._keys.site(self._site.name)] = Stored(site_kv.value, site_kv.lease)
+            own[self._keys.site(name)] = Stored(site_kv.value, site_kv.lease)
         return own, rev
 
     async def _acquire_lease(self) -> int:
@@ -154,7 +153,7 @@ class Publisher:
                 return previous
         lease = await self._client.grant(self._ttl)
         self._write_lease_file(lease)
-        log.info("registry publisher: site %s holds lease %x (ttl %ds)", self._site.name, lease, self._ttl)
+        log.info("registry publisher: site %s holds lease %x (ttl %ds)", self.site.name, lease, self._ttl)
         return lease
 
     def _read_lease_file(self) -> int:
@@ -162,7 +161,7 @@ class Publisher:
             return 0
         try:
             site, lease = self._lease_file.read_text().split()
-            return int(lease, 16) if site == self._site.name else 0
+            return int(lease, 16) if site == self.site.name else 0
         except (OSError, ValueError):
             return 0
 
@@ -170,7 +169,7 @@ class Publisher:
         if self._lease_file is None:
             return
         self._lease_file.parent.mkdir(parents=True, exist_ok=True)
-        write_private(self._lease_file, f"{self._site.name} {lease:x}\n".encode())
+        write_private(self._lease_file, f"{self.site.name} {lease:x}\n".encode())
 
     def _forget_lease(self) -> None:
         if self._lease_file is not None:

@@ -69,7 +69,7 @@ def test_agent_ready_metrics_and_registry(etcd: EtcdProcess, tmp_path: Path, age
 
 def test_sigkill_expires_records_and_restart_takes_over(etcd: EtcdProcess, tmp_path: Path,
                                                         agents: list[AgentProcess]) -> None:
-    east_cfg = write_config(tmp_path / "east.yaml", "east", [etcd.endpoint], tmp_path / "east", [web_export()], ttl=2)
+    east_cfg = write_config(tmp_path / "east.yaml", "east", [etcd.endpoint], tmp_path / "east", [web_export()], ttl=5)
     west_cfg = write_config(tmp_path / "west.yaml", "west", [etcd.endpoint], tmp_path / "west", [web_export("db")])
     east = AgentProcess(east_cfg, tmp_path / "east").start()
     west = AgentProcess(west_cfg, tmp_path / "west").start()
@@ -140,13 +140,13 @@ def test_registry_ls_shows_conflicts_and_falls_back_to_the_agent(etcd: EtcdProce
     ("text", "expected"),
     [
         ("site: [1, 2", "not valid YAML"),
-        ("site: {name: east, network: n}\nregistry: {endpoints: [nohost]}", "registry.endpoints: 'nohost' is not host:port"),
+        ("site: {name: east, network: n}\nregistry: {endpoints: [nohost]}", "registry.endpoints[0]: 'nohost' is not host:port"),
         ("site: {name: East_1, network: n}", "site.name: 'East_1' is not a DNS label"),
-        ("site: {name: east, network: n}\nadmin: {port: 70000}", "admin.port: 70000 is not a whole number in 0..65535"),
+        ("site: {name: east, network: n}\nadmin: {port: 70000}", "admin.port: 70000 is not in 0..65535"),
         ("site: {name: east, network: n}\nexports: [{namespace: shop, name: web, ports: [{name: http, port: 0}]}]",
-         "exports[0].ports[0].port: 0 is not a whole number in 1..65535"),
+         "exports[0].ports[0].port: 0 is not in 1..65535"),
         ("site: {name: east, network: n}\nexports: [{namespace: shop, name: web, ports: [{name: http, port: 80}], "
-         "endpoints: [{addresses: [not-an-ip]}]}]", "exports[0].endpoints[0].addresses: 'not-an-ip' is not an IP"),
+         "endpoints: [{addresses: [not-an-ip]}]}]", "exports[0].endpoints[0].addresses[0]: 'not-an-ip' is not an IP"),
         ("site: {name: east, network: n}\nsurprise: 1", "surprise: unknown field"),
         ("registry: {}", "site: is required"),
     ],
@@ -177,4 +177,4 @@ def test_bad_section_and_bad_workers_flag_fail_at_start(tmp_path: Path) -> None:
     cfg.write_text("site: {name: east, network: n}\n")
     out = meshfed("agent", "--config", str(cfg), "--workers", "0")
     assert out.returncode == 2
-    assert out.stderr.strip() == f"meshfed: {cfg}: gateway.workers: must be greater than 0"
+    assert out.stderr.strip() == f"meshfed: {cfg}: gateway.workers: 0 is not in 1..64"

@@ -9,18 +9,18 @@ import pytest
 from federation.cli.main import main
 from federation.dns.server import DnsServer
 from federation.dns.settings import DnsSettings
-from federation.dns.zone import StaticVips
 from tests.dnshelp import export, site, view
 
 
 async def test_resolve_prints_answers_and_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
     addrs = [f"10.9.0.{i}" for i in range(1, 61)]
     server = DnsServer(DnsSettings(udp=("127.0.0.1:0",), tcp=("127.0.0.1:0",), forwarding=False),
-                       local_site="east", vip_source=StaticVips({("shop", "web"): ("240.240.0.7",)}))
+                       local_site="east")
     await server.start()
     try:
         server.update(view([site("east")], [export("east", "shop", "web", ["10.0.0.1"]),
-                                            export("east", "shop", "big", addrs, headless=True)]))
+                                            export("east", "shop", "big", addrs, headless=True)]),
+                      vips={("shop", "web"): ("240.240.0.7",)})
         addr = f"127.0.0.1:{server.udp_addresses[0][1]}"
 
         async def resolve(*args: str) -> tuple[int, str]:

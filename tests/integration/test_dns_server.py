@@ -19,13 +19,13 @@ from federation.core.keys import Keys
 from federation.core.view import MeshView
 from federation.dns.server import DnsServer
 from federation.dns.settings import DnsSettings
-from federation.dns.zone import StaticVips
 from federation.registry.embedded import EtcdProcess
 from federation.registry.etcd import EtcdClient, Put
 from federation.registry.mirror import Mirror
+from federation.runtime.values import Readable, Value
 from tests.dnshelp import export, site, start_upstream, view
 
-VIPS = StaticVips({("shop", "web"): ("240.240.0.7", "fd6d:6573:6866:6564::7")})
+VIPS = ({("shop", "web"): ("240.240.0.7", "fd6d:6573:6866:6564::7")})
 BIG = [f"10.9.{i // 200}.{i % 200 + 1}" for i in range(60)]
 
 
@@ -41,16 +41,26 @@ def mesh() -> MeshView:
 
 
 @asynccontextmanager
-async def serving(v: MeshView | None = None, **kw: object) -> AsyncIterator[DnsServer]:
+async def serving(v: MeshView | None = None, mesh: Readable[MeshView] | None = None,
+                  **kw: object) -> AsyncIterator[DnsServer]:
+    """A DNS server answering `v` (fed by hand), or following the `mesh` holder (as the agent runs it)."""
     settings = DnsSettings(udp=("127.0.0.1:0",), tcp=("127.0.0.1:0",), **kw)  # type: ignore[arg-type]
-    server = DnsServer(settings, local_site="east", vip_source=VIPS)
+    server = DnsServer(settings, local_site="east", mesh=mesh, vips=Value(VIPS))
     await server.start()
+    follower = asyncio.create_task(server.run(), name="dns-follow") if mesh is not None else None
     try:
         if v is not None:
-            server.update(v)
+            feed(server, v)
         yield server
     finally:
+        if follower is not None:
+            follower.cancel()
+            await asyncio.gather(follower, return_exceptions=True)
         await server.close()
+
+
+def feed(server: DnsServer, v: MeshView) -> None:
+    server.update(v, vips=VIPS)
 
 
 async def ask(server: DnsServer, name: str, rdtype: str = "A", *, tcp: bool = False,
@@ -120,9 +130,9 @@ async def test_truncated_over_udp_then_whole_over_tcp() -> None:
 async def test_servfail_before_the_initial_sync_and_updates_take_effect() -> None:
     async with serving() as server:
         assert (await ask(server, "web.shop.svc.clusterset.local")).rcode() == dns.rcode.SERVFAIL
-        server.update(mesh())
+        feed(server, mesh())
         assert texts(await ask(server, "web.shop.svc.clusterset.local")) == ["240.240.0.7"]
-        server.update(view([site("east")], []))
+        feed(server, view([site("east")], []))
         assert (await ask(server, "web.shop.svc.clusterset.local")).rcode() == dns.rcode.NXDOMAIN
 
 
@@ -165,8 +175,8 @@ async def test_a_silent_upstream_gives_servfail_not_a_hang() -> None:
 async def test_several_workers_share_the_port_and_queries_are_counted() -> None:
     registry = CollectorRegistry()
     settings = DnsSettings(udp=("127.0.0.1:0",), tcp=("127.0.0.1:0",), workers=3, forwarding=False)
-    async with DnsServer(settings, local_site="east", vip_source=VIPS, registry=registry) as server:
-        server.update(mesh())
+    async with DnsServer(settings, local_site="east", registry=registry) as server:
+        server.update(mesh(), vips=VIPS)
         assert len(server.udp_addresses) == 1
         for _ in range(10):
             assert texts(await ask(server, "web.shop.svc.clusterset.local")) == ["240.240.0.7"]
@@ -221,8 +231,7 @@ async def test_registry_changes_reach_dns_answers(etcd: EtcdProcess) -> None:
     keys = Keys()
     writer = EtcdClient([etcd.endpoint], timeout=3)
     mirror = Mirror(EtcdClient([etcd.endpoint], timeout=3), keys, probe_interval=0.5, probe_timeout=1.0)
-    async with serving(forwarding=False) as server:
-        mirror.subscribe(lambda v, _events: server.update(v))
+    async with serving(mesh=mirror.mesh, forwarding=False) as server:
         task = asyncio.create_task(mirror.run(), name="mirror")
         try:
             await writer.connect()
@@ -233,7 +242,6 @@ async def test_registry_changes_reach_dns_answers(etcd: EtcdProcess) -> None:
                     encode_export(export("east", "shop", "db", ["10.0.0.1"], headless=True))),
             ])
             await asyncio.wait_for(mirror.synced.wait(), 10)
-            server.update(mirror.view())  # as the agent does once after the initial sync
             await _until(server, "db.shop.svc.clusterset.local", ["10.0.0.1"])
             await writer.commit([Put(keys.service("east", "shop", "db"), encode_export(
                 export("east", "shop", "db", ["10.0.0.1", "10.0.0.2"], headless=True)))])
@@ -267,8 +275,7 @@ async def test_every_record_type_from_real_registry_records(etcd: EtcdProcess) -
     writer = EtcdClient([etcd.endpoint], timeout=3)
     mirror = Mirror(EtcdClient([etcd.endpoint], timeout=3), keys, probe_interval=0.5, probe_timeout=1.0)
     v = mesh()
-    async with serving(forwarding=False) as server:
-        mirror.subscribe(lambda view_, _events: server.update(view_))
+    async with serving(mesh=mirror.mesh, forwarding=False) as server:
         task = asyncio.create_task(mirror.run(), name="mirror")
         try:
             await writer.connect()

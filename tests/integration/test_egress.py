@@ -12,25 +12,30 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from federation.core.records import Gateway, Locality
+from federation.runtime.values import wait_until
 from gateway.eastwest import EastWestGateway
 from gateway.egress import Egress
 from gateway.settings import GatewaySettings
 from gateway.tls import CertificateStore
 from tests.pkihelp import export, view
 from tests.tunnelhelp import TwoSites, two_sites
+from tests.util import LiveView
 
 KEY = ("ns", "echo", "tcp")
 
 
 @contextlib.asynccontextmanager
 async def egress_of_west(s: TwoSites, **settings: object) -> AsyncIterator[Egress]:
-    eg = Egress("west", s.view, s.west.client, s.west.bundle,
+    eg = Egress("west", s.live, s.west.client, s.west.bundle,
                 GatewaySettings(**{"pool_size": 2, **settings}),  # type: ignore[arg-type]
                 registry=CollectorRegistry())
     await eg.start()
+    following = asyncio.create_task(eg.run(), name="egress-run")
     try:
         yield eg
     finally:
+        following.cancel()
+        await asyncio.gather(following, return_exceptions=True)
         await eg.close()
 
 
@@ -93,9 +98,9 @@ async def test_next_gateway_is_tried_on_refused_connect_and_on_a_non_ok_status(t
                        export("south", "ns", "echo", 7, endpoint_ports=(1,))]
             return view(list(sites.values()), exports)
 
-        south = EastWestGateway("south", mesh_view, south_store.server, south_store.bundle, s.settings)
+        south = EastWestGateway("south", LiveView(mesh_view), south_store.server, south_store.bundle, s.settings)
         await south.start()
-        eg = Egress("west", mesh_view, s.west.client, s.west.bundle, GatewaySettings(pool_size=0))
+        eg = Egress("west", LiveView(mesh_view), s.west.client, s.west.bundle, GatewaySettings(pool_size=0))
         await eg.start()
         try:
             assert await roundtrip(eg.listeners()[KEY], b"hello") == b"hello"
@@ -115,13 +120,14 @@ async def test_listeners_follow_the_registry(tmp_path: Path) -> None:
         assert set(eg.listeners()) == {KEY}
         first = eg.listeners()[KEY]
         s.exports.append(export("east", "ns", "other", 80, endpoint_ports=(1,)))
-        eg.update(s.view())
-        await eg.settled()
-        assert set(eg.listeners()) == {KEY, ("ns", "other", "tcp")}
+        s.live.changed()
+        async with asyncio.timeout(10):
+            await wait_until(eg.listening, lambda now: set(now) == {KEY, ("ns", "other", "tcp")})
         assert eg.listeners()[KEY] == first  # untouched by an unrelated change
         s.exports.clear()
-        eg.update(s.view())
-        await eg.settled()
+        s.live.changed()
+        async with asyncio.timeout(10):
+            await wait_until(eg.listening, lambda now: not now)
         assert eg.listeners() == {}
         reader_writer = asyncio.open_connection(*first)
         try:
@@ -142,7 +148,7 @@ async def test_same_network_goes_direct_without_a_gateway(tmp_path: Path) -> Non
             near = s.mesh.site("near", network="net-west")
             return view([*base.sites.values(), near], [export("near", "ns", "local", 9, endpoint_ports=(echo_port,))])
 
-        eg = Egress("west", mesh_view, s.west.client, s.west.bundle, GatewaySettings())
+        eg = Egress("west", LiveView(mesh_view), s.west.client, s.west.bundle, GatewaySettings())
         await eg.start()
         try:
             assert await roundtrip(eg.listeners()[("ns", "local", "tcp")], b"direct") == b"direct"
@@ -208,11 +214,11 @@ async def test_the_first_client_finds_a_warm_pool(tmp_path: Path) -> None:
 async def test_a_gateway_of_the_wrong_site_is_not_trusted(tmp_path: Path) -> None:
     """The registry says east's gateway is at an address where west's own gateway answers: refused."""
     async with two_sites(tmp_path) as s:
-        impostor = EastWestGateway("west", s.view, s.west.server, s.west.bundle, s.settings)
+        impostor = EastWestGateway("west", s.live, s.west.server, s.west.bundle, s.settings)
         await impostor.start()
         real_port = s.gw_port
         s.gw_port = impostor.address[1]
-        eg = Egress("west", s.view, s.west.client, s.west.bundle, GatewaySettings(pool_size=0))
+        eg = Egress("west", s.live, s.west.client, s.west.bundle, GatewaySettings(pool_size=0))
         await eg.start()
         try:
             reader, writer = await asyncio.open_connection(*eg.listeners()[KEY])
@@ -229,7 +235,7 @@ async def test_a_gateway_of_the_wrong_site_is_not_trusted(tmp_path: Path) -> Non
 
 async def test_close_with_grace_lets_a_stream_finish(tmp_path: Path) -> None:
     async with two_sites(tmp_path) as s:
-        eg = Egress("west", s.view, s.west.client, s.west.bundle, GatewaySettings(pool_size=0))
+        eg = Egress("west", s.live, s.west.client, s.west.bundle, GatewaySettings(pool_size=0))
         await eg.start()
         reader, writer = await asyncio.open_connection(*eg.listeners()[KEY])
         writer.write(b"first")

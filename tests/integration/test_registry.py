@@ -13,12 +13,13 @@ import pytest
 
 from federation.core.backoff import Backoff
 from federation.core.keys import Keys
-from federation.core.records import ServicePort
+from federation.core.records import ServiceExport, ServicePort
 from federation.core.view import Event, MeshView
 from federation.registry.embedded import EtcdProcess
 from federation.registry.etcd import EtcdClient
 from federation.registry.mirror import Mirror
 from federation.registry.publisher import Publisher
+from federation.runtime.values import Value
 from tests.util import eventually, export, site
 
 KEYS = Keys()
@@ -44,9 +45,14 @@ def mirror_for(etcd: EtcdProcess, **kw: object) -> Mirror:
                   probe_timeout=1.0, **kw)  # type: ignore[arg-type]
 
 
-def publisher_for(etcd: EtcdProcess, name: str, exports: list, lease_file: Path | None = None) -> Publisher:  # type: ignore[type-arg]
-    return Publisher(EtcdClient([etcd.endpoint], timeout=3), KEYS, site(name), exports, ttl=3,
+def publisher_for(etcd: EtcdProcess, name: str, exports: Value[tuple[ServiceExport, ...]],
+                  lease_file: Path | None = None) -> Publisher:
+    return Publisher(EtcdClient([etcd.endpoint], timeout=3), KEYS, Value(site(name)), exports, ttl=3,
                      lease_file=lease_file, backoff=fast_backoff())
+
+
+def exports_of(*exports: ServiceExport) -> Value[tuple[ServiceExport, ...]]:
+    return Value(tuple(exports))
 
 
 def services_of(view: MeshView) -> set[tuple[str, str, str]]:
@@ -54,41 +60,41 @@ def services_of(view: MeshView) -> set[tuple[str, str, str]]:
 
 
 async def test_two_sites_see_each_other_and_removal_propagates(etcd: EtcdProcess) -> None:
-    pub_a = publisher_for(etcd, "east", [export("east", "web")])
-    pub_b = publisher_for(etcd, "west", [export("west", "db", ports=(ServicePort("pg", 5432),))])
+    pub_a = publisher_for(etcd, "east", ex_east := exports_of(export("east", "web")))
+    pub_b = publisher_for(etcd, "west", exports_of(export("west", "db", ports=(ServicePort("pg", 5432),))))
     mir_a, mir_b = mirror_for(etcd), mirror_for(etcd)
     async with running(("pa", pub_a.run), ("pb", pub_b.run), ("ma", mir_a.run), ("mb", mir_b.run)):
         want = {("east", "shop", "web"), ("west", "shop", "db")}
-        await eventually(lambda: services_of(mir_a.view()) == want and services_of(mir_b.view()) == want,
+        await eventually(lambda: services_of(mir_a.mesh.get()) == want and services_of(mir_b.mesh.get()) == want,
                          what="both mirrors to hold both exports")
-        assert set(mir_a.view().sites) == {"east", "west"}
-        pub_a.set_exports([])
-        await eventually(lambda: services_of(mir_b.view()) == {("west", "shop", "db")}, what="removal in west")
+        assert set(mir_a.mesh.get().sites) == {"east", "west"}
+        ex_east.set(())
+        await eventually(lambda: services_of(mir_b.mesh.get()) == {("west", "shop", "db")}, what="removal in west")
 
 
 async def test_unchanged_exports_write_nothing(etcd: EtcdProcess) -> None:
-    exports = [export("east", "web")]
+    exports = exports_of(export("east", "web"))
     pub = publisher_for(etcd, "east", exports)
     async with running(("p", pub.run)):
         await asyncio.wait_for(pub.published.wait(), 10)
         first = pub.writes
-        pub.set_exports(list(exports))
-        pub.set_exports(list(exports))
+        exports.set(tuple(exports.get()))
+        exports.set((export("east", "web"),))
         await asyncio.sleep(0.3)
         assert pub.writes == first == 2  # site record + one export
 
 
 async def test_resync_after_compaction_emits_only_the_difference(etcd: EtcdProcess) -> None:
-    pub = publisher_for(etcd, "east", [export("east", "web"), export("east", "api")])
+    pub = publisher_for(etcd, "east", ex_east := exports_of(export("east", "web"), export("east", "api")))
     mirror = mirror_for(etcd)
     events: list[Event] = []
     mirror.subscribe(lambda _view, evs: events.extend(evs))
     async with running(("p", pub.run)):
         async with running(("m", mirror.run)):
-            await eventually(lambda: len(mirror.view().exports) == 2, what="two exports")
+            await eventually(lambda: len(mirror.mesh.get().exports) == 2, what="two exports")
         # The mirror is cut off; meanwhile one export changes, one goes, one appears, and history is compacted.
         events.clear()
-        pub.set_exports([export("east", "web", addresses=("127.0.0.11",)), export("east", "new")])
+        ex_east.set((export("east", "web", addresses=("127.0.0.11",)), export("east", "new"),))
         client = EtcdClient([etcd.endpoint])
         await eventually(lambda: pub.writes >= 5, what="publisher writes")
         await client.compact(await client.revision())
@@ -102,36 +108,36 @@ async def test_resync_after_compaction_emits_only_the_difference(etcd: EtcdProce
 
 
 async def test_malformed_record_is_skipped_with_reason(etcd: EtcdProcess, caplog: pytest.LogCaptureFixture) -> None:
-    pub = publisher_for(etcd, "east", [export("east", "web")])
+    pub = publisher_for(etcd, "east", ex_east := exports_of(export("east", "web")))
     mirror = mirror_for(etcd)
     caplog.set_level(logging.WARNING)
     async with running(("p", pub.run), ("m", mirror.run)):
-        await eventually(lambda: len(mirror.view().exports) == 1, what="first export")
+        await eventually(lambda: len(mirror.mesh.get().exports) == 1, what="first export")
         bad_key = KEYS.service("rogue", "shop", "web")
         subprocess.run(["etcdctl", f"--endpoints={etcd.endpoint}", "put", bad_key, '{"schema":1,"kind":"Service'],
                        check=True, capture_output=True, env={"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"})
-        pub.set_exports([export("east", "web"), export("east", "api")])
-        await eventually(lambda: len(mirror.view().exports) == 2, what="valid records still flowing")
+        ex_east.set((export("east", "web"), export("east", "api"),))
+        await eventually(lambda: len(mirror.mesh.get().exports) == 2, what="valid records still flowing")
         assert mirror.catalog.rejected[bad_key].startswith("value is not JSON")
     assert any(bad_key in r.getMessage() and "not JSON" in r.getMessage() for r in caplog.records)
 
 
 async def test_etcd_outage_keeps_state_and_converges(etcd: EtcdProcess) -> None:
-    pub_a = publisher_for(etcd, "east", [export("east", "web")])
-    pub_b = publisher_for(etcd, "west", [export("west", "db")])
+    pub_a = publisher_for(etcd, "east", ex_east := exports_of(export("east", "web")))
+    pub_b = publisher_for(etcd, "west", exports_of(export("west", "db")))
     mir_a, mir_b = mirror_for(etcd), mirror_for(etcd)
     want = {("east", "shop", "web"), ("west", "shop", "db")}
     async with running(("pa", pub_a.run), ("pb", pub_b.run), ("ma", mir_a.run), ("mb", mir_b.run)):
-        await eventually(lambda: services_of(mir_a.view()) == want == services_of(mir_b.view()), what="sync")
+        await eventually(lambda: services_of(mir_a.mesh.get()) == want == services_of(mir_b.mesh.get()), what="sync")
         etcd.stop()
         await eventually(lambda: mir_a.stale and mir_b.stale, what="mirrors to notice the outage")
         await asyncio.sleep(3)
-        assert services_of(mir_a.view()) == want == services_of(mir_b.view())  # nothing deleted locally
+        assert services_of(mir_a.mesh.get()) == want == services_of(mir_b.mesh.get())  # nothing deleted locally
         etcd.start()
         await eventually(lambda: not mir_a.stale and not mir_b.stale, what="mirrors to reconnect")
-        pub_a.set_exports([export("east", "web"), export("east", "api")])
+        ex_east.set((export("east", "web"), export("east", "api"),))
         want2 = want | {("east", "shop", "api")}
-        await eventually(lambda: services_of(mir_a.view()) == want2 == services_of(mir_b.view()), what="converge")
+        await eventually(lambda: services_of(mir_a.mesh.get()) == want2 == services_of(mir_b.mesh.get()), what="converge")
         client = EtcdClient([etcd.endpoint])
         kvs, _ = await client.get_prefix(KEYS.root())
         await client.close()
@@ -139,17 +145,17 @@ async def test_etcd_outage_keeps_state_and_converges(etcd: EtcdProcess) -> None:
 
 
 async def test_silent_etcd_is_noticed_and_mirror_recovers(etcd: EtcdProcess) -> None:
-    pub = publisher_for(etcd, "east", [export("east", "web")])
+    pub = publisher_for(etcd, "east", ex_east := exports_of(export("east", "web")))
     mirror = mirror_for(etcd)
     async with running(("p", pub.run), ("m", mirror.run)):
-        await eventually(lambda: len(mirror.view().exports) == 1, what="sync")
+        await eventually(lambda: len(mirror.mesh.get().exports) == 1, what="sync")
         etcd.pause()  # a partition: the server is there but says nothing
         try:
             await eventually(lambda: mirror.stale, what="the probe to notice the silence")
             await asyncio.sleep(2)
-            assert len(mirror.view().exports) == 1
+            assert len(mirror.mesh.get().exports) == 1
         finally:
             etcd.resume()
         await eventually(lambda: not mirror.stale, what="recovery after the partition")
-        pub.set_exports([export("east", "web"), export("east", "api")])
-        await eventually(lambda: len(mirror.view().exports) == 2, what="changes flow again")
+        ex_east.set((export("east", "web"), export("east", "api"),))
+        await eventually(lambda: len(mirror.mesh.get().exports) == 2, what="changes flow again")

@@ -16,10 +16,10 @@ from federation.core.records import Endpoint, Locality
 from federation.core.view import MeshView
 from federation.dns.answering import Answerer, Forward
 from federation.dns.fastpath import FastPath
-from federation.dns.zone import StaticVips, Zone, ZoneBuilder
+from federation.dns.zone import Zone, ZoneBuilder
 from tests.dnshelp import ZONE, big_view, export, query, rcode, site, view
 
-VIPS = StaticVips({("shop", "web"): ("240.240.0.7", "fd6d:6573:6866:6564::7")})
+VIPS = ({("shop", "web"): ("240.240.0.7", "fd6d:6573:6866:6564::7")})
 
 
 def mesh() -> MeshView:
@@ -276,9 +276,9 @@ def test_incremental_builds_equal_fresh_builds_through_random_changes() -> None:
         if rng.random() < 0.1:
             sites["far"] = dataclasses.replace(sites["far"], locality=Locality("us", str(step)))
         current = MeshView(dict(sites), dict(exports), step)
-        zone = builder.build(current, stale, StaticVips(vips))
+        zone = builder.build(current, stale, (vips))
         fast.update(zone)
-        fresh = ZoneBuilder(ZONE, local_site="east").build(current, stale, StaticVips(vips))
+        fresh = ZoneBuilder(ZONE, local_site="east").build(current, stale, (vips))
         assert zone.nodes == fresh.nodes
         fresh_fast = FastPath(Answerer(builder.origin))
         fresh_fast.update(fresh)

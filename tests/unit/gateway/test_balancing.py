@@ -6,6 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from federation.core.records import Gateway, Locality, Site
+from gateway.admission import admit
 from gateway.balancing import (
     Close,
     Direct,
@@ -17,7 +18,6 @@ from gateway.balancing import (
     plan,
     routes,
 )
-from gateway.eastwest import admit
 from gateway.preamble import Request, Status
 from tests.pkihelp import export, view
 
