@@ -47,7 +47,7 @@ def test_labels_round_trip_and_records_without_them_still_read() -> None:
 def test_bad_labels_are_refused_with_the_field(labels: dict[str, str], reason: str) -> None:
     obj = json.loads(encode_export(export_with({})))
     obj["endpoints"][0]["labels"] = labels
-    with pytest.raises(RecordError, match="endpoints\\[0\\].labels") as info:
+    with pytest.raises(RecordError, match=r"endpoints\[0\]\.labels") as info:
         decode_export(KEY, json.dumps(obj).encode())
     assert reason in str(info.value)
 
