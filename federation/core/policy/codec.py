@@ -14,6 +14,7 @@ from typing import Any
 from federation.core.codec import dump_json
 from federation.core.errors import PolicyError, RecordError
 from federation.core.keys import Keys
+from federation.core.policy import fields as f
 from federation.core.policy import model as m
 from federation.core.policy import sections as s
 from federation.core.records import check_label
@@ -43,7 +44,7 @@ MAX_PORTS = 64
 
 def from_document(doc: Any, where: str = "") -> m.TrafficPolicy:
     """Validate a TrafficPolicy document (parsed YAML or JSON); PolicyError names the field and the reason."""
-    top = s.Section(doc, where)
+    top = f.Section(doc, where)
     at = top.at
     api = top.require("apiVersion", lambda p, v: v)
     if api != m.API_VERSION:
@@ -51,7 +52,7 @@ def from_document(doc: Any, where: str = "") -> m.TrafficPolicy:
     kind = top.require("kind", lambda p, v: v)
     if kind != m.KIND:
         raise PolicyError(at("kind"), f"{kind!r} is not {m.KIND}")
-    meta = s.Section(top.require("metadata", lambda p, v: v), at("metadata"))
+    meta = f.Section(top.require("metadata", lambda p, v: v), at("metadata"))
     namespace = meta.require("namespace", _label("namespace"))
     name = meta.require("name", _label("service name"))
     for key in _METADATA_IGNORED:
@@ -60,7 +61,7 @@ def from_document(doc: Any, where: str = "") -> m.TrafficPolicy:
     spec_raw = top.take("spec", lambda p, v: v, None)
     top.take("status", lambda p, v: v, None)  # a CRD object's status is the agents' to write, never policy
     top.done()
-    spec = s.Section(spec_raw, at("spec"))
+    spec = f.Section(spec_raw, at("spec"))
     rules_raw = {k: v for k, v in spec.value.items() if k not in _SERVICE_ONLY}
     rules = _rules(spec, rules_raw)
     ports = _ports(spec, rules_raw)
@@ -160,7 +161,7 @@ def difference(full: Mapping[str, Any], base: Mapping[str, Any]) -> dict[str, An
 # ---------------------------------------------------------------- private
 
 
-def _rules(spec: s.Section, raw: Mapping[str, Any], path: str | None = None) -> m.Rules:
+def _rules(spec: f.Section, raw: Mapping[str, Any], path: str | None = None) -> m.Rules:
     """Rules from the per-port sections in `raw` (at `path`, default: the spec), defaults for the rest."""
     values: dict[str, Any] = {}
     for field, (attr, read, _write) in _RULES.items():
@@ -171,11 +172,11 @@ def _rules(spec: s.Section, raw: Mapping[str, Any], path: str | None = None) -> 
     return m.Rules(**values)
 
 
-def _ports(spec: s.Section, rules_raw: Mapping[str, Any]) -> tuple[m.PortRules, ...]:
+def _ports(spec: f.Section, rules_raw: Mapping[str, Any]) -> tuple[m.PortRules, ...]:
     out: list[m.PortRules] = []
-    raws: list[Any] = spec.take("ports", lambda p, v: s.items(p, v, MAX_PORTS), [])
+    raws: list[Any] = spec.take("ports", lambda p, v: f.items(p, v, MAX_PORTS), [])
     for i, raw in enumerate(raws):
-        entry = s.Section(raw, f"{spec.at('ports')}[{i}]")
+        entry = f.Section(raw, f"{spec.at('ports')}[{i}]")
         port = entry.require("port", _port)
         if any(p.port == port for p in out):
             raise PolicyError(entry.at("port"), f"{port!r} has an entry already")
@@ -194,7 +195,7 @@ def _at(read: Callable[[Any, str], Any]) -> Callable[[str, Any], Any]:
 
 def _port(path: str, value: Any) -> str | int:
     if isinstance(value, int) and not isinstance(value, bool):
-        return s.integer(1, 65535)(path, value)
+        return f.integer(1, 65535)(path, value)
     if isinstance(value, str) and len(value) <= 15:
         try:
             check_label("port", value)

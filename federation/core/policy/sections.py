@@ -6,145 +6,32 @@ unknown fields are refused, so a typo never silently means "default".
 
 from __future__ import annotations
 
-import enum
-from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from collections.abc import Mapping
+from typing import Any
 
-from federation.core.errors import PolicyError, RecordError
+from federation.core.errors import PolicyError
 from federation.core.policy import model as m
-from federation.core.policy.units import MAX_DURATION, format_duration, format_number, parse_duration, parse_percent
-from federation.core.records import check_label, check_label_key, check_label_value, labels_of
+from federation.core.policy.fields import (
+    MAX_LIST,
+    Section,
+    boolean,
+    choice,
+    duration,
+    integer,
+    items,
+    label_map,
+    label_pair,
+    limit,
+    nonzero,
+    optional,
+    percent,
+    site_name,
+    topology_value,
+)
+from federation.core.policy.units import format_duration, format_number
 
-T = TypeVar("T")
-E = TypeVar("E", bound=enum.Enum)
-MAX_LIST = 32
-"""Entries in any list of a policy: far more than a real policy needs, bounded because etcd holds them."""
 _WEIGHT_SLACK = 0.01
 _NO_SITES: tuple[str, ...] = ()
-
-
-class Section:
-    """A mapping being read at `path`; `done()` refuses what nobody took."""
-
-    def __init__(self, value: Any, path: str) -> None:
-        if value is None:
-            value = {}
-        if not isinstance(value, Mapping):
-            raise PolicyError(path, f"must be a mapping, not {type(value).__name__}")
-        self.value, self.path, self._taken = value, path, set[str]()
-
-    def at(self, key: str) -> str:
-        return f"{self.path}.{key}" if self.path else key
-
-    def has(self, key: str) -> bool:
-        return key in self.value
-
-    def take(self, key: str, parse: Callable[[str, Any], T], default: T) -> T:
-        self._taken.add(key)
-        return parse(self.at(key), self.value[key]) if key in self.value else default
-
-    def require(self, key: str, parse: Callable[[str, Any], T]) -> T:
-        self._taken.add(key)
-        if key not in self.value:
-            raise PolicyError(self.at(key), "is required")
-        return parse(self.at(key), self.value[key])
-
-    def done(self) -> None:
-        for key in self.value:
-            if key not in self._taken:
-                known = ", ".join(sorted(self._taken))
-                raise PolicyError(self.at(str(key)), f"unknown field (known here: {known})")
-
-
-# ---------------------------------------------------------------- value parsers
-
-
-def integer(lo: int, hi: int) -> Callable[[str, Any], int]:
-    def parse(path: str, value: Any) -> int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise PolicyError(path, f"{value!r} is not a whole number")
-        if not lo <= value <= hi:
-            raise PolicyError(path, f"{value} is not in {lo}..{hi}")
-        return value
-
-    return parse
-
-
-def duration(lo: float, hi: float = MAX_DURATION) -> Callable[[str, Any], float]:
-    return lambda path, value: parse_duration(path, value, lo, hi)
-
-
-def percent(lo: float = 0.0, hi: float = 100.0) -> Callable[[str, Any], float]:
-    return lambda path, value: parse_percent(path, value, lo, hi)
-
-
-def boolean(path: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise PolicyError(path, f"{value!r} is not true or false")
-    return value
-
-
-def choice(kind: type[E]) -> Callable[[str, Any], E]:
-    def parse(path: str, value: Any) -> E:
-        for member in kind:
-            if member.value == value:
-                return member
-        raise PolicyError(path, f"{value!r} is not one of {', '.join(str(x.value) for x in kind)}")
-
-    return parse
-
-
-def items(path: str, value: Any, limit: int = MAX_LIST) -> list[Any]:
-    if not isinstance(value, list):
-        raise PolicyError(path, f"must be a list, not {type(value).__name__}")
-    if len(value) > limit:
-        raise PolicyError(path, f"has {len(value)} entries; at most {limit} are allowed")
-    return value
-
-
-def site_name(path: str, value: Any) -> str:
-    _recheck(path, lambda: check_label("site", value))
-    return str(value)
-
-
-def topology_value(path: str, value: Any) -> str:
-    """A region or zone name: a non-empty label value, as Kubernetes topology labels are."""
-    if value == "":
-        raise PolicyError(path, "must not be empty")
-    _recheck(path, lambda: check_label_value("", value))
-    return str(value)
-
-
-def label_map(path: str, value: Any) -> tuple[tuple[str, str], ...]:
-    if not isinstance(value, Mapping) or not value:
-        raise PolicyError(path, "must be a non-empty mapping of label keys to values")
-    for k, v in value.items():
-        label_pair(f"{path}.{k}", k, v)
-    return labels_of({str(k): str(v) for k, v in value.items()})
-
-
-def limit(path: str, value: Any) -> int | None:
-    if value is None:
-        return None
-    if value == 0 and not isinstance(value, bool):
-        raise PolicyError(path, "0 would refuse every connection; leave the field out (or null) for no limit")
-    return integer(1, 1_000_000)(path, value)
-
-
-def label_pair(path: str, key: Any, value: Any) -> None:
-    """Raise PolicyError unless key and value make a Kubernetes label."""
-    try:
-        check_label_key("", key)
-        check_label_value("", value)
-    except RecordError as exc:
-        raise PolicyError(path, str(exc).lstrip(" ")) from None
-
-
-def _recheck(path: str, check: Callable[[], object]) -> None:
-    try:
-        check()
-    except RecordError as exc:
-        raise PolicyError(path, str(exc).lstrip(" ")) from None
 
 
 # ---------------------------------------------------------------- sections
@@ -261,8 +148,8 @@ def read_timeouts(value: Any, path: str) -> m.Timeouts:
     if per_try > connect:
         raise PolicyError(s.at("connectPerTry"), f"{format_duration(per_try)} is longer than connect "
                           f"{format_duration(connect)} (the total across tries)")
-    idle = s.take("idle", _nonzero(duration(0.0)), d.idle)
-    lifetime = s.take("maxConnectionDuration", _optional(duration(1.0)), d.max_connection_duration)
+    idle = s.take("idle", nonzero(duration(0.0)), d.idle)
+    lifetime = s.take("maxConnectionDuration", optional(duration(1.0)), d.max_connection_duration)
     s.done()
     return m.Timeouts(connect, per_try, idle, lifetime)
 
@@ -345,7 +232,7 @@ def write_faults(rules: tuple[m.FaultRule, ...]) -> list[dict[str, Any]]:
 def read_partition(value: Any, path: str) -> m.Partition:
     s, d = Section(value, path), m.Partition()
     mode = s.take("mode", choice(m.PartitionMode), d.mode)
-    after = s.take("after", _optional(duration(1.0)), None)
+    after = s.take("after", optional(duration(1.0)), None)
     if mode is m.PartitionMode.STOP_AFTER and after is None:
         raise PolicyError(s.at("after"), "is required with mode StopAfter (how long to keep serving)")
     if mode is not m.PartitionMode.STOP_AFTER and after is not None:
@@ -449,17 +336,3 @@ def _abort(path: str, value: Any) -> m.Abort:
     out = m.Abort(s.require("kind", choice(m.AbortKind)), s.require("percent", percent()))
     s.done()
     return out
-
-
-def _optional(parse: Callable[[str, Any], float]) -> Callable[[str, Any], float | None]:
-    return lambda path, value: None if value is None else parse(path, value)
-
-
-def _nonzero(parse: Callable[[str, Any], float]) -> Callable[[str, Any], float]:
-    def check(path: str, value: Any) -> float:
-        out = parse(path, value)
-        if out == 0:
-            raise PolicyError(path, "0 would keep dead connections forever; give a duration (e.g. 24h)")
-        return out
-
-    return check
