@@ -54,7 +54,9 @@ class FailoverRule:
     """Explicit region failover (Istio `failover`): clients in `from_region` try `to_region` before others."""
 
     from_region: str
+    """Required: the clients' region."""
     to_region: str
+    """Required: the region they try next, before any other."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +68,9 @@ class DistributeRule:
     """
 
     from_pattern: str
+    """Required: the clients' locality (`eu`, `eu/*`, `eu/eu-1a`, `*`)."""
     to: tuple[tuple[str, float], ...]
+    """Required: (locality pattern, weight) pairs; weights sum to 100."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,8 +130,11 @@ class SplitTarget:
     """A share of the connections for the endpoints of `site` (if set) having all of `labels` (if set)."""
 
     weight: float
+    """Required: the share of new connections (0..100; all targets sum to 100; 0 drains the target)."""
     site: str | None = None
+    """Any site: a split by labels alone spans every site."""
     labels: Labels = ()
+    """Any labels: a split by site alone takes all of that site's endpoints."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,7 +211,9 @@ class Delay:
     """Delay `percent` of the connections by `fixed` before connecting upstream."""
 
     fixed: float
+    """Required: how long; no default, a drill must say what it injects."""
     percent: float
+    """Required: of which connections; no default, so a fault is never 100 % by omission."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,7 +221,9 @@ class Abort:
     """Abort `percent` of the connections the way `kind` says."""
 
     kind: AbortKind
+    """Required: Refuse or Reset, see AbortKind."""
     percent: float
+    """Required, for the same reason as Delay.percent."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,9 +231,13 @@ class FaultRule:
     """Injected faults for connections from `source_sites` to `destination_sites` (empty: all)."""
 
     source_sites: tuple[str, ...] = ()
+    """Every site: a drill scoped to one source names it."""
     destination_sites: tuple[str, ...] = ()
+    """Every site the connection may be routed to."""
     delay: Delay | None = None
+    """None; a rule needs a delay, an abort, or both."""
     abort: Abort | None = None
+    """None; see delay."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,13 +256,19 @@ class Rules:
     """The controls that may differ per port."""
 
     locality: LocalityPolicy = LocalityPolicy()
+    """Nearest first with failover; see LocalityPolicy."""
     outlier_detection: OutlierDetection = OutlierDetection()
+    """On; see OutlierDetection."""
     active_health: ActiveHealth = ActiveHealth()
+    """On; see ActiveHealth."""
     split: tuple[SplitTarget, ...] = ()
     """No split: every endpoint may serve, nearest first."""
     timeouts: Timeouts = Timeouts()
+    """See Timeouts."""
     retries: Retries = Retries()
+    """See Retries."""
     circuit_breaker: CircuitBreaker = CircuitBreaker()
+    """See CircuitBreaker."""
     faults: tuple[FaultRule, ...] = ()
     """No faults, ever, unless an operator writes them."""
 
@@ -257,7 +278,9 @@ class PortRules:
     """The rules for one service port (a name or a number), fully resolved."""
 
     port: str | int
+    """The service port's name, or its number."""
     rules: Rules
+    """The service's rules with this port's entry laid over them, field by field."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,10 +288,15 @@ class TrafficPolicy:
     """The traffic policy of the service `namespace/name` (one per service: no precedence to learn)."""
 
     namespace: str
+    """The service's namespace (metadata.namespace)."""
     name: str
+    """The service's name (metadata.name)."""
     rules: Rules = Rules()
+    """Every default: an empty spec is a valid policy."""
     ports: tuple[PortRules, ...] = ()
+    """No per-port entries: every port follows `rules`."""
     partition: Partition = Partition()
+    """Keep serving; see Partition."""
 
     def rules_for(self, port_name: str, port_number: int = 0) -> Rules:
         """The rules for a port: its own entry (by name, then by number) or the service's."""
