@@ -34,21 +34,37 @@ def selects(target: SplitTarget, c: Candidate) -> bool:
     return all(c.label(k) == v for k, v in target.labels)
 
 
+class SplitPlan:
+    """What does not change with health: which candidates (indices) each target selects, and which none do.
+    Prepare it when the mesh view or the policy changes; `draw` runs once per new connection."""
+
+    __slots__ = ("members", "targets", "unselected")
+
+    def __init__(self, targets: Sequence[SplitTarget], cands: Sequence[Candidate]) -> None:
+        self.targets = tuple(targets)
+        self.members = tuple(tuple(i for i, c in enumerate(cands) if selects(t, c)) for t in self.targets)
+        chosen = {i for m in self.members for i in m}
+        self.unselected = tuple(i for i in range(len(cands)) if i not in chosen)
+
+    def draw(self, healthy: Sequence[bool], rng: random.Random) -> tuple[int | None, tuple[int, ...] | None, str]:
+        """(target index, its members) for one connection; (None, the fallback's members or None for every
+        candidate, why) when no target can serve. One `rng.random()` when a target is drawn."""
+        live = [i for i, t in enumerate(self.targets) if t.weight > 0 and any(healthy[j] for j in self.members[i])]
+        if live:
+            x = rng.random() * sum(self.targets[i].weight for i in live)
+            for i in live:
+                if x < self.targets[i].weight:
+                    return i, self.members[i], ""
+                x -= self.targets[i].weight
+            return live[-1], self.members[live[-1]], ""
+        if any(healthy[j] for j in self.unselected):
+            return None, self.unselected, "no split target has a healthy endpoint; using unselected endpoints"
+        return None, None, "no split target has a healthy endpoint; using every endpoint"
+
+
 def select(targets: Sequence[SplitTarget], cands: Sequence[Candidate], rng: random.Random) -> Selection:
-    """Draw the split target for one new connection (one `rng.random()` when a target is drawn)."""
+    """Draw the split target for one new connection, from each candidate's own `healthy` (one-off use)."""
     if not targets:
         return Selection(None, list(cands))
-    members = [[c for c in cands if selects(t, c)] for t in targets]
-    live = [i for i, t in enumerate(targets) if t.weight > 0 and any(c.healthy for c in members[i])]
-    if live:
-        total = sum(targets[i].weight for i in live)
-        x = rng.random() * total
-        for i in live:
-            if x < targets[i].weight:
-                return Selection(i, members[i])
-            x -= targets[i].weight
-        return Selection(live[-1], members[live[-1]])
-    unselected = [c for c in cands if not any(selects(t, c) for t in targets)]
-    if any(c.healthy for c in unselected):
-        return Selection(None, unselected, "no split target has a healthy endpoint; using unselected endpoints")
-    return Selection(None, list(cands), "no split target has a healthy endpoint; using every endpoint")
+    index, members, why = SplitPlan(targets, cands).draw([c.healthy for c in cands], rng)
+    return Selection(index, list(cands) if members is None else [cands[i] for i in members], why)

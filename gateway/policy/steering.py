@@ -10,7 +10,7 @@ a level; traffic goes to the best level with healthy endpoints, spilling to the 
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -20,6 +20,8 @@ from federation.core.view import MeshView
 from gateway.balancing import find_port
 
 T = TypeVar("T")
+Levels = tuple[tuple[int, ...], ...]
+"""Priority levels as candidate indices, nearest first."""
 OVERPROVISIONING = 1.4
 """Envoy's default factor: a level keeps all its traffic while at least 1/1.4 = 71.4 % of it is healthy."""
 
@@ -101,22 +103,19 @@ def priority_key(client: Place, c: Candidate, policy: LocalityPolicy) -> tuple[i
 
 def levels(client: Place, cands: Sequence[Candidate], policy: LocalityPolicy) -> list[list[Candidate]]:
     """Candidates grouped into priority levels, nearest first (each level keeps the input order)."""
-    groups: dict[tuple[int, ...], list[Candidate]] = {}
-    for c in cands:
-        groups.setdefault(priority_key(client, c, policy), []).append(c)
-    return [groups[k] for k in sorted(groups, reverse=True)]
+    return [[cands[i] for i in lvl] for lvl in _levels(client, cands, range(len(cands)), policy)]
 
 
-def level_loads(lvls: Sequence[Sequence[Candidate]], spill: Spill) -> list[float]:
-    """The share of new connections each level gets (summing to 1; all 0 if nothing is healthy)."""
-    health = [sum(c.healthy for c in lvl) / len(lvl) if lvl else 0.0 for lvl in lvls]
+def level_loads(health: Sequence[float], spill: Spill) -> list[float]:
+    """The share of new connections each level gets, from each level's healthy fraction (0..1), nearest
+    first; the shares sum to 1, or are all 0 when nothing is healthy."""
     if spill is Spill.STRICT:
         first = next((i for i, h in enumerate(health) if h > 0), None)
-        return [1.0 if i == first else 0.0 for i in range(len(lvls))]
+        return [1.0 if i == first else 0.0 for i in range(len(health))]
     scores = [min(1.0, OVERPROVISIONING * h) for h in health]
     total = min(1.0, sum(scores))
     if total == 0:
-        return [0.0] * len(lvls)
+        return [0.0] * len(health)
     loads, left = [], 1.0
     for score in scores:
         share = min(left, score / total)
@@ -125,22 +124,61 @@ def level_loads(lvls: Sequence[Sequence[Candidate]], spill: Spill) -> list[float
     return loads
 
 
-def choose(client: Place, cands: Sequence[Candidate], policy: LocalityPolicy, rng: random.Random) -> Candidate | None:
-    """The endpoint for one new connection, or None when no candidate is healthy.
+class Steering:
+    """What does not change with health, for one client, candidate list and locality policy: the priority
+    levels and distribute groups. Prepare it when the mesh view or the policy changes; `choose` then costs
+    one pass over the candidates' health per new connection.
 
-    A `distribute` rule for the client's locality first spreads traffic over the localities it lists by
-    their weights (a listed locality with nothing healthy gives its share to the others); the localities
-    it does not list serve only when every listed one has nothing healthy: failover, not a black hole.
+    Indices refer to `candidates`; `subset` (indices) restricts the choice to part of them (a split target).
     """
-    rule = distribute_rule(client, policy.distribute)
-    if rule is not None:
-        groups, rest = _distribute_groups(rule, cands)
-        live = [(w, g) for w, g in groups if w > 0 and any(c.healthy for c in g)]
-        if live:
-            group = _weighted(live, rng)
-            return _choose_levels(client, group, policy, rng)
-        cands = rest
-    return _choose_levels(client, cands, policy, rng)
+
+    __slots__ = ("candidates", "groups", "rest", "spill")
+
+    def __init__(self, client: Place, cands: Sequence[Candidate], policy: LocalityPolicy,
+                 subset: Sequence[int] | None = None) -> None:
+        self.candidates = tuple(cands)
+        self.spill = policy.spill
+        members = range(len(self.candidates)) if subset is None else subset
+        rule = distribute_rule(client, policy.distribute)
+        self.groups: tuple[tuple[float, Levels], ...] = ()
+        if rule is not None:
+            assigned: list[list[int]] = [[] for _ in rule.to]
+            rest: list[int] = []
+            for i in members:
+                place = self.candidates[i].place
+                slot = next((j for j, (pattern, _w) in enumerate(rule.to)
+                             if locality_matches(pattern, place.region, place.zone)), None)
+                (rest if slot is None else assigned[slot]).append(i)
+            self.groups = tuple((w, _levels(client, self.candidates, idx, policy))
+                                for (_p, w), idx in zip(rule.to, assigned, strict=True))
+            members = rest
+        self.rest: Levels = _levels(client, self.candidates, members, policy)
+
+    def choose(self, healthy: Sequence[bool], rng: random.Random) -> Candidate | None:
+        """The endpoint for one new connection, given each candidate's health now; None if none is healthy.
+
+        A `distribute` rule for the client's locality first spreads traffic over the localities it lists
+        by their weights (a listed locality with nothing healthy gives its share to the others); the
+        localities it does not list serve only when every listed one has nothing healthy: failover.
+        """
+        i = self.choose_index(healthy, rng)
+        return None if i is None else self.candidates[i]
+
+    def choose_index(self, healthy: Sequence[bool], rng: random.Random) -> int | None:
+        """As `choose`, the candidate's index."""
+        live = [(w, lv) for w, lv in self.groups if w > 0 and any(healthy[i] for lvl in lv for i in lvl)]
+        lvls = _weighted(live, rng) if live else self.rest
+        health = [sum(healthy[i] for i in lvl) / len(lvl) for lvl in lvls]
+        loads = level_loads(health, self.spill)
+        chosen = [(load, lvl) for load, lvl in zip(loads, lvls, strict=True) if load > 0]
+        if not chosen:
+            return None
+        return _pick(self.candidates, _weighted(chosen, rng), healthy, rng)
+
+
+def choose(client: Place, cands: Sequence[Candidate], policy: LocalityPolicy, rng: random.Random) -> Candidate | None:
+    """`Steering(client, cands, policy).choose(...)` with each candidate's own `healthy`: for one-off choices."""
+    return Steering(client, cands, policy).choose([c.healthy for c in cands], rng)
 
 
 def distribute_rule(client: Place, rules: Sequence[DistributeRule]) -> DistributeRule | None:
@@ -158,40 +196,29 @@ def locality_matches(pattern: str, region: str, zone: str) -> bool:
 
 def pick(cands: Sequence[Candidate], rng: random.Random) -> Candidate | None:
     """A healthy candidate, by endpoint weight (all of weight 0: uniformly); None if none is healthy."""
-    healthy = [c for c in cands if c.healthy]
-    if not healthy:
-        return None
-    if sum(c.weight for c in healthy) == 0:
-        return healthy[rng.randrange(len(healthy))]
-    return _weighted([(float(c.weight), c) for c in healthy if c.weight > 0], rng)
+    i = _pick(cands, range(len(cands)), [c.healthy for c in cands], rng)
+    return None if i is None else cands[i]
 
 
 # ---------------------------------------------------------------- private
 
 
-def _choose_levels(client: Place, cands: Sequence[Candidate], policy: LocalityPolicy,
-                   rng: random.Random) -> Candidate | None:
-    lvls = levels(client, cands, policy)
-    loads = level_loads(lvls, policy.spill)
-    live = [(load, lvl) for load, lvl in zip(loads, lvls, strict=True) if load > 0]
+def _levels(client: Place, cands: Sequence[Candidate], members: Iterable[int], policy: LocalityPolicy) -> Levels:
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i in members:
+        groups.setdefault(priority_key(client, cands[i], policy), []).append(i)
+    return tuple(tuple(groups[k]) for k in sorted(groups, reverse=True))
+
+
+def _pick(cands: Sequence[Candidate], members: Iterable[int], healthy: Sequence[bool],
+          rng: random.Random) -> int | None:
+    live = [i for i in members if healthy[i]]
     if not live:
         return None
-    return pick(_weighted(live, rng), rng)
-
-
-def _distribute_groups(rule: DistributeRule, cands: Sequence[Candidate]
-                       ) -> tuple[list[tuple[float, list[Candidate]]], list[Candidate]]:
-    """Candidates per `to` entry (each in the first entry it matches), and those no entry lists."""
-    groups: list[tuple[float, list[Candidate]]] = [(w, []) for _, w in rule.to]
-    rest: list[Candidate] = []
-    for c in cands:
-        for i, (pattern, _w) in enumerate(rule.to):
-            if locality_matches(pattern, c.place.region, c.place.zone):
-                groups[i][1].append(c)
-                break
-        else:
-            rest.append(c)
-    return groups, rest
+    weighted = [(float(cands[i].weight), i) for i in live if cands[i].weight > 0]
+    if not weighted:
+        return live[rng.randrange(len(live))]
+    return _weighted(weighted, rng)
 
 
 def _weighted(items: Sequence[tuple[float, T]], rng: random.Random) -> T:

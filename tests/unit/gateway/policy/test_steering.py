@@ -14,6 +14,7 @@ from federation.core.records import Endpoint, Locality, ServiceExport, ServicePo
 from gateway.policy.steering import (
     Candidate,
     Place,
+    Steering,
     candidates,
     choose,
     level_loads,
@@ -26,6 +27,10 @@ from tests.dnshelp import view
 
 CLIENT = Place("west", "net-a", "eu", "eu-1")
 DEFAULT = LocalityPolicy()
+
+
+def loads_of(lvls: list[list[Candidate]], spill: Spill) -> list[float]:
+    return level_loads([sum(c.healthy for c in lvl) / len(lvl) for lvl in lvls], spill)
 
 
 def cand(site: str, network: str, region: str = "", zone: str = "", healthy: bool = True, n: int = 1,
@@ -71,14 +76,14 @@ def test_gradual_spill_follows_envoy_overprovisioning() -> None:
     def lvl(healthy: int, total: int) -> list[Candidate]:
         return [Candidate("s", str(i), 1, CLIENT, healthy=i < healthy) for i in range(total)]
 
-    assert level_loads([lvl(10, 10), lvl(10, 10)], Spill.GRADUAL) == [1.0, 0.0]
-    assert level_loads([lvl(8, 10), lvl(10, 10)], Spill.GRADUAL) == [1.0, 0.0]  # 80 % x 1.4 >= 100 %
-    loads = level_loads([lvl(5, 10), lvl(10, 10)], Spill.GRADUAL)
+    assert loads_of([lvl(10, 10), lvl(10, 10)], Spill.GRADUAL) == [1.0, 0.0]
+    assert loads_of([lvl(8, 10), lvl(10, 10)], Spill.GRADUAL) == [1.0, 0.0]  # 80 % x 1.4 >= 100 %
+    loads = loads_of([lvl(5, 10), lvl(10, 10)], Spill.GRADUAL)
     assert loads == pytest.approx([0.7, 0.3])
-    assert level_loads([lvl(1, 10), lvl(0, 10)], Spill.GRADUAL) == [1.0, 0.0]  # scaled up: nothing else is healthy
-    assert level_loads([lvl(0, 10), lvl(3, 10)], Spill.GRADUAL) == [0.0, 1.0]
-    assert level_loads([lvl(1, 10), lvl(10, 10)], Spill.STRICT) == [1.0, 0.0]
-    assert level_loads([lvl(0, 10), lvl(0, 10)], Spill.STRICT) == [0.0, 0.0]
+    assert loads_of([lvl(1, 10), lvl(0, 10)], Spill.GRADUAL) == [1.0, 0.0]  # scaled up: nothing else is healthy
+    assert loads_of([lvl(0, 10), lvl(3, 10)], Spill.GRADUAL) == [0.0, 1.0]
+    assert loads_of([lvl(1, 10), lvl(10, 10)], Spill.STRICT) == [1.0, 0.0]
+    assert loads_of([lvl(0, 10), lvl(0, 10)], Spill.STRICT) == [0.0, 0.0]
 
 
 def test_distribute_weights_and_unlisted_localities_as_failover() -> None:
@@ -160,7 +165,7 @@ def test_loads_are_a_distribution_over_levels_with_health(client: Place, cs: lis
                                                           policy: LocalityPolicy) -> None:
     lvls = levels(client, cs, policy)
     assert sorted(map(id, (c for lvl in lvls for c in lvl))) == sorted(map(id, cs))
-    loads = level_loads(lvls, policy.spill)
+    loads = loads_of(lvls, policy.spill)
     assert all(x >= 0 for x in loads)
     for load, lvl in zip(loads, lvls, strict=True):
         if not any(c.healthy for c in lvl):
@@ -183,3 +188,23 @@ def test_strict_spill_never_leaves_the_nearest_healthy_level(client: Place, cs: 
     healthy_keys = [priority_key(client, c, policy) for c in cs if c.healthy]
     if got is not None:
         assert priority_key(client, got, policy) == max(healthy_keys)
+
+
+@given(places, cands, policies, st.randoms(use_true_random=False), st.data())
+def test_a_prepared_steering_with_health_given_chooses_like_the_one_off_choice(
+        client: Place, cs: list[Candidate], policy: LocalityPolicy, rng: random.Random, data: st.DataObject) -> None:
+    healthy = data.draw(st.lists(st.booleans(), min_size=len(cs), max_size=len(cs)))
+    state = rng.getstate()
+    prepared = Steering(client, cs, policy).choose(healthy, rng)
+    rng.setstate(state)
+    with_health = [Candidate(c.site, c.address, c.port, c.place, c.labels, c.weight, h) for c, h in zip(cs, healthy, strict=True)]
+    one_off = choose(client, with_health, policy, rng)
+
+    def ident(c: Candidate | None) -> object:
+        return None if c is None else (c.site, c.address, c.place, c.weight)
+
+    assert ident(prepared) == ident(one_off)
+    subset = data.draw(st.lists(st.integers(0, max(len(cs) - 1, 0)), unique=True)) if cs else []
+    got = Steering(client, cs, policy, subset).choose_index(healthy, rng)
+    assert got is None or (got in subset and healthy[got])
+    assert (got is None) == (not any(healthy[i] for i in subset))
