@@ -120,6 +120,11 @@ class EtcdClient:
         self._index = 0
         self._client: Any = None
 
+    @property
+    def timeout(self) -> float:
+        """Seconds each call may take."""
+        return self._timeout
+
     async def connect(self) -> None:
         """Open a channel to the current endpoint (gRPC connects lazily; calls fail over on error)."""
         if self._client is not None:
