@@ -56,6 +56,9 @@ class Publisher:
         self._actual: dict[str, Stored] = {}
         self.lease = 0
         self.published = asyncio.Event()
+        self.settled = asyncio.Event()
+        """Set once a sync found etcd holding the last declared site and exports (nothing left to write);
+        cleared when they are replaced or etcd fails us."""
         self.writes = 0
         """Keys put or deleted since start (tests and metrics)."""
 
@@ -66,18 +69,19 @@ class Publisher:
     def set_site(self, site: Site) -> None:
         """Replace the site record (gateways, CA chain); written at the next sync."""
         self._site = site
-        self._changed.set()
+        self._declare()
 
     def set_exports(self, exports: Iterable[ServiceExport]) -> None:
         """Replace the site's exports; written at the next sync."""
         self._exports = tuple(exports)
-        self._changed.set()
+        self._declare()
 
     async def run(self) -> None:
         """Publish until cancelled, reconnecting with backoff."""
         await reconnecting(self._client, self._session, self._on_error)
 
     def _on_error(self, exc: RegistryUnavailable) -> float:
+        self.settled.clear()
         delay = self._backoff.next()
         log.warning("registry publisher: %s; retrying in %.1fs", exc, delay)
         return delay
@@ -120,10 +124,15 @@ class Publisher:
             if rounds % _RELIST_EVERY == 0:
                 self._actual, _ = await self._owned()
 
+    def _declare(self) -> None:
+        self.settled.clear()
+        self._changed.set()
+
     async def _sync(self) -> None:
         desired = desired_records(self._keys, self._site, self._exports, self._actual, self._clock())
         ops = plan(desired, self._actual, self.lease)
         if not ops:
+            self.settled.set()
             return
         await self._client.commit(
             [Put(op.key, op.value, self.lease) if isinstance(op, PutOp) else Delete(op.key) for op in ops]
@@ -145,8 +154,9 @@ class Publisher:
         return own, rev
 
     async def _acquire_lease(self) -> int:
-        """Reuse the previous run's lease while it lives (a restart then rewrites nothing), else grant one."""
-        previous = self._read_lease_file()
+        """Reuse our lease while it lives (after an etcd outage, or the previous run's after a restart: then
+        nothing is rewritten), else grant one."""
+        previous = self.lease or self._read_lease_file()
         if previous:
             left = await self._client.keepalive(previous)
             if left > 0:
