@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 
 from tests.integration.test_eastwest import (  # noqa: F401 - collected here again, on uvloop
+    _capture_every_level,
     test_bad_preambles,
     test_certificate_from_another_ca,
     test_client_without_certificate,
