@@ -42,20 +42,25 @@ class Admission:
     reason: str
     targets: tuple[Target, ...] = ()
     key: tuple[str, str, str] = ("", "", "")
+    cause: str = ""
+    """The kind of refusal (`not-exported`, `no-port`, `no-ready-endpoint`), for log de-duplication."""
 
 
 def admit(view: MeshView, site: str, req: Request) -> Admission:
     """Check `req` against this site's own export of the service. Pure."""
     export = view.exports.get((site, req.namespace, req.service))
     if export is None:
-        return Admission(Status.NO_SUCH_SERVICE, f"{req.namespace}/{req.service} is not exported by {site}")
+        return Admission(Status.NO_SUCH_SERVICE, f"{req.namespace}/{req.service} is not exported by {site}",
+                         cause="not-exported")
     port = find_port(export.ports, req.port)
     if port is None:
-        return Admission(Status.NO_SUCH_SERVICE, f"{req.namespace}/{req.service} has no port {req.port}")
+        return Admission(Status.NO_SUCH_SERVICE, f"{req.namespace}/{req.service} has no port {req.port}",
+                         cause="no-port")
     targets = endpoint_targets(export, port, req.hostname)
     if not targets:
         what = f"endpoint {req.hostname}" if req.hostname else "endpoint"
-        return Admission(Status.NO_HEALTHY_ENDPOINT, f"{req.namespace}/{req.service} has no ready {what}")
+        return Admission(Status.NO_HEALTHY_ENDPOINT, f"{req.namespace}/{req.service} has no ready {what}",
+                         cause="no-ready-endpoint")
     return Admission(Status.OK, "", tuple(targets), (req.namespace, req.service, port.name))
 
 
@@ -160,7 +165,7 @@ class EastWestGateway:
                 lambda: tunnel, conn, ssl=self.context, ssl_handshake_timeout=self.settings.handshake_timeout)
         except (OSError, TimeoutError) as exc:
             self.metrics.handshakes.labels("failed").inc()
-            self.refusals.refuse("handshake", peer, _tls_reason(exc))
+            self.refusals.refuse("handshake", _tls_cause(exc), peer, _tls_reason(exc))
             conn.close()
         except asyncio.CancelledError:
             conn.close()
@@ -174,7 +179,7 @@ class EastWestGateway:
                                        ssl_handshake_timeout=self.settings.handshake_timeout)
         except (OSError, TimeoutError) as exc:
             self.metrics.handshakes.labels("failed").inc()
-            self.refusals.refuse("handshake", peer, _tls_reason(exc))
+            self.refusals.refuse("handshake", _tls_cause(exc), peer, _tls_reason(exc))
             transport.abort()
             return
         except asyncio.CancelledError:
@@ -242,7 +247,7 @@ class GatewayTunnel(TunnelLeg):
         try:
             identity = verify_peer(der, self.gw.view(), self.gw.bundle, dt.datetime.now(dt.UTC))
         except PeerRejected as exc:
-            self.gw.refusals.refuse("identity", self.peer, str(exc))
+            self.gw.refusals.refuse("identity", exc.cause, self.peer, str(exc))
             self._answer(Response(Status.FORBIDDEN, "identity not accepted"))
             self.close()
             return
@@ -273,7 +278,7 @@ class GatewayTunnel(TunnelLeg):
         try:
             event = self._preamble.next_event()
         except RemoteProtocolError as exc:
-            self._refuse("preamble", str(exc), Status.BAD_REQUEST, close=True)
+            self._refuse("preamble", exc.cause, str(exc), Status.BAD_REQUEST, close=True)
             return
         if event is NEED_DATA:
             return
@@ -283,17 +288,19 @@ class GatewayTunnel(TunnelLeg):
         view = self.gw.view()
         if self.peer_expiry is not None and dt.datetime.now(dt.UTC) >= self.peer_expiry:
             # TLS checks the certificate once, at the handshake; a tunnel must not outlive it.
-            self._refuse("identity", f"{self.identity}: certificate expired since the handshake",
+            self._refuse("identity", "expired", f"{self.identity}: certificate expired since the handshake",
                          Status.FORBIDDEN, close=True)
             return
         if self.peer_site not in view.sites:
             # The peer's site left the registry since the handshake: its tunnels go with it.
-            self._refuse("identity", f"{self.identity}: site {self.peer_site} is no longer in the registry",
+            self._refuse("identity", "site-removed",
+                         f"{self.identity}: site {self.peer_site} is no longer in the registry",
                          Status.FORBIDDEN, close=True)
             return
         admission = admit(view, self.gw.site, event)
         if admission.status is not Status.OK:
-            self._refuse("stream", f"{self.identity}: {admission.reason}", admission.status, close=False)
+            self._refuse("stream", admission.cause, f"{self.identity}: {admission.reason}", admission.status,
+                         close=False)
             self._await_request(trailing)
             return
         self._connecting = True
@@ -329,7 +336,7 @@ class GatewayTunnel(TunnelLeg):
             return
         self._connecting = False
         ns, svc, port = admission.key
-        self._refuse("stream", f"{self.identity}: every endpoint of {ns}/{svc}:{port} refused",
+        self._refuse("stream", "all-refused", f"{self.identity}: every endpoint of {ns}/{svc}:{port} refused",
                      Status.REFUSED, close=False)
         pending, self._pending = bytes(self._pending), bytearray()
         if self.transport is not None and not self.closed:
@@ -352,9 +359,9 @@ class GatewayTunnel(TunnelLeg):
         if data:
             self.control_data(data)
 
-    def _refuse(self, kind: str, reason: str, status: Status, close: bool) -> None:
+    def _refuse(self, kind: str, cause: str, reason: str, status: Status, close: bool) -> None:
         self.gw.metrics.streams.labels(status.name.lower()).inc()
-        self.gw.refusals.refuse(kind, self.peer, reason)
+        self.gw.refusals.refuse(kind, cause, self.peer, reason)
         self._answer(Response(status, reason if status is not Status.BAD_REQUEST else "bad request"))
         if close:
             self.close()
@@ -377,7 +384,7 @@ class GatewayTunnel(TunnelLeg):
         if self.stream is not None or self._connecting or self.closed:
             return
         if reason:
-            self.gw.refusals.refuse("preamble", self.peer, reason)
+            self.gw.refusals.refuse("preamble", "timeout", self.peer, reason)
         self.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -390,6 +397,17 @@ class GatewayTunnel(TunnelLeg):
     def close(self) -> None:
         self._cancel_timer()
         super().close()
+
+
+def _tls_cause(exc: BaseException) -> str:
+    """The kind of a failed handshake: OpenSSL's verify code or reason name (a fixed set), else the error type."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"verify-{exc.verify_code}"
+    if isinstance(exc, ssl.SSLError):
+        return str(exc.reason or type(exc).__name__)
+    if isinstance(exc, TimeoutError | ConnectionAbortedError):
+        return "timeout"
+    return type(exc).__name__
 
 
 def _tls_reason(exc: BaseException) -> str:

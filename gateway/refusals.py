@@ -26,9 +26,13 @@ class Throttle(LogLimiter):
 
 
 class Refusals:
-    """Logs each refusal with its reason, at most once per (kind, peer host, kind of reason) per `interval`;
-    counts all. The reason's first 24 characters tell a missing certificate from a foreign CA from the
-    same host apart, while what a peer controls further in cannot multiply the lines."""
+    """Logs each refusal with its reason, at most once per (kind, cause, peer host) per `interval`; counts all.
+
+    `cause` names the kind of reason (a missing certificate, a foreign CA, an unknown site, a service
+    not exported...) from a fixed set chosen by our code, never text the peer controls: so different
+    attacks from one host each get their line, one attack from many hosts a line per host (at most
+    `capacity` keys are remembered), and what a peer varies (service names, SPIFFE IDs) cannot
+    multiply the lines."""
 
     def __init__(self, logger: logging.Logger, counter: Counter, interval: float = 60.0,
                  capacity: int = 1024) -> None:
@@ -41,10 +45,11 @@ class Refusals:
         """Refusals counted but not logged because one like them was logged recently."""
         return self._throttle.suppressed
 
-    def refuse(self, kind: str, peer: str, reason: str, now: float | None = None) -> None:
-        """Count a refusal of `kind` and log it unless one like it from `peer` was logged recently."""
+    def refuse(self, kind: str, cause: str, peer: str, reason: str, now: float | None = None) -> None:
+        """Count a refusal of `kind` and log it with `reason` unless one of the same kind and cause from
+        `peer` was logged recently."""
         self._counter.labels(kind).inc()
-        if self._throttle.allow((kind, peer, reason[:24]), now):
+        if self._throttle.allow((kind, cause, peer), now):
             self._log.warning("refused %s from %s: %s", kind, peer, reason)
 
 

@@ -106,8 +106,10 @@ class RawTunnel:
         self.writer = writer
 
     @classmethod
-    async def open(cls, port: int, ctx: ssl.SSLContext | None) -> RawTunnel:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx)
+    async def open(cls, port: int, ctx: ssl.SSLContext | None, source: str | None = None) -> RawTunnel:
+        """Connect to 127.0.0.1:`port` (from the loopback address `source`, if given) and handshake with `ctx`."""
+        local = (source, 0) if source else None
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx, local_addr=local)
         return cls(reader, writer)
 
     async def request(self, req: Request) -> Response:

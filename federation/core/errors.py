@@ -25,3 +25,9 @@ class LocalProtocolError(MeshfedError):
 
 class RemoteProtocolError(MeshfedError):
     """The peer misbehaved; close that stream only."""
+
+    def __init__(self, message: str, cause: str = "protocol") -> None:
+        super().__init__(message)
+        self.cause = cause
+        """The kind of fault, from a fixed set: what logs of it are de-duplicated by (the message may
+        quote what the peer sent)."""

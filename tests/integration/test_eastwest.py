@@ -94,9 +94,9 @@ async def test_plaintext_instead_of_a_client_hello(tmp_path: Path, caplog: pytes
         await _hostile(s, caplog, attack, "TLS handshake failed")
 
 
-async def _tls_attack(s: TwoSites, ctx: ssl.SSLContext) -> None:
+async def _tls_attack(s: TwoSites, ctx: ssl.SSLContext, source: str | None = None) -> None:
     try:
-        t = await RawTunnel.open(s.gw_port, ctx)
+        t = await RawTunnel.open(s.gw_port, ctx, source)
     except (ssl.SSLError, ConnectionError):
         return
     # TLS 1.3: the client finishes first, so the server's verdict arrives as an alert or a close.
@@ -350,3 +350,61 @@ async def test_a_tunnel_does_not_outlive_its_peers_certificate(tmp_path: Path) -
         assert (await t.request(Request("ns", "echo", "tcp"))).status is Status.FORBIDDEN
         assert await t.closed_by_peer()
         await t.close()
+
+
+def _no_certificate(s: TwoSites) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.load_verify_locations(cafile=str(s.west.bundle_file))
+    return ctx
+
+
+async def test_a_mixed_flood_logs_one_line_per_kind_and_host(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Six kinds of attack from one host, three times each and varied by what the peer controls, then one
+    kind from five more hosts: exactly one line per kind of reason and host."""
+    async with two_sites(tmp_path) as s:
+        other = Mesh()
+        chain, key, _ = other.write_leaf(tmp_path / "other", "west")
+        foreign = client_context(chain, key, s.west.bundle_file)
+        chain, key = write_issued(tmp_path / "forged", forge_leaf(s.mesh, signer="west", claimed="east"))
+        forged = client_context(chain, key, s.west.bundle_file)
+
+        async def refused_identity(ctx: ssl.SSLContext) -> None:
+            t = await RawTunnel.open(s.gw_port, ctx)
+            assert (await t.response()).status is Status.FORBIDDEN
+            assert await t.closed_by_peer()
+            await t.close()
+
+        for i in range(3):
+            await _tls_attack(s, _no_certificate(s))
+            await _tls_attack(s, foreign)
+            chain, key, _ = s.mesh.write_leaf(tmp_path / f"north{i}", f"north{i}")
+            await refused_identity(client_context(chain, key, s.west.bundle_file))
+            await refused_identity(forged)
+            t = await RawTunnel.open(s.gw_port, s.west.client)
+            assert (await t.request(Request("kube-system", f"secret-{i}", 443))).status is Status.NO_SUCH_SERVICE
+            await t.close()
+            t = await RawTunnel.open(s.gw_port, s.west.client)
+            t.writer.write(b"\x01\x01\x00\x04\x03NS%d" % i)  # a namespace that is not a DNS label
+            assert (await t.response()).status is Status.BAD_REQUEST
+            assert await t.closed_by_peer()
+            await t.close()
+        hosts = [f"127.0.0.{n}" for n in range(2, 7)]
+        for _ in range(2):
+            for host in hosts:
+                await _tls_attack(s, _no_certificate(s), source=host)
+        west, east = "spiffe://mesh.example/site/west/gateway/gw", "spiffe://mesh.example/site/east/gateway/gw"
+        lines = refusals(caplog)
+        unverified = [line for line in lines if "does not verify" in line]
+        assert len(unverified) == 1
+        assert sorted(lines) == sorted([
+            "refused handshake from 127.0.0.1: TLS handshake failed: PEER_DID_NOT_RETURN_A_CERTIFICATE",
+            "refused handshake from 127.0.0.1: certificate not accepted: unable to get local issuer certificate",
+            "refused identity from 127.0.0.1: peer spiffe://mesh.example/site/north0/gateway/gw claims site north0,"
+            " which is not in the registry",
+            unverified[0],
+            f"refused stream from 127.0.0.1: {west}: kube-system/secret-0 is not exported by east",
+            "refused preamble from 127.0.0.1: preamble namespace b'NS0' is not a valid name",
+            *(f"refused handshake from {h}: TLS handshake failed: PEER_DID_NOT_RETURN_A_CERTIFICATE" for h in hosts),
+        ])
+        assert unverified[0].startswith(f"refused identity from 127.0.0.1: peer {east} does not verify through the CA")
