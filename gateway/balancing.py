@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from federation.core.records import Gateway, Locality, Protocol, ServiceExport, ServicePort
 from federation.core.view import MeshView
+from gateway.preamble import Request, Status
 
 ListenerKey = tuple[str, str, str]
 """(namespace, service, port name)"""
@@ -185,6 +186,36 @@ def plan(desired: Mapping[ListenerKey, Bind], actual: Mapping[ListenerKey, Bind]
         if key not in actual or _moved(desired[key], actual[key]):
             ops.append(Open(key, desired[key]))
     return ops
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """What a stream request gets: a status, a reason for logs, and the endpoints to try."""
+
+    status: Status
+    reason: str
+    targets: tuple[Target, ...] = ()
+    key: tuple[str, str, str] = ("", "", "")
+    cause: str = ""
+    """The kind of refusal (`not-exported`, `no-port`, `no-ready-endpoint`), for log de-duplication."""
+
+
+def admit(view: MeshView, site: str, req: Request) -> Admission:
+    """Check `req` against this site's own export of the service. Pure."""
+    export = view.exports.get((site, req.namespace, req.service))
+    if export is None:
+        return Admission(Status.NO_SUCH_SERVICE, f"{req.namespace}/{req.service} is not exported by {site}",
+                         cause="not-exported")
+    port = find_port(export.ports, req.port)
+    if port is None:
+        return Admission(Status.NO_SUCH_SERVICE, f"{req.namespace}/{req.service} has no port {req.port}",
+                         cause="no-port")
+    targets = endpoint_targets(export, port, req.hostname)
+    if not targets:
+        what = f"endpoint {req.hostname}" if req.hostname else "endpoint"
+        return Admission(Status.NO_HEALTHY_ENDPOINT, f"{req.namespace}/{req.service} has no ready {what}",
+                         cause="no-ready-endpoint")
+    return Admission(Status.OK, "", tuple(targets), (req.namespace, req.service, port.name))
 
 
 def _moved(want: Bind, have: Bind) -> bool:

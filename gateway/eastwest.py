@@ -1,7 +1,8 @@
 """The east-west gateway: authenticates peer gateways, reads stream requests, relays to this site's endpoints.
 
 Accepts plain TCP and runs the TLS handshake itself (`loop.start_tls`) so that every refused
-handshake is seen, logged once with its reason and counted, never silently dropped.
+handshake is seen, logged once with its reason and counted, never silently dropped. No tunnel
+outlives its peer's certificate (a timer at its notAfter) or its peer's site in the registry (`run`).
 """
 
 from __future__ import annotations
@@ -11,8 +12,7 @@ import datetime as dt
 import logging
 import socket
 import ssl
-from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from collections.abc import Coroutine
 from typing import Any, cast
 
 from prometheus_client import CollectorRegistry
@@ -20,9 +20,10 @@ from prometheus_client import CollectorRegistry
 from federation.core.errors import RemoteProtocolError
 from federation.core.view import MeshView
 from federation.pki.verifying import PeerRejected, TrustBundle, verify_peer
-from gateway.balancing import EndpointPicker, Target, endpoint_targets, find_port
+from federation.runtime.values import Readable, follow
+from gateway.balancing import Admission, EndpointPicker, admit
 from gateway.preamble import NEED_DATA, Preamble, Request, Response, Role, Status
-from gateway.refusals import GatewayMetrics, Refusals, Throttle
+from gateway.refusals import GatewayMetrics, Refusals, Throttle, handshake_cause, handshake_reason
 from gateway.relay import ActiveStreams, PlainLeg, Stream, TunnelLeg
 from gateway.settings import GatewaySettings
 
@@ -34,44 +35,15 @@ MAX_ATTEMPTS = 3
 _MAX_EARLY = 64 * 1024
 
 
-@dataclass(frozen=True, slots=True)
-class Admission:
-    """What a stream request gets: a status, a reason for logs, and the endpoints to try."""
-
-    status: Status
-    reason: str
-    targets: tuple[Target, ...] = ()
-    key: tuple[str, str, str] = ("", "", "")
-    cause: str = ""
-    """The kind of refusal (`not-exported`, `no-port`, `no-ready-endpoint`), for log de-duplication."""
-
-
-def admit(view: MeshView, site: str, req: Request) -> Admission:
-    """Check `req` against this site's own export of the service. Pure."""
-    export = view.exports.get((site, req.namespace, req.service))
-    if export is None:
-        return Admission(Status.NO_SUCH_SERVICE, f"{req.namespace}/{req.service} is not exported by {site}",
-                         cause="not-exported")
-    port = find_port(export.ports, req.port)
-    if port is None:
-        return Admission(Status.NO_SUCH_SERVICE, f"{req.namespace}/{req.service} has no port {req.port}",
-                         cause="no-port")
-    targets = endpoint_targets(export, port, req.hostname)
-    if not targets:
-        what = f"endpoint {req.hostname}" if req.hostname else "endpoint"
-        return Admission(Status.NO_HEALTHY_ENDPOINT, f"{req.namespace}/{req.service} has no ready {what}",
-                         cause="no-ready-endpoint")
-    return Admission(Status.OK, "", tuple(targets), (req.namespace, req.service, port.name))
-
-
 class EastWestGateway:
     """The site's mTLS listener for other networks. `start()`, then `close()`; `address` once started."""
 
-    def __init__(self, site: str, view: Callable[[], MeshView], server_context: ssl.SSLContext,
+    def __init__(self, site: str, view: Readable[MeshView], server_context: ssl.SSLContext,
                  bundle: TrustBundle, settings: GatewaySettings | None = None,
                  registry: CollectorRegistry | None = None) -> None:
         self.site = site
-        self.view = view
+        self.mesh = view
+        """The registry view: read at every handshake and stream request, followed by `run`."""
         self.context = server_context
         self.bundle = bundle
         self.settings = settings or GatewaySettings()
@@ -84,6 +56,7 @@ class EastWestGateway:
         self._acceptor: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._tunnels: set[GatewayTunnel] = set()
+        self._ended = Throttle()
 
     async def start(self) -> None:
         """Listen on the configured address (SO_REUSEPORT when several workers share the port)."""
@@ -138,6 +111,16 @@ class EastWestGateway:
             await self._server.wait_closed()
             self._server = None
 
+    async def run(self) -> None:
+        """Close the tunnels of every site that leaves the registry, as it leaves (until cancelled)."""
+        async for _ in follow(self.mesh):
+            sites = self.mesh.get().sites
+            for site in sorted({t.peer_site for t in self._tunnels if t.peer_site not in sites}):
+                tunnels = [t for t in self._tunnels if t.peer_site == site]
+                log.warning("site %s left the registry: closing its %d tunnel(s)", site, len(tunnels))
+                for tunnel in tunnels:
+                    tunnel.end("site_removed")
+
     # -- used by the protocols
 
     def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
@@ -165,7 +148,7 @@ class EastWestGateway:
                 lambda: tunnel, conn, ssl=self.context, ssl_handshake_timeout=self.settings.handshake_timeout)
         except (OSError, TimeoutError) as exc:
             self.metrics.handshakes.labels("failed").inc()
-            self.refusals.refuse("handshake", _tls_cause(exc), peer, _tls_reason(exc))
+            self.refusals.refuse("handshake", handshake_cause(exc), peer, handshake_reason(exc))
             conn.close()
         except asyncio.CancelledError:
             conn.close()
@@ -179,7 +162,7 @@ class EastWestGateway:
                                        ssl_handshake_timeout=self.settings.handshake_timeout)
         except (OSError, TimeoutError) as exc:
             self.metrics.handshakes.labels("failed").inc()
-            self.refusals.refuse("handshake", _tls_cause(exc), peer, _tls_reason(exc))
+            self.refusals.refuse("handshake", handshake_cause(exc), peer, handshake_reason(exc))
             transport.abort()
             return
         except asyncio.CancelledError:
@@ -224,6 +207,7 @@ class GatewayTunnel(TunnelLeg):
         self._preamble = Preamble(Role.SERVER)
         self._got_bytes = False
         self._timer: asyncio.TimerHandle | None = None
+        self._expiry: asyncio.TimerHandle | None = None
         self._connecting = False
         self._pending = bytearray()
         self._last: Stream | None = None
@@ -245,7 +229,7 @@ class GatewayTunnel(TunnelLeg):
             return
         der = sslobj.getpeercert(binary_form=True)
         try:
-            identity = verify_peer(der, self.gw.view(), self.gw.bundle, dt.datetime.now(dt.UTC))
+            identity = verify_peer(der, self.gw.mesh.get(), self.gw.bundle, dt.datetime.now(dt.UTC))
         except PeerRejected as exc:
             self.gw.refusals.refuse("identity", exc.cause, self.peer, str(exc))
             self._answer(Response(Status.FORBIDDEN, "identity not accepted"))
@@ -254,6 +238,10 @@ class GatewayTunnel(TunnelLeg):
         self.identity = identity.spiffe_id
         self.peer_site = identity.site
         self.peer_expiry = identity.not_after
+        if identity.not_after is not None:
+            # TLS checks the certificate once, at the handshake: the tunnel ends when the certificate does.
+            left = (identity.not_after - dt.datetime.now(dt.UTC)).total_seconds()
+            self._expiry = asyncio.get_running_loop().call_later(max(left, 0.0), self.end, "certificate_expired")
         self.gw._tunnels.add(self)
         self.gw.metrics.tunnels.inc()
         self._ready = True
@@ -285,14 +273,9 @@ class GatewayTunnel(TunnelLeg):
         assert isinstance(event, Request)
         self._cancel_timer()
         trailing = self._preamble.trailing_data
-        view = self.gw.view()
-        if self.peer_expiry is not None and dt.datetime.now(dt.UTC) >= self.peer_expiry:
-            # TLS checks the certificate once, at the handshake; a tunnel must not outlive it.
-            self._refuse("identity", "expired", f"{self.identity}: certificate expired since the handshake",
-                         Status.FORBIDDEN, close=True)
-            return
+        view = self.gw.mesh.get()
         if self.peer_site not in view.sites:
-            # The peer's site left the registry since the handshake: its tunnels go with it.
+            # The peer's site left the registry since the handshake (`run` is about to close the tunnel).
             self._refuse("identity", "site-removed",
                          f"{self.identity}: site {self.peer_site} is no longer in the registry",
                          Status.FORBIDDEN, close=True)
@@ -387,8 +370,23 @@ class GatewayTunnel(TunnelLeg):
             self.gw.refusals.refuse("preamble", "timeout", self.peer, reason)
         self.close()
 
+    def end(self, why: str) -> None:
+        """Close the tunnel now, aborting its stream if one runs (`why`: certificate_expired, site_removed)."""
+        if self.closed:
+            return
+        self.gw.metrics.ended.labels(why).inc()
+        # Logged once per peer and certificate per minute: one peer often holds several tunnels.
+        if why == "certificate_expired" and self.gw._ended.allow((why, self.peer, self.identity)):
+            log.warning("closing tunnel(s) from %s: the certificate of %s expired at %s", self.peer, self.identity,
+                        self.peer_expiry)
+        if self.stream is not None:
+            self.stream.finish(clean=False)  # the endpoint's connection is aborted, the peer gets ABORT
+        self.close()
+
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timer()
+        if self._expiry is not None:  # else the timer would hold the tunnel until its notAfter
+            self._expiry.cancel()
         if self in self.gw._tunnels:
             self.gw._tunnels.discard(self)
             self.gw.metrics.tunnels.dec()
@@ -396,25 +394,6 @@ class GatewayTunnel(TunnelLeg):
 
     def close(self) -> None:
         self._cancel_timer()
+        if self._expiry is not None:
+            self._expiry.cancel()
         super().close()
-
-
-def _tls_cause(exc: BaseException) -> str:
-    """The kind of a failed handshake: OpenSSL's verify code or reason name (a fixed set), else the error type."""
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return f"verify-{exc.verify_code}"
-    if isinstance(exc, ssl.SSLError):
-        return str(exc.reason or type(exc).__name__)
-    if isinstance(exc, TimeoutError | ConnectionAbortedError):
-        return "timeout"
-    return type(exc).__name__
-
-
-def _tls_reason(exc: BaseException) -> str:
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return f"certificate not accepted: {exc.verify_message}"
-    if isinstance(exc, ssl.SSLError):
-        return f"TLS handshake failed: {exc.reason or exc}"
-    if isinstance(exc, TimeoutError | ConnectionAbortedError):
-        return "TLS handshake did not finish in time"
-    return f"TLS handshake failed: {exc!r}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import operator
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from federation.core.errors import ConfigError
 from federation.core.records import Gateway
 from federation.core.view import MeshView
 from federation.pki.issuing import PkiError, load_site, site_of_ca
+from federation.runtime.values import Value
 from gateway.eastwest import EastWestGateway
 from gateway.egress import BindFor, Egress
 from gateway.settings import GatewaySettings
@@ -47,8 +49,10 @@ class DataPlane:
             site_ca, settings.name, Path(settings.cert_dir) if settings.cert_dir else None,
             dt.timedelta(seconds=settings.cert_lifetime),
         )
+        self.mesh = Value(view(), name="mesh view", same=operator.is_)
         self.gateway = (
-            EastWestGateway(site, view, self.certs.server, self.certs.bundle, settings, registry) if serve else None
+            EastWestGateway(site, self.mesh, self.certs.server, self.certs.bundle, settings, registry)
+            if serve else None
         )
         self.egress = Egress(site, view, self.certs.client, self.certs.bundle, settings, registry, bind_for)
         self.workers = (
@@ -82,6 +86,7 @@ class DataPlane:
 
     def update(self, view: MeshView) -> None:
         """A new registry view: egress listeners and worker processes follow it (the gateway reads it per request)."""
+        self.mesh.set(view)
         self.egress.update(view)
         if self.workers is not None:
             self.workers.update(view)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import ssl
 import time
 from collections.abc import Hashable
 
@@ -53,6 +54,28 @@ class Refusals:
             self._log.warning("refused %s from %s: %s", kind, peer, reason)
 
 
+def handshake_cause(exc: BaseException) -> str:
+    """The kind of a failed handshake: OpenSSL's verify code or reason name (a fixed set), else the error type."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"verify-{exc.verify_code}"
+    if isinstance(exc, ssl.SSLError):
+        return str(exc.reason or type(exc).__name__)
+    if isinstance(exc, TimeoutError | ConnectionAbortedError):
+        return "timeout"
+    return type(exc).__name__
+
+
+def handshake_reason(exc: BaseException) -> str:
+    """What a failed handshake's refusal line says."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"certificate not accepted: {exc.verify_message}"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS handshake failed: {exc.reason or exc}"
+    if isinstance(exc, TimeoutError | ConnectionAbortedError):
+        return "TLS handshake did not finish in time"
+    return f"TLS handshake failed: {exc!r}"
+
+
 class GatewayMetrics:
     """The east-west gateway's metrics, registered in the agent's registry."""
 
@@ -64,6 +87,9 @@ class GatewayMetrics:
         self.streams = Counter("meshfed_gateway_streams_total", "Stream requests by status",
                                ["status"], registry=registry)
         self.tunnels = Gauge("meshfed_gateway_tunnels", "Authenticated tunnels open", registry=registry)
+        self.ended = Counter("meshfed_gateway_tunnels_ended_total",
+                             "Tunnels the gateway closed because the peer's certificate expired or its site left",
+                             ["reason"], registry=registry)
         self.bytes = Counter("meshfed_gateway_bytes_total", "Bytes relayed, counted when a stream ends",
                              ["direction"], registry=registry)
 

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import operator
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from federation.core.codec import decode_export, decode_site, encode_export, enc
 from federation.core.keys import ServiceKey, SiteKey
 from federation.core.view import MeshView
 from federation.pki.verifying import TrustBundle
+from federation.runtime.values import Value
 from gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
@@ -117,11 +119,11 @@ async def _worker(config: dict[str, Any]) -> None:
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    state = {"view": decode_view(await reader.readline())}
+    mesh = Value(decode_view(await reader.readline()), name="mesh view", same=operator.is_)
     context = server_context(chain, key, bundle)
-    gateway = EastWestGateway(config["site"], lambda: state["view"], context,
-                              TrustBundle.from_pem(bundle.read_bytes()), settings)
+    gateway = EastWestGateway(config["site"], mesh, context, TrustBundle.from_pem(bundle.read_bytes()), settings)
     await gateway.start()
+    tunnels = asyncio.get_running_loop().create_task(gateway.run(), name="gateway-tunnels")
     sys.stdout.write("READY\n")
     sys.stdout.flush()
     grace = 0.0
@@ -131,7 +133,8 @@ async def _worker(config: dict[str, Any]) -> None:
         elif line.startswith(b'{"stop"'):
             grace = float(json.loads(line)["stop"])
         else:
-            state["view"] = decode_view(line)
+            mesh.set(decode_view(line))
+    tunnels.cancel()
     await gateway.close(grace)
 
 

@@ -10,6 +10,7 @@ import asyncio
 import datetime as dt
 import ipaddress
 import logging
+import operator
 import time
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from federation.dns.settings import DnsSettings, parse_dns_settings
 from federation.pki.issuing import load_site
 from federation.registry.allocator import VipAllocator
 from federation.registry.etcd import EtcdClient
+from federation.runtime.values import Value
 from federation.sources.kubernetes.settings import KubernetesSettings, parse_kubernetes_settings
 from federation.sources.kubernetes.source import KubernetesSource
 from federation.sources.vm.exportset import ExportSet
@@ -81,6 +83,8 @@ class DataPlane:
         self.keys = keys
         self.metrics = metrics
         self.view = view
+        self.mesh = Value(view(), name="mesh view", same=operator.is_)
+        """The registry view for the east-west gateway, set after every burst of registry changes."""
         self._etcd_client = etcd_client
         self._sink = set_exports
         self._synced = asyncio.Event()
@@ -147,6 +151,7 @@ class DataPlane:
     def on_view(self, view: MeshView, _events: Sequence[Event]) -> None:
         """Called by the mirror after each burst of registry changes (and once after the initial sync)."""
         self._synced.set()
+        self.mesh.set(view)
         if self.egress is not None:
             self.egress.update(view)
         if self.workers is not None:
@@ -250,8 +255,9 @@ class DataPlane:
         if self.certs.site != self.site:
             raise ConfigError(f"{self.config.source}: gateway.ca_dir: the CA in {gw.ca_dir} belongs to site "
                               f"{self.certs.site!r}, not {self.site!r}")
-        self.eastwest = EastWestGateway(self.site, self.view, self.certs.server, self.certs.bundle, gw, self.metrics)
+        self.eastwest = EastWestGateway(self.site, self.mesh, self.certs.server, self.certs.bundle, gw, self.metrics)
         await self.eastwest.start()
+        spawn("gateway-tunnels", self.eastwest.run())
         if gw.workers > 1:
             # More processes on the same port (SO_REUSEPORT), fed each registry view and renewed certificate.
             self.workers = GatewayWorkers(self.site, gw, self.certs.chain_file, self.certs.key_file,

@@ -12,6 +12,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from federation.core.records import Gateway, Locality
+from federation.runtime.values import Value
 from gateway.eastwest import EastWestGateway
 from gateway.egress import Egress
 from gateway.settings import GatewaySettings
@@ -93,8 +94,10 @@ async def test_next_gateway_is_tried_on_refused_connect_and_on_a_non_ok_status(t
                        export("south", "ns", "echo", 7, endpoint_ports=(1,))]
             return view(list(sites.values()), exports)
 
-        south = EastWestGateway("south", mesh_view, south_store.server, south_store.bundle, s.settings)
+        south_view = Value(view([]))
+        south = EastWestGateway("south", south_view, south_store.server, south_store.bundle, s.settings)
         await south.start()
+        south_view.set(mesh_view())
         eg = Egress("west", mesh_view, s.west.client, s.west.bundle, GatewaySettings(pool_size=0))
         await eg.start()
         try:
@@ -208,7 +211,7 @@ async def test_the_first_client_finds_a_warm_pool(tmp_path: Path) -> None:
 async def test_a_gateway_of_the_wrong_site_is_not_trusted(tmp_path: Path) -> None:
     """The registry says east's gateway is at an address where west's own gateway answers: refused."""
     async with two_sites(tmp_path) as s:
-        impostor = EastWestGateway("west", s.view, s.west.server, s.west.bundle, s.settings)
+        impostor = EastWestGateway("west", Value(s.view()), s.west.server, s.west.bundle, s.settings)
         await impostor.start()
         real_port = s.gw_port
         s.gw_port = impostor.address[1]

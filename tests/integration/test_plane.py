@@ -32,15 +32,16 @@ async def test_two_planes_carry_traffic_between_sites(tmp_path: Path) -> None:
         return GatewaySettings(listen_address="127.0.0.1", listen_port=0, ca_dir=str(tmp_path / site),
                                cert_dir=str(tmp_path / f"{site}-certs"))
 
+    state["view"] = view([], [])
     east = DataPlane("east", current, settings("east"))
     west = DataPlane("west", current, settings("west"))
-    state["view"] = view([], [])
     await east.start()
     sites = [
         Site("east", "net-east", gateways=(east.gateway_record("127.0.0.1"),), ca_chain=east.ca_chain_pem),
         Site("west", "net-west", ca_chain=west.ca_chain_pem),
     ]
     state["view"] = view(sites, [export("east", "ns", "echo", 7, endpoint_ports=(echo_port,))])
+    east.update(state["view"])  # the gateway reads the view it was handed last
     await west.start()
     try:
         addr = west.egress.listeners()[("ns", "echo", "tcp")]

@@ -13,11 +13,11 @@ from gateway.balancing import (
     Open,
     Target,
     ViaGateway,
+    admit,
     desired_listeners,
     plan,
     routes,
 )
-from gateway.eastwest import admit
 from gateway.preamble import Request, Status
 from tests.pkihelp import export, view
 
