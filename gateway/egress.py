@@ -240,10 +240,13 @@ class Egress:
                     pool.give_back(tunnel)
                 self.metrics.attempts.labels("gateway", "failed").inc()
                 self.health.failed(route.site, time.monotonic())
+                if isinstance(exc, PeerRejected):  # not a gateway of that site: say so, and try another route
+                    self.metrics.refusals.labels(exc.cause).inc()
+                    _throttle.log(log, logging.WARNING, ("refused", pool.key, exc.cause),
+                                  "refused the gateway at %s:%d for site %s: %s", *pool.key[1:], route.site, exc)
+                    return False
                 _throttle.log(log, logging.INFO, ("tunnel", pool.key), "tunnel to %s gateway %s:%d failed: %s",
                               route.site, *pool.key[1:], exc)
-                if isinstance(exc, PeerRejected):
-                    return False
                 continue
             self.health.succeeded(route.site)
             if reused:

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 from prometheus_client import CollectorRegistry
 
 from federation.core.records import Gateway, Locality
@@ -176,17 +177,32 @@ async def test_certificate_rotation_during_a_long_transfer(tmp_path: Path) -> No
             sent.update(block)
             await writer.drain()
             if i == blocks // 2:
-                old = s.east.issued.cert.serial_number
+                old = s.east.issued.cert.serial_number, s.west.issued.cert.serial_number
                 s.east.renew()
                 s.west.renew()
-                assert s.east.issued.cert.serial_number != old
-                # A new connection handshakes with the renewed certificates meanwhile.
+                new = s.east.issued.cert.serial_number, s.west.issued.cert.serial_number
+                assert new[0] != old[0]
+                assert new[1] != old[1]
+                # A new connection handshakes with the renewed certificates meanwhile (in full: west's cached
+                # TLS session would carry the old ones), while the transfer goes on over the old ones.
                 assert await roundtrip(addr, b"new") == b"new"
+                [(fresh, _)] = next(iter(eg._pools.values()))._idle
+                tls = fresh.transport.get_extra_info("ssl_object")  # type: ignore[union-attr]
+                assert not tls.session_reused
+                assert serial(tls.getpeercert(binary_form=True)) == new[0]  # what east's gateway presented
+                assert s.gateway is not None
+                seen_by_east = sorted(serial(t.transport.get_extra_info("ssl_object").getpeercert(binary_form=True))
+                                      for t in s.gateway._tunnels)  # type: ignore[union-attr]
+                assert seen_by_east == sorted([old[1], new[1]])  # the transfer's tunnel and the new one
         writer.write_eof()
         await reading
         writer.close()
         assert got == len(block) * blocks
         assert received.digest() == sent.digest()
+
+
+def serial(der: bytes) -> int:
+    return x509.load_der_x509_certificate(der).serial_number
 
 
 async def _closed_port() -> int:
@@ -208,7 +224,7 @@ async def test_the_first_client_finds_a_warm_pool(tmp_path: Path) -> None:
         assert pool.handshakes == 2
 
 
-async def test_a_gateway_of_the_wrong_site_is_not_trusted(tmp_path: Path) -> None:
+async def test_a_gateway_of_the_wrong_site_is_not_trusted(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """The registry says east's gateway is at an address where west's own gateway answers: refused."""
     async with two_sites(tmp_path) as s:
         impostor = EastWestGateway("west", Value(s.view()), s.west.server, s.west.bundle, s.settings)
@@ -224,6 +240,13 @@ async def test_a_gateway_of_the_wrong_site_is_not_trusted(tmp_path: Path) -> Non
                 await reader.read()
             writer.close()
             assert eg.metrics.connections.labels("no_route")._value.get() == 1
+            # Refused for being west's gateway, not for any connect failure; and said so.
+            assert eg.metrics.refusals.labels("wrong-site")._value.get() == 1
+            assert impostor.metrics.handshakes.labels("ok")._value.get() == 1  # TLS itself went through
+            lines = [r.getMessage() for r in caplog.records if r.name == "gateway.egress" and r.levelname == "WARNING"
+                     and r.getMessage().startswith("refused")]
+            assert lines == [f"refused the gateway at 127.0.0.1:{impostor.address[1]} for site east: peer "
+                             "spiffe://mesh.example/site/west/gateway/gw is not a gateway of site east"]
         finally:
             s.gw_port = real_port
             await eg.close()
