@@ -117,6 +117,9 @@ class CertificateStore:
         issued = self._issue()
         for ctx in (self.server, self.client):
             ctx.load_cert_chain(str(self.chain_file), str(self.key_file))
+        # A resumed session carries the certificates of the handshake it came from: without this the peers'
+        # gateways would go on seeing the old leaf (and end those tunnels at its notAfter).
+        self.client.sessions.clear()
         self.renewals += 1
         self.current.set(issued)
         return issued

@@ -160,14 +160,29 @@ async def test_a_silent_upstream_gives_servfail_not_a_hang() -> None:
         async with serving(mesh(), upstreams=(f"127.0.0.1:{upstream.port}",), forward_timeout=0.3) as server:
             for tcp in (False, True):
                 assert (await ask(server, "www.example.org", tcp=tcp)).rcode() == dns.rcode.SERVFAIL
-            # a query still in flight when the server closes is cancelled, not leaked
-            host, port = server.udp_addresses[0]
-            loop = asyncio.get_running_loop()
-            t, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol, remote_addr=(host, port))
-            t.sendto(dns.message.make_query("slow.example.org", "A").to_wire())
-            t.close()
-            await asyncio.sleep(0.05)
+            assert upstream.seen == ["www.example.org.", "www.example.org."]
     finally:
+        assert upstream.transport is not None
+        upstream.transport.close()
+
+
+async def test_a_forward_in_flight_when_the_server_closes_is_cancelled_not_leaked() -> None:
+    upstream = await start_upstream(silent=True)
+    loop = asyncio.get_running_loop()
+    client, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol, local_addr=("127.0.0.1", 0))
+    try:
+        # A deadline no test waits out: only the close can end this forward.
+        async with serving(mesh(), upstreams=(f"127.0.0.1:{upstream.port}",), forward_timeout=600) as server:
+            client.sendto(dns.message.make_query("slow.example.org", "A").to_wire(), server.udp_addresses[0])
+            async with asyncio.timeout(5):
+                while upstream.seen != ["slow.example.org."]:
+                    await asyncio.sleep(0.01)
+            [forward] = server._tasks
+            assert not forward.done()
+        assert forward.cancelled()
+        assert server._tasks == set()
+    finally:
+        client.close()
         assert upstream.transport is not None
         upstream.transport.close()
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 
 from tests.integration.test_eastwest import (  # noqa: F401 - collected here again, on uvloop
+    _capture_every_level,
     test_bad_preambles,
     test_certificate_from_another_ca,
     test_client_without_certificate,
@@ -21,6 +22,10 @@ from tests.integration.test_eastwest import (  # noqa: F401 - collected here aga
 from tests.integration.test_egress import (  # noqa: F401
     test_a_client_reaches_a_service_of_another_network,
     test_certificate_rotation_during_a_long_transfer,
+)
+from tests.integration.test_tunnel_lifetime import (  # noqa: F401
+    test_a_site_removed_from_the_registry_loses_its_tunnels_at_once,
+    test_no_tunnel_outlives_its_peers_certificate,
 )
 
 
