@@ -25,6 +25,7 @@ from gateway.preamble import NEED_DATA, Preamble, Request, Response, Role, Statu
 from gateway.refusals import GatewayMetrics, Refusals, Throttle
 from gateway.relay import ActiveStreams, PlainLeg, Stream, TunnelLeg
 from gateway.settings import GatewaySettings
+from gateway.tls import send_alerts_to
 
 log = logging.getLogger(__name__)
 _throttle = Throttle()
@@ -155,6 +156,7 @@ class EastWestGateway:
 
     async def _handshake_accepted(self, conn: socket.socket, peer: str) -> None:
         tunnel = GatewayTunnel(self, peer)
+        send_alerts_to(conn.send)  # uvloop's transport shares this socket; nothing is queued before the alert
         try:
             await asyncio.get_running_loop().connect_accepted_socket(
                 lambda: tunnel, conn, ssl=self.context, ssl_handshake_timeout=self.settings.handshake_timeout)
@@ -169,6 +171,7 @@ class EastWestGateway:
     async def _handshake(self, transport: asyncio.Transport, peer: str) -> None:
         tunnel = GatewayTunnel(self, peer)
         loop = asyncio.get_running_loop()
+        send_alerts_to(transport.write)
         try:
             tls = await loop.start_tls(transport, tunnel, self.context, server_side=True,
                                        ssl_handshake_timeout=self.settings.handshake_timeout)
@@ -243,7 +246,9 @@ class GatewayTunnel(TunnelLeg):
             identity = verify_peer(der, self.gw.view(), self.gw.bundle, dt.datetime.now(dt.UTC))
         except PeerRejected as exc:
             self.gw.refusals.refuse("identity", self.peer, str(exc))
-            self._answer(Response(Status.FORBIDDEN, "identity not accepted"))
+            # The chain verified to the mesh root, so the peer is one of ours: tell it why (no TLS
+            # alert can follow a finished handshake; the preamble is the channel we have).
+            self._answer(Response(Status.FORBIDDEN, f"identity not accepted: {exc}"))
             self.close()
             return
         self.identity = identity.spiffe_id
