@@ -130,8 +130,11 @@ def _verdict(left: list[str], state: Path) -> str:
 
 def _sayer(out: Any) -> Any:
     def say(text: str) -> None:
-        out.write(text)
-        out.flush()  # a pipe (tee, a test) sees each step as it happens
+        try:
+            out.write(text)
+            out.flush()  # a pipe (tee, a test) sees each step as it happens
+        except OSError:
+            pass  # the terminal is gone (SIGHUP): the teardown goes on without an audience
     return say
 
 

@@ -182,16 +182,15 @@ def _stop_signals_held() -> Iterator[None]:
         yield
         return
     got: list[int] = []
-    previous = {sig: signal.getsignal(sig) for sig in _STOP_SIGNALS}
-    for sig, handler in previous.items():
-        if handler is not None:
-            signal.signal(sig, lambda signum, _frame: got.append(signum))
+    # Not set from Python (None) or ignored (which children inherit, e.g. SIGHUP under nohup): left alone.
+    held = {sig: h for sig in _STOP_SIGNALS if (h := signal.getsignal(sig)) not in (None, signal.SIG_IGN)}
+    for sig in held:
+        signal.signal(sig, lambda signum, _frame: got.append(signum))
     try:
         yield
     finally:
-        for sig, handler in previous.items():
-            if handler is not None:
-                signal.signal(sig, handler)
+        for sig, handler in held.items():
+            signal.signal(sig, handler)
         if got:
             signal.raise_signal(got[0])
 
