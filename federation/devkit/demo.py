@@ -41,33 +41,43 @@ def run_demo(state_dir: Path | None, keep: bool = False, down: bool = False, loo
         return 1
     demo = Demo(state, netns, prefix=prefix, wan=0 if prefix == PREFIX else None)
     say = _sayer(demo.out)
-    previous = {sig: signal.signal(sig, _raise_stop) for sig in STOP_SIGNALS}
-    outcome, kept = "failed", False
+    stopping: list[int] = []
+
+    def on_signal(signum: int, _frame: object) -> None:
+        if stopping or outcome[0] != "running":  # once tearing down, nothing cuts it short
+            say(f"({signal.Signals(signum).name}: still tearing down)\n")
+            return
+        stopping.append(signum)
+        raise Stop(signum)
+
+    outcome, kept = ["running"], False
+    previous = {sig: signal.signal(sig, on_signal) for sig in STOP_SIGNALS}
     try:
         code = _show(demo, say)
         if code != 0 or not keep:
-            outcome = "done" if code == 0 else "failed"
+            outcome[0] = "done" if code == 0 else "failed"
             return code
         kept = True  # from here a stop signal is the normal end (it may come while the hint prints)
         say(_keep_help(demo))
         while True:  # until a stop signal
             time.sleep(3600)
     except Stop as stop:
-        outcome = "stopped"
+        outcome[0] = "stopped"
         say(f"\n{stop}: tearing the demo down\n")
         return 0 if kept else 128 + stop.signum  # a kept demo ends this way; an interrupted one did not finish
     except (RuntimeError, OSError, subprocess.SubprocessError, MeshfedError) as exc:
+        outcome[0] = "failed"
         say(f"\ndemo failed: {exc}\nlogs kept in {state}; `{cli_command()} demo --down{_state_flag(state)}` "
             "removes them\n")
         return 1
     finally:
-        for sig in STOP_SIGNALS:  # a second Ctrl-C must not cut the teardown short
-            signal.signal(sig, lambda signum, _frame: say(f"({signal.Signals(signum).name}: still tearing down)\n"))
+        if outcome[0] == "running":
+            outcome[0] = "failed"  # something unexpected went up: keep the logs
         pids = owner.recorded_pids(state)
         demo.down()
-        if outcome != "failed":
+        if outcome[0] != "failed":
             shutil.rmtree(state, ignore_errors=True)
-        if outcome == "stopped":
+        if outcome[0] == "stopped":
             say(_verdict(owner.leftovers(state, prefix, netns, pids), state))
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -112,10 +122,6 @@ def cli_command() -> str:
     `meshfed` in a hint would be "command not found"."""
     script = Path(sys.executable).parent / "meshfed"
     return str(script) if script.exists() else f"{sys.executable} -m federation"
-
-
-def _raise_stop(signum: int, _frame: object) -> None:
-    raise Stop(signum)
 
 
 def _state_flag(state: Path) -> str:
