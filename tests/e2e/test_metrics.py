@@ -13,7 +13,14 @@ from pathlib import Path
 import pytest
 
 from federation.devkit.stage import ZONE, Demo, get_url
-from tests.metricshelp import dashboard, exposed_metrics, promtool, promtool_check_metrics, queried_metrics
+from tests.metricshelp import (
+    dashboard,
+    exposed_metrics,
+    expressions,
+    promtool,
+    promtool_check_metrics,
+    queried_metrics,
+)
 
 
 @pytest.fixture(scope="module")
@@ -83,3 +90,26 @@ def test_every_series_is_in_the_operations_guide(scraped: dict[str, str]) -> Non
     exposed = set().union(*(exposed_metrics(text) for text in scraped.values()))
     assert exposed - documented == set(), "add these to the table in docs/operations.md"
     assert documented - exposed == set(), "the table names series no agent exposes"
+
+
+@pytest.mark.timeout(180)
+def test_the_dashboard_groups_by_labels_the_series_have(scraped: dict[str, str]) -> None:
+    """`sum by (result)` over a series without a `result` label draws one nameless line: catch the typo."""
+    import re
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    labels: dict[str, set[str]] = {}
+    for text in scraped.values():
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                labels.setdefault(sample.name, set()).update(sample.labels)
+    checked = 0
+    for expr in expressions(dashboard()):
+        for by, inner in re.findall(r"by \(([^)]*)\) \((.*?)\)\)?$", expr):
+            names = set(re.findall(r"\bmeshfed_[a-z0-9_]+", inner))
+            for name in names & labels.keys():
+                wanted = {label.strip() for label in by.split(",")} - {"instance", "job"}
+                assert wanted <= labels[name], f"{expr}: {name} has labels {sorted(labels[name])}"
+                checked += 1
+    assert checked > 20
