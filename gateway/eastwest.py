@@ -23,6 +23,7 @@ from gateway.balancing import EndpointPicker
 from gateway.refusals import GatewayMetrics, Refusals, Throttle, handshake_cause, handshake_reason
 from gateway.relay import ActiveStreams
 from gateway.settings import GatewaySettings
+from gateway.tls import send_alerts_to
 from gateway.tunnel import GatewayTunnel
 
 log = logging.getLogger(__name__)
@@ -144,6 +145,7 @@ class EastWestGateway:
 
     async def _handshake_accepted(self, conn: socket.socket, peer: str) -> None:
         tunnel = GatewayTunnel(self, peer)
+        send_alerts_to(conn.send)  # uvloop's transport shares this socket; nothing is queued before the alert
         try:
             await asyncio.get_running_loop().connect_accepted_socket(
                 lambda: tunnel, conn, ssl=self.context, ssl_handshake_timeout=self.settings.handshake_timeout)
@@ -158,6 +160,7 @@ class EastWestGateway:
     async def _handshake(self, transport: asyncio.Transport, peer: str) -> None:
         tunnel = GatewayTunnel(self, peer)
         loop = asyncio.get_running_loop()
+        send_alerts_to(transport.write)
         try:
             tls = await loop.start_tls(transport, tunnel, self.context, server_side=True,
                                        ssl_handshake_timeout=self.settings.handshake_timeout)

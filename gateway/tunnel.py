@@ -88,7 +88,9 @@ class GatewayTunnel(TunnelLeg):
             identity = verify_peer(der, self.gw.mesh.get(), self.gw.bundle, dt.datetime.now(dt.UTC))
         except PeerRejected as exc:
             self.gw.refusals.refuse("identity", exc.cause, self.peer, str(exc))
-            self._answer(Response(Status.FORBIDDEN, "identity not accepted"))
+            # The chain verified to the mesh root, so the peer is one of ours: tell it why (no TLS
+            # alert can follow a finished handshake; the preamble is the channel we have).
+            self._answer(Response(Status.FORBIDDEN, f"identity not accepted: {exc}"))
             self.close()
             return
         self.identity = identity.spiffe_id

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import dns.asyncquery
 import dns.flags
 import dns.message
+import dns.opcode
 import dns.rcode
+import dns.tsigkeyring
+import dns.update
 import pytest
 from prometheus_client import CollectorRegistry
 
@@ -117,6 +121,50 @@ async def check_with_dnspython(server: DnsServer) -> None:
         nodata = await ask(server, "web.shop.svc.clusterset.local", "TXT", tcp=tcp)
         assert nodata.rcode() == dns.rcode.NOERROR
         assert nodata.answer == []
+
+
+@pytest.mark.parametrize("signed", [False, True])
+async def test_dns_update_gets_notimp_over_udp_and_tcp(signed: bool) -> None:
+    """A dynamic-update client (RFC 2136) is told the server does not do UPDATE, not that it sent garbage."""
+    keyring = dns.tsigkeyring.from_text({"ddns-key.": "c2VjcmV0c2VjcmV0c2VjcmV0"}) if signed else None
+    async with serving(mesh()) as server:
+        for tcp in (False, True):
+            update = dns.update.UpdateMessage("clusterset.local", keyring=keyring)
+            update.replace("web.shop.svc", 5, "A", "10.0.0.9")
+            host, port = (server.tcp_addresses if tcp else server.udp_addresses)[0]
+            wire = await asyncio.to_thread(_exchange, update.to_wire(), host, port, tcp)
+            resp = dns.message.from_wire(wire, keyring=False)  # we hold no key, so the answer is unsigned
+            assert resp.id == update.id
+            assert resp.opcode() == dns.opcode.UPDATE
+            assert resp.rcode() == dns.rcode.NOTIMP
+        assert texts(await ask(server, "web.shop.svc.clusterset.local")) == ["240.240.0.7"]  # unchanged
+
+
+def _exchange(wire: bytes, host: str, port: int, tcp: bool) -> bytes:
+    """One request and its response, unparsed (RFC 1035 4.2: TCP messages carry a 2-byte length)."""
+    if tcp:
+        with socket.create_connection((host, port), timeout=5) as sock, sock.makefile("rb") as f:
+            sock.sendall(len(wire).to_bytes(2, "big") + wire)
+            return f.read(int.from_bytes(f.read(2), "big"))
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(5)
+        sock.sendto(wire, (host, port))
+        return sock.recv(65535)
+
+
+async def test_nsupdate_is_told_notimp() -> None:
+    if shutil.which("nsupdate") is None:
+        pytest.skip("nsupdate (Debian bind9-dnsutils) is not installed")
+    async with serving(mesh()) as server:
+        host, port = server.udp_addresses[0]
+        proc = await asyncio.create_subprocess_exec(
+            "nsupdate", "-t", "5", stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT)
+        script = (f"server {host} {port}\nzone clusterset.local\n"
+                  "update add web.shop.svc.clusterset.local 5 A 10.0.0.9\nsend\n")
+        out, _ = await asyncio.wait_for(proc.communicate(script.encode()), 20)
+        assert proc.returncode != 0
+        assert "NOTIMP" in out.decode(), out.decode()
 
 
 async def test_truncated_over_udp_then_whole_over_tcp() -> None:

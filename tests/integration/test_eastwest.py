@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
+import shutil
 import ssl
 from pathlib import Path
 
@@ -95,15 +97,37 @@ async def test_plaintext_instead_of_a_client_hello(tmp_path: Path, caplog: pytes
         await _hostile(s, caplog, attack, "TLS handshake failed")
 
 
-async def _tls_attack(s: TwoSites, ctx: ssl.SSLContext, source: str | None = None) -> None:
+async def _tls_attack(s: TwoSites, ctx: ssl.SSLContext, seen: list[str] | None = None,
+                      source: str | None = None) -> None:
+    """Connect with `ctx` (from loopback address `source`) and append to `seen` what the client was told:
+    the TLS alert's reason, or "EOF"."""
+    seen = seen if seen is not None else []
     try:
         t = await RawTunnel.open(s.gw_port, ctx, source)
-    except (ssl.SSLError, ConnectionError):
+    except ssl.SSLError as exc:  # an alert during the client's own handshake (e.g. protocol_version)
+        seen.append(str(exc.reason))
         return
-    # TLS 1.3: the client finishes first, so the server's verdict arrives as an alert or a close.
+    except ConnectionError:
+        seen.append("EOF")
+        return
+    # TLS 1.3: the client finishes first, so the server's verdict arrives as an alert on the next read.
     t.writer.write(b"\x01")
-    assert await t.closed_by_peer()
+    try:
+        async with asyncio.timeout(5):
+            while await t.reader.read(1024):
+                pass
+        seen.append("EOF")
+    except ssl.SSLError as exc:
+        seen.append(str(exc.reason))
+    except ConnectionError:
+        seen.append("EOF")
     await t.close()
+
+
+async def _alert_for(s: TwoSites, caplog: pytest.LogCaptureFixture, ctx: ssl.SSLContext, reason: str) -> str:
+    seen: list[str] = []
+    await _hostile(s, caplog, lambda: _tls_attack(s, ctx, seen), reason)
+    return seen[0]
 
 
 async def test_client_without_certificate(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -111,7 +135,8 @@ async def test_client_without_certificate(tmp_path: Path, caplog: pytest.LogCapt
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         ctx.check_hostname = False
         ctx.load_verify_locations(cafile=str(s.west.bundle_file))
-        await _hostile(s, caplog, lambda: _tls_attack(s, ctx), "PEER_DID_NOT_RETURN_A_CERTIFICATE")
+        alert = await _alert_for(s, caplog, ctx, "PEER_DID_NOT_RETURN_A_CERTIFICATE")
+        assert alert == "TLSV13_ALERT_CERTIFICATE_REQUIRED"  # RFC 8446 4.4.2.4
 
 
 async def test_certificate_from_another_ca(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -119,7 +144,8 @@ async def test_certificate_from_another_ca(tmp_path: Path, caplog: pytest.LogCap
         other = Mesh()
         chain, key, _ = other.write_leaf(tmp_path / "other", "west")
         ctx = client_context(chain, key, s.west.bundle_file)
-        await _hostile(s, caplog, lambda: _tls_attack(s, ctx), "certificate not accepted")
+        alert = await _alert_for(s, caplog, ctx, "certificate not accepted: unable to get local issuer")
+        assert alert == "TLSV1_ALERT_UNKNOWN_CA"
 
 
 async def test_expired_certificate(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -127,7 +153,54 @@ async def test_expired_certificate(tmp_path: Path, caplog: pytest.LogCaptureFixt
         old = issue_gateway(s.mesh.site_ca("west"), "gw", now() - dt.timedelta(days=2), dt.timedelta(hours=1))
         chain, key = write_issued(tmp_path / "expired", old)
         ctx = client_context(chain, key, s.west.bundle_file)
-        await _hostile(s, caplog, lambda: _tls_attack(s, ctx), "certificate has expired")
+        alert = await _alert_for(s, caplog, ctx, "certificate has expired")
+        assert alert == "SSLV3_ALERT_CERTIFICATE_EXPIRED"
+
+
+async def test_certificate_not_yet_valid(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    async with two_sites(tmp_path) as s:
+        early = issue_gateway(s.mesh.site_ca("west"), "gw", now() + dt.timedelta(days=2), dt.timedelta(hours=1))
+        chain, key = write_issued(tmp_path / "early", early)
+        ctx = client_context(chain, key, s.west.bundle_file)
+        alert = await _alert_for(s, caplog, ctx, "certificate is not yet valid")
+        assert alert == "SSLV3_ALERT_BAD_CERTIFICATE"
+
+
+async def test_a_tls12_client_is_told_the_protocol_version(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with two_sites(tmp_path) as s:
+        ctx = client_context(s.west.chain_file, s.west.key_file, s.west.bundle_file)
+        ctx.minimum_version = ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+        alert = await _alert_for(s, caplog, ctx, "UNSUPPORTED_PROTOCOL")
+        assert alert == "TLSV1_ALERT_PROTOCOL_VERSION"
+
+
+@pytest.mark.parametrize(("who", "alert"), [
+    ("no certificate", "alert certificate required:"),
+    ("another mesh's certificate", "alert unknown ca:"),
+])
+async def test_openssl_s_client_sees_the_alert(tmp_path: Path, who: str, alert: str) -> None:
+    """What an operator sees probing the gateway by hand with `openssl s_client`."""
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command is not installed")
+    async with two_sites(tmp_path) as s:
+        argv = ["openssl", "s_client", "-connect", f"127.0.0.1:{s.gw_port}", "-tls1_3", "-CAfile",
+                str(s.west.bundle_file)]
+        if who != "no certificate":
+            chain, key, _ = Mesh().write_leaf(tmp_path / "other", "west")
+            argv += ["-cert", str(chain), "-cert_chain", str(chain), "-key", str(key)]
+        proc = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.PIPE,
+                                                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        try:
+            async with asyncio.timeout(10):  # stdin stays open: only the server's verdict ends s_client
+                _, err = await proc.communicate()
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        assert proc.returncode == 1
+        assert alert in err.decode(), err.decode()
 
 
 async def test_site_a_claiming_to_be_site_b(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -140,6 +213,9 @@ async def test_site_a_claiming_to_be_site_b(tmp_path: Path, caplog: pytest.LogCa
             t = await RawTunnel.open(s.gw_port, ctx)
             resp = await t.response()
             assert resp.status is Status.FORBIDDEN
+            # The handshake verified to the mesh root, so no TLS alert fits: the preamble says why.
+            assert resp.reason.startswith("identity not accepted: peer spiffe://mesh.example/site/east/")
+            assert "does not verify through the CA that site east registered" in resp.reason
             assert await t.closed_by_peer()
             await t.close()
         await _hostile(s, caplog, attack, "does not verify through the CA that site east registered")
@@ -227,7 +303,9 @@ async def test_site_not_in_the_registry(tmp_path: Path, caplog: pytest.LogCaptur
 
         async def attack() -> None:
             t = await RawTunnel.open(s.gw_port, ctx)
-            assert (await t.response()).status is Status.FORBIDDEN
+            resp = await t.response()
+            assert resp.status is Status.FORBIDDEN
+            assert resp.reason.endswith("claims site north, which is not in the registry")
             assert await t.closed_by_peer()
             await t.close()
         await _hostile(s, caplog, attack, "claims site north, which is not in the registry")
