@@ -1,4 +1,4 @@
-"""`meshfed agent` with the kubernetes section, as a real process, against the stand-in API server and a real etcd."""
+"""`meshfed agent` with the kubernetes section, as a real process, against the development API server and a real etcd."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from federation.devkit.apiserver import FakeApiServer
+from federation.devkit.apiserver import DevApiServer
 from federation.devkit.objects import endpoint, endpointslice, service, serviceexport
 from federation.registry.embedded import EtcdProcess
 from tests.integration.agentproc import AgentProcess, write_config
@@ -15,7 +15,7 @@ from tests.util import eventually
 
 
 async def test_agent_exports_from_kubernetes_and_writes_status(etcd: EtcdProcess, tmp_path: Path) -> None:
-    async with FakeApiServer() as api:
+    async with DevApiServer() as api:
         api.put(service())
         api.put(endpointslice(endpoints=[endpoint("10.244.1.5")]))
         api.put(serviceexport())

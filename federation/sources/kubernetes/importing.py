@@ -29,7 +29,8 @@ RESOURCES = (SERVICES, SERVICEIMPORTS, ENDPOINTSLICES)
 MCS_SERVICE_LABEL = "multicluster.kubernetes.io/service-name"
 SLICE_SERVICE_LABEL = "kubernetes.io/service-name"
 SLICE_MANAGER_LABEL = "endpointslice.kubernetes.io/managed-by"
-SLICE_MANAGER = "meshfed.io/agent"
+SLICE_MANAGER = "agent.meshfed.io"
+"""A label value (no "/" allowed), in the form the EndpointSlice controller uses for its own."""
 MAX_SLICE_ENDPOINTS = 100
 """The EndpointSlice controller's default; kube-proxy handles larger slices worse."""
 

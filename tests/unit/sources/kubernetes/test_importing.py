@@ -66,7 +66,7 @@ def test_same_network_endpoints_are_used_directly() -> None:
     assert imp["spec"] == {"type": "ClusterSetIP", "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
                            "ips": []}
     assert sl["metadata"]["labels"]["kubernetes.io/service-name"] == svc["metadata"]["name"]
-    assert sl["metadata"]["labels"]["endpointslice.kubernetes.io/managed-by"] == "meshfed.io/agent"
+    assert sl["metadata"]["labels"]["endpointslice.kubernetes.io/managed-by"] == "agent.meshfed.io"
     assert [e["addresses"] for e in sl["endpoints"]] == [["10.1.0.5"], ["10.1.0.6"]]
     assert sl["ports"] == [{"name": "http", "port": 8080, "protocol": "TCP"}]
 
