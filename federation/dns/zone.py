@@ -16,6 +16,7 @@ import dns.name
 import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
+import dns.rdtypes.ANY.NS
 import dns.rdtypes.ANY.PTR
 import dns.rdtypes.ANY.SOA
 import dns.rdtypes.ANY.TXT
@@ -31,14 +32,17 @@ DNS_VERSION = "1.0.0"
 """The MCS DNS specification version this server implements (KEP-1645 `dns-version` TXT record)."""
 
 IN = dns.rdataclass.IN
-A, AAAA, SRV, PTR, TXT, SOA = (
+A, AAAA, SRV, PTR, TXT, SOA, NS = (
     dns.rdatatype.A,
     dns.rdatatype.AAAA,
     dns.rdatatype.SRV,
     dns.rdatatype.PTR,
     dns.rdatatype.TXT,
     dns.rdatatype.SOA,
+    dns.rdatatype.NS,
 )
+NAMESERVER_LABEL = "ns"
+"""The zone's nameserver is `ns.<zone>`: a label no MCS name uses (those are all under `svc.<zone>`)."""
 
 class VipSource(Protocol):
     """Where the A/AAAA answer of a ClusterSetIP service comes from on this site's kind."""
@@ -76,14 +80,16 @@ class Node:
     ptr: Labels | None = None
     txt: tuple[bytes, ...] = ()
     soa: bool = False
+    ns: tuple[Labels, ...] = ()
+    """Nameserver names (the zone apex only)."""
     glue: tuple[Labels, ...] = ()
-    """Names whose A/AAAA records go into the additional section of an SRV answer."""
+    """Names whose A/AAAA records go into the additional section of an SRV or NS answer."""
 
     def types(self) -> tuple[int, ...]:
         """The record types this name has, lowest type number first (RFC 8482 picks the first)."""
         out = [
             t for t, present in (
-                (A, self.a), (SOA, self.soa), (PTR, self.ptr is not None), (TXT, self.txt),
+                (A, self.a), (NS, self.ns), (SOA, self.soa), (PTR, self.ptr is not None), (TXT, self.txt),
                 (AAAA, self.aaaa), (SRV, self.srv),
             ) if present
         ]
@@ -110,10 +116,14 @@ class Zone:
         return labels_of(self.origin)
 
     def soa(self) -> dns.rrset.RRset:
-        """The SOA RRset of the apex; its minimum is the TTL, so negative answers live as long as positive."""
+        """The SOA RRset of the apex; its minimum is the TTL, so negative answers live as long as positive.
+
+        MNAME is the zone's nameserver (RFC 1035 3.3.13), the one NS record; refresh, retry and expire
+        are within the ranges zone checkers expect (RFC 1912 2.2), though no secondary ever transfers.
+        """
         rdata = _rd(
-            dns.rdtypes.ANY.SOA.SOA, IN, SOA, self.origin, dns.name.Name([b"hostmaster", *self.origin.labels]),
-            self.serial, 60, 10, 3600, self.ttl,
+            dns.rdtypes.ANY.SOA.SOA, IN, SOA, name_of((NAMESERVER_LABEL.encode(), *labels_of(self.origin))),
+            dns.name.Name([b"hostmaster", *self.origin.labels]), self.serial, 14400, 3600, 604800, self.ttl,
         )
         return _rrset(self.origin, self.ttl, [rdata])
 
@@ -133,6 +143,8 @@ class Zone:
             rds = [_rd(dns.rdtypes.ANY.TXT.TXT, IN, TXT, list(node.txt))] if node.txt else []
         elif rdtype == SOA:
             return self.soa() if node.soa else None
+        elif rdtype == NS:
+            rds = [_rd(dns.rdtypes.ANY.NS.NS, IN, NS, name_of(n)) for n in node.ns]
         else:
             return None
         return _rrset(name, self.ttl, rds) if rds else None
@@ -167,18 +179,24 @@ class ZoneBuilder:
     one registry change costs one service's rebuild plus a copy of the name table.
     """
 
-    def __init__(self, zone: str, *, local_site: str, ttl: int = 5, site_pinning: bool = True) -> None:
+    def __init__(self, zone: str, *, local_site: str, ttl: int = 5, site_pinning: bool = False,
+                 nameservers: Iterable[str] = ()) -> None:
         self.origin = dns.name.from_text(zone).canonicalize()
         self.apex = labels_of(self.origin)
         self.local_site = local_site
         self.ttl = ttl
         self.site_pinning = site_pinning
         self._parts: dict[tuple[str, str], _Part] = {}
-        self._nodes: dict[Labels, Node] = {
-            self.apex: Node(soa=True),
-            (b"dns-version", *self.apex): Node(txt=(DNS_VERSION.encode(),)),
-        }
+        self._nodes: dict[Labels, Node] = {(b"dns-version", *self.apex): Node(txt=(DNS_VERSION.encode(),))}
         self._ent_refs: dict[Labels, int] = {}
+        self.set_nameservers(nameservers)
+
+    def set_nameservers(self, addresses: Iterable[str]) -> None:
+        """The server's own addresses, answered for `ns.<zone>` (the apex NS record's glue)."""
+        ns = (NAMESERVER_LABEL.encode(), *self.apex)
+        a, aaaa = _pack(addresses)
+        self._nodes[self.apex] = Node(soa=True, ns=(ns,), glue=(ns,))
+        self._nodes[ns] = Node(a=a, aaaa=aaaa)
 
     def build(self, view: MeshView, stale_sites: frozenset[str], vips: VipSource) -> Zone:
         """The zone for `view`; `stale_sites` are left out wherever another site has ready endpoints."""
@@ -265,32 +283,48 @@ class ZoneBuilder:
         nodes: dict[Labels, Node] = {}
         if svc.type is ServiceType.CLUSTER_SET_IP:
             a, aaaa = _pack(vips)
-            nodes[base] = Node(a=a, aaaa=aaaa)
+            # The bare name's SRV: one per port, as Kubernetes DNS answers `<svc>.<ns>.svc.cluster.local`.
+            nodes[base] = Node(a=a, aaaa=aaaa, srv=_spread((0, p.port, base) for p in svc.ports), glue=(base,))
             for vip in vips:
                 nodes[reverse_labels(_packed(vip))] = Node(ptr=base)
             for port in svc.ports:
                 srv_name = (f"_{port.name}".encode(), f"_{port.protocol.value.lower()}".encode(), *base)
                 nodes[srv_name] = Node(srv=((0, 0, port.port, base),), glue=(base,))
         else:
-            targets: list[tuple[Endpoint, Labels]] = []
+            ordered = self._order(svc.exports, sites, stale, local)
+            if not ordered:
+                return nodes  # no ready endpoint: the name does not exist (KEP-1645: NXDOMAIN)
+            targets: list[tuple[ServiceExport, Endpoint, Labels]] = []
             all_addrs: list[str] = []
-            for export, ep in self._order(svc.exports, sites, stale, local):
+            for export, ep in ordered:
                 host = self._name(_hostname(ep), export.site, name, ns, "svc")
                 a, aaaa = _pack(ep.addresses)
                 nodes[host] = Node(a=a, aaaa=aaaa)
-                targets.append((ep, host))
+                targets.append((export, ep, host))
                 all_addrs.extend(ep.addresses)
             a, aaaa = _pack(all_addrs)
-            nodes[base] = Node(a=a, aaaa=aaaa)
+            hosts = tuple(host for _, _, host in targets)
+            # One SRV per ready endpoint and port (identical records collapse, as in any RRset).
+            bare = _spread((0, ep.port_for(p), host) for p in svc.ports for export, ep, host in targets
+                           if svc.serves(export.site, p.name))
+            nodes[base] = Node(a=a, aaaa=aaaa, srv=bare, glue=hosts)
             for port in svc.ports:
                 srv_name = (f"_{port.name}".encode(), f"_{port.protocol.value.lower()}".encode(), *base)
-                srv = tuple((0, ep.weight, ep.port_for(port), host) for ep, host in targets)
-                nodes[srv_name] = Node(srv=srv, glue=tuple(host for _, host in targets))
-        if self.site_pinning:
+                srv = tuple((0, ep.weight, ep.port_for(port), host) for export, ep, host in targets
+                            if svc.serves(export.site, port.name))
+                if srv:
+                    nodes[srv_name] = Node(srv=srv, glue=tuple(dict.fromkeys(t for *_, t in srv)))
+        if self.site_pinning and local is not None:
+            # An extension (the KEP says these names must not exist): only for sites whose endpoints the
+            # asker can reach, i.e. this site and sites on its network, never an unroutable address.
             for export in svc.exports:
+                site = sites.get(export.site)
+                if export.site != self.local_site and (site is None or site.network != local.network):
+                    continue
                 eps = self._order([export], sites, frozenset(), local)
-                a, aaaa = _pack([addr for _, ep in eps for addr in ep.addresses])
-                nodes[self._name(export.site, name, ns, "svc")] = Node(a=a, aaaa=aaaa)
+                if eps:
+                    a, aaaa = _pack([addr for _, ep in eps for addr in ep.addresses])
+                    nodes[self._name(export.site, name, ns, "svc")] = Node(a=a, aaaa=aaaa)
         return nodes
 
     def _order(
@@ -318,6 +352,13 @@ class ZoneBuilder:
             return (1, near, export.site)
 
         return sorted(chosen, key=rank)
+
+
+def _spread(records: Iterable[tuple[int, int, Labels]]) -> tuple[tuple[int, int, int, Labels], ...]:
+    """SRV records (priority, port, target) without duplicates, sharing a weight of 100 as CoreDNS does."""
+    unique = list(dict.fromkeys(records))
+    weight = max(1, 100 // len(unique)) if unique else 0
+    return tuple((prio, weight, port, target) for prio, port, target in unique)
 
 
 def _rd(cls: Any, *args: Any) -> dns.rdata.Rdata:

@@ -112,8 +112,8 @@ async def test_export_reaches_registry_with_status_and_readiness_flows(etcd: Etc
         e = c.exported()[key]
         assert [(x.addresses, x.ready) for x in e.endpoints] == [(("10.244.1.5",), True), (("10.244.1.6",), True)]
         assert e.ports == (ServicePort("http", 80),)
-        await eventually(lambda: c.conditions() == {"Valid": ("True", "Valid"), "Conflict": ("False", "NoConflicts")},
-                         what="ServiceExport status")
+        await eventually(lambda: c.conditions() == {"Valid": ("True", "Valid"), "Ready": ("True", "Exported"),
+                                                    "Conflict": ("False", "NoConflicts")}, what="ServiceExport status")
         api.put(endpointslice(endpoints=[endpoint("10.244.1.5", ready=False), endpoint("10.244.1.6")]))
         await eventually(lambda: not c.exported()[key].endpoints[0].ready, what="readiness change in the registry")
         assert c.source.eastwest_address() is None
@@ -137,6 +137,8 @@ async def test_conflict_is_written_to_status(etcd: EtcdProcess, tmp_path: Path) 
         assert se is not None
         [conflict] = [x for x in se["status"]["conditions"] if x["type"] == "Conflict"]
         assert "exported first by west" in conflict["message"]
+        # The older export is told too: MCS wants Conflict on every export of a conflicting service.
+        assert "differ" in conflict["message"]
 
 
 async def test_imports_create_and_remove_owned_objects(etcd: EtcdProcess, tmp_path: Path) -> None:

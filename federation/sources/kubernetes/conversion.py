@@ -1,8 +1,11 @@
 """Pure conversion of Kubernetes objects (plain dicts shaped like the API's) into registry exports.
 
 A Service is exported when a ServiceExport of the same namespace and name exists; its endpoints come
-from the EndpointSlices labelled `kubernetes.io/service-name`. ServiceExport status conditions follow
-the MCS API (sigs.k8s.io/mcs-api): `Valid` and `Conflict`, with the reasons that project uses.
+from the EndpointSlices labelled `kubernetes.io/service-name`. The export carries what the MCS API
+puts on the ServiceImport (ipFamilies, sessionAffinity and its config, internalTrafficPolicy,
+trafficDistribution, ports' appProtocol) and the ServiceExport's exportedLabels/exportedAnnotations.
+ServiceExport status conditions follow the MCS API (sigs.k8s.io/mcs-api v1beta1): `Valid`, `Ready`
+and `Conflict`, with the reasons that project defines (several conflict reasons joined by commas).
 """
 
 from __future__ import annotations
@@ -44,6 +47,27 @@ REASON_NO_CONFLICTS = "NoConflicts"
 REASON_TYPE_CONFLICT = "TypeConflict"
 REASON_PORT_CONFLICT = "PortConflict"
 REASON_PENDING = "Pending"
+REASON_EXPORTED = "Exported"
+REASON_FAILED = "Failed"
+REASON_INVALID_EXPORT = "InvalidServiceExport"
+CONFLICT_REASONS = {
+    "type": "TypeConflict", "ports": "PortConflict", "sessionAffinity": "SessionAffinityConflict",
+    "sessionAffinityConfig": "SessionAffinityConfigConflict", "internalTrafficPolicy": "InternalTrafficPolicyConflict",
+    "trafficDistribution": "TrafficDistributionConflict", "ipFamilies": "IPFamilyConflict",
+    "labels": "LabelsConflict", "annotations": "AnnotationsConflict",
+}
+"""Conflict kinds of the mesh view -> the MCS reasons (ServiceExportReason*Conflict)."""
+
+
+@dataclass(frozen=True, slots=True)
+class MeshState:
+    """What the mesh view says about one ServiceExport of this site."""
+
+    synced: bool = False
+    """The mesh registry has been read once: before that, nothing about other sites is known."""
+    exported: bool = False
+    """This site's export of the service is in the registry (other sites can import it)."""
+    conflict: Conflict | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,38 +158,42 @@ def convert_all(
 def export_conditions(
     previous: Sequence[Obj],
     invalid: Invalid | None,
-    conflict: Conflict | None,
-    known: bool,
+    mesh: MeshState,
     now: float,
     generation: int = 0,
 ) -> list[dict[str, Any]]:
-    """The `Valid` and `Conflict` conditions of one ServiceExport.
+    """The `Valid`, `Ready` and `Conflict` conditions of one ServiceExport.
 
-    `known` is False until the mesh view has synced: Conflict is then Unknown rather than a guess.
-    lastTransitionTime is kept from `previous` while a condition's status does not change.
+    Until this site's export is in the registry, Ready and Conflict are Unknown (Pending) rather than
+    a guess. lastTransitionTime is kept from `previous` while a condition's status does not change.
     """
+    pending = ("Unknown", REASON_PENDING, "waiting for the export to reach the mesh registry")
     if invalid is not None:
         valid = ("False", invalid.reason, invalid.message)
+        ready = ("False", REASON_FAILED, f"the service is not exported: {invalid.message}")
         conf = ("Unknown", REASON_PENDING, "the service is not exported, so no conflict is checked")
     else:
         valid = ("True", REASON_VALID, "the service is exported to the mesh")
-        if not known:
-            conf = ("Unknown", REASON_PENDING, "waiting for the first sync of the mesh registry")
-        elif conflict is None:
-            conf = ("False", REASON_NO_CONFLICTS, "the service agrees with every other site's export")
+        if not (mesh.synced and mesh.exported):
+            ready = conf = pending
         else:
-            reason = REASON_TYPE_CONFLICT if conflict.kind == "type" else REASON_PORT_CONFLICT
-            conf = ("True", reason, f"this site's export is not used: {conflict.reason}")
+            ready = ("True", REASON_EXPORTED, "the service is in the mesh registry, where other sites import it")
+            if mesh.conflict is None:
+                conf = ("False", REASON_NO_CONFLICTS, "the service agrees with every other site's export")
+            else:
+                kinds = mesh.conflict.kinds or (mesh.conflict.kind,)
+                reason = ",".join(dict.fromkeys(CONFLICT_REASONS.get(k, "Conflict") for k in kinds))
+                conf = ("True", reason, mesh.conflict.reason)
     before = {str(c.get("type")): c for c in _l(previous) if isinstance(c, Mapping)}
     out = []
-    for ctype, (status, reason, message) in (("Valid", valid), ("Conflict", conf)):
+    for ctype, (status, reason, message) in (("Valid", valid), ("Ready", ready), ("Conflict", conf)):
         old = before.get(ctype)
         since = old.get("lastTransitionTime") if old and old.get("status") == status else None
         out.append({
             "type": ctype,
             "status": status,
             "reason": reason,
-            "message": message,
+            "message": message[:32768],
             "lastTransitionTime": since or format_time(now),
             "observedGeneration": generation,
         })  # fmt: skip
@@ -196,6 +224,17 @@ def _convert_one(
     if stype == "ExternalName":
         return Invalid(REASON_INVALID_TYPE, "ExternalName services cannot be exported (MCS)")
     headless = spec.get("clusterIP") == "None"
+    se_spec = _m(se.get("spec"))
+    try:
+        labels = _string_map(se_spec.get("exportedLabels"), "exportedLabels")
+        annotations = _string_map(se_spec.get("exportedAnnotations"), "exportedAnnotations")
+        checked = ServiceExport(site, ns, name, (), ServiceType.HEADLESS, exported_labels=labels,
+                                exported_annotations=annotations)
+        validate_export(checked)
+    except RecordError as exc:
+        return Invalid(REASON_INVALID_EXPORT, f"the ServiceExport cannot be exported: spec.{exc}")
+    affinity = spec.get("sessionAffinity") if isinstance(spec.get("sessionAffinity"), str) else "None"
+    timeout = _m(_m(spec.get("sessionAffinityConfig")).get("clientIP")).get("timeoutSeconds")
     try:
         ports, renamed = _service_ports(_l(spec.get("ports")))
         endpoints = _endpoints(slices, ports, renamed, headless, locality)
@@ -207,11 +246,31 @@ def _convert_one(
             type=ServiceType.HEADLESS if headless else ServiceType.CLUSTER_SET_IP,
             endpoints=endpoints,
             exported_at=parse_time(_m(se.get("metadata")).get("creationTimestamp")),
+            ip_families=tuple(f for f in _l(spec.get("ipFamilies")) if isinstance(f, str)),
+            session_affinity=affinity,
+            session_affinity_timeout=timeout if affinity == "ClientIP" and isinstance(timeout, int) else None,
+            internal_traffic_policy=_opt_str(spec.get("internalTrafficPolicy")),
+            traffic_distribution=_opt_str(spec.get("trafficDistribution")),
+            exported_labels=labels,
+            exported_annotations=annotations,
         )
         validate_export(export)
     except RecordError as exc:
         return Invalid(REASON_INVALID, f"the Service cannot be exported: {exc}")
     return export
+
+
+def _string_map(value: Any, what: str) -> tuple[tuple[str, str], ...]:
+    """A ServiceExport label or annotation map, sorted; RecordError if it is not strings to strings."""
+    if value is None:
+        return ()
+    if not isinstance(value, Mapping) or not all(isinstance(v, str) for v in value.values()):
+        raise RecordError(f"{what} is not a map of strings")
+    return tuple(sorted((str(k), v) for k, v in value.items()))
+
+
+def _opt_str(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
 
 
 def _service_ports(raw: Sequence[Any]) -> tuple[tuple[ServicePort, ...], dict[str, str]]:
@@ -231,7 +290,8 @@ def _service_ports(raw: Sequence[Any]) -> tuple[tuple[ServicePort, ...], dict[st
         pname = str(p.get("name") or "")
         if not pname:
             pname = renamed[""] = f"{proto.value.lower()}-{number}"
-        ports.append(ServicePort(pname, number, proto))
+        app = p.get("appProtocol")
+        ports.append(ServicePort(pname, number, proto, app if isinstance(app, str) else ""))
     return tuple(ports), renamed
 
 
