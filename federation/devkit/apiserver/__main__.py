@@ -18,12 +18,16 @@ from typing import Any
 import yaml
 
 from federation.devkit.apiserver.server import DEFAULT_SERVICE_CIDRS, DevApiServer, load_crds, random_token
+from federation.devkit.serviceproxy import ServiceProxy
 
 
 async def serve(kubeconfig: Path, objects: list[dict[str, Any]], *, host: str = "127.0.0.1", port: int = 0,
                 crds: Path | None = None, service_cidrs: tuple[str, ...] = DEFAULT_SERVICE_CIDRS,
-                name: str = "dev") -> None:
-    """Run a server holding `objects` until SIGTERM, with a kubeconfig for it at `kubeconfig`."""
+                name: str = "dev", proxy: bool = False) -> None:
+    """Run a server holding `objects` until SIGTERM, with a kubeconfig for it at `kubeconfig`.
+
+    With `proxy`, a kube-proxy stand-in makes loopback ClusterIPs reach their Services' endpoints.
+    """
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -36,7 +40,13 @@ async def serve(kubeconfig: Path, objects: list[dict[str, Any]], *, host: str = 
         api.kubeconfig(tmp)
         tmp.replace(kubeconfig)  # appears whole: the demo waits for it
         print(f"development API server on {api.url}; kubeconfig {kubeconfig}", flush=True)
-        await stop.wait()
+        proxying = asyncio.create_task(ServiceProxy(api.store).run(), name="service-proxy") if proxy else None
+        try:
+            await stop.wait()
+        finally:
+            if proxying is not None:
+                proxying.cancel()
+                await asyncio.gather(proxying, return_exceptions=True)
 
 
 def set_ready(kubeconfig: Path, namespace: str, slice_name: str, ready: bool) -> None:
@@ -69,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--listen", default="127.0.0.1:0", help="address:port (port 0: any free port)")
     s.add_argument("--service-cidr", action="append", help="ClusterIP range, one per family (default 10.96.0.0/16)")
     s.add_argument("--name", default="dev", help="the cluster's name in the kubeconfig")
+    s.add_argument("--proxy", action="store_true",
+                   help="proxy loopback ClusterIPs to their endpoints (use with a --service-cidr in 127.0.0.0/8)")
     r = sub.add_parser("set-ready", help="mark every endpoint of an EndpointSlice ready or not")
     r.add_argument("--kubeconfig", type=Path, required=True)
     r.add_argument("--namespace", required=True)
@@ -79,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         host, _, port = args.listen.rpartition(":")
         objects = json.loads(args.objects.read_text()) if args.objects else []
         asyncio.run(serve(args.kubeconfig, objects, host=host.strip("[]"), port=int(port), crds=args.crds,
-                          service_cidrs=tuple(args.service_cidr or DEFAULT_SERVICE_CIDRS), name=args.name))
+                          service_cidrs=tuple(args.service_cidr or DEFAULT_SERVICE_CIDRS), name=args.name,
+                          proxy=args.proxy))
     else:
         set_ready(args.kubeconfig, args.namespace, args.slice, args.ready == "true")
     return 0
