@@ -7,12 +7,12 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from federation.core.records import Gateway, Locality, Protocol, ServiceExport, ServicePort
-from federation.core.view import MeshView
+from federation.core.view import MeshView, PortId, VipTable
 
-ListenerKey = tuple[str, str, str]
+ListenerKey = PortId
 """(namespace, service, port name)"""
 Bind = tuple[str, int]
 """(host, port) a listener binds; port 0 lets the kernel choose"""
@@ -43,6 +43,25 @@ class ViaGateway:
 
 
 Route = Direct | ViaGateway
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """Where egress listeners bind: on a service's VIP where this host holds that VIP (a VM site; clients
+    use the DNS name unchanged), else on `fallback` (loopback and port 0 unless configured)."""
+
+    fallback: Bind = ("127.0.0.1", 0)
+    vips: VipTable = field(default_factory=dict)
+    """The mesh VIPs of each service (IPv4 and IPv6)."""
+    held: frozenset[str] = frozenset()
+    """The VIPs this host's VIP interface holds now."""
+
+    def bind(self, key: ListenerKey, port: int) -> Bind:
+        """Where the listener of `key` (service port number `port`) binds."""
+        for vip in self.vips.get((key[0], key[1]), ()):
+            if ":" not in vip and port and vip in self.held:
+                return vip, port
+        return self.fallback
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,10 +170,16 @@ class SiteHealth:
         self._failed: dict[str, float] = {}
 
     def failed(self, site: str, now: float) -> None:
+        """A tunnel to `site`'s gateway failed at `now`."""
         self._failed[site] = now
 
-    def succeeded(self, site: str) -> None:
-        self._failed.pop(site, None)
+    def succeeded(self, site: str) -> bool:
+        """A tunnel to `site` worked; True if it was down."""
+        return self._failed.pop(site, None) is not None
+
+    def next_expiry(self) -> float | None:
+        """When the oldest failure's hold runs out, if any site is down."""
+        return min(self._failed.values()) + self.hold if self._failed else None
 
     def down(self, now: float) -> frozenset[str]:
         """The sites whose gateway failed within the last `hold` seconds and has not worked since."""

@@ -2,7 +2,8 @@
 
 Routes come from `gateway.balancing.routes`: endpoints on our own network directly, else a gateway
 of another site through a pooled mTLS tunnel. A refused connect or a non-ok status moves on to the
-next route before any application byte is sent. Listeners follow the registry through `update(view)`.
+next route before any application byte is sent. `run()` keeps the listeners matching the mesh view
+and the placement (where each listener binds); `unreachable` says which sites' gateways failed lately.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import ssl
 import struct
 import time
 from collections.abc import Callable, Coroutine, Mapping
+from types import MappingProxyType
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -22,12 +24,14 @@ from prometheus_client import CollectorRegistry
 from federation.core.errors import RemoteProtocolError
 from federation.core.view import MeshView
 from federation.pki.verifying import PeerRejected, TrustBundle
+from federation.runtime.values import Readable, Value, follow
 from gateway.balancing import (
     Bind,
     Close,
     Direct,
     ListenerKey,
     Open,
+    Placement,
     Route,
     SiteHealth,
     desired_listeners,
@@ -48,34 +52,33 @@ _throttle = Throttle()
 MAX_ROUTES = 4
 """Routes tried per client connection before giving up on it."""
 
-BindFor = Callable[[ListenerKey], Bind]
-
-
 class Egress:
-    """Egress listeners of one site. `start()`, `update(view)` on every registry change, `close()`."""
+    """Egress listeners of one site: `start()` binds them, `run()` keeps them following the mesh view and
+    the placement, `stop_accepting()` and `close(grace)` end them."""
 
-    def __init__(self, site: str, view: Callable[[], MeshView], client_context: ResumingContext,
+    def __init__(self, site: str, mesh: Readable[MeshView], client_context: ResumingContext,
                  bundle: TrustBundle, settings: GatewaySettings | None = None,
-                 registry: CollectorRegistry | None = None, bind_for: BindFor | None = None,
+                 registry: CollectorRegistry | None = None, placement: Readable[Placement] | None = None,
                  local_services: bool = False) -> None:
         self.site = site
-        self._view_fn = view
+        self.mesh = mesh
         self.context = client_context
         self.bundle = bundle
         self.settings = settings or GatewaySettings()
         self.metrics = EgressMetrics(registry or CollectorRegistry())
-        self._bind_for = bind_for or (lambda _key: (self.settings.egress_address, 0))
+        self.placement: Readable[Placement] = placement or Value(
+            Placement(fallback=(self.settings.egress_address, self.settings.egress_port)), name="placement")
         self.health = SiteHealth()
+        self.unreachable: Value[frozenset[str]] = Value(frozenset(), name="unreachable sites")
         """Sites whose gateway could not be reached lately (DNS leaves them out while others serve)."""
+        self.listening: Value[Mapping[ListenerKey, tuple[str, int]]] = Value(MappingProxyType({}), name="listeners")
+        """(namespace, service, port name) -> the (host, port) its listener is bound to."""
         self.local_services = local_services
         """Also listen for services only this site exports (a VM's own services at their VIP)."""
-        self._view: MeshView | None = None
         self._servers: dict[ListenerKey, asyncio.Server] = {}
         self._pools: dict[PoolKey, TunnelPool] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._wake = asyncio.Event()
-        self._settled = asyncio.Event()
-        self._reconciler: asyncio.Task[None] | None = None
+        self._health_timer: asyncio.TimerHandle | None = None
         self._turn = 0
         self._active: set[Any] = set()
         self.active = ActiveStreams()
@@ -83,20 +86,13 @@ class Egress:
     # -- lifecycle
 
     async def start(self) -> None:
-        """Open listeners for the current view and follow later updates."""
-        self.update(self._view_fn())
+        """Open the listeners the current view and placement want."""
         await self._apply()
-        self._reconciler = asyncio.get_running_loop().create_task(self._reconcile(), name="egress-reconcile")
 
-    def update(self, view: MeshView) -> None:
-        """Take a new registry view (sync; listeners follow in the background)."""
-        self._view = view
-        self._settled.clear()
-        self._wake.set()
-
-    async def settled(self) -> None:
-        """Wait until the listeners match the last view given to `update`."""
-        await self._settled.wait()
+    async def run(self) -> None:
+        """Keep the listeners matching the mesh view and the placement, until cancelled."""
+        async for _ in follow(self.mesh, self.placement):
+            await self._apply()
 
     def listeners(self) -> dict[ListenerKey, tuple[str, int]]:
         """(namespace, service, port name) -> the (host, port) its listener is bound to."""
@@ -106,13 +102,16 @@ class Egress:
             out[key] = (host, port)
         return out
 
-    async def close(self, grace: float = 0.0) -> None:
-        """Close listeners; let streams finish for up to `grace` seconds; then close pools and streams."""
-        if self._reconciler is not None:
-            self._reconciler.cancel()
-            await asyncio.gather(self._reconciler, return_exceptions=True)
+    def stop_accepting(self) -> None:
+        """Close every listener; relayed streams go on (a stopping agent drains them)."""
         for server in self._servers.values():
             server.close()
+
+    async def close(self, grace: float = 0.0) -> None:
+        """Close listeners; let streams finish for up to `grace` seconds; then close pools and streams."""
+        self.stop_accepting()
+        if self._health_timer is not None:
+            self._health_timer.cancel()
         await self.active.wait_idle(grace)
         for task in list(self._tasks):
             task.cancel()
@@ -129,18 +128,12 @@ class Egress:
 
     # -- reconciling listeners
 
-    async def _reconcile(self) -> None:
-        while True:
-            await self._wake.wait()
-            await self._apply()
-
     async def _apply(self) -> None:
-        self._wake.clear()
-        view = self._view
-        if view is None:
+        view, placement = self.mesh.get(), self.placement.get()
+        if not view.complete:
             return
         keys = desired_listeners(view, self.site, include_own=self.local_services)
-        desired = {key: self._bind_for(key) for key in keys}
+        desired = {key: placement.bind(key, _port(view, key)) for key in keys}
         loop = asyncio.get_running_loop()
         for op in plan(desired, self.listeners()):
             if isinstance(op, Close):
@@ -156,11 +149,10 @@ class Egress:
                 self._servers[op.key] = server
                 log.info("egress listener for %s/%s:%s on %s:%d", *op.key, *self.listeners()[op.key])
         self.metrics.listeners.set(len(self._servers))
+        self.listening.set(MappingProxyType(self.listeners()))
         for key in [k for k in self._pools if k[0] not in view.sites]:
             self._pools.pop(key).close()
         self._warm(view, desired)
-        if not self._wake.is_set():
-            self._settled.set()
 
     def _warm(self, view: MeshView, listeners: Mapping[ListenerKey, Bind]) -> None:
         """Pre-open tunnels to the first gateway each listener would use, so no client waits for them."""
@@ -183,7 +175,7 @@ class Egress:
 
     async def route(self, client: PlainLeg, key: ListenerKey) -> None:
         """Connect `client` through the first route that accepts it, or close it."""
-        view = self._view or self._view_fn()
+        view = self.mesh.get()
         self._turn += 1
         for route in routes(view, self.site, *key, turn=self._turn)[:MAX_ROUTES]:
             if client.lost:
@@ -240,12 +232,17 @@ class Egress:
                     pool.give_back(tunnel)
                 self.metrics.attempts.labels("gateway", "failed").inc()
                 self.health.failed(route.site, time.monotonic())
+                self._health_changed()
+                if isinstance(exc, PeerRejected):  # not a gateway of that site: say so, and try another route
+                    self.metrics.refusals.labels(exc.cause).inc()
+                    _throttle.log(log, logging.WARNING, ("refused", pool.key, exc.cause),
+                                  "refused the gateway at %s:%d for site %s: %s", *pool.key[1:], route.site, exc)
+                    return False
                 _throttle.log(log, logging.INFO, ("tunnel", pool.key), "tunnel to %s gateway %s:%d failed: %s",
                               route.site, *pool.key[1:], exc)
-                if isinstance(exc, PeerRejected):
-                    return False
                 continue
-            self.health.succeeded(route.site)
+            if self.health.succeeded(route.site):
+                self._health_changed()
             if reused:
                 self.metrics.reused.inc()
             pool.remember_session(tunnel)
@@ -286,11 +283,32 @@ class Egress:
             if pool is not None:
                 pool.close()
             pool = self._pools[key] = TunnelPool(
-                key, gateway, self.context, self.bundle, lambda: self._view or self._view_fn(),
+                key, gateway, self.context, self.bundle, self.mesh,
                 self.settings.pool_size, self.settings.pool_idle, self.settings.handshake_timeout, self.spawn,
                 keep=self.settings.pool_max, max_age=self.settings.tunnel_max_age,
             )
         return pool
+
+
+    def _health_changed(self) -> None:
+        """Publish the unreachable sites; look again when the oldest failure's hold runs out."""
+        now = time.monotonic()
+        down = self.health.down(now)
+        if down - self.unreachable.get():
+            log.warning("gateways of %s unreachable: DNS answers leave them out while others serve",
+                        ", ".join(sorted(down - self.unreachable.get())))
+        self.unreachable.set(down)
+        if self._health_timer is not None:
+            self._health_timer.cancel()
+            self._health_timer = None
+        expiry = self.health.next_expiry()
+        if expiry is not None:
+            self._health_timer = asyncio.get_running_loop().call_later(max(0.0, expiry - now), self._health_changed)
+
+
+def _port(view: MeshView, key: ListenerKey) -> int:
+    svc = view.service(key[0], key[1])
+    return next((p.port for p in svc.ports if p.name == key[2]), 0) if svc is not None else 0
 
 
 class _ClientLeg(PlainLeg):

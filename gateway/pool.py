@@ -13,6 +13,7 @@ from federation.core.errors import RemoteProtocolError
 from federation.core.records import Gateway
 from federation.core.view import MeshView
 from federation.pki.verifying import PeerRejected, TrustBundle, verify_peer
+from federation.runtime.values import Readable
 from gateway.preamble import NEED_DATA, Preamble, Request, Response, Role
 from gateway.refusals import Throttle
 from gateway.relay import Done, PlainLeg, Stream, TunnelLeg
@@ -99,13 +100,13 @@ class TunnelPool:
     """
 
     def __init__(self, key: PoolKey, gateway: Gateway, context: ResumingContext, bundle: TrustBundle,
-                 view: Callable[[], MeshView], size: int, idle: float, handshake_timeout: float,
+                 mesh: Readable[MeshView], size: int, idle: float, handshake_timeout: float,
                  spawn: Callable[..., Any], keep: int | None = None, max_age: float = 3600.0) -> None:
         self.key = key
         self.gateway = gateway
         self.context = context
         self.bundle = bundle
-        self.view = view
+        self.mesh = mesh
         self.size = size
         self.keep = max(size, keep if keep is not None else size)
         self.max_age = max_age
@@ -169,7 +170,7 @@ class TunnelPool:
         try:
             if sslobj is None:
                 raise ConnectionResetError("tunnel closed right after its handshake")
-            verify_peer(sslobj.getpeercert(binary_form=True), self.view(), self.bundle,
+            verify_peer(sslobj.getpeercert(binary_form=True), self.mesh.get(), self.bundle,
                         dt.datetime.now(dt.UTC), expect_site=self.key[0])
         except BaseException:
             transport.abort()

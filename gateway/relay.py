@@ -11,14 +11,11 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, cast
+from typing import Protocol, cast
 
 from federation.core.errors import RemoteProtocolError
 from gateway.framing import ABORT_FRAME, END_FRAME, Deframer, header
 from gateway.refusals import Throttle
-
-if TYPE_CHECKING:
-    from gateway.splice import Splice
 
 log = logging.getLogger(__name__)
 _throttle = Throttle()
@@ -33,6 +30,17 @@ _SMALL = 16 * 1024
 
 Done = Callable[[bool], None]
 """Called once when a stream is over; True if it ended cleanly both ways (the tunnel may be reused)."""
+
+
+class Sink(Protocol):
+    """What a `PlainLeg` hands its bytes and events to: a tunnel `Stream`, or a direct `gateway.splice.Splice`."""
+
+    def out_for(self, leg: PlainLeg | None) -> asyncio.WriteTransport | None: ...
+    def plain_data(self, leg: PlainLeg, data: bytes) -> None: ...
+    def plain_eof(self, leg: PlainLeg) -> None: ...
+    def plain_lost(self, leg: PlainLeg, exc: Exception | None) -> None: ...
+    def pause_from(self, leg: PlainLeg) -> None: ...
+    def resume_from(self, leg: PlainLeg) -> None: ...
 
 
 class ActiveStreams:
@@ -107,7 +115,7 @@ class PlainLeg(_LargeReads):
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
-        self.sink: Stream | Splice | None = None
+        self.sink: Sink | None = None
         self.lost = False
         self.early_eof = False
         self.early = bytearray()

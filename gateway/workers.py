@@ -1,9 +1,10 @@
 """Extra east-west gateway processes sharing the listening port (SO_REUSEPORT) when `workers` > 1.
 
 The agent's process runs the first gateway; `GatewayWorkers` starts `workers - 1` more with
-`python -m gateway.workers`, sends each the registry view as JSON lines on its stdin after every
-change (and `reload` after a certificate renewal), and stops them by closing stdin. A worker's
-metrics stay in that worker. The kernel spreads new connections over all processes.
+`python -m gateway.workers`; its `run()` follows the mesh view and the issued certificate and sends
+each worker the view as a JSON line on its stdin after every change (and `reload` after a renewal);
+closing stdin stops them. A worker's metrics stay in that worker. The kernel spreads new connections
+over all processes.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import operator
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ from federation.core.codec import decode_export, decode_site, encode_export, enc
 from federation.core.keys import ServiceKey, SiteKey
 from federation.core.view import MeshView
 from federation.pki.verifying import TrustBundle
+from federation.runtime.values import Readable, Value, follow
 from gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
@@ -49,14 +52,28 @@ class GatewayWorkers:
     """`count` worker processes serving the same port as the gateway in this process."""
 
     def __init__(self, site: str, settings: GatewaySettings, chain: Path, key: Path, bundle: Path,
-                 count: int) -> None:
+                 count: int, mesh: Readable[MeshView], certificate: Readable[object]) -> None:
         self.site = site
         self.settings = settings
         self.files = (chain, key, bundle)
         self.count = count
+        self.mesh = mesh
+        self.certificate = certificate
+        """Changes when the certificate files were renewed: the workers then reload them."""
         self._procs: list[asyncio.subprocess.Process] = []
 
-    async def start(self, port: int, view: MeshView) -> None:
+    async def run(self) -> None:
+        """Send every new mesh view to the workers, and `reload` after every renewal, until cancelled."""
+        sent_view, sent_cert = self.mesh.get(), self.certificate.get()
+        async for _ in follow(self.mesh, self.certificate):
+            if self.mesh.get() is not sent_view:
+                sent_view = self.mesh.get()
+                self._send(encode_view(sent_view))
+            if self.certificate.get() is not sent_cert:
+                sent_cert = self.certificate.get()
+                self._send(b"reload\n")
+
+    async def start(self, port: int) -> None:
         """Start the workers on `port` (already bound with SO_REUSEPORT here) and wait until they listen."""
         config = json.dumps({
             "site": self.site, "port": port, "files": [str(f) for f in self.files],
@@ -72,19 +89,11 @@ class GatewayWorkers:
             self._procs.append(proc)
             assert proc.stdin is not None
             assert proc.stdout is not None
-            proc.stdin.write(encode_view(view))
+            proc.stdin.write(encode_view(self.mesh.get()))
             line = await proc.stdout.readline()
             if not line.startswith(b"READY"):
                 raise RuntimeError(f"gateway worker {i + 1} did not start (exit {await proc.wait()})")
             log.info("gateway worker %d (pid %d) listening on port %d", i + 1, proc.pid, port)
-
-    def update(self, view: MeshView) -> None:
-        """Send a new registry view to every worker."""
-        self._send(encode_view(view))
-
-    def reload(self) -> None:
-        """Tell the workers to load the renewed certificate files."""
-        self._send(b"reload\n")
 
     async def close(self, grace: float = 0.0) -> None:
         """Close the workers' stdin (they stop accepting and drain for `grace`), then wait for them."""
@@ -117,11 +126,11 @@ async def _worker(config: dict[str, Any]) -> None:
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    state = {"view": decode_view(await reader.readline())}
+    mesh = Value(decode_view(await reader.readline()), name="mesh view", same=operator.is_)
     context = server_context(chain, key, bundle)
-    gateway = EastWestGateway(config["site"], lambda: state["view"], context,
-                              TrustBundle.from_pem(bundle.read_bytes()), settings)
+    gateway = EastWestGateway(config["site"], mesh, context, TrustBundle.from_pem(bundle.read_bytes()), settings)
     await gateway.start()
+    tunnels = asyncio.get_running_loop().create_task(gateway.run(), name="gateway-tunnels")
     sys.stdout.write("READY\n")
     sys.stdout.flush()
     grace = 0.0
@@ -131,7 +140,8 @@ async def _worker(config: dict[str, Any]) -> None:
         elif line.startswith(b'{"stop"'):
             grace = float(json.loads(line)["stop"])
         else:
-            state["view"] = decode_view(line)
+            mesh.set(decode_view(line))
+    tunnels.cancel()
     await gateway.close(grace)
 
 

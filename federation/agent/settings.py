@@ -1,14 +1,16 @@
-"""Agent settings: frozen dataclasses per subsystem, loaded from YAML plus MESHFED_* environment.
+"""The agent's settings tree: one file (YAML) plus MESHFED_* environment, read once, at start.
 
-A bad file fails at start with one line: the file, the field and the reason.
+Every section is a frozen dataclass of its own subsystem (gateway, dns, vm, kubernetes) or of this
+module (site, registry, admin); `federation.core.settings.read` reads them all in one style, refusing
+unknown keys everywhere. A bad file fails with one line: the file, the field and the reason.
 """
 
 from __future__ import annotations
 
-import ipaddress
+import dataclasses
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,89 +26,165 @@ from federation.core.records import (
     ServiceExport,
     ServicePort,
     ServiceType,
-    is_dns_label,
     validate_export,
 )
-
-SECTIONS_PARSED_ELSEWHERE = ("dns", "gateway", "kubernetes", "vm", "pki")
-"""Top-level sections other subsystems parse from the raw mapping (kept in AgentConfig.sections)."""
+from federation.core.settings import (
+    Invalid,
+    Spec,
+    convert,
+    dns_label,
+    host_port,
+    ip_address,
+    optional_ip,
+    read,
+    required,
+    setting,
+)
+from federation.dns.settings import DnsSettings
+from federation.runtime.files import TlsFiles
+from federation.sources.kubernetes.settings import KubernetesSettings
+from federation.sources.vm.settings import VmSettings
+from gateway.settings import GatewaySettings
 
 
 @dataclass(frozen=True, slots=True)
 class SiteSettings:
     """Who this agent speaks for."""
 
-    name: str
+    name: str = required(check=dns_label)
     """The site's unique name, a DNS label; it appears in keys, DNS names and SPIFFE IDs."""
-    network: str
+    network: str = required(check=dns_label)
     """Sites on the same network reach each other's endpoints directly; others go through gateways."""
     region: str = ""
     """Locality for nearest-first ordering; empty when unknown."""
     zone: str = ""
     """Locality for nearest-first ordering; empty when unknown."""
-    kind: str = "vm"
+    kind: str = setting("vm", check=lambda k: None if k in ("vm", "kubernetes") else f"{k!r} is not vm or kubernetes")
     """vm or kubernetes: decides where imported services get their address."""
-    gateway_address: str = ""
+    gateway_address: str = setting("", check=optional_ip)
     """Address other networks reach this site's gateway at (a LoadBalancer or public IP); empty: its listen address."""
 
+    @property
+    def locality(self) -> Locality:
+        """The site's locality as the records carry it."""
+        return Locality(self.region, self.zone)
 
-@dataclass(frozen=True, slots=True)
-class RegistryTLS:
-    """Client TLS towards etcd."""
 
-    ca: Path
-    """CA bundle that signed etcd's server certificate."""
-    cert: Path
-    """This agent's client certificate (etcd --client-cert-auth)."""
-    key: Path
-    """Its private key; must not be readable by others."""
+def _tls(raw: Any, where: str) -> TlsFiles | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{where}: must be a mapping with ca, cert and key")
+    unknown = sorted(set(raw) - {"ca", "cert", "key"})
+    if unknown:
+        raise ConfigError(f"{where}.{unknown[0]}: unknown field (known: ca, cert, key)")
+    missing = [name for name in ("ca", "cert", "key") if name not in raw]
+    if missing:
+        raise ConfigError(f"{where}.{missing[0]}: is required")
+    paths = []
+    for name in ("ca", "cert", "key"):
+        path = Path(convert(str, raw[name], f"{where}.{name}"))
+        if not path.is_file():
+            raise ConfigError(f"{where}.{name}: {path} does not exist or is not a file")
+        paths.append(path)
+    return TlsFiles(*paths)
 
 
 @dataclass(frozen=True, slots=True)
 class RegistrySettings:
     """Where the registry lives and how the agent holds its records there."""
 
-    endpoints: tuple[str, ...] = ()
+    endpoints: tuple[str, ...] = setting((), check=host_port)
     """etcd host:port list; empty starts an embedded etcd under the state directory (one-machine setups)."""
-    prefix: str = DEFAULT_PREFIX
+    prefix: str = setting(DEFAULT_PREFIX, check=lambda p: None if p.startswith("/") and not p.endswith("/")
+                          else f"{p!r} must start with '/' and not end with one")
     """Root of every key; change only to run several meshes on one etcd."""
-    lease_ttl: int = 10
+    lease_ttl: int = setting(10, lo=2, hi=3600)
     """Seconds a dead agent's records outlive it: short for quick failover, long enough to ride out a stall."""
-    timeout: float = 5.0
+    timeout: float = setting(5.0, lo=0.1, hi=120.0)
     """Seconds an etcd call may take before the agent treats etcd as unreachable."""
-    tls: RegistryTLS | None = None
-    """Client TLS for etcd; None talks plaintext (only sensible on loopback)."""
+    tls: TlsFiles | None = setting(None, parse=_tls)
+    """Client TLS for etcd (ca, cert, key files); None talks plaintext (only sensible on loopback)."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "endpoints", tuple(_strip_scheme(e) for e in self.endpoints))
 
 
 @dataclass(frozen=True, slots=True)
 class AdminSettings:
-    """The admin HTTP endpoint: /healthz, /readyz, /metrics, /registry."""
+    """The admin HTTP endpoint: /healthz, /readyz, /metrics, /registry, /status."""
 
-    address: str = "127.0.0.1"
+    address: str = setting("127.0.0.1", check=ip_address)
     """Loopback by default: metrics and registry contents are not for the whole network."""
-    port: int = 15000
+    port: int = setting(15000, lo=0, hi=65535)
     """Same number Envoy uses for its admin port, so operators find it; 0 picks a free port."""
 
 
-@dataclass(frozen=True, slots=True)
-class AgentConfig:
-    """Everything `meshfed agent` needs."""
+def _exports(raw: Any, where: str) -> tuple[ServiceExport, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise ConfigError(f"{where}: must be a list")
+    exports = tuple(read(_ExportSettings, e, f"{where}[{i}]").export(f"{where}[{i}]") for i, e in enumerate(raw))
+    seen: set[tuple[str, str]] = set()
+    for i, e in enumerate(exports):
+        if e.service in seen:
+            raise ConfigError(f"{where}[{i}]: {e.namespace}/{e.name} is exported twice")
+        seen.add(e.service)
+    return exports
 
-    site: SiteSettings
+
+@dataclass(frozen=True, slots=True)
+class AgentSettings:
+    """Everything `meshfed agent` needs: one section per subsystem."""
+
+    site: SiteSettings = required()
+    """Required: an agent speaks for exactly one site."""
     registry: RegistrySettings = RegistrySettings()
+    """Embedded etcd unless endpoints are given."""
     admin: AdminSettings = AdminSettings()
+    """Loopback port 15000."""
     state_dir: Path = Path("/var/lib/meshfed")
     """Lease id, embedded etcd data, issued certificates; private to the agent (0700)."""
-    exports: tuple[ServiceExport, ...] = ()
-    """Services this site exports, declared statically."""
-    sections: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
-    """Raw sections parsed by other subsystems (dns, gateway, kubernetes, vm)."""
+    exports: tuple[ServiceExport, ...] = setting((), parse=_exports)
+    """Services this site exports, declared statically (VM sites usually use `vm.services` instead)."""
+    gateway: GatewaySettings = GatewaySettings()
+    """Needs `ca_dir` to run; without it the site has no cross-network traffic."""
+    dns: DnsSettings = DnsSettings()
+    """On, on loopback port 53."""
+    vm: VmSettings = VmSettings()
+    """Used by sites of kind vm."""
+    kubernetes: KubernetesSettings = KubernetesSettings()
+    """Off unless enabled (sites of kind kubernetes)."""
     source: str = "<defaults>"
-    """The file this came from, for error messages."""
+    """The file these settings came from, for messages (not a key of the file)."""
+
+    def __post_init__(self) -> None:
+        # Exports are read before the site's name is known to them: stamp it (frozen, hence setattr).
+        object.__setattr__(self, "exports", tuple(dataclasses.replace(e, site=self.site.name) for e in self.exports))
+
+    def validate(self) -> None:
+        """Checks between sections."""
+        if self.kubernetes.enabled and self.site.kind != "kubernetes":
+            raise Invalid("kubernetes.enabled", f"site {self.site.name} is of kind {self.site.kind}, not kubernetes")
 
 
-def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> AgentConfig:
-    """Read, validate and return the agent config at `path`, with MESHFED_* overrides applied."""
+ADMIN_ADDR_FILE = "admin.addr"
+"""The file in the state directory where a running agent writes its admin address (for `meshfed status`)."""
+
+ENVIRONMENT = {
+    "MESHFED_REGISTRY_ENDPOINTS": "registry.endpoints (comma separated host:port list)",
+    "MESHFED_STATE_DIR": "state_dir",
+    "MESHFED_ADMIN_ADDRESS": "admin.address and admin.port (host:port)",
+    "MESHFED_POD_IP": "kubernetes.egress_address, unless the file sets it (the Deployment's downward API)",
+}
+"""The environment variables the loader reads, and what each sets."""
+
+
+def load_settings(path: str | Path, environ: Mapping[str, str] | None = None,
+                  overrides: Mapping[str, Any] | None = None) -> AgentSettings:
+    """Read, validate and return the agent settings at `path`, with MESHFED_* and then `overrides`
+    ({"gateway.workers": 2}: command-line flags) applied, all checked like the file."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -118,226 +196,112 @@ def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> A
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
         raise ConfigError(f"{path}:{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
-    return parse_config(data if data is not None else {}, str(path), environ or os.environ)
+    data = data if data is not None else {}
+    for dotted, value in (overrides or {}).items():
+        section, _, field = dotted.partition(".")
+        if not isinstance(data, dict) or not isinstance(data.get(section, {}) or {}, dict):
+            break  # parse_settings reports the shape problem
+        data[section] = {**(data.get(section) or {}), field: value}
+    return parse_settings(data, str(path), os.environ if environ is None else environ)
 
 
-def parse_config(data: Any, source: str, environ: Mapping[str, str] | None = None) -> AgentConfig:
-    """Validate an already-loaded mapping."""
+def parse_settings(data: Any, source: str, environ: Mapping[str, str] | None = None) -> AgentSettings:
+    """Validate an already-loaded mapping; ConfigError("<source>: <field>: <reason>")."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{source}: the top level must be a mapping of sections")
+    if "source" in data:
+        raise ConfigError(f"{source}: source: unknown field")
     try:
-        return _parse(data, source, environ or {})
-    except _FieldError as exc:
-        raise ConfigError(f"{source}: {exc.field}: {exc.reason}") from None
+        return read(AgentSettings, {**_with_environment(data, environ or {}), "source": source}, "")
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
 
 
 # ---------------------------------------------------------------- private
 
 
-class _FieldError(Exception):
-    def __init__(self, fld: str, reason: str) -> None:
-        super().__init__(f"{fld}: {reason}")
-        self.field = fld
-        self.reason = reason
+def _with_environment(data: Mapping[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
+    out = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in data.items()}
 
+    def section(name: str) -> dict[str, Any]:
+        value = out.setdefault(name, {})
+        if value is None:
+            value = out[name] = {}
+        if not isinstance(value, dict):
+            raise ConfigError(f"{name}: must be a mapping, not a {type(value).__name__}")
+        return value
 
-def _parse(data: Any, source: str, environ: Mapping[str, str]) -> AgentConfig:
-    top = _mapping(data, "(top level)")
-    known = {"site", "registry", "admin", "state_dir", "exports", *SECTIONS_PARSED_ELSEWHERE}
-    _no_unknown(top, known, "")
-    site = _site(_mapping(top.get("site"), "site", required=True))
-    registry = _registry(_mapping(top.get("registry", {}), "registry"), environ)
-    admin = _admin(_mapping(top.get("admin", {}), "admin"), environ)
-    state_dir = Path(environ.get("MESHFED_STATE_DIR") or _str(top, "state_dir", "", "/var/lib/meshfed"))
-    exports_raw = top.get("exports", [])
-    if not isinstance(exports_raw, list):
-        raise _FieldError("exports", "must be a list")
-    exports = tuple(_export(e, f"exports[{i}]", site.name) for i, e in enumerate(exports_raw))
-    seen: set[tuple[str, str]] = set()
-    for i, e in enumerate(exports):
-        if e.service in seen:
-            raise _FieldError(f"exports[{i}]", f"{e.namespace}/{e.name} is exported twice")
-        seen.add(e.service)
-    sections = {name: dict(_mapping(top.get(name, {}), name)) for name in SECTIONS_PARSED_ELSEWHERE}
-    # In a pod the address of the egress listeners is only known at run time (the Deployment's downward API).
-    if environ.get("MESHFED_POD_IP") and "egress_address" not in sections["kubernetes"]:
-        sections["kubernetes"]["egress_address"] = environ["MESHFED_POD_IP"]
-    return AgentConfig(site, registry, admin, state_dir, exports, sections, source)
-
-
-def _site(d: Mapping[str, Any]) -> SiteSettings:
-    _no_unknown(d, {"name", "network", "region", "zone", "kind", "gateway_address"}, "site")
-    s = SiteSettings(
-        name=_label(d, "name", "site"),
-        network=_label(d, "network", "site"),
-        region=_str(d, "region", "site", ""),
-        zone=_str(d, "zone", "site", ""),
-        kind=_str(d, "kind", "site", "vm"),
-        gateway_address=_str(d, "gateway_address", "site", ""),
-    )
-    if s.gateway_address:
-        _ip(s.gateway_address, "site.gateway_address")
-    if s.kind not in ("vm", "kubernetes"):
-        raise _FieldError("site.kind", f"{s.kind!r} is not vm or kubernetes")
-    return s
-
-
-def _registry(d: Mapping[str, Any], environ: Mapping[str, str]) -> RegistrySettings:
-    _no_unknown(d, {"endpoints", "prefix", "lease_ttl", "timeout", "tls"}, "registry")
-    raw = environ.get("MESHFED_REGISTRY_ENDPOINTS")
-    endpoints_value: Any = raw.split(",") if raw else d.get("endpoints", [])
-    if isinstance(endpoints_value, str):
-        endpoints_value = [endpoints_value]
-    if not isinstance(endpoints_value, list):
-        raise _FieldError("registry.endpoints", "must be a list of host:port")
-    endpoints = tuple(_endpoint(str(e).strip(), "registry.endpoints") for e in endpoints_value if str(e).strip())
-    prefix = _str(d, "prefix", "registry", DEFAULT_PREFIX)
-    if not prefix.startswith("/") or prefix.endswith("/"):
-        raise _FieldError("registry.prefix", f"{prefix!r} must start with '/' and not end with one")
-    ttl = _int(d, "lease_ttl", "registry", 10, 2, 3600)
-    timeout = _float(d, "timeout", "registry", 5.0, 0.1, 120.0)
-    tls = None
-    if d.get("tls") is not None:
-        t = _mapping(d["tls"], "registry.tls")
-        _no_unknown(t, {"ca", "cert", "key"}, "registry.tls")
-        tls = RegistryTLS(*(_file(t, f, "registry.tls") for f in ("ca", "cert", "key")))
-    return RegistrySettings(endpoints, prefix, ttl, timeout, tls)
-
-
-def _admin(d: Mapping[str, Any], environ: Mapping[str, str]) -> AdminSettings:
-    _no_unknown(d, {"address", "port"}, "admin")
+    if environ.get("MESHFED_REGISTRY_ENDPOINTS"):
+        section("registry")["endpoints"] = [e for e in environ["MESHFED_REGISTRY_ENDPOINTS"].split(",") if e.strip()]
+    if environ.get("MESHFED_STATE_DIR"):
+        out["state_dir"] = environ["MESHFED_STATE_DIR"]
     if "MESHFED_ADMIN_ADDRESS" in environ:
         host, _, port = environ["MESHFED_ADMIN_ADDRESS"].rpartition(":")
-        d = {"address": host, "port": int(port) if port.isdigit() else port}
-    address = _str(d, "address", "admin", "127.0.0.1")
-    _ip(address, "admin.address")
-    return AdminSettings(address, _int(d, "port", "admin", 15000, 0, 65535))
+        admin = section("admin")
+        admin["address"] = host
+        admin["port"] = int(port) if port.isdigit() else port
+    if environ.get("MESHFED_POD_IP") and "egress_address" not in section("kubernetes"):
+        section("kubernetes")["egress_address"] = environ["MESHFED_POD_IP"]
+    return out
 
 
-def _export(raw: Any, where: str, site: str) -> ServiceExport:
-    d = _mapping(raw, where)
-    _no_unknown(d, {"namespace", "name", "type", "ports", "endpoints"}, where)
-    type_name = _str(d, "type", where, "ClusterSetIP")
-    try:
-        stype = ServiceType(type_name)
-    except ValueError:
-        raise _FieldError(f"{where}.type", f"{type_name!r} is not ClusterSetIP or Headless") from None
-    ports = []
-    for i, p in enumerate(d.get("ports") or []):
-        pw = f"{where}.ports[{i}]"
-        pm = _mapping(p, pw)
-        _no_unknown(pm, {"name", "port", "protocol"}, pw)
-        proto = _str(pm, "protocol", pw, "TCP").upper()
-        if proto not in Protocol.__members__:
-            raise _FieldError(f"{pw}.protocol", f"{proto!r} is not TCP, UDP or SCTP")
-        ports.append(ServicePort(_str(pm, "name", pw), _int(pm, "port", pw, None, 1, 65535), Protocol(proto)))
-    endpoints = []
-    for i, e in enumerate(d.get("endpoints") or []):
-        ew = f"{where}.endpoints[{i}]"
-        em = _mapping(e, ew)
-        _no_unknown(em, {"addresses", "address", "ports", "ready", "hostname", "zone", "region", "weight"}, ew)
-        addrs = em.get("addresses", [em["address"]] if "address" in em else None)
-        if not isinstance(addrs, list) or not addrs:
-            raise _FieldError(f"{ew}.addresses", "must be a non-empty list of IP addresses")
-        for a in addrs:
-            _ip(str(a), f"{ew}.addresses")
-        eports = tuple(
-            EndpointPort(str(k), _int({"p": v}, "p", f"{ew}.ports.{k}", None, 1, 65535))
-            for k, v in _mapping(em.get("ports", {}), f"{ew}.ports").items()
-        )
-        ready = em.get("ready", True)
-        if not isinstance(ready, bool):
-            raise _FieldError(f"{ew}.ready", "must be true or false")
-        hostname = em.get("hostname")
-        endpoints.append(
-            Endpoint(
-                addresses=tuple(str(a) for a in addrs),
-                ports=eports,
-                ready=ready,
-                hostname=None if hostname is None else str(hostname),
-                locality=Locality(_str(em, "region", ew, ""), _str(em, "zone", ew, "")),
-                weight=_int(em, "weight", ew, 1, 0, 65535),
-            )
-        )
-    export = ServiceExport(
-        site=site,
-        namespace=_label(d, "namespace", where),
-        name=_label(d, "name", where),
-        ports=tuple(ports),
-        type=stype,
-        endpoints=tuple(endpoints),
-    )
-    try:
-        validate_export(export)
-    except RecordError as exc:
-        raise _FieldError(where, str(exc)) from None
-    return export
+def _strip_scheme(endpoint: str) -> str:
+    return endpoint.strip().removeprefix("http://").removeprefix("https://")
 
 
-def _mapping(value: Any, where: str, required: bool = False) -> Mapping[str, Any]:
-    if value is None:
-        if required:
-            raise _FieldError(where, "is required")
+@dataclass(frozen=True, slots=True)
+class _PortSettings:
+    name: str = required()
+    port: int = required(lo=1, hi=65535)
+    protocol: Protocol = Protocol.TCP
+
+
+@dataclass(frozen=True, slots=True)
+class _EndpointSettings:
+    addresses: tuple[str, ...] = setting((), check=ip_address)
+    address: str = setting("", check=optional_ip)
+    ports: tuple[tuple[str, int], ...] = setting((), parse=lambda raw, where: tuple(
+        (str(k), convert(int, v, f"{where}.{k}", Spec(lo=1, hi=65535))) for k, v in _mapping(raw, where).items()))
+    ready: bool = True
+    hostname: str | None = None
+    region: str = ""
+    zone: str = ""
+    weight: int = setting(1, lo=0, hi=65535)
+
+    def validate(self) -> None:
+        if not self.addresses and not self.address:
+            raise Invalid("addresses", "must be a non-empty list of IP addresses")
+
+
+@dataclass(frozen=True, slots=True)
+class _ExportSettings:
+    namespace: str = required(check=dns_label)
+    name: str = required(check=dns_label)
+    type: ServiceType = ServiceType.CLUSTER_SET_IP
+    ports: tuple[_PortSettings, ...] = ()
+    endpoints: tuple[_EndpointSettings, ...] = ()
+
+    def export(self, where: str) -> ServiceExport:
+        """The export record these settings declare (validated as a record too)."""
+        export = ServiceExport(
+            site="", namespace=self.namespace, name=self.name, type=self.type,
+            ports=tuple(ServicePort(p.name, p.port, p.protocol) for p in self.ports),
+            endpoints=tuple(Endpoint(
+                addresses=e.addresses or (e.address,),
+                ports=tuple(EndpointPort(k, v) for k, v in e.ports),
+                ready=e.ready, hostname=e.hostname, locality=Locality(e.region, e.zone), weight=e.weight,
+            ) for e in self.endpoints),
+        )  # fmt: skip
+        try:
+            validate_export(dataclasses.replace(export, site="site"))  # AgentSettings stamps the real site name
+        except RecordError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        return export
+
+
+def _mapping(raw: Any, where: str) -> Mapping[str, Any]:
+    if raw is None:
         return {}
-    if not isinstance(value, dict):
-        raise _FieldError(where, f"must be a mapping, not {type(value).__name__}")
-    return value
-
-
-def _no_unknown(d: Mapping[str, Any], known: set[str], where: str) -> None:
-    for key in d:
-        if key not in known:
-            prefix = f"{where}." if where else ""
-            raise _FieldError(f"{prefix}{key}", f"unknown field (known: {', '.join(sorted(known))})")
-
-
-def _str(d: Mapping[str, Any], name: str, where: str, default: str | None = None) -> str:
-    fld = f"{where}.{name}" if where else name
-    value = d.get(name, default)
-    if value is None:
-        raise _FieldError(fld, "is required")
-    if not isinstance(value, str | int | float) or isinstance(value, bool):
-        raise _FieldError(fld, "must be a string")
-    return str(value)
-
-
-def _label(d: Mapping[str, Any], name: str, where: str) -> str:
-    value = _str(d, name, where)
-    if not is_dns_label(value):
-        raise _FieldError(f"{where}.{name}", f"{value!r} is not a DNS label (a-z, 0-9, '-', at most 63 chars)")
-    return value
-
-
-def _int(d: Mapping[str, Any], name: str, where: str, default: int | None, lo: int, hi: int) -> int:
-    value = d.get(name, default)
-    if value is None:
-        raise _FieldError(f"{where}.{name}", "is required")
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise _FieldError(f"{where}.{name}", f"{value!r} is not a whole number in {lo}..{hi}")
-    return value
-
-
-def _float(d: Mapping[str, Any], name: str, where: str, default: float, lo: float, hi: float) -> float:
-    value = d.get(name, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not lo <= value <= hi:
-        raise _FieldError(f"{where}.{name}", f"{value!r} is not a number in {lo}..{hi}")
-    return float(value)
-
-
-def _ip(value: str, where: str) -> None:
-    try:
-        ipaddress.ip_address(value)
-    except ValueError:
-        raise _FieldError(where, f"{value!r} is not an IP address") from None
-
-
-def _endpoint(value: str, where: str) -> str:
-    host, sep, port = value.removeprefix("http://").removeprefix("https://").rpartition(":")
-    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise _FieldError(where, f"{value!r} is not host:port")
-    return f"{host}:{port}"
-
-
-def _file(d: Mapping[str, Any], name: str, where: str) -> Path:
-    path = Path(_str(d, name, where))
-    if not path.is_file():
-        raise _FieldError(f"{where}.{name}", f"{path} does not exist or is not a file")
-    return path
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{where}: must be a mapping of port name to port")
+    return raw

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import json
 import logging
 import signal
@@ -13,7 +12,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from federation.agent.settings import AgentConfig, load_config
+from federation.agent.settings import ADMIN_ADDR_FILE, AgentSettings, load_settings
 from federation.core.errors import ConfigError, MeshfedError
 
 log = logging.getLogger(__name__)
@@ -27,32 +26,25 @@ def add_commands(sub: Any) -> None:
                    help="gateway processes sharing the east-west port (SO_REUSEPORT); overrides gateway.workers")
     p.set_defaults(handler=cmd_agent)
 
-
     st = sub.add_parser("status", help="this site's agent: registry, gateway, DNS, exports, imports")
     st.add_argument("--config", default="/etc/meshfed/agent.yaml", help="agent config file (finds the agent)")
     st.add_argument("--json", action="store_true", help="print JSON")
     st.set_defaults(handler=cmd_status)
 
 
-
 def cmd_agent(args: argparse.Namespace) -> int:
     try:
-        config = load_config(args.config)
-        if args.workers is not None:
-            gateway = dict(config.sections.get("gateway", {}), workers=args.workers)
-            config = dataclasses.replace(config, sections={**config.sections, "gateway": gateway})
-        from federation.agent.dataplane import parse_sections
-
-        parse_sections(config)  # a bad section fails here, before anything starts
+        overrides = {"gateway.workers": args.workers} if args.workers is not None else {}
+        settings = load_settings(args.config, overrides=overrides)  # every section checked before anything starts
     except ConfigError as exc:
         print(f"meshfed: {exc}", file=sys.stderr)
         return 2
-    return run_agent_process(config)
+    return run_agent_process(settings)
 
 
-def run_agent_process(config: AgentConfig) -> int:
+def run_agent_process(settings: AgentSettings) -> int:
     """Run an agent in this process until SIGINT/SIGTERM; exit code for the shell."""
-    from federation.agent.root import Agent
+    from federation.agent.root import Agent  # the whole agent: imported by the one command that runs it
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -60,7 +52,7 @@ def run_agent_process(config: AgentConfig) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         loop.add_signal_handler(signal.SIGUSR1, dump_tasks)
-        await Agent(config).run(stop)
+        await Agent(settings).run(stop)
 
     try:
         _run(main())
@@ -90,12 +82,10 @@ def dump_tasks() -> None:
         log.warning("task %s:\n%s", task.get_name(), buf.getvalue())
 
 
-
-def agent_document(config: AgentConfig, path: str) -> dict[str, Any] | None:
-    from federation.agent.root import ADMIN_ADDR_FILE
-
+def agent_document(settings: AgentSettings, path: str) -> dict[str, Any] | None:
+    """GET `path` from the admin endpoint of the agent running with `settings` (None if none answers)."""
     try:
-        addr = (config.state_dir / ADMIN_ADDR_FILE).read_text().strip()
+        addr = (settings.state_dir / ADMIN_ADDR_FILE).read_text().strip()
         with urllib.request.urlopen(f"http://{addr}{path}", timeout=3) as resp:
             data: dict[str, Any] = json.load(resp)
             return data
@@ -105,14 +95,14 @@ def agent_document(config: AgentConfig, path: str) -> dict[str, Any] | None:
 
 def cmd_status(args: argparse.Namespace) -> int:
     try:
-        config = load_config(args.config)
+        settings = load_settings(args.config)
     except ConfigError as exc:
         print(f"meshfed: {exc}", file=sys.stderr)
         return 1
-    data = agent_document(config, "/status")
+    data = agent_document(settings, "/status")
     if data is None:
-        print(f"meshfed: no agent answers for {config.source} (is `meshfed agent --config {config.source}` running?)",
-              file=sys.stderr)
+        print(f"meshfed: no agent answers for {settings.source} "
+              f"(is `meshfed agent --config {settings.source}` running?)", file=sys.stderr)
         return 1
     from federation.agent.reporting import format_status
 

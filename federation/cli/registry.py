@@ -11,12 +11,12 @@ import sys
 from typing import Any
 
 from federation.agent.reporting import format_report, registry_report
-from federation.agent.settings import AgentConfig, load_config
+from federation.agent.settings import AgentSettings, load_settings
 from federation.cli.agent import agent_document
 from federation.core.catalog import Catalog
 from federation.core.errors import ConfigError, RegistryUnavailable
 from federation.core.keys import DEFAULT_PREFIX, Keys
-from federation.registry.etcd import EtcdClient, TLSFiles
+from federation.registry.etcd import EtcdClient
 
 log = logging.getLogger(__name__)
 
@@ -26,12 +26,27 @@ def add_commands(sub: Any) -> None:
     reg = sub.add_parser("registry", help="inspect the registry")
     regsub = reg.add_subparsers(dest="registry_command", metavar="COMMAND")
     ls = regsub.add_parser("ls", help="sites, services, endpoints, conflicts and staleness")
-    ls.add_argument("--config", help="agent config file: its registry settings (and its agent, as a fallback)")
-    ls.add_argument("--endpoints", help="etcd host:port[,host:port...] (overrides the config)")
-    ls.add_argument("--prefix", default=None, help=f"registry key prefix (default {DEFAULT_PREFIX})")
+    add_registry_options(ls)
     ls.add_argument("--json", action="store_true", help="print JSON instead of tables")
     ls.set_defaults(handler=cmd_registry_ls)
 
+
+
+def add_registry_options(parser: Any) -> None:
+    """--config, --endpoints and --prefix: where the registry is (shared by the commands that read etcd)."""
+    parser.add_argument("--config", help="agent config file: its registry settings (and its agent, as a fallback)")
+    parser.add_argument("--endpoints", help="etcd host:port[,host:port...] (overrides the config)")
+    parser.add_argument("--prefix", default=None, help=f"registry key prefix (default {DEFAULT_PREFIX})")
+
+
+def registry_client(args: argparse.Namespace, config: AgentSettings | None = None) -> tuple[EtcdClient, Keys]:
+    """An etcd client and key layout from --config/--endpoints/--prefix (ConfigError if neither says where)."""
+    if config is None and args.config:
+        config = load_settings(args.config)
+    prefix = args.prefix or (config.registry.prefix if config else DEFAULT_PREFIX)
+    tls = config.registry.tls if config else None
+    timeout = config.registry.timeout if config else 5.0
+    return EtcdClient(_endpoints(args, config), tls=tls, timeout=timeout), Keys(prefix)
 
 
 def cmd_registry_ls(args: argparse.Namespace) -> int:
@@ -45,18 +60,12 @@ def cmd_registry_ls(args: argparse.Namespace) -> int:
 
 
 async def _registry_report(args: argparse.Namespace) -> dict[str, Any]:
-    config = load_config(args.config) if args.config else None
-    prefix = args.prefix or (config.registry.prefix if config else DEFAULT_PREFIX)
-    endpoints = _endpoints(args, config)
-    tls = None
-    if config and config.registry.tls:
-        t = config.registry.tls
-        tls = TLSFiles(t.ca, t.cert, t.key)
-    timeout = config.registry.timeout if config else 5.0
-    client = EtcdClient(endpoints, tls=tls, timeout=timeout)
+    config = load_settings(args.config) if args.config else None
+    client, keys = registry_client(args, config)
+    endpoints = client.endpoints
     try:
-        async with asyncio.timeout(timeout + 1):
-            kvs, revision = await client.get_prefix(Keys(prefix).root())
+        async with asyncio.timeout(client.timeout + 1):
+            kvs, revision = await client.get_prefix(keys.root())
     except (RegistryUnavailable, TimeoutError) as exc:
         fallback = agent_document(config, "/registry") if config else None
         if fallback is None:
@@ -66,12 +75,12 @@ async def _registry_report(args: argparse.Namespace) -> dict[str, Any]:
         return fallback
     finally:
         await client.close()
-    catalog = Catalog(Keys(prefix))
+    catalog = Catalog(keys)
     catalog.resync({k: v.value for k, v in kvs.items()}, revision)
     return registry_report(catalog.view(), catalog.rejected, source=f"etcd {','.join(endpoints)}")
 
 
-def _endpoints(args: argparse.Namespace, config: AgentConfig | None) -> tuple[str, ...]:
+def _endpoints(args: argparse.Namespace, config: AgentSettings | None) -> tuple[str, ...]:
     if args.endpoints:
         return tuple(e.strip() for e in args.endpoints.split(",") if e.strip())
     if config and config.registry.endpoints:

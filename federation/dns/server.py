@@ -1,7 +1,8 @@
 """The asyncio shell of the federated DNS server: UDP and TCP sockets around the pure answering core.
 
-The agent calls `update(view, stale_sites)` after every registry change; until the first call every
-name in the zone gets SERVFAIL (nothing authoritative before the initial sync).
+`run()` follows the value holders it was given (mesh view, ClusterSetIP addresses, sites to use last)
+and rebuilds the zone after every change; `update()` is that step by itself. Until the first complete
+mesh view every name in the zone gets SERVFAIL (nothing authoritative before the initial sync).
 """
 
 from __future__ import annotations
@@ -19,12 +20,13 @@ from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client.core import CounterMetricFamily, Metric
 
 from federation.core.ratelimit import LogLimiter
-from federation.core.view import MeshView, VipSource
+from federation.core.view import MeshView, VipTable
 from federation.dns.answering import Answerer, Forward
 from federation.dns.fastpath import FastPath
 from federation.dns.forwarding import Forwarder, read_resolv_conf, upstream_addresses, wait_all
 from federation.dns.settings import DnsSettings, split_hostport
-from federation.dns.zone import StaticVips, Zone, ZoneBuilder
+from federation.dns.zone import Zone, ZoneBuilder
+from federation.runtime.values import Readable, follow
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +46,13 @@ class DnsServer:
         settings: DnsSettings,
         *,
         local_site: str,
-        vip_source: VipSource | None = None,
+        mesh: Readable[MeshView] | None = None,
+        vips: Readable[VipTable] | None = None,
+        last_resort: Readable[frozenset[str]] | None = None,
         registry: CollectorRegistry | None = None,
     ) -> None:
         self.settings = settings
-        self._vips: VipSource = vip_source if vip_source is not None else StaticVips()
+        self._inputs = (mesh, vips, last_resort)
         self._builder = ZoneBuilder(
             settings.zone, local_site=local_site, ttl=settings.ttl, site_pinning=settings.site_pinning
         )
@@ -57,7 +61,6 @@ class DnsServer:
         )
         self.fast = FastPath(self.answerer)
         self.zone: Zone | None = None
-        self._last: tuple[MeshView, frozenset[str]] | None = None
         self._forwarder: Forwarder | None = None
         self._udp: list[_UdpSocket] = []
         self._tcp: list[asyncio.Server] = []
@@ -92,8 +95,8 @@ class DnsServer:
                 await self.close()
                 raise
         ours = self.udp_addresses + self.tcp_addresses
+        # The apex is shared by every zone the builder made, so a zone already served sees the NS glue too.
         self._builder.set_nameservers(s.nameserver_addresses or own_addresses(ours))
-        self.refresh()
         self._forwarder = Forwarder(upstream_addresses(s.upstreams, read_resolv_conf(), ours), s.forward_timeout)
         if s.forwarding and not self._forwarder.upstreams:
             log.warning("dns forwarding is on but no upstream resolver is known; other names get SERVFAIL")
@@ -153,21 +156,28 @@ class DnsServer:
 
     # -- feeding
 
-    def update(self, view: MeshView, stale_sites: frozenset[str] = frozenset()) -> None:
-        """Answer from `view` from now on; `stale_sites` (stale records or gateways down) are used last."""
+    async def run(self) -> None:
+        """Answer from the holders given at construction, rebuilding after every change of any of them."""
+        mesh, vips, last_resort = self._inputs
+        if mesh is None:
+            raise ValueError("DnsServer.run needs the mesh view holder")
+        held = [h for h in self._inputs if h is not None]
+        async for _ in follow(*held):
+            view = mesh.get()
+            if view.complete:
+                self.update(view, last_resort.get() if last_resort is not None else frozenset(),
+                            vips.get() if vips is not None else {})
+
+    def update(self, view: MeshView, stale_sites: frozenset[str] = frozenset(), vips: VipTable | None = None) -> None:
+        """Answer from `view` from now on; `stale_sites` (stale records or gateways down) are used last;
+        `vips` gives the address of each ClusterSetIP service."""
         started = time.perf_counter()
-        zone = self._builder.build(view, stale_sites, self._vips)
+        zone = self._builder.build(view, stale_sites, vips or {})
         self.fast.update(zone)
         self.zone = zone
-        self._last = (view, stale_sites)
         self._names.set(len(zone.nodes))
         self._build.set(time.perf_counter() - started)
         self._synced.set(1)
-
-    def refresh(self) -> None:
-        """Rebuild from the last view, e.g. after the VIP source changed."""
-        if self._last is not None:
-            self.update(*self._last)
 
     # -- answering
 

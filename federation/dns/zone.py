@@ -1,164 +1,45 @@
 """The federated zone as plain data: MCS names built from a mesh snapshot, for both answer paths.
 
 Pure: no IO, no logging. `ZoneBuilder.build(view, stale_sites, vips)` turns a `MeshView` into an
-immutable `Zone` of per-name `Node`s, rebuilding only the services that changed since the last build.
+immutable `Zone` of per-name `Node`s (nodes.py), rebuilding only the services that changed since the
+last build; `_service` holds the KEP-1645 naming of one service.
 """
 
 from __future__ import annotations
 
-import ipaddress
-import socket
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, NamedTuple, Protocol
+from types import MappingProxyType
+from typing import NamedTuple
 
 import dns.name
-import dns.rdata
-import dns.rdataclass
-import dns.rdatatype
-import dns.rdtypes.ANY.NS
-import dns.rdtypes.ANY.PTR
-import dns.rdtypes.ANY.SOA
-import dns.rdtypes.ANY.TXT
-import dns.rdtypes.IN.A
-import dns.rdtypes.IN.AAAA
-import dns.rdtypes.IN.SRV
-import dns.rrset
 
 from federation.core.records import Endpoint, ServiceExport, ServiceType, Site
-from federation.core.view import FederatedService, MeshView, resolve
-
-DNS_VERSION = "1.0.0"
-"""The MCS DNS specification version this server implements (KEP-1645 `dns-version` TXT record)."""
-
-IN = dns.rdataclass.IN
-A, AAAA, SRV, PTR, TXT, SOA, NS = (
-    dns.rdatatype.A,
-    dns.rdatatype.AAAA,
-    dns.rdatatype.SRV,
-    dns.rdatatype.PTR,
-    dns.rdatatype.TXT,
-    dns.rdatatype.SOA,
-    dns.rdatatype.NS,
+from federation.core.view import FederatedService, MeshView, ServiceId, VipTable
+from federation.dns.nodes import (
+    AAAA,
+    DNS_VERSION,
+    IN,
+    NAMESERVER_LABEL,
+    NS,
+    PTR,
+    SOA,
+    SRV,
+    TXT,
+    A,
+    Labels,
+    Node,
+    Zone,
+    labels_of,
+    name_of,
+    pack,
+    packed,
+    reverse_labels,
 )
-NAMESERVER_LABEL = "ns"
-"""The zone's nameserver is `ns.<zone>`: a label no MCS name uses (those are all under `svc.<zone>`)."""
 
-class VipSource(Protocol):
-    """Where the A/AAAA answer of a ClusterSetIP service comes from on this site's kind."""
-
-    def addresses(self, namespace: str, name: str) -> tuple[str, ...]:
-        """The addresses that route to `namespace/name` from this site (none yet: NODATA)."""
-        ...
-
-
-@dataclass(frozen=True, slots=True)
-class StaticVips:
-    """A VIP source from a fixed table (tests; the Kubernetes source's ClusterIPs)."""
-
-    table: Mapping[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
-
-    def addresses(self, namespace: str, name: str) -> tuple[str, ...]:
-        """The table's entry, or nothing."""
-        return self.table.get((namespace, name), ())
-
-
-Labels = tuple[bytes, ...]
-"""An absolute name as its lower-case labels, the root label left out."""
-
-
-@dataclass(frozen=True, slots=True)
-class Node:
-    """Everything owned by one name, as plain data both answer paths encode."""
-
-    a: tuple[bytes, ...] = ()
-    """Packed IPv4 addresses, in answer order."""
-    aaaa: tuple[bytes, ...] = ()
-    """Packed IPv6 addresses, in answer order."""
-    srv: tuple[tuple[int, int, int, Labels], ...] = ()
-    """(priority, weight, port, target) records."""
-    ptr: Labels | None = None
-    txt: tuple[bytes, ...] = ()
-    soa: bool = False
-    ns: tuple[Labels, ...] = ()
-    """Nameserver names (the zone apex only)."""
-    glue: tuple[Labels, ...] = ()
-    """Names whose A/AAAA records go into the additional section of an SRV or NS answer."""
-
-    def types(self) -> tuple[int, ...]:
-        """The record types this name has, lowest type number first (RFC 8482 picks the first)."""
-        out = [
-            t for t, present in (
-                (A, self.a), (NS, self.ns), (SOA, self.soa), (PTR, self.ptr is not None), (TXT, self.txt),
-                (AAAA, self.aaaa), (SRV, self.srv),
-            ) if present
-        ]
-        return tuple(out)
-
+__all__ = ["AAAA", "DNS_VERSION", "IN", "NS", "PTR", "SOA", "SRV", "TXT", "A", "Labels", "Node", "Zone",
+           "ZoneBuilder", "labels_of", "name_of", "reverse_labels"]
 
 _EMPTY = Node()
-
-
-@dataclass(frozen=True, slots=True)
-class Zone:
-    """An immutable snapshot of every name this server answers for."""
-
-    origin: dns.name.Name
-    ttl: int
-    serial: int
-    nodes: Mapping[Labels, Node]
-    parts: Mapping[tuple[str, str], Mapping[Labels, Node]]
-    """Per-service nodes; the same object across builds while the service is unchanged."""
-
-    @property
-    def origin_labels(self) -> Labels:
-        """The zone apex as labels."""
-        return labels_of(self.origin)
-
-    def soa(self) -> dns.rrset.RRset:
-        """The SOA RRset of the apex; its minimum is the TTL, so negative answers live as long as positive.
-
-        MNAME is the zone's nameserver (RFC 1035 3.3.13), the one NS record; refresh, retry and expire
-        are within the ranges zone checkers expect (RFC 1912 2.2), though no secondary ever transfers.
-        """
-        rdata = _rd(
-            dns.rdtypes.ANY.SOA.SOA, IN, SOA, name_of((NAMESERVER_LABEL.encode(), *labels_of(self.origin))),
-            dns.name.Name([b"hostmaster", *self.origin.labels]), self.serial, 14400, 3600, 604800, self.ttl,
-        )
-        return _rrset(self.origin, self.ttl, [rdata])
-
-    def rrset(self, labels: Labels, node: Node, rdtype: int) -> dns.rrset.RRset | None:
-        """The RRset of `rdtype` at `labels` as dnspython objects, or None."""
-        name = name_of(labels)
-        rds: list[dns.rdata.Rdata]
-        if rdtype == A:
-            rds = [_rd(dns.rdtypes.IN.A.A, IN, A, socket.inet_ntop(socket.AF_INET, a)) for a in node.a]
-        elif rdtype == AAAA:
-            rds = [_rd(dns.rdtypes.IN.AAAA.AAAA, IN, AAAA, socket.inet_ntop(socket.AF_INET6, a)) for a in node.aaaa]
-        elif rdtype == SRV:
-            rds = [_rd(dns.rdtypes.IN.SRV.SRV, IN, SRV, p, w, port, name_of(t)) for p, w, port, t in node.srv]
-        elif rdtype == PTR:
-            rds = [_rd(dns.rdtypes.ANY.PTR.PTR, IN, PTR, name_of(node.ptr))] if node.ptr is not None else []
-        elif rdtype == TXT:
-            rds = [_rd(dns.rdtypes.ANY.TXT.TXT, IN, TXT, list(node.txt))] if node.txt else []
-        elif rdtype == SOA:
-            return self.soa() if node.soa else None
-        elif rdtype == NS:
-            rds = [_rd(dns.rdtypes.ANY.NS.NS, IN, NS, name_of(n)) for n in node.ns]
-        else:
-            return None
-        return _rrset(name, self.ttl, rds) if rds else None
-
-
-def labels_of(name: dns.name.Name) -> Labels:
-    """`name` as lower-case labels without the root label."""
-    return tuple(lbl.lower() for lbl in name.labels if lbl)
-
-
-def name_of(labels: Labels) -> dns.name.Name:
-    """The absolute dnspython name of `labels`."""
-    return dns.name.Name([*labels, b""])
-
 
 # ---------------------------------------------------------------- building a zone
 
@@ -166,7 +47,7 @@ def name_of(labels: Labels) -> dns.name.Name:
 class _Part(NamedTuple):
     """One service's share of the zone, and what it was built from."""
 
-    fingerprint: object
+    fingerprint: tuple[FederatedService, tuple[Site | None, ...], frozenset[str], tuple[str, ...], Site | None]
     nodes: Mapping[Labels, Node]
     ents: tuple[Labels, ...]
 
@@ -189,48 +70,90 @@ class ZoneBuilder:
         self._parts: dict[tuple[str, str], _Part] = {}
         self._nodes: dict[Labels, Node] = {(b"dns-version", *self.apex): Node(txt=(DNS_VERSION.encode(),))}
         self._ent_refs: dict[Labels, int] = {}
+        self._part_nodes: dict[ServiceId, Mapping[Labels, Node]] = {}
+        self._site_services: dict[str, set[ServiceId]] = {}
+        self._built: tuple[MeshView, frozenset[str], VipTable, Site | None] | None = None
+        self._nodes_view = MappingProxyType(self._nodes)
+        self._parts_view = MappingProxyType(self._part_nodes)
         self.set_nameservers(nameservers)
 
     def set_nameservers(self, addresses: Iterable[str]) -> None:
         """The server's own addresses, answered for `ns.<zone>` (the apex NS record's glue)."""
         ns = (NAMESERVER_LABEL.encode(), *self.apex)
-        a, aaaa = _pack(addresses)
+        a, aaaa = pack(addresses)
         self._nodes[self.apex] = Node(soa=True, ns=(ns,), glue=(ns,))
         self._nodes[ns] = Node(a=a, aaaa=aaaa)
 
-    def build(self, view: MeshView, stale_sites: frozenset[str], vips: VipSource) -> Zone:
-        """The zone for `view`; `stale_sites` are left out wherever another site has ready endpoints."""
+    def build(self, view: MeshView, stale_sites: frozenset[str], vips: VipTable) -> Zone:
+        """The zone for `view`; `stale_sites` are left out wherever another site has ready endpoints.
+
+        Only the services that can have changed since the last build are looked at: those the view says
+        changed, those of sites whose staleness flipped, those whose VIPs changed. A build after a
+        registry change costs in proportion to that change, not to the mesh.
+        """
         local = view.sites.get(self.local_site)
-        groups: dict[tuple[str, str], list[ServiceExport]] = {}
-        for export in view.exports.values():
-            if export.site in view.sites:
-                groups.setdefault(export.service, []).append(export)
-        parts: dict[tuple[str, str], _Part] = {}
-        for key, group in groups.items():
-            exports = tuple(group)
+        services = view.services()
+        todo = self._todo(view, stale_sites, vips, local)
+        full = todo is None
+        if todo is None:
+            todo = set(services) | set(self._parts)
+        for key in todo:
+            svc = services.get(key)
+            old = self._parts.get(key)
+            if svc is None:
+                if old is not None:
+                    self._remove(old)
+                    del self._parts[key]
+                    self._forget(key, old)
+                continue
+            exports = svc.exports
             stale = stale_sites.intersection(e.site for e in exports) if stale_sites else stale_sites
             if stale and not _staleness_matters(exports, stale):
                 stale = frozenset()
-            addrs = vips.addresses(*key)
-            fingerprint = (exports, tuple(view.sites.get(e.site) for e in exports), stale, addrs, local)
-            old = self._parts.get(key)
+            addrs = vips.get(key, ()) if svc.type is ServiceType.CLUSTER_SET_IP else ()
+            fingerprint = (svc, tuple(view.sites.get(e.site) for e in exports), stale, addrs, local)
             if old is not None and old.fingerprint == fingerprint:
-                parts[key] = old
                 continue
-            svc = resolve(exports)
-            if svc.type is not ServiceType.CLUSTER_SET_IP:
-                addrs = ()
             nodes = self._service(svc, view.sites, stale_sites, addrs, local)
             new = _Part(fingerprint, nodes, self._ents(nodes))
             if old is not None:
                 self._remove(old)
+                self._forget(key, old)
             self._add(new)
-            parts[key] = new
-        for key in self._parts.keys() - parts.keys():
-            self._remove(self._parts[key])
-        self._parts = parts
-        return Zone(self.origin, self.ttl, view.revision % 2**32, dict(self._nodes),
-                    {key: part.nodes for key, part in parts.items()})
+            self._parts[key] = new
+            self._part_nodes[key] = nodes
+            for e in exports:
+                self._site_services.setdefault(e.site, set()).add(key)
+        self._built = (view, stale_sites, vips, local)
+        return Zone(self.origin, self.ttl, view.revision % 2**32, self._nodes_view, self._parts_view,
+                    None if full else frozenset(todo))
+
+    def _todo(self, view: MeshView, stale: frozenset[str], vips: VipTable, local: Site | None) -> set[ServiceId] | None:
+        """The services that can have changed since the last build; None: all of them."""
+        if self._built is None:
+            return None
+        before, stale_before, vips_before, local_before = self._built
+        if local != local_before or view.history is None or view.history is not before.history:
+            return None
+        changes = view.changes_since(before.generation)
+        if changes is None:
+            return None
+        todo = set(changes.services)
+        for site in stale ^ stale_before:
+            todo |= self._site_services.get(site, set())
+        if vips is not vips_before:
+            todo |= {k for k in vips.keys() | vips_before.keys() if vips.get(k) != vips_before.get(k)}
+        return todo
+
+    def _forget(self, key: ServiceId, part: _Part) -> None:
+        self._part_nodes.pop(key, None)
+        svc = part.fingerprint[0]
+        for e in svc.exports:
+            keys = self._site_services.get(e.site)
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del self._site_services[e.site]
 
     def _add(self, part: _Part) -> None:
         self._nodes.update(part.nodes)
@@ -282,11 +205,11 @@ class ZoneBuilder:
         base = self._name(name, ns, "svc")
         nodes: dict[Labels, Node] = {}
         if svc.type is ServiceType.CLUSTER_SET_IP:
-            a, aaaa = _pack(vips)
+            a, aaaa = pack(vips)
             # The bare name's SRV: one per port, as Kubernetes DNS answers `<svc>.<ns>.svc.cluster.local`.
             nodes[base] = Node(a=a, aaaa=aaaa, srv=_spread((0, p.port, base) for p in svc.ports), glue=(base,))
             for vip in vips:
-                nodes[reverse_labels(_packed(vip))] = Node(ptr=base)
+                nodes[reverse_labels(packed(vip))] = Node(ptr=base)
             for port in svc.ports:
                 srv_name = (f"_{port.name}".encode(), f"_{port.protocol.value.lower()}".encode(), *base)
                 nodes[srv_name] = Node(srv=((0, 0, port.port, base),), glue=(base,))
@@ -298,11 +221,11 @@ class ZoneBuilder:
             all_addrs: list[str] = []
             for export, ep in ordered:
                 host = self._name(_hostname(ep), export.site, name, ns, "svc")
-                a, aaaa = _pack(ep.addresses)
+                a, aaaa = pack(ep.addresses)
                 nodes[host] = Node(a=a, aaaa=aaaa)
                 targets.append((export, ep, host))
                 all_addrs.extend(ep.addresses)
-            a, aaaa = _pack(all_addrs)
+            a, aaaa = pack(all_addrs)
             hosts = tuple(host for _, _, host in targets)
             # One SRV per ready endpoint and port (identical records collapse, as in any RRset).
             bare = _spread((0, ep.port_for(p), host) for p in svc.ports for export, ep, host in targets
@@ -323,7 +246,7 @@ class ZoneBuilder:
                     continue
                 eps = self._order([export], sites, frozenset(), local)
                 if eps:
-                    a, aaaa = _pack([addr for _, ep in eps for addr in ep.addresses])
+                    a, aaaa = pack([addr for _, ep in eps for addr in ep.addresses])
                     nodes[self._name(export.site, name, ns, "svc")] = Node(a=a, aaaa=aaaa)
         return nodes
 
@@ -361,46 +284,11 @@ def _spread(records: Iterable[tuple[int, int, Labels]]) -> tuple[tuple[int, int,
     return tuple((prio, weight, port, target) for prio, port, target in unique)
 
 
-def _rd(cls: Any, *args: Any) -> dns.rdata.Rdata:
-    rdata: dns.rdata.Rdata = cls(*args)
-    return rdata
-
-
-def _rrset(name: dns.name.Name, ttl: int, rdatas: Iterable[dns.rdata.Rdata]) -> dns.rrset.RRset:
-    return dns.rrset.from_rdata_list(name, ttl, list(rdatas))
-
-
-def _pack(addresses: Iterable[str]) -> tuple[tuple[bytes, ...], tuple[bytes, ...]]:
-    """IPv4 and IPv6 addresses packed, duplicates dropped, order kept."""
-    v4: dict[bytes, None] = {}
-    v6: dict[bytes, None] = {}
-    for a in addresses:
-        packed = _packed(a)
-        (v4 if len(packed) == 4 else v6)[packed] = None
-    return tuple(v4), tuple(v6)
-
-
 def _staleness_matters(exports: tuple[ServiceExport, ...], stale: frozenset[str]) -> bool:
     """False when leaving stale sites out changes nothing: a VIP answer, or no fresh ready endpoint."""
     if all(e.type is ServiceType.CLUSTER_SET_IP for e in exports):
         return False
     return any(ep.ready for e in exports if e.site not in stale for ep in e.endpoints)
-
-
-def _packed(address: str) -> bytes:
-    """An address in network byte order (inet_pton is C; ipaddress parses in Python)."""
-    try:
-        return socket.inet_pton(socket.AF_INET6 if ":" in address else socket.AF_INET, address)
-    except OSError:
-        return ipaddress.ip_address(address).packed  # e.g. a scoped IPv6 address
-
-
-def reverse_labels(packed: bytes) -> Labels:
-    """The in-addr.arpa or ip6.arpa name of an address (RFC 1035 3.5, RFC 3596 2.5)."""
-    if len(packed) == 4:
-        return (*(str(b).encode() for b in reversed(packed)), b"in-addr", b"arpa")
-    nibbles = packed.hex()[::-1]
-    return (*(c.encode() for c in nibbles), b"ip6", b"arpa")
 
 
 def _hostname(ep: Endpoint) -> str:

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
+from types import MappingProxyType
 from typing import Any, Protocol
 
 from federation.core.errors import MeshfedError, RecordError
 from federation.core.keys import Keys
-from federation.core.view import MeshView
+from federation.core.view import MeshView, VipTable
 from federation.registry.vipalloc import (
     Allocate,
     Allocation,
@@ -30,6 +32,7 @@ from federation.registry.vipalloc import (
     plan,
     wanted_services,
 )
+from federation.runtime.values import Changes, Readable, Value, wait_until
 
 log = logging.getLogger(__name__)
 
@@ -51,76 +54,62 @@ class CasClient(Protocol):
 
 
 class VipAllocator:
-    """Keeps every exported ClusterSetIP service allocated a VIP in etcd; a `VipSource` for the DNS server."""
+    """Keeps every exported ClusterSetIP service allocated a VIP in etcd; `table` holds what etcd says."""
 
     def __init__(
         self,
         client: CasClient,
         keys: Keys,
+        mesh: Readable[MeshView],
         *,
         ranges: Sequence[str] = ("240.240.0.0/16",),
         grace: float = 600.0,
+        interval: float = 5.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._client = client
         self._keys = keys
+        self._mesh = mesh
         self._ranges = [ipaddress.ip_network(r) for r in ranges]
         self._grace = grace
-        self._subscribers: list[Callable[[], None]] = []
+        self._interval = interval
         self._clock = clock
-        self._table: dict[Service, tuple[str, ...]] = {}
-        self._kick = asyncio.Event()
+        self.table: Value[VipTable] = Value(MappingProxyType({}), name="vip table")
+        """Every allocation as last read from etcd (kept while etcd is away)."""
         self.rejected = 0
 
-    def addresses(self, namespace: str, name: str) -> tuple[str, ...]:
-        """The VIPs of `namespace/name` as last read from etcd (VipSource)."""
-        return self._table.get((namespace, name), ())
+    async def run(self) -> None:
+        """Reconcile every `interval` seconds, and at once when the set of exported services changes.
 
-    @property
-    def table(self) -> Mapping[Service, tuple[str, ...]]:
-        """Every allocation last read from etcd."""
-        return dict(self._table)
-
-    def subscribe(self, callback: Callable[[], None]) -> None:
-        """Call `callback()` whenever the table changes (e.g. `DnsServer.refresh`)."""
-        self._subscribers.append(callback)
-
-    def kick(self) -> None:
-        """Reconcile soon (call after every registry change)."""
-        self._kick.set()
-
-    async def run(self, views: Callable[[], MeshView], interval: float = 5.0) -> None:
-        """Reconcile every `interval` seconds, and at once when a kick brings a new set of services.
-
-        Kicks come with every registry change, mostly endpoint churn; listing every allocation from
-        etcd on each would load etcd for nothing, so a kick reconciles only when the set of exported
-        ClusterSetIP services changed. The interval picks up other agents' work and grace expiry.
-        Keeps the last table while etcd is away.
+        Nothing happens before the mirror's initial sync (an empty view would release nothing, but
+        would allocate nothing either). Most registry changes are endpoint churn; listing every
+        allocation from etcd on each would load etcd for nothing, so a change reconciles only when the
+        set of exported ClusterSetIP services changed. The interval picks up other agents' work and
+        grace expiry. Keeps the last table while etcd is away.
         """
+        await wait_until(self._mesh, lambda v: v.complete)
         loop = asyncio.get_running_loop()
         due = loop.time()
         last: frozenset[Service] | None = None
-        while True:
-            view = views()
-            exported = exported_services(view)
-            if loop.time() >= due or exported != last:
-                last = exported
-                # A pass that changed something runs again at once (bounded): a lost race is settled there.
-                for _ in range(3):
-                    try:
-                        if not await self.reconcile(view):
+        with Changes(self._mesh) as changes:
+            while True:
+                view = self._mesh.get()
+                exported = exported_services(view)
+                if loop.time() >= due or exported != last:
+                    last = exported
+                    # A pass that changed something runs again at once (bounded): a lost race is settled there.
+                    for _ in range(3):
+                        try:
+                            if not await self.reconcile(view):
+                                break
+                        except MeshfedError as exc:
+                            log.warning("vip allocation: %s; keeping the last known VIPs", exc)
                             break
-                    except MeshfedError as exc:
-                        log.warning("vip allocation: %s; keeping the last known VIPs", exc)
-                        break
-                    view = views()
-                due = loop.time() + interval
-            self._kick.clear()
-            try:
-                async with asyncio.timeout(max(0.0, due - loop.time())):  # not wait_for: gh-86296
-                    await self._kick.wait()
-            except TimeoutError:
-                pass
+                        view = self._mesh.get()
+                    due = loop.time() + self._interval
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(max(0.0, due - loop.time())):  # not wait_for: gh-86296
+                        await changes.wait()
 
     async def reconcile(self, view: MeshView) -> list[Op]:
         """One pass: read the VIP keys, apply the plan, read again; returns the ops attempted."""
@@ -130,11 +119,7 @@ class VipAllocator:
             await self._apply(op)
         if ops:
             state = await self._read()
-        table = {svc: alloc.addresses for svc, (alloc, _) in state.allocations.items()}
-        if table != self._table:
-            self._table = table
-            for callback in self._subscribers:
-                callback()
+        self.table.set(MappingProxyType({svc: alloc.addresses for svc, (alloc, _) in state.allocations.items()}))
         return ops
 
     # -- private

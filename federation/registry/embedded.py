@@ -19,19 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from federation.core.errors import ConfigError, RegistryUnavailable
+from federation.runtime.files import TlsFiles
 
 log = logging.getLogger(__name__)
 
 ENDPOINT_FILE = "etcd.endpoint"
-
-
-@dataclass(frozen=True, slots=True)
-class EtcdTLSFiles:
-    """Server-side TLS for an etcd we start (tests of etcd over TLS)."""
-
-    ca: Path
-    cert: Path
-    key: Path
 
 
 @dataclass(slots=True)
@@ -42,7 +34,7 @@ class EtcdProcess:
     host: str = "127.0.0.1"
     client_port: int = 0
     peer_port: int = 0
-    tls: EtcdTLSFiles | None = None
+    tls: TlsFiles | None = None
     binary: str = "etcd"
     extra_args: tuple[str, ...] = ()
     _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)

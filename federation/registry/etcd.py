@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import aetcd
@@ -20,6 +19,7 @@ import grpc
 import grpc.aio
 
 from federation.core.errors import RegistryUnavailable
+from federation.runtime.files import TlsFiles
 
 # Keepalive pings find a silent etcd (a partition) on an otherwise idle watch. etcd rejects pings more
 # often than every 5 s (--grpc-keepalive-min-time), so 10 s it is.
@@ -82,19 +82,10 @@ class Delete:
     key: str
 
 
-@dataclass(frozen=True, slots=True)
-class TLSFiles:
-    """Client TLS for etcd: the CA that signed etcd's certificate, our certificate and key."""
-
-    ca: Path
-    cert: Path
-    key: Path
-
-
 class _TLSClient(aetcd.Client):  # type: ignore[misc]
     """aetcd's client over a TLS channel with a client certificate."""
 
-    def __init__(self, host: str, port: int, tls: TLSFiles, **kwargs: Any) -> None:
+    def __init__(self, host: str, port: int, tls: TlsFiles, **kwargs: Any) -> None:
         super().__init__(host=host, port=port, **kwargs)
         self._tls = tls
 
@@ -120,7 +111,7 @@ class _TLSClient(aetcd.Client):  # type: ignore[misc]
 class EtcdClient:
     """The registry's view of etcd: get, list, transactions, leases, watches, all typed."""
 
-    def __init__(self, endpoints: Sequence[str], tls: TLSFiles | None = None, timeout: float = 5.0) -> None:
+    def __init__(self, endpoints: Sequence[str], tls: TlsFiles | None = None, timeout: float = 5.0) -> None:
         if not endpoints:
             raise ValueError("EtcdClient needs at least one endpoint")
         self.endpoints = tuple(endpoints)
@@ -128,6 +119,11 @@ class EtcdClient:
         self._timeout = timeout
         self._index = 0
         self._client: Any = None
+
+    @property
+    def timeout(self) -> float:
+        """Seconds each call may take."""
+        return self._timeout
 
     async def connect(self) -> None:
         """Open a channel to the current endpoint (gRPC connects lazily; calls fail over on error)."""
@@ -181,11 +177,29 @@ class EtcdClient:
             got = await self._client.get(key.encode())
         return None if got is None else _kv(got)
 
-    async def get_prefix(self, prefix: str) -> tuple[dict[str, KV], int]:
-        """Every key under `prefix`, and the revision the listing was taken at."""
-        async with self._errors():
-            resp = await self._client.get_prefix(prefix.encode())
-        return {kv.key.decode(): _kv(kv) for kv in resp.kvs}, int(resp.header.revision)
+    async def get_prefix(self, prefix: str, page: int = 1000) -> tuple[dict[str, KV], int]:
+        """Every key under `prefix` at one revision, and that revision.
+
+        Read in pages of at most `page` keys, each page pinned to the revision of the first, so no
+        message grows with the mesh (etcd's and gRPC's limits stay far away) and the listing is one
+        consistent snapshot. Raises Compacted if that revision is compacted away between pages.
+        """
+        start = prefix.encode()
+        end = _prefix_end(start)
+        out: dict[str, KV] = {}
+        revision = 0
+        key = start
+        while True:
+            request = aetcd.rpc.RangeRequest(key=key, range_end=end, limit=page, revision=revision)
+            async with self._errors():
+                resp = await self._client.kvstub.Range(request, timeout=self._timeout, metadata=self._client.metadata)
+            if not revision:
+                revision = int(resp.header.revision)
+            for kv in resp.kvs:
+                out[kv.key.decode()] = _kv(kv)
+            if not resp.more or not resp.kvs:
+                return out, revision
+            key = bytes(resp.kvs[-1].key) + b"\0"
 
     async def revision(self) -> int:
         """The store's current revision (also a cheap liveness probe)."""
@@ -296,7 +310,11 @@ class EtcdClient:
             yield
         except aetcd.exceptions.RevisionCompactedError as exc:
             raise Compacted(exc.compacted_revision) from exc
-        except (TimeoutError, aetcd.exceptions.ClientError, grpc.RpcError, OSError) as exc:
+        except grpc.RpcError as exc:
+            if exc.code() is grpc.StatusCode.OUT_OF_RANGE and "compacted" in str(exc.details()):
+                raise Compacted(0) from exc  # a paged listing's revision was compacted: list again
+            raise RegistryUnavailable(f"etcd at {self.endpoints[self._index % len(self.endpoints)]}: {exc}") from exc
+        except (TimeoutError, aetcd.exceptions.ClientError, OSError) as exc:
             raise RegistryUnavailable(f"etcd at {self.endpoints[self._index % len(self.endpoints)]}: {exc}") from exc
 
 

@@ -1,26 +1,33 @@
 """The mesh mirror: list once, watch from that revision, resync on compaction or a broken stream.
 
-While etcd is unreachable it keeps serving the last known state and reports itself stale.
+While etcd is unreachable it keeps serving the last known state and reports itself stale. Readers
+follow `mesh`, a value holder of the latest immutable `MeshView` (incomplete until the initial sync).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import operator
 import time
 from collections.abc import Callable, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from federation.core.backoff import Backoff
-from federation.core.catalog import Catalog, Outcome
+from federation.core.catalog import Catalog, Imports, Listed, Outcome
 from federation.core.errors import RegistryUnavailable
 from federation.core.keys import Keys
 from federation.core.ratelimit import LogLimiter
 from federation.core.view import Event, MeshView
 from federation.registry.etcd import Compacted, EtcdClient, reconnecting
+from federation.runtime.values import Value
 
 log = logging.getLogger(__name__)
+
+TURN = 0.005
+"""Seconds of registry work in one turn of the event loop before it yields: DNS answers and tunnel
+relays wait at most this long behind a burst of changes or a large listing."""
 
 Subscriber = Callable[[MeshView, Sequence[Event]], None]
 
@@ -63,6 +70,8 @@ class Mirror:
         backoff: Backoff | None = None,
         probe_interval: float = 2.0,
         probe_timeout: float = 3.0,
+        page: int = 1000,
+        imports: Imports | None = None,
     ) -> None:
         self._client = client
         self._keys = keys
@@ -70,8 +79,10 @@ class Mirror:
         self._backoff = backoff or Backoff()
         self._probe_interval = probe_interval
         self._probe_timeout = probe_timeout
-        self.catalog = Catalog(keys)
-        self._view = self.catalog.view()
+        self._page = page
+        self.catalog = Catalog(keys, imports=imports)
+        self.mesh: Value[MeshView] = Value(MeshView.before_sync(), name="mesh view", same=operator.is_)
+        """The latest snapshot: complete after the initial sync, then one new one per burst of changes."""
         self._subscribers: list[Subscriber] = []
         self._pending: list[Event] = []
         self._flush_scheduled = False
@@ -86,10 +97,6 @@ class Mirror:
 
     # -- reading
 
-    def view(self) -> MeshView:
-        """The current snapshot (the last known one while stale)."""
-        return self._view
-
     def staleness(self) -> float:
         """Seconds since etcd last answered, 0 while the watch is healthy."""
         if not self.stale:
@@ -99,7 +106,8 @@ class Mirror:
         return time.monotonic() - self._last_contact
 
     def subscribe(self, callback: Subscriber) -> None:
-        """Call `callback(view, events)` after each batch of changes (synchronously, in the loop)."""
+        """Call `callback(view, events)` after each batch of changes (synchronously, in the loop): the typed
+        event tap for tools and tests. The agent's subsystems follow `mesh` instead."""
         self._subscribers.append(callback)
 
     # -- running
@@ -116,12 +124,22 @@ class Mirror:
         return delay
 
     async def _session(self) -> None:
-        kvs, revision = await self._client.get_prefix(self._keys.root())
-        outcome = self.catalog.resync({k: v.value for k, v in kvs.items()}, revision)
+        kvs, revision = await self._client.get_prefix(self._keys.root(), page=self._page)
+        listing = {k: Listed(v.value, v.mod_revision) for k, v in kvs.items()}
+        del kvs
+        outcome = Outcome()
+        loop = asyncio.get_running_loop()
+        turn = loop.time()
+        for step in self.catalog.resync_steps(listing, revision):
+            outcome.events += step.events
+            outcome.rejected += step.rejected
+            if loop.time() - turn > TURN:
+                await asyncio.sleep(0)  # a listing of a large mesh must not stall DNS, tunnels or the lease
+                turn = loop.time()
         self.sessions += 1
         if self.sessions > 1:
             self._metrics.resyncs.inc()
-        self._record(outcome, count=len(kvs) if self.sessions == 1 else len(outcome.events))
+        self._record(outcome, count=len(listing) if self.sessions == 1 else len(outcome.events))
         self._flush(initial=self.sessions == 1)
         self._healthy()
         if not self.synced.is_set():
@@ -142,13 +160,20 @@ class Mirror:
             await asyncio.gather(probe, watch, return_exceptions=True)
 
     async def _watch(self, revision: int) -> None:
+        loop = asyncio.get_running_loop()
+        turn = loop.time()
         async for event in self._client.watch_prefix(self._keys.root(), revision + 1):
             if event.value is None:
                 outcome = self.catalog.delete(event.key, event.revision)
             else:
                 outcome = self.catalog.put(event.key, event.value, event.revision)
             self._record(outcome, count=1)
+            now = loop.time()
             self._last_contact = time.monotonic()
+            if now - turn > TURN:
+                # A burst of changes: publish what is applied and let the data plane run before going on.
+                await asyncio.sleep(0)
+                turn = loop.time()
 
     async def _probe(self) -> None:
         """Detect a silent etcd (partition, stopped process) that leaves the watch hanging."""
@@ -197,12 +222,13 @@ class Mirror:
         """
         self._flush_scheduled = False
         events, self._pending = self._pending, []
-        self._view = self.catalog.view()
         self._metrics.records.set(len(self.catalog))
         if not events and not initial:
             return
+        view = self.catalog.view()
+        self.mesh.set(view)
         for callback in self._subscribers:
             try:
-                callback(self._view, events)
+                callback(view, events)
             except Exception:
                 log.exception("registry mirror: subscriber %r failed", callback)

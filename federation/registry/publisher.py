@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from federation.core.backoff import Backoff
@@ -16,6 +16,7 @@ from federation.core.records import ServiceExport, Site
 from federation.registry.etcd import Delete, EtcdClient, Put, reconnecting
 from federation.registry.publishing import DeleteOp, PutOp, Stored, desired_records, plan
 from federation.runtime.files import write_private
+from federation.runtime.values import Changes, Readable
 
 log = logging.getLogger(__name__)
 
@@ -27,15 +28,52 @@ class LeaseLost(RegistryUnavailable):
     """etcd no longer knows our lease (it expired while we were cut off)."""
 
 
+class Settled:
+    """Set while etcd holds what the publisher's inputs say, as they are now: the last sync, made from
+    these very inputs, found nothing to write. A change of an input unsets it at once."""
+
+    def __init__(self, *inputs: Readable[object]) -> None:
+        self._inputs = inputs
+        self._at: tuple[int, ...] | None = None
+        self._event = asyncio.Event()
+
+    def mark(self, at: tuple[int, ...]) -> None:
+        """The inputs as they were at `versions()` time `at` are in etcd."""
+        self._at = at
+        self._event.set()
+
+    def clear(self) -> None:
+        """etcd may no longer match (an error)."""
+        self._at = None
+
+    def is_set(self) -> bool:
+        """True while etcd matches the inputs as they are now."""
+        return self._at is not None and self._at == self.versions()
+
+    async def wait(self) -> None:
+        """Return once etcd matches the inputs as they are now."""
+        while not self.is_set():
+            self._event.clear()
+            await self._event.wait()
+
+    def versions(self) -> tuple[int, ...]:
+        """The inputs' versions now."""
+        return tuple(i.version for i in self._inputs)
+
+
 class Publisher:
-    """Writes the site record and its exports under the site's prefix and keeps the lease alive."""
+    """Writes the site record and its exports under the site's prefix and keeps the lease alive.
+
+    It follows `site` and `exports` (value holders owned by the agent and the sources) and writes what
+    changed at once; between changes it refreshes the lease every third of its TTL.
+    """
 
     def __init__(
         self,
         client: EtcdClient,
         keys: Keys,
-        site: Site,
-        exports: Iterable[ServiceExport] = (),
+        site: Readable[Site],
+        exports: Readable[Sequence[ServiceExport]],
         *,
         ttl: int = 10,
         lease_file: Path | None = None,
@@ -45,39 +83,33 @@ class Publisher:
         self._client = client
         self._keys = keys
         self._site = site
-        self._exports = tuple(exports)
+        self._exports = exports
         self._ttl = ttl
         self._lease_file = lease_file
         # Retries must come well within the lease TTL: etcd restarts a lease's countdown when it comes back,
         # and a publisher still backing off then lets the lease, and every record of the site, expire.
         self._backoff = backoff or Backoff(base=0.2, cap=max(0.5, ttl / 4))
         self._clock = clock
-        self._changed = asyncio.Event()
         self._actual: dict[str, Stored] = {}
         self.lease = 0
         self.published = asyncio.Event()
+        self.settled = Settled(site, exports)
+        """Set once a sync found etcd holding the last declared site and exports (nothing left to write);
+        cleared when they are replaced or etcd fails us."""
         self.writes = 0
         """Keys put or deleted since start (tests and metrics)."""
 
     @property
     def site(self) -> Site:
-        return self._site
-
-    def set_site(self, site: Site) -> None:
-        """Replace the site record (gateways, CA chain); written at the next sync."""
-        self._site = site
-        self._changed.set()
-
-    def set_exports(self, exports: Iterable[ServiceExport]) -> None:
-        """Replace the site's exports; written at the next sync."""
-        self._exports = tuple(exports)
-        self._changed.set()
+        """The site record as it is now."""
+        return self._site.get()
 
     async def run(self) -> None:
         """Publish until cancelled, reconnecting with backoff."""
         await reconnecting(self._client, self._session, self._on_error)
 
     def _on_error(self, exc: RegistryUnavailable) -> float:
+        self.settled.clear()
         delay = self._backoff.next()
         log.warning("registry publisher: %s; retrying in %.1fs", exc, delay)
         return delay
@@ -94,11 +126,14 @@ class Publisher:
     async def _session(self) -> None:
         self.lease = await self._acquire_lease()
         self._actual, _ = await self._owned()
+        with Changes(self._site, self._exports) as changes:
+            await self._keep(changes, max(self._ttl / 3, 0.2))
+
+    async def _keep(self, changes: Changes, interval: float) -> None:
+        """Write what changed at once; refresh the lease every `interval`; re-read our keys now and then."""
         rounds = 0
-        interval = max(self._ttl / 3, 0.2)
         last_keepalive = time.monotonic()
         while True:
-            self._changed.clear()
             await self._sync()
             self._backoff.reset()
             self.published.set()
@@ -108,22 +143,24 @@ class Publisher:
                     # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow the cancellation that
                     # stops the agent when it lands as the event fires (CPython gh-86296).
                     async with asyncio.timeout(wait):
-                        await self._changed.wait()
+                        await changes.wait()
             if time.monotonic() - last_keepalive < interval:
                 continue
             left = await self._client.keepalive(self.lease)
             last_keepalive = time.monotonic()
             if left <= 0:
                 self._forget_lease()
-                raise LeaseLost(f"lease {self.lease:x} expired; re-registering site {self._site.name}")
+                raise LeaseLost(f"lease {self.lease:x} expired; re-registering site {self.site.name}")
             rounds += 1
             if rounds % _RELIST_EVERY == 0:
                 self._actual, _ = await self._owned()
 
     async def _sync(self) -> None:
-        desired = desired_records(self._keys, self._site, self._exports, self._actual, self._clock())
+        at = self.settled.versions()
+        desired = desired_records(self._keys, self._site.get(), self._exports.get(), self._actual, self._clock())
         ops = plan(desired, self._actual, self.lease)
         if not ops:
+            self.settled.mark(at)
             return
         await self._client.commit(
             [Put(op.key, op.value, self.lease) if isinstance(op, PutOp) else Delete(op.key) for op in ops]
@@ -134,19 +171,22 @@ class Publisher:
             else:
                 self._actual[op.key] = Stored(op.value, self.lease)
         self.writes += len(ops)
-        log.info("registry publisher: wrote %d key(s) for site %s", len(ops), self._site.name)
+        self.settled.mark(at)
+        log.info("registry publisher: wrote %d key(s) for site %s", len(ops), self.site.name)
 
     async def _owned(self) -> tuple[dict[str, Stored], int]:
-        children, rev = await self._client.get_prefix(self._keys.site_children(self._site.name))
+        name = self.site.name
+        children, rev = await self._client.get_prefix(self._keys.site_children(name))
         own = {k: Stored(v.value, v.lease) for k, v in children.items()}
-        site_kv = await self._client.get(self._keys.site(self._site.name))
+        site_kv = await self._client.get(self._keys.site(name))
         if site_kv is not None:
-            own[self._keys.site(self._site.name)] = Stored(site_kv.value, site_kv.lease)
+            own[self._keys.site(name)] = Stored(site_kv.value, site_kv.lease)
         return own, rev
 
     async def _acquire_lease(self) -> int:
-        """Reuse the previous run's lease while it lives (a restart then rewrites nothing), else grant one."""
-        previous = self._read_lease_file()
+        """Reuse our lease while it lives (after an etcd outage, or the previous run's after a restart: then
+        nothing is rewritten), else grant one."""
+        previous = self.lease or self._read_lease_file()
         if previous:
             left = await self._client.keepalive(previous)
             if left > 0:
@@ -154,7 +194,7 @@ class Publisher:
                 return previous
         lease = await self._client.grant(self._ttl)
         self._write_lease_file(lease)
-        log.info("registry publisher: site %s holds lease %x (ttl %ds)", self._site.name, lease, self._ttl)
+        log.info("registry publisher: site %s holds lease %x (ttl %ds)", self.site.name, lease, self._ttl)
         return lease
 
     def _read_lease_file(self) -> int:
@@ -162,7 +202,7 @@ class Publisher:
             return 0
         try:
             site, lease = self._lease_file.read_text().split()
-            return int(lease, 16) if site == self._site.name else 0
+            return int(lease, 16) if site == self.site.name else 0
         except (OSError, ValueError):
             return 0
 
@@ -170,7 +210,7 @@ class Publisher:
         if self._lease_file is None:
             return
         self._lease_file.parent.mkdir(parents=True, exist_ok=True)
-        write_private(self._lease_file, f"{self._site.name} {lease:x}\n".encode())
+        write_private(self._lease_file, f"{self.site.name} {lease:x}\n".encode())
 
     def _forget_lease(self) -> None:
         if self._lease_file is not None:

@@ -1,9 +1,23 @@
-"""Writing files atomically with the mode they need: private (0600) for keys and agent state, public (0644)."""
+"""Files on disk: atomic writes with the mode they need (0600 for keys and agent state, 0644 for certificates),
+and the TLS file triple."""
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
+
+
+@dataclass(frozen=True, slots=True)
+class TlsFiles:
+    """A CA bundle, a certificate (chain) and its private key, as files: etcd's client or server TLS."""
+
+    ca: Path
+    """The CA bundle the peer's certificate must verify to."""
+    cert: Path
+    """Our certificate, followed by any intermediates."""
+    key: Path
+    """Its private key (0600)."""
 
 
 def write_private(path: Path, data: bytes) -> None:

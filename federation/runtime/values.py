@@ -81,20 +81,94 @@ class Value(Generic[T]):
         self._watchers.discard(event)
 
 
+class Derived(Generic[T]):
+    """A value computed from other values, on read: `fn()` runs again only after one of them changed.
+
+    Needs no task of its own; its followers wake whenever an input changes.
+
+        placement = Derived(lambda: Placement(vips=table.get(), held=held.get()), table, held)
+    """
+
+    __slots__ = ("_fn", "_inputs", "_seen", "_value", "name")
+
+    def __init__(self, fn: Callable[[], T], *inputs: Readable[object], name: str = "") -> None:
+        self._fn = fn
+        self._inputs = inputs
+        self._seen: tuple[int, ...] | None = None
+        self._value: T | None = None
+        self.name = name
+
+    def get(self) -> T:
+        """`fn()` as of the inputs' current values."""
+        seen = tuple(i.version for i in self._inputs)
+        if seen != self._seen:
+            self._value = self._fn()
+            self._seen = seen
+        return self._value  # type: ignore[return-value]
+
+    @property
+    def version(self) -> int:
+        """Grows with every change of an input."""
+        return sum(i.version for i in self._inputs)
+
+    def __repr__(self) -> str:
+        return f"Derived({self.name or '?'} v{self.version})"
+
+    def _watch(self, event: asyncio.Event) -> None:
+        for i in self._inputs:
+            i._watch(event)
+
+    def _unwatch(self, event: asyncio.Event) -> None:
+        for i in self._inputs:
+            i._unwatch(event)
+
+
+class Changes:
+    """Wakes its reader when any of `values` changed since its last `wait()`; safe to cancel and reuse.
+
+        with Changes(site, exports) as changes:
+            while True:
+                publish(site.get(), exports.get())
+                async with asyncio.timeout(keepalive):   # a timeout loses no change
+                    await changes.wait()
+    """
+
+    def __init__(self, *values: Readable[object]) -> None:
+        self._values = values
+        self._event = asyncio.Event()
+        for v in values:
+            v._watch(self._event)
+
+    @property
+    def pending(self) -> bool:
+        """True if a value changed since the last `wait()` returned."""
+        return self._event.is_set()
+
+    async def wait(self) -> None:
+        """Return once a value changed since the last return (at once if one already did)."""
+        await self._event.wait()
+        self._event.clear()
+
+    def close(self) -> None:
+        """Stop watching."""
+        for v in self._values:
+            v._unwatch(self._event)
+
+    def __enter__(self) -> Changes:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 async def follow(*values: Readable[object]) -> AsyncGenerator[None, None]:
     """Yield at once, then once after any of `values` changed (changes during the reader's turn are
-    not lost: they make the next wait return at once). Stops only when the reader stops."""
-    event = asyncio.Event()
-    for v in values:
-        v._watch(event)
-    try:
+    not lost: they make the next wait return at once). For loops that only stop when cancelled; use
+    `Changes` where a wait may time out."""
+    with Changes(*values) as changes:
         while True:
-            event.clear()
             yield
-            await event.wait()
-    finally:
-        for v in values:
-            v._unwatch(event)
+            await changes.wait()
 
 
 async def wait_until(value: Readable[T], predicate: Callable[[T], bool]) -> T:

@@ -29,9 +29,8 @@ from federation.core.keys import Keys
 from federation.core.records import Endpoint, ServiceExport, ServicePort
 from federation.registry.embedded import EtcdProcess
 from federation.registry.etcd import EtcdClient
-from federation.registry.publisher import Publisher
 from tests.integration.agentproc import AgentProcess, write_config
-from tests.util import site
+from tests.util import HandPublisher, site
 
 
 def _export(i: int, gen: int) -> ServiceExport:
@@ -43,7 +42,7 @@ def _export(i: int, gen: int) -> ServiceExport:
 async def publish(endpoint: str, services: int, seconds: float) -> None:
     """The churning site (run as a separate process): READY, then changes until `seconds` have passed."""
     current = [_export(i, 0) for i in range(services)]
-    pub = Publisher(EtcdClient([endpoint]), Keys(), site("far", network="net-far"), current, ttl=30)
+    pub = HandPublisher(EtcdClient([endpoint]), Keys(), site("far", network="net-far"), current, ttl=30)
     task = asyncio.create_task(pub.run(), name="publisher")
     await pub.published.wait()
     print("READY", flush=True)

@@ -25,7 +25,7 @@ import time
 import zlib
 from pathlib import Path
 
-from federation.dns.zone import AAAA, PTR, SRV, A, StaticVips, ZoneBuilder, name_of
+from federation.dns.zone import AAAA, PTR, SRV, A, ZoneBuilder, name_of
 from tests.dnshelp import ZONE, big_view
 
 SEED = 1645
@@ -34,7 +34,7 @@ SEED = 1645
 def zone_records(services: int) -> list[tuple[str, str, str]]:
     """(owner, type, rdata) of every A/AAAA/SRV/PTR record meshfed serves for `services` services."""
     view, vips = big_view(services, seed=SEED)
-    zone = ZoneBuilder(ZONE, local_site="east").build(view, frozenset(), StaticVips(vips))
+    zone = ZoneBuilder(ZONE, local_site="east").build(view, frozenset(), (vips))
     out = []
     for labels, node in zone.nodes.items():
         for rdtype in node.types():
@@ -163,9 +163,9 @@ def serve(services: int, port: int, workers: int) -> None:
         view, vips = big_view(services, seed=SEED)
         settings = DnsSettings(udp=(f"127.0.0.1:{port}",), tcp=(f"127.0.0.1:{port}",), forwarding=False,
                                workers=workers)
-        server = DnsServer(settings, local_site="east", vip_source=StaticVips(vips))
+        server = DnsServer(settings, local_site="east")
         started = time.perf_counter()
-        server.update(view)
+        server.update(view, vips=vips)
         print(f"meshfed: {len(server.fast)} pre-encoded answers built in {time.perf_counter() - started:.1f}s",
               file=sys.stderr, flush=True)
         stop = asyncio.Event()

@@ -33,8 +33,7 @@ from federation.core.view import MeshView
 from federation.registry.embedded import EtcdProcess
 from federation.registry.etcd import EtcdClient
 from federation.registry.mirror import Mirror
-from federation.registry.publisher import Publisher
-from tests.util import site
+from tests.util import HandPublisher, site
 
 KEYS = Keys()
 
@@ -58,7 +57,7 @@ def make_exports(services: int, per: int, generation: int) -> list[ServiceExport
     ]
 
 
-async def drive_changes(publisher: Publisher, services: int, per: int, rate: float,
+async def drive_changes(publisher: HandPublisher, services: int, per: int, rate: float,
                         submitted: dict[int, float]) -> None:
     """Change every endpoint once (generation 1), at `rate` changes per second."""
     current = make_exports(services, per, 0)
@@ -90,7 +89,7 @@ def pct(values: list[float], p: float) -> float:
 
 
 async def run_mirror(etcd: EtcdProcess, services: int, per: int, rate: float) -> list[float]:
-    pub = Publisher(EtcdClient([etcd.endpoint]), KEYS, site("east"), make_exports(services, per, 0), ttl=30)
+    pub = HandPublisher(EtcdClient([etcd.endpoint]), KEYS, site("east"), make_exports(services, per, 0), ttl=30)
     mirror = Mirror(EtcdClient([etcd.endpoint]), KEYS)
     base = services * per
     observed: dict[int, float] = {}
@@ -111,7 +110,7 @@ async def run_mirror(etcd: EtcdProcess, services: int, per: int, rate: float) ->
     tasks = [asyncio.create_task(pub.run(), name="pub"), asyncio.create_task(mirror.run(), name="mirror")]
     try:
         await asyncio.wait_for(pub.published.wait(), 30)
-        await _until(lambda: len(mirror.view().exports) == services, 30)
+        await _until(lambda: len(mirror.mesh.get().exports) == services, 30)
         await drive_changes(pub, services, per, rate, submitted)
         await _until(lambda: len(observed) == services * per, 60)
     finally:
@@ -123,7 +122,7 @@ async def run_mirror(etcd: EtcdProcess, services: int, per: int, rate: float) ->
 
 async def run_floor(etcd: EtcdProcess, services: int, per: int, rate: float) -> list[float]:
     """The same workload observed by a bare aetcd watch that only decodes JSON."""
-    pub = Publisher(EtcdClient([etcd.endpoint]), KEYS, site("east"), make_exports(services, per, 0), ttl=30)
+    pub = HandPublisher(EtcdClient([etcd.endpoint]), KEYS, site("east"), make_exports(services, per, 0), ttl=30)
     base = services * per
     observed: dict[int, float] = {}
     submitted: dict[int, float] = {}

@@ -8,11 +8,13 @@ import dns.asyncquery
 import dns.message
 
 from federation.core.keys import Keys
+from federation.core.view import MeshView
 from federation.dns.server import DnsServer
 from federation.dns.settings import DnsSettings
 from federation.registry.allocator import VipAllocator
 from federation.registry.embedded import EtcdProcess
 from federation.registry.etcd import EtcdClient
+from federation.runtime.values import Value
 from tests.dnshelp import export, site, view
 
 RANGES = ("240.240.0.0/16", "fd6d:6573:6866:6564::/64")
@@ -29,63 +31,62 @@ class Clock:
 async def test_two_vm_sites_get_the_same_vip_and_release_waits_for_the_grace_period(etcd: EtcdProcess) -> None:
     clock = Clock()
     clients = [EtcdClient([etcd.endpoint], timeout=3) for _ in range(2)]
-    changes: list[int] = []
-    east, west = (VipAllocator(c, Keys(), ranges=RANGES, grace=60, clock=clock) for c in clients)
-    east.subscribe(lambda: changes.append(1))
+    unused = Value(MeshView.before_sync())  # reconcile() is driven by hand here
+    east, west = (VipAllocator(c, Keys(), unused, ranges=RANGES, grace=60, clock=clock) for c in clients)
+    before = east.table.version
     try:
         services = [export("east", "shop", f"svc{i}", ["10.0.0.1"]) for i in range(20)]
         mesh = view([site("east"), site("west")], services)
         # both agents allocate at once: compare-and-swap leaves one allocation per service
         for _ in range(2):
             await asyncio.gather(east.reconcile(mesh), west.reconcile(mesh))
-        assert east.table == west.table
-        assert len(east.table) == 20
-        addresses = [a for addrs in east.table.values() for a in addrs]
+        assert east.table.get() == west.table.get()
+        assert len(east.table.get()) == 20
+        addresses = [a for addrs in east.table.get().values() for a in addrs]
         assert len(addresses) == len(set(addresses)) == 40
-        web = east.addresses("shop", "svc0")
+        web = east.table.get().get(("shop", "svc0"), ())
         assert web[0].startswith("240.240.")
         assert web[1].startswith("fd6d:6573:6866:6564:")
-        assert changes
+        assert east.table.version > before
 
         # no site exports svc0 any more: kept through the grace period, then released
         fewer = view([site("east"), site("west")], services[1:])
         await east.reconcile(fewer)
         clock.now += 59
         await asyncio.gather(east.reconcile(fewer), west.reconcile(fewer))
-        assert west.addresses("shop", "svc0") == web
+        assert west.table.get().get(("shop", "svc0"), ()) == web
         clock.now += 2
         for _ in range(2):
             await asyncio.gather(east.reconcile(fewer), west.reconcile(fewer))
-        assert east.addresses("shop", "svc0") == ()
-        assert west.addresses("shop", "svc0") == ()
+        assert east.table.get().get(("shop", "svc0"), ()) == ()
+        assert west.table.get().get(("shop", "svc0"), ()) == ()
         kvs, _ = await clients[0].get_prefix(Keys().mesh("vips") + "/")
         assert len(kvs) == 19 * 3  # one allocation and two address claims per remaining service
 
         # exported again: a fresh allocation, the same on both sites
         for _ in range(2):  # the loser of a race sees the winner's allocation on its next pass
             await asyncio.gather(east.reconcile(mesh), west.reconcile(mesh))
-        assert east.addresses("shop", "svc0") == west.addresses("shop", "svc0") != ()
+        assert east.table.get().get(("shop", "svc0"), ()) == west.table.get().get(("shop", "svc0"), ()) != ()
     finally:
         for c in clients:
             await c.close()
 
 
 async def test_two_vm_site_agents_answer_the_same_vip(etcd: EtcdProcess) -> None:
-    mesh = view([site("east"), site("west")], [export("east", "shop", "web", ["10.0.0.1"]),
-                                               export("west", "shop", "web", ["10.1.0.1"])])
+    mesh = Value(view([site("east"), site("west")], [export("east", "shop", "web", ["10.0.0.1"]),
+                                                     export("west", "shop", "web", ["10.1.0.1"])]))
     clients, servers, tasks = [], [], []
     try:
         for name in ("east", "west"):
             client = EtcdClient([etcd.endpoint], timeout=3)
             clients.append(client)
-            allocator = VipAllocator(client, Keys(), ranges=RANGES)
+            allocator = VipAllocator(client, Keys(), mesh, ranges=RANGES, interval=0.1)
             server = DnsServer(DnsSettings(udp=("127.0.0.1:0",), tcp=("127.0.0.1:0",), forwarding=False),
-                               local_site=name, vip_source=allocator)
-            allocator.subscribe(server.refresh)
+                               local_site=name, mesh=mesh, vips=allocator.table)
             servers.append(server)
             await server.start()
-            server.update(mesh)
-            tasks.append(asyncio.create_task(allocator.run(lambda: mesh, interval=0.1), name=f"vips-{name}"))
+            tasks.append(asyncio.create_task(server.run(), name=f"dns-{name}"))
+            tasks.append(asyncio.create_task(allocator.run(), name=f"vips-{name}"))
         answers = []
         for server in servers:
             host, port = server.udp_addresses[0]
@@ -131,29 +132,27 @@ class CountingClient:
 
 async def test_endpoint_churn_does_not_relist_allocations_but_a_new_service_does(etcd: EtcdProcess) -> None:
     client = CountingClient(EtcdClient([etcd.endpoint], timeout=3))
-    allocator = VipAllocator(client, Keys(), ranges=RANGES)
-    current = [view([site("east")], [export("east", "shop", "web", ["10.0.0.1"])])]
-    task = asyncio.create_task(allocator.run(lambda: current[0], interval=3600), name="vips")
+    current = Value(view([site("east")], [export("east", "shop", "web", ["10.0.0.1"])]))
+    allocator = VipAllocator(client, Keys(), current, ranges=RANGES, interval=3600)
+    task = asyncio.create_task(allocator.run(), name="vips")
     try:
         for _ in range(200):
-            if allocator.addresses("shop", "web"):
+            if allocator.table.get().get(("shop", "web"), ()):
                 break
             await asyncio.sleep(0.02)
-        assert allocator.addresses("shop", "web")
+        assert allocator.table.get().get(("shop", "web"), ())
         settled = client.listings
         for i in range(20):  # endpoint churn: same services, new endpoints
-            current[0] = view([site("east")], [export("east", "shop", "web", [f"10.0.0.{i + 2}"])])
-            allocator.kick()
+            current.set(view([site("east")], [export("east", "shop", "web", [f"10.0.0.{i + 2}"])]))
             await asyncio.sleep(0.01)
         assert client.listings == settled
-        current[0] = view([site("east")], [export("east", "shop", "web", ["10.0.0.1"]),
-                                           export("east", "shop", "api", ["10.0.0.9"])])
-        allocator.kick()
+        current.set(view([site("east")], [export("east", "shop", "web", ["10.0.0.1"]),
+                                          export("east", "shop", "api", ["10.0.0.9"])]))
         for _ in range(200):
-            if allocator.addresses("shop", "api"):
+            if allocator.table.get().get(("shop", "api"), ()):
                 break
             await asyncio.sleep(0.02)
-        assert allocator.addresses("shop", "api")
+        assert allocator.table.get().get(("shop", "api"), ())
         assert client.listings > settled
     finally:
         task.cancel()

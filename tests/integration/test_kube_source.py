@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,16 +15,18 @@ from prometheus_client import CollectorRegistry
 from federation.core.backoff import Backoff
 from federation.core.keys import Keys
 from federation.core.records import Endpoint, ServiceExport, ServicePort
+from federation.core.view import PortId
 from federation.devkit.apiserver import DevApiServer
 from federation.devkit.objects import endpoint, endpointslice, service, serviceexport
 from federation.registry.embedded import EtcdProcess
 from federation.registry.etcd import EtcdClient
 from federation.registry.mirror import Mirror
 from federation.registry.publisher import Publisher
+from federation.runtime.values import Value, follow
 from federation.sources.kubernetes.importing import derived_name
 from federation.sources.kubernetes.settings import KubernetesSettings
 from federation.sources.kubernetes.source import KubernetesSource
-from tests.util import eventually, export, site
+from tests.util import HandPublisher, eventually, export, site
 
 KEYS = Keys()
 EGRESS = ("10.244.0.9", 20001)
@@ -43,7 +45,7 @@ class Cluster:
     published: list[list[ServiceExport]] = field(default_factory=list)
 
     def exported(self) -> dict[tuple[str, str, str], ServiceExport]:
-        return dict(self.mirror.view().exports)
+        return dict(self.mirror.mesh.get().exports)
 
     def conditions(self, name: str = "web") -> dict[str, tuple[str, str]]:
         se = self.api.get("serviceexports", "shop", name) or {}
@@ -56,21 +58,20 @@ async def cluster(etcd: EtcdProcess, tmp_path: Path, api: DevApiServer) -> Async
     settings = KubernetesSettings(enabled=True, kubeconfig=str(api.kubeconfig(tmp_path / "kubeconfig")),
                                   backoff_base=0.05, backoff_cap=0.3, reconcile_delay=0.01, request_timeout=3,
                                   egress_address=EGRESS[0])
-    publisher = Publisher(EtcdClient([etcd.endpoint], timeout=3), KEYS, site("east"), ttl=5, backoff=fast())
     mirror = Mirror(EtcdClient([etcd.endpoint], timeout=3), KEYS, backoff=fast())
-    c: Cluster
-
-    def on_exports(exports: Any) -> None:
-        c.published.append(list(exports))
-        publisher.set_exports(exports)
-
     metrics = CollectorRegistry()
-    source = KubernetesSource(settings, "east", on_exports, egress_target=lambda ns, n, p: ("0.0.0.0", EGRESS[1]),
+    source = KubernetesSource(settings, "east", mesh=mirror.mesh, listeners=Value(_EveryPort(("0.0.0.0", EGRESS[1]))),
                               metrics=metrics)
+    publisher = Publisher(EtcdClient([etcd.endpoint], timeout=3), KEYS, Value(site("east")), source.exports, ttl=5,
+                          backoff=fast())
     c = Cluster(api, source, mirror, metrics)
-    mirror.subscribe(lambda view, _events: source.update(view))
+
+    async def record() -> None:
+        async for _ in follow(source.exports):
+            c.published.append(list(source.exports.get()))
+
     tasks = [asyncio.create_task(publisher.run(), name="publisher"), asyncio.create_task(mirror.run(), name="mirror"),
-             asyncio.create_task(source.run(), name="kubernetes-source")]
+             asyncio.create_task(source.run(), name="kubernetes-source"), asyncio.create_task(record(), name="record")]
     try:
         yield c
     finally:
@@ -82,13 +83,29 @@ async def cluster(etcd: EtcdProcess, tmp_path: Path, api: DevApiServer) -> Async
                 raise t.exception()  # type: ignore[misc]
 
 
-def other_site(etcd: EtcdProcess, name: str, network: str, exports: list[ServiceExport]) -> Publisher:
-    return Publisher(EtcdClient([etcd.endpoint], timeout=3), KEYS, site(name, network=network), exports, ttl=5,
-                     backoff=fast())
+class _EveryPort(Mapping[PortId, tuple[str, int]]):
+    """Egress listeners as a test stands them in: one address for every service port."""
+
+    def __init__(self, listener: tuple[str, int]) -> None:
+        self.listener = listener
+
+    def __getitem__(self, key: PortId) -> tuple[str, int]:
+        return self.listener
+
+    def __iter__(self) -> Iterator[PortId]:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+
+def other_site(etcd: EtcdProcess, name: str, network: str, exports: list[ServiceExport]) -> HandPublisher:
+    return HandPublisher(EtcdClient([etcd.endpoint], timeout=3), KEYS, site(name, network=network), exports, ttl=5,
+                         backoff=fast())
 
 
 @asynccontextmanager
-async def running(*publishers: Publisher) -> AsyncIterator[None]:
+async def running(*publishers: HandPublisher) -> AsyncIterator[None]:
     tasks = [asyncio.create_task(p.run(), name=f"publisher-{p.site.name}") for p in publishers]
     try:
         yield
@@ -116,10 +133,10 @@ async def test_export_reaches_registry_with_status_and_readiness_flows(etcd: Etc
                                                     "Conflict": ("False", "NoConflicts")}, what="ServiceExport status")
         api.put(endpointslice(endpoints=[endpoint("10.244.1.5", ready=False), endpoint("10.244.1.6")]))
         await eventually(lambda: not c.exported()[key].endpoints[0].ready, what="readiness change in the registry")
-        assert c.source.eastwest_address() is None
+        assert c.source.eastwest_address.get() is None
         lb = service("meshfed-system", "meshfed-eastwest", type="LoadBalancer")
         api.put({**lb, "status": {"loadBalancer": {"ingress": [{"ip": "203.0.113.7", "ipMode": "VIP"}]}}})
-        await eventually(lambda: c.source.eastwest_address() == "203.0.113.7", what="east-west address")
+        await eventually(lambda: c.source.eastwest_address.get() == "203.0.113.7", what="east-west address")
         api.put(serviceexport(name="ghost"))
         await eventually(lambda: c.conditions("ghost").get("Valid") == ("False", "NoService"), what="NoService")
         api.remove("serviceexports", "shop", "web")
@@ -158,7 +175,8 @@ async def test_imports_create_and_remove_owned_objects(etcd: EtcdProcess, tmp_pa
             assert "selector" not in svc["spec"]
             await eventually(lambda: api.get("serviceimports", "shop", "db")["spec"]["ips"]  # type: ignore[index]
                              == [svc["spec"]["clusterIP"]], what="cluster IP in the ServiceImport")
-            assert c.source.imported_ips() == {("shop", "db"): svc["spec"]["clusterIP"]}
+            await eventually(lambda: dict(c.source.cluster_ips.get()) == {("shop", "db"): (svc["spec"]["clusterIP"],)},
+                             what="the derived ClusterIP for DNS")
             await eventually(lambda: api.get("serviceimports", "shop", "db").get("status")  # type: ignore[union-attr]
                              == {"clusters": [{"cluster": "far"}, {"cluster": "near"}]}, what="ServiceImport status")
             addresses = sorted((e["addresses"][0], s["ports"][0]["port"])

@@ -10,13 +10,14 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from federation.core.backoff import Backoff
+from federation.core.exportset import ExportSet
 from federation.core.keys import Keys
 from federation.core.records import ServiceExport
 from federation.registry.embedded import EtcdProcess
 from federation.registry.etcd import EtcdClient
 from federation.registry.mirror import Mirror
 from federation.registry.publisher import Publisher
-from federation.sources.vm.exportset import ExportSet
+from federation.runtime.values import Value
 from federation.sources.vm.health import HealthChecker
 from federation.sources.vm.settings import CheckSettings, PortSettings, VmServiceSettings, VmSettings
 from tests.util import eventually, site
@@ -75,21 +76,22 @@ async def test_registry_follows_http_and_tcp_checks(etcd: EtcdProcess, server: W
         service("raw", server.port, fast("tcp")),
     ))
     client = EtcdClient([etcd.endpoint], timeout=3)
-    publisher = Publisher(client, KEYS, site("vm-a"), ttl=3, backoff=Backoff(base=0.05, cap=0.5))
+    published: Value[tuple[ServiceExport, ...]] = Value(())
+    publisher = Publisher(client, KEYS, Value(site("vm-a")), published, ttl=3, backoff=Backoff(base=0.05, cap=0.5))
     mirror = Mirror(EtcdClient([etcd.endpoint], timeout=3), KEYS, backoff=Backoff(base=0.05, cap=0.5))
-    exports = ExportSet(publisher.set_exports)
+    exports = ExportSet(lambda merged: published.set(tuple(merged)))
     metrics = CollectorRegistry()
     checks = HealthChecker(settings, "vm-a", exports.group("checks"), metrics=metrics)
 
     def ready(name: str) -> bool | None:
-        e = mirror.view().exports.get(("vm-a", "shop", name))
+        e = mirror.mesh.get().exports.get(("vm-a", "shop", name))
         return None if e is None else e.endpoints[0].ready
 
     tasks = [asyncio.create_task(c, name=n) for n, c in
              (("publisher", publisher.run()), ("mirror", mirror.run()), ("checks", checks.run()))]
     try:
         await eventually(lambda: ready("web") is True and ready("raw") is True, what="both services ready")
-        assert mirror.view().exports[("vm-a", "shop", "web")].endpoints[0].ports[0].port == server.port
+        assert mirror.mesh.get().exports[("vm-a", "shop", "web")].endpoints[0].ports[0].port == server.port
 
         server.healthy = False  # 503: the http check fails, the tcp check still passes
         await eventually(lambda: ready("web") is False, what="web not ready in the registry")

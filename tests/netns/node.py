@@ -17,6 +17,7 @@ from typing import cast
 
 from federation.core.view import MeshView
 from federation.pki.issuing import load_site
+from federation.runtime.values import Value
 from gateway.eastwest import EastWestGateway
 from gateway.egress import Egress
 from gateway.settings import GatewaySettings
@@ -67,13 +68,13 @@ async def main(argv: list[str]) -> None:
     store = CertificateStore(load_site(ca_dir), "gw")
     settings = GatewaySettings(listen_address=host, listen_port=port, egress_address=host)
     if role == "gateway":
-        gw = EastWestGateway(site, lambda: view, store.server, store.bundle, settings)
+        gw = EastWestGateway(site, Value(view), store.server, store.bundle, settings)
         await gw.start()
         print("READY", gw.address[1], flush=True)
         await _until_stdin_closes()
         await gw.close()
     else:
-        eg = Egress(site, lambda: view, store.client, store.bundle, settings)
+        eg = Egress(site, Value(view), store.client, store.bundle, settings)
         await eg.start()
         ports = {"/".join(k): v[1] for k, v in eg.listeners().items()}
         print("READY", json.dumps(ports), flush=True)

@@ -14,17 +14,16 @@ import pytest
 from pyroute2 import netns as pyroute2_netns
 from zeroconf.asyncio import AsyncZeroconf
 
+from federation.core.exportset import ExportSet
 from federation.core.keys import Keys
 from federation.core.records import ServiceExport
 from federation.registry.embedded import EtcdProcess
 from federation.registry.etcd import EtcdClient
 from federation.registry.mirror import Mirror
-from federation.registry.publisher import Publisher
-from federation.sources.vm.exportset import ExportSet
 from federation.sources.vm.mdns import LanDiscovery
 from federation.sources.vm.settings import DiscoverySettings, VmSettings
 from tests.netns.nshelp import stop_by_stdin
-from tests.util import eventually, site
+from tests.util import HandPublisher, eventually, site
 
 pytestmark = pytest.mark.netns
 ROOT = Path(__file__).resolve().parents[2]
@@ -79,7 +78,7 @@ def zeroconf_in(ns: str) -> AsyncZeroconf:
 async def test_found_exported_to_the_registry_and_withdrawn_on_goodbye(lan: str, etcd: EtcdProcess) -> None:
     settings = VmSettings(discovery=DiscoverySettings(enabled=True, types=("_http._tcp.local.",), namespace="office"))
     published: list[Sequence[ServiceExport]] = []
-    publisher = Publisher(EtcdClient([etcd.endpoint], timeout=3), Keys(), site("vm-a"), ttl=3)
+    publisher = HandPublisher(EtcdClient([etcd.endpoint], timeout=3), Keys(), site("vm-a"), ttl=3)
     mirror = Mirror(EtcdClient([etcd.endpoint], timeout=3), Keys())
     exports = ExportSet(publisher.set_exports)
     to_registry = exports.group("lan")
@@ -94,7 +93,7 @@ async def test_found_exported_to_the_registry_and_withdrawn_on_goodbye(lan: str,
              (("lan-discovery", discovery.run()), ("publisher", publisher.run()), ("mirror", mirror.run()))]
     try:
         with announcer(lan, "_http._tcp.local.", "Office Printer", 8631):
-            await eventually(lambda: ("vm-a", "office", "office-printer") in mirror.view().exports,
+            await eventually(lambda: ("vm-a", "office", "office-printer") in mirror.mesh.get().exports,
                              what="the announced service in the registry")
             [export] = published[-1]
             assert (export.site, export.namespace, export.name) == ("vm-a", "office", "office-printer")
@@ -102,7 +101,7 @@ async def test_found_exported_to_the_registry_and_withdrawn_on_goodbye(lan: str,
             assert export.ports[0].port == 8631
             assert export.endpoints[0].addresses == (LAN_B,)
         # The announcer said goodbye on its way out.
-        await eventually(lambda: not mirror.view().exports, what="the service withdrawn after its goodbye")
+        await eventually(lambda: not mirror.mesh.get().exports, what="the service withdrawn after its goodbye")
     finally:
         for t in tasks:
             t.cancel()
@@ -128,14 +127,6 @@ async def test_withdrawn_when_ttl_expires_without_goodbye(lan: str) -> None:
         await azc.async_close()
 
 
-class Vips:
-    def __init__(self, table: dict[tuple[str, str], tuple[str, ...]]) -> None:
-        self.table = table
-
-    def addresses(self, namespace: str, name: str) -> tuple[str, ...]:
-        return self.table.get((namespace, name), ())
-
-
 def zeroconf_on(ns: str, address: str) -> AsyncZeroconf:
     pyroute2_netns.pushns(ns)
     try:
@@ -152,7 +143,7 @@ async def test_imported_services_are_announced_with_their_vip_and_withdrawn(lan:
     view = MeshView(sites={"vm-a": site("vm-a"), "vm-b": site("vm-b", "net-b")},
                     exports={("vm-b", "shop", "web"): export("vm-b", "web"),
                              ("vm-a", "shop", "local"): export("vm-a", "local")})
-    vips = Vips({("shop", "web"): ("240.240.0.5",), ("shop", "local"): ("240.240.0.6",)})
+    vips = ({("shop", "web"): ("240.240.0.5",), ("shop", "local"): ("240.240.0.6",)})
     announcing_zc, browsing_zc = zeroconf_on(lan, LAN_A), zeroconf_on(lan, LAN_B)
     announcer = MdnsAnnouncer(VmSettings(announce=True), "vm-a", zeroconf=announcing_zc)
     published: list[Sequence[ServiceExport]] = []

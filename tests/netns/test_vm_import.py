@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
+from federation.agent.dataplane import _ipv4_only
 from federation.core.backoff import Backoff
 from federation.core.keys import Keys
 from federation.registry.allocator import VipAllocator
@@ -20,6 +21,7 @@ from federation.registry.embedded import EtcdProcess
 from federation.registry.etcd import EtcdClient
 from federation.registry.mirror import Mirror
 from federation.registry.publisher import Publisher
+from federation.runtime.values import Derived, Value
 from federation.sources.vm.settings import CheckSettings, PortSettings, VmServiceSettings, VmSettings
 from federation.sources.vm.source import VmSource
 from tests.netns.nshelp import global_addresses, scratch_netns
@@ -47,14 +49,10 @@ async def tasks(**coros: object) -> AsyncIterator[dict[str, asyncio.Task[None]]]
         await asyncio.gather(*running.values(), return_exceptions=True)
 
 
-async def follow(mirror: Mirror, allocator: VipAllocator, source: VmSource) -> None:
-    """What vm-b's agent does on every registry change: allocate VIPs, then hand view and VIPs to the VM source."""
-    await mirror.synced.wait()
-    while True:
-        view = mirror.view()
-        await allocator.reconcile(view)
-        source.update(view, allocator)
-        await asyncio.sleep(0.1)
+def vm_b_source(mirror: Mirror, allocator: VipAllocator, netns: str) -> VmSource:
+    """vm-b's VM source, wired as the agent's data plane wires it (federation/agent/dataplane.py)."""
+    return VmSource(VmSettings(), "vm-b", mesh=mirror.mesh, vips=Derived(
+        lambda: _ipv4_only(allocator.table.get()), allocator.table), netns=netns)
 
 
 async def test_vm_export_reaches_other_vm_as_vip_and_restart_converges(etcd: EtcdProcess, netns: str) -> None:
@@ -63,25 +61,29 @@ async def test_vm_export_reaches_other_vm_as_vip_and_restart_converges(etcd: Etc
     vm_a = VmSettings(services=(VmServiceSettings(
         "shop", "web", (PortSettings("http", 8080, target_port=port),), address="127.0.0.1",
         check=CheckSettings(interval=0.3, timeout=0.25)),))
-    publisher = Publisher(EtcdClient([etcd.endpoint], timeout=3), KEYS, site("vm-a"), ttl=3,
+    source_a = VmSource(vm_a, "vm-a")
+    withdrawn = Value(False)  # vm-a's operator takes the service out of its config
+    exports_a = Derived(lambda: () if withdrawn.get() else source_a.exports.get(), withdrawn, source_a.exports)
+    publisher = Publisher(EtcdClient([etcd.endpoint], timeout=3), KEYS, Value(site("vm-a")), exports_a, ttl=3,
                           backoff=Backoff(base=0.05, cap=0.5))
-    source_a = VmSource(vm_a, "vm-a", publisher.set_exports)
     mirror = Mirror(EtcdClient([etcd.endpoint], timeout=3), KEYS, backoff=Backoff(base=0.05, cap=0.5))
-    allocator = VipAllocator(EtcdClient([etcd.endpoint], timeout=3), KEYS, ranges=RANGES, grace=0.0)
-    source_b = VmSource(VmSettings(), "vm-b", lambda _exports: None, netns=netns)
+    allocator = VipAllocator(EtcdClient([etcd.endpoint], timeout=3), KEYS, mirror.mesh, ranges=RANGES, grace=0.0,
+                             interval=0.2)
+    source_b = vm_b_source(mirror, allocator, netns)
 
     def web_ready() -> bool | None:
-        e = mirror.view().exports.get(("vm-a", "shop", "web"))
+        e = mirror.mesh.get().exports.get(("vm-a", "shop", "web"))
         return None if e is None else e.endpoints[0].ready
 
     try:
         async with tasks(source_a=source_a.run(), mirror=mirror.run()):
             await source_a.ready.wait()  # the publisher starts with the complete first list
             async with tasks(publisher=publisher.run()):
-                async with tasks(source_b=source_b.run(), follow=follow(mirror, allocator, source_b)):
-                    await eventually(lambda: bool(allocator.addresses("shop", "web")), what="web's VIPs allocated")
-                    v4, v6 = allocator.addresses("shop", "web")
-                    want = sorted([f"{v4}/32", f"{v6}/128"])
+                async with tasks(source_b=source_b.run(), allocator=allocator.run()):
+                    await eventually(lambda: bool(allocator.table.get().get(("shop", "web"))),
+                                     what="web's VIPs allocated")
+                    v4, _v6 = allocator.table.get()[("shop", "web")]
+                    want = [f"{v4}/32"]  # the IPv6 VIP is allocated but not served (no AAAA yet), so not put up
                     await eventually(lambda: global_addresses(netns) == want, what="web's VIPs on vm-b's meshfed0")
                     assert web_ready() is True
 
@@ -91,14 +93,14 @@ async def test_vm_export_reaches_other_vm_as_vip_and_restart_converges(etcd: Etc
                     assert global_addresses(netns) == want  # still exported: its VIP stays
 
                 # vm-b's agent restarts: a new VM source converges on what is there, nothing added twice
-                source_b2 = VmSource(VmSettings(), "vm-b", lambda _exports: None, netns=netns)
-                async with tasks(source_b=source_b2.run(), follow=follow(mirror, allocator, source_b2)):
-                    vips = {ipaddress.ip_address(v4), ipaddress.ip_address(v6)}
+                source_b2 = vm_b_source(mirror, allocator, netns)
+                async with tasks(source_b=source_b2.run(), allocator=allocator.run()):
+                    vips = {ipaddress.ip_address(v4)}
                     await eventually(lambda: source_b2.vips.addresses == vips, what="the restarted source")
                     assert global_addresses(netns) == want
 
                     # vm-a stops exporting web; with no grace period its VIP is released and leaves meshfed0
-                    publisher.set_exports([])
+                    withdrawn.set(True)
                     await eventually(lambda: global_addresses(netns) == [], what="web's VIPs gone after the unexport")
     finally:
         server.close()

@@ -9,6 +9,7 @@ import pytest
 
 from federation.core.records import ServiceExport
 from federation.core.view import MeshView
+from federation.runtime.values import follow
 from federation.sources.vm.settings import CheckSettings, PortSettings, VmServiceSettings, VmSettings
 from federation.sources.vm.source import VmSource
 from tests.netns.nshelp import global_addresses, scratch_netns
@@ -23,14 +24,6 @@ def netns() -> Iterator[str]:
         yield name
 
 
-class Vips:
-    def __init__(self, table: dict[tuple[str, str], tuple[str, ...]]) -> None:
-        self.table = table
-
-    def addresses(self, namespace: str, name: str) -> tuple[str, ...]:
-        return self.table.get((namespace, name), ())
-
-
 async def test_vm_source_publishes_once_checked_and_follows_the_view(netns: str) -> None:
     server = await asyncio.start_server(lambda _r, w: w.close(), "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
@@ -38,7 +31,14 @@ async def test_vm_source_publishes_once_checked_and_follows_the_view(netns: str)
         "shop", "web", (PortSettings("http", 8080, target_port=port),), address="127.0.0.1",
         check=CheckSettings(interval=0.5, timeout=0.4)),))
     published: list[Sequence[ServiceExport]] = []
-    source = VmSource(settings, "vm-a", published.append, static_exports=[export("vm-a", "db")], netns=netns)
+    source = VmSource(settings, "vm-a", static_exports=[export("vm-a", "db")], netns=netns)
+
+    async def record() -> None:
+        async for _ in follow(source.exports):
+            if source.ready.is_set():
+                published.append(source.exports.get())
+
+    recorder = asyncio.create_task(record(), name="record")
     task = asyncio.create_task(source.run(), name="vm-source")
     try:
         await asyncio.wait_for(source.ready.wait(), 15)
@@ -48,10 +48,10 @@ async def test_vm_source_publishes_once_checked_and_follows_the_view(netns: str)
         sites = {"vm-a": site("vm-a"), "vm-b": site("vm-b", "net-b")}
         view = MeshView(sites=sites, exports={("vm-b", "shop", "api"): export("vm-b", "api"),
                                               ("vm-b", "shop", "pay"): export("vm-b", "pay")})
-        source.update(view, Vips({("shop", "api"): ("240.240.0.1",), ("shop", "pay"): ("240.240.0.2",)}))
+        source.update(view, ({("shop", "api"): ("240.240.0.1",), ("shop", "pay"): ("240.240.0.2",)}))
         await eventually(lambda: global_addresses(netns) == ["240.240.0.1/32", "240.240.0.2/32"], what="VIPs on meshfed0")
         source.update(MeshView(sites=sites, exports={("vm-b", "shop", "api"): export("vm-b", "api")}),
-                      Vips({("shop", "api"): ("240.240.0.1",)}))
+                      ({("shop", "api"): ("240.240.0.1",)}))
         await eventually(lambda: global_addresses(netns) == ["240.240.0.1/32"], what="a removed service's VIP gone")
         assert not source.fallback
 
@@ -60,6 +60,7 @@ async def test_vm_source_publishes_once_checked_and_follows_the_view(netns: str)
         await eventually(lambda: not published[-1][1].endpoints[0].ready, what="web not ready")
     finally:
         task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        recorder.cancel()
+        await asyncio.gather(task, recorder, return_exceptions=True)
         server.close()
         await server.wait_closed()

@@ -1,82 +1,63 @@
 """Pure conversion of Kubernetes objects (plain dicts shaped like the API's) into registry exports.
 
 A Service is exported when a ServiceExport of the same namespace and name exists; its endpoints come
-from the EndpointSlices labelled `kubernetes.io/service-name`. The export carries what the MCS API
-puts on the ServiceImport (ipFamilies, sessionAffinity and its config, internalTrafficPolicy,
-trafficDistribution, ports' appProtocol) and the ServiceExport's exportedLabels/exportedAnnotations.
-ServiceExport status conditions follow the MCS API (sigs.k8s.io/mcs-api v1beta1): `Valid`, `Ready`
-and `Conflict`, with the reasons that project defines (several conflict reasons joined by commas).
+from the EndpointSlices labelled `kubernetes.io/service-name`. EndpointSlices carry no pod labels: an
+endpoint gets the labels its pod (the slice's `targetRef`) has under the keys the ServiceExport names in
+its `meshfed.io/endpoint-labels` annotation (e.g. "version,track"), and no others, so the registry holds
+only what traffic policies select on. The export carries what the MCS API puts on the ServiceImport
+(ipFamilies, sessionAffinity and its config, internalTrafficPolicy, trafficDistribution, ports'
+appProtocol) and the ServiceExport's exportedLabels/exportedAnnotations. The ServiceExport
+status conditions are in conditions.py.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from federation.core.errors import RecordError
 from federation.core.records import (
+    MAX_ENDPOINT_LABELS,
     Endpoint,
     EndpointPort,
+    Labels,
     Locality,
     Protocol,
     ServiceExport,
     ServicePort,
     ServiceType,
+    check_label_key,
+    check_label_value,
     is_dns_label,
     validate_export,
 )
-from federation.core.view import Conflict
+from federation.sources.kubernetes.conditions import (
+    REASON_INVALID,
+    REASON_INVALID_EXPORT,
+    REASON_INVALID_TYPE,
+    REASON_NO_SERVICE,
+    Invalid,
+    MeshState,
+    export_conditions,
+    format_time,
+    same_conditions,
+)
 
 Obj = Mapping[str, Any]
 ObjKey = tuple[str, str]
 """(namespace, name) of a namespaced object."""
 
+__all__ = ["NOWHERE", "Conversion", "Invalid", "MeshState", "Obj", "ObjKey", "convert", "convert_all",
+           "export_conditions", "format_time", "is_owned", "key_of", "parse_time", "same_conditions"]
+
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+ENDPOINT_LABELS_ANNOTATION = "meshfed.io/endpoint-labels"
+"""On a ServiceExport: comma-separated pod label keys that its endpoints carry into the registry."""
 NOWHERE = Locality()
 MAX_ENDPOINTS = 1000
 """Endpoints per export: the registry record stays well below etcd's 1.5 MiB value limit."""
-
-# Reasons as in sigs.k8s.io/mcs-api (ServiceExportReason*).
-REASON_VALID = "Valid"
-REASON_NO_SERVICE = "NoService"
-REASON_INVALID_TYPE = "InvalidServiceType"
-REASON_INVALID = "InvalidService"
-REASON_NO_CONFLICTS = "NoConflicts"
-REASON_TYPE_CONFLICT = "TypeConflict"
-REASON_PORT_CONFLICT = "PortConflict"
-REASON_PENDING = "Pending"
-REASON_EXPORTED = "Exported"
-REASON_FAILED = "Failed"
-REASON_INVALID_EXPORT = "InvalidServiceExport"
-CONFLICT_REASONS = {
-    "type": "TypeConflict", "ports": "PortConflict", "sessionAffinity": "SessionAffinityConflict",
-    "sessionAffinityConfig": "SessionAffinityConfigConflict", "internalTrafficPolicy": "InternalTrafficPolicyConflict",
-    "trafficDistribution": "TrafficDistributionConflict", "ipFamilies": "IPFamilyConflict",
-    "labels": "LabelsConflict", "annotations": "AnnotationsConflict",
-}
-"""Conflict kinds of the mesh view -> the MCS reasons (ServiceExportReason*Conflict)."""
-
-
-@dataclass(frozen=True, slots=True)
-class MeshState:
-    """What the mesh view says about one ServiceExport of this site."""
-
-    synced: bool = False
-    """The mesh registry has been read once: before that, nothing about other sites is known."""
-    exported: bool = False
-    """This site's export of the service is in the registry (other sites can import it)."""
-    conflict: Conflict | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Invalid:
-    """Why a ServiceExport cannot be exported: an MCS reason and a message for the operator."""
-
-    reason: str
-    message: str
-
 
 @dataclass(slots=True)
 class Conversion:
@@ -108,11 +89,6 @@ def parse_time(text: Any) -> float:
         return 0.0
 
 
-def format_time(now: float) -> str:
-    """Unix time as the API writes it."""
-    return datetime.fromtimestamp(int(now), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def convert(
     services: Iterable[Obj],
     endpointslices: Iterable[Obj],
@@ -120,9 +96,10 @@ def convert(
     site: str,
     locality: Locality = NOWHERE,
     owned: tuple[str, str] = ("", ""),
+    pods: Iterable[Obj] = (),
 ) -> list[ServiceExport]:
     """The registry exports of one site: one per valid ServiceExport with its Service."""
-    return convert_all(services, endpointslices, serviceexports, site, locality, owned).exports
+    return convert_all(services, endpointslices, serviceexports, site, locality, owned, pods).exports
 
 
 def convert_all(
@@ -132,8 +109,13 @@ def convert_all(
     site: str,
     locality: Locality = NOWHERE,
     owned: tuple[str, str] = ("", ""),
+    pods: Iterable[Obj] = (),
 ) -> Conversion:
-    """Exports plus the reason each ServiceExport that cannot be exported is invalid."""
+    """Exports plus the reason each ServiceExport that cannot be exported is invalid.
+
+    `pods` are needed only for ServiceExports that name endpoint labels (ENDPOINT_LABELS_ANNOTATION).
+    """
+    pod_labels = {key_of(p): _m(_m(p.get("metadata")).get("labels")) for p in pods if isinstance(p, Mapping)}
     by_key = {key_of(s): s for s in services if isinstance(s, Mapping) and not (owned[0] and is_owned(s, owned))}
     slices: dict[ObjKey, list[Obj]] = {}
     for sl in endpointslices:
@@ -147,7 +129,7 @@ def convert_all(
     for se in sorted((x for x in serviceexports if isinstance(x, Mapping)), key=key_of):
         k = key_of(se)
         service = by_key.get(k)
-        result = _convert_one(se, service, slices.get(k, []), site, locality)
+        result = _convert_one(se, service, slices.get(k, []), site, locality, pod_labels)
         if isinstance(result, Invalid):
             out.invalid[k] = result
         else:
@@ -155,66 +137,12 @@ def convert_all(
     return out
 
 
-def export_conditions(
-    previous: Sequence[Obj],
-    invalid: Invalid | None,
-    mesh: MeshState,
-    now: float,
-    generation: int = 0,
-) -> list[dict[str, Any]]:
-    """The `Valid`, `Ready` and `Conflict` conditions of one ServiceExport.
-
-    Until this site's export is in the registry, Ready and Conflict are Unknown (Pending) rather than
-    a guess. lastTransitionTime is kept from `previous` while a condition's status does not change.
-    """
-    pending = ("Unknown", REASON_PENDING, "waiting for the export to reach the mesh registry")
-    if invalid is not None:
-        valid = ("False", invalid.reason, invalid.message)
-        ready = ("False", REASON_FAILED, f"the service is not exported: {invalid.message}")
-        conf = ("Unknown", REASON_PENDING, "the service is not exported, so no conflict is checked")
-    else:
-        valid = ("True", REASON_VALID, "the service is exported to the mesh")
-        if not (mesh.synced and mesh.exported):
-            ready = conf = pending
-        else:
-            ready = ("True", REASON_EXPORTED, "the service is in the mesh registry, where other sites import it")
-            if mesh.conflict is None:
-                conf = ("False", REASON_NO_CONFLICTS, "the service agrees with every other site's export")
-            else:
-                kinds = mesh.conflict.kinds or (mesh.conflict.kind,)
-                reason = ",".join(dict.fromkeys(CONFLICT_REASONS.get(k, "Conflict") for k in kinds))
-                conf = ("True", reason, mesh.conflict.reason)
-    before = {str(c.get("type")): c for c in _l(previous) if isinstance(c, Mapping)}
-    out = []
-    for ctype, (status, reason, message) in (("Valid", valid), ("Ready", ready), ("Conflict", conf)):
-        old = before.get(ctype)
-        since = old.get("lastTransitionTime") if old and old.get("status") == status else None
-        out.append({
-            "type": ctype,
-            "status": status,
-            "reason": reason,
-            "message": message[:32768],
-            "lastTransitionTime": since or format_time(now),
-            "observedGeneration": generation,
-        })  # fmt: skip
-    return out
-
-
-def same_conditions(a: Sequence[Obj], b: Sequence[Obj]) -> bool:
-    """True if two condition lists say the same (times aside)."""
-
-    def norm(cs: Sequence[Obj]) -> list[tuple[Any, ...]]:
-        fields = ("type", "status", "reason", "message")
-        return sorted(tuple(str(c.get(f)) for f in fields) for c in _l(cs) if isinstance(c, Mapping))
-
-    return norm(a) == norm(b)
-
-
 # ---------------------------------------------------------------- one export
 
 
 def _convert_one(
-    se: Obj, service: Obj | None, slices: list[Obj], site: str, locality: Locality
+    se: Obj, service: Obj | None, slices: list[Obj], site: str, locality: Locality,
+    pod_labels: Mapping[ObjKey, Mapping[str, Any]],
 ) -> ServiceExport | Invalid:
     ns, name = key_of(se)
     if service is None:
@@ -237,7 +165,8 @@ def _convert_one(
     timeout = _m(_m(spec.get("sessionAffinityConfig")).get("clientIP")).get("timeoutSeconds")
     try:
         ports, renamed = _service_ports(_l(spec.get("ports")))
-        endpoints = _endpoints(slices, ports, renamed, headless, locality)
+        carried = _carried_keys(_m(_m(se.get("metadata")).get("annotations")).get(ENDPOINT_LABELS_ANNOTATION))
+        endpoints = _endpoints(slices, ports, renamed, headless, locality, carried, pod_labels)
         export = ServiceExport(
             site=site,
             namespace=ns,
@@ -301,6 +230,8 @@ def _endpoints(
     renamed: dict[str, str],
     headless: bool,
     locality: Locality,
+    carried: tuple[str, ...] = (),
+    pod_labels: Mapping[ObjKey, Mapping[str, Any]] | None = None,
 ) -> tuple[Endpoint, ...]:
     names = {p.name for p in ports}
     seen_addresses: set[tuple[str, ...]] = set()
@@ -329,13 +260,50 @@ def _endpoints(
             else:
                 hostnames.add(hostname)
             zone = e.get("zone")
+            labels = _pod_labels(e, key_of(sl)[0], carried, pod_labels) if carried and pod_labels else ()
             out.append(Endpoint(
                 addresses=addresses,
                 ports=tuple(eports),
                 ready=ready,
                 hostname=hostname,
                 locality=Locality(locality.region, zone) if isinstance(zone, str) and zone else locality,
+                labels=labels,
             ))  # fmt: skip
+    return tuple(out)
+
+
+def _carried_keys(annotation: Any) -> tuple[str, ...]:
+    """The valid label keys an endpoint-labels annotation names (at most MAX_ENDPOINT_LABELS), sorted."""
+    if not isinstance(annotation, str):
+        return ()
+    keys = set()
+    for raw in annotation.split(","):
+        key = raw.strip()
+        try:
+            check_label_key("annotation", key)
+        except RecordError:
+            continue  # a typo in one key must not unexport the service
+        keys.add(key)
+    return tuple(sorted(keys))[:MAX_ENDPOINT_LABELS]
+
+
+def _pod_labels(
+    endpoint: Obj, namespace: str, carried: tuple[str, ...], pods: Mapping[ObjKey, Mapping[str, Any]]
+) -> Labels:
+    """The carried labels of the pod an EndpointSlice endpoint points at (its targetRef), valid ones only."""
+    ref = _m(endpoint.get("targetRef"))
+    if ref.get("kind") != "Pod":
+        return ()
+    labels = pods.get((str(ref.get("namespace") or namespace), str(ref.get("name", ""))), {})
+    out = []
+    for key in carried:
+        value = labels.get(key)
+        if isinstance(value, str):
+            try:
+                check_label_value("label", value)
+            except RecordError:
+                continue
+            out.append((key, value))
     return tuple(out)
 
 

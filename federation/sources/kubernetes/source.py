@@ -12,7 +12,8 @@ import contextlib
 import ipaddress
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -20,7 +21,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from federation.core.backoff import Backoff
 from federation.core.ratelimit import LogLimiter
 from federation.core.records import Locality, ServiceExport
-from federation.core.view import MeshView
+from federation.core.view import MeshView, PortId, VipTable
+from federation.runtime.values import Readable, Value, follow
 from federation.sources.kubernetes.client import ApiError, ApiUnavailable, KubeClient
 from federation.sources.kubernetes.conversion import (
     NOWHERE,
@@ -37,7 +39,6 @@ from federation.sources.kubernetes.importing import (
     MCS_SERVICE_LABEL,
     Create,
     Delete,
-    EgressTarget,
     Op,
     Owned,
     Patch,
@@ -71,10 +72,6 @@ class SourceMetrics:
         )  # fmt: skip
 
 
-def _no_egress(namespace: str, name: str, port_name: str) -> tuple[str, int] | None:
-    return None
-
-
 class KubernetesSource:
     """Exports this cluster's ServiceExports and imports the mesh's services as native objects."""
 
@@ -82,9 +79,9 @@ class KubernetesSource:
         self,
         settings: KubernetesSettings,
         site: str,
-        on_exports: Callable[[Iterable[ServiceExport]], None],
         *,
-        egress_target: EgressTarget = _no_egress,
+        mesh: Readable[MeshView] | None = None,
+        listeners: Readable[Mapping[PortId, tuple[str, int]]] | None = None,
         locality: Locality = NOWHERE,
         metrics: CollectorRegistry | None = None,
         clock: Callable[[], float] = time.time,
@@ -96,14 +93,19 @@ class KubernetesSource:
         """Set once every cache has listed and the first exports were handed over."""
         self.imports_synced = asyncio.Event()
         """Set once the owned objects match a mesh view for the first time."""
-        self._on_exports = on_exports
-        self._egress_target = egress_target
+        self._mesh = mesh
+        self._listeners = listeners
+        self.exports: Value[tuple[ServiceExport, ...]] = Value((), name="kubernetes exports")
+        """What the cluster's ServiceExports export, once every cache has listed (`synced`)."""
+        self.cluster_ips: Value[VipTable] = Value(MappingProxyType({}), name="derived ClusterIPs")
+        """The ClusterIP of each derived Service: the ClusterSetIP address pods here can route."""
+        self.eastwest_address: Value[str | None] = Value(None, name="east-west LoadBalancer address")
+        """The east-west LoadBalancer's first ingress address, once the cloud has assigned one."""
         self._locality = locality
         self._metrics = SourceMetrics(metrics or CollectorRegistry())
         self._clock = clock
         self._client = client
         self._owned = (settings.owned_label, settings.owned_value)
-        self._view: MeshView | None = None
         self._wake = asyncio.Event()
         self._reflectors: dict[str, Reflector] = {}
         self._published: list[ServiceExport] | None = None
@@ -111,17 +113,12 @@ class KubernetesSource:
         self._refused: dict[tuple[str, ObjKey], float] = {}
         """Writes the API server refused (4xx), with when: not retried before backoff_cap has passed."""
 
-    def update(self, view: MeshView) -> None:
-        """A new mesh view (after each registry change): rewrite imports and conflict status to match."""
-        self._view = view
-        self._wake.set()
-
     @property
     def stores(self) -> dict[str, dict[ObjKey, dict[str, Any]]]:
         """The cached objects per resource (for the admin endpoint and tests)."""
         return {r: x.store for r, x in self._reflectors.items()}
 
-    def eastwest_address(self) -> str | None:
+    def _eastwest_address(self) -> str | None:
         """The east-west LoadBalancer's first ingress IP (or hostname), once the cloud has assigned one."""
         svc = self.stores.get("services", {}).get((self.settings.namespace, self.settings.eastwest_service))
         ingress = ((((svc or {}).get("status") or {}).get("loadBalancer") or {}).get("ingress")) or []
@@ -132,7 +129,7 @@ class KubernetesSource:
                     return address
         return None
 
-    def imported_ips(self) -> dict[tuple[str, str], str]:
+    def _imported_ips(self) -> dict[tuple[str, str], str]:
         """(namespace, name) -> cluster IP of each derived Service: the ClusterSetIP pods here can route."""
         out = {}
         for obj in self.stores.get("services", {}).values():
@@ -159,11 +156,23 @@ class KubernetesSource:
                 for r, reflector in self._reflectors.items():
                     tg.create_task(reflector.run(), name=f"kubernetes-watch-{r}")
                 tg.create_task(self._reconcile_loop(client), name="kubernetes-reconcile")
+                held = [h for h in (self._mesh, self._listeners) if h is not None]
+                if held:
+                    tg.create_task(self._follow(held), name="kubernetes-follow-mesh")
         finally:
             if self._client is None:
                 await asyncio.shield(client.close())
 
     # ------------------------------------------------------------ internals
+
+    async def _follow(self, held: list[Readable[Any]]) -> None:
+        """A new mesh view or egress listener: rewrite imports and conflict status to match."""
+        async for _ in follow(*held):
+            self._wake.set()
+
+    def _view(self) -> MeshView | None:
+        view = self._mesh.get() if self._mesh is not None else None
+        return view if view is not None and view.complete else None
 
     def _backoff(self) -> Backoff:
         return Backoff(base=self.settings.backoff_base, cap=self.settings.backoff_cap)
@@ -197,9 +206,10 @@ class KubernetesSource:
         )  # fmt: skip
         self._publish(conversion)
         failed = await self._write_status(client, conversion)
-        view = self._view
+        view = self._view()
         own = view.sites.get(self.site) if view is not None else None
         if view is None or own is None:
+            self._publish_addresses()
             return failed
         existing = Owned(s["services"], s["serviceimports"], s["endpointslices"])
         ops = plan_imports(view, own, existing, self._egress, self._owned)
@@ -208,9 +218,15 @@ class KubernetesSource:
             self._wake.set()  # writes change what the plan sees (a new Service's cluster IP): plan again
         failed = failed or unavailable
         self._metrics.imports.set(sum(1 for o in s["serviceimports"].values() if is_owned(o, self._owned)))
+        self._publish_addresses()
         if not failed:
             self.imports_synced.set()
         return failed
+
+    def _publish_addresses(self) -> None:
+        self.cluster_ips.set(MappingProxyType({k: (ip,) for k, ip in self._imported_ips().items()}))
+        if self.eastwest_address.set(self._eastwest_address()) and self.eastwest_address.get():
+            log.info("kubernetes: the east-west LoadBalancer's address is %s", self.eastwest_address.get())
 
     def _publish(self, conversion: Conversion) -> None:
         self._metrics.exports.set(len(conversion.exports))
@@ -218,11 +234,11 @@ class KubernetesSource:
         if conversion.exports != self._published:
             self._published = list(conversion.exports)
             log.info("kubernetes: %d service(s) exported from site %s", len(conversion.exports), self.site)
-            self._on_exports(list(conversion.exports))
+            self.exports.set(tuple(conversion.exports))
         self.synced.set()
 
     async def _write_status(self, client: KubeClient, conversion: Conversion) -> bool:
-        view = self._view
+        view = self._view()
         services = view.services() if view is not None else {}
         for k, se in list(self.stores["serviceexports"].items()):
             fs = services.get(k)
@@ -290,7 +306,7 @@ class KubernetesSource:
 
     def _egress(self, namespace: str, name: str, port_name: str) -> tuple[str, int] | None:
         """The egress listener as pods reach it: a wildcard or loopback bind is advertised as egress_address."""
-        target = self._egress_target(namespace, name, port_name)
+        target = self._listeners.get().get((namespace, name, port_name)) if self._listeners is not None else None
         if target is None:
             return None
         host, port = target

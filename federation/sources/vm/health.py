@@ -114,7 +114,7 @@ class HealthChecker:
     async def _resolve_addresses(self, services: Sequence[VmServiceSettings]) -> None:
         host: str | None = None
         for s in services:
-            address = s.address
+            address = self._settings.address_of(s)
             if address == AUTO:
                 if host is None:
                     host = await own_address()
@@ -156,7 +156,7 @@ class HealthChecker:
     async def _probe(self, service: VmServiceSettings, address: str) -> tuple[bool, str]:
         check = service.check
         try:
-            async with asyncio.timeout(check.timeout):
+            async with asyncio.timeout(check.deadline):
                 if check.kind == "tcp":
                     return await _tcp(address, check_port(service))
                 if check.kind == "http":
@@ -167,7 +167,7 @@ class HealthChecker:
                     return await _command(check.command)
                 return True, "not checked (kind none)"
         except TimeoutError:
-            return False, f"timed out after {check.timeout:g}s"
+            return False, f"timed out after {check.deadline:g}s"
         except (OSError, aiohttp.ClientError) as exc:
             return False, _short(f"{type(exc).__name__}: {exc}")
 

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from federation.core.records import Endpoint, Protocol, ServiceExport, ServicePort, is_dns_label
-from federation.core.view import MeshView, VipSource
+from federation.core.view import MeshView, VipTable
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +93,7 @@ class Announcement:
         return f"{self.instance}.{self.type}"
 
 
-def announcements(view: MeshView, vips: VipSource, own_site: str) -> dict[str, Announcement]:
+def announcements(view: MeshView, vips: VipTable, own_site: str) -> dict[str, Announcement]:
     """What to announce: every TCP/UDP port of every service another site exports and that has a VIP.
 
     Services only this site exports are left out (LAN clients reach those directly, and re-announcing
@@ -103,7 +103,7 @@ def announcements(view: MeshView, vips: VipSource, own_site: str) -> dict[str, A
     for (namespace, name), svc in view.services().items():
         if all(site == own_site for site in svc.sites):
             continue
-        addresses = tuple(str(ipaddress.ip_address(a)) for a in vips.addresses(namespace, name))
+        addresses = tuple(str(ipaddress.ip_address(a)) for a in vips.get((namespace, name), ()))
         if not addresses:
             continue
         server = f"{service_label(f'{name}-{namespace}-{own_site}')}.local."

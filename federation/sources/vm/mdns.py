@@ -19,7 +19,7 @@ from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZerocon
 
 from federation.core.ratelimit import LogLimiter
 from federation.core.records import ServiceExport
-from federation.core.view import MeshView, VipSource
+from federation.core.view import MeshView, VipTable
 from federation.sources.vm.lan import Announcement, Found, announcements, convert
 from federation.sources.vm.settings import VmSettings
 
@@ -164,7 +164,7 @@ class MdnsAnnouncer:
         self._registered: dict[str, tuple[Announcement, ServiceInfo]] = {}
         self._changed = asyncio.Event()
 
-    def update(self, view: MeshView, vips: VipSource) -> None:
+    def update(self, view: MeshView, vips: VipTable) -> None:
         """Announce what `view` imports with the VIPs of `vips` (applied by `run`)."""
         desired = announcements(view, vips, self._site)
         if desired != self._desired:

@@ -1,9 +1,9 @@
 """The VM source in one piece, for the agent's composition root: exports (static + checked + LAN), VIPs, mDNS.
 
-    vm = VmSource(vm_settings, site_name, publisher.set_exports, static_exports=config.exports, metrics=registry)
+    vm = VmSource(settings.vm, site, mesh=mirror.mesh, vips=allocator.table, static_exports=settings.exports)
     tg.create_task(vm.run(), name="vm-source")
-    await vm.ready.wait()             # before publisher.run(): see `ready`
-    mirror.subscribe(lambda view, _events: vm.update(view, vip_source))   # after the initial sync
+    await vm.ready.wait()             # before the publisher starts: see `ready`
+    Publisher(..., exports=vm.exports)  # the merged export list, a value holder
 """
 
 from __future__ import annotations
@@ -12,16 +12,17 @@ import asyncio
 import functools
 import ipaddress
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from prometheus_client import CollectorRegistry
 
 from federation.core.backoff import Backoff
+from federation.core.exportset import ExportSet
 from federation.core.records import Locality, ServiceExport, ServiceType
-from federation.core.view import MeshView, VipSource
+from federation.core.view import MeshView, VipTable
+from federation.runtime.values import Readable, Value, follow
 from federation.sources.vm.addressing import Vip
 from federation.sources.vm.checking import UNKNOWN_LOCALITY
-from federation.sources.vm.exportset import ExportSet
 from federation.sources.vm.health import HealthChecker
 from federation.sources.vm.mdns import LanDiscovery, MdnsAnnouncer
 from federation.sources.vm.netlink import VipInterface
@@ -47,8 +48,9 @@ class VmSource:
         self,
         settings: VmSettings,
         site_name: str,
-        on_exports: Callable[[Sequence[ServiceExport]], None],
         *,
+        mesh: Readable[MeshView] | None = None,
+        vips: Readable[VipTable] | None = None,
         static_exports: Iterable[ServiceExport] = (),
         locality: Locality = UNKNOWN_LOCALITY,
         metrics: CollectorRegistry | None = None,
@@ -56,7 +58,10 @@ class VmSource:
         netns: str | None = None,
     ) -> None:
         self._settings = settings
-        self._on_exports = on_exports
+        self._mesh = mesh
+        self._vip_table = vips
+        self.exports: Value[tuple[ServiceExport, ...]] = Value((), name="vm exports")
+        """The site's merged export list, once `ready` (static, checked and LAN services)."""
         self._held: Sequence[ServiceExport] | None = None
         self._settle = discovery_settle
         self.ready = asyncio.Event()
@@ -65,11 +70,12 @@ class VmSource:
         Start the registry publisher only after it: a publisher started with a partial list deletes the
         site's other records from the previous run, and a re-added record loses its export time (MCS age).
         """
-        self.exports = ExportSet(self._deliver)
-        self.exports.group("static")(tuple(static_exports))
-        self.checks = HealthChecker(settings, site_name, self.exports.group("checks"), locality=locality,
+        self.groups = ExportSet(self._deliver)
+        """The exports of each producer (static, checks, LAN), merged."""
+        self.groups.group("static")(tuple(static_exports))
+        self.checks = HealthChecker(settings, site_name, self.groups.group("checks"), locality=locality,
                                     metrics=metrics)
-        self.discovery = (LanDiscovery(settings, site_name, self.exports.group("lan"), metrics=metrics)
+        self.discovery = (LanDiscovery(settings, site_name, self.groups.group("lan"), metrics=metrics)
                           if settings.discovery.enabled else None)
         self.announcer = MdnsAnnouncer(settings, site_name) if settings.announce else None
         self.vips = VipInterface(settings, metrics=metrics, netns=netns)
@@ -77,15 +83,15 @@ class VmSource:
         self._vips_changed = asyncio.Event()
         self._vips_seen = False
         self._backoff = Backoff(base=1.0, cap=30.0)
-        self.on_vips_changed: Callable[[], None] | None = None
-        """Called after the interface holds a new set of VIPs (the egress then binds listeners to them)."""
+        self.held_vips: Value[frozenset[str]] = Value(frozenset(), name="VIPs on the interface")
+        """The VIPs the interface holds after the last reconcile (the egress binds listeners to them)."""
 
     @property
     def fallback(self) -> bool:
         """True when VIPs cannot be managed (no CAP_NET_ADMIN); the egress uses loopback ports instead."""
         return self.vips.fallback
 
-    def update(self, view: MeshView, vips: VipSource) -> None:
+    def update(self, view: MeshView, vips: VipTable) -> None:
         """Follow the mesh: VIPs of its ClusterSetIP services on the interface, imported services on mDNS.
 
         Call it only once the registry's initial sync is done: an empty view would remove every VIP.
@@ -93,7 +99,7 @@ class VmSource:
         wanted = frozenset(
             _address(a)
             for (namespace, name), svc in view.services().items() if svc.type is ServiceType.CLUSTER_SET_IP
-            for a in vips.addresses(namespace, name)
+            for a in vips.get((namespace, name), ())
         )
         if wanted != self._wanted_vips or not self._vips_seen:  # the first view converges leftovers too
             self._vips_seen = True
@@ -112,6 +118,8 @@ class VmSource:
                 tg.create_task(self.announcer.run(), name="vm-mdns-announcer")
             if self._settings.vip_interface:
                 tg.create_task(self._reconcile_vips(), name="vm-vip-interface")
+            if self._mesh is not None:
+                tg.create_task(self._follow_mesh(self._mesh), name="vm-follow-mesh")
             await self.checks.ready.wait()
             if self.discovery is not None:
                 await asyncio.sleep(self._settle)
@@ -119,17 +127,24 @@ class VmSource:
 
     # ---------------------------------------------------------------- private
 
+    async def _follow_mesh(self, mesh: Readable[MeshView]) -> None:
+        """VIPs and announcements follow the mesh view and the VIP table, from the initial sync on."""
+        vips = self._vip_table if self._vip_table is not None else Value({})
+        async for _ in follow(mesh, vips):
+            if mesh.get().complete:  # an empty view before the sync would drop every VIP
+                self.update(mesh.get(), vips.get())
+
     def _deliver(self, exports: Sequence[ServiceExport]) -> None:
         if self.ready.is_set():
-            self._on_exports(exports)
+            self.exports.set(tuple(exports))
         else:
             self._held = exports
 
     def _release(self) -> None:
+        self.exports.set(tuple(self._held if self._held is not None else self.groups.merged()))
         self.ready.set()
-        self._on_exports(self._held if self._held is not None else self.exports.merged())
         self._held = None
-        log.info("vm source: publishing %d exports", len(self.exports.merged()))
+        log.info("vm source: publishing %d exports", len(self.groups.merged()))
 
     async def _reconcile_vips(self) -> None:
         while True:
@@ -144,5 +159,4 @@ class VmSource:
                 self._vips_changed.set()
             else:
                 self._backoff.reset()
-                if self.on_vips_changed is not None:
-                    self.on_vips_changed()
+                self.held_vips.set(frozenset(str(a) for a in self.vips.addresses))

@@ -9,10 +9,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from federation.agent.settings import parse_config
-from federation.dns.settings import parse_dns_settings
-from federation.sources.kubernetes.settings import KubernetesSettings, parse_kubernetes_settings
-from gateway.settings import parse_gateway_settings
+from federation.agent.settings import parse_settings
+from federation.sources.kubernetes.settings import KubernetesSettings
 
 DEPLOY = Path(__file__).resolve().parents[3] / "deploy" / "kubernetes"
 VERSION = "1.30.0"
@@ -50,16 +48,16 @@ def test_configmap_is_a_valid_agent_config(tmp_path: Path) -> None:
     for name in ("ca.crt", "tls.crt", "tls.key"):  # the Secret the Deployment mounts there
         (tmp_path / name).write_text("x")
     text = text.replace("/etc/meshfed/etcd/", f"{tmp_path}/")
-    cfg = parse_config(yaml.safe_load(text), "configmap.yaml")
+    cfg = parse_settings(yaml.safe_load(text), "configmap.yaml", {})
     assert cfg.site.kind == "kubernetes"
     assert cfg.admin.port == 15000
-    k = parse_kubernetes_settings(cfg.sections["kubernetes"], "kubernetes")
+    k = cfg.kubernetes
     assert k.enabled
     assert not k.kubeconfig
     assert k.namespace == by_kind("Namespace")["metadata"]["name"]
-    dns = parse_dns_settings(cfg.sections["dns"], "dns")
+    dns = cfg.dns
     assert dns.zone == "clusterset.local"
-    gw = parse_gateway_settings(cfg.sections["gateway"], "gateway")
+    gw = cfg.gateway
     assert gw.listen_port == 15443
 
 

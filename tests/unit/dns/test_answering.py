@@ -11,15 +11,18 @@ import dns.message
 import dns.opcode
 import dns.rcode
 import dns.rdatatype
+import dns.tsigkeyring
+import dns.update
+import pytest
 
 from federation.core.records import Endpoint, Locality, Protocol, ServicePort
 from federation.core.view import MeshView
 from federation.dns.answering import Answerer, Forward
 from federation.dns.fastpath import FastPath
-from federation.dns.zone import StaticVips, Zone, ZoneBuilder
+from federation.dns.zone import Zone, ZoneBuilder
 from tests.dnshelp import ZONE, big_view, export, query, rcode, site, view
 
-VIPS = StaticVips({("shop", "web"): ("240.240.0.7", "fd6d:6573:6866:6564::7")})
+VIPS = ({("shop", "web"): ("240.240.0.7", "fd6d:6573:6866:6564::7")})
 
 
 def mesh() -> MeshView:
@@ -143,7 +146,7 @@ def test_site_pinned_names_only_when_enabled_and_only_for_reachable_sites() -> N
 def test_bare_name_srv_for_clusterset_ip_is_one_per_port_and_identical_ones_collapse() -> None:
     tcp, udp, other = ServicePort("tcp", 42), ServicePort("udp", 42, Protocol.UDP), ServicePort("metrics", 9090)
     v = view([site("east")], [export("east", "ns", "hello", ["10.0.0.1"], ports=[tcp, udp])])
-    vips = StaticVips({("ns", "hello"): ("240.240.0.9",)})
+    vips = {("ns", "hello"): ("240.240.0.9",)}
     zone = ZoneBuilder(ZONE, local_site="east").build(v, frozenset(), vips)
     a = ask(zone, "hello.ns.svc.clusterset.local", "SRV")
     assert texts(a) == ["0 100 42 hello.ns.svc.clusterset.local."]  # tcp/42 and udp/42: the same record
@@ -249,6 +252,29 @@ def test_outside_the_zone_refused_or_forwarded() -> None:
     assert out.query.question[0].name.to_text() == "example.com."
 
 
+@pytest.mark.parametrize("signed", [False, True])
+def test_dns_update_is_not_implemented(signed: bool) -> None:
+    """RFC 2136 UPDATE, plain or TSIG-signed (which does not parse without the key): NOTIMP, never FORMERR."""
+    answerer = Answerer(ZoneBuilder(ZONE, local_site="x").origin, forwarding=True)
+    keyring = dns.tsigkeyring.from_text({"ddns-key.": "c2VjcmV0c2VjcmV0c2VjcmV0"}) if signed else None
+    update = dns.update.UpdateMessage("clusterset.local", keyring=keyring)
+    update.add("web.shop.svc", 5, "A", "10.0.0.9")
+    wire = update.to_wire()
+    for zone in (build(), None):
+        for udp in (True, False):
+            out = answerer.handle(wire, zone, udp=udp)
+            assert isinstance(out, bytes)
+            assert out[:2] == wire[:2]
+            assert dns.opcode.from_flags(int.from_bytes(out[2:4], "big")) == dns.opcode.UPDATE
+            assert rcode(out) == dns.rcode.NOTIMP
+    broken = bytearray(wire)
+    broken[4:6] = b"\x00\x02"  # two zones: malformed, but still not ours to judge
+    out = answerer.handle(bytes(broken), build(), udp=True)
+    assert isinstance(out, bytes)
+    assert rcode(out) == dns.rcode.NOTIMP
+    assert FastPath(answerer).answer(wire, True) is None  # the fast path leaves it to the answerer
+
+
 def test_hostile_and_odd_messages() -> None:
     answerer = Answerer(ZoneBuilder(ZONE, local_site="x").origin, forwarding=False)
     zone = build()
@@ -288,11 +314,13 @@ def test_hostile_and_odd_messages() -> None:
 
 def test_unchanged_services_are_not_rebuilt() -> None:
     builder = ZoneBuilder(ZONE, local_site="east")
-    first = builder.build(mesh(), frozenset(), VIPS)
+    web = builder.build(mesh(), frozenset(), VIPS).parts[("shop", "web")]
     second = builder.build(mesh(), frozenset(), VIPS)
-    assert first.parts[("shop", "web")] is second.parts[("shop", "web")]
+    assert second.parts[("shop", "web")] is web
+    db = second.parts[("shop", "db")]
     changed = builder.build(mesh(), frozenset({"west"}), VIPS)
-    assert changed.parts[("shop", "db")] is not second.parts[("shop", "db")]
+    assert changed.parts[("shop", "db")] is not db
+    assert changed.parts[("shop", "web")] is web
 
 
 def test_incremental_builds_equal_fresh_builds_through_random_changes() -> None:
@@ -323,10 +351,10 @@ def test_incremental_builds_equal_fresh_builds_through_random_changes() -> None:
         if rng.random() < 0.1:
             sites["far"] = dataclasses.replace(sites["far"], locality=Locality("us", str(step)))
         current = MeshView(dict(sites), dict(exports), step)
-        zone = builder.build(current, stale, StaticVips(vips))
+        zone = builder.build(current, stale, (vips))
         fast.update(zone)
-        fresh = ZoneBuilder(ZONE, local_site="east").build(current, stale, StaticVips(vips))
-        assert zone.nodes == fresh.nodes
+        fresh = ZoneBuilder(ZONE, local_site="east").build(current, stale, (vips))
+        assert dict(zone.nodes) == dict(fresh.nodes)
         fresh_fast = FastPath(Answerer(builder.origin))
         fresh_fast.update(fresh)
         assert fast._table == fresh_fast._table

@@ -17,12 +17,12 @@ from federation.dns.answering import Answerer
 from federation.dns.fastpath import FAST_TYPES, MEMO_MAX, FastPath
 from federation.dns.server import DnsServer
 from federation.dns.settings import DnsSettings
-from federation.dns.zone import StaticVips, Zone, ZoneBuilder, name_of
+from federation.dns.zone import Zone, ZoneBuilder, name_of
 from tests.dnshelp import ZONE, big_view, export, site, view
 
 VIEW, VIPS = big_view(400, seed=7)
 BUILDER = ZoneBuilder(ZONE, local_site="east")
-ZONE_DATA: Zone = BUILDER.build(VIEW, frozenset({"far"}), StaticVips(VIPS))
+ZONE_DATA: Zone = BUILDER.build(VIEW, frozenset({"far"}), (VIPS))
 ANSWERER = Answerer(ZONE_DATA.origin, forwarding=False)
 FAST = FastPath(ANSWERER)
 FAST.update(ZONE_DATA)
@@ -91,7 +91,7 @@ def test_fast_path_follows_updates_and_forgets_removed_services() -> None:
     for key in [k for k in smaller if k[2] == "svc1"]:
         del smaller[key]
     zone = ZoneBuilder(ZONE, local_site="east").build(
-        VIEW.__class__(VIEW.sites, smaller, 2), frozenset({"far"}), StaticVips(VIPS))
+        VIEW.__class__(VIEW.sites, smaller, 2), frozenset({"far"}), (VIPS))
     fast.update(zone)
     assert len(fast) < before
     assert fast.answer(dns.message.make_query("svc1.ns1.svc.clusterset.local", "A").to_wire(), True) is None
@@ -187,7 +187,7 @@ def test_truncated_answers_are_byte_identical_too() -> None:
         export("east", "shop", "big", addrs, headless=True, hostnames=[f"h{i}" for i in range(len(addrs))]),
         export("east", "shop", "mid", addrs[:10] + addrs[-2:], headless=True),
     ])
-    zone = ZoneBuilder(ZONE, local_site="east").build(v, frozenset(), StaticVips())
+    zone = ZoneBuilder(ZONE, local_site="east").build(v, frozenset(), {})
     fast = FastPath(ANSWERER)
     fast.update(zone)
     seen_tc = seen_partial_glue = 0

@@ -7,12 +7,13 @@ import dataclasses
 import pytest
 
 from federation.core.errors import ConfigError
-from gateway.settings import GatewaySettings, parse_gateway_settings
+from federation.core.settings import read
+from gateway.settings import GatewaySettings
 
 
 def test_defaults_and_overrides() -> None:
-    assert parse_gateway_settings({}, "gateway") == GatewaySettings()
-    s = parse_gateway_settings({"listen-port": 0, "workers": 2, "idle_timeout": 30}, "gateway")
+    assert read(GatewaySettings, {}, "gateway") == GatewaySettings()
+    s = read(GatewaySettings, {"listen-port": 0, "workers": 2, "idle_timeout": 30}, "gateway")
     assert (s.listen_port, s.workers, s.idle_timeout) == (0, 2, 30.0)
 
 
@@ -33,9 +34,10 @@ def test_every_field_says_why_its_default() -> None:
 
 
 @pytest.mark.parametrize(("data", "message"), [
-    ({"listen_port": 70000}, "gateway.listen_port: 70000 is not a TCP port"),
-    ({"workers": 0}, "gateway.workers: must be greater than 0"),
-    ({"workers": "2"}, "gateway.workers: '2' is not an integer"),
+    ({"listen_port": 70000}, "gateway.listen_port: 70000 is not in 0..65535"),
+    ({"workers": 0}, "gateway.workers: 0 is not in 1..64"),
+    ({"workers": "2"}, "gateway.workers: '2' is not a whole number"),
+    ({"connect_timeout": 0}, "gateway.connect_timeout: must be a positive number"),
     ({"idle_timeout": True}, "gateway.idle_timeout: True is not a number"),
     ({"listen_address": "example.com"}, "gateway.listen_address: 'example.com' is not an IP address"),
     ({"colour": 1}, "gateway.colour: unknown field"),
@@ -44,7 +46,7 @@ def test_every_field_says_why_its_default() -> None:
 ])
 def test_bad_values_name_the_field_and_reason(data: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError) as err:
-        parse_gateway_settings(data, "gateway")
+        read(GatewaySettings, data, "gateway")
     assert str(err.value).startswith(message)
 
 

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import operator
 
-from federation.runtime.values import Value, follow, wait_until
+from federation.runtime.values import Derived, Value, follow, wait_until
 
 
 async def test_follow_yields_at_once_then_after_each_change() -> None:
@@ -97,3 +97,35 @@ async def test_wait_until_returns_the_first_matching_value_and_stops_watching() 
     v.set(2)
     assert await waiter == 2
     assert not v._watchers
+
+
+async def test_derived_recomputes_only_after_an_input_changed_and_wakes_followers() -> None:
+    a, b = Value(1), Value(10)
+    calls: list[int] = []
+
+    def total() -> int:
+        calls.append(1)
+        return a.get() + b.get()
+
+    d = Derived(total, a, b)
+    assert d.get() == 11
+    assert d.get() == 11
+    assert len(calls) == 1
+    woke = asyncio.Event()
+    seen: list[int] = []
+
+    async def reader() -> None:
+        async for _ in follow(d):
+            seen.append(d.get())
+            woke.set()
+
+    task = asyncio.create_task(reader())
+    await woke.wait()
+    woke.clear()
+    b.set(20)
+    await woke.wait()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    assert seen == [11, 21]
+    assert len(calls) == 2

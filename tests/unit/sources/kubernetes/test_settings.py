@@ -5,12 +5,13 @@ from __future__ import annotations
 import pytest
 
 from federation.core.errors import ConfigError
-from federation.sources.kubernetes.settings import KubernetesSettings, parse_kubernetes_settings
+from federation.core.settings import read
+from federation.sources.kubernetes.settings import KubernetesSettings
 
 
 def test_defaults_and_values() -> None:
-    assert parse_kubernetes_settings({}, "kubernetes") == KubernetesSettings()
-    s = parse_kubernetes_settings({"enabled": True, "kubeconfig": "/k", "watch_timeout": 30, "resync": 5}, "k")
+    assert read(KubernetesSettings, {}, "kubernetes") == KubernetesSettings()
+    s = read(KubernetesSettings, {"enabled": True, "kubeconfig": "/k", "watch_timeout": 30, "resync": 5}, "k")
     assert (s.enabled, s.kubeconfig, s.watch_timeout, s.resync) == (True, "/k", 30, 5.0)
 
 
@@ -27,4 +28,4 @@ def test_defaults_and_values() -> None:
 ])
 def test_errors_name_the_field(data: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError, match="^" + message.replace(".", r"\.")):
-        parse_kubernetes_settings(data, "kubernetes")
+        read(KubernetesSettings, data, "kubernetes")

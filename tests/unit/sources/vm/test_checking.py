@@ -5,9 +5,9 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
+from federation.core.exportset import ExportSet
 from federation.core.records import Endpoint, EndpointPort, ServiceExport, ServicePort, validate_export
 from federation.sources.vm.checking import Change, CheckState, check_port, convert, observe
-from federation.sources.vm.exportset import ExportSet
 from federation.sources.vm.settings import CheckSettings, PortSettings, VmServiceSettings
 
 CHECK = CheckSettings(rise=2, fall=3)

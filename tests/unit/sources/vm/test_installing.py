@@ -8,12 +8,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from federation.agent.settings import parse_config
+from federation.agent.settings import parse_settings
 from federation.cli.main import main
-from federation.dns.settings import parse_dns_settings
+from federation.core.settings import read
+from federation.dns.settings import DnsSettings
 from federation.sources.vm.installing import CONFIG, UNIT_TEXT, InstallOptions, render
-from federation.sources.vm.settings import parse_vm_settings
-from gateway.settings import parse_gateway_settings
 
 REPO = Path(__file__).resolve().parents[4]
 
@@ -69,12 +68,11 @@ def test_install_twice_gives_the_same_files_and_uninstall_leaves_nothing(
 def test_installed_config_is_valid_for_every_section(tmp_path: Path) -> None:
     assert install(tmp_path, "--dns", "resolved") == 0
     data = yaml.safe_load((tmp_path / "etc/meshfed/agent.yaml").read_text())
-    config = parse_config(data, "agent.yaml")
+    config = parse_settings(data, "agent.yaml", {})
     assert (config.site.name, config.site.network, config.registry.endpoints) == ("vm-a", "net-a", ("198.18.0.5:2379",))
-    vm = parse_vm_settings(config.sections["vm"], "vm")
-    assert vm.vip_interface == "meshfed0"
-    assert not parse_dns_settings(config.sections["dns"], "dns").forwarding  # resolved forwards the rest
-    assert parse_gateway_settings(config.sections["gateway"], "gateway").ca_dir == "/etc/meshfed/site"
+    assert config.vm.vip_interface == "meshfed0"
+    assert not config.dns.forwarding  # resolved forwards the rest
+    assert config.gateway.ca_dir == "/etc/meshfed/site"
 
 
 def test_resolvconf_mode_forwards_to_the_previous_nameservers(tmp_path: Path,
@@ -82,7 +80,7 @@ def test_resolvconf_mode_forwards_to_the_previous_nameservers(tmp_path: Path,
     (tmp_path / "etc").mkdir()
     (tmp_path / "etc/resolv.conf").write_text("search example\nnameserver 127.0.0.53\nnameserver 192.0.2.53\n")
     assert install(tmp_path) == 0  # auto: no systemd-resolved under this root
-    dns = parse_dns_settings(yaml.safe_load((tmp_path / "etc/meshfed/agent.yaml").read_text())["dns"], "dns")
+    dns = read(DnsSettings, yaml.safe_load((tmp_path / "etc/meshfed/agent.yaml").read_text())["dns"], "dns")
     assert dns.forwarding
     assert dns.upstreams == ("192.0.2.53",)
     assert not (tmp_path / "etc/systemd/resolved.conf.d").exists()

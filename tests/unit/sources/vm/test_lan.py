@@ -56,10 +56,7 @@ def test_announcements_cover_imported_services_with_vips_only() -> None:
     from federation.sources.vm.lan import announcements
     from tests.util import export, site
 
-    class Vips:
-        def addresses(self, namespace: str, name: str) -> tuple[str, ...]:
-            return {"web": ("240.240.0.5",), "mine": ("240.240.0.6",)}.get(name, ())
-
+    vips = {("shop", "web"): ("240.240.0.5",), ("shop", "mine"): ("240.240.0.6",)}
     view = MeshView(
         sites={"vm-a": site("vm-a"), "vm-b": site("vm-b")},
         exports={
@@ -69,7 +66,7 @@ def test_announcements_cover_imported_services_with_vips_only() -> None:
             ("vm-a", "shop", "mine"): export("vm-a", "mine"),
         },
     )
-    got = announcements(view, Vips(), "vm-a")
+    got = announcements(view, vips, "vm-a")
     assert sorted(got) == ["web (shop)._dns._udp.local.", "web (shop)._http._tcp.local."]
     a = got["web (shop)._http._tcp.local."]
     assert (a.addresses, a.port, a.server) == (("240.240.0.5",), 80, "web-shop-vm-a.local.")

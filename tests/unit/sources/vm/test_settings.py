@@ -6,16 +6,17 @@ import pytest
 
 from federation.core.errors import ConfigError
 from federation.core.records import Protocol
-from federation.sources.vm.settings import AUTO, CheckSettings, VmSettings, parse_vm_settings
+from federation.core.settings import read
+from federation.sources.vm.settings import AUTO, CheckSettings, VmSettings
 
 
 def test_empty_section_gives_defaults() -> None:
-    assert parse_vm_settings({}, "vm") == VmSettings()
+    assert read(VmSettings, {}, "vm") == VmSettings()
     assert VmSettings().vip_interface == "meshfed0"
 
 
 def test_full_section() -> None:
-    s = parse_vm_settings({
+    s = read(VmSettings, {
         "address": "198.18.0.2",
         "services": [
             {"namespace": "shop", "name": "web", "ports": [{"name": "http", "port": 8080, "target_port": 18080}],
@@ -28,9 +29,10 @@ def test_full_section() -> None:
         "announce": True,
     }, "vm")
     web, dns = s.services
-    assert web.address == "198.18.0.2"
-    assert dns.address == AUTO
-    assert web.check == CheckSettings(kind="http", path="/healthz", interval=1.0, timeout=1.0, rise=1, fall=2)
+    assert s.address_of(web) == "198.18.0.2"
+    assert s.address_of(dns) == AUTO
+    assert web.check == CheckSettings(kind="http", path="/healthz", interval=1.0, rise=1, fall=2)
+    assert web.check.deadline == 1.0
     assert web.ports[0].target_port == 18080
     assert dns.ports[0].protocol is Protocol.UDP
     assert dns.check.command == ("true",)
@@ -42,11 +44,11 @@ def test_full_section() -> None:
 @pytest.mark.parametrize(("data", "message"), [
     ({"bogus": 1}, "vm.bogus: unknown field"),
     ({"address": "nowhere"}, "vm.address: 'nowhere' is neither"),
-    ({"services": [{"namespace": "shop", "name": "web"}]}, "vm.services[0].ports: must be a non-empty list"),
+    ({"services": [{"namespace": "shop", "name": "web"}]}, "vm.services[0].ports: is required"),
     ({"services": [{"namespace": "Shop", "name": "web", "ports": [{"name": "h", "port": 1}]}]},
      "vm.services[0].namespace: 'Shop' is not a DNS label"),
     ({"services": [{"namespace": "s", "name": "w", "ports": [{"name": "h", "port": 70000}]}]},
-     "vm.services[0].ports[0].port: 70000 is not a whole number"),
+     "vm.services[0].ports[0].port: 70000 is not in 1..65535"),
     ({"services": [{"namespace": "s", "name": "w", "ports": [{"name": "h", "port": 1}],
                     "check": {"kind": "ping"}}]}, "vm.services[0].check.kind: 'ping' is not one of"),
     ({"services": [{"namespace": "s", "name": "w", "ports": [{"name": "h", "port": 1}],
@@ -55,11 +57,11 @@ def test_full_section() -> None:
                     "check": {"kind": "command"}}]}, "vm.services[0].check.command: is required"),
     ({"services": [{"namespace": "s", "name": "w", "ports": [{"name": "h", "port": 1}]}] * 2},
      "vm.services[1]: s/w is declared twice"),
-    ({"discovery": {"types": ["http"]}}, "vm.discovery.types: 'http' is not a DNS-SD type"),
+    ({"discovery": {"types": ["http"]}}, "vm.discovery.types[0]: 'http' is not a DNS-SD type"),
     ({"vip_interface": "a-very-long-interface-name"}, "vm.vip_interface:"),
     ({"announce": "yes"}, "vm.announce: must be true or false"),
 ])
 def test_errors_name_the_field(data: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError) as info:
-        parse_vm_settings(data, "vm")
+        read(VmSettings, data, "vm")
     assert str(info.value).startswith(message)

@@ -1,4 +1,5 @@
-"""Combines the exports of several producers (declared services, LAN discovery, static config) into one list."""
+"""Combines the exports of several producers (declared services, LAN discovery, Kubernetes, static config) into
+one list. Pure."""
 
 from __future__ import annotations
 
