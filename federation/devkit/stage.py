@@ -114,7 +114,7 @@ class Demo:
         s.samples[service] = proc
 
     def start_cluster(self, site: str) -> None:
-        """The Kubernetes API stand-in of a Kubernetes-style site, holding its Services, slices and exports."""
+        """The development API server of a Kubernetes-style site, holding its Services, slices and exports."""
         s = self.sites[site]
         objects: list[dict[str, Any]] = []
         for svc, port, _ in SERVICES[site]:
@@ -130,8 +130,18 @@ class Demo:
         self.lab.popen(site if self.netns else None,
                        [self.python, "-m", "federation.devkit.apiserver", "serve", "--kubeconfig", str(kubeconfig),
                         "--objects", str(self.state / f"{site}-objects.json")], log=self.state / f"{site}-api.log")
-        self.wait_for(kubeconfig.exists, 20, f"{site}'s API stand-in")
+        self.wait_for(kubeconfig.exists, 20, f"{site}'s development API server")
         s.kubernetes = True
+
+    def kubectl_argv(self, site: str, *args: str) -> list[str]:
+        """The kubectl command line for a Kubernetes-style site's API server (inside its namespace, if any)."""
+        argv = ["kubectl", "--kubeconfig", str(self.state / f"{site}-kubeconfig"), *args]
+        return ["ip", "netns", "exec", self.lab.ns(site), *argv] if self.netns else argv
+
+    def kubectl(self, site: str, *args: str) -> subprocess.CompletedProcess[str]:
+        """Run kubectl against a Kubernetes-style site's API server, as an operator would."""
+        return subprocess.run(self.kubectl_argv(site, *args), capture_output=True, text=True, timeout=30,
+                              check=False)
 
     def set_endpoint_ready(self, site: str, service: str, ready: bool) -> None:
         """What the EndpointSlice controller does when a pod stops or starts: flip the endpoint's readiness."""

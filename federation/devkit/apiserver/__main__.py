@@ -34,7 +34,8 @@ async def serve(kubeconfig: Path, objects: list[dict[str, Any]], *, host: str = 
         loop.add_signal_handler(sig, stop.set)
     async with DevApiServer(crds=load_crds(crds) if crds else None, host=host, port=port, name=name,
                             service_cidrs=service_cidrs, token=random_token()) as api:
-        for obj in objects:
+        for obj in objects:  # objects of the file are created as the server starts
+            (obj.get("metadata") or {}).pop("creationTimestamp", None)
             api.put(obj)
         tmp = kubeconfig.with_name(f".{kubeconfig.name}.tmp")
         api.kubeconfig(tmp)

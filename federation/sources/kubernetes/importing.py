@@ -188,10 +188,10 @@ def _patch_body(resource: str, want: dict[str, Any], have: Obj) -> dict[str, Any
         body["ports"] = want["ports"]
     elif resource == SERVICEIMPORTS:
         meta = have.get("metadata") or {}
-        body["metadata"] = {
-            "labels": _replacing(meta.get("labels"), want["metadata"]["labels"]),
-            "annotations": _replacing(meta.get("annotations"), want["metadata"].get("annotations") or {}),
-        }
+        body["metadata"] = {"labels": _replacing(meta.get("labels"), want["metadata"]["labels"])}
+        annotations = _replacing(meta.get("annotations"), want["metadata"].get("annotations") or {})
+        if annotations:  # an empty map would be written as `annotations: {}`
+            body["metadata"]["annotations"] = annotations
         body["spec"] = _replacing(have.get("spec"), want["spec"])
     else:
         spec = want["spec"]
