@@ -171,8 +171,10 @@ class Handler:
                 body = protobuf.decode(await request.read())
             else:
                 body = await request.json()
-        except protobuf.ProtobufError as exc:
+        except protobuf.UnsupportedKind as exc:
             return _error(415, "UnsupportedMediaType", str(exc))
+        except protobuf.ProtobufError as exc:
+            return _error(400, "BadRequest", f"the protobuf body cannot be read: {exc}")
         except ValueError:
             return _error(400, "BadRequest", "the body of the request is not JSON")
         if verb == "create":

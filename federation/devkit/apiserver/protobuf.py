@@ -43,6 +43,10 @@ class ProtobufError(ValueError):
     """A body that is not a protobuf object this server can read; the message says why."""
 
 
+class UnsupportedKind(ProtobufError):
+    """A well-formed body of a kind this server reads only as JSON (415, so the client knows)."""
+
+
 def decode(body: bytes) -> dict[str, Any]:
     """The JSON-shaped object in a `application/vnd.kubernetes.protobuf` request body."""
     if not body.startswith(MAGIC):
@@ -51,24 +55,38 @@ def decode(body: bytes) -> dict[str, Any]:
     meta = envelope.get("typeMeta") or {}
     kind = meta.get("kind")
     if kind not in KINDS:
-        raise ProtobufError(f"kind {kind!r} in protobuf is not readable here; send JSON (kubectl apply -f)")
+        raise UnsupportedKind(f"kind {kind!r} in protobuf is not readable here; send JSON (kubectl apply -f)")
     obj = _message(envelope.get("raw", b""), str(kind))
     return {"apiVersion": meta.get("apiVersion", "v1"), "kind": kind, **obj}
 
 
-def _message(data: bytes, name: str) -> dict[str, Any]:
+def _message(data: Any, name: str) -> dict[str, Any]:
+    if not isinstance(data, bytes):
+        raise ProtobufError(f"{name} is not a length-delimited field")
+    try:
+        return _decode(data, name)
+    except UnicodeDecodeError as exc:
+        raise ProtobufError(f"a string in {name} is not UTF-8: {exc}") from None
+
+
+def _decode(data: bytes, name: str) -> dict[str, Any]:
     fields = _MESSAGES[name]
     out: dict[str, Any] = {}
     for number, value in _fields(data):
         if number not in fields:
             continue
         key, how = fields[number]
+        if isinstance(value, int) != (how in ("i", "b")):
+            raise ProtobufError(f"{name}.{key} has the wrong wire type")
         if how.startswith("["):
             item = value.decode() if how == "[s]" else _message(value, how[1:])
             out.setdefault(key, []).append(item)
         elif how == "{s}":
             entry = dict(_fields(value))
-            out.setdefault(key, {})[entry.get(1, b"").decode()] = entry.get(2, b"").decode()
+            k, v = entry.get(1, b""), entry.get(2, b"")
+            if not isinstance(k, bytes) or not isinstance(v, bytes):
+                raise ProtobufError(f"{name}.{key} is not a map of strings")
+            out.setdefault(key, {})[k.decode()] = v.decode()
         elif how == "s":
             out[key] = value.decode()
         elif how == "i":
@@ -79,10 +97,15 @@ def _message(data: bytes, name: str) -> dict[str, Any]:
             out[key] = value
         elif how == "t":
             seconds = dict(_fields(value)).get(1, 0)
+            if not isinstance(seconds, int) or not 0 <= seconds < 2**37:
+                raise ProtobufError(f"{name}.{key} is not a time")
             out[key] = dt.datetime.fromtimestamp(seconds, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         elif how == "ios":
             ios = dict(_fields(value))
-            out[key] = ios.get(3, b"").decode() if ios.get(1) == 1 else ios.get(2, 0)
+            text, number = ios.get(3, b""), ios.get(2, 0)
+            if not isinstance(text, bytes) or not isinstance(number, int):
+                raise ProtobufError(f"{name}.{key} is not an int-or-string")
+            out[key] = text.decode() if ios.get(1) == 1 else number
         else:
             out[key] = _message(value, how)
     # proto2 writes unset optional fields as their zero value; JSON (omitempty) leaves them out.
