@@ -55,7 +55,7 @@ def test_label_and_field_selectors() -> None:
     assert not label_selector("app!=web")(SVC)
     assert field_selector("metadata.name=web")(SVC)
     assert not field_selector("metadata.name!=web")(SVC)
-    with pytest.raises(SelectorError, match="field label not supported: spec.type"):
+    with pytest.raises(SelectorError, match=r"field label not supported: spec\.type"):
         field_selector("spec.type=ClusterIP")
     with pytest.raises(SelectorError):
         label_selector("app in web")
@@ -141,7 +141,7 @@ def test_protobuf_bytes_only_raise_protobuf_error(data: bytes) -> None:
 def test_versions_and_crds() -> None:
     assert sorted(["v1alpha1", "v1", "v1beta1", "v2beta1", "v1alpha2"], key=version_rank) == [
         "v1", "v2beta1", "v1beta1", "v1alpha2", "v1alpha1"]
-    with pytest.raises(CrdError, match="must be spec.names.plural"):
+    with pytest.raises(CrdError, match=r"must be spec\.names\.plural"):
         from_crd({"metadata": {"name": "x"}, "spec": {"group": "g.io", "names": {"plural": "ps", "kind": "P"}}})
 
 
