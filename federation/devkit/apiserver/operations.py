@@ -140,8 +140,7 @@ class Operations:
         new = copy.deepcopy(obj)
         new["metadata"] = {**old["metadata"], **new.get("metadata", {})}
         new["metadata"].pop("resourceVersion", None)
-        return self._replace(resource, version, key, old, new, "status" if "status" in obj else "", False,
-                             whole=True)[0]
+        return self._replace(resource, version, key, old, new, "", False, whole=True)[0]
 
     # ------------------------------------------------------------ internals
 

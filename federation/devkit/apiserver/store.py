@@ -116,9 +116,6 @@ class Store:
         self._emit(plural, "DELETED", obj, obj)
         return copy.deepcopy(obj)
 
-    def namespaces_in_use(self) -> set[str]:
-        return {ns for plural, objs in self.objects.items() for (ns, _) in objs if ns}
-
     # ------------------------------------------------------------ watching
 
     def watch(self, watcher: Watcher, since: str, initial: bool = False) -> None:
