@@ -21,7 +21,7 @@ def mesh(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     etcd.start()
     m = MeshOfTwo(request.param)
     try:
-        m = start_mesh(request.param, etcd.endpoint, root)
+        start_mesh(m, etcd.endpoint, root)
         yield m
     finally:
         try:

@@ -189,10 +189,13 @@ class MeshOfTwo:
 
     topology: str
     clusters: list[Cluster] = field(default_factory=list)
+    started: list[subprocess.Popen[bytes] | AgentProcess | ClusterDns] = field(default_factory=list)
+    """Everything started so far, so that a setup failing halfway stops what it had started."""
 
 
-def start_mesh(topology: str, etcd_endpoint: str, root: Path) -> MeshOfTwo:
-    mesh = MeshOfTwo(topology)
+def start_mesh(mesh: MeshOfTwo, etcd_endpoint: str, root: Path) -> MeshOfTwo:
+    """Start both sites into `mesh` (which `stop_mesh` cleans up, also after a failure here)."""
+    topology = mesh.topology
     pki = Pki()
     for i in range(2):
         name = f"c{i}"
@@ -205,6 +208,7 @@ def start_mesh(topology: str, etcd_endpoint: str, root: Path) -> MeshOfTwo:
                  "--name", name, "--service-cidr", f"127.{96 + i}.0.0/16", "--proxy"],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             )
+        mesh.started.append(api_proc)
         deadline = time.monotonic() + 30
         while not kubeconfig.exists():
             assert api_proc.poll() is None, (root / f"{name}-api.log").read_text()
@@ -212,6 +216,7 @@ def start_mesh(topology: str, etcd_endpoint: str, root: Path) -> MeshOfTwo:
             time.sleep(0.05)
         api = Api(kubeconfig)
         cluster_dns = ClusterDns(api)
+        mesh.started.append(cluster_dns)
         cfg = write_config(
             root / f"{name}.yaml", name, [etcd_endpoint], root / name, [],
             dns={"udp": ["127.0.0.1:0"], "tcp": ["127.0.0.1:0"], "upstreams": [cluster_dns.address]},
@@ -225,6 +230,7 @@ def start_mesh(topology: str, etcd_endpoint: str, root: Path) -> MeshOfTwo:
                         "gateway_address": "127.0.0.1"}
         cfg.write_text(yaml.safe_dump(data))
         agent = AgentProcess(cfg, root / name).start()
+        mesh.started.append(agent)
         mesh.clusters.append(Cluster(name, network, i, api, api_proc, agent, cluster_dns))
     for c in mesh.clusters:
         eventually(lambda c=c: _ready(c.agent), 90, 0.5, what=f"agent {c.name} ready")
@@ -243,16 +249,23 @@ def _ready(agent: AgentProcess) -> bool:
 
 
 def stop_mesh(mesh: MeshOfTwo) -> None:
-    for c in mesh.clusters:
-        code = c.agent.stop()
-        c.cluster_dns.stop()
-        c.api_proc.send_signal(signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            c.api_proc.wait(10)
-        if c.api_proc.poll() is None:
-            os.kill(c.api_proc.pid, signal.SIGKILL)
-            c.api_proc.wait()
-        assert code == 0, c.agent.log.read_text()[-5000:]
+    """Stop every process and thread `start_mesh` started, agents first; an agent's bad exit fails the run."""
+    codes = []
+    for thing in sorted(mesh.started, key=lambda x: not isinstance(x, AgentProcess)):
+        if isinstance(thing, AgentProcess):
+            codes.append((thing, thing.stop()))
+        elif isinstance(thing, ClusterDns):
+            thing.stop()
+        else:
+            thing.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                thing.wait(10)
+            if thing.poll() is None:
+                os.kill(thing.pid, signal.SIGKILL)
+                thing.wait()
+    mesh.started.clear()
+    for agent, code in codes:
+        assert code == 0, agent.log.read_text()[-5000:]
 
 
 # ---------------------------------------------------------------- waiting, as Gomega's Eventually/Consistently
