@@ -4,6 +4,10 @@ Routes come from `gateway.balancing.routes`: endpoints on our own network direct
 of another site through a pooled mTLS tunnel. A refused connect or a non-ok status moves on to the
 next route before any application byte is sent. `run()` keeps the listeners matching the mesh view
 and the placement (where each listener binds); `unreachable` says which sites' gateways failed lately.
+
+In capture mode (`capture=` a bind address: a VM agent that installed netfilter redirect rules) one
+listener takes every ClusterSetIP service at its VIPs (gateway.capture) and per-port listeners remain
+only for the others; a captured client whose original destination names no service port is reset.
 """
 
 from __future__ import annotations
@@ -15,14 +19,14 @@ import socket
 import ssl
 import struct
 import time
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from types import MappingProxyType
 from typing import Any
 
 from prometheus_client import CollectorRegistry
 
 from federation.core.errors import RemoteProtocolError
-from federation.core.view import MeshView
+from federation.core.view import MeshView, ServiceId
 from federation.pki.verifying import PeerRejected, TrustBundle
 from federation.runtime.values import Readable, Value, follow
 from gateway.balancing import (
@@ -38,6 +42,8 @@ from gateway.balancing import (
     plan,
     routes,
 )
+from gateway.capture import CaptureListener, reset
+from gateway.destinations import Captured, Destination, DestinationIndex, captured_type, changes, wanted
 from gateway.pool import PoolKey, TunnelPool
 from gateway.preamble import Request, Status
 from gateway.refusals import EgressMetrics, Throttle
@@ -59,7 +65,7 @@ class Egress:
     def __init__(self, site: str, mesh: Readable[MeshView], client_context: ResumingContext,
                  bundle: TrustBundle, settings: GatewaySettings | None = None,
                  registry: CollectorRegistry | None = None, placement: Readable[Placement] | None = None,
-                 local_services: bool = False) -> None:
+                 local_services: bool = False, capture: Bind | None = None) -> None:
         self.site = site
         self.mesh = mesh
         self.context = client_context
@@ -75,6 +81,12 @@ class Egress:
         """(namespace, service, port name) -> the (host, port) its listener is bound to."""
         self.local_services = local_services
         """Also listen for services only this site exports (a VM's own services at their VIP)."""
+        self.capture_bind = capture
+        """Where the capture listener binds (capture mode); None: a listener per service port."""
+        self.capture: CaptureListener | None = None
+        self._captured: dict[ServiceId, Captured] = {}
+        self.metrics.mode.labels("capture").set(1 if capture is not None else 0)
+        self.metrics.mode.labels("listeners").set(0 if capture is not None else 1)
         self._servers: dict[ListenerKey, asyncio.Server] = {}
         self._pools: dict[PoolKey, TunnelPool] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -85,8 +97,17 @@ class Egress:
 
     # -- lifecycle
 
+    @property
+    def mode(self) -> str:
+        """"capture" (one listener for every VIP) or "listeners" (one per service port)."""
+        return "capture" if self.capture_bind is not None else "listeners"
+
     async def start(self) -> None:
-        """Open the listeners the current view and placement want."""
+        """Open the capture listener (capture mode) and the listeners the current view and placement want."""
+        if self.capture_bind is not None and self.capture is None:
+            self.capture = CaptureListener(DestinationIndex(), self._route_captured, self._unknown)
+            await self.capture.start(*self.capture_bind)
+            log.info("egress capture listener on [%s]:%d", *self.capture.address)
         await self._apply()
 
     async def run(self) -> None:
@@ -106,6 +127,8 @@ class Egress:
         """Close every listener; relayed streams go on (a stopping agent drains them)."""
         for server in self._servers.values():
             server.close()
+        if self.capture is not None:
+            self.capture.close()
 
     async def close(self, grace: float = 0.0) -> None:
         """Close listeners; let streams finish for up to `grace` seconds; then close pools and streams."""
@@ -123,6 +146,8 @@ class Egress:
             pool.close()
         for server in self._servers.values():
             await server.wait_closed()
+        if self.capture is not None:
+            await self.capture.wait_closed()
         self._servers.clear()
         self.metrics.listeners.set(0)
 
@@ -133,6 +158,10 @@ class Egress:
         if not view.complete:
             return
         keys = desired_listeners(view, self.site, include_own=self.local_services)
+        captured: list[ListenerKey] = []
+        if self.capture is not None:
+            captured = self._follow_capture(view, placement)
+            keys = {k for k in keys if not _is_captured(view, k)}
         desired = {key: placement.bind(key, _port(view, key)) for key in keys}
         loop = asyncio.get_running_loop()
         for op in plan(desired, self.listeners()):
@@ -148,13 +177,23 @@ class Egress:
                     continue
                 self._servers[op.key] = server
                 log.info("egress listener for %s/%s:%s on %s:%d", *op.key, *self.listeners()[op.key])
-        self.metrics.listeners.set(len(self._servers))
+        self.metrics.listeners.set(len(self._servers) + (self.capture is not None))
         self.listening.set(MappingProxyType(self.listeners()))
         for key in [k for k in self._pools if k[0] not in view.sites]:
             self._pools.pop(key).close()
-        self._warm(view, desired)
+        self._warm(view, [*desired, *captured])
 
-    def _warm(self, view: MeshView, listeners: Mapping[ListenerKey, Bind]) -> None:
+    def _follow_capture(self, view: MeshView, placement: Placement) -> list[ListenerKey]:
+        """Bring the capture index up to date (work per changed service); the service ports it serves."""
+        assert self.capture is not None
+        now = wanted(view, placement.vips, self.site, self.local_services)
+        for change in changes(self._captured, now):
+            self.capture.index.apply(change)
+        self._captured = now
+        self.metrics.captured.set(len(self.capture.index))
+        return [(*svc, name) for svc, c in now.items() for name, _ in c.ports]
+
+    def _warm(self, view: MeshView, listeners: Iterable[ListenerKey]) -> None:
         """Pre-open tunnels to the first gateway each listener would use, so no client waits for them."""
         for key in listeners:
             for route in routes(view, self.site, *key):
@@ -166,6 +205,17 @@ class Egress:
 
     def _factory(self, key: ListenerKey) -> Callable[[], _ClientLeg]:
         return lambda: _ClientLeg(self, key)
+
+    def _route_captured(self, client: PlainLeg, key: ListenerKey) -> None:
+        self.spawn(self.route(client, key), name="egress-route-{}/{}:{}".format(*key))
+
+    def _unknown(self, client: PlainLeg, dest: Destination | None) -> None:
+        """A captured client whose destination is no service port: reset it, as one with no route."""
+        self.metrics.connections.labels("unknown_destination").inc()
+        where = f"{dest[0]}:{dest[1]}" if dest is not None else "an unknown destination (not redirected)"
+        _throttle.log(log, logging.WARNING, ("unknown-destination", dest),
+                      "captured connection to %s is no imported service port: reset", where)
+        reset(client)
 
     def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         """Run `coro` as a named task that `close()` cancels."""
@@ -301,6 +351,11 @@ class Egress:
         expiry = self.health.next_expiry()
         if expiry is not None:
             self._health_timer = asyncio.get_running_loop().call_later(max(0.0, expiry - now), self._health_changed)
+
+
+def _is_captured(view: MeshView, key: ListenerKey) -> bool:
+    svc = view.service(key[0], key[1])
+    return svc is not None and captured_type(svc)
 
 
 def _port(view: MeshView, key: ListenerKey) -> int:
