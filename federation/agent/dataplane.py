@@ -36,6 +36,7 @@ from federation.pki.issuing import load_site
 from federation.registry.allocator import CasClient, VipAllocator
 from federation.runtime.values import Derived, Readable, Value
 from federation.sources.kubernetes.source import KubernetesSource
+from federation.sources.vm.capture import EgressCapture, precondition
 from federation.sources.vm.netlink import own_address
 from federation.sources.vm.source import VmSource
 from gateway.balancing import Placement
@@ -66,6 +67,8 @@ class DataPlane:
         self.egress: Egress | None = None
         self.dns: DnsServer | None = None
         self.vips: VipAllocator | None = None
+        self.capture: EgressCapture | None = None
+        """A VM's egress mode and capture rules (vm.egress_capture), decided at start."""
         self._gateway: Readable[Gateway | None] = Value(None, name="advertised gateway")
         self._static: Value[tuple[ServiceExport, ...]] = Value(settings.exports, name="static exports")
         self.exports: Readable[tuple[ServiceExport, ...]] = self._static
@@ -81,6 +84,9 @@ class DataPlane:
         Kubernetes source (its derived slices point at the egress listeners), then DNS."""
         s = self.settings
         if s.site.kind == "vm":
+            self.capture = EgressCapture(s.vm.egress_capture, s.dns.vip_ranges, where=str(s.source),
+                                         unavailable=precondition(s.vm, s.dns.enabled, bool(s.gateway.ca_dir)))
+            await self.capture.decide()
             self._start_vm()
         if s.gateway.ca_dir:
             await self._start_gateway()
@@ -144,6 +150,8 @@ class DataPlane:
         for part in (self.egress, self.eastwest, self.workers):
             if part is not None:
                 await part.close()
+        if self.capture is not None:
+            await self.capture.close()
         if self.dns is not None:
             await self.dns.close()
         if self.certs is not None:
@@ -157,8 +165,11 @@ class DataPlane:
             self.vips = VipAllocator(self._vip_client, Keys(s.registry.prefix), self.mesh, ranges=s.dns.vip_ranges,
                                      grace=s.dns.vip_grace)
         table = self.vips.table if self.vips is not None else Value(MappingProxyType({}), name="no VIPs")
-        # DNS answers, the VIP interface and the egress use the same addresses: the ones the egress can serve.
-        self.addresses = Derived(lambda: _ipv4_only(table.get()), table, name="ClusterSetIP addresses")
+        # DNS answers, the VIP interface and the egress use the same addresses: the ones the egress can serve
+        # (a listener binds one address per service port; the capture listener takes IPv6 VIPs too).
+        both = self.capture is not None and self.capture.active and self.capture.ipv6
+        self.addresses = Derived(lambda: table.get() if both else _ipv4_only(table.get()), table,
+                                 name="ClusterSetIP addresses")
         self.vm = VmSource(s.vm, s.site.name, mesh=self.mesh, vips=self.addresses, static_exports=s.exports,
                            locality=s.site.locality, metrics=self.metrics)
         self.exports = self.vm.exports
@@ -208,9 +219,12 @@ class DataPlane:
             self.workers = GatewayWorkers(s.site.name, gw, self.certs.chain_file, self.certs.key_file,
                                           self.certs.bundle_file, gw.workers - 1, self.mesh, self.certs.current)
             await self.workers.start(port)
+        capture = self.capture.bind if self.capture is not None and self.capture.active else None
         self.egress = Egress(s.site.name, self.mesh, self.certs.client, self.certs.bundle, gw, self.metrics,
-                             placement=self._placement(), local_services=self._vips_here())
+                             placement=self._placement(), local_services=self._vips_here(), capture=capture)
         await self.egress.start()
+        if self.capture is not None and self.egress.capture is not None:
+            await self.capture.install(self.egress.capture.address[1])
         advertised = s.site.gateway_address or host
         if ipaddress.ip_address(host).is_unspecified and not s.site.gateway_address:
             if s.kubernetes.enabled:

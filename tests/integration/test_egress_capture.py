@@ -14,8 +14,11 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
+from federation.core.errors import ConfigError
 from federation.core.records import ServiceType
 from federation.runtime.values import Value
+from federation.sources.vm.capture import EgressCapture, precondition
+from federation.sources.vm.settings import VmSettings
 from gateway.balancing import Placement
 from gateway.egress import Egress
 from gateway.settings import GatewaySettings
@@ -89,3 +92,34 @@ async def test_listener_mode_says_so(tmp_path: Path) -> None:
             assert registry.get_sample_value("meshfed_egress_mode", {"mode": "capture"}) == 0
         finally:
             await eg.close()
+
+
+RANGES = ("240.240.0.0/16", "fd6d:6573:6866:6564::/64")
+
+
+async def test_the_mode_is_decided_once_and_said_once(caplog: pytest.LogCaptureFixture) -> None:
+    no_nft = "/nonexistent/nft"  # never the host's real nft: these agents must not touch its rules
+    no_vips = precondition(VmSettings(vip_interface=""), dns_enabled=True, egress=True)
+    assert no_vips == "VIPs are off (vm.vip_interface is empty)"
+    assert precondition(VmSettings(), dns_enabled=True, egress=True) == ""
+    assert "dns.enabled" in precondition(VmSettings(), dns_enabled=False, egress=True)
+
+    quiet = EgressCapture("auto", RANGES, unavailable=no_vips, nft=no_nft)
+    assert await quiet.decide() is False
+    assert (quiet.mode, quiet.reason) == ("listeners", no_vips)
+    with pytest.raises(ConfigError, match=r"^agent.yaml: vm.egress_capture: on, but capture is impossible: VIPs"):
+        await EgressCapture("on", RANGES, unavailable=no_vips, where="agent.yaml", nft=no_nft).decide()
+
+    off = EgressCapture("off", RANGES, nft=no_nft)
+    assert await off.decide() is False
+    assert off.reason == "vm.egress_capture is off"
+
+    caplog.clear()
+    missing = EgressCapture("auto", RANGES, nft=no_nft)
+    assert await missing.decide() is False
+    assert missing.reason == "the /nonexistent/nft command is not installed (Debian/Ubuntu: apt install nftables)"
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert [r.getMessage() for r in warnings] == [
+        f"egress capture is off: {missing.reason}; the egress listens on a socket per service port instead"]
+    assert missing.status(None) == {"mode": "listeners", "capture": None, "ranges": [], "table": None,
+                                    "reason": missing.reason}
