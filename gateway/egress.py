@@ -283,10 +283,13 @@ class Egress:
                 self.metrics.attempts.labels("gateway", "failed").inc()
                 self.health.failed(route.site, time.monotonic())
                 self._health_changed()
+                if isinstance(exc, PeerRejected):  # not a gateway of that site: say so, and try another route
+                    self.metrics.refusals.labels(exc.cause).inc()
+                    _throttle.log(log, logging.WARNING, ("refused", pool.key, exc.cause),
+                                  "refused the gateway at %s:%d for site %s: %s", *pool.key[1:], route.site, exc)
+                    return False
                 _throttle.log(log, logging.INFO, ("tunnel", pool.key), "tunnel to %s gateway %s:%d failed: %s",
                               route.site, *pool.key[1:], exc)
-                if isinstance(exc, PeerRejected):
-                    return False
                 continue
             if self.health.succeeded(route.site):
                 self._health_changed()

@@ -106,6 +106,8 @@ class DataPlane:
         """The long-lived work, for the agent's task group (each named; each must run until cancelled)."""
         if self.certs is not None:
             yield "certificate-renewal", self.certs.run()
+        if self.eastwest is not None:
+            yield "gateway-tunnels", self.eastwest.run()
         if self.workers is not None:
             yield "gateway-workers", self.workers.run()
         if self.egress is not None:

@@ -34,7 +34,7 @@ async def test_capture_mode_serves_vip_services_without_listeners_and_resets_the
     async with two_sites(tmp_path) as s:
         registry = CollectorRegistry()
         placement = Value(Placement(vips={("ns", "echo"): ("240.240.0.1",)}), name="placement")
-        eg = Egress("west", s.live, s.west.client, s.west.bundle, GatewaySettings(pool_size=0), registry=registry,
+        eg = Egress("west", s.mesh_value, s.west.client, s.west.bundle, GatewaySettings(pool_size=0), registry=registry,
                     placement=placement, capture=("127.0.0.1", 0))
         await eg.start()
         following = asyncio.create_task(eg.run(), name="egress-run")
@@ -52,14 +52,14 @@ async def test_capture_mode_serves_vip_services_without_listeners_and_resets_the
             headless = export("east", "ns", "db", 5432, endpoint_ports=(1,))
             s.exports += [type(headless)("east", "ns", "db", headless.ports, ServiceType.HEADLESS, headless.endpoints),
                           export("east", "ns", "web", 80, endpoint_ports=(1,))]
-            s.live.changed()
+            s.publish()
             await eventually(lambda: set(eg.listeners()) == {("ns", "db", "tcp")}, 10, "the headless listener")
             assert eg.capture.index.lookup(ipaddress.ip_address("240.240.0.2"), 80) is None
             placement.set(Placement(vips={("ns", "echo"): ("240.240.0.1",), ("ns", "web"): ("240.240.0.2",)}))
             await eventually(lambda: eg.capture is not None and eg.capture.index.lookup(
                 ipaddress.ip_address("240.240.0.2"), 80) == ("ns", "web", "tcp"), 10, "web in the index")
             s.exports.pop()
-            s.live.changed()
+            s.publish()
             await eventually(lambda: eg.capture is not None and eg.capture.index.lookup(
                 ipaddress.ip_address("240.240.0.2"), 80) is None, 10, "web out of the index")
 
@@ -82,7 +82,7 @@ async def test_capture_mode_serves_vip_services_without_listeners_and_resets_the
 async def test_listener_mode_says_so(tmp_path: Path) -> None:
     async with two_sites(tmp_path) as s:
         registry = CollectorRegistry()
-        eg = Egress("west", s.live, s.west.client, s.west.bundle, GatewaySettings(pool_size=0), registry=registry)
+        eg = Egress("west", s.mesh_value, s.west.client, s.west.bundle, GatewaySettings(pool_size=0), registry=registry)
         await eg.start()
         try:
             assert eg.mode == "listeners"

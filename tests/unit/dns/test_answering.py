@@ -11,6 +11,9 @@ import dns.message
 import dns.opcode
 import dns.rcode
 import dns.rdatatype
+import dns.tsigkeyring
+import dns.update
+import pytest
 
 from federation.core.records import Endpoint, Locality
 from federation.core.view import MeshView
@@ -202,6 +205,29 @@ def test_outside_the_zone_refused_or_forwarded() -> None:
     assert out.query.question[0].name.to_text() == "example.com."
 
 
+@pytest.mark.parametrize("signed", [False, True])
+def test_dns_update_is_not_implemented(signed: bool) -> None:
+    """RFC 2136 UPDATE, plain or TSIG-signed (which does not parse without the key): NOTIMP, never FORMERR."""
+    answerer = Answerer(ZoneBuilder(ZONE, local_site="x").origin, forwarding=True)
+    keyring = dns.tsigkeyring.from_text({"ddns-key.": "c2VjcmV0c2VjcmV0c2VjcmV0"}) if signed else None
+    update = dns.update.UpdateMessage("clusterset.local", keyring=keyring)
+    update.add("web.shop.svc", 5, "A", "10.0.0.9")
+    wire = update.to_wire()
+    for zone in (build(), None):
+        for udp in (True, False):
+            out = answerer.handle(wire, zone, udp=udp)
+            assert isinstance(out, bytes)
+            assert out[:2] == wire[:2]
+            assert dns.opcode.from_flags(int.from_bytes(out[2:4], "big")) == dns.opcode.UPDATE
+            assert rcode(out) == dns.rcode.NOTIMP
+    broken = bytearray(wire)
+    broken[4:6] = b"\x00\x02"  # two zones: malformed, but still not ours to judge
+    out = answerer.handle(bytes(broken), build(), udp=True)
+    assert isinstance(out, bytes)
+    assert rcode(out) == dns.rcode.NOTIMP
+    assert FastPath(answerer).answer(wire, True) is None  # the fast path leaves it to the answerer
+
+
 def test_hostile_and_odd_messages() -> None:
     answerer = Answerer(ZoneBuilder(ZONE, local_site="x").origin, forwarding=False)
     zone = build()
@@ -241,11 +267,13 @@ def test_hostile_and_odd_messages() -> None:
 
 def test_unchanged_services_are_not_rebuilt() -> None:
     builder = ZoneBuilder(ZONE, local_site="east")
-    first = builder.build(mesh(), frozenset(), VIPS)
+    web = builder.build(mesh(), frozenset(), VIPS).parts[("shop", "web")]
     second = builder.build(mesh(), frozenset(), VIPS)
-    assert first.parts[("shop", "web")] is second.parts[("shop", "web")]
+    assert second.parts[("shop", "web")] is web
+    db = second.parts[("shop", "db")]
     changed = builder.build(mesh(), frozenset({"west"}), VIPS)
-    assert changed.parts[("shop", "db")] is not second.parts[("shop", "db")]
+    assert changed.parts[("shop", "db")] is not db
+    assert changed.parts[("shop", "web")] is web
 
 
 def test_incremental_builds_equal_fresh_builds_through_random_changes() -> None:
@@ -279,7 +307,7 @@ def test_incremental_builds_equal_fresh_builds_through_random_changes() -> None:
         zone = builder.build(current, stale, (vips))
         fast.update(zone)
         fresh = ZoneBuilder(ZONE, local_site="east").build(current, stale, (vips))
-        assert zone.nodes == fresh.nodes
+        assert dict(zone.nodes) == dict(fresh.nodes)
         fresh_fast = FastPath(Answerer(builder.origin))
         fresh_fast.update(fresh)
         assert fast._table == fresh_fast._table
