@@ -38,7 +38,7 @@ async def answers(host: str, port: int, name: str, timeout: float = QUERY_TIMEOU
 
 
 async def sweep(host: str, port: int, names: list[str], deadline: float, rate: float = 1000.0,
-                in_flight: int = 32) -> tuple[float | None, int]:
+                in_flight: int = 32, pause: float = 0.2) -> tuple[float | None, int]:
     """Query every name until each has had an A answer once, at most `rate` queries/s, until `deadline`.
 
     Returns (time.monotonic() when the last name first answered, or None; names never answered).
@@ -66,7 +66,7 @@ async def sweep(host: str, port: int, names: list[str], deadline: float, rate: f
                 await asyncio.sleep(ahead)
         await asyncio.gather(*batch)
         if pending:
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(pause)
     return (last if not pending else None), len(pending)
 
 
