@@ -4,27 +4,23 @@
     .venv/bin/python -m tests.bench.scale --sites 100      # one size
     .venv/bin/python -m tests.bench.scale --quick          # smoke run: 10 sites, short phases
 
-Per site count: an etcd of its own (raised --max-txn-ops, --max-request-bytes and --quota-backend-bytes,
-as an operator sizing for 1,000 sites would; or --endpoints to use yours); a loader process
-(tests/bench/scaleload.py) bulk-writes the sites, each with its own lease, record and 100 exports; a
-sink process presents every simulated site's gateway certificate; a real east-west gateway process
-serves one extra site ("tunnel") whose echo service carries the tunnel RTT probe; a bare aetcd watcher
-process is the floor. Then the observer agent (`python -m federation agent`, a VM site on net-00, gateway
-on, DNS on a loopback port, no VIP interface unless --vip-interface) starts, and the script measures:
-
-- start to ready (/readyz 200) and start to the moment every service's A name has had an answer
-  (ClusterSetIP: its VIP; headless: endpoints), polled at most 1,000 queries/s once the agent is ready;
-  CPU (utime+stime) and VmRSS at that moment; VmHWM at the end; sockets from /proc/<pid>/{fd,net};
-- change propagation: the loader gives one endpoint of a random site's headless export a new address,
-  100 times 20 ms apart, then 100 times/s for 10 s; lag = from the moment the loader sends the change's
-  transaction (etcd's own commit time is in the notes; it races the watch event) to the first DNS answer of the site-pinned name `<site>.<svc>.<ns>.svc.clusterset.local` that holds the
-  new address (polled as scaleobserve.Propagation says), against the floor's lag (same start) to its
-  watch event; and the agent's CPU per change;
-- DNS latency of random ClusterSetIP names and tunnel RTT (64 bytes through the egress, the tunnel and
-  the gateway to an echo server), 100/s each from a probe process, idle (2 s) and during the 100/s phase;
-- /status and /registry: the full documents, and with ?limit=100 (ignored until paging exists: the
-  table says whether the answer was smaller).
-
+Per site count: an etcd of its own (--max-txn-ops, --max-request-bytes, --quota-backend-bytes raised as
+an operator sizing for 1,000 sites would; or --endpoints for yours); the loader (scaleload.py) bulk-writes
+the sites (own lease, record, 100 exports each); a sink answers TLS as every site's gateway; a real
+east-west gateway serves one more site ("tunnel") with an echo service; a bare aetcd watcher is the floor.
+Then the observer (`python -m federation agent`: a VM site on net-00, gateway on, DNS on a loopback port,
+no VIP interface unless --vip-interface) starts, and the script measures from outside:
+- start to ready (/readyz 200); start to every VIP answered: etcd is polled (4/s, no load on the agent)
+  until every ClusterSetIP service has its allocation, then the 20 names allocated last are asked until
+  each answers its VIP; a full sweep of every name follows (a miss is reported). CPU and VmRSS then;
+  VmHWM at the end; sockets from /proc/<pid>/{fd,net};
+- change propagation: one endpoint of a random site's headless export gets a new address, 100 times 20 ms
+  apart, then 100 times/s for 10 s; the lag runs from the loader sending the transaction to the first
+  answer of `<site>.<svc>.<ns>.svc.clusterset.local` holding the new address (scaleobserve.Propagation),
+  beside the floor's lag to its watch event, and the agent's CPU per change;
+- DNS latency (random ClusterSetIP names) and tunnel RTT (64 bytes via the egress, the tunnel and the
+  gateway to the echo server), 100/s each from a probe process, idle and during the 100/s phase;
+- /status and /registry, whole and with ?limit=100 (the table says whether the answer was smaller).
 Nothing here changes the product: goals it cannot meet yet are printed as measured, or as "never: why".
 """
 
@@ -41,101 +37,25 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from federation.core.keys import Keys
-from federation.core.records import Endpoint, EndpointPort, Gateway, ServiceExport, ServicePort, Site
-from federation.core.view import MeshView
-from federation.pki.issuing import cert_pem, load_site
 from federation.registry.embedded import EtcdProcess, free_port
 from federation.registry.etcd import EtcdClient
 from tests.bench import scalemesh as mesh
 from tests.bench import scaleobserve as obs
-from tests.bench.scalereport import Run, never, pct, ratio, seconds, skipped, table, times
-from tests.dnshelp import ZONE
-from tests.integration.agentproc import AgentProcess, write_config
-from tests.netns.node import dump_view
-from tests.util import HandPublisher
-
-ETCD_FLAGS = (
-    "--max-txn-ops=1024",  # default 128: bulk writes of a fleet in few transactions
-    "--max-request-bytes=8388608",  # default 1.5 MiB: a transaction of 1,000 export records is ~1.5 MB
-    "--quota-backend-bytes=8589934592",  # default 2 GiB: 1M endpoints with history and headroom
+from tests.bench.scalereport import Run, latency, never, pct, ratio, samples, seconds, skipped, table, times
+from tests.bench.scalestage import (
+    CAPTURE_SETTING,
+    ETCD_FLAGS,
+    agent_config,
+    meshfed,
+    readline,
+    spawn,
+    stop,
+    tunnel_site,
 )
-CAPTURE_SETTING = "gateway.egress_capture=true"
-"""What --capture sets in the agent's config; change it to the setting's name once capture mode lands."""
-
-
-def spawn(*cmd: str, **kw: Any) -> subprocess.Popen[str]:
-    return subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, **kw)
-
-
-def stop(proc: subprocess.Popen[str] | None) -> None:
-    """End one process we started, by its PID: close its input, SIGTERM, then SIGKILL after 10 s."""
-    if proc is None or proc.poll() is not None:
-        return
-    if proc.stdin is not None:
-        try:
-            proc.stdin.close()
-        except OSError:
-            pass
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(10)
-
-
-async def readline(proc: subprocess.Popen[str], timeout: float, want: str) -> str:
-    """The next stdout line of `proc` that starts with `want` (other lines are skipped), within `timeout`."""
-    assert proc.stdout is not None
-    out = proc.stdout
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        left = deadline - time.monotonic()
-        line = await asyncio.wait_for(asyncio.to_thread(out.readline), max(left, 0.1))
-        if not line:
-            raise RuntimeError(f"{proc.args[2:4]} exited with {proc.wait()}")
-        if line.startswith(want):
-            return line[len(want):].strip()
-    raise TimeoutError(f"no {want!r} line within {timeout:.0f}s")
-
-
-def meshfed(*argv: str) -> None:
-    subprocess.run([sys.executable, "-m", "federation", *argv], check=True, capture_output=True, timeout=60)
-
-
-def agent_config(tmp: Path, args: argparse.Namespace, endpoint: str, dns_port: int) -> Path:
-    path = write_config(tmp / "observer.yaml", mesh.OBSERVER, [endpoint], tmp / "observer", [], ttl=10)
-    data = yaml.safe_load(path.read_text())
-    data["site"].update(network=mesh.OBSERVER_NETWORK, region="region-0", zone="zone-a")
-    data["registry"]["timeout"] = 5
-    data["dns"] = {"udp": [f"127.0.0.1:{dns_port}"], "tcp": [f"127.0.0.1:{dns_port}"]}
-    data["gateway"] = {"ca_dir": str(tmp / "pki" / "observer"), "listen_address": "127.0.0.1", "listen_port": 0}
-    data["vm"] = {"vip_interface": args.vip_interface}
-    for item in args.set + ([CAPTURE_SETTING] if args.capture else []):
-        dotted, _, raw = item.partition("=")
-        section, _, name = dotted.partition(".")
-        data.setdefault(section, {})[name] = yaml.safe_load(raw)
-    path.write_text(yaml.safe_dump(data))
-    return path
-
-
-def tunnel_site(tmp: Path, gw_port: int, echo_port: int) -> tuple[Site, ServiceExport, Path]:
-    """The "tunnel" site's record and echo export, and the view file its gateway process serves."""
-    chain = cert_pem(load_site(tmp / "pki" / mesh.TUNNEL_SITE).cert).decode()
-    site = Site(mesh.TUNNEL_SITE, "net-tunnel", mesh.locality(1), gateways=(Gateway("gw", "127.0.0.1", gw_port),),
-                ca_chain=chain)
-    ns, name = mesh.TUNNEL_SERVICE
-    export = ServiceExport(mesh.TUNNEL_SITE, ns, name, (ServicePort("tcp", 7),),
-                           endpoints=(Endpoint(("127.0.0.1",), (EndpointPort("tcp", echo_port),)),))
-    observer = Site(mesh.OBSERVER, mesh.OBSERVER_NETWORK,
-                    ca_chain=cert_pem(load_site(tmp / "pki" / mesh.OBSERVER).cert).decode())
-    view = tmp / "tunnel-view.json"
-    view.write_text(dump_view(MeshView(sites={s.name: s for s in (site, observer)},
-                                       exports={(mesh.TUNNEL_SITE, ns, name): export})))
-    return site, export, view
+from tests.dnshelp import ZONE
+from tests.integration.agentproc import AgentProcess
+from tests.util import HandPublisher
 
 
 class Measurement:
@@ -279,9 +199,10 @@ class Measurement:
         if rtt_at is None:
             r.notes.append("tunnel RTT: no egress listener for bench/echo in /status")
         await self._changes(dns_port, loader, floor, rtt_at, names)
-        await self._admin(admin, "/status?limit=100", "status_page", "status_full")
-        await self._admin(admin, "/registry", "registry_full", None)
-        await self._admin(admin, "/registry?limit=100", "registry_page", "registry_full")
+        if a.admin:
+            await self._admin(admin, "/status?limit=100", "status_page", "status_full")
+            await self._admin(admin, "/registry", "registry_full", None)
+            await self._admin(admin, "/registry?limit=100", "registry_page", "registry_full")
         hwm = obs.status_kib(pid, "VmHWM") / 1024
         r.put("hwm", f"{hwm:.0f} MiB", hwm <= 512)
         log = agent.log.read_text(errors="replace")
@@ -345,7 +266,7 @@ class Measurement:
             cpu["spaced"] = obs.cpu_seconds(pid) - before
             phase[0] = "rate"
             before = obs.cpu_seconds(pid)
-            churn, _ = await asyncio.gather(measure(a.rate_seconds), command(f"rate 100 {a.rate_seconds}", 120))
+            churn, _ = await asyncio.gather(measure(a.rate_seconds), command(f"rate {a.rate} {a.rate_seconds}", 120))
             await prop.settle(a.propagation_timeout)
             cpu["rate"] = obs.cpu_seconds(pid) - before
             await asyncio.sleep(1)  # the floor's last lines
@@ -369,13 +290,13 @@ class Measurement:
                        f"transactions took p50 {seconds(pct(commit_lag, .5))}, p99 {seconds(pct(commit_lag, .99))}")
         r.put("cpu_change", " / ".join(f"{cpu[k] / max(len(phases[k]), 1) * 1e3:.0f} ms" for k in ("spaced", "rate")))
         for what, bound in (("dns", 2.0), ("rtt", 1.5)):
-            i, c = _samples(idle, what), _samples(churn, what)
-            r.put(f"{what}_idle", _latency(i))
+            i, c = samples(idle, what), samples(churn, what)
+            r.put(f"{what}_idle", latency(i))
             if not c:
                 r.cells[f"{what}_churn"] = skipped(str(churn.get("rtt_error") or "no samples"))
                 continue
             rel = ratio(pct(c, .99), pct(i, .99))
-            r.put(f"{what}_churn", f"{_latency(c)}, p99 {times(rel)}", rel <= bound)
+            r.put(f"{what}_churn", f"{latency(c)}, p99 {times(rel)}", rel <= bound)
 
     async def _vips_answered(self, endpoint: str, dns_port: int, deadline: float) -> tuple[float | None, str]:
         """When the last VIPs are answered in DNS: wait (polling etcd, 4/s: no load on the agent) until every
@@ -422,21 +343,6 @@ class Measurement:
         return f"agent log: {lines[-1][-240:]}" if lines else "no warning in the agent log"
 
 
-def _samples(result: dict[str, Any], what: str) -> list[float]:
-    """A probe's latencies, each query that timed out or failed counted as never answered (inf)."""
-    lost = int(result.get(f"{what}_timeouts", 0)) + int(result.get(f"{what}_errors", 0))
-    return [*result.get(what, []), *[float("inf")] * lost]
-
-
-def _latency(values: list[float]) -> str:
-    if not values:
-        return "no samples"
-    lost = sum(1 for v in values if v == float("inf"))
-    p50, p99 = pct(values, .5), pct(values, .99)
-    return (f"{'lost' if p50 == float('inf') else f'{p50 * 1e3:.2f}'} / {'lost' if p99 == float('inf') else f'{p99 * 1e3:.2f}'}"
-            f" ({len(values)} samples" + (f", {lost} lost" if lost else "") + ")")
-
-
 async def main_async(args: argparse.Namespace) -> int:
     runs: list[Run] = []
     for n in args.sites:
@@ -455,7 +361,8 @@ async def main_async(args: argparse.Namespace) -> int:
     return 0
 
 
-def main() -> int:
+def parser() -> argparse.ArgumentParser:
+    """The benchmark's options (tests/bench/churn.py runs the same harness with its own)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sites", type=int, nargs="+", default=[10, 100, 1000], help="site counts (default 10 100 1000)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 10 sites, short phases")
@@ -473,10 +380,16 @@ def main() -> int:
     parser.add_argument("--propagation-timeout", type=float, default=60.0, help="bound on one change's lag")
     parser.add_argument("--admin-timeout", type=float, default=120.0)
     parser.add_argument("--spaced", type=int, default=100, help="changes 20 ms apart")
-    parser.add_argument("--rate-seconds", type=float, default=10.0, help="seconds of 100 changes/s")
+    parser.add_argument("--rate-seconds", type=float, default=10.0, help="seconds of the steady-rate phase")
+    parser.add_argument("--rate", type=float, default=100.0, help="changes/s of the steady-rate phase")
+    parser.add_argument("--no-admin", dest="admin", action="store_false", help="skip /registry and the pages")
     parser.add_argument("--idle-seconds", type=float, default=2.0)
     parser.add_argument("--keep", action="store_true", help="keep the temporary directories (logs, configs)")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> int:
+    args = parser().parse_args()
     if args.quick:
         args.sites, args.spaced, args.rate_seconds, args.sync_timeout = [10], 20, 3.0, 60.0
         args.propagation_timeout = 20.0

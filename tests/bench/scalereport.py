@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 INF = math.inf
 
@@ -99,11 +100,14 @@ ROWS: list[tuple[str, str, str]] = [
 ]
 
 
-def table(runs: Sequence[Run]) -> str:
-    """A markdown table: one row per measurement, one column per site count, the goal last."""
+def table(runs: Sequence[Run], rows: Sequence[str] | None = None) -> str:
+    """A markdown table: one row per measurement (all, or those keyed in `rows`), one column per site
+    count, the goal last."""
     head = ["measurement", *(f"{r.sites} sites" for r in runs), "goal at 1,000 sites"]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for key, what, goal in ROWS:
+        if rows is not None and key not in rows:
+            continue
         cells = [r.cells.get(key, Cell("-")).show() for r in runs]
         lines.append("| " + " | ".join([what, *cells, goal or "-"]) + " |")
     lines.append("| load average at the start (1/5/15 min) | " + " | ".join(r.load_average for r in runs) + " | - |")
@@ -111,3 +115,18 @@ def table(runs: Sequence[Run]) -> str:
         for note in r.notes:
             lines.append(f"\n- {r.sites} sites: {note}")
     return "\n".join(lines)
+
+
+def samples(result: dict[str, Any], what: str) -> list[float]:
+    """A probe's latencies, each query that timed out or failed counted as never answered (inf)."""
+    lost = int(result.get(f"{what}_timeouts", 0)) + int(result.get(f"{what}_errors", 0))
+    return [*result.get(what, []), *[float("inf")] * lost]
+
+
+def latency(values: list[float]) -> str:
+    if not values:
+        return "no samples"
+    lost = sum(1 for v in values if v == float("inf"))
+    p50, p99 = pct(values, .5), pct(values, .99)
+    return (f"{'lost' if p50 == float('inf') else f'{p50 * 1e3:.2f}'} / {'lost' if p99 == float('inf') else f'{p99 * 1e3:.2f}'}"
+            f" ({len(values)} samples" + (f", {lost} lost" if lost else "") + ")")
