@@ -169,7 +169,7 @@ class Measurement:
             return
         r.put("ready", seconds(ready - started))
         names = [mesh.dns_name(*mesh.service_id(k), zone=ZONE) for k in range(shape.services)]
-        last, why = await self._vips_answered(endpoint, dns_port, deadline)
+        last, why = await obs.vips_answered(endpoint, dns_port, self.shape, deadline, a.sync_timeout)
         at = time.monotonic() if last is None else last
         if last is None:
             r.cells["dns_all"] = never(why)
@@ -250,16 +250,17 @@ class Measurement:
                     commit_lag.append(float(committed) - float(submitted))
                     phases[phase[0]].append(int(change))
 
-        async def measure(secs: float) -> dict[str, Any]:
+        async def measure(secs: float, least: int = 0) -> dict[str, Any]:
             assert probe.stdin is not None
-            probe.stdin.write(f"measure {secs}\n")
+            probe.stdin.write(f"measure {secs} {least}\n")
             probe.stdin.flush()
-            return dict(json.loads(await readline(probe, secs + 60, "RESULT ")))
+            return dict(json.loads(await readline(probe, 5 * secs + 60, "RESULT ")))
 
         reader = asyncio.create_task(asyncio.to_thread(read_floor), name="floor-reader")  # ends with the floor
         poller = asyncio.create_task(prop.run(), name="propagation")
         try:
-            idle = await measure(a.idle_seconds)
+            r.notes.append(await obs.settle(self.agent.proc.pid if self.agent and self.agent.proc else 0))
+            idle = await measure(a.idle_seconds, int(a.idle_seconds * 100))
             before = obs.cpu_seconds(pid)
             await command(f"spaced {a.spaced} 0.02", 120)
             await prop.settle(a.propagation_timeout)
@@ -297,28 +298,6 @@ class Measurement:
                 continue
             rel = ratio(pct(c, .99), pct(i, .99))
             r.put(f"{what}_churn", f"{latency(c)}, p99 {times(rel)}", rel <= bound)
-
-    async def _vips_answered(self, endpoint: str, dns_port: int, deadline: float) -> tuple[float | None, str]:
-        """When the last VIPs are answered in DNS: wait (polling etcd, 4/s: no load on the agent) until every
-        ClusterSetIP service has its allocation, then poll the names of the 20 allocated last (highest
-        revision) until each has an A answer; (that moment, what was measured)."""
-        shape = self.shape
-        target = sum(1 for k in range(shape.services) if not mesh.is_headless(k)) + 1  # and the tunnel's echo
-        prefix = Keys().mesh("vips", "services") + "/"
-        async with EtcdClient([endpoint]) as client:
-            while True:
-                kvs, _ = await client.get_prefix(prefix)
-                if len(kvs) >= target:
-                    break
-                if time.monotonic() > deadline:
-                    return None, f"{len(kvs)} of {target} VIPs allocated in {self.args.sync_timeout:.0f}s"
-                await asyncio.sleep(0.25)
-        newest = sorted(kvs.items(), key=lambda kv: kv[1].mod_revision)[-20:]
-        names = [mesh.dns_name(*key[len(prefix):].split("/", 1), zone=ZONE) for key, _ in newest]
-        last, missing = await obs.sweep("127.0.0.1", dns_port, names, deadline, pause=0.02)
-        if last is None:
-            return None, f"all {target} VIPs allocated, but {missing} of the last 20 not answered in DNS in time"
-        return last, f"all {target} VIPs allocated; the 20 allocated last answered in DNS"
 
     async def _admin(self, admin: str, path: str, key: str, full: str | None) -> str | None:
         """GET one admin document into row `key`; a page (`full` names the whole document's row) has a goal."""

@@ -19,6 +19,11 @@ import dns.exception
 import dns.message
 import dns.rdatatype
 
+from federation.core.keys import Keys
+from federation.registry.etcd import EtcdClient
+from tests.bench import scalemesh as mesh
+from tests.dnshelp import ZONE
+
 QUERY_TIMEOUT = 1.0
 """A DNS poll that has no answer within a second is sent again later (the agent may be busy)."""
 
@@ -143,6 +148,50 @@ class Propagation:
             self.pending.pop(change, None)
             return
         p.due = now + min(1.0, max(0.01, 0.1 * (now - p.committed)))
+
+
+async def settle(pid: int, bound: float = 120.0, quiet: float = 0.2) -> str:
+    """Wait until process `pid` is idle: under `quiet` of a core for 3 consecutive seconds (at most `bound`)."""
+    started, calm = time.monotonic(), 0
+    used = cpu_seconds(pid)
+    while time.monotonic() - started < bound:
+        await asyncio.sleep(1)
+        now = cpu_seconds(pid)
+        calm, used = (calm + 1 if now - used < quiet else 0), now
+        if calm >= 3:
+            return (f"idle reference taken once the agent was quiet (< {quiet:.0%} CPU for 3 s), "
+                    f"{time.monotonic() - started:.0f}s after the sync")
+    return f"the agent never went quiet (< {quiet:.0%} CPU for 3 s) in {bound:.0f}s: the idle reference is not idle"
+
+
+async def vips_answered(endpoint: str, dns_port: int, shape: mesh.Shape, deadline: float,
+                        bound: float) -> tuple[float | None, str]:
+    """When the last VIPs are answered in DNS: wait (polling etcd, 4/s: no load on the agent) until every
+    ClusterSetIP service has its allocation, then poll the names of the 20 allocated last (highest
+    revision) until each has an A answer; (that moment, what was measured)."""
+    target = sum(1 for k in range(shape.services) if not mesh.is_headless(k)) + 1  # and the tunnel's echo
+    prefix = Keys().mesh("vips", "services") + "/"
+    waited = time.monotonic()
+    async with EtcdClient([endpoint]) as client:
+        while True:
+            kvs, _ = await client.get_prefix(prefix)
+            if len(kvs) >= target:
+                break
+            if not kvs and time.monotonic() - waited > 30:
+                # The allocations live elsewhere (a newer layout): fall back to asking DNS for every name.
+                names = [mesh.dns_name(*mesh.service_id(k), zone=ZONE) for k in range(shape.services)]
+                last, missing = await sweep("127.0.0.1", dns_port, names, deadline)
+                return last, (f"no VIP keys under {prefix}: swept every name instead (1,000 queries/s)"
+                              + (f"; {missing} never answered" if missing else ""))
+            if time.monotonic() > deadline:
+                return None, f"{len(kvs)} of {target} VIPs allocated in {bound:.0f}s"
+            await asyncio.sleep(0.25)
+    newest = sorted(kvs.items(), key=lambda kv: kv[1].mod_revision)[-20:]
+    names = [mesh.dns_name(*key[len(prefix):].split("/", 1), zone=ZONE) for key, _ in newest]
+    last, missing = await sweep("127.0.0.1", dns_port, names, deadline, pause=0.02)
+    if last is None:
+        return None, f"all {target} VIPs allocated, but {missing} of the last 20 not answered in DNS in time"
+    return last, f"all {target} VIPs allocated; the 20 allocated last answered in DNS"
 
 
 # ---------------------------------------------------------------- /proc

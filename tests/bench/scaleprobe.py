@@ -7,10 +7,11 @@
   presents, by SNI (`<gateway>.<site>.<trust domain>`, as the egress sends it), the gateway certificate
   of the site asked for, so the observer's egress can pre-open its tunnels as it would to real gateways;
   it holds them open and reads nothing from them. Prints `READY <port>`.
-- `probe DNS_HOST:PORT NAMES_FILE [RTT_HOST:PORT]`: on each `measure <seconds>` line of input, sends one A
-  query every 10 ms (names drawn at random from the file) and, when a tunnel address is given, one 64-byte
-  round trip every 10 ms on one connection through it, in two threads of their own process (so the
-  benchmark's own event loop adds nothing to these latencies); prints `RESULT <json>`.
+- `probe DNS_HOST:PORT NAMES_FILE [RTT_HOST:PORT]`: on each `measure <seconds> [<least>]` line of input,
+  sends one A query every 10 ms (names drawn at random from the file) and, when a tunnel address is
+  given, one 64-byte round trip every 10 ms on one connection through it, in two threads of their own
+  process (so the benchmark's own event loop adds nothing to these latencies), for `seconds` and then
+  on until each made `least` attempts (at most 5 x `seconds`); prints `RESULT <json>`.
 
 Times are time.monotonic() (one clock for every process on the host). Each runs until its input closes.
 """
@@ -95,13 +96,21 @@ async def sink(pki: Path) -> None:
     server.close()
 
 
-def _dns_loop(host: str, port: int, names: list[str], seconds: float, out: dict[str, Any]) -> None:
+def _more(start: float, n: int, seconds: float, least: int) -> bool:
+    """Go on for `seconds`, and past them until `least` attempts were made (at most 5 x `seconds` in all)."""
+    elapsed = time.monotonic() - start
+    if elapsed < seconds:
+        return n < int(seconds / PERIOD) + 1
+    return n < least and elapsed < 5 * seconds
+
+
+def _dns_loop(host: str, port: int, names: list[str], seconds: float, least: int, out: dict[str, Any]) -> None:
     rng = random.Random(7)
     lat: list[float] = []
     timeouts = errors = 0
     start = time.monotonic()
     n = 0
-    while time.monotonic() - start < seconds and n < int(seconds / PERIOD) + 1:
+    while _more(start, n, seconds, least):
         q = dns.message.make_query(rng.choice(names), dns.rdatatype.A)
         t0 = time.perf_counter()
         try:
@@ -140,12 +149,12 @@ class _Rtt:
             got += len(chunk)
         return time.perf_counter() - t0
 
-    def loop(self, seconds: float, out: dict[str, Any]) -> None:
+    def loop(self, seconds: float, least: int, out: dict[str, Any]) -> None:
         lat: list[float] = []
         errors: list[str] = []
         start = time.monotonic()
         n = 0
-        while time.monotonic() - start < seconds and n < int(seconds / PERIOD) + 1:
+        while _more(start, n, seconds, least):
             try:
                 lat.append(self.one())
             except OSError as exc:
@@ -173,14 +182,15 @@ def probe(dns_at: str, names_file: Path, rtt_at: str | None) -> None:
         if not words or words[0] != "measure":
             continue
         seconds = float(words[1])
+        least = int(words[2]) if len(words) > 2 else 0
         out: dict[str, Any] = {}
-        threads = [threading.Thread(target=_dns_loop, args=(host, int(port), names, seconds, out))]
+        threads = [threading.Thread(target=_dns_loop, args=(host, int(port), names, seconds, least, out))]
         if rtt is not None:
-            threads.append(threading.Thread(target=rtt.loop, args=(seconds, out)))
+            threads.append(threading.Thread(target=rtt.loop, args=(seconds, least, out)))
         for t in threads:
             t.start()
         for t in threads:
-            t.join(seconds + 30)
+            t.join(5 * seconds + 30)
         print("RESULT", json.dumps(out), flush=True)
 
 
