@@ -23,11 +23,12 @@ for site in "$@"; do
     ctl role grant-permission "$role" read --prefix=true "$PREFIX/" >/dev/null
     ctl role grant-permission "$role" readwrite "$PREFIX/sites/$site" >/dev/null
     ctl role grant-permission "$role" readwrite --prefix=true "$PREFIX/sites/$site/" >/dev/null
-    # Mesh-wide objects (VIP allocations) are shared by every site, guarded by compare-and-swap.
-    ctl role grant-permission "$role" readwrite --prefix=true "$PREFIX/mesh/" >/dev/null
+    # VIP allocations are shared by every site, guarded by compare-and-swap. Other mesh-wide objects
+    # (traffic policies under $PREFIX/mesh/policies/) are the operator's: sites only read them.
+    ctl role grant-permission "$role" readwrite --prefix=true "$PREFIX/mesh/vips/" >/dev/null
     ctl user get "$role" >/dev/null 2>&1 || ctl user add "$role" --no-password >/dev/null
     ctl user grant-role "$role" "$role" >/dev/null
-    echo "etcd user $role: read $PREFIX/, write $PREFIX/sites/$site[/...] and $PREFIX/mesh/"
+    echo "etcd user $role: read $PREFIX/, write $PREFIX/sites/$site[/...] and $PREFIX/mesh/vips/"
 done
 ctl auth enable >/dev/null 2>&1 || true
 echo "etcd auth enabled"

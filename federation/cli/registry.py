@@ -26,12 +26,27 @@ def add_commands(sub: Any) -> None:
     reg = sub.add_parser("registry", help="inspect the registry")
     regsub = reg.add_subparsers(dest="registry_command", metavar="COMMAND")
     ls = regsub.add_parser("ls", help="sites, services, endpoints, conflicts and staleness")
-    ls.add_argument("--config", help="agent config file: its registry settings (and its agent, as a fallback)")
-    ls.add_argument("--endpoints", help="etcd host:port[,host:port...] (overrides the config)")
-    ls.add_argument("--prefix", default=None, help=f"registry key prefix (default {DEFAULT_PREFIX})")
+    add_registry_options(ls)
     ls.add_argument("--json", action="store_true", help="print JSON instead of tables")
     ls.set_defaults(handler=cmd_registry_ls)
 
+
+
+def add_registry_options(parser: Any) -> None:
+    """--config, --endpoints and --prefix: where the registry is (shared by the commands that read etcd)."""
+    parser.add_argument("--config", help="agent config file: its registry settings (and its agent, as a fallback)")
+    parser.add_argument("--endpoints", help="etcd host:port[,host:port...] (overrides the config)")
+    parser.add_argument("--prefix", default=None, help=f"registry key prefix (default {DEFAULT_PREFIX})")
+
+
+def registry_client(args: argparse.Namespace, config: AgentSettings | None = None) -> tuple[EtcdClient, Keys]:
+    """An etcd client and key layout from --config/--endpoints/--prefix (ConfigError if neither says where)."""
+    if config is None and args.config:
+        config = load_settings(args.config)
+    prefix = args.prefix or (config.registry.prefix if config else DEFAULT_PREFIX)
+    tls = config.registry.tls if config else None
+    timeout = config.registry.timeout if config else 5.0
+    return EtcdClient(_endpoints(args, config), tls=tls, timeout=timeout), Keys(prefix)
 
 
 def cmd_registry_ls(args: argparse.Namespace) -> int:
@@ -46,14 +61,11 @@ def cmd_registry_ls(args: argparse.Namespace) -> int:
 
 async def _registry_report(args: argparse.Namespace) -> dict[str, Any]:
     config = load_settings(args.config) if args.config else None
-    prefix = args.prefix or (config.registry.prefix if config else DEFAULT_PREFIX)
-    endpoints = _endpoints(args, config)
-    tls = config.registry.tls if config else None
-    timeout = config.registry.timeout if config else 5.0
-    client = EtcdClient(endpoints, tls=tls, timeout=timeout)
+    client, keys = registry_client(args, config)
+    endpoints = client.endpoints
     try:
-        async with asyncio.timeout(timeout + 1):
-            kvs, revision = await client.get_prefix(Keys(prefix).root())
+        async with asyncio.timeout(client.timeout + 1):
+            kvs, revision = await client.get_prefix(keys.root())
     except (RegistryUnavailable, TimeoutError) as exc:
         fallback = agent_document(config, "/registry") if config else None
         if fallback is None:
@@ -63,7 +75,7 @@ async def _registry_report(args: argparse.Namespace) -> dict[str, Any]:
         return fallback
     finally:
         await client.close()
-    catalog = Catalog(Keys(prefix))
+    catalog = Catalog(keys)
     catalog.resync({k: v.value for k, v in kvs.items()}, revision)
     return registry_report(catalog.view(), catalog.rejected, source=f"etcd {','.join(endpoints)}")
 

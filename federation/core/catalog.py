@@ -2,31 +2,42 @@
 
 It turns raw key/values into typed records, emits only real differences as typed events, reports
 rejected records (never raises on remote input) and keeps the MCS conflict rule applied incrementally.
+Work is in proportion to the change: records live in persistent maps (a new view shares everything
+that did not change), a record is decoded only when its etcd revision moved, and each view says which
+services and sites changed since the one before.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+
+import immutables
 
 from federation.core.codec import decode_export, decode_site
 from federation.core.errors import RecordError
 from federation.core.keys import Keys, ServiceKey, SiteKey
 from federation.core.records import ServiceExport, Site
 from federation.core.view import (
+    ChangeLog,
+    Changes,
     Event,
     ExportId,
     FederatedService,
     MeshView,
     ServiceAdded,
     ServiceChanged,
+    ServiceId,
     ServiceRemoved,
     SiteAdded,
     SiteChanged,
     SiteRemoved,
     resolve,
 )
+
+Imports = Callable[[ServiceKey], bool]
+"""Whether this reader wants an export (scoped imports): the others are never decoded."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,33 +56,47 @@ class Outcome:
     rejected: list[Rejected] = field(default_factory=list)
 
 
-# ---------------------------------------------------------------- the catalog
+@dataclass(frozen=True, slots=True)
+class Listed:
+    """One key of a listing: its value and the revision it was last written at."""
+
+    value: bytes
+    mod_revision: int = 0
 
 
 class Catalog:
     """Typed state of every valid record under one key prefix, updated by puts, deletes and resyncs."""
 
-    def __init__(self, keys: Keys) -> None:
+    def __init__(self, keys: Keys, *, imports: Imports | None = None, history: int = 4096) -> None:
         self._keys = keys
-        self._raw: dict[str, bytes] = {}
-        self._sites: dict[str, Site] = {}
-        self._exports: dict[ExportId, ServiceExport] = {}
+        self._imports = imports
+        self._revs: dict[str, int] = {}
+        """Key -> the etcd revision of the value last applied (0: revision unknown, compare values)."""
+        self._digests: dict[str, int] = {}
+        """Key -> hash of a value applied without a revision (tests, tools)."""
+        self._sites: immutables.Map[str, Site] = immutables.Map()
+        self._exports: immutables.Map[ExportId, ServiceExport] = immutables.Map()
+        self._resolved: immutables.Map[ServiceId, FederatedService] = immutables.Map()
+        self._by_service: dict[ServiceId, set[ExportId]] = {}
+        self._by_site: dict[str, set[ExportId]] = {}
         self._rejected: dict[str, str] = {}
+        self._dirty: set[ServiceId] = set()
+        self._sites_changed: set[str] = set()
+        self._log = ChangeLog(history)
+        self._generation = 0
+        self._view: MeshView | None = None
         self.revision = 0
-        # Resolved services kept across snapshots: a new view re-resolves only the services touched since.
-        self._by_service: dict[tuple[str, str], set[ExportId]] = {}
-        self._resolved: dict[tuple[str, str], FederatedService] = {}
-        self._dirty: set[tuple[str, str]] = set()
+        self.skipped = 0
+        """Keys of services this site does not import, left undecoded."""
 
     # -- inputs
 
     def put(self, key: str, value: bytes, revision: int = 0) -> Outcome:
-        """Apply one put of `key`."""
+        """Apply one put of `key` (written at `revision`, when known)."""
         out = Outcome()
         self.revision = max(self.revision, revision)
-        if self._raw.get(key) == value:
+        if self._unchanged(key, value, revision):
             return out
-        self._raw[key] = value
         self._apply(key, value, out)
         return out
 
@@ -79,42 +104,78 @@ class Catalog:
         """Apply one delete of `key`."""
         out = Outcome()
         self.revision = max(self.revision, revision)
-        if self._raw.pop(key, None) is None:
+        known = self._revs.pop(key, None) is not None
+        known = self._digests.pop(key, None) is not None or known
+        if not known:
             return out
         self._rejected.pop(key, None)
         self._remove(key, out)
         return out
 
-    def resync(self, kvs: Mapping[str, bytes], revision: int) -> Outcome:
-        """Replace the whole state with a fresh listing; emit only what really differs."""
+    def resync(self, kvs: Mapping[str, Listed | bytes], revision: int) -> Outcome:
+        """Replace the whole state with a fresh listing; emit only what really differs.
+
+        A key listed at the revision already applied is not decoded again.
+        """
         out = Outcome()
-        for key in sorted(set(self._raw) - set(kvs)):
-            sub = self.delete(key)
-            out.events += sub.events
-        for key, value in sorted(kvs.items()):
-            sub = self.put(key, value)
-            out.events += sub.events
-            out.rejected += sub.rejected
-        self.revision = revision
+        for step in self.resync_steps(kvs, revision):
+            out.events += step.events
+            out.rejected += step.rejected
         return out
+
+    def resync_steps(self, kvs: Mapping[str, Listed | bytes], revision: int, batch: int = 512) -> Iterator[Outcome]:
+        """`resync` in steps of at most `batch` keys, so that a caller can yield to other work in between.
+
+        The state between steps is partial; take no `view()` before the last step.
+        """
+        known = set(self._revs) | set(self._digests)
+        gone = sorted(known - set(kvs))
+        for start in range(0, len(gone), batch):
+            out = Outcome()
+            for key in gone[start:start + batch]:
+                out.events += self.delete(key).events
+            yield out
+        keys = sorted(kvs)
+        for start in range(0, len(keys), batch):
+            out = Outcome()
+            for key in keys[start:start + batch]:
+                listed = kvs[key]
+                value, rev = (listed.value, listed.mod_revision) if isinstance(listed, Listed) else (listed, 0)
+                sub = self.put(key, value, rev)
+                out.events += sub.events
+                out.rejected += sub.rejected
+            yield out
+        self.revision = revision
 
     # -- outputs
 
     def view(self) -> MeshView:
-        """An immutable snapshot of the current state, its services already resolved (incrementally)."""
-        for key in self._dirty:
-            members = [self._exports[i] for i in self._by_service.get(key, ()) if i[0] in self._sites]
-            if members:
-                self._resolved[key] = resolve(members)
-            else:
-                self._resolved.pop(key, None)
+        """An immutable snapshot of the current state; a new one only when something changed."""
+        if (self._view is not None and not self._dirty and not self._sites_changed
+                and self._view.revision == self.revision):
+            return self._view
+        touched = set(self._dirty)
+        for site in self._sites_changed:
+            touched.update(e[1:] for e in self._by_site.get(site, ()))
+        if self._dirty:
+            resolved = self._resolved.mutate()
+            for key in self._dirty:
+                members = [self._exports[i] for i in self._by_service.get(key, ()) if i[0] in self._sites]
+                if members:
+                    resolved[key] = resolve(members)
+                elif key in resolved:
+                    del resolved[key]
+            self._resolved = resolved.finish()
+        if touched or self._sites_changed or self._view is None:
+            self._generation += 1
+            self._log.append(self._generation, Changes(frozenset(touched), frozenset(self._sites_changed)))
         self._dirty.clear()
-        return MeshView(
-            sites=MappingProxyType(dict(self._sites)),
-            exports=MappingProxyType(dict(self._exports)),
-            revision=self.revision,
-            _memo={"services": dict(sorted(self._resolved.items()))},
-        )
+        self._sites_changed.clear()
+        self._view = MeshView(
+            sites=self._sites, exports=self._exports, revision=self.revision, generation=self._generation,
+            resolved=self._resolved, history=self._log,
+        )  # fmt: skip
+        return self._view
 
     @property
     def rejected(self) -> Mapping[str, str]:
@@ -126,38 +187,62 @@ class Catalog:
 
     # -- private
 
+    def _unchanged(self, key: str, value: bytes, revision: int) -> bool:
+        if revision:
+            if self._revs.get(key) == revision:
+                return True
+            self._revs[key] = revision
+            self._digests.pop(key, None)
+            return False
+        digest = hash(value)
+        if self._digests.get(key) == digest and key not in self._revs:
+            return True
+        self._digests[key] = digest
+        self._revs.pop(key, None)
+        return False
+
     def _apply(self, key: str, value: bytes, out: Outcome) -> None:
         try:
             parsed = self._keys.parse(key)
             if parsed is None:
                 return
             if isinstance(parsed, SiteKey):
-                site = decode_site(parsed, value)
-                self._rejected.pop(key, None)
-                old_site = self._sites.get(site.name)
-                self._sites[site.name] = site
-                if old_site is None:
-                    self._touch_site(site.name)
-                    out.events.append(SiteAdded(site))
-                elif old_site != site:
-                    out.events.append(SiteChanged(site, old_site))
+                self._put_site(decode_site(parsed, value), key, out)
                 return
-            export = decode_export(parsed, value)
-            self._rejected.pop(key, None)
-            ident = (parsed.site, parsed.namespace, parsed.name)
-            old_export = self._exports.get(ident)
-            self._exports[ident] = export
-            self._by_service.setdefault(export.service, set()).add(ident)
-            self._dirty.add(export.service)
-            if old_export is None:
-                out.events.append(ServiceAdded(export))
-            elif old_export != export:
-                out.events.append(ServiceChanged(export, old_export))
+            if self._imports is not None and not self._imports(parsed):
+                self.skipped += 1
+                return
+            self._put_export(parsed, decode_export(parsed, value), key, out)
         except RecordError as exc:
             self._rejected[key] = str(exc)
             out.rejected.append(Rejected(key, str(exc)))
             # The key no longer holds a valid record: a fresh reader would not see one either.
             self._remove(key, out)
+
+    def _put_site(self, site: Site, key: str, out: Outcome) -> None:
+        self._rejected.pop(key, None)
+        old = self._sites.get(site.name)
+        if old == site:
+            return
+        self._sites = self._sites.set(site.name, site)
+        self._sites_changed.add(site.name)
+        if old is None:
+            self._touch_site(site.name)
+            out.events.append(SiteAdded(site))
+        else:
+            out.events.append(SiteChanged(site, old))
+
+    def _put_export(self, parsed: ServiceKey, export: ServiceExport, key: str, out: Outcome) -> None:
+        self._rejected.pop(key, None)
+        ident = (parsed.site, parsed.namespace, parsed.name)
+        old = self._exports.get(ident)
+        if old == export:
+            return
+        self._exports = self._exports.set(ident, export)
+        self._by_service.setdefault(export.service, set()).add(ident)
+        self._by_site.setdefault(parsed.site, set()).add(ident)
+        self._dirty.add(export.service)
+        out.events.append(ServiceAdded(export) if old is None else ServiceChanged(export, old))
 
     def _remove(self, key: str, out: Outcome) -> None:
         try:
@@ -165,22 +250,36 @@ class Catalog:
         except RecordError:
             return
         if isinstance(parsed, SiteKey):
-            site = self._sites.pop(parsed.site, None)
+            site = self._sites.get(parsed.site)
             if site is not None:
+                self._sites = self._sites.delete(parsed.site)
+                self._sites_changed.add(site.name)
                 self._touch_site(site.name)
                 out.events.append(SiteRemoved(site))
         elif isinstance(parsed, ServiceKey):
             ident = (parsed.site, parsed.namespace, parsed.name)
-            export = self._exports.pop(ident, None)
+            export = self._exports.get(ident)
             if export is not None:
-                members = self._by_service.get(export.service)
-                if members is not None:
-                    members.discard(ident)
-                    if not members:
-                        del self._by_service[export.service]
+                self._exports = self._exports.delete(ident)
+                _discard(self._by_service, export.service, ident)
+                _discard(self._by_site, parsed.site, ident)
                 self._dirty.add(export.service)
                 out.events.append(ServiceRemoved(export))
 
     def _touch_site(self, site: str) -> None:
         """A site record came or went: every service it exports counts again, or no longer."""
-        self._dirty.update(e.service for i, e in self._exports.items() if i[0] == site)
+        self._dirty.update(ident[1:] for ident in self._by_site.get(site, ()))
+
+
+def _discard(index: dict[ServiceId, set[ExportId]] | dict[str, set[ExportId]], key: object,
+             ident: ExportId) -> None:
+    members = index.get(key)  # type: ignore[call-overload]
+    if members is not None:
+        members.discard(ident)
+        if not members:
+            del index[key]  # type: ignore[arg-type]
+
+
+def listed(items: Iterable[tuple[str, bytes, int]]) -> dict[str, Listed]:
+    """A listing as `resync` takes it, from (key, value, mod_revision) triples."""
+    return {k: Listed(v, r) for k, v, r in items}

@@ -20,6 +20,7 @@ from federation.core.records import (
     ServicePort,
     ServiceType,
     Site,
+    labels_of,
     validate_export,
     validate_site,
 )
@@ -82,6 +83,8 @@ def _endpoint_out(e: Endpoint) -> dict[str, Any]:
         out["ports"] = [{"name": p.name, "port": p.port} for p in e.ports]
     if e.hostname is not None:
         out["hostname"] = e.hostname
+    if e.labels:
+        out["labels"] = dict(e.labels)
     return out
 
 
@@ -230,6 +233,9 @@ def _endpoint_in(value: Any, i: int) -> Endpoint:
     hostname = value.get("hostname")
     if hostname is not None and not isinstance(hostname, str):
         raise RecordError(f"{where}.hostname is not a string")
+    labels = value.get("labels") or {}
+    if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
+        raise RecordError(f"{where}.labels is not a mapping of strings")
     return Endpoint(
         addresses=tuple(addresses),
         ports=tuple(ports),
@@ -237,4 +243,5 @@ def _endpoint_in(value: Any, i: int) -> Endpoint:
         hostname=hostname,
         locality=_locality_in(value.get("locality"), f"{where}.locality"),
         weight=_int(value, "weight", where, default=1),
+        labels=labels_of(labels),
     )

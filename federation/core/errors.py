@@ -25,3 +25,13 @@ class LocalProtocolError(MeshfedError):
 
 class RemoteProtocolError(MeshfedError):
     """The peer misbehaved; close that stream only."""
+
+
+class PolicyError(RecordError):
+    """A policy document or stored policy is invalid: `field` is the path of the bad field (e.g.
+    `spec.retries.attempts`), `reason` says what is wrong with it."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}" if field else reason)
+        self.field = field
+        self.reason = reason

@@ -8,6 +8,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from federation.core.errors import RecordError
@@ -15,6 +16,14 @@ from federation.core.errors import RecordError
 _LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _PORT_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,13}[a-z0-9])?$")
 _MAX_ADDRESSES = 100
+_LABEL_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+_LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
+_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+MAX_ENDPOINT_LABELS = 16
+"""Labels per endpoint: enough for subsets (version, track, tier), small enough for 1,000-endpoint records."""
+
+Labels = tuple[tuple[str, str], ...]
+"""Kubernetes-style labels as sorted (key, value) pairs, so that records stay hashable."""
 
 
 
@@ -68,6 +77,15 @@ class Endpoint:
     hostname: str | None = None
     locality: Locality = Locality()
     weight: int = 1
+    labels: Labels = ()
+    """Sorted (key, value) pairs from pod labels or VM config, for subsets; readers accept records without."""
+
+    def label(self, key: str) -> str | None:
+        """The value of label `key`, or None."""
+        for k, v in self.labels:
+            if k == key:
+                return v
+        return None
 
     def port_for(self, service_port: ServicePort) -> int:
         """The target port for `service_port`: the endpoint's own when named, else the service's."""
@@ -172,6 +190,8 @@ def validate_export(export: ServiceExport) -> None:
             hostnames.add(e.hostname)
         if not 0 <= e.weight <= 65535:
             raise RecordError(f"{where}.weight {e.weight} is not in 0..65535")
+        if e.labels:
+            check_labels(f"{where}.labels", e.labels)
 
 
 def is_dns_label(value: str) -> bool:
@@ -183,6 +203,46 @@ def check_label(what: str, value: str) -> None:
     """Raise RecordError unless `value` is a DNS label; `what` names the field."""
     if not isinstance(value, str) or not _LABEL.match(value):
         raise RecordError(f"{what} {value!r} is not a DNS label (a-z, 0-9, '-', at most 63 chars)")
+
+
+def labels_of(mapping: Mapping[str, str]) -> Labels:
+    """Labels as the sorted pairs records hold."""
+    return tuple(sorted(mapping.items()))
+
+
+def check_label_key(what: str, key: str) -> None:
+    """Raise RecordError unless `key` is a Kubernetes label key: `[prefix/]name`."""
+    if not isinstance(key, str):
+        raise RecordError(f"{what} key {key!r} is not a string")
+    prefix, _, name = key.rpartition("/")
+    if prefix and (len(prefix) > 253 or not _SUBDOMAIN.match(prefix)):
+        raise RecordError(f"{what} key {key!r}: prefix {prefix!r} is not a DNS subdomain")
+    if not _LABEL_NAME.match(name):
+        raise RecordError(
+            f"{what} key {key!r}: name must be 1-63 characters of a-z, A-Z, 0-9, '-', '_', '.', "
+            "starting and ending with a letter or digit"
+        )
+
+
+def check_label_value(what: str, value: str) -> None:
+    """Raise RecordError unless `value` is a Kubernetes label value (may be empty)."""
+    if not isinstance(value, str) or not _LABEL_VALUE.match(value):
+        raise RecordError(
+            f"{what} value {value!r} must be at most 63 characters of a-z, A-Z, 0-9, '-', '_', '.', "
+            "starting and ending with a letter or digit"
+        )
+
+
+def check_labels(what: str, labels: Labels) -> None:
+    """Raise RecordError unless `labels` are sorted, unique, valid Kubernetes labels, at most 16."""
+    if len(labels) > MAX_ENDPOINT_LABELS:
+        raise RecordError(f"{what} has {len(labels)} labels; at most {MAX_ENDPOINT_LABELS} are carried")
+    keys = [k for k, _ in labels]
+    if keys != sorted(set(keys)):
+        raise RecordError(f"{what} keys must be unique and sorted")
+    for k, v in labels:
+        check_label_key(what, k)
+        check_label_value(f"{what}[{k}]", v)
 
 
 def _check_port(what: str, value: int) -> None:

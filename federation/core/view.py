@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from federation.core.records import ServiceExport, ServicePort, ServiceType, Site
@@ -125,8 +127,51 @@ def _ports_text(ports: tuple[ServicePort, ...]) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class Changes:
+    """What changed between two views: services whose federated service (or a site it is exported from)
+    changed, and sites whose record came, went or changed."""
+
+    services: frozenset[ServiceId] = frozenset()
+    sites: frozenset[str] = frozenset()
+
+    def __bool__(self) -> bool:
+        return bool(self.services or self.sites)
+
+
+class ChangeLog:
+    """The last `depth` views' changes, so a reader that skipped views still learns what it missed. Pure."""
+
+    def __init__(self, depth: int = 4096) -> None:
+        self._entries: deque[tuple[int, Changes]] = deque(maxlen=depth)
+
+    def append(self, generation: int, changes: Changes) -> None:
+        """Record the changes that made view `generation`."""
+        self._entries.append((generation, changes))
+
+    def since(self, after: int, upto: int) -> Changes | None:
+        """The union of the changes of views after `after` up to `upto`; None when some were forgotten."""
+        if after >= upto:
+            return Changes()
+        if not self._entries or self._entries[0][0] > after + 1:
+            return None
+        services: set[ServiceId] = set()
+        sites: set[str] = set()
+        for generation, changes in reversed(self._entries):
+            if generation <= after:
+                break
+            if generation <= upto:
+                services |= changes.services
+                sites |= changes.sites
+        return Changes(frozenset(services), frozenset(sites))
+
+
+@dataclass(frozen=True, slots=True)
 class MeshView:
-    """An immutable snapshot of the mesh for answering (DNS, egress, CLI)."""
+    """An immutable snapshot of the mesh for answering (DNS, egress, CLI).
+
+    The catalog builds each one from persistent maps, so a new view costs in proportion to what changed,
+    and `changes_since` tells a reader what changed since the view it handled last.
+    """
 
     sites: Mapping[str, Site]
     exports: Mapping[ExportId, ServiceExport]
@@ -134,6 +179,11 @@ class MeshView:
     complete: bool = True
     """False only for the empty view a reader holds before its first listing: nothing may be answered
     authoritatively, deleted or withdrawn from it (Istio's HasSynced)."""
+    generation: int = 0
+    """Grows by one with every view that changed something."""
+    resolved: Mapping[ServiceId, FederatedService] | None = field(default=None, compare=False, repr=False)
+    """The federated services, as the catalog keeps them; computed from `exports` when not given."""
+    history: ChangeLog | None = field(default=None, compare=False, repr=False)
     _memo: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
     """Results computed once per snapshot (the snapshot never changes, so they stay right)."""
 
@@ -142,25 +192,29 @@ class MeshView:
         """The view a reader has before its first complete listing."""
         return cls(sites={}, exports={}, complete=False)
 
-    def services(self) -> dict[tuple[str, str], FederatedService]:
+    def services(self) -> Mapping[ServiceId, FederatedService]:
         """Every federated service, conflict rule applied; exports of sites without a site record are left out.
 
-        Computed once per snapshot: DNS, egress, VIPs and every new client connection ask for it.
+        Read-only and not copied: the catalog's views share it; views built by hand compute it once.
         """
-        cached: dict[tuple[str, str], FederatedService] | None = self._memo.get("services")
+        if self.resolved is not None:
+            return self.resolved
+        cached: Mapping[ServiceId, FederatedService] | None = self._memo.get("services")
         if cached is None:
-            grouped: dict[tuple[str, str], list[ServiceExport]] = {}
+            grouped: dict[ServiceId, list[ServiceExport]] = {}
             for export in self.exports.values():
                 if export.site in self.sites:
                     grouped.setdefault(export.service, []).append(export)
-            cached = {svc: resolve(group) for svc, group in sorted(grouped.items())}
+            cached = MappingProxyType({svc: resolve(group) for svc, group in sorted(grouped.items())})
             self._memo["services"] = cached
-        return dict(cached)
+        return cached
 
     def service(self, namespace: str, name: str) -> FederatedService | None:
-        """One federated service, or None (a dictionary lookup once `services()` has been computed)."""
-        cached: dict[tuple[str, str], FederatedService] | None = self._memo.get("services")
-        if cached is None:
-            self.services()
-            cached = self._memo["services"]
-        return cached.get((namespace, name))
+        """One federated service, or None."""
+        return self.services().get((namespace, name))
+
+    def changes_since(self, generation: int) -> Changes | None:
+        """What changed after view `generation` up to this one; None when that is not known (do it all again)."""
+        if self.history is None:
+            return None if generation != self.generation else Changes()
+        return self.history.since(generation, self.generation)

@@ -64,22 +64,28 @@ class FastPath:
         return len(self._memo)
 
     def update(self, zone: Zone) -> None:
-        """Re-encode the services whose nodes changed since the last update; drop the removed ones."""
+        """Re-encode the services whose nodes changed since the last update; drop the removed ones.
+
+        Only the services the zone build looked at (`zone.changed`) are compared, unless it says all.
+        """
         table, cache = self._table, self._cache
-        for key, part in zone.parts.items():
+        keys = zone.changed if zone.changed is not None else zone.parts.keys() | cache.keys()
+        for key in keys:
+            part = zone.parts.get(key)
             hit = cache.get(key)
             if hit is not None:
                 if hit[0] is part:
                     continue
                 for k in hit[1]:
                     table.pop(k, None)
+                del cache[key]
+            if part is None:
+                continue
             entries = self._encode(zone, part)
             table.update(entries)
             cache[key] = (part, entries)
-        for key in cache.keys() - zone.parts.keys():
-            for k in cache.pop(key)[1]:
-                table.pop(k, None)
-        self._memo = {}
+        if keys:
+            self._memo = {}
 
     def answer(self, wire: bytes, udp: bool) -> bytes | None:
         """The response to a plain in-table question, or None when the dnspython path must answer."""

@@ -10,6 +10,7 @@ import ipaddress
 import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, NamedTuple
 
 import dns.name
@@ -25,7 +26,7 @@ import dns.rdtypes.IN.SRV
 import dns.rrset
 
 from federation.core.records import Endpoint, ServiceExport, ServiceType, Site
-from federation.core.view import FederatedService, MeshView, VipTable, resolve
+from federation.core.view import FederatedService, MeshView, ServiceId, VipTable
 
 DNS_VERSION = "1.0.0"
 """The MCS DNS specification version this server implements (KEP-1645 `dns-version` TXT record)."""
@@ -76,7 +77,8 @@ _EMPTY = Node()
 
 @dataclass(frozen=True, slots=True)
 class Zone:
-    """An immutable snapshot of every name this server answers for."""
+    """Every name this server answers for: read-only views of the builder's tables, which the next build
+    updates in place (a build touches only what changed; answering reads the latest)."""
 
     origin: dns.name.Name
     ttl: int
@@ -84,6 +86,8 @@ class Zone:
     nodes: Mapping[Labels, Node]
     parts: Mapping[tuple[str, str], Mapping[Labels, Node]]
     """Per-service nodes; the same object across builds while the service is unchanged."""
+    changed: frozenset[tuple[str, str]] | None = None
+    """The services this build looked at (None: every one); the fast path re-encodes only these."""
 
     @property
     def origin_labels(self) -> Labels:
@@ -135,7 +139,7 @@ def name_of(labels: Labels) -> dns.name.Name:
 class _Part(NamedTuple):
     """One service's share of the zone, and what it was built from."""
 
-    fingerprint: object
+    fingerprint: tuple[FederatedService, tuple[Site | None, ...], frozenset[str], tuple[str, ...], Site | None]
     nodes: Mapping[Labels, Node]
     ents: tuple[Labels, ...]
 
@@ -160,40 +164,82 @@ class ZoneBuilder:
             (b"dns-version", *self.apex): Node(txt=(DNS_VERSION.encode(),)),
         }
         self._ent_refs: dict[Labels, int] = {}
+        self._part_nodes: dict[ServiceId, Mapping[Labels, Node]] = {}
+        self._site_services: dict[str, set[ServiceId]] = {}
+        self._built: tuple[MeshView, frozenset[str], VipTable, Site | None] | None = None
+        self._nodes_view = MappingProxyType(self._nodes)
+        self._parts_view = MappingProxyType(self._part_nodes)
 
     def build(self, view: MeshView, stale_sites: frozenset[str], vips: VipTable) -> Zone:
-        """The zone for `view`; `stale_sites` are left out wherever another site has ready endpoints."""
+        """The zone for `view`; `stale_sites` are left out wherever another site has ready endpoints.
+
+        Only the services that can have changed since the last build are looked at: those the view says
+        changed, those of sites whose staleness flipped, those whose VIPs changed. A build after a
+        registry change costs in proportion to that change, not to the mesh.
+        """
         local = view.sites.get(self.local_site)
-        groups: dict[tuple[str, str], list[ServiceExport]] = {}
-        for export in view.exports.values():
-            if export.site in view.sites:
-                groups.setdefault(export.service, []).append(export)
-        parts: dict[tuple[str, str], _Part] = {}
-        for key, group in groups.items():
-            exports = tuple(group)
+        services = view.services()
+        todo = self._todo(view, stale_sites, vips, local)
+        full = todo is None
+        if todo is None:
+            todo = set(services) | set(self._parts)
+        for key in todo:
+            svc = services.get(key)
+            old = self._parts.get(key)
+            if svc is None:
+                if old is not None:
+                    self._remove(old)
+                    del self._parts[key]
+                    self._forget(key, old)
+                continue
+            exports = svc.exports
             stale = stale_sites.intersection(e.site for e in exports) if stale_sites else stale_sites
             if stale and not _staleness_matters(exports, stale):
                 stale = frozenset()
-            addrs = vips.get(key, ())
-            fingerprint = (exports, tuple(view.sites.get(e.site) for e in exports), stale, addrs, local)
-            old = self._parts.get(key)
+            addrs = vips.get(key, ()) if svc.type is ServiceType.CLUSTER_SET_IP else ()
+            fingerprint = (svc, tuple(view.sites.get(e.site) for e in exports), stale, addrs, local)
             if old is not None and old.fingerprint == fingerprint:
-                parts[key] = old
                 continue
-            svc = resolve(exports)
-            if svc.type is not ServiceType.CLUSTER_SET_IP:
-                addrs = ()
             nodes = self._service(svc, view.sites, stale_sites, addrs, local)
             new = _Part(fingerprint, nodes, self._ents(nodes))
             if old is not None:
                 self._remove(old)
+                self._forget(key, old)
             self._add(new)
-            parts[key] = new
-        for key in self._parts.keys() - parts.keys():
-            self._remove(self._parts[key])
-        self._parts = parts
-        return Zone(self.origin, self.ttl, view.revision % 2**32, dict(self._nodes),
-                    {key: part.nodes for key, part in parts.items()})
+            self._parts[key] = new
+            self._part_nodes[key] = nodes
+            for e in exports:
+                self._site_services.setdefault(e.site, set()).add(key)
+        self._built = (view, stale_sites, vips, local)
+        return Zone(self.origin, self.ttl, view.revision % 2**32, self._nodes_view, self._parts_view,
+                    None if full else frozenset(todo))
+
+    def _todo(self, view: MeshView, stale: frozenset[str], vips: VipTable, local: Site | None) -> set[ServiceId] | None:
+        """The services that can have changed since the last build; None: all of them."""
+        if self._built is None:
+            return None
+        before, stale_before, vips_before, local_before = self._built
+        if local != local_before or view.history is None or view.history is not before.history:
+            return None
+        changes = view.changes_since(before.generation)
+        if changes is None:
+            return None
+        todo = set(changes.services)
+        for site in stale ^ stale_before:
+            todo |= self._site_services.get(site, set())
+        if vips is not vips_before:
+            todo |= {k for k in vips.keys() | vips_before.keys() if vips.get(k) != vips_before.get(k)}
+        return todo
+
+    def _forget(self, key: ServiceId, part: _Part) -> None:
+        self._part_nodes.pop(key, None)
+        svc = part.fingerprint[0]
+        for e in svc.exports:
+            keys = self._site_services.get(e.site)
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del self._site_services[e.site]
 
     def _add(self, part: _Part) -> None:
         self._nodes.update(part.nodes)

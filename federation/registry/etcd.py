@@ -120,6 +120,11 @@ class EtcdClient:
         self._index = 0
         self._client: Any = None
 
+    @property
+    def timeout(self) -> float:
+        """Seconds each call may take."""
+        return self._timeout
+
     async def connect(self) -> None:
         """Open a channel to the current endpoint (gRPC connects lazily; calls fail over on error)."""
         if self._client is not None:
@@ -172,11 +177,29 @@ class EtcdClient:
             got = await self._client.get(key.encode())
         return None if got is None else _kv(got)
 
-    async def get_prefix(self, prefix: str) -> tuple[dict[str, KV], int]:
-        """Every key under `prefix`, and the revision the listing was taken at."""
-        async with self._errors():
-            resp = await self._client.get_prefix(prefix.encode())
-        return {kv.key.decode(): _kv(kv) for kv in resp.kvs}, int(resp.header.revision)
+    async def get_prefix(self, prefix: str, page: int = 1000) -> tuple[dict[str, KV], int]:
+        """Every key under `prefix` at one revision, and that revision.
+
+        Read in pages of at most `page` keys, each page pinned to the revision of the first, so no
+        message grows with the mesh (etcd's and gRPC's limits stay far away) and the listing is one
+        consistent snapshot. Raises Compacted if that revision is compacted away between pages.
+        """
+        start = prefix.encode()
+        end = _prefix_end(start)
+        out: dict[str, KV] = {}
+        revision = 0
+        key = start
+        while True:
+            request = aetcd.rpc.RangeRequest(key=key, range_end=end, limit=page, revision=revision)
+            async with self._errors():
+                resp = await self._client.kvstub.Range(request, timeout=self._timeout, metadata=self._client.metadata)
+            if not revision:
+                revision = int(resp.header.revision)
+            for kv in resp.kvs:
+                out[kv.key.decode()] = _kv(kv)
+            if not resp.more or not resp.kvs:
+                return out, revision
+            key = bytes(resp.kvs[-1].key) + b"\0"
 
     async def revision(self) -> int:
         """The store's current revision (also a cheap liveness probe)."""
@@ -287,7 +310,11 @@ class EtcdClient:
             yield
         except aetcd.exceptions.RevisionCompactedError as exc:
             raise Compacted(exc.compacted_revision) from exc
-        except (TimeoutError, aetcd.exceptions.ClientError, grpc.RpcError, OSError) as exc:
+        except grpc.RpcError as exc:
+            if exc.code() is grpc.StatusCode.OUT_OF_RANGE and "compacted" in str(exc.details()):
+                raise Compacted(0) from exc  # a paged listing's revision was compacted: list again
+            raise RegistryUnavailable(f"etcd at {self.endpoints[self._index % len(self.endpoints)]}: {exc}") from exc
+        except (TimeoutError, aetcd.exceptions.ClientError, OSError) as exc:
             raise RegistryUnavailable(f"etcd at {self.endpoints[self._index % len(self.endpoints)]}: {exc}") from exc
 
 

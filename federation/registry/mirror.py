@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from federation.core.backoff import Backoff
-from federation.core.catalog import Catalog, Outcome
+from federation.core.catalog import Catalog, Imports, Listed, Outcome
 from federation.core.errors import RegistryUnavailable
 from federation.core.keys import Keys
 from federation.core.ratelimit import LogLimiter
@@ -24,6 +24,10 @@ from federation.registry.etcd import Compacted, EtcdClient, reconnecting
 from federation.runtime.values import Value
 
 log = logging.getLogger(__name__)
+
+TURN = 0.005
+"""Seconds of registry work in one turn of the event loop before it yields: DNS answers and tunnel
+relays wait at most this long behind a burst of changes or a large listing."""
 
 Subscriber = Callable[[MeshView, Sequence[Event]], None]
 
@@ -66,6 +70,8 @@ class Mirror:
         backoff: Backoff | None = None,
         probe_interval: float = 2.0,
         probe_timeout: float = 3.0,
+        page: int = 1000,
+        imports: Imports | None = None,
     ) -> None:
         self._client = client
         self._keys = keys
@@ -73,7 +79,8 @@ class Mirror:
         self._backoff = backoff or Backoff()
         self._probe_interval = probe_interval
         self._probe_timeout = probe_timeout
-        self.catalog = Catalog(keys)
+        self._page = page
+        self.catalog = Catalog(keys, imports=imports)
         self.mesh: Value[MeshView] = Value(MeshView.before_sync(), name="mesh view", same=operator.is_)
         """The latest snapshot: complete after the initial sync, then one new one per burst of changes."""
         self._subscribers: list[Subscriber] = []
@@ -117,12 +124,22 @@ class Mirror:
         return delay
 
     async def _session(self) -> None:
-        kvs, revision = await self._client.get_prefix(self._keys.root())
-        outcome = self.catalog.resync({k: v.value for k, v in kvs.items()}, revision)
+        kvs, revision = await self._client.get_prefix(self._keys.root(), page=self._page)
+        listing = {k: Listed(v.value, v.mod_revision) for k, v in kvs.items()}
+        del kvs
+        outcome = Outcome()
+        loop = asyncio.get_running_loop()
+        turn = loop.time()
+        for step in self.catalog.resync_steps(listing, revision):
+            outcome.events += step.events
+            outcome.rejected += step.rejected
+            if loop.time() - turn > TURN:
+                await asyncio.sleep(0)  # a listing of a large mesh must not stall DNS, tunnels or the lease
+                turn = loop.time()
         self.sessions += 1
         if self.sessions > 1:
             self._metrics.resyncs.inc()
-        self._record(outcome, count=len(kvs) if self.sessions == 1 else len(outcome.events))
+        self._record(outcome, count=len(listing) if self.sessions == 1 else len(outcome.events))
         self._flush(initial=self.sessions == 1)
         self._healthy()
         if not self.synced.is_set():
@@ -143,13 +160,20 @@ class Mirror:
             await asyncio.gather(probe, watch, return_exceptions=True)
 
     async def _watch(self, revision: int) -> None:
+        loop = asyncio.get_running_loop()
+        turn = loop.time()
         async for event in self._client.watch_prefix(self._keys.root(), revision + 1):
             if event.value is None:
                 outcome = self.catalog.delete(event.key, event.revision)
             else:
                 outcome = self.catalog.put(event.key, event.value, event.revision)
             self._record(outcome, count=1)
+            now = loop.time()
             self._last_contact = time.monotonic()
+            if now - turn > TURN:
+                # A burst of changes: publish what is applied and let the data plane run before going on.
+                await asyncio.sleep(0)
+                turn = loop.time()
 
     async def _probe(self) -> None:
         """Detect a silent etcd (partition, stopped process) that leaves the watch hanging."""

@@ -114,6 +114,10 @@ async def test_rbac_lets_a_site_write_only_its_own_prefix(tmp_path: Path) -> Non
         assert denied.returncode != 0
         assert b"permission denied" in denied.stderr
         assert put("site-east", "/meshfed/v1/sites/eastern").returncode != 0  # a neighbour's name is not ours
+        assert put("site-east", "/meshfed/v1/mesh/vips/services/shop/web").returncode == 0  # shared allocations
+        policy = put("site-east", "/meshfed/v1/mesh/policies/traffic/shop/web")  # the operator's, not a site's
+        assert b"permission denied" in policy.stderr
+        assert put("root", "/meshfed/v1/mesh/policies/traffic/shop/web").returncode == 0
 
         # The agent's own publisher and mirror work with exactly these permissions.
         east_tls = TlsFiles(certs / "ca.crt", certs / "site-east.crt", certs / "site-east.key")

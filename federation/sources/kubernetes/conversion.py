@@ -1,7 +1,10 @@
 """Pure conversion of Kubernetes objects (plain dicts shaped like the API's) into registry exports.
 
 A Service is exported when a ServiceExport of the same namespace and name exists; its endpoints come
-from the EndpointSlices labelled `kubernetes.io/service-name`. ServiceExport status conditions follow
+from the EndpointSlices labelled `kubernetes.io/service-name`. EndpointSlices carry no pod labels: an
+endpoint gets the labels its pod (the slice's `targetRef`) has under the keys the ServiceExport names in
+its `meshfed.io/endpoint-labels` annotation (e.g. "version,track"), and no others, so the registry holds
+only what traffic policies select on. ServiceExport status conditions follow
 the MCS API (sigs.k8s.io/mcs-api): `Valid` and `Conflict`, with the reasons that project uses.
 """
 
@@ -14,13 +17,17 @@ from typing import Any
 
 from federation.core.errors import RecordError
 from federation.core.records import (
+    MAX_ENDPOINT_LABELS,
     Endpoint,
     EndpointPort,
+    Labels,
     Locality,
     Protocol,
     ServiceExport,
     ServicePort,
     ServiceType,
+    check_label_key,
+    check_label_value,
     is_dns_label,
     validate_export,
 )
@@ -31,6 +38,8 @@ ObjKey = tuple[str, str]
 """(namespace, name) of a namespaced object."""
 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+ENDPOINT_LABELS_ANNOTATION = "meshfed.io/endpoint-labels"
+"""On a ServiceExport: comma-separated pod label keys that its endpoints carry into the registry."""
 NOWHERE = Locality()
 MAX_ENDPOINTS = 1000
 """Endpoints per export: the registry record stays well below etcd's 1.5 MiB value limit."""
@@ -96,9 +105,10 @@ def convert(
     site: str,
     locality: Locality = NOWHERE,
     owned: tuple[str, str] = ("", ""),
+    pods: Iterable[Obj] = (),
 ) -> list[ServiceExport]:
     """The registry exports of one site: one per valid ServiceExport with its Service."""
-    return convert_all(services, endpointslices, serviceexports, site, locality, owned).exports
+    return convert_all(services, endpointslices, serviceexports, site, locality, owned, pods).exports
 
 
 def convert_all(
@@ -108,8 +118,13 @@ def convert_all(
     site: str,
     locality: Locality = NOWHERE,
     owned: tuple[str, str] = ("", ""),
+    pods: Iterable[Obj] = (),
 ) -> Conversion:
-    """Exports plus the reason each ServiceExport that cannot be exported is invalid."""
+    """Exports plus the reason each ServiceExport that cannot be exported is invalid.
+
+    `pods` are needed only for ServiceExports that name endpoint labels (ENDPOINT_LABELS_ANNOTATION).
+    """
+    pod_labels = {key_of(p): _m(_m(p.get("metadata")).get("labels")) for p in pods if isinstance(p, Mapping)}
     by_key = {key_of(s): s for s in services if isinstance(s, Mapping) and not (owned[0] and is_owned(s, owned))}
     slices: dict[ObjKey, list[Obj]] = {}
     for sl in endpointslices:
@@ -123,7 +138,7 @@ def convert_all(
     for se in sorted((x for x in serviceexports if isinstance(x, Mapping)), key=key_of):
         k = key_of(se)
         service = by_key.get(k)
-        result = _convert_one(se, service, slices.get(k, []), site, locality)
+        result = _convert_one(se, service, slices.get(k, []), site, locality, pod_labels)
         if isinstance(result, Invalid):
             out.invalid[k] = result
         else:
@@ -186,7 +201,8 @@ def same_conditions(a: Sequence[Obj], b: Sequence[Obj]) -> bool:
 
 
 def _convert_one(
-    se: Obj, service: Obj | None, slices: list[Obj], site: str, locality: Locality
+    se: Obj, service: Obj | None, slices: list[Obj], site: str, locality: Locality,
+    pod_labels: Mapping[ObjKey, Mapping[str, Any]],
 ) -> ServiceExport | Invalid:
     ns, name = key_of(se)
     if service is None:
@@ -198,7 +214,8 @@ def _convert_one(
     headless = spec.get("clusterIP") == "None"
     try:
         ports, renamed = _service_ports(_l(spec.get("ports")))
-        endpoints = _endpoints(slices, ports, renamed, headless, locality)
+        carried = _carried_keys(_m(_m(se.get("metadata")).get("annotations")).get(ENDPOINT_LABELS_ANNOTATION))
+        endpoints = _endpoints(slices, ports, renamed, headless, locality, carried, pod_labels)
         export = ServiceExport(
             site=site,
             namespace=ns,
@@ -241,6 +258,8 @@ def _endpoints(
     renamed: dict[str, str],
     headless: bool,
     locality: Locality,
+    carried: tuple[str, ...] = (),
+    pod_labels: Mapping[ObjKey, Mapping[str, Any]] | None = None,
 ) -> tuple[Endpoint, ...]:
     names = {p.name for p in ports}
     seen_addresses: set[tuple[str, ...]] = set()
@@ -269,13 +288,50 @@ def _endpoints(
             else:
                 hostnames.add(hostname)
             zone = e.get("zone")
+            labels = _pod_labels(e, key_of(sl)[0], carried, pod_labels) if carried and pod_labels else ()
             out.append(Endpoint(
                 addresses=addresses,
                 ports=tuple(eports),
                 ready=ready,
                 hostname=hostname,
                 locality=Locality(locality.region, zone) if isinstance(zone, str) and zone else locality,
+                labels=labels,
             ))  # fmt: skip
+    return tuple(out)
+
+
+def _carried_keys(annotation: Any) -> tuple[str, ...]:
+    """The valid label keys an endpoint-labels annotation names (at most MAX_ENDPOINT_LABELS), sorted."""
+    if not isinstance(annotation, str):
+        return ()
+    keys = set()
+    for raw in annotation.split(","):
+        key = raw.strip()
+        try:
+            check_label_key("annotation", key)
+        except RecordError:
+            continue  # a typo in one key must not unexport the service
+        keys.add(key)
+    return tuple(sorted(keys))[:MAX_ENDPOINT_LABELS]
+
+
+def _pod_labels(
+    endpoint: Obj, namespace: str, carried: tuple[str, ...], pods: Mapping[ObjKey, Mapping[str, Any]]
+) -> Labels:
+    """The carried labels of the pod an EndpointSlice endpoint points at (its targetRef), valid ones only."""
+    ref = _m(endpoint.get("targetRef"))
+    if ref.get("kind") != "Pod":
+        return ()
+    labels = pods.get((str(ref.get("namespace") or namespace), str(ref.get("name", ""))), {})
+    out = []
+    for key in carried:
+        value = labels.get(key)
+        if isinstance(value, str):
+            try:
+                check_label_value("label", value)
+            except RecordError:
+                continue
+            out.append((key, value))
     return tuple(out)
 
 

@@ -89,6 +89,7 @@ def convert(
             hostname=svc.hostname,
             locality=locality,
             weight=svc.weight,
+            labels=svc.labels,
         )
         out.append(ServiceExport(site, svc.namespace, svc.name, ports, svc.type, (endpoint,)))
     return out

@@ -7,8 +7,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from federation.core.errors import ConfigError
-from federation.core.records import Protocol, ServiceType
+from federation.core.errors import ConfigError, RecordError
+from federation.core.records import Labels, Protocol, ServiceType, check_labels, labels_of
 from federation.core.settings import Invalid, dns_label, ip_address, required, setting
 
 AUTO = "auto"
@@ -24,6 +24,20 @@ def _check_kind(value: str) -> str | None:
 
 def _http_path(value: str) -> str | None:
     return None if value.startswith("/") else f"{value!r} must start with /"
+
+
+def _labels(raw: Any, where: str) -> Labels:
+    """A mapping of Kubernetes labels, as the sorted pairs endpoint records hold."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, dict) or not all(isinstance(v, str) for v in raw.values()):
+        raise ConfigError(f"{where}: must be a mapping of label keys to string values")
+    labels = labels_of({str(k): v for k, v in raw.items()})
+    try:
+        check_labels("", labels)
+    except RecordError as exc:
+        raise ConfigError(f"{where}: {str(exc).strip()}") from None
+    return labels
 
 
 def _port_name(value: str) -> str | None:
@@ -134,6 +148,9 @@ class VmServiceSettings:
     """ClusterSetIP: clients get one VIP, which is what an application connecting by name expects."""
     weight: int = setting(1, lo=0, hi=65535)
     """Equal weights unless told otherwise."""
+    labels: Labels = setting((), parse=_labels)
+    """Endpoint labels (a mapping, Kubernetes syntax) for traffic-policy subsets such as `version: v2`;
+    none by default, since a label only matters once a policy selects on it."""
 
     def validate(self) -> None:
         """Checks between fields."""

@@ -1,0 +1,58 @@
+"""Pure conversion of TrafficPolicy objects (meshfed.io/v1alpha1, deploy/kubernetes/policy-crds.yaml) into
+policies, and the `Accepted` condition an agent writes back. The sync itself comes with issue 12 phase 2.
+
+The object is the same document `meshfed policy apply` takes; server-side fields (uid, resourceVersion,
+managedFields, status...) are ignored. The object's namespace and name are the service it governs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from federation.core.errors import PolicyError
+from federation.core.policy.codec import from_document
+from federation.core.policy.model import TrafficPolicy
+from federation.sources.kubernetes.conversion import Obj, ObjKey, format_time, key_of
+
+REASON_ACCEPTED = "Accepted"
+REASON_INVALID = "Invalid"
+
+
+@dataclass(slots=True)
+class PolicyConversion:
+    """What `convert_policies` made: the valid policies by service, and why each other object is invalid."""
+
+    policies: dict[ObjKey, TrafficPolicy] = field(default_factory=dict)
+    invalid: dict[ObjKey, str] = field(default_factory=dict)
+
+
+def convert_policy(obj: Obj) -> TrafficPolicy:
+    """The policy of one TrafficPolicy object; PolicyError naming the field and the reason."""
+    return from_document(obj)
+
+
+def convert_policies(objects: Iterable[Obj]) -> PolicyConversion:
+    """Every TrafficPolicy object, converted; one invalid object never affects the others."""
+    out = PolicyConversion()
+    for obj in objects:
+        if not isinstance(obj, Mapping):
+            continue
+        key = key_of(obj)
+        try:
+            out.policies[key] = convert_policy(obj)
+        except PolicyError as exc:
+            out.invalid[key] = str(exc)
+    return out
+
+
+def policy_conditions(previous: Sequence[Obj], error: str | None, now: float, generation: int = 0
+                      ) -> list[dict[str, Any]]:
+    """The `Accepted` condition of one object; lastTransitionTime kept while its status does not change."""
+    status, reason, message = (("False", REASON_INVALID, error) if error is not None
+                               else ("True", REASON_ACCEPTED, "the policy is valid"))
+    old = next((c for c in previous if isinstance(c, Mapping) and c.get("type") == "Accepted"), None)
+    since = old.get("lastTransitionTime") if old is not None and old.get("status") == status else None
+    return [{"type": "Accepted", "status": status, "reason": reason, "message": message,
+             "lastTransitionTime": since or format_time(now), "observedGeneration": generation}]

@@ -1,0 +1,71 @@
+"""The zone builder is incremental: after any sequence of registry events it equals a fresh build."""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from federation.core.catalog import Catalog
+from federation.core.codec import encode_export, encode_site
+from federation.core.keys import Keys
+from federation.core.records import ServicePort, ServiceType
+from federation.dns.answering import Answerer
+from federation.dns.fastpath import FastPath
+from federation.dns.zone import ZoneBuilder
+from tests.dnshelp import ZONE, export, site
+
+KEYS = Keys()
+SITES = ("east", "west", "far")
+NAMES = ("web", "db", "api")
+
+_ops = st.lists(st.one_of(
+    st.tuples(st.just("site"), st.sampled_from(SITES), st.sampled_from(("a", "b")), st.booleans()),
+    st.tuples(st.just("export"), st.sampled_from(SITES), st.sampled_from(NAMES),
+              st.lists(st.integers(1, 9), max_size=3), st.booleans(), st.sampled_from((80, 81))),
+    st.tuples(st.just("unexport"), st.sampled_from(SITES), st.sampled_from(NAMES)),
+    st.tuples(st.just("stale"), st.sets(st.sampled_from(SITES))),
+    st.tuples(st.just("vip"), st.sampled_from(NAMES), st.integers(0, 3)),
+), max_size=30)
+
+
+@settings(max_examples=150)
+@given(_ops)
+def test_incremental_zone_equals_a_fresh_build(ops: list[tuple[object, ...]]) -> None:
+    cat = Catalog(KEYS)
+    builder = ZoneBuilder(ZONE, local_site="east")
+    fast = FastPath(Answerer(builder.origin))
+    stale: frozenset[str] = frozenset()
+    vips: dict[tuple[str, str], tuple[str, ...]] = {}
+    table = MappingProxyType(dict(vips))
+    for rev, op in enumerate(ops, 1):
+        if op[0] == "site":
+            _, name, zone, present = op
+            if present:
+                cat.put(KEYS.site(name), encode_site(site(name, zone=str(zone))), rev)
+            else:
+                cat.delete(KEYS.site(name), rev)
+        elif op[0] == "export":
+            _, name, svc, hosts, headless, port = op
+            e = export(name, "shop", str(svc), [f"10.0.{SITES.index(name)}.{h}" for h in sorted(set(hosts))],
+                       headless=bool(headless), ports=(ServicePort("http", int(port)),))  # type: ignore[call-overload]
+            cat.put(KEYS.service(name, "shop", str(svc)), encode_export(e), rev)
+        elif op[0] == "unexport":
+            cat.delete(KEYS.service(str(op[1]), "shop", str(op[2])), rev)
+        elif op[0] == "stale":
+            stale = frozenset(op[1])  # type: ignore[arg-type]
+        else:
+            _, svc, n = op
+            vips[("shop", str(svc))] = tuple(f"240.240.0.{i + 1}" for i in range(int(n)))  # type: ignore[call-overload]
+            table = MappingProxyType(dict(vips))
+        view = cat.view()
+        zone = builder.build(view, stale, table)
+        fast.update(zone)
+        fresh_builder = ZoneBuilder(ZONE, local_site="east")
+        fresh = fresh_builder.build(view, stale, table)
+        assert dict(zone.nodes) == dict(fresh.nodes)
+        fresh_fast = FastPath(Answerer(fresh_builder.origin))
+        fresh_fast.update(fresh)
+        assert fast._table == fresh_fast._table
+    assert ServiceType.HEADLESS  # the strategy builds both types
