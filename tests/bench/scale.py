@@ -165,6 +165,8 @@ class Measurement:
             for key in ("prop_spaced", "prop_rate", "dns_churn", "rtt_churn", "status_page", "registry_page"):
                 r.cells[key] = skipped("agent never ready")
             r.put("rss", f"{obs.status_kib(pid, 'VmRSS') / 1024:.0f} MiB (not synced)")
+            socks = obs.sockets(pid)
+            r.put("listen", f"{socks['tcp_listen']} + {socks['udp']} (not synced)")
             r.put("hwm", f"{obs.status_kib(pid, 'VmHWM') / 1024:.0f} MiB", obs.status_kib(pid, 'VmHWM') <= 512 * 1024)
             return
         r.put("ready", seconds(ready - started))
