@@ -18,6 +18,7 @@ Protocol on stdin/stdout, one line each (times are time.monotonic(), shared by p
 
 A change gives one ready endpoint of a random site's headless export a new, unique address (a pod that
 restarted elsewhere) and writes that one export record, in its own transaction, bound to the site's lease.
+Endpoints are drawn without replacement, so a change is never overwritten before it could be seen.
 """
 
 from __future__ import annotations
@@ -60,6 +61,8 @@ class Loader:
         self.exports: dict[int, list[ServiceExport]] = {}
         self.headless: dict[int, list[int]] = {}
         self.encoded: dict[int, list[tuple[str, bytes]]] = {}
+        self.slots: list[tuple[int, int, int]] = []
+        self.locks: dict[int, asyncio.Lock] = {}
         self.changes = 0
         self.errors = 0
 
@@ -138,32 +141,37 @@ class Loader:
                 print(f"# keepalive round failed: {exc!r}", file=sys.stderr, flush=True)
 
     async def change(self, rng: random.Random) -> None:
-        """One endpoint change: a new address for a ready endpoint of a random site's headless export."""
-        i = rng.randrange(self.shape.sites)
-        while not self.headless[i]:
-            i = rng.randrange(self.shape.sites)
-        pos = rng.choice(self.headless[i])
-        old = self.exports[i][pos]
-        e = rng.randrange(len(old.endpoints))
-        cid = self.changes
-        self.changes += 1
-        addr = mesh.change_address(cid)
-        endpoints = list(old.endpoints)
-        endpoints[e] = replace(endpoints[e], addresses=(addr,), ready=True)
-        new = replace(old, endpoints=tuple(endpoints))
-        self.exports[i][pos] = new
-        key = KEYS.service(new.site, new.namespace, new.name).encode()
-        t = self.client.transactions
-        value = encode_export(new)
-        submitted = time.monotonic()
-        try:
-            await self.client.transaction(compare=[], success=[t.put(key, value, lease=self.leases[i])],
-                                          failure=[])
-        except Exception as exc:
-            self.errors += 1
-            print(f"# change {cid} failed: {exc!r}", file=sys.stderr, flush=True)
-            return
-        committed = time.monotonic()
+        """One endpoint change: a new address for a ready endpoint of a random site's headless export.
+
+        Endpoints are drawn without replacement (until all were changed once), so no change is overwritten
+        by a later one before an observer could show it.
+        """
+        if not self.slots:
+            self.slots = [(i, pos, e) for i, positions in self.headless.items() for pos in positions
+                          for e in range(self.shape.endpoints)]
+            rng.shuffle(self.slots)
+        i, pos, e = self.slots.pop()
+        async with self.locks.setdefault(i, asyncio.Lock()):  # one site writes its records in order
+            old = self.exports[i][pos]
+            cid = self.changes
+            self.changes += 1
+            addr = mesh.change_address(cid)
+            endpoints = list(old.endpoints)
+            endpoints[e] = replace(endpoints[e], addresses=(addr,), ready=True)
+            new = replace(old, endpoints=tuple(endpoints))
+            self.exports[i][pos] = new
+            key = KEYS.service(new.site, new.namespace, new.name).encode()
+            t = self.client.transactions
+            value = encode_export(new)
+            submitted = time.monotonic()
+            try:
+                await self.client.transaction(compare=[], success=[t.put(key, value, lease=self.leases[i])],
+                                              failure=[])
+            except Exception as exc:
+                self.errors += 1
+                print(f"# change {cid} failed: {exc!r}", file=sys.stderr, flush=True)
+                return
+            committed = time.monotonic()
         print(f"C {cid} {new.site} {new.namespace} {new.name} {addr} {submitted:.6f} {committed:.6f}", flush=True)
 
     async def spaced(self, count: int, interval: float, rng: random.Random) -> None:
