@@ -261,7 +261,7 @@ class Measurement:
         reader = asyncio.create_task(asyncio.to_thread(read_floor), name="floor-reader")  # ends with the floor
         poller = asyncio.create_task(prop.run(), name="propagation")
         try:
-            r.notes.append(await obs.settle(self.agent.proc.pid if self.agent and self.agent.proc else 0))
+            r.notes.append(await obs.settle(pid))
             idle = await measure(a.idle_seconds, int(a.idle_seconds * 100))
             before = obs.cpu_seconds(pid)
             await command(f"spaced {a.spaced} 0.02", 120)
