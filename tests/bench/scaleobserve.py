@@ -88,7 +88,7 @@ class Propagation:
     """Polls the agent's DNS until each change's address shows in its answer; records when it first did.
 
     A change is polled first right after its commit is reported, then every 10% of its age so far (at
-    least 10 ms, at most 1 s), within a budget of `rate` queries/s shared by all pending changes; so a
+    least 10 ms, at most 5 s), within a budget of `rate` queries/s shared by all pending changes; so a
     lag is measured to within about a tenth of itself (and 10 ms). A change not seen within `give_up`
     seconds is left as never seen.
     """
@@ -147,7 +147,7 @@ class Propagation:
             self.seen.setdefault(change, now)
             self.pending.pop(change, None)
             return
-        p.due = now + min(1.0, max(0.01, 0.1 * (now - p.committed)))
+        p.due = now + min(5.0, max(0.01, 0.1 * (now - p.committed)))
 
 
 async def settle(pid: int, bound: float = 120.0, quiet: float = 0.2) -> str:
