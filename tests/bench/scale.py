@@ -171,18 +171,17 @@ class Measurement:
             return
         r.put("ready", seconds(ready - started))
         names = [mesh.dns_name(*mesh.service_id(k), zone=ZONE) for k in range(shape.services)]
-        last, why = await obs.vips_answered(endpoint, dns_port, self.shape, deadline, a.sync_timeout)
+        last, why = await obs.vips_answered(endpoint, dns_port, self.shape, deadline, a.sync_timeout, a.vip_prefix)
         at = time.monotonic() if last is None else last
         if last is None:
             r.cells["dns_all"] = never(why)
         else:
             r.put("dns_all", seconds(last - started), last - started <= 15)
         r.notes.append(f"sync measured {at - started:.1f}s after start: {why}")
-        _, missing = await obs.sweep("127.0.0.1", dns_port, names, time.monotonic() + 60)
-        if missing:
-            r.notes.append(f"full sweep after sync: {missing} of {len(names)} service names had no A answer within 60s")
-            if last is not None:
-                r.cells["dns_all"] = never(f"{missing} of {len(names)} service names unanswered after the VIPs")
+        if last is not None:  # every name must answer too
+            _, missing = await obs.sweep("127.0.0.1", dns_port, names, time.monotonic() + 60)
+            if missing:
+                r.cells["dns_all"] = never(f"{missing} of {len(names)} service names had no A answer 60s after the VIPs")
         r.put("cpu", f"{obs.cpu_seconds(pid):.1f} s")
         rss = obs.status_kib(pid, "VmRSS") / 1024
         r.put("rss", f"{rss:.0f} MiB" + ("" if last is not None else " (not all answered)"), rss <= 512)
@@ -261,7 +260,7 @@ class Measurement:
         reader = asyncio.create_task(asyncio.to_thread(read_floor), name="floor-reader")  # ends with the floor
         poller = asyncio.create_task(prop.run(), name="propagation")
         try:
-            r.notes.append(await obs.settle(pid))
+            r.notes.append(await obs.settle(pid, bound=60))
             idle = await measure(a.idle_seconds, int(a.idle_seconds * 100))
             before = obs.cpu_seconds(pid)
             await command(f"spaced {a.spaced} 0.02", 120)
@@ -356,10 +355,11 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--peer-gateways", choices=("sink", "closed", "none"), default="sink",
                         help="the simulated sites' gateways: a TLS sink answering as each site (default), "
                              "a closed port, or none at all")
+    parser.add_argument("--vip-prefix", default=obs.VIP_PREFIX, help="etcd prefix of one key per allocated VIP")
     parser.add_argument("--sync-timeout", type=float, default=300.0, help="bound on start to every DNS answer")
     parser.add_argument("--load-timeout", type=float, default=600.0)
     parser.add_argument("--propagation-timeout", type=float, default=60.0, help="bound on one change's lag")
-    parser.add_argument("--admin-timeout", type=float, default=120.0)
+    parser.add_argument("--admin-timeout", type=float, default=90.0)
     parser.add_argument("--spaced", type=int, default=100, help="changes 20 ms apart")
     parser.add_argument("--rate-seconds", type=float, default=10.0, help="seconds of the steady-rate phase")
     parser.add_argument("--rate", type=float, default=100.0, help="changes/s of the steady-rate phase")
