@@ -39,7 +39,7 @@ async def run(args: argparse.Namespace) -> int:
         result = await scale.Measurement(bench, args.sites, tmp).go()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    print(f"agent mirroring {args.sites} sites ({min(5000, 50 * args.sites)} services); "
+    print(f"agent mirroring {args.sites} sites ({min(5000, 50 * args.sites)} services); churn: "
           f"{args.rate:.0f} endpoint changes/s for {args.seconds:.0f}s, each by one site")
     print(table([result], rows=ROWS))
     return 0

@@ -290,7 +290,8 @@ class Measurement:
                   ratio(p50, f50) <= 2 if changes else None)
         r.notes.append(f"propagation: {prop.queries} DNS polls for {len(prop.committed)} changes; the loader's "
                        f"transactions took p50 {seconds(pct(commit_lag, .5))}, p99 {seconds(pct(commit_lag, .99))}")
-        r.put("cpu_change", " / ".join(f"{cpu[k] / max(len(phases[k]), 1) * 1e3:.0f} ms" for k in ("spaced", "rate")))
+        r.put("cpu_change", " / ".join(f"{cpu[k] / len(phases[k]) * 1e3:.0f} ms" if phases[k] else "-"
+                                       for k in ("spaced", "rate")))
         for what, bound in (("dns", 2.0), ("rtt", 1.5)):
             i, c = samples(idle, what), samples(churn, what)
             r.put(f"{what}_idle", latency(i))
