@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 HERE=$(pwd)
 VENV="$HERE/.venv"
-APT_PACKAGES=(etcd-server etcd-client bind9-dnsutils iproute2 procps curl haproxy iperf3 dnsperf unbound nsd)
+APT_PACKAGES=(etcd-server etcd-client bind9-dnsutils iproute2 procps curl haproxy iperf3 prometheus dnsperf unbound nsd)
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
@@ -23,6 +23,7 @@ install_system() {
         as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
     fi
     # Debian's etcd-server package may start a system etcd; meshfed runs its own, so leave it alone.
+    # Its prometheus package may start a Prometheus on :9090 too; the tests need only its promtool.
 }
 
 install_python() {

@@ -17,18 +17,23 @@ class Admission:
     reason: str
     targets: tuple[Target, ...] = ()
     key: tuple[str, str, str] = ("", "", "")
+    cause: str = ""
+    """The kind of refusal (`not-exported`, `no-port`, `no-ready-endpoint`), for log de-duplication."""
 
 
 def admit(view: MeshView, site: str, req: Request) -> Admission:
     """Check `req` against this site's own export of the service. Pure."""
     export = view.exports.get((site, req.namespace, req.service))
     if export is None:
-        return Admission(Status.NO_SUCH_SERVICE, f"{req.namespace}/{req.service} is not exported by {site}")
+        return Admission(Status.NO_SUCH_SERVICE, f"{req.namespace}/{req.service} is not exported by {site}",
+                         cause="not-exported")
     port = find_port(export.ports, req.port)
     if port is None:
-        return Admission(Status.NO_SUCH_SERVICE, f"{req.namespace}/{req.service} has no port {req.port}")
+        return Admission(Status.NO_SUCH_SERVICE, f"{req.namespace}/{req.service} has no port {req.port}",
+                         cause="no-port")
     targets = endpoint_targets(export, port, req.hostname)
     if not targets:
         what = f"endpoint {req.hostname}" if req.hostname else "endpoint"
-        return Admission(Status.NO_HEALTHY_ENDPOINT, f"{req.namespace}/{req.service} has no ready {what}")
+        return Admission(Status.NO_HEALTHY_ENDPOINT, f"{req.namespace}/{req.service} has no ready {what}",
+                         cause="no-ready-endpoint")
     return Admission(Status.OK, "", tuple(targets), (req.namespace, req.service, port.name))

@@ -78,7 +78,8 @@ class Deframer:
                 self.aborted = True
                 return out
             if length > MAX_FRAME:
-                raise RemoteProtocolError(f"tunnel frame of {length} bytes is over {MAX_FRAME}")
+                raise RemoteProtocolError(f"tunnel frame of {length} bytes is over {MAX_FRAME}",
+                                          cause="frame-too-large")
             self._remaining = length
         self._rest = b""
         return out

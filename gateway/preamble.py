@@ -100,22 +100,22 @@ class Preamble:
         if len(self._buf) < 1:
             return NEED_DATA
         if self._buf[0] != VERSION:
-            raise RemoteProtocolError(f"preamble version {self._buf[0]} is not {VERSION}")
+            raise RemoteProtocolError(f"preamble version {self._buf[0]} is not {VERSION}", cause="version")
         if len(self._buf) < _HEADER.size:
             return NEED_DATA
         _, kind, length = _HEADER.unpack_from(self._buf)
         want = _REQUEST if self.role is Role.SERVER else _RESPONSE
         if kind != want:
-            raise RemoteProtocolError(f"preamble message type {kind} where {want} belongs")
+            raise RemoteProtocolError(f"preamble message type {kind} where {want} belongs", cause="message-type")
         if length > MAX_BODY:
-            raise RemoteProtocolError(f"preamble of {length} bytes is over the limit of {MAX_BODY}")
+            raise RemoteProtocolError(f"preamble of {length} bytes is over the limit of {MAX_BODY}", cause="too-long")
         end = _HEADER.size + length
         if len(self._buf) < end:
             return NEED_DATA
         body = _Reader(bytes(self._buf[_HEADER.size:end]))
         event = _decode_request(body) if kind == _REQUEST else _decode_response(body)
         if body.left():
-            raise RemoteProtocolError(f"preamble has {body.left()} bytes after its last field")
+            raise RemoteProtocolError(f"preamble has {body.left()} bytes after its last field", cause="trailing-bytes")
         del self._buf[:end]
         self._event = event
         return event
@@ -169,9 +169,9 @@ def _decode_request(body: _Reader) -> Request:
     elif kind == 1:
         port = body.u16("port")
         if port == 0:
-            raise RemoteProtocolError("preamble port 0 is not a port")
+            raise RemoteProtocolError("preamble port 0 is not a port", cause="bad-port")
     else:
-        raise RemoteProtocolError(f"preamble port kind {kind} is neither name (0) nor number (1)")
+        raise RemoteProtocolError(f"preamble port kind {kind} is neither name (0) nor number (1)", cause="bad-port")
     hostname = body.label("hostname", _LABEL, empty_ok=True)
     return Request(ns, service, port, hostname or None)
 
@@ -181,7 +181,7 @@ def _decode_response(body: _Reader) -> Response:
     try:
         status = Status(code)
     except ValueError:
-        raise RemoteProtocolError(f"preamble status {code} is unknown") from None
+        raise RemoteProtocolError(f"preamble status {code} is unknown", cause="bad-status") from None
     reason = body.field("reason").decode("utf-8", errors="replace")
     return Response(status, reason)
 
@@ -196,7 +196,7 @@ class _Reader:
 
     def take(self, what: str, n: int) -> bytes:
         if self.left() < n:
-            raise RemoteProtocolError(f"preamble ends inside {what}")
+            raise RemoteProtocolError(f"preamble ends inside {what}", cause="truncated")
         chunk = self._data[self._pos:self._pos + n]
         self._pos += n
         return chunk
@@ -216,5 +216,5 @@ class _Reader:
         if empty_ok and not raw:
             return ""
         if not pattern.match(raw):
-            raise RemoteProtocolError(f"preamble {what} {raw[:64]!r} is not a valid name")
+            raise RemoteProtocolError(f"preamble {what} {raw[:64]!r} is not a valid name", cause="bad-name")
         return raw.decode("ascii")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import ssl
 import time
 from collections.abc import Hashable
 
@@ -26,9 +27,13 @@ class Throttle(LogLimiter):
 
 
 class Refusals:
-    """Logs each refusal with its reason, at most once per (kind, peer host, kind of reason) per `interval`;
-    counts all. The reason's first 24 characters tell a missing certificate from a foreign CA from the
-    same host apart, while what a peer controls further in cannot multiply the lines."""
+    """Logs each refusal with its reason, at most once per (kind, cause, peer host) per `interval`; counts all.
+
+    `cause` names the kind of reason (a missing certificate, a foreign CA, an unknown site, a service
+    not exported...) from a fixed set chosen by our code, never text the peer controls: so different
+    attacks from one host each get their line, one attack from many hosts a line per host (at most
+    `capacity` keys are remembered), and what a peer varies (service names, SPIFFE IDs) cannot
+    multiply the lines."""
 
     def __init__(self, logger: logging.Logger, counter: Counter, interval: float = 60.0,
                  capacity: int = 1024) -> None:
@@ -41,11 +46,34 @@ class Refusals:
         """Refusals counted but not logged because one like them was logged recently."""
         return self._throttle.suppressed
 
-    def refuse(self, kind: str, peer: str, reason: str, now: float | None = None) -> None:
-        """Count a refusal of `kind` and log it unless one like it from `peer` was logged recently."""
+    def refuse(self, kind: str, cause: str, peer: str, reason: str, now: float | None = None) -> None:
+        """Count a refusal of `kind` and log it with `reason` unless one of the same kind and cause from
+        `peer` was logged recently."""
         self._counter.labels(kind).inc()
-        if self._throttle.allow((kind, peer, reason[:24]), now):
+        if self._throttle.allow((kind, cause, peer), now):
             self._log.warning("refused %s from %s: %s", kind, peer, reason)
+
+
+def handshake_cause(exc: BaseException) -> str:
+    """The kind of a failed handshake: OpenSSL's verify code or reason name (a fixed set), else the error type."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"verify-{exc.verify_code}"
+    if isinstance(exc, ssl.SSLError):
+        return str(exc.reason or type(exc).__name__)
+    if isinstance(exc, TimeoutError | ConnectionAbortedError):
+        return "timeout"
+    return type(exc).__name__
+
+
+def handshake_reason(exc: BaseException) -> str:
+    """What a failed handshake's refusal line says."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"certificate not accepted: {exc.verify_message}"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS handshake failed: {exc.reason or exc}"
+    if isinstance(exc, TimeoutError | ConnectionAbortedError):
+        return "TLS handshake did not finish in time"
+    return f"TLS handshake failed: {exc!r}"
 
 
 class GatewayMetrics:
@@ -59,6 +87,9 @@ class GatewayMetrics:
         self.streams = Counter("meshfed_gateway_streams_total", "Stream requests by status",
                                ["status"], registry=registry)
         self.tunnels = Gauge("meshfed_gateway_tunnels", "Authenticated tunnels open", registry=registry)
+        self.ended = Counter("meshfed_gateway_tunnels_ended_total",
+                             "Tunnels the gateway closed because the peer's certificate expired or its site left",
+                             ["reason"], registry=registry)
         self.bytes = Counter("meshfed_gateway_bytes_total", "Bytes relayed, counted when a stream ends",
                              ["direction"], registry=registry)
 

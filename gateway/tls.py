@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextvars
 import datetime as dt
 import logging
 import operator
@@ -22,11 +23,74 @@ log = logging.getLogger(__name__)
 Clock = Callable[[], dt.datetime]
 
 
-def server_context(chain: Path, key: Path, bundle: Path) -> ssl.SSLContext:
-    """A server context: TLS 1.3 only, a client certificate verifying to the mesh root required."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+def server_context(chain: Path, key: Path, bundle: Path) -> AlertingContext:
+    """A server context: TLS 1.3 only, a client certificate verifying to the mesh root required.
+
+    A refused handshake ends with the TLS alert OpenSSL chose (see `AlertingContext`).
+    """
+    ctx = AlertingContext(ssl.PROTOCOL_TLS_SERVER)
     _harden(ctx, chain, key, bundle)
     return ctx
+
+
+AlertSink = Callable[[bytes], object]
+_alert_sink: contextvars.ContextVar[AlertSink | None] = contextvars.ContextVar("meshfed_alert_sink", default=None)
+
+
+def send_alerts_to(sink: AlertSink) -> None:
+    """Handshakes that the current task starts write a failed handshake's alert with `sink(bytes)`.
+
+    Set it on the raw connection before `start_tls` / `connect_accepted_socket`: asyncio closes the
+    transport on a handshake error without writing what OpenSSL left in the outgoing buffer, which
+    is exactly the alert (certificate_required, unknown_ca, bad_certificate, ...), so the peer
+    would see a bare EOF. A task's context is its own, so the sink never reaches another connection.
+    """
+    _alert_sink.set(sink)
+
+
+class AlertingObject(ssl.SSLObject):
+    """An SSLObject that, when its handshake fails, hands the bytes OpenSSL wrote last (the alert) to a sink."""
+
+    _outgoing: ssl.MemoryBIO | None = None
+    _sink: AlertSink | None = None
+
+    def alert_to(self, outgoing: ssl.MemoryBIO, sink: AlertSink | None) -> None:
+        """Where the alert is read from (the outgoing BIO) and where it goes."""
+        self._outgoing = outgoing
+        self._sink = sink
+
+    def do_handshake(self) -> None:
+        try:
+            super().do_handshake()
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError, ssl.SSLSyscallError):
+            raise  # not a verdict: the handshake goes on (asyncio's SSLAgainErrors)
+        except ssl.SSLError:
+            self._flush()
+            raise
+
+    def _flush(self) -> None:
+        if self._outgoing is None or self._sink is None:
+            return
+        data = self._outgoing.read()
+        if data:
+            try:
+                self._sink(data)
+            except OSError as exc:  # the peer is already gone: nothing to tell it
+                log.debug("TLS alert not sent: %s", exc)
+
+
+class AlertingContext(ssl.SSLContext):
+    """A server context whose handshakes send their alert before the connection closes (`send_alerts_to`)."""
+
+    sslobject_class = AlertingObject
+
+    def wrap_bio(self, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO, server_side: bool = False,
+                 server_hostname: str | bytes | None = None, session: ssl.SSLSession | None = None
+                 ) -> ssl.SSLObject:
+        obj = super().wrap_bio(incoming, outgoing, server_side, server_hostname, session)
+        if isinstance(obj, AlertingObject):
+            obj.alert_to(outgoing, _alert_sink.get())
+        return obj
 
 
 def client_context(chain: Path, key: Path, bundle: Path) -> ResumingContext:
@@ -117,6 +181,9 @@ class CertificateStore:
         issued = self._issue()
         for ctx in (self.server, self.client):
             ctx.load_cert_chain(str(self.chain_file), str(self.key_file))
+        # A resumed session carries the certificates of the handshake it came from: without this the peers'
+        # gateways would go on seeing the old leaf (and end those tunnels at its notAfter).
+        self.client.sessions.clear()
         self.renewals += 1
         self.current.set(issued)
         return issued

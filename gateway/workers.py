@@ -128,9 +128,9 @@ async def _worker(config: dict[str, Any]) -> None:
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     mesh = Value(decode_view(await reader.readline()), name="mesh view", same=operator.is_)
     context = server_context(chain, key, bundle)
-    gateway = EastWestGateway(config["site"], mesh, context,
-                              TrustBundle.from_pem(bundle.read_bytes()), settings)
+    gateway = EastWestGateway(config["site"], mesh, context, TrustBundle.from_pem(bundle.read_bytes()), settings)
     await gateway.start()
+    tunnels = asyncio.get_running_loop().create_task(gateway.run(), name="gateway-tunnels")
     sys.stdout.write("READY\n")
     sys.stdout.flush()
     grace = 0.0
@@ -141,6 +141,7 @@ async def _worker(config: dict[str, Any]) -> None:
             grace = float(json.loads(line)["stop"])
         else:
             mesh.set(decode_view(line))
+    tunnels.cancel()
     await gateway.close(grace)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import operator
 import ssl
 import struct
 from collections.abc import AsyncIterator
@@ -12,13 +13,13 @@ from pathlib import Path
 
 from federation.core.records import Gateway, ServiceExport
 from federation.core.view import MeshView
+from federation.runtime.values import Value
 from gateway.eastwest import EastWestGateway
 from gateway.framing import END_FRAME, header
 from gateway.preamble import NEED_DATA, Preamble, Request, Response, Role
 from gateway.settings import GatewaySettings
 from gateway.tls import CertificateStore
 from tests.pkihelp import Mesh, export, view
-from tests.util import LiveView
 
 
 class EchoServer:
@@ -69,21 +70,34 @@ class TwoSites:
         self.east = CertificateStore(self.mesh.site_ca("east"), "gw", self.tmp / "east")
         self.west = CertificateStore(self.mesh.site_ca("west"), "gw", self.tmp / "west")
         self.gw_port = 0
-        self.live = LiveView(self.view)
-        """The mesh as the gateways and the egress read it: computed afresh from this object's state."""
+        self.sites = ["east", "west"]
+        """The sites in the registry (a test removes one to see its tunnels go)."""
+        self.mesh_value: Value[MeshView] = Value(self.view(), name="mesh view", same=operator.is_)
+        """What east's gateway reads, as the agent's holder: `publish()` after changing sites or exports."""
+        self._follower: asyncio.Task[None] | None = None
 
     def view(self) -> MeshView:
         gw = (Gateway("gw", "127.0.0.1", self.gw_port),)
-        return view([self.mesh.site("east", gateways=gw), self.mesh.site("west")], self.exports)
+        return view([self.mesh.site(s, gateways=gw if s == "east" else ()) for s in self.sites], self.exports)
+
+    def publish(self) -> None:
+        """Hand the gateway the view of the current sites and exports (as the agent does after registry changes)."""
+        self.mesh_value.set(self.view())
 
     async def start(self) -> None:
         echo_port = await self.echo.start()
         self.exports.append(export("east", "ns", "echo", 7, endpoint_ports=(echo_port,)))
-        self.gateway = EastWestGateway("east", self.live, self.east.server, self.east.bundle, self.settings)
+        self.publish()
+        self.gateway = EastWestGateway("east", self.mesh_value, self.east.server, self.east.bundle, self.settings)
         await self.gateway.start()
         self.gw_port = self.gateway.address[1]
+        self.publish()
+        self._follower = asyncio.create_task(self.gateway.run(), name="gateway-tunnels")
 
     async def close(self) -> None:
+        if self._follower is not None:
+            self._follower.cancel()
+            await asyncio.gather(self._follower, return_exceptions=True)
         if self.gateway is not None:
             await self.gateway.close()
         await self.echo.close()
@@ -109,8 +123,10 @@ class RawTunnel:
         self.writer = writer
 
     @classmethod
-    async def open(cls, port: int, ctx: ssl.SSLContext | None) -> RawTunnel:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx)
+    async def open(cls, port: int, ctx: ssl.SSLContext | None, source: str | None = None) -> RawTunnel:
+        """Connect to 127.0.0.1:`port` (from the loopback address `source`, if given) and handshake with `ctx`."""
+        local = (source, 0) if source else None
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx, local_addr=local)
         return cls(reader, writer)
 
     async def request(self, req: Request) -> Response:
@@ -140,6 +156,23 @@ class RawTunnel:
             if n == 0:
                 return out
             out += await self.reader.readexactly(n)
+
+    async def receive_frame(self) -> bytes:
+        """One data frame's payload."""
+        (n,) = struct.unpack("!I", await self.reader.readexactly(4))
+        assert 0 < n < 0xFFFFFFFF, n
+        return await self.reader.readexactly(n)
+
+    async def until_closed(self, timeout: float = 10.0) -> bytes:
+        """Everything the peer sends until it closes the connection (within `timeout` seconds)."""
+        out = b""
+        async with asyncio.timeout(timeout):
+            try:
+                while data := await self.reader.read(65536):
+                    out += data
+            except (ConnectionError, ssl.SSLError):
+                pass
+        return out
 
     async def closed_by_peer(self) -> bool:
         """True once the peer has closed (EOF or reset) within 5 s."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import operator
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -77,8 +78,9 @@ class HandPublisher(Publisher):
 
     def __init__(self, client: EtcdClient, keys: Keys, site: Site, exports: Iterable[ServiceExport] = (),
                  **kw: Any) -> None:
-        self.site_value = Value(site)
-        self.exports_value: Value[tuple[ServiceExport, ...]] = Value(tuple(exports))
+        # Compared by identity: every set_exports wakes the publisher, as a source that re-declares would.
+        self.site_value = Value(site, same=operator.is_)
+        self.exports_value: Value[tuple[ServiceExport, ...]] = Value(tuple(exports), same=operator.is_)
         super().__init__(client, keys, self.site_value, self.exports_value, **kw)
 
     def set_exports(self, exports: Iterable[ServiceExport]) -> None:

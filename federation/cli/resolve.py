@@ -17,10 +17,29 @@ import dns.reversename
 
 from federation.dns.settings import split_hostport
 
+EXIT_ANSWER = 0
+"""The server answered records of the asked type (for ANY: any record)."""
+EXIT_NO_ANSWER = 1
+"""The server replied without such records: NXDOMAIN, NODATA (no records of that type), SERVFAIL, REFUSED..."""
+EXIT_USAGE = 2
+"""Bad arguments: an unparsable name, type or --server."""
+EXIT_NO_REPLY = 9
+"""No reply from the server (timeout, refused connection): dig's code for the same."""
+
+EPILOG = """\
+exit status (for scripts: `meshfed resolve NAME && ...` means NAME has records of that type):
+  0  answered with records of the asked type
+  1  no such records: NXDOMAIN, NODATA (NOERROR without records of the type), or any other rcode
+  2  bad arguments
+  9  no reply from the server (as dig)
+"""
+
 
 def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Register `resolve`."""
-    p = sub.add_parser("resolve", help="ask a DNS server (default: the local agent) for one name")
+    p = sub.add_parser("resolve", help="ask a DNS server (default: the local agent) for one name",
+                       description="Ask a DNS server for one name and print the answer readably.",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("name", help="a name (e.g. web.shop.svc.clusterset.local) or an IP address for PTR")
     p.add_argument("--type", default=None, help="record type: A, AAAA, SRV, TXT, PTR, SOA, ANY ... (default A)")
     p.add_argument("--server", default="127.0.0.1:53", help="IP[:port] of the server (default 127.0.0.1:53)")
@@ -30,17 +49,17 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
 
 
 def cmd_resolve(args: argparse.Namespace) -> int:
-    """Print the answer; exit 0 for NOERROR, 1 for any other rcode or no answer, 2 for bad arguments."""
+    """Print the answer; the exit status is one of the EXIT_* codes above (see EPILOG)."""
     try:
         host, port = split_hostport(args.server)
     except ValueError as exc:
         print(f"meshfed resolve: --server {args.server!r}: {exc}")
-        return 2
+        return EXIT_USAGE
     try:
         qname, rdtype = _question(args.name, args.type)
     except (ValueError, dns.exception.DNSException) as exc:
         print(f"meshfed resolve: {exc}")
-        return 2
+        return EXIT_USAGE
     query = dns.message.make_query(qname, rdtype, use_edns=0, payload=1232)
     started = time.perf_counter()
     transport = "tcp" if args.tcp else "udp"
@@ -53,10 +72,22 @@ def cmd_resolve(args: argparse.Namespace) -> int:
                 transport = "udp, truncated, then tcp"
                 resp = dns.query.tcp(query, host, timeout=args.timeout, port=port)
     except (dns.exception.DNSException, OSError) as exc:
-        print(f";; no answer from {host}:{port}: {exc}")
-        return 1
+        print(f";; no reply from {host}:{port}: {exc}")
+        return EXIT_NO_REPLY
     print(format_response(resp, f"{host}:{port}", transport, time.perf_counter() - started))
-    return 0 if resp.rcode() == dns.rcode.NOERROR else 1
+    if resp.rcode() != dns.rcode.NOERROR:
+        return EXIT_NO_ANSWER
+    if not has_records(resp, rdtype):
+        print(f";; NODATA: {qname} exists but has no {dns.rdatatype.to_text(rdtype)} records")
+        return EXIT_NO_ANSWER
+    return EXIT_ANSWER
+
+
+def has_records(resp: dns.message.Message, rdtype: dns.rdatatype.RdataType) -> bool:
+    """True if the answer section holds records of `rdtype` (any record for ANY); a CNAME alone is NODATA."""
+    if rdtype == dns.rdatatype.ANY:
+        return any(len(rrset) for rrset in resp.answer)
+    return any(rrset.rdtype == rdtype and len(rrset) for rrset in resp.answer)
 
 
 def format_response(resp: dns.message.Message, server: str, transport: str, seconds: float) -> str:

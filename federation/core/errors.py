@@ -26,6 +26,12 @@ class LocalProtocolError(MeshfedError):
 class RemoteProtocolError(MeshfedError):
     """The peer misbehaved; close that stream only."""
 
+    def __init__(self, message: str, cause: str = "protocol") -> None:
+        super().__init__(message)
+        self.cause = cause
+        """The kind of fault, from a fixed set: what logs of it are de-duplicated by (the message may
+        quote what the peer sent)."""
+
 
 class PolicyError(RecordError):
     """A policy document or stored policy is invalid: `field` is the path of the bad field (e.g.

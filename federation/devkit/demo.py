@@ -6,43 +6,145 @@ import json
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from federation.core.errors import MeshfedError
+from federation.devkit import owner
 from federation.devkit.lab import Lab
 from federation.devkit.stage import DEFAULT_STATE, PREFIX, ZONE, Demo
 
 
-def run_demo(state_dir: Path | None, keep: bool = False, down: bool = False, loopback: bool = False) -> int:
-    """`meshfed demo`: 0 when every step worked."""
+class Stop(BaseException):
+    """A stop signal arrived (Ctrl-C, SIGTERM, `meshfed demo --down`, a closed terminal).
+
+    A BaseException, like KeyboardInterrupt, so that no `except Exception` on the way swallows it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def run_demo(state_dir: Path | None, keep: bool = False, down: bool = False, loopback: bool = False,
+             prefix: str = PREFIX) -> int:
+    """`meshfed demo`: 0 when every step worked (and, with `keep`, the mesh was stopped by a signal)."""
     state = state_dir or DEFAULT_STATE
     netns = Lab.available() is None and not loopback
     if down:
-        Demo(state, netns).lab.down()
-        shutil.rmtree(state, ignore_errors=True)
-        print(f"demo torn down: no namespaces, processes or files left ({state} removed)")
-        return 0
-    demo = Demo(state, netns)
-    say = demo.out.write
-    ok = False
+        return take_down(state, prefix, netns, sys.stdout)
+    running = owner.read(state)
+    if running is not None and running.alive():
+        print(f"a demo is already running as pid {running.pid} with its state in {state}: "
+              f"stop it with `{cli_command()} demo --down{_state_flag(state)}` first")
+        return 1
+    demo = Demo(state, netns, prefix=prefix, wan=0 if prefix == PREFIX else None)
+    say = _sayer(demo.out)
+    stopping: list[int] = []
+
+    def on_signal(signum: int, _frame: object) -> None:
+        if stopping or outcome[0] != "running":  # once tearing down, nothing cuts it short
+            say(f"({signal.Signals(signum).name}: still tearing down)\n")
+            return
+        stopping.append(signum)
+        raise Stop(signum)
+
+    outcome, kept = ["running"], False
+    previous = {sig: signal.signal(sig, on_signal) for sig in STOP_SIGNALS}
     try:
-        code = _show(demo, say, keep)
-        ok = code == 0
-        return code
+        code = _show(demo, say)
+        if code != 0 or not keep:
+            outcome[0] = "done" if code == 0 else "failed"
+            return code
+        kept = True  # from here a stop signal is the normal end (it may come while the hint prints)
+        say(_keep_help(demo))
+        while True:  # until a stop signal
+            time.sleep(3600)
+    except Stop as stop:
+        outcome[0] = "stopped"
+        say(f"\n{stop}: tearing the demo down\n")
+        return 0 if kept else 128 + stop.signum  # a kept demo ends this way; an interrupted one did not finish
     except (RuntimeError, OSError, subprocess.SubprocessError, MeshfedError) as exc:
-        say(f"\ndemo failed: {exc}\nlogs kept in {state}; `meshfed demo --down` removes them\n")
-        keep = False
+        outcome[0] = "failed"
+        say(f"\ndemo failed: {exc}\nlogs kept in {state}; `{cli_command()} demo --down{_state_flag(state)}` "
+            "removes them\n")
         return 1
     finally:
-        if not keep:
-            demo.down()
-            if ok:
-                shutil.rmtree(state, ignore_errors=True)
+        if outcome[0] == "running":
+            outcome[0] = "failed"  # something unexpected went up: keep the logs
+        pids = owner.recorded_pids(state)
+        demo.down()
+        if outcome[0] != "failed":
+            shutil.rmtree(state, ignore_errors=True)
+        if outcome[0] == "stopped":
+            say(_verdict(owner.leftovers(state, prefix, netns, pids), state))
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
-def _show(demo: Demo, say: Any, keep: bool) -> int:
+def take_down(state: Path, prefix: str, netns: bool, out: Any) -> int:
+    """`meshfed demo --down`: stop the demo process recorded in `state` (that pid only), remove what is left,
+    and say what is true; 1 if anything is still there."""
+    say = _sayer(out)
+    running = owner.read(state)
+    if running is not None:
+        prefix, netns = running.prefix, running.netns  # what that demo really built
+    pids = owner.recorded_pids(state)
+    if running is not None and running.alive():
+        say(f"stopping the demo running as pid {running.pid} (it tears its own mesh down) ...\n")
+        if running.stop():
+            say(f"pid {running.pid} has stopped\n")
+        else:
+            say(f"pid {running.pid} did not stop within a minute: killed it; removing what it left\n")
+        pids.append(running.pid)
+    elif running is not None:
+        say(f"the demo process (pid {running.pid}) had already exited; removing what it left\n")
+    lab = Lab(prefix, state)
+    if netns:
+        lab.down()
+    else:  # a loopback demo made no namespaces: never touch those of a demo running beside it
+        lab.kill_all()
+    shutil.rmtree(state, ignore_errors=True)
+    left = owner.leftovers(state, prefix, netns, pids)
+    say(_verdict(left, state))
+    return 1 if left else 0
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+"""Ctrl-C, `kill`/`--down`, and a closed terminal: each tears the demo down."""
+
+
+def cli_command() -> str:
+    """How to call this meshfed from any shell: the venv's console script by its full path.
+
+    `./bootstrap.sh` puts .venv/bin on PATH for the demo it starts, not in the user's shell, so a bare
+    `meshfed` in a hint would be "command not found"."""
+    script = Path(sys.executable).parent / "meshfed"
+    return str(script) if script.exists() else f"{sys.executable} -m federation"
+
+
+def _state_flag(state: Path) -> str:
+    return "" if state == DEFAULT_STATE else f" --state-dir {state}"
+
+
+def _verdict(left: list[str], state: Path) -> str:
+    if not left:
+        return f"demo torn down: no namespaces, processes or files left ({state} removed)\n"
+    return "demo teardown left:\n" + "".join(f"  {item}\n" for item in left)
+
+
+def _sayer(out: Any) -> Any:
+    def say(text: str) -> None:
+        try:
+            out.write(text)
+            out.flush()  # a pipe (tee, a test) sees each step as it happens
+        except OSError:
+            pass  # the terminal is gone (SIGHUP): the teardown goes on without an audience
+    return say
+
+
+def _show(demo: Demo, say: Any) -> int:
     started = time.monotonic()
     why = Lab.available() or "asked for with --loopback"
     mode = ("network namespaces: net-1 (east, edge) and net-2 (west) cannot reach each other; "
@@ -114,35 +216,32 @@ def _show(demo: Demo, say: Any, keep: bool) -> int:
     say(f"      east's endpoint is back: {body}\n")
 
     say(f"== demo done in {time.monotonic() - started:.1f}s\n")
-    if not keep:
-        return 0
-    say(_keep_help(demo))
-    stop = {"now": False}
-    signal.signal(signal.SIGINT, lambda *_: stop.update(now=True))
-    signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
-    while not stop["now"]:
-        time.sleep(0.2)
     return 0
 
 
 def _keep_help(demo: Demo) -> str:
     west_cfg = demo.state / "west.yaml"
+    mf = cli_command()
+    down = f"{mf} demo --down{_state_flag(demo.state)}"
+    if demo.lab.prefix != PREFIX:
+        down += f" --prefix {demo.lab.prefix}"
     if demo.netns:
+        west, east = demo.lab.ns("west"), demo.lab.ns("east")
         return (
             "\n-- left running. Try:\n"
-            f"   ip netns exec {PREFIX}-west meshfed status --config {west_cfg}\n"
-            f"   ip netns exec {PREFIX}-west meshfed resolve web.shop.svc.{ZONE}\n"
-            f"   ip netns exec {PREFIX}-west curl http://web.shop.svc.{ZONE}/\n"
-            f"   ip netns exec {PREFIX}-east dig +short @127.0.0.1 cart.shop.svc.{ZONE}\n"
-            f"   meshfed registry ls --endpoints {demo.etcd.endpoint if demo.etcd else ''}\n"
-            "   Ctrl-C (or `meshfed demo --down` from another shell) removes everything\n"
+            f"   ip netns exec {west} {mf} status --config {west_cfg}\n"
+            f"   ip netns exec {west} {mf} resolve web.shop.svc.{ZONE}\n"
+            f"   ip netns exec {west} curl http://web.shop.svc.{ZONE}/\n"
+            f"   ip netns exec {east} dig +short @127.0.0.1 cart.shop.svc.{ZONE}\n"
+            f"   {mf} registry ls --endpoints {demo.etcd.endpoint if demo.etcd else ''}\n"
+            f"   Ctrl-C (or `{down}` from another shell) removes everything\n"
         )
     return (
         "\n-- left running. Try:\n"
-        f"   meshfed status --config {west_cfg}\n"
+        f"   {mf} status --config {west_cfg}\n"
         f"   curl {demo.url('west', 'web')}\n"
-        f"   meshfed registry ls --endpoints {demo.etcd.endpoint if demo.etcd else ''}\n"
-        "   Ctrl-C (or `meshfed demo --down` from another shell) removes everything\n"
+        f"   {mf} registry ls --endpoints {demo.etcd.endpoint if demo.etcd else ''}\n"
+        f"   Ctrl-C (or `{down}` from another shell) removes everything\n"
     )
 
 

@@ -18,10 +18,13 @@ import os
 import shutil
 import signal
 import subprocess
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
 
 WAN_ROOT = "198.19.0.254"
 """The host's own address on the default wan (198.19.0.0/24), where the lab's etcd listens."""
@@ -130,15 +133,16 @@ class Lab:
         cmd = ["ip", "netns", "exec", self.ns(site), *argv] if site else list(argv)
         out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 - handed to the child
         try:
-            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=stdin,
-                                    env=env, start_new_session=True)
+            with _stop_signals_held():  # the demo's Ctrl-C waits until the child is recorded for teardown
+                proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=stdin,
+                                        env=env, start_new_session=True)
+                self.children.append(proc)
+                self.state_dir.mkdir(parents=True, exist_ok=True)
+                with open(self._pids_file, "a") as f:
+                    f.write(f"{proc.pid}\n")
         finally:
             if log:
                 out.close()  # type: ignore[union-attr]
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        with open(self._pids_file, "a") as f:
-            f.write(f"{proc.pid}\n")
-        self.children.append(proc)
         return proc
 
     def run(self, site: str, argv: Sequence[str], timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
@@ -157,7 +161,7 @@ class Lab:
             alive = [pid for pid in pids if _signal_group(pid, sig)]
             deadline = time.monotonic() + wait
             while alive and time.monotonic() < deadline:
-                alive = [pid for pid in alive if _exists(pid)]
+                alive = [pid for pid in alive if running(pid)]
                 time.sleep(0.05)
             if not alive:
                 break
@@ -166,6 +170,29 @@ class Lab:
                 child.wait(1)
         self.children.clear()
         self._pids_file.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _stop_signals_held() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM/SIGHUP (Python-level handlers only) and deliver the first one afterwards.
+
+    Not the signal mask: children inherit it, and an agent started with SIGTERM blocked would not stop.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    got: list[int] = []
+    # Not set from Python (None) or ignored (which children inherit, e.g. SIGHUP under nohup): left alone.
+    held = {sig: h for sig in _STOP_SIGNALS if (h := signal.getsignal(sig)) not in (None, signal.SIG_IGN)}
+    for sig in held:
+        signal.signal(sig, lambda signum, _frame: got.append(signum))
+    try:
+        yield
+    finally:
+        for sig, handler in held.items():
+            signal.signal(sig, handler)
+        if got:
+            signal.raise_signal(got[0])
 
 
 def _on_wan(site: LabSite, wan: int) -> LabSite:
@@ -204,15 +231,26 @@ def _signal_group(pid: int, sig: int) -> bool:
     return False
 
 
-def _exists(pid: int) -> bool:
+def running(pid: int) -> bool:
+    """True while `pid` runs: a child of ours that exited is reaped here, anyone's zombie counts as gone.
+
+    `meshfed demo --down` kills processes of another (perhaps dead) demo process, so they are not
+    always our children; waiting on them must not end while they are still shutting down.
+    """
+    with contextlib.suppress(ChildProcessError):
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    # A zombie child of ours still "exists" until reaped.
-    with contextlib.suppress(ChildProcessError):
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        return done == 0
-    return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return not Path("/proc/self").exists()  # gone, unless there is no /proc to ask
+    except OSError:
+        return True
+    return stat[stat.rindex(")") + 2] != "Z"

@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from federation.devkit import objects as kobj
+from federation.devkit import owner
 from federation.devkit.lab import Lab
 from federation.pki.issuing import new_root, new_site_ca, save_root, save_site
 from federation.registry.embedded import EtcdProcess, free_port
@@ -82,6 +83,7 @@ class Demo:
         self.lab.kill_all()  # processes an interrupted run recorded in its state directory
         shutil.rmtree(self.state, ignore_errors=True)
         self.state.mkdir(parents=True, exist_ok=True, mode=0o700)
+        owner.record(self.state, self.lab.prefix, self.netns)  # for `meshfed demo --down` from another shell
         if self.netns:
             self.lab.up()
         for s in self.lab.sites.values():

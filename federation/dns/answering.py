@@ -17,7 +17,7 @@ import dns.opcode
 import dns.rcode
 import dns.rdatatype
 
-from federation.dns.zone import AAAA, IN, SRV, A, Labels, Node, Zone, labels_of
+from federation.dns.nodes import AAAA, IN, SRV, A, Labels, Node, Zone, labels_of
 
 _ANSWER_FLAGS = dns.flags.RD | dns.flags.CD
 """Query flags a response copies (RFC 1035 RD; RFC 4035 3.2.2 CD)."""
@@ -51,7 +51,11 @@ class Answerer:
             query = dns.message.from_wire(wire)
         except dns.message.ShortHeader:
             return None
-        except Exception:  # any decode failure of remote bytes: FORMERR (RFC 1035 4.1.1)
+        except Exception:  # any decode failure of remote bytes: FORMERR (RFC 1035 4.1.1) ...
+            # ... unless the header asks for an opcode we do not implement: NOTIMP whatever follows,
+            # e.g. a TSIG-signed UPDATE (nsupdate -k), which dnspython cannot parse without the key.
+            if (wire[2] >> 3) & 0xF != dns.opcode.QUERY:
+                return header_only(wire, dns.rcode.NOTIMP)
             return header_only(wire, dns.rcode.FORMERR)
         resp = dns.message.Message(id=query.id)
         resp.flags = dns.flags.QR | (query.flags & _ANSWER_FLAGS) | self._ra

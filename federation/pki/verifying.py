@@ -34,6 +34,12 @@ _TRUST_DOMAIN = re.compile(r"^[a-z0-9._-]+$")
 class PeerRejected(MeshfedError):
     """A peer's certificate or identity is not acceptable; the message is the reason to log."""
 
+    def __init__(self, message: str, cause: str = "identity") -> None:
+        super().__init__(message)
+        self.cause = cause
+        """The kind of reason, from a fixed set (`unknown-site`, `unverified`...): what refusal logs are
+        de-duplicated by, since the message carries what the peer chose (its SPIFFE ID, its site)."""
+
 
 @dataclass(frozen=True, slots=True)
 class SpiffeId:
@@ -71,24 +77,24 @@ class TrustBundle:
             roots = tuple(load_certs(pem))
             domains = {trust_domain_of(c) for c in roots}
         except PkiError as exc:
-            raise PeerRejected(f"trust bundle: {exc}") from None
+            raise PeerRejected(f"trust bundle: {exc}", cause="trust-bundle") from None
         if len(domains) != 1:
-            raise PeerRejected(f"trust bundle names {len(domains)} trust domains, not one")
+            raise PeerRejected(f"trust bundle names {len(domains)} trust domains, not one", cause="trust-bundle")
         return cls(domains.pop(), roots)
 
 
 def parse_spiffe_id(uri: str) -> SpiffeId:
     """Parse a SPIFFE ID strictly (SPIFFE-ID spec 2): lowercase trust domain, no port, query or dots."""
     if not uri.startswith("spiffe://"):
-        raise PeerRejected(f"URI SAN {uri[:80]!r} is not a spiffe:// ID")
+        raise PeerRejected(f"URI SAN {uri[:80]!r} is not a spiffe:// ID", cause="spiffe-id")
     rest = uri[len("spiffe://"):]
     td, _, path = rest.partition("/")
     if not td or not _TRUST_DOMAIN.match(td) or len(td) > 255:
-        raise PeerRejected(f"SPIFFE ID {uri[:80]!r} has an invalid trust domain")
+        raise PeerRejected(f"SPIFFE ID {uri[:80]!r} has an invalid trust domain", cause="spiffe-id")
     segments = tuple(path.split("/")) if path else ()
     for s in segments:
         if not _SEGMENT.match(s) or s in (".", ".."):
-            raise PeerRejected(f"SPIFFE ID {uri[:80]!r} has an invalid path segment")
+            raise PeerRejected(f"SPIFFE ID {uri[:80]!r} has an invalid path segment", cause="spiffe-id")
     return SpiffeId(td, segments)
 
 
@@ -96,7 +102,8 @@ def gateway_of(spiffe: SpiffeId) -> tuple[str, str]:
     """(site, gateway) of a gateway SPIFFE ID `spiffe://<td>/site/<site>/gateway/<name>`."""
     p = spiffe.path
     if len(p) != 4 or p[0] != "site" or p[2] != "gateway":
-        raise PeerRejected(f"SPIFFE ID {spiffe} does not name a gateway (/site/<site>/gateway/<name>)")
+        raise PeerRejected(f"SPIFFE ID {spiffe} does not name a gateway (/site/<site>/gateway/<name>)",
+                           cause="not-a-gateway")
     return p[1], p[3]
 
 
@@ -110,7 +117,7 @@ def verify_peer(leaf_der: bytes | None, view: MeshView, bundle: TrustBundle, now
     intermediate belongs to the same site.
     """
     if not leaf_der:
-        raise PeerRejected("peer presented no certificate")
+        raise PeerRejected("peer presented no certificate", cause="no-certificate")
     with warnings.catch_warnings():
         # cryptography only warns about some malformations (a serial that is not positive, a country
         # name of the wrong length); a peer certificate with one is refused like any malformed one.
@@ -118,7 +125,7 @@ def verify_peer(leaf_der: bytes | None, view: MeshView, bundle: TrustBundle, now
         try:
             return _verify(leaf_der, view, bundle, now, expect_site)
         except Warning as exc:
-            raise PeerRejected(f"peer certificate is malformed: {exc}") from None
+            raise PeerRejected(f"peer certificate is malformed: {exc}", cause="malformed") from None
 
 
 def _verify(leaf_der: bytes, view: MeshView, bundle: TrustBundle, now: dt.datetime,
@@ -127,37 +134,40 @@ def _verify(leaf_der: bytes, view: MeshView, bundle: TrustBundle, now: dt.dateti
         leaf = x509.load_der_x509_certificate(leaf_der)
         uris = uris_of(leaf)  # extensions are parsed lazily: a malformed one raises here
     except _PARSE_ERRORS as exc:
-        raise PeerRejected(f"peer certificate does not parse: {exc}") from None
+        raise PeerRejected(f"peer certificate does not parse: {exc}", cause="malformed") from None
     if len(uris) != 1:
-        raise PeerRejected(f"peer certificate has {len(uris)} URI SANs, a SPIFFE leaf has exactly one")
+        raise PeerRejected(f"peer certificate has {len(uris)} URI SANs, a SPIFFE leaf has exactly one",
+                           cause="uri-sans")
     spiffe = parse_spiffe_id(uris[0])
     if spiffe.trust_domain != bundle.trust_domain:
-        raise PeerRejected(f"peer {spiffe} is outside trust domain {bundle.trust_domain}")
+        raise PeerRejected(f"peer {spiffe} is outside trust domain {bundle.trust_domain}", cause="trust-domain")
     site_name, gateway = gateway_of(spiffe)
     if expect_site is not None and site_name != expect_site:
-        raise PeerRejected(f"peer {spiffe} is not a gateway of site {expect_site}")
+        raise PeerRejected(f"peer {spiffe} is not a gateway of site {expect_site}", cause="wrong-site")
     site = view.sites.get(site_name)
     if site is None:
-        raise PeerRejected(f"peer {spiffe} claims site {site_name}, which is not in the registry")
+        raise PeerRejected(f"peer {spiffe} claims site {site_name}, which is not in the registry", cause="unknown-site")
     if not site.ca_chain:
-        raise PeerRejected(f"site {site_name} publishes no CA chain in the registry")
+        raise PeerRejected(f"site {site_name} publishes no CA chain in the registry", cause="no-ca-chain")
     try:
         intermediates = [c for c in load_certs(site.ca_chain.encode()) if c not in bundle.roots]
     except PkiError as exc:
-        raise PeerRejected(f"site {site_name} CA chain in the registry: {exc}") from None
+        raise PeerRejected(f"site {site_name} CA chain in the registry: {exc}", cause="bad-ca-chain") from None
     verifier = PolicyBuilder().store(Store(list(bundle.roots))).time(now).build_client_verifier()
     try:
         chain = verifier.verify(leaf, intermediates).chain
     except _VERIFY_ERRORS as exc:
         raise PeerRejected(
-            f"peer {spiffe} does not verify through the CA that site {site_name} registered: {exc}"
+            f"peer {spiffe} does not verify through the CA that site {site_name} registered: {exc}", cause="unverified"
         ) from None
     if len(chain) != 3:
-        raise PeerRejected(f"peer {spiffe} chain has {len(chain)} certificates, not leaf/site/root")
+        raise PeerRejected(f"peer {spiffe} chain has {len(chain)} certificates, not leaf/site/root",
+                           cause="chain-length")
     try:
         issuer_site = site_of_ca(chain[1])
     except _ISSUER_ERRORS as exc:
-        raise PeerRejected(f"peer {spiffe} issuer: {exc}") from None
+        raise PeerRejected(f"peer {spiffe} issuer: {exc}", cause="issuer") from None
     if issuer_site != site_name:
-        raise PeerRejected(f"peer {spiffe} was issued by the CA of site {issuer_site}, not {site_name}")
+        raise PeerRejected(f"peer {spiffe} was issued by the CA of site {issuer_site}, not {site_name}",
+                           cause="issuer-site")
     return PeerIdentity(str(spiffe), site_name, gateway, leaf.not_valid_after_utc)

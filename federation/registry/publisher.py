@@ -28,6 +28,39 @@ class LeaseLost(RegistryUnavailable):
     """etcd no longer knows our lease (it expired while we were cut off)."""
 
 
+class Settled:
+    """Set while etcd holds what the publisher's inputs say, as they are now: the last sync, made from
+    these very inputs, found nothing to write. A change of an input unsets it at once."""
+
+    def __init__(self, *inputs: Readable[object]) -> None:
+        self._inputs = inputs
+        self._at: tuple[int, ...] | None = None
+        self._event = asyncio.Event()
+
+    def mark(self, at: tuple[int, ...]) -> None:
+        """The inputs as they were at `versions()` time `at` are in etcd."""
+        self._at = at
+        self._event.set()
+
+    def clear(self) -> None:
+        """etcd may no longer match (an error)."""
+        self._at = None
+
+    def is_set(self) -> bool:
+        """True while etcd matches the inputs as they are now."""
+        return self._at is not None and self._at == self.versions()
+
+    async def wait(self) -> None:
+        """Return once etcd matches the inputs as they are now."""
+        while not self.is_set():
+            self._event.clear()
+            await self._event.wait()
+
+    def versions(self) -> tuple[int, ...]:
+        """The inputs' versions now."""
+        return tuple(i.version for i in self._inputs)
+
+
 class Publisher:
     """Writes the site record and its exports under the site's prefix and keeps the lease alive.
 
@@ -60,6 +93,9 @@ class Publisher:
         self._actual: dict[str, Stored] = {}
         self.lease = 0
         self.published = asyncio.Event()
+        self.settled = Settled(site, exports)
+        """Set once a sync found etcd holding the last declared site and exports (nothing left to write);
+        cleared when they are replaced or etcd fails us."""
         self.writes = 0
         """Keys put or deleted since start (tests and metrics)."""
 
@@ -73,6 +109,7 @@ class Publisher:
         await reconnecting(self._client, self._session, self._on_error)
 
     def _on_error(self, exc: RegistryUnavailable) -> float:
+        self.settled.clear()
         delay = self._backoff.next()
         log.warning("registry publisher: %s; retrying in %.1fs", exc, delay)
         return delay
@@ -119,9 +156,11 @@ class Publisher:
                 self._actual, _ = await self._owned()
 
     async def _sync(self) -> None:
+        at = self.settled.versions()
         desired = desired_records(self._keys, self._site.get(), self._exports.get(), self._actual, self._clock())
         ops = plan(desired, self._actual, self.lease)
         if not ops:
+            self.settled.mark(at)
             return
         await self._client.commit(
             [Put(op.key, op.value, self.lease) if isinstance(op, PutOp) else Delete(op.key) for op in ops]
@@ -132,6 +171,7 @@ class Publisher:
             else:
                 self._actual[op.key] = Stored(op.value, self.lease)
         self.writes += len(ops)
+        self.settled.mark(at)
         log.info("registry publisher: wrote %d key(s) for site %s", len(ops), self.site.name)
 
     async def _owned(self) -> tuple[dict[str, Stored], int]:
@@ -144,8 +184,9 @@ class Publisher:
         return own, rev
 
     async def _acquire_lease(self) -> int:
-        """Reuse the previous run's lease while it lives (a restart then rewrites nothing), else grant one."""
-        previous = self._read_lease_file()
+        """Reuse our lease while it lives (after an etcd outage, or the previous run's after a restart: then
+        nothing is rewritten), else grant one."""
+        previous = self.lease or self._read_lease_file()
         if previous:
             left = await self._client.keepalive(previous)
             if left > 0:

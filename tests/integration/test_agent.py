@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import itertools
 import json
 import subprocess
 import sys
@@ -67,9 +69,74 @@ def test_agent_ready_metrics_and_registry(etcd: EtcdProcess, tmp_path: Path, age
     assert a.stop() == 0
 
 
-def test_sigkill_expires_records_and_restart_takes_over(etcd: EtcdProcess, tmp_path: Path,
-                                                        agents: list[AgentProcess]) -> None:
-    east_cfg = write_config(tmp_path / "east.yaml", "east", [etcd.endpoint], tmp_path / "east", [web_export()], ttl=5)
+def revisions(etcd: EtcdProcess) -> tuple[int, dict[str, tuple[int, int, int]]]:
+    """The store's revision, and (create revision, mod revision, lease) of every registry key."""
+    out = json.loads(etcdctl(etcd, "get", "--prefix", "/meshfed/", "-w", "json"))
+    kvs = {base64.b64decode(kv["key"]).decode(): (kv["create_revision"], kv["mod_revision"], kv.get("lease", 0))
+           for kv in out.get("kvs", [])}
+    return out["header"]["revision"], kvs
+
+
+class History:
+    """`etcdctl watch --prefix /meshfed/ --rev N`: every event any peer's mirror sees from revision N on."""
+
+    def __init__(self, etcd: EtcdProcess, tmp: Path, start: int) -> None:
+        self.out = tmp / "watch.out"
+        self._etcd = etcd
+        with open(self.out, "wb") as f:
+            self.proc = subprocess.Popen(
+                ["etcdctl", f"--endpoints={etcd.endpoint}", "watch", "--prefix", "/meshfed/", "--rev", str(start)],
+                stdout=f, stderr=subprocess.STDOUT, env={"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"})
+
+    def events(self) -> list[str]:
+        """PUT/DELETE lines so far, each with its key, after a write of our own has come through (a barrier)."""
+        etcdctl(self._etcd, "put", "/meshfed/test-barrier", "x")
+        wait_for(lambda: "/meshfed/test-barrier" in self.out.read_text(), what="the watch to catch up")
+        lines = self.out.read_text().splitlines()
+        return [f"{op} {key}" for op, key in itertools.pairwise(lines)
+                if op in ("PUT", "DELETE") and key != "/meshfed/test-barrier"]
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+        etcdctl(self._etcd, "del", "/meshfed/test-barrier")
+
+
+def test_a_restart_within_the_lease_ttl_rewrites_nothing_and_nothing_flaps(
+        etcd: EtcdProcess, tmp_path: Path, agents: list[AgentProcess]) -> None:
+    # A lease of 60 s: a restart fits in it by construction (stop, start and readiness are bounded by 10 + 20 s).
+    east_cfg = write_config(tmp_path / "east.yaml", "east", [etcd.endpoint], tmp_path / "east",
+                            [web_export(), web_export("api", 8081)], ttl=60)
+    west_cfg = write_config(tmp_path / "west.yaml", "west", [etcd.endpoint], tmp_path / "west", [web_export("db")])
+    east = AgentProcess(east_cfg, tmp_path / "east").start()
+    west = AgentProcess(west_cfg, tmp_path / "west").start()
+    agents += [east, west]
+    east.wait_ready()
+    west.wait_ready()
+    wait_for(lambda: {s["name"] for s in west.registry()["services"]} == {"web", "api", "db"}, what="west sees east")
+    rev, before = revisions(etcd)
+    assert {k for k in before if "/sites/east" in k} == {
+        "/meshfed/v1/sites/east", "/meshfed/v1/sites/east/services/shop/web",
+        "/meshfed/v1/sites/east/services/shop/api"}
+    history = History(etcd, tmp_path, rev + 1)
+    try:
+        east.kill()
+        east = AgentProcess(east_cfg, tmp_path / "east").start()
+        agents.append(east)
+        east.wait_ready()
+        wait_for(lambda: {s["name"] for s in east.registry()["services"]} == {"web", "api", "db"},
+                 what="the restarted east to see the mesh")
+        # Every key of every site: same create and mod revision, same lease; and nobody saw an event.
+        assert revisions(etcd)[1] == before
+        assert history.events() == []
+    finally:
+        history.close()
+    assert {s["name"] for s in west.registry()["services"]} == {"web", "api", "db"}
+
+
+def test_sigkill_expires_records_and_a_new_agent_registers_once(etcd: EtcdProcess, tmp_path: Path,
+                                                               agents: list[AgentProcess]) -> None:
+    east_cfg = write_config(tmp_path / "east.yaml", "east", [etcd.endpoint], tmp_path / "east", [web_export()], ttl=2)
     west_cfg = write_config(tmp_path / "west.yaml", "west", [etcd.endpoint], tmp_path / "west", [web_export("db")])
     east = AgentProcess(east_cfg, tmp_path / "east").start()
     west = AgentProcess(west_cfg, tmp_path / "west").start()
@@ -77,15 +144,6 @@ def test_sigkill_expires_records_and_restart_takes_over(etcd: EtcdProcess, tmp_p
     east.wait_ready()
     west.wait_ready()
     wait_for(lambda: {s["name"] for s in west.registry()["services"]} == {"web", "db"}, what="west sees east")
-
-    # A restart within the TTL takes over the same lease: nothing is rewritten, nothing flaps.
-    before = etcdctl(etcd, "get", "/meshfed/v1/sites/east/services/shop/web", "-w", "json")
-    east.kill()
-    east = AgentProcess(east_cfg, tmp_path / "east").start()
-    agents.append(east)
-    east.wait_ready()
-    after = etcdctl(etcd, "get", "/meshfed/v1/sites/east/services/shop/web", "-w", "json")
-    assert json.loads(before)["kvs"][0]["mod_revision"] == json.loads(after)["kvs"][0]["mod_revision"]
 
     # SIGKILL without a restart: the lease expires and east's records vanish from west's view.
     east.kill()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import http.server
 import json
+import re
+import socket
 import subprocess
 import sys
 import threading
@@ -64,6 +66,41 @@ def wait_for(check: object, timeout: float = 20.0, what: str = "condition") -> N
         time.sleep(0.05)
 
 
+def workers_of(pid: int) -> list[int]:
+    """PIDs of the `python -m gateway.workers` children of `pid`."""
+    out = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (proc / "cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == pid and b"gateway.workers" in cmdline:
+            out.append(int(proc.name))
+    return out
+
+
+def accepted_by(port: int) -> dict[str, int]:
+    """Established TCP connections whose local port is `port` (accepted there): peer address -> owning PID."""
+    out = subprocess.run(["ss", "-tnpH", "state", "established", f"( sport = :{port} )"], capture_output=True,
+                         text=True, check=True, timeout=20).stdout
+    owners = {}
+    for line in out.splitlines():
+        pid = re.search(r"pid=(\d+)", line)
+        if pid:
+            owners[line.split()[3]] = int(pid.group(1))
+    return owners
+
+
+def read_all(sock: socket.socket) -> bytes:
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
 def test_cross_network_request_dns_and_status(etcd: EtcdProcess, tmp_path: Path, web_server: int) -> None:
     agents = []
     try:
@@ -90,9 +127,27 @@ def test_cross_network_request_dns_and_status(etcd: EtcdProcess, tmp_path: Path,
         assert imp["service"] == "shop/web"
         assert imp["sites"][0]["via"].startswith("127.0.0.1:")  # east is on another network: through its gateway
         host, port = imp["listeners"]["http"].rsplit(":", 1)
-        for _ in range(6):  # several connections: the kernel spreads them over both gateway processes
-            with urllib.request.urlopen(f"http://{host}:{port}/", timeout=10) as resp:
-                assert resp.read() == b"hello from east\n"
+        with urllib.request.urlopen(f"http://{host}:{port}/", timeout=10) as resp:
+            assert resp.read() == b"hello from east\n"
+
+        # 16 clients at once hold 16 tunnels: the kernel spreads their connections over both gateway
+        # processes of east (SO_REUSEPORT hashes each connection; all on one would be a 1 in 2^15 chance).
+        gw_port = int(imp["sites"][0]["via"].rsplit(":", 1)[1])
+        assert east.proc is not None
+        processes = {east.proc.pid, *workers_of(east.proc.pid)}
+        assert len(processes) == 2
+        clients = [socket.create_connection((host, int(port)), timeout=10) for _ in range(16)]
+        try:
+            wait_for(lambda: len(accepted_by(gw_port)) >= 16, what="16 tunnels at east's gateway")
+            owners = accepted_by(gw_port)
+            assert set(owners.values()) == processes, owners
+            for c in clients:
+                c.sendall(b"GET / HTTP/1.0\r\nHost: web\r\n\r\n")
+            for c in clients:
+                assert read_all(c).endswith(b"\r\n\r\nhello from east\n")
+        finally:
+            for c in clients:
+                c.close()
 
         # west's DNS answers the federated name with the mesh-wide VIP that east's DNS gives too.
         def answer(agent: AgentProcess) -> list[str]:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import socket
+import sys
 
 import pytest
 
@@ -44,5 +46,52 @@ async def test_resolve_prints_answers_and_exit_codes(capsys: pytest.CaptureFixtu
         assert "60 answers" in out
         code, out = await resolve("x", "--type", "BOGUS")
         assert code == 2
+        # NODATA: the name exists, but not with this type. No records, so no success (help: "1 for no answer").
+        code, out = await resolve("web.shop.svc.clusterset.local", "--type", "TXT")
+        assert code == 1
+        assert "NOERROR" in out
+        assert "NODATA: web.shop.svc.clusterset.local. exists but has no TXT records" in out
+        code, out = await resolve("web.shop.svc.clusterset.local", "--type", "ANY")
+        assert code == 0
+    finally:
+        await server.close()
+
+
+async def test_the_exit_status_a_shell_sees() -> None:
+    """`meshfed resolve` as a process: its --help states the codes, and each one is what a script gets."""
+    server = DnsServer(DnsSettings(udp=("127.0.0.1:0",), tcp=("127.0.0.1:0",), forwarding=False),
+                       local_site="east")
+    vips = {("shop", "web"): ("240.240.0.7",)}
+    await server.start()
+    try:
+        addr = f"127.0.0.1:{server.udp_addresses[0][1]}"
+
+        async def run(*args: str) -> tuple[int, str]:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "federation", "resolve", *args, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT)
+            out, _ = await asyncio.wait_for(proc.communicate(), 30)
+            assert proc.returncode is not None
+            return proc.returncode, out.decode()
+
+        code, helptext = await run("--help")
+        assert code == 0
+        for line in ("0  answered with records of the asked type", "1  no such records: NXDOMAIN, NODATA",
+                     "2  bad arguments", "9  no reply from the server"):
+            assert line in helptext
+        code, out = await run("web.shop.svc.clusterset.local", "--server", addr)
+        assert code == 1
+        assert "SERVFAIL" in out  # before the first registry sync
+        server.update(view([site("east")], [export("east", "shop", "web", ["10.0.0.1"])]), vips=vips)
+        assert (await run("web.shop.svc.clusterset.local", "--server", addr))[0] == 0
+        assert (await run("web.shop.svc.clusterset.local", "--type", "AAAA", "--server", addr))[0] == 1
+        assert (await run("nope.shop.svc.clusterset.local", "--server", addr))[0] == 1
+        assert (await run("web.shop.svc.clusterset.local", "--server", "127.0.0.1:x"))[0] == 2
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:  # bound, never answers
+            silent.bind(("127.0.0.1", 0))
+            code, out = await run("web.shop.svc.clusterset.local", "--timeout", "0.3", "--server",
+                                  f"127.0.0.1:{silent.getsockname()[1]}")
+        assert code == 9
+        assert out.startswith(";; no reply from 127.0.0.1:")
     finally:
         await server.close()

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import dns.asyncquery
 import dns.flags
 import dns.message
+import dns.opcode
 import dns.rcode
+import dns.tsigkeyring
+import dns.update
 import pytest
 from prometheus_client import CollectorRegistry
 
@@ -119,6 +123,50 @@ async def check_with_dnspython(server: DnsServer) -> None:
         assert nodata.answer == []
 
 
+@pytest.mark.parametrize("signed", [False, True])
+async def test_dns_update_gets_notimp_over_udp_and_tcp(signed: bool) -> None:
+    """A dynamic-update client (RFC 2136) is told the server does not do UPDATE, not that it sent garbage."""
+    keyring = dns.tsigkeyring.from_text({"ddns-key.": "c2VjcmV0c2VjcmV0c2VjcmV0"}) if signed else None
+    async with serving(mesh()) as server:
+        for tcp in (False, True):
+            update = dns.update.UpdateMessage("clusterset.local", keyring=keyring)
+            update.replace("web.shop.svc", 5, "A", "10.0.0.9")
+            host, port = (server.tcp_addresses if tcp else server.udp_addresses)[0]
+            wire = await asyncio.to_thread(_exchange, update.to_wire(), host, port, tcp)
+            resp = dns.message.from_wire(wire, keyring=False)  # we hold no key, so the answer is unsigned
+            assert resp.id == update.id
+            assert resp.opcode() == dns.opcode.UPDATE
+            assert resp.rcode() == dns.rcode.NOTIMP
+        assert texts(await ask(server, "web.shop.svc.clusterset.local")) == ["240.240.0.7"]  # unchanged
+
+
+def _exchange(wire: bytes, host: str, port: int, tcp: bool) -> bytes:
+    """One request and its response, unparsed (RFC 1035 4.2: TCP messages carry a 2-byte length)."""
+    if tcp:
+        with socket.create_connection((host, port), timeout=5) as sock, sock.makefile("rb") as f:
+            sock.sendall(len(wire).to_bytes(2, "big") + wire)
+            return f.read(int.from_bytes(f.read(2), "big"))
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(5)
+        sock.sendto(wire, (host, port))
+        return sock.recv(65535)
+
+
+async def test_nsupdate_is_told_notimp() -> None:
+    if shutil.which("nsupdate") is None:
+        pytest.skip("nsupdate (Debian bind9-dnsutils) is not installed")
+    async with serving(mesh()) as server:
+        host, port = server.udp_addresses[0]
+        proc = await asyncio.create_subprocess_exec(
+            "nsupdate", "-t", "5", stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT)
+        script = (f"server {host} {port}\nzone clusterset.local\n"
+                  "update add web.shop.svc.clusterset.local 5 A 10.0.0.9\nsend\n")
+        out, _ = await asyncio.wait_for(proc.communicate(script.encode()), 20)
+        assert proc.returncode != 0
+        assert "NOTIMP" in out.decode(), out.decode()
+
+
 async def test_truncated_over_udp_then_whole_over_tcp() -> None:
     async with serving(mesh()) as server:
         udp = await ask(server, "big.shop.svc.clusterset.local")
@@ -160,14 +208,29 @@ async def test_a_silent_upstream_gives_servfail_not_a_hang() -> None:
         async with serving(mesh(), upstreams=(f"127.0.0.1:{upstream.port}",), forward_timeout=0.3) as server:
             for tcp in (False, True):
                 assert (await ask(server, "www.example.org", tcp=tcp)).rcode() == dns.rcode.SERVFAIL
-            # a query still in flight when the server closes is cancelled, not leaked
-            host, port = server.udp_addresses[0]
-            loop = asyncio.get_running_loop()
-            t, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol, remote_addr=(host, port))
-            t.sendto(dns.message.make_query("slow.example.org", "A").to_wire())
-            t.close()
-            await asyncio.sleep(0.05)
+            assert upstream.seen == ["www.example.org.", "www.example.org."]
     finally:
+        assert upstream.transport is not None
+        upstream.transport.close()
+
+
+async def test_a_forward_in_flight_when_the_server_closes_is_cancelled_not_leaked() -> None:
+    upstream = await start_upstream(silent=True)
+    loop = asyncio.get_running_loop()
+    client, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol, local_addr=("127.0.0.1", 0))
+    try:
+        # A deadline no test waits out: only the close can end this forward.
+        async with serving(mesh(), upstreams=(f"127.0.0.1:{upstream.port}",), forward_timeout=600) as server:
+            client.sendto(dns.message.make_query("slow.example.org", "A").to_wire(), server.udp_addresses[0])
+            async with asyncio.timeout(5):
+                while upstream.seen != ["slow.example.org."]:
+                    await asyncio.sleep(0.01)
+            [forward] = server._tasks
+            assert not forward.done()
+        assert forward.cancelled()
+        assert server._tasks == set()
+    finally:
+        client.close()
         assert upstream.transport is not None
         upstream.transport.close()
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
+import shutil
 import ssl
 from pathlib import Path
 
@@ -19,7 +21,16 @@ REFUSED = "gateway.eastwest"
 
 
 def refusals(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == REFUSED and r.getMessage().startswith("refused")]
+    """Refusal lines of the gateway; each must be a WARNING (the capture takes every level, so one at INFO
+    or DEBUG would be seen and fail here)."""
+    records = [r for r in caplog.records if r.name == REFUSED and r.getMessage().startswith("refused")]
+    assert [r.levelname for r in records] == ["WARNING"] * len(records), [(r.levelname, r.getMessage()) for r in records]
+    return [r.getMessage() for r in records]
+
+
+@pytest.fixture(autouse=True)
+def _capture_every_level(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="gateway")
 
 
 async def echo_once(t: RawTunnel, payload: bytes) -> bytes:
@@ -55,6 +66,7 @@ async def test_unknown_service_is_refused_and_the_tunnel_stays_usable(
 async def test_a_refusing_endpoint_is_answered_refused(tmp_path: Path) -> None:
     async with two_sites(tmp_path) as s:
         s.exports[0] = export("east", "ns", "echo", 7, endpoint_ports=(1,))
+        s.publish()
         t = await RawTunnel.open(s.gw_port, s.west.client)
         assert (await t.request(Request("ns", "echo", "tcp"))).status is Status.REFUSED
         await t.close()
@@ -85,15 +97,37 @@ async def test_plaintext_instead_of_a_client_hello(tmp_path: Path, caplog: pytes
         await _hostile(s, caplog, attack, "TLS handshake failed")
 
 
-async def _tls_attack(s: TwoSites, ctx: ssl.SSLContext) -> None:
+async def _tls_attack(s: TwoSites, ctx: ssl.SSLContext, seen: list[str] | None = None,
+                      source: str | None = None) -> None:
+    """Connect with `ctx` (from loopback address `source`) and append to `seen` what the client was told:
+    the TLS alert's reason, or "EOF"."""
+    seen = seen if seen is not None else []
     try:
-        t = await RawTunnel.open(s.gw_port, ctx)
-    except (ssl.SSLError, ConnectionError):
+        t = await RawTunnel.open(s.gw_port, ctx, source)
+    except ssl.SSLError as exc:  # an alert during the client's own handshake (e.g. protocol_version)
+        seen.append(str(exc.reason))
         return
-    # TLS 1.3: the client finishes first, so the server's verdict arrives as an alert or a close.
+    except ConnectionError:
+        seen.append("EOF")
+        return
+    # TLS 1.3: the client finishes first, so the server's verdict arrives as an alert on the next read.
     t.writer.write(b"\x01")
-    assert await t.closed_by_peer()
+    try:
+        async with asyncio.timeout(5):
+            while await t.reader.read(1024):
+                pass
+        seen.append("EOF")
+    except ssl.SSLError as exc:
+        seen.append(str(exc.reason))
+    except ConnectionError:
+        seen.append("EOF")
     await t.close()
+
+
+async def _alert_for(s: TwoSites, caplog: pytest.LogCaptureFixture, ctx: ssl.SSLContext, reason: str) -> str:
+    seen: list[str] = []
+    await _hostile(s, caplog, lambda: _tls_attack(s, ctx, seen), reason)
+    return seen[0]
 
 
 async def test_client_without_certificate(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -101,7 +135,8 @@ async def test_client_without_certificate(tmp_path: Path, caplog: pytest.LogCapt
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         ctx.check_hostname = False
         ctx.load_verify_locations(cafile=str(s.west.bundle_file))
-        await _hostile(s, caplog, lambda: _tls_attack(s, ctx), "PEER_DID_NOT_RETURN_A_CERTIFICATE")
+        alert = await _alert_for(s, caplog, ctx, "PEER_DID_NOT_RETURN_A_CERTIFICATE")
+        assert alert == "TLSV13_ALERT_CERTIFICATE_REQUIRED"  # RFC 8446 4.4.2.4
 
 
 async def test_certificate_from_another_ca(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -109,7 +144,8 @@ async def test_certificate_from_another_ca(tmp_path: Path, caplog: pytest.LogCap
         other = Mesh()
         chain, key, _ = other.write_leaf(tmp_path / "other", "west")
         ctx = client_context(chain, key, s.west.bundle_file)
-        await _hostile(s, caplog, lambda: _tls_attack(s, ctx), "certificate not accepted")
+        alert = await _alert_for(s, caplog, ctx, "certificate not accepted: unable to get local issuer")
+        assert alert == "TLSV1_ALERT_UNKNOWN_CA"
 
 
 async def test_expired_certificate(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -117,7 +153,54 @@ async def test_expired_certificate(tmp_path: Path, caplog: pytest.LogCaptureFixt
         old = issue_gateway(s.mesh.site_ca("west"), "gw", now() - dt.timedelta(days=2), dt.timedelta(hours=1))
         chain, key = write_issued(tmp_path / "expired", old)
         ctx = client_context(chain, key, s.west.bundle_file)
-        await _hostile(s, caplog, lambda: _tls_attack(s, ctx), "certificate has expired")
+        alert = await _alert_for(s, caplog, ctx, "certificate has expired")
+        assert alert == "SSLV3_ALERT_CERTIFICATE_EXPIRED"
+
+
+async def test_certificate_not_yet_valid(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    async with two_sites(tmp_path) as s:
+        early = issue_gateway(s.mesh.site_ca("west"), "gw", now() + dt.timedelta(days=2), dt.timedelta(hours=1))
+        chain, key = write_issued(tmp_path / "early", early)
+        ctx = client_context(chain, key, s.west.bundle_file)
+        alert = await _alert_for(s, caplog, ctx, "certificate is not yet valid")
+        assert alert == "SSLV3_ALERT_BAD_CERTIFICATE"
+
+
+async def test_a_tls12_client_is_told_the_protocol_version(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with two_sites(tmp_path) as s:
+        ctx = client_context(s.west.chain_file, s.west.key_file, s.west.bundle_file)
+        ctx.minimum_version = ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+        alert = await _alert_for(s, caplog, ctx, "UNSUPPORTED_PROTOCOL")
+        assert alert == "TLSV1_ALERT_PROTOCOL_VERSION"
+
+
+@pytest.mark.parametrize(("who", "alert"), [
+    ("no certificate", "alert certificate required:"),
+    ("another mesh's certificate", "alert unknown ca:"),
+])
+async def test_openssl_s_client_sees_the_alert(tmp_path: Path, who: str, alert: str) -> None:
+    """What an operator sees probing the gateway by hand with `openssl s_client`."""
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command is not installed")
+    async with two_sites(tmp_path) as s:
+        argv = ["openssl", "s_client", "-connect", f"127.0.0.1:{s.gw_port}", "-tls1_3", "-CAfile",
+                str(s.west.bundle_file)]
+        if who != "no certificate":
+            chain, key, _ = Mesh().write_leaf(tmp_path / "other", "west")
+            argv += ["-cert", str(chain), "-cert_chain", str(chain), "-key", str(key)]
+        proc = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.PIPE,
+                                                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        try:
+            async with asyncio.timeout(10):  # stdin stays open: only the server's verdict ends s_client
+                _, err = await proc.communicate()
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        assert proc.returncode == 1
+        assert alert in err.decode(), err.decode()
 
 
 async def test_site_a_claiming_to_be_site_b(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -130,6 +213,9 @@ async def test_site_a_claiming_to_be_site_b(tmp_path: Path, caplog: pytest.LogCa
             t = await RawTunnel.open(s.gw_port, ctx)
             resp = await t.response()
             assert resp.status is Status.FORBIDDEN
+            # The handshake verified to the mesh root, so no TLS alert fits: the preamble says why.
+            assert resp.reason.startswith("identity not accepted: peer spiffe://mesh.example/site/east/")
+            assert "does not verify through the CA that site east registered" in resp.reason
             assert await t.closed_by_peer()
             await t.close()
         await _hostile(s, caplog, attack, "does not verify through the CA that site east registered")
@@ -168,10 +254,6 @@ async def test_service_not_exported(tmp_path: Path, caplog: pytest.LogCaptureFix
             assert (await t.request(Request("kube-system", "secrets", 443))).status is Status.NO_SUCH_SERVICE
             await t.close()
         await _hostile(s, caplog, attack, "kube-system/secrets is not exported by east")
-
-
-def test_log_level_is_warning_for_refusals() -> None:
-    assert logging.getLogger(REFUSED).getEffectiveLevel() <= logging.WARNING
 
 
 async def test_renewal_changes_new_handshakes_only(tmp_path: Path) -> None:
@@ -221,7 +303,9 @@ async def test_site_not_in_the_registry(tmp_path: Path, caplog: pytest.LogCaptur
 
         async def attack() -> None:
             t = await RawTunnel.open(s.gw_port, ctx)
-            assert (await t.response()).status is Status.FORBIDDEN
+            resp = await t.response()
+            assert resp.status is Status.FORBIDDEN
+            assert resp.reason.endswith("claims site north, which is not in the registry")
             assert await t.closed_by_peer()
             await t.close()
         await _hostile(s, caplog, attack, "claims site north, which is not in the registry")
@@ -234,11 +318,11 @@ async def test_workers_share_the_port_with_so_reuseport(tmp_path: Path) -> None:
 
     async with two_sites(tmp_path) as s:
         assert s.gateway is not None
-        first = EastWestGateway("east", s.live, s.east.server, s.east.bundle,
+        first = EastWestGateway("east", s.mesh_value, s.east.server, s.east.bundle,
                                 dataclasses.replace(s.settings, workers=2))
         await first.start()
         port = first.address[1]
-        second = EastWestGateway("east", s.live, s.east.server, s.east.bundle,
+        second = EastWestGateway("east", s.mesh_value, s.east.server, s.east.bundle,
                                  dataclasses.replace(s.settings, workers=2, listen_port=port))
         await second.start()
         try:
@@ -275,6 +359,7 @@ async def test_an_endpoint_that_refused_is_skipped_while_others_serve(tmp_path: 
     async with two_sites(tmp_path) as s:
         echo_port = s.exports[0].endpoints[0].ports[0].port
         s.exports[0] = export("east", "ns", "echo", 7, endpoint_ports=(1, echo_port))
+        s.publish()
         t = await RawTunnel.open(s.gw_port, s.west.client)
         for i in range(4):
             assert (await t.request(Request("ns", "echo", "tcp"))).status is Status.OK
@@ -310,19 +395,6 @@ async def test_stream_bytes_sent_with_the_request_are_relayed_after_the_connect(
         await t.close()
 
 
-async def test_a_site_removed_from_the_registry_loses_its_open_tunnels(tmp_path: Path) -> None:
-    async with two_sites(tmp_path) as s:
-        t = await RawTunnel.open(s.gw_port, s.west.client)
-        assert (await t.request(Request("ns", "echo", "tcp"))).status is Status.OK
-        assert await echo_once(t, b"x") == b"x"
-        base = s.view
-        s.live.compute = lambda: type(base())(sites={"east": base().sites["east"]}, exports=base().exports)
-        assert s.gateway is not None
-        assert (await t.request(Request("ns", "echo", "tcp"))).status is Status.FORBIDDEN
-        assert await t.closed_by_peer()
-        await t.close()
-
-
 async def test_this_module_runs_on_the_stdlib_loop() -> None:
     """The uvloop folder re-runs some of these tests there; here they must exercise start_tls."""
     import asyncio
@@ -330,17 +402,59 @@ async def test_this_module_runs_on_the_stdlib_loop() -> None:
     assert isinstance(asyncio.get_running_loop(), asyncio.BaseEventLoop)
 
 
-async def test_a_tunnel_does_not_outlive_its_peers_certificate(tmp_path: Path) -> None:
-    import asyncio
+def _no_certificate(s: TwoSites) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.load_verify_locations(cafile=str(s.west.bundle_file))
+    return ctx
 
+
+async def test_a_mixed_flood_logs_one_line_per_kind_and_host(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Six kinds of attack from one host, three times each and varied by what the peer controls, then one
+    kind from five more hosts: exactly one line per kind of reason and host."""
     async with two_sites(tmp_path) as s:
-        short = issue_gateway(s.mesh.site_ca("west"), "gw", now(), dt.timedelta(seconds=2))
-        chain, key = write_issued(tmp_path / "short", short)
-        t = await RawTunnel.open(s.gw_port, client_context(chain, key, s.west.bundle_file))
-        assert (await t.request(Request("ns", "echo", "tcp"))).status is Status.OK
-        assert await echo_once(t, b"in time") == b"in time"
-        remaining = (short.cert.not_valid_after_utc - now()).total_seconds()
-        await asyncio.sleep(max(0.0, remaining) + 0.2)
-        assert (await t.request(Request("ns", "echo", "tcp"))).status is Status.FORBIDDEN
-        assert await t.closed_by_peer()
-        await t.close()
+        other = Mesh()
+        chain, key, _ = other.write_leaf(tmp_path / "other", "west")
+        foreign = client_context(chain, key, s.west.bundle_file)
+        chain, key = write_issued(tmp_path / "forged", forge_leaf(s.mesh, signer="west", claimed="east"))
+        forged = client_context(chain, key, s.west.bundle_file)
+
+        async def refused_identity(ctx: ssl.SSLContext) -> None:
+            t = await RawTunnel.open(s.gw_port, ctx)
+            assert (await t.response()).status is Status.FORBIDDEN
+            assert await t.closed_by_peer()
+            await t.close()
+
+        for i in range(3):
+            await _tls_attack(s, _no_certificate(s))
+            await _tls_attack(s, foreign)
+            chain, key, _ = s.mesh.write_leaf(tmp_path / f"north{i}", f"north{i}")
+            await refused_identity(client_context(chain, key, s.west.bundle_file))
+            await refused_identity(forged)
+            t = await RawTunnel.open(s.gw_port, s.west.client)
+            assert (await t.request(Request("kube-system", f"secret-{i}", 443))).status is Status.NO_SUCH_SERVICE
+            await t.close()
+            t = await RawTunnel.open(s.gw_port, s.west.client)
+            t.writer.write(b"\x01\x01\x00\x04\x03NS%d" % i)  # a namespace that is not a DNS label
+            assert (await t.response()).status is Status.BAD_REQUEST
+            assert await t.closed_by_peer()
+            await t.close()
+        hosts = [f"127.0.0.{n}" for n in range(2, 7)]
+        for _ in range(2):
+            for host in hosts:
+                await _tls_attack(s, _no_certificate(s), source=host)
+        west, east = "spiffe://mesh.example/site/west/gateway/gw", "spiffe://mesh.example/site/east/gateway/gw"
+        lines = refusals(caplog)
+        unverified = [line for line in lines if "does not verify" in line]
+        assert len(unverified) == 1
+        assert sorted(lines) == sorted([
+            "refused handshake from 127.0.0.1: TLS handshake failed: PEER_DID_NOT_RETURN_A_CERTIFICATE",
+            "refused handshake from 127.0.0.1: certificate not accepted: unable to get local issuer certificate",
+            "refused identity from 127.0.0.1: peer spiffe://mesh.example/site/north0/gateway/gw claims site north0,"
+            " which is not in the registry",
+            unverified[0],
+            f"refused stream from 127.0.0.1: {west}: kube-system/secret-0 is not exported by east",
+            "refused preamble from 127.0.0.1: preamble namespace b'NS0' is not a valid name",
+            *(f"refused handshake from {h}: TLS handshake failed: PEER_DID_NOT_RETURN_A_CERTIFICATE" for h in hosts),
+        ])
+        assert unverified[0].startswith(f"refused identity from 127.0.0.1: peer {east} does not verify through the CA")

@@ -9,24 +9,24 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 from prometheus_client import CollectorRegistry
 
 from federation.core.records import Gateway, Locality
-from federation.runtime.values import wait_until
+from federation.runtime.values import Value, wait_until
 from gateway.eastwest import EastWestGateway
 from gateway.egress import Egress
 from gateway.settings import GatewaySettings
 from gateway.tls import CertificateStore
 from tests.pkihelp import export, view
 from tests.tunnelhelp import TwoSites, two_sites
-from tests.util import LiveView
 
 KEY = ("ns", "echo", "tcp")
 
 
 @contextlib.asynccontextmanager
 async def egress_of_west(s: TwoSites, **settings: object) -> AsyncIterator[Egress]:
-    eg = Egress("west", s.live, s.west.client, s.west.bundle,
+    eg = Egress("west", s.mesh_value, s.west.client, s.west.bundle,
                 GatewaySettings(**{"pool_size": 2, **settings}),  # type: ignore[arg-type]
                 registry=CollectorRegistry())
     await eg.start()
@@ -98,9 +98,11 @@ async def test_next_gateway_is_tried_on_refused_connect_and_on_a_non_ok_status(t
                        export("south", "ns", "echo", 7, endpoint_ports=(1,))]
             return view(list(sites.values()), exports)
 
-        south = EastWestGateway("south", LiveView(mesh_view), south_store.server, south_store.bundle, s.settings)
+        south_view = Value(view([]))
+        south = EastWestGateway("south", south_view, south_store.server, south_store.bundle, s.settings)
         await south.start()
-        eg = Egress("west", LiveView(mesh_view), s.west.client, s.west.bundle, GatewaySettings(pool_size=0))
+        south_view.set(mesh_view())
+        eg = Egress("west", south_view, s.west.client, s.west.bundle, GatewaySettings(pool_size=0))
         await eg.start()
         try:
             assert await roundtrip(eg.listeners()[KEY], b"hello") == b"hello"
@@ -120,12 +122,13 @@ async def test_listeners_follow_the_registry(tmp_path: Path) -> None:
         assert set(eg.listeners()) == {KEY}
         first = eg.listeners()[KEY]
         s.exports.append(export("east", "ns", "other", 80, endpoint_ports=(1,)))
-        s.live.changed()
+        s.publish()
         async with asyncio.timeout(10):
             await wait_until(eg.listening, lambda now: set(now) == {KEY, ("ns", "other", "tcp")})
+        assert set(eg.listeners()) == {KEY, ("ns", "other", "tcp")}
         assert eg.listeners()[KEY] == first  # untouched by an unrelated change
         s.exports.clear()
-        s.live.changed()
+        s.publish()
         async with asyncio.timeout(10):
             await wait_until(eg.listening, lambda now: not now)
         assert eg.listeners() == {}
@@ -148,7 +151,7 @@ async def test_same_network_goes_direct_without_a_gateway(tmp_path: Path) -> Non
             near = s.mesh.site("near", network="net-west")
             return view([*base.sites.values(), near], [export("near", "ns", "local", 9, endpoint_ports=(echo_port,))])
 
-        eg = Egress("west", LiveView(mesh_view), s.west.client, s.west.bundle, GatewaySettings())
+        eg = Egress("west", Value(mesh_view()), s.west.client, s.west.bundle, GatewaySettings())
         await eg.start()
         try:
             assert await roundtrip(eg.listeners()[("ns", "local", "tcp")], b"direct") == b"direct"
@@ -179,17 +182,32 @@ async def test_certificate_rotation_during_a_long_transfer(tmp_path: Path) -> No
             sent.update(block)
             await writer.drain()
             if i == blocks // 2:
-                old = s.east.issued.cert.serial_number
+                old = s.east.issued.cert.serial_number, s.west.issued.cert.serial_number
                 s.east.renew()
                 s.west.renew()
-                assert s.east.issued.cert.serial_number != old
-                # A new connection handshakes with the renewed certificates meanwhile.
+                new = s.east.issued.cert.serial_number, s.west.issued.cert.serial_number
+                assert new[0] != old[0]
+                assert new[1] != old[1]
+                # A new connection handshakes with the renewed certificates meanwhile (in full: west's cached
+                # TLS session would carry the old ones), while the transfer goes on over the old ones.
                 assert await roundtrip(addr, b"new") == b"new"
+                [(fresh, _)] = next(iter(eg._pools.values()))._idle
+                tls = fresh.transport.get_extra_info("ssl_object")  # type: ignore[union-attr]
+                assert not tls.session_reused
+                assert serial(tls.getpeercert(binary_form=True)) == new[0]  # what east's gateway presented
+                assert s.gateway is not None
+                seen_by_east = sorted(serial(t.transport.get_extra_info("ssl_object").getpeercert(binary_form=True))
+                                      for t in s.gateway.tunnels)  # type: ignore[union-attr]
+                assert seen_by_east == sorted([old[1], new[1]])  # the transfer's tunnel and the new one
         writer.write_eof()
         await reading
         writer.close()
         assert got == len(block) * blocks
         assert received.digest() == sent.digest()
+
+
+def serial(der: bytes) -> int:
+    return x509.load_der_x509_certificate(der).serial_number
 
 
 async def _closed_port() -> int:
@@ -211,14 +229,15 @@ async def test_the_first_client_finds_a_warm_pool(tmp_path: Path) -> None:
         assert pool.handshakes == 2
 
 
-async def test_a_gateway_of_the_wrong_site_is_not_trusted(tmp_path: Path) -> None:
+async def test_a_gateway_of_the_wrong_site_is_not_trusted(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """The registry says east's gateway is at an address where west's own gateway answers: refused."""
     async with two_sites(tmp_path) as s:
-        impostor = EastWestGateway("west", s.live, s.west.server, s.west.bundle, s.settings)
+        impostor = EastWestGateway("west", Value(s.view()), s.west.server, s.west.bundle, s.settings)
         await impostor.start()
         real_port = s.gw_port
         s.gw_port = impostor.address[1]
-        eg = Egress("west", s.live, s.west.client, s.west.bundle, GatewaySettings(pool_size=0))
+        s.publish()
+        eg = Egress("west", s.mesh_value, s.west.client, s.west.bundle, GatewaySettings(pool_size=0))
         await eg.start()
         try:
             reader, writer = await asyncio.open_connection(*eg.listeners()[KEY])
@@ -227,15 +246,23 @@ async def test_a_gateway_of_the_wrong_site_is_not_trusted(tmp_path: Path) -> Non
                 await reader.read()
             writer.close()
             assert eg.metrics.connections.labels("no_route")._value.get() == 1
+            # Refused for being west's gateway, not for any connect failure; and said so.
+            assert eg.metrics.refusals.labels("wrong-site")._value.get() == 1
+            assert impostor.metrics.handshakes.labels("ok")._value.get() == 1  # TLS itself went through
+            lines = [r.getMessage() for r in caplog.records if r.name == "gateway.egress" and r.levelname == "WARNING"
+                     and r.getMessage().startswith("refused")]
+            assert lines == [f"refused the gateway at 127.0.0.1:{impostor.address[1]} for site east: peer "
+                             "spiffe://mesh.example/site/west/gateway/gw is not a gateway of site east"]
         finally:
             s.gw_port = real_port
+            s.publish()
             await eg.close()
             await impostor.close()
 
 
 async def test_close_with_grace_lets_a_stream_finish(tmp_path: Path) -> None:
     async with two_sites(tmp_path) as s:
-        eg = Egress("west", s.live, s.west.client, s.west.bundle, GatewaySettings(pool_size=0))
+        eg = Egress("west", s.mesh_value, s.west.client, s.west.bundle, GatewaySettings(pool_size=0))
         await eg.start()
         reader, writer = await asyncio.open_connection(*eg.listeners()[KEY])
         writer.write(b"first")

@@ -14,11 +14,18 @@ from tests.integration.agentproc import AgentProcess, write_config
 from tests.util import eventually
 
 
+def status_conditions(api: FakeApiServer, name: str) -> dict[str, tuple[str, str, str]]:
+    """type -> (status, reason, message) of a ServiceExport's conditions, as the API server holds them."""
+    se = api.get("serviceexports", "shop", name) or {}
+    return {c["type"]: (c["status"], c["reason"], c["message"]) for c in (se.get("status") or {}).get("conditions", [])}
+
+
 async def test_agent_exports_from_kubernetes_and_writes_status(etcd: EtcdProcess, tmp_path: Path) -> None:
     async with FakeApiServer() as api:
         api.put(service())
         api.put(endpointslice(endpoints=[endpoint("10.244.1.5")]))
         api.put(serviceexport())
+        api.put(serviceexport(name="ghost"))  # exported, but there is no Service of that name
         kube = {"enabled": True, "kubeconfig": str(api.kubeconfig(tmp_path / "kubeconfig")), "backoff_base": 0.05,
                 "backoff_cap": 0.5, "reconcile_delay": 0.01}
         cfg = write_config(tmp_path / "east.yaml", "east", [etcd.endpoint], tmp_path / "east", [], kubernetes=kube)
@@ -26,6 +33,9 @@ async def test_agent_exports_from_kubernetes_and_writes_status(etcd: EtcdProcess
         data["site"]["kind"] = "kubernetes"
         cfg.write_text(yaml.safe_dump(data))
         agent = AgentProcess(cfg, tmp_path / "east").start()
+
+        def conditions(name: str) -> dict[str, tuple[str, str, str]]:
+            return status_conditions(api, name)
         try:
             await asyncio.to_thread(agent.wait_ready, 30.0)
             services: list[dict[str, object]] = []
@@ -40,8 +50,18 @@ async def test_agent_exports_from_kubernetes_and_writes_status(etcd: EtcdProcess
             try:
                 await eventually(lambda: any(s.get("name") == "web" for s in services), 20, "export in the registry")
                 se = api.objects["serviceexports"][("shop", "web")]
-                await eventually(lambda: bool((api.get("serviceexports", "shop", "web") or {}).get("status")), 20,
-                                 "ServiceExport status")
+                # Valid at once; Conflict known (and none) once the agent's mirror holds its own export.
+                await eventually(lambda: conditions("web") == {
+                    "Valid": ("True", "Valid", "the service is exported to the mesh"),
+                    "Conflict": ("False", "NoConflicts", "the service agrees with every other site's export"),
+                }, 20, "web's ServiceExport conditions")
+                await eventually(lambda: conditions("ghost").get("Valid", ("",))[:2] == ("False", "NoService"), 20,
+                                 "ghost's ServiceExport conditions")
+                assert conditions("ghost")["Conflict"][:2] == ("Unknown", "Pending")
+                for name in ("web", "ghost"):
+                    for c in api.get("serviceexports", "shop", name)["status"]["conditions"]:  # type: ignore[index]
+                        assert c["observedGeneration"] == 1
+                        assert c["lastTransitionTime"].endswith("Z")
                 await eventually(lambda: api.get("serviceimports", "shop", "web") is not None, 20, "own import")
             finally:
                 poller.cancel()

@@ -50,11 +50,14 @@ async def test_converges_survives_restart_and_is_removed(netns: str) -> None:
 
     # Someone adds a stray address; a restarted agent (new instance) converges without duplicates.
     subprocess.run(["ip", "-n", netns, "addr", "add", "240.240.0.77/24", "dev", "meshfed0"], check=True, timeout=20)
-    again = VipInterface(VmSettings(), netns=netns)
+    restarted = CollectorRegistry()  # a new process has metrics of its own, set by what it found and did
+    again = VipInterface(VmSettings(), netns=netns, metrics=restarted)
     await again.reconcile({B, C})
     await again.reconcile({B, C})
     assert on_interface(netns) == ["240.240.0.2/32", "240.240.0.3/32"]
-    assert metrics.get_sample_value("meshfed_vm_vips") == 2
+    assert restarted.get_sample_value("meshfed_vm_vips") == 2
+    assert restarted.get_sample_value("meshfed_vm_vip_changes_total", {"op": "remove"}) == 1  # the stray
+    assert restarted.get_sample_value("meshfed_vm_vip_changes_total", {"op": "add"}) == 0
 
     # The VIP is a local address: a listener bound to it is reachable in the namespace.
     code = ("import socket; s = socket.create_server(('240.240.0.3', 0)); "

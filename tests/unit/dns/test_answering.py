@@ -11,12 +11,16 @@ import dns.message
 import dns.opcode
 import dns.rcode
 import dns.rdatatype
+import dns.tsigkeyring
+import dns.update
+import pytest
 
 from federation.core.records import Endpoint, Locality
 from federation.core.view import MeshView
 from federation.dns.answering import Answerer, Forward
 from federation.dns.fastpath import FastPath
-from federation.dns.zone import Zone, ZoneBuilder
+from federation.dns.nodes import Zone
+from federation.dns.zone import ZoneBuilder
 from tests.dnshelp import ZONE, big_view, export, query, rcode, site, view
 
 VIPS = ({("shop", "web"): ("240.240.0.7", "fd6d:6573:6866:6564::7")})
@@ -200,6 +204,29 @@ def test_outside_the_zone_refused_or_forwarded() -> None:
     out = answerer.handle(query("example.com"), build(), udp=True)
     assert isinstance(out, Forward)
     assert out.query.question[0].name.to_text() == "example.com."
+
+
+@pytest.mark.parametrize("signed", [False, True])
+def test_dns_update_is_not_implemented(signed: bool) -> None:
+    """RFC 2136 UPDATE, plain or TSIG-signed (which does not parse without the key): NOTIMP, never FORMERR."""
+    answerer = Answerer(ZoneBuilder(ZONE, local_site="x").origin, forwarding=True)
+    keyring = dns.tsigkeyring.from_text({"ddns-key.": "c2VjcmV0c2VjcmV0c2VjcmV0"}) if signed else None
+    update = dns.update.UpdateMessage("clusterset.local", keyring=keyring)
+    update.add("web.shop.svc", 5, "A", "10.0.0.9")
+    wire = update.to_wire()
+    for zone in (build(), None):
+        for udp in (True, False):
+            out = answerer.handle(wire, zone, udp=udp)
+            assert isinstance(out, bytes)
+            assert out[:2] == wire[:2]
+            assert dns.opcode.from_flags(int.from_bytes(out[2:4], "big")) == dns.opcode.UPDATE
+            assert rcode(out) == dns.rcode.NOTIMP
+    broken = bytearray(wire)
+    broken[4:6] = b"\x00\x02"  # two zones: malformed, but still not ours to judge
+    out = answerer.handle(bytes(broken), build(), udp=True)
+    assert isinstance(out, bytes)
+    assert rcode(out) == dns.rcode.NOTIMP
+    assert FastPath(answerer).answer(wire, True) is None  # the fast path leaves it to the answerer
 
 
 def test_hostile_and_odd_messages() -> None:

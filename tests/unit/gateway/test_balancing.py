@@ -143,27 +143,3 @@ def test_site_health_marks_a_failing_gateway_down_until_it_works_or_the_hold_pas
     h.failed("west", now=200)
     assert h.down(now=229) == {"west"}
     assert h.down(now=230) == frozenset()
-
-
-def test_refusals_of_another_kind_from_the_same_host_are_logged_too() -> None:
-    import logging
-
-    from prometheus_client import CollectorRegistry, Counter
-
-    from gateway.refusals import Refusals
-
-    lines: list[str] = []
-
-    class Keep(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            lines.append(record.getMessage())
-
-    logger = logging.getLogger("test.refusals")
-    logger.addHandler(Keep())
-    logger.propagate = False
-    r = Refusals(logger, Counter("r", "r", ["reason"], registry=CollectorRegistry()))
-    for _ in range(3):
-        r.refuse("handshake", "198.19.0.254", "TLS handshake failed: PEER_DID_NOT_RETURN_A_CERTIFICATE", now=1.0)
-    r.refuse("handshake", "198.19.0.254", "TLS handshake failed: CERTIFICATE_VERIFY_FAILED", now=2.0)
-    assert len(lines) == 2
-    assert "CERTIFICATE_VERIFY_FAILED" in lines[1]
