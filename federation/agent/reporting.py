@@ -5,16 +5,26 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from federation.agent.selection import EVERYTHING, Selection
 from federation.core.view import MeshView
 
 
 def registry_report(
     view: MeshView, rejected: Mapping[str, str], *, source: str, stale: bool = False, staleness: float = 0.0,
-    error: str | None = None,
+    error: str | None = None, selection: Selection = EVERYTHING,
 ) -> dict[str, Any]:
-    """Sites, services with their endpoints and origin site, conflicts, rejected records and staleness."""
+    """Sites, services with their endpoints and origin site, conflicts, rejected records and staleness.
+
+    `selection` keeps one site, some services or a page of them; the work is that of what is shown
+    (plus sorting the service names), so one page answers quickly at any mesh size.
+    """
+    every = view.services()
+    only = selection.site
+    candidates = every.keys() if only is None else [k for k, svc in every.items() if only in svc.sites]
+    keys, next_cursor = selection.page(candidates)
     services = []
-    for (ns, name), svc in view.services().items():
+    for ns, name in keys:
+        svc = every[(ns, name)]
         services.append(
             {
                 "namespace": ns,
@@ -30,6 +40,7 @@ def registry_report(
                         **({"hostname": ep.hostname} if ep.hostname else {}),
                     }
                     for e in svc.exports
+                    if only is None or e.site == only
                     for ep in e.endpoints
                 ],
                 "conflicts": [{"site": c.site, "kind": c.kind, "kinds": list(c.kinds), "reason": c.reason}
@@ -53,9 +64,15 @@ def registry_report(
                 "agentVersion": s.agent_version,
             }
             for s in sorted(view.sites.values(), key=lambda s: s.name)
+            if only is None or s.name == only
         ],
         "services": services,
-        "rejected": [{"key": k, "reason": r} for k, r in sorted(rejected.items())],
+        "rejected": [{"key": k, "reason": r} for k, r in sorted(rejected.items())
+                     if only is None or f"/sites/{only}/" in k or k.endswith(f"/sites/{only}")],
+        **({} if selection == EVERYTHING else
+           {"page": selection.report(len(candidates) if selection.service is None else
+                                     sum(1 for k in candidates if selection.wants_service(*k)),
+                                     len(services), next_cursor)}),
     }
 
 
@@ -76,7 +93,10 @@ def format_report(report: Mapping[str, Any]) -> str:
         for s in report["sites"]
     ]))
     lines.append("")
-    lines.append(f"SERVICES ({len(report['services'])})")
+    page = report.get("page")
+    lines.append(f"SERVICES ({len(report['services'])}" + (f" of {page['matched']} matching" if page else "") + ")")
+    if page and page.get("next"):
+        lines.append(f"  (more: add --after {page['next']})")
     rows = []
     for svc in report["services"]:
         ready = sum(1 for e in svc["endpoints"] if e["ready"])

@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry
 from federation.agent.admin import AdminServer
 from federation.agent.dataplane import DataPlane
 from federation.agent.reporting import registry_report
+from federation.agent.selection import EVERYTHING, Selection
 from federation.agent.settings import ADMIN_ADDR_FILE, AgentSettings
 from federation.agent.status import agent_status
 from federation.core.keys import Keys
@@ -63,10 +64,10 @@ class Agent:
                 await asyncio.to_thread(self.etcd.stop)
                 log.info("embedded etcd stopped")
 
-    def status(self) -> dict[str, Any]:
+    def status(self, selection: Selection = EVERYTHING) -> dict[str, Any]:
         """What `meshfed status` prints (the admin endpoint's /status)."""
         return agent_status(self.settings, self.mirror, self.publisher, self.plane,
-                            self.etcd.endpoint if self.etcd is not None else None)
+                            self.etcd.endpoint if self.etcd is not None else None, selection)
 
     async def _run(self, endpoints: tuple[str, ...], stop: asyncio.Event) -> None:
         s = self.settings
@@ -85,9 +86,9 @@ class Agent:
             )  # fmt: skip
             admin.add_readiness("registry", lambda: None if mirror.synced.is_set() else "initial registry sync pending")
             admin.add_readiness("publisher", lambda: None if publisher.published.is_set() else "site not yet published")
-            admin.add_document("/registry", lambda: registry_report(
+            admin.add_document("/registry", lambda selection: registry_report(
                 mirror.mesh.get(), mirror.catalog.rejected, source=f"agent of site {s.site.name}",
-                stale=mirror.stale, staleness=mirror.staleness(), error=mirror.error,
+                stale=mirror.stale, staleness=mirror.staleness(), error=mirror.error, selection=selection,
             ))  # fmt: skip
             admin.add_document("/status", self.status)
             self.admin_address = await admin.start()

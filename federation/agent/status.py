@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from federation.agent.dataplane import DataPlane
+from federation.agent.selection import EVERYTHING, Selection
 from federation.agent.settings import AgentSettings
 from federation.registry.mirror import Mirror
 from federation.registry.publisher import Publisher
@@ -13,8 +14,9 @@ from gateway.destinations import Captured
 
 
 def agent_status(settings: AgentSettings, mirror: Mirror | None, publisher: Publisher | None,
-                 plane: DataPlane | None, etcd_endpoint: str | None) -> dict[str, Any]:
-    """The /status document."""
+                 plane: DataPlane | None, etcd_endpoint: str | None,
+                 selection: Selection = EVERYTHING) -> dict[str, Any]:
+    """The /status document; `selection` keeps some of the imported services (a page of them)."""
     s = settings
     out: dict[str, Any] = {
         "site": s.site.name,
@@ -32,11 +34,11 @@ def agent_status(settings: AgentSettings, mirror: Mirror | None, publisher: Publ
         },
     }
     if plane is not None:
-        out.update(_data_plane(plane))
+        out.update(_data_plane(plane, selection))
     return out
 
 
-def _data_plane(plane: DataPlane) -> dict[str, Any]:
+def _data_plane(plane: DataPlane, selection: Selection) -> dict[str, Any]:
     s = plane.settings
     site = s.site.name
     view = plane.mesh.get()
@@ -44,21 +46,27 @@ def _data_plane(plane: DataPlane) -> dict[str, Any]:
     listeners = plane.egress.listeners() if plane.egress is not None else {}
     capture = plane.egress.capture if plane.egress is not None else None
     captured = capture.index.services if capture is not None else {}
+    by_service: dict[tuple[str, str], dict[str, str]] = {}
+    for k, (h, p) in listeners.items():
+        by_service.setdefault(k[:2], {})[k[2]] = f"{h}:{p}"
+    every = view.services()
+    only = selection.site
+    imported = [k for k, svc in every.items() if any(e.site != site for e in svc.exports)
+                and (only is None or only in svc.sites)]
+    keys, next_cursor = selection.page(imported)
     imports = []
-    for (ns, name), svc in view.services().items():
-        if all(e.site == site for e in svc.exports):
-            continue
+    for ns, name in keys:
+        svc = every[(ns, name)]
         imports.append({
             "service": f"{ns}/{name}",
             "vips": list(addresses.get((ns, name), ())) if plane.dns else [],
-            "listeners": {k[2]: f"{h}:{p}" for k, (h, p) in listeners.items() if k[:2] == (ns, name)}
-            | _captured_at(captured.get((ns, name))),
+            "listeners": by_service.get((ns, name), {}) | _captured_at(captured.get((ns, name))),
             "sites": [
                 {"site": e.site, "network": view.sites[e.site].network,
                  "via": "direct" if view.sites[e.site].network == s.site.network
                  else ",".join(f"{g.address}:{g.port}" for g in view.sites[e.site].gateways) or "no gateway",
                  "ready": sum(1 for ep in e.endpoints if ep.ready), "endpoints": len(e.endpoints)}
-                for e in svc.exports if e.site in view.sites
+                for e in svc.exports if e.site in view.sites and (only is None or e.site == only)
             ],
         })  # fmt: skip
     checks = [
@@ -92,6 +100,8 @@ def _data_plane(plane: DataPlane) -> dict[str, Any]:
                      "endpoints": len(e.endpoints)} for e in plane.exports.get()],
         "checks": checks,
         "imports": imports,
+        **({} if selection == EVERYTHING else {"page": selection.report(
+            sum(1 for k in imported if selection.wants_service(*k)), len(imports), next_cursor)}),
     }  # fmt: skip
 
 

@@ -8,9 +8,11 @@ import contextlib
 import json
 import logging
 import sys
+import urllib.parse
 from typing import Any
 
 from federation.agent.reporting import format_report, registry_report
+from federation.agent.selection import Selection, add_selection_options, parse_selection, selection_query
 from federation.agent.settings import AgentSettings, load_settings
 from federation.cli.agent import agent_document
 from federation.core.catalog import Catalog
@@ -28,6 +30,7 @@ def add_commands(sub: Any) -> None:
     ls = regsub.add_parser("ls", help="sites, services, endpoints, conflicts and staleness")
     add_registry_options(ls)
     ls.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    add_selection_options(ls)
     ls.set_defaults(handler=cmd_registry_ls)
 
 
@@ -51,7 +54,12 @@ def registry_client(args: argparse.Namespace, config: AgentSettings | None = Non
 
 def cmd_registry_ls(args: argparse.Namespace) -> int:
     try:
-        report = asyncio.run(_registry_report(args))
+        selection = parse_selection(selection_query(args))
+    except ConfigError as exc:
+        print(f"meshfed: {exc}", file=sys.stderr)
+        return 2
+    try:
+        report = asyncio.run(_registry_report(args, selection))
     except (ConfigError, RegistryUnavailable) as exc:
         print(f"meshfed: {exc}", file=sys.stderr)
         return 1
@@ -59,15 +67,24 @@ def cmd_registry_ls(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _registry_report(args: argparse.Namespace) -> dict[str, Any]:
+async def _registry_report(args: argparse.Namespace, selection: Selection) -> dict[str, Any]:
+    """The report from etcd (with --site only that site's keys are read), else the agent's last view."""
     config = load_settings(args.config) if args.config else None
     client, keys = registry_client(args, config)
     endpoints = client.endpoints
     try:
-        async with asyncio.timeout(client.timeout + 1):
-            kvs, revision = await client.get_prefix(keys.root())
+        async with asyncio.timeout(client.timeout + 1 if selection.site else max(client.timeout + 1, 60)):
+            if selection.site:
+                kvs, revision = await client.get_prefix(keys.site_children(selection.site))
+                record = await client.get(keys.site(selection.site))
+                if record is not None:
+                    kvs[keys.site(selection.site)] = record
+            else:
+                kvs, revision = await client.get_prefix(keys.root())
     except (RegistryUnavailable, TimeoutError) as exc:
-        fallback = agent_document(config, "/registry") if config else None
+        query = selection_query(args)
+        path = "/registry" + (f"?{urllib.parse.urlencode(query)}" if query else "")
+        fallback = agent_document(config, path) if config else None
         if fallback is None:
             raise RegistryUnavailable(f"cannot read the registry at {','.join(endpoints)}: {exc}") from None
         fallback["stale"] = True
@@ -77,7 +94,8 @@ async def _registry_report(args: argparse.Namespace) -> dict[str, Any]:
         await client.close()
     catalog = Catalog(keys)
     catalog.resync({k: v.value for k, v in kvs.items()}, revision)
-    return registry_report(catalog.view(), catalog.rejected, source=f"etcd {','.join(endpoints)}")
+    return registry_report(catalog.view(), catalog.rejected, source=f"etcd {','.join(endpoints)}",
+                           selection=selection)
 
 
 def _endpoints(args: argparse.Namespace, config: AgentSettings | None) -> tuple[str, ...]:
