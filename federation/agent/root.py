@@ -12,7 +12,7 @@ import contextlib
 import logging
 from typing import Any
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Gauge
 
 from federation.agent.admin import AdminServer
 from federation.agent.dataplane import DataPlane
@@ -26,6 +26,7 @@ from federation.registry.etcd import EtcdClient
 from federation.registry.mirror import Mirror, RegistryMetrics
 from federation.registry.publisher import Publisher
 from federation.runtime.files import write_private
+from federation.runtime.limits import OpenFilesWatch, raise_open_files
 from federation.runtime.tasks import after, guard
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,11 @@ class Agent:
         self.settings = settings
         self.keys = Keys(settings.registry.prefix)
         self.metrics = CollectorRegistry()
+        self.files = files = OpenFilesWatch()
+        Gauge("meshfed_open_files", "File descriptors the agent holds (counted every 2 s)", registry=self.metrics,
+              ).set_function(lambda: files.used)
+        Gauge("meshfed_open_files_limit", "The agent's open-files (soft) limit", registry=self.metrics,
+              ).set_function(lambda: files.limit)
         self.etcd: EtcdProcess | None = None
         self.mirror: Mirror | None = None
         self.publisher: Publisher | None = None
@@ -51,6 +57,13 @@ class Agent:
         """Run until `stop` is set; a subsystem that fails ends the agent with its error."""
         s = self.settings
         s.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        before, after = raise_open_files()
+        if after > before:
+            log.info("open-files limit raised from %d to %d (the hard limit)", before, after)
+        elif after < 4096:
+            log.warning("open-files limit is %d and cannot be raised (hard limit): a large mesh needs more; "
+                        "raise LimitNOFILE= in the unit or ulimit -n", after)
+        self.files.install(asyncio.get_running_loop())
         endpoints = s.registry.endpoints
         if not endpoints:
             self.etcd = EtcdProcess(data_dir=s.state_dir / "etcd")
@@ -98,6 +111,7 @@ class Agent:
                     tg.create_task(guard(name, work), name=name)
 
                 spawn("registry-mirror", mirror.run())
+                spawn("open-files", self.files.run())
                 spawn("registry-publisher", after(plane.exports_ready(), publisher.run()))
                 for name, work in plane.tasks():
                     spawn(name, work)
