@@ -18,7 +18,7 @@ from cryptography.x509.verification import PolicyBuilder, Store, VerificationErr
 
 from federation.core.errors import MeshfedError
 from federation.core.view import MeshView
-from federation.pki.issuing import PkiError, load_certs, site_of_ca, trust_domain_of, uris_of
+from federation.pki.issuing import PkiError, cert_pem, load_certs, site_of_ca, trust_domain_of, uris_of
 
 _PARSE_ERRORS: tuple[type[Exception], ...] = (
     # What cryptography raises on malformed certificates; found by fuzzing, not all are ValueErrors.
@@ -69,9 +69,11 @@ class TrustBundle:
 
     trust_domain: str
     roots: tuple[x509.Certificate, ...]
+    sequence: int = 0
+    """Of the signed bundle document it came from (0: the bootstrap bundle of the site's CA directory)."""
 
     @classmethod
-    def from_pem(cls, pem: bytes) -> TrustBundle:
+    def from_pem(cls, pem: bytes, sequence: int = 0) -> TrustBundle:
         """A bundle from PEM roots, which must all name the same trust domain."""
         try:
             roots = tuple(load_certs(pem))
@@ -80,7 +82,11 @@ class TrustBundle:
             raise PeerRejected(f"trust bundle: {exc}", cause="trust-bundle") from None
         if len(domains) != 1:
             raise PeerRejected(f"trust bundle names {len(domains)} trust domains, not one", cause="trust-bundle")
-        return cls(domains.pop(), roots)
+        return cls(domains.pop(), roots, sequence)
+
+    def pem(self) -> bytes:
+        """The roots as one PEM bundle (what TLS contexts load)."""
+        return cert_pem(*self.roots)
 
 
 def parse_spiffe_id(uri: str) -> SpiffeId:
