@@ -23,7 +23,7 @@ from gateway.balancing import EndpointPicker
 from gateway.refusals import GatewayMetrics, Refusals, Throttle, handshake_cause, handshake_reason
 from gateway.relay import ActiveStreams
 from gateway.settings import GatewaySettings
-from gateway.tls import send_alerts_to
+from gateway.tls import Bundle, current, send_alerts_to
 from gateway.tunnel import GatewayTunnel
 
 log = logging.getLogger(__name__)
@@ -35,13 +35,14 @@ class EastWestGateway:
     """The site's mTLS listener for other networks. `start()`, then `close()`; `address` once started."""
 
     def __init__(self, site: str, mesh: Readable[MeshView], server_context: ssl.SSLContext,
-                 bundle: TrustBundle, settings: GatewaySettings | None = None,
+                 bundle: Bundle, settings: GatewaySettings | None = None,
                  registry: CollectorRegistry | None = None) -> None:
         self.site = site
         self.mesh = mesh
         """The registry view: read at every handshake and stream request, followed by `run`."""
         self.context = server_context
-        self.bundle = bundle
+        self.trust = bundle
+        """The roots peers must chain to (a holder when the registry's trust bundle can change them)."""
         self.settings = settings or GatewaySettings()
         self.metrics = GatewayMetrics(registry or CollectorRegistry())
         self.refusals = Refusals(log, self.metrics.refusals)
@@ -55,6 +56,11 @@ class EastWestGateway:
         """Authenticated tunnels open now."""
         self.ended = Throttle()
         """Limits the "tunnel closed" log lines (one peer often holds several tunnels)."""
+
+    @property
+    def bundle(self) -> TrustBundle:
+        """The roots in force now."""
+        return current(self.trust)
 
     async def start(self) -> None:
         """Listen on the configured address (SO_REUSEPORT when several workers share the port)."""

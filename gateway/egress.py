@@ -23,7 +23,7 @@ from prometheus_client import CollectorRegistry
 
 from federation.core.errors import RemoteProtocolError
 from federation.core.view import MeshView
-from federation.pki.verifying import PeerRejected, TrustBundle
+from federation.pki.verifying import PeerRejected
 from federation.runtime.values import Readable, Value, follow
 from gateway.balancing import (
     Bind,
@@ -44,7 +44,7 @@ from gateway.refusals import EgressMetrics, Throttle
 from gateway.relay import ActiveStreams, PlainLeg
 from gateway.settings import GatewaySettings
 from gateway.splice import Splice
-from gateway.tls import ResumingContext
+from gateway.tls import Bundle, ResumingContext
 
 log = logging.getLogger(__name__)
 _throttle = Throttle()
@@ -57,13 +57,13 @@ class Egress:
     the placement, `stop_accepting()` and `close(grace)` end them."""
 
     def __init__(self, site: str, mesh: Readable[MeshView], client_context: ResumingContext,
-                 bundle: TrustBundle, settings: GatewaySettings | None = None,
+                 bundle: Bundle, settings: GatewaySettings | None = None,
                  registry: CollectorRegistry | None = None, placement: Readable[Placement] | None = None,
                  local_services: bool = False) -> None:
         self.site = site
         self.mesh = mesh
         self.context = client_context
-        self.bundle = bundle
+        self.trust = bundle
         self.settings = settings or GatewaySettings()
         self.metrics = EgressMetrics(registry or CollectorRegistry())
         self.placement: Readable[Placement] = placement or Value(
@@ -283,7 +283,7 @@ class Egress:
             if pool is not None:
                 pool.close()
             pool = self._pools[key] = TunnelPool(
-                key, gateway, self.context, self.bundle, self.mesh,
+                key, gateway, self.context, self.trust, self.mesh,
                 self.settings.pool_size, self.settings.pool_idle, self.settings.handshake_timeout, self.spawn,
                 keep=self.settings.pool_max, max_age=self.settings.tunnel_max_age,
             )

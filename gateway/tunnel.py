@@ -36,7 +36,6 @@ class TunnelHost(Protocol):
 
     site: str
     mesh: Readable[MeshView]
-    bundle: TrustBundle
     settings: GatewaySettings
     metrics: GatewayMetrics
     refusals: Refusals
@@ -44,6 +43,9 @@ class TunnelHost(Protocol):
     active: ActiveStreams
     tunnels: set[GatewayTunnel]
     ended: Throttle
+
+    @property
+    def bundle(self) -> TrustBundle: ...
 
     def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None: ...
 

@@ -128,15 +128,18 @@ async def _worker(config: dict[str, Any]) -> None:
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     mesh = Value(decode_view(await reader.readline()), name="mesh view", same=operator.is_)
     context = server_context(chain, key, bundle)
-    gateway = EastWestGateway(config["site"], mesh, context, TrustBundle.from_pem(bundle.read_bytes()), settings)
+    trust = Value(TrustBundle.from_pem(bundle.read_bytes()), name="trust bundle")
+    gateway = EastWestGateway(config["site"], mesh, context, trust, settings)
     await gateway.start()
     tunnels = asyncio.get_running_loop().create_task(gateway.run(), name="gateway-tunnels")
     sys.stdout.write("READY\n")
     sys.stdout.flush()
     grace = 0.0
     while line := await reader.readline():
-        if line == b"reload\n":
+        if line == b"reload\n":  # the leaf, the trust bundle, or both, were renewed
             context.load_cert_chain(str(chain), str(key))
+            context.load_verify_locations(cafile=str(bundle))
+            trust.set(TrustBundle.from_pem(bundle.read_bytes()))
         elif line.startswith(b'{"stop"'):
             grace = float(json.loads(line)["stop"])
         else:

@@ -25,6 +25,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 import federation
+from federation.agent.identity import Identity
 from federation.agent.settings import AgentSettings
 from federation.core.errors import ConfigError
 from federation.core.exportset import ExportSet
@@ -53,8 +54,9 @@ class DataPlane:
     """Starts and stops the subsystems of one site; `start()` binds, `tasks()` runs, `drain()`/`close()` end."""
 
     def __init__(self, settings: AgentSettings, mesh: Readable[MeshView], metrics: CollectorRegistry,
-                 vip_client: CasClient) -> None:
+                 vip_client: CasClient, identity: Identity | None = None) -> None:
         self.settings = settings
+        self.identity = identity
         self.mesh = mesh
         self.metrics = metrics
         self._vip_client = vip_client
@@ -89,7 +91,8 @@ class DataPlane:
                         "(cross-network traffic is off; run `meshfed ca site` and set it)")
         if s.kubernetes.enabled:
             self._start_kubernetes()
-        self.site_record = Derived(self._site_record, self._gateway, name="site record")
+        chain = (self.certs.chain,) if self.certs is not None else ()
+        self.site_record = Derived(self._site_record, self._gateway, *chain, name="site record")
         if s.dns.enabled:
             down = self.egress.unreachable if self.egress is not None else None
             self.dns = DnsServer(s.dns, local_site=s.site.name, mesh=self.mesh, vips=self.addresses,
@@ -100,6 +103,7 @@ class DataPlane:
         """The long-lived work, for the agent's task group (each named; each must run until cancelled)."""
         if self.certs is not None:
             yield "certificate-renewal", self.certs.run()
+            yield "trust-bundle", self.certs.follow_trust()
         if self.eastwest is not None:
             yield "gateway-tunnels", self.eastwest.run()
         if self.workers is not None:
@@ -193,24 +197,27 @@ class DataPlane:
     async def _start_gateway(self) -> None:
         s = self.settings
         gw = s.gateway
+        identity = self.identity
         try:
-            site_ca = await asyncio.to_thread(load_site, Path(gw.ca_dir))
+            known = identity.site_ca if identity is not None else None
+            site_ca = known if known is not None else await asyncio.to_thread(load_site, Path(gw.ca_dir))
         except Exception as exc:
             raise ConfigError(f"{s.source}: gateway.ca_dir: {exc}") from None
         cert_dir = Path(gw.cert_dir) if gw.cert_dir else s.state_dir / "gateway"
-        self.certs = CertificateStore(site_ca, gw.name, cert_dir, lifetime=dt.timedelta(seconds=gw.cert_lifetime))
+        self.certs = CertificateStore(site_ca, gw.name, cert_dir, lifetime=dt.timedelta(seconds=gw.cert_lifetime),
+                                      trust=identity.trust if identity is not None else None)
         if self.certs.site != s.site.name:
             raise ConfigError(f"{s.source}: gateway.ca_dir: the CA in {gw.ca_dir} belongs to site "
                               f"{self.certs.site!r}, not {s.site.name!r}")
-        self.eastwest = EastWestGateway(s.site.name, self.mesh, self.certs.server, self.certs.bundle, gw, self.metrics)
+        self.eastwest = EastWestGateway(s.site.name, self.mesh, self.certs.server, self.certs.trust, gw, self.metrics)
         await self.eastwest.start()
         host, port = self.eastwest.address
         if gw.workers > 1:
             # More processes on the same port (SO_REUSEPORT), fed each registry view and renewed certificate.
             self.workers = GatewayWorkers(s.site.name, gw, self.certs.chain_file, self.certs.key_file,
-                                          self.certs.bundle_file, gw.workers - 1, self.mesh, self.certs.current)
+                                          self.certs.bundle_file, gw.workers - 1, self.mesh, self.certs.changed)
             await self.workers.start(port)
-        self.egress = Egress(s.site.name, self.mesh, self.certs.client, self.certs.bundle, gw, self.metrics,
+        self.egress = Egress(s.site.name, self.mesh, self.certs.client, self.certs.trust, gw, self.metrics,
                              placement=self._placement(), local_services=self._vips_here())
         await self.egress.start()
         advertised = s.site.gateway_address or host

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -86,13 +87,17 @@ def gateway_spiffe_id(trust_domain: str, site: str, gateway: str) -> str:
     return f"spiffe://{trust_domain}/site/{site}/gateway/{gateway}"
 
 
-def new_root(trust_domain: str, now: dt.datetime, lifetime: dt.timedelta = ROOT_LIFETIME) -> Authority:
-    """A self-signed ECDSA P-256 mesh root CA for `trust_domain`."""
+def new_root(trust_domain: str, now: dt.datetime, lifetime: dt.timedelta = ROOT_LIFETIME,
+             label: str = "") -> Authority:
+    """A self-signed ECDSA P-256 mesh root CA for `trust_domain`; `label` tells the roots of a rotation apart."""
     check_trust_domain(trust_domain)
     key = ec.generate_private_key(ec.SECP256R1())
+    cn = f"meshfed root CA {trust_domain}"
+    if label:
+        cn = f"{cn[:64 - len(label) - 3]} ({label})"
     name = x509.Name([
         x509.NameAttribute(NameOID.ORGANIZATION_NAME, "meshfed"),
-        x509.NameAttribute(NameOID.COMMON_NAME, f"meshfed root CA {trust_domain}"[:64]),
+        x509.NameAttribute(NameOID.COMMON_NAME, cn[:64]),
     ])
     builder = (
         _base(name, name, key.public_key(), now, lifetime)
@@ -172,6 +177,15 @@ def issue_gateway(site_ca: Authority, gateway: str, now: dt.datetime,
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
     )
     return Issued(builder.sign(site_ca.key, hashes.SHA256()), key, (site_ca.cert,))
+
+
+def issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    """Whether `issuer`'s key signed `cert` (roots of a rotation share a name, so names do not tell)."""
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
 
 
 def uris_of(cert: x509.Certificate) -> list[str]:
