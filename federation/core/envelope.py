@@ -1,6 +1,6 @@
 """The signature envelope every signed registry record carries. Pure: no crypto, no IO, no clock.
 
-A signed record is the record's canonical JSON (`codec.dump_json`) with one more top-level field:
+A signed record is the record's canonical JSON (`codec.dump_json`) with one more top-level field, last:
 
     "sig": {"alg": "ES256", "at": <ms since the epoch>, "kid": <32 hex>, "value": <base64 DER signature>}
 
@@ -65,9 +65,9 @@ def payload(key: str, alg: str, at: int, kid: str, body: bytes) -> bytes:
 def split(value: bytes) -> Split:
     """The signed body and signature of a stored value; RecordError for a malformed or doubled `sig`.
 
-    Cutting the field out leaves exactly the canonical JSON that was signed (`seal` put it at its sorted
-    place, and the comma beside it goes with it). Were the field cut from a nested object instead, the
-    body still verifies only if it is what the signer signed, and the record decodes to the same thing.
+    Cutting the field out leaves exactly the canonical JSON that was signed (`seal` appended it, and the
+    comma before it goes with it). Were the field cut from a nested object instead, the body still
+    verifies only if it is what the signer signed, and the record decodes to the same thing.
     """
     matches = list(_SIG.finditer(value))
     if not matches:
@@ -90,12 +90,17 @@ def split(value: bytes) -> Split:
     return Split(value[:start] + value[end:], sig)
 
 
-def seal(obj: dict[str, Any], sig: Signature) -> bytes:
-    """The stored value: the record's canonical JSON with its signature in place."""
-    if FIELD in obj:
+def seal(body: bytes, sig: Signature) -> bytes:
+    """The stored value: the record's canonical JSON (`body`, an object) with its signature appended.
+
+    Appended, not sorted in: signing then costs no second encoding of the record (readers take the
+    field from wherever it is, and nothing compares signed values but the publisher's seal step)."""
+    if not body.startswith(b"{") or not body.endswith(b"}"):
+        raise ValueError("a record is a JSON object")
+    if _ANY_SIG in body:
         raise ValueError("the record already carries a signature")
-    header = {"alg": sig.alg, "at": sig.at, "kid": sig.kid, "value": base64.b64encode(sig.value).decode()}
-    return dump_json({**obj, FIELD: header})
+    header = dump_json({"alg": sig.alg, "at": sig.at, "kid": sig.kid, "value": base64.b64encode(sig.value).decode()})
+    return body[:-1] + (b',"sig":' if body != b"{}" else b'"sig":') + header + b"}"
 
 
 def unsigned(obj: dict[str, Any]) -> dict[str, Any]:

@@ -92,12 +92,13 @@ class Signer:
         """The key id its signatures carry."""
         return kid_of(self.cert)
 
-    def sign(self, key: str, obj: dict[str, Any], at: int) -> bytes:
-        """The stored value of `obj` at etcd key `key`, signed at `at` (ms since the epoch)."""
-        body = dump_json(obj)
+    def sign(self, key: str, record: dict[str, Any] | bytes, at: int) -> bytes:
+        """The stored value of `record` (a mapping, or its canonical JSON) at etcd key `key`, signed at `at`
+        (ms since the epoch)."""
+        body = record if isinstance(record, bytes) else dump_json(record)
         kid = self.kid
         value = self.key.sign(envelope.payload(key, envelope.ALG, at, kid, body), ec.ECDSA(hashes.SHA256()))
-        return envelope.seal(obj, envelope.Signature(envelope.ALG, at, kid, value))
+        return envelope.seal(body, envelope.Signature(envelope.ALG, at, kid, value))
 
     def cert_pem(self) -> str:
         """The signing certificate as PEM (what the site record lists under `signers`)."""

@@ -20,8 +20,8 @@ from federation.core.codec import dump_json
 from federation.core.errors import RecordError
 from federation.core.keys import Keys, ServiceKey
 
-Sign = Callable[[str, dict[str, Any], int], bytes]
-"""(etcd key, record, signed-at ms) -> the stored value with its signature."""
+Sign = Callable[[str, bytes, int], bytes]
+"""(etcd key, the record's canonical JSON, signed-at ms) -> the stored value with its signature."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,10 +52,9 @@ def seal(keys: Keys, site: str, desired: Mapping[str, bytes], actual: Mapping[st
     site_key = keys.site(site)
     listed = sorted(f"{p.namespace}/{p.name}" for p in map(_parse(keys), desired) if isinstance(p, ServiceKey))
     for key, value in desired.items():
-        obj: dict[str, Any] | None = None
         body = value
         if key == site_key:
-            obj = json.loads(value)
+            obj: dict[str, Any] = json.loads(value)
             obj["signers"] = list(kit.signers)
             obj["records"] = listed
             if owner:
@@ -65,10 +64,8 @@ def seal(keys: Keys, site: str, desired: Mapping[str, bytes], actual: Mapping[st
         if have is not None and have.kid == kit.kid and have.body == body:
             out[key] = actual[key]
             continue
-        if obj is None:
-            obj = json.loads(value)
         at = max(now_ms, have.at + 1) if have is not None else now_ms
-        out[key] = kit.sign(key, obj, at)
+        out[key] = kit.sign(key, body, at)
     return out
 
 

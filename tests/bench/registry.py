@@ -4,9 +4,13 @@ Site A exports 100 services x 100 endpoints (10,000 endpoints) and then changes 
 paced at --rate changes/s through the real Publisher. Site B observes through the real Mirror
 (list + watch + decode + validate + typed events + a new view per burst). The floor is a bare aetcd
 prefix watch that only JSON-decodes the same values, run against the same workload in the same run.
-Also reports the mirror's memory per 100,000 endpoints (tracemalloc). Prints ratios, not just times.
+Also reports the mirror's memory per 100,000 endpoints (tracemalloc), and what signed records cost
+(issue 13): signing on write (the publisher's seal step) against encoding alone, and verifying on read
+(a catalog listing with the record verifier) against decoding alone, per record and projected to a
+1,000-site mesh of 100,000 exports. Prints ratios, not just times.
 
     .venv/bin/python -m tests.bench.registry [--rate 2000] [--services 100] [--per-service 100]
+    .venv/bin/python -m tests.bench.registry --signing-only [--sites 20] [--per-site 100] [--endpoints 10]
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import datetime
 import gc
 import json
 import statistics
@@ -25,7 +30,7 @@ from pathlib import Path
 
 import aetcd
 
-from federation.core.catalog import Catalog
+from federation.core.catalog import Catalog, Listed
 from federation.core.codec import encode_export
 from federation.core.keys import Keys
 from federation.core.records import Endpoint, ServiceExport, ServicePort
@@ -173,6 +178,82 @@ def memory_per_100k(services: int = 1000, per: int = 100) -> tuple[float, float]
     return held * 100_000 / (services * per), raw * 100_000 / (services * per)
 
 
+def signing_costs(sites: int, per_site: int, endpoints: int) -> dict[str, float]:
+    """Seconds per record to seal (sign) and to verify, against encoding and decoding alone, in one run."""
+    from federation.core.codec import encode_site
+    from federation.core.verification import Mode
+    from federation.pki.records import RecordVerifier
+    from federation.pki.verifying import TrustBundle
+    from federation.registry.publishing import desired_records
+    from federation.registry.sealing import Seal, seal
+    from tests.pkihelp import Mesh
+
+    mesh = Mesh()
+    from federation.pki.signing import issue_registry_signer
+
+    now_ms = int(time.time() * 1000)
+    unsigned: dict[str, bytes] = {}
+    signed: dict[str, bytes] = {}
+    t_encode = t_seal = 0.0
+    for i in range(sites):
+        name = f"site{i}"
+        signer = issue_registry_signer(mesh.site_ca(name), datetime.datetime.now(datetime.UTC))
+        kit = Seal(signer.kid, (signer.cert_pem(),), signer.sign)
+        exports = [
+            ServiceExport(name, "bench", f"svc{s}", (ServicePort("http", 80),),
+                          endpoints=tuple(Endpoint((address(s * endpoints + e),)) for e in range(endpoints)),
+                          exported_at=1.0)
+            for s in range(per_site)
+        ]
+        t0 = time.perf_counter()
+        desired = desired_records(KEYS, mesh.site(name), exports, {}, 1.0)
+        t1 = time.perf_counter()
+        sealed = seal(KEYS, name, desired, {}, kit, now_ms)
+        t2 = time.perf_counter()
+        t_encode += t1 - t0
+        t_seal += t2 - t1
+        unsigned.update(desired)
+        unsigned[KEYS.site(name)] = encode_site(mesh.site(name))
+        signed.update(sealed)
+    records = len(signed)
+
+    def listing(values: dict[str, bytes], verify: bool) -> float:
+        check = None
+        if verify:
+            check = RecordVerifier(KEYS, TrustBundle.from_pem(mesh.bundle_pem()), Mode.REQUIRE).check
+        catalog = Catalog(KEYS, check=check)
+        t0 = time.perf_counter()
+        out = catalog.resync({k: Listed(v, 1) for k, v in values.items()}, 1)
+        elapsed = time.perf_counter() - t0
+        assert not out.rejected, out.rejected[:3]
+        return elapsed
+
+    t_decode = listing(unsigned, verify=False)
+    t_verify = listing(signed, verify=True)
+    catalog = Catalog(KEYS, check=RecordVerifier(KEYS, TrustBundle.from_pem(mesh.bundle_pem()), Mode.REQUIRE).check)
+    catalog.resync({k: Listed(v, 1) for k, v in signed.items()}, 1)
+    t0 = time.perf_counter()
+    catalog.resync({k: Listed(v, 1) for k, v in signed.items()}, 2)  # the same revisions: nothing decoded
+    t_relist = time.perf_counter() - t0
+    return {"records": records, "encode": t_encode / records, "seal": t_seal / records,
+            "decode": t_decode / records, "verify": t_verify / records, "relist": t_relist / records,
+            "bytes_unsigned": sum(map(len, unsigned.values())) / records,
+            "bytes_signed": sum(map(len, signed.values())) / records}
+
+
+def print_signing(c: dict[str, float]) -> None:
+    us = 1e6
+    print(f"signed records: {c['records']:.0f} records ({c['bytes_unsigned']:.0f} B unsigned, "
+          f"{c['bytes_signed']:.0f} B signed on average)")
+    print(f"  write: encode {c['encode'] * us:.0f} us/record, + sign {c['seal'] * us:.0f} us/record "
+          f"(ratio {(c['encode'] + c['seal']) / c['encode']:.2f}x)")
+    print(f"  read:  decode {c['decode'] * us:.0f} us/record, decode + verify {c['verify'] * us:.0f} us/record "
+          f"(ratio {c['verify'] / c['decode']:.2f}x); listed again at the same revision: "
+          f"{c['relist'] * us:.1f} us/record")
+    print(f"  a 1,000-site mesh (100,000 exports): initial listing {c['decode'] * 1e5:.1f} s unsigned, "
+          f"{c['verify'] * 1e5:.1f} s verified, in 5 ms turns; each later change costs one verify")
+
+
 async def _until(check: Callable[[], bool], limit: float) -> None:
     deadline = time.monotonic() + limit
     while not check():
@@ -182,6 +263,9 @@ async def _until(check: Callable[[], bool], limit: float) -> None:
 
 
 async def main_async(args: argparse.Namespace) -> None:
+    if args.signing_only:
+        print_signing(signing_costs(args.sites, args.per_site, args.endpoints))
+        return
     with tempfile.TemporaryDirectory() as tmp:
         results = {}
         for name, fn in (("floor", run_floor), ("mirror", run_mirror)):
@@ -201,6 +285,7 @@ async def main_async(args: argparse.Namespace) -> None:
           f"p99 {pct(mirror, 0.99) / pct(floor, 0.99):.2f}x, mean {statistics.mean(mirror) / statistics.mean(floor):.2f}x")
     held, raw = memory_per_100k()
     print(f"mirror memory: {held:.1f} MiB per 100,000 endpoints (raw JSON values: {raw:.1f} MiB, ratio {held / raw:.1f}x)")
+    print_signing(signing_costs(args.sites, args.per_site, args.endpoints))
 
 
 def main() -> None:
@@ -208,6 +293,10 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=2000.0, help="endpoint changes per second")
     parser.add_argument("--services", type=int, default=100)
     parser.add_argument("--per-service", type=int, default=100)
+    parser.add_argument("--signing-only", action="store_true", help="only the sign/verify costs (no etcd)")
+    parser.add_argument("--sites", type=int, default=20, help="sites in the sign/verify sample")
+    parser.add_argument("--per-site", type=int, default=100, help="exports per site in the sign/verify sample")
+    parser.add_argument("--endpoints", type=int, default=10, help="endpoints per export in the sign/verify sample")
     asyncio.run(main_async(parser.parse_args()))
 
 
