@@ -22,9 +22,11 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from federation.core.errors import RemoteProtocolError
+from federation.core.policy.access import AccessState, Peer
 from federation.core.view import MeshView
 from federation.pki.verifying import PeerRejected
 from federation.runtime.values import Readable, Value, follow
+from gateway.authorization import Authorizer
 from gateway.balancing import (
     Bind,
     Close,
@@ -44,7 +46,7 @@ from gateway.refusals import EgressMetrics, Throttle
 from gateway.relay import ActiveStreams, PlainLeg
 from gateway.settings import GatewaySettings
 from gateway.splice import Splice
-from gateway.tls import Bundle, ResumingContext
+from gateway.tls import Bundle, ResumingContext, current
 
 log = logging.getLogger(__name__)
 _throttle = Throttle()
@@ -59,13 +61,17 @@ class Egress:
     def __init__(self, site: str, mesh: Readable[MeshView], client_context: ResumingContext,
                  bundle: Bundle, settings: GatewaySettings | None = None,
                  registry: CollectorRegistry | None = None, placement: Readable[Placement] | None = None,
-                 local_services: bool = False) -> None:
+                 local_services: bool = False, access: Readable[AccessState] | None = None) -> None:
         self.site = site
         self.mesh = mesh
         self.context = client_context
         self.trust = bundle
         self.settings = settings or GatewaySettings()
-        self.metrics = EgressMetrics(registry or CollectorRegistry())
+        registry = registry or CollectorRegistry()
+        self.metrics = EgressMetrics(registry)
+        self.authorizer = Authorizer(access, "egress", registry)
+        """Access policy for this site's own clients (the only check a direct same-network route gets)."""
+        self._keys: dict[Any, ListenerKey] = {}
         self.placement: Readable[Placement] = placement or Value(
             Placement(fallback=(self.settings.egress_address, self.settings.egress_port)), name="placement")
         self.health = SiteHealth()
@@ -176,16 +182,24 @@ class Egress:
     async def route(self, client: PlainLeg, key: ListenerKey) -> None:
         """Connect `client` through the first route that accepts it, or close it."""
         view = self.mesh.get()
+        if not self.authorizer.check(key[:2], self._peer(view)).allowed:
+            self.metrics.connections.labels("denied").inc()
+            self._reset(client)
+            return
         self._turn += 1
         for route in routes(view, self.site, *key, turn=self._turn)[:MAX_ROUTES]:
             if client.lost:
                 self.metrics.connections.labels("client_gone").inc()
                 return
-            if await (self._direct(client, route) if isinstance(route, Direct) else self._tunnel(client, route, key)):
+            if await (self._direct(client, route, key) if isinstance(route, Direct)
+                      else self._tunnel(client, route, key)):
                 self.metrics.connections.labels("relayed").inc()
                 return
         self.metrics.connections.labels("no_route").inc()
         _throttle.log(log, logging.WARNING, ("no-route", key), "no route accepted a client of %s/%s:%s", *key)
+        self._reset(client)
+
+    def _reset(self, client: PlainLeg) -> None:
         if client.transport is not None:
             # A reset, not a clean close: the client sees "connection reset", not an empty answer it
             # might take for the service's own.
@@ -194,7 +208,31 @@ class Egress:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             client.transport.abort()
 
-    async def _direct(self, client: PlainLeg, route: Direct) -> bool:
+    async def enforce(self) -> None:
+        """Close the streams of this site's clients that a changed access policy now denies, until cancelled."""
+        async for _ in follow(self.authorizer.access):
+            state = self.authorizer.state
+            if not state.mesh.close_on_deny:
+                continue
+            peer = self._peer(self.mesh.get())
+            by_service: dict[tuple[str, str], list[Any]] = {}
+            for relay, key in list(self._keys.items()):
+                if relay in self._active:
+                    by_service.setdefault(key[:2], []).append(relay)
+            for service, relays in sorted(by_service.items()):
+                decision = self.authorizer.recheck(service, peer)
+                if not decision.allowed:
+                    self.authorizer.closing(decision, peer, service, len(relays))
+                    for relay in relays:
+                        relay.finish(clean=False)
+
+    def _peer(self, view: MeshView) -> Peer:
+        """This site as a source: its network, and the identity its gateway shows peers."""
+        own = view.sites.get(self.site)
+        identity = f"spiffe://{current(self.trust).trust_domain}/site/{self.site}/gateway/{self.settings.name}"
+        return Peer(self.site, own.network if own is not None else "", identity)
+
+    async def _direct(self, client: PlainLeg, route: Direct, key: ListenerKey) -> bool:
         loop = asyncio.get_running_loop()
         t = route.target
         try:
@@ -208,7 +246,7 @@ class Egress:
         self.metrics.attempts.labels("direct", "ok").inc()
         held: list[Any] = []
         splice = Splice(client, leg, self.settings.idle_timeout, lambda _clean: self._untrack(held))
-        self._track(splice, held)
+        self._track(splice, held, key)
         return True
 
     async def _tunnel(self, client: PlainLeg, route: Route, key: ListenerKey) -> bool:
@@ -259,19 +297,21 @@ class Egress:
             def done(_clean: bool, tunnel: Any = tunnel, held: list[Any] = held) -> None:
                 self._untrack(held)
                 pool.give_back(tunnel)
-            self._track(tunnel.attach(client, self.settings.idle_timeout, done), held)
+            self._track(tunnel.attach(client, self.settings.idle_timeout, done), held, key)
             return True
         return False
 
-    def _track(self, relay: Any, held: list[Any]) -> None:
+    def _track(self, relay: Any, held: list[Any], key: ListenerKey) -> None:
         # A relay may have ended inside its constructor (client gone): then there is nothing to track.
         if not relay.done:
             held.append(relay)
             self._active.add(relay)
+            self._keys[relay] = key
             self.active.add()
 
     def _untrack(self, held: list[Any]) -> None:
         for relay in held:
+            self._keys.pop(relay, None)
             if relay in self._active:
                 self._active.discard(relay)
                 self.active.done()

@@ -30,6 +30,7 @@ from federation.agent.settings import AgentSettings
 from federation.core.errors import ConfigError
 from federation.core.exportset import ExportSet
 from federation.core.keys import Keys
+from federation.core.policy.access import AccessState
 from federation.core.records import Gateway, ServiceExport, Site
 from federation.core.view import MeshView, VipTable
 from federation.dns.server import DnsServer
@@ -54,9 +55,12 @@ class DataPlane:
     """Starts and stops the subsystems of one site; `start()` binds, `tasks()` runs, `drain()`/`close()` end."""
 
     def __init__(self, settings: AgentSettings, mesh: Readable[MeshView], metrics: CollectorRegistry,
-                 vip_client: CasClient, identity: Identity | None = None) -> None:
+                 vip_client: CasClient, identity: Identity | None = None,
+                 access: Readable[AccessState] | None = None) -> None:
         self.settings = settings
         self.identity = identity
+        self.access = access
+        """The access policies, mesh default and revocations the gateway and the egress enforce."""
         self.mesh = mesh
         self.metrics = metrics
         self._vip_client = vip_client
@@ -110,6 +114,7 @@ class DataPlane:
             yield "gateway-workers", self.workers.run()
         if self.egress is not None:
             yield "egress", self.egress.run()
+            yield "egress-authorization", self.egress.enforce()
         if self.dns is not None:
             yield "dns-server", self.dns.run()
         if self.vips is not None:
@@ -209,16 +214,18 @@ class DataPlane:
         if self.certs.site != s.site.name:
             raise ConfigError(f"{s.source}: gateway.ca_dir: the CA in {gw.ca_dir} belongs to site "
                               f"{self.certs.site!r}, not {s.site.name!r}")
-        self.eastwest = EastWestGateway(s.site.name, self.mesh, self.certs.server, self.certs.trust, gw, self.metrics)
+        self.eastwest = EastWestGateway(s.site.name, self.mesh, self.certs.server, self.certs.trust, gw, self.metrics,
+                                        access=self.access)
         await self.eastwest.start()
         host, port = self.eastwest.address
         if gw.workers > 1:
             # More processes on the same port (SO_REUSEPORT), fed each registry view and renewed certificate.
             self.workers = GatewayWorkers(s.site.name, gw, self.certs.chain_file, self.certs.key_file,
-                                          self.certs.bundle_file, gw.workers - 1, self.mesh, self.certs.changed)
+                                          self.certs.bundle_file, gw.workers - 1, self.mesh, self.certs.changed,
+                                          self.access)
             await self.workers.start(port)
         self.egress = Egress(s.site.name, self.mesh, self.certs.client, self.certs.trust, gw, self.metrics,
-                             placement=self._placement(), local_services=self._vips_here())
+                             placement=self._placement(), local_services=self._vips_here(), access=self.access)
         await self.egress.start()
         advertised = s.site.gateway_address or host
         if ipaddress.ip_address(host).is_unspecified and not s.site.gateway_address:

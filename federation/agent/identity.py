@@ -15,7 +15,7 @@ import hashlib
 import logging
 import os
 import secrets
-from collections.abc import Coroutine, Iterator
+from collections.abc import Coroutine, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ from federation.pki.issuing import SITE_CERT, Authority, PkiError, cert_pem, iss
 from federation.pki.records import RecordVerifier
 from federation.pki.verifying import TrustBundle
 from federation.runtime.files import write_private
-from federation.runtime.values import Readable, follow
+from federation.runtime.values import Derived, Readable, follow
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +83,14 @@ class Identity:
         except PkiError as exc:
             raise ConfigError(f"{settings.source}: gateway.ca_dir: {exc}") from None
         return await asyncio.to_thread(cls, settings, site_ca)
+
+    @property
+    def site_fields(self) -> Readable[Mapping[str, Any]] | None:
+        """What the site record reports besides its own fields: the trust bundle this agent has taken."""
+        trust = self.trust
+        if trust is None:
+            return None
+        return Derived(lambda: {"trustSequence": trust.get().sequence}, trust, name="site record fields")
 
     @property
     def trust(self) -> Readable[TrustBundle] | None:

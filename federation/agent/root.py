@@ -21,7 +21,9 @@ from federation.agent.reporting import registry_report
 from federation.agent.settings import ADMIN_ADDR_FILE, AgentSettings
 from federation.agent.status import agent_status
 from federation.core.keys import Keys
+from federation.core.verification import Mode
 from federation.pki.issuing import Authority
+from federation.registry.access import AccessReader
 from federation.registry.embedded import EtcdProcess
 from federation.registry.etcd import EtcdClient
 from federation.registry.mirror import Mirror, RegistryMetrics
@@ -52,6 +54,7 @@ class Agent:
         self.publisher: Publisher | None = None
         self.plane: DataPlane | None = None
         self.identity: Identity | None = None
+        self.access: AccessReader | None = None
         self.admin_address: tuple[str, int] | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -85,7 +88,13 @@ class Agent:
         identity = self.identity = await Identity.load(s)
         mirror = self.mirror = Mirror(client(), self.keys, metrics=RegistryMetrics(self.metrics),
                                       trust=identity.verifier)
-        plane = self.plane = DataPlane(s, mirror.mesh, self.metrics, client(), identity)
+        verifier = identity.verifier
+        access = self.access = AccessReader(
+            client(), self.keys, revocations=verifier.revocations if verifier is not None else None,
+            verify=verifier.mesh_policy if verifier is not None else None,
+            protect_deletes=s.registry.signatures is Mode.REQUIRE,
+        )  # fmt: skip
+        plane = self.plane = DataPlane(s, mirror.mesh, self.metrics, client(), identity, access.state)
         admin = AdminServer(s.admin.address, s.admin.port, self.metrics)
         try:
             await plane.start()
@@ -93,7 +102,7 @@ class Agent:
                 client(), self.keys, plane.site_record, plane.exports,
                 ttl=s.registry.lease_ttl, lease_file=s.state_dir / "lease",
                 sealer=identity.signing.seal if identity.signing is not None else None,
-                owner=identity.owner, on_duplicate=s.registry.on_duplicate,
+                owner=identity.owner, on_duplicate=s.registry.on_duplicate, site_fields=identity.site_fields,
             )  # fmt: skip
             identity.on_new_ca.append(lambda ca: self._switch_site_ca(ca, plane, publisher))
             admin.add_readiness("registry", lambda: None if mirror.synced.is_set() else "initial registry sync pending")
@@ -112,6 +121,7 @@ class Agent:
                     tg.create_task(guard(name, work), name=name)
 
                 spawn("registry-mirror", mirror.run())
+                spawn("access-policies", access.run())
                 spawn("registry-publisher", after(plane.exports_ready(), publisher.run()))
                 for name, work in plane.tasks():
                     spawn(name, work)

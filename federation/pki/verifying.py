@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 import warnings
+from collections.abc import Container
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -114,7 +115,7 @@ def gateway_of(spiffe: SpiffeId) -> tuple[str, str]:
 
 
 def verify_peer(leaf_der: bytes | None, view: MeshView, bundle: TrustBundle, now: dt.datetime,
-                expect_site: str | None = None) -> PeerIdentity:
+                expect_site: str | None = None, revoked: Container[str] = ()) -> PeerIdentity:
     """Check a peer gateway's leaf certificate against the mesh and the registry; raise PeerRejected.
 
     Accepts when: the leaf has exactly one SPIFFE URI SAN naming a gateway in `bundle`'s trust
@@ -129,13 +130,13 @@ def verify_peer(leaf_der: bytes | None, view: MeshView, bundle: TrustBundle, now
         # name of the wrong length); a peer certificate with one is refused like any malformed one.
         warnings.simplefilter("error")
         try:
-            return _verify(leaf_der, view, bundle, now, expect_site)
+            return _verify(leaf_der, view, bundle, now, expect_site, revoked)
         except Warning as exc:
             raise PeerRejected(f"peer certificate is malformed: {exc}", cause="malformed") from None
 
 
 def _verify(leaf_der: bytes, view: MeshView, bundle: TrustBundle, now: dt.datetime,
-            expect_site: str | None) -> PeerIdentity:
+            expect_site: str | None, revoked: Container[str]) -> PeerIdentity:
     try:
         leaf = x509.load_der_x509_certificate(leaf_der)
         uris = uris_of(leaf)  # extensions are parsed lazily: a malformed one raises here
@@ -150,6 +151,8 @@ def _verify(leaf_der: bytes, view: MeshView, bundle: TrustBundle, now: dt.dateti
     site_name, gateway = gateway_of(spiffe)
     if expect_site is not None and site_name != expect_site:
         raise PeerRejected(f"peer {spiffe} is not a gateway of site {expect_site}", cause="wrong-site")
+    if site_name in revoked:
+        raise PeerRejected(f"peer {spiffe}: site {site_name} is revoked by the operator", cause="revoked")
     site = view.sites.get(site_name)
     if site is None:
         raise PeerRejected(f"peer {spiffe} claims site {site_name}, which is not in the registry", cause="unknown-site")

@@ -6,8 +6,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from federation.core.backoff import Backoff
 from federation.core.errors import MeshfedError, RegistryUnavailable
@@ -94,6 +95,7 @@ class Publisher:
         sealer: Readable[Seal | None] | None = None,
         owner: str = "",
         on_duplicate: str = "wait",
+        site_fields: Readable[Mapping[str, Any]] | None = None,
     ) -> None:
         self._client = client
         self._keys = keys
@@ -109,6 +111,7 @@ class Publisher:
         self._owner = owner
         """Which agent instance this is (the site record says it): a copy of this machine is another."""
         self._on_duplicate = on_duplicate
+        self._fields = site_fields
         self._actual: dict[str, Stored] = {}
         self._site_revision: int | None = None
         """The site record's mod revision as last read, until our first write of a session (then None)."""
@@ -116,7 +119,7 @@ class Publisher:
         self.published = asyncio.Event()
         self.held_by: str | None = None
         """Set while another agent holds the site and this one waits: who, as its site record says."""
-        inputs: tuple[Readable[object], ...] = (site, exports) if sealer is None else (site, exports, sealer)
+        inputs: tuple[Readable[object], ...] = (site, exports, *(h for h in (sealer, site_fields) if h is not None))
         self._inputs = inputs
         self.settled = Settled(*inputs)
         """Set once a sync found etcd holding the last declared site and exports (nothing left to write);
@@ -235,7 +238,8 @@ class Publisher:
         kit = self._sealer.get() if self._sealer is not None else None
         if kit is not None:
             stored = {k: v.value for k, v in self._actual.items()}
-            desired = seal(self._keys, site.name, desired, stored, kit, int(now * 1000), self._owner)
+            fields = self._fields.get() if self._fields is not None else None
+            desired = seal(self._keys, site.name, desired, stored, kit, int(now * 1000), self._owner, fields)
         ops = plan(desired, self._actual, self.lease)
         if not ops:
             self.settled.mark(at)

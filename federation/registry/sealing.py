@@ -5,7 +5,8 @@ whose stored version already carries this content, signed by the current key, ke
 so re-declaring the same exports still writes nothing, and a restart rewrites nothing. The site record
 gains what readers verify the others against: `signers` (the signing certificates, current first),
 `records` (every export the site publishes, so a stale export replayed under the site's prefix is
-refused) and `owner` (which agent instance writes for the site: a copy of its machine is told apart).
+refused), `owner` (which agent instance writes for the site: a copy of its machine is told apart) and
+whatever else the agent reports there (`trustSequence`: the trust bundle it has taken, for rotations).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ class Stamped:
 
 
 def seal(keys: Keys, site: str, desired: Mapping[str, bytes], actual: Mapping[str, bytes], kit: Seal,
-         now_ms: int, owner: str = "") -> dict[str, bytes]:
+         now_ms: int, owner: str = "", fields: Mapping[str, Any] | None = None) -> dict[str, bytes]:
     """The signed values of `desired` (canonical unsigned records), reusing the stored ones in `actual` that
     already hold the same content signed by the current key. Later versions of a key sign later."""
     out: dict[str, bytes] = {}
@@ -59,6 +60,7 @@ def seal(keys: Keys, site: str, desired: Mapping[str, bytes], actual: Mapping[st
             obj["records"] = listed
             if owner:
                 obj["owner"] = owner
+            obj.update(fields or {})
             body = dump_json(obj)
         have = stamped(actual[key]) if key in actual else None
         if have is not None and have.kid == kit.kid and have.body == body:

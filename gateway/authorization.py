@@ -1,0 +1,66 @@
+"""Access decisions where streams are admitted: the east-west gateway (every stream, from the peer's verified
+certificate) and the egress (direct same-network routes, where the client's site is this one).
+
+The decision is `federation.core.policy.access.decide` on the `AccessState` in force; this adds what an
+operator sees: a counter per enforcement point and rule, and a log line naming source, service and rule,
+at most once a minute per (source site, service, rule), however often the peer retries.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from prometheus_client import CollectorRegistry, Counter
+
+from federation.core.policy.access import AccessState, Decision, Peer, decide
+from federation.runtime.values import Readable, Value
+from gateway.refusals import Throttle
+
+log = logging.getLogger(__name__)
+
+_NO_POLICIES: Readable[AccessState] = Value(AccessState(), name="no access policies")
+
+
+class Authorizer:
+    """Decides and reports access for one enforcement point (`gateway` or `egress`)."""
+
+    def __init__(self, access: Readable[AccessState] | None, point: str, registry: CollectorRegistry) -> None:
+        self.access = access or _NO_POLICIES
+        """The access state in force (no policies, mesh default allow, when the agent reads none)."""
+        self.point = point
+        self.denied = Counter(f"meshfed_{point}_denied_total", f"Streams the {point} refused by access policy, "
+                              "by rule", ["rule"], registry=registry)
+        self.closed = Counter(f"meshfed_{point}_denied_closed_total", f"Established streams the {point} closed "
+                              "because a changed access policy denies them, by rule", ["rule"], registry=registry)
+        self._throttle = Throttle(60.0, 4096)
+
+    @property
+    def state(self) -> AccessState:
+        """The access state in force now."""
+        return self.access.get()
+
+    def revoked(self, site: str) -> bool:
+        """Whether the operator revoked `site`."""
+        return site in self.access.get().revoked
+
+    def check(self, service: tuple[str, str], peer: Peer, *, where: str = "") -> Decision:
+        """The decision for a new stream; a denial is counted and logged (rate limited)."""
+        decision = decide(self.access.get(), service, peer)
+        if not decision.allowed:
+            self.denied.labels(decision.rule).inc()
+            self._throttle.log(log, logging.WARNING, ("denied", peer.site, service, decision.rule),
+                               "%s denied a stream from site %s%s to %s/%s: %s (rule %s)", self.point, peer.site,
+                               f" ({peer.identity})" if peer.identity else "", *service, decision.reason,
+                               decision.rule)
+        return decision
+
+    def recheck(self, service: tuple[str, str], peer: Peer) -> Decision:
+        """The decision for an established stream after a change (not counted as a refusal)."""
+        return decide(self.access.get(), service, peer)
+
+    def closing(self, decision: Decision, peer: Peer, service: tuple[str, str], count: int) -> None:
+        """Report `count` established streams closed by `decision`."""
+        self.closed.labels(decision.rule).inc(count)
+        self._throttle.log(log, logging.WARNING, ("closed", peer.site, service, decision.rule),
+                           "%s closing %d established stream(s) from site %s to %s/%s: now %s (rule %s)", self.point,
+                           count, peer.site, *service, decision.reason, decision.rule)
