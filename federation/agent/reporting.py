@@ -118,7 +118,12 @@ def format_status(status: Mapping[str, Any]) -> str:
     """A readable rendering of an agent's /status document."""
     reg = status["registry"]
     state = "STALE" if reg["stale"] else ("synced" if reg["synced"] else "syncing")
-    lines = [
+    warnings = [c["warning"] for c in status.get("certificates", []) if c.get("warning")]
+    held = status["registry"].get("heldBy")
+    lines = [f"WARNING: {w}" for w in warnings]
+    if held:
+        lines.append(f"WARNING: another agent holds this site ({held}): this one writes nothing until it goes")
+    lines += [
         f"site {status['site']} ({status['kind']}, network {status['network']}, {status['locality'] or 'no locality'})",
         f"registry: {','.join(reg['endpoints'])}: {state}"
         + (f", {reg['stalenessSeconds']}s old: {reg['error']}" if reg["stale"] else "")
@@ -151,4 +156,11 @@ def format_status(status: Mapping[str, Any]) -> str:
         via = "; ".join(f"{s['site']} {s['ready']}/{s['endpoints']} via {s['via']}" for s in i["sites"])
         rows.append([i["service"], ",".join(i["vips"]) or "-", listen, via])
     lines.append(_table(["SERVICE", "VIP", "LISTENERS", "SITES"], rows))
+    certs = status.get("certificates", [])
+    if certs:
+        lines.append("")
+        lines.append("CERTIFICATES")
+        lines.append(_table(["WHAT", "VALID UNTIL", "STATE"], [
+            [c["what"], c["notAfter"][:16].replace("T", " ") + "Z", "WARNING" if c.get("warning") else "ok"]
+            for c in certs]))
     return "\n".join(lines)

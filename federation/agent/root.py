@@ -77,7 +77,7 @@ class Agent:
     def status(self) -> dict[str, Any]:
         """What `meshfed status` prints (the admin endpoint's /status)."""
         return agent_status(self.settings, self.mirror, self.publisher, self.plane,
-                            self.etcd.endpoint if self.etcd is not None else None)
+                            self.etcd.endpoint if self.etcd is not None else None, self.identity)
 
     async def _run(self, endpoints: tuple[str, ...], stop: asyncio.Event) -> None:
         s = self.settings

@@ -115,9 +115,15 @@ def new_root(trust_domain: str, now: dt.datetime, lifetime: dt.timedelta = ROOT_
 def new_site_ca(root: Authority, site: str, now: dt.datetime,
                 lifetime: dt.timedelta = SITE_LIFETIME) -> Authority:
     """An intermediate CA for `site`, name-constrained to the DNS names under `<site>.<trust domain>`."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    return Authority(site_ca_cert(root, site, key.public_key(), now, lifetime), key, (root.cert,))
+
+
+def site_ca_cert(root: Authority, site: str, public: ec.EllipticCurvePublicKey, now: dt.datetime,
+                 lifetime: dt.timedelta = SITE_LIFETIME) -> x509.Certificate:
+    """The intermediate certificate of `site` for a key held elsewhere (a VM joining: its key never leaves it)."""
     check_label("site", site)
     td = trust_domain_of(root.cert)
-    key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([
         x509.NameAttribute(NameOID.ORGANIZATION_NAME, "meshfed"),
         x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "site"),
@@ -128,18 +134,18 @@ def new_site_ca(root: Authority, site: str, now: dt.datetime,
     # site equals its issuer's instead.
     constraints = x509.NameConstraints(permitted_subtrees=[x509.DNSName(f"{site}.{td}")], excluded_subtrees=None)
     builder = (
-        _base(name, root.cert.subject, key.public_key(), now, lifetime, not_after_cap=root.cert)
+        _base(name, root.cert.subject, public, now, lifetime, not_after_cap=root.cert)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(_ca_usage(), critical=True)
         .add_extension(constraints, critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
         .add_extension(_aki(root.cert), critical=False)
         .add_extension(
             x509.SubjectAlternativeName([x509.UniformResourceIdentifier(site_spiffe_id(td, site))]),
             critical=False,
         )
     )
-    return Authority(builder.sign(root.key, hashes.SHA256()), key, (root.cert,))
+    return builder.sign(root.key, hashes.SHA256())
 
 
 def issue_gateway(site_ca: Authority, gateway: str, now: dt.datetime,
