@@ -52,7 +52,8 @@ class Identity:
         self.reload = asyncio.Event()
         """Set (SIGHUP) to read `gateway.ca_dir` again now."""
         self.on_new_ca: list[Any] = []
-        """Called with the new Authority when the site CA was replaced."""
+        """Awaited with the new Authority when the site CA was replaced (the agent lists it in the site record,
+        re-issues the registry signer and the gateway leaf from it, in that order)."""
         self._ca_stamp = self._stamp()
         if site_ca is None:
             return
@@ -147,8 +148,6 @@ class Identity:
             log.warning("site CA in %s replaced: now %s, valid until %s", self.settings.gateway.ca_dir,
                         new.cert.subject.rfc4514_string(), new.cert.not_valid_after_utc)
             self.site_ca = new
-            if self.signing is not None:
-                self.signing.reissue(new)
             for callback in self.on_new_ca:
                 await callback(new)
 

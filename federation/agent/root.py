@@ -145,9 +145,13 @@ class Agent:
         """A new site intermediate: list it in the site record first, and issue leaves from it only once
         etcd holds that record and peers have had a moment to see it, so no handshake meets a leaf its
         peer cannot verify yet."""
+        signing = self.identity.signing if self.identity is not None else None
+        if plane.certs is not None:
+            plane.certs.stage_site_ca(site_ca)  # first: readers verify the new signer through this chain
+        if signing is not None:
+            signing.reissue(site_ca)
         if plane.certs is None:
             return
-        plane.certs.stage_site_ca(site_ca)
         try:
             async with asyncio.timeout(self.settings.registry.timeout * 4):
                 await publisher.settled.wait()

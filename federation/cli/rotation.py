@@ -199,7 +199,8 @@ async def _publish(store: DocumentStore, stored: Any, doc: TrustDocument, signer
 
 
 async def _sites(store: DocumentStore, old: Authority, new: Authority | None) -> list[dict[str, Any]]:
-    """Each site: which root its (current) intermediate comes from, and which bundle it has taken."""
+    """Each site: which root its (current) intermediate comes from (`current`: DIR/ca.crt, `new`: DIR/next, or
+    `other`), and which bundle it has taken."""
     rows: list[dict[str, Any]] = []
     for s in await store.under(store.keys.sites()):
         parts = s.key[len(store.keys.sites()):].split("/")
@@ -211,7 +212,8 @@ async def _sites(store: DocumentStore, old: Authority, new: Authority | None) ->
         except (ValueError, RecordError, PkiError, IndexError):
             rows.append({"site": parts[0], "root": "unknown", "trustSequence": None})
             continue
-        root = "new" if new is not None and issued_by(ca, new.cert) else "old" if issued_by(ca, old.cert) else "other"
+        root = ("new" if new is not None and issued_by(ca, new.cert) else "current" if issued_by(ca, old.cert)
+                else "other")
         seq = obj.get("trustSequence")
         rows.append({"site": parts[0], "root": root, "trustSequence": seq if isinstance(seq, int) else None})
     return rows
