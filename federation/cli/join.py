@@ -303,10 +303,11 @@ def _fetch_root(token: Any, timeout: float) -> bytes:
 
 
 def _error(exc: urllib.error.HTTPError) -> str:
-    try:
-        return str(json.loads(exc.read()).get("error", exc))
-    except ValueError:
-        return f"the signing endpoint answered {exc.code}"
+    with exc:
+        try:
+            return str(json.loads(exc.read()).get("error", exc))
+        except ValueError:
+            return f"the signing endpoint answered {exc.code}"
 
 
 def _when(ts: float | None) -> str:
