@@ -130,9 +130,9 @@ class EastWestGateway:
         a changed access policy now denies (unless the mesh says to let them finish), until cancelled."""
         async for _ in follow(self.mesh, self.authorizer.access):
             sites, state = self.mesh.get().sites, self.authorizer.state
-            for site in sorted({t.peer_site for t in self.tunnels if t.peer_site not in sites
-                                or t.peer_site in state.revoked}):
-                tunnels = [t for t in self.tunnels if t.peer_site == site]
+            for site in sorted({t.peer_site for t in self.tunnels if not t.closed and (
+                    t.peer_site not in sites or t.peer_site in state.revoked)}):
+                tunnels = [t for t in self.tunnels if t.peer_site == site and not t.closed]
                 revoked = site in state.revoked
                 log.warning("site %s %s: closing its %d tunnel(s)", site,
                             "is revoked by the operator" if revoked else "left the registry", len(tunnels))
@@ -145,7 +145,7 @@ class EastWestGateway:
         """End the tunnels whose running stream the access state in force now denies."""
         groups: dict[tuple[str, str, tuple[str, str]], list[GatewayTunnel]] = {}
         for t in self.tunnels:
-            if t.stream is not None and t.service is not None and t.peer_site in sites:
+            if t.stream is not None and t.service is not None and t.peer_site in sites and not t.closed:
                 groups.setdefault((t.peer_site, t.identity, t.service), []).append(t)
         for (site, identity, service), tunnels in sorted(groups.items(), key=lambda g: g[0]):
             peer = Peer(site, sites[site].network, identity)

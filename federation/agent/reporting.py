@@ -5,12 +5,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from federation.core.meshdocs import Revoked
 from federation.core.view import MeshView
 
 
 def registry_report(
     view: MeshView, rejected: Mapping[str, str], *, source: str, stale: bool = False, staleness: float = 0.0,
-    error: str | None = None,
+    error: str | None = None, revoked: Mapping[str, Revoked] | None = None,
 ) -> dict[str, Any]:
     """Sites, services with their endpoints and origin site, conflicts, rejected records and staleness."""
     services = []
@@ -55,6 +56,7 @@ def registry_report(
         ],
         "services": services,
         "rejected": [{"key": k, "reason": r} for k, r in sorted(rejected.items())],
+        "revoked": [{"site": k, "reason": v.reason, "at": v.at} for k, v in sorted((revoked or {}).items())],
     }
 
 
@@ -98,6 +100,11 @@ def format_report(report: Mapping[str, Any]) -> str:
         lines.append("CONFLICTS (oldest export wins; these sites' exports are left out)")
         for svc, c in conflicts:
             lines.append(f"  {svc['namespace']}/{svc['name']} from {c['site']}: {c['reason']}")
+    if report.get("revoked"):
+        lines.append("")
+        lines.append("REVOKED SITES (their records are dropped, their gateways refused: meshfed site restore NAME)")
+        for r in report["revoked"]:
+            lines.append(f"  {r['site']}: {r['reason'] or 'no reason given'}")
     if report["rejected"]:
         lines.append("")
         lines.append("REJECTED RECORDS (skipped)")

@@ -112,6 +112,7 @@ class Agent:
             admin.add_document("/registry", lambda: registry_report(
                 mirror.mesh.get(), mirror.catalog.rejected, source=f"agent of site {s.site.name}",
                 stale=mirror.stale, staleness=mirror.staleness(), error=mirror.error,
+                revoked=verifier.revocations.get().sites if verifier is not None else None,
             ))  # fmt: skip
             admin.add_document("/status", self.status)
             self.admin_address = await admin.start()

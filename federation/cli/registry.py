@@ -8,14 +8,17 @@ import contextlib
 import json
 import logging
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 from federation.agent.reporting import format_report, registry_report
 from federation.agent.settings import AgentSettings, load_settings
 from federation.cli.agent import agent_document
+from federation.core import envelope
 from federation.core.catalog import Catalog
-from federation.core.errors import ConfigError, RegistryUnavailable
+from federation.core.errors import ConfigError, RecordError, RegistryUnavailable
 from federation.core.keys import DEFAULT_PREFIX, Keys
+from federation.core.meshdocs import Revoked, decode_revocations, revocations_key
 from federation.registry.etcd import EtcdClient
 
 log = logging.getLogger(__name__)
@@ -75,9 +78,26 @@ async def _registry_report(args: argparse.Namespace) -> dict[str, Any]:
         return fallback
     finally:
         await client.close()
-    catalog = Catalog(keys)
+    revoked = _revoked(kvs.get(revocations_key(keys)))
+
+    def check(key: str, parsed: object, value: bytes) -> None:
+        site = getattr(parsed, "site", None)
+        if isinstance(site, str) and site in revoked:
+            raise RecordError(f"site {site} is revoked by the operator ({revoked[site].reason or 'no reason given'})")
+
+    catalog = Catalog(keys, check=check)
     catalog.resync({k: v.value for k, v in kvs.items()}, revision)
-    return registry_report(catalog.view(), catalog.rejected, source=f"etcd {','.join(endpoints)}")
+    return registry_report(catalog.view(), catalog.rejected, source=f"etcd {','.join(endpoints)}", revoked=revoked)
+
+
+def _revoked(kv: Any) -> Mapping[str, Revoked]:
+    """The revoked sites the registry's revocation list names (read as it is: agents verify its signature)."""
+    if kv is None:
+        return {}
+    try:
+        return decode_revocations(envelope.split(kv.value).body).sites
+    except RecordError:
+        return {}
 
 
 def _endpoints(args: argparse.Namespace, config: AgentSettings | None) -> tuple[str, ...]:

@@ -23,8 +23,11 @@ from federation.core.records import is_dns_label
 from federation.pki.issuing import PkiError
 from federation.pki.signing import Signer, load_signer
 from federation.registry.documents import DocumentStore
+from federation.runtime.files import write_private
 
 OPERATOR_ENV = "MESHFED_OPERATOR"
+KEPT = "revocations.json"
+"""Beside the operator key: the signed revocation list it wrote last."""
 
 
 def add_commands(sub: Any) -> None:
@@ -100,6 +103,12 @@ def _change(args: argparse.Namespace, change: Any, done: str) -> int:
         signer = operator_signer(args)
         assert signer is not None
         stored, doc = await _read(store)
+        kept = _kept(Path(args.operator))
+        if kept is not None and kept.sequence > doc.sequence:
+            # The registry lost the list (or holds an older one): agents hold the newer one this operator wrote.
+            print(f"meshfed site: the registry's revocation list ({doc.sequence}) is older than the one kept in "
+                  f"{args.operator} ({kept.sequence}); continuing from that", file=sys.stderr)
+            doc = kept
         new: Revocations = change(doc)
         if set(new.sites) == set(doc.sites):
             return f"site {args.name} is {'already' if args.name in doc.sites else 'not'} revoked: nothing to do"
@@ -108,6 +117,7 @@ def _change(args: argparse.Namespace, change: Any, done: str) -> int:
         value = signer.sign(key, revocations_body(new, signer.cert_pem()), at)
         if not await store.swap(stored, value):
             raise RegistryUnavailable("the revocation list changed while this command ran; run it again")
+        write_private(Path(args.operator) / KEPT, value)
         return f"{done} (revocation list {new.sequence})"
 
     try:
@@ -115,6 +125,14 @@ def _change(args: argparse.Namespace, change: Any, done: str) -> int:
     except (ConfigError, RegistryUnavailable, RecordError) as exc:
         return _fail(str(exc))
     return 0
+
+
+def _kept(directory: Path) -> Revocations | None:
+    """The last revocation list this operator wrote (kept beside its key: a deleted registry copy loses nothing)."""
+    try:
+        return decode_revocations(envelope.split((directory / KEPT).read_bytes()).body)
+    except (OSError, RecordError):
+        return None
 
 
 async def _read(store: DocumentStore) -> tuple[Any, Revocations]:

@@ -202,13 +202,44 @@ async def test_the_egress_denies_its_own_clients_a_direct_route_the_policy_forbi
             assert await reader.read() == b""
         writer.close()
         reader, writer = await asyncio.open_connection(*addr)
+        writer.write(b"x")
         with pytest.raises(ConnectionResetError):
-            writer.write(b"x")
-            await writer.drain()
-            await reader.read(1)
             await reader.read(1)
         writer.close()
         assert eg.authorizer.denied.labels("ns/local:no-allow-match")._value.get() == 1
         assert eg.metrics.connections.labels("denied")._value.get() == 1
         assert echo.connections == 1  # the denied client never reached the endpoint
         await eventually(lambda: eg.active.count == 0, what="no stream left")
+
+
+async def test_a_certificate_of_another_trust_domain_is_refused_though_it_chains_to_our_root(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A site CA can put any URI in a leaf (URI name constraints cannot say /site/<name>): one naming another
+    trust domain verifies to the mesh root in the handshake and is refused right after, with the reason."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+
+    from federation.pki.issuing import Issued
+    from gateway.tls import client_context
+    from tests.pkihelp import write_issued
+
+    async with two_sites(tmp_path) as s:
+        real = s.mesh.leaf("west")
+        builder = (x509.CertificateBuilder().subject_name(real.cert.subject).issuer_name(real.cert.issuer)
+                   .public_key(real.key.public_key()).serial_number(x509.random_serial_number())
+                   .not_valid_before(real.cert.not_valid_before_utc).not_valid_after(real.cert.not_valid_after_utc))
+        for ext in real.cert.extensions:
+            value = ext.value
+            if isinstance(value, x509.SubjectAlternativeName):
+                value = x509.SubjectAlternativeName(
+                    [x509.UniformResourceIdentifier("spiffe://other.example/site/west/gateway/gw")])
+            builder = builder.add_extension(value, critical=ext.critical)
+        forged = Issued(builder.sign(s.mesh.site_ca("west").key, hashes.SHA256()), real.key, real.chain)
+        chain, key = write_issued(tmp_path / "foreign", forged)
+        caplog.set_level(logging.WARNING, logger="gateway")
+        t = await RawTunnel.open(s.gw_port, client_context(chain, key, s.west.bundle_file))
+        resp = await t.response()
+        assert resp.status is Status.FORBIDDEN
+        assert "is outside trust domain mesh.example" in resp.reason
+        assert sum("outside trust domain" in r.getMessage() for r in caplog.records) == 1
+        await t.close()

@@ -9,8 +9,14 @@ import pytest
 from federation.core.catalog import Catalog
 from federation.core.codec import encode_export, encode_site
 from federation.core.keys import Keys
-from federation.core.meshdocs import Revocations, revocations_body, revocations_key, trust_body, trust_key
-from federation.core.meshdocs import TrustDocument
+from federation.core.meshdocs import (
+    Revocations,
+    TrustDocument,
+    revocations_body,
+    revocations_key,
+    trust_body,
+    trust_key,
+)
 from federation.core.verification import Mode
 from federation.pki.issuing import cert_pem, new_root
 from federation.pki.records import RecordVerifier
