@@ -9,14 +9,23 @@ at most once a minute per (source site, service, rule), however often the peer r
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
 
 from federation.core.policy.access import AccessState, Decision, Peer, decide
-from federation.runtime.values import Readable, Value
+from federation.core.view import MeshView
+from federation.runtime.values import Readable, Value, follow
 from gateway.refusals import Throttle
 
 log = logging.getLogger(__name__)
+
+
+def site_peer(view: MeshView, site: str, trust_domain: str, gateway: str) -> Peer:
+    """This site as the source of its own clients' streams: its network, and the identity its gateway shows."""
+    own = view.sites.get(site)
+    return Peer(site, own.network if own is not None else "", f"spiffe://{trust_domain}/site/{site}/gateway/{gateway}")
 
 _NO_POLICIES: Readable[AccessState] = Value(AccessState(), name="no access policies")
 
@@ -57,6 +66,24 @@ class Authorizer:
     def recheck(self, service: tuple[str, str], peer: Peer) -> Decision:
         """The decision for an established stream after a change (not counted as a refusal)."""
         return decide(self.access.get(), service, peer)
+
+    async def enforce(self, streams: Callable[[], Iterable[tuple[Any, tuple[str, str]]]],
+                      peer: Callable[[], Peer]) -> None:
+        """Close, on every change of the access state, the `streams()` (relay, service) of `peer()` that it now
+        denies (unless the mesh lets established streams finish), until cancelled."""
+        async for _ in follow(self.access):
+            if not self.state.mesh.close_on_deny:
+                continue
+            source = peer()
+            by_service: dict[tuple[str, str], list[Any]] = {}
+            for relay, service in list(streams()):
+                by_service.setdefault(service, []).append(relay)
+            for service, relays in sorted(by_service.items()):
+                decision = self.recheck(service, source)
+                if not decision.allowed:
+                    self.closing(decision, source, service, len(relays))
+                    for relay in relays:
+                        relay.finish(clean=False)
 
     def closing(self, decision: Decision, peer: Peer, service: tuple[str, str], count: int) -> None:
         """Report `count` established streams closed by `decision`."""

@@ -11,24 +11,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import operator
 import socket
 import ssl
 import struct
 import time
-from collections.abc import Callable, Coroutine, Mapping
-from types import MappingProxyType
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import Any
 
+import immutables
 from prometheus_client import CollectorRegistry
 
 from federation.core.errors import RemoteProtocolError
 from federation.core.policy.access import AccessState, Peer
 from federation.core.view import MeshView
+from federation.core.vips import VipAddresses
 from federation.pki.verifying import PeerRejected
 from federation.runtime.values import Readable, Value, follow
-from gateway.authorization import Authorizer
+from gateway.authorization import Authorizer, site_peer
 from gateway.balancing import (
-    Bind,
     Close,
     Direct,
     ListenerKey,
@@ -37,6 +38,7 @@ from gateway.balancing import (
     Route,
     SiteHealth,
     desired_listeners,
+    listeners_of,
     plan,
     routes,
 )
@@ -69,15 +71,15 @@ class Egress:
         self.settings = settings or GatewaySettings()
         registry = registry or CollectorRegistry()
         self.metrics = EgressMetrics(registry)
-        self.authorizer = Authorizer(access, "egress", registry)
-        """Access policy for this site's own clients (the only check a direct same-network route gets)."""
+        self.authorizer = Authorizer(access, "egress", registry)  # this site's own clients, direct routes included
         self._keys: dict[Any, ListenerKey] = {}
         self.placement: Readable[Placement] = placement or Value(
             Placement(fallback=(self.settings.egress_address, self.settings.egress_port)), name="placement")
         self.health = SiteHealth()
         self.unreachable: Value[frozenset[str]] = Value(frozenset(), name="unreachable sites")
         """Sites whose gateway could not be reached lately (DNS leaves them out while others serve)."""
-        self.listening: Value[Mapping[ListenerKey, tuple[str, int]]] = Value(MappingProxyType({}), name="listeners")
+        self.listening: Value[Mapping[ListenerKey, tuple[str, int]]] = Value(
+            immutables.Map(), name="listeners", same=operator.is_)
         """(namespace, service, port name) -> the (host, port) its listener is bound to."""
         self.local_services = local_services
         """Also listen for services only this site exports (a VM's own services at their VIP)."""
@@ -85,6 +87,9 @@ class Egress:
         self._pools: dict[PoolKey, TunnelPool] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._health_timer: asyncio.TimerHandle | None = None
+        self._by_service: dict[tuple[str, str], set[ListenerKey]] = {}
+        self._last: tuple[MeshView, Placement] | None = None
+        self._sites_changed = False
         self._turn = 0
         self._active: set[Any] = set()
         self.active = ActiveStreams()
@@ -100,12 +105,14 @@ class Egress:
         async for _ in follow(self.mesh, self.placement):
             await self._apply()
 
-    def listeners(self) -> dict[ListenerKey, tuple[str, int]]:
-        """(namespace, service, port name) -> the (host, port) its listener is bound to."""
+    def listeners(self, keys: Iterable[ListenerKey] | None = None) -> dict[ListenerKey, tuple[str, int]]:
+        """(namespace, service, port name) -> the (host, port) its listener is bound to (for `keys`: those only)."""
         out = {}
-        for key, server in self._servers.items():
-            host, port = server.sockets[0].getsockname()[:2]
-            out[key] = (host, port)
+        for key in self._servers if keys is None else keys:
+            server = self._servers.get(key)
+            if server is not None:
+                host, port = server.sockets[0].getsockname()[:2]
+                out[key] = (host, port)
         return out
 
     def stop_accepting(self) -> None:
@@ -135,15 +142,36 @@ class Egress:
     # -- reconciling listeners
 
     async def _apply(self) -> None:
+        """Bring the listeners to what the view and the placement want; after a registry change, only the
+        listeners of the services it touched are looked at."""
         view, placement = self.mesh.get(), self.placement.get()
         if not view.complete:
             return
-        keys = desired_listeners(view, self.site, include_own=self.local_services)
-        desired = {key: placement.bind(key, _port(view, key)) for key in keys}
+        touched = self._touched(view, placement)
+        if touched is None:
+            self._by_service = {}
+            for key in desired_listeners(view, self.site, include_own=self.local_services):
+                self._by_service.setdefault(key[:2], set()).add(key)
+            check = {k for keys in self._by_service.values() for k in keys} | self._servers.keys()
+        else:
+            check = set()
+            for service in touched:
+                old = self._by_service.pop(service, set())
+                new = listeners_of(view, service, self.site, self.local_services)
+                if new:
+                    self._by_service[service] = new
+                check |= old | new
+        self._last = (view, placement)
+        wanted = {k: placement.bind(k, _port(view, k)) for k in check if k in self._by_service.get(k[:2], ())}
+        bound = self.listeners(check)
         loop = asyncio.get_running_loop()
-        for op in plan(desired, self.listeners()):
+        listening = self.listening.get()
+        mutation = listening.mutate() if isinstance(listening, immutables.Map) else immutables.Map(listening).mutate()
+        for op in plan(wanted, bound):
             if isinstance(op, Close):
                 self._servers.pop(op.key).close()
+                if op.key in mutation:
+                    del mutation[op.key]
                 log.info("egress listener for %s/%s:%s closed", *op.key)
             elif isinstance(op, Open):
                 try:
@@ -153,14 +181,37 @@ class Egress:
                     log.error("egress listener for %s/%s:%s on %s:%d failed: %s", *op.key, *op.bind, exc)
                     continue
                 self._servers[op.key] = server
-                log.info("egress listener for %s/%s:%s on %s:%d", *op.key, *self.listeners()[op.key])
+                mutation[op.key] = self.listeners((op.key,))[op.key]
+                log.info("egress listener for %s/%s:%s on %s:%d", *op.key, *mutation[op.key])
         self.metrics.listeners.set(len(self._servers))
-        self.listening.set(MappingProxyType(self.listeners()))
-        for key in [k for k in self._pools if k[0] not in view.sites]:
-            self._pools.pop(key).close()
-        self._warm(view, desired)
+        self.listening.set(mutation.finish())
+        if touched is None or self._sites_changed:
+            for pool_key in [k for k in self._pools if k[0] not in view.sites]:
+                self._pools.pop(pool_key).close()
+        self._warm(view, [k for k in check if k in self._servers])
 
-    def _warm(self, view: MeshView, listeners: Mapping[ListenerKey, Bind]) -> None:
+    def _touched(self, view: MeshView, placement: Placement) -> set[tuple[str, str]] | None:
+        """The services whose listeners can have changed since the last apply; None: all of them."""
+        self._sites_changed = False
+        if self._last is None:
+            return None
+        before, placed = self._last
+        if placement.fallback != placed.fallback or view.history is None or view.history is not before.history:
+            return None
+        if not (_of_view(placement, view) and _of_view(placed, before)) and placement.vips != placed.vips:
+            return None
+        diff = view.changes_since(before.generation)
+        if diff is None:
+            return None
+        self._sites_changed = bool(diff.sites)
+        touched = set(diff.services)
+        for address in placement.held ^ placed.held:
+            claim = view.claims.get(address) or before.claims.get(address)
+            if claim is not None:
+                touched.add(claim.service)
+        return touched
+
+    def _warm(self, view: MeshView, listeners: Iterable[ListenerKey]) -> None:
         """Pre-open tunnels to the first gateway each listener would use, so no client waits for them."""
         for key in listeners:
             for route in routes(view, self.site, *key):
@@ -182,12 +233,9 @@ class Egress:
     async def route(self, client: PlainLeg, key: ListenerKey) -> None:
         """Connect `client` through the first route that accepts it, or close it."""
         view = self.mesh.get()
-        if not self.authorizer.check(key[:2], self._peer(view)).allowed:
-            self.metrics.connections.labels("denied").inc()
-            self._reset(client)
-            return
+        allowed = self.authorizer.check(key[:2], self._peer()).allowed  # counted and logged when denied
         self._turn += 1
-        for route in routes(view, self.site, *key, turn=self._turn)[:MAX_ROUTES]:
+        for route in routes(view, self.site, *key, turn=self._turn)[:MAX_ROUTES] if allowed else ():
             if client.lost:
                 self.metrics.connections.labels("client_gone").inc()
                 return
@@ -195,11 +243,9 @@ class Egress:
                       else self._tunnel(client, route, key)):
                 self.metrics.connections.labels("relayed").inc()
                 return
-        self.metrics.connections.labels("no_route").inc()
-        _throttle.log(log, logging.WARNING, ("no-route", key), "no route accepted a client of %s/%s:%s", *key)
-        self._reset(client)
-
-    def _reset(self, client: PlainLeg) -> None:
+        self.metrics.connections.labels("no_route" if allowed else "denied").inc()
+        if allowed:
+            _throttle.log(log, logging.WARNING, ("no-route", key), "no route accepted a client of %s/%s:%s", *key)
         if client.transport is not None:
             # A reset, not a clean close: the client sees "connection reset", not an empty answer it
             # might take for the service's own.
@@ -210,27 +256,11 @@ class Egress:
 
     async def enforce(self) -> None:
         """Close the streams of this site's clients that a changed access policy now denies, until cancelled."""
-        async for _ in follow(self.authorizer.access):
-            state = self.authorizer.state
-            if not state.mesh.close_on_deny:
-                continue
-            peer = self._peer(self.mesh.get())
-            by_service: dict[tuple[str, str], list[Any]] = {}
-            for relay, key in list(self._keys.items()):
-                if relay in self._active:
-                    by_service.setdefault(key[:2], []).append(relay)
-            for service, relays in sorted(by_service.items()):
-                decision = self.authorizer.recheck(service, peer)
-                if not decision.allowed:
-                    self.authorizer.closing(decision, peer, service, len(relays))
-                    for relay in relays:
-                        relay.finish(clean=False)
+        await self.authorizer.enforce(lambda: ((r, k[:2]) for r, k in self._keys.items() if r in self._active),
+                                      self._peer)
 
-    def _peer(self, view: MeshView) -> Peer:
-        """This site as a source: its network, and the identity its gateway shows peers."""
-        own = view.sites.get(self.site)
-        identity = f"spiffe://{current(self.trust).trust_domain}/site/{self.site}/gateway/{self.settings.name}"
-        return Peer(self.site, own.network if own is not None else "", identity)
+    def _peer(self) -> Peer:
+        return site_peer(self.mesh.get(), self.site, current(self.trust).trust_domain, self.settings.name)
 
     async def _direct(self, client: PlainLeg, route: Direct, key: ListenerKey) -> bool:
         loop = asyncio.get_running_loop()
@@ -344,6 +374,11 @@ class Egress:
         expiry = self.health.next_expiry()
         if expiry is not None:
             self._health_timer = asyncio.get_running_loop().call_later(max(0.0, expiry - now), self._health_changed)
+
+
+def _of_view(placement: Placement, view: MeshView) -> bool:
+    vips = placement.vips
+    return isinstance(vips, VipAddresses) and vips.allocations is view.vips
 
 
 def _port(view: MeshView, key: ListenerKey) -> int:

@@ -82,6 +82,21 @@ class Delete:
     key: str
 
 
+@dataclass(frozen=True, slots=True)
+class Absent:
+    """Transaction condition: `key` does not exist."""
+
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class Unchanged:
+    """Transaction condition: `key` was last written at `mod_revision` (it exists and nobody changed it since)."""
+
+    key: str
+    mod_revision: int
+
+
 class _TLSClient(aetcd.Client):  # type: ignore[misc]
     """aetcd's client over a TLS channel with a client certificate."""
 
@@ -229,6 +244,21 @@ class EtcdClient:
             if compare and not ok:
                 return False
         return True
+
+    async def commit_if(self, conditions: Sequence[Absent | Unchanged], ops: Sequence[Put | Delete]) -> bool:
+        """Apply `ops` in one transaction if every condition holds; True if they were applied.
+
+        Conditions and ops each count against etcd's --max-txn-ops (default 128).
+        """
+        await self._connected()
+        t = self._client.transactions
+        compare = [t.version(c.key.encode()) == 0 if isinstance(c, Absent) else t.mod(c.key.encode()) == c.mod_revision
+                   for c in conditions]
+        success = [t.put(op.key.encode(), op.value, lease=op.lease or None) if isinstance(op, Put)
+                   else t.delete(op.key.encode()) for op in ops]
+        async with self._errors():
+            ok, _ = await self._client.transaction(compare=compare, success=success, failure=[])
+        return bool(ok)
 
     async def put_if_absent(self, key: str, value: bytes, lease: int = 0) -> bool:
         """Create `key` only if it does not exist; True if this call created it."""
