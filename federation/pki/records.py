@@ -131,6 +131,8 @@ class RecordVerifier:
         self._latest.pop(key, None)
         site = self._site_of(key)
         if site is not None and key == self._keys.site(site):
+            # Gone (its lease expired): its next site record says again what to verify its records with.
+            self._sites.pop(site, None)
             self._drop_pending(site)
         elif site is not None:
             entries = self._pending.get(site)
