@@ -33,7 +33,8 @@ def registry_report(
                     for e in svc.exports
                     for ep in e.endpoints
                 ],
-                "conflicts": [{"site": c.site, "kind": c.kind, "reason": c.reason} for c in svc.conflicts],
+                "conflicts": [{"site": c.site, "kind": c.kind, "kinds": list(c.kinds), "reason": c.reason}
+                              for c in svc.conflicts],
             }
         )
     return {
@@ -97,7 +98,7 @@ def format_report(report: Mapping[str, Any]) -> str:
     conflicts = [(svc, c) for svc in report["services"] for c in svc["conflicts"]]
     if conflicts:
         lines.append("")
-        lines.append("CONFLICTS (oldest export wins; these sites' exports are left out)")
+        lines.append("CONFLICTS (told to every export of the service; the oldest export wins each difference)")
         for svc, c in conflicts:
             lines.append(f"  {svc['namespace']}/{svc['name']} from {c['site']}: {c['reason']}")
     if report.get("revoked"):

@@ -19,7 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--site", required=True)
     args = parser.parse_args(argv)
     host, _, port = args.listen.rpartition(":")
-    body = f"{args.service} served by {args.site} ({host}:{port})\n".encode()
+    body = b""
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
             pass
 
     server = http.server.ThreadingHTTPServer((host, int(port)), Handler)
+    body = f"{args.service} served by {args.site} ({host}:{server.server_address[1]})\n".encode()
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown, daemon=True).start())
     print(f"sample {args.service} of site {args.site} on {host}:{server.server_address[1]}", flush=True)
     server.serve_forever()

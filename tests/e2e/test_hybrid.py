@@ -172,12 +172,9 @@ def test_kubernetes_site_imports_a_vm_service_as_native_objects(mesh: Demo) -> N
     it) reaches west's VM through the gateways."""
     import json as _json
 
-    kubeconfig = _json.loads((mesh.state / "east-kubeconfig").read_text())
-    server = kubeconfig["clusters"][0]["cluster"]["server"]
-    token = kubeconfig["users"][0]["user"]["token"]
-
     def get(path: str) -> dict:  # type: ignore[type-arg]
-        res = mesh.lab.run("east", ["curl", "-sS", "-H", f"Authorization: Bearer {token}", server + path])
+        res = mesh.kubectl("east", "get", "--raw", path)  # TLS and the token, from east's kubeconfig
+        assert res.returncode == 0, res.stderr
         return dict(_json.loads(res.stdout))
 
     def cart_slice() -> dict | None:  # type: ignore[type-arg]
