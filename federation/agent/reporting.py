@@ -143,6 +143,11 @@ def format_status(status: Mapping[str, Any]) -> str:
     dns = status.get("dns")
     lines.append(f"dns: zone {dns['zone']} on udp {','.join(dns['udp'])} tcp {','.join(dns['tcp'])}"
                  if dns else "dns: off")
+    eg = status.get("egress")
+    if eg:
+        lines.append(f"egress: capture, {', '.join(eg['ranges'])} -> {eg['capture']} (nft table {eg['table']}), "
+                     f"{eg['listeners']} per-port listener(s)" if eg["mode"] == "capture" else
+                     f"egress: {eg['listeners']} per-port listener(s); capture off: {eg['reason']}")
     vif = status.get("vipInterface")
     if vif:
         lines.append(f"vip interface {vif['name']}: " + (f"FALLBACK: {vif['fallback']}" if vif["fallback"]

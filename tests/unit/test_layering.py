@@ -134,6 +134,21 @@ def test_each_third_party_client_has_its_adapters_only(client: str) -> None:
     assert not stray, f"{client} may be imported only by {allowed}, also imported by {stray}"
 
 
+COMMANDS: dict[str, str] = {"nft": "federation/sources/vm/nftables.py"}
+"""System commands that stand for a third-party client (netfilter) and the one module that runs them."""
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_each_system_command_has_its_adapter_only(command: str) -> None:
+    users = sorted({
+        str(path.relative_to(ROOT))
+        for _, path in ALL.items()
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Constant) and node.value == command
+    })
+    assert users == [COMMANDS[command]], f"{command!r} appears in {users}; only {COMMANDS[command]} may run it"
+
+
 def test_the_kernel_is_pure() -> None:
     wrong = [
         f"{path.relative_to(ROOT)}:{line} imports {name}"
