@@ -12,8 +12,10 @@ from federation.core.view import MeshView
 def registry_report(
     view: MeshView, rejected: Mapping[str, str], *, source: str, stale: bool = False, staleness: float = 0.0,
     error: str | None = None, revoked: Mapping[str, Revoked] | None = None,
+    signed: Mapping[str, tuple[int, int]] | None = None,
 ) -> dict[str, Any]:
-    """Sites, services with their endpoints and origin site, conflicts, rejected records and staleness."""
+    """Sites, services with their endpoints and origin site, conflicts, rejected records and staleness;
+    `signed`: site -> (records carrying a signature, records), where the reader counted them."""
     services = []
     for (ns, name), svc in view.services().items():
         services.append(
@@ -52,6 +54,7 @@ def registry_report(
                 "kind": s.kind,
                 "gateways": [f"{g.address}:{g.port}" for g in s.gateways],
                 "agentVersion": s.agent_version,
+                **({"signedRecords": list(signed.get(s.name, (0, 0)))} if signed is not None else {}),
             }
             for s in sorted(view.sites.values(), key=lambda s: s.name)
         ],
@@ -72,9 +75,9 @@ def format_report(report: Mapping[str, Any]) -> str:
         )
     lines.append("")
     lines.append(f"SITES ({len(report['sites'])})")
-    lines.append(_table(["SITE", "NETWORK", "LOCALITY", "KIND", "GATEWAYS"], [
+    lines.append(_table(["SITE", "NETWORK", "LOCALITY", "KIND", "GATEWAYS", "SIGNED"], [
         [s["name"], s["network"], "/".join(x for x in (s["region"], s["zone"]) if x) or "-", s["kind"],
-         ",".join(s["gateways"]) or "-"]
+         ",".join(s["gateways"]) or "-", "{}/{}".format(*s["signedRecords"]) if "signedRecords" in s else "-"]
         for s in report["sites"]
     ]))
     lines.append("")

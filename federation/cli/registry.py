@@ -86,8 +86,27 @@ async def _registry_report(args: argparse.Namespace) -> dict[str, Any]:
             raise RecordError(f"site {site} is revoked by the operator ({revoked[site].reason or 'no reason given'})")
 
     catalog = Catalog(keys, check=check)
-    catalog.resync({k: v.value for k, v in kvs.items()}, revision)
-    return registry_report(catalog.view(), catalog.rejected, source=f"etcd {','.join(endpoints)}", revoked=revoked)
+    values = {k: v.value for k, v in kvs.items()}
+    catalog.resync(values, revision)
+    return registry_report(catalog.view(), catalog.rejected, source=f"etcd {','.join(endpoints)}", revoked=revoked,
+                           signed=signed_records(keys, values))
+
+
+def signed_records(keys: Keys, values: Mapping[str, bytes]) -> dict[str, tuple[int, int]]:
+    """site -> (its records that carry a signature, its records): what is signed, not whether it verifies
+    (agents verify; a record that does not is listed by their /registry document under REJECTED RECORDS)."""
+    out: dict[str, tuple[int, int]] = {}
+    for key, value in values.items():
+        try:
+            parsed = keys.parse(key)
+            signature = envelope.split(value).signature if parsed is not None else None
+        except RecordError:
+            continue
+        site = getattr(parsed, "site", None)
+        if isinstance(site, str):
+            n, total = out.get(site, (0, 0))
+            out[site] = (n + (signature is not None), total + 1)
+    return out
 
 
 def _revoked(kv: Any) -> Mapping[str, Revoked]:

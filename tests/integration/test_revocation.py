@@ -72,6 +72,9 @@ async def test_a_revoked_site_is_cut_off_at_once_and_restored(etcd: EtcdProcess,
         assert "key leaked" in ls.stdout
         reg = await meshfed("registry", "ls", *ep)
         assert "REVOKED SITES" in reg.stdout
+        signed = {s["name"]: s["signedRecords"] for s in json.loads((await meshfed("registry", "ls", "--json",
+                                                                                    *ep)).stdout)["sites"]}
+        assert signed["east"][0] == signed["east"][1] > 1  # every record of a signing agent: site record, export
         assert "/meshfed/v1/sites/west: site west is revoked by the operator (key leaked)" in reg.stdout
 
         async with EtcdClient([etcd.endpoint]) as client:  # a raw writer deletes the revocation list
