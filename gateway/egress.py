@@ -27,9 +27,11 @@ import immutables
 from prometheus_client import CollectorRegistry
 
 from federation.core.errors import RemoteProtocolError
+from federation.core.policy.access import AccessState, Peer
 from federation.core.view import MeshView
-from federation.pki.verifying import PeerRejected, TrustBundle
+from federation.pki.verifying import PeerRejected
 from federation.runtime.values import Readable, Value, follow
+from gateway.authorization import Authorizer, site_peer
 from gateway.balancing import (
     Bind,
     Close,
@@ -51,7 +53,7 @@ from gateway.refusals import EgressMetrics, Throttle
 from gateway.relay import ActiveStreams, PlainLeg
 from gateway.settings import GatewaySettings
 from gateway.splice import Splice
-from gateway.tls import ResumingContext
+from gateway.tls import Bundle, ResumingContext, current
 
 log = logging.getLogger(__name__)
 _throttle = Throttle()
@@ -64,15 +66,19 @@ class Egress:
     the placement, `stop_accepting()` and `close(grace)` end them."""
 
     def __init__(self, site: str, mesh: Readable[MeshView], client_context: ResumingContext,
-                 bundle: TrustBundle, settings: GatewaySettings | None = None,
+                 bundle: Bundle, settings: GatewaySettings | None = None,
                  registry: CollectorRegistry | None = None, placement: Readable[Placement] | None = None,
-                 local_services: bool = False, capture: Bind | None = None) -> None:
+                 local_services: bool = False, capture: Bind | None = None,
+                 access: Readable[AccessState] | None = None) -> None:
         self.site = site
         self.mesh = mesh
         self.context = client_context
-        self.bundle = bundle
+        self.trust = bundle
         self.settings = settings or GatewaySettings()
-        self.metrics = EgressMetrics(registry or CollectorRegistry())
+        registry = registry or CollectorRegistry()
+        self.metrics = EgressMetrics(registry)
+        self.authorizer = Authorizer(access, "egress", registry)  # this site's own clients, direct routes included
+        self._keys: dict[Any, ListenerKey] = {}
         self.placement: Readable[Placement] = placement or Value(
             Placement(fallback=(self.settings.egress_address, self.settings.egress_port)), name="placement")
         self.health = SiteHealth()
@@ -235,16 +241,19 @@ class Egress:
     async def route(self, client: PlainLeg, key: ListenerKey) -> None:
         """Connect `client` through the first route that accepts it, or close it."""
         view = self.mesh.get()
+        allowed = self.authorizer.check(key[:2], self._peer()).allowed  # counted and logged when denied
         self._turn += 1
-        for route in routes(view, self.site, *key, turn=self._turn)[:MAX_ROUTES]:
+        for route in routes(view, self.site, *key, turn=self._turn)[:MAX_ROUTES] if allowed else ():
             if client.lost:
                 self.metrics.connections.labels("client_gone").inc()
                 return
-            if await (self._direct(client, route) if isinstance(route, Direct) else self._tunnel(client, route, key)):
+            if await (self._direct(client, route, key) if isinstance(route, Direct)
+                      else self._tunnel(client, route, key)):
                 self.metrics.connections.labels("relayed").inc()
                 return
-        self.metrics.connections.labels("no_route").inc()
-        _throttle.log(log, logging.WARNING, ("no-route", key), "no route accepted a client of %s/%s:%s", *key)
+        self.metrics.connections.labels("no_route" if allowed else "denied").inc()
+        if allowed:
+            _throttle.log(log, logging.WARNING, ("no-route", key), "no route accepted a client of %s/%s:%s", *key)
         if client.transport is not None:
             # A reset, not a clean close: the client sees "connection reset", not an empty answer it
             # might take for the service's own.
@@ -253,7 +262,15 @@ class Egress:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             client.transport.abort()
 
-    async def _direct(self, client: PlainLeg, route: Direct) -> bool:
+    async def enforce(self) -> None:
+        """Close the streams of this site's clients that a changed access policy now denies, until cancelled."""
+        await self.authorizer.enforce(lambda: ((r, k[:2]) for r, k in self._keys.items() if r in self._active),
+                                      self._peer)
+
+    def _peer(self) -> Peer:
+        return site_peer(self.mesh.get(), self.site, current(self.trust).trust_domain, self.settings.name)
+
+    async def _direct(self, client: PlainLeg, route: Direct, key: ListenerKey) -> bool:
         loop = asyncio.get_running_loop()
         t = route.target
         try:
@@ -267,7 +284,7 @@ class Egress:
         self.metrics.attempts.labels("direct", "ok").inc()
         held: list[Any] = []
         splice = Splice(client, leg, self.settings.idle_timeout, lambda _clean: self._untrack(held))
-        self._track(splice, held)
+        self._track(splice, held, key)
         return True
 
     async def _tunnel(self, client: PlainLeg, route: Route, key: ListenerKey) -> bool:
@@ -318,19 +335,21 @@ class Egress:
             def done(_clean: bool, tunnel: Any = tunnel, held: list[Any] = held) -> None:
                 self._untrack(held)
                 pool.give_back(tunnel)
-            self._track(tunnel.attach(client, self.settings.idle_timeout, done), held)
+            self._track(tunnel.attach(client, self.settings.idle_timeout, done), held, key)
             return True
         return False
 
-    def _track(self, relay: Any, held: list[Any]) -> None:
+    def _track(self, relay: Any, held: list[Any], key: ListenerKey) -> None:
         # A relay may have ended inside its constructor (client gone): then there is nothing to track.
         if not relay.done:
             held.append(relay)
             self._active.add(relay)
+            self._keys[relay] = key
             self.active.add()
 
     def _untrack(self, held: list[Any]) -> None:
         for relay in held:
+            self._keys.pop(relay, None)
             if relay in self._active:
                 self._active.discard(relay)
                 self.active.done()
@@ -342,7 +361,7 @@ class Egress:
             if pool is not None:
                 pool.close()
             pool = self._pools[key] = TunnelPool(
-                key, gateway, self.context, self.bundle, self.mesh,
+                key, gateway, self.context, self.trust, self.mesh,
                 self.settings.pool_size, self.settings.pool_idle, self.settings.handshake_timeout, self.spawn,
                 keep=self.settings.pool_max, max_age=self.settings.tunnel_max_age,
             )

@@ -12,12 +12,12 @@ from typing import Any, cast
 from federation.core.errors import RemoteProtocolError
 from federation.core.records import Gateway
 from federation.core.view import MeshView
-from federation.pki.verifying import PeerRejected, TrustBundle, verify_peer
+from federation.pki.verifying import PeerRejected, verify_peer
 from federation.runtime.values import Readable
 from gateway.preamble import NEED_DATA, Preamble, Request, Response, Role
 from gateway.refusals import Throttle
 from gateway.relay import Done, PlainLeg, Stream, TunnelLeg
-from gateway.tls import ResumingContext
+from gateway.tls import Bundle, ResumingContext, current
 
 log = logging.getLogger(__name__)
 _throttle = Throttle()
@@ -99,13 +99,13 @@ class TunnelPool:
     `size` tunnels are kept open ahead of demand; up to `keep` are kept after a burst, until idle.
     """
 
-    def __init__(self, key: PoolKey, gateway: Gateway, context: ResumingContext, bundle: TrustBundle,
+    def __init__(self, key: PoolKey, gateway: Gateway, context: ResumingContext, bundle: Bundle,
                  mesh: Readable[MeshView], size: int, idle: float, handshake_timeout: float,
                  spawn: Callable[..., Any], keep: int | None = None, max_age: float = 3600.0) -> None:
         self.key = key
         self.gateway = gateway
         self.context = context
-        self.bundle = bundle
+        self.trust = bundle
         self.mesh = mesh
         self.size = size
         self.keep = max(size, keep if keep is not None else size)
@@ -122,7 +122,7 @@ class TunnelPool:
     @property
     def server_name(self) -> str:
         """The SNI/session key for this gateway (names are checked by SPIFFE ID, not by hostname)."""
-        return f"{self.gateway.name}.{self.key[0]}.{self.bundle.trust_domain}"
+        return f"{self.gateway.name}.{self.key[0]}.{current(self.trust).trust_domain}"
 
     async def take(self) -> tuple[EgressTunnel, bool]:
         """A tunnel ready for a request, and whether it came from the pool (no handshake waited for)."""
@@ -170,7 +170,7 @@ class TunnelPool:
         try:
             if sslobj is None:
                 raise ConnectionResetError("tunnel closed right after its handshake")
-            verify_peer(sslobj.getpeercert(binary_form=True), self.mesh.get(), self.bundle,
+            verify_peer(sslobj.getpeercert(binary_form=True), self.mesh.get(), current(self.trust),
                         dt.datetime.now(dt.UTC), expect_site=self.key[0])
         except BaseException:
             transport.abort()

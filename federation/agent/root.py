@@ -16,11 +16,15 @@ from prometheus_client import CollectorRegistry, Gauge
 
 from federation.agent.admin import AdminServer
 from federation.agent.dataplane import DataPlane
+from federation.agent.identity import Identity
 from federation.agent.reporting import registry_report
 from federation.agent.selection import EVERYTHING, Selection
 from federation.agent.settings import ADMIN_ADDR_FILE, AgentSettings
 from federation.agent.status import agent_status
 from federation.core.keys import Keys
+from federation.core.verification import Mode
+from federation.pki.issuing import Authority
+from federation.registry.access import AccessReader
 from federation.registry.embedded import EtcdProcess
 from federation.registry.etcd import EtcdClient
 from federation.registry.mirror import Mirror, RegistryMetrics
@@ -30,6 +34,11 @@ from federation.runtime.limits import OpenFilesWatch, raise_open_files
 from federation.runtime.tasks import after, guard
 
 log = logging.getLogger(__name__)
+
+CA_SWITCH_GRACE = 1.0
+"""Seconds between etcd holding the site record with a new intermediate and the gateway presenting leaves
+from it: peers' watches deliver in milliseconds; a second covers a loaded machine."""
+
 
 class _Shutdown(Exception):
     """Raised inside the task group to end it in order."""
@@ -51,6 +60,8 @@ class Agent:
         self.mirror: Mirror | None = None
         self.publisher: Publisher | None = None
         self.plane: DataPlane | None = None
+        self.identity: Identity | None = None
+        self.access: AccessReader | None = None
         self.admin_address: tuple[str, int] | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -80,7 +91,7 @@ class Agent:
     def status(self, selection: Selection = EVERYTHING) -> dict[str, Any]:
         """What `meshfed status` prints (the admin endpoint's /status)."""
         return agent_status(self.settings, self.mirror, self.publisher, self.plane,
-                            self.etcd.endpoint if self.etcd is not None else None, selection)
+                            self.etcd.endpoint if self.etcd is not None else None, self.identity, selection)
 
     async def _run(self, endpoints: tuple[str, ...], stop: asyncio.Event) -> None:
         s = self.settings
@@ -88,20 +99,34 @@ class Agent:
         def client() -> EtcdClient:
             return EtcdClient(endpoints, tls=s.registry.tls, timeout=s.registry.timeout)
 
-        mirror = self.mirror = Mirror(client(), self.keys, metrics=RegistryMetrics(self.metrics))
-        plane = self.plane = DataPlane(s, mirror.mesh, self.metrics, client())
+        identity = self.identity = await Identity.load(s)
+        mirror = self.mirror = Mirror(client(), self.keys, metrics=RegistryMetrics(self.metrics),
+                                      trust=identity.verifier)
+        verifier = identity.verifier
+        access = self.access = AccessReader(
+            client(), self.keys, revocations=verifier.revocations if verifier is not None else None,
+            verify=verifier.mesh_policy if verifier is not None else None,
+            protect_deletes=s.registry.signatures is Mode.REQUIRE,
+        )  # fmt: skip
+        plane = self.plane = DataPlane(s, mirror.mesh, self.metrics, client(), identity, access.state)
         admin = AdminServer(s.admin.address, s.admin.port, self.metrics)
         try:
             await plane.start()
             publisher = self.publisher = Publisher(
                 client(), self.keys, plane.site_record, plane.exports,
                 ttl=s.registry.lease_ttl, lease_file=s.state_dir / "lease",
+                sealer=identity.signing.seal if identity.signing is not None else None,
+                owner=identity.owner, on_duplicate=s.registry.on_duplicate, site_fields=identity.site_fields,
             )  # fmt: skip
+            identity.on_new_ca.append(lambda ca: self._switch_site_ca(ca, plane, publisher))
             admin.add_readiness("registry", lambda: None if mirror.synced.is_set() else "initial registry sync pending")
-            admin.add_readiness("publisher", lambda: None if publisher.published.is_set() else "site not yet published")
+            admin.add_readiness("publisher", lambda: (
+                f"site held by another agent ({publisher.held_by})" if publisher.held_by is not None
+                else None if publisher.published.is_set() else "site not yet published"))
             admin.add_document("/registry", lambda selection: registry_report(
                 mirror.mesh.get(), mirror.catalog.rejected, source=f"agent of site {s.site.name}",
-                stale=mirror.stale, staleness=mirror.staleness(), error=mirror.error, selection=selection,
+                stale=mirror.stale, staleness=mirror.staleness(), error=mirror.error,
+                revoked=verifier.revocations.get().sites if verifier is not None else None, selection=selection,
             ))  # fmt: skip
             admin.add_document("/status", self.status)
             self.admin_address = await admin.start()
@@ -112,8 +137,11 @@ class Agent:
 
                 spawn("registry-mirror", mirror.run())
                 spawn("open-files", self.files.run())
+                spawn("access-policies", access.run())
                 spawn("registry-publisher", after(plane.exports_ready(), publisher.run()))
                 for name, work in plane.tasks():
+                    spawn(name, work)
+                for name, work in identity.tasks():
                     spawn(name, work)
                 tg.create_task(self._stop_on(stop, plane), name="stop")
         except* _Shutdown:
@@ -123,6 +151,31 @@ class Agent:
             await plane.close()
             with contextlib.suppress(FileNotFoundError):
                 (s.state_dir / ADMIN_ADDR_FILE).unlink()
+
+    def request_reload(self) -> None:
+        """SIGHUP: read gateway.ca_dir again now."""
+        if self.identity is not None:
+            self.identity.reload.set()
+
+    async def _switch_site_ca(self, site_ca: Authority, plane: DataPlane, publisher: Publisher) -> None:
+        """A new site intermediate: list it in the site record first, and issue leaves from it only once
+        etcd holds that record and peers have had a moment to see it, so no handshake meets a leaf its
+        peer cannot verify yet."""
+        signing = self.identity.signing if self.identity is not None else None
+        if plane.certs is not None:
+            plane.certs.stage_site_ca(site_ca)  # first: readers verify the new signer through this chain
+        if signing is not None:
+            signing.reissue(site_ca)
+        if plane.certs is None:
+            return
+        try:
+            async with asyncio.timeout(self.settings.registry.timeout * 4):
+                await publisher.settled.wait()
+        except TimeoutError:
+            log.warning("site record with the new CA not yet written; switching the gateway certificate anyway")
+        await asyncio.sleep(CA_SWITCH_GRACE)
+        issued = plane.certs.switch_site_ca()
+        log.info("gateway certificate now issued by the new site CA, valid until %s", issued.cert.not_valid_after_utc)
 
     async def _stop_on(self, stop: asyncio.Event, plane: DataPlane) -> None:
         """The orderly stop: stop accepting, drain relayed streams, then end the task group."""

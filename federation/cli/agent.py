@@ -55,7 +55,9 @@ def run_agent_process(settings: AgentSettings) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         loop.add_signal_handler(signal.SIGUSR1, dump_tasks)
-        await Agent(settings).run(stop)
+        agent = Agent(settings)
+        loop.add_signal_handler(signal.SIGHUP, agent.request_reload)
+        await agent.run(stop)
 
     try:
         _run(main())

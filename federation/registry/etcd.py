@@ -224,19 +224,26 @@ class EtcdClient:
 
     # -- writes
 
-    async def commit(self, ops: Sequence[Put | Delete]) -> None:
-        """Apply ops in as few transactions as etcd allows (each batch is atomic)."""
+    async def commit(self, ops: Sequence[Put | Delete], guard: tuple[str, int] | None = None) -> bool:
+        """Apply ops in as few transactions as etcd allows (each batch is atomic).
+
+        With `guard` (key, mod revision), the first batch applies only if that key was last written at
+        that revision (0: it does not exist); False, and nothing written, when it was not."""
         await self._connected()
         for start in range(0, len(ops), MAX_TXN_OPS):
             batch = ops[start : start + MAX_TXN_OPS]
+            t = self._client.transactions
             reqs = [
-                self._client.transactions.put(op.key.encode(), op.value, lease=op.lease or None)
-                if isinstance(op, Put)
-                else self._client.transactions.delete(op.key.encode())
+                t.put(op.key.encode(), op.value, lease=op.lease or None) if isinstance(op, Put)
+                else t.delete(op.key.encode())
                 for op in batch
             ]
+            compare = [t.mod(guard[0].encode()) == guard[1]] if guard is not None and start == 0 else []
             async with self._errors():
-                await self._client.transaction(compare=[], success=reqs, failure=[])
+                ok, _ = await self._client.transaction(compare=compare, success=reqs, failure=[])
+            if compare and not ok:
+                return False
+        return True
 
     async def commit_if(self, conditions: Sequence[Absent | Unchanged], ops: Sequence[Put | Delete]) -> bool:
         """Apply `ops` in one transaction if every condition holds; True if they were applied.
