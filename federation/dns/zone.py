@@ -84,6 +84,7 @@ class ZoneBuilder:
         self._built: tuple[MeshView, frozenset[str], VipTable, Site | None] | None = None
         self._nodes_view = MappingProxyType(self._nodes)
         self._parts_view = MappingProxyType(self._part_nodes)
+        self._owners_view = MappingProxyType(self._owner)
         self.set_nameservers(nameservers)
 
     def set_nameservers(self, addresses: Iterable[str]) -> None:
@@ -142,7 +143,8 @@ class ZoneBuilder:
         self._built = (view, stale_sites, vips, local)
         moved, self._moved = frozenset(self._moved), set()
         changed = None if full else frozenset(todo) | moved
-        return Zone(self.origin, self.ttl, view.revision % 2**32, self._nodes_view, self._parts_view, changed, moved)
+        return Zone(self.origin, self.ttl, view.revision % 2**32, self._nodes_view, self._parts_view, changed, moved,
+                    self._owners_view)
 
     def _todo(self, view: MeshView, stale: frozenset[str], vips: VipTable, local: Site | None) -> set[ServiceId] | None:
         """The services that can have changed since the last build; None: all of them."""
