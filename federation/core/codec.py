@@ -268,33 +268,74 @@ def _port_in(value: Any, i: int) -> ServicePort:
                        app_protocol=_str(value, "appProtocol", default=""))
 
 
+_SHARED_MAX = 4096
+"""Most distinct endpoint port lists and localities kept for sharing; past it, new ones are not shared."""
+_shared_ports: dict[tuple[tuple[Any, Any], ...], tuple[EndpointPort, ...]] = {(): ()}
+_shared_localities: dict[tuple[Any, Any], Locality] = {("", ""): Locality()}
+
+
 def _endpoint_in(value: Any, i: int) -> Endpoint:
-    where = f"endpoints[{i}]"
+    """One endpoint; the port list and locality are shared with every endpoint that has the same ones
+    (a mesh of a million endpoints holds a few hundred distinct ones), so an endpoint costs its addresses."""
     if not isinstance(value, dict):
-        raise RecordError(f"{where} is not an object")
+        raise RecordError(f"endpoints[{i}] is not an object")
     addresses = value.get("addresses")
     if not isinstance(addresses, list) or not all(isinstance(a, str) for a in addresses):
-        raise RecordError(f"{where}.addresses is not a list of strings")
-    ports = []
-    for j, p in enumerate(value.get("ports") or []):
-        if not isinstance(p, dict):
-            raise RecordError(f"{where}.ports[{j}] is not an object")
-        ports.append(EndpointPort(name=_str(p, "name"), port=_int(p, "port", f"{where}.ports[{j}]")))
+        raise RecordError(f"endpoints[{i}].addresses is not a list of strings")
+    raw_ports = value.get("ports") or ()
+    try:
+        key = tuple((p["name"], p["port"]) for p in raw_ports)
+        ports = _shared_ports.get(key)
+    except (TypeError, KeyError):
+        key, ports = None, None
+    if ports is None:
+        ports = _ports_in(raw_ports, i)
+        if key is not None and len(_shared_ports) < _SHARED_MAX:
+            _shared_ports[key] = ports
     ready = value.get("ready", True)
     if not isinstance(ready, bool):
-        raise RecordError(f"{where}.ready is not a boolean")
+        raise RecordError(f"endpoints[{i}].ready is not a boolean")
     hostname = value.get("hostname")
     if hostname is not None and not isinstance(hostname, str):
-        raise RecordError(f"{where}.hostname is not a string")
+        raise RecordError(f"endpoints[{i}].hostname is not a string")
     labels = value.get("labels") or {}
     if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
-        raise RecordError(f"{where}.labels is not a mapping of strings")
+        raise RecordError(f"endpoints[{i}].labels is not a mapping of strings")
+    weight = value.get("weight", 1)
+    if not isinstance(weight, int) or isinstance(weight, bool):
+        raise RecordError(f"endpoints[{i}].weight is not an integer")
     return Endpoint(
         addresses=tuple(addresses),
-        ports=tuple(ports),
+        ports=ports,
         ready=ready,
         hostname=hostname,
-        locality=_locality_in(value.get("locality"), f"{where}.locality"),
-        weight=_int(value, "weight", where, default=1),
-        labels=labels_of(labels),
+        locality=_shared_locality(value.get("locality"), i),
+        weight=weight,
+        labels=labels_of(labels) if labels else (),
     )
+
+
+def _ports_in(raw: Any, i: int) -> tuple[EndpointPort, ...]:
+    if not isinstance(raw, list | tuple):
+        raise RecordError(f"endpoints[{i}].ports is not a list")
+    out = []
+    for j, p in enumerate(raw):
+        if not isinstance(p, dict):
+            raise RecordError(f"endpoints[{i}].ports[{j}] is not an object")
+        out.append(EndpointPort(name=_str(p, "name"), port=_int(p, "port", f"endpoints[{i}].ports[{j}]")))
+    return tuple(out)
+
+
+def _shared_locality(value: Any, i: int) -> Locality:
+    if value is None:
+        return _shared_localities[("", "")]
+    if isinstance(value, dict):
+        key = (value.get("region", ""), value.get("zone", ""))
+        if isinstance(key[0], str) and isinstance(key[1], str):
+            hit = _shared_localities.get(key)
+            if hit is not None:
+                return hit
+    loc = _locality_in(value, f"endpoints[{i}].locality")
+    if len(_shared_localities) < _SHARED_MAX:
+        _shared_localities[(loc.region, loc.zone)] = loc
+    return loc

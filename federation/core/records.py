@@ -195,27 +195,30 @@ def validate_export(export: ServiceExport) -> None:
             raise RecordError(f"ports[{i}].appProtocol {p.app_protocol!r} is not a protocol name")
     _validate_service_fields(export)
     hostnames: set[str] = set()
+    checked_ports: set[tuple[EndpointPort, ...]] = set()
     for i, e in enumerate(export.endpoints):
-        where = f"endpoints[{i}]"
         if not e.addresses:
-            raise RecordError(f"{where}.addresses is empty")
+            raise RecordError(f"endpoints[{i}].addresses is empty")
         if len(e.addresses) > _MAX_ADDRESSES:
-            raise RecordError(f"{where}.addresses has more than {_MAX_ADDRESSES} entries")
+            raise RecordError(f"endpoints[{i}].addresses has more than {_MAX_ADDRESSES} entries")
         for a in e.addresses:
-            check_ip(f"{where}.addresses", a)
-        for ep in e.ports:
-            if ep.name not in seen:
-                raise RecordError(f"{where}.ports names {ep.name!r}, which is not a service port")
-            _check_port(f"{where}.ports.{ep.name}", ep.port)
+            if not _IPV4.match(a):
+                check_ip(f"endpoints[{i}].addresses", a)
+        if e.ports not in checked_ports:  # endpoints of one export mostly share one ports tuple
+            for ep in e.ports:
+                if ep.name not in seen:
+                    raise RecordError(f"endpoints[{i}].ports names {ep.name!r}, which is not a service port")
+                _check_port(f"endpoints[{i}].ports.{ep.name}", ep.port)
+            checked_ports.add(e.ports)
         if e.hostname is not None:
-            check_label(f"{where}.hostname", e.hostname)
+            check_label(f"endpoints[{i}].hostname", e.hostname)
             if e.hostname in hostnames:
-                raise RecordError(f"{where}.hostname {e.hostname!r} is used twice")
+                raise RecordError(f"endpoints[{i}].hostname {e.hostname!r} is used twice")
             hostnames.add(e.hostname)
         if not 0 <= e.weight <= 65535:
-            raise RecordError(f"{where}.weight {e.weight} is not in 0..65535")
+            raise RecordError(f"endpoints[{i}].weight {e.weight} is not in 0..65535")
         if e.labels:
-            check_labels(f"{where}.labels", e.labels)
+            check_labels(f"endpoints[{i}].labels", e.labels)
 
 
 def _validate_service_fields(export: ServiceExport) -> None:
@@ -311,8 +314,15 @@ def _check_port(what: str, value: int) -> None:
         raise RecordError(f"{what} {value!r} is not in 1..65535")
 
 
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_IPV4 = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}\Z")
+"""A dotted-quad IPv4 address as `ipaddress` accepts it (no leading zeros): the common case, matched in C."""
+
+
 def check_ip(what: str, value: str) -> None:
     """Raise RecordError unless `value` is an IP address; `what` names the field."""
+    if isinstance(value, str) and _IPV4.match(value):
+        return
     try:
         ipaddress.ip_address(value)
     except ValueError:
