@@ -220,7 +220,7 @@ class ZoneBuilder:
     # -- private
 
     def _name(self, *labels: str) -> Labels:
-        return (*(lbl.encode() for lbl in labels), *self.apex)
+        return (*map(str.encode, labels), *self.apex)
 
     def _ents(self, part: Mapping[Labels, Node]) -> tuple[Labels, ...]:
         out: set[Labels] = set()
