@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 Vip = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -20,19 +20,22 @@ class VipPlan:
         return bool(self.add or self.remove)
 
 
-def plan(desired: Iterable[Vip], actual: Iterable[tuple[Vip, int]]) -> VipPlan:
-    """What turns `actual` (address, prefix length) into exactly `desired` as host (/32, /128) addresses.
+def plan(desired: Iterable[Vip], actual: Iterable[tuple[Vip, int]],
+         prefixes: Mapping[Vip, int] | None = None) -> VipPlan:
+    """What turns `actual` (address, prefix length) into exactly `desired` as host (/32, /128) addresses
+    (or with the prefix length `prefixes` gives an address).
 
     Link-local addresses belong to the kernel and are left alone; a desired address held with another
     prefix length is removed and added back as a host address.
     """
     want = set(desired)
+    lengths = prefixes or {}
     keep: set[Vip] = set()
     remove = []
     for address, prefixlen in actual:
         if address.is_link_local:
             continue
-        if address in want and prefixlen == address.max_prefixlen and address not in keep:
+        if address in want and prefixlen == lengths.get(address, address.max_prefixlen) and address not in keep:
             keep.add(address)
         else:
             remove.append((address, prefixlen))
@@ -43,3 +46,17 @@ def plan(desired: Iterable[Vip], actual: Iterable[tuple[Vip, int]]) -> VipPlan:
 def order(address: Vip) -> tuple[int, int]:
     """IPv4 before IPv6, then numeric order."""
     return (address.version, int(address))
+
+
+def range_addresses(ranges: Sequence[str]) -> dict[Vip, int]:
+    """One address per VIP range, with the range's prefix length: what the interface holds in capture mode.
+
+    Capture mode redirects every connection to the ranges, so the VIPs need not be local addresses; one
+    address per range gives the kernel a route to the whole range on the VIP interface (connect() needs one
+    before the output hook redirects) and a source address in it, instead of thousands of host addresses.
+    """
+    out: dict[Vip, int] = {}
+    for r in ranges:
+        net = ipaddress.ip_network(r, strict=False)
+        out[net.network_address + 1] = net.prefixlen
+    return out

@@ -12,7 +12,7 @@ import errno
 import ipaddress
 import logging
 import socket
-from collections.abc import Coroutine, Iterable
+from collections.abc import Coroutine, Iterable, Sequence
 from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -21,7 +21,7 @@ from pyroute2 import netns as pyroute2_netns
 from pyroute2.netlink.exceptions import NetlinkError
 
 from federation.core.errors import ConfigError
-from federation.sources.vm.addressing import Vip, plan
+from federation.sources.vm.addressing import Vip, plan, range_addresses
 from federation.sources.vm.settings import VmSettings
 
 log = logging.getLogger(__name__)
@@ -53,8 +53,10 @@ class VipInterface:
     """Keeps the VIP interface holding exactly the VIPs it is given; says once if it cannot."""
 
     def __init__(self, settings: VmSettings, *, netns: str | None = None,
-                 metrics: CollectorRegistry | None = None) -> None:
+                 metrics: CollectorRegistry | None = None, ranges: Sequence[str] = ()) -> None:
         self._name = settings.vip_interface
+        self._ranges = range_addresses(ranges)
+        """Capture mode: one address per VIP range (a route to all of it) instead of one per VIP."""
         self._netns = netns
         self._metrics = VipMetrics(metrics) if metrics is not None else None
         self._lock = asyncio.Lock()
@@ -83,9 +85,15 @@ class VipInterface:
         """The VIPs on the interface after the last reconcile."""
         return self._addresses
 
+    @property
+    def whole_ranges(self) -> bool:
+        """True in capture mode: the interface holds one address per VIP range, not the VIPs."""
+        return bool(self._ranges)
+
     async def reconcile(self, vips: Iterable[Vip]) -> None:
-        """Make the interface (created if missing, up) hold exactly `vips`; a no-op in fallback."""
-        desired = frozenset(vips)
+        """Make the interface (created if missing, up) hold exactly `vips` (in capture mode: one address per
+        VIP range, whatever `vips` are); a no-op in fallback."""
+        desired = frozenset(self._ranges) if self._ranges else frozenset(vips)
         async with self._lock:
             if self._fallback is not None:
                 return
@@ -124,12 +132,13 @@ class VipInterface:
             index = await self._ensure_link(ipr)
             actual = [(ipaddress.ip_address(m.get("address")), int(m["prefixlen"]))
                       async for m in await ipr.addr("dump", index=index)]
-            todo = plan(desired, actual)
+            todo = plan(desired, actual, self._ranges)
             for address, prefixlen in todo.remove:
                 await _ignore(ipr.addr("del", index=index, address=str(address), prefixlen=prefixlen),
                               errno.EADDRNOTAVAIL)
             for address in todo.add:
-                await _ignore(ipr.addr("add", index=index, address=str(address), prefixlen=address.max_prefixlen,
+                length = self._ranges.get(address, address.max_prefixlen)
+                await _ignore(ipr.addr("add", index=index, address=str(address), prefixlen=length,
                                        flags=IFA_F_NODAD if address.version == 6 else 0), errno.EEXIST)
         self._addresses = desired
         if todo:

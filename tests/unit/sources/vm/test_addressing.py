@@ -46,3 +46,15 @@ def test_applying_the_plan_gives_exactly_the_desired_host_addresses(desired: set
     after += [(a, a.max_prefixlen) for a in p.add]
     assert sorted(after, key=str) == sorted(((a, a.max_prefixlen) for a in desired), key=str)
     assert not plan(desired, after)
+
+
+def test_capture_mode_holds_one_address_per_range_with_its_prefix() -> None:
+    from federation.sources.vm.addressing import range_addresses
+
+    ranges = range_addresses(["240.240.0.0/16", "fd6d:6573:6866:6564::/64"])
+    assert ranges == {ip("240.240.0.1"): 16, ip("fd6d:6573:6866:6564::1"): 64}
+    # From host addresses of per-port mode to the range addresses: the VIPs go, the ranges come.
+    p = plan(ranges, [(ip("240.240.0.7"), 32), (ip("240.240.0.1"), 32)], ranges)
+    assert p.add == (ip("240.240.0.1"), ip("fd6d:6573:6866:6564::1"))
+    assert p.remove == ((ip("240.240.0.1"), 32), (ip("240.240.0.7"), 32))
+    assert not plan(ranges, [(a, n) for a, n in ranges.items()], ranges)
