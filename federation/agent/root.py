@@ -21,6 +21,8 @@ from federation.agent.reporting import registry_report
 from federation.agent.selection import EVERYTHING, Selection
 from federation.agent.settings import ADMIN_ADDR_FILE, AgentSettings
 from federation.agent.status import agent_status
+from federation.core.imports import EVERYTHING as IMPORT_EVERYTHING
+from federation.core.imports import import_filter
 from federation.core.keys import Keys
 from federation.core.verification import Mode
 from federation.pki.issuing import Authority
@@ -101,7 +103,9 @@ class Agent:
 
         identity = self.identity = await Identity.load(s)
         mirror = self.mirror = Mirror(client(), self.keys, metrics=RegistryMetrics(self.metrics),
-                                      trust=identity.verifier)
+                                      trust=identity.verifier, imports=import_filter(s.imports, s.site.name))
+        if s.imports != IMPORT_EVERYTHING:
+            log.info("imports scoped to %s: other services are left out of the mirror", ", ".join(s.imports))
         verifier = identity.verifier
         access = self.access = AccessReader(
             client(), self.keys, revocations=verifier.revocations if verifier is not None else None,

@@ -17,6 +17,8 @@ from typing import Any
 import yaml
 
 from federation.core.errors import ConfigError, RecordError
+from federation.core.imports import EVERYTHING as IMPORT_EVERYTHING
+from federation.core.imports import check_patterns
 from federation.core.keys import DEFAULT_PREFIX
 from federation.core.records import (
     Endpoint,
@@ -129,6 +131,14 @@ class AdminSettings:
     """Same number Envoy uses for its admin port, so operators find it; 0 picks a free port."""
 
 
+def _imports(raw: Any, where: str) -> tuple[str, ...]:
+    if raw is None:
+        return IMPORT_EVERYTHING
+    if not isinstance(raw, list) or not raw:
+        raise ConfigError(f"{where}: must be a non-empty list of NAMESPACE/NAME patterns (\"*/*\": everything)")
+    return check_patterns(raw, where)
+
+
 def _exports(raw: Any, where: str) -> tuple[ServiceExport, ...]:
     if raw is None:
         return ()
@@ -157,6 +167,9 @@ class AgentSettings:
     """Lease id, embedded etcd data, issued certificates; private to the agent (0700)."""
     exports: tuple[ServiceExport, ...] = setting((), parse=_exports)
     """Services this site exports, declared statically (VM sites usually use `vm.services` instead)."""
+    imports: tuple[str, ...] = setting(IMPORT_EVERYTHING, parse=_imports)
+    """The services of other sites this site carries, as `namespace/name` globs (`shop/*`, `*/web`); the
+    default imports everything. Others never reach the mirror, DNS, VIPs or egress (a restart applies it)."""
     gateway: GatewaySettings = GatewaySettings()
     """Needs `ca_dir` to run; without it the site has no cross-network traffic."""
     dns: DnsSettings = DnsSettings()

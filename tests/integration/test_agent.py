@@ -282,3 +282,42 @@ def test_admin_documents_and_registry_ls_page_and_filter(etcd: EtcdProcess, tmp_
     st = meshfed("status", "--config", str(west_cfg), "--json", "--limit", "1")
     assert st.returncode == 0, st.stderr
     assert len(json.loads(st.stdout)["imports"]) == 1
+
+
+def test_scoped_imports_keep_other_services_out_of_the_mirror_and_dns(etcd: EtcdProcess, tmp_path: Path,
+                                                                      agents: list[AgentProcess]) -> None:
+    import dns.message
+    import dns.query
+    import dns.rcode
+    import yaml
+
+    east_cfg = write_config(tmp_path / "east.yaml", "east", [etcd.endpoint], tmp_path / "east",
+                            [web_export(name="web"), web_export(name="db", port=5432)])
+    west_cfg = write_config(tmp_path / "west.yaml", "west", [etcd.endpoint], tmp_path / "west",
+                            [web_export(name="mine", port=9000, address="127.0.0.11")])
+    data = yaml.safe_load(west_cfg.read_text())
+    data["imports"] = ["shop/web"]
+    west_cfg.write_text(yaml.safe_dump(data))
+    east = AgentProcess(east_cfg, tmp_path / "east").start()
+    west = AgentProcess(west_cfg, tmp_path / "west").start()
+    agents.extend([east, west])
+    east.wait_ready()
+    west.wait_ready()
+    wait_for(lambda: len(east.registry()["services"]) == 3, what="every export at east")
+    wait_for(lambda: {s["name"] for s in west.registry()["services"]} == {"web", "mine"}, what="west's scoped view")
+    host, port = json.loads(west.get("/status")[1])["dns"]["udp"][0].rsplit(":", 1)
+
+    def rcode(name: str) -> int:
+        return dns.query.udp(dns.message.make_query(name, "A"), host, port=int(port), timeout=5).rcode()
+
+    wait_for(lambda: rcode("web.shop.svc.clusterset.local") == dns.rcode.NOERROR, what="web in west's DNS")
+    assert rcode("db.shop.svc.clusterset.local") == dns.rcode.NXDOMAIN
+    assert "imports scoped to shop/web" in west.log.read_text()
+
+
+def test_a_bad_import_pattern_is_refused_with_its_place(tmp_path: Path) -> None:
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("site: {name: east, network: n}\nimports: [shop/web, Shop/*]\n")
+    out = meshfed("agent", "--config", str(cfg))
+    assert out.returncode == 2
+    assert out.stderr.startswith(f"meshfed: {cfg}: imports[1]: 'Shop/*' is not NAMESPACE/NAME")
