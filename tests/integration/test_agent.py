@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import itertools
 import json
+import socket
 import subprocess
 import sys
 import time
@@ -321,3 +322,32 @@ def test_a_bad_import_pattern_is_refused_with_its_place(tmp_path: Path) -> None:
     out = meshfed("agent", "--config", str(cfg))
     assert out.returncode == 2
     assert out.stderr.startswith(f"meshfed: {cfg}: imports[1]: 'Shop/*' is not NAMESPACE/NAME")
+
+
+def test_status_lists_a_vm_sites_own_exports_with_their_checks(etcd: EtcdProcess, tmp_path: Path,
+                                                              agents: list[AgentProcess]) -> None:
+    """Issue 14: a VM site's `meshfed status` printed `EXPORTED (none)` while it exported services, and the
+    check results showed only in --json."""
+    with socket.socket() as up, socket.socket() as down:
+        up.bind(("127.0.0.1", 0))
+        up.listen()
+        down.bind(("127.0.0.1", 0))  # bound, never listening: its check is refused
+        services = [{"namespace": "shop", "name": name, "address": "127.0.0.1",
+                     "ports": [{"name": "http", "port": sock.getsockname()[1]}],
+                     "check": {"kind": "tcp", "interval": 0.2, "rise": 1, "fall": 1}}
+                    for name, sock in (("cart", up), ("gone", down))]
+        cfg = write_config(tmp_path / "west.yaml", "west", [etcd.endpoint], tmp_path / "west", [],
+                           vm={"services": services, "egress_capture": "off"})
+        west = AgentProcess(cfg, tmp_path / "west").start()
+        agents.append(west)
+        west.wait_ready()
+
+        def exports() -> dict[str, str]:
+            lines = meshfed("status", "--config", str(cfg)).stdout.split("EXPORTED\n", 1)[1].split("\n\n")[0]
+            return {ln.split()[0]: ln for ln in lines.splitlines()[1:] if ln.strip()}
+
+        wait_for(lambda: {"shop/cart", "shop/gone"} <= exports().keys() and "FAILING" in exports()["shop/gone"],
+                 what="both exports in west's status")
+        rows = exports()
+        assert f"1/1    ok (tcp connect to 127.0.0.1:{up.getsockname()[1]} succeeded)" in rows["shop/cart"]
+        assert "0/1    FAILING" in rows["shop/gone"]
