@@ -166,14 +166,28 @@ class DnsServer:
         async for _ in follow(*held):
             view = mesh.get()
             if view.complete:
-                self.update(view, last_resort.get() if last_resort is not None else frozenset(),
-                            vips.get() if vips is not None else {})
+                await self.rebuild(view, last_resort.get() if last_resort is not None else frozenset(),
+                                   vips.get() if vips is not None else {})
+
+    async def rebuild(self, view: MeshView, stale_sites: frozenset[str], vips: VipTable) -> None:
+        """`update`, with the zone built on a worker thread: the loop keeps answering meanwhile.
+
+        A full build at 1,000 sites takes seconds of Python; on the serving loop it delayed every answer
+        and tunnel byte that long. The builder is used by this task alone and works on immutable views;
+        answers read its name table as it changes (each service's names consistent, a mix of old and new
+        services for the moment of a build), and the fast path forgets what the build changed once it is done.
+        """
+        started = time.perf_counter()
+        zone = await asyncio.to_thread(self._builder.build, view, stale_sites, vips)
+        self._installed(zone, started)
 
     def update(self, view: MeshView, stale_sites: frozenset[str] = frozenset(), vips: VipTable | None = None) -> None:
         """Answer from `view` from now on; `stale_sites` (stale records or gateways down) are used last;
         `vips` gives the address of each ClusterSetIP service."""
         started = time.perf_counter()
-        zone = self._builder.build(view, stale_sites, vips or {})
+        self._installed(self._builder.build(view, stale_sites, vips or {}), started)
+
+    def _installed(self, zone: Zone, started: float) -> None:
         self.fast.update(zone)
         self.zone = zone
         self._names.set(len(zone.nodes))
