@@ -184,8 +184,10 @@ class DataPlane:
         family = 0 if self.capture is not None and self.capture.active and self.capture.ipv6 else 4
         self.addresses = Derived(lambda: VipAddresses(mesh.get().vips, family=family), mesh,
                                  name="ClusterSetIP addresses")
+        capturing = self.capture is not None and self.capture.active
         self.vm = VmSource(s.vm, s.site.name, mesh=self.mesh, vips=self.addresses, static_exports=s.exports,
-                           locality=s.site.locality, metrics=self.metrics)
+                           locality=s.site.locality, metrics=self.metrics,
+                           vip_ranges=s.dns.vip_ranges if capturing else ())
         self.exports = self.vm.exports
 
     def _start_kubernetes(self) -> None:

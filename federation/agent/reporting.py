@@ -174,8 +174,10 @@ def format_status(status: Mapping[str, Any]) -> str:
                      f"egress: {eg['listeners']} per-port listener(s); capture off: {eg['reason']}")
     vif = status.get("vipInterface")
     if vif:
-        lines.append(f"vip interface {vif['name']}: " + (f"FALLBACK: {vif['fallback']}" if vif["fallback"]
-                     else f"{len(vif['addresses'])} VIP(s)"))
+        lines.append(f"vip interface {vif['name']}: " + (
+            f"FALLBACK: {vif['fallback']}" if vif["fallback"]
+            else f"routes the VIP ranges ({', '.join(vif['addresses'])}; capture redirects them)"
+            if vif.get("wholeRanges") else f"{len(vif['addresses'])} VIP(s)"))
     lines.append("")
     lines.append("EXPORTED")
     checks = {c["service"]: c for c in status.get("checks", [])}

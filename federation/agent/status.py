@@ -143,7 +143,7 @@ def _data_plane(plane: DataPlane, selection: Selection) -> dict[str, Any]:
             "zone": s.dns.zone,
         },
         "vipInterface": None if vif is None else {
-            "name": vif.name, "fallback": vif.fallback_reason or None,
+            "name": vif.name, "fallback": vif.fallback_reason or None, "wholeRanges": vif.whole_ranges,
             "addresses": sorted(str(a) for a in vif.addresses),
         },
         "exports": [{"service": f"{e.namespace}/{e.name}", "ready": sum(1 for ep in e.endpoints if ep.ready),

@@ -54,6 +54,7 @@ class VmSource:
         vips: Readable[VipTable] | None = None,
         static_exports: Iterable[ServiceExport] = (),
         locality: Locality = UNKNOWN_LOCALITY,
+        vip_ranges: Sequence[str] = (),
         metrics: CollectorRegistry | None = None,
         discovery_settle: float = DISCOVERY_SETTLE,
         netns: str | None = None,
@@ -79,7 +80,8 @@ class VmSource:
         self.discovery = (LanDiscovery(settings, site_name, self.groups.group("lan"), metrics=metrics)
                           if settings.discovery.enabled else None)
         self.announcer = MdnsAnnouncer(settings, site_name) if settings.announce else None
-        self.vips = VipInterface(settings, metrics=metrics, netns=netns)
+        self.vips = VipInterface(settings, metrics=metrics, netns=netns, ranges=vip_ranges)
+        """With `vip_ranges` (capture mode) it holds one address per range, not the VIPs."""
         self._wanted_vips: frozenset[Vip] = frozenset()
         self._by_service: dict[ServiceId, frozenset[Vip]] = {}
         self._counts: dict[Vip, int] = {}
