@@ -53,9 +53,11 @@ class DataPlane:
     """Starts and stops the subsystems of one site; `start()` binds, `tasks()` runs, `drain()`/`close()` end."""
 
     def __init__(self, settings: AgentSettings, mesh: Readable[MeshView], metrics: CollectorRegistry,
-                 vip_client: CasClient) -> None:
+                 vip_client: CasClient, allocator_mesh: Readable[MeshView] | None = None) -> None:
         self.settings = settings
         self.mesh = mesh
+        self._allocator_mesh = allocator_mesh or mesh
+        """What the VIP allocator reconciles against: only live views (it releases what a view lacks)."""
         self.metrics = metrics
         self._vip_client = vip_client
         self.vm: VmSource | None = None
@@ -156,8 +158,8 @@ class DataPlane:
     def _start_vm(self) -> None:
         s = self.settings
         if s.dns.enabled:
-            self.vips = VipAllocator(self._vip_client, Keys(s.registry.prefix), self.mesh, ranges=s.dns.vip_ranges,
-                                     grace=s.dns.vip_grace)
+            self.vips = VipAllocator(self._vip_client, Keys(s.registry.prefix), self._allocator_mesh,
+                                     ranges=s.dns.vip_ranges, grace=s.dns.vip_grace)
         table = self.vips.table if self.vips is not None else Value(MappingProxyType({}), name="no VIPs")
         # DNS answers, the VIP interface and the egress use the same addresses: the ones the egress can serve.
         self.addresses = Derived(lambda: _ipv4_only(table.get()), table, name="ClusterSetIP addresses")

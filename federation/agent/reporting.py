@@ -121,9 +121,14 @@ def format_status(status: Mapping[str, Any]) -> str:
     lines = [
         f"site {status['site']} ({status['kind']}, network {status['network']}, {status['locality'] or 'no locality'})",
         f"registry: {','.join(reg['endpoints'])}: {state}"
+        + (" (a view restored from disk)" if reg.get("view") == "restored" else "")
         + (f", {reg['stalenessSeconds']}s old: {reg['error']}" if reg["stale"] else "")
         + (f", lease {reg['lease']}" if reg.get("lease") else ""),
     ]
+    for c in reg.get("clients", []):
+        if c["reachable"] is False:
+            lines.append(f"  {c['client']}: CANNOT REACH ETCD for {c['downSeconds'] or 0}s via {c['endpoint']}: "
+                         f"{c['error']}")
     gw = status.get("gateway")
     lines.append(f"gateway: listening {gw['listen']}, advertised {gw['advertised']}, certificate valid until "
                  f"{gw['certificateValidUntil']}" if gw else "gateway: off (gateway.ca_dir not set)")

@@ -20,14 +20,22 @@ from federation.agent.reporting import registry_report
 from federation.agent.settings import ADMIN_ADDR_FILE, AgentSettings
 from federation.agent.status import agent_status
 from federation.core.keys import Keys
+from federation.core.view import MeshView
 from federation.registry.embedded import EtcdProcess
 from federation.registry.etcd import EtcdClient
+from federation.registry.link import Links
 from federation.registry.mirror import Mirror, RegistryMetrics
 from federation.registry.publisher import Publisher
+from federation.registry.snapshot import RawListing, SnapshotFile
 from federation.runtime.files import write_private
 from federation.runtime.tasks import after, guard
+from federation.runtime.values import Derived
 
 log = logging.getLogger(__name__)
+
+SNAPSHOT_FILE = "registry.snapshot"
+"""The last registry view, in the state directory (federation.registry.snapshot)."""
+
 
 class _Shutdown(Exception):
     """Raised inside the task group to end it in order."""
@@ -45,6 +53,9 @@ class Agent:
         self.publisher: Publisher | None = None
         self.plane: DataPlane | None = None
         self.admin_address: tuple[str, int] | None = None
+        self.links = Links()
+        """Every registry client's link to etcd (readiness detail, status, metrics)."""
+        self.links.register(self.metrics)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until `stop` is set; a subsystem that fails ends the agent with its error."""
@@ -66,25 +77,43 @@ class Agent:
     def status(self) -> dict[str, Any]:
         """What `meshfed status` prints (the admin endpoint's /status)."""
         return agent_status(self.settings, self.mirror, self.publisher, self.plane,
-                            self.etcd.endpoint if self.etcd is not None else None)
+                            self.etcd.endpoint if self.etcd is not None else None, self.links)
 
     async def _run(self, endpoints: tuple[str, ...], stop: asyncio.Event) -> None:
         s = self.settings
 
-        def client() -> EtcdClient:
-            return EtcdClient(endpoints, tls=s.registry.tls, timeout=s.registry.timeout)
+        def client(name: str) -> EtcdClient:
+            c = EtcdClient(endpoints, tls=s.registry.tls, timeout=s.registry.timeout, name=name)
+            self.links.add(c.link)
+            return c
 
-        mirror = self.mirror = Mirror(client(), self.keys, metrics=RegistryMetrics(self.metrics))
-        plane = self.plane = DataPlane(s, mirror.mesh, self.metrics, client())
+        raw = RawListing(s.registry.snapshot_max_bytes) if s.registry.snapshot else None
+        mirror = self.mirror = Mirror(client("mirror"), self.keys, metrics=RegistryMetrics(self.metrics), raw=raw)
+        snapshot = SnapshotFile(s.state_dir / SNAPSHOT_FILE, self.keys.root(), raw) if raw is not None else None
+        saved = snapshot.load() if snapshot is not None else None
+        if saved is not None:
+            mirror.restore(saved)
+        # What may delete or release (VIP allocation) waits for a live listing, never acts on a restored one.
+        before = MeshView.before_sync()
+        live = Derived(lambda: mirror.mesh.get() if mirror.live.get() else before, mirror.mesh, mirror.live,
+                       name="live mesh view")
+        plane = self.plane = DataPlane(s, mirror.mesh, self.metrics, client("vip-allocator"), allocator_mesh=live)
         admin = AdminServer(s.admin.address, s.admin.port, self.metrics)
         try:
             await plane.start()
+            if saved is not None and plane.vips is not None:
+                plane.vips.seed(saved.listing)
             publisher = self.publisher = Publisher(
-                client(), self.keys, plane.site_record, plane.exports,
+                client("publisher"), self.keys, plane.site_record, plane.exports,
                 ttl=s.registry.lease_ttl, lease_file=s.state_dir / "lease",
             )  # fmt: skip
-            admin.add_readiness("registry", lambda: None if mirror.synced.is_set() else "initial registry sync pending")
-            admin.add_readiness("publisher", lambda: None if publisher.published.is_set() else "site not yet published")
+            admin.add_readiness("registry", lambda: None if mirror.mesh.get().complete
+                                else "initial registry sync pending")
+            admin.add_readiness("publisher", lambda: None if publisher.published.is_set() or mirror.restored_at
+                                else "site not yet published")
+            admin.add_degraded("registry", lambda: _registry_degraded(mirror, self.links))
+            admin.add_degraded("publisher", lambda: None if publisher.published.is_set()
+                               else "site not yet published (etcd unreachable)")
             admin.add_document("/registry", lambda: registry_report(
                 mirror.mesh.get(), mirror.catalog.rejected, source=f"agent of site {s.site.name}",
                 stale=mirror.stale, staleness=mirror.staleness(), error=mirror.error,
@@ -97,6 +126,8 @@ class Agent:
                     tg.create_task(guard(name, work), name=name)
 
                 spawn("registry-mirror", mirror.run())
+                if snapshot is not None:
+                    spawn("registry-snapshot", snapshot.run())
                 spawn("registry-publisher", after(plane.exports_ready(), publisher.run()))
                 for name, work in plane.tasks():
                     spawn(name, work)
@@ -116,3 +147,15 @@ class Agent:
                  self.settings.gateway.drain_timeout)
         await plane.drain(self.settings.gateway.drain_timeout)
         raise _Shutdown
+
+
+def _registry_degraded(mirror: Mirror, links: Links) -> str | None:
+    """Why the registry part serves in a degraded way (a stale view, a client that cannot reach etcd)."""
+    notes = []
+    if mirror.stale and mirror.mesh.get().complete:
+        age = mirror.staleness()
+        source = "a view restored from disk" if not mirror.live.get() else "its last known state"
+        notes.append(f"serving {source}, {age:.0f}s old ({mirror.error or 'etcd unreachable'})")
+    for link in links.unreachable():
+        notes.append(f"{link.name} cannot reach etcd for {link.down_for():.0f}s ({link.error})")
+    return "; ".join(notes) or None

@@ -7,12 +7,13 @@ from typing import Any
 
 from federation.agent.dataplane import DataPlane
 from federation.agent.settings import AgentSettings
+from federation.registry.link import Links
 from federation.registry.mirror import Mirror
 from federation.registry.publisher import Publisher
 
 
 def agent_status(settings: AgentSettings, mirror: Mirror | None, publisher: Publisher | None,
-                 plane: DataPlane | None, etcd_endpoint: str | None) -> dict[str, Any]:
+                 plane: DataPlane | None, etcd_endpoint: str | None, links: Links | None = None) -> dict[str, Any]:
     """The /status document."""
     s = settings
     out: dict[str, Any] = {
@@ -28,6 +29,9 @@ def agent_status(settings: AgentSettings, mirror: Mirror | None, publisher: Publ
             else round(mirror.staleness(), 1),
             "error": mirror.error if mirror else None,
             "lease": f"{publisher.lease:x}" if publisher and publisher.lease else None,
+            "view": None if mirror is None else "live" if mirror.live.get()
+            else "restored" if mirror.restored_at is not None else "none",
+            "clients": [link.describe() for link in links or ()],
         },
     }
     if plane is not None:

@@ -111,6 +111,12 @@ class VipAllocator:
                     async with asyncio.timeout(max(0.0, due - loop.time())):  # not wait_for: gh-86296
                         await changes.wait()
 
+    def seed(self, kvs: Mapping[str, Any]) -> None:
+        """Take the allocations of a saved registry listing (key -> value with `.value`) as the table, until
+        etcd can be read (an agent restarted while etcd is away answers the VIPs it knew)."""
+        state = self._state({k: v for k, v in kvs.items() if k.startswith(self._keys.mesh("vips") + "/")})
+        self.table.set(MappingProxyType({svc: alloc.addresses for svc, (alloc, _) in state.allocations.items()}))
+
     async def reconcile(self, view: MeshView) -> list[Op]:
         """One pass: read the VIP keys, apply the plan, read again; returns the ops attempted."""
         state = await self._read()
@@ -132,6 +138,9 @@ class VipAllocator:
 
     async def _read(self) -> State:
         kvs, _ = await self._client.get_prefix(self._keys.mesh("vips") + "/")
+        return self._state(kvs)
+
+    def _state(self, kvs: Mapping[str, Any]) -> State:
         allocations: dict[Service, tuple[Allocation, bytes]] = {}
         claims: dict[str, tuple[Claim, bytes]] = {}
         head_a, head_c = self._alloc_key(("", ""))[:-1], self._claim_key("")

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from federation.core.backoff import Backoff
+from federation.core.backoff import Backoff, registry_backoff
 from federation.core.errors import RecordError, RegistryUnavailable
 from federation.core.keys import Keys
 from federation.core.policy.codec import decode_policy, encode_policy, parse_policy_key, policy_key, policy_prefix
@@ -95,7 +95,7 @@ class PolicyReader:
                  log_interval: float = 60.0) -> None:
         self._client = client
         self._keys = keys
-        self._backoff = backoff or Backoff()
+        self._backoff = backoff or registry_backoff()
         self._reject_log = LogLimiter(interval=log_interval, capacity=1024)
         self.index = PolicyIndex(keys)
         self.policies: Value[Policies] = Value(MappingProxyType({}), name="traffic policies")

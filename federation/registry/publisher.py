@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from federation.core.backoff import Backoff
+from federation.core.backoff import REGISTRY_CAP, Backoff
 from federation.core.errors import RegistryUnavailable
 from federation.core.keys import Keys
 from federation.core.records import ServiceExport, Site
@@ -88,7 +88,7 @@ class Publisher:
         self._lease_file = lease_file
         # Retries must come well within the lease TTL: etcd restarts a lease's countdown when it comes back,
         # and a publisher still backing off then lets the lease, and every record of the site, expire.
-        self._backoff = backoff or Backoff(base=0.2, cap=max(0.5, ttl / 4))
+        self._backoff = backoff or Backoff(base=0.1, cap=min(REGISTRY_CAP, max(0.5, ttl / 4)))
         self._clock = clock
         self._actual: dict[str, Stored] = {}
         self.lease = 0
