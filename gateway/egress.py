@@ -253,6 +253,8 @@ class Egress:
                          resp.reason)
                 pool.give_back(tunnel)
                 return False
+            if tunnel.closed:  # lost right after its status (its transport is gone): a fresh tunnel, once
+                continue
             self.metrics.attempts.labels("gateway", "ok").inc()
             held: list[Any] = []
 
@@ -285,7 +287,7 @@ class Egress:
             pool = self._pools[key] = TunnelPool(
                 key, gateway, self.context, self.bundle, self.mesh,
                 self.settings.pool_size, self.settings.pool_idle, self.settings.handshake_timeout, self.spawn,
-                keep=self.settings.pool_max, max_age=self.settings.tunnel_max_age,
+                keep=self.settings.pool_max, max_age=self.settings.tunnel_max_age, active=self.active,
             )
         return pool
 

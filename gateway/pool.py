@@ -16,7 +16,7 @@ from federation.pki.verifying import PeerRejected, TrustBundle, verify_peer
 from federation.runtime.values import Readable
 from gateway.preamble import NEED_DATA, Preamble, Request, Response, Role
 from gateway.refusals import Throttle
-from gateway.relay import Done, PlainLeg, Stream, TunnelLeg
+from gateway.relay import ActiveStreams, Done, PlainLeg, Stream, TunnelLeg
 from gateway.tls import ResumingContext
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,8 @@ class EgressTunnel(TunnelLeg):
         self.streams = 0
         self.session_saved = False
         self.opened = 0.0
+        self.on_lost: Callable[[], None] | None = None
+        """Called once when the connection is gone (the egress counts open tunnels)."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass asyncio's
@@ -90,6 +92,9 @@ class EgressTunnel(TunnelLeg):
     def connection_lost(self, exc: Exception | None) -> None:
         if self._answer is not None and not self._answer.done():
             self._answer.set_exception(ConnectionResetError("tunnel closed before a status"))
+        if self.on_lost is not None:
+            self.on_lost()
+            self.on_lost = None
         super().connection_lost(exc)
 
 
@@ -101,7 +106,8 @@ class TunnelPool:
 
     def __init__(self, key: PoolKey, gateway: Gateway, context: ResumingContext, bundle: TrustBundle,
                  mesh: Readable[MeshView], size: int, idle: float, handshake_timeout: float,
-                 spawn: Callable[..., Any], keep: int | None = None, max_age: float = 3600.0) -> None:
+                 spawn: Callable[..., Any], keep: int | None = None, max_age: float = 3600.0,
+                 active: ActiveStreams | None = None) -> None:
         self.key = key
         self.gateway = gateway
         self.context = context
@@ -118,6 +124,7 @@ class TunnelPool:
         self._in_use: set[EgressTunnel] = set()
         self.handshakes = 0
         self.closed = False
+        self._active = active
 
     @property
     def server_name(self) -> str:
@@ -175,14 +182,17 @@ class TunnelPool:
         except BaseException:
             transport.abort()
             raise
+        if self._active is not None and not tunnel.closed:
+            self._active.tunnel_up()
+            tunnel.on_lost = self._active.tunnel_down
         return tunnel
 
     def remember_session(self, tunnel: EgressTunnel) -> None:
         """After a status arrived (so TLS 1.3 tickets have been read), keep the session for resumption.
 
-        Once per tunnel: reading the session costs about 0.3 ms.
+        Only when the context wants a newer one (`ResumingContext.wants`): reading it leaks on CPython 3.11.
         """
-        if tunnel.transport is not None and not tunnel.session_saved:
+        if tunnel.transport is not None and not tunnel.session_saved and self.context.wants(self.server_name):
             tunnel.session_saved = True
             sslobj = tunnel.transport.get_extra_info("ssl_object")
             if sslobj is not None:

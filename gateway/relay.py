@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
+import time
 from collections.abc import Callable
 from typing import Protocol, cast
 
 from federation.core.errors import RemoteProtocolError
+from federation.runtime import memory
+from federation.runtime.memory import Trimmer
 from gateway.framing import ABORT_FRAME, END_FRAME, Deframer, header
 from gateway.refusals import Throttle
 
@@ -22,9 +26,8 @@ _throttle = Throttle()
 
 READ_SIZE = 256 * 1024
 """Bytes per read: large reads keep the per-chunk Python cost small next to the copying and crypto."""
-_FIRST_READ = 16 * 1024
-"""Buffer of a new connection: most carry small messages, and zeroing 256 KiB per connection shows."""
-_HIGH_WATER = 1024 * 1024
+HIGH_WATER = 1024 * 1024
+"""Bytes a stream may queue towards a slow side before the other side stops reading (per direction)."""
 _SMALL = 16 * 1024
 """Up to this size a chunk is copied behind its header so that it travels in one TLS record."""
 
@@ -44,17 +47,24 @@ class Sink(Protocol):
 
 
 class ActiveStreams:
-    """Counts the streams in flight so a shutdown can wait for them to end."""
+    """Counts the streams in flight so a shutdown can wait for them to end, and hands the memory of a burst
+    back to the system once it is over (`federation.runtime.memory.Trimmer`)."""
 
     def __init__(self) -> None:
         self.count = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        self.tunnels = 0
+        """Tunnels open (counted for the trim only)."""
+        self.trimmer = Trimmer()
+        self._trim: asyncio.TimerHandle | None = None
+        self._due = 0.0
 
     def add(self) -> None:
         """A stream started."""
         self.count += 1
         self._idle.clear()
+        self.trimmer.seen(self.count + self.tunnels, time.monotonic())
 
     def done(self) -> None:
         """A stream ended."""
@@ -62,6 +72,33 @@ class ActiveStreams:
         if self.count <= 0:
             self.count = 0
             self._idle.set()
+        self._closed()
+
+    def tunnel_up(self) -> None:
+        """A tunnel opened (they hold memory too, and often close after their streams: the trim waits for them)."""
+        self.tunnels += 1
+        self.trimmer.seen(self.count + self.tunnels, time.monotonic())
+
+    def tunnel_down(self) -> None:
+        """A tunnel closed."""
+        self.tunnels = max(0, self.tunnels - 1)
+        self._closed()
+
+    def _closed(self) -> None:
+        due = self.trimmer.seen(self.count + self.tunnels, time.monotonic())
+        if due is not None and due != self._due:
+            self._due = due
+            if self._trim is not None:
+                self._trim.cancel()
+            loop = asyncio.get_running_loop()
+            self._trim = loop.call_later(max(0.0, due - time.monotonic()), self._trim_now)
+
+    def _trim_now(self) -> None:
+        self._trim = None
+        if self.trimmer.due(self.count + self.tunnels, time.monotonic()):
+            gc.collect()  # what is left in reference cycles first (the loop's transports take part in some)
+            # malloc_trim walks every heap (milliseconds, more for a large one): not on the loop.
+            asyncio.get_running_loop().run_in_executor(None, _trim, self.count)
 
     async def wait_idle(self, grace: float) -> None:
         """Return when no stream is left, or after `grace` seconds."""
@@ -71,33 +108,69 @@ class ActiveStreams:
                     await self._idle.wait()
 
 
-class _LargeReads(asyncio.BufferedProtocol):
-    """Reads into one reused buffer (16 KiB, 256 KiB once a read fills it) and hands a view to `data_received`.
+class ReadBuffer:
+    """The one read buffer every connection of the process reads into, in turn.
 
-    The buffer is replaced whenever the transport that received the view still holds it (its write
-    buffer is not empty), so no byte is overwritten before it has been sent.
+    A read and the handling of what it brought happen in one callback of the loop, so connections can
+    share a buffer: a connection at rest holds no read buffer at all (issue 17: 16 KiB per socket, two
+    sockets per relayed connection, was half of what a connection cost). When the transport the bytes
+    went to keeps a view of them (its write buffer is not empty), the buffer is left to it and a new
+    one taken, so no byte is overwritten before it has been sent.
     """
 
-    _buf: bytearray | None = None
-    _size = _FIRST_READ
+    def __init__(self, size: int = READ_SIZE) -> None:
+        self.size = size
+        self._buf: bytearray | None = None
+        self.replaced = 0
+        """Buffers left to a transport that still held a view (tests, benchmarks)."""
 
-    def get_buffer(self, sizehint: int) -> memoryview:
+    def view(self) -> memoryview:
+        """The buffer to read into now."""
         if self._buf is None:
-            self._buf = bytearray(self._size)
+            self._buf = bytearray(self.size)
         # A memoryview, not the bytearray: asyncio's sslproto slices it and reads into the slice.
         return memoryview(self._buf)
 
+    def filled(self, nbytes: int) -> memoryview:
+        """The bytes the last read put in the buffer."""
+        assert self._buf is not None
+        return memoryview(self._buf)[:nbytes]
+
+    def pinned(self) -> None:
+        """A transport keeps a view of the buffer: take a new one for the next read."""
+        self._buf = None
+        self.replaced += 1
+
+
+READS = ReadBuffer()
+"""The process's read buffer (`read_size` resizes it; gateway worker processes have their own)."""
+
+
+def set_read_size(size: int) -> None:
+    """Use reads of `size` bytes from now on (the gateway's `read_size` setting)."""
+    if size != READS.size:
+        READS.size = size
+        READS.pinned()
+
+
+def _trim(active: int) -> None:
+    before = memory.rss()
+    memory.trim()
+    log.info("returned memory to the system after a burst of connections (%d still open): RSS %d -> %d MiB",
+             active, before >> 20, memory.rss() >> 20)
+
+
+class _LargeReads(asyncio.BufferedProtocol):
+    """Reads into the shared `READS` buffer and hands a view of what was read to `data_received`."""
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return READS.view()
+
     def buffer_updated(self, nbytes: int) -> None:
-        buf = self._buf
-        assert buf is not None
         out = self.out_transport()
-        self.data_received(memoryview(buf)[:nbytes])  # type: ignore[arg-type]
-        if nbytes == len(buf) and self._size < READ_SIZE:
-            # A full read means bulk data: grow, so that each read moves more per Python call.
-            self._size = READ_SIZE
-            self._buf = None
-        elif out is not None and out.get_write_buffer_size():
-            self._buf = None
+        self.data_received(READS.filled(nbytes))  # type: ignore[arg-type]
+        if out is not None and out.get_write_buffer_size():
+            READS.pinned()
 
     def data_received(self, data: bytes) -> None:
         raise NotImplementedError
@@ -116,6 +189,8 @@ class PlainLeg(_LargeReads):
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self.sink: Sink | None = None
+        self.attached = False
+        """A relay took this leg (it keeps its own reference to the transport until it ends)."""
         self.lost = False
         self.early_eof = False
         self.early = bytearray()
@@ -153,6 +228,10 @@ class PlainLeg(_LargeReads):
         self.lost = True
         if self.sink is not None:
             self.sink.plain_lost(self, exc)
+        if self.attached:
+            # The leg and its transport refer to each other: let reference counting free both now rather
+            # than leave them to a full garbage collection (thousands of closed connections pile up).
+            self.transport = None
 
     def pause_writing(self) -> None:
         if self.sink is not None:
@@ -193,6 +272,7 @@ class TunnelLeg(_LargeReads):
         self.closed = True
         if self.stream is not None:
             self.stream.finish(clean=False)
+        self.transport = None  # as for PlainLeg: no cycle with the transport left for the collector
 
     def pause_writing(self) -> None:
         if self.stream is not None:
@@ -213,7 +293,7 @@ class Stream:
     """One use of a tunnel: relays between `plain` and the framed `tunnel` until both ends sent END."""
 
     def __init__(self, tunnel: TunnelLeg, plain: PlainLeg, idle_timeout: float, on_done: Done,
-                 pending: bytes = b"") -> None:
+                 pending: bytes = b"", high_water: int = HIGH_WATER) -> None:
         assert tunnel.transport is not None
         assert plain.transport is not None
         self.tunnel = tunnel
@@ -221,8 +301,8 @@ class Stream:
         self._tt = tunnel.transport
         self._pt = plain.transport
         # asyncio's 64 KiB default high-water mark pauses a bulk stream every few reads.
-        self._pt.set_write_buffer_limits(high=_HIGH_WATER)
-        self._tt.set_write_buffer_limits(high=_HIGH_WATER)
+        self._pt.set_write_buffer_limits(high=high_water)
+        self._tt.set_write_buffer_limits(high=high_water)
         self._deframer = Deframer()
         self._on_done = on_done
         self.sent_end = False
@@ -238,6 +318,7 @@ class Stream:
         )
         tunnel.stream = self
         plain.sink = self
+        plain.attached = True
         if pending:
             self.tunnel_data(pending)
         if plain.early and not self.done:

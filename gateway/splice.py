@@ -32,6 +32,7 @@ class Splice:
         self._timer: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(
             idle_timeout / 2, self._check_idle)
         a.sink = b.sink = self
+        a.attached = b.attached = True
         a.transport.set_write_buffer_limits(high=_HIGH_WATER)
         b.transport.set_write_buffer_limits(high=_HIGH_WATER)
         for leg in (a, b):

@@ -101,6 +101,7 @@ class GatewayTunnel(TunnelLeg):
             left = (identity.not_after - dt.datetime.now(dt.UTC)).total_seconds()
             self._expiry = asyncio.get_running_loop().call_later(max(left, 0.0), self.end, "certificate_expired")
         self.gw.tunnels.add(self)
+        self.gw.active.tunnel_up()
         self.gw.metrics.tunnels.inc()
         self._ready = True
         self._await_request()
@@ -247,6 +248,7 @@ class GatewayTunnel(TunnelLeg):
             self._expiry.cancel()
         if self in self.gw.tunnels:
             self.gw.tunnels.discard(self)
+            self.gw.active.tunnel_down()
             self.gw.metrics.tunnels.dec()
         super().connection_lost(exc)
 

@@ -45,6 +45,9 @@ def cmd_agent(args: argparse.Namespace) -> int:
 def run_agent_process(settings: AgentSettings) -> int:
     """Run an agent in this process until SIGINT/SIGTERM; exit code for the shell."""
     from federation.agent.root import Agent  # the whole agent: imported by the one command that runs it
+    from federation.runtime import memory
+
+    memory.tune()  # before any thread starts: the arena cap applies to threads made after it
 
     async def main() -> None:
         stop = asyncio.Event()
