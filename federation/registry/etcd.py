@@ -124,6 +124,11 @@ class EtcdClient:
         return self._timeout
 
     @property
+    def tls(self) -> TlsFiles | None:
+        """The client TLS files (None: plaintext)."""
+        return self._tls
+
+    @property
     def endpoint(self) -> str:
         """The member calls go to now."""
         return self.endpoints[self._index % len(self.endpoints)]

@@ -1,4 +1,8 @@
-"""Keeps one site's records in etcd, bound to the agent's lease, writing only what changed."""
+"""Keeps one site's records in etcd, bound to the agent's lease, writing only what changed.
+
+The lease is refreshed from a thread of its own (`federation.registry.leasekeeper`), so that a busy event
+loop cannot make it expire; the publisher hears from it when the lease is lost or keepalives fail.
+"""
 
 from __future__ import annotations
 
@@ -14,14 +18,15 @@ from federation.core.errors import RegistryUnavailable
 from federation.core.keys import Keys
 from federation.core.records import ServiceExport, Site
 from federation.registry.etcd import Delete, EtcdClient, Put, reconnecting
+from federation.registry.leasekeeper import LeaseKeeper
 from federation.registry.publishing import DeleteOp, PutOp, Stored, desired_records, plan
 from federation.runtime.files import write_private
-from federation.runtime.values import Changes, Readable
+from federation.runtime.values import Changes, Readable, Value
 
 log = logging.getLogger(__name__)
 
 _RELIST_EVERY = 10
-"""Keepalive rounds between re-reads of our own keys (to repair keys deleted by hand)."""
+"""Keepalive intervals between re-reads of our own keys (to repair keys deleted by hand)."""
 
 
 class LeaseLost(RegistryUnavailable):
@@ -79,6 +84,7 @@ class Publisher:
         lease_file: Path | None = None,
         backoff: Backoff | None = None,
         clock: Callable[[], float] = time.time,
+        keeper: LeaseKeeper | None = None,
     ) -> None:
         self._client = client
         self._keys = keys
@@ -90,6 +96,10 @@ class Publisher:
         # and a publisher still backing off then lets the lease, and every record of the site, expire.
         self._backoff = backoff or Backoff(base=0.1, cap=min(REGISTRY_CAP, max(0.5, ttl / 4)))
         self._clock = clock
+        self.keeper = keeper or LeaseKeeper(client.endpoints, client.tls, client.timeout)
+        """Refreshes the lease from its own thread."""
+        self._keeper_news: Value[tuple[str, int, str]] = Value(("", 0, ""), name="lease keeper")
+        """("lost", lease, "") or ("failing", lease, reason) from the keeper's thread; a new tuple each time."""
         self._actual: dict[str, Stored] = {}
         self.lease = 0
         self.published = asyncio.Event()
@@ -106,7 +116,10 @@ class Publisher:
 
     async def run(self) -> None:
         """Publish until cancelled, reconnecting with backoff."""
-        await reconnecting(self._client, self._session, self._on_error)
+        try:
+            await reconnecting(self._client, self._session, self._on_error)
+        finally:
+            self.keeper.stop()
 
     def _on_error(self, exc: RegistryUnavailable) -> float:
         self.settled.clear()
@@ -124,36 +137,46 @@ class Publisher:
         self._forget_lease()
 
     async def _session(self) -> None:
-        self.lease = await self._acquire_lease()
-        self._actual, _ = await self._owned()
-        with Changes(self._site, self._exports) as changes:
-            await self._keep(changes, max(self._ttl / 3, 0.2))
+        self.lease, left = await self._acquire_lease()
+        loop = asyncio.get_running_loop()
 
-    async def _keep(self, changes: Changes, interval: float) -> None:
-        """Write what changed at once; refresh the lease every `interval`; re-read our keys now and then."""
-        rounds = 0
-        last_keepalive = time.monotonic()
+        def news(kind: str, lease: int, reason: str = "") -> None:  # on the keeper's thread
+            loop.call_soon_threadsafe(self._keeper_news.set, (kind, lease, reason))
+
+        with Changes(self._site, self._exports, self._keeper_news) as changes:
+            self.keeper.keep(self.lease, self._ttl, left, lambda lease: news("lost", lease),
+                             lambda reason: news("failing", self.lease, reason))
+            self._actual, _ = await self._owned()
+            await self._keep(changes, max(self._ttl / 3, 0.2) * _RELIST_EVERY)
+
+    async def _keep(self, changes: Changes, relist: float) -> None:
+        """Write what changed at once; re-read our keys every `relist` seconds; end when the keeper says
+        the lease is lost or keepalives fail (the session then starts again, keeping the lease if it lives)."""
+        loop = asyncio.get_running_loop()
+        due = loop.time() + relist
+        seen = self._keeper_news.get()
         while True:
             await self._sync()
             self._backoff.reset()
             self.published.set()
-            wait = interval - (time.monotonic() - last_keepalive)
-            if wait > 0:
-                with contextlib.suppress(TimeoutError):
-                    # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow the cancellation that
-                    # stops the agent when it lands as the event fires (CPython gh-86296).
-                    async with asyncio.timeout(wait):
-                        await changes.wait()
-            if time.monotonic() - last_keepalive < interval:
-                continue
-            left = await self._client.keepalive(self.lease)
-            last_keepalive = time.monotonic()
-            if left <= 0:
-                self._forget_lease()
-                raise LeaseLost(f"lease {self.lease:x} expired; re-registering site {self.site.name}")
-            rounds += 1
-            if rounds % _RELIST_EVERY == 0:
+            with contextlib.suppress(TimeoutError):
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow the cancellation that
+                # stops the agent when it lands as the event fires (CPython gh-86296).
+                async with asyncio.timeout(max(0.0, due - loop.time())):
+                    await changes.wait()
+            news = self._keeper_news.get()
+            if news is not seen:
+                seen = news
+                kind, lease, reason = news
+                if lease == self.lease and kind == "lost":
+                    self.keeper.drop()
+                    self._forget_lease()
+                    raise LeaseLost(f"lease {self.lease:x} expired; re-registering site {self.site.name}")
+                if lease == self.lease and kind == "failing":
+                    raise RegistryUnavailable(f"lease keepalive failed: {reason}")
+            if loop.time() >= due:
                 self._actual, _ = await self._owned()
+                due = loop.time() + relist
 
     async def _sync(self) -> None:
         at = self.settled.versions()
@@ -183,19 +206,20 @@ class Publisher:
             own[self._keys.site(name)] = Stored(site_kv.value, site_kv.lease)
         return own, rev
 
-    async def _acquire_lease(self) -> int:
+    async def _acquire_lease(self) -> tuple[int, int]:
         """Reuse our lease while it lives (after an etcd outage, or the previous run's after a restart: then
-        nothing is rewritten), else grant one."""
+        nothing is rewritten), else grant one; the lease and the seconds it has left."""
         previous = self.lease or self._read_lease_file()
         if previous:
             left = await self._client.keepalive(previous)
             if left > 0:
-                log.info("registry publisher: took over lease %x (%ds left)", previous, left)
-                return previous
+                if previous != self.lease:
+                    log.info("registry publisher: took over lease %x (%ds left)", previous, left)
+                return previous, left
         lease = await self._client.grant(self._ttl)
         self._write_lease_file(lease)
         log.info("registry publisher: site %s holds lease %x (ttl %ds)", self.site.name, lease, self._ttl)
-        return lease
+        return lease, self._ttl
 
     def _read_lease_file(self) -> int:
         if self._lease_file is None:
