@@ -11,6 +11,7 @@ import asyncio
 import logging
 import socket
 import ssl
+import time
 from collections.abc import Coroutine
 from typing import Any, cast
 
@@ -22,7 +23,8 @@ from federation.runtime.values import Readable, follow
 from gateway.balancing import EndpointPicker
 from gateway.refusals import GatewayMetrics, Refusals, Throttle, handshake_cause, handshake_reason
 from gateway.relay import ActiveStreams
-from gateway.settings import GatewaySettings
+from gateway.settings import GatewaySettings, live
+from gateway.shedding import Shedder, reset
 from gateway.tls import send_alerts_to
 from gateway.tunnel import GatewayTunnel
 
@@ -35,14 +37,16 @@ class EastWestGateway:
     """The site's mTLS listener for other networks. `start()`, then `close()`; `address` once started."""
 
     def __init__(self, site: str, mesh: Readable[MeshView], server_context: ssl.SSLContext,
-                 bundle: TrustBundle, settings: GatewaySettings | None = None,
+                 bundle: TrustBundle, settings: GatewaySettings | Readable[GatewaySettings] | None = None,
                  registry: CollectorRegistry | None = None) -> None:
         self.site = site
         self.mesh = mesh
         """The registry view: read at every handshake and stream request, followed by `run`."""
         self.context = server_context
         self.bundle = bundle
-        self.settings = settings or GatewaySettings()
+        self._settings = live(settings)
+        self.shedder = Shedder(self._settings.get)
+        """Resets new connections beyond `max_connections` tunnels or `accept_rate` (refusals reason="overload")."""
         self.metrics = GatewayMetrics(registry or CollectorRegistry())
         self.refusals = Refusals(log, self.metrics.refusals)
         self.picker = EndpointPicker()
@@ -55,6 +59,11 @@ class EastWestGateway:
         """Authenticated tunnels open now."""
         self.ended = Throttle()
         """Limits the "tunnel closed" log lines (one peer often holds several tunnels)."""
+
+    @property
+    def settings(self) -> GatewaySettings:
+        """The settings as they are now (a reload may replace them)."""
+        return self._settings.get()
 
     async def start(self) -> None:
         """Listen on the configured address (SO_REUSEPORT when several workers share the port)."""
@@ -141,7 +150,22 @@ class EastWestGateway:
                 await asyncio.sleep(0.1)
                 continue
             peer = str(addr[0])
+            if self._shed(conn, peer):
+                conn.close()
+                continue
             self.spawn(self._handshake_accepted(conn, peer), name=f"gateway-handshake-{peer}")
+
+    def _shed(self, sock: object, peer: str) -> bool:
+        """True (and `sock` set to reset on close) if a new connection is beyond what the gateway takes now."""
+        why = self.shedder.refuse(len(self.tunnels) + len(self._tasks), time.monotonic())
+        if why is None:
+            return False
+        self.metrics.refusals.labels("overload").inc()
+        _throttle.log(log, logging.WARNING, ("shed", why), "gateway over its %s (%d tunnels, max %d; %.0f/s): "
+                      "resetting new connections (the last from %s)", why, len(self.tunnels),
+                      self.settings.max_connections, self.settings.accept_rate, peer)
+        reset(sock)
+        return True
 
     async def _handshake_accepted(self, conn: socket.socket, peer: str) -> None:
         tunnel = GatewayTunnel(self, peer)
@@ -190,6 +214,9 @@ class _Incoming(asyncio.Protocol):
         transport.pause_reading()
         peer = transport.get_extra_info("peername")
         host = str(peer[0]) if peer else "?"
+        if self.gateway._shed(transport.get_extra_info("socket"), host):
+            transport.abort()
+            return
         self.gateway.spawn(self.gateway._handshake(transport, host), name=f"gateway-handshake-{host}")
 
     def data_received(self, data: bytes) -> None:  # pragma: no cover - reading is paused

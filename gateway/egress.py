@@ -42,7 +42,8 @@ from gateway.pool import PoolKey, TunnelPool
 from gateway.preamble import Request, Status
 from gateway.refusals import EgressMetrics, Throttle
 from gateway.relay import ActiveStreams, PlainLeg
-from gateway.settings import GatewaySettings
+from gateway.settings import GatewaySettings, live
+from gateway.shedding import Shedder, reset
 from gateway.splice import Splice
 from gateway.tls import ResumingContext
 
@@ -57,14 +58,16 @@ class Egress:
     the placement, `stop_accepting()` and `close(grace)` end them."""
 
     def __init__(self, site: str, mesh: Readable[MeshView], client_context: ResumingContext,
-                 bundle: TrustBundle, settings: GatewaySettings | None = None,
+                 bundle: TrustBundle, settings: GatewaySettings | Readable[GatewaySettings] | None = None,
                  registry: CollectorRegistry | None = None, placement: Readable[Placement] | None = None,
                  local_services: bool = False) -> None:
         self.site = site
         self.mesh = mesh
         self.context = client_context
         self.bundle = bundle
-        self.settings = settings or GatewaySettings()
+        self._settings = live(settings)
+        self.shedder = Shedder(self._settings.get)
+        """Resets new clients beyond `max_connections` or `accept_rate` (counted as result="shed")."""
         self.metrics = EgressMetrics(registry or CollectorRegistry())
         self.placement: Readable[Placement] = placement or Value(
             Placement(fallback=(self.settings.egress_address, self.settings.egress_port)), name="placement")
@@ -82,6 +85,11 @@ class Egress:
         self._turn = 0
         self._active: set[Any] = set()
         self.active = ActiveStreams()
+
+    @property
+    def settings(self) -> GatewaySettings:
+        """The settings as they are now (a reload may replace them)."""
+        return self._settings.get()
 
     # -- lifecycle
 
@@ -207,7 +215,8 @@ class Egress:
             return False
         self.metrics.attempts.labels("direct", "ok").inc()
         held: list[Any] = []
-        splice = Splice(client, leg, self.settings.idle_timeout, lambda _clean: self._untrack(held))
+        splice = Splice(client, leg, self.settings.idle_timeout, lambda _clean: self._untrack(held),
+                        high_water=self.settings.high_water)
         self._track(splice, held)
         return True
 
@@ -261,7 +270,7 @@ class Egress:
             def done(_clean: bool, tunnel: Any = tunnel, held: list[Any] = held) -> None:
                 self._untrack(held)
                 pool.give_back(tunnel)
-            self._track(tunnel.attach(client, self.settings.idle_timeout, done), held)
+            self._track(tunnel.attach(client, self.settings.idle_timeout, done, self.settings.high_water), held)
             return True
         return False
 
@@ -323,4 +332,15 @@ class _ClientLeg(PlainLeg):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        self.egress.spawn(self.egress.route(self, self.key), name="egress-route-{}/{}:{}".format(*self.key))
+        eg = self.egress
+        why = eg.shedder.refuse(eg.active.count + len(eg._tasks), time.monotonic())
+        if why is not None:
+            eg.metrics.connections.labels("shed").inc()
+            _throttle.log(log, logging.WARNING, ("shed", why), "egress over its %s (%d in flight, max %d; %.0f/s): "
+                          "resetting new clients", why, eg.active.count, eg.settings.max_connections,
+                          eg.settings.accept_rate)
+            reset(self.transport.get_extra_info("socket") if self.transport is not None else None)
+            if self.transport is not None:
+                self.transport.abort()
+            return
+        eg.spawn(eg.route(self, self.key), name="egress-route-{}/{}:{}".format(*self.key))

@@ -16,7 +16,7 @@ from federation.pki.verifying import PeerRejected, TrustBundle, verify_peer
 from federation.runtime.values import Readable
 from gateway.preamble import NEED_DATA, Preamble, Request, Response, Role
 from gateway.refusals import Throttle
-from gateway.relay import ActiveStreams, Done, PlainLeg, Stream, TunnelLeg
+from gateway.relay import HIGH_WATER, ActiveStreams, Done, PlainLeg, Stream, TunnelLeg
 from gateway.tls import ResumingContext
 
 log = logging.getLogger(__name__)
@@ -61,11 +61,11 @@ class EgressTunnel(TunnelLeg):
         finally:
             self._answer = None
 
-    def attach(self, client: PlainLeg, idle_timeout: float, on_done: Done) -> Stream:
+    def attach(self, client: PlainLeg, idle_timeout: float, on_done: Done, high_water: int = HIGH_WATER) -> Stream:
         """Relay `client` through this tunnel (after an ok status)."""
         pending, self._pending = self._pending, b""
         self.streams += 1
-        return Stream(self, client, idle_timeout, on_done, pending=pending)
+        return Stream(self, client, idle_timeout, on_done, pending=pending, high_water=high_water)
 
     def control_data(self, data: bytes) -> None:
         if self._answer is None or self._preamble is None or self._answer.done():

@@ -37,7 +37,6 @@ class TunnelHost(Protocol):
     site: str
     mesh: Readable[MeshView]
     bundle: TrustBundle
-    settings: GatewaySettings
     metrics: GatewayMetrics
     refusals: Refusals
     picker: EndpointPicker
@@ -45,6 +44,8 @@ class TunnelHost(Protocol):
     tunnels: set[GatewayTunnel]
     ended: Throttle
 
+    @property
+    def settings(self) -> GatewaySettings: ...
     def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None: ...
 
 
@@ -172,7 +173,8 @@ class GatewayTunnel(TunnelLeg):
             self._answer(Response(Status.OK))
             pending, self._pending = bytes(self._pending), bytearray()
             self.gw.active.add()
-            self._last = Stream(self, leg, self.gw.settings.idle_timeout, self._stream_done, pending=pending)
+            self._last = Stream(self, leg, self.gw.settings.idle_timeout, self._stream_done, pending=pending,
+                                high_water=self.gw.settings.high_water)
             if self.transport is not None and not self.closed:
                 self.transport.resume_reading()
             return

@@ -34,13 +34,14 @@ from federation.core.view import MeshView, VipTable
 from federation.dns.server import DnsServer
 from federation.pki.issuing import load_site
 from federation.registry.allocator import CasClient, VipAllocator
-from federation.runtime.values import Derived, Readable, Value
+from federation.runtime.values import Derived, Readable, Value, follow
 from federation.sources.kubernetes.source import KubernetesSource
 from federation.sources.vm.netlink import own_address
 from federation.sources.vm.source import VmSource
 from gateway.balancing import Placement
 from gateway.eastwest import EastWestGateway
 from gateway.egress import Egress
+from gateway.streams import set_read_size
 from gateway.tls import CertificateStore
 from gateway.workers import GatewayWorkers
 
@@ -53,8 +54,11 @@ class DataPlane:
     """Starts and stops the subsystems of one site; `start()` binds, `tasks()` runs, `drain()`/`close()` end."""
 
     def __init__(self, settings: AgentSettings, mesh: Readable[MeshView], metrics: CollectorRegistry,
-                 vip_client: CasClient, allocator_mesh: Readable[MeshView] | None = None) -> None:
+                 vip_client: CasClient, allocator_mesh: Readable[MeshView] | None = None,
+                 config: Readable[AgentSettings] | None = None) -> None:
         self.settings = settings
+        self.config: Readable[AgentSettings] = config or Value(settings, name="agent settings")
+        """The settings as reloaded (SIGHUP): the parts that can follow a change read them from here."""
         self.mesh = mesh
         self._allocator_mesh = allocator_mesh or mesh
         """What the VIP allocator reconciles against: only live views (it releases what a view lacks)."""
@@ -69,7 +73,10 @@ class DataPlane:
         self.dns: DnsServer | None = None
         self.vips: VipAllocator | None = None
         self._gateway: Readable[Gateway | None] = Value(None, name="advertised gateway")
-        self._static: Value[tuple[ServiceExport, ...]] = Value(settings.exports, name="static exports")
+        live = self.config
+        self._static: Readable[tuple[ServiceExport, ...]] = Derived(lambda: live.get().exports, live,
+                                                                    name="static exports")
+        self._gateway_settings = Derived(lambda: live.get().gateway, live, name="gateway settings")
         self.exports: Readable[tuple[ServiceExport, ...]] = self._static
         """The site's export list, for the publisher (complete once `exports_ready()` returns)."""
         self.addresses: Readable[VipTable] = Value(MappingProxyType({}), name="ClusterSetIP addresses")
@@ -94,8 +101,10 @@ class DataPlane:
         self.site_record = Derived(self._site_record, self._gateway, name="site record")
         if s.dns.enabled:
             down = self.egress.unreachable if self.egress is not None else None
+            config = self.config
             self.dns = DnsServer(s.dns, local_site=s.site.name, mesh=self.mesh, vips=self.addresses,
-                                 last_resort=down, registry=self.metrics)
+                                 last_resort=down, registry=self.metrics,
+                                 live=Derived(lambda: config.get().dns, config, name="dns settings"))
             await self.dns.start()
 
     def tasks(self) -> Iterator[Task]:
@@ -116,6 +125,13 @@ class DataPlane:
             yield "vm-source", self.vm.run()
         if self.kubernetes is not None:
             yield "kubernetes-source", self.kubernetes.run()
+        if self.eastwest is not None:
+            yield "gateway-read-size", self._follow_read_size()
+
+    async def _follow_read_size(self) -> None:
+        """The process's read buffer follows `gateway.read_size` (a reload)."""
+        async for _ in follow(self._gateway_settings):
+            set_read_size(self._gateway_settings.get().read_size)
 
     async def exports_ready(self) -> None:
         """Wait until the site's export list is complete (first checks done, caches listed).
@@ -163,8 +179,10 @@ class DataPlane:
         table = self.vips.table if self.vips is not None else Value(MappingProxyType({}), name="no VIPs")
         # DNS answers, the VIP interface and the egress use the same addresses: the ones the egress can serve.
         self.addresses = Derived(lambda: _ipv4_only(table.get()), table, name="ClusterSetIP addresses")
-        self.vm = VmSource(s.vm, s.site.name, mesh=self.mesh, vips=self.addresses, static_exports=s.exports,
-                           locality=s.site.locality, metrics=self.metrics)
+        config = self.config
+        self.vm = VmSource(s.vm, s.site.name, mesh=self.mesh, vips=self.addresses, static_exports=self._static,
+                           locality=s.site.locality, metrics=self.metrics,
+                           live=Derived(lambda: config.get().vm, config, name="vm settings"))
         self.exports = self.vm.exports
 
     def _start_kubernetes(self) -> None:
@@ -204,7 +222,9 @@ class DataPlane:
         if self.certs.site != s.site.name:
             raise ConfigError(f"{s.source}: gateway.ca_dir: the CA in {gw.ca_dir} belongs to site "
                               f"{self.certs.site!r}, not {s.site.name!r}")
-        self.eastwest = EastWestGateway(s.site.name, self.mesh, self.certs.server, self.certs.bundle, gw, self.metrics)
+        set_read_size(gw.read_size)
+        self.eastwest = EastWestGateway(s.site.name, self.mesh, self.certs.server, self.certs.bundle,
+                                        self._gateway_settings, self.metrics)
         await self.eastwest.start()
         host, port = self.eastwest.address
         if gw.workers > 1:
@@ -212,8 +232,8 @@ class DataPlane:
             self.workers = GatewayWorkers(s.site.name, gw, self.certs.chain_file, self.certs.key_file,
                                           self.certs.bundle_file, gw.workers - 1, self.mesh, self.certs.current)
             await self.workers.start(port)
-        self.egress = Egress(s.site.name, self.mesh, self.certs.client, self.certs.bundle, gw, self.metrics,
-                             placement=self._placement(), local_services=self._vips_here())
+        self.egress = Egress(s.site.name, self.mesh, self.certs.client, self.certs.bundle, self._gateway_settings,
+                             self.metrics, placement=self._placement(), local_services=self._vips_here())
         await self.egress.start()
         advertised = s.site.gateway_address or host
         if ipaddress.ip_address(host).is_unspecified and not s.site.gateway_address:

@@ -23,7 +23,7 @@ LIVE: frozenset[str] = frozenset({
     "gateway.handshake_timeout", "gateway.preamble_timeout", "gateway.tunnel_idle_timeout", "gateway.idle_timeout",
     "gateway.connect_timeout", "gateway.drain_timeout",
     "gateway.max_connections", "gateway.accept_rate", "gateway.accept_burst",
-    "gateway.read_size", "gateway.first_read", "gateway.high_water",
+    "gateway.read_size", "gateway.high_water",
 })  # fmt: skip
 """Settings the running agent follows: new values apply to what starts after the reload (a check's next
 round, the next DNS answer or forwarded query, the next connection), never to what is under way."""

@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry
 
 from federation.agent.admin import AdminServer
 from federation.agent.dataplane import DataPlane
+from federation.agent.reloading import Reloader
 from federation.agent.reporting import registry_report
 from federation.agent.settings import ADMIN_ADDR_FILE, AgentSettings
 from federation.agent.status import agent_status
@@ -29,7 +31,7 @@ from federation.registry.publisher import Publisher
 from federation.registry.snapshot import RawListing, SnapshotFile
 from federation.runtime.files import write_private
 from federation.runtime.tasks import after, guard
-from federation.runtime.values import Derived
+from federation.runtime.values import Derived, Value
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +46,15 @@ class _Shutdown(Exception):
 class Agent:
     """One site's agent: publishes the site's exports, mirrors the mesh, serves DNS and the gateways."""
 
-    def __init__(self, settings: AgentSettings) -> None:
+    def __init__(self, settings: AgentSettings, reload: Callable[[], AgentSettings] | None = None) -> None:
         self.settings = settings
+        """The settings the agent started with (what runs for those that need a restart)."""
+        self.config: Value[AgentSettings] = Value(settings, name="agent settings")
+        """The settings as reloaded: the parts that follow a change read them here (federation.agent.reload)."""
         self.keys = Keys(settings.registry.prefix)
         self.metrics = CollectorRegistry()
+        self.reloader = Reloader(self.config, reload, self.metrics)
+        """SIGHUP: `reloader.request()`."""
         self.etcd: EtcdProcess | None = None
         self.mirror: Mirror | None = None
         self.publisher: Publisher | None = None
@@ -77,7 +84,8 @@ class Agent:
     def status(self) -> dict[str, Any]:
         """What `meshfed status` prints (the admin endpoint's /status)."""
         return agent_status(self.settings, self.mirror, self.publisher, self.plane,
-                            self.etcd.endpoint if self.etcd is not None else None, self.links)
+                            self.etcd.endpoint if self.etcd is not None else None, self.links,
+                            self.reloader.describe())
 
     async def _run(self, endpoints: tuple[str, ...], stop: asyncio.Event) -> None:
         s = self.settings
@@ -97,7 +105,8 @@ class Agent:
         before = MeshView.before_sync()
         live = Derived(lambda: mirror.mesh.get() if mirror.live.get() else before, mirror.mesh, mirror.live,
                        name="live mesh view")
-        plane = self.plane = DataPlane(s, mirror.mesh, self.metrics, client("vip-allocator"), allocator_mesh=live)
+        plane = self.plane = DataPlane(s, mirror.mesh, self.metrics, client("vip-allocator"), allocator_mesh=live,
+                                       config=self.config)
         admin = AdminServer(s.admin.address, s.admin.port, self.metrics)
         try:
             await plane.start()
@@ -125,6 +134,7 @@ class Agent:
                 def spawn(name: str, work: Any) -> None:
                     tg.create_task(guard(name, work), name=name)
 
+                spawn("config-reload", self.reloader.run())
                 spawn("registry-mirror", mirror.run())
                 if snapshot is not None:
                     spawn("registry-snapshot", snapshot.run())
@@ -143,9 +153,9 @@ class Agent:
     async def _stop_on(self, stop: asyncio.Event, plane: DataPlane) -> None:
         """The orderly stop: stop accepting, drain relayed streams, then end the task group."""
         await stop.wait()
-        log.info("stopping: no new connections; draining relayed streams for up to %.0fs",
-                 self.settings.gateway.drain_timeout)
-        await plane.drain(self.settings.gateway.drain_timeout)
+        grace = self.config.get().gateway.drain_timeout
+        log.info("stopping: no new connections; draining relayed streams for up to %.0fs", grace)
+        await plane.drain(grace)
         raise _Shutdown
 
 

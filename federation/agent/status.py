@@ -13,7 +13,8 @@ from federation.registry.publisher import Publisher
 
 
 def agent_status(settings: AgentSettings, mirror: Mirror | None, publisher: Publisher | None,
-                 plane: DataPlane | None, etcd_endpoint: str | None, links: Links | None = None) -> dict[str, Any]:
+                 plane: DataPlane | None, etcd_endpoint: str | None, links: Links | None = None,
+                 config: dict[str, Any] | None = None) -> dict[str, Any]:
     """The /status document."""
     s = settings
     out: dict[str, Any] = {
@@ -34,6 +35,10 @@ def agent_status(settings: AgentSettings, mirror: Mirror | None, publisher: Publ
             "clients": [link.describe() for link in links or ()],
         },
     }
+    if publisher is not None and publisher.lease:
+        out["registry"]["leaseRemainingSeconds"] = round(publisher.keeper.remaining(), 1)
+    if config is not None:
+        out["config"] = config
     if plane is not None:
         out.update(_data_plane(plane))
     return out

@@ -10,6 +10,7 @@ import signal
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from typing import Any
 
 from federation.agent.settings import ADMIN_ADDR_FILE, AgentSettings, load_settings
@@ -39,11 +40,12 @@ def cmd_agent(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"meshfed: {exc}", file=sys.stderr)
         return 2
-    return run_agent_process(settings)
+    return run_agent_process(settings, reload=lambda: load_settings(args.config, overrides=overrides))
 
 
-def run_agent_process(settings: AgentSettings) -> int:
-    """Run an agent in this process until SIGINT/SIGTERM; exit code for the shell."""
+def run_agent_process(settings: AgentSettings, reload: Callable[[], AgentSettings] | None = None) -> int:
+    """Run an agent in this process until SIGINT/SIGTERM; SIGHUP reloads the config with `reload`; exit code
+    for the shell."""
     from federation.agent.root import Agent  # the whole agent: imported by the one command that runs it
     from federation.runtime import memory
 
@@ -55,7 +57,9 @@ def run_agent_process(settings: AgentSettings) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         loop.add_signal_handler(signal.SIGUSR1, dump_tasks)
-        await Agent(settings).run(stop)
+        agent = Agent(settings, reload=reload)
+        loop.add_signal_handler(signal.SIGHUP, agent.reloader.request)
+        await agent.run(stop)
 
     try:
         _run(main())
