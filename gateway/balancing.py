@@ -194,10 +194,18 @@ def desired_listeners(view: MeshView, own_site: str, include_own: bool = False) 
     services at their VIP too (on Kubernetes they use the cluster's own Service instead).
     """
     out: set[ListenerKey] = set()
-    for (ns, name), svc in view.services().items():
-        if include_own or any(e.site != own_site for e in svc.exports):
-            out.update((ns, name, p.name) for p in svc.ports if p.protocol is Protocol.TCP)
+    for service in view.services():
+        out |= listeners_of(view, service, own_site, include_own)
     return out
+
+
+def listeners_of(view: MeshView, service: tuple[str, str], own_site: str,
+                 include_own: bool = False) -> set[ListenerKey]:
+    """`desired_listeners` for one service."""
+    svc = view.service(*service)
+    if svc is None or not (include_own or any(e.site != own_site for e in svc.exports)):
+        return set()
+    return {(service[0], service[1], p.name) for p in svc.ports if p.protocol is Protocol.TCP}
 
 
 def plan(desired: Mapping[ListenerKey, Bind], actual: Mapping[ListenerKey, Bind]) -> list[Open | Close]:

@@ -161,9 +161,7 @@ class EastWestGateway:
         if why is None:
             return False
         self.metrics.refusals.labels("overload").inc()
-        _throttle.log(log, logging.WARNING, ("shed", why), "gateway over its %s (%d tunnels, max %d; %.0f/s): "
-                      "resetting new connections (the last from %s)", why, len(self.tunnels),
-                      self.settings.max_connections, self.settings.accept_rate, peer)
+        self.shedder.say(log, "gateway", why, len(self.tunnels))
         reset(sock)
         return True
 

@@ -11,22 +11,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import operator
 import socket
 import ssl
 import struct
 import time
-from collections.abc import Callable, Coroutine, Mapping
-from types import MappingProxyType
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import Any
 
+import immutables
 from prometheus_client import CollectorRegistry
 
 from federation.core.errors import RemoteProtocolError
 from federation.core.view import MeshView
+from federation.core.vips import VipAddresses
 from federation.pki.verifying import PeerRejected, TrustBundle
 from federation.runtime.values import Readable, Value, follow
 from gateway.balancing import (
-    Bind,
     Close,
     Direct,
     ListenerKey,
@@ -35,6 +36,7 @@ from gateway.balancing import (
     Route,
     SiteHealth,
     desired_listeners,
+    listeners_of,
     plan,
     routes,
 )
@@ -43,7 +45,7 @@ from gateway.preamble import Request, Status
 from gateway.refusals import EgressMetrics, Throttle
 from gateway.relay import ActiveStreams, PlainLeg
 from gateway.settings import GatewaySettings, live
-from gateway.shedding import Shedder, reset
+from gateway.shedding import Shedder, reset_transport
 from gateway.splice import Splice
 from gateway.tls import ResumingContext
 
@@ -74,7 +76,8 @@ class Egress:
         self.health = SiteHealth()
         self.unreachable: Value[frozenset[str]] = Value(frozenset(), name="unreachable sites")
         """Sites whose gateway could not be reached lately (DNS leaves them out while others serve)."""
-        self.listening: Value[Mapping[ListenerKey, tuple[str, int]]] = Value(MappingProxyType({}), name="listeners")
+        self.listening: Value[Mapping[ListenerKey, tuple[str, int]]] = Value(
+            immutables.Map(), name="listeners", same=operator.is_)
         """(namespace, service, port name) -> the (host, port) its listener is bound to."""
         self.local_services = local_services
         """Also listen for services only this site exports (a VM's own services at their VIP)."""
@@ -82,6 +85,9 @@ class Egress:
         self._pools: dict[PoolKey, TunnelPool] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._health_timer: asyncio.TimerHandle | None = None
+        self._by_service: dict[tuple[str, str], set[ListenerKey]] = {}
+        self._last: tuple[MeshView, Placement] | None = None
+        self._sites_changed = False
         self._turn = 0
         self._active: set[Any] = set()
         self.active = ActiveStreams()
@@ -102,12 +108,14 @@ class Egress:
         async for _ in follow(self.mesh, self.placement):
             await self._apply()
 
-    def listeners(self) -> dict[ListenerKey, tuple[str, int]]:
-        """(namespace, service, port name) -> the (host, port) its listener is bound to."""
+    def listeners(self, keys: Iterable[ListenerKey] | None = None) -> dict[ListenerKey, tuple[str, int]]:
+        """(namespace, service, port name) -> the (host, port) its listener is bound to (for `keys`: those only)."""
         out = {}
-        for key, server in self._servers.items():
-            host, port = server.sockets[0].getsockname()[:2]
-            out[key] = (host, port)
+        for key in self._servers if keys is None else keys:
+            server = self._servers.get(key)
+            if server is not None:
+                host, port = server.sockets[0].getsockname()[:2]
+                out[key] = (host, port)
         return out
 
     def stop_accepting(self) -> None:
@@ -137,15 +145,36 @@ class Egress:
     # -- reconciling listeners
 
     async def _apply(self) -> None:
+        """Bring the listeners to what the view and the placement want; after a registry change, only the
+        listeners of the services it touched are looked at."""
         view, placement = self.mesh.get(), self.placement.get()
         if not view.complete:
             return
-        keys = desired_listeners(view, self.site, include_own=self.local_services)
-        desired = {key: placement.bind(key, _port(view, key)) for key in keys}
+        touched = self._touched(view, placement)
+        if touched is None:
+            self._by_service = {}
+            for key in desired_listeners(view, self.site, include_own=self.local_services):
+                self._by_service.setdefault(key[:2], set()).add(key)
+            check = {k for keys in self._by_service.values() for k in keys} | self._servers.keys()
+        else:
+            check = set()
+            for service in touched:
+                old = self._by_service.pop(service, set())
+                new = listeners_of(view, service, self.site, self.local_services)
+                if new:
+                    self._by_service[service] = new
+                check |= old | new
+        self._last = (view, placement)
+        wanted = {k: placement.bind(k, _port(view, k)) for k in check if k in self._by_service.get(k[:2], ())}
+        bound = self.listeners(check)
         loop = asyncio.get_running_loop()
-        for op in plan(desired, self.listeners()):
+        listening = self.listening.get()
+        mutation = listening.mutate() if isinstance(listening, immutables.Map) else immutables.Map(listening).mutate()
+        for op in plan(wanted, bound):
             if isinstance(op, Close):
                 self._servers.pop(op.key).close()
+                if op.key in mutation:
+                    del mutation[op.key]
                 log.info("egress listener for %s/%s:%s closed", *op.key)
             elif isinstance(op, Open):
                 try:
@@ -155,14 +184,37 @@ class Egress:
                     log.error("egress listener for %s/%s:%s on %s:%d failed: %s", *op.key, *op.bind, exc)
                     continue
                 self._servers[op.key] = server
-                log.info("egress listener for %s/%s:%s on %s:%d", *op.key, *self.listeners()[op.key])
+                mutation[op.key] = self.listeners((op.key,))[op.key]
+                log.info("egress listener for %s/%s:%s on %s:%d", *op.key, *mutation[op.key])
         self.metrics.listeners.set(len(self._servers))
-        self.listening.set(MappingProxyType(self.listeners()))
-        for key in [k for k in self._pools if k[0] not in view.sites]:
-            self._pools.pop(key).close()
-        self._warm(view, desired)
+        self.listening.set(mutation.finish())
+        if touched is None or self._sites_changed:
+            for pool_key in [k for k in self._pools if k[0] not in view.sites]:
+                self._pools.pop(pool_key).close()
+        self._warm(view, [k for k in check if k in self._servers])
 
-    def _warm(self, view: MeshView, listeners: Mapping[ListenerKey, Bind]) -> None:
+    def _touched(self, view: MeshView, placement: Placement) -> set[tuple[str, str]] | None:
+        """The services whose listeners can have changed since the last apply; None: all of them."""
+        self._sites_changed = False
+        if self._last is None:
+            return None
+        before, placed = self._last
+        if placement.fallback != placed.fallback or view.history is None or view.history is not before.history:
+            return None
+        if not (_of_view(placement, view) and _of_view(placed, before)) and placement.vips != placed.vips:
+            return None
+        diff = view.changes_since(before.generation)
+        if diff is None:
+            return None
+        self._sites_changed = bool(diff.sites)
+        touched = set(diff.services)
+        for address in placement.held ^ placed.held:
+            claim = view.claims.get(address) or before.claims.get(address)
+            if claim is not None:
+                touched.add(claim.service)
+        return touched
+
+    def _warm(self, view: MeshView, listeners: Iterable[ListenerKey]) -> None:
         """Pre-open tunnels to the first gateway each listener would use, so no client waits for them."""
         for key in listeners:
             for route in routes(view, self.site, *key):
@@ -317,6 +369,11 @@ class Egress:
             self._health_timer = asyncio.get_running_loop().call_later(max(0.0, expiry - now), self._health_changed)
 
 
+def _of_view(placement: Placement, view: MeshView) -> bool:
+    vips = placement.vips
+    return isinstance(vips, VipAddresses) and vips.allocations is view.vips
+
+
 def _port(view: MeshView, key: ListenerKey) -> int:
     svc = view.service(key[0], key[1])
     return next((p.port for p in svc.ports if p.name == key[2]), 0) if svc is not None else 0
@@ -336,11 +393,7 @@ class _ClientLeg(PlainLeg):
         why = eg.shedder.refuse(eg.active.count + len(eg._tasks), time.monotonic())
         if why is not None:
             eg.metrics.connections.labels("shed").inc()
-            _throttle.log(log, logging.WARNING, ("shed", why), "egress over its %s (%d in flight, max %d; %.0f/s): "
-                          "resetting new clients", why, eg.active.count, eg.settings.max_connections,
-                          eg.settings.accept_rate)
-            reset(self.transport.get_extra_info("socket") if self.transport is not None else None)
-            if self.transport is not None:
-                self.transport.abort()
+            eg.shedder.say(log, "egress", why, eg.active.count)
+            reset_transport(self.transport)
             return
         eg.spawn(eg.route(self, self.key), name="egress-route-{}/{}:{}".format(*self.key))

@@ -9,12 +9,16 @@ decisions with the time given; the settings are read at every decision, so a rel
 from __future__ import annotations
 
 import contextlib
+import logging
 import socket
 import struct
 from collections.abc import Callable
 from typing import Any
 
+from gateway.refusals import Throttle
 from gateway.settings import GatewaySettings
+
+_throttle = Throttle()
 
 CAPACITY = "capacity"
 RATE = "rate"
@@ -48,7 +52,21 @@ class Shedder:
         return None
 
 
+    def say(self, log: logging.Logger, who: str, why: str, in_flight: int) -> None:
+        """Log that `who` sheds load (once a minute per reason)."""
+        s = self._settings()
+        _throttle.log(log, logging.WARNING, (who, why), "%s over its %s (%d in flight, max %d; at most %.0f new/s): "
+                      "resetting new connections", who, why, in_flight, s.max_connections, s.accept_rate)
+
+
 def reset(sock: Any) -> None:
     """Make closing `sock` (a socket, or a transport's) send a reset: the client knows at once."""
     with contextlib.suppress(OSError, AttributeError, ValueError):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+
+def reset_transport(transport: Any) -> None:
+    """Reset the connection of `transport` now."""
+    if transport is not None:
+        reset(transport.get_extra_info("socket"))
+        transport.abort()

@@ -5,7 +5,8 @@ construction and exposes the ones it produces; `tasks()` hands the long-lived wo
 task group, and stopping goes in order: stop accepting, drain, close.
 
     mirror.mesh --> egress, east-west gateway, workers, DNS, VIP allocator, VM/Kubernetes source
-    allocator.table --> DNS (VM), VM interface, egress placement;  vm.held_vips --> egress placement
+    mirror.mesh's VIPs (allocated by the VIP allocator) --> DNS (VM), VM interface, egress placement
+    vm.held_vips --> egress placement
     kubernetes.cluster_ips --> DNS (Kubernetes);  egress.listening --> Kubernetes derived slices
     egress.unreachable --> DNS (sites used last);  kubernetes.eastwest_address --> site record
     vm.exports / kubernetes.exports (+ static exports) --> `exports` --> publisher
@@ -31,9 +32,10 @@ from federation.core.exportset import ExportSet
 from federation.core.keys import Keys
 from federation.core.records import Gateway, ServiceExport, Site
 from federation.core.view import MeshView, VipTable
+from federation.core.vips import VipAddresses
 from federation.dns.server import DnsServer
 from federation.pki.issuing import load_site
-from federation.registry.allocator import CasClient, VipAllocator
+from federation.registry.allocator import TxnClient, VipAllocator
 from federation.runtime.values import Derived, Readable, Value, follow
 from federation.sources.kubernetes.source import KubernetesSource
 from federation.sources.vm.netlink import own_address
@@ -54,7 +56,7 @@ class DataPlane:
     """Starts and stops the subsystems of one site; `start()` binds, `tasks()` runs, `drain()`/`close()` end."""
 
     def __init__(self, settings: AgentSettings, mesh: Readable[MeshView], metrics: CollectorRegistry,
-                 vip_client: CasClient, allocator_mesh: Readable[MeshView] | None = None,
+                 vip_client: TxnClient, allocator_mesh: Readable[MeshView] | None = None,
                  config: Readable[AgentSettings] | None = None) -> None:
         self.settings = settings
         self.config: Readable[AgentSettings] = config or Value(settings, name="agent settings")
@@ -174,11 +176,13 @@ class DataPlane:
     def _start_vm(self) -> None:
         s = self.settings
         if s.dns.enabled:
+            # It plans from live views only: it releases what a view lacks, so never from a restored one.
             self.vips = VipAllocator(self._vip_client, Keys(s.registry.prefix), self._allocator_mesh,
                                      ranges=s.dns.vip_ranges, grace=s.dns.vip_grace)
-        table = self.vips.table if self.vips is not None else Value(MappingProxyType({}), name="no VIPs")
-        # DNS answers, the VIP interface and the egress use the same addresses: the ones the egress can serve.
-        self.addresses = Derived(lambda: _ipv4_only(table.get()), table, name="ClusterSetIP addresses")
+        # DNS answers, the VIP interface and the egress use the same addresses: the ones the egress can serve
+        # (IPv4: it binds one address per service port). Read from the view, so they change with it.
+        mesh = self.mesh
+        self.addresses = Derived(lambda: VipAddresses(mesh.get().vips, family=4), mesh, name="ClusterSetIP addresses")
         config = self.config
         self.vm = VmSource(s.vm, s.site.name, mesh=self.mesh, vips=self.addresses, static_exports=self._static,
                            locality=s.site.locality, metrics=self.metrics,
@@ -260,11 +264,6 @@ class DataPlane:
             return Value(Placement(fallback=fallback), name="placement")
         table, held = self.addresses, self.vm.held_vips
         return Derived(lambda: Placement(fallback, table.get(), held.get()), table, held, name="placement")
-
-
-def _ipv4_only(table: VipTable) -> VipTable:
-    """The ClusterSetIP answers of a VM site: IPv4 VIPs (the egress binds one address per service port)."""
-    return MappingProxyType({k: tuple(a for a in v if ":" not in a) for k, v in table.items()})
 
 
 def _merged(static: tuple[ServiceExport, ...], kubernetes: tuple[ServiceExport, ...]) -> tuple[ServiceExport, ...]:

@@ -110,8 +110,6 @@ class Agent:
         admin = AdminServer(s.admin.address, s.admin.port, self.metrics)
         try:
             await plane.start()
-            if saved is not None and plane.vips is not None:
-                plane.vips.seed(saved.listing)
             publisher = self.publisher = Publisher(
                 client("publisher"), self.keys, plane.site_record, plane.exports,
                 ttl=s.registry.lease_ttl, lease_file=s.state_dir / "lease",

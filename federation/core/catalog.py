@@ -17,7 +17,7 @@ import immutables
 
 from federation.core.codec import decode_export, decode_site
 from federation.core.errors import RecordError
-from federation.core.keys import Keys, ServiceKey, SiteKey
+from federation.core.keys import ClaimKey, Keys, ServiceKey, SiteKey, VipKey
 from federation.core.records import ServiceExport, Site
 from federation.core.view import (
     ChangeLog,
@@ -35,6 +35,7 @@ from federation.core.view import (
     SiteRemoved,
     resolve,
 )
+from federation.core.vips import Allocation, Claim, decode_allocation, decode_claim
 
 Imports = Callable[[ServiceKey], bool]
 """Whether this reader wants an export (scoped imports): the others are never decoded."""
@@ -54,6 +55,8 @@ class Outcome:
 
     events: list[Event] = field(default_factory=list)
     rejected: list[Rejected] = field(default_factory=list)
+    changed: bool = False
+    """True when a record without typed events changed (VIP allocations and claims): a new view is due."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,10 +80,16 @@ class Catalog:
         self._sites: immutables.Map[str, Site] = immutables.Map()
         self._exports: immutables.Map[ExportId, ServiceExport] = immutables.Map()
         self._resolved: immutables.Map[ServiceId, FederatedService] = immutables.Map()
+        self._vips: immutables.Map[ServiceId, Allocation] = immutables.Map()
+        self._claims: immutables.Map[str, Claim] = immutables.Map()
         self._by_service: dict[ServiceId, set[ExportId]] = {}
         self._by_site: dict[str, set[ExportId]] = {}
         self._rejected: dict[str, str] = {}
         self._dirty: set[ServiceId] = set()
+        """Services to resolve again."""
+        self._vips_changed: set[ServiceId] = set()
+        """Services whose VIP allocation came, went or changed (their readers look again)."""
+        self._claims_changed = False
         self._sites_changed: set[str] = set()
         self._log = ChangeLog(history)
         self._generation = 0
@@ -121,6 +130,7 @@ class Catalog:
         for step in self.resync_steps(kvs, revision):
             out.events += step.events
             out.rejected += step.rejected
+            out.changed = out.changed or step.changed
         return out
 
     def resync_steps(self, kvs: Mapping[str, Listed | bytes], revision: int, batch: int = 512) -> Iterator[Outcome]:
@@ -133,7 +143,9 @@ class Catalog:
         for start in range(0, len(gone), batch):
             out = Outcome()
             for key in gone[start:start + batch]:
-                out.events += self.delete(key).events
+                sub = self.delete(key)
+                out.events += sub.events
+                out.changed = out.changed or sub.changed
             yield out
         keys = sorted(kvs)
         for start in range(0, len(keys), batch):
@@ -144,6 +156,7 @@ class Catalog:
                 sub = self.put(key, value, rev)
                 out.events += sub.events
                 out.rejected += sub.rejected
+                out.changed = out.changed or sub.changed
             yield out
         self.revision = revision
 
@@ -151,10 +164,10 @@ class Catalog:
 
     def view(self) -> MeshView:
         """An immutable snapshot of the current state; a new one only when something changed."""
-        if (self._view is not None and not self._dirty and not self._sites_changed
-                and self._view.revision == self.revision):
+        if (self._view is not None and not self._dirty and not self._sites_changed and not self._vips_changed
+                and not self._claims_changed and self._view.revision == self.revision):
             return self._view
-        touched = set(self._dirty)
+        touched = self._dirty | self._vips_changed
         for site in self._sites_changed:
             touched.update(e[1:] for e in self._by_site.get(site, ()))
         if self._dirty:
@@ -166,14 +179,16 @@ class Catalog:
                 elif key in resolved:
                     del resolved[key]
             self._resolved = resolved.finish()
-        if touched or self._sites_changed or self._view is None:
+        if touched or self._sites_changed or self._claims_changed or self._view is None:
             self._generation += 1
             self._log.append(self._generation, Changes(frozenset(touched), frozenset(self._sites_changed)))
         self._dirty.clear()
+        self._vips_changed.clear()
         self._sites_changed.clear()
+        self._claims_changed = False
         self._view = MeshView(
             sites=self._sites, exports=self._exports, revision=self.revision, generation=self._generation,
-            resolved=self._resolved, history=self._log,
+            resolved=self._resolved, history=self._log, vips=self._vips, claims=self._claims,
         )  # fmt: skip
         return self._view
 
@@ -209,6 +224,16 @@ class Catalog:
             if isinstance(parsed, SiteKey):
                 self._put_site(decode_site(parsed, value), key, out)
                 return
+            if isinstance(parsed, VipKey):
+                self._put_vip(parsed, decode_allocation(value, self._revs.get(key, 0)), key)
+                out.changed = True
+                return
+            if isinstance(parsed, ClaimKey):
+                self._put_claim(parsed, decode_claim(value, self._revs.get(key, 0)), key)
+                out.changed = True
+                return
+            if not isinstance(parsed, ServiceKey):
+                return  # endpoint chunks: not written by this release
             if self._imports is not None and not self._imports(parsed):
                 self.skipped += 1
                 return
@@ -244,10 +269,41 @@ class Catalog:
         self._dirty.add(export.service)
         out.events.append(ServiceAdded(export) if old is None else ServiceChanged(export, old))
 
+    def _put_vip(self, parsed: VipKey, allocation: Allocation, key: str) -> None:
+        if allocation.service != (parsed.namespace, parsed.name):
+            raise RecordError("allocation names another service than its key")
+        self._rejected.pop(key, None)
+        old = self._vips.get(allocation.service)
+        self._vips = self._vips.set(allocation.service, allocation)
+        if old is None or old.addresses != allocation.addresses:
+            self._vips_changed.add(allocation.service)
+        else:
+            self._claims_changed = True  # only the grace period moved: the allocator looks again
+
+    def _put_claim(self, parsed: ClaimKey, claim: Claim, key: str) -> None:
+        if claim.address != parsed.address:
+            raise RecordError("claim names another address than its key")
+        self._rejected.pop(key, None)
+        self._claims = self._claims.set(claim.address, claim)
+        self._claims_changed = True
+
     def _remove(self, key: str, out: Outcome) -> None:
         try:
             parsed = self._keys.parse(key)
         except RecordError:
+            return
+        if isinstance(parsed, VipKey):
+            service = (parsed.namespace, parsed.name)
+            if service in self._vips:
+                self._vips = self._vips.delete(service)
+                self._vips_changed.add(service)
+                out.changed = True
+            return
+        if isinstance(parsed, ClaimKey):
+            if parsed.address in self._claims:
+                self._claims = self._claims.delete(parsed.address)
+                self._claims_changed = True
+                out.changed = True
             return
         if isinstance(parsed, SiteKey):
             site = self._sites.get(parsed.site)

@@ -9,6 +9,7 @@ from types import MappingProxyType
 from typing import Any
 
 from federation.core.records import ServiceExport, ServicePort, ServiceType, Site
+from federation.core.vips import Allocation, Claim
 
 ExportId = tuple[str, str, str]
 """(site, namespace, name)"""
@@ -184,6 +185,10 @@ class MeshView:
     resolved: Mapping[ServiceId, FederatedService] | None = field(default=None, compare=False, repr=False)
     """The federated services, as the catalog keeps them; computed from `exports` when not given."""
     history: ChangeLog | None = field(default=None, compare=False, repr=False)
+    vips: Mapping[ServiceId, Allocation] = field(default_factory=dict, compare=False, repr=False)
+    """The mesh-wide VIP allocation of each ClusterSetIP service."""
+    claims: Mapping[str, Claim] = field(default_factory=dict, compare=False, repr=False)
+    """Every claimed VIP address, with the service it is claimed for."""
     _memo: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
     """Results computed once per snapshot (the snapshot never changes, so they stay right)."""
 

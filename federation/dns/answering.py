@@ -17,7 +17,7 @@ import dns.opcode
 import dns.rcode
 import dns.rdatatype
 
-from federation.dns.zone import AAAA, IN, SRV, A, Labels, Node, Zone, labels_of
+from federation.dns.nodes import AAAA, IN, SRV, A, Labels, Node, Zone, labels_of
 
 _ANSWER_FLAGS = dns.flags.RD | dns.flags.CD
 """Query flags a response copies (RFC 1035 RD; RFC 4035 3.2.2 CD)."""

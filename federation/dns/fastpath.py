@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import NamedTuple
 
 from federation.dns.answering import Answerer
-from federation.dns.zone import AAAA, IN, PTR, SRV, A, Labels, Node, Zone
+from federation.dns.nodes import AAAA, IN, PTR, SRV, A, Labels, Node, Zone
 
 FAST_TYPES = (A, AAAA, SRV, PTR)
 """The types the fast path answers; everything else takes the dnspython path."""
@@ -67,20 +67,23 @@ class FastPath:
         """Re-encode the services whose nodes changed since the last update; drop the removed ones.
 
         Only the services the zone build looked at (`zone.changed`) are compared, unless it says all.
+        A name two services hold is encoded from the node the zone answers with (its owner's).
         """
         table, cache = self._table, self._cache
         keys = zone.changed if zone.changed is not None else zone.parts.keys() | cache.keys()
+        todo = []
         for key in keys:
             part = zone.parts.get(key)
             hit = cache.get(key)
-            if hit is not None:
-                if hit[0] is part:
-                    continue
+            if hit is not None and hit[0] is part and zone.changed is None and key not in zone.moved:
+                continue
+            if hit is not None:  # first every stale entry goes, then the new ones come (a moved name survives)
                 for k in hit[1]:
                     table.pop(k, None)
                 del cache[key]
-            if part is None:
-                continue
+            if part is not None:
+                todo.append((key, part))
+        for key, part in todo:
             entries = self._encode(zone, part)
             table.update(entries)
             cache[key] = (part, entries)
@@ -164,6 +167,8 @@ class FastPath:
     def _encode(self, zone: Zone, part: Mapping[Labels, Node]) -> dict[bytes, Entry]:
         entries: dict[bytes, Entry] = {}
         for name, node in part.items():
+            if zone.nodes.get(name) is not node:
+                continue  # another service's part answers for this name
             for rdtype in node.types():
                 if rdtype in FAST_TYPES:
                     key, entry = encode_answer(name, rdtype, node, part, zone.ttl)

@@ -23,8 +23,9 @@ from federation.core.view import MeshView, VipTable
 from federation.dns.answering import Answerer, Forward
 from federation.dns.fastpath import FastPath
 from federation.dns.forwarding import Forwarder, read_resolv_conf, upstream_addresses, wait_all
+from federation.dns.nodes import Zone
 from federation.dns.settings import DnsSettings, split_hostport
-from federation.dns.zone import Zone, ZoneBuilder
+from federation.dns.zone import ZoneBuilder
 from federation.runtime.values import Readable, follow
 
 log = logging.getLogger(__name__)

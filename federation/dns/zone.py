@@ -9,9 +9,8 @@ from __future__ import annotations
 import ipaddress
 import socket
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import dns.name
 import dns.rdata
@@ -27,113 +26,15 @@ import dns.rrset
 
 from federation.core.records import Endpoint, ServiceExport, ServiceType, Site
 from federation.core.view import FederatedService, MeshView, ServiceId, VipTable
-
-DNS_VERSION = "1.0.0"
-"""The MCS DNS specification version this server implements (KEP-1645 `dns-version` TXT record)."""
-
-IN = dns.rdataclass.IN
-A, AAAA, SRV, PTR, TXT, SOA = (
-    dns.rdatatype.A,
-    dns.rdatatype.AAAA,
-    dns.rdatatype.SRV,
-    dns.rdatatype.PTR,
-    dns.rdatatype.TXT,
-    dns.rdatatype.SOA,
+from federation.core.vips import VipAddresses
+from federation.dns.nodes import (
+    DNS_VERSION,
+    EMPTY,
+    Labels,
+    Node,
+    Zone,
+    labels_of,
 )
-
-Labels = tuple[bytes, ...]
-"""An absolute name as its lower-case labels, the root label left out."""
-
-
-@dataclass(frozen=True, slots=True)
-class Node:
-    """Everything owned by one name, as plain data both answer paths encode."""
-
-    a: tuple[bytes, ...] = ()
-    """Packed IPv4 addresses, in answer order."""
-    aaaa: tuple[bytes, ...] = ()
-    """Packed IPv6 addresses, in answer order."""
-    srv: tuple[tuple[int, int, int, Labels], ...] = ()
-    """(priority, weight, port, target) records."""
-    ptr: Labels | None = None
-    txt: tuple[bytes, ...] = ()
-    soa: bool = False
-    glue: tuple[Labels, ...] = ()
-    """Names whose A/AAAA records go into the additional section of an SRV answer."""
-
-    def types(self) -> tuple[int, ...]:
-        """The record types this name has, lowest type number first (RFC 8482 picks the first)."""
-        out = [
-            t for t, present in (
-                (A, self.a), (SOA, self.soa), (PTR, self.ptr is not None), (TXT, self.txt),
-                (AAAA, self.aaaa), (SRV, self.srv),
-            ) if present
-        ]
-        return tuple(out)
-
-
-_EMPTY = Node()
-
-
-@dataclass(frozen=True, slots=True)
-class Zone:
-    """Every name this server answers for: read-only views of the builder's tables, which the next build
-    updates in place (a build touches only what changed; answering reads the latest)."""
-
-    origin: dns.name.Name
-    ttl: int
-    serial: int
-    nodes: Mapping[Labels, Node]
-    parts: Mapping[tuple[str, str], Mapping[Labels, Node]]
-    """Per-service nodes; the same object across builds while the service is unchanged."""
-    changed: frozenset[tuple[str, str]] | None = None
-    """The services this build looked at (None: every one); the fast path re-encodes only these."""
-
-    @property
-    def origin_labels(self) -> Labels:
-        """The zone apex as labels."""
-        return labels_of(self.origin)
-
-    def soa(self) -> dns.rrset.RRset:
-        """The SOA RRset of the apex; its minimum is the TTL, so negative answers live as long as positive."""
-        rdata = _rd(
-            dns.rdtypes.ANY.SOA.SOA, IN, SOA, self.origin, dns.name.Name([b"hostmaster", *self.origin.labels]),
-            self.serial, 60, 10, 3600, self.ttl,
-        )
-        return _rrset(self.origin, self.ttl, [rdata])
-
-    def rrset(self, labels: Labels, node: Node, rdtype: int) -> dns.rrset.RRset | None:
-        """The RRset of `rdtype` at `labels` as dnspython objects, or None."""
-        name = name_of(labels)
-        rds: list[dns.rdata.Rdata]
-        if rdtype == A:
-            rds = [_rd(dns.rdtypes.IN.A.A, IN, A, socket.inet_ntop(socket.AF_INET, a)) for a in node.a]
-        elif rdtype == AAAA:
-            rds = [_rd(dns.rdtypes.IN.AAAA.AAAA, IN, AAAA, socket.inet_ntop(socket.AF_INET6, a)) for a in node.aaaa]
-        elif rdtype == SRV:
-            rds = [_rd(dns.rdtypes.IN.SRV.SRV, IN, SRV, p, w, port, name_of(t)) for p, w, port, t in node.srv]
-        elif rdtype == PTR:
-            rds = [_rd(dns.rdtypes.ANY.PTR.PTR, IN, PTR, name_of(node.ptr))] if node.ptr is not None else []
-        elif rdtype == TXT:
-            rds = [_rd(dns.rdtypes.ANY.TXT.TXT, IN, TXT, list(node.txt))] if node.txt else []
-        elif rdtype == SOA:
-            return self.soa() if node.soa else None
-        else:
-            return None
-        return _rrset(name, self.ttl, rds) if rds else None
-
-
-def labels_of(name: dns.name.Name) -> Labels:
-    """`name` as lower-case labels without the root label."""
-    return tuple(lbl.lower() for lbl in name.labels if lbl)
-
-
-def name_of(labels: Labels) -> dns.name.Name:
-    """The absolute dnspython name of `labels`."""
-    return dns.name.Name([*labels, b""])
-
-
-# ---------------------------------------------------------------- building a zone
 
 
 class _Part(NamedTuple):
@@ -165,6 +66,12 @@ class ZoneBuilder:
         }
         self._ent_refs: dict[Labels, int] = {}
         self._part_nodes: dict[ServiceId, Mapping[Labels, Node]] = {}
+        self._owner: dict[Labels, ServiceId] = {}
+        """The service whose part holds each name (names of the zone's own, apex and version, have none)."""
+        self._shared: dict[Labels, dict[ServiceId, Node]] = {}
+        """Names more than one service's part holds, with each one's node."""
+        self._moved: set[ServiceId] = set()
+        """Services a shared name moved to or from in this build (the fast path encodes them again)."""
         self._site_services: dict[str, set[ServiceId]] = {}
         self._built: tuple[MeshView, frozenset[str], VipTable, Site | None] | None = None
         self._nodes_view = MappingProxyType(self._nodes)
@@ -188,7 +95,7 @@ class ZoneBuilder:
             old = self._parts.get(key)
             if svc is None:
                 if old is not None:
-                    self._remove(old)
+                    self._remove(key, old)
                     del self._parts[key]
                     self._forget(key, old)
                 continue
@@ -203,16 +110,17 @@ class ZoneBuilder:
             nodes = self._service(svc, view.sites, stale_sites, addrs, local)
             new = _Part(fingerprint, nodes, self._ents(nodes))
             if old is not None:
-                self._remove(old)
+                self._remove(key, old)
                 self._forget(key, old)
-            self._add(new)
+            self._add(key, new)
             self._parts[key] = new
             self._part_nodes[key] = nodes
             for e in exports:
                 self._site_services.setdefault(e.site, set()).add(key)
         self._built = (view, stale_sites, vips, local)
-        return Zone(self.origin, self.ttl, view.revision % 2**32, self._nodes_view, self._parts_view,
-                    None if full else frozenset(todo))
+        moved, self._moved = frozenset(self._moved), set()
+        changed = None if full else frozenset(todo) | moved
+        return Zone(self.origin, self.ttl, view.revision % 2**32, self._nodes_view, self._parts_view, changed, moved)
 
     def _todo(self, view: MeshView, stale: frozenset[str], vips: VipTable, local: Site | None) -> set[ServiceId] | None:
         """The services that can have changed since the last build; None: all of them."""
@@ -227,7 +135,7 @@ class ZoneBuilder:
         todo = set(changes.services)
         for site in stale ^ stale_before:
             todo |= self._site_services.get(site, set())
-        if vips is not vips_before:
+        if vips is not vips_before and not (_of_view(vips, view) and _of_view(vips_before, before)):
             todo |= {k for k in vips.keys() | vips_before.keys() if vips.get(k) != vips_before.get(k)}
         return todo
 
@@ -241,16 +149,39 @@ class ZoneBuilder:
                 if not keys:
                     del self._site_services[e.site]
 
-    def _add(self, part: _Part) -> None:
-        self._nodes.update(part.nodes)
+    def _add(self, key: ServiceId, part: _Part) -> None:
+        for name, node in part.nodes.items():
+            owner = self._owner.get(name)
+            if owner is None or owner == key:
+                self._owner[name] = key
+                self._nodes[name] = node
+                continue
+            # Two services own one name (a VIP two allocations claim, say): the smaller key's answer
+            # stands, whatever the order of changes, until one of them lets go.
+            shared = self._shared.setdefault(name, {owner: self._nodes[name]})
+            shared[key] = node
+            first = min(shared)
+            if first != owner:
+                self._moved.add(owner)
+            self._owner[name], self._nodes[name] = first, shared[first]
         for name in part.ents:
             self._ent_refs[name] = self._ent_refs.get(name, 0) + 1
-            self._nodes.setdefault(name, _EMPTY)  # an empty non-terminal: NODATA, never NXDOMAIN
+            self._nodes.setdefault(name, EMPTY)  # an empty non-terminal: NODATA, never NXDOMAIN
 
-    def _remove(self, part: _Part) -> None:
+    def _remove(self, key: ServiceId, part: _Part) -> None:
         for name in part.nodes:
+            shared = self._shared.get(name)
+            if shared is not None:
+                shared.pop(key, None)
+                first = min(shared)
+                self._moved.add(first)
+                self._owner[name], self._nodes[name] = first, shared[first]
+                if len(shared) == 1:
+                    del self._shared[name]
+                continue
+            self._owner.pop(name, None)
             if self._ent_refs.get(name):
-                self._nodes[name] = _EMPTY
+                self._nodes[name] = EMPTY
             else:
                 self._nodes.pop(name, None)
         for name in part.ents:
@@ -259,7 +190,7 @@ class ZoneBuilder:
                 self._ent_refs[name] = refs
             else:
                 del self._ent_refs[name]
-                if self._nodes.get(name) is _EMPTY:
+                if self._nodes.get(name) is EMPTY:
                     del self._nodes[name]
 
     # -- private
@@ -347,13 +278,9 @@ class ZoneBuilder:
         return sorted(chosen, key=rank)
 
 
-def _rd(cls: Any, *args: Any) -> dns.rdata.Rdata:
-    rdata: dns.rdata.Rdata = cls(*args)
-    return rdata
-
-
-def _rrset(name: dns.name.Name, ttl: int, rdatas: Iterable[dns.rdata.Rdata]) -> dns.rrset.RRset:
-    return dns.rrset.from_rdata_list(name, ttl, list(rdatas))
+def _of_view(vips: VipTable, view: MeshView) -> bool:
+    """True when `vips` are `view`'s own VIPs: the view's changes already name the services whose VIPs changed."""
+    return isinstance(vips, VipAddresses) and vips.allocations is view.vips
 
 
 def _pack(addresses: Iterable[str]) -> tuple[tuple[bytes, ...], tuple[bytes, ...]]:

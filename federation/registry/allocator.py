@@ -1,70 +1,59 @@
-"""The VIP allocator: applies the pure plan of `registry.vipalloc` to etcd with compare-and-swap."""
+"""The VIP allocator: applies the pure plan of `registry.vipalloc` to etcd, many VIPs per transaction.
+
+It reads the VIPs from the mesh view (the mirror watches them with everything else), so it never lists
+etcd itself, and it looks again only when services that need a VIP came or went, or when a grace
+period ends. Writes are compare-and-swap transactions of up to `batch` services each: a new mesh of
+5,000 services gets every VIP in about a hundred transactions.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
-from types import MappingProxyType
-from typing import Any, Protocol
+from collections.abc import Callable, Iterable, Sequence
+from typing import Protocol
 
 from federation.core.errors import MeshfedError, RecordError
 from federation.core.keys import Keys
-from federation.core.view import MeshView, VipTable
-from federation.registry.vipalloc import (
-    Allocate,
-    Allocation,
-    Claim,
-    MarkUnused,
-    MarkUsed,
-    Op,
-    Release,
-    Service,
-    State,
-    decode_allocation,
-    decode_claim,
-    encode_allocation,
-    encode_claim,
-    exported_services,
-    plan,
-    wanted_services,
-)
-from federation.runtime.values import Changes, Readable, Value, wait_until
+from federation.core.view import MeshView
+from federation.core.vips import Allocation, Claim, encode_allocation, encode_claim
+from federation.registry.etcd import Absent, Delete, Put, Unchanged
+from federation.registry.vipalloc import Allocate, DropClaim, Mark, Op, Release, Service, next_release, plan
+from federation.runtime.values import Changes, Readable, wait_until
 
 log = logging.getLogger(__name__)
 
+BATCH = 40
+"""Services per transaction: an allocation is three keys, each with a condition, under etcd's default
+--max-txn-ops of 128."""
+PENDING_FOR = 10.0
+"""Seconds an allocation this agent wrote is awaited in the view before it may be planned again."""
+RETRY = 2.0
+"""Seconds before a failed pass is tried again when nothing else happens."""
+HOLD = 0.5
+"""Seconds new allocations wait after another agent got in first: its writes reach the view meanwhile."""
 
-class KV(Protocol):
-    """What an etcd value read gives back (federation.registry.etcd.KV fits)."""
 
-    @property
-    def value(self) -> bytes: ...
+class TxnClient(Protocol):
+    """The conditional-transaction part of federation.registry.etcd.EtcdClient the allocator needs."""
 
-
-class CasClient(Protocol):
-    """The compare-and-swap subset of federation.registry.etcd.EtcdClient the allocator needs."""
-
-    async def get_prefix(self, prefix: str) -> tuple[Mapping[str, Any], int]: ...
-    async def put_if_absent(self, key: str, value: bytes, lease: int = 0) -> bool: ...
-    async def replace(self, key: str, old: bytes, new: bytes) -> bool: ...
-    async def delete_if(self, key: str, value: bytes) -> bool: ...
+    async def commit_if(self, conditions: Sequence[Absent | Unchanged], ops: Sequence[Put | Delete]) -> bool: ...
 
 
 class VipAllocator:
-    """Keeps every exported ClusterSetIP service allocated a VIP in etcd; `table` holds what etcd says."""
+    """Keeps every exported ClusterSetIP service allocated a VIP in etcd; the view then shows it."""
 
     def __init__(
         self,
-        client: CasClient,
+        client: TxnClient,
         keys: Keys,
         mesh: Readable[MeshView],
         *,
         ranges: Sequence[str] = ("240.240.0.0/16",),
         grace: float = 600.0,
-        interval: float = 5.0,
+        batch: int = BATCH,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._client = client
@@ -72,119 +61,124 @@ class VipAllocator:
         self._mesh = mesh
         self._ranges = [ipaddress.ip_network(r) for r in ranges]
         self._grace = grace
-        self._interval = interval
+        self._batch = batch
         self._clock = clock
-        self.table: Value[VipTable] = Value(MappingProxyType({}), name="vip table")
-        """Every allocation as last read from etcd (kept while etcd is away)."""
-        self.rejected = 0
+        self._pending: dict[Service, float] = {}
+        self._solo: set[Service] = set()
+        self._hold_until = 0.0
+        self.retry_due = False
+        """A transaction was refused: look again soon even if nothing changes."""
+        self.transactions = 0
+        """Transactions attempted (tests and metrics)."""
+        self.conflicts = 0
+        """Transactions refused because another agent wrote first."""
 
     async def run(self) -> None:
-        """Reconcile every `interval` seconds, and at once when the set of exported services changes.
+        """Allocate and release until cancelled, from the initial sync on; keeps going while etcd is away.
 
-        Nothing happens before the mirror's initial sync (an empty view would release nothing, but
-        would allocate nothing either). Most registry changes are endpoint churn; listing every
-        allocation from etcd on each would load etcd for nothing, so a change reconciles only when the
-        set of exported ClusterSetIP services changed. The interval picks up other agents' work and
-        grace expiry. Keeps the last table while etcd is away.
+        Each pass looks only at the services the view says changed since the last one (a registry
+        change costs in proportion to the change), and at everything when a grace period ends or a
+        pass failed.
         """
         await wait_until(self._mesh, lambda v: v.complete)
-        loop = asyncio.get_running_loop()
-        due = loop.time()
-        last: frozenset[Service] | None = None
+        seen: int | None = None
+        deadline: tuple[object, float | None] = (None, None)
         with Changes(self._mesh) as changes:
             while True:
                 view = self._mesh.get()
-                exported = exported_services(view)
-                if loop.time() >= due or exported != last:
-                    last = exported
-                    # A pass that changed something runs again at once (bounded): a lost race is settled there.
-                    for _ in range(3):
-                        try:
-                            if not await self.reconcile(view):
-                                break
-                        except MeshfedError as exc:
-                            log.warning("vip allocation: %s; keeping the last known VIPs", exc)
-                            break
-                        view = self._mesh.get()
-                    due = loop.time() + self._interval
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(max(0.0, due - loop.time())):  # not wait_for: gh-86296
+                diff = view.changes_since(seen) if seen is not None else None
+                services = None if diff is None else diff.services
+                retry = None
+                if services is None or services:
+                    try:
+                        await self.reconcile(view, services)
+                    except MeshfedError as exc:
+                        log.warning("vip allocation: %s; keeping the VIPs the registry shows", exc)
+                        retry = RETRY
+                if self.retry_due:
+                    retry = max(HOLD, self._hold_until - time.monotonic()) if self._hold_until else RETRY
+                seen = view.generation if retry is None else None
+                if deadline[0] is not view.vips:
+                    deadline = (view.vips, next_release(view, self._grace))
+                wake = [t for t in (retry, _until(deadline[1], self._clock())) if t is not None]
+                try:
+                    async with asyncio.timeout(min(wake) if wake else None):  # not wait_for: gh-86296
                         await changes.wait()
+                except TimeoutError:
+                    seen = None  # a grace period ended, or a pass failed: look at everything
 
-    def seed(self, kvs: Mapping[str, Any]) -> None:
-        """Take the allocations of a saved registry listing (key -> value with `.value`) as the table, until
-        etcd can be read (an agent restarted while etcd is away answers the VIPs it knew)."""
-        state = self._state({k: v for k, v in kvs.items() if k.startswith(self._keys.mesh("vips") + "/")})
-        self.table.set(MappingProxyType({svc: alloc.addresses for svc, (alloc, _) in state.allocations.items()}))
-
-    async def reconcile(self, view: MeshView) -> list[Op]:
-        """One pass: read the VIP keys, apply the plan, read again; returns the ops attempted."""
-        state = await self._read()
-        ops = plan(state, wanted_services(view), now=self._clock(), grace=self._grace, ranges=self._ranges)
+    async def reconcile(self, view: MeshView, services: Iterable[Service] | None = None) -> list[Op]:
+        """One pass over `services` (None: all): plan, then write in batches; returns the ops attempted."""
+        now = time.monotonic()
+        self._pending = {s: t for s, t in self._pending.items() if now - t < PENDING_FOR and s not in view.vips}
+        self._solo = {s for s in self._solo if s not in view.vips}
+        self.retry_due = False
+        ops = plan(view, services, now=self._clock(), grace=self._grace, ranges=self._ranges,
+                   pending=self._pending)
+        if time.monotonic() < self._hold_until:
+            ops = [op for op in ops if not isinstance(op, Allocate)]
+            self.retry_due = True
+        solo = [op for op in ops if isinstance(op, Allocate) and op.service in self._solo]
+        allocate = [op for op in ops if isinstance(op, Allocate) and op.service not in self._solo]
+        for start in range(0, len(allocate), self._batch):
+            await self._allocate(allocate[start:start + self._batch])
+        for alone in solo:  # services of a batch another agent got in before: one at a time, none holds up another
+            await self._allocate([alone])
         for op in ops:
-            await self._apply(op)
-        if ops:
-            state = await self._read()
-        self.table.set(MappingProxyType({svc: alloc.addresses for svc, (alloc, _) in state.allocations.items()}))
+            if not isinstance(op, Allocate):
+                await self._apply(op)
         return ops
 
     # -- private
 
-    def _alloc_key(self, service: Service) -> str:
-        return self._keys.mesh("vips", "services", *service)
-
-    def _claim_key(self, address: str) -> str:
-        return self._keys.mesh("vips", "addresses", address)
-
-    async def _read(self) -> State:
-        kvs, _ = await self._client.get_prefix(self._keys.mesh("vips") + "/")
-        return self._state(kvs)
-
-    def _state(self, kvs: Mapping[str, Any]) -> State:
-        allocations: dict[Service, tuple[Allocation, bytes]] = {}
-        claims: dict[str, tuple[Claim, bytes]] = {}
-        head_a, head_c = self._alloc_key(("", ""))[:-1], self._claim_key("")
-        for key, kv in kvs.items():
-            raw = kv.value
-            try:
-                if key.startswith(head_a):
-                    alloc = decode_allocation(raw)
-                    if self._alloc_key(alloc.service) != key:
-                        raise RecordError("allocation names another service than its key")
-                    allocations[alloc.service] = (alloc, raw)
-                elif key.startswith(head_c):
-                    claim = decode_claim(raw)
-                    if self._claim_key(claim.address) != key:
-                        raise RecordError("claim names another address than its key")
-                    claims[claim.address] = (claim, raw)
-            except RecordError as exc:
-                self.rejected += 1
-                log.debug("vip allocation: skipped %s: %s", key, exc)
-        return State(allocations, claims)
+    async def _allocate(self, batch: list[Allocate]) -> None:
+        now = self._clock()
+        conditions: list[Absent | Unchanged] = []
+        writes: list[Put | Delete] = []
+        for op in batch:
+            for address in op.addresses:
+                conditions.append(Absent(self._keys.claim(address)))
+                writes.append(Put(self._keys.claim(address), encode_claim(Claim(address, op.service, now))))
+            conditions.append(Absent(self._keys.vip(*op.service)))
+            writes.append(Put(self._keys.vip(*op.service), encode_allocation(Allocation(op.service, op.addresses))))
+        self.transactions += 1
+        if await self._client.commit_if(conditions, writes):
+            started = time.monotonic()
+            for op in batch:
+                self._pending[op.service] = started
+            log.info("vip allocation: %d service(s) got VIPs (%s/%s: %s%s)", len(batch), *batch[0].service,
+                     ", ".join(batch[0].addresses), ", ..." if len(batch) > 1 else "")
+            return
+        # Another agent wrote one of these first: most likely all of them, which the view shows soon. The
+        # next pass allocates what is still missing one service per transaction, so a key that cannot
+        # be written (a record this agent cannot read, say) holds up only its own service.
+        self.conflicts += 1
+        self.retry_due = True
+        self._hold_until = time.monotonic() + HOLD
+        self._solo.update(op.service for op in batch)
 
     async def _apply(self, op: Op) -> None:
         c = self._client
-        if isinstance(op, Allocate):
-            now = self._clock()
-            mine: list[tuple[str, bytes]] = []
-            for address in op.addresses:
-                value = encode_claim(Claim(address, op.service, now))
-                if not await c.put_if_absent(self._claim_key(address), value):
-                    break  # another agent took it; the next pass picks again
-                mine.append((address, value))
-            else:
-                alloc = encode_allocation(Allocation(op.service, op.addresses))
-                if await c.put_if_absent(self._alloc_key(op.service), alloc):
-                    log.info("vip allocation: %s/%s gets %s", *op.service, ", ".join(op.addresses))
-                    return
-            for address, value in mine:  # lost a race: give back what this pass claimed
-                await c.delete_if(self._claim_key(address), value)
-        elif isinstance(op, MarkUnused | MarkUsed):
-            await c.replace(self._alloc_key(op.service), op.old, op.new)
+        self.transactions += 1
+        if isinstance(op, Mark):
+            a = op.allocation
+            new = Allocation(a.service, a.addresses, op.unused_since)
+            await c.commit_if([Unchanged(self._keys.vip(*a.service), a.revision)],
+                              [Put(self._keys.vip(*a.service), encode_allocation(new))])
         elif isinstance(op, Release):
-            if await c.delete_if(self._alloc_key(op.service), op.old):
-                log.info("vip allocation: released the VIPs of %s/%s", *op.service)
-                for address, raw in op.claims:
-                    await c.delete_if(self._claim_key(address), raw)
-        else:
-            await c.delete_if(self._claim_key(op.address), op.old)
+            a = op.allocation
+            conditions: list[Absent | Unchanged] = [Unchanged(self._keys.vip(*a.service), a.revision)]
+            conditions += [Unchanged(self._keys.claim(cl.address), cl.revision) for cl in op.claims]
+            deletes: list[Put | Delete] = [Delete(self._keys.vip(*a.service))]
+            deletes += [Delete(self._keys.claim(cl.address)) for cl in op.claims]
+            if await c.commit_if(conditions, deletes):
+                log.info("vip allocation: released the VIPs of %s/%s", *a.service)
+        elif isinstance(op, DropClaim):
+            await c.commit_if([Unchanged(self._keys.claim(op.claim.address), op.claim.revision)],
+                              [Delete(self._keys.claim(op.claim.address))])
+        else:  # pragma: no cover - allocations go through _allocate
+            raise RecordError(f"unexpected op {op!r}")
+
+
+def _until(when: float | None, now: float) -> float | None:
+    return None if when is None else max(0.0, when - now) + 0.05

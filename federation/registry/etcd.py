@@ -26,16 +26,19 @@ from federation.core.errors import RegistryUnavailable
 from federation.registry.link import (
     KV,
     MAX_TXN_OPS,
+    Absent,
     Compacted,
     Delete,
     Link,
     Put,
+    Unchanged,
     WatchEvent,
     reconnecting,
 )
 from federation.runtime.files import TlsFiles
 
-__all__ = ["KV", "MAX_TXN_OPS", "Compacted", "Delete", "EtcdClient", "Put", "WatchEvent", "reconnecting"]
+__all__ = ["KV", "MAX_TXN_OPS", "Absent", "Compacted", "Delete", "EtcdClient", "Put", "Unchanged", "WatchEvent",
+           "reconnecting"]
 
 T = TypeVar("T")
 
@@ -230,6 +233,21 @@ class EtcdClient:
                 return c.transaction(compare=[], success=reqs, failure=[])  # type: ignore[no-any-return]
 
             await self._again(txn)
+
+    async def commit_if(self, conditions: Sequence[Absent | Unchanged], ops: Sequence[Put | Delete]) -> bool:
+        """Apply `ops` in one transaction if every condition holds; True if they were applied.
+
+        Conditions and ops each count against etcd's --max-txn-ops (default 128). Not sent again after a
+        failure (it may have been applied): the caller reads and plans again.
+        """
+        async with self._call() as c:
+            t = c.transactions
+            compare = [t.version(k.key.encode()) == 0 if isinstance(k, Absent)
+                       else t.mod(k.key.encode()) == k.mod_revision for k in conditions]
+            success = [t.put(op.key.encode(), op.value, lease=op.lease or None) if isinstance(op, Put)
+                       else t.delete(op.key.encode()) for op in ops]
+            ok, _ = await c.transaction(compare=compare, success=success, failure=[])
+        return bool(ok)
 
     async def put_if_absent(self, key: str, value: bytes, lease: int = 0) -> bool:
         """Create `key` only if it does not exist; True if this call created it."""

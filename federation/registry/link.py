@@ -66,6 +66,21 @@ class Delete:
     key: str
 
 
+@dataclass(frozen=True, slots=True)
+class Absent:
+    """Transaction condition: `key` does not exist."""
+
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class Unchanged:
+    """Transaction condition: `key` was last written at `mod_revision` (it exists and nobody changed it since)."""
+
+    key: str
+    mod_revision: int
+
+
 @dataclass(slots=True)
 class Link:
     """How one registry client reaches etcd: the member it uses, whether its last call worked, since when."""

@@ -90,6 +90,7 @@ class Mirror:
         self._subscribers: list[Subscriber] = []
         self._pending: list[Event] = []
         self._flush_scheduled = False
+        self._changed = False
         self._reject_log = LogLimiter(interval=60.0, capacity=1024)
         self._last_contact: float | None = None
         self.synced = asyncio.Event()
@@ -266,8 +267,9 @@ class Mirror:
             self._metrics.rejected.inc()
             if self._reject_log.allow(rej.key, now):
                 log.warning("registry mirror: skipped record %s: %s", rej.key, rej.reason)
-        if outcome.events:
+        if outcome.events or outcome.changed:
             self._pending.extend(outcome.events)
+            self._changed = True
             if not self._flush_scheduled:
                 self._flush_scheduled = True
                 asyncio.get_running_loop().call_soon(self._flush)
@@ -279,11 +281,14 @@ class Mirror:
         """
         self._flush_scheduled = False
         events, self._pending = self._pending, []
+        changed, self._changed = self._changed, False
         self._metrics.records.set(len(self.catalog))
-        if not events and not initial:
+        if not changed and not initial:
             return
         view = self.catalog.view()
         self.mesh.set(view)
+        if not events and not initial:
+            return
         for callback in self._subscribers:
             try:
                 callback(view, events)

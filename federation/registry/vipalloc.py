@@ -1,4 +1,4 @@
-"""Mesh-wide VIPs for ClusterSetIP services: the allocation records and the pure plan. No IO.
+"""Mesh-wide VIPs for ClusterSetIP services: the pure plan of allocations and releases. No IO.
 
 Every VM site answers the same VIP for the same service: an allocation is one key per service
 (`<prefix>/mesh/vips/services/<ns>/<name>`) plus one claim key per address
@@ -11,76 +11,16 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
-from federation.core.codec import dump_json, load_record
-from federation.core.errors import MeshfedError, RecordError
-from federation.core.records import ServiceType, check_ip
+from federation.core.errors import MeshfedError
+from federation.core.records import ServiceType
 from federation.core.view import MeshView, ServiceId
+from federation.core.vips import Allocation, Claim
 
 Service = ServiceId
 _SCHEMA = 1
-
-
-# ---------------------------------------------------------------- records
-
-
-@dataclass(frozen=True, slots=True)
-class Allocation:
-    """The VIPs of one service, and since when no site has exported it (None: in use)."""
-
-    service: Service
-    addresses: tuple[str, ...]
-    unused_since: float | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Claim:
-    """An address taken by a service (created before the allocation that uses it)."""
-
-    address: str
-    service: Service
-    claimed_at: float
-
-
-def encode_allocation(a: Allocation) -> bytes:
-    """Canonical JSON of an allocation."""
-    return dump_json({"schema": _SCHEMA, "kind": "VipAllocation", "namespace": a.service[0], "name": a.service[1],
-                  "addresses": list(a.addresses), "unusedSince": a.unused_since})
-
-
-def encode_claim(c: Claim) -> bytes:
-    """Canonical JSON of an address claim."""
-    return dump_json({"schema": _SCHEMA, "kind": "VipClaim", "address": c.address, "namespace": c.service[0],
-                  "name": c.service[1], "claimedAt": c.claimed_at})
-
-
-def decode_allocation(data: bytes) -> Allocation:
-    """Validate and decode an allocation; raise RecordError."""
-    obj = load_record(data, "VipAllocation", _SCHEMA)
-    addrs = obj.get("addresses")
-    if not isinstance(addrs, list) or not all(isinstance(a, str) for a in addrs):
-        raise RecordError("addresses is not a list of strings")
-    for a in addrs:
-        _check_ip(a)
-    unused = obj.get("unusedSince")
-    if unused is not None and (not isinstance(unused, int | float) or isinstance(unused, bool)):
-        raise RecordError("unusedSince is not a number or null")
-    return Allocation((_s(obj, "namespace"), _s(obj, "name")), tuple(addrs),
-                      None if unused is None else float(unused))
-
-
-def decode_claim(data: bytes) -> Claim:
-    """Validate and decode an address claim; raise RecordError."""
-    obj = load_record(data, "VipClaim", _SCHEMA)
-    at = obj.get("claimedAt")
-    if not isinstance(at, int | float) or isinstance(at, bool):
-        raise RecordError("claimedAt is not a number")
-    address = _s(obj, "address")
-    _check_ip(address)
-    return Claim(address, (_s(obj, "namespace"), _s(obj, "name")), float(at))
 
 
 # ---------------------------------------------------------------- the pure core
@@ -88,98 +28,84 @@ def decode_claim(data: bytes) -> Claim:
 
 @dataclass(frozen=True, slots=True)
 class Allocate:
-    """Claim `addresses` for `service`, then create its allocation."""
+    """Claim `addresses` for `service`, then create its allocation (both only if absent)."""
 
     service: Service
     addresses: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
-class MarkUnused:
-    """No site exports the service any more: start its grace period."""
+class Mark:
+    """Start (`unused_since` a time) or stop (None) the grace period of an allocation, if unchanged."""
 
-    service: Service
-    old: bytes
-    new: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class MarkUsed:
-    """A site exports the service again: stop its grace period."""
-
-    service: Service
-    old: bytes
-    new: bytes
+    allocation: Allocation
+    unused_since: float | None
 
 
 @dataclass(frozen=True, slots=True)
 class Release:
-    """The grace period is over: delete the allocation, then its claims."""
+    """The grace period is over: delete the allocation and its claims, if unchanged."""
 
-    service: Service
-    old: bytes
-    claims: tuple[tuple[str, bytes], ...]
+    allocation: Allocation
+    claims: tuple[Claim, ...]
 
 
 @dataclass(frozen=True, slots=True)
 class DropClaim:
     """A claim no allocation uses (its agent died between the two writes), older than the grace period."""
 
-    address: str
-    old: bytes
+    claim: Claim
 
 
-Op = Allocate | MarkUnused | MarkUsed | Release | DropClaim
+Op = Allocate | Mark | Release | DropClaim
 
 
-@dataclass(frozen=True, slots=True)
-class State:
-    """What etcd holds under the VIP prefix, decoded, with the raw bytes for compare-and-swap."""
-
-    allocations: Mapping[Service, tuple[Allocation, bytes]]
-    claims: Mapping[str, tuple[Claim, bytes]]
+def needs_vip(view: MeshView, service: Service) -> bool:
+    """True for a ClusterSetIP service some site exports: it needs a VIP."""
+    svc = view.service(*service)
+    return svc is not None and svc.type is ServiceType.CLUSTER_SET_IP
 
 
-def wanted_services(view: MeshView) -> set[Service]:
-    """ClusterSetIP services some site exports: the ones that need a VIP."""
-    return {key for key, svc in view.services().items() if svc.type is ServiceType.CLUSTER_SET_IP}
+def plan(view: MeshView, services: Iterable[Service] | None, *, now: float, grace: float,
+         ranges: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network],
+         pending: Iterable[Service] = ()) -> list[Op]:
+    """The operations that bring `view`'s VIPs to one allocation per service that needs one, releasing
+    after `grace`; for `services` only (None: every service and allocation, and stray claims).
 
-
-def exported_services(view: MeshView) -> frozenset[Service]:
-    """A cheap trigger: services some site exports as ClusterSetIP (conflicts not resolved)."""
-    return frozenset(
-        e.service for e in view.exports.values() if e.type is ServiceType.CLUSTER_SET_IP and e.site in view.sites
-    )
-
-
-def plan(state: State, wanted: Iterable[Service], *, now: float, grace: float,
-         ranges: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> list[Op]:
-    """The operations that bring `state` to one allocation per wanted service, releasing after `grace`."""
-    want = set(wanted)
+    `pending` are services this allocator has just allocated and does not see in the view yet.
+    """
+    allocations, claims = view.vips, view.claims
+    keys = set(services) if services is not None else set(view.services()) | set(allocations)
     ops: list[Op] = []
-    taken = set(state.claims)
-    for service in sorted(want - set(state.allocations)):
-        addrs = tuple(pick(service, net, taken) for net in ranges)
-        taken.update(addrs)
-        ops.append(Allocate(service, addrs))
-    used: set[str] = set()
-    for service, (alloc, raw) in sorted(state.allocations.items()):
-        used.update(alloc.addresses)
-        if service in want:
+    taken = set(claims)
+    waiting = set(pending)
+    for service in sorted(keys):
+        alloc = allocations.get(service)
+        wanted = needs_vip(view, service)
+        if alloc is None:
+            if wanted and service not in waiting:
+                addrs = tuple(pick(service, net, taken) for net in ranges)
+                taken.update(addrs)
+                ops.append(Allocate(service, addrs))
+        elif wanted:
             if alloc.unused_since is not None:
-                new = Allocation(alloc.service, alloc.addresses, None)
-                ops.append(MarkUsed(service, raw, encode_allocation(new)))
+                ops.append(Mark(alloc, None))
         elif alloc.unused_since is None:
-            new = Allocation(alloc.service, alloc.addresses, now)
-            ops.append(MarkUnused(service, raw, encode_allocation(new)))
+            ops.append(Mark(alloc, now))
         elif now - alloc.unused_since >= grace:
-            claims = tuple((a, state.claims[a][1]) for a in alloc.addresses
-                           if a in state.claims and state.claims[a][0].service == service)
-            ops.append(Release(service, raw, claims))
-    for address, (claim, raw) in sorted(state.claims.items()):
-        if address not in used and now - claim.claimed_at >= grace:
-            ops.append(DropClaim(address, raw))
+            ops.append(Release(alloc, tuple(claims[a] for a in alloc.addresses
+                                            if a in claims and claims[a].service == service)))
+    if services is None:
+        used = {a for alloc in allocations.values() for a in alloc.addresses}
+        ops.extend(DropClaim(claim) for address, claim in sorted(claims.items())
+                   if address not in used and now - claim.claimed_at >= grace)
     return ops
+
+
+def next_release(view: MeshView, grace: float) -> float | None:
+    """When the earliest grace period ends (an allocation nobody uses, or a claim without one), if any."""
+    times = [a.unused_since for a in view.vips.values() if a.unused_since is not None]
+    return min(times) + grace if times else None
 
 
 def pick(service: Service, net: ipaddress.IPv4Network | ipaddress.IPv6Network, taken: set[str]) -> str:
@@ -196,14 +122,3 @@ def pick(service: Service, net: ipaddress.IPv4Network | ipaddress.IPv6Network, t
         if address not in taken:
             return address
     raise MeshfedError(f"VIP range {net} is full")
-
-
-def _s(obj: dict[str, Any], name: str) -> str:
-    value = obj.get(name)
-    if not isinstance(value, str):
-        raise RecordError(f"{name} is not a string")
-    return value
-
-
-def _check_ip(value: str) -> None:
-    check_ip("address", value)

@@ -25,7 +25,8 @@ import time
 import zlib
 from pathlib import Path
 
-from federation.dns.zone import AAAA, PTR, SRV, A, ZoneBuilder, name_of
+from federation.dns.nodes import AAAA, PTR, SRV, A, name_of
+from federation.dns.zone import ZoneBuilder
 from tests.dnshelp import ZONE, big_view
 
 SEED = 1645

@@ -1,23 +1,31 @@
-"""VIP allocation against a real etcd: two VM-site agents agree, and release waits for the grace period."""
+"""VIP allocation against a real etcd, read back through real mirrors: two VM-site agents agree, release
+waits for the grace period, many VIPs go in few transactions, and churn costs no allocation work."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 
 import dns.asyncquery
 import dns.message
 
+from federation.core.backoff import Backoff
+from federation.core.codec import encode_export, encode_site
 from federation.core.keys import Keys
-from federation.core.view import MeshView
+from federation.core.vips import VipAddresses
 from federation.dns.server import DnsServer
 from federation.dns.settings import DnsSettings
 from federation.registry.allocator import VipAllocator
 from federation.registry.embedded import EtcdProcess
-from federation.registry.etcd import EtcdClient
-from federation.runtime.values import Value
-from tests.dnshelp import export, site, view
+from federation.registry.etcd import Delete, EtcdClient, Put
+from federation.registry.mirror import Mirror
+from federation.runtime.values import Derived
+from tests.dnshelp import export, site
+from tests.util import eventually
 
 RANGES = ("240.240.0.0/16", "fd6d:6573:6866:6564::/64")
+KEYS = Keys()
 
 
 class Clock:
@@ -28,65 +36,100 @@ class Clock:
         return self.now
 
 
+@contextlib.asynccontextmanager
+async def tasks(*coros: object) -> AsyncIterator[None]:
+    running = [asyncio.create_task(c) for c in coros]  # type: ignore[arg-type]
+    try:
+        yield
+    finally:
+        for t in running:
+            t.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
+
+
+async def write(etcd: EtcdProcess, puts: list[Put]) -> None:
+    client = EtcdClient([etcd.endpoint], timeout=5)
+    try:
+        await client.commit(puts)
+    finally:
+        await client.close()
+
+
+def mirror_of(etcd: EtcdProcess) -> Mirror:
+    return Mirror(EtcdClient([etcd.endpoint], timeout=3), KEYS, backoff=Backoff(base=0.05, cap=0.3),
+                  probe_interval=0.5, probe_timeout=1.0)
+
+
+def vips_of(mirror: Mirror, name: str) -> tuple[str, ...]:
+    allocation = mirror.mesh.get().vips.get(("shop", name))
+    return allocation.addresses if allocation is not None else ()
+
+
 async def test_two_vm_sites_get_the_same_vip_and_release_waits_for_the_grace_period(etcd: EtcdProcess) -> None:
     clock = Clock()
-    clients = [EtcdClient([etcd.endpoint], timeout=3) for _ in range(2)]
-    unused = Value(MeshView.before_sync())  # reconcile() is driven by hand here
-    east, west = (VipAllocator(c, Keys(), unused, ranges=RANGES, grace=60, clock=clock) for c in clients)
-    before = east.table.version
+    services = [export("east", "shop", f"svc{i}", ["10.0.0.1"]) for i in range(20)]
+    await write(etcd, [Put(KEYS.site(s), encode_site(site(s))) for s in ("east", "west")]
+                + [Put(KEYS.service("east", "shop", e.name), encode_export(e)) for e in services])
+    mirrors = [mirror_of(etcd), mirror_of(etcd)]
+    clients = [EtcdClient([etcd.endpoint], timeout=3) for _ in mirrors]
+    east, west = (VipAllocator(c, KEYS, m.mesh, ranges=RANGES, grace=60, clock=clock)
+                  for c, m in zip(clients, mirrors, strict=True))
     try:
-        services = [export("east", "shop", f"svc{i}", ["10.0.0.1"]) for i in range(20)]
-        mesh = view([site("east"), site("west")], services)
-        # both agents allocate at once: compare-and-swap leaves one allocation per service
-        for _ in range(2):
-            await asyncio.gather(east.reconcile(mesh), west.reconcile(mesh))
-        assert east.table.get() == west.table.get()
-        assert len(east.table.get()) == 20
-        addresses = [a for addrs in east.table.get().values() for a in addrs]
-        assert len(addresses) == len(set(addresses)) == 40
-        web = east.table.get().get(("shop", "svc0"), ())
-        assert web[0].startswith("240.240.")
-        assert web[1].startswith("fd6d:6573:6866:6564:")
-        assert east.table.version > before
+        async with tasks(*(m.run() for m in mirrors), east.run(), west.run()):
+            # both agents allocate at once: compare-and-swap leaves one allocation per service
+            await eventually(lambda: all(len(m.mesh.get().vips) == 20 for m in mirrors), what="20 allocations")
+            await asyncio.sleep(0.3)  # let any loser of a race see the winner's write
+            a, b = (dict(m.mesh.get().vips) for m in mirrors)
+            assert a == b
+            addresses = [x for alloc in a.values() for x in alloc.addresses]
+            assert len(addresses) == len(set(addresses)) == 40
+            web = vips_of(mirrors[0], "svc0")
+            assert web[0].startswith("240.240.")
+            assert web[1].startswith("fd6d:6573:6866:6564:")
+            assert east.transactions + west.transactions <= 12  # batches, not one per key
 
-        # no site exports svc0 any more: kept through the grace period, then released
-        fewer = view([site("east"), site("west")], services[1:])
-        await east.reconcile(fewer)
-        clock.now += 59
-        await asyncio.gather(east.reconcile(fewer), west.reconcile(fewer))
-        assert west.table.get().get(("shop", "svc0"), ()) == web
-        clock.now += 2
-        for _ in range(2):
-            await asyncio.gather(east.reconcile(fewer), west.reconcile(fewer))
-        assert east.table.get().get(("shop", "svc0"), ()) == ()
-        assert west.table.get().get(("shop", "svc0"), ()) == ()
-        kvs, _ = await clients[0].get_prefix(Keys().mesh("vips") + "/")
-        assert len(kvs) == 19 * 3  # one allocation and two address claims per remaining service
+            # no site exports svc0 any more: kept through the grace period, then released
+            client = EtcdClient([etcd.endpoint], timeout=3)
+            await client.commit([Delete(KEYS.service("east", "shop", "svc0"))])
+            await eventually(lambda: mirrors[0].mesh.get().vips[("shop", "svc0")].unused_since == 1000.0,
+                             what="the grace period to start")
+            clock.now += 59
+            await asyncio.sleep(0.5)
+            assert vips_of(mirrors[1], "svc0") == web
+            clock.now += 2
+            await eventually(lambda: not vips_of(mirrors[0], "svc0") and not vips_of(mirrors[1], "svc0"),
+                             what="the release after the grace period")
+            kvs, _ = await client.get_prefix(KEYS.mesh("vips") + "/")
+            assert len(kvs) == 19 * 3  # one allocation and two address claims per remaining service
 
-        # exported again: a fresh allocation, the same on both sites
-        for _ in range(2):  # the loser of a race sees the winner's allocation on its next pass
-            await asyncio.gather(east.reconcile(mesh), west.reconcile(mesh))
-        assert east.table.get().get(("shop", "svc0"), ()) == west.table.get().get(("shop", "svc0"), ()) != ()
+            # exported again: a fresh allocation, the same on both sites
+            await client.commit([Put(KEYS.service("east", "shop", "svc0"), encode_export(services[0]))])
+            await eventually(lambda: vips_of(mirrors[0], "svc0") == vips_of(mirrors[1], "svc0") != (),
+                             what="svc0 allocated again")
+            await client.close()
     finally:
         for c in clients:
             await c.close()
 
 
 async def test_two_vm_site_agents_answer_the_same_vip(etcd: EtcdProcess) -> None:
-    mesh = Value(view([site("east"), site("west")], [export("east", "shop", "web", ["10.0.0.1"]),
-                                                     export("west", "shop", "web", ["10.1.0.1"])]))
-    clients, servers, tasks = [], [], []
+    await write(etcd, [Put(KEYS.site(s), encode_site(site(s))) for s in ("east", "west")] + [
+        Put(KEYS.service("east", "shop", "web"), encode_export(export("east", "shop", "web", ["10.0.0.1"]))),
+        Put(KEYS.service("west", "shop", "web"), encode_export(export("west", "shop", "web", ["10.1.0.1"])))])
+    clients, servers, running = [], [], []
     try:
         for name in ("east", "west"):
             client = EtcdClient([etcd.endpoint], timeout=3)
             clients.append(client)
-            allocator = VipAllocator(client, Keys(), mesh, ranges=RANGES, interval=0.1)
+            mirror = mirror_of(etcd)
+            mesh = mirror.mesh
+            allocator = VipAllocator(client, KEYS, mesh, ranges=RANGES)
             server = DnsServer(DnsSettings(udp=("127.0.0.1:0",), tcp=("127.0.0.1:0",), forwarding=False),
-                               local_site=name, mesh=mesh, vips=allocator.table)
+                               local_site=name, mesh=mesh,
+                               vips=Derived(lambda m=mesh: VipAddresses(m.get().vips), mesh))  # type: ignore[misc]
             servers.append(server)
             await server.start()
-            tasks.append(asyncio.create_task(server.run(), name=f"dns-{name}"))
-            tasks.append(asyncio.create_task(allocator.run(), name=f"vips-{name}"))
+            running += [asyncio.create_task(c) for c in (mirror.run(), server.run(), allocator.run())]
         answers = []
         for server in servers:
             host, port = server.udp_addresses[0]
@@ -100,9 +143,9 @@ async def test_two_vm_site_agents_answer_the_same_vip(etcd: EtcdProcess) -> None
         assert answers[0] == answers[1]
         assert answers[0][0].startswith("240.240.")
     finally:
-        for task in tasks:
+        for task in running:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*running, return_exceptions=True)
         for server in servers:
             await server.close()
         for client in clients:
@@ -110,51 +153,41 @@ async def test_two_vm_site_agents_answer_the_same_vip(etcd: EtcdProcess) -> None
 
 
 class CountingClient:
-    """The real client, counting full listings of the VIP prefix."""
+    """The real client, counting the allocator's transactions."""
 
     def __init__(self, client: EtcdClient) -> None:
         self.client = client
-        self.listings = 0
+        self.transactions = 0
 
-    async def get_prefix(self, prefix: str):  # type: ignore[no-untyped-def]
-        self.listings += 1
-        return await self.client.get_prefix(prefix)
-
-    async def put_if_absent(self, key: str, value: bytes, lease: int = 0) -> bool:
-        return await self.client.put_if_absent(key, value, lease)
-
-    async def replace(self, key: str, old: bytes, new: bytes) -> bool:
-        return await self.client.replace(key, old, new)
-
-    async def delete_if(self, key: str, value: bytes) -> bool:
-        return await self.client.delete_if(key, value)
+    async def commit_if(self, conditions, ops):  # type: ignore[no-untyped-def]
+        self.transactions += 1
+        return await self.client.commit_if(conditions, ops)
 
 
-async def test_endpoint_churn_does_not_relist_allocations_but_a_new_service_does(etcd: EtcdProcess) -> None:
+async def test_many_vips_in_few_transactions_and_endpoint_churn_costs_no_allocation_work(etcd: EtcdProcess) -> None:
+    services = [export("east", "shop", f"svc{i}", ["10.0.0.1"]) for i in range(400)]
+    await write(etcd, [Put(KEYS.site("east"), encode_site(site("east")))])
+    for start in range(0, len(services), 100):
+        await write(etcd, [Put(KEYS.service("east", "shop", e.name), encode_export(e))
+                           for e in services[start:start + 100]])
+    mirror = mirror_of(etcd)
     client = CountingClient(EtcdClient([etcd.endpoint], timeout=3))
-    current = Value(view([site("east")], [export("east", "shop", "web", ["10.0.0.1"])]))
-    allocator = VipAllocator(client, Keys(), current, ranges=RANGES, interval=3600)
-    task = asyncio.create_task(allocator.run(), name="vips")
+    allocator = VipAllocator(client, KEYS, mirror.mesh, ranges=RANGES)  # type: ignore[arg-type]
     try:
-        for _ in range(200):
-            if allocator.table.get().get(("shop", "web"), ()):
-                break
-            await asyncio.sleep(0.02)
-        assert allocator.table.get().get(("shop", "web"), ())
-        settled = client.listings
-        for i in range(20):  # endpoint churn: same services, new endpoints
-            current.set(view([site("east")], [export("east", "shop", "web", [f"10.0.0.{i + 2}"])]))
-            await asyncio.sleep(0.01)
-        assert client.listings == settled
-        current.set(view([site("east")], [export("east", "shop", "web", ["10.0.0.1"]),
-                                          export("east", "shop", "api", ["10.0.0.9"])]))
-        for _ in range(200):
-            if allocator.table.get().get(("shop", "api"), ()):
-                break
-            await asyncio.sleep(0.02)
-        assert allocator.table.get().get(("shop", "api"), ())
-        assert client.listings > settled
+        async with tasks(mirror.run(), allocator.run()):
+            await eventually(lambda: len(mirror.mesh.get().vips) == 400, what="400 VIPs")
+            assert client.transactions <= 400 // 40 + 2  # 40 services per transaction
+            settled = client.transactions
+            for i in range(20):  # endpoint churn: same services, new endpoints
+                e = export("east", "shop", "svc1", [f"10.0.1.{i + 2}"])
+                await write(etcd, [Put(KEYS.service("east", "shop", "svc1"), encode_export(e))])
+            await eventually(lambda: mirror.mesh.get().exports[("east", "shop", "svc1")].endpoints[0].addresses
+                             == ("10.0.1.21",), what="the churn to arrive")
+            await asyncio.sleep(0.2)
+            assert client.transactions == settled
+            new = export("east", "shop", "api", ["10.0.0.9"])
+            await write(etcd, [Put(KEYS.service("east", "shop", "api"), encode_export(new))])
+            await eventually(lambda: bool(vips_of(mirror, "api")), what="a VIP for the new service")
+            assert client.transactions == settled + 1
     finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
         await client.client.close()

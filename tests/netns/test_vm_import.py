@@ -13,9 +13,9 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from federation.agent.dataplane import _ipv4_only
 from federation.core.backoff import Backoff
 from federation.core.keys import Keys
+from federation.core.vips import VipAddresses
 from federation.registry.allocator import VipAllocator
 from federation.registry.embedded import EtcdProcess
 from federation.registry.etcd import EtcdClient
@@ -49,10 +49,11 @@ async def tasks(**coros: object) -> AsyncIterator[dict[str, asyncio.Task[None]]]
         await asyncio.gather(*running.values(), return_exceptions=True)
 
 
-def vm_b_source(mirror: Mirror, allocator: VipAllocator, netns: str) -> VmSource:
+def vm_b_source(mirror: Mirror, netns: str) -> VmSource:
     """vm-b's VM source, wired as the agent's data plane wires it (federation/agent/dataplane.py)."""
-    return VmSource(VmSettings(), "vm-b", mesh=mirror.mesh, vips=Derived(
-        lambda: _ipv4_only(allocator.table.get()), allocator.table), netns=netns)
+    mesh = mirror.mesh
+    return VmSource(VmSettings(), "vm-b", mesh=mesh, vips=Derived(lambda: VipAddresses(mesh.get().vips), mesh),
+                    netns=netns)
 
 
 async def test_vm_export_reaches_other_vm_as_vip_and_restart_converges(etcd: EtcdProcess, netns: str) -> None:
@@ -67,9 +68,8 @@ async def test_vm_export_reaches_other_vm_as_vip_and_restart_converges(etcd: Etc
     publisher = Publisher(EtcdClient([etcd.endpoint], timeout=3), KEYS, Value(site("vm-a")), exports_a, ttl=3,
                           backoff=Backoff(base=0.05, cap=0.5))
     mirror = Mirror(EtcdClient([etcd.endpoint], timeout=3), KEYS, backoff=Backoff(base=0.05, cap=0.5))
-    allocator = VipAllocator(EtcdClient([etcd.endpoint], timeout=3), KEYS, mirror.mesh, ranges=RANGES, grace=0.0,
-                             interval=0.2)
-    source_b = vm_b_source(mirror, allocator, netns)
+    allocator = VipAllocator(EtcdClient([etcd.endpoint], timeout=3), KEYS, mirror.mesh, ranges=RANGES, grace=0.0)
+    source_b = vm_b_source(mirror, netns)
 
     def web_ready() -> bool | None:
         e = mirror.mesh.get().exports.get(("vm-a", "shop", "web"))
@@ -80,9 +80,8 @@ async def test_vm_export_reaches_other_vm_as_vip_and_restart_converges(etcd: Etc
             await source_a.ready.wait()  # the publisher starts with the complete first list
             async with tasks(publisher=publisher.run()):
                 async with tasks(source_b=source_b.run(), allocator=allocator.run()):
-                    await eventually(lambda: bool(allocator.table.get().get(("shop", "web"))),
-                                     what="web's VIPs allocated")
-                    v4, _v6 = allocator.table.get()[("shop", "web")]
+                    await eventually(lambda: ("shop", "web") in mirror.mesh.get().vips, what="web's VIPs allocated")
+                    v4, _v6 = mirror.mesh.get().vips[("shop", "web")].addresses
                     want = [f"{v4}/32"]  # the IPv6 VIP is allocated but not served (no AAAA yet), so not put up
                     await eventually(lambda: global_addresses(netns) == want, what="web's VIPs on vm-b's meshfed0")
                     assert web_ready() is True
@@ -93,7 +92,7 @@ async def test_vm_export_reaches_other_vm_as_vip_and_restart_converges(etcd: Etc
                     assert global_addresses(netns) == want  # still exported: its VIP stays
 
                 # vm-b's agent restarts: a new VM source converges on what is there, nothing added twice
-                source_b2 = vm_b_source(mirror, allocator, netns)
+                source_b2 = vm_b_source(mirror, netns)
                 async with tasks(source_b=source_b2.run(), allocator=allocator.run()):
                     vips = {ipaddress.ip_address(v4)}
                     await eventually(lambda: source_b2.vips.addresses == vips, what="the restarted source")

@@ -19,7 +19,8 @@ from prometheus_client import CollectorRegistry
 from federation.core.backoff import Backoff
 from federation.core.exportset import ExportSet
 from federation.core.records import Locality, ServiceExport, ServiceType
-from federation.core.view import MeshView, VipTable
+from federation.core.view import MeshView, ServiceId, VipTable
+from federation.core.vips import VipAddresses
 from federation.runtime.values import Derived, Readable, Value, follow
 from federation.sources.vm.addressing import Vip
 from federation.sources.vm.checking import UNKNOWN_LOCALITY
@@ -86,6 +87,10 @@ class VmSource:
         self.announcer = MdnsAnnouncer(settings, site_name) if settings.announce else None
         self.vips = VipInterface(settings, metrics=metrics, netns=netns)
         self._wanted_vips: frozenset[Vip] = frozenset()
+        self._by_service: dict[ServiceId, frozenset[Vip]] = {}
+        self._counts: dict[Vip, int] = {}
+        self._all: frozenset[Vip] = frozenset()
+        self._last: tuple[MeshView, VipTable] | None = None
         self._vips_changed = asyncio.Event()
         self._vips_seen = False
         self._backoff = Backoff(base=1.0, cap=30.0)
@@ -102,17 +107,44 @@ class VmSource:
 
         Call it only once the registry's initial sync is done: an empty view would remove every VIP.
         """
-        wanted = frozenset(
-            _address(a)
-            for (namespace, name), svc in view.services().items() if svc.type is ServiceType.CLUSTER_SET_IP
-            for a in vips.get((namespace, name), ())
-        )
+        wanted = self._wanted(view, vips)
         if wanted != self._wanted_vips or not self._vips_seen:  # the first view converges leftovers too
             self._vips_seen = True
             self._wanted_vips = wanted
             self._vips_changed.set()
         if self.announcer is not None:
             self.announcer.update(view, vips)
+
+    def _wanted(self, view: MeshView, vips: VipTable) -> frozenset[Vip]:
+        """The VIPs the interface should hold; after a registry change, only the changed services are looked at."""
+        before = self._last
+        diff = None
+        if before is not None and isinstance(vips, VipAddresses) and isinstance(before[1], VipAddresses) \
+                and vips.allocations is view.vips and before[1].allocations is before[0].vips:
+            diff = view.changes_since(before[0].generation) if view.history is before[0].history else None
+        keys = view.services().keys() | self._by_service.keys() if diff is None else diff.services
+        if diff is None:
+            self._by_service, self._counts = {}, {}
+        changed = False
+        for key in keys:
+            svc = view.services().get(key)
+            addresses = vips.get(key, ()) if svc is not None and svc.type is ServiceType.CLUSTER_SET_IP else ()
+            new = frozenset(_address(a) for a in addresses)
+            old = self._by_service.pop(key, frozenset())
+            if new:
+                self._by_service[key] = new
+            if new != old:
+                changed = True
+                for vip in old - new:
+                    self._counts[vip] -= 1
+                    if not self._counts[vip]:
+                        del self._counts[vip]
+                for vip in new - old:
+                    self._counts[vip] = self._counts.get(vip, 0) + 1
+        self._last = (view, vips)
+        if diff is None or changed:
+            self._all = frozenset(self._counts)
+        return self._all
 
     async def run(self) -> None:
         """Run every part until cancelled."""

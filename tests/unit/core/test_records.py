@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from federation.core.codec import decode_export, decode_site, encode_export, encode_site
 from federation.core.errors import RecordError
-from federation.core.keys import Keys, ServiceKey, SiteKey
+from federation.core.keys import ChunkKey, ClaimKey, Keys, ServiceKey, SiteKey, VipKey
 from federation.core.records import (
     Endpoint,
     EndpointPort,
@@ -39,7 +39,16 @@ def test_round_trips() -> None:
 def test_keys_parse_the_layout() -> None:
     assert KEYS.parse("/meshfed/v1/sites/east") == SiteKey("east")
     assert KEYS.parse("/meshfed/v1/sites/east/services/shop/web") == ServiceKey("east", "shop", "web")
-    assert KEYS.parse("/meshfed/v1/mesh/vips/x") is None
+    assert KEYS.parse("/meshfed/v1/sites/east/services/shop/web/endpoints/3") == ChunkKey("east", "shop", "web", 3)
+    assert KEYS.parse("/meshfed/v1/mesh/vips/services/shop/web") == VipKey("shop", "web")
+    assert KEYS.parse("/meshfed/v1/mesh/vips/addresses/240.240.0.1") == ClaimKey("240.240.0.1")
+    assert KEYS.parse("/meshfed/v1/mesh/policies/traffic/shop/web") is None  # not a record the catalog reads
+    with pytest.raises(RecordError, match="does not fit the layout"):
+        KEYS.parse("/meshfed/v1/mesh/vips/x")
+    with pytest.raises(RecordError, match="not an IP address"):
+        KEYS.parse("/meshfed/v1/mesh/vips/addresses/nope")
+    with pytest.raises(RecordError, match="chunk index"):
+        KEYS.parse("/meshfed/v1/sites/east/services/shop/web/endpoints/01")
     with pytest.raises(RecordError, match="does not fit the layout"):
         KEYS.parse("/meshfed/v1/sites/east/other/x")
     with pytest.raises(RecordError, match="not a DNS label"):

@@ -19,7 +19,8 @@ from federation.core.records import Endpoint, Locality
 from federation.core.view import MeshView
 from federation.dns.answering import Answerer, Forward
 from federation.dns.fastpath import FastPath
-from federation.dns.zone import Zone, ZoneBuilder
+from federation.dns.nodes import Zone
+from federation.dns.zone import ZoneBuilder
 from tests.dnshelp import ZONE, big_view, export, query, rcode, site, view
 
 VIPS = ({("shop", "web"): ("240.240.0.7", "fd6d:6573:6866:6564::7")})

@@ -14,9 +14,10 @@ from hypothesis import strategies as st
 
 from federation.dns.answering import Answerer
 from federation.dns.fastpath import FAST_TYPES, MEMO_MAX, FastPath
+from federation.dns.nodes import Zone, name_of
 from federation.dns.server import DnsServer
 from federation.dns.settings import DnsSettings
-from federation.dns.zone import Zone, ZoneBuilder, name_of
+from federation.dns.zone import ZoneBuilder
 from tests.dnshelp import ZONE, big_view, export, site, view
 
 VIEW, VIPS = big_view(400, seed=7)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from types import MappingProxyType
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from federation.core.catalog import Catalog
@@ -32,6 +32,8 @@ _ops = st.lists(st.one_of(
 
 @settings(max_examples=150)
 @given(_ops)
+@example([("vip", "db", 1), ("vip", "api", 1), ("site", "east", "a", True),  # two services, one VIP: the PTR
+          ("export", "east", "api", [], False, 80), ("export", "east", "db", [], False, 80)])
 def test_incremental_zone_equals_a_fresh_build(ops: list[tuple[object, ...]]) -> None:
     cat = Catalog(KEYS)
     builder = ZoneBuilder(ZONE, local_site="east")

@@ -1,62 +1,62 @@
-"""The pure VIP allocation plan and its record codec."""
+"""The pure VIP allocation plan (from the mesh view) and the VIP record codec."""
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from federation.core.catalog import Catalog
+from federation.core.codec import encode_export, encode_site
 from federation.core.errors import MeshfedError, RecordError
-from federation.registry.vipalloc import (
-    Allocate,
-    Allocation,
-    Claim,
-    DropClaim,
-    MarkUnused,
-    MarkUsed,
-    Release,
-    State,
-    decode_allocation,
-    decode_claim,
-    encode_allocation,
-    encode_claim,
-    pick,
-    plan,
-    wanted_services,
-)
+from federation.core.keys import Keys
+from federation.core.view import MeshView
+from federation.core.vips import Allocation, Claim, decode_allocation, decode_claim, encode_allocation, encode_claim
+from federation.registry.vipalloc import Allocate, DropClaim, Mark, Release, needs_vip, pick, plan
 from tests.dnshelp import export, site, view
 
 RANGES = [ipaddress.ip_network("240.240.0.0/16"), ipaddress.ip_network("fd6d:6573:6866:6564::/64")]
 WEB = ("shop", "web")
+KEYS = Keys()
 
 
-def state(allocs: list[Allocation] = (), claims: list[Claim] = ()) -> State:  # type: ignore[assignment]
-    return State({a.service: (a, encode_allocation(a)) for a in allocs},
-                 {c.address: (c, encode_claim(c)) for c in claims})
+def with_vips(v: MeshView, allocs: list[Allocation] = (), claims: list[Claim] = ()) -> MeshView:  # type: ignore[assignment]
+    return dataclasses.replace(v, vips={a.service: a for a in allocs}, claims={c.address: c for c in claims})
 
 
-def test_wanted_services_are_the_exported_clusterset_ip_ones() -> None:
+def exporting(*names: str) -> MeshView:
+    return view([site("east")], [export("east", "shop", n, ["10.0.0.1"]) for n in names])
+
+
+def test_services_that_need_a_vip_are_the_exported_clusterset_ip_ones() -> None:
     v = view([site("east")], [export("east", "shop", "web", ["10.0.0.1"]),
                               export("east", "shop", "db", ["10.0.0.2"], headless=True)])
-    assert wanted_services(v) == {WEB}
+    assert needs_vip(v, WEB)
+    assert not needs_vip(v, ("shop", "db"))
+    assert not needs_vip(v, ("shop", "nope"))
 
 
 def test_a_new_service_gets_one_address_per_range_from_a_hash_of_its_name() -> None:
-    ops = plan(state(), [WEB], now=100, grace=60, ranges=RANGES)
+    ops = plan(exporting("web"), None, now=100, grace=60, ranges=RANGES)
     assert len(ops) == 1
     op = ops[0]
     assert isinstance(op, Allocate)
     v4, v6 = (ipaddress.ip_address(a) for a in op.addresses)
     assert v4 in RANGES[0]
     assert v6 in RANGES[1]
-    assert plan(state(), [WEB], now=999, grace=60, ranges=RANGES) == ops  # the same on every agent
+    assert plan(exporting("web"), None, now=999, grace=60, ranges=RANGES) == ops  # the same on every agent
+    assert plan(exporting("web"), [("shop", "other")], now=1, grace=60, ranges=RANGES) == []  # only what changed
+    assert plan(exporting("web"), None, now=1, grace=60, ranges=RANGES, pending=[WEB]) == []  # written, not seen yet
 
 
 def test_taken_addresses_are_skipped_and_two_new_services_never_share_one() -> None:
     first = pick(WEB, RANGES[0], set())
     assert pick(WEB, RANGES[0], {first}) != first
-    ops = plan(state(claims=[Claim(first, ("x", "y"), 1.0)]), [WEB, ("shop", "db")], now=1, grace=60,
-               ranges=RANGES[:1])
+    v = with_vips(exporting("web", "db"), claims=[Claim(first, ("x", "y"), 1.0)])
+    ops = plan(v, None, now=1, grace=60, ranges=RANGES[:1])
     addrs = [a for op in ops if isinstance(op, Allocate) for a in op.addresses]
     assert first not in addrs
     assert len(set(addrs)) == 2
@@ -69,31 +69,24 @@ def test_a_full_range_is_an_error() -> None:
 
 
 def test_release_only_after_the_grace_period() -> None:
-    alloc = Allocation(WEB, ("240.240.0.9",))
-    claim = Claim("240.240.0.9", WEB, 1.0)
+    alloc = Allocation(WEB, ("240.240.0.9",), revision=7)
+    claim = Claim("240.240.0.9", WEB, 1.0, revision=8)
+    nobody = exporting()
     # nobody exports it any more: the grace period starts
-    ops = plan(state([alloc], [claim]), [], now=100, grace=60, ranges=RANGES)
-    assert len(ops) == 1
-    assert isinstance(ops[0], MarkUnused)
-    assert decode_allocation(ops[0].new).unused_since == 100
-    unused = Allocation(WEB, ("240.240.0.9",), 100.0)
-    assert plan(state([unused], [claim]), [], now=159, grace=60, ranges=RANGES) == []
-    ops = plan(state([unused], [claim]), [], now=160, grace=60, ranges=RANGES)
-    assert len(ops) == 1
-    assert isinstance(ops[0], Release)
-    assert ops[0].claims == (("240.240.0.9", encode_claim(claim)),)
+    assert plan(with_vips(nobody, [alloc], [claim]), None, now=100, grace=60, ranges=RANGES) == [Mark(alloc, 100)]
+    unused = Allocation(WEB, ("240.240.0.9",), 100.0, revision=9)
+    assert plan(with_vips(nobody, [unused], [claim]), None, now=159, grace=60, ranges=RANGES) == []
+    ops = plan(with_vips(nobody, [unused], [claim]), None, now=160, grace=60, ranges=RANGES)
+    assert ops == [Release(unused, (claim,))]
     # exported again within the grace period: kept
-    ops = plan(state([unused], [claim]), [WEB], now=150, grace=60, ranges=RANGES)
-    assert len(ops) == 1
-    assert isinstance(ops[0], MarkUsed)
-    assert decode_allocation(ops[0].new).unused_since is None
+    assert plan(with_vips(exporting("web"), [unused], [claim]), None, now=150, grace=60,
+                ranges=RANGES) == [Mark(unused, None)]
 
 
 def test_orphan_claims_are_dropped_after_the_grace_period() -> None:
     orphan = Claim("240.240.0.5", WEB, 10.0)
-    assert plan(state(claims=[orphan]), [], now=20, grace=60, ranges=RANGES) == []
-    ops = plan(state(claims=[orphan]), [], now=70, grace=60, ranges=RANGES)
-    assert ops == [DropClaim("240.240.0.5", encode_claim(orphan))]
+    assert plan(with_vips(exporting(), claims=[orphan]), None, now=20, grace=60, ranges=RANGES) == []
+    assert plan(with_vips(exporting(), claims=[orphan]), None, now=70, grace=60, ranges=RANGES) == [DropClaim(orphan)]
 
 
 def test_codec_round_trip_and_rejects() -> None:
@@ -104,3 +97,43 @@ def test_codec_round_trip_and_rejects() -> None:
     for bad in (b"nope", b"{}", b'{"schema":1,"kind":"VipAllocation","namespace":"a","name":"b","addresses":["x"]}'):
         with pytest.raises(RecordError):
             decode_allocation(bad)
+
+
+_events = st.lists(st.tuples(st.sampled_from(["export", "unexport", "allocate", "free"]),
+                             st.sampled_from(["web", "db", "api", "cart"])), max_size=25)
+
+
+@given(_events)
+def test_planning_only_the_changed_services_equals_planning_everything(events: list[tuple[str, str]]) -> None:
+    """The allocator plans from the view's changes; what it would do then is what a full pass would do."""
+    cat = Catalog(KEYS)
+    cat.put(KEYS.site("east"), encode_site(site("east")), 1)
+    seen = cat.view().generation
+    for rev, (what, name) in enumerate(events, 2):
+        if what == "export":
+            cat.put(KEYS.service("east", "shop", name), encode_export(export("east", "shop", name, ["10.0.0.1"])), rev)
+        elif what == "unexport":
+            cat.delete(KEYS.service("east", "shop", name), rev)
+        elif what == "allocate":
+            cat.put(KEYS.vip("shop", name), encode_allocation(Allocation(("shop", name), (f"240.240.0.{rev}",))), rev)
+        else:
+            cat.delete(KEYS.vip("shop", name), rev)
+        v = cat.view()
+        changes = v.changes_since(seen)
+        assert changes is not None
+        seen = v.generation
+        incremental = plan(v, changes.services, now=0, grace=60, ranges=RANGES)
+        full = plan(v, None, now=0, grace=60, ranges=RANGES)
+        # A full pass also sees services that did not change; for the ones that changed, both agree.
+        for service in changes.services:
+            assert [op for op in incremental if _service(op) == service] == [
+                op for op in full if _service(op) == service]
+        assert all(_service(op) in changes.services for op in incremental)
+
+
+def _service(op: object) -> tuple[str, str] | None:
+    if isinstance(op, Allocate):
+        return op.service
+    if isinstance(op, Mark | Release):
+        return op.allocation.service
+    return None
