@@ -141,7 +141,8 @@ def routes(view: MeshView, own_site: str, namespace: str, name: str, port_name: 
     for export in svc.exports:
         site = view.sites.get(export.site)
         port = find_port(export.ports, port_name)
-        if site is None or port is None:
+        # A site whose port of this name has another number or protocol gets none of its traffic (MCS).
+        if site is None or port is None or not svc.serves(export.site, port_name):
             continue
         targets = endpoint_targets(export, port)
         if not targets:

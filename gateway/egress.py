@@ -4,6 +4,10 @@ Routes come from `gateway.balancing.routes`: endpoints on our own network direct
 of another site through a pooled mTLS tunnel. A refused connect or a non-ok status moves on to the
 next route before any application byte is sent. `run()` keeps the listeners matching the mesh view
 and the placement (where each listener binds); `unreachable` says which sites' gateways failed lately.
+
+In capture mode (`capture=` a bind address: a VM agent that installed netfilter redirect rules) one
+listener takes every ClusterSetIP service at its VIPs (gateway.capture) and per-port listeners remain
+only for the others; a captured client whose original destination names no service port is reset.
 """
 
 from __future__ import annotations
@@ -24,10 +28,10 @@ from prometheus_client import CollectorRegistry
 
 from federation.core.errors import RemoteProtocolError
 from federation.core.view import MeshView
-from federation.core.vips import VipAddresses
 from federation.pki.verifying import PeerRejected, TrustBundle
 from federation.runtime.values import Readable, Value, follow
 from gateway.balancing import (
+    Bind,
     Close,
     Direct,
     ListenerKey,
@@ -35,11 +39,12 @@ from gateway.balancing import (
     Placement,
     Route,
     SiteHealth,
-    desired_listeners,
-    listeners_of,
     plan,
     routes,
 )
+from gateway.capture import CaptureListener, reset
+from gateway.destinations import CapturedServices, Destination, captured_type
+from gateway.listening import ListenerPlan
 from gateway.pool import PoolKey, TunnelPool
 from gateway.preamble import Request, Status
 from gateway.refusals import EgressMetrics, Throttle
@@ -62,7 +67,7 @@ class Egress:
     def __init__(self, site: str, mesh: Readable[MeshView], client_context: ResumingContext,
                  bundle: TrustBundle, settings: GatewaySettings | Readable[GatewaySettings] | None = None,
                  registry: CollectorRegistry | None = None, placement: Readable[Placement] | None = None,
-                 local_services: bool = False) -> None:
+                 local_services: bool = False, capture: Bind | None = None) -> None:
         self.site = site
         self.mesh = mesh
         self.context = client_context
@@ -81,13 +86,17 @@ class Egress:
         """(namespace, service, port name) -> the (host, port) its listener is bound to."""
         self.local_services = local_services
         """Also listen for services only this site exports (a VM's own services at their VIP)."""
+        self.capture_bind = capture
+        """Where the capture listener binds (capture mode); None: a listener per service port."""
+        self.capture: CaptureListener | None = None
+        self._captured = CapturedServices(site, local_services)
+        self.metrics.mode.labels("capture").set(1 if capture is not None else 0)
+        self.metrics.mode.labels("listeners").set(0 if capture is not None else 1)
         self._servers: dict[ListenerKey, asyncio.Server] = {}
         self._pools: dict[PoolKey, TunnelPool] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._health_timer: asyncio.TimerHandle | None = None
-        self._by_service: dict[tuple[str, str], set[ListenerKey]] = {}
-        self._last: tuple[MeshView, Placement] | None = None
-        self._sites_changed = False
+        self._plan = ListenerPlan(site, local_services, self._is_captured)
         self._turn = 0
         self._active: set[Any] = set()
         self.active = ActiveStreams()
@@ -99,8 +108,17 @@ class Egress:
 
     # -- lifecycle
 
+    @property
+    def mode(self) -> str:
+        """"capture" (one listener for every VIP) or "listeners" (one per service port)."""
+        return "capture" if self.capture_bind is not None else "listeners"
+
     async def start(self) -> None:
-        """Open the listeners the current view and placement want."""
+        """Open the capture listener (capture mode) and the listeners the current view and placement want."""
+        if self.capture_bind is not None and self.capture is None:
+            self.capture = CaptureListener(self._captured.index, self._route_captured, self._unknown)
+            await self.capture.start(*self.capture_bind)
+            log.info("egress capture listener on [%s]:%d", *self.capture.address)
         await self._apply()
 
     async def run(self) -> None:
@@ -122,6 +140,8 @@ class Egress:
         """Close every listener; relayed streams go on (a stopping agent drains them)."""
         for server in self._servers.values():
             server.close()
+        if self.capture is not None:
+            self.capture.close()
 
     async def close(self, grace: float = 0.0) -> None:
         """Close listeners; let streams finish for up to `grace` seconds; then close pools and streams."""
@@ -139,6 +159,8 @@ class Egress:
             pool.close()
         for server in self._servers.values():
             await server.wait_closed()
+        if self.capture is not None:
+            await self.capture.wait_closed()
         self._servers.clear()
         self.metrics.listeners.set(0)
 
@@ -150,22 +172,9 @@ class Egress:
         view, placement = self.mesh.get(), self.placement.get()
         if not view.complete:
             return
-        touched = self._touched(view, placement)
-        if touched is None:
-            self._by_service = {}
-            for key in desired_listeners(view, self.site, include_own=self.local_services):
-                self._by_service.setdefault(key[:2], set()).add(key)
-            check = {k for keys in self._by_service.values() for k in keys} | self._servers.keys()
-        else:
-            check = set()
-            for service in touched:
-                old = self._by_service.pop(service, set())
-                new = listeners_of(view, service, self.site, self.local_services)
-                if new:
-                    self._by_service[service] = new
-                check |= old | new
-        self._last = (view, placement)
-        wanted = {k: placement.bind(k, _port(view, k)) for k in check if k in self._by_service.get(k[:2], ())}
+        step = self._plan.step(view, placement, self._servers.keys())
+        check, wanted = step.check, step.wanted
+        captured = self._captured.update(view, placement.vips, step.touched) if self.capture is not None else []
         bound = self.listeners(check)
         loop = asyncio.get_running_loop()
         listening = self.listening.get()
@@ -186,33 +195,20 @@ class Egress:
                 self._servers[op.key] = server
                 mutation[op.key] = self.listeners((op.key,))[op.key]
                 log.info("egress listener for %s/%s:%s on %s:%d", *op.key, *mutation[op.key])
-        self.metrics.listeners.set(len(self._servers))
+        self.metrics.listeners.set(len(self._servers) + (self.capture is not None))
+        self.metrics.captured.set(len(self._captured))
         self.listening.set(mutation.finish())
-        if touched is None or self._sites_changed:
+        if step.sites_changed:
             for pool_key in [k for k in self._pools if k[0] not in view.sites]:
                 self._pools.pop(pool_key).close()
-        self._warm(view, [k for k in check if k in self._servers])
+        self._warm(view, [*(k for k in check if k in self._servers), *captured])
 
-    def _touched(self, view: MeshView, placement: Placement) -> set[tuple[str, str]] | None:
-        """The services whose listeners can have changed since the last apply; None: all of them."""
-        self._sites_changed = False
-        if self._last is None:
-            return None
-        before, placed = self._last
-        if placement.fallback != placed.fallback or view.history is None or view.history is not before.history:
-            return None
-        if not (_of_view(placement, view) and _of_view(placed, before)) and placement.vips != placed.vips:
-            return None
-        diff = view.changes_since(before.generation)
-        if diff is None:
-            return None
-        self._sites_changed = bool(diff.sites)
-        touched = set(diff.services)
-        for address in placement.held ^ placed.held:
-            claim = view.claims.get(address) or before.claims.get(address)
-            if claim is not None:
-                touched.add(claim.service)
-        return touched
+    def _is_captured(self, view: MeshView, key: ListenerKey) -> bool:
+        """True if the capture listener serves `key`'s service (capture mode, a ClusterSetIP service)."""
+        if self.capture_bind is None:
+            return False
+        svc = view.service(key[0], key[1])
+        return svc is not None and captured_type(svc)
 
     def _warm(self, view: MeshView, listeners: Iterable[ListenerKey]) -> None:
         """Pre-open tunnels to the first gateway each listener would use, so no client waits for them."""
@@ -226,6 +222,27 @@ class Egress:
 
     def _factory(self, key: ListenerKey) -> Callable[[], _ClientLeg]:
         return lambda: _ClientLeg(self, key)
+
+    def _route_captured(self, client: PlainLeg, key: ListenerKey) -> None:
+        self.admit(client, key)
+
+    def admit(self, client: PlainLeg, key: ListenerKey) -> None:
+        """Route a new client of `key`, or reset it at once beyond `max_connections` or `accept_rate`."""
+        why = self.shedder.refuse(self.active.count + len(self._tasks), time.monotonic())
+        if why is not None:
+            self.metrics.connections.labels("shed").inc()
+            self.shedder.say(log, "egress", why, self.active.count)
+            reset_transport(client.transport)
+            return
+        self.spawn(self.route(client, key), name="egress-route-{}/{}:{}".format(*key))
+
+    def _unknown(self, client: PlainLeg, dest: Destination | None) -> None:
+        """A captured client whose destination is no service port: reset it, as one with no route."""
+        self.metrics.connections.labels("unknown_destination").inc()
+        where = f"{dest[0]}:{dest[1]}" if dest is not None else "an unknown destination (not redirected)"
+        _throttle.log(log, logging.WARNING, ("unknown-destination", dest),
+                      "captured connection to %s is no imported service port: reset", where)
+        reset(client)
 
     def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         """Run `coro` as a named task that `close()` cancels."""
@@ -369,16 +386,6 @@ class Egress:
             self._health_timer = asyncio.get_running_loop().call_later(max(0.0, expiry - now), self._health_changed)
 
 
-def _of_view(placement: Placement, view: MeshView) -> bool:
-    vips = placement.vips
-    return isinstance(vips, VipAddresses) and vips.allocations is view.vips
-
-
-def _port(view: MeshView, key: ListenerKey) -> int:
-    svc = view.service(key[0], key[1])
-    return next((p.port for p in svc.ports if p.name == key[2]), 0) if svc is not None else 0
-
-
 class _ClientLeg(PlainLeg):
     """An accepted client: reading stays paused until a route accepted it."""
 
@@ -389,11 +396,4 @@ class _ClientLeg(PlainLeg):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        eg = self.egress
-        why = eg.shedder.refuse(eg.active.count + len(eg._tasks), time.monotonic())
-        if why is not None:
-            eg.metrics.connections.labels("shed").inc()
-            eg.shedder.say(log, "egress", why, eg.active.count)
-            reset_transport(self.transport)
-            return
-        eg.spawn(eg.route(self, self.key), name="egress-route-{}/{}:{}".format(*self.key))
+        self.egress.admit(self, self.key)

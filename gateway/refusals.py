@@ -99,6 +99,10 @@ class EgressMetrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.listeners = Gauge("meshfed_egress_listeners", "Egress listeners open", registry=registry)
+        self.mode = Gauge("meshfed_egress_mode", "1 for the mode the egress runs in: capture (one listener for "
+                          "every VIP) or listeners (one per service port)", ["mode"], registry=registry)
+        self.captured = Gauge("meshfed_egress_captured_destinations",
+                              "VIP:port destinations the capture listener serves", registry=registry)
         self.connections = Counter("meshfed_egress_connections_total", "Client connections by outcome",
                                    ["result"], registry=registry)
         self.attempts = Counter("meshfed_egress_attempts_total", "Route attempts by kind and outcome",

@@ -25,6 +25,14 @@ if ! python3 -c "import venv, ensurepip" 2>/dev/null; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
 fi
+if [ "$ROOT" = "/" ] && ! command -v nft >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+    # The egress captures the VIP range into one listener with nft (vm.egress_capture: auto); without
+    # it the agent says so and runs a listener per imported service port.
+    echo "install.sh: installing nftables" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nftables >/dev/null ||
+        echo "install.sh: nftables not installed; the egress will use a listener per service port" >&2
+fi
 if [ ! -x "$VENV/bin/python" ]; then
     python3 -m venv "$VENV"
 fi

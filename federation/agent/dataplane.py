@@ -38,6 +38,7 @@ from federation.pki.issuing import load_site
 from federation.registry.allocator import TxnClient, VipAllocator
 from federation.runtime.values import Derived, Readable, Value, follow
 from federation.sources.kubernetes.source import KubernetesSource
+from federation.sources.vm.capture import EgressCapture, precondition
 from federation.sources.vm.netlink import own_address
 from federation.sources.vm.source import VmSource
 from gateway.balancing import Placement
@@ -74,6 +75,8 @@ class DataPlane:
         self.egress: Egress | None = None
         self.dns: DnsServer | None = None
         self.vips: VipAllocator | None = None
+        self.capture: EgressCapture | None = None
+        """A VM's egress mode and capture rules (vm.egress_capture), decided at start."""
         self._gateway: Readable[Gateway | None] = Value(None, name="advertised gateway")
         live = self.config
         self._static: Readable[tuple[ServiceExport, ...]] = Derived(lambda: live.get().exports, live,
@@ -92,6 +95,9 @@ class DataPlane:
         Kubernetes source (its derived slices point at the egress listeners), then DNS."""
         s = self.settings
         if s.site.kind == "vm":
+            self.capture = EgressCapture(s.vm.egress_capture, s.dns.vip_ranges, where=str(s.source),
+                                         unavailable=precondition(s.vm, s.dns.enabled, bool(s.gateway.ca_dir)))
+            await self.capture.decide()
             self._start_vm()
         if s.gateway.ca_dir:
             await self._start_gateway()
@@ -166,6 +172,8 @@ class DataPlane:
         for part in (self.egress, self.eastwest, self.workers):
             if part is not None:
                 await part.close()
+        if self.capture is not None:
+            await self.capture.close()
         if self.dns is not None:
             await self.dns.close()
         if self.certs is not None:
@@ -180,9 +188,12 @@ class DataPlane:
             self.vips = VipAllocator(self._vip_client, Keys(s.registry.prefix), self._allocator_mesh,
                                      ranges=s.dns.vip_ranges, grace=s.dns.vip_grace)
         # DNS answers, the VIP interface and the egress use the same addresses: the ones the egress can serve
-        # (IPv4: it binds one address per service port). Read from the view, so they change with it.
+        # (a listener binds one address per service port; the capture listener takes IPv6 VIPs too).
+        # Read from the view, so they change with it.
         mesh = self.mesh
-        self.addresses = Derived(lambda: VipAddresses(mesh.get().vips, family=4), mesh, name="ClusterSetIP addresses")
+        family = 0 if self.capture is not None and self.capture.active and self.capture.ipv6 else 4
+        self.addresses = Derived(lambda: VipAddresses(mesh.get().vips, family=family), mesh,
+                                 name="ClusterSetIP addresses")
         config = self.config
         self.vm = VmSource(s.vm, s.site.name, mesh=self.mesh, vips=self.addresses, static_exports=self._static,
                            locality=s.site.locality, metrics=self.metrics,
@@ -236,9 +247,13 @@ class DataPlane:
             self.workers = GatewayWorkers(s.site.name, gw, self.certs.chain_file, self.certs.key_file,
                                           self.certs.bundle_file, gw.workers - 1, self.mesh, self.certs.current)
             await self.workers.start(port)
+        capture = self.capture.bind if self.capture is not None and self.capture.active else None
         self.egress = Egress(s.site.name, self.mesh, self.certs.client, self.certs.bundle, self._gateway_settings,
-                             self.metrics, placement=self._placement(), local_services=self._vips_here())
+                             self.metrics, placement=self._placement(), local_services=self._vips_here(),
+                             capture=capture)
         await self.egress.start()
+        if self.capture is not None and self.egress.capture is not None:
+            await self.capture.install(self.egress.capture.address[1])
         advertised = s.site.gateway_address or host
         if ipaddress.ip_address(host).is_unspecified and not s.site.gateway_address:
             if s.kubernetes.enabled:

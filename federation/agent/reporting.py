@@ -32,7 +32,8 @@ def registry_report(
                     for e in svc.exports
                     for ep in e.endpoints
                 ],
-                "conflicts": [{"site": c.site, "kind": c.kind, "reason": c.reason} for c in svc.conflicts],
+                "conflicts": [{"site": c.site, "kind": c.kind, "kinds": list(c.kinds), "reason": c.reason}
+                              for c in svc.conflicts],
             }
         )
     return {
@@ -95,7 +96,7 @@ def format_report(report: Mapping[str, Any]) -> str:
     conflicts = [(svc, c) for svc in report["services"] for c in svc["conflicts"]]
     if conflicts:
         lines.append("")
-        lines.append("CONFLICTS (oldest export wins; these sites' exports are left out)")
+        lines.append("CONFLICTS (told to every export of the service; the oldest export wins each difference)")
         for svc, c in conflicts:
             lines.append(f"  {svc['namespace']}/{svc['name']} from {c['site']}: {c['reason']}")
     if report["rejected"]:
@@ -142,6 +143,11 @@ def format_status(status: Mapping[str, Any]) -> str:
     dns = status.get("dns")
     lines.append(f"dns: zone {dns['zone']} on udp {','.join(dns['udp'])} tcp {','.join(dns['tcp'])}"
                  if dns else "dns: off")
+    eg = status.get("egress")
+    if eg:
+        lines.append(f"egress: capture, {', '.join(eg['ranges'])} -> {eg['capture']} (nft table {eg['table']}), "
+                     f"{eg['listeners']} per-port listener(s)" if eg["mode"] == "capture" else
+                     f"egress: {eg['listeners']} per-port listener(s); capture off: {eg['reason']}")
     vif = status.get("vipInterface")
     if vif:
         lines.append(f"vip interface {vif['name']}: " + (f"FALLBACK: {vif['fallback']}" if vif["fallback"]

@@ -10,6 +10,7 @@ from federation.agent.settings import AgentSettings
 from federation.registry.link import Links
 from federation.registry.mirror import Mirror
 from federation.registry.publisher import Publisher
+from gateway.destinations import Captured
 
 
 def agent_status(settings: AgentSettings, mirror: Mirror | None, publisher: Publisher | None,
@@ -50,6 +51,8 @@ def _data_plane(plane: DataPlane) -> dict[str, Any]:
     view = plane.mesh.get()
     addresses = plane.addresses.get()
     listeners = plane.egress.listeners() if plane.egress is not None else {}
+    capture = plane.egress.capture if plane.egress is not None else None
+    captured = capture.index.services if capture is not None else {}
     imports = []
     for (ns, name), svc in view.services().items():
         if all(e.site == site for e in svc.exports):
@@ -57,7 +60,8 @@ def _data_plane(plane: DataPlane) -> dict[str, Any]:
         imports.append({
             "service": f"{ns}/{name}",
             "vips": list(addresses.get((ns, name), ())) if plane.dns else [],
-            "listeners": {k[2]: f"{h}:{p}" for k, (h, p) in listeners.items() if k[:2] == (ns, name)},
+            "listeners": {k[2]: f"{h}:{p}" for k, (h, p) in listeners.items() if k[:2] == (ns, name)}
+            | _captured_at(captured.get((ns, name))),
             "sites": [
                 {"site": e.site, "network": view.sites[e.site].network,
                  "via": "direct" if view.sites[e.site].network == s.site.network
@@ -78,6 +82,12 @@ def _data_plane(plane: DataPlane) -> dict[str, Any]:
             "advertised": f"{gateway[0].address}:{gateway[0].port}",
             "certificateValidUntil": plane.certs.issued.cert.not_valid_after_utc.isoformat() if plane.certs else None,
         },
+        "egress": None if plane.egress is None else {
+            **(plane.capture.status(capture.address if capture else None) if plane.capture is not None else
+               {"mode": plane.egress.mode, "capture": None, "ranges": [], "table": None,
+                "reason": "a Kubernetes site: derived EndpointSlices point at per-port listeners"}),
+            "listeners": len(listeners),
+        },
         "dns": None if plane.dns is None else {
             "udp": [f"{h}:{p}" for h, p in plane.dns.udp_addresses],
             "tcp": [f"{h}:{p}" for h, p in plane.dns.tcp_addresses],
@@ -92,3 +102,12 @@ def _data_plane(plane: DataPlane) -> dict[str, Any]:
         "checks": checks,
         "imports": imports,
     }  # fmt: skip
+
+
+def _captured_at(c: Captured | None) -> dict[str, str]:
+    """Port name -> the VIP:port a client connects to, for a service the capture listener serves."""
+    if c is None:
+        return {}
+    vip = c.vips[0]
+    host = f"[{vip}]" if ":" in vip else vip
+    return {name: f"{host}:{port}" for name, port in c.ports}

@@ -122,6 +122,14 @@ def run_uninstall(args: argparse.Namespace) -> int:
                 print(f"removed interface {interface}")
         except OSError as exc:  # NetlinkError is an OSError: no permission, or no netlink at all
             print(f"meshfed vm uninstall: could not remove interface {interface}: {exc}", file=sys.stderr)
+        from federation.sources.vm.nftables import CaptureUnavailable, NftCapture
+
+        rules = NftCapture(())
+        try:  # a stopped agent removed its capture rules; a killed one left them
+            if asyncio.run(rules.remove()):
+                print(f"removed nft table {rules.name}")
+        except CaptureUnavailable:
+            pass  # no nft (so no rules of ours), or no permission (then nothing else was removable either)
         if shutil.which("systemctl"):
             subprocess.run(["systemctl", "daemon-reload"], check=False)
             if RESOLVED_DROPIN in report.removed:

@@ -26,7 +26,12 @@ from federation.core.records import (
 )
 
 SCHEMA = 1
-"""Version of the JSON layout of every record; readers reject other versions."""
+"""Version of the JSON layout of every record; readers reject other versions.
+
+Optional fields (ipFamilies, sessionAffinity..., exportedLabels, ports[].appProtocol) are written
+only when set, so a record without them is the same bytes as before they existed, and agents that
+predate them read records that carry them (they ignore keys they do not know).
+"""
 
 
 def encode_site(site: Site) -> bytes:
@@ -48,19 +53,37 @@ def encode_site(site: Site) -> bytes:
 
 def encode_export(export: ServiceExport) -> bytes:
     """The export record as canonical JSON bytes."""
-    return dump_json(
-        {
-            "schema": SCHEMA,
-            "kind": "ServiceExport",
-            "site": export.site,
-            "namespace": export.namespace,
-            "name": export.name,
-            "type": export.type.value,
-            "ports": [{"name": p.name, "port": p.port, "protocol": p.protocol.value} for p in export.ports],
-            "endpoints": [_endpoint_out(e) for e in export.endpoints],
-            "exportedAt": export.exported_at,
-        }
-    )
+    out: dict[str, Any] = {
+        "schema": SCHEMA,
+        "kind": "ServiceExport",
+        "site": export.site,
+        "namespace": export.namespace,
+        "name": export.name,
+        "type": export.type.value,
+        "ports": [_port_out(p) for p in export.ports],
+        "endpoints": [_endpoint_out(e) for e in export.endpoints],
+        "exportedAt": export.exported_at,
+    }
+    if export.ip_families:
+        out["ipFamilies"] = list(export.ip_families)
+    for key, value in (("sessionAffinity", export.session_affinity),
+                       ("sessionAffinityTimeout", export.session_affinity_timeout),
+                       ("internalTrafficPolicy", export.internal_traffic_policy),
+                       ("trafficDistribution", export.traffic_distribution)):
+        if value is not None:
+            out[key] = value
+    if export.exported_labels is not None:
+        out["exportedLabels"] = dict(export.exported_labels)
+    if export.exported_annotations is not None:
+        out["exportedAnnotations"] = dict(export.exported_annotations)
+    return dump_json(out)
+
+
+def _port_out(p: ServicePort) -> dict[str, Any]:
+    out: dict[str, Any] = {"name": p.name, "port": p.port, "protocol": p.protocol.value}
+    if p.app_protocol:
+        out["appProtocol"] = p.app_protocol
+    return out
 
 
 def dump_json(obj: dict[str, Any]) -> bytes:
@@ -127,6 +150,12 @@ def decode_export(key: ServiceKey, data: bytes) -> ServiceExport:
     exported_at = obj.get("exportedAt", 0.0)
     if not isinstance(exported_at, int | float) or isinstance(exported_at, bool):
         raise RecordError("exportedAt is not a number")
+    families = obj.get("ipFamilies", [])
+    if not isinstance(families, list) or not all(isinstance(f, str) for f in families):
+        raise RecordError("ipFamilies is not a list of strings")
+    timeout = obj.get("sessionAffinityTimeout")
+    if timeout is not None and (not isinstance(timeout, int) or isinstance(timeout, bool)):
+        raise RecordError("sessionAffinityTimeout is not an integer")
     export = ServiceExport(
         site=key.site,
         namespace=key.namespace,
@@ -135,9 +164,32 @@ def decode_export(key: ServiceKey, data: bytes) -> ServiceExport:
         type=stype,
         endpoints=endpoints,
         exported_at=float(exported_at),
+        ip_families=tuple(families),
+        session_affinity=_opt_str(obj, "sessionAffinity"),
+        session_affinity_timeout=timeout,
+        internal_traffic_policy=_opt_str(obj, "internalTrafficPolicy"),
+        traffic_distribution=_opt_str(obj, "trafficDistribution"),
+        exported_labels=_string_map(obj, "exportedLabels"),
+        exported_annotations=_string_map(obj, "exportedAnnotations"),
     )
     validate_export(export)
     return export
+
+
+def _opt_str(obj: dict[str, Any], name: str) -> str | None:
+    value = obj.get(name)
+    if value is not None and not isinstance(value, str):
+        raise RecordError(f"{name} is not a string")
+    return value
+
+
+def _string_map(obj: dict[str, Any], name: str) -> tuple[tuple[str, str], ...] | None:
+    value = obj.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise RecordError(f"{name} is not a map of strings")
+    return tuple(sorted(value.items()))
 
 
 def load_record(data: bytes, kind: str, schema: int = SCHEMA) -> dict[str, Any]:
@@ -212,7 +264,8 @@ def _port_in(value: Any, i: int) -> ServicePort:
         proto = Protocol(value.get("protocol", "TCP"))
     except ValueError:
         raise RecordError(f"{where}.protocol {value.get('protocol')!r} is not TCP, UDP or SCTP") from None
-    return ServicePort(name=_str(value, "name"), port=_int(value, "port", where), protocol=proto)
+    return ServicePort(name=_str(value, "name"), port=_int(value, "port", where), protocol=proto,
+                       app_protocol=_str(value, "appProtocol", default=""))
 
 
 def _endpoint_in(value: Any, i: int) -> Endpoint:

@@ -15,9 +15,11 @@ from federation.core.errors import RecordError
 
 _LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _PORT_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,13}[a-z0-9])?$")
+_QUALIFIED = re.compile(r"^([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+_LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
+_POLICY_WORD = re.compile(r"^[A-Z][A-Za-z]{0,62}$")
 _MAX_ADDRESSES = 100
 _LABEL_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
-_LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
 _SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 MAX_ENDPOINT_LABELS = 16
 """Labels per endpoint: enough for subsets (version, track, tier), small enough for 1,000-endpoint records."""
@@ -25,6 +27,13 @@ MAX_ENDPOINT_LABELS = 16
 Labels = tuple[tuple[str, str], ...]
 """Kubernetes-style labels as sorted (key, value) pairs, so that records stay hashable."""
 
+MAX_METADATA = 64
+"""Exported labels (and annotations) per export: a record stays small, and no real use needs more."""
+MAX_ANNOTATION_BYTES = 32 * 1024
+"""All exported annotations of one export together: an eighth of what Kubernetes allows on an object."""
+IP_FAMILIES = ("IPv4", "IPv6")
+SESSION_AFFINITIES = ("None", "ClientIP")
+INTERNAL_TRAFFIC_POLICIES = ("Cluster", "Local")
 
 
 class ServiceType(enum.StrEnum):
@@ -57,6 +66,8 @@ class ServicePort:
     name: str
     port: int
     protocol: Protocol = Protocol.TCP
+    app_protocol: str = ""
+    """The Service port's appProtocol (e.g. `http`, `kubernetes.io/h2c`); empty when not given."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,15 +140,25 @@ class ServiceExport:
     endpoints: tuple[Endpoint, ...] = ()
     exported_at: float = 0.0
     """Unix time the site first exported the service; the oldest export wins a conflict."""
+    ip_families: tuple[str, ...] = ()
+    """The exported Service's IP families in its order (IPv4, IPv6); empty where the source has none (VMs)."""
+    session_affinity: str | None = None
+    """The Service's sessionAffinity (None or ClientIP); None (Python) where the source has no such notion."""
+    session_affinity_timeout: int | None = None
+    """sessionAffinityConfig.clientIP.timeoutSeconds, with ClientIP affinity."""
+    internal_traffic_policy: str | None = None
+    """The Service's internalTrafficPolicy (Cluster or Local), carried to the ServiceImport."""
+    traffic_distribution: str | None = None
+    """The Service's trafficDistribution (e.g. PreferClose), carried to the ServiceImport."""
+    exported_labels: tuple[tuple[str, str], ...] | None = None
+    """ServiceExport.spec.exportedLabels, sorted; None where the source cannot express them (VMs)."""
+    exported_annotations: tuple[tuple[str, str], ...] | None = None
+    """ServiceExport.spec.exportedAnnotations, sorted; None where the source cannot express them."""
 
     @property
     def service(self) -> tuple[str, str]:
         """The mesh-wide identity of the service: (namespace, name)."""
         return (self.namespace, self.name)
-
-    def spec(self) -> tuple[ServiceType, tuple[ServicePort, ...]]:
-        """The part that must agree across sites (MCS conflict rule), ports in a canonical order."""
-        return (self.type, tuple(sorted(self.ports, key=lambda p: (p.port, p.protocol, p.name))))
 
 
 # ---------------------------------------------------------------- validation
@@ -170,6 +191,9 @@ def validate_export(export: ServiceExport) -> None:
             raise RecordError(f"ports[{i}].name {p.name!r} is used twice")
         seen.add(p.name)
         _check_port(f"ports[{i}].port", p.port)
+        if p.app_protocol and (len(p.app_protocol) > 316 or not _QUALIFIED.match(p.app_protocol)):
+            raise RecordError(f"ports[{i}].appProtocol {p.app_protocol!r} is not a protocol name")
+    _validate_service_fields(export)
     hostnames: set[str] = set()
     for i, e in enumerate(export.endpoints):
         where = f"endpoints[{i}]"
@@ -192,6 +216,43 @@ def validate_export(export: ServiceExport) -> None:
             raise RecordError(f"{where}.weight {e.weight} is not in 0..65535")
         if e.labels:
             check_labels(f"{where}.labels", e.labels)
+
+
+def _validate_service_fields(export: ServiceExport) -> None:
+    """The optional fields carried from a Kubernetes Service and ServiceExport."""
+    fams = export.ip_families
+    if len(fams) > 2 or len(set(fams)) != len(fams) or any(f not in IP_FAMILIES for f in fams):
+        raise RecordError(f"ipFamilies {list(fams)!r} is not one or two distinct families of IPv4, IPv6")
+    if export.session_affinity is not None and export.session_affinity not in SESSION_AFFINITIES:
+        raise RecordError(f"sessionAffinity {export.session_affinity!r} is not None or ClientIP")
+    timeout = export.session_affinity_timeout
+    if timeout is not None and (export.session_affinity != "ClientIP" or not isinstance(timeout, int)
+                                or isinstance(timeout, bool) or not 1 <= timeout <= 86400):
+        raise RecordError(f"sessionAffinityTimeout {timeout!r} is not 1..86400 seconds with ClientIP affinity")
+    itp = export.internal_traffic_policy
+    if itp is not None and itp not in INTERNAL_TRAFFIC_POLICIES:
+        raise RecordError(f"internalTrafficPolicy {itp!r} is not Cluster or Local")
+    td = export.traffic_distribution
+    if td is not None and not (isinstance(td, str) and _POLICY_WORD.match(td)):
+        raise RecordError(f"trafficDistribution {td!r} is not a policy name (e.g. PreferClose)")
+    carried = (("exportedLabels", export.exported_labels), ("exportedAnnotations", export.exported_annotations))
+    for what, pairs in carried:
+        if pairs is None:
+            continue
+        if len(pairs) > MAX_METADATA:
+            raise RecordError(f"{what} has more than {MAX_METADATA} entries")
+        keys = [k for k, _ in pairs]
+        if keys != sorted(set(keys)):
+            raise RecordError(f"{what} keys are not unique and sorted")
+        for k, v in pairs:
+            if not isinstance(k, str) or len(k) > 316 or not _QUALIFIED.match(k):
+                raise RecordError(f"{what} key {k!r} is not a label key (prefix/name)")
+            if not isinstance(v, str):
+                raise RecordError(f"{what}[{k!r}] is not a string")
+            if what == "exportedLabels" and not _LABEL_VALUE.match(v):
+                raise RecordError(f"exportedLabels[{k!r}] {v!r} is not a label value")
+        if what == "exportedAnnotations" and sum(len(k) + len(v) for k, v in pairs) > MAX_ANNOTATION_BYTES:
+            raise RecordError(f"exportedAnnotations are larger than {MAX_ANNOTATION_BYTES} bytes")
 
 
 def is_dns_label(value: str) -> bool:

@@ -66,61 +66,146 @@ Event = SiteAdded | SiteChanged | SiteRemoved | ServiceAdded | ServiceChanged | 
 
 @dataclass(frozen=True, slots=True)
 class Conflict:
-    """A site whose export disagrees with the winning (oldest) export of the same service."""
+    """How one site's export of a conflicting service stands: every export of such a service gets one (MCS)."""
 
     site: str
     reason: str
+    """For the operator: what differs, who exported first, what is used."""
     kind: str = "ports"
-    """What differs: "type" or "ports" (MCS TypeConflict / PortConflict)."""
+    """The first of `kinds`: "type" or "ports" (MCS TypeConflict / PortConflict), or another field."""
+    kinds: tuple[str, ...] = ()
+    """Every property that differs across the service's exports, in CONFLICT_KINDS order."""
+
+
+CONFLICT_KINDS = ("type", "ports", "sessionAffinity", "sessionAffinityConfig", "internalTrafficPolicy",
+                  "trafficDistribution", "ipFamilies", "labels", "annotations")
+"""Properties that must agree across a service's exports, in the order conflicts name them."""
 
 
 @dataclass(frozen=True, slots=True)
 class FederatedService:
-    """One service across the mesh: the winning spec and the agreeing exports."""
+    """One service across the mesh: the winning spec, the agreeing exports, and what every site is told."""
 
     namespace: str
     name: str
     type: ServiceType
     ports: tuple[ServicePort, ...]
+    """The union of the exports' ports; for a port name exported with different numbers, the oldest export's."""
     exports: tuple[ServiceExport, ...]
+    """The exports of the winning type, by site."""
     conflicts: tuple[Conflict, ...] = ()
+    serving: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    """Port name -> the sites whose export has that port exactly as `ports` has it (they get its traffic)."""
+    session_affinity: str | None = None
+    session_affinity_timeout: int | None = None
+    internal_traffic_policy: str | None = None
+    traffic_distribution: str | None = None
+    ip_families: tuple[str, ...] = ()
+    labels: tuple[tuple[str, str], ...] = ()
+    annotations: tuple[tuple[str, str], ...] = ()
 
     @property
     def sites(self) -> tuple[str, ...]:
         """Sites whose export is part of the service."""
         return tuple(e.site for e in self.exports)
 
+    def serves(self, site: str, port_name: str) -> bool:
+        """True if `site`'s export gets the traffic of the service port `port_name`."""
+        return site in self.serving.get(port_name, ())
+
+    def conflict_of(self, site: str) -> Conflict | None:
+        """The conflict reported to `site`, if the service has one."""
+        return next((c for c in self.conflicts if c.site == site), None)
+
+
+_FIELDS = (("sessionAffinity", "session_affinity"), ("sessionAffinityConfig", "session_affinity_timeout"),
+           ("internalTrafficPolicy", "internal_traffic_policy"), ("trafficDistribution", "traffic_distribution"),
+           ("ipFamilies", "ip_families"), ("labels", "exported_labels"), ("annotations", "exported_annotations"))
+"""(conflict kind, ServiceExport attribute) of the properties carried to the import from the oldest export
+that has them; an export without a value (a VM site's) neither sets nor contradicts them."""
+
 
 def resolve(exports: Iterable[ServiceExport]) -> FederatedService:
-    """Merge the exports of one service: the oldest export's ports and type win (MCS), others conflict."""
+    """Merge the exports of one service by the MCS rules, the oldest export winning each disagreement.
+
+    The type is the oldest export's; exports of another type are left out. The ports are the union of
+    the members' ports, a port name taking the oldest export's number and protocol, and its traffic
+    going only to the exports that have it so. If anything differs, every export gets a Conflict.
+    """
     ordered = sorted(exports, key=lambda e: (e.exported_at, e.site))
     if not ordered:
         raise ValueError("resolve needs at least one export")
     winner = ordered[0]
-    spec = winner.spec()
-    members: list[ServiceExport] = []
-    conflicts: list[Conflict] = []
-    for e in ordered:
-        if e.spec() == spec:
-            members.append(e)
-            continue
-        kind = "type" if e.type != winner.type else "ports"
-        if kind == "type":
-            reason = f"type {e.type.value} differs from {winner.type.value} exported first by {winner.site}"
-        else:
-            reason = (
-                f"ports {_ports_text(e.ports)} differ from {_ports_text(winner.ports)} "
-                f"exported first by {winner.site}"
-            )
-        conflicts.append(Conflict(e.site, reason, kind))
+    members = [e for e in ordered if e.type == winner.type]
+    union: dict[str, ServicePort] = {}
+    first: dict[str, str] = {}
+    for e in members:
+        for p in e.ports:
+            if p.name not in union:
+                union[p.name], first[p.name] = p, e.site
+    serving = {name: frozenset(e.site for e in members if p in e.ports) for name, p in union.items()}
+    values: dict[str, Any] = {}
+    differs: list[str] = []
+    if len(members) != len(ordered):
+        differs.append("type")
+    if any(set(e.ports) != set(union.values()) for e in members):
+        differs.append("ports")
+    for kind, attr in _FIELDS:
+        given = [(e.site, getattr(e, attr)) for e in members if getattr(e, attr) not in (None, ())]
+        if given:
+            values[attr] = given[0][1]
+            if any(v != given[0][1] for _, v in given):
+                differs.append(kind)
+    conflicts = tuple(_conflict(e, winner, union, first, differs, values) for e in ordered) if differs else ()
     return FederatedService(
         namespace=winner.namespace,
         name=winner.name,
         type=winner.type,
-        ports=winner.ports,
+        ports=tuple(union.values()),
         exports=tuple(sorted(members, key=lambda e: e.site)),
-        conflicts=tuple(conflicts),
+        conflicts=conflicts,
+        serving=serving,
+        session_affinity=values.get("session_affinity"),
+        session_affinity_timeout=values.get("session_affinity_timeout"),
+        internal_traffic_policy=values.get("internal_traffic_policy"),
+        traffic_distribution=values.get("traffic_distribution"),
+        ip_families=values.get("ip_families", ()),
+        labels=values.get("exported_labels") or (),
+        annotations=values.get("exported_annotations") or (),
     )
+
+
+def _conflict(e: ServiceExport, winner: ServiceExport, union: dict[str, ServicePort], first: dict[str, str],
+              differs: list[str], values: dict[str, Any]) -> Conflict:
+    """What `e`'s site is told about the service's conflicts, in its own terms."""
+    if e.type != winner.type:
+        text = (f"type {e.type.value} differs from {winner.type.value} exported first by {winner.site}: "
+                "this site's export is not used")
+        return Conflict(e.site, text, "type", tuple(differs))
+    notes = []
+    if "type" in differs:
+        notes.append(f"some sites export it with another type than {winner.type.value}; their exports are not used")
+    if "ports" in differs:
+        own = {p.name: p for p in e.ports}
+        clash = [n for n, p in own.items() if union[n] != p]
+        if clash:
+            owner = first[clash[0]]
+            notes.append(f"ports {_ports_text(tuple(own[n] for n in clash))} differ from "
+                         f"{_ports_text(tuple(union[n] for n in clash))} exported first by {owner}: "
+                         "this site gets no traffic for them")
+        missing = [union[n] for n in union if n not in own]
+        if missing:
+            notes.append(f"ports {_ports_text(tuple(missing))} come from other sites")
+        if not clash and not missing:
+            notes.append(f"other sites export ports that differ from this site's {_ports_text(e.ports)}")
+    for kind, attr in _FIELDS:
+        mine = getattr(e, attr)
+        if kind in differs and mine not in (None, ()) and mine != values.get(attr):
+            notes.append(f"{kind} differs from the value exported first: that one is used")
+        elif kind in differs:
+            notes.append(f"other sites export another {kind}: this site's is used")
+    kinds = tuple(differs)
+    return Conflict(e.site, "; ".join(notes), kinds[0], kinds)
 
 
 def _ports_text(ports: tuple[ServicePort, ...]) -> str:

@@ -152,7 +152,7 @@ def _show(demo: Demo, say: Any) -> int:
             f"LOOPBACK MODE ({why}): every site shares 127.0.0.1 on ports of its own; the networks are "
             "separate only in meshfed's eyes, so the direct path cannot be shown to fail")
     say(f"== meshfed demo: 3 sites, 2 networks, one etcd\n   {mode}\n"
-        "   east: a Kubernetes-style site (a local API stand-in with Services, EndpointSlices, ServiceExports)\n"
+        "   east: a Kubernetes-style site (a development API server with Services, EndpointSlices, ServiceExports)\n"
         f"   west, edge: VM sites with health-checked services\n   state in {demo.state}\n")
     demo.up()
     assert demo.etcd is not None
@@ -215,8 +215,27 @@ def _show(demo: Demo, say: Any) -> int:
     ok, body, _ = demo.curl("west", url)
     say(f"      east's endpoint is back: {body}\n")
 
+    _kubectl_step(demo, say)
     say(f"== demo done in {time.monotonic() - started:.1f}s\n")
     return 0
+
+
+def _kubectl_step(demo: Demo, say: Any) -> None:
+    """== 6: the Kubernetes site as kubectl sees it (the development API server speaks kubectl's protocol)."""
+    if shutil.which("kubectl") is None:
+        say("== 6. (kubectl is not installed: the step that shows east through kubectl is skipped)\n")
+        return
+    say("== 6. east is a Kubernetes site: kubectl shows what meshfed wrote there (MCS ServiceExport status,\n"
+        "      ServiceImports of what the other sites export)\n")
+    demo.wait_for(lambda: "cart" in demo.kubectl("east", "get", "serviceimports", "-n", "shop").stdout, 15,
+                  "the ServiceImport of shop/cart in east")
+    for args in (("get", "serviceexports", "-n", "shop"), ("get", "serviceimports", "-n", "shop"),
+                 ("get", "serviceimport", "cart", "-n", "shop", "-o", "yaml")):
+        res = demo.kubectl("east", *args)
+        shown = " ".join(demo.kubectl_argv("east", *args))  # whole, so that it can be pasted into a shell
+        say(f"  $ {shown}\n{_indent(res.stdout.strip() or res.stderr.strip(), 6)}\n")
+        if res.returncode != 0:
+            raise RuntimeError(f"kubectl {' '.join(args)} failed: {res.stderr}")
 
 
 def _keep_help(demo: Demo) -> str:
@@ -233,6 +252,7 @@ def _keep_help(demo: Demo) -> str:
             f"   ip netns exec {west} {mf} resolve web.shop.svc.{ZONE}\n"
             f"   ip netns exec {west} curl http://web.shop.svc.{ZONE}/\n"
             f"   ip netns exec {east} dig +short @127.0.0.1 cart.shop.svc.{ZONE}\n"
+            f"   {' '.join(demo.kubectl_argv('east', 'get', 'serviceimports', '-n', 'shop', '-o', 'yaml'))}\n"
             f"   {mf} registry ls --endpoints {demo.etcd.endpoint if demo.etcd else ''}\n"
             f"   Ctrl-C (or `{down}` from another shell) removes everything\n"
         )
@@ -240,6 +260,7 @@ def _keep_help(demo: Demo) -> str:
         "\n-- left running. Try:\n"
         f"   {mf} status --config {west_cfg}\n"
         f"   curl {demo.url('west', 'web')}\n"
+        f"   {' '.join(demo.kubectl_argv('east', 'get', 'serviceimports', '-n', 'shop', '-o', 'yaml'))}\n"
         f"   {mf} registry ls --endpoints {demo.etcd.endpoint if demo.etcd else ''}\n"
         f"   Ctrl-C (or `{down}` from another shell) removes everything\n"
     )

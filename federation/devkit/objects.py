@@ -76,3 +76,7 @@ def endpointslice(
 def serviceexport(ns: str = "shop", name: str = "web", created: str = CREATED) -> dict[str, Any]:
     return {"apiVersion": "multicluster.x-k8s.io/v1alpha1", "kind": "ServiceExport",
             "metadata": meta(ns, name, created)}
+
+
+def namespace(name: str) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -27,7 +28,7 @@ from federation.devkit import objects as kobj
 from federation.devkit import owner
 from federation.devkit.lab import Lab
 from federation.pki.issuing import new_root, new_site_ca, save_root, save_site
-from federation.registry.embedded import EtcdProcess, free_port
+from federation.registry.embedded import EtcdProcess
 
 PREFIX = "mfdemo"
 DEFAULT_STATE = Path(tempfile.gettempdir()) / "meshfed-demo"
@@ -90,7 +91,7 @@ class Demo:
             addr = s.lan_ip if self.netns else "127.0.0.1"
             wan = s.wan_ip if self.netns else "127.0.0.1"
             site = DemoSite(s.name, s.network, s.zone, addr, wan)
-            site.ports = {svc: (sample if self.netns else free_port()) for svc, _, sample in SERVICES[s.name]}
+            site.ports = {svc: (sample if self.netns else 0) for svc, _, sample in SERVICES[s.name]}
             self.sites[s.name] = site
         self._make_ca()
         self.etcd = EtcdProcess(self.state / "etcd", host=self.lab.wan_root if self.netns else "127.0.0.1")
@@ -106,15 +107,27 @@ class Demo:
             self.wait_ready(name)
 
     def start_sample(self, site: str, service: str) -> None:
+        """One sample service; on loopback it binds port 0 and the port it got is read from its log (a port
+        picked here and handed over could be taken by another process in between)."""
         s = self.sites[site]
+        log = self.state / f"{site}-sample-{service}.log"
         proc = self.lab.popen(site if self.netns else None,
                               [self.python, "-m", "federation.devkit.sample", "--listen",
-                               f"{s.address}:{s.ports[service]}", "--service", service, "--site", site],
-                              log=self.state / f"{site}-{service}.log")
+                               f"{s.address}:{s.ports[service]}", "--service", service, "--site", site], log=log)
         s.samples[service] = proc
 
+        def listening() -> bool:
+            found = re.search(r" on \S+:(\d+)$", log.read_text(errors="replace"), re.M) if log.exists() else None
+            if found is None and proc.poll() is not None:
+                raise RuntimeError(f"sample {service} of site {site} exited: {log.read_text(errors='replace')}")
+            if found is not None:
+                s.ports[service] = int(found.group(1))
+            return found is not None
+
+        self.wait_for(listening, 20, f"sample {service} of site {site}")
+
     def start_cluster(self, site: str) -> None:
-        """The Kubernetes API stand-in of a Kubernetes-style site, holding its Services, slices and exports."""
+        """The development API server of a Kubernetes-style site, holding its Services, slices and exports."""
         s = self.sites[site]
         objects: list[dict[str, Any]] = []
         for svc, port, _ in SERVICES[site]:
@@ -127,11 +140,21 @@ class Demo:
         (self.state / f"{site}-objects.json").write_text(json.dumps(objects))
         kubeconfig = self.state / f"{site}-kubeconfig"
         kubeconfig.unlink(missing_ok=True)
-        self.lab.popen(site if self.netns else None,
-                       [self.python, "-m", "federation.devkit.apiserver", "serve", "--kubeconfig", str(kubeconfig),
-                        "--objects", str(self.state / f"{site}-objects.json")], log=self.state / f"{site}-api.log")
-        self.wait_for(kubeconfig.exists, 20, f"{site}'s API stand-in")
+        argv = [self.python, "-m", "federation.devkit.apiserver", "serve", "--kubeconfig", str(kubeconfig),
+                "--objects", str(self.state / f"{site}-objects.json")]
+        self.lab.popen(site if self.netns else None, argv, log=self.state / f"{site}-apiserver.log")
+        self.wait_for(kubeconfig.exists, 20, f"{site}'s development API server")
         s.kubernetes = True
+
+    def kubectl_argv(self, site: str, *args: str) -> list[str]:
+        """The kubectl command line for a Kubernetes-style site's API server (inside its namespace, if any)."""
+        argv = ["kubectl", "--kubeconfig", str(self.state / f"{site}-kubeconfig"), *args]
+        return ["ip", "netns", "exec", self.lab.ns(site), *argv] if self.netns else argv
+
+    def kubectl(self, site: str, *args: str) -> subprocess.CompletedProcess[str]:
+        """Run kubectl against a Kubernetes-style site's API server, as an operator would."""
+        return subprocess.run(self.kubectl_argv(site, *args), capture_output=True, text=True, timeout=30,
+                              check=False)
 
     def set_endpoint_ready(self, site: str, service: str, ready: bool) -> None:
         """What the EndpointSlice controller does when a pod stops or starts: flip the endpoint's readiness."""

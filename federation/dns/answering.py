@@ -17,7 +17,7 @@ import dns.opcode
 import dns.rcode
 import dns.rdatatype
 
-from federation.dns.nodes import AAAA, IN, SRV, A, Labels, Node, Zone, labels_of
+from federation.dns.nodes import AAAA, IN, NS, SRV, A, Labels, Node, Zone, labels_of
 
 _ANSWER_FLAGS = dns.flags.RD | dns.flags.CD
 """Query flags a response copies (RFC 1035 RD; RFC 4035 3.2.2 CD)."""
@@ -131,7 +131,7 @@ def fill(resp: dns.message.Message, zone: Zone, qname: Labels, rdtype: int, node
             resp.authority.append(zone.soa())
         return
     resp.answer.append(rrset)
-    if rdtype == SRV:
+    if rdtype in (SRV, NS):
         for target in node.glue:
             glue = zone.nodes.get(target)
             if glue is None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import ipaddress
 import logging
 import socket
 import time
@@ -116,6 +117,8 @@ class DnsServer:
                 await self.close()
                 raise
         ours = self.udp_addresses + self.tcp_addresses
+        # The apex is shared by every zone the builder made, so a zone already served sees the NS glue too.
+        self._builder.set_nameservers(s.nameserver_addresses or own_addresses(ours))
         self._forwarder = Forwarder(upstream_addresses(s.upstreams, read_resolv_conf(), ours), s.forward_timeout)
         if s.forwarding and not self._forwarder.upstreams:
             log.warning("dns forwarding is on but no upstream resolver is known; other names get SERVFAIL")
@@ -379,6 +382,15 @@ def _udp_socket(host: str, port: int, *, reuse: bool) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+def own_addresses(bound: list[tuple[str, int]]) -> list[str]:
+    """The addresses this server answers on, wildcards left out: what the zone's NS glue names."""
+    out = []
+    for host, _ in bound:
+        if host not in out and not ipaddress.ip_address(host).is_unspecified:
+            out.append(host)
+    return out
 
 
 def _any_port_zero(settings: DnsSettings) -> bool:

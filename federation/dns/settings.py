@@ -20,6 +20,14 @@ def _hostport(item: str) -> str | None:
     return None
 
 
+def _address(item: str) -> str | None:
+    try:
+        ipaddress.ip_address(item)
+    except ValueError:
+        return f"{item!r} is not an IP address"
+    return None
+
+
 def _network(item: str) -> str | None:
     try:
         net = ipaddress.ip_network(item)
@@ -58,8 +66,10 @@ class DnsSettings:
     """On, so pointing a host at the agent keeps every other name working."""
     forward_timeout: float = setting(2.0, positive=True)
     """Below the usual 5 s client timeout, so a dead upstream gives SERVFAIL before the client gives up."""
-    site_pinning: bool = True
-    """`<site>.<svc>.<ns>.svc.<zone>` names cost nothing and help debugging (as in Submariner)."""
+    site_pinning: bool = False
+    """Off: KEP-1645 says `<site>.<svc>.<ns>.svc.<zone>` must not exist; on, they answer reachable sites only."""
+    nameserver_addresses: tuple[str, ...] = setting((), check=_address)
+    """The glue of the zone's NS record; empty: the listen addresses minus wildcards (behind a Service, its IP)."""
     vip_ranges: tuple[str, ...] = setting(("240.240.0.0/16", "fd6d:6573:6866:6564::/64"), check=_network)
     """Class E space and a ULA (RFC 4193) prefix that no site network routes; one IPv4 and one IPv6 range."""
     vip_grace: float = setting(600.0, positive=True)

@@ -1,40 +1,48 @@
 """The federated zone as plain data: MCS names built from a mesh snapshot, for both answer paths.
 
 Pure: no IO, no logging. `ZoneBuilder.build(view, stale_sites, vips)` turns a `MeshView` into an
-immutable `Zone` of per-name `Node`s, rebuilding only the services that changed since the last build.
+immutable `Zone` of per-name `Node`s (nodes.py), rebuilding only the services that changed since the
+last build; `_service` holds the KEP-1645 naming of one service.
 """
 
 from __future__ import annotations
 
-import ipaddress
-import socket
 from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 from typing import NamedTuple
 
 import dns.name
-import dns.rdata
-import dns.rdataclass
-import dns.rdatatype
-import dns.rdtypes.ANY.PTR
-import dns.rdtypes.ANY.SOA
-import dns.rdtypes.ANY.TXT
-import dns.rdtypes.IN.A
-import dns.rdtypes.IN.AAAA
-import dns.rdtypes.IN.SRV
-import dns.rrset
 
 from federation.core.records import Endpoint, ServiceExport, ServiceType, Site
 from federation.core.view import FederatedService, MeshView, ServiceId, VipTable
 from federation.core.vips import VipAddresses
 from federation.dns.nodes import (
+    AAAA,
     DNS_VERSION,
-    EMPTY,
+    IN,
+    NAMESERVER_LABEL,
+    NS,
+    PTR,
+    SOA,
+    SRV,
+    TXT,
+    A,
     Labels,
     Node,
     Zone,
     labels_of,
+    name_of,
+    pack,
+    packed,
+    reverse_labels,
 )
+
+__all__ = ["AAAA", "DNS_VERSION", "IN", "NS", "PTR", "SOA", "SRV", "TXT", "A", "Labels", "Node", "Zone",
+           "ZoneBuilder", "labels_of", "name_of", "reverse_labels"]
+
+_EMPTY = Node()
+
+# ---------------------------------------------------------------- building a zone
 
 
 class _Part(NamedTuple):
@@ -53,17 +61,15 @@ class ZoneBuilder:
     one registry change costs one service's rebuild plus a copy of the name table.
     """
 
-    def __init__(self, zone: str, *, local_site: str, ttl: int = 5, site_pinning: bool = True) -> None:
+    def __init__(self, zone: str, *, local_site: str, ttl: int = 5, site_pinning: bool = False,
+                 nameservers: Iterable[str] = ()) -> None:
         self.origin = dns.name.from_text(zone).canonicalize()
         self.apex = labels_of(self.origin)
         self.local_site = local_site
         self.ttl = ttl
         self.site_pinning = site_pinning
         self._parts: dict[tuple[str, str], _Part] = {}
-        self._nodes: dict[Labels, Node] = {
-            self.apex: Node(soa=True),
-            (b"dns-version", *self.apex): Node(txt=(DNS_VERSION.encode(),)),
-        }
+        self._nodes: dict[Labels, Node] = {(b"dns-version", *self.apex): Node(txt=(DNS_VERSION.encode(),))}
         self._ent_refs: dict[Labels, int] = {}
         self._part_nodes: dict[ServiceId, Mapping[Labels, Node]] = {}
         self._owner: dict[Labels, ServiceId] = {}
@@ -76,6 +82,14 @@ class ZoneBuilder:
         self._built: tuple[MeshView, frozenset[str], VipTable, Site | None] | None = None
         self._nodes_view = MappingProxyType(self._nodes)
         self._parts_view = MappingProxyType(self._part_nodes)
+        self.set_nameservers(nameservers)
+
+    def set_nameservers(self, addresses: Iterable[str]) -> None:
+        """The server's own addresses, answered for `ns.<zone>` (the apex NS record's glue)."""
+        ns = (NAMESERVER_LABEL.encode(), *self.apex)
+        a, aaaa = pack(addresses)
+        self._nodes[self.apex] = Node(soa=True, ns=(ns,), glue=(ns,))
+        self._nodes[ns] = Node(a=a, aaaa=aaaa)
 
     def build(self, view: MeshView, stale_sites: frozenset[str], vips: VipTable) -> Zone:
         """The zone for `view`; `stale_sites` are left out wherever another site has ready endpoints.
@@ -166,7 +180,7 @@ class ZoneBuilder:
             self._owner[name], self._nodes[name] = first, shared[first]
         for name in part.ents:
             self._ent_refs[name] = self._ent_refs.get(name, 0) + 1
-            self._nodes.setdefault(name, EMPTY)  # an empty non-terminal: NODATA, never NXDOMAIN
+            self._nodes.setdefault(name, _EMPTY)  # an empty non-terminal: NODATA, never NXDOMAIN
 
     def _remove(self, key: ServiceId, part: _Part) -> None:
         for name in part.nodes:
@@ -181,7 +195,7 @@ class ZoneBuilder:
                 continue
             self._owner.pop(name, None)
             if self._ent_refs.get(name):
-                self._nodes[name] = EMPTY
+                self._nodes[name] = _EMPTY
             else:
                 self._nodes.pop(name, None)
         for name in part.ents:
@@ -190,7 +204,7 @@ class ZoneBuilder:
                 self._ent_refs[name] = refs
             else:
                 del self._ent_refs[name]
-                if self._nodes.get(name) is EMPTY:
+                if self._nodes.get(name) is _EMPTY:
                     del self._nodes[name]
 
     # -- private
@@ -222,33 +236,49 @@ class ZoneBuilder:
         base = self._name(name, ns, "svc")
         nodes: dict[Labels, Node] = {}
         if svc.type is ServiceType.CLUSTER_SET_IP:
-            a, aaaa = _pack(vips)
-            nodes[base] = Node(a=a, aaaa=aaaa)
+            a, aaaa = pack(vips)
+            # The bare name's SRV: one per port, as Kubernetes DNS answers `<svc>.<ns>.svc.cluster.local`.
+            nodes[base] = Node(a=a, aaaa=aaaa, srv=_spread((0, p.port, base) for p in svc.ports), glue=(base,))
             for vip in vips:
-                nodes[reverse_labels(_packed(vip))] = Node(ptr=base)
+                nodes[reverse_labels(packed(vip))] = Node(ptr=base)
             for port in svc.ports:
                 srv_name = (f"_{port.name}".encode(), f"_{port.protocol.value.lower()}".encode(), *base)
                 nodes[srv_name] = Node(srv=((0, 0, port.port, base),), glue=(base,))
         else:
-            targets: list[tuple[Endpoint, Labels]] = []
+            ordered = self._order(svc.exports, sites, stale, local)
+            if not ordered:
+                return nodes  # no ready endpoint: the name does not exist (KEP-1645: NXDOMAIN)
+            targets: list[tuple[ServiceExport, Endpoint, Labels]] = []
             all_addrs: list[str] = []
-            for export, ep in self._order(svc.exports, sites, stale, local):
+            for export, ep in ordered:
                 host = self._name(_hostname(ep), export.site, name, ns, "svc")
-                a, aaaa = _pack(ep.addresses)
+                a, aaaa = pack(ep.addresses)
                 nodes[host] = Node(a=a, aaaa=aaaa)
-                targets.append((ep, host))
+                targets.append((export, ep, host))
                 all_addrs.extend(ep.addresses)
-            a, aaaa = _pack(all_addrs)
-            nodes[base] = Node(a=a, aaaa=aaaa)
+            a, aaaa = pack(all_addrs)
+            hosts = tuple(host for _, _, host in targets)
+            # One SRV per ready endpoint and port (identical records collapse, as in any RRset).
+            bare = _spread((0, ep.port_for(p), host) for p in svc.ports for export, ep, host in targets
+                           if svc.serves(export.site, p.name))
+            nodes[base] = Node(a=a, aaaa=aaaa, srv=bare, glue=hosts)
             for port in svc.ports:
                 srv_name = (f"_{port.name}".encode(), f"_{port.protocol.value.lower()}".encode(), *base)
-                srv = tuple((0, ep.weight, ep.port_for(port), host) for ep, host in targets)
-                nodes[srv_name] = Node(srv=srv, glue=tuple(host for _, host in targets))
-        if self.site_pinning:
+                srv = tuple((0, ep.weight, ep.port_for(port), host) for export, ep, host in targets
+                            if svc.serves(export.site, port.name))
+                if srv:
+                    nodes[srv_name] = Node(srv=srv, glue=tuple(dict.fromkeys(t for *_, t in srv)))
+        if self.site_pinning and local is not None:
+            # An extension (the KEP says these names must not exist): only for sites whose endpoints the
+            # asker can reach, i.e. this site and sites on its network, never an unroutable address.
             for export in svc.exports:
+                site = sites.get(export.site)
+                if export.site != self.local_site and (site is None or site.network != local.network):
+                    continue
                 eps = self._order([export], sites, frozenset(), local)
-                a, aaaa = _pack([addr for _, ep in eps for addr in ep.addresses])
-                nodes[self._name(export.site, name, ns, "svc")] = Node(a=a, aaaa=aaaa)
+                if eps:
+                    a, aaaa = pack([addr for _, ep in eps for addr in ep.addresses])
+                    nodes[self._name(export.site, name, ns, "svc")] = Node(a=a, aaaa=aaaa)
         return nodes
 
     def _order(
@@ -283,14 +313,11 @@ def _of_view(vips: VipTable, view: MeshView) -> bool:
     return isinstance(vips, VipAddresses) and vips.allocations is view.vips
 
 
-def _pack(addresses: Iterable[str]) -> tuple[tuple[bytes, ...], tuple[bytes, ...]]:
-    """IPv4 and IPv6 addresses packed, duplicates dropped, order kept."""
-    v4: dict[bytes, None] = {}
-    v6: dict[bytes, None] = {}
-    for a in addresses:
-        packed = _packed(a)
-        (v4 if len(packed) == 4 else v6)[packed] = None
-    return tuple(v4), tuple(v6)
+def _spread(records: Iterable[tuple[int, int, Labels]]) -> tuple[tuple[int, int, int, Labels], ...]:
+    """SRV records (priority, port, target) without duplicates, sharing a weight of 100 as CoreDNS does."""
+    unique = list(dict.fromkeys(records))
+    weight = max(1, 100 // len(unique)) if unique else 0
+    return tuple((prio, weight, port, target) for prio, port, target in unique)
 
 
 def _staleness_matters(exports: tuple[ServiceExport, ...], stale: frozenset[str]) -> bool:
@@ -298,22 +325,6 @@ def _staleness_matters(exports: tuple[ServiceExport, ...], stale: frozenset[str]
     if all(e.type is ServiceType.CLUSTER_SET_IP for e in exports):
         return False
     return any(ep.ready for e in exports if e.site not in stale for ep in e.endpoints)
-
-
-def _packed(address: str) -> bytes:
-    """An address in network byte order (inet_pton is C; ipaddress parses in Python)."""
-    try:
-        return socket.inet_pton(socket.AF_INET6 if ":" in address else socket.AF_INET, address)
-    except OSError:
-        return ipaddress.ip_address(address).packed  # e.g. a scoped IPv6 address
-
-
-def reverse_labels(packed: bytes) -> Labels:
-    """The in-addr.arpa or ip6.arpa name of an address (RFC 1035 3.5, RFC 3596 2.5)."""
-    if len(packed) == 4:
-        return (*(str(b).encode() for b in reversed(packed)), b"in-addr", b"arpa")
-    nibbles = packed.hex()[::-1]
-    return (*(c.encode() for c in nibbles), b"ip6", b"arpa")
 
 
 def _hostname(ep: Endpoint) -> str:

@@ -1,17 +1,22 @@
-"""Benchmark: meshfed DNS against unbound, both serving the same 10,000 federated services.
+"""Benchmark: meshfed DNS against unbound and NSD, all serving the same 10,000 federated services.
 
-    .venv/bin/python -m tests.bench.dns [--seconds 10] [--services 10000] [--workers 1]
+    .venv/bin/python -m tests.bench.dns [--seconds 10] [--services 10000] [--workers 1] [--updates 100]
 
-Needs Debian's `dnsperf` and `unbound`. Each server runs in its own process on 127.0.0.1; dnsperf
+Needs Debian's `dnsperf`, `unbound` and `nsd`. Each server runs in its own process on 127.0.0.1; dnsperf
 sends the same query file (A and SRV names of every service, AAAA and PTR of some) to each for a
-bounded time. Prints queries/s, mean and p99 latency, and meshfed's ratio to unbound. Not collected
-by pytest (tests/bench is outside `testpaths`).
+bounded time. Prints queries/s, mean and p99 latency, and meshfed's ratio to unbound (a recursive
+resolver's local data, one thread) and to NSD (an authoritative server, one process). meshfed runs
+twice: with a static zone, and with registry updates arriving while it serves (--updates per second,
+each one export changed and handed to the server through its mesh holder, as a live agent's mirror does:
+the zone part is rebuilt and the response memo cleared). Not collected by pytest (tests/bench is
+outside `testpaths`).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
 import random
 import shutil
@@ -101,6 +106,42 @@ def unbound_config(records: list[tuple[str, str, str]], port: int, workdir: Path
     return path
 
 
+def nsd_config(records: list[tuple[str, str, str]], port: int, workdir: Path) -> Path:
+    """NSD serving the same records: one zone file per zone unbound gets a local-zone for."""
+    zones = {ZONE: [], "240.240.in-addr.arpa": [], "4.6.5.6.6.6.8.6.3.7.5.6.d.6.d.f.ip6.arpa": []}
+    for owner, rtype, data in records:
+        zone = next((z for z in zones if owner.rstrip(".").endswith(z) and z != ZONE), ZONE)
+        zones[zone].append(f"{owner} 5 IN {rtype} {data}")
+    lines = [
+        "server:",
+        f"  ip-address: 127.0.0.1@{port}",
+        "  do-ip6: no",
+        "  server-count: 1",
+        '  username: ""',
+        '  chroot: ""',
+        f'  zonesdir: "{workdir}"',
+        f'  zonelistfile: "{workdir}/zone.list"',
+        f'  xfrdfile: "{workdir}/xfrd.state"',
+        f'  pidfile: "{workdir}/nsd.pid"',
+        f'  logfile: "{workdir}/nsd.log"',
+        "  verbosity: 0",
+        "  rrl-ratelimit: 0",  # response rate limiting would drop a benchmark's queries from one address
+        "  rrl-whitelist-ratelimit: 0",
+        "remote-control:",
+        "  control-enable: no",
+    ]
+    for i, (zone, rrs) in enumerate(zones.items()):
+        head = [f"$ORIGIN {zone}.", "$TTL 5",
+                f"@ IN SOA ns.{ZONE}. hostmaster.{ZONE}. 1 60 10 3600 5", f"@ IN NS ns.{ZONE}."]
+        if zone == ZONE:
+            head.append("ns IN A 127.0.0.1")
+        (workdir / f"zone{i}.zone").write_text("\n".join(head + rrs) + "\n")
+        lines += ["zone:", f"  name: {zone}", f"  zonefile: zone{i}.zone"]
+    path = workdir / "nsd.conf"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 def wait_udp(port: int, proc: subprocess.Popen[bytes], timeout: float = 120.0) -> None:
     """Wait until something answers a DNS query on 127.0.0.1:port."""
     import dns.message
@@ -120,9 +161,28 @@ def wait_udp(port: int, proc: subprocess.Popen[bytes], timeout: float = 120.0) -
 
 
 def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time a process has used so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User plus system CPU time a process and its children (NSD serves from a child) have used so far."""
+    total = 0.0
+    for p in _tree(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def _tree(pid: int) -> list[int]:
+    out, todo = [], [pid]
+    while todo and len(out) < 64:
+        p = todo.pop()
+        out.append(p)
+        for task in Path(f"/proc/{p}/task").glob("*/children"):
+            try:
+                todo += [int(c) for c in task.read_text().split()]
+            except OSError:
+                continue
+    return out
 
 
 def dnsperf(port: int, queries: Path, seconds: int, pid: int, rate: int = 0) -> dict[str, float]:
@@ -155,16 +215,36 @@ def dnsperf(port: int, queries: Path, seconds: int, pid: int, rate: int = 0) -> 
     }
 
 
-def serve(services: int, port: int, workers: int) -> None:
-    """The meshfed side: one DnsServer process answering the benchmark zone until SIGTERM."""
+def serve(services: int, port: int, workers: int, updates: float = 0.0) -> None:
+    """The meshfed side: one DnsServer process answering the benchmark zone until SIGTERM.
+
+    With `updates` > 0 the server follows a mesh holder, as in a live agent, and a task changes one
+    export's first address `updates` times per second (bounded by the run: it ends with the process).
+    """
+    from federation.core.catalog import Catalog
+    from federation.core.codec import encode_export, encode_site
+    from federation.core.keys import Keys
+    from federation.core.view import MeshView
     from federation.dns.server import DnsServer
     from federation.dns.settings import DnsSettings
+    from federation.runtime.values import Value
+
+    layout = Keys()
 
     async def main() -> None:
         view, vips = big_view(services, seed=SEED)
+        catalog = None
+        if updates:
+            # A live agent's views come from its catalog (each knows what changed since the last): so do these.
+            catalog = Catalog(layout)
+            records = {layout.site(s.name): encode_site(s) for s in view.sites.values()}
+            records.update({layout.service(*k): encode_export(e) for k, e in view.exports.items()})
+            catalog.resync(records, 1)
+            view = catalog.view()
         settings = DnsSettings(udp=(f"127.0.0.1:{port}",), tcp=(f"127.0.0.1:{port}",), forwarding=False,
                                workers=workers)
-        server = DnsServer(settings, local_site="east")
+        mesh: Value[MeshView] = Value(view, name="mesh", same=lambda a, b: a is b)
+        server = DnsServer(settings, local_site="east", mesh=mesh, vips=Value(vips, name="vips"))
         started = time.perf_counter()
         server.update(view, vips=vips)
         print(f"meshfed: {len(server.fast)} pre-encoded answers built in {time.perf_counter() - started:.1f}s",
@@ -172,7 +252,35 @@ def serve(services: int, port: int, workers: int) -> None:
         stop = asyncio.Event()
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
         async with server:
+            tasks = []
+            if catalog is not None:
+                tasks.append(asyncio.create_task(server.run(), name="dns-follow"))
+                tasks.append(asyncio.create_task(_churn(catalog, mesh, updates), name="registry-updates"))
             await stop.wait()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _churn(catalog: Catalog, mesh: Value[MeshView], rate: float) -> None:
+        rng = random.Random(SEED)
+        keys = sorted(mesh.get().exports)
+        start = time.monotonic()
+        n = 0
+        try:
+            while True:
+                n += 1
+                key = keys[rng.randrange(len(keys))]
+                old = mesh.get().exports[key]
+                first = old.endpoints[0]
+                moved = dataclasses.replace(first, addresses=(f"10.250.{(n >> 8) & 255}.{n & 255}",
+                                                              *first.addresses[1:]))
+                new = dataclasses.replace(old, endpoints=(moved, *old.endpoints[1:]))
+                catalog.put(layout.service(*key), encode_export(new), n + 1)
+                mesh.set(catalog.view())
+                await asyncio.sleep(max(0.0, start + n / rate - time.monotonic()))
+        finally:
+            print(f"meshfed: {n} registry updates applied in {time.monotonic() - start:.0f}s",
+                  file=sys.stderr, flush=True)
 
     try:
         import uvloop
@@ -209,14 +317,16 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=1, help="meshfed UDP sockets (SO_REUSEPORT)")
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per server (default 2)")
     parser.add_argument("--rate", type=int, default=20_000, help="q/s of the fixed-rate latency run")
+    parser.add_argument("--updates", type=float, default=100.0,
+                        help="registry updates/s in meshfed's second run (0: no such run)")
     parser.add_argument("--serve", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve is not None:
-        serve(args.services, args.serve, args.workers)
+        serve(args.services, args.serve, args.workers, args.updates)
         return 0
-    for tool in ("dnsperf", "unbound"):
+    for tool in ("dnsperf", "unbound", "nsd"):
         if shutil.which(tool) is None:
-            print(f"bench: {tool} is not installed (apt-get install dnsperf unbound)", file=sys.stderr)
+            print(f"bench: {tool} is not installed (apt-get install dnsperf unbound nsd)", file=sys.stderr)
             return 2
     with tempfile.TemporaryDirectory(prefix="meshfed-bench-dns-") as tmp:
         work = Path(tmp)
@@ -225,11 +335,16 @@ def main() -> int:
         n = query_file(records, queries)
         print(f"{args.services} services, {len(records)} records, {n} distinct queries, {args.seconds}s per server, "
               f"{os.cpu_count()} CPUs")
+        meshfed = [sys.executable, "-m", "tests.bench.dns", "--services", str(args.services),
+                   "--workers", str(args.workers)]
         servers = {
             "unbound (1 thread)": lambda port: ["unbound", "-d", "-c", str(unbound_config(records, port, work))],
-            "meshfed": lambda port: [sys.executable, "-m", "tests.bench.dns", "--serve", str(port),
-                                     "--services", str(args.services), "--workers", str(args.workers)],
+            "nsd (1 server)": lambda port: ["nsd", "-d", "-c", str(nsd_config(records, port, work))],
+            "meshfed": lambda port: [*meshfed, "--serve", str(port), "--updates", "0"],
         }
+        if args.updates:
+            servers[f"meshfed, {args.updates:g} updates/s"] = lambda port: [
+                *meshfed, "--serve", str(port), "--updates", str(args.updates)]
         # Alternate the servers over several rounds and keep each one's best: the machine may be shared.
         best: dict[str, dict[str, float]] = {}
         fixed: dict[str, dict[str, float]] = {}
@@ -248,13 +363,14 @@ def main() -> int:
                     stop(proc)
     for title, results in ((f"saturated ({args.rounds} rounds, best)", best),
                            (f"at a fixed {args.rate} q/s (best p99)", fixed)):
-        ref = results["unbound (1 thread)"]
+        ref, nsd = results["unbound (1 thread)"], results["nsd (1 server)"]
         print(f"\n{title}")
-        print(f"{'server':<20} {'queries/s':>10} {'mean ms':>8} {'p99 ms':>7} {'lost':>6} {'CPU us/q':>8} "
-              f"{'q/s ratio':>9} {'p99 ratio':>9}")
+        print(f"{'server':<28} {'queries/s':>10} {'mean ms':>8} {'p99 ms':>7} {'lost':>6} {'CPU us/q':>8} "
+              f"{'q/s / unbound':>13} {'p99 / unbound':>13} {'q/s / nsd':>9} {'p99 / nsd':>9}")
         for name, r in results.items():
-            print(f"{name:<20} {r['qps']:>10.0f} {r['mean_ms']:>8.3f} {r['p99_ms']:>7.3f} {r['lost']:>6.0f} "
-                  f"{r['cpu_us']:>8.1f} {r['qps'] / ref['qps']:>9.2f} {r['p99_ms'] / ref['p99_ms']:>9.2f}")
+            print(f"{name:<28} {r['qps']:>10.0f} {r['mean_ms']:>8.3f} {r['p99_ms']:>7.3f} {r['lost']:>6.0f} "
+                  f"{r['cpu_us']:>8.1f} {r['qps'] / ref['qps']:>13.2f} {r['p99_ms'] / ref['p99_ms']:>13.2f} "
+                  f"{r['qps'] / nsd['qps']:>9.2f} {r['p99_ms'] / nsd['p99_ms']:>9.2f}")
     return 0
 
 

@@ -1,12 +1,20 @@
-"""Registry benchmark: per-change lag from site A's publisher to site B's mirror, against a bare aetcd watch.
+"""Registry benchmark: per-change lag from site A's publisher to what site B shows, against a bare aetcd watch.
 
 Site A exports 100 services x 100 endpoints (10,000 endpoints) and then changes every endpoint once,
 paced at --rate changes/s through the real Publisher. Site B observes through the real Mirror
 (list + watch + decode + validate + typed events + a new view per burst). The floor is a bare aetcd
 prefix watch that only JSON-decodes the same values, run against the same workload in the same run.
+
+Then what a user of site B sees: a real `meshfed agent` of site B (DNS and egress on, same network as A)
+while A changes --agent-changes endpoints at --agent-rate changes/s: the lag to B's DNS answer (each
+endpoint has a hostname, so `<host>.east.<svc>.bench.svc.clusterset.local` answers its one address;
+polled as tests/bench/scaleobserve.Propagation says), against a bare watch of the same changes; and, for
+--route-changes ClusterSetIP services whose one endpoint moves between loopback backends, the lag until a
+new connection through B's egress listener lands on the new backend (a connection every 10 ms).
 Also reports the mirror's memory per 100,000 endpoints (tracemalloc). Prints ratios, not just times.
 
     .venv/bin/python -m tests.bench.registry [--rate 2000] [--services 100] [--per-service 100]
+                                             [--agent-changes 1000] [--agent-rate 200] [--route-changes 50]
 """
 
 from __future__ import annotations
@@ -24,15 +32,20 @@ from collections.abc import Callable
 from pathlib import Path
 
 import aetcd
+import yaml
 
 from federation.core.catalog import Catalog
 from federation.core.codec import encode_export
 from federation.core.keys import Keys
-from federation.core.records import Endpoint, ServiceExport, ServicePort
+from federation.core.records import Endpoint, EndpointPort, ServiceExport, ServicePort, ServiceType
 from federation.core.view import MeshView
-from federation.registry.embedded import EtcdProcess
+from federation.pki.issuing import new_root, new_site_ca, save_site
+from federation.registry.embedded import EtcdProcess, free_port
 from federation.registry.etcd import EtcdClient
 from federation.registry.mirror import Mirror
+from tests.bench.scaleobserve import Propagation, answers
+from tests.integration.agentproc import AgentProcess, write_config
+from tests.pkihelp import now
 from tests.util import HandPublisher, site
 
 KEYS = Keys()
@@ -173,6 +186,128 @@ def memory_per_100k(services: int = 1000, per: int = 100) -> tuple[float, float]
     return held * 100_000 / (services * per), raw * 100_000 / (services * per)
 
 
+async def run_agent(etcd: EtcdProcess, tmp: Path, args: argparse.Namespace) -> dict[str, list[float]]:
+    """Site B as a real agent: lags to its DNS answer and to its egress route, and a bare watch of the same."""
+    services, per = args.services, args.per_service
+    root = new_root("mesh.example", now())
+    save_site(tmp / "west-ca", new_site_ca(root, "west", now()))
+    backends = [await asyncio.start_server(_ident, "127.0.0.1", 0) for _ in range(4)]
+    ports = [int(b.sockets[0].getsockname()[1]) for b in backends]
+
+    def hosts(gen: int) -> list[ServiceExport]:
+        return [dataclasses.replace(e, type=ServiceType.HEADLESS, endpoints=tuple(
+            dataclasses.replace(ep, hostname=f"ep{j}") for j, ep in enumerate(e.endpoints)))
+            for e in make_exports(services, per, gen)]
+
+    def routed(r: int, port: int) -> ServiceExport:
+        return ServiceExport("east", "bench", f"route{r}", (ServicePort("http", 80),),
+                             endpoints=(Endpoint(("127.0.0.1",), (EndpointPort("http", port),)),))
+
+    routes = [routed(r, ports[0]) for r in range(4)]
+    current = hosts(0)
+    pub = HandPublisher(EtcdClient([etcd.endpoint]), KEYS, site("east"), [*current, *routes], ttl=30)
+    dns_port = free_port()
+    config = write_config(tmp / "west.yaml", "west", [etcd.endpoint], tmp / "west", [], ttl=10,
+                          dns={"udp": [f"127.0.0.1:{dns_port}"], "tcp": [f"127.0.0.1:{dns_port}"]},
+                          gateway={"ca_dir": str(tmp / "west-ca"), "listen_address": "127.0.0.1", "listen_port": 0})
+    data = yaml.safe_load(config.read_text())
+    data["site"]["network"] = "net-a"  # A's network: the egress connects straight to A's endpoints
+    config.write_text(yaml.safe_dump(data))
+    floor_seen: dict[str, float] = {}
+    prop = Propagation("127.0.0.1", dns_port)
+    tasks = [asyncio.create_task(pub.run(), name="pub"),
+             asyncio.create_task(_floor_watch(etcd, floor_seen), name="floor-watch")]
+    agent = AgentProcess(config, tmp / "west").start()
+    try:
+        await asyncio.wait_for(pub.published.wait(), 30)
+        await asyncio.to_thread(agent.wait_ready, 120)
+        await _until_answer("127.0.0.1", dns_port, f"ep0.east.svc{services - 1}.bench.svc.clusterset.local.", 60)
+        listeners = {i["service"]: next(iter(i["listeners"].values()))
+                     for i in json.loads(agent.get("/status")[1])["imports"] if i["listeners"]}
+        tasks.append(asyncio.create_task(prop.run(), name="propagation"))
+        base = services * per
+        submitted: dict[int, float] = {}
+        batch = max(1, int(args.agent_rate / 200))
+        start = time.perf_counter()
+        for i in range(0, args.agent_changes, batch):
+            for change in range(i, min(i + batch, args.agent_changes)):
+                s_, e = divmod(change % (services * per), per)
+                eps = list(current[s_].endpoints)
+                eps[e] = dataclasses.replace(eps[e], addresses=(address(base + change),))
+                current[s_] = dataclasses.replace(current[s_], endpoints=tuple(eps))
+                submitted[change] = time.monotonic()
+                prop.add(change, f"ep{e}.east.svc{s_}.bench.svc.clusterset.local.", address(base + change),
+                         submitted[change])
+            pub.set_exports([*current, *routes])
+            await asyncio.sleep(max(0.0, start + (i + batch) / args.agent_rate - time.perf_counter()))
+        route_lags = []
+        for n in range(args.route_changes):
+            r, port = n % len(routes), ports[(n // len(routes) + 1) % len(ports)]
+            routes[r] = routed(r, port)
+            pub.set_exports([*current, *routes])
+            route_lags.append(await _until_route(listeners.get(f"bench/route{r}"), port, time.monotonic(), 30))
+            await asyncio.sleep(0.1)
+        await prop.settle(30)
+    finally:
+        agent.stop()
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for b in backends:
+            b.close()
+    changes = sorted(submitted)
+    return {
+        "bare aetcd watch (floor)": [floor_seen.get(address(base + c), float("inf")) - submitted[c] for c in changes],
+        "agent DNS answer": prop.lags(changes),
+        "agent egress route (new conn.)": route_lags,
+    }
+
+
+async def _ident(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """A backend that names itself: writes its port, then closes."""
+    writer.write(f"{writer.get_extra_info('sockname')[1]}\n".encode())
+    await writer.drain()
+    writer.close()
+
+
+async def _until_route(listener: str | None, port: int, since: float, bound: float) -> float:
+    """Seconds from `since` until a new connection through `listener` reaches the backend on `port`."""
+    if listener is None:
+        return float("inf")
+    host, _, lport = listener.rpartition(":")
+    while time.monotonic() - since < bound:
+        try:
+            reader, writer = await asyncio.open_connection(host, int(lport))
+            line = await asyncio.wait_for(reader.readline(), 2)
+            writer.close()
+            if line.strip() == str(port).encode():
+                return time.monotonic() - since
+        except (OSError, TimeoutError):
+            pass
+        await asyncio.sleep(0.01)
+    return float("inf")
+
+
+async def _until_answer(host: str, port: int, name: str, bound: float) -> None:
+    deadline = time.monotonic() + bound
+    while not await answers(host, port, name):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{name} not answered in {bound:.0f}s")
+        await asyncio.sleep(0.1)
+
+
+async def _floor_watch(etcd: EtcdProcess, seen: dict[str, float]) -> None:
+    """The bare watch beside the agent: first time each address appears in a JSON-decoded value."""
+    host, port = etcd.endpoint.rsplit(":", 1)
+    async with aetcd.Client(host=host, port=int(port)) as client:
+        rev = (await client.get_prefix(b"\0none")).header.revision
+        async for event in await client.watch_prefix(KEYS.root().encode(), start_revision=rev + 1):
+            now_ = time.monotonic()
+            if event.kv.value:
+                for ep in json.loads(event.kv.value).get("endpoints", ()):
+                    seen.setdefault(ep["addresses"][0], now_)
+
+
 async def _until(check: Callable[[], bool], limit: float) -> None:
     deadline = time.monotonic() + limit
     while not check():
@@ -191,6 +326,14 @@ async def main_async(args: argparse.Namespace) -> None:
                 results[name] = await fn(etcd, args.services, args.per_service, args.rate)
             finally:
                 etcd.stop()
+        seen = None
+        if args.agent_changes or args.route_changes:
+            etcd = EtcdProcess(data_dir=Path(tmp) / "agent")
+            etcd.start()
+            try:
+                seen = await run_agent(etcd, Path(tmp), args)
+            finally:
+                etcd.stop()
     floor, mirror = results["floor"], results["mirror"]
     n = args.services * args.per_service
     print(f"registry benchmark: {n} endpoint changes in {args.services} services, paced at {args.rate:.0f}/s")
@@ -199,6 +342,18 @@ async def main_async(args: argparse.Namespace) -> None:
         print(f"{name:<28}{len(vals):>14}{pct(vals, 0.5) * 1e3:>12.1f}{pct(vals, 0.99) * 1e3:>12.1f}")
     print(f"ratio mirror/floor: p50 {pct(mirror, 0.5) / pct(floor, 0.5):.2f}x, "
           f"p99 {pct(mirror, 0.99) / pct(floor, 0.99):.2f}x, mean {statistics.mean(mirror) / statistics.mean(floor):.2f}x")
+    if seen is not None:
+        print(f"\nwhat site B's agent shows: {args.agent_changes} endpoint changes at {args.agent_rate:.0f}/s, "
+              f"{args.route_changes} route changes 100 ms apart")
+        print(f"{'observer':<34}{'changes seen':>14}{'p50 lag ms':>12}{'p99 lag ms':>12}")
+        for name, vals in seen.items():
+            shown = [v for v in vals if v != float("inf")]
+            print(f"{name:<34}{f'{len(shown)}/{len(vals)}':>14}{pct(sorted(vals), 0.5) * 1e3:>12.1f}"
+                  f"{pct(sorted(vals), 0.99) * 1e3:>12.1f}")
+        dns_lag, dns_floor = sorted(seen["agent DNS answer"]), sorted(seen["bare aetcd watch (floor)"])
+        if dns_lag and dns_floor:
+            print(f"ratio DNS answer/floor: p50 {pct(dns_lag, 0.5) / pct(dns_floor, 0.5):.2f}x, "
+                  f"p99 {pct(dns_lag, 0.99) / pct(dns_floor, 0.99):.2f}x")
     held, raw = memory_per_100k()
     print(f"mirror memory: {held:.1f} MiB per 100,000 endpoints (raw JSON values: {raw:.1f} MiB, ratio {held / raw:.1f}x)")
 
@@ -208,6 +363,9 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=2000.0, help="endpoint changes per second")
     parser.add_argument("--services", type=int, default=100)
     parser.add_argument("--per-service", type=int, default=100)
+    parser.add_argument("--agent-changes", type=int, default=1000, help="endpoint changes the agent run makes")
+    parser.add_argument("--agent-rate", type=float, default=200.0, help="their pace, changes per second")
+    parser.add_argument("--route-changes", type=int, default=50, help="endpoint moves seen through the egress")
     asyncio.run(main_async(parser.parse_args()))
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import selectors
+import shutil
 import signal
 import subprocess
 import sys
@@ -27,6 +28,11 @@ def test_demo_on_loopback_runs_every_step_and_leaves_nothing(tmp_path: Path) -> 
     assert "api served by east" in text
     assert "-> east via direct" in text
     assert "web served by edge" in text  # the failover
+    if shutil.which("kubectl"):  # step 6: the Kubernetes site through the real kubectl
+        assert f"$ kubectl --kubeconfig {state}/east-kubeconfig get serviceimports -n shop" in text
+        assert "NAME   VALID   READY   CONFLICT" in text
+        assert "kind: ServiceImport" in text
+        assert "- cluster: west" in text  # shop/cart, imported into east from west
     assert not state.exists()  # torn down: the state directory is gone too
 
 

@@ -177,9 +177,11 @@ def test_registry_ls_shows_conflicts_and_falls_back_to_the_agent(etcd: EtcdProce
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
     [web] = report["services"]
-    assert web["sites"] == ["east"]  # the oldest export wins
-    assert web["conflicts"][0]["site"] == "west"
-    assert "http/9090/TCP differ from http/8080/TCP exported first by east" in web["conflicts"][0]["reason"]
+    assert web["ports"] == ["http/8080/TCP"]  # the oldest export wins the port
+    conflicts = {c["site"]: c for c in web["conflicts"]}
+    assert sorted(conflicts) == ["east", "west"]  # both exports are told (MCS)
+    assert conflicts["west"]["kinds"] == ["ports"]
+    assert "http/9090/TCP differ from http/8080/TCP exported first by east" in conflicts["west"]["reason"]
     text = meshfed("registry", "ls", "--config", str(east_cfg)).stdout
     assert "CONFLICTS" in text
     assert "shop/web from west" in text

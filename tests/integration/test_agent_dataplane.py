@@ -166,6 +166,9 @@ def test_cross_network_request_dns_and_status(etcd: EtcdProcess, tmp_path: Path,
         assert "site west" in text.stdout
         assert "shop/web" in text.stdout
         assert "east 1/1 via 127.0.0.1:" in text.stdout
+        # No VIPs in the host's namespace, so no capture: the status says which mode runs, and why.
+        assert "egress: 1 per-port listener(s); capture off: VIPs are off (vm.vip_interface is empty)" in text.stdout
+        assert west_status()["egress"]["mode"] == "listeners"
     finally:
         errors = []
         for a in agents:

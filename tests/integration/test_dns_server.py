@@ -109,7 +109,14 @@ async def check_with_dnspython(server: DnsServer) -> None:
         assert texts(srv) == ["0 1 8080 db-0.west.db.shop.svc.clusterset.local.",
                               "0 1 8080 db-1.west.db.shop.svc.clusterset.local."]
         assert texts(await ask(server, "db-1.west.db.shop.svc.clusterset.local", tcp=tcp)) == ["10.1.0.2"]
-        assert texts(await ask(server, "east.web.shop.svc.clusterset.local", tcp=tcp)) == ["10.0.0.1"]
+        pinned = await ask(server, "east.web.shop.svc.clusterset.local", tcp=tcp)
+        assert pinned.rcode() == dns.rcode.NXDOMAIN  # site pinning is off by default (KEP-1645)
+        bare = await ask(server, "db.shop.svc.clusterset.local", "SRV", tcp=tcp)
+        assert texts(bare) == ["0 50 8080 db-0.west.db.shop.svc.clusterset.local.",
+                               "0 50 8080 db-1.west.db.shop.svc.clusterset.local."]
+        ns = await ask(server, "clusterset.local", "NS", tcp=tcp)
+        assert texts(ns) == ["ns.clusterset.local."]
+        assert texts(ns, "additional") == ["127.0.0.1"]  # the address the server listens on
         assert texts(await ask(server, "dns-version.clusterset.local", "TXT", tcp=tcp)) == ['"1.0.0"']
         assert texts(await ask(server, "7.0.240.240.in-addr.arpa", "PTR", tcp=tcp)) == [
             "web.shop.svc.clusterset.local."]
@@ -117,7 +124,7 @@ async def check_with_dnspython(server: DnsServer) -> None:
         assert soa.answer[0][0].minimum == 5
         nx = await ask(server, "nope.shop.svc.clusterset.local", tcp=tcp)
         assert nx.rcode() == dns.rcode.NXDOMAIN
-        assert texts(nx, "authority")[0].startswith("clusterset.local. hostmaster.clusterset.local.")
+        assert texts(nx, "authority")[0].startswith("ns.clusterset.local. hostmaster.clusterset.local.")
         nodata = await ask(server, "web.shop.svc.clusterset.local", "TXT", tcp=tcp)
         assert nodata.rcode() == dns.rcode.NOERROR
         assert nodata.answer == []

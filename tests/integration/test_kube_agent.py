@@ -1,4 +1,4 @@
-"""`meshfed agent` with the kubernetes section, as a real process, against the stand-in API server and a real etcd."""
+"""`meshfed agent` with the kubernetes section, as a real process, against the development API server and a real etcd."""
 
 from __future__ import annotations
 
@@ -7,21 +7,21 @@ from pathlib import Path
 
 import yaml
 
-from federation.devkit.apiserver import FakeApiServer
+from federation.devkit.apiserver import DevApiServer
 from federation.devkit.objects import endpoint, endpointslice, service, serviceexport
 from federation.registry.embedded import EtcdProcess
 from tests.integration.agentproc import AgentProcess, write_config
 from tests.util import eventually
 
 
-def status_conditions(api: FakeApiServer, name: str) -> dict[str, tuple[str, str, str]]:
+def status_conditions(api: DevApiServer, name: str) -> dict[str, tuple[str, str, str]]:
     """type -> (status, reason, message) of a ServiceExport's conditions, as the API server holds them."""
     se = api.get("serviceexports", "shop", name) or {}
     return {c["type"]: (c["status"], c["reason"], c["message"]) for c in (se.get("status") or {}).get("conditions", [])}
 
 
 async def test_agent_exports_from_kubernetes_and_writes_status(etcd: EtcdProcess, tmp_path: Path) -> None:
-    async with FakeApiServer() as api:
+    async with DevApiServer() as api:
         api.put(service())
         api.put(endpointslice(endpoints=[endpoint("10.244.1.5")]))
         api.put(serviceexport())
@@ -50,14 +50,16 @@ async def test_agent_exports_from_kubernetes_and_writes_status(etcd: EtcdProcess
             try:
                 await eventually(lambda: any(s.get("name") == "web" for s in services), 20, "export in the registry")
                 se = api.objects["serviceexports"][("shop", "web")]
-                # Valid at once; Conflict known (and none) once the agent's mirror holds its own export.
+                # Valid at once; Ready and Conflict known (and none) once the agent's mirror holds its own export.
                 await eventually(lambda: conditions("web") == {
                     "Valid": ("True", "Valid", "the service is exported to the mesh"),
+                    "Ready": ("True", "Exported", "the service is in the mesh registry, where other sites import it"),
                     "Conflict": ("False", "NoConflicts", "the service agrees with every other site's export"),
                 }, 20, "web's ServiceExport conditions")
                 await eventually(lambda: conditions("ghost").get("Valid", ("",))[:2] == ("False", "NoService"), 20,
                                  "ghost's ServiceExport conditions")
                 assert conditions("ghost")["Conflict"][:2] == ("Unknown", "Pending")
+                assert conditions("ghost")["Ready"][:2] == ("False", "Failed")
                 for name in ("web", "ghost"):
                     for c in api.get("serviceexports", "shop", name)["status"]["conditions"]:  # type: ignore[index]
                         assert c["observedGeneration"] == 1

@@ -1,4 +1,4 @@
-"""The kubernetes_asyncio adapter against the stand-in API server: auth, errors, config failures."""
+"""The kubernetes_asyncio adapter against the development API server: auth, errors, config failures."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from federation.core.errors import ConfigError
-from federation.devkit.apiserver import FakeApiServer
-from federation.devkit.objects import service
+from federation.devkit.apiserver import DevApiServer
+from federation.devkit.objects import namespace, service
 from federation.sources.kubernetes.client import ApiError, ApiUnavailable, Expired, KubeClient
 from federation.sources.kubernetes.settings import KubernetesSettings
 
@@ -19,9 +19,12 @@ async def test_missing_kubeconfig_is_a_config_error(tmp_path: Path) -> None:
 
 
 async def test_list_create_patch_delete_and_errors(tmp_path: Path) -> None:
-    async with FakeApiServer() as api:
+    async with DevApiServer() as api:
         client = await KubeClient.connect(KubernetesSettings(kubeconfig=str(api.kubeconfig(tmp_path / "k"))))
         try:
+            with pytest.raises(ApiError, match='namespaces "shop" not found'):
+                await client.create("services", service())
+            api.put(namespace("shop"))
             created = await client.create("services", service())
             assert created["spec"]["clusterIP"].startswith("10.96.")
             items, rv = await client.list_all("services")

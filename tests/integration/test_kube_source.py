@@ -1,4 +1,4 @@
-"""The Kubernetes source against the stand-in API server, a real etcd, and the real Publisher and Mirror."""
+"""The Kubernetes source against the development API server, a real etcd, and the real Publisher and Mirror."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from federation.core.backoff import Backoff
 from federation.core.keys import Keys
 from federation.core.records import Endpoint, ServiceExport, ServicePort
 from federation.core.view import PortId
-from federation.devkit.apiserver import FakeApiServer
+from federation.devkit.apiserver import DevApiServer
 from federation.devkit.objects import endpoint, endpointslice, service, serviceexport
 from federation.registry.embedded import EtcdProcess
 from federation.registry.etcd import EtcdClient
@@ -38,7 +38,7 @@ def fast() -> Backoff:
 
 @dataclass
 class Cluster:
-    api: FakeApiServer
+    api: DevApiServer
     source: KubernetesSource
     mirror: Mirror
     metrics: CollectorRegistry
@@ -53,7 +53,7 @@ class Cluster:
 
 
 @asynccontextmanager
-async def cluster(etcd: EtcdProcess, tmp_path: Path, api: FakeApiServer) -> AsyncIterator[Cluster]:
+async def cluster(etcd: EtcdProcess, tmp_path: Path, api: DevApiServer) -> AsyncIterator[Cluster]:
     """Site `east` (network net-a) run as a Kubernetes site against `api`."""
     settings = KubernetesSettings(enabled=True, kubeconfig=str(api.kubeconfig(tmp_path / "kubeconfig")),
                                   backoff_base=0.05, backoff_cap=0.3, reconcile_delay=0.01, request_timeout=3,
@@ -115,22 +115,22 @@ async def running(*publishers: HandPublisher) -> AsyncIterator[None]:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def seed_web(api: FakeApiServer) -> None:
+def seed_web(api: DevApiServer) -> None:
     api.put(service())
     api.put(endpointslice(endpoints=[endpoint("10.244.1.5"), endpoint("10.244.1.6")]))
     api.put(serviceexport())
 
 
 async def test_export_reaches_registry_with_status_and_readiness_flows(etcd: EtcdProcess, tmp_path: Path) -> None:
-    async with FakeApiServer() as api, cluster(etcd, tmp_path, api) as c:
+    async with DevApiServer() as api, cluster(etcd, tmp_path, api) as c:
         seed_web(api)
         key = ("east", "shop", "web")
         await eventually(lambda: key in c.exported(), what="export in the registry")
         e = c.exported()[key]
         assert [(x.addresses, x.ready) for x in e.endpoints] == [(("10.244.1.5",), True), (("10.244.1.6",), True)]
         assert e.ports == (ServicePort("http", 80),)
-        await eventually(lambda: c.conditions() == {"Valid": ("True", "Valid"), "Conflict": ("False", "NoConflicts")},
-                         what="ServiceExport status")
+        await eventually(lambda: c.conditions() == {"Valid": ("True", "Valid"), "Ready": ("True", "Exported"),
+                                                    "Conflict": ("False", "NoConflicts")}, what="ServiceExport status")
         api.put(endpointslice(endpoints=[endpoint("10.244.1.5", ready=False), endpoint("10.244.1.6")]))
         await eventually(lambda: not c.exported()[key].endpoints[0].ready, what="readiness change in the registry")
         assert c.source.eastwest_address.get() is None
@@ -146,7 +146,7 @@ async def test_export_reaches_registry_with_status_and_readiness_flows(etcd: Etc
 async def test_conflict_is_written_to_status(etcd: EtcdProcess, tmp_path: Path) -> None:
     older = ServiceExport("west", "shop", "web", (ServicePort("http", 9090),), endpoints=(Endpoint(("10.8.0.1",)),),
                           exported_at=1000.0)
-    async with FakeApiServer() as api, running(other_site(etcd, "west", "net-b", [older])), \
+    async with DevApiServer() as api, running(other_site(etcd, "west", "net-b", [older])), \
             cluster(etcd, tmp_path, api) as c:
         seed_web(api)
         await eventually(lambda: c.conditions().get("Conflict") == ("True", "PortConflict"), what="PortConflict")
@@ -154,13 +154,15 @@ async def test_conflict_is_written_to_status(etcd: EtcdProcess, tmp_path: Path) 
         assert se is not None
         [conflict] = [x for x in se["status"]["conditions"] if x["type"] == "Conflict"]
         assert "exported first by west" in conflict["message"]
+        # The older export is told too: MCS wants Conflict on every export of a conflicting service.
+        assert "differ" in conflict["message"]
 
 
 async def test_imports_create_and_remove_owned_objects(etcd: EtcdProcess, tmp_path: Path) -> None:
     near = export("near", name="db", addresses=("10.1.0.5",))
     far = export("far", name="db", addresses=("10.9.0.5",))
     derived = derived_name("db")
-    async with FakeApiServer() as api, cluster(etcd, tmp_path, api) as c:
+    async with DevApiServer() as api, cluster(etcd, tmp_path, api) as c:
         api.put(service(name="db"))  # a local Service of the same name that the agent must not touch
         pubs = (other_site(etcd, "near", "net-a", [near]), other_site(etcd, "far", "net-b", [far]))
         async with running(*pubs):
@@ -191,7 +193,7 @@ async def test_imports_create_and_remove_owned_objects(etcd: EtcdProcess, tmp_pa
 
 async def test_survives_410_and_dropped_connections_without_withdrawing(etcd: EtcdProcess, tmp_path: Path) -> None:
     near = export("near", name="db", addresses=("10.1.0.5",))
-    async with FakeApiServer() as api, running(other_site(etcd, "near", "net-a", [near])), \
+    async with DevApiServer() as api, running(other_site(etcd, "near", "net-a", [near])), \
             cluster(etcd, tmp_path, api) as c:
         seed_web(api)
         await eventually(lambda: ("east", "shop", "web") in c.exported() and owned_slices(api), what="first sync")
@@ -219,7 +221,7 @@ async def test_survives_410_and_dropped_connections_without_withdrawing(etcd: Et
         await eventually(lambda: m("meshfed_kubernetes_imports") == 2, what="imports after the outage")
 
 
-def owned_slices(api: FakeApiServer) -> list[dict[str, Any]]:
+def owned_slices(api: DevApiServer) -> list[dict[str, Any]]:
     return [s for s in api.objects["endpointslices"].values()
             if s["metadata"].get("labels", {}).get("multicluster.meshfed.io/managed-by") == "meshfed"]
 
@@ -238,7 +240,7 @@ def rbac_rules() -> set[tuple[str, str, str]]:
 
 async def test_rbac_grants_exactly_the_calls_the_agent_makes(etcd: EtcdProcess, tmp_path: Path) -> None:
     near = export("near", name="db", addresses=("10.1.0.5",))
-    async with FakeApiServer() as api, cluster(etcd, tmp_path, api) as c:
+    async with DevApiServer() as api, cluster(etcd, tmp_path, api) as c:
         seed_web(api)
         pub = other_site(etcd, "near", "net-a", [near])
         async with running(pub):
@@ -265,7 +267,7 @@ async def test_foreign_objects_are_left_alone(etcd: EtcdProcess, tmp_path: Path)
                "metadata": {"name": "db", "namespace": "shop", "labels": {"team": "a"}},
                "spec": {"type": "Headless", "ports": [{"port": 1, "protocol": "TCP"}]}}
     pubs = (other_site(etcd, "near", "net-a", [export("near", name="db"), export("near", name="api")]),)
-    async with FakeApiServer() as api, running(*pubs), cluster(etcd, tmp_path, api):
+    async with DevApiServer() as api, running(*pubs), cluster(etcd, tmp_path, api):
         api.put(foreign)
         before = copy.deepcopy(api.get("serviceimports", "shop", "db"))
         await eventually(lambda: api.get("serviceimports", "shop", "api") is not None, what="the other import")

@@ -1,4 +1,6 @@
-"""One data-path process: `echo HOST PORT`, `gateway SITE CA_DIR VIEW HOST [PORT]`, or `egress ...`.
+"""One data-path process: `echo HOST PORT`, `gateway SITE CA_DIR VIEW HOST [PORT]`, `egress ...`, or
+`capture SITE CA_DIR VIEW HOST VIPS_JSON [auto|on|off]` (an egress in capture mode with its nft rules, as a
+VM agent runs it; prints `STATS {...}` with its connection counters when stopped).
 
 Used by the netns test and the tunnel benchmark.
 
@@ -18,6 +20,8 @@ from typing import cast
 from federation.core.view import MeshView
 from federation.pki.issuing import load_site
 from federation.runtime.values import Value
+from federation.sources.vm.capture import EgressCapture
+from gateway.balancing import Placement
 from gateway.eastwest import EastWestGateway
 from gateway.egress import Egress
 from gateway.settings import GatewaySettings
@@ -63,7 +67,7 @@ async def main(argv: list[str]) -> None:
         server.close()
         return
     site, ca_dir, view_file, host = argv[1], Path(argv[2]), Path(argv[3]), argv[4]
-    port = int(argv[5]) if len(argv) > 5 else 15443
+    port = int(argv[5]) if len(argv) > 5 and argv[0] != "capture" else 15443
     view = load_view(view_file)
     store = CertificateStore(load_site(ca_dir), "gw")
     settings = GatewaySettings(listen_address=host, listen_port=port, egress_address=host)
@@ -73,6 +77,8 @@ async def main(argv: list[str]) -> None:
         print("READY", gw.address[1], flush=True)
         await _until_stdin_closes()
         await gw.close()
+    elif role == "capture":
+        await _capture(site, store, view, settings, json.loads(argv[5]), argv[6] if len(argv) > 6 else "on")
     else:
         eg = Egress(site, Value(view), store.client, store.bundle, settings)
         await eg.start()
@@ -81,6 +87,29 @@ async def main(argv: list[str]) -> None:
         await _until_stdin_closes()
         await eg.close()
     store.close()
+
+
+async def _capture(site: str, store: CertificateStore, view: MeshView, settings: GatewaySettings,
+                   vips: dict[str, list[str]], mode: str) -> None:
+    table = {tuple(k.split("/")): tuple(v) for k, v in vips.items()}
+    capture = EgressCapture(mode, ("240.240.0.0/16", "fd6d:6573:6866:6564::/64"))
+    on = await capture.decide()
+    placement = Placement(fallback=(settings.egress_address, 0), vips=table)  # type: ignore[arg-type]
+    eg = Egress(site, Value(view), store.client, store.bundle, settings, placement=Value(placement),
+                local_services=True, capture=capture.bind if on else None)
+    await eg.start()
+    if eg.capture is not None:
+        await capture.install(eg.capture.address[1])
+    ports = {"/".join(k): v[1] for k, v in eg.listeners().items()}
+    out = {"mode": eg.mode, "reason": capture.reason, "listeners": ports,
+           "capture": eg.capture.address[1] if eg.capture is not None else None}
+    print("READY", json.dumps(out), flush=True)
+    await _until_stdin_closes()
+    await eg.close()
+    await capture.close()
+    counts = {s.labels["result"]: s.value for s in eg.metrics.connections.collect()[0].samples
+              if s.name.endswith("_total")}
+    print("STATS", json.dumps(counts), flush=True)
 
 
 if __name__ == "__main__":

@@ -4,15 +4,17 @@ A Service is exported when a ServiceExport of the same namespace and name exists
 from the EndpointSlices labelled `kubernetes.io/service-name`. EndpointSlices carry no pod labels: an
 endpoint gets the labels its pod (the slice's `targetRef`) has under the keys the ServiceExport names in
 its `meshfed.io/endpoint-labels` annotation (e.g. "version,track"), and no others, so the registry holds
-only what traffic policies select on. ServiceExport status conditions follow
-the MCS API (sigs.k8s.io/mcs-api): `Valid` and `Conflict`, with the reasons that project uses.
+only what traffic policies select on. The export carries what the MCS API puts on the ServiceImport
+(ipFamilies, sessionAffinity and its config, internalTrafficPolicy, trafficDistribution, ports'
+appProtocol) and the ServiceExport's exportedLabels/exportedAnnotations. The ServiceExport
+status conditions are in conditions.py.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from federation.core.errors import RecordError
@@ -31,11 +33,24 @@ from federation.core.records import (
     is_dns_label,
     validate_export,
 )
-from federation.core.view import Conflict
+from federation.sources.kubernetes.conditions import (
+    REASON_INVALID,
+    REASON_INVALID_EXPORT,
+    REASON_INVALID_TYPE,
+    REASON_NO_SERVICE,
+    Invalid,
+    MeshState,
+    export_conditions,
+    format_time,
+    same_conditions,
+)
 
 Obj = Mapping[str, Any]
 ObjKey = tuple[str, str]
 """(namespace, name) of a namespaced object."""
+
+__all__ = ["NOWHERE", "Conversion", "Invalid", "MeshState", "Obj", "ObjKey", "convert", "convert_all",
+           "export_conditions", "format_time", "is_owned", "key_of", "parse_time", "same_conditions"]
 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 ENDPOINT_LABELS_ANNOTATION = "meshfed.io/endpoint-labels"
@@ -43,25 +58,6 @@ ENDPOINT_LABELS_ANNOTATION = "meshfed.io/endpoint-labels"
 NOWHERE = Locality()
 MAX_ENDPOINTS = 1000
 """Endpoints per export: the registry record stays well below etcd's 1.5 MiB value limit."""
-
-# Reasons as in sigs.k8s.io/mcs-api (ServiceExportReason*).
-REASON_VALID = "Valid"
-REASON_NO_SERVICE = "NoService"
-REASON_INVALID_TYPE = "InvalidServiceType"
-REASON_INVALID = "InvalidService"
-REASON_NO_CONFLICTS = "NoConflicts"
-REASON_TYPE_CONFLICT = "TypeConflict"
-REASON_PORT_CONFLICT = "PortConflict"
-REASON_PENDING = "Pending"
-
-
-@dataclass(frozen=True, slots=True)
-class Invalid:
-    """Why a ServiceExport cannot be exported: an MCS reason and a message for the operator."""
-
-    reason: str
-    message: str
-
 
 @dataclass(slots=True)
 class Conversion:
@@ -91,11 +87,6 @@ def parse_time(text: Any) -> float:
         return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
     except ValueError:
         return 0.0
-
-
-def format_time(now: float) -> str:
-    """Unix time as the API writes it."""
-    return datetime.fromtimestamp(int(now), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def convert(
@@ -146,57 +137,6 @@ def convert_all(
     return out
 
 
-def export_conditions(
-    previous: Sequence[Obj],
-    invalid: Invalid | None,
-    conflict: Conflict | None,
-    known: bool,
-    now: float,
-    generation: int = 0,
-) -> list[dict[str, Any]]:
-    """The `Valid` and `Conflict` conditions of one ServiceExport.
-
-    `known` is False until the mesh view has synced: Conflict is then Unknown rather than a guess.
-    lastTransitionTime is kept from `previous` while a condition's status does not change.
-    """
-    if invalid is not None:
-        valid = ("False", invalid.reason, invalid.message)
-        conf = ("Unknown", REASON_PENDING, "the service is not exported, so no conflict is checked")
-    else:
-        valid = ("True", REASON_VALID, "the service is exported to the mesh")
-        if not known:
-            conf = ("Unknown", REASON_PENDING, "waiting for the first sync of the mesh registry")
-        elif conflict is None:
-            conf = ("False", REASON_NO_CONFLICTS, "the service agrees with every other site's export")
-        else:
-            reason = REASON_TYPE_CONFLICT if conflict.kind == "type" else REASON_PORT_CONFLICT
-            conf = ("True", reason, f"this site's export is not used: {conflict.reason}")
-    before = {str(c.get("type")): c for c in _l(previous) if isinstance(c, Mapping)}
-    out = []
-    for ctype, (status, reason, message) in (("Valid", valid), ("Conflict", conf)):
-        old = before.get(ctype)
-        since = old.get("lastTransitionTime") if old and old.get("status") == status else None
-        out.append({
-            "type": ctype,
-            "status": status,
-            "reason": reason,
-            "message": message,
-            "lastTransitionTime": since or format_time(now),
-            "observedGeneration": generation,
-        })  # fmt: skip
-    return out
-
-
-def same_conditions(a: Sequence[Obj], b: Sequence[Obj]) -> bool:
-    """True if two condition lists say the same (times aside)."""
-
-    def norm(cs: Sequence[Obj]) -> list[tuple[Any, ...]]:
-        fields = ("type", "status", "reason", "message")
-        return sorted(tuple(str(c.get(f)) for f in fields) for c in _l(cs) if isinstance(c, Mapping))
-
-    return norm(a) == norm(b)
-
-
 # ---------------------------------------------------------------- one export
 
 
@@ -212,6 +152,17 @@ def _convert_one(
     if stype == "ExternalName":
         return Invalid(REASON_INVALID_TYPE, "ExternalName services cannot be exported (MCS)")
     headless = spec.get("clusterIP") == "None"
+    se_spec = _m(se.get("spec"))
+    try:
+        labels = _string_map(se_spec.get("exportedLabels"), "exportedLabels")
+        annotations = _string_map(se_spec.get("exportedAnnotations"), "exportedAnnotations")
+        checked = ServiceExport(site, ns, name, (), ServiceType.HEADLESS, exported_labels=labels,
+                                exported_annotations=annotations)
+        validate_export(checked)
+    except RecordError as exc:
+        return Invalid(REASON_INVALID_EXPORT, f"the ServiceExport cannot be exported: spec.{exc}")
+    affinity = spec.get("sessionAffinity") if isinstance(spec.get("sessionAffinity"), str) else "None"
+    timeout = _m(_m(spec.get("sessionAffinityConfig")).get("clientIP")).get("timeoutSeconds")
     try:
         ports, renamed = _service_ports(_l(spec.get("ports")))
         carried = _carried_keys(_m(_m(se.get("metadata")).get("annotations")).get(ENDPOINT_LABELS_ANNOTATION))
@@ -224,11 +175,31 @@ def _convert_one(
             type=ServiceType.HEADLESS if headless else ServiceType.CLUSTER_SET_IP,
             endpoints=endpoints,
             exported_at=parse_time(_m(se.get("metadata")).get("creationTimestamp")),
+            ip_families=tuple(f for f in _l(spec.get("ipFamilies")) if isinstance(f, str)),
+            session_affinity=affinity,
+            session_affinity_timeout=timeout if affinity == "ClientIP" and isinstance(timeout, int) else None,
+            internal_traffic_policy=_opt_str(spec.get("internalTrafficPolicy")),
+            traffic_distribution=_opt_str(spec.get("trafficDistribution")),
+            exported_labels=labels,
+            exported_annotations=annotations,
         )
         validate_export(export)
     except RecordError as exc:
         return Invalid(REASON_INVALID, f"the Service cannot be exported: {exc}")
     return export
+
+
+def _string_map(value: Any, what: str) -> tuple[tuple[str, str], ...]:
+    """A ServiceExport label or annotation map, sorted; RecordError if it is not strings to strings."""
+    if value is None:
+        return ()
+    if not isinstance(value, Mapping) or not all(isinstance(v, str) for v in value.values()):
+        raise RecordError(f"{what} is not a map of strings")
+    return tuple(sorted((str(k), v) for k, v in value.items()))
+
+
+def _opt_str(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
 
 
 def _service_ports(raw: Sequence[Any]) -> tuple[tuple[ServicePort, ...], dict[str, str]]:
@@ -248,7 +219,8 @@ def _service_ports(raw: Sequence[Any]) -> tuple[tuple[ServicePort, ...], dict[st
         pname = str(p.get("name") or "")
         if not pname:
             pname = renamed[""] = f"{proto.value.lower()}-{number}"
-        ports.append(ServicePort(pname, number, proto))
+        app = p.get("appProtocol")
+        ports.append(ServicePort(pname, number, proto, app if isinstance(app, str) else ""))
     return tuple(ports), renamed
 
 

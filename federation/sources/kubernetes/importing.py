@@ -1,37 +1,40 @@
 """Pure import plan: from the mesh view to ServiceImports, derived Services and EndpointSlices.
 
-For each federated service the agent owns, in the service's namespace, a ServiceImport (MCS) and a
-selector-less derived Service whose EndpointSlices point straight at the endpoints of sites on this
-site's network, and at the local gateway's egress listener for sites on other networks. Only objects
-carrying the owned label are ever changed or deleted.
+For each federated service, in the service's namespace, the objects of desired.py; this module
+compares them with what the agent owns and plans the writes. Only objects carrying the owned label
+are ever changed or deleted; the labels and annotations of an owned ServiceImport are all the
+agent's (the owned label plus the exported ones), so an exported label that goes is removed.
 """
 
 from __future__ import annotations
 
-import hashlib
-import ipaddress
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from federation.core.records import ServiceType, Site
-from federation.core.view import FederatedService, MeshView
+from federation.core.records import Site
+from federation.core.view import MeshView
 from federation.sources.kubernetes.conversion import Obj, ObjKey, is_owned, key_of
+from federation.sources.kubernetes.desired import (
+    DEFAULT_AFFINITY_TIMEOUT,
+    ENDPOINTSLICES,
+    MCS_SERVICE_LABEL,
+    SERVICEIMPORTS,
+    SERVICES,
+    SLICE_MANAGER,
+    SLICE_MANAGER_LABEL,
+    SLICE_SERVICE_LABEL,
+    SOURCE_CLUSTER_LABEL,
+    EgressTarget,
+    derived_name,
+    desired_objects,
+)
 
-EgressTarget = Callable[[str, str, str], "tuple[str, int] | None"]
-"""(namespace, name, port name) -> (address, port) of the local egress listener, or None."""
+__all__ = ["MCS_SERVICE_LABEL", "SLICE_MANAGER", "SLICE_MANAGER_LABEL", "SLICE_SERVICE_LABEL",
+           "SOURCE_CLUSTER_LABEL", "Create", "Delete", "EgressTarget", "Op", "Owned", "Patch", "derived_name",
+           "plan_imports"]
 
-SERVICES = "services"
-ENDPOINTSLICES = "endpointslices"
-SERVICEIMPORTS = "serviceimports"
 RESOURCES = (SERVICES, SERVICEIMPORTS, ENDPOINTSLICES)
-
-MCS_SERVICE_LABEL = "multicluster.kubernetes.io/service-name"
-SLICE_SERVICE_LABEL = "kubernetes.io/service-name"
-SLICE_MANAGER_LABEL = "endpointslice.kubernetes.io/managed-by"
-SLICE_MANAGER = "meshfed.io/agent"
-MAX_SLICE_ENDPOINTS = 100
-"""The EndpointSlice controller's default; kube-proxy handles larger slices worse."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,12 +83,6 @@ class Owned:
         ]
 
 
-def derived_name(name: str) -> str:
-    """The derived Service's name: recognisable, unique per import, and short enough for slice names."""
-    digest = hashlib.sha256(name.encode()).hexdigest()[:6]
-    return f"{name[:44]}-mf-{digest}"
-
-
 def plan_imports(
     view: MeshView,
     own: Site,
@@ -98,7 +95,7 @@ def plan_imports(
     for (ns, name), svc in view.services().items():
         derived = derived_name(name)
         current_svc = _owned(existing.services, owned).get((ns, derived))
-        for resource, obj in _desired_for(view, svc, own, egress_target, owned, current_svc):
+        for resource, obj in desired_objects(view, svc, own, egress_target, owned, current_svc):
             desired[resource][key_of(obj)] = obj
     ops: list[Op] = []
     recreate: list[Op] = []
@@ -112,7 +109,7 @@ def plan_imports(
                 recreate.append(Delete(resource, *k))  # clusterIP is immutable
                 ops.append(Create(resource, want))
             elif _projection(resource, have, want) != _projection(resource, want, want):
-                ops.append(Patch(resource, k[0], k[1], _patch_body(resource, want)))
+                ops.append(Patch(resource, k[0], k[1], _patch_body(resource, want, have)))
             if have is not None and resource == SERVICEIMPORTS and _clusters(have) != _clusters(want):
                 ops.append(Patch(resource, k[0], k[1], {"status": want["status"]}, "status"))
     deletes: list[Op] = [
@@ -122,111 +119,6 @@ def plan_imports(
         if k not in desired[resource]
     ]
     return recreate + ops + deletes
-
-
-# ---------------------------------------------------------------- desired objects
-
-
-def _desired_for(
-    view: MeshView,
-    svc: FederatedService,
-    own: Site,
-    egress_target: EgressTarget,
-    owned: tuple[str, str],
-    current_svc: Obj | None,
-) -> list[tuple[str, dict[str, Any]]]:
-    ns, name = svc.namespace, svc.name
-    derived = derived_name(name)
-    headless = svc.type is ServiceType.HEADLESS
-    ports = [{"name": p.name, "port": p.port, "protocol": p.protocol.value} for p in svc.ports]
-    labels = {owned[0]: owned[1], MCS_SERVICE_LABEL: name}
-    service = {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": {"name": derived, "namespace": ns, "labels": dict(labels)},
-        "spec": {"type": "ClusterIP", "ports": ports, **({"clusterIP": "None"} if headless else {})},
-    }
-    ips: list[str] = []
-    cluster_ip = ((current_svc or {}).get("spec") or {}).get("clusterIP")
-    if not headless and isinstance(cluster_ip, str) and cluster_ip not in ("", "None"):
-        ips = [cluster_ip]
-    serviceimport = {
-        "apiVersion": "multicluster.x-k8s.io/v1alpha1",
-        "kind": "ServiceImport",
-        "metadata": {"name": name, "namespace": ns, "labels": {owned[0]: owned[1]}},
-        "spec": {"type": svc.type.value, "ports": ports, "ips": ips},
-        # Written through the status subresource once the object exists (create drops status).
-        "status": {"clusters": [{"cluster": site} for site in svc.sites]},
-    }
-    out: list[tuple[str, dict[str, Any]]] = [(SERVICES, service), (SERVICEIMPORTS, serviceimport)]
-    slice_labels = {
-        **labels,
-        SLICE_SERVICE_LABEL: derived,
-        SLICE_MANAGER_LABEL: SLICE_MANAGER,
-    }
-    for (family, port_key), endpoints in sorted(_endpoint_groups(view, svc, own, egress_target, headless).items()):
-        for chunk in range(0, len(endpoints), MAX_SLICE_ENDPOINTS):
-            digest = hashlib.sha256(f"{family}|{port_key}|{chunk}".encode()).hexdigest()[:8]
-            out.append((ENDPOINTSLICES, {
-                "apiVersion": "discovery.k8s.io/v1",
-                "kind": "EndpointSlice",
-                "metadata": {"name": f"{derived}-{digest}", "namespace": ns, "labels": dict(slice_labels)},
-                "addressType": family,
-                "endpoints": endpoints[chunk:chunk + MAX_SLICE_ENDPOINTS],
-                "ports": [
-                    {"name": pname, "port": number, "protocol": proto} for pname, number, proto in port_key
-                ],
-            }))  # fmt: skip
-    return out
-
-
-PortKey = tuple[tuple[str, int, str], ...]
-
-
-def _endpoint_groups(
-    view: MeshView, svc: FederatedService, own: Site, egress_target: EgressTarget, headless: bool
-) -> dict[tuple[str, PortKey], list[dict[str, Any]]]:
-    """Slice endpoints grouped by address family and port mapping (a slice has one port list)."""
-    groups: dict[tuple[str, PortKey], list[dict[str, Any]]] = {}
-    remote_ready: bool | None = None
-    for export in svc.exports:
-        site = view.sites.get(export.site)
-        if site is None:
-            continue
-        if site.network != own.network:
-            remote_ready = bool(remote_ready) or any(e.ready for e in export.endpoints)
-            continue
-        for e in export.endpoints:
-            port_key = tuple((p.name, e.port_for(p), p.protocol.value) for p in svc.ports)
-            for family, addresses in _by_family(e.addresses).items():
-                item: dict[str, Any] = {"addresses": addresses, "conditions": {"ready": e.ready}}
-                if headless and e.hostname:
-                    item["hostname"] = e.hostname
-                if e.locality.zone:
-                    item["zone"] = e.locality.zone
-                groups.setdefault((family, port_key), []).append(item)
-    if remote_ready is not None:
-        by_address: dict[str, list[tuple[str, int, str]]] = {}
-        for p in svc.ports:
-            target = egress_target(svc.namespace, svc.name, p.name)
-            if target is not None:
-                by_address.setdefault(target[0], []).append((p.name, target[1], p.protocol.value))
-        for address, plist in by_address.items():
-            for family in _by_family((address,)):
-                item = {"addresses": [address], "conditions": {"ready": remote_ready}}
-                groups.setdefault((family, tuple(plist)), []).append(item)
-    return groups
-
-
-def _by_family(addresses: tuple[str, ...]) -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {}
-    for a in addresses:
-        try:
-            family = "IPv6" if ipaddress.ip_address(a).version == 6 else "IPv4"
-        except ValueError:
-            continue
-        out.setdefault(family, []).append(a)
-    return out
 
 
 # ---------------------------------------------------------------- comparing
@@ -242,14 +134,16 @@ def _headless(obj: Obj) -> bool:
 
 def _projection(resource: str, obj: Obj, want: Obj) -> Any:
     """The fields the agent sets (labels: only its own keys), normalised as the API server returns them."""
-    have_labels = (obj.get("metadata") or {}).get("labels") or {}
-    labels = {k: have_labels.get(k) for k in want["metadata"]["labels"]}
+    meta = obj.get("metadata") or {}
+    have_labels = meta.get("labels") or {}
     spec = obj.get("spec") or {}
     if resource == ENDPOINTSLICES:
+        labels = {k: have_labels.get(k) for k in want["metadata"]["labels"]}
         return (labels, obj.get("addressType"), _norm_endpoints(obj.get("endpoints")), _norm_ports(obj.get("ports")))
     if resource == SERVICEIMPORTS:
-        return (labels, spec.get("type"), _norm_ports(spec.get("ports")), list(spec.get("ips") or []))
-    return (labels, _norm_ports(spec.get("ports")))
+        return (dict(have_labels), dict(meta.get("annotations") or {}), _norm_import(spec))
+    labels = {k: have_labels.get(k) for k in want["metadata"]["labels"]}
+    return (labels, _norm_ports(spec.get("ports")), _norm_affinity(spec))
 
 
 def _clusters(obj: Obj) -> list[Any]:
@@ -258,7 +152,20 @@ def _clusters(obj: Obj) -> list[Any]:
 
 
 def _norm_ports(ports: Any) -> list[tuple[Any, ...]]:
-    return [(p.get("name", ""), p.get("port"), p.get("protocol", "TCP")) for p in ports or []]
+    return [(p.get("name", ""), p.get("port"), p.get("protocol", "TCP"), p.get("appProtocol", ""))
+            for p in ports or []]
+
+
+def _norm_affinity(spec: Mapping[str, Any]) -> tuple[Any, Any]:
+    mode = spec.get("sessionAffinity") or "None"
+    timeout = ((spec.get("sessionAffinityConfig") or {}).get("clientIP") or {}).get("timeoutSeconds")
+    return (mode, (timeout or DEFAULT_AFFINITY_TIMEOUT) if mode == "ClientIP" else None)
+
+
+def _norm_import(spec: Mapping[str, Any]) -> tuple[Any, ...]:
+    rest = {k: v for k, v in spec.items() if k not in ("ports", "ips", "ipFamilies")}
+    return (_norm_ports(spec.get("ports")), list(spec.get("ips") or []), list(spec.get("ipFamilies") or []),
+            sorted(rest.items(), key=lambda kv: kv[0]))
 
 
 def _norm_endpoints(endpoints: Any) -> list[tuple[Any, ...]]:
@@ -273,13 +180,27 @@ def _norm_endpoints(endpoints: Any) -> list[tuple[Any, ...]]:
     ]
 
 
-def _patch_body(resource: str, want: dict[str, Any]) -> dict[str, Any]:
+def _patch_body(resource: str, want: dict[str, Any], have: Obj) -> dict[str, Any]:
+    """A JSON merge patch from `have` to `want` for the fields the agent sets (null removes a field)."""
     body: dict[str, Any] = {"metadata": {"labels": want["metadata"]["labels"]}}
     if resource == ENDPOINTSLICES:
         body["endpoints"] = want["endpoints"]
         body["ports"] = want["ports"]
     elif resource == SERVICEIMPORTS:
-        body["spec"] = want["spec"]
+        meta = have.get("metadata") or {}
+        body["metadata"] = {"labels": _replacing(meta.get("labels"), want["metadata"]["labels"])}
+        annotations = _replacing(meta.get("annotations"), want["metadata"].get("annotations") or {})
+        if annotations:  # an empty map would be written as `annotations: {}`
+            body["metadata"]["annotations"] = annotations
+        body["spec"] = _replacing(have.get("spec"), want["spec"])
     else:
-        body["spec"] = {"ports": want["spec"]["ports"]}
+        spec = want["spec"]
+        body["spec"] = {"ports": spec["ports"], "sessionAffinity": spec.get("sessionAffinity", "None"),
+                        "sessionAffinityConfig": spec.get("sessionAffinityConfig")}
     return body
+
+
+def _replacing(have: Any, want: Mapping[str, Any]) -> dict[str, Any]:
+    """`want`, plus null for every key of `have` it lacks (merge patch semantics: remove them)."""
+    gone = {k: None for k in (have if isinstance(have, Mapping) else {}) if k not in want}
+    return {**gone, **want}

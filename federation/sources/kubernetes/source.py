@@ -27,6 +27,7 @@ from federation.sources.kubernetes.client import ApiError, ApiUnavailable, KubeC
 from federation.sources.kubernetes.conversion import (
     NOWHERE,
     Conversion,
+    MeshState,
     ObjKey,
     convert_all,
     export_conditions,
@@ -241,13 +242,13 @@ class KubernetesSource:
         services = view.services() if view is not None else {}
         for k, se in list(self.stores["serviceexports"].items()):
             fs = services.get(k)
-            conflict = next((c for c in fs.conflicts if c.site == self.site), None) if fs else None
-            known = fs is not None and (conflict is not None or self.site in fs.sites)
+            mesh = MeshState(synced=view is not None, exported=view is not None and (self.site, *k) in view.exports,
+                             conflict=fs.conflict_of(self.site) if fs else None)
             status = se.get("status") or {}
             previous = status.get("conditions") or []
             generation = (se.get("metadata") or {}).get("generation")
             generation = generation if isinstance(generation, int) and generation >= 0 else 0
-            want = export_conditions(previous, conversion.invalid.get(k), conflict, known, self._clock(), generation)
+            want = export_conditions(previous, conversion.invalid.get(k), mesh, self._clock(), generation)
             if same_conditions(previous, want):
                 continue
             try:

@@ -41,8 +41,8 @@ ExecReload=/bin/kill -HUP $MAINPID
 Restart=on-failure
 RestartSec=2
 TimeoutStopSec=30
-# Root, but only with what the agent needs: the VIP interface (NET_ADMIN), DNS on port 53 and the
-# gateway port (NET_BIND_SERVICE). Health check commands run with the same limits.
+# Root, but only with what the agent needs: the VIP interface and the egress capture rules (NET_ADMIN),
+# DNS on port 53 and the gateway port (NET_BIND_SERVICE). Health check commands run with the same limits.
 CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_BIND_SERVICE
 AmbientCapabilities=CAP_NET_ADMIN CAP_NET_BIND_SERVICE
 NoNewPrivileges=yes
@@ -94,6 +94,9 @@ dns:
 @DNSREST@vm:
   address: auto
   vip_interface: meshfed0
+  # auto: one egress listener for the whole VIP range (nft table inet meshfed) when nft works here,
+  # else a listener per imported service port; on: refuse to start without it; off: never.
+  egress_capture: auto
   services: []
   # - namespace: shop
   #   name: web

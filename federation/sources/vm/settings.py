@@ -15,6 +15,7 @@ AUTO = "auto"
 """An address of "auto" means the host's own address, found with pyroute2 at start."""
 
 CHECK_KINDS = ("tcp", "http", "command", "none")
+CAPTURE_MODES = ("auto", "on", "off")
 _PORT_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,13}[a-z0-9])?$")
 
 
@@ -54,6 +55,14 @@ def _interface_name(value: str) -> str | None:
     if value and (len(value) > 15 or "/" in value or " " in value):
         return f"{value!r} is not a Linux interface name (1..15 chars)"
     return None
+
+
+def _capture_mode(raw: Any, where: str) -> str:
+    """auto, on or off; YAML reads a bare on/off as true/false, which mean the same here."""
+    value = {True: "on", False: "off"}.get(raw, raw) if isinstance(raw, bool) else raw
+    if value not in CAPTURE_MODES:
+        raise ConfigError(f"{where}: {value!r} is not one of {', '.join(CAPTURE_MODES)}")
+    return str(value)
 
 
 def _argv(raw: Any, where: str) -> tuple[str, ...]:
@@ -187,6 +196,10 @@ class VmSettings:
     vip_interface: str = setting("meshfed0", check=_interface_name)
     """A dummy interface of our own, so VIPs never mix with the operator's addresses and vanish with it.
     Empty: no VIPs; imported services get loopback egress ports (shared hosts, tests)."""
+    egress_capture: str = setting("auto", parse=_capture_mode)
+    """auto: one egress listener for the whole VIP range (nftables redirect) where the agent may install it
+    (root, nft), else a listener per service port, so thousands of imports cost one socket and unprivileged
+    agents still work; on: fail at start if capture is impossible; off: always a listener per port."""
 
     def validate(self) -> None:
         """Checks between fields."""

@@ -62,11 +62,14 @@ def test_oldest_export_wins_and_conflicts_are_named() -> None:
     c = dataclasses.replace(export("north", type=ServiceType.HEADLESS), exported_at=200.0)
     d = dataclasses.replace(export("south"), exported_at=300.0)
     svc = resolve([a, b, c, d])
-    assert svc.ports == (ServicePort("http", 9090),)
-    assert svc.sites == ("west",)
-    assert {x.site for x in svc.conflicts} == {"east", "north", "south"}
+    assert svc.ports == (ServicePort("http", 9090),)  # west's: the oldest
+    assert svc.sites == ("east", "south", "west")  # same type: members, but only west serves http
+    assert svc.serving == {"http": frozenset({"west"})}
+    assert {x.site for x in svc.conflicts} == {"east", "north", "south", "west"}  # every export is told
     assert any("type Headless differs" in x.reason for x in svc.conflicts)
-    assert {x.site: x.kind for x in svc.conflicts} == {"east": "ports", "north": "type", "south": "ports"}
+    assert {x.site: x.kind for x in svc.conflicts} == {"east": "type", "north": "type", "south": "type",
+                                                       "west": "type"}
+    assert all(x.kinds == ("type", "ports") for x in svc.conflicts)
 
 
 def test_view_leaves_out_exports_without_a_site_record() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -34,6 +35,58 @@ EXPORT = ServiceExport(
 def test_round_trips() -> None:
     assert decode_site(SiteKey("east"), encode_site(SITE)) == SITE
     assert decode_export(ServiceKey("east", "shop", "web"), encode_export(EXPORT)) == EXPORT
+
+
+K8S = dataclasses.replace(
+    EXPORT, ports=(ServicePort("http", 80, app_protocol="kubernetes.io/h2c"),), endpoints=(),
+    ip_families=("IPv6", "IPv4"), session_affinity="ClientIP", session_affinity_timeout=10,
+    internal_traffic_policy="Local", traffic_distribution="PreferClose",
+    exported_labels=(("team", "shop"), ("tier", "")), exported_annotations=(("example.com/owner", "a b c"),),
+)
+
+
+def test_kubernetes_fields_round_trip_and_are_left_out_when_unset() -> None:
+    assert decode_export(ServiceKey("east", "shop", "web"), encode_export(K8S)) == K8S
+    plain = json.loads(encode_export(EXPORT))
+    for key in ("ipFamilies", "sessionAffinity", "internalTrafficPolicy", "trafficDistribution", "exportedLabels"):
+        assert key not in plain
+    assert "appProtocol" not in plain["ports"][0]
+
+
+def test_a_record_of_an_agent_before_these_fields_reads_as_none() -> None:
+    old = json.loads(encode_export(EXPORT))
+    got = decode_export(ServiceKey("east", "shop", "web"), json.dumps(old).encode())
+    assert (got.ip_families, got.session_affinity, got.exported_labels) == ((), None, None)
+
+
+def _k8s_mutated(**changes: object) -> bytes:
+    obj = json.loads(encode_export(K8S))
+    obj.update(changes)
+    return json.dumps(obj).encode()
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (_k8s_mutated(ipFamilies=["IPv4", "IPv4"]), "is not one or two distinct families"),
+        (_k8s_mutated(ipFamilies="IPv4"), "ipFamilies is not a list of strings"),
+        (_k8s_mutated(sessionAffinity="Sticky"), "sessionAffinity 'Sticky' is not None or ClientIP"),
+        (_k8s_mutated(sessionAffinityTimeout=0), "is not 1..86400 seconds"),
+        (_k8s_mutated(sessionAffinity="None"), "with ClientIP affinity"),
+        (_k8s_mutated(internalTrafficPolicy="Node"), "internalTrafficPolicy 'Node' is not Cluster or Local"),
+        (_k8s_mutated(trafficDistribution="prefer close"), "is not a policy name"),
+        (_k8s_mutated(exportedLabels={"bad key": "x"}), "exportedLabels key 'bad key' is not a label key"),
+        (_k8s_mutated(exportedLabels={"a": "not a value"}), "is not a label value"),
+        (_k8s_mutated(exportedLabels={"a": 1}), "exportedLabels is not a map of strings"),
+        (_k8s_mutated(exportedAnnotations={f"k{i}": "v" for i in range(65)}), "more than 64 entries"),
+        (_k8s_mutated(exportedAnnotations={"k": "v" * 40000}), "larger than 32768 bytes"),
+        (_k8s_mutated(ports=[{"name": "http", "port": 80, "appProtocol": "no spaces"}]), "is not a protocol name"),
+    ],
+)
+def test_kubernetes_fields_are_validated(data: bytes, reason: str) -> None:
+    with pytest.raises(RecordError) as err:
+        decode_export(ServiceKey("east", "shop", "web"), data)
+    assert reason in str(err.value)
 
 
 def test_keys_parse_the_layout() -> None:
@@ -110,7 +163,9 @@ def test_arbitrary_bytes_only_raise_record_error(data: bytes) -> None:
 
 
 @given(st.dictionaries(st.sampled_from(["schema", "kind", "site", "namespace", "name", "type", "ports",
-                                        "endpoints", "exportedAt", "network", "gateways", "locality"]),
+                                        "endpoints", "exportedAt", "network", "gateways", "locality", "ipFamilies",
+                                        "sessionAffinity", "sessionAffinityTimeout", "internalTrafficPolicy",
+                                        "trafficDistribution", "exportedLabels", "exportedAnnotations"]),
                        _json, max_size=10))
 def test_arbitrary_json_only_raises_record_error(obj: dict[str, object]) -> None:
     obj = {"schema": 1, "kind": "ServiceExport", **obj}

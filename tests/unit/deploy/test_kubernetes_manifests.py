@@ -5,16 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
 
 from federation.agent.settings import parse_settings
-from federation.devkit.objects import serviceexport
-from federation.sources.kubernetes.importing import Owned, plan_imports
 from federation.sources.kubernetes.settings import KubernetesSettings
-from tests.util import export, site
 
 DEPLOY = Path(__file__).resolve().parents[3] / "deploy" / "kubernetes"
 VERSION = "1.30.0"
@@ -45,25 +41,6 @@ def test_the_validator_rejects_a_misspelt_field() -> None:
 def test_kustomization_lists_every_manifest() -> None:
     kust = by_kind("Kustomization")
     assert sorted(kust["resources"]) == sorted(p.name for p in DEPLOY.glob("*.yaml") if p.name != "kustomization.yaml")
-
-
-def test_objects_the_agent_writes_match_the_crds() -> None:
-    ops = plan_imports(_view(), site("here"), Owned(), lambda *_: ("10.0.0.1", 20000),
-                       (KubernetesSettings().owned_label, KubernetesSettings().owned_value))
-    schemas = {d["spec"]["names"]["kind"]: d["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
-               for _, d in documents() if d["kind"] == "CustomResourceDefinition"}
-    imports = [op.obj for op in ops if getattr(op, "resource", "") == "serviceimports"]  # type: ignore[attr-defined]
-    assert imports
-    for obj in imports:
-        jsonschema.validate(obj, schemas["ServiceImport"])
-    from federation.sources.kubernetes.conversion import export_conditions
-
-    se = {**serviceexport(), "status": {"conditions": export_conditions([], None, None, True, 1714557600.0)}}
-    jsonschema.validate(se, schemas["ServiceExport"])
-    for op in ops:
-        obj = getattr(op, "obj", None)
-        if obj is not None and obj["kind"] in ("Service", "EndpointSlice"):
-            kubernetes_validate.validate(obj, VERSION, strict=True)
 
 
 def test_configmap_is_a_valid_agent_config(tmp_path: Path) -> None:
@@ -108,12 +85,3 @@ def test_admission_policy_uses_the_owned_label() -> None:
     assert repr(KubernetesSettings().owned_label) in str(policy["spec"]["variables"])
     sa = by_kind("ServiceAccount")["metadata"]
     assert f"system:serviceaccount:{sa['namespace']}:{sa['name']}" in policy["spec"]["matchConditions"][0]["expression"]
-
-
-def _view() -> Any:
-    from federation.core.view import MeshView
-
-    e = export("near", name="db", addresses=("10.1.0.5",))
-    far = export("far", name="db", addresses=("10.9.0.5",))
-    return MeshView({s.name: s for s in (site("here"), site("near"), site("far", network="net-b"))},
-                    {(x.site, x.namespace, x.name): x for x in (e, far)})

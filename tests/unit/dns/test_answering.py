@@ -15,7 +15,7 @@ import dns.tsigkeyring
 import dns.update
 import pytest
 
-from federation.core.records import Endpoint, Locality
+from federation.core.records import Endpoint, Locality, Protocol, ServicePort
 from federation.core.view import MeshView
 from federation.dns.answering import Answerer, Forward
 from federation.dns.fastpath import FastPath
@@ -86,11 +86,13 @@ def test_endpoint_locality_overrides_site_locality() -> None:
     assert texts(ask(build(v), "db.shop.svc.clusterset.local"))[0] == "10.1.0.3"
 
 
-def test_not_ready_endpoints_are_left_out() -> None:
-    a = ask(build(), "cache.shop.svc.clusterset.local")
-    assert a.rcode() == dns.rcode.NOERROR
-    assert a.answer == []
-    assert a.authority[0].rdtype == dns.rdatatype.SOA
+def test_a_headless_service_without_ready_endpoints_does_not_exist() -> None:
+    # KEP-1645: "If there are no ready endpoints for a headless service, the answer is NXDOMAIN".
+    for name, rdtype in (("cache.shop.svc.clusterset.local", "A"), ("cache.shop.svc.clusterset.local", "SRV"),
+                         ("_http._tcp.cache.shop.svc.clusterset.local", "SRV")):
+        a = ask(build(), name, rdtype)
+        assert a.rcode() == dns.rcode.NXDOMAIN
+        assert a.authority[0].rdtype == dns.rdatatype.SOA
 
 
 def test_stale_sites_are_left_out_while_others_have_ready_endpoints() -> None:
@@ -125,13 +127,58 @@ def test_endpoint_hostname_names() -> None:
     assert ask(zone, "db-1.west.db.shop.svc.clusterset.local").rcode() == dns.rcode.NXDOMAIN
 
 
-def test_site_pinned_names_only_when_enabled() -> None:
-    assert texts(ask(build(), "west.web.shop.svc.clusterset.local")) == ["10.0.1.1"]
-    off = ask(build(pinning=False), "west.web.shop.svc.clusterset.local")
+def test_site_pinned_names_only_when_enabled_and_only_for_reachable_sites() -> None:
+    flat = dataclasses.replace(mesh().sites["west"], network="net-east")  # west shares east's network
+    v = view([*(s for s in mesh().sites.values() if s.name != "west"), flat], mesh().exports.values())
+    assert texts(ask(build(v), "west.web.shop.svc.clusterset.local")) == ["10.0.1.1"]
+    assert texts(ask(build(v), "east.web.shop.svc.clusterset.local")) == ["10.0.0.1"]
+    # far is on another network: its pod addresses are not routable from here, so no such name.
+    assert ask(build(v), "far.db.shop.svc.clusterset.local").rcode() == dns.rcode.NOERROR  # db-0.far... below
+    assert ask(build(v), "far.db.shop.svc.clusterset.local").answer == []
+    assert ask(build(), "west.web.shop.svc.clusterset.local").rcode() == dns.rcode.NXDOMAIN
+    off = ask(build(v, pinning=False), "west.web.shop.svc.clusterset.local")
     assert off.rcode() == dns.rcode.NXDOMAIN
+    assert ZoneBuilder(ZONE, local_site="east").site_pinning is False  # off unless asked for
     ent = ask(build(pinning=False), "west.db.shop.svc.clusterset.local")
     assert ent.rcode() == dns.rcode.NOERROR  # an empty non-terminal above db-0.west...
     assert ent.answer == []
+
+
+def test_bare_name_srv_for_clusterset_ip_is_one_per_port_and_identical_ones_collapse() -> None:
+    tcp, udp, other = ServicePort("tcp", 42), ServicePort("udp", 42, Protocol.UDP), ServicePort("metrics", 9090)
+    v = view([site("east")], [export("east", "ns", "hello", ["10.0.0.1"], ports=[tcp, udp])])
+    vips = {("ns", "hello"): ("240.240.0.9",)}
+    zone = ZoneBuilder(ZONE, local_site="east").build(v, frozenset(), vips)
+    a = ask(zone, "hello.ns.svc.clusterset.local", "SRV")
+    assert texts(a) == ["0 100 42 hello.ns.svc.clusterset.local."]  # tcp/42 and udp/42: the same record
+    assert texts(a, "additional") == ["240.240.0.9"]
+    v2 = view([site("east")], [export("east", "ns", "hello", ["10.0.0.1"], ports=[tcp, other])])
+    zone = ZoneBuilder(ZONE, local_site="east").build(v2, frozenset(), vips)
+    assert sorted(texts(ask(zone, "hello.ns.svc.clusterset.local", "SRV"))) == [
+        "0 50 42 hello.ns.svc.clusterset.local.", "0 50 9090 hello.ns.svc.clusterset.local."]
+
+
+def test_bare_name_srv_for_headless_is_one_per_endpoint_and_port() -> None:
+    a = ask(build(), "db.shop.svc.clusterset.local", "SRV")
+    assert texts(a) == [
+        "0 20 8080 db-0.east.db.shop.svc.clusterset.local.",
+        "0 20 8080 fd00--5.east.db.shop.svc.clusterset.local.",
+        "0 20 8080 db-0.near.db.shop.svc.clusterset.local.",
+        "0 20 8080 db-0.west.db.shop.svc.clusterset.local.",
+        "0 20 8080 db-0.far.db.shop.svc.clusterset.local.",
+    ]
+    assert "10.3.0.1" in texts(a, "additional")
+
+
+def test_the_apex_has_ns_and_its_glue() -> None:
+    builder = ZoneBuilder(ZONE, local_site="east", nameservers=["127.0.0.53", "::1"])
+    zone = builder.build(mesh(), frozenset(), VIPS)
+    a = ask(zone, "clusterset.local", "NS")
+    assert texts(a) == ["ns.clusterset.local."]
+    assert texts(a, "additional") == ["127.0.0.53", "::1"]
+    assert texts(ask(zone, "ns.clusterset.local")) == ["127.0.0.53"]
+    assert texts(ask(zone, "clusterset.local", "SOA"))[0].startswith("ns.clusterset.local. hostmaster.clusterset.local.")
+    assert texts(ask(zone, "clusterset.local", "ANY")) == ["ns.clusterset.local."]  # RFC 8482: one RRset
 
 
 def test_dns_version_ptr_and_soa() -> None:

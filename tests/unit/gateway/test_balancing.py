@@ -66,6 +66,20 @@ def test_routes_skip_sites_without_ready_endpoints() -> None:
     assert routes(view(sites, exports), "me", "ns", "nope", "tcp") == []
 
 
+def test_routes_only_to_sites_that_export_the_port_as_the_service_has_it() -> None:
+    # MCS: a port name exported with another number (exported later) gets none of that port's traffic.
+    import dataclasses
+
+    sites = [_site("me", "n1"), _site("first", "n2"), _site("later", "n3"), _site("other", "n4")]
+    first = dataclasses.replace(export("first", "ns", "svc", 42), exported_at=1.0)
+    later = dataclasses.replace(export("later", "ns", "svc", 4242), exported_at=2.0)
+    other = dataclasses.replace(export("other", "ns", "svc", 4242, port_name="tcp2"), exported_at=3.0)
+    v = view(sites, [first, later, other])
+    assert [r.site for r in routes(v, "me", "ns", "svc", "tcp")] == ["first"]
+    assert [r.site for r in routes(v, "me", "ns", "svc", "tcp2")] == ["other"]
+    assert desired_listeners(v, "me") == {("ns", "svc", "tcp"), ("ns", "svc", "tcp2")}
+
+
 def test_desired_listeners_are_for_services_of_other_sites() -> None:
     sites = [_site("me", "n1"), _site("other", "n2")]
     exports = [export("me", "ns", "mine", 80), export("other", "ns", "theirs", 80)]

@@ -12,6 +12,7 @@ from federation.core.view import Conflict
 from federation.devkit.objects import endpoint, endpointslice, service, serviceexport
 from federation.sources.kubernetes.conversion import (
     Invalid,
+    MeshState,
     convert,
     convert_all,
     export_conditions,
@@ -93,40 +94,72 @@ def test_owned_derived_services_are_never_exported() -> None:
     assert convert([svc], [], [serviceexport()], "east", owned=OWNED) == []
 
 
-def test_conditions_valid_and_no_conflict() -> None:
-    conds = export_conditions([], None, None, known=True, now=1714557600.0, generation=2)
+IN_MESH = MeshState(synced=True, exported=True)
+
+
+def test_conditions_valid_ready_and_no_conflict() -> None:
+    conds = export_conditions([], None, IN_MESH, now=1714557600.0, generation=2)
     by = {c["type"]: c for c in conds}
+    assert [c["type"] for c in conds] == ["Valid", "Ready", "Conflict"]
     assert by["Valid"]["status"] == "True"
+    assert (by["Ready"]["status"], by["Ready"]["reason"]) == ("True", "Exported")
     assert by["Conflict"] == {"type": "Conflict", "status": "False", "reason": "NoConflicts",
                               "message": by["Conflict"]["message"], "lastTransitionTime": "2024-05-01T10:00:00Z",
                               "observedGeneration": 2}
 
 
-def test_conditions_conflict_reason_follows_kind_of_disagreement() -> None:
-    ports = export_conditions([], None, Conflict("east", "ports http/80/TCP differ from ... by west"), True, 0)
-    types = export_conditions([], None, Conflict("east", "type Headless differs from ClusterSetIP ...", "type"), True, 0)
-    assert ports[1]["reason"] == "PortConflict"
-    assert ports[1]["status"] == "True"
-    assert "differ" in ports[1]["message"]
-    assert types[1]["reason"] == "TypeConflict"
+def test_conditions_conflict_reason_follows_kinds_of_disagreement() -> None:
+    ports = export_conditions([], None, MeshState(True, True, Conflict("east", "ports differ", "ports", ("ports",))), 0)
+    types = export_conditions([], None, MeshState(True, True, Conflict("east", "type x", "type", ("type",))), 0)
+    both = export_conditions([], None, MeshState(True, True, Conflict("e", "x", "labels", ("labels", "annotations"))), 0)
+    assert (ports[2]["status"], ports[2]["reason"], ports[2]["message"]) == ("True", "PortConflict", "ports differ")
+    assert types[2]["reason"] == "TypeConflict"
+    assert both[2]["reason"] == "LabelsConflict,AnnotationsConflict"  # mcs-api: reasons joined by commas
 
 
-def test_conditions_unknown_before_sync_and_for_invalid() -> None:
-    pending = export_conditions([], None, None, known=False, now=0)
-    assert pending[1]["status"] == "Unknown"
-    invalid = export_conditions([], Invalid("NoService", "no svc"), None, known=True, now=0)
-    assert (invalid[0]["status"], invalid[0]["reason"]) == ("False", "NoService")
+def test_conditions_pending_until_the_export_is_in_the_registry_and_failed_for_invalid() -> None:
+    for mesh in (MeshState(), MeshState(synced=True)):
+        pending = export_conditions([], None, mesh, now=0)
+        assert [(c["status"], c["reason"]) for c in pending[1:]] == [("Unknown", "Pending"), ("Unknown", "Pending")]
+    invalid = export_conditions([], Invalid("NoService", "no svc"), IN_MESH, now=0)
+    assert [(c["status"], c["reason"]) for c in invalid] == [("False", "NoService"), ("False", "Failed"),
+                                                             ("Unknown", "Pending")]
 
 
 def test_transition_time_kept_while_status_unchanged() -> None:
-    first = export_conditions([], None, None, True, now=1000.0)
-    again = export_conditions(first, None, None, True, now=2000.0)
+    first = export_conditions([], None, IN_MESH, now=1000.0)
+    again = export_conditions(first, None, IN_MESH, now=2000.0)
     assert again == first
     assert same_conditions(first, again)
-    flipped = export_conditions(first, None, Conflict("a", "type x"), True, now=2000.0)
-    assert flipped[1]["lastTransitionTime"] == format_time(2000.0)
+    flipped = export_conditions(first, None, MeshState(True, True, Conflict("a", "type x", "type", ("type",))),
+                                now=2000.0)
+    assert flipped[2]["lastTransitionTime"] == format_time(2000.0)
     assert flipped[0]["lastTransitionTime"] == format_time(1000.0)
     assert not same_conditions(first, flipped)
+
+
+def test_service_fields_and_exported_metadata_are_carried() -> None:
+    svc = service(ports=[{"name": "tcp", "port": 42, "protocol": "TCP", "appProtocol": "kubernetes.io/h2c"}])
+    svc["spec"].update({"sessionAffinity": "ClientIP", "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 10}},
+                        "ipFamilies": ["IPv6", "IPv4"], "internalTrafficPolicy": "Local",
+                        "trafficDistribution": "PreferClose"})
+    se = {**serviceexport(), "spec": {"exportedLabels": {"tier": "front"}, "exportedAnnotations": {"a/b": "c"}}}
+    [e] = convert([svc], [], [se], "east")
+    assert e.ports == (ServicePort("tcp", 42, Protocol.TCP, "kubernetes.io/h2c"),)
+    assert (e.session_affinity, e.session_affinity_timeout) == ("ClientIP", 10)
+    assert e.ip_families == ("IPv6", "IPv4")
+    assert (e.internal_traffic_policy, e.traffic_distribution) == ("Local", "PreferClose")
+    assert (e.exported_labels, e.exported_annotations) == ((("tier", "front"),), (("a/b", "c"),))
+    [plain] = convert([service()], [], [serviceexport()], "east")
+    assert (plain.exported_labels, plain.session_affinity, plain.traffic_distribution) == ((), "None", None)
+
+
+def test_bad_exported_labels_make_the_serviceexport_invalid() -> None:
+    se = {**serviceexport(), "spec": {"exportedLabels": {"not a key": "x"}}}
+    out = convert_all([service()], [], [se], "east")
+    invalid = out.invalid[("shop", "web")]
+    assert invalid.reason == "InvalidServiceExport"
+    assert "spec.exportedLabels key 'not a key' is not a label key" in invalid.message
 
 
 json_values = st.recursive(
@@ -148,6 +181,6 @@ def test_malformed_objects_never_raise(services: list[Any], slices: list[Any], e
     exports = [*exports, serviceexport()]
     out = convert_all(services, slices, exports, "east")  # type: ignore[arg-type]
     for conds in (exports, [e for e in exports if isinstance(e, dict)]):
-        export_conditions(conds, None, None, True, 0.0)  # type: ignore[arg-type]
+        export_conditions(conds, None, IN_MESH, 0.0)  # type: ignore[arg-type]
         same_conditions(conds, conds)  # type: ignore[arg-type]
     assert all(e.site == "east" for e in out.exports)

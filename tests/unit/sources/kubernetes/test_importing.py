@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from federation.core.records import Endpoint, EndpointPort, ServiceExport, ServicePort, ServiceType, Site
@@ -64,9 +65,11 @@ def test_same_network_endpoints_are_used_directly() -> None:
     assert "selector" not in svc["spec"]
     assert svc["metadata"]["labels"][OWNED[0]] == OWNED[1]
     assert imp["spec"] == {"type": "ClusterSetIP", "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
-                           "ips": []}
+                           "ips": [], "ipFamilies": []}  # until the derived Service has its ClusterIP
     assert sl["metadata"]["labels"]["kubernetes.io/service-name"] == svc["metadata"]["name"]
-    assert sl["metadata"]["labels"]["endpointslice.kubernetes.io/managed-by"] == "meshfed.io/agent"
+    assert sl["metadata"]["labels"]["endpointslice.kubernetes.io/managed-by"] == "agent.meshfed.io"
+    assert sl["metadata"]["labels"]["multicluster.kubernetes.io/service-name"] == "web"
+    assert sl["metadata"]["labels"]["multicluster.kubernetes.io/source-cluster"] == "near"
     assert [e["addresses"] for e in sl["endpoints"]] == [["10.1.0.5"], ["10.1.0.6"]]
     assert sl["ports"] == [{"name": "http", "port": 8080, "protocol": "TCP"}]
 
@@ -158,3 +161,78 @@ def test_conflicting_site_is_left_out() -> None:
                         endpoints=(Endpoint(("10.1.0.9",)),), exported_at=99.0)
     ops = plan_imports(view(ok, bad), HERE, Owned(), egress, OWNED)
     assert [e["addresses"] for e in creates(ops, "endpointslices")[0]["endpoints"]] == [["10.1.0.5"]]
+
+
+def k8s_export(site_name: str, at: float, **fields: Any) -> ServiceExport:
+    base = dataclasses.replace(export(site_name, addresses=("10.1.0.5",)), exported_at=at, ip_families=("IPv4",),
+                               session_affinity="ClientIP", session_affinity_timeout=10,
+                               internal_traffic_policy="Cluster", traffic_distribution="PreferClose",
+                               exported_labels=(("dummy-label", "true"),),
+                               exported_annotations=(("dummy-annotation", "true"),))
+    return dataclasses.replace(base, **fields)
+
+
+def test_serviceimport_carries_the_exported_service_fields() -> None:
+    v = view(k8s_export("near", 1))
+    state = apply(plan_imports(v, HERE, Owned(), egress, OWNED), Owned())
+    key = ("shop", derived_name("web"))
+    svc = state.services[key]
+    assert svc["spec"]["sessionAffinity"] == "ClientIP"  # kube-proxy keeps a client on one endpoint
+    assert svc["spec"]["sessionAffinityConfig"] == {"clientIP": {"timeoutSeconds": 10}}
+    allocated = {**svc, "spec": {**svc["spec"], "clusterIP": "10.96.7.7", "clusterIPs": ["10.96.7.7", "fd00::7"],
+                                 "ipFamilies": ["IPv4", "IPv6"]}}
+    state = Owned({key: allocated}, state.serviceimports, state.endpointslices)
+    ops = [op for op in plan_imports(v, HERE, state, egress, OWNED) if not (isinstance(op, Patch) and op.subresource)]
+    [patch] = ops
+    assert isinstance(patch, Patch)
+    state = apply(ops, state)
+    imp = state.serviceimports[("shop", "web")]
+    assert imp["spec"] == {
+        "type": "ClusterSetIP", "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+        "ips": ["10.96.7.7", "fd00::7"], "ipFamilies": ["IPv4", "IPv6"],
+        "sessionAffinity": "ClientIP", "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 10}},
+        "internalTrafficPolicy": "Cluster", "trafficDistribution": "PreferClose",
+    }
+    assert imp["metadata"]["labels"] == {"dummy-label": "true", OWNED[0]: OWNED[1]}
+    assert imp["metadata"]["annotations"] == {"dummy-annotation": "true"}
+
+
+def test_an_exported_label_that_goes_is_removed_from_the_serviceimport() -> None:
+    v = view(k8s_export("near", 1))
+    state = apply(plan_imports(v, HERE, Owned(), egress, OWNED), Owned())
+    gone = view(k8s_export("near", 1, exported_labels=(), exported_annotations=(), session_affinity="None",
+                           session_affinity_timeout=None))
+    [patch] = [op for op in plan_imports(gone, HERE, state, egress, OWNED) if op.resource == "serviceimports"
+               and isinstance(op, Patch) and not op.subresource]
+    assert isinstance(patch, Patch)
+    assert patch.body["metadata"]["labels"] == {"dummy-label": None, OWNED[0]: OWNED[1]}
+    assert patch.body["metadata"]["annotations"] == {"dummy-annotation": None}
+    assert patch.body["spec"]["sessionAffinityConfig"] is None
+
+
+def test_headless_import_has_families_but_no_ips() -> None:
+    e = dataclasses.replace(k8s_export("near", 1, type=ServiceType.HEADLESS), ip_families=("IPv6", "IPv4"))
+    [imp] = creates(plan_imports(view(e), HERE, Owned(), egress, OWNED), "serviceimports")
+    assert (imp["spec"]["ips"], imp["spec"]["ipFamilies"]) == ([], ["IPv6", "IPv4"])
+    vm = ServiceExport("near", "shop", "db", (ServicePort("pg", 5432),), type=ServiceType.HEADLESS,
+                       endpoints=(Endpoint(("fd00::5",)), Endpoint(("10.1.0.5",))))
+    [imp] = creates(plan_imports(view(vm), HERE, Owned(), egress, OWNED), "serviceimports")
+    assert imp["spec"]["ipFamilies"] == ["IPv6", "IPv4"]  # a VM export says nothing: from its addresses
+
+
+def test_slices_per_source_site_carry_only_the_ports_that_site_serves() -> None:
+    tcp, tcp2 = ServicePort("tcp", 42), ServicePort("tcp2", 4242)
+    first = dataclasses.replace(export("near", addresses=("10.1.0.5",), ports=(tcp,)), exported_at=1.0)
+    second = dataclasses.replace(export("far", addresses=("10.9.0.5",), ports=(tcp2,)), exported_at=2.0)
+    other = site("near2", "net-a")
+    third = dataclasses.replace(export("near2", addresses=("10.1.0.6",), ports=(ServicePort("tcp", 4242),)),
+                                exported_at=3.0)
+    ops = plan_imports(view(first, second, third, sites=(other,)), HERE, Owned(), egress, OWNED)
+    [svc] = creates(ops, "services")
+    assert [p["name"] for p in svc["spec"]["ports"]] == ["tcp", "tcp2"]  # the union
+    by_site = {s["metadata"]["labels"]["multicluster.kubernetes.io/source-cluster"]: s
+               for s in creates(ops, "endpointslices")}
+    assert sorted(by_site) == ["far", "near"]  # near2's tcp is 4242 where the service's is 42: no traffic
+    assert by_site["near"]["ports"] == [{"name": "tcp", "port": 42, "protocol": "TCP"}]
+    assert by_site["far"]["ports"] == [{"name": "tcp2", "port": 20004, "protocol": "TCP"}]  # its egress listener
+    assert by_site["far"]["endpoints"] == [{"addresses": ["10.244.0.7"], "conditions": {"ready": True}}]

@@ -13,6 +13,11 @@ from federation.sources.vm.settings import AUTO, CheckSettings, VmSettings
 def test_empty_section_gives_defaults() -> None:
     assert read(VmSettings, {}, "vm") == VmSettings()
     assert VmSettings().vip_interface == "meshfed0"
+    assert VmSettings().egress_capture == "auto"
+    assert read(VmSettings, {"egress_capture": "off"}, "vm").egress_capture == "off"
+    # YAML 1.1 reads a bare `on`/`off` as true/false: they mean the same.
+    assert read(VmSettings, {"egress_capture": False}, "vm").egress_capture == "off"
+    assert read(VmSettings, {"egress_capture": True}, "vm").egress_capture == "on"
 
 
 def test_full_section() -> None:
@@ -60,6 +65,7 @@ def test_full_section() -> None:
     ({"discovery": {"types": ["http"]}}, "vm.discovery.types[0]: 'http' is not a DNS-SD type"),
     ({"vip_interface": "a-very-long-interface-name"}, "vm.vip_interface:"),
     ({"announce": "yes"}, "vm.announce: must be true or false"),
+    ({"egress_capture": "always"}, "vm.egress_capture: 'always' is not one of auto, on, off"),
 ])
 def test_errors_name_the_field(data: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError) as info:
