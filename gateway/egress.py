@@ -374,9 +374,9 @@ class Egress:
         """Publish the unreachable sites; look again when the oldest failure's hold runs out."""
         now = time.monotonic()
         down = self.health.down(now)
-        if down - self.unreachable.get():
-            log.warning("gateways of %s unreachable: DNS answers leave them out while others serve",
-                        ", ".join(sorted(down - self.unreachable.get())))
+        for site in sorted(down - self.unreachable.get()):  # once a minute per site: an overloaded link flaps
+            _throttle.log(log, logging.WARNING, ("unreachable", site),
+                          "gateways of %s unreachable: DNS answers leave them out while others serve", site)
         self.unreachable.set(down)
         if self._health_timer is not None:
             self._health_timer.cancel()
