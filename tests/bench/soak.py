@@ -19,6 +19,7 @@ SIGHUP (a leftover of a killed run is removed by the next run's setup, or `ip ne
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import resource
@@ -278,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--settle", type=float, default=70.0,
                         help="seconds after the load before the last sample (pooled tunnels idle out at 60 s)")
     parser.add_argument("--skip-direct", action="store_true", help="no reference run")
-    parser.add_argument("--keep", action="store_true", help="keep the state directory (logs)")
+    parser.add_argument("--keep", action="store_true", help="keep the state directory (logs, runs.json)")
     args = parser.parse_args(argv)
     rates = args.rate or [500.0]
     if args.connections < 1 or any(r <= 0 for r in rates) or not 0 < args.minutes <= 60:
@@ -304,6 +305,7 @@ def main(argv: list[str] | None = None) -> int:
             runs.append(soak.run("meshfed", rate))
             if not args.skip_direct:
                 runs.append(soak.run("direct", rate))
+        (state / "runs.json").write_text(json.dumps([dataclasses.asdict(r) for r in runs], default=sorted))
         print(summarize(runs, args.connections))
     except Stopped as exc:
         print(f"soak: stopped by {exc}, cleaning up", file=sys.stderr)

@@ -5,7 +5,8 @@
 New connections open at `rate` per second until `connections` are open; each is closed after its lifetime
 (connections / rate seconds) and another one opened, so `rate` connections are opened and closed every
 second. A connection counts as failed when its connect, its GET or its answer fails or takes over 10 s.
-Prints one JSON line every 10 s and a summary line at the end. Bounded in time and in samples kept.
+Prints one JSON line every 10 s and a summary line at the end; `lag_ms` is how late its own loop
+woke at worst (a client short of CPU measures itself, not the path). Bounded in time and in samples kept.
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ class Load:
         self.window: list[float] = []
         self.tasks: set[asyncio.Task[None]] = set()
         self.stopping = asyncio.Event()
+        self.lag = 0.0
+        """The longest this loop woke late in the current window (seconds): a starved client, not meshfed."""
+        self.worst_lag = 0.0
 
     async def one(self) -> None:
         self.opened += 1
@@ -88,7 +92,10 @@ class Load:
             if now >= next_report:
                 self.report(now - start)
                 next_report += 10
-            await asyncio.sleep(max(0.0, min(next_open, next_report) - loop.time()))
+            wait = max(0.0, min(next_open, next_report) - loop.time())
+            before = loop.time()
+            await asyncio.sleep(wait)
+            self.lag = max(self.lag, loop.time() - before - wait)  # this client's own loop is short of CPU
         self.stopping.set()
         if self.tasks:
             await asyncio.gather(*self.tasks, return_exceptions=True)
@@ -97,8 +104,11 @@ class Load:
     def report(self, t: float, final: bool = False) -> None:
         lat = self.latencies if final else self.window
         out = {"t": round(t, 1), "open": self.open, "opened": self.opened, "failed": dict(self.failed),
-               "p50_ms": _ms(lat, 50), "p99_ms": _ms(lat, 99), "final": final}
+               "p50_ms": _ms(lat, 50), "p99_ms": _ms(lat, 99), "final": final,
+               "lag_ms": round(1000 * (self.worst_lag if final else self.lag), 1)}
         self.window = []
+        self.worst_lag = max(self.worst_lag, self.lag)
+        self.lag = 0.0
         print(json.dumps(out), flush=True)
 
 

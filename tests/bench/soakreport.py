@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import statistics
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -65,11 +66,12 @@ def _measures(run: Run) -> dict[str, str]:
     fails = sum(final["failed"].values())
     flat = [line for line in run.lines if not line.get("final")
             and run.phases["flat_from"] <= line["t"] <= run.phases["flat_to"]]
-    open_flat = min((line["open"] for line in flat), default=0)
+    open_flat = int(statistics.median(line["open"] for line in flat)) if flat else 0
     m["opened"] = str(final["opened"])
     m["failed"] = f"{fails} ({', '.join(f'{k} {v}' for k, v in final['failed'].items()) or '-'})"
     m["failed raw"] = str(fails)
-    m["open while flat (least)"] = str(open_flat)
+    m["open while flat (median)"] = str(open_flat)
+    m["load client late at worst ms"] = str(final.get("lag_ms", "-"))
     for key in ("p50_ms", "p99_ms"):
         m[key.replace("_", " ")] = "-" if final[key] is None else f"{final[key]:.1f}"
         m[key.replace("_", " ") + " raw"] = "" if final[key] is None else str(final[key])
@@ -79,7 +81,8 @@ def _measures(run: Run) -> dict[str, str]:
             continue
         base = s[0].rss
         at_flat = [x for x in s if run.phases["flat_from"] <= x.t <= run.phases["flat_to"]]
-        per = (max(x.rss for x in at_flat) - base) / max(open_flat, 1) / 1024 if at_flat else float("nan")
+        per = ((statistics.median(x.rss for x in at_flat) - base) / max(open_flat, 1) / 1024 if at_flat
+               else float("nan"))
         cpu = [(b.cpu - a.cpu) / (b.t - a.t) for a, b in itertools.pairwise(s)
                if run.phases["flat_from"] <= a.t <= run.phases["flat_to"]]
         m[f"{name} RSS start MiB"] = f"{base / 2**20:.0f}"
