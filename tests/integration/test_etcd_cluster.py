@@ -24,7 +24,7 @@ import yaml
 
 from federation.core.keys import Keys
 from federation.core.policy.codec import from_document
-from federation.devkit.apiserver import FakeApiServer
+from federation.devkit.apiserver import DevApiServer
 from federation.devkit.objects import endpoint, endpointslice, service, serviceexport
 from federation.registry.embedded import EtcdCluster
 from federation.registry.etcd import EtcdClient
@@ -59,7 +59,7 @@ def ready(agent: AgentProcess) -> bool:
 async def test_every_part_fails_over_when_a_member_dies_and_clients_see_no_change(
         etcd_cluster: EtcdCluster, tmp_path: Path) -> None:
     endpoints = etcd_cluster.endpoints
-    async with FakeApiServer() as api:
+    async with DevApiServer() as api:
         api.put(service())
         api.put(endpointslice(endpoints=[endpoint("10.244.1.5")]))
         api.put(serviceexport())
