@@ -12,20 +12,23 @@ import logging
 import socket
 import ssl
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from typing import Any, cast
 
 from prometheus_client import CollectorRegistry
 
+from federation.core.policy.access import AccessState, Peer
+from federation.core.records import Site
 from federation.core.view import MeshView
 from federation.pki.verifying import TrustBundle
 from federation.runtime.values import Readable, follow
+from gateway.authorization import Authorizer
 from gateway.balancing import EndpointPicker
 from gateway.refusals import GatewayMetrics, Refusals, Throttle, handshake_cause, handshake_reason
 from gateway.relay import ActiveStreams
 from gateway.settings import GatewaySettings, live
 from gateway.shedding import Shedder, reset
-from gateway.tls import send_alerts_to
+from gateway.tls import Bundle, current, send_alerts_to
 from gateway.tunnel import GatewayTunnel
 
 log = logging.getLogger(__name__)
@@ -37,17 +40,21 @@ class EastWestGateway:
     """The site's mTLS listener for other networks. `start()`, then `close()`; `address` once started."""
 
     def __init__(self, site: str, mesh: Readable[MeshView], server_context: ssl.SSLContext,
-                 bundle: TrustBundle, settings: GatewaySettings | Readable[GatewaySettings] | None = None,
-                 registry: CollectorRegistry | None = None) -> None:
+                 bundle: Bundle, settings: GatewaySettings | Readable[GatewaySettings] | None = None,
+                 registry: CollectorRegistry | None = None, access: Readable[AccessState] | None = None) -> None:
         self.site = site
         self.mesh = mesh
         """The registry view: read at every handshake and stream request, followed by `run`."""
         self.context = server_context
-        self.bundle = bundle
+        self.trust = bundle
+        """The roots peers must chain to (a holder when the registry's trust bundle can change them)."""
         self._settings = live(settings)
         self.shedder = Shedder(self._settings.get)
         """Resets new connections beyond `max_connections` tunnels or `accept_rate` (refusals reason="overload")."""
-        self.metrics = GatewayMetrics(registry or CollectorRegistry())
+        registry = registry or CollectorRegistry()
+        self.metrics = GatewayMetrics(registry)
+        self.authorizer = Authorizer(access, "gateway", registry)
+        """Access policy on every stream, from the peer's verified certificate; revoked sites."""
         self.refusals = Refusals(log, self.metrics.refusals)
         self.picker = EndpointPicker()
         self.active = ActiveStreams()
@@ -64,6 +71,11 @@ class EastWestGateway:
     def settings(self) -> GatewaySettings:
         """The settings as they are now (a reload may replace them)."""
         return self._settings.get()
+
+    @property
+    def bundle(self) -> TrustBundle:
+        """The roots in force now."""
+        return current(self.trust)
 
     async def start(self) -> None:
         """Listen on the configured address (SO_REUSEPORT when several workers share the port)."""
@@ -123,14 +135,34 @@ class EastWestGateway:
             self._server = None
 
     async def run(self) -> None:
-        """Close the tunnels of every site that leaves the registry, as it leaves (until cancelled)."""
-        async for _ in follow(self.mesh):
-            sites = self.mesh.get().sites
-            for site in sorted({t.peer_site for t in self.tunnels if t.peer_site not in sites}):
-                tunnels = [t for t in self.tunnels if t.peer_site == site]
-                log.warning("site %s left the registry: closing its %d tunnel(s)", site, len(tunnels))
+        """Close the tunnels of every site that leaves the registry or is revoked, as it goes, and the streams
+        a changed access policy now denies (unless the mesh says to let them finish), until cancelled."""
+        async for _ in follow(self.mesh, self.authorizer.access):
+            sites, state = self.mesh.get().sites, self.authorizer.state
+            for site in sorted({t.peer_site for t in self.tunnels if not t.closed and (
+                    t.peer_site not in sites or t.peer_site in state.revoked)}):
+                tunnels = [t for t in self.tunnels if t.peer_site == site and not t.closed]
+                revoked = site in state.revoked
+                log.warning("site %s %s: closing its %d tunnel(s)", site,
+                            "is revoked by the operator" if revoked else "left the registry", len(tunnels))
                 for tunnel in tunnels:
-                    tunnel.end("site_removed")
+                    tunnel.end("revoked" if revoked else "site_removed")
+            if state.mesh.close_on_deny:
+                self._close_denied(sites)
+
+    def _close_denied(self, sites: Mapping[str, Site]) -> None:
+        """End the tunnels whose running stream the access state in force now denies."""
+        groups: dict[tuple[str, str, tuple[str, str]], list[GatewayTunnel]] = {}
+        for t in self.tunnels:
+            if t.stream is not None and t.service is not None and t.peer_site in sites and not t.closed:
+                groups.setdefault((t.peer_site, t.identity, t.service), []).append(t)
+        for (site, identity, service), tunnels in sorted(groups.items(), key=lambda g: g[0]):
+            peer = Peer(site, sites[site].network, identity)
+            decision = self.authorizer.recheck(service, peer)
+            if not decision.allowed:
+                self.authorizer.closing(decision, peer, service, len(tunnels))
+                for tunnel in tunnels:
+                    tunnel.end("denied")
 
     # -- used by the protocols
 

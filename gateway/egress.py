@@ -27,9 +27,11 @@ import immutables
 from prometheus_client import CollectorRegistry
 
 from federation.core.errors import RemoteProtocolError
+from federation.core.policy.access import AccessState, Peer
 from federation.core.view import MeshView
-from federation.pki.verifying import PeerRejected, TrustBundle
+from federation.pki.verifying import PeerRejected
 from federation.runtime.values import Readable, Value, follow
+from gateway.authorization import Authorizer, site_peer
 from gateway.balancing import (
     Bind,
     Close,
@@ -38,7 +40,6 @@ from gateway.balancing import (
     Open,
     Placement,
     Route,
-    SiteHealth,
     plan,
     routes,
 )
@@ -47,12 +48,13 @@ from gateway.destinations import CapturedServices, Destination, captured_type
 from gateway.listening import ListenerPlan
 from gateway.pool import PoolKey, TunnelPool
 from gateway.preamble import Request, Status
+from gateway.reachability import Reachability
 from gateway.refusals import EgressMetrics, Throttle
 from gateway.relay import ActiveStreams, PlainLeg
 from gateway.settings import GatewaySettings, live
 from gateway.shedding import Shedder, reset_transport
 from gateway.splice import Splice
-from gateway.tls import ResumingContext
+from gateway.tls import Bundle, ResumingContext, current
 
 log = logging.getLogger(__name__)
 _throttle = Throttle()
@@ -65,21 +67,25 @@ class Egress:
     the placement, `stop_accepting()` and `close(grace)` end them."""
 
     def __init__(self, site: str, mesh: Readable[MeshView], client_context: ResumingContext,
-                 bundle: TrustBundle, settings: GatewaySettings | Readable[GatewaySettings] | None = None,
+                 bundle: Bundle, settings: GatewaySettings | Readable[GatewaySettings] | None = None,
                  registry: CollectorRegistry | None = None, placement: Readable[Placement] | None = None,
-                 local_services: bool = False, capture: Bind | None = None) -> None:
+                 local_services: bool = False, capture: Bind | None = None,
+                 access: Readable[AccessState] | None = None) -> None:
         self.site = site
         self.mesh = mesh
         self.context = client_context
-        self.bundle = bundle
+        self.trust = bundle
         self._settings = live(settings)
         self.shedder = Shedder(self._settings.get)
         """Resets new clients beyond `max_connections` or `accept_rate` (counted as result="shed")."""
-        self.metrics = EgressMetrics(registry or CollectorRegistry())
+        registry = registry or CollectorRegistry()
+        self.metrics = EgressMetrics(registry)
+        self.authorizer = Authorizer(access, "egress", registry)  # this site's own clients, direct routes included
+        self._keys: dict[Any, ListenerKey] = {}
         self.placement: Readable[Placement] = placement or Value(
             Placement(fallback=(self.settings.egress_address, self.settings.egress_port)), name="placement")
-        self.health = SiteHealth()
-        self.unreachable: Value[frozenset[str]] = Value(frozenset(), name="unreachable sites")
+        self.reach = Reachability()
+        self.unreachable = self.reach.unreachable
         """Sites whose gateway could not be reached lately (DNS leaves them out while others serve)."""
         self.listening: Value[Mapping[ListenerKey, tuple[str, int]]] = Value(
             immutables.Map(), name="listeners", same=operator.is_)
@@ -95,7 +101,6 @@ class Egress:
         self._servers: dict[ListenerKey, asyncio.Server] = {}
         self._pools: dict[PoolKey, TunnelPool] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._health_timer: asyncio.TimerHandle | None = None
         self._plan = ListenerPlan(site, local_services, self._is_captured)
         self._turn = 0
         self._active: set[Any] = set()
@@ -146,8 +151,7 @@ class Egress:
     async def close(self, grace: float = 0.0) -> None:
         """Close listeners; let streams finish for up to `grace` seconds; then close pools and streams."""
         self.stop_accepting()
-        if self._health_timer is not None:
-            self._health_timer.cancel()
+        self.reach.close()
         await self.active.wait_idle(grace)
         for task in list(self._tasks):
             task.cancel()
@@ -253,16 +257,19 @@ class Egress:
     async def route(self, client: PlainLeg, key: ListenerKey) -> None:
         """Connect `client` through the first route that accepts it, or close it."""
         view = self.mesh.get()
+        allowed = self.authorizer.check(key[:2], self._peer()).allowed  # counted and logged when denied
         self._turn += 1
-        for route in routes(view, self.site, *key, turn=self._turn)[:MAX_ROUTES]:
+        for route in routes(view, self.site, *key, turn=self._turn)[:MAX_ROUTES] if allowed else ():
             if client.lost:
                 self.metrics.connections.labels("client_gone").inc()
                 return
-            if await (self._direct(client, route) if isinstance(route, Direct) else self._tunnel(client, route, key)):
+            if await (self._direct(client, route, key) if isinstance(route, Direct)
+                      else self._tunnel(client, route, key)):
                 self.metrics.connections.labels("relayed").inc()
                 return
-        self.metrics.connections.labels("no_route").inc()
-        _throttle.log(log, logging.WARNING, ("no-route", key), "no route accepted a client of %s/%s:%s", *key)
+        self.metrics.connections.labels("no_route" if allowed else "denied").inc()
+        if allowed:
+            _throttle.log(log, logging.WARNING, ("no-route", key), "no route accepted a client of %s/%s:%s", *key)
         if client.transport is not None:
             # A reset, not a clean close: the client sees "connection reset", not an empty answer it
             # might take for the service's own.
@@ -271,7 +278,15 @@ class Egress:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             client.transport.abort()
 
-    async def _direct(self, client: PlainLeg, route: Direct) -> bool:
+    async def enforce(self) -> None:
+        """Close the streams of this site's clients that a changed access policy now denies, until cancelled."""
+        await self.authorizer.enforce(lambda: ((r, k[:2]) for r, k in self._keys.items() if r in self._active),
+                                      self._peer)
+
+    def _peer(self) -> Peer:
+        return site_peer(self.mesh.get(), self.site, current(self.trust).trust_domain, self.settings.name)
+
+    async def _direct(self, client: PlainLeg, route: Direct, key: ListenerKey) -> bool:
         loop = asyncio.get_running_loop()
         t = route.target
         try:
@@ -286,7 +301,7 @@ class Egress:
         held: list[Any] = []
         splice = Splice(client, leg, self.settings.idle_timeout, lambda _clean: self._untrack(held),
                         high_water=self.settings.high_water)
-        self._track(splice, held)
+        self._track(splice, held, key)
         return True
 
     async def _tunnel(self, client: PlainLeg, route: Route, key: ListenerKey) -> bool:
@@ -309,8 +324,7 @@ class Egress:
                     tunnel.close()
                     pool.give_back(tunnel)
                 self.metrics.attempts.labels("gateway", "failed").inc()
-                self.health.failed(route.site, time.monotonic())
-                self._health_changed()
+                self.reach.failed(route.site)
                 if isinstance(exc, PeerRejected):  # not a gateway of that site: say so, and try another route
                     self.metrics.refusals.labels(exc.cause).inc()
                     _throttle.log(log, logging.WARNING, ("refused", pool.key, exc.cause),
@@ -319,8 +333,7 @@ class Egress:
                 _throttle.log(log, logging.INFO, ("tunnel", pool.key), "tunnel to %s gateway %s:%d failed: %s",
                               route.site, *pool.key[1:], exc)
                 continue
-            if self.health.succeeded(route.site):
-                self._health_changed()
+            self.reach.succeeded(route.site)
             if reused:
                 self.metrics.reused.inc()
             pool.remember_session(tunnel)
@@ -339,19 +352,21 @@ class Egress:
             def done(_clean: bool, tunnel: Any = tunnel, held: list[Any] = held) -> None:
                 self._untrack(held)
                 pool.give_back(tunnel)
-            self._track(tunnel.attach(client, self.settings.idle_timeout, done, self.settings.high_water), held)
+            self._track(tunnel.attach(client, self.settings.idle_timeout, done, self.settings.high_water), held, key)
             return True
         return False
 
-    def _track(self, relay: Any, held: list[Any]) -> None:
+    def _track(self, relay: Any, held: list[Any], key: ListenerKey) -> None:
         # A relay may have ended inside its constructor (client gone): then there is nothing to track.
         if not relay.done:
             held.append(relay)
             self._active.add(relay)
+            self._keys[relay] = key
             self.active.add()
 
     def _untrack(self, held: list[Any]) -> None:
         for relay in held:
+            self._keys.pop(relay, None)
             if relay in self._active:
                 self._active.discard(relay)
                 self.active.done()
@@ -363,27 +378,11 @@ class Egress:
             if pool is not None:
                 pool.close()
             pool = self._pools[key] = TunnelPool(
-                key, gateway, self.context, self.bundle, self.mesh,
+                key, gateway, self.context, self.trust, self.mesh,
                 self.settings.pool_size, self.settings.pool_idle, self.settings.handshake_timeout, self.spawn,
                 keep=self.settings.pool_max, max_age=self.settings.tunnel_max_age, active=self.active,
             )
         return pool
-
-
-    def _health_changed(self) -> None:
-        """Publish the unreachable sites; look again when the oldest failure's hold runs out."""
-        now = time.monotonic()
-        down = self.health.down(now)
-        for site in sorted(down - self.unreachable.get()):  # once a minute per site: an overloaded link flaps
-            _throttle.log(log, logging.WARNING, ("unreachable", site),
-                          "gateways of %s unreachable: DNS answers leave them out while others serve", site)
-        self.unreachable.set(down)
-        if self._health_timer is not None:
-            self._health_timer.cancel()
-            self._health_timer = None
-        expiry = self.health.next_expiry()
-        if expiry is not None:
-            self._health_timer = asyncio.get_running_loop().call_later(max(0.0, expiry - now), self._health_changed)
 
 
 class _ClientLeg(PlainLeg):

@@ -12,12 +12,12 @@ from typing import Any, cast
 from federation.core.errors import RemoteProtocolError
 from federation.core.records import Gateway
 from federation.core.view import MeshView
-from federation.pki.verifying import PeerRejected, TrustBundle, verify_peer
+from federation.pki.verifying import PeerRejected, verify_peer
 from federation.runtime.values import Readable
 from gateway.preamble import NEED_DATA, Preamble, Request, Response, Role
 from gateway.refusals import Throttle
 from gateway.relay import HIGH_WATER, ActiveStreams, Done, PlainLeg, Stream, TunnelLeg
-from gateway.tls import ResumingContext
+from gateway.tls import Bundle, ResumingContext, current
 
 log = logging.getLogger(__name__)
 _throttle = Throttle()
@@ -104,14 +104,14 @@ class TunnelPool:
     `size` tunnels are kept open ahead of demand; up to `keep` are kept after a burst, until idle.
     """
 
-    def __init__(self, key: PoolKey, gateway: Gateway, context: ResumingContext, bundle: TrustBundle,
+    def __init__(self, key: PoolKey, gateway: Gateway, context: ResumingContext, bundle: Bundle,
                  mesh: Readable[MeshView], size: int, idle: float, handshake_timeout: float,
                  spawn: Callable[..., Any], keep: int | None = None, max_age: float = 3600.0,
                  active: ActiveStreams | None = None) -> None:
         self.key = key
         self.gateway = gateway
         self.context = context
-        self.bundle = bundle
+        self.trust = bundle
         self.mesh = mesh
         self.size = size
         self.keep = max(size, keep if keep is not None else size)
@@ -129,7 +129,7 @@ class TunnelPool:
     @property
     def server_name(self) -> str:
         """The SNI/session key for this gateway (names are checked by SPIFFE ID, not by hostname)."""
-        return f"{self.gateway.name}.{self.key[0]}.{self.bundle.trust_domain}"
+        return f"{self.gateway.name}.{self.key[0]}.{current(self.trust).trust_domain}"
 
     async def take(self) -> tuple[EgressTunnel, bool]:
         """A tunnel ready for a request, and whether it came from the pool (no handshake waited for)."""
@@ -166,22 +166,35 @@ class TunnelPool:
         self._idle.append((tunnel, timer))
 
     async def open(self) -> EgressTunnel:
-        """Handshake a new tunnel and check the server is a gateway of the expected site."""
+        """Handshake a new tunnel and check the server is a gateway of the expected site.
+
+        A resumed session carries the peer's certificate from the handshake it came from: when that one
+        no longer verifies (the peer's intermediate or root was replaced since), the session is dropped
+        and a full handshake tried once, which sees the peer's leaf of now.
+        """
         loop = asyncio.get_running_loop()
-        self.handshakes += 1
-        transport, tunnel = await loop.create_connection(
-            EgressTunnel, self.gateway.address, self.gateway.port, ssl=self.context,
-            server_hostname=self.server_name, ssl_handshake_timeout=self.handshake_timeout,
-        )
-        sslobj = transport.get_extra_info("ssl_object")
-        try:
-            if sslobj is None:
-                raise ConnectionResetError("tunnel closed right after its handshake")
-            verify_peer(sslobj.getpeercert(binary_form=True), self.mesh.get(), self.bundle,
-                        dt.datetime.now(dt.UTC), expect_site=self.key[0])
-        except BaseException:
-            transport.abort()
-            raise
+        for full in (False, True):
+            self.handshakes += 1
+            transport, tunnel = await loop.create_connection(
+                EgressTunnel, self.gateway.address, self.gateway.port, ssl=self.context,
+                server_hostname=self.server_name, ssl_handshake_timeout=self.handshake_timeout,
+            )
+            sslobj = transport.get_extra_info("ssl_object")
+            try:
+                if sslobj is None:
+                    raise ConnectionResetError("tunnel closed right after its handshake")
+                verify_peer(sslobj.getpeercert(binary_form=True), self.mesh.get(), current(self.trust),
+                            dt.datetime.now(dt.UTC), expect_site=self.key[0])
+            except PeerRejected:
+                transport.abort()
+                if full or sslobj is None or not sslobj.session_reused:
+                    raise
+                self.context.forget(self.server_name)
+                continue
+            except BaseException:
+                transport.abort()
+                raise
+            break
         if self._active is not None and not tunnel.closed:
             self._active.tunnel_up()
             tunnel.on_lost = self._active.tunnel_down
@@ -192,11 +205,12 @@ class TunnelPool:
 
         Only when the context wants a newer one (`ResumingContext.wants`): reading it leaks on CPython 3.11.
         """
-        if tunnel.transport is not None and not tunnel.session_saved and self.context.wants(self.server_name):
+        if tunnel.transport is None or tunnel.session_saved:
+            return
+        sslobj = tunnel.transport.get_extra_info("ssl_object")
+        if sslobj is not None and self.context.wants(self.server_name, resumed=sslobj.session_reused):
             tunnel.session_saved = True
-            sslobj = tunnel.transport.get_extra_info("ssl_object")
-            if sslobj is not None:
-                self.context.remember(self.server_name, sslobj.session)
+            self.context.remember(self.server_name, sslobj.session)
 
     def close(self) -> None:
         """Close every tunnel, idle or in use (the egress ends streams first)."""

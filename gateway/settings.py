@@ -46,6 +46,9 @@ class GatewaySettings:
     """24 h leaves (DESIGN.md): short enough that a leaked key expires soon, renewed at half life."""
     ca_dir: str = ""
     """Directory from `meshfed ca site` (site.crt, site.key, trust-bundle.pem); required to run a gateway."""
+    ca_reload_interval: float = setting(60.0, lo=0.0, hi=86400.0)
+    """Seconds between looks at `ca_dir` for a replaced site CA (a rotation; SIGHUP looks at once); 0: only
+    on SIGHUP. A minute: Kubernetes takes about that long to update a mounted Secret anyway."""
     cert_dir: str = ""
     """Where the agent writes the gateway leaf (0600); empty means a private directory of its own."""
     drain_timeout: float = setting(5.0, lo=0.0, hi=3600.0)

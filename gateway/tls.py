@@ -17,11 +17,19 @@ from pathlib import Path
 from federation.pki.issuing import Authority, Issued, cert_pem, issue_gateway, site_of_ca
 from federation.pki.verifying import TrustBundle
 from federation.runtime.files import write_private
-from federation.runtime.values import Value
+from federation.runtime.values import Readable, Value, follow
 
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], dt.datetime]
+
+Bundle = TrustBundle | Readable[TrustBundle]
+"""The roots a gateway verifies peers against: fixed, or a holder that follows the registry's trust bundle."""
+
+
+def current(bundle: Bundle) -> TrustBundle:
+    """The roots in force now."""
+    return bundle if isinstance(bundle, TrustBundle) else bundle.get()
 
 
 def server_context(chain: Path, key: Path, bundle: Path) -> AlertingContext:
@@ -122,16 +130,23 @@ class ResumingContext(ssl.SSLContext):
             session = self.sessions.get(server_hostname)
         return super().wrap_bio(incoming, outgoing, server_side, server_hostname, session)
 
-    def wants(self, server_hostname: str) -> bool:
+    def wants(self, server_hostname: str, resumed: bool = False) -> bool:
         """True if a session for `server_hostname` should be read now: none is kept, or the kept one is
-        older than `SESSION_REFRESH`.
+        older than `SESSION_REFRESH`. Not from a `resumed` handshake when none is kept: the kept one was
+        dropped since that handshake began (a renewal, a rejected peer), and its certificates with it.
 
         Reading `SSLObject.session` leaks a copy of the session on CPython before 3.12.7/3.13.1 (about
         5 KiB each, gh-116810), and costs 0.3 ms anyway; one TLS 1.3 ticket resumes many handshakes, so
         one read per server name every few minutes keeps resumption at no measurable cost.
         """
         session = self.sessions.get(server_hostname)
-        return session is None or time.time() - session.time > SESSION_REFRESH
+        if session is None:
+            return not resumed
+        return time.time() - session.time > SESSION_REFRESH
+
+    def forget(self, server_hostname: str) -> None:
+        """Drop the session kept for `server_hostname`: the next handshake with it is a full one."""
+        self.sessions.pop(server_hostname, None)
 
     def remember(self, server_hostname: str, session: ssl.SSLSession | None) -> None:
         """Keep `session` for the next handshake with `server_hostname` (bounded)."""
@@ -159,8 +174,12 @@ class CertificateStore:
     """
 
     def __init__(self, site_ca: Authority, gateway: str, directory: Path | None = None,
-                 lifetime: dt.timedelta = dt.timedelta(hours=24), clock: Clock | None = None) -> None:
+                 lifetime: dt.timedelta = dt.timedelta(hours=24), clock: Clock | None = None,
+                 trust: Readable[TrustBundle] | None = None) -> None:
         self.site_ca = site_ca
+        self.previous_ca: Authority | None = None
+        """The intermediate used before the last reload: listed in the site record while it is valid, so
+        that peers still verify the leaves it issued (tunnels open before, other worker processes)."""
         self.site = site_of_ca(site_ca.cert)
         self.gateway = gateway
         self.lifetime = lifetime
@@ -174,18 +193,66 @@ class CertificateStore:
         self.key_file = directory / "gateway.key"
         self.bundle_file = directory / "trust-bundle.pem"
         root = site_ca.parents[-1] if site_ca.parents else site_ca.cert
-        self.bundle = TrustBundle.from_pem(cert_pem(root))
-        self.bundle_file.write_bytes(cert_pem(root))
+        self.trust: Readable[TrustBundle] = trust or Value(TrustBundle.from_pem(cert_pem(root)), name="trust bundle")
+        """The roots peers must chain to: the site CA's root, or the registry's trust bundle as it changes."""
+        self._applied = self.trust.get()
+        self.bundle_file.write_bytes(self._applied.pem())
         self.renewals = 0
         self.current: Value[Issued] = Value(self._issue(), name="gateway certificate", same=operator.is_)
-        """The leaf in use; a renewal sets a new one (worker processes follow it and reload the files)."""
+        """The leaf in use; a renewal sets a new one."""
+        self.changed: Value[int] = Value(0, name="gateway certificate files")
+        """Grows whenever the leaf or the trust bundle file changed: worker processes reload both."""
+        self.chain: Value[str] = Value(self._chain_pem(), name="site CA chain")
+        """What the site record's `ca_chain` carries: changes when the site CA is reloaded."""
         self.server = server_context(self.chain_file, self.key_file, self.bundle_file)
         self.client = client_context(self.chain_file, self.key_file, self.bundle_file)
 
     @property
+    def bundle(self) -> TrustBundle:
+        """The roots in force now."""
+        return self.trust.get()
+
+    @property
     def ca_chain_pem(self) -> str:
-        """What the site record's `ca_chain` carries: the site intermediate, for peers to verify against."""
-        return cert_pem(self.site_ca.cert).decode()
+        """What the site record's `ca_chain` carries: the site intermediate (and the one before it while it
+        is valid), for peers to verify against."""
+        return self.chain.get()
+
+    def stage_site_ca(self, site_ca: Authority) -> None:
+        """Announce a new intermediate of this site (the site record lists it next to the current one);
+        `switch_site_ca` later issues the leaf from it, once peers have had time to see the record."""
+        if site_of_ca(site_ca.cert) != self.site:
+            raise ValueError(f"the new CA belongs to site {site_of_ca(site_ca.cert)}, not {self.site}")
+        self.previous_ca, self.site_ca = self.site_ca, site_ca
+        self.chain.set(self._chain_pem(staged=True))
+
+    def switch_site_ca(self) -> Issued:
+        """Issue the leaf from the intermediate staged last."""
+        issued = self.renew()
+        self.chain.set(self._chain_pem())
+        return issued
+
+    def apply_trust(self) -> bool:
+        """Load the roots of the trust bundle in force into the TLS contexts; True if they changed.
+
+        OpenSSL can add roots to a live context but not remove them: a retired root is refused after the
+        handshake instead, by `verify_peer`, which checks against the bundle in force (docs/security.md).
+        """
+        bundle = self.trust.get()
+        if bundle is self._applied:
+            return False
+        self._applied = bundle
+        self.bundle_file.write_bytes(bundle.pem())
+        for ctx in (self.server, self.client):
+            ctx.load_verify_locations(cadata=bundle.pem().decode())
+        self.changed.set(self.changed.get() + 1)
+        return True
+
+    async def follow_trust(self) -> None:
+        """Apply every new trust bundle, until cancelled."""
+        async for _ in follow(self.trust):
+            if self.apply_trust():
+                log.info("trust bundle %d applied: %d root(s)", self._applied.sequence, len(self._applied.roots))
 
     @property
     def issued(self) -> Issued:
@@ -202,6 +269,7 @@ class CertificateStore:
         self.client.sessions.clear()
         self.renewals += 1
         self.current.set(issued)
+        self.changed.set(self.changed.get() + 1)
         return issued
 
     def seconds_to_renewal(self) -> float:
@@ -226,6 +294,14 @@ class CertificateStore:
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
+
+    def _chain_pem(self, staged: bool = False) -> str:
+        certs = [self.site_ca.cert]
+        previous = self.previous_ca
+        if previous is not None and previous.cert != self.site_ca.cert and (
+                staged or previous.cert.not_valid_after_utc > self._clock()):
+            certs.append(previous.cert)
+        return cert_pem(*certs).decode()
 
     def _issue(self) -> Issued:
         issued = issue_gateway(self.site_ca, self.gateway, self._clock(), self.lifetime)

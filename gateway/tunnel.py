@@ -13,10 +13,12 @@ from collections.abc import Coroutine
 from typing import Any, Protocol, cast
 
 from federation.core.errors import RemoteProtocolError
+from federation.core.policy.access import Peer
 from federation.core.view import MeshView
 from federation.pki.verifying import PeerRejected, TrustBundle, verify_peer
 from federation.runtime.values import Readable
 from gateway.admission import Admission, admit
+from gateway.authorization import Authorizer
 from gateway.balancing import EndpointPicker
 from gateway.preamble import NEED_DATA, Preamble, Request, Response, Role, Status
 from gateway.refusals import GatewayMetrics, Refusals, Throttle
@@ -36,13 +38,16 @@ class TunnelHost(Protocol):
 
     site: str
     mesh: Readable[MeshView]
-    bundle: TrustBundle
     metrics: GatewayMetrics
     refusals: Refusals
     picker: EndpointPicker
     active: ActiveStreams
     tunnels: set[GatewayTunnel]
     ended: Throttle
+    authorizer: Authorizer
+
+    @property
+    def bundle(self) -> TrustBundle: ...
 
     @property
     def settings(self) -> GatewaySettings: ...
@@ -59,6 +64,8 @@ class GatewayTunnel(TunnelLeg):
         self.identity = ""
         self.peer_site = ""
         self.peer_expiry: dt.datetime | None = None
+        self.service: tuple[str, str] | None = None
+        """The service of the stream running (or last run) in this tunnel."""
         self._early = bytearray()
         self._ready = False
         self._preamble = Preamble(Role.SERVER)
@@ -86,7 +93,8 @@ class GatewayTunnel(TunnelLeg):
             return
         der = sslobj.getpeercert(binary_form=True)
         try:
-            identity = verify_peer(der, self.gw.mesh.get(), self.gw.bundle, dt.datetime.now(dt.UTC))
+            identity = verify_peer(der, self.gw.mesh.get(), self.gw.bundle, dt.datetime.now(dt.UTC),
+                                   revoked=self.gw.authorizer.state.revoked)
         except PeerRejected as exc:
             self.gw.refusals.refuse("identity", exc.cause, self.peer, str(exc))
             # The chain verified to the mesh root, so the peer is one of ours: tell it why (no TLS
@@ -140,12 +148,21 @@ class GatewayTunnel(TunnelLeg):
                          f"{self.identity}: site {self.peer_site} is no longer in the registry",
                          Status.FORBIDDEN, close=True)
             return
+        peer = Peer(self.peer_site, view.sites[self.peer_site].network, self.identity)
+        decision = self.gw.authorizer.check((event.namespace, event.service), peer)
+        if not decision.allowed:
+            # Counted and logged (once a minute per source, service and rule) by the authorizer.
+            self.gw.metrics.streams.labels(Status.FORBIDDEN.name.lower()).inc()
+            self._answer(Response(Status.FORBIDDEN, f"denied by access policy: {decision.reason}"))
+            self._await_request(trailing)
+            return
         admission = admit(view, self.gw.site, event)
         if admission.status is not Status.OK:
             self._refuse("stream", admission.cause, f"{self.identity}: {admission.reason}", admission.status,
                          close=False)
             self._await_request(trailing)
             return
+        self.service = (event.namespace, event.service)
         self._connecting = True
         self._pending = bytearray(trailing)
         assert self.transport is not None
@@ -232,7 +249,8 @@ class GatewayTunnel(TunnelLeg):
         self.close()
 
     def end(self, why: str) -> None:
-        """Close the tunnel now, aborting its stream if one runs (`why`: certificate_expired, site_removed)."""
+        """Close the tunnel now, aborting its stream if one runs (`why`: certificate_expired, site_removed,
+        revoked, denied)."""
         if self.closed:
             return
         self.gw.metrics.ended.labels(why).inc()

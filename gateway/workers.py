@@ -20,6 +20,7 @@ from typing import Any
 
 from federation.core.codec import decode_export, decode_site, encode_export, encode_site
 from federation.core.keys import ServiceKey, SiteKey
+from federation.core.policy.access import AccessState, state_document, state_from_document
 from federation.core.view import MeshView
 from federation.pki.verifying import TrustBundle
 from federation.runtime.values import Readable, Value, follow
@@ -52,7 +53,8 @@ class GatewayWorkers:
     """`count` worker processes serving the same port as the gateway in this process."""
 
     def __init__(self, site: str, settings: GatewaySettings, chain: Path, key: Path, bundle: Path,
-                 count: int, mesh: Readable[MeshView], certificate: Readable[object]) -> None:
+                 count: int, mesh: Readable[MeshView], certificate: Readable[object],
+                 access: Readable[AccessState] | None = None) -> None:
         self.site = site
         self.settings = settings
         self.files = (chain, key, bundle)
@@ -60,12 +62,17 @@ class GatewayWorkers:
         self.mesh = mesh
         self.certificate = certificate
         """Changes when the certificate files were renewed: the workers then reload them."""
+        self.access: Readable[AccessState] = access or Value(AccessState(), name="no access policies")
+        """The access state the workers enforce (sent as a JSON line after every change)."""
         self._procs: list[asyncio.subprocess.Process] = []
 
     async def run(self) -> None:
         """Send every new mesh view to the workers, and `reload` after every renewal, until cancelled."""
-        sent_view, sent_cert = self.mesh.get(), self.certificate.get()
-        async for _ in follow(self.mesh, self.certificate):
+        sent_view, sent_cert, sent_access = self.mesh.get(), self.certificate.get(), self.access.get()
+        async for _ in follow(self.mesh, self.certificate, self.access):
+            if self.access.get() is not sent_access:
+                sent_access = self.access.get()
+                self._send(_access_line(sent_access))
             if self.mesh.get() is not sent_view:
                 sent_view = self.mesh.get()
                 self._send(encode_view(sent_view))
@@ -91,6 +98,7 @@ class GatewayWorkers:
             assert proc.stdin is not None
             assert proc.stdout is not None
             proc.stdin.write(encode_view(self.mesh.get()))
+            proc.stdin.write(_access_line(self.access.get()))
             line = await proc.stdout.readline()
             if not line.startswith(b"READY"):
                 raise RuntimeError(f"gateway worker {i + 1} did not start (exit {await proc.wait()})")
@@ -118,6 +126,10 @@ class GatewayWorkers:
                 proc.stdin.write(line)
 
 
+def _access_line(state: AccessState) -> bytes:
+    return json.dumps({"access": state_document(state)}).encode() + b"\n"
+
+
 async def _worker(config: dict[str, Any]) -> None:
     from federation.runtime import memory
     from gateway.eastwest import EastWestGateway
@@ -132,18 +144,24 @@ async def _worker(config: dict[str, Any]) -> None:
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     mesh = Value(decode_view(await reader.readline()), name="mesh view", same=operator.is_)
+    access = Value(state_from_document(json.loads(await reader.readline())["access"]), name="access state")
     context = server_context(chain, key, bundle)
-    gateway = EastWestGateway(config["site"], mesh, context, TrustBundle.from_pem(bundle.read_bytes()), settings)
+    trust = Value(TrustBundle.from_pem(bundle.read_bytes()), name="trust bundle")
+    gateway = EastWestGateway(config["site"], mesh, context, trust, settings, access=access)
     await gateway.start()
     tunnels = asyncio.get_running_loop().create_task(gateway.run(), name="gateway-tunnels")
     sys.stdout.write("READY\n")
     sys.stdout.flush()
     grace = 0.0
     while line := await reader.readline():
-        if line == b"reload\n":
+        if line == b"reload\n":  # the leaf, the trust bundle, or both, were renewed
             context.load_cert_chain(str(chain), str(key))
+            context.load_verify_locations(cafile=str(bundle))
+            trust.set(TrustBundle.from_pem(bundle.read_bytes()))
         elif line.startswith(b'{"stop"'):
             grace = float(json.loads(line)["stop"])
+        elif line.startswith(b'{"access"'):
+            access.set(state_from_document(json.loads(line)["access"]))
         else:
             mesh.set(decode_view(line))
     tunnels.cancel()

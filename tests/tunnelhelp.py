@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from federation.core.policy.access import AccessState
 from federation.core.records import Gateway, ServiceExport
 from federation.core.view import MeshView
 from federation.runtime.values import Value
@@ -65,6 +66,8 @@ class TwoSites:
     echo: EchoServer = field(default_factory=EchoServer)
     exports: list[ServiceExport] = field(default_factory=list)
     gateway: EastWestGateway | None = None
+    access: Value[AccessState] = field(default_factory=lambda: Value(AccessState(), name="access state"))
+    """What east's gateway enforces: a test sets policies, the mesh default, revoked sites."""
 
     def __post_init__(self) -> None:
         self.east = CertificateStore(self.mesh.site_ca("east"), "gw", self.tmp / "east")
@@ -90,7 +93,8 @@ class TwoSites:
         echo_port = await self.echo.start()
         self.exports.append(export("east", "ns", "echo", 7, endpoint_ports=(echo_port,)))
         self.publish()
-        self.gateway = EastWestGateway("east", self.mesh_value, self.east.server, self.east.bundle, self.live)
+        self.gateway = EastWestGateway("east", self.mesh_value, self.east.server, self.east.bundle, self.live,
+                                       access=self.access)
         await self.gateway.start()
         self.gw_port = self.gateway.address[1]
         self.publish()

@@ -1,9 +1,12 @@
-"""The admin HTTP endpoint: /healthz, /readyz, /metrics and /registry (the mirror as JSON).
+"""The admin HTTP endpoint: /healthz, /readyz, /metrics and JSON documents (/registry, /status).
 
 /readyz fails only while the agent cannot serve (before its first complete view); what it serves in a
 degraded way (etcd unreachable for some registry client, a stale view) is listed in its body, one
 `degraded: <part>: <reason>` line each, so an operator sees it without the agent being taken out of
 service (a Kubernetes readiness probe failing would stop its DNS for everyone).
+
+Documents take `?site=`, `?service=`, `?limit=` and `?after=` (federation/agent/selection.py); a bad
+parameter is a 400 naming it.
 """
 
 from __future__ import annotations
@@ -15,6 +18,9 @@ from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from federation.agent.selection import Selection, parse_selection
+from federation.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +38,7 @@ class AdminServer:
         self._live: list[tuple[str, Check]] = []
         self._ready: list[tuple[str, Check]] = []
         self._degraded: list[tuple[str, Check]] = []
-        self._documents: dict[str, Callable[[], Any]] = {}
+        self._documents: dict[str, Callable[[Selection], Any]] = {}
         self._runner: web.AppRunner | None = None
         self.bound: tuple[str, int] | None = None
 
@@ -48,8 +54,8 @@ class AdminServer:
         """A condition shown in the /readyz body while it holds (a reason), without failing readiness."""
         self._degraded.append((name, check))
 
-    def add_document(self, path: str, producer: Callable[[], Any]) -> None:
-        """Serve `producer()` as JSON at `path` (e.g. /registry)."""
+    def add_document(self, path: str, producer: Callable[[Selection], Any]) -> None:
+        """Serve `producer(selection)` as JSON at `path` (e.g. /registry), the selection from the query."""
         self._documents[path] = producer
 
     async def start(self) -> tuple[str, int]:
@@ -90,7 +96,11 @@ class AdminServer:
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def _document(self, req: web.Request) -> web.Response:
-        return web.json_response(self._documents[req.path]())
+        try:
+            selection = parse_selection(req.query)
+        except ConfigError as exc:
+            return web.Response(status=400, text=f"{req.path}: {exc}\n")
+        return web.json_response(self._documents[req.path](selection))
 
 
 def _checks(checks: list[tuple[str, Check]], word: str,

@@ -26,10 +26,12 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 import federation
+from federation.agent.identity import Identity
 from federation.agent.settings import AgentSettings
 from federation.core.errors import ConfigError
 from federation.core.exportset import ExportSet
 from federation.core.keys import Keys
+from federation.core.policy.access import AccessState
 from federation.core.records import Gateway, ServiceExport, Site
 from federation.core.view import MeshView, VipTable
 from federation.core.vips import VipAddresses
@@ -57,11 +59,15 @@ class DataPlane:
     """Starts and stops the subsystems of one site; `start()` binds, `tasks()` runs, `drain()`/`close()` end."""
 
     def __init__(self, settings: AgentSettings, mesh: Readable[MeshView], metrics: CollectorRegistry,
-                 vip_client: TxnClient, allocator_mesh: Readable[MeshView] | None = None,
+                 vip_client: TxnClient, identity: Identity | None = None,
+                 access: Readable[AccessState] | None = None, *, allocator_mesh: Readable[MeshView] | None = None,
                  config: Readable[AgentSettings] | None = None) -> None:
         self.settings = settings
         self.config: Readable[AgentSettings] = config or Value(settings, name="agent settings")
         """The settings as reloaded (SIGHUP): the parts that can follow a change read them from here."""
+        self.identity = identity
+        self.access = access
+        """The access policies, mesh default and revocations the gateway and the egress enforce."""
         self.mesh = mesh
         self._allocator_mesh = allocator_mesh or mesh
         """What the VIP allocator reconciles against: only live views (it releases what a view lacks)."""
@@ -106,7 +112,8 @@ class DataPlane:
                         "(cross-network traffic is off; run `meshfed ca site` and set it)")
         if s.kubernetes.enabled:
             self._start_kubernetes()
-        self.site_record = Derived(self._site_record, self._gateway, name="site record")
+        chain = (self.certs.chain,) if self.certs is not None else ()
+        self.site_record = Derived(self._site_record, self._gateway, *chain, name="site record")
         if s.dns.enabled:
             down = self.egress.unreachable if self.egress is not None else None
             config = self.config
@@ -119,12 +126,14 @@ class DataPlane:
         """The long-lived work, for the agent's task group (each named; each must run until cancelled)."""
         if self.certs is not None:
             yield "certificate-renewal", self.certs.run()
+            yield "trust-bundle", self.certs.follow_trust()
         if self.eastwest is not None:
             yield "gateway-tunnels", self.eastwest.run()
         if self.workers is not None:
             yield "gateway-workers", self.workers.run()
         if self.egress is not None:
             yield "egress", self.egress.run()
+            yield "egress-authorization", self.egress.enforce()
         if self.dns is not None:
             yield "dns-server", self.dns.run()
         if self.vips is not None:
@@ -228,29 +237,33 @@ class DataPlane:
     async def _start_gateway(self) -> None:
         s = self.settings
         gw = s.gateway
+        identity = self.identity
         try:
-            site_ca = await asyncio.to_thread(load_site, Path(gw.ca_dir))
+            known = identity.site_ca if identity is not None else None
+            site_ca = known if known is not None else await asyncio.to_thread(load_site, Path(gw.ca_dir))
         except Exception as exc:
             raise ConfigError(f"{s.source}: gateway.ca_dir: {exc}") from None
         cert_dir = Path(gw.cert_dir) if gw.cert_dir else s.state_dir / "gateway"
-        self.certs = CertificateStore(site_ca, gw.name, cert_dir, lifetime=dt.timedelta(seconds=gw.cert_lifetime))
+        self.certs = CertificateStore(site_ca, gw.name, cert_dir, lifetime=dt.timedelta(seconds=gw.cert_lifetime),
+                                      trust=identity.trust if identity is not None else None)
         if self.certs.site != s.site.name:
             raise ConfigError(f"{s.source}: gateway.ca_dir: the CA in {gw.ca_dir} belongs to site "
                               f"{self.certs.site!r}, not {s.site.name!r}")
         set_read_size(gw.read_size)
-        self.eastwest = EastWestGateway(s.site.name, self.mesh, self.certs.server, self.certs.bundle,
-                                        self._gateway_settings, self.metrics)
+        self.eastwest = EastWestGateway(s.site.name, self.mesh, self.certs.server, self.certs.trust,
+                                        self._gateway_settings, self.metrics, access=self.access)
         await self.eastwest.start()
         host, port = self.eastwest.address
         if gw.workers > 1:
             # More processes on the same port (SO_REUSEPORT), fed each registry view and renewed certificate.
             self.workers = GatewayWorkers(s.site.name, gw, self.certs.chain_file, self.certs.key_file,
-                                          self.certs.bundle_file, gw.workers - 1, self.mesh, self.certs.current)
+                                          self.certs.bundle_file, gw.workers - 1, self.mesh, self.certs.changed,
+                                          self.access)
             await self.workers.start(port)
         capture = self.capture.bind if self.capture is not None and self.capture.active else None
-        self.egress = Egress(s.site.name, self.mesh, self.certs.client, self.certs.bundle, self._gateway_settings,
+        self.egress = Egress(s.site.name, self.mesh, self.certs.client, self.certs.trust, self._gateway_settings,
                              self.metrics, placement=self._placement(), local_services=self._vips_here(),
-                             capture=capture)
+                             capture=capture, access=self.access)
         await self.egress.start()
         if self.capture is not None and self.egress.capture is not None:
             await self.capture.install(self.egress.capture.address[1])

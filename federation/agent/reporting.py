@@ -5,16 +5,29 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from federation.agent.selection import EVERYTHING, Selection
+from federation.core.meshdocs import Revoked
 from federation.core.view import MeshView
 
 
 def registry_report(
     view: MeshView, rejected: Mapping[str, str], *, source: str, stale: bool = False, staleness: float = 0.0,
-    error: str | None = None,
+    error: str | None = None, revoked: Mapping[str, Revoked] | None = None,
+    signed: Mapping[str, tuple[int, int]] | None = None, selection: Selection = EVERYTHING,
 ) -> dict[str, Any]:
-    """Sites, services with their endpoints and origin site, conflicts, rejected records and staleness."""
+    """Sites, services with their endpoints and origin site, conflicts, rejected records and staleness;
+    `signed`: site -> (records carrying a signature, records), where the reader counted them.
+
+    `selection` keeps one site, some services or a page of them; the work is that of what is shown
+    (plus sorting the service names), so one page answers quickly at any mesh size.
+    """
+    every = view.services()
+    only = selection.site
+    candidates = every.keys() if only is None else [k for k, svc in every.items() if only in svc.sites]
+    keys, next_cursor = selection.page(candidates)
     services = []
-    for (ns, name), svc in view.services().items():
+    for ns, name in keys:
+        svc = every[(ns, name)]
         services.append(
             {
                 "namespace": ns,
@@ -30,6 +43,7 @@ def registry_report(
                         **({"hostname": ep.hostname} if ep.hostname else {}),
                     }
                     for e in svc.exports
+                    if only is None or e.site == only
                     for ep in e.endpoints
                 ],
                 "conflicts": [{"site": c.site, "kind": c.kind, "kinds": list(c.kinds), "reason": c.reason}
@@ -51,11 +65,20 @@ def registry_report(
                 "kind": s.kind,
                 "gateways": [f"{g.address}:{g.port}" for g in s.gateways],
                 "agentVersion": s.agent_version,
+                **({"signedRecords": list(signed.get(s.name, (0, 0)))} if signed is not None else {}),
             }
             for s in sorted(view.sites.values(), key=lambda s: s.name)
+            if only is None or s.name == only
         ],
         "services": services,
-        "rejected": [{"key": k, "reason": r} for k, r in sorted(rejected.items())],
+        "rejected": [{"key": k, "reason": r} for k, r in sorted(rejected.items())
+                     if only is None or f"/sites/{only}/" in k or k.endswith(f"/sites/{only}")],
+        "revoked": [{"site": k, "reason": v.reason, "at": v.at} for k, v in sorted((revoked or {}).items())
+                    if only is None or k == only],
+        **({} if selection == EVERYTHING else
+           {"page": selection.report(len(candidates) if selection.service is None else
+                                     sum(1 for k in candidates if selection.wants_service(*k)),
+                                     len(services), next_cursor)}),
     }
 
 
@@ -70,13 +93,16 @@ def format_report(report: Mapping[str, Any]) -> str:
         )
     lines.append("")
     lines.append(f"SITES ({len(report['sites'])})")
-    lines.append(_table(["SITE", "NETWORK", "LOCALITY", "KIND", "GATEWAYS"], [
+    lines.append(_table(["SITE", "NETWORK", "LOCALITY", "KIND", "GATEWAYS", "SIGNED"], [
         [s["name"], s["network"], "/".join(x for x in (s["region"], s["zone"]) if x) or "-", s["kind"],
-         ",".join(s["gateways"]) or "-"]
+         ",".join(s["gateways"]) or "-", "{}/{}".format(*s["signedRecords"]) if "signedRecords" in s else "-"]
         for s in report["sites"]
     ]))
     lines.append("")
-    lines.append(f"SERVICES ({len(report['services'])})")
+    page = report.get("page")
+    lines.append(f"SERVICES ({len(report['services'])}" + (f" of {page['matched']} matching" if page else "") + ")")
+    if page and page.get("next"):
+        lines.append(f"  (more: add --after {page['next']})")
     rows = []
     for svc in report["services"]:
         ready = sum(1 for e in svc["endpoints"] if e["ready"])
@@ -99,6 +125,11 @@ def format_report(report: Mapping[str, Any]) -> str:
         lines.append("CONFLICTS (told to every export of the service; the oldest export wins each difference)")
         for svc, c in conflicts:
             lines.append(f"  {svc['namespace']}/{svc['name']} from {c['site']}: {c['reason']}")
+    if report.get("revoked"):
+        lines.append("")
+        lines.append("REVOKED SITES (their records are dropped, their gateways refused: meshfed site restore NAME)")
+        for r in report["revoked"]:
+            lines.append(f"  {r['site']}: {r['reason'] or 'no reason given'}")
     if report["rejected"]:
         lines.append("")
         lines.append("REJECTED RECORDS (skipped)")
@@ -119,7 +150,12 @@ def format_status(status: Mapping[str, Any]) -> str:
     """A readable rendering of an agent's /status document."""
     reg = status["registry"]
     state = "STALE" if reg["stale"] else ("synced" if reg["synced"] else "syncing")
-    lines = [
+    warnings = [c["warning"] for c in status.get("certificates", []) if c.get("warning")]
+    held = status["registry"].get("heldBy")
+    lines = [f"WARNING: {w}" for w in warnings]
+    if held:
+        lines.append(f"WARNING: another agent holds this site ({held}): this one writes nothing until it goes")
+    lines += [
         f"site {status['site']} ({status['kind']}, network {status['network']}, {status['locality'] or 'no locality'})",
         f"registry: {','.join(reg['endpoints'])}: {state}"
         + (" (a view restored from disk)" if reg.get("view") == "restored" else "")
@@ -169,4 +205,11 @@ def format_status(status: Mapping[str, Any]) -> str:
         via = "; ".join(f"{s['site']} {s['ready']}/{s['endpoints']} via {s['via']}" for s in i["sites"])
         rows.append([i["service"], ",".join(i["vips"]) or "-", listen, via])
     lines.append(_table(["SERVICE", "VIP", "LISTENERS", "SITES"], rows))
+    certs = status.get("certificates", [])
+    if certs:
+        lines.append("")
+        lines.append("CERTIFICATES")
+        lines.append(_table(["WHAT", "VALID UNTIL", "STATE"], [
+            [c["what"], c["notAfter"][:16].replace("T", " ") + "Z", "WARNING" if c.get("warning") else "ok"]
+            for c in certs]))
     return "\n".join(lines)

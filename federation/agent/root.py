@@ -13,16 +13,21 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Gauge
 
 from federation.agent.admin import AdminServer
 from federation.agent.dataplane import DataPlane
+from federation.agent.identity import Identity
 from federation.agent.reloading import Reloader
 from federation.agent.reporting import registry_report
+from federation.agent.selection import EVERYTHING, Selection
 from federation.agent.settings import ADMIN_ADDR_FILE, AgentSettings
 from federation.agent.status import agent_status
 from federation.core.keys import Keys
+from federation.core.verification import Mode
 from federation.core.view import MeshView
+from federation.pki.issuing import Authority
+from federation.registry.access import AccessReader
 from federation.registry.embedded import EtcdProcess
 from federation.registry.etcd import EtcdClient
 from federation.registry.link import Links
@@ -30,6 +35,7 @@ from federation.registry.mirror import Mirror, RegistryMetrics
 from federation.registry.publisher import Publisher
 from federation.registry.snapshot import RawListing, SnapshotFile
 from federation.runtime.files import write_private
+from federation.runtime.limits import OpenFilesWatch, raise_open_files
 from federation.runtime.tasks import after, guard
 from federation.runtime.values import Derived, Value
 
@@ -37,6 +43,10 @@ log = logging.getLogger(__name__)
 
 SNAPSHOT_FILE = "registry.snapshot"
 """The last registry view, in the state directory (federation.registry.snapshot)."""
+
+CA_SWITCH_GRACE = 1.0
+"""Seconds between etcd holding the site record with a new intermediate and the gateway presenting leaves
+from it: peers' watches deliver in milliseconds; a second covers a loaded machine."""
 
 
 class _Shutdown(Exception):
@@ -54,11 +64,18 @@ class Agent:
         self.keys = Keys(settings.registry.prefix)
         self.metrics = CollectorRegistry()
         self.reloader = Reloader(self.config, reload, self.metrics)
-        """SIGHUP: `reloader.request()`."""
+        """SIGHUP: `request_reload()`."""
+        self.files = files = OpenFilesWatch()
+        Gauge("meshfed_open_files", "File descriptors the agent holds (counted every 2 s)", registry=self.metrics,
+              ).set_function(lambda: files.used)
+        Gauge("meshfed_open_files_limit", "The agent's open-files (soft) limit", registry=self.metrics,
+              ).set_function(lambda: files.limit)
         self.etcd: EtcdProcess | None = None
         self.mirror: Mirror | None = None
         self.publisher: Publisher | None = None
         self.plane: DataPlane | None = None
+        self.identity: Identity | None = None
+        self.access: AccessReader | None = None
         self.admin_address: tuple[str, int] | None = None
         self.links = Links()
         """Every registry client's link to etcd (readiness detail, status, metrics)."""
@@ -68,6 +85,13 @@ class Agent:
         """Run until `stop` is set; a subsystem that fails ends the agent with its error."""
         s = self.settings
         s.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        before, after = raise_open_files()
+        if after > before:
+            log.info("open-files limit raised from %d to %d (the hard limit)", before, after)
+        elif after < 4096:
+            log.warning("open-files limit is %d and cannot be raised (hard limit): a large mesh needs more; "
+                        "raise LimitNOFILE= in the unit or ulimit -n", after)
+        self.files.install(asyncio.get_running_loop())
         endpoints = s.registry.endpoints
         if not endpoints:
             self.etcd = EtcdProcess(data_dir=s.state_dir / "etcd")
@@ -81,11 +105,11 @@ class Agent:
                 await asyncio.to_thread(self.etcd.stop)
                 log.info("embedded etcd stopped")
 
-    def status(self) -> dict[str, Any]:
+    def status(self, selection: Selection = EVERYTHING) -> dict[str, Any]:
         """What `meshfed status` prints (the admin endpoint's /status)."""
         return agent_status(self.settings, self.mirror, self.publisher, self.plane,
                             self.etcd.endpoint if self.etcd is not None else None, self.links,
-                            self.reloader.describe())
+                            self.reloader.describe(), self.identity, selection)
 
     async def _run(self, endpoints: tuple[str, ...], stop: asyncio.Event) -> None:
         s = self.settings
@@ -95,35 +119,48 @@ class Agent:
             self.links.add(c.link)
             return c
 
+        identity = self.identity = await Identity.load(s)
+        verifier = identity.verifier
         raw = RawListing(s.registry.snapshot_max_bytes) if s.registry.snapshot else None
-        mirror = self.mirror = Mirror(client("mirror"), self.keys, metrics=RegistryMetrics(self.metrics), raw=raw)
+        mirror = self.mirror = Mirror(client("mirror"), self.keys, metrics=RegistryMetrics(self.metrics),
+                                      trust=verifier, raw=raw)
         snapshot = SnapshotFile(s.state_dir / SNAPSHOT_FILE, self.keys.root(), raw) if raw is not None else None
         saved = snapshot.load() if snapshot is not None else None
         if saved is not None:
             mirror.restore(saved)
+        access = self.access = AccessReader(
+            client("access-policies"), self.keys, revocations=verifier.revocations if verifier is not None else None,
+            verify=verifier.mesh_policy if verifier is not None else None,
+            protect_deletes=s.registry.signatures is Mode.REQUIRE,
+        )  # fmt: skip
         # What may delete or release (VIP allocation) waits for a live listing, never acts on a restored one.
         before = MeshView.before_sync()
         live = Derived(lambda: mirror.mesh.get() if mirror.live.get() else before, mirror.mesh, mirror.live,
                        name="live mesh view")
-        plane = self.plane = DataPlane(s, mirror.mesh, self.metrics, client("vip-allocator"), allocator_mesh=live,
-                                       config=self.config)
+        plane = self.plane = DataPlane(s, mirror.mesh, self.metrics, client("vip-allocator"), identity, access.state,
+                                       allocator_mesh=live, config=self.config)
         admin = AdminServer(s.admin.address, s.admin.port, self.metrics)
         try:
             await plane.start()
             publisher = self.publisher = Publisher(
                 client("publisher"), self.keys, plane.site_record, plane.exports,
                 ttl=s.registry.lease_ttl, lease_file=s.state_dir / "lease",
+                sealer=identity.signing.seal if identity.signing is not None else None,
+                owner=identity.owner, on_duplicate=s.registry.on_duplicate, site_fields=identity.site_fields,
             )  # fmt: skip
+            identity.on_new_ca.append(lambda ca: self._switch_site_ca(ca, plane, publisher))
             admin.add_readiness("registry", lambda: None if mirror.mesh.get().complete
                                 else "initial registry sync pending")
-            admin.add_readiness("publisher", lambda: None if publisher.published.is_set() or mirror.restored_at
-                                else "site not yet published")
+            admin.add_readiness("publisher", lambda: (
+                f"site held by another agent ({publisher.held_by})" if publisher.held_by is not None
+                else None if publisher.published.is_set() or mirror.restored_at else "site not yet published"))
             admin.add_degraded("registry", lambda: _registry_degraded(mirror, self.links))
             admin.add_degraded("publisher", lambda: None if publisher.published.is_set()
                                else "site not yet published (etcd unreachable)")
-            admin.add_document("/registry", lambda: registry_report(
+            admin.add_document("/registry", lambda selection: registry_report(
                 mirror.mesh.get(), mirror.catalog.rejected, source=f"agent of site {s.site.name}",
                 stale=mirror.stale, staleness=mirror.staleness(), error=mirror.error,
+                revoked=verifier.revocations.get().sites if verifier is not None else None, selection=selection,
             ))  # fmt: skip
             admin.add_document("/status", self.status)
             self.admin_address = await admin.start()
@@ -136,8 +173,12 @@ class Agent:
                 spawn("registry-mirror", mirror.run())
                 if snapshot is not None:
                     spawn("registry-snapshot", snapshot.run())
+                spawn("open-files", self.files.run())
+                spawn("access-policies", access.run())
                 spawn("registry-publisher", after(plane.exports_ready(), publisher.run()))
                 for name, work in plane.tasks():
+                    spawn(name, work)
+                for name, work in identity.tasks():
                     spawn(name, work)
                 tg.create_task(self._stop_on(stop, plane), name="stop")
         except* _Shutdown:
@@ -147,6 +188,32 @@ class Agent:
             await plane.close()
             with contextlib.suppress(FileNotFoundError):
                 (s.state_dir / ADMIN_ADDR_FILE).unlink()
+
+    def request_reload(self) -> None:
+        """SIGHUP: read the settings again (what can change live applies now), and gateway.ca_dir."""
+        self.reloader.request()
+        if self.identity is not None:
+            self.identity.reload.set()
+
+    async def _switch_site_ca(self, site_ca: Authority, plane: DataPlane, publisher: Publisher) -> None:
+        """A new site intermediate: list it in the site record first, and issue leaves from it only once
+        etcd holds that record and peers have had a moment to see it, so no handshake meets a leaf its
+        peer cannot verify yet."""
+        signing = self.identity.signing if self.identity is not None else None
+        if plane.certs is not None:
+            plane.certs.stage_site_ca(site_ca)  # first: readers verify the new signer through this chain
+        if signing is not None:
+            signing.reissue(site_ca)
+        if plane.certs is None:
+            return
+        try:
+            async with asyncio.timeout(self.settings.registry.timeout * 4):
+                await publisher.settled.wait()
+        except TimeoutError:
+            log.warning("site record with the new CA not yet written; switching the gateway certificate anyway")
+        await asyncio.sleep(CA_SWITCH_GRACE)
+        issued = plane.certs.switch_site_ca()
+        log.info("gateway certificate now issued by the new site CA, valid until %s", issued.cert.not_valid_after_utc)
 
     async def _stop_on(self, stop: asyncio.Event, plane: DataPlane) -> None:
         """The orderly stop: stop accepting, drain relayed streams, then end the task group."""

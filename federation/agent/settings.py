@@ -40,7 +40,9 @@ from federation.core.settings import (
     required,
     setting,
 )
+from federation.core.verification import Mode
 from federation.dns.settings import DnsSettings
+from federation.registry.publisher import DUPLICATE_MODES
 from federation.runtime.files import TlsFiles
 from federation.sources.kubernetes.settings import KubernetesSettings
 from federation.sources.vm.settings import VmSettings
@@ -109,6 +111,13 @@ class RegistrySettings:
     """Keep the last registry view in the state directory: a restart while etcd is away serves it, stale."""
     snapshot_max_bytes: int = setting(64 * 1024 * 1024, lo=1024 * 1024, hi=4 * 1024 * 1024 * 1024)
     """The most registry (raw bytes) the snapshot holds, in memory and on disk: about 500 sites of 100 exports."""
+    signatures: Mode = Mode.REQUIRE
+    """require: only records that verify count, so a raw etcd writer cannot steer traffic; accept (during an
+    upgrade from unsigned agents) also takes unsigned records of sites that have never signed."""
+    on_duplicate: str = setting("wait", check=lambda v: None if v in DUPLICATE_MODES
+                                else f"{v!r} is not one of {', '.join(DUPLICATE_MODES)}")
+    """wait: a second agent of the same site writes nothing until the first is gone (a restored VM image,
+    a second pod); refuse: it stops at once, with the reason."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "endpoints", tuple(_strip_scheme(e) for e in self.endpoints))
@@ -171,6 +180,10 @@ class AgentSettings:
         """Checks between sections."""
         if self.kubernetes.enabled and self.site.kind != "kubernetes":
             raise Invalid("kubernetes.enabled", f"site {self.site.name} is of kind {self.site.kind}, not kubernetes")
+        if self.registry.signatures is Mode.REQUIRE and not self.gateway.ca_dir:
+            raise Invalid("registry.signatures", "require needs the mesh's roots to verify against and a site key "
+                          "to sign with: set gateway.ca_dir (from `meshfed ca site`), or use accept for a mesh "
+                          "that trusts its registry")
 
 
 ADMIN_ADDR_FILE = "admin.addr"

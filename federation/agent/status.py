@@ -3,20 +3,69 @@ VIP interface, exports with their checks, and imports with the route to each sit
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 from federation.agent.dataplane import DataPlane
+from federation.agent.identity import Identity
+from federation.agent.selection import EVERYTHING, Selection
 from federation.agent.settings import AgentSettings
 from federation.registry.link import Links
 from federation.registry.mirror import Mirror
 from federation.registry.publisher import Publisher
 from gateway.destinations import Captured
 
+WARN_ROOT = dt.timedelta(days=60)
+"""Linkerd's `linkerd check` warns 60 days ahead of a trust anchor's expiry: time for a rotation."""
+WARN_SITE_CA = dt.timedelta(days=30)
+"""A site intermediate is replaced by hand (a new one from the root, or a join token): a month's notice."""
+
+
+def expiries(plane: DataPlane | None, identity: Identity | None, now: dt.datetime) -> list[dict[str, Any]]:
+    """Every certificate this agent depends on, when it expires, and a warning well before it does.
+
+    Roots and intermediates are replaced by the operator, so they are warned about weeks ahead; the gateway
+    leaf and the registry signer renew on their own at half life, so a warning means renewal is failing."""
+    out: list[dict[str, Any]] = []
+
+    def add(what: str, cert: Any, warn_within: dt.timedelta | None, renews: bool = False) -> None:
+        start, end = cert.not_valid_before_utc, cert.not_valid_after_utc
+        left = end - now
+        if renews:
+            warn_within = (end - start) / 2 - (end - start) / 10  # past half life by a tenth: renewal is stuck
+        warning = None
+        if left <= dt.timedelta(0):
+            warning = f"{what} EXPIRED at {end:%Y-%m-%d %H:%M}Z"
+        elif warn_within is not None and left <= warn_within:
+            warning = (f"{what} expires in {_human(left)} ({end:%Y-%m-%d %H:%M}Z)"
+                       + (": its renewal is failing, see the log" if renews else ""))
+        out.append({"what": what, "notAfter": end.isoformat(), "secondsLeft": int(left.total_seconds()),
+                    "warning": warning})
+
+    trust = identity.trust if identity is not None else None
+    if trust is not None:
+        for i, root in enumerate(trust.get().roots):
+            add(f"mesh root {i + 1} of {len(trust.get().roots)}", root, WARN_ROOT)
+    certs = plane.certs if plane is not None else None
+    if certs is not None:
+        add("site CA", certs.site_ca.cert, WARN_SITE_CA)
+        add("gateway certificate", certs.issued.cert, None, renews=True)
+    signing = identity.signing if identity is not None else None
+    if signing is not None:
+        add("registry signer", signing.current.cert, None, renews=True)
+    return out
+
+
+def _human(delta: dt.timedelta) -> str:
+    hours = delta.total_seconds() / 3600
+    return f"{hours / 24:.0f} days" if hours >= 48 else f"{hours:.1f} hours"
+
 
 def agent_status(settings: AgentSettings, mirror: Mirror | None, publisher: Publisher | None,
                  plane: DataPlane | None, etcd_endpoint: str | None, links: Links | None = None,
-                 config: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The /status document."""
+                 config: dict[str, Any] | None = None, identity: Identity | None = None,
+                 selection: Selection = EVERYTHING, now: dt.datetime | None = None) -> dict[str, Any]:
+    """The /status document; `selection` keeps some of the imported services (a page of them)."""
     s = settings
     out: dict[str, Any] = {
         "site": s.site.name,
@@ -41,11 +90,14 @@ def agent_status(settings: AgentSettings, mirror: Mirror | None, publisher: Publ
     if config is not None:
         out["config"] = config
     if plane is not None:
-        out.update(_data_plane(plane))
+        out.update(_data_plane(plane, selection))
+    out["certificates"] = expiries(plane, identity, now or dt.datetime.now(dt.UTC))
+    if publisher is not None and publisher.held_by is not None:
+        out["registry"]["heldBy"] = publisher.held_by
     return out
 
 
-def _data_plane(plane: DataPlane) -> dict[str, Any]:
+def _data_plane(plane: DataPlane, selection: Selection) -> dict[str, Any]:
     s = plane.settings
     site = s.site.name
     view = plane.mesh.get()
@@ -53,21 +105,27 @@ def _data_plane(plane: DataPlane) -> dict[str, Any]:
     listeners = plane.egress.listeners() if plane.egress is not None else {}
     capture = plane.egress.capture if plane.egress is not None else None
     captured = capture.index.services if capture is not None else {}
+    by_service: dict[tuple[str, str], dict[str, str]] = {}
+    for k, (h, p) in listeners.items():
+        by_service.setdefault(k[:2], {})[k[2]] = f"{h}:{p}"
+    every = view.services()
+    only = selection.site
+    imported = [k for k, svc in every.items() if any(e.site != site for e in svc.exports)
+                and (only is None or only in svc.sites)]
+    keys, next_cursor = selection.page(imported)
     imports = []
-    for (ns, name), svc in view.services().items():
-        if all(e.site == site for e in svc.exports):
-            continue
+    for ns, name in keys:
+        svc = every[(ns, name)]
         imports.append({
             "service": f"{ns}/{name}",
             "vips": list(addresses.get((ns, name), ())) if plane.dns else [],
-            "listeners": {k[2]: f"{h}:{p}" for k, (h, p) in listeners.items() if k[:2] == (ns, name)}
-            | _captured_at(captured.get((ns, name))),
+            "listeners": by_service.get((ns, name), {}) | _captured_at(captured.get((ns, name))),
             "sites": [
                 {"site": e.site, "network": view.sites[e.site].network,
                  "via": "direct" if view.sites[e.site].network == s.site.network
                  else ",".join(f"{g.address}:{g.port}" for g in view.sites[e.site].gateways) or "no gateway",
                  "ready": sum(1 for ep in e.endpoints if ep.ready), "endpoints": len(e.endpoints)}
-                for e in svc.exports if e.site in view.sites
+                for e in svc.exports if e.site in view.sites and (only is None or e.site == only)
             ],
         })  # fmt: skip
     checks = [
@@ -101,6 +159,8 @@ def _data_plane(plane: DataPlane) -> dict[str, Any]:
                      "endpoints": len(e.endpoints)} for e in plane.exports.get()],
         "checks": checks,
         "imports": imports,
+        **({} if selection == EVERYTHING else {"page": selection.report(
+            sum(1 for k in imported if selection.wants_service(*k)), len(imports), next_cursor)}),
     }  # fmt: skip
 
 

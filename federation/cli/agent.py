@@ -9,10 +9,12 @@ import logging
 import signal
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from typing import Any
 
+from federation.agent.selection import add_selection_options, parse_selection, selection_query
 from federation.agent.settings import ADMIN_ADDR_FILE, AgentSettings, load_settings
 from federation.core.errors import ConfigError, MeshfedError
 
@@ -30,6 +32,7 @@ def add_commands(sub: Any) -> None:
     st = sub.add_parser("status", help="this site's agent: registry, gateway, DNS, exports, imports")
     st.add_argument("--config", default="/etc/meshfed/agent.yaml", help="agent config file (finds the agent)")
     st.add_argument("--json", action="store_true", help="print JSON")
+    add_selection_options(st)
     st.set_defaults(handler=cmd_status)
 
 
@@ -58,7 +61,7 @@ def run_agent_process(settings: AgentSettings, reload: Callable[[], AgentSetting
             loop.add_signal_handler(sig, stop.set)
         loop.add_signal_handler(signal.SIGUSR1, dump_tasks)
         agent = Agent(settings, reload=reload)
-        loop.add_signal_handler(signal.SIGHUP, agent.reloader.request)
+        loop.add_signal_handler(signal.SIGHUP, agent.request_reload)
         await agent.run(stop)
 
     try:
@@ -106,7 +109,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"meshfed: {exc}", file=sys.stderr)
         return 1
-    data = agent_document(settings, "/status")
+    query = selection_query(args)
+    try:
+        parse_selection(query)
+    except ConfigError as exc:
+        print(f"meshfed: {exc}", file=sys.stderr)
+        return 2
+    data = agent_document(settings, "/status" + (f"?{urllib.parse.urlencode(query)}" if query else ""))
     if data is None:
         print(f"meshfed: no agent answers for {settings.source} "
               f"(is `meshfed agent --config {settings.source}` running?)", file=sys.stderr)

@@ -1,4 +1,5 @@
-"""`meshfed ca init` and `meshfed ca site`: make the mesh root CA and a site's intermediate."""
+"""`meshfed ca init` and `meshfed ca site`: make the mesh root CA and a site's intermediate (`ca operator` and
+`ca rotate` live in federation/cli/rotation.py)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import logging
 import sys
 from pathlib import Path
 
+from federation.cli import rotation
 from federation.pki.issuing import (
     PkiError,
     load_authority,
@@ -41,6 +43,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     site.add_argument("--days", type=int, default=730, help="intermediate lifetime in days (default 730)")
     site.add_argument("--force", action="store_true", help="replace an existing site CA in --out")
     site.set_defaults(handler=run_site)
+    rotation.add_commands(ca_sub)
 
 
 def run_init(args: argparse.Namespace) -> int:

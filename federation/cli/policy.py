@@ -1,7 +1,11 @@
-"""`meshfed policy apply|get|ls|delete|diff`: traffic policies in the registry, as Kubernetes-shaped YAML.
+"""`meshfed policy apply|get|ls|delete|diff|check`: mesh policies in the registry, as Kubernetes-shaped YAML.
 
-A file is validated whole before anything is written: one bad document and nothing is applied.
-Exit codes: 0 done (diff: no difference), 1 refused, failed or (diff) differences found, 2 usage.
+TrafficPolicy, AccessPolicy and MeshAccessPolicy documents; with `--operator` (or $MESHFED_OPERATOR) what
+is written is signed by the operator's key, as agents with `registry.signatures: require` demand. A file
+is validated whole before anything is written: one bad document and nothing is applied. `check` says
+whether a site may reach a service, and by which rule, from what is in the registry now.
+Exit codes: 0 done (diff: no difference; check: allowed), 1 refused, failed, (diff) differences found or
+(check) denied, 2 usage.
 """
 
 from __future__ import annotations
@@ -17,11 +21,15 @@ from typing import Any, TypeVar
 
 import yaml
 
+from federation.cli import access as access_cli
 from federation.cli.registry import add_registry_options, registry_client
+from federation.cli.site import add_operator_option
 from federation.core.errors import ConfigError, PolicyError, RegistryUnavailable
-from federation.core.policy.codec import from_document, to_document
+from federation.core.policy import access
+from federation.core.policy.codec import from_document
+from federation.core.policy.kinds import ACCESS, TRAFFIC, PolicyKind, kind_of
 from federation.core.policy.model import TrafficPolicy
-from federation.registry.policies import PolicyStore, Stored
+from federation.registry.policies import PolicyStore, Sign, Stored
 
 T = TypeVar("T")
 Handler = Callable[[argparse.Namespace], int]
@@ -47,8 +55,8 @@ def _exits(handler: Handler) -> Handler:
 
 
 def add_commands(sub: Any) -> None:
-    """Register `policy apply|get|ls|delete|diff`."""
-    pol = sub.add_parser("policy", help="traffic policies (TrafficPolicy YAML) in the registry")
+    """Register `policy apply|get|ls|delete|diff|check`."""
+    pol = sub.add_parser("policy", help="mesh policies (TrafficPolicy, AccessPolicy YAML) in the registry")
     psub = pol.add_subparsers(dest="policy_command", metavar="COMMAND", required=True)
     apply = psub.add_parser("apply", help="validate a file of TrafficPolicy documents and store them")
     apply.add_argument("-f", "--filename", required=True, help="YAML file (several documents allowed; - for stdin)")
@@ -67,12 +75,19 @@ def add_commands(sub: Any) -> None:
     diff = psub.add_parser("diff", help="show what applying a file would change (exit 1 when something would)")
     diff.add_argument("-f", "--filename", required=True, help="YAML file (several documents allowed; - for stdin)")
     diff.set_defaults(handler=cmd_diff)
+    for p in (get, ls, delete):
+        p.add_argument("--kind", choices=("traffic", "access"), default="traffic",
+                       help="which policies (default traffic)")
+    for p in (apply, delete):
+        add_operator_option(p)
     for p in (apply, get, ls, delete, diff):
         add_registry_options(p)
+    access_cli.add_check(psub)
 
 
-def load_file(path: str) -> list[TrafficPolicy]:
-    """Every TrafficPolicy in a YAML file, validated; ConfigError naming file, document, field and reason."""
+def load_file(path: str) -> list[Any]:
+    """Every policy in a YAML file (TrafficPolicy, AccessPolicy, MeshAccessPolicy), validated; ConfigError
+    naming file, document, field and reason."""
     where = "<stdin>" if path == "-" else path
     try:
         text = sys.stdin.read() if path == "-" else Path(path).read_text()
@@ -85,17 +100,30 @@ def load_file(path: str) -> list[TrafficPolicy]:
         raise ConfigError(f"{where}{at}: not YAML: {getattr(exc, 'problem', None) or exc}") from None
     if not docs:
         raise ConfigError(f"{where}: no documents")
-    out: list[TrafficPolicy] = []
+    out: list[Any] = []
     for i, doc in enumerate(docs):
         label = f"{where}" if len(docs) == 1 else f"{where} (document {i + 1})"
+        kind = doc.get("kind") if isinstance(doc, dict) else None
         try:
-            policy = from_document(doc)
+            if kind == access.MESH_KIND:
+                policy: Any = access.mesh_from_document(doc)
+            else:
+                policy = access.from_document(doc) if kind == access.KIND else from_document(doc)
         except PolicyError as exc:
             raise ConfigError(f"{label}: {exc}") from None
-        if any((p.namespace, p.name) == (policy.namespace, policy.name) for p in out):
-            raise ConfigError(f"{label}: {policy.namespace}/{policy.name} is in the file twice")
+        if any(type(p) is type(policy) and _name(p) == _name(policy) for p in out):
+            raise ConfigError(f"{label}: {kind} {_name(policy)} is in the file twice")
         out.append(policy)
     return out
+
+
+def _name(policy: Any) -> str:
+    return "default" if isinstance(policy, access.MeshAccess) else f"{policy.namespace}/{policy.name}"
+
+
+def _label(policy: Any) -> str:
+    kind = "meshaccesspolicy" if isinstance(policy, access.MeshAccess) else kind_of(policy).kind.lower()
+    return f"{kind} {_name(policy)}"
 
 
 @_exits
@@ -103,18 +131,25 @@ def cmd_apply(args: argparse.Namespace) -> int:
     async def run(store: PolicyStore) -> list[str]:
         lines = []
         for p in policies:
-            changed = await store.apply(p)
-            lines.append(f"trafficpolicy {p.namespace}/{p.name} {'configured' if changed else 'unchanged'}")
+            if isinstance(p, access.MeshAccess):
+                changed = await access_cli.apply_mesh(store, p, sign)
+            else:
+                changed = await _store_for(store, kind_of(p), sign).apply(p)
+            lines.append(f"{_label(p)} {'configured' if changed else 'unchanged'}")
         return lines
 
     try:
         policies = load_file(args.filename)
+        sign = access_cli.signing(args)
     except ConfigError as exc:
         return _fail(f"{exc} (nothing applied)")
     if args.dry_run:
         for p in policies:
-            print(f"trafficpolicy {p.namespace}/{p.name} valid (dry run: nothing written)")
+            print(f"{_label(p)} valid (dry run: nothing written)")
         return 0
+    if sign is None and any(not isinstance(p, TrafficPolicy) for p in policies):
+        print("meshfed policy: warning: not signed (no --operator): agents with registry.signatures: require "
+              "ignore these policies", file=sys.stderr)
     for line in _with_store(args, run):
         print(line)
     return 0
@@ -123,25 +158,30 @@ def cmd_apply(args: argparse.Namespace) -> int:
 @_exits
 def cmd_get(args: argparse.Namespace) -> int:
     namespace, name = _service(args.service)
+    kind = _kind(args)
 
     async def run(store: PolicyStore) -> Stored | None:
-        return await store.get(namespace, name)
+        return await _store_for(store, kind).get(namespace, name)
 
     stored = _with_store(args, run)
     if stored is None:
-        return _fail(f"no traffic policy for {namespace}/{name} (defaults apply)")
+        return _fail(f"no {_what(kind)} for {namespace}/{name} (defaults apply)")
     if stored.policy is None:
         return _fail(f"the stored policy of {namespace}/{name} is invalid and is skipped by agents: {stored.error}")
-    doc = to_document(stored.policy)
+    doc = kind.document(stored.policy)
     print(json.dumps(doc, indent=2) if args.output == "json" else _yaml(doc), end="" if args.output == "yaml" else "\n")
     return 0
 
 
 @_exits
 def cmd_ls(args: argparse.Namespace) -> int:
-    async def run(store: PolicyStore) -> list[Stored]:
-        return await store.list()
+    kind = _kind(args)
 
+    async def run(store: PolicyStore) -> list[Stored]:
+        return await _store_for(store, kind).list()
+
+    if kind is ACCESS:
+        return access_cli.print_list(_with_store(args, run), args.json)
     rows = [_row(s) for s in _with_store(args, run)]
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -161,13 +201,19 @@ def cmd_ls(args: argparse.Namespace) -> int:
 @_exits
 def cmd_delete(args: argparse.Namespace) -> int:
     namespace, name = _service(args.service)
+    kind = _kind(args)
+    try:
+        sign = access_cli.signing(args)
+    except ConfigError as exc:
+        return _fail(str(exc))
 
     async def run(store: PolicyStore) -> bool:
-        return await store.delete(namespace, name)
+        return await _store_for(store, kind, sign).delete(namespace, name)
 
     if not _with_store(args, run):
-        return _fail(f"no traffic policy for {namespace}/{name}")
-    print(f"trafficpolicy {namespace}/{name} deleted")
+        return _fail(f"no {_what(kind)} for {namespace}/{name}")
+    how = " (signed tombstone)" if sign and kind.tombstone else ""
+    print(f"{kind.kind.lower()} {namespace}/{name} deleted{how}")
     return 0
 
 
@@ -181,10 +227,14 @@ def cmd_diff(args: argparse.Namespace) -> int:
     async def run(store: PolicyStore) -> list[str]:
         out: list[str] = []
         for p in policies:
-            stored = await store.get(p.namespace, p.name)
-            old = "" if stored is None or stored.policy is None else _yaml(to_document(stored.policy))
+            if isinstance(p, access.MeshAccess):
+                continue
+            kind = kind_of(p)
+            stored = await _store_for(store, kind).get(p.namespace, p.name)
+            old = "" if stored is None or stored.policy is None else _yaml(kind.document(stored.policy))
             label = "(none)" if stored is None else "(invalid)" if stored.policy is None else "stored"
-            out += difflib.unified_diff(old.splitlines(keepends=True), _yaml(to_document(p)).splitlines(keepends=True),
+            new = _yaml(kind.document(p))
+            out += difflib.unified_diff(old.splitlines(keepends=True), new.splitlines(keepends=True),
                                         f"{p.namespace}/{p.name} {label}", f"{p.namespace}/{p.name} {args.filename}")
         return out
 
@@ -194,6 +244,18 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------- private
+
+
+def _what(kind: PolicyKind) -> str:
+    return "traffic policy" if kind is TRAFFIC else "access policy"
+
+
+def _kind(args: argparse.Namespace) -> PolicyKind:
+    return ACCESS if getattr(args, "kind", "traffic") == "access" else TRAFFIC
+
+
+def _store_for(store: PolicyStore, kind: PolicyKind, sign: Sign | None = None) -> PolicyStore:
+    return PolicyStore(store.client, store.keys, kind, sign=sign)
 
 
 def _with_store(args: argparse.Namespace, work: Callable[[PolicyStore], Awaitable[T]]) -> T:

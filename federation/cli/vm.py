@@ -14,11 +14,13 @@ import yaml
 import federation
 from federation.core.errors import ConfigError
 from federation.core.records import is_dns_label
+from federation.pki.joining import JoinRefused
 from federation.sources.vm.installing import (
     CONFIG,
     DNS_MODES,
     PREFIX,
     RESOLVED_DROPIN,
+    SITE_DIR,
     UNIT,
     InstallOptions,
     install,
@@ -37,13 +39,15 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     vm_sub = vm.add_subparsers(dest="vm_command", metavar="SUBCOMMAND", required=True)
 
     ins = vm_sub.add_parser("install", help="venv, config, systemd unit, site bundle and DNS routing (idempotent)")
-    ins.add_argument("--site", required=True, help="this VM's site name (a DNS label)")
+    ins.add_argument("--site", help="this VM's site name (a DNS label); with --join, the token's")
     ins.add_argument("--network", required=True, help="the network the VM is on (a DNS label)")
     ins.add_argument("--region", default="", help="locality region (optional)")
     ins.add_argument("--zone", default="", help="locality zone (optional)")
     ins.add_argument("--registry", action="append", default=[], metavar="HOST:PORT",
                      help="etcd endpoint of the mesh (repeat for several); none runs an embedded etcd")
     ins.add_argument("--bundle", type=Path, help="directory made by `meshfed ca site NAME` for this site")
+    ins.add_argument("--join", metavar="TOKEN", help="join with a one-time token from `meshfed join-token create`: "
+                     "the site key is made here and never leaves this VM")
     ins.add_argument("--dns", choices=("auto", *DNS_MODES), default="auto",
                      help="resolved: systemd-resolved drop-in; resolvconf: print resolv.conf steps; auto: detect")
     ins.add_argument("--dns-zone", default="clusterset.local", help="the mesh DNS zone (default clusterset.local)")
@@ -63,10 +67,17 @@ def run_install(args: argparse.Namespace) -> int:
     root: Path = args.root
     live = root.resolve() == Path("/")
     try:
+        if args.join and args.bundle:
+            raise ConfigError("give --join or --bundle, not both")
+        if args.join:
+            args.site, bundle = _join(root, args.join, args.site)
+        elif args.site is None:
+            raise ConfigError("--site is required (or --join with a token, which names the site)")
         for flag, value in (("--site", args.site), ("--network", args.network)):
             if not is_dns_label(value):
                 raise ConfigError(f"{flag} {value!r} is not a DNS label (a-z, 0-9, '-', at most 63 chars)")
-        bundle = read_bundle(args.bundle) if args.bundle else {}
+        if not args.join:
+            bundle = read_bundle(args.bundle) if args.bundle else {}
         mode = args.dns if args.dns != "auto" else _detect_dns(root)
         upstreams: tuple[str, ...] = ()
         if mode == "resolvconf":
@@ -78,7 +89,7 @@ def run_install(args: argparse.Namespace) -> int:
         if not args.no_venv:
             _venv(root, args.package or _default_package())
         report = install(root, render(options, bundle))
-    except (ConfigError, OSError, subprocess.CalledProcessError) as exc:
+    except (ConfigError, JoinRefused, OSError, subprocess.CalledProcessError) as exc:
         print(f"meshfed vm install: {exc}", file=sys.stderr)
         return 1
     for path in report.written:
@@ -142,6 +153,22 @@ def run_uninstall(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------- private
+
+
+def _join(root: Path, token: str, site: str | None) -> tuple[str, dict[str, bytes]]:
+    """The site and its bundle: the identity already here (a rerun, a reboot), else a fresh join."""
+    from federation.cli.join import join, joined_site
+    from federation.pki.joining import decode_token
+
+    name = decode_token(token).site
+    if site is not None and site != name:
+        raise JoinRefused(f"the token is for site {name}, not {site}")
+    if joined_site(root / SITE_DIR.relative_to("/")) == name:
+        print(f"{SITE_DIR} already holds the identity of site {name}: keeping it (the token is not used)")
+        return name, read_bundle(root / SITE_DIR.relative_to("/"))
+    bundle = join(token)
+    print(f"joined the mesh as site {name}: the site key was made here (never sent), its certificate signed")
+    return name, bundle
 
 
 def _detect_dns(root: Path) -> str:

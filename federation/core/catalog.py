@@ -19,6 +19,7 @@ from federation.core.codec import decode_export, decode_site
 from federation.core.errors import RecordError
 from federation.core.keys import ClaimKey, Keys, ServiceKey, SiteKey, VipKey
 from federation.core.records import ServiceExport, Site
+from federation.core.verification import RecordCheck
 from federation.core.view import (
     ChangeLog,
     Changes,
@@ -70,9 +71,12 @@ class Listed:
 class Catalog:
     """Typed state of every valid record under one key prefix, updated by puts, deletes and resyncs."""
 
-    def __init__(self, keys: Keys, *, imports: Imports | None = None, history: int = 4096) -> None:
+    def __init__(self, keys: Keys, *, imports: Imports | None = None, history: int = 4096,
+                 check: RecordCheck | None = None) -> None:
         self._keys = keys
         self._imports = imports
+        self._check = check
+        """Signature verification (the agent's `pki.records.RecordVerifier`); None takes records unverified."""
         self._revs: dict[str, int] = {}
         """Key -> the etcd revision of the value last applied (0: revision unknown, compare values)."""
         self._digests: dict[str, int] = {}
@@ -160,6 +164,13 @@ class Catalog:
             yield out
         self.revision = revision
 
+    def forget(self, keys: Iterable[str] | None = None) -> None:
+        """Forget at which revision `keys` (default: every key) were applied, so that the next put or listing
+        decodes and verifies them again (the roots or revocations they were verified against changed)."""
+        for key in list(self._revs) + list(self._digests) if keys is None else keys:
+            self._revs.pop(key, None)
+            self._digests.pop(key, None)
+
     # -- outputs
 
     def view(self) -> MeshView:
@@ -222,6 +233,8 @@ class Catalog:
             if parsed is None:
                 return
             if isinstance(parsed, SiteKey):
+                if self._check is not None:
+                    self._check(key, parsed, value)
                 self._put_site(decode_site(parsed, value), key, out)
                 return
             if isinstance(parsed, VipKey):
@@ -237,6 +250,8 @@ class Catalog:
             if self._imports is not None and not self._imports(parsed):
                 self.skipped += 1
                 return
+            if self._check is not None:
+                self._check(key, parsed, value)
             self._put_export(parsed, decode_export(parsed, value), key, out)
         except RecordError as exc:
             self._rejected[key] = str(exc)

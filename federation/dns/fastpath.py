@@ -1,9 +1,12 @@
 """A wire-level fast path for the common questions: A, AAAA, SRV and PTR names that have data.
 
-Pure: bytes in, bytes (or None: "ask the dnspython path") out. Response bodies are encoded once per
-registry change, with the same name compression dnspython's renderer applies, and spliced behind the
-client's own header and question; tests/unit/test_dns_fastpath.py checks on random samples that both
-paths give byte-identical answers. The table holds only names the registry defines: no query adds to it.
+Pure: bytes in, bytes (or None: "ask the dnspython path") out. A response body is encoded the first
+time its name is asked after a registry change touched its service, with the same name compression
+dnspython's renderer applies, and spliced behind the client's own header and question;
+tests/unit/dns/test_fastpath.py checks on random samples that both paths give byte-identical answers.
+Encoding on first ask, not on every change, keeps a registry change cheap at any mesh size (a 1,000-site
+zone has 200,000 names, most of them never asked) and the table small. Only names the zone defines are
+ever added: a flood of random names grows nothing.
 """
 
 from __future__ import annotations
@@ -53,7 +56,9 @@ class FastPath:
         self._opt_do = struct.pack("!BHHBBHH", 0, 41, self._max_udp, 0, 0, 0x8000, 0)
         self._table: dict[bytes, Entry] = {}
         self._memo: dict[bytes, bytes] = {}
-        self._cache: dict[tuple[str, str], tuple[Mapping[Labels, Node], dict[bytes, Entry]]] = {}
+        self._cache: dict[tuple[str, str], set[bytes]] = {}
+        """Service -> the table keys encoded from its part (dropped when a change touches the service)."""
+        self._zone: Zone | None = None
 
     def __len__(self) -> int:
         return len(self._table)
@@ -64,31 +69,20 @@ class FastPath:
         return len(self._memo)
 
     def update(self, zone: Zone) -> None:
-        """Re-encode the services whose nodes changed since the last update; drop the removed ones.
+        """Answer from `zone` from now on: forget the answers of the services it changed (all, if it says all).
 
-        Only the services the zone build looked at (`zone.changed`) are compared, unless it says all.
-        A name two services hold is encoded from the node the zone answers with (its owner's).
+        Costs the entries encoded for those services, not the services' size: answers are encoded again
+        when next asked.
         """
-        table, cache = self._table, self._cache
-        keys = zone.changed if zone.changed is not None else zone.parts.keys() | cache.keys()
-        todo = []
-        for key in keys:
-            part = zone.parts.get(key)
-            hit = cache.get(key)
-            if hit is not None and hit[0] is part and zone.changed is None and key not in zone.moved:
-                continue
-            if hit is not None:  # first every stale entry goes, then the new ones come (a moved name survives)
-                for k in hit[1]:
+        self._zone = zone
+        if zone.changed is None:
+            self._table, self._cache = {}, {}
+        else:
+            table, cache = self._table, self._cache
+            for key in zone.changed | zone.moved:
+                for k in cache.pop(key, ()):
                     table.pop(k, None)
-                del cache[key]
-            if part is not None:
-                todo.append((key, part))
-        for key, part in todo:
-            entries = self._encode(zone, part)
-            table.update(entries)
-            cache[key] = (part, entries)
-        if keys:
-            self._memo = {}
+        self._memo = {}
 
     def answer(self, wire: bytes, udp: bool) -> bytes | None:
         """The response to a plain in-table question, or None when the dnspython path must answer."""
@@ -121,9 +115,12 @@ class FastPath:
         end = wire.find(b"\x00", 12) + 5
         if end < 17 or end > n or wire[end - 2:end] != b"\x00\x01":
             return None
-        entry = self._table.get(wire[12:end - 4].lower() + wire[end - 4:end - 2])
+        key = wire[12:end - 4].lower() + wire[end - 4:end - 2]
+        entry = self._table.get(key)
         if entry is None:
-            return None
+            entry = self._fill(key)
+            if entry is None:
+                return None
         limit = 512
         if edns:
             opt = wire[end:]
@@ -164,16 +161,39 @@ class FastPath:
         flags2 = self._ra | (wire[3] & 0x10)
         return b"".join((wire[0:2], bytes((flags, flags2)), b"\x00\x01", counts, wire[12:end], body, optrr))
 
-    def _encode(self, zone: Zone, part: Mapping[Labels, Node]) -> dict[bytes, Entry]:
-        entries: dict[bytes, Entry] = {}
-        for name, node in part.items():
-            if zone.nodes.get(name) is not node:
-                continue  # another service's part answers for this name
-            for rdtype in node.types():
-                if rdtype in FAST_TYPES:
-                    key, entry = encode_answer(name, rdtype, node, part, zone.ttl)
-                    entries[key] = entry
-        return entries
+    def _fill(self, key: bytes) -> Entry | None:
+        """Encode the answer for table key `key` (wire name + type) if a service's part defines it, else None."""
+        zone = self._zone
+        rdtype = (key[-2] << 8) | key[-1]
+        if zone is None or rdtype not in FAST_TYPES:
+            return None
+        labels = _labels(key[:-2])
+        owner = zone.owners.get(labels) if labels is not None else None
+        part = zone.parts.get(owner) if owner is not None else None
+        node = zone.nodes.get(labels) if part is not None and labels is not None else None
+        if node is None or part is None or owner is None or rdtype not in node.types():
+            return None  # not a service's name (apex, nameserver, unknown): the dnspython path answers
+        encoded, entry = encode_answer(labels, rdtype, node, part, zone.ttl)  # type: ignore[arg-type]
+        if encoded != key:  # pragma: no cover - the table key is the name as asked, lower-cased
+            return None
+        self._table[key] = entry
+        self._cache.setdefault(owner, set()).add(key)
+        return entry
+
+
+def _labels(wire: bytes) -> Labels | None:
+    """Length-prefixed labels (ending in the root label) as a tuple without the root; None if malformed."""
+    out: list[bytes] = []
+    i, n = 0, len(wire)
+    while i < n:
+        length = wire[i]
+        if length == 0:
+            return tuple(out) if i == n - 1 else None
+        if length > 63:
+            return None
+        out.append(wire[i + 1:i + 1 + length])
+        i += 1 + length
+    return None
 
 
 def encode_answer(

@@ -8,7 +8,8 @@ from __future__ import annotations
 import ipaddress
 import socket
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 import dns.name
@@ -88,6 +89,8 @@ class Zone:
     """The services this build looked at (None: every one); the fast path re-encodes only these."""
     moved: frozenset[tuple[str, str]] = frozenset()
     """Services a name two services hold moved to or from: their answers change though their parts did not."""
+    owners: Mapping[Labels, tuple[str, str]] = field(default_factory=lambda: MappingProxyType({}))
+    """Name -> the service whose part answers for it (names of no service: apex, nameserver, version)."""
 
     @property
     def origin_labels(self) -> Labels:

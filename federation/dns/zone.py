@@ -68,6 +68,8 @@ class ZoneBuilder:
         self.local_site = local_site
         self.ttl = ttl
         self.site_pinning = site_pinning
+        self._here: Site | None = None
+        """This site as the answers see it: name, network and locality only (the last the registry showed)."""
         self._parts: dict[tuple[str, str], _Part] = {}
         self._nodes: dict[Labels, Node] = {(b"dns-version", *self.apex): Node(txt=(DNS_VERSION.encode(),))}
         self._ent_refs: dict[Labels, int] = {}
@@ -82,6 +84,7 @@ class ZoneBuilder:
         self._built: tuple[MeshView, frozenset[str], VipTable, Site | None] | None = None
         self._nodes_view = MappingProxyType(self._nodes)
         self._parts_view = MappingProxyType(self._part_nodes)
+        self._owners_view = MappingProxyType(self._owner)
         self.set_nameservers(nameservers)
 
     def set_nameservers(self, addresses: Iterable[str]) -> None:
@@ -98,7 +101,13 @@ class ZoneBuilder:
         changed, those of sites whose staleness flipped, those whose VIPs changed. A build after a
         registry change costs in proportion to that change, not to the mesh.
         """
-        local = view.sites.get(self.local_site)
+        seen = view.sites.get(self.local_site)
+        if seen is not None and (self._here is None or (seen.network, seen.locality) !=
+                                 (self._here.network, self._here.locality)):
+            self._here = Site(self.local_site, seen.network, seen.locality)
+        # Only this site's network and locality shape the answers, and they hold while its record is
+        # briefly gone (a lease that expired under load) or rewritten (new gateways): no full rebuild then.
+        local = self._here
         services = view.services()
         todo = self._todo(view, stale_sites, vips, local)
         full = todo is None
@@ -134,7 +143,8 @@ class ZoneBuilder:
         self._built = (view, stale_sites, vips, local)
         moved, self._moved = frozenset(self._moved), set()
         changed = None if full else frozenset(todo) | moved
-        return Zone(self.origin, self.ttl, view.revision % 2**32, self._nodes_view, self._parts_view, changed, moved)
+        return Zone(self.origin, self.ttl, view.revision % 2**32, self._nodes_view, self._parts_view, changed, moved,
+                    self._owners_view)
 
     def _todo(self, view: MeshView, stale: frozenset[str], vips: VipTable, local: Site | None) -> set[ServiceId] | None:
         """The services that can have changed since the last build; None: all of them."""

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -86,13 +87,17 @@ def gateway_spiffe_id(trust_domain: str, site: str, gateway: str) -> str:
     return f"spiffe://{trust_domain}/site/{site}/gateway/{gateway}"
 
 
-def new_root(trust_domain: str, now: dt.datetime, lifetime: dt.timedelta = ROOT_LIFETIME) -> Authority:
-    """A self-signed ECDSA P-256 mesh root CA for `trust_domain`."""
+def new_root(trust_domain: str, now: dt.datetime, lifetime: dt.timedelta = ROOT_LIFETIME,
+             label: str = "") -> Authority:
+    """A self-signed ECDSA P-256 mesh root CA for `trust_domain`; `label` tells the roots of a rotation apart."""
     check_trust_domain(trust_domain)
     key = ec.generate_private_key(ec.SECP256R1())
+    cn = f"meshfed root CA {trust_domain}"
+    if label:
+        cn = f"{cn[:64 - len(label) - 3]} ({label})"
     name = x509.Name([
         x509.NameAttribute(NameOID.ORGANIZATION_NAME, "meshfed"),
-        x509.NameAttribute(NameOID.COMMON_NAME, f"meshfed root CA {trust_domain}"[:64]),
+        x509.NameAttribute(NameOID.COMMON_NAME, cn[:64]),
     ])
     builder = (
         _base(name, name, key.public_key(), now, lifetime)
@@ -110,9 +115,15 @@ def new_root(trust_domain: str, now: dt.datetime, lifetime: dt.timedelta = ROOT_
 def new_site_ca(root: Authority, site: str, now: dt.datetime,
                 lifetime: dt.timedelta = SITE_LIFETIME) -> Authority:
     """An intermediate CA for `site`, name-constrained to the DNS names under `<site>.<trust domain>`."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    return Authority(site_ca_cert(root, site, key.public_key(), now, lifetime), key, (root.cert,))
+
+
+def site_ca_cert(root: Authority, site: str, public: ec.EllipticCurvePublicKey, now: dt.datetime,
+                 lifetime: dt.timedelta = SITE_LIFETIME) -> x509.Certificate:
+    """The intermediate certificate of `site` for a key held elsewhere (a VM joining: its key never leaves it)."""
     check_label("site", site)
     td = trust_domain_of(root.cert)
-    key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([
         x509.NameAttribute(NameOID.ORGANIZATION_NAME, "meshfed"),
         x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "site"),
@@ -123,18 +134,18 @@ def new_site_ca(root: Authority, site: str, now: dt.datetime,
     # site equals its issuer's instead.
     constraints = x509.NameConstraints(permitted_subtrees=[x509.DNSName(f"{site}.{td}")], excluded_subtrees=None)
     builder = (
-        _base(name, root.cert.subject, key.public_key(), now, lifetime, not_after_cap=root.cert)
+        _base(name, root.cert.subject, public, now, lifetime, not_after_cap=root.cert)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(_ca_usage(), critical=True)
         .add_extension(constraints, critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
         .add_extension(_aki(root.cert), critical=False)
         .add_extension(
             x509.SubjectAlternativeName([x509.UniformResourceIdentifier(site_spiffe_id(td, site))]),
             critical=False,
         )
     )
-    return Authority(builder.sign(root.key, hashes.SHA256()), key, (root.cert,))
+    return builder.sign(root.key, hashes.SHA256())
 
 
 def issue_gateway(site_ca: Authority, gateway: str, now: dt.datetime,
@@ -172,6 +183,15 @@ def issue_gateway(site_ca: Authority, gateway: str, now: dt.datetime,
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
     )
     return Issued(builder.sign(site_ca.key, hashes.SHA256()), key, (site_ca.cert,))
+
+
+def issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    """Whether `issuer`'s key signed `cert` (roots of a rotation share a name, so names do not tell)."""
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
 
 
 def uris_of(cert: x509.Certificate) -> list[str]:

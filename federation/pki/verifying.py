@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 import warnings
+from collections.abc import Container
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -18,7 +19,7 @@ from cryptography.x509.verification import PolicyBuilder, Store, VerificationErr
 
 from federation.core.errors import MeshfedError
 from federation.core.view import MeshView
-from federation.pki.issuing import PkiError, load_certs, site_of_ca, trust_domain_of, uris_of
+from federation.pki.issuing import PkiError, cert_pem, load_certs, site_of_ca, trust_domain_of, uris_of
 
 _PARSE_ERRORS: tuple[type[Exception], ...] = (
     # What cryptography raises on malformed certificates; found by fuzzing, not all are ValueErrors.
@@ -69,9 +70,11 @@ class TrustBundle:
 
     trust_domain: str
     roots: tuple[x509.Certificate, ...]
+    sequence: int = 0
+    """Of the signed bundle document it came from (0: the bootstrap bundle of the site's CA directory)."""
 
     @classmethod
-    def from_pem(cls, pem: bytes) -> TrustBundle:
+    def from_pem(cls, pem: bytes, sequence: int = 0) -> TrustBundle:
         """A bundle from PEM roots, which must all name the same trust domain."""
         try:
             roots = tuple(load_certs(pem))
@@ -80,7 +83,11 @@ class TrustBundle:
             raise PeerRejected(f"trust bundle: {exc}", cause="trust-bundle") from None
         if len(domains) != 1:
             raise PeerRejected(f"trust bundle names {len(domains)} trust domains, not one", cause="trust-bundle")
-        return cls(domains.pop(), roots)
+        return cls(domains.pop(), roots, sequence)
+
+    def pem(self) -> bytes:
+        """The roots as one PEM bundle (what TLS contexts load)."""
+        return cert_pem(*self.roots)
 
 
 def parse_spiffe_id(uri: str) -> SpiffeId:
@@ -108,7 +115,7 @@ def gateway_of(spiffe: SpiffeId) -> tuple[str, str]:
 
 
 def verify_peer(leaf_der: bytes | None, view: MeshView, bundle: TrustBundle, now: dt.datetime,
-                expect_site: str | None = None) -> PeerIdentity:
+                expect_site: str | None = None, revoked: Container[str] = ()) -> PeerIdentity:
     """Check a peer gateway's leaf certificate against the mesh and the registry; raise PeerRejected.
 
     Accepts when: the leaf has exactly one SPIFFE URI SAN naming a gateway in `bundle`'s trust
@@ -123,13 +130,13 @@ def verify_peer(leaf_der: bytes | None, view: MeshView, bundle: TrustBundle, now
         # name of the wrong length); a peer certificate with one is refused like any malformed one.
         warnings.simplefilter("error")
         try:
-            return _verify(leaf_der, view, bundle, now, expect_site)
+            return _verify(leaf_der, view, bundle, now, expect_site, revoked)
         except Warning as exc:
             raise PeerRejected(f"peer certificate is malformed: {exc}", cause="malformed") from None
 
 
 def _verify(leaf_der: bytes, view: MeshView, bundle: TrustBundle, now: dt.datetime,
-            expect_site: str | None) -> PeerIdentity:
+            expect_site: str | None, revoked: Container[str]) -> PeerIdentity:
     try:
         leaf = x509.load_der_x509_certificate(leaf_der)
         uris = uris_of(leaf)  # extensions are parsed lazily: a malformed one raises here
@@ -144,6 +151,8 @@ def _verify(leaf_der: bytes, view: MeshView, bundle: TrustBundle, now: dt.dateti
     site_name, gateway = gateway_of(spiffe)
     if expect_site is not None and site_name != expect_site:
         raise PeerRejected(f"peer {spiffe} is not a gateway of site {expect_site}", cause="wrong-site")
+    if site_name in revoked:
+        raise PeerRejected(f"peer {spiffe}: site {site_name} is revoked by the operator", cause="revoked")
     site = view.sites.get(site_name)
     if site is None:
         raise PeerRejected(f"peer {spiffe} claims site {site_name}, which is not in the registry", cause="unknown-site")

@@ -33,6 +33,7 @@ from federation.registry.link import (
     Put,
     Unchanged,
     WatchEvent,
+    prefix_end,
     reconnecting,
 )
 from federation.runtime.files import TlsFiles
@@ -194,7 +195,7 @@ class EtcdClient:
         consistent snapshot. Raises Compacted if that revision is compacted away between pages.
         """
         start = prefix.encode()
-        end = _prefix_end(start)
+        end = prefix_end(start)
         out: dict[str, KV] = {}
         revision = 0
         key = start
@@ -220,19 +221,31 @@ class EtcdClient:
 
     # -- writes
 
-    async def commit(self, ops: Sequence[Put | Delete]) -> None:
-        """Apply ops in as few transactions as etcd allows (each batch is atomic; idempotent, so a batch
-        that failed is sent again to the next member)."""
+    async def commit(self, ops: Sequence[Put | Delete], guard: tuple[str, int] | None = None) -> bool:
+        """Apply ops in as few transactions as etcd allows (each batch atomic, sent again to the next member
+        after a failure). With `guard` (key, mod revision; 0: absent), the first batch applies only if that
+        key was last written at that revision: False, and nothing written, when it was not. A guarded batch
+        is not sent again (it may have been applied, and then its guard fails): the caller tries again."""
         for start in range(0, len(ops), MAX_TXN_OPS):
             batch = ops[start : start + MAX_TXN_OPS]
+            compared = guard if start == 0 else None
 
-            def txn(c: Any, batch: Sequence[Put | Delete] = batch) -> Awaitable[Any]:
+            def txn(c: Any, batch: Sequence[Put | Delete] = batch, compared: tuple[str, int] | None = compared
+                    ) -> Awaitable[Any]:
                 t = c.transactions
                 reqs = [t.put(op.key.encode(), op.value, lease=op.lease or None) if isinstance(op, Put)
                         else t.delete(op.key.encode()) for op in batch]
-                return c.transaction(compare=[], success=reqs, failure=[])  # type: ignore[no-any-return]
+                compare = [] if compared is None else [t.mod(compared[0].encode()) == compared[1]]
+                return c.transaction(compare=compare, success=reqs, failure=[])  # type: ignore[no-any-return]
 
-            await self._again(txn)
+            if compared is None:
+                await self._again(txn)
+                continue
+            async with self._call() as c:
+                ok, _ = await txn(c)
+            if not ok:
+                return False
+        return True
 
     async def commit_if(self, conditions: Sequence[Absent | Unchanged], ops: Sequence[Put | Delete]) -> bool:
         """Apply `ops` in one transaction if every condition holds; True if they were applied.
@@ -301,7 +314,7 @@ class EtcdClient:
     async def watch_prefix(self, prefix: str, start_revision: int) -> AsyncIterator[WatchEvent]:
         """Events under `prefix` from `start_revision` on; raises Compacted or RegistryUnavailable."""
         start = prefix.encode()
-        end = _prefix_end(start)
+        end = prefix_end(start)
         async with self._call() as c:
             watch = await c.watch(start, range_end=end, start_revision=start_revision)
         try:
@@ -383,13 +396,3 @@ async def _close(client: Any) -> None:
 
 def _kv(kv: Any) -> KV:
     return KV(bytes(kv.value), int(kv.lease), int(kv.create_revision), int(kv.mod_revision))
-
-
-def _prefix_end(prefix: bytes) -> bytes:
-    """The end of the key range holding every key that starts with `prefix`."""
-    end = bytearray(prefix)
-    for i in range(len(end) - 1, -1, -1):
-        if end[i] < 0xFF:
-            end[i] += 1
-            return bytes(end[: i + 1])
-    return b"\0"

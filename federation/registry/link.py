@@ -23,6 +23,16 @@ MAX_TXN_OPS = 100
 """etcd refuses transactions with more than --max-txn-ops (default 128) operations."""
 
 
+def prefix_end(prefix: bytes) -> bytes:
+    """The end of the key range holding every key that starts with `prefix`."""
+    end = bytearray(prefix)
+    for i in range(len(end) - 1, -1, -1):
+        if end[i] < 0xFF:
+            end[i] += 1
+            return bytes(end[: i + 1])
+    return b"\0"
+
+
 @dataclass(frozen=True, slots=True)
 class KV:
     """One stored key/value with the metadata meshfed uses."""
@@ -86,7 +96,7 @@ class Link:
     """How one registry client reaches etcd: the member it uses, whether its last call worked, since when."""
 
     name: str
-    """Who uses the client: mirror, publisher, lease, vip-allocator, policies."""
+    """Who uses the client: mirror, publisher, lease, vip-allocator, access-policies."""
     endpoint: str = ""
     """The member the next call goes to."""
     reachable: bool | None = None

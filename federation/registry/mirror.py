@@ -18,10 +18,11 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from federation.core.backoff import Backoff, registry_backoff
 from federation.core.catalog import Catalog, Imports, Listed, Outcome
-from federation.core.errors import RegistryUnavailable
+from federation.core.errors import RecordError, RegistryUnavailable
 from federation.core.keys import Keys
 from federation.core.ratelimit import LogLimiter
-from federation.core.view import Event, MeshView
+from federation.core.verification import Effect, RegistryTrust
+from federation.core.view import Event, MeshView, SiteAdded, SiteChanged
 from federation.registry.etcd import Compacted, EtcdClient, reconnecting
 from federation.registry.snapshot import RawListing, Saved
 from federation.runtime.values import Value
@@ -33,6 +34,10 @@ TURN = 0.005
 relays wait at most this long behind a burst of changes or a large listing."""
 
 Subscriber = Callable[[MeshView, Sequence[Event]], None]
+
+
+class _Recheck(RegistryUnavailable):
+    """The roots or the revocations changed: list again and verify every record afresh."""
 
 
 class RegistryMetrics:
@@ -75,6 +80,7 @@ class Mirror:
         probe_timeout: float = 3.0,
         page: int = 1000,
         imports: Imports | None = None,
+        trust: RegistryTrust | None = None,
         raw: RawListing | None = None,
     ) -> None:
         self._client = client
@@ -84,7 +90,9 @@ class Mirror:
         self._probe_interval = probe_interval
         self._probe_timeout = probe_timeout
         self._page = page
-        self.catalog = Catalog(keys, imports=imports)
+        self._trust = trust
+        self._documents = frozenset(trust.documents()) if trust is not None else frozenset()
+        self.catalog = Catalog(keys, imports=imports, check=trust.check if trust is not None else None)
         self.mesh: Value[MeshView] = Value(MeshView.before_sync(), name="mesh view", same=operator.is_)
         """The latest snapshot: complete after the initial sync, then one new one per burst of changes."""
         self._subscribers: list[Subscriber] = []
@@ -129,6 +137,9 @@ class Mirror:
         The view is complete, so DNS answers and the gateway admits the sites it holds; nothing is
         written to etcd from it, and the first listing replaces it with only the real difference.
         """
+        # Its records are verified as a listing's are: against the roots and revocations it holds.
+        for key in sorted(self._documents & set(saved.listing)):
+            self._document(key, saved.listing[key].value)
         outcome = self.catalog.resync(saved.listing, saved.revision)
         self._record(outcome, count=len(saved.listing))
         self._flush(initial=True)
@@ -146,6 +157,11 @@ class Mirror:
         await reconnecting(self._client, self._session, self._on_error)
 
     def _on_error(self, exc: RegistryUnavailable) -> float:
+        if isinstance(exc, _Recheck):
+            self.catalog.forget()
+            self._listed = False
+            log.info("registry mirror: %s; listing again to verify every record", exc)
+            return 0.0
         self._mark_stale(str(exc))
         self._metrics.watch_restarts.inc()
         if isinstance(exc, Compacted):
@@ -174,6 +190,10 @@ class Mirror:
         del kvs
         if self._raw is not None:
             self._raw.replace(listing, revision)
+        # Mesh documents first: every record of the listing is verified against the roots and revocations
+        # they hold. If they changed since the last listing, records seen before must be verified again.
+        if any(self._document(k, listing[k].value) for k in sorted(self._documents & set(listing))):
+            self.catalog.forget()
         outcome = Outcome()
         loop = asyncio.get_running_loop()
         turn = loop.time()
@@ -216,8 +236,16 @@ class Mirror:
         loop = asyncio.get_running_loop()
         turn = loop.time()
         async for event in self._client.watch_prefix(self._keys.root(), revision + 1):
+            if event.key in self._documents:
+                effect = self._document(event.key, event.value)
+                for site in sorted(effect.drop_sites):
+                    self._record(self.catalog.delete(self._keys.site(site), event.revision), count=0)
+                if effect.recheck:
+                    raise _Recheck(effect.note)
             if event.value is None:
                 outcome = self.catalog.delete(event.key, event.revision)
+                if self._trust is not None:
+                    self._trust.deleted(event.key)
             else:
                 outcome = self.catalog.put(event.key, event.value, event.revision)
             if self._raw is not None:
@@ -226,6 +254,8 @@ class Mirror:
                 else:
                     self._raw.put(event.key, event.value, event.revision)
             self._record(outcome, count=1)
+            if self._trust is not None:
+                self._retry_held(outcome)
             now = loop.time()
             self._last_contact = time.monotonic()
             if now - turn > TURN:
@@ -245,6 +275,29 @@ class Mirror:
             self._healthy()
 
     # -- private
+
+    def _document(self, key: str, value: bytes | None) -> Effect:
+        """Hand a mesh document to the verifier; log what it changed or why it was refused."""
+        assert self._trust is not None
+        try:
+            effect = self._trust.document(key, value)
+        except RecordError as exc:
+            self._metrics.rejected.inc()
+            if self._reject_log.allow(key, time.monotonic()):
+                log.warning("registry mirror: refused mesh document %s: %s", key, exc)
+            return Effect()
+        if effect.note:
+            log.warning("registry mirror: %s", effect.note)
+        return effect
+
+    def _retry_held(self, outcome: Outcome) -> None:
+        """A site record came or changed: records of that site held back for want of it are tried again."""
+        assert self._trust is not None
+        for event in outcome.events:
+            if isinstance(event, SiteAdded | SiteChanged):
+                for key, value, rev in self._trust.retry(event.site.name):
+                    self.catalog.forget([key])
+                    self._record(self.catalog.put(key, value, rev), count=0)
 
     def _healthy(self) -> None:
         self._last_contact = time.monotonic()

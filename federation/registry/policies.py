@@ -1,31 +1,37 @@
-"""Traffic policies in etcd: the store the CLI writes through, and the reader that keeps the last valid ones.
+"""Mesh policies in etcd: the store the CLI writes through, and the reader that keeps the last valid ones.
 
-Every write goes through `PolicyStore._write`, the one place where a record will be signed (issue 13).
+Both serve every kind of policy (`core.policy.kinds`: traffic, access). Every write goes through
+`PolicyStore._write`, the one place where a record is signed (with the operator key the CLI was given).
 The reader lists once, watches from that revision, and resyncs on compaction or a broken stream; a
-record that fails validation is logged (rate limited) and counted, and the policy in force stays.
+record that fails validation (or verification) is logged (rate limited) and counted, and the policy in
+force stays. With `protect_deletes` a bare delete leaves the policy in force: only a signed tombstone
+removes it, as a raw etcd writer can delete anything but sign nothing.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import Any
 
 from federation.core.backoff import Backoff, registry_backoff
+from federation.core.codec import dump_json
 from federation.core.errors import RecordError, RegistryUnavailable
 from federation.core.keys import Keys
-from federation.core.policy.codec import decode_policy, encode_policy, parse_policy_key, policy_key, policy_prefix
-from federation.core.policy.index import Outcome, PolicyIndex, ServiceId
-from federation.core.policy.model import TrafficPolicy
+from federation.core.policy.index import Outcome, PolicyIndex, ServiceId, Verify
+from federation.core.policy.kinds import TRAFFIC, PolicyKind, content
 from federation.core.ratelimit import LogLimiter
 from federation.registry.etcd import Compacted, Delete, EtcdClient, Put, reconnecting
 from federation.runtime.values import Value
 
 log = logging.getLogger(__name__)
 
-Policies = Mapping[ServiceId, TrafficPolicy]
+Policies = Mapping[ServiceId, Any]
+Sign = Callable[[str, dict[str, Any]], bytes]
+"""(key, record) -> the stored value, signed by the operator (the CLI builds it from the operator key)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,83 +39,114 @@ class Stored:
     """What a key holds: a valid policy, or the reason it is not one (`policy` None)."""
 
     key: str
-    policy: TrafficPolicy | None
+    policy: Any
     error: str = ""
     revision: int = 0
+    signed: bool = False
+    deleted: bool = False
+    """A tombstone: the policy was deleted with a signed record."""
 
 
 class PolicyStore:
-    """Get, list, apply and delete traffic policies, validated both ways."""
+    """Get, list, apply and delete policies of one kind, validated both ways, signed when given a signer."""
 
-    def __init__(self, client: EtcdClient, keys: Keys) -> None:
+    def __init__(self, client: EtcdClient, keys: Keys, kind: PolicyKind = TRAFFIC, *, sign: Sign | None = None,
+                 verify: Verify | None = None) -> None:
+        self.client = client
+        self.keys = keys
         self._client = client
         self._keys = keys
+        self.kind = kind
+        self._sign = sign
+        self._verify = verify
 
     async def get(self, namespace: str, name: str) -> Stored | None:
-        """The record of `namespace/name`, decoded; None if there is none."""
-        key = policy_key(self._keys, namespace, name)
+        """The record of `namespace/name`, decoded; None if there is none (or a tombstone)."""
+        key = self.kind.key(self._keys, namespace, name)
         kv = await self._client.get(key)
-        return None if kv is None else _decoded(key, (namespace, name), kv.value, kv.mod_revision)
+        stored = None if kv is None else self._decoded(key, (namespace, name), kv.value, kv.mod_revision)
+        return None if stored is None or stored.deleted else stored
 
     async def list(self) -> list[Stored]:
         """Every record under the policy prefix, by key, invalid ones included (with their reason)."""
-        kvs, _ = await self._client.get_prefix(policy_prefix(self._keys))
+        kvs, _ = await self._client.get_prefix(self.kind.prefix(self._keys))
         out = []
         for key, kv in sorted(kvs.items()):
             try:
-                service = parse_policy_key(self._keys, key)
+                service = self.kind.parse_key(self._keys, key)
             except RecordError as exc:
                 out.append(Stored(key, None, str(exc), kv.mod_revision))
                 continue
-            out.append(_decoded(key, service, kv.value, kv.mod_revision))
+            stored = self._decoded(key, service, kv.value, kv.mod_revision)
+            if not stored.deleted:
+                out.append(stored)
         return out
 
-    async def apply(self, policy: TrafficPolicy) -> bool:
-        """Store `policy` (already validated); False if the stored record was the same already."""
-        key = policy_key(self._keys, policy.namespace, policy.name)
+    async def apply(self, policy: Any) -> bool:
+        """Store `policy` (already validated); False if the stored record was the same already (and signed
+        alike: applying with a signer signs a policy stored unsigned)."""
+        key = self.kind.key(self._keys, *self.kind.identity(policy))
         current = await self._client.get(key)
-        value = encode_policy(policy)
-        if current is not None and current.value == value:
+        record = self.kind.record(policy)
+        if current is not None and _same(current.value, record, signed=self._sign is not None):
             return False
-        await self._write(key, policy)
+        await self._write(key, record)
         return True
 
     async def delete(self, namespace: str, name: str) -> bool:
-        """Remove the policy of `namespace/name`; False if there was none."""
-        key = policy_key(self._keys, namespace, name)
-        if await self._client.get(key) is None:
+        """Remove the policy of `namespace/name` (a signed tombstone where the kind has one and a signer was
+        given, else a delete); False if there was none."""
+        key = self.kind.key(self._keys, namespace, name)
+        if await self.get(namespace, name) is None:
             return False
-        await self._write(key, None)
+        tomb = self.kind.tombstone
+        await self._write(key, tomb(namespace, name) if tomb is not None and self._sign is not None else None)
         return True
 
-    async def _write(self, key: str, policy: TrafficPolicy | None) -> None:
-        """The one write path: put the encoded policy, or delete it (None). Signing goes here (issue 13)."""
-        op = Delete(key) if policy is None else Put(key, encode_policy(policy))
+    async def _write(self, key: str, record: dict[str, Any] | None) -> None:
+        """The one write path: put the record (signed when a signer was given), or delete the key (None)."""
+        if record is None:
+            op: Put | Delete = Delete(key)
+        else:
+            op = Put(key, self._sign(key, record) if self._sign is not None else dump_json(record))
         await self._client.commit([op])
+
+    def _decoded(self, key: str, service: ServiceId, value: bytes, revision: int) -> Stored:
+        signed = b'"sig":{' in value
+        try:
+            record = self._verify(key, value) if self._verify is not None else content(value)
+            policy = self.kind.decode(service, record)
+        except RecordError as exc:
+            return Stored(key, None, str(exc), revision, signed)
+        return Stored(key, policy, revision=revision, signed=signed, deleted=policy is None)
 
 
 class PolicyReader:
-    """A live index of the valid traffic policies, fed by etcd list and watch; `policies` follows it."""
+    """A live index of the valid policies of one kind, fed by etcd list and watch; `policies` follows it."""
 
     def __init__(self, client: EtcdClient, keys: Keys, *, backoff: Backoff | None = None,
-                 log_interval: float = 60.0) -> None:
+                 log_interval: float = 60.0, kind: PolicyKind = TRAFFIC, verify: Verify | None = None,
+                 protect_deletes: bool = False) -> None:
         self._client = client
         self._keys = keys
+        self.kind = kind
         self._backoff = backoff or registry_backoff()
         self._reject_log = LogLimiter(interval=log_interval, capacity=1024)
-        self.index = PolicyIndex(keys)
-        self.policies: Value[Policies] = Value(MappingProxyType({}), name="traffic policies")
+        self.index: PolicyIndex[Any] = PolicyIndex(keys, parse_key=kind.parse_key, decode=kind.decode,
+                                                   verify=verify or (lambda _k, v: content(v)),
+                                                   protect_deletes=protect_deletes)
+        self.policies: Value[Policies] = Value(MappingProxyType({}), name=f"{kind.kind} policies")
         """The policies in force, replaced (never mutated) on every change."""
         self.synced = False
 
     async def refresh(self) -> Outcome:
         """List every policy once and take the listing (rejects logged); returns what changed."""
-        kvs, revision = await self._client.get_prefix(policy_prefix(self._keys))
+        kvs, revision = await self._client.get_prefix(self.kind.prefix(self._keys))
         outcome = self.index.resync({k: v.value for k, v in kvs.items()}, revision)
         self._report(outcome)
         if not self.synced:
             self.synced = True
-            log.info("traffic policies: %d in force at revision %d", len(self.index.policies()), revision)
+            log.info("%s: %d in force at revision %d", self.kind.kind, len(self.index.policies()), revision)
         return outcome
 
     async def run(self) -> None:
@@ -119,7 +156,7 @@ class PolicyReader:
     async def _session(self) -> None:
         await self.refresh()
         self._backoff.reset()
-        async for event in self._client.watch_prefix(policy_prefix(self._keys), self.index.revision + 1):
+        async for event in self._client.watch_prefix(self.kind.prefix(self._keys), self.index.revision + 1):
             if event.value is None:
                 outcome = self.index.delete(event.key, event.revision)
             else:
@@ -129,7 +166,7 @@ class PolicyReader:
 
     def _on_error(self, exc: RegistryUnavailable) -> float:
         delay = 0.0 if isinstance(exc, Compacted) else self._backoff.next()
-        log.warning("traffic policies: %s; resyncing in %.1fs (keeping the policies in force)", exc, delay)
+        log.warning("%s: %s; resyncing in %.1fs (keeping the policies in force)", self.kind.kind, exc, delay)
         return delay
 
     def _report(self, outcome: Outcome) -> None:
@@ -137,13 +174,20 @@ class PolicyReader:
         for rej in outcome.rejected:
             if self._reject_log.allow(rej.key, now):
                 kept = "the previous policy stays in force" if rej.kept is not None else "defaults apply"
-                log.warning("traffic policies: skipped %s: %s (%s)", rej.key, rej.reason, kept)
+                log.warning("%s: skipped %s: %s (%s)", self.kind.kind, rej.key, rej.reason, kept)
+        for key in outcome.kept:
+            if self._reject_log.allow(("kept", key), now):
+                log.warning("%s: %s was deleted without a signed tombstone; the policy stays in force "
+                            "(delete it with `meshfed policy delete --operator`)", self.kind.kind, key)
         if outcome.changed:
             self.policies.set(MappingProxyType(dict(self.index.policies())))
 
 
-def _decoded(key: str, service: ServiceId, value: bytes, revision: int) -> Stored:
+def _same(stored: bytes, record: dict[str, Any], signed: bool) -> bool:
+    """Whether the stored value already holds `record` (signed, when a signed one is wanted)."""
     try:
-        return Stored(key, decode_policy(service, value), revision=revision)
-    except RecordError as exc:
-        return Stored(key, None, str(exc), revision)
+        same = content(stored) == dump_json(record)
+    except RecordError:
+        return False
+    # Applying with a signer signs a policy stored unsigned; applying without one never strips a signature.
+    return same and (not signed or b'"sig":{' in stored)

@@ -10,16 +10,18 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from federation.core.backoff import REGISTRY_CAP, Backoff
-from federation.core.errors import RegistryUnavailable
+from federation.core.errors import MeshfedError, RegistryUnavailable
 from federation.core.keys import Keys
 from federation.core.records import ServiceExport, Site
 from federation.registry.etcd import Delete, EtcdClient, Put, reconnecting
 from federation.registry.leasekeeper import LeaseKeeper
 from federation.registry.publishing import DeleteOp, PutOp, Stored, desired_records, plan
+from federation.registry.sealing import Seal, owner_of, seal
 from federation.runtime.files import write_private
 from federation.runtime.values import Changes, Readable, Value
 
@@ -31,6 +33,17 @@ _RELIST_EVERY = 10
 
 class LeaseLost(RegistryUnavailable):
     """etcd no longer knows our lease (it expired while we were cut off)."""
+
+
+class SiteHeld(MeshfedError):
+    """Another agent writes for this site (registry.on_duplicate: refuse): this one must not."""
+
+
+class _Contended(RegistryUnavailable):
+    """Another agent wrote the site record between our read and our write: look again."""
+
+
+DUPLICATE_MODES = ("wait", "refuse")
 
 
 class Settled:
@@ -85,6 +98,10 @@ class Publisher:
         backoff: Backoff | None = None,
         clock: Callable[[], float] = time.time,
         keeper: LeaseKeeper | None = None,
+        sealer: Readable[Seal | None] | None = None,
+        owner: str = "",
+        on_duplicate: str = "wait",
+        site_fields: Readable[Mapping[str, Any]] | None = None,
     ) -> None:
         self._client = client
         self._keys = keys
@@ -100,10 +117,21 @@ class Publisher:
         """Refreshes the lease from its own thread."""
         self._keeper_news: Value[tuple[str, int, str]] = Value(("", 0, ""), name="lease keeper")
         """("lost", lease, "") or ("failing", lease, reason) from the keeper's thread; a new tuple each time."""
+        self._sealer = sealer
+        self._owner = owner
+        """Which agent instance this is (the site record says it): a copy of this machine is another."""
+        self._on_duplicate = on_duplicate
+        self._fields = site_fields
         self._actual: dict[str, Stored] = {}
+        self._site_revision: int | None = None
+        """The site record's mod revision as last read, until our first write of a session (then None)."""
         self.lease = 0
         self.published = asyncio.Event()
-        self.settled = Settled(site, exports)
+        self.held_by: str | None = None
+        """Set while another agent holds the site and this one waits: who, as its site record says."""
+        inputs: tuple[Readable[object], ...] = (site, exports, *(h for h in (sealer, site_fields) if h is not None))
+        self._inputs = inputs
+        self.settled = Settled(*inputs)
         """Set once a sync found etcd holding the last declared site and exports (nothing left to write);
         cleared when they are replaced or etcd fails us."""
         self.writes = 0
@@ -143,18 +171,60 @@ class Publisher:
         def news(kind: str, lease: int, reason: str = "") -> None:  # on the keeper's thread
             loop.call_soon_threadsafe(self._keeper_news.set, (kind, lease, reason))
 
-        with Changes(self._site, self._exports, self._keeper_news) as changes:
+        def keep(left: int) -> None:
             self.keeper.keep(self.lease, self._ttl, left, lambda lease: news("lost", lease),
                              lambda reason: news("failing", self.lease, reason))
-            self._actual, _ = await self._owned()
-            await self._keep(changes, max(self._ttl / 3, 0.2) * _RELIST_EVERY)
 
-    async def _keep(self, changes: Changes, relist: float) -> None:
-        """Write what changed at once; re-read our keys every `relist` seconds; end when the keeper says
-        the lease is lost or keepalives fail (the session then starts again, keeping the lease if it lives)."""
+        with Changes(*self._inputs, self._keeper_news) as changes:
+            seen = self._keeper_news.get()  # what the keeper says from here on counts, during the fence too
+            keep(left)
+            self._actual, _ = await self._owned()
+            await self._fence(keep)
+            await self._keep(changes, max(self._ttl / 3, 0.2) * _RELIST_EVERY, seen)
+
+    async def _fence(self, keep: Callable[[int], None]) -> None:
+        """Write nothing while another live agent holds the site: wait for it to go, or refuse (the setting).
+
+        The site record is bound to its writer's lease, so a record whose lease is not ours belongs to a
+        living agent (etcd deletes it when the lease expires). One bound to our own lease but naming
+        another owner was written by a copy of this machine that shares our lease file: we leave that
+        lease to it (the keeper drops it) and take a new one, handed to `keep`, once the site is free.
+        """
+        key = self._keys.site(self.site.name)
+        warned = False
+        while True:
+            have = self._actual.get(key)
+            other = owner_of(have.value) if have is not None else ""
+            if self._mine(have, other):
+                if self.held_by is not None:
+                    log.info("registry publisher: site %s is free again; publishing", self.site.name)
+                self.held_by = None
+                return
+            assert have is not None
+            self.held_by = other or f"the agent holding lease {have.lease:x}"
+            what = (f"site {self.site.name} is held by {self.held_by} (its record is bound to lease {have.lease:x}, "
+                    "still alive)")
+            if self._on_duplicate == "refuse":
+                raise SiteHeld(f"{what}: not writing for it (registry.on_duplicate is refuse)")
+            if not warned:
+                log.warning("registry publisher: %s; waiting for it to go before writing anything", what)
+                warned = True
+            if have.lease == self.lease:
+                self.keeper.drop()
+                self._forget_lease()  # a copy's lease: never ours to keep alive
+                self.lease = 0
+            await asyncio.sleep(max(self._ttl / 2, 0.2))
+            if not self.lease:
+                self.lease, left = await self._acquire_lease()
+                keep(left)
+            self._actual, _ = await self._owned()
+
+    async def _keep(self, changes: Changes, relist: float, seen: tuple[str, int, str]) -> None:
+        """Write what changed at once; re-read our keys every `relist` seconds (and look that no other agent
+        took the site over); end when the keeper says the lease is lost or keepalives fail (the session then
+        starts again, keeping the lease if it lives)."""
         loop = asyncio.get_running_loop()
         due = loop.time() + relist
-        seen = self._keeper_news.get()
         while True:
             await self._sync()
             self._backoff.reset()
@@ -177,17 +247,41 @@ class Publisher:
             if loop.time() >= due:
                 self._actual, _ = await self._owned()
                 due = loop.time() + relist
+                have = self._actual.get(self._keys.site(self.site.name))
+                if not self._mine(have, owner_of(have.value) if have is not None else ""):
+                    raise _Contended(f"another agent took over the record of site {self.site.name}")
+
+    def _mine(self, have: Stored | None, other: str) -> bool:
+        """Whether the stored site record `have` (naming `other` as its owner) may be written by us."""
+        if not self._owner or have is None or have.lease == 0:
+            return True  # no fencing asked for; or a free site, or a record written by hand
+        if have.lease == self.lease:
+            return other in ("", self._owner)  # "": written by an older version of this very agent
+        return other == self._owner
 
     async def _sync(self) -> None:
         at = self.settled.versions()
-        desired = desired_records(self._keys, self._site.get(), self._exports.get(), self._actual, self._clock())
+        now = self._clock()
+        site = self._site.get()
+        desired = desired_records(self._keys, site, self._exports.get(), self._actual, now)
+        kit = self._sealer.get() if self._sealer is not None else None
+        if kit is not None:
+            stored = {k: v.value for k, v in self._actual.items()}
+            fields = self._fields.get() if self._fields is not None else None
+            desired = seal(self._keys, site.name, desired, stored, kit, int(now * 1000), self._owner, fields)
         ops = plan(desired, self._actual, self.lease)
         if not ops:
             self.settled.mark(at)
             return
-        await self._client.commit(
-            [Put(op.key, op.value, self.lease) if isinstance(op, PutOp) else Delete(op.key) for op in ops]
+        guard = None
+        if self._site_revision is not None:
+            guard = (self._keys.site(site.name), self._site_revision)
+        done = await self._client.commit(
+            [Put(op.key, op.value, self.lease) if isinstance(op, PutOp) else Delete(op.key) for op in ops], guard
         )
+        if not done:
+            raise _Contended(f"another agent wrote the record of site {site.name} just now; looking again")
+        self._site_revision = None
         for op in ops:
             if isinstance(op, DeleteOp):
                 self._actual.pop(op.key, None)
@@ -204,6 +298,8 @@ class Publisher:
         site_kv = await self._client.get(self._keys.site(name))
         if site_kv is not None:
             own[self._keys.site(name)] = Stored(site_kv.value, site_kv.lease)
+        # Our next write goes through only if nobody wrote the site record since this read.
+        self._site_revision = site_kv.mod_revision if site_kv is not None else 0
         return own, rev
 
     async def _acquire_lease(self) -> tuple[int, int]:

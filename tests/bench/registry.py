@@ -11,10 +11,14 @@ endpoint has a hostname, so `<host>.east.<svc>.bench.svc.clusterset.local` answe
 polled as tests/bench/scaleobserve.Propagation says), against a bare watch of the same changes; and, for
 --route-changes ClusterSetIP services whose one endpoint moves between loopback backends, the lag until a
 new connection through B's egress listener lands on the new backend (a connection every 10 ms).
-Also reports the mirror's memory per 100,000 endpoints (tracemalloc). Prints ratios, not just times.
+Also reports the mirror's memory per 100,000 endpoints (tracemalloc), and what signed records cost
+(issue 13): signing on write (the publisher's seal step) against encoding alone, and verifying on read
+(a catalog listing with the record verifier) against decoding alone, per record and projected to a
+1,000-site mesh of 100,000 exports. Prints ratios, not just times.
 
     .venv/bin/python -m tests.bench.registry [--rate 2000] [--services 100] [--per-service 100]
                                              [--agent-changes 1000] [--agent-rate 200] [--route-changes 50]
+    .venv/bin/python -m tests.bench.registry --signing-only [--sites 20] [--per-site 100] [--endpoints 10]
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import datetime
 import gc
 import json
 import statistics
@@ -34,9 +39,9 @@ from pathlib import Path
 import aetcd
 import yaml
 
-from federation.core.catalog import Catalog
+from federation.core.catalog import Catalog, Listed
 from federation.core.codec import encode_export
-from federation.core.keys import Keys
+from federation.core.keys import Keys, SiteKey
 from federation.core.records import Endpoint, EndpointPort, ServiceExport, ServicePort, ServiceType
 from federation.core.view import MeshView
 from federation.pki.issuing import new_root, new_site_ca, save_site
@@ -306,6 +311,90 @@ async def _floor_watch(etcd: EtcdProcess, seen: dict[str, float]) -> None:
             if event.kv.value:
                 for ep in json.loads(event.kv.value).get("endpoints", ()):
                     seen.setdefault(ep["addresses"][0], now_)
+def signing_costs(sites: int, per_site: int, endpoints: int) -> dict[str, float]:
+    """Seconds per record to seal (sign) and to verify, against encoding and decoding alone, in one run."""
+    from federation.core.codec import encode_site
+    from federation.core.verification import Mode
+    from federation.pki.records import RecordVerifier
+    from federation.pki.verifying import TrustBundle
+    from federation.registry.publishing import desired_records
+    from federation.registry.sealing import Seal, seal
+    from tests.pkihelp import Mesh
+
+    mesh = Mesh()
+    from federation.pki.signing import issue_registry_signer
+
+    now_ms = int(time.time() * 1000)
+    unsigned: dict[str, bytes] = {}
+    signed: dict[str, bytes] = {}
+    t_encode = t_seal = 0.0
+    for i in range(sites):
+        name = f"site{i}"
+        signer = issue_registry_signer(mesh.site_ca(name), datetime.datetime.now(datetime.UTC))
+        kit = Seal(signer.kid, (signer.cert_pem(),), signer.sign)
+        exports = [
+            ServiceExport(name, "bench", f"svc{s}", (ServicePort("http", 80),),
+                          endpoints=tuple(Endpoint((address(s * endpoints + e),)) for e in range(endpoints)),
+                          exported_at=1.0)
+            for s in range(per_site)
+        ]
+        t0 = time.perf_counter()
+        desired = desired_records(KEYS, mesh.site(name), exports, {}, 1.0)
+        t1 = time.perf_counter()
+        sealed = seal(KEYS, name, desired, {}, kit, now_ms)
+        t2 = time.perf_counter()
+        t_encode += t1 - t0
+        t_seal += t2 - t1
+        unsigned.update(desired)
+        unsigned[KEYS.site(name)] = encode_site(mesh.site(name))
+        signed.update(sealed)
+    records = len(signed)
+
+    def listing(values: dict[str, bytes], verify: bool) -> tuple[float, float, int]:
+        """(seconds for the site records, seconds for the exports, exports): a listing, site records first."""
+        check = None
+        if verify:
+            check = RecordVerifier(KEYS, TrustBundle.from_pem(mesh.bundle_pem()), Mode.REQUIRE).check
+        catalog = Catalog(KEYS, check=check)
+        site_records = {k: v for k, v in values.items() if isinstance(KEYS.parse(k), SiteKey)}
+        exports = {k: v for k, v in values.items() if k not in site_records}
+        t0 = time.perf_counter()
+        out = catalog.resync({k: Listed(v, 1) for k, v in site_records.items()}, 1)
+        t1 = time.perf_counter()
+        for k, v in exports.items():
+            out.rejected += catalog.put(k, v, 2).rejected
+        t2 = time.perf_counter()
+        assert not out.rejected, out.rejected[:3]
+        return t1 - t0, t2 - t1, len(exports)
+
+    d_sites, d_exports, n = listing(unsigned, verify=False)
+    v_sites, v_exports, _ = listing(signed, verify=True)
+    catalog = Catalog(KEYS, check=RecordVerifier(KEYS, TrustBundle.from_pem(mesh.bundle_pem()), Mode.REQUIRE).check)
+    catalog.resync({k: Listed(v, 1) for k, v in signed.items()}, 1)
+    t0 = time.perf_counter()
+    catalog.resync({k: Listed(v, 1) for k, v in signed.items()}, 2)  # the same revisions: nothing decoded
+    t_relist = time.perf_counter() - t0
+    return {"records": records, "exports": n, "sites": sites, "encode": t_encode / records, "seal": t_seal / records,
+            "decode": d_exports / n, "verify": v_exports / n, "site_decode": d_sites / sites,
+            "site_verify": v_sites / sites, "relist": t_relist / records,
+            "bytes_unsigned": sum(map(len, unsigned.values())) / records,
+            "bytes_signed": sum(map(len, signed.values())) / records}
+
+
+def print_signing(c: dict[str, float]) -> None:
+    us = 1e6
+    print(f"signed records: {c['sites']:.0f} sites, {c['exports']:.0f} exports ({c['bytes_unsigned']:.0f} B unsigned, "
+          f"{c['bytes_signed']:.0f} B signed per record on average)")
+    print(f"  write: encode {c['encode'] * us:.0f} us/record, + sign {c['seal'] * us:.0f} us/record "
+          f"(ratio {(c['encode'] + c['seal']) / c['encode']:.2f}x)")
+    print(f"  read an export: decode {c['decode'] * us:.0f} us, decode + verify {c['verify'] * us:.0f} us "
+          f"(ratio {c['verify'] / c['decode']:.2f}x)")
+    print(f"  read a site record: decode {c['site_decode'] * us:.0f} us, + verify its signer's chain and its "
+          f"signature {c['site_verify'] * us:.0f} us (once per site and signer: cached)")
+    print(f"  listed again at the same revision: {c['relist'] * us:.1f} us/record (nothing decoded or verified)")
+    initial = (c["decode"] * 1e5 + c["site_decode"] * 1e3, c["verify"] * 1e5 + c["site_verify"] * 1e3)
+    print(f"  a 1,000-site mesh (100,000 exports): initial listing {initial[0]:.1f} s unsigned, {initial[1]:.1f} s "
+          f"verified (in 5 ms turns); each later change costs one verify")
 
 
 async def _until(check: Callable[[], bool], limit: float) -> None:
@@ -317,6 +406,9 @@ async def _until(check: Callable[[], bool], limit: float) -> None:
 
 
 async def main_async(args: argparse.Namespace) -> None:
+    if args.signing_only:
+        print_signing(signing_costs(args.sites, args.per_site, args.endpoints))
+        return
     with tempfile.TemporaryDirectory() as tmp:
         results = {}
         for name, fn in (("floor", run_floor), ("mirror", run_mirror)):
@@ -356,6 +448,7 @@ async def main_async(args: argparse.Namespace) -> None:
                   f"p99 {pct(dns_lag, 0.99) / pct(dns_floor, 0.99):.2f}x")
     held, raw = memory_per_100k()
     print(f"mirror memory: {held:.1f} MiB per 100,000 endpoints (raw JSON values: {raw:.1f} MiB, ratio {held / raw:.1f}x)")
+    print_signing(signing_costs(args.sites, args.per_site, args.endpoints))
 
 
 def main() -> None:
@@ -366,6 +459,10 @@ def main() -> None:
     parser.add_argument("--agent-changes", type=int, default=1000, help="endpoint changes the agent run makes")
     parser.add_argument("--agent-rate", type=float, default=200.0, help="their pace, changes per second")
     parser.add_argument("--route-changes", type=int, default=50, help="endpoint moves seen through the egress")
+    parser.add_argument("--signing-only", action="store_true", help="only the sign/verify costs (no etcd)")
+    parser.add_argument("--sites", type=int, default=20, help="sites in the sign/verify sample")
+    parser.add_argument("--per-site", type=int, default=100, help="exports per site in the sign/verify sample")
+    parser.add_argument("--endpoints", type=int, default=10, help="endpoints per export in the sign/verify sample")
     asyncio.run(main_async(parser.parse_args()))
 
 

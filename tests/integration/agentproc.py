@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -32,6 +33,9 @@ def write_config(path: Path, site: str, endpoints: list[str], state_dir: Path, e
             data[key].update(value)
         else:
             data[key] = value
+    if not data.get("gateway", {}).get("ca_dir"):
+        # No site CA, so nothing to sign with or verify against: the registry is trusted as it is.
+        data["registry"].setdefault("signatures", "accept")
     path.write_text(yaml.safe_dump(data))
     return path
 
@@ -50,12 +54,19 @@ class AgentProcess:
         self.log = config.with_suffix(".log")
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> AgentProcess:
+    def start(self, open_files: tuple[int, int] | None = None) -> AgentProcess:
+        """Start the agent (with `open_files`, the (soft, hard) RLIMIT_NOFILE a unit file would give it)."""
         (self.state_dir / "admin.addr").unlink(missing_ok=True)  # a SIGKILLed agent leaves its address behind
+
+        def limit() -> None:
+            if open_files is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, open_files)
+
         with open(self.log, "ab") as logf:  # the child gets its own copy of the descriptor
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "federation", "agent", "--config", str(self.config)],
                 stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=dict(os.environ),
+                preexec_fn=limit if open_files is not None else None,
             )
         return self
 

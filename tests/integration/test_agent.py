@@ -238,3 +238,47 @@ def test_bad_section_and_bad_workers_flag_fail_at_start(tmp_path: Path) -> None:
     out = meshfed("agent", "--config", str(cfg), "--workers", "0")
     assert out.returncode == 2
     assert out.stderr.strip() == f"meshfed: {cfg}: gateway.workers: 0 is not in 1..64"
+
+
+def test_admin_documents_and_registry_ls_page_and_filter(etcd: EtcdProcess, tmp_path: Path,
+                                                         agents: list[AgentProcess]) -> None:
+    exports = [web_export(name=f"svc{i:02d}", port=8000 + i) for i in range(12)]
+    east_cfg = write_config(tmp_path / "east.yaml", "east", [etcd.endpoint], tmp_path / "east", exports)
+    west_cfg = write_config(tmp_path / "west.yaml", "west", [etcd.endpoint], tmp_path / "west",
+                            [web_export(name="svc00", port=8000, address="127.0.0.11")])
+    east = AgentProcess(east_cfg, tmp_path / "east").start()
+    west = AgentProcess(west_cfg, tmp_path / "west").start()
+    agents.extend([east, west])
+    east.wait_ready()
+    west.wait_ready()
+    wait_for(lambda: len(west.registry()["services"]) == 12, what="east's exports at west")
+
+    status, body = west.get("/registry?limit=5")
+    assert status == 200
+    first = json.loads(body)
+    assert [s["name"] for s in first["services"]] == [f"svc{i:02d}" for i in range(5)]
+    assert first["page"]["matched"] == 12
+    second = json.loads(west.get(f"/registry?limit=5&after={first['page']['next']}")[1])
+    assert [s["name"] for s in second["services"]] == [f"svc{i:02d}" for i in range(5, 10)]
+    only_west = json.loads(west.get("/registry?site=west")[1])
+    assert [s["name"] for s in only_west["sites"]] == ["west"]
+    assert [s["name"] for s in only_west["services"]] == ["svc00"]
+    imports = json.loads(west.get("/status?service=shop/svc1*")[1])
+    assert [i["service"] for i in imports["imports"]] == ["shop/svc10", "shop/svc11"]
+    assert west.get("/status?limit=-1") == (400, "/status: limit=-1 is outside 1..10000\n")
+    assert west.get("/registry?colour=blue")[0] == 400
+
+    out = meshfed("registry", "ls", "--endpoints", etcd.endpoint, "--json", "--service", "*/svc0?", "--limit", "3")
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert [s["name"] for s in report["services"]] == ["svc00", "svc01", "svc02"]
+    assert report["page"]["next"] == "shop/svc02"
+    text = meshfed("registry", "ls", "--endpoints", etcd.endpoint, "--site", "west").stdout
+    assert "SITES (1)" in text
+    assert "SERVICES (1 of 1 matching)" in text
+    bad = meshfed("registry", "ls", "--endpoints", etcd.endpoint, "--limit", "lots")
+    assert bad.returncode == 2
+    assert "limit='lots' is not a number" in bad.stderr
+    st = meshfed("status", "--config", str(west_cfg), "--json", "--limit", "1")
+    assert st.returncode == 0, st.stderr
+    assert len(json.loads(st.stdout)["imports"]) == 1

@@ -134,7 +134,7 @@ async def test_every_part_fails_over_when_a_member_dies_and_clients_see_no_chang
             _, metrics = await asyncio.to_thread(west.get, "/metrics")
             moved = {line.split('"')[1] for line in metrics.splitlines()
                      if line.startswith("meshfed_registry_failovers_total{") and not line.endswith(" 0.0")}
-            assert {"mirror", "publisher", "vip-allocator"} <= moved, moved
+            assert {"mirror", "publisher", "vip-allocator", "access-policies"} <= moved, moved
         finally:
             policies.cancel()
             await asyncio.gather(policies, return_exceptions=True)

@@ -1,6 +1,7 @@
 """One data-path process: `echo HOST PORT`, `gateway SITE CA_DIR VIEW HOST [PORT]`, `egress ...`, or
-`capture SITE CA_DIR VIEW HOST VIPS_JSON [auto|on|off]` (an egress in capture mode with its nft rules, as a
-VM agent runs it; prints `STATS {...}` with its connection counters when stopped).
+`capture SITE CA_DIR VIEW HOST VIPS_JSON [auto|on|off [ACCESS_JSON]]` (an egress in capture mode with its nft
+rules, as a VM agent runs it, under the access state ACCESS_JSON (`state_document`) if given; prints
+`STATS {...}` with its connection counters when stopped).
 
 Used by the netns test and the tunnel benchmark.
 
@@ -17,6 +18,7 @@ import sys
 from pathlib import Path
 from typing import cast
 
+from federation.core.policy.access import AccessState, state_from_document
 from federation.core.view import MeshView
 from federation.pki.issuing import load_site
 from federation.runtime.values import Value
@@ -78,7 +80,8 @@ async def main(argv: list[str]) -> None:
         await _until_stdin_closes()
         await gw.close()
     elif role == "capture":
-        await _capture(site, store, view, settings, json.loads(argv[5]), argv[6] if len(argv) > 6 else "on")
+        access = state_from_document(json.loads(argv[7])) if len(argv) > 7 else AccessState()
+        await _capture(site, store, view, settings, json.loads(argv[5]), argv[6] if len(argv) > 6 else "on", access)
     else:
         eg = Egress(site, Value(view), store.client, store.bundle, settings)
         await eg.start()
@@ -90,13 +93,13 @@ async def main(argv: list[str]) -> None:
 
 
 async def _capture(site: str, store: CertificateStore, view: MeshView, settings: GatewaySettings,
-                   vips: dict[str, list[str]], mode: str) -> None:
+                   vips: dict[str, list[str]], mode: str, access: AccessState) -> None:
     table = {tuple(k.split("/")): tuple(v) for k, v in vips.items()}
     capture = EgressCapture(mode, ("240.240.0.0/16", "fd6d:6573:6866:6564::/64"))
     on = await capture.decide()
     placement = Placement(fallback=(settings.egress_address, 0), vips=table)  # type: ignore[arg-type]
     eg = Egress(site, Value(view), store.client, store.bundle, settings, placement=Value(placement),
-                local_services=True, capture=capture.bind if on else None)
+                local_services=True, capture=capture.bind if on else None, access=Value(access))
     await eg.start()
     if eg.capture is not None:
         await capture.install(eg.capture.address[1])

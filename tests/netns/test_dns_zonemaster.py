@@ -36,7 +36,8 @@ def agent_in_netns(tmp_path: Path) -> Iterator[str]:
         cfg = tmp_path / "agent.yaml"
         cfg.write_text(yaml.safe_dump({
             "site": {"name": "east", "network": "net-1", "region": "r1", "zone": "z1"},
-            "registry": {"endpoints": [], "lease_ttl": 5},  # an embedded etcd inside the namespace
+            "registry": {"endpoints": [], "lease_ttl": 5,  # an embedded etcd inside the namespace
+                         "signatures": "accept"},  # a DNS-only agent: no site CA to sign with
             "admin": {"address": "127.0.0.1", "port": 0},
             "state_dir": str(tmp_path / "state"),
             "dns": {"udp": [f"{ADDRESS}:53"], "tcp": [f"{ADDRESS}:53"], "forwarding": False},

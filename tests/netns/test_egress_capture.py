@@ -9,7 +9,8 @@ Through the gateways (the topology of test_gateway_netns):
 A client on the egress's own host (output chain, IPv4 and IPv6) and one on its LAN routed through it
 (prerouting chain) reach site b's echo server at the VIP. In a namespace of its own: the rules are
 replaced after a SIGKILL, removed on stop, and without nft or CAP_NET_ADMIN the egress says so once and
-falls back to per-port listeners that work.
+falls back to per-port listeners that work; a captured client the access policy denies is reset and
+counted, as a client of a per-port listener is.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from typing import Any
 
 import pytest
 
+from federation.core.policy.access import AccessState, from_document, state_document
 from federation.core.records import Endpoint, EndpointPort, Gateway, ServiceExport, ServicePort, ServiceType
 from federation.core.view import MeshView
 from federation.pki.issuing import save_site
@@ -88,11 +90,13 @@ def ipv6_works(ns: str) -> bool:
 
 @contextlib.contextmanager
 def capture_node(ns: str, ca: Path, view: Path, host: str, mode: str = "on",
-                 env: dict[str, str] | None = None, prefix: tuple[str, ...] = ()) -> Iterator[dict[str, Any]]:
+                 env: dict[str, str] | None = None, prefix: tuple[str, ...] = (),
+                 access: AccessState | None = None) -> Iterator[dict[str, Any]]:
     """tests/netns/node.py `capture` in `ns`: yields its READY document; on exit its STATS under "stats"."""
+    state = [json.dumps(state_document(access))] if access is not None else []
     proc = subprocess.Popen(
         [shutil.which("ip") or "ip", "netns", "exec", ns, *prefix, sys.executable, "-m", "tests.netns.node",
-         "capture", "a", str(ca), str(view), host, json.dumps(VIPS), mode],
+         "capture", "a", str(ca), str(view), host, json.dumps(VIPS), mode, *state],
         cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )  # fmt: skip
     assert proc.stdout is not None
@@ -185,6 +189,23 @@ async def test_clients_on_the_host_and_routed_through_it_reach_the_service_throu
         # Stopped: the table is gone, and nothing listens any more.
         assert tables(ns["ga"]) == []
         assert listening(ns["ga"]) == 0
+
+
+async def test_a_captured_client_the_access_policy_denies_is_reset_and_counted(
+        one_host: tuple[str, Path], tmp_path: Path) -> None:
+    ns, view = one_host
+    await VipInterface(VmSettings(), netns=ns).reconcile({ipaddress.ip_address(VIP4)})
+    lockdown = from_document({"apiVersion": "meshfed.io/v1alpha1", "kind": "AccessPolicy",
+                              "metadata": {"namespace": "ns", "name": "echo"},
+                              "spec": {"rules": [{"name": "not-a", "action": "Deny", "from": {"sites": ["a"]}}]}})
+    with capture_node(ns, tmp_path / "a", view, "127.0.0.1", access=AccessState({("ns", "echo"): lockdown})) as eg:
+        assert eg["mode"] == "capture", eg
+        assert probe(ns, VIP4, 7) == "RESET"  # before any route: the direct one to the echo server included
+        assert probe(ns, VIP4, 9) == "RESET"  # no service port at all: reset too, and counted apart
+    assert eg["stats"] == {"denied": 1, "unknown_destination": 1}, eg
+    with capture_node(ns, tmp_path / "a", view, "127.0.0.1") as open_:  # no policy: the same client is relayed
+        assert probe(ns, VIP4, 7) == "OK"
+    assert open_["stats"] == {"relayed": 1}, open_
 
 
 @pytest.fixture

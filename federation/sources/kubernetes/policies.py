@@ -1,5 +1,7 @@
-"""Pure conversion of TrafficPolicy objects (meshfed.io/v1alpha1, deploy/kubernetes/policy-crds.yaml) into
-policies, and the `Accepted` condition an agent writes back. The sync itself comes with issue 12 phase 2.
+"""Pure conversion of TrafficPolicy and AccessPolicy objects (meshfed.io/v1alpha1, deploy/kubernetes/policy-crds.yaml,
+access-crds.yaml) into policies, and the `Accepted` condition an agent writes back. The sync itself comes
+with issue 12 phase 2 (the registry record must be signed by an operator key, which an agent does not hold:
+the sync writes through `meshfed policy apply`'s signer, or the mesh runs registry.signatures: accept).
 
 The object is the same document `meshfed policy apply` takes; server-side fields (uid, resourceVersion,
 managedFields, status...) are ignored. The object's namespace and name are the service it governs.
@@ -12,6 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from federation.core.errors import PolicyError
+from federation.core.policy.access import KIND as ACCESS_KIND
+from federation.core.policy.access import AccessPolicy
+from federation.core.policy.access import from_document as access_from_document
 from federation.core.policy.codec import from_document
 from federation.core.policy.model import TrafficPolicy
 from federation.sources.kubernetes.conversion import Obj, ObjKey, format_time, key_of
@@ -28,20 +33,22 @@ class PolicyConversion:
     invalid: dict[ObjKey, str] = field(default_factory=dict)
 
 
-def convert_policy(obj: Obj) -> TrafficPolicy:
-    """The policy of one TrafficPolicy object; PolicyError naming the field and the reason."""
+def convert_policy(obj: Obj) -> TrafficPolicy | AccessPolicy:
+    """The policy of one TrafficPolicy or AccessPolicy object; PolicyError naming the field and the reason."""
+    if obj.get("kind") == ACCESS_KIND:
+        return access_from_document(obj)
     return from_document(obj)
 
 
 def convert_policies(objects: Iterable[Obj]) -> PolicyConversion:
-    """Every TrafficPolicy object, converted; one invalid object never affects the others."""
+    """Every TrafficPolicy (or AccessPolicy) object, converted; one invalid object never affects the others."""
     out = PolicyConversion()
     for obj in objects:
         if not isinstance(obj, Mapping):
             continue
         key = key_of(obj)
         try:
-            out.policies[key] = convert_policy(obj)
+            out.policies[key] = convert_policy(obj)  # type: ignore[assignment]
         except PolicyError as exc:
             out.invalid[key] = str(exc)
     return out

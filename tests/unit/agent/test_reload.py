@@ -10,7 +10,7 @@ from federation.agent.reload import LIVE, plan
 from federation.agent.settings import AgentSettings, parse_settings
 from federation.core.errors import ConfigError
 
-BASE = {"site": {"name": "east", "network": "n1"},
+BASE = {"site": {"name": "east", "network": "n1"}, "registry": {"signatures": "accept"},  # no gateway.ca_dir here
         "exports": [{"namespace": "shop", "name": "web", "ports": [{"name": "http", "port": 80}],
                      "endpoints": [{"addresses": ["10.0.0.1"]}]}]}
 

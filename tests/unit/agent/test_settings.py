@@ -9,10 +9,21 @@ import pytest
 from federation.agent.settings import AgentSettings, load_settings, parse_settings
 from federation.core.errors import ConfigError
 from federation.core.records import ServiceType
+from federation.core.verification import Mode
 from federation.dns.settings import DnsSettings
 from gateway.settings import GatewaySettings
 
-SITE = {"site": {"name": "east", "network": "n1"}}
+SITE = {"site": {"name": "east", "network": "n1"}, "registry": {"signatures": "accept"}}
+
+
+def test_signatures_are_required_by_default_and_need_a_site_ca() -> None:
+    with pytest.raises(ConfigError, match=r"^x.yaml: registry.signatures: require needs .* set gateway.ca_dir"):
+        parse_settings({"site": SITE["site"]}, "x.yaml")
+    cfg = parse_settings({"site": SITE["site"], "gateway": {"ca_dir": "/etc/meshfed/site"}}, "x.yaml")
+    assert cfg.registry.signatures is Mode.REQUIRE
+    assert cfg.registry.on_duplicate == "wait"
+    with pytest.raises(ConfigError, match=r"registry.on_duplicate: 'fight' is not one of wait, refuse"):
+        parse_settings({**SITE, "registry": {"signatures": "accept", "on_duplicate": "fight"}}, "x.yaml")
 
 
 def test_minimal_config_gets_documented_defaults() -> None:
@@ -56,7 +67,7 @@ def test_missing_file_is_one_line(tmp_path: Path) -> None:
 
 
 def test_pod_ip_becomes_the_kubernetes_egress_address() -> None:
-    k8s = {"site": {"name": "east", "network": "n1", "kind": "kubernetes"}}
+    k8s = {"site": {"name": "east", "network": "n1", "kind": "kubernetes"}, "registry": {"signatures": "accept"}}
     cfg = parse_settings(k8s, "x.yaml", {"MESHFED_POD_IP": "10.1.2.3"})
     assert cfg.kubernetes.egress_address == "10.1.2.3"
     explicit = parse_settings({**k8s, "kubernetes": {"egress_address": "10.9.9.9"}}, "x.yaml",
@@ -89,7 +100,7 @@ def test_every_section_refuses_what_it_does_not_know_with_file_field_and_reason(
 
 def test_command_line_overrides_are_checked_like_the_file(tmp_path: Path) -> None:
     path = tmp_path / "agent.yaml"
-    path.write_text("site: {name: east, network: n1}\ngateway: {workers: 1}\n")
+    path.write_text("site: {name: east, network: n1}\nregistry: {signatures: accept}\ngateway: {workers: 1}\n")
     assert load_settings(path, {}, {"gateway.workers": 3}).gateway.workers == 3
     with pytest.raises(ConfigError, match=r"gateway.workers: 0 is not in 1..64"):
         load_settings(path, {}, {"gateway.workers": 0})

@@ -9,6 +9,7 @@ import tracemalloc
 
 import dns.flags
 import dns.message
+import dns.name
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -87,7 +88,13 @@ def test_fast_path_declines_what_it_does_not_handle() -> None:
 def test_fast_path_follows_updates_and_forgets_removed_services() -> None:
     fast = FastPath(ANSWERER)
     fast.update(ZONE_DATA)
+    assert len(fast) == 0  # nothing is encoded until asked
+    for labels, rdtype in ANSWERS[:200]:
+        wire = dns.message.make_query(dns.name.Name([*labels, b""]), rdtype).to_wire()
+        assert fast.answer(wire, True) == ANSWERER.handle(wire, ZONE_DATA, udp=True)
+    assert fast.answer(dns.message.make_query("svc1.ns1.svc.clusterset.local", "A").to_wire(), True) is not None
     before = len(fast)
+    assert 0 < before <= 201
     smaller = dict(VIEW.exports)
     for key in [k for k in smaller if k[2] == "svc1"]:
         del smaller[key]
