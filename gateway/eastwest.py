@@ -11,6 +11,7 @@ import asyncio
 import logging
 import socket
 import ssl
+import time
 from collections.abc import Coroutine, Mapping
 from typing import Any, cast
 
@@ -25,7 +26,8 @@ from gateway.authorization import Authorizer
 from gateway.balancing import EndpointPicker
 from gateway.refusals import GatewayMetrics, Refusals, Throttle, handshake_cause, handshake_reason
 from gateway.relay import ActiveStreams
-from gateway.settings import GatewaySettings
+from gateway.settings import GatewaySettings, live
+from gateway.shedding import Shedder, reset
 from gateway.tls import Bundle, current, send_alerts_to
 from gateway.tunnel import GatewayTunnel
 
@@ -38,7 +40,7 @@ class EastWestGateway:
     """The site's mTLS listener for other networks. `start()`, then `close()`; `address` once started."""
 
     def __init__(self, site: str, mesh: Readable[MeshView], server_context: ssl.SSLContext,
-                 bundle: Bundle, settings: GatewaySettings | None = None,
+                 bundle: Bundle, settings: GatewaySettings | Readable[GatewaySettings] | None = None,
                  registry: CollectorRegistry | None = None, access: Readable[AccessState] | None = None) -> None:
         self.site = site
         self.mesh = mesh
@@ -46,7 +48,9 @@ class EastWestGateway:
         self.context = server_context
         self.trust = bundle
         """The roots peers must chain to (a holder when the registry's trust bundle can change them)."""
-        self.settings = settings or GatewaySettings()
+        self._settings = live(settings)
+        self.shedder = Shedder(self._settings.get)
+        """Resets new connections beyond `max_connections` tunnels or `accept_rate` (refusals reason="overload")."""
         registry = registry or CollectorRegistry()
         self.metrics = GatewayMetrics(registry)
         self.authorizer = Authorizer(access, "gateway", registry)
@@ -62,6 +66,11 @@ class EastWestGateway:
         """Authenticated tunnels open now."""
         self.ended = Throttle()
         """Limits the "tunnel closed" log lines (one peer often holds several tunnels)."""
+
+    @property
+    def settings(self) -> GatewaySettings:
+        """The settings as they are now (a reload may replace them)."""
+        return self._settings.get()
 
     @property
     def bundle(self) -> TrustBundle:
@@ -173,7 +182,20 @@ class EastWestGateway:
                 await asyncio.sleep(0.1)
                 continue
             peer = str(addr[0])
+            if self._shed(conn, peer):
+                conn.close()
+                continue
             self.spawn(self._handshake_accepted(conn, peer), name=f"gateway-handshake-{peer}")
+
+    def _shed(self, sock: object, peer: str) -> bool:
+        """True (and `sock` set to reset on close) if a new connection is beyond what the gateway takes now."""
+        why = self.shedder.refuse(len(self.tunnels) + len(self._tasks), time.monotonic())
+        if why is None:
+            return False
+        self.metrics.refusals.labels("overload").inc()
+        self.shedder.say(log, "gateway", why, len(self.tunnels))
+        reset(sock)
+        return True
 
     async def _handshake_accepted(self, conn: socket.socket, peer: str) -> None:
         tunnel = GatewayTunnel(self, peer)
@@ -222,6 +244,9 @@ class _Incoming(asyncio.Protocol):
         transport.pause_reading()
         peer = transport.get_extra_info("peername")
         host = str(peer[0]) if peer else "?"
+        if self.gateway._shed(transport.get_extra_info("socket"), host):
+            transport.abort()
+            return
         self.gateway.spawn(self.gateway._handshake(transport, host), name=f"gateway-handshake-{host}")
 
     def data_received(self, data: bytes) -> None:  # pragma: no cover - reading is paused

@@ -40,7 +40,6 @@ from gateway.balancing import (
     Open,
     Placement,
     Route,
-    SiteHealth,
     plan,
     routes,
 )
@@ -49,9 +48,11 @@ from gateway.destinations import CapturedServices, Destination, captured_type
 from gateway.listening import ListenerPlan
 from gateway.pool import PoolKey, TunnelPool
 from gateway.preamble import Request, Status
+from gateway.reachability import Reachability
 from gateway.refusals import EgressMetrics, Throttle
 from gateway.relay import ActiveStreams, PlainLeg
-from gateway.settings import GatewaySettings
+from gateway.settings import GatewaySettings, live
+from gateway.shedding import Shedder, reset_transport
 from gateway.splice import Splice
 from gateway.tls import Bundle, ResumingContext, current
 
@@ -66,7 +67,7 @@ class Egress:
     the placement, `stop_accepting()` and `close(grace)` end them."""
 
     def __init__(self, site: str, mesh: Readable[MeshView], client_context: ResumingContext,
-                 bundle: Bundle, settings: GatewaySettings | None = None,
+                 bundle: Bundle, settings: GatewaySettings | Readable[GatewaySettings] | None = None,
                  registry: CollectorRegistry | None = None, placement: Readable[Placement] | None = None,
                  local_services: bool = False, capture: Bind | None = None,
                  access: Readable[AccessState] | None = None) -> None:
@@ -74,15 +75,17 @@ class Egress:
         self.mesh = mesh
         self.context = client_context
         self.trust = bundle
-        self.settings = settings or GatewaySettings()
+        self._settings = live(settings)
+        self.shedder = Shedder(self._settings.get)
+        """Resets new clients beyond `max_connections` or `accept_rate` (counted as result="shed")."""
         registry = registry or CollectorRegistry()
         self.metrics = EgressMetrics(registry)
         self.authorizer = Authorizer(access, "egress", registry)  # this site's own clients, direct routes included
         self._keys: dict[Any, ListenerKey] = {}
         self.placement: Readable[Placement] = placement or Value(
             Placement(fallback=(self.settings.egress_address, self.settings.egress_port)), name="placement")
-        self.health = SiteHealth()
-        self.unreachable: Value[frozenset[str]] = Value(frozenset(), name="unreachable sites")
+        self.reach = Reachability()
+        self.unreachable = self.reach.unreachable
         """Sites whose gateway could not be reached lately (DNS leaves them out while others serve)."""
         self.listening: Value[Mapping[ListenerKey, tuple[str, int]]] = Value(
             immutables.Map(), name="listeners", same=operator.is_)
@@ -98,11 +101,15 @@ class Egress:
         self._servers: dict[ListenerKey, asyncio.Server] = {}
         self._pools: dict[PoolKey, TunnelPool] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._health_timer: asyncio.TimerHandle | None = None
         self._plan = ListenerPlan(site, local_services, self._is_captured)
         self._turn = 0
         self._active: set[Any] = set()
         self.active = ActiveStreams()
+
+    @property
+    def settings(self) -> GatewaySettings:
+        """The settings as they are now (a reload may replace them)."""
+        return self._settings.get()
 
     # -- lifecycle
 
@@ -144,8 +151,7 @@ class Egress:
     async def close(self, grace: float = 0.0) -> None:
         """Close listeners; let streams finish for up to `grace` seconds; then close pools and streams."""
         self.stop_accepting()
-        if self._health_timer is not None:
-            self._health_timer.cancel()
+        self.reach.close()
         await self.active.wait_idle(grace)
         for task in list(self._tasks):
             task.cancel()
@@ -222,6 +228,16 @@ class Egress:
         return lambda: _ClientLeg(self, key)
 
     def _route_captured(self, client: PlainLeg, key: ListenerKey) -> None:
+        self.admit(client, key)
+
+    def admit(self, client: PlainLeg, key: ListenerKey) -> None:
+        """Route a new client of `key`, or reset it at once beyond `max_connections` or `accept_rate`."""
+        why = self.shedder.refuse(self.active.count + len(self._tasks), time.monotonic())
+        if why is not None:
+            self.metrics.connections.labels("shed").inc()
+            self.shedder.say(log, "egress", why, self.active.count)
+            reset_transport(client.transport)
+            return
         self.spawn(self.route(client, key), name="egress-route-{}/{}:{}".format(*key))
 
     def _unknown(self, client: PlainLeg, dest: Destination | None) -> None:
@@ -283,7 +299,8 @@ class Egress:
             return False
         self.metrics.attempts.labels("direct", "ok").inc()
         held: list[Any] = []
-        splice = Splice(client, leg, self.settings.idle_timeout, lambda _clean: self._untrack(held))
+        splice = Splice(client, leg, self.settings.idle_timeout, lambda _clean: self._untrack(held),
+                        high_water=self.settings.high_water)
         self._track(splice, held, key)
         return True
 
@@ -307,8 +324,7 @@ class Egress:
                     tunnel.close()
                     pool.give_back(tunnel)
                 self.metrics.attempts.labels("gateway", "failed").inc()
-                self.health.failed(route.site, time.monotonic())
-                self._health_changed()
+                self.reach.failed(route.site)
                 if isinstance(exc, PeerRejected):  # not a gateway of that site: say so, and try another route
                     self.metrics.refusals.labels(exc.cause).inc()
                     _throttle.log(log, logging.WARNING, ("refused", pool.key, exc.cause),
@@ -317,8 +333,7 @@ class Egress:
                 _throttle.log(log, logging.INFO, ("tunnel", pool.key), "tunnel to %s gateway %s:%d failed: %s",
                               route.site, *pool.key[1:], exc)
                 continue
-            if self.health.succeeded(route.site):
-                self._health_changed()
+            self.reach.succeeded(route.site)
             if reused:
                 self.metrics.reused.inc()
             pool.remember_session(tunnel)
@@ -329,13 +344,15 @@ class Egress:
                          resp.reason)
                 pool.give_back(tunnel)
                 return False
+            if tunnel.closed:  # lost right after its status (its transport is gone): a fresh tunnel, once
+                continue
             self.metrics.attempts.labels("gateway", "ok").inc()
             held: list[Any] = []
 
             def done(_clean: bool, tunnel: Any = tunnel, held: list[Any] = held) -> None:
                 self._untrack(held)
                 pool.give_back(tunnel)
-            self._track(tunnel.attach(client, self.settings.idle_timeout, done), held, key)
+            self._track(tunnel.attach(client, self.settings.idle_timeout, done, self.settings.high_water), held, key)
             return True
         return False
 
@@ -363,25 +380,9 @@ class Egress:
             pool = self._pools[key] = TunnelPool(
                 key, gateway, self.context, self.trust, self.mesh,
                 self.settings.pool_size, self.settings.pool_idle, self.settings.handshake_timeout, self.spawn,
-                keep=self.settings.pool_max, max_age=self.settings.tunnel_max_age,
+                keep=self.settings.pool_max, max_age=self.settings.tunnel_max_age, active=self.active,
             )
         return pool
-
-
-    def _health_changed(self) -> None:
-        """Publish the unreachable sites; look again when the oldest failure's hold runs out."""
-        now = time.monotonic()
-        down = self.health.down(now)
-        if down - self.unreachable.get():
-            log.warning("gateways of %s unreachable: DNS answers leave them out while others serve",
-                        ", ".join(sorted(down - self.unreachable.get())))
-        self.unreachable.set(down)
-        if self._health_timer is not None:
-            self._health_timer.cancel()
-            self._health_timer = None
-        expiry = self.health.next_expiry()
-        if expiry is not None:
-            self._health_timer = asyncio.get_running_loop().call_later(max(0.0, expiry - now), self._health_changed)
 
 
 class _ClientLeg(PlainLeg):
@@ -394,4 +395,4 @@ class _ClientLeg(PlainLeg):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        self.egress.spawn(self.egress.route(self, self.key), name="egress-route-{}/{}:{}".format(*self.key))
+        self.egress.admit(self, self.key)

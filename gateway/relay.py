@@ -8,7 +8,6 @@ ended cleanly both ways leaves its tunnel reusable; anything else closes the tun
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from typing import Protocol, cast
@@ -16,15 +15,15 @@ from typing import Protocol, cast
 from federation.core.errors import RemoteProtocolError
 from gateway.framing import ABORT_FRAME, END_FRAME, Deframer, header
 from gateway.refusals import Throttle
+from gateway.streams import READS, ActiveStreams
 
 log = logging.getLogger(__name__)
 _throttle = Throttle()
 
-READ_SIZE = 256 * 1024
-"""Bytes per read: large reads keep the per-chunk Python cost small next to the copying and crypto."""
-_FIRST_READ = 16 * 1024
-"""Buffer of a new connection: most carry small messages, and zeroing 256 KiB per connection shows."""
-_HIGH_WATER = 1024 * 1024
+__all__ = ["HIGH_WATER", "ActiveStreams", "Done", "PlainLeg", "Sink", "Stream", "TunnelLeg"]
+
+HIGH_WATER = 1024 * 1024
+"""Bytes a stream may queue towards a slow side before the other side stops reading (per direction)."""
 _SMALL = 16 * 1024
 """Up to this size a chunk is copied behind its header so that it travels in one TLS record."""
 
@@ -43,61 +42,17 @@ class Sink(Protocol):
     def resume_from(self, leg: PlainLeg) -> None: ...
 
 
-class ActiveStreams:
-    """Counts the streams in flight so a shutdown can wait for them to end."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
-
-    def add(self) -> None:
-        """A stream started."""
-        self.count += 1
-        self._idle.clear()
-
-    def done(self) -> None:
-        """A stream ended."""
-        self.count -= 1
-        if self.count <= 0:
-            self.count = 0
-            self._idle.set()
-
-    async def wait_idle(self, grace: float) -> None:
-        """Return when no stream is left, or after `grace` seconds."""
-        if grace > 0:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(grace):
-                    await self._idle.wait()
-
-
 class _LargeReads(asyncio.BufferedProtocol):
-    """Reads into one reused buffer (16 KiB, 256 KiB once a read fills it) and hands a view to `data_received`.
-
-    The buffer is replaced whenever the transport that received the view still holds it (its write
-    buffer is not empty), so no byte is overwritten before it has been sent.
-    """
-
-    _buf: bytearray | None = None
-    _size = _FIRST_READ
+    """Reads into the shared `READS` buffer and hands a view of what was read to `data_received`."""
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        if self._buf is None:
-            self._buf = bytearray(self._size)
-        # A memoryview, not the bytearray: asyncio's sslproto slices it and reads into the slice.
-        return memoryview(self._buf)
+        return READS.view()
 
     def buffer_updated(self, nbytes: int) -> None:
-        buf = self._buf
-        assert buf is not None
         out = self.out_transport()
-        self.data_received(memoryview(buf)[:nbytes])  # type: ignore[arg-type]
-        if nbytes == len(buf) and self._size < READ_SIZE:
-            # A full read means bulk data: grow, so that each read moves more per Python call.
-            self._size = READ_SIZE
-            self._buf = None
-        elif out is not None and out.get_write_buffer_size():
-            self._buf = None
+        self.data_received(READS.filled(nbytes))  # type: ignore[arg-type]
+        if out is not None and out.get_write_buffer_size():
+            READS.pinned()
 
     def data_received(self, data: bytes) -> None:
         raise NotImplementedError
@@ -116,6 +71,8 @@ class PlainLeg(_LargeReads):
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self.sink: Sink | None = None
+        self.attached = False
+        """A relay took this leg (it keeps its own reference to the transport until it ends)."""
         self.lost = False
         self.early_eof = False
         self.early = bytearray()
@@ -153,6 +110,10 @@ class PlainLeg(_LargeReads):
         self.lost = True
         if self.sink is not None:
             self.sink.plain_lost(self, exc)
+        if self.attached:
+            # The leg and its transport refer to each other: let reference counting free both now rather
+            # than leave them to a full garbage collection (thousands of closed connections pile up).
+            self.transport = None
 
     def pause_writing(self) -> None:
         if self.sink is not None:
@@ -193,6 +154,7 @@ class TunnelLeg(_LargeReads):
         self.closed = True
         if self.stream is not None:
             self.stream.finish(clean=False)
+        self.transport = None  # as for PlainLeg: no cycle with the transport left for the collector
 
     def pause_writing(self) -> None:
         if self.stream is not None:
@@ -213,7 +175,7 @@ class Stream:
     """One use of a tunnel: relays between `plain` and the framed `tunnel` until both ends sent END."""
 
     def __init__(self, tunnel: TunnelLeg, plain: PlainLeg, idle_timeout: float, on_done: Done,
-                 pending: bytes = b"") -> None:
+                 pending: bytes = b"", high_water: int = HIGH_WATER) -> None:
         assert tunnel.transport is not None
         assert plain.transport is not None
         self.tunnel = tunnel
@@ -221,8 +183,8 @@ class Stream:
         self._tt = tunnel.transport
         self._pt = plain.transport
         # asyncio's 64 KiB default high-water mark pauses a bulk stream every few reads.
-        self._pt.set_write_buffer_limits(high=_HIGH_WATER)
-        self._tt.set_write_buffer_limits(high=_HIGH_WATER)
+        self._pt.set_write_buffer_limits(high=high_water)
+        self._tt.set_write_buffer_limits(high=high_water)
         self._deframer = Deframer()
         self._on_done = on_done
         self.sent_end = False
@@ -238,6 +200,7 @@ class Stream:
         )
         tunnel.stream = self
         plain.sink = self
+        plain.attached = True
         if pending:
             self.tunnel_data(pending)
         if plain.early and not self.done:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from federation.core.settings import Invalid, dns_label, ip_address, setting
+from federation.runtime.values import Readable, Value
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +53,16 @@ class GatewaySettings:
     """Where the agent writes the gateway leaf (0600); empty means a private directory of its own."""
     drain_timeout: float = setting(5.0, lo=0.0, hi=3600.0)
     """Seconds a stopping agent lets relayed streams finish after it stops accepting: Istio's drain default."""
+    max_connections: int = setting(8192, lo=1, hi=1_000_000)
+    """Client connections (egress) or tunnels (gateway) at once; beyond, reset at once: 16k descriptors, ~320 MiB."""
+    accept_rate: float = setting(2000.0, positive=True)
+    """New connections accepted per second; beyond, reset at once, so the registry, DNS and checks keep up."""
+    accept_burst: int = setting(1000, lo=1, hi=1_000_000)
+    """New connections accepted at once above the rate after a quiet spell (a client pool opening)."""
+    read_size: int = setting(256 * 1024, lo=4096, hi=16 * 1024 * 1024)
+    """Bytes per read into the one buffer a process shares: large reads cut Python's cost per byte."""
+    high_water: int = setting(1024 * 1024, lo=16 * 1024, hi=64 * 1024 * 1024)
+    """Bytes queued towards a slow side before the other stops reading; bulk streams need room in flight."""
 
     def validate(self) -> None:
         """Checks between fields."""
@@ -59,3 +70,12 @@ class GatewaySettings:
             raise Invalid("pool_max", f"must be at least pool_size ({self.pool_size})")
         if self.pool_idle >= self.tunnel_idle_timeout:
             raise Invalid("pool_idle", "must be below tunnel_idle_timeout or peers close pooled tunnels")
+
+
+def live(settings: GatewaySettings | Readable[GatewaySettings] | None) -> Readable[GatewaySettings]:
+    """A holder of the settings a part reads at every use (a reload replaces them); plain settings stay fixed."""
+    if settings is None:
+        return Value(GatewaySettings(), name="gateway settings")
+    if isinstance(settings, GatewaySettings):
+        return Value(settings, name="gateway settings")
+    return settings

@@ -5,20 +5,19 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
-from gateway.relay import Done
+from gateway.relay import HIGH_WATER, Done
 
 if TYPE_CHECKING:
     from gateway.relay import PlainLeg
 
 
-_HIGH_WATER = 1024 * 1024
-"""As for tunnels: asyncio's 64 KiB default pauses a bulk stream every few reads."""
 
 
 class Splice:
     """A raw relay between two plain sockets (same-network direct path), half-close respected."""
 
-    def __init__(self, a: PlainLeg, b: PlainLeg, idle_timeout: float, on_done: Done) -> None:
+    def __init__(self, a: PlainLeg, b: PlainLeg, idle_timeout: float, on_done: Done,
+                 high_water: int = HIGH_WATER) -> None:
         assert a.transport is not None
         assert b.transport is not None
         self._legs = {id(a): (a, b), id(b): (b, a)}
@@ -32,8 +31,10 @@ class Splice:
         self._timer: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(
             idle_timeout / 2, self._check_idle)
         a.sink = b.sink = self
-        a.transport.set_write_buffer_limits(high=_HIGH_WATER)
-        b.transport.set_write_buffer_limits(high=_HIGH_WATER)
+        a.attached = b.attached = True
+        # As for tunnels: asyncio's 64 KiB default pauses a bulk stream every few reads.
+        a.transport.set_write_buffer_limits(high=high_water)
+        b.transport.set_write_buffer_limits(high=high_water)
         for leg in (a, b):
             if leg.lost:
                 self.finish(clean=False)

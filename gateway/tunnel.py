@@ -38,7 +38,6 @@ class TunnelHost(Protocol):
 
     site: str
     mesh: Readable[MeshView]
-    settings: GatewaySettings
     metrics: GatewayMetrics
     refusals: Refusals
     picker: EndpointPicker
@@ -50,6 +49,8 @@ class TunnelHost(Protocol):
     @property
     def bundle(self) -> TrustBundle: ...
 
+    @property
+    def settings(self) -> GatewaySettings: ...
     def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None: ...
 
 
@@ -109,6 +110,7 @@ class GatewayTunnel(TunnelLeg):
             left = (identity.not_after - dt.datetime.now(dt.UTC)).total_seconds()
             self._expiry = asyncio.get_running_loop().call_later(max(left, 0.0), self.end, "certificate_expired")
         self.gw.tunnels.add(self)
+        self.gw.active.tunnel_up()
         self.gw.metrics.tunnels.inc()
         self._ready = True
         self._await_request()
@@ -188,7 +190,8 @@ class GatewayTunnel(TunnelLeg):
             self._answer(Response(Status.OK))
             pending, self._pending = bytes(self._pending), bytearray()
             self.gw.active.add()
-            self._last = Stream(self, leg, self.gw.settings.idle_timeout, self._stream_done, pending=pending)
+            self._last = Stream(self, leg, self.gw.settings.idle_timeout, self._stream_done, pending=pending,
+                                high_water=self.gw.settings.high_water)
             if self.transport is not None and not self.closed:
                 self.transport.resume_reading()
             return
@@ -265,6 +268,7 @@ class GatewayTunnel(TunnelLeg):
             self._expiry.cancel()
         if self in self.gw.tunnels:
             self.gw.tunnels.discard(self)
+            self.gw.active.tunnel_down()
             self.gw.metrics.tunnels.dec()
         super().connection_lost(exc)
 

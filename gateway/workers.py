@@ -86,7 +86,8 @@ class GatewayWorkers:
             "site": self.site, "port": port, "files": [str(f) for f in self.files],
             "settings": {k: getattr(self.settings, k) for k in (
                 "listen_address", "handshake_timeout", "preamble_timeout", "tunnel_idle_timeout",
-                "idle_timeout", "connect_timeout")},
+                "idle_timeout", "connect_timeout", "max_connections", "accept_rate", "accept_burst", "read_size",
+                "high_water")},
         })
         for i in range(self.count):
             proc = await asyncio.create_subprocess_exec(
@@ -130,11 +131,15 @@ def _access_line(state: AccessState) -> bytes:
 
 
 async def _worker(config: dict[str, Any]) -> None:
+    from federation.runtime import memory
     from gateway.eastwest import EastWestGateway
+    from gateway.streams import set_read_size
     from gateway.tls import server_context
 
+    memory.tune()
     chain, key, bundle = (Path(f) for f in config["files"])
     settings = GatewaySettings(**config["settings"], listen_port=config["port"], workers=2)
+    set_read_size(settings.read_size)
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
@@ -166,4 +171,9 @@ async def _worker(config: dict[str, Any]) -> None:
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="worker %(process)d %(levelname)s %(name)s: %(message)s")
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_worker(json.loads(sys.argv[1])))
+        try:
+            import uvloop  # as the agent: its TLS buffers cost a connection far less than asyncio's
+        except ImportError:
+            asyncio.run(_worker(json.loads(sys.argv[1])))
+        else:
+            uvloop.run(_worker(json.loads(sys.argv[1])))

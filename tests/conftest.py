@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, settings
 
-from federation.registry.embedded import EtcdProcess
+from federation.registry.embedded import EtcdCluster, EtcdProcess
 
 # The machines are shared and noisy: property tests check behaviour, never time (deadline off).
 settings.register_profile("meshfed", deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -23,7 +23,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     no_etcd = shutil.which("etcd") is None
     not_root = os.geteuid() != 0
     for item in items:
-        if no_etcd and "etcd" in getattr(item, "fixturenames", ()):
+        if no_etcd and {"etcd", "etcd_cluster"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.skip(reason="etcd binary not on PATH (run ./bootstrap.sh test)"))
         if not_root and item.get_closest_marker("netns"):
             item.add_marker(pytest.mark.skip(reason="network namespaces need root"))
@@ -39,6 +39,17 @@ def etcd(tmp_path: Path) -> Iterator[EtcdProcess]:
     finally:
         server.resume()
         server.stop()
+
+
+@pytest.fixture
+def etcd_cluster(tmp_path: Path) -> Iterator[EtcdCluster]:
+    """A real 3-member etcd cluster on free loopback ports, each member's data in the test's temp dir."""
+    cluster = EtcdCluster(tmp_path / "cluster")
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 @pytest.fixture(autouse=True)

@@ -78,6 +78,8 @@ class TwoSites:
         self.mesh_value: Value[MeshView] = Value(self.view(), name="mesh view", same=operator.is_)
         """What east's gateway reads, as the agent's holder: `publish()` after changing sites or exports."""
         self._follower: asyncio.Task[None] | None = None
+        self.live: Value[GatewaySettings] = Value(self.settings, name="gateway settings")
+        """East's gateway settings as the agent holds them: `live.set(...)` is a reload."""
 
     def view(self) -> MeshView:
         gw = (Gateway("gw", "127.0.0.1", self.gw_port),)
@@ -91,7 +93,7 @@ class TwoSites:
         echo_port = await self.echo.start()
         self.exports.append(export("east", "ns", "echo", 7, endpoint_ports=(echo_port,)))
         self.publish()
-        self.gateway = EastWestGateway("east", self.mesh_value, self.east.server, self.east.bundle, self.settings,
+        self.gateway = EastWestGateway("east", self.mesh_value, self.east.server, self.east.bundle, self.live,
                                        access=self.access)
         await self.gateway.start()
         self.gw_port = self.gateway.address[1]

@@ -1,5 +1,10 @@
 """The admin HTTP endpoint: /healthz, /readyz, /metrics and JSON documents (/registry, /status).
 
+/readyz fails only while the agent cannot serve (before its first complete view); what it serves in a
+degraded way (etcd unreachable for some registry client, a stale view) is listed in its body, one
+`degraded: <part>: <reason>` line each, so an operator sees it without the agent being taken out of
+service (a Kubernetes readiness probe failing would stop its DNS for everyone).
+
 Documents take `?site=`, `?service=`, `?limit=` and `?after=` (federation/agent/selection.py); a bad
 parameter is a 400 naming it.
 """
@@ -32,6 +37,7 @@ class AdminServer:
         self._metrics = metrics
         self._live: list[tuple[str, Check]] = []
         self._ready: list[tuple[str, Check]] = []
+        self._degraded: list[tuple[str, Check]] = []
         self._documents: dict[str, Callable[[Selection], Any]] = {}
         self._runner: web.AppRunner | None = None
         self.bound: tuple[str, int] | None = None
@@ -43,6 +49,10 @@ class AdminServer:
     def add_readiness(self, name: str, check: Check) -> None:
         """A check that must pass for /readyz."""
         self._ready.append((name, check))
+
+    def add_degraded(self, name: str, check: Check) -> None:
+        """A condition shown in the /readyz body while it holds (a reason), without failing readiness."""
+        self._degraded.append((name, check))
 
     def add_document(self, path: str, producer: Callable[[Selection], Any]) -> None:
         """Serve `producer(selection)` as JSON at `path` (e.g. /registry), the selection from the query."""
@@ -79,7 +89,7 @@ class AdminServer:
         return _checks(self._live, "alive")
 
     async def _readyz(self, _req: web.Request) -> web.Response:
-        return _checks(self._ready, "ready")
+        return _checks(self._ready, "ready", self._degraded)
 
     async def _metrics_handler(self, _req: web.Request) -> web.Response:
         body = generate_latest(self._metrics)
@@ -93,9 +103,12 @@ class AdminServer:
         return web.json_response(self._documents[req.path](selection))
 
 
-def _checks(checks: list[tuple[str, Check]], word: str) -> web.Response:
+def _checks(checks: list[tuple[str, Check]], word: str,
+            degraded: list[tuple[str, Check]] | None = None) -> web.Response:
     failing = [(name, reason) for name, check in checks if (reason := check()) is not None]
+    notes = "".join(f"degraded: {name}: {reason}\n" for name, check in degraded or ()
+                    if (reason := check()) is not None)
     if failing:
         text = "\n".join(f"not {word}: {name}: {reason}" for name, reason in failing)
-        return web.Response(status=503, text=text + "\n")
-    return web.Response(text=f"{word}\n")
+        return web.Response(status=503, text=text + "\n" + notes)
+    return web.Response(text=f"{word}\n" + notes)

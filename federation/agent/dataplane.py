@@ -38,7 +38,7 @@ from federation.core.vips import VipAddresses
 from federation.dns.server import DnsServer
 from federation.pki.issuing import load_site
 from federation.registry.allocator import TxnClient, VipAllocator
-from federation.runtime.values import Derived, Readable, Value
+from federation.runtime.values import Derived, Readable, Value, follow
 from federation.sources.kubernetes.source import KubernetesSource
 from federation.sources.vm.capture import EgressCapture, precondition
 from federation.sources.vm.netlink import own_address
@@ -46,6 +46,7 @@ from federation.sources.vm.source import VmSource
 from gateway.balancing import Placement
 from gateway.eastwest import EastWestGateway
 from gateway.egress import Egress
+from gateway.streams import set_read_size
 from gateway.tls import CertificateStore
 from gateway.workers import GatewayWorkers
 
@@ -59,12 +60,17 @@ class DataPlane:
 
     def __init__(self, settings: AgentSettings, mesh: Readable[MeshView], metrics: CollectorRegistry,
                  vip_client: TxnClient, identity: Identity | None = None,
-                 access: Readable[AccessState] | None = None) -> None:
+                 access: Readable[AccessState] | None = None, *, allocator_mesh: Readable[MeshView] | None = None,
+                 config: Readable[AgentSettings] | None = None) -> None:
         self.settings = settings
+        self.config: Readable[AgentSettings] = config or Value(settings, name="agent settings")
+        """The settings as reloaded (SIGHUP): the parts that can follow a change read them from here."""
         self.identity = identity
         self.access = access
         """The access policies, mesh default and revocations the gateway and the egress enforce."""
         self.mesh = mesh
+        self._allocator_mesh = allocator_mesh or mesh
+        """What the VIP allocator reconciles against: only live views (it releases what a view lacks)."""
         self.metrics = metrics
         self._vip_client = vip_client
         self.vm: VmSource | None = None
@@ -78,7 +84,10 @@ class DataPlane:
         self.capture: EgressCapture | None = None
         """A VM's egress mode and capture rules (vm.egress_capture), decided at start."""
         self._gateway: Readable[Gateway | None] = Value(None, name="advertised gateway")
-        self._static: Value[tuple[ServiceExport, ...]] = Value(settings.exports, name="static exports")
+        live = self.config
+        self._static: Readable[tuple[ServiceExport, ...]] = Derived(lambda: live.get().exports, live,
+                                                                    name="static exports")
+        self._gateway_settings = Derived(lambda: live.get().gateway, live, name="gateway settings")
         self.exports: Readable[tuple[ServiceExport, ...]] = self._static
         """The site's export list, for the publisher (complete once `exports_ready()` returns)."""
         self.addresses: Readable[VipTable] = Value(MappingProxyType({}), name="ClusterSetIP addresses")
@@ -107,8 +116,10 @@ class DataPlane:
         self.site_record = Derived(self._site_record, self._gateway, *chain, name="site record")
         if s.dns.enabled:
             down = self.egress.unreachable if self.egress is not None else None
+            config = self.config
             self.dns = DnsServer(s.dns, local_site=s.site.name, mesh=self.mesh, vips=self.addresses,
-                                 last_resort=down, registry=self.metrics)
+                                 last_resort=down, registry=self.metrics,
+                                 live=Derived(lambda: config.get().dns, config, name="dns settings"))
             await self.dns.start()
 
     def tasks(self) -> Iterator[Task]:
@@ -131,6 +142,13 @@ class DataPlane:
             yield "vm-source", self.vm.run()
         if self.kubernetes is not None:
             yield "kubernetes-source", self.kubernetes.run()
+        if self.eastwest is not None:
+            yield "gateway-read-size", self._follow_read_size()
+
+    async def _follow_read_size(self) -> None:
+        """The process's read buffer follows `gateway.read_size` (a reload)."""
+        async for _ in follow(self._gateway_settings):
+            set_read_size(self._gateway_settings.get().read_size)
 
     async def exports_ready(self) -> None:
         """Wait until the site's export list is complete (first checks done, caches listed).
@@ -175,8 +193,9 @@ class DataPlane:
     def _start_vm(self) -> None:
         s = self.settings
         if s.dns.enabled:
-            self.vips = VipAllocator(self._vip_client, Keys(s.registry.prefix), self.mesh, ranges=s.dns.vip_ranges,
-                                     grace=s.dns.vip_grace)
+            # It plans from live views only: it releases what a view lacks, so never from a restored one.
+            self.vips = VipAllocator(self._vip_client, Keys(s.registry.prefix), self._allocator_mesh,
+                                     ranges=s.dns.vip_ranges, grace=s.dns.vip_grace)
         # DNS answers, the VIP interface and the egress use the same addresses: the ones the egress can serve
         # (a listener binds one address per service port; the capture listener takes IPv6 VIPs too).
         # Read from the view, so they change with it.
@@ -184,9 +203,11 @@ class DataPlane:
         family = 0 if self.capture is not None and self.capture.active and self.capture.ipv6 else 4
         self.addresses = Derived(lambda: VipAddresses(mesh.get().vips, family=family), mesh,
                                  name="ClusterSetIP addresses")
+        config = self.config
         capturing = self.capture is not None and self.capture.active
-        self.vm = VmSource(s.vm, s.site.name, mesh=self.mesh, vips=self.addresses, static_exports=s.exports,
+        self.vm = VmSource(s.vm, s.site.name, mesh=self.mesh, vips=self.addresses, static_exports=self._static,
                            locality=s.site.locality, metrics=self.metrics,
+                           live=Derived(lambda: config.get().vm, config, name="vm settings"),
                            vip_ranges=s.dns.vip_ranges if capturing else ())
         self.exports = self.vm.exports
 
@@ -230,8 +251,9 @@ class DataPlane:
         if self.certs.site != s.site.name:
             raise ConfigError(f"{s.source}: gateway.ca_dir: the CA in {gw.ca_dir} belongs to site "
                               f"{self.certs.site!r}, not {s.site.name!r}")
-        self.eastwest = EastWestGateway(s.site.name, self.mesh, self.certs.server, self.certs.trust, gw, self.metrics,
-                                        access=self.access)
+        set_read_size(gw.read_size)
+        self.eastwest = EastWestGateway(s.site.name, self.mesh, self.certs.server, self.certs.trust,
+                                        self._gateway_settings, self.metrics, access=self.access)
         await self.eastwest.start()
         host, port = self.eastwest.address
         if gw.workers > 1:
@@ -241,9 +263,9 @@ class DataPlane:
                                           self.access)
             await self.workers.start(port)
         capture = self.capture.bind if self.capture is not None and self.capture.active else None
-        self.egress = Egress(s.site.name, self.mesh, self.certs.client, self.certs.trust, gw, self.metrics,
-                             placement=self._placement(), local_services=self._vips_here(), capture=capture,
-                             access=self.access)
+        self.egress = Egress(s.site.name, self.mesh, self.certs.client, self.certs.trust, self._gateway_settings,
+                             self.metrics, placement=self._placement(), local_services=self._vips_here(),
+                             capture=capture, access=self.access)
         await self.egress.start()
         if self.capture is not None and self.egress.capture is not None:
             await self.capture.install(self.egress.capture.address[1])

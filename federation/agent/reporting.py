@@ -158,9 +158,21 @@ def format_status(status: Mapping[str, Any]) -> str:
     lines += [
         f"site {status['site']} ({status['kind']}, network {status['network']}, {status['locality'] or 'no locality'})",
         f"registry: {','.join(reg['endpoints'])}: {state}"
+        + (" (a view restored from disk)" if reg.get("view") == "restored" else "")
         + (f", {reg['stalenessSeconds']}s old: {reg['error']}" if reg["stale"] else "")
-        + (f", lease {reg['lease']}" if reg.get("lease") else ""),
+        + (f", lease {reg['lease']}" if reg.get("lease") else "")
+        + (f" ({reg['leaseRemainingSeconds']}s left)" if reg.get("leaseRemainingSeconds") is not None else ""),
     ]
+    cfg = status.get("config") or {}
+    last = cfg.get("lastReload") or {}
+    if last.get("result") == "refused":
+        lines.append(f"config: the last reload was REFUSED (running the previous config): {last.get('error')}")
+    if cfg.get("needsRestart"):
+        lines.append(f"config: changed in the file, waiting for a restart: {', '.join(cfg['needsRestart'])}")
+    for c in reg.get("clients", []):
+        if c["reachable"] is False:
+            lines.append(f"  {c['client']}: CANNOT REACH ETCD for {c['downSeconds'] or 0}s via {c['endpoint']}: "
+                         f"{c['error']}")
     gw = status.get("gateway")
     lines.append(f"gateway: listening {gw['listen']}, advertised {gw['advertised']}, certificate valid until "
                  f"{gw['certificateValidUntil']}" if gw else "gateway: off (gateway.ca_dir not set)")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Gauge
@@ -17,6 +18,7 @@ from prometheus_client import CollectorRegistry, Gauge
 from federation.agent.admin import AdminServer
 from federation.agent.dataplane import DataPlane
 from federation.agent.identity import Identity
+from federation.agent.reloading import Reloader
 from federation.agent.reporting import registry_report
 from federation.agent.selection import EVERYTHING, Selection
 from federation.agent.settings import ADMIN_ADDR_FILE, AgentSettings
@@ -25,17 +27,24 @@ from federation.core.imports import EVERYTHING as IMPORT_EVERYTHING
 from federation.core.imports import import_filter
 from federation.core.keys import Keys
 from federation.core.verification import Mode
+from federation.core.view import MeshView
 from federation.pki.issuing import Authority
 from federation.registry.access import AccessReader
 from federation.registry.embedded import EtcdProcess
 from federation.registry.etcd import EtcdClient
+from federation.registry.link import Links
 from federation.registry.mirror import Mirror, RegistryMetrics
 from federation.registry.publisher import Publisher
+from federation.registry.snapshot import RawListing, SnapshotFile
 from federation.runtime.files import write_private
 from federation.runtime.limits import OpenFilesWatch, raise_open_files
 from federation.runtime.tasks import after, guard
+from federation.runtime.values import Derived, Value
 
 log = logging.getLogger(__name__)
+
+SNAPSHOT_FILE = "registry.snapshot"
+"""The last registry view, in the state directory (federation.registry.snapshot)."""
 
 CA_SWITCH_GRACE = 1.0
 """Seconds between etcd holding the site record with a new intermediate and the gateway presenting leaves
@@ -49,10 +58,15 @@ class _Shutdown(Exception):
 class Agent:
     """One site's agent: publishes the site's exports, mirrors the mesh, serves DNS and the gateways."""
 
-    def __init__(self, settings: AgentSettings) -> None:
+    def __init__(self, settings: AgentSettings, reload: Callable[[], AgentSettings] | None = None) -> None:
         self.settings = settings
+        """The settings the agent started with (what runs for those that need a restart)."""
+        self.config: Value[AgentSettings] = Value(settings, name="agent settings")
+        """The settings as reloaded: the parts that follow a change read them here (federation.agent.reload)."""
         self.keys = Keys(settings.registry.prefix)
         self.metrics = CollectorRegistry()
+        self.reloader = Reloader(self.config, reload, self.metrics)
+        """SIGHUP: `request_reload()`."""
         self.files = files = OpenFilesWatch()
         Gauge("meshfed_open_files", "File descriptors the agent holds (counted every 2 s)", registry=self.metrics,
               ).set_function(lambda: files.used)
@@ -65,6 +79,9 @@ class Agent:
         self.identity: Identity | None = None
         self.access: AccessReader | None = None
         self.admin_address: tuple[str, int] | None = None
+        self.links = Links()
+        """Every registry client's link to etcd (readiness detail, status, metrics)."""
+        self.links.register(self.metrics)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until `stop` is set; a subsystem that fails ends the agent with its error."""
@@ -93,40 +110,57 @@ class Agent:
     def status(self, selection: Selection = EVERYTHING) -> dict[str, Any]:
         """What `meshfed status` prints (the admin endpoint's /status)."""
         return agent_status(self.settings, self.mirror, self.publisher, self.plane,
-                            self.etcd.endpoint if self.etcd is not None else None, self.identity, selection)
+                            self.etcd.endpoint if self.etcd is not None else None, self.links,
+                            self.reloader.describe(), self.identity, selection)
 
     async def _run(self, endpoints: tuple[str, ...], stop: asyncio.Event) -> None:
         s = self.settings
 
-        def client() -> EtcdClient:
-            return EtcdClient(endpoints, tls=s.registry.tls, timeout=s.registry.timeout)
+        def client(name: str) -> EtcdClient:
+            c = EtcdClient(endpoints, tls=s.registry.tls, timeout=s.registry.timeout, name=name)
+            self.links.add(c.link)
+            return c
 
         identity = self.identity = await Identity.load(s)
-        mirror = self.mirror = Mirror(client(), self.keys, metrics=RegistryMetrics(self.metrics),
-                                      trust=identity.verifier, imports=import_filter(s.imports, s.site.name))
+        verifier = identity.verifier
+        raw = RawListing(s.registry.snapshot_max_bytes) if s.registry.snapshot else None
+        mirror = self.mirror = Mirror(client("mirror"), self.keys, metrics=RegistryMetrics(self.metrics),
+                                      trust=verifier, raw=raw, imports=import_filter(s.imports, s.site.name))
         if s.imports != IMPORT_EVERYTHING:
             log.info("imports scoped to %s: other services are left out of the mirror", ", ".join(s.imports))
-        verifier = identity.verifier
+        snapshot = SnapshotFile(s.state_dir / SNAPSHOT_FILE, self.keys.root(), raw) if raw is not None else None
+        saved = snapshot.load() if snapshot is not None else None
+        if saved is not None:
+            mirror.restore(saved)
         access = self.access = AccessReader(
-            client(), self.keys, revocations=verifier.revocations if verifier is not None else None,
+            client("access-policies"), self.keys, revocations=verifier.revocations if verifier is not None else None,
             verify=verifier.mesh_policy if verifier is not None else None,
             protect_deletes=s.registry.signatures is Mode.REQUIRE,
         )  # fmt: skip
-        plane = self.plane = DataPlane(s, mirror.mesh, self.metrics, client(), identity, access.state)
+        # What may delete or release (VIP allocation) waits for a live listing, never acts on a restored one.
+        before = MeshView.before_sync()
+        live = Derived(lambda: mirror.mesh.get() if mirror.live.get() else before, mirror.mesh, mirror.live,
+                       name="live mesh view")
+        plane = self.plane = DataPlane(s, mirror.mesh, self.metrics, client("vip-allocator"), identity, access.state,
+                                       allocator_mesh=live, config=self.config)
         admin = AdminServer(s.admin.address, s.admin.port, self.metrics)
         try:
             await plane.start()
             publisher = self.publisher = Publisher(
-                client(), self.keys, plane.site_record, plane.exports,
+                client("publisher"), self.keys, plane.site_record, plane.exports,
                 ttl=s.registry.lease_ttl, lease_file=s.state_dir / "lease",
                 sealer=identity.signing.seal if identity.signing is not None else None,
                 owner=identity.owner, on_duplicate=s.registry.on_duplicate, site_fields=identity.site_fields,
             )  # fmt: skip
             identity.on_new_ca.append(lambda ca: self._switch_site_ca(ca, plane, publisher))
-            admin.add_readiness("registry", lambda: None if mirror.synced.is_set() else "initial registry sync pending")
+            admin.add_readiness("registry", lambda: None if mirror.mesh.get().complete
+                                else "initial registry sync pending")
             admin.add_readiness("publisher", lambda: (
                 f"site held by another agent ({publisher.held_by})" if publisher.held_by is not None
-                else None if publisher.published.is_set() else "site not yet published"))
+                else None if publisher.published.is_set() or mirror.restored_at else "site not yet published"))
+            admin.add_degraded("registry", lambda: _registry_degraded(mirror, self.links))
+            admin.add_degraded("publisher", lambda: None if publisher.published.is_set()
+                               else "site not yet published (etcd unreachable)")
             admin.add_document("/registry", lambda selection: registry_report(
                 mirror.mesh.get(), mirror.catalog.rejected, source=f"agent of site {s.site.name}",
                 stale=mirror.stale, staleness=mirror.staleness(), error=mirror.error,
@@ -139,7 +173,10 @@ class Agent:
                 def spawn(name: str, work: Any) -> None:
                     tg.create_task(guard(name, work), name=name)
 
+                spawn("config-reload", self.reloader.run())
                 spawn("registry-mirror", mirror.run())
+                if snapshot is not None:
+                    spawn("registry-snapshot", snapshot.run())
                 spawn("open-files", self.files.run())
                 spawn("access-policies", access.run())
                 spawn("registry-publisher", after(plane.exports_ready(), publisher.run()))
@@ -157,7 +194,8 @@ class Agent:
                 (s.state_dir / ADMIN_ADDR_FILE).unlink()
 
     def request_reload(self) -> None:
-        """SIGHUP: read gateway.ca_dir again now."""
+        """SIGHUP: read the settings again (what can change live applies now), and gateway.ca_dir."""
+        self.reloader.request()
         if self.identity is not None:
             self.identity.reload.set()
 
@@ -184,7 +222,19 @@ class Agent:
     async def _stop_on(self, stop: asyncio.Event, plane: DataPlane) -> None:
         """The orderly stop: stop accepting, drain relayed streams, then end the task group."""
         await stop.wait()
-        log.info("stopping: no new connections; draining relayed streams for up to %.0fs",
-                 self.settings.gateway.drain_timeout)
-        await plane.drain(self.settings.gateway.drain_timeout)
+        grace = self.config.get().gateway.drain_timeout
+        log.info("stopping: no new connections; draining relayed streams for up to %.0fs", grace)
+        await plane.drain(grace)
         raise _Shutdown
+
+
+def _registry_degraded(mirror: Mirror, links: Links) -> str | None:
+    """Why the registry part serves in a degraded way (a stale view, a client that cannot reach etcd)."""
+    notes = []
+    if mirror.stale and mirror.mesh.get().complete:
+        age = mirror.staleness()
+        source = "a view restored from disk" if not mirror.live.get() else "its last known state"
+        notes.append(f"serving {source}, {age:.0f}s old ({mirror.error or 'etcd unreachable'})")
+    for link in links.unreachable():
+        notes.append(f"{link.name} cannot reach etcd for {link.down_for():.0f}s ({link.error})")
+    return "; ".join(notes) or None

@@ -109,6 +109,10 @@ class RegistrySettings:
     """Seconds an etcd call may take before the agent treats etcd as unreachable."""
     tls: TlsFiles | None = setting(None, parse=_tls)
     """Client TLS for etcd (ca, cert, key files); None talks plaintext (only sensible on loopback)."""
+    snapshot: bool = True
+    """Keep the last registry view in the state directory: a restart while etcd is away serves it, stale."""
+    snapshot_max_bytes: int = setting(64 * 1024 * 1024, lo=1024 * 1024, hi=4 * 1024 * 1024 * 1024)
+    """The most registry (raw bytes) the snapshot holds, in memory and on disk: about 500 sites of 100 exports."""
     signatures: Mode = Mode.REQUIRE
     """require: only records that verify count, so a raw etcd writer cannot steer traffic; accept (during an
     upgrade from unsigned agents) also takes unsigned records of sites that have never signed."""

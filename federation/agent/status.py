@@ -10,6 +10,7 @@ from federation.agent.dataplane import DataPlane
 from federation.agent.identity import Identity
 from federation.agent.selection import EVERYTHING, Selection
 from federation.agent.settings import AgentSettings
+from federation.registry.link import Links
 from federation.registry.mirror import Mirror
 from federation.registry.publisher import Publisher
 from gateway.destinations import Captured
@@ -61,7 +62,8 @@ def _human(delta: dt.timedelta) -> str:
 
 
 def agent_status(settings: AgentSettings, mirror: Mirror | None, publisher: Publisher | None,
-                 plane: DataPlane | None, etcd_endpoint: str | None, identity: Identity | None = None,
+                 plane: DataPlane | None, etcd_endpoint: str | None, links: Links | None = None,
+                 config: dict[str, Any] | None = None, identity: Identity | None = None,
                  selection: Selection = EVERYTHING, now: dt.datetime | None = None) -> dict[str, Any]:
     """The /status document; `selection` keeps some of the imported services (a page of them)."""
     s = settings
@@ -78,8 +80,15 @@ def agent_status(settings: AgentSettings, mirror: Mirror | None, publisher: Publ
             else round(mirror.staleness(), 1),
             "error": mirror.error if mirror else None,
             "lease": f"{publisher.lease:x}" if publisher and publisher.lease else None,
+            "view": None if mirror is None else "live" if mirror.live.get()
+            else "restored" if mirror.restored_at is not None else "none",
+            "clients": [link.describe() for link in links or ()],
         },
     }
+    if publisher is not None and publisher.lease:
+        out["registry"]["leaseRemainingSeconds"] = round(publisher.keeper.remaining(), 1)
+    if config is not None:
+        out["config"] = config
     if plane is not None:
         out.update(_data_plane(plane, selection))
     out["certificates"] = expiries(plane, identity, now or dt.datetime.now(dt.UTC))

@@ -11,6 +11,7 @@ import sys
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from typing import Any
 
 from federation.agent.selection import add_selection_options, parse_selection, selection_query
@@ -42,12 +43,16 @@ def cmd_agent(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"meshfed: {exc}", file=sys.stderr)
         return 2
-    return run_agent_process(settings)
+    return run_agent_process(settings, reload=lambda: load_settings(args.config, overrides=overrides))
 
 
-def run_agent_process(settings: AgentSettings) -> int:
-    """Run an agent in this process until SIGINT/SIGTERM; exit code for the shell."""
+def run_agent_process(settings: AgentSettings, reload: Callable[[], AgentSettings] | None = None) -> int:
+    """Run an agent in this process until SIGINT/SIGTERM; SIGHUP reloads the config with `reload`; exit code
+    for the shell."""
     from federation.agent.root import Agent  # the whole agent: imported by the one command that runs it
+    from federation.runtime import memory
+
+    memory.tune()  # before any thread starts: the arena cap applies to threads made after it
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -55,7 +60,7 @@ def run_agent_process(settings: AgentSettings) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         loop.add_signal_handler(signal.SIGUSR1, dump_tasks)
-        agent = Agent(settings)
+        agent = Agent(settings, reload=reload)
         loop.add_signal_handler(signal.SIGHUP, agent.request_reload)
         await agent.run(stop)
 

@@ -51,16 +51,14 @@ class DnsServer:
         vips: Readable[VipTable] | None = None,
         last_resort: Readable[frozenset[str]] | None = None,
         registry: CollectorRegistry | None = None,
+        live: Readable[DnsSettings] | None = None,
     ) -> None:
         self.settings = settings
+        self._live = live
+        """Settings to follow (a reload): TTL, forwarding, upstreams and site pinning apply to the next answer."""
+        self._local_site = local_site
         self._inputs = (mesh, vips, last_resort)
-        self._builder = ZoneBuilder(
-            settings.zone, local_site=local_site, ttl=settings.ttl, site_pinning=settings.site_pinning
-        )
-        self.answerer = Answerer(
-            self._builder.origin, forwarding=settings.forwarding, max_udp=settings.max_udp_payload
-        )
-        self.fast = FastPath(self.answerer)
+        self._configure(settings)
         self.zone: Zone | None = None
         self._forwarder: Forwarder | None = None
         self._udp: list[_UdpSocket] = []
@@ -77,6 +75,29 @@ class DnsServer:
         self._names = Gauge("meshfed_dns_zone_names", "Names in the federated zone", registry=reg)
         self._build = Gauge("meshfed_dns_zone_build_seconds", "Time the last zone rebuild took", registry=reg)
         self._synced = Gauge("meshfed_dns_synced", "1 once the first mesh snapshot arrived", registry=reg)
+
+    def _configure(self, settings: DnsSettings) -> None:
+        self.settings = settings
+        self._builder = ZoneBuilder(
+            settings.zone, local_site=self._local_site, ttl=settings.ttl, site_pinning=settings.site_pinning
+        )
+        self.answerer = Answerer(
+            self._builder.origin, forwarding=settings.forwarding, max_udp=settings.max_udp_payload
+        )
+        self.fast = FastPath(self.answerer)
+
+    def _reconfigure(self, settings: DnsSettings) -> None:
+        """Answer with new settings from the next question on (the zone is rebuilt by the caller)."""
+        old = self.settings
+        self._configure(settings)
+        for worker in self._udp:  # each socket holds the fast path's answer method, for its hot loop
+            worker._answer = self.fast.answer
+        if self._forwarder is not None and (settings.upstreams, settings.forward_timeout) != (
+                old.upstreams, old.forward_timeout):
+            ours = self.udp_addresses + self.tcp_addresses
+            self._forwarder = Forwarder(upstream_addresses(settings.upstreams, read_resolv_conf(), ours),
+                                        settings.forward_timeout)
+        log.info("dns settings reloaded (ttl %ds, forwarding %s)", settings.ttl, "on" if settings.forwarding else "off")
 
     # -- lifecycle
 
@@ -162,8 +183,10 @@ class DnsServer:
         mesh, vips, last_resort = self._inputs
         if mesh is None:
             raise ValueError("DnsServer.run needs the mesh view holder")
-        held = [h for h in self._inputs if h is not None]
+        held = [h for h in (*self._inputs, self._live) if h is not None]
         async for _ in follow(*held):
+            if self._live is not None and self._live.get() is not self.settings:
+                self._reconfigure(self._live.get())
             view = mesh.get()
             if view.complete:
                 await self.rebuild(view, last_resort.get() if last_resort is not None else frozenset(),

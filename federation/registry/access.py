@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from types import MappingProxyType
 
-from federation.core.backoff import Backoff
+from federation.core.backoff import Backoff, registry_backoff
 from federation.core.errors import RecordError, RegistryUnavailable
 from federation.core.keys import Keys
 from federation.core.meshdocs import Revocations
@@ -39,7 +39,7 @@ class AccessReader:
         self._keys = keys
         self._verify: Verify = verify or (lambda _k, v: content(v))
         self._protect = protect_deletes
-        self._backoff = backoff or Backoff()
+        self._backoff = backoff or registry_backoff()
         self._clock = clock
         self._log = LogLimiter(interval=60.0, capacity=1024)
         self._prefix = keys.mesh("policies") + "/"

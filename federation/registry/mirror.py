@@ -1,7 +1,9 @@
 """The mesh mirror: list once, watch from that revision, resync on compaction or a broken stream.
 
 While etcd is unreachable it keeps serving the last known state and reports itself stale. Readers
-follow `mesh`, a value holder of the latest immutable `MeshView` (incomplete until the initial sync).
+follow `mesh`, a value holder of the latest immutable `MeshView` (incomplete until the initial sync,
+unless `restore` gave it a saved listing to serve, stale, until then). `raw` (optional) is kept equal
+to the listing as applied, for the snapshot writer (`federation.registry.snapshot`).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from collections.abc import Callable, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from federation.core.backoff import Backoff
+from federation.core.backoff import Backoff, registry_backoff
 from federation.core.catalog import Catalog, Imports, Listed, Outcome
 from federation.core.errors import RecordError, RegistryUnavailable
 from federation.core.keys import Keys
@@ -22,6 +24,7 @@ from federation.core.ratelimit import LogLimiter
 from federation.core.verification import Effect, RegistryTrust
 from federation.core.view import Event, MeshView, SiteAdded, SiteChanged
 from federation.registry.etcd import Compacted, EtcdClient, reconnecting
+from federation.registry.snapshot import RawListing, Saved
 from federation.runtime.values import Value
 
 log = logging.getLogger(__name__)
@@ -78,11 +81,12 @@ class Mirror:
         page: int = 1000,
         imports: Imports | None = None,
         trust: RegistryTrust | None = None,
+        raw: RawListing | None = None,
     ) -> None:
         self._client = client
         self._keys = keys
         self._metrics = metrics or RegistryMetrics(CollectorRegistry())
-        self._backoff = backoff or Backoff()
+        self._backoff = backoff or registry_backoff()
         self._probe_interval = probe_interval
         self._probe_timeout = probe_timeout
         self._page = page
@@ -98,9 +102,17 @@ class Mirror:
         self._reject_log = LogLimiter(interval=60.0, capacity=1024)
         self._last_contact: float | None = None
         self.synced = asyncio.Event()
+        self.live: Value[bool] = Value(False, name="registry live")
+        """True once a listing from etcd was applied (a restored view is complete, but not live)."""
+        self.restored_at: float | None = None
+        """When the snapshot this mirror serves until its first listing was written (Unix time), if any."""
+        self._raw = raw
         self.stale = True
         self.error: str | None = None
         self.sessions = 0
+        self._listed = False
+        """True while the catalog holds a listing this process made, so a new session may go on watching
+        from the catalog's revision (on another member too: revisions are the cluster's) without listing."""
         self._metrics.staleness.set_function(self.staleness)
         self._metrics.stale.set(1)
 
@@ -119,6 +131,25 @@ class Mirror:
         event tap for tools and tests. The agent's subsystems follow `mesh` instead."""
         self._subscribers.append(callback)
 
+    def restore(self, saved: Saved) -> None:
+        """Serve a saved listing, stale, until the first real one (call before `run`).
+
+        The view is complete, so DNS answers and the gateway admits the sites it holds; nothing is
+        written to etcd from it, and the first listing replaces it with only the real difference.
+        """
+        # Its records are verified as a listing's are: against the roots and revocations it holds.
+        for key in sorted(self._documents & set(saved.listing)):
+            self._document(key, saved.listing[key].value)
+        outcome = self.catalog.resync(saved.listing, saved.revision)
+        self._record(outcome, count=len(saved.listing))
+        self._flush(initial=True)
+        self.restored_at = saved.saved_at
+        self._last_contact = time.monotonic() - max(0.0, time.time() - saved.saved_at)
+        age = time.time() - saved.saved_at
+        self._mark_stale(f"etcd not reached yet; serving the registry view saved {age:.0f}s ago")
+        log.warning("registry mirror: serving the registry view saved %.0fs ago (revision %d, %d records) until "
+                    "etcd answers", age, saved.revision, len(self.catalog))
+
     # -- running
 
     async def run(self) -> None:
@@ -128,18 +159,37 @@ class Mirror:
     def _on_error(self, exc: RegistryUnavailable) -> float:
         if isinstance(exc, _Recheck):
             self.catalog.forget()
+            self._listed = False
             log.info("registry mirror: %s; listing again to verify every record", exc)
             return 0.0
         self._mark_stale(str(exc))
         self._metrics.watch_restarts.inc()
-        delay = 0.0 if isinstance(exc, Compacted) else self._backoff.next()
+        if isinstance(exc, Compacted):
+            self._listed = False  # the history the watch needs is gone: list again, at once
+            delay = 0.0
+        else:
+            delay = self._backoff.next()
         log.warning("registry mirror: %s; resyncing in %.1fs (serving last known state)", exc, delay)
         return delay
 
     async def _session(self) -> None:
+        if self._listed:
+            # A broken stream or a lost member: watch on from where the catalog is, through whichever
+            # member answers now, instead of listing the whole mesh again.
+            current = await self._client.revision()
+            if current >= self.catalog.revision:
+                self._healthy()
+                self._backoff.reset()
+                await self._watching(self.catalog.revision)
+                return
+            log.warning("registry mirror: etcd is at revision %d, behind ours (%d): a new store; listing it",
+                        current, self.catalog.revision)
+            self._listed = False
         kvs, revision = await self._client.get_prefix(self._keys.root(), page=self._page)
         listing = {k: Listed(v.value, v.mod_revision) for k, v in kvs.items()}
         del kvs
+        if self._raw is not None:
+            self._raw.replace(listing, revision)
         # Mesh documents first: every record of the listing is verified against the roots and revocations
         # they hold. If they changed since the last listing, records seen before must be verified again.
         if any(self._document(k, listing[k].value) for k in sorted(self._documents & set(listing))):
@@ -163,7 +213,13 @@ class Mirror:
             log.info("registry mirror: initial sync done at revision %d (%d records)", revision, len(self.catalog))
             self.synced.set()
             self._metrics.synced.set(1)
+            self.live.set(True)
         self._backoff.reset()
+        self._listed = True
+        await self._watching(revision)
+
+    async def _watching(self, revision: int) -> None:
+        """Watch from `revision` + 1 while probing that etcd still answers; raises when either fails."""
         probe = asyncio.create_task(self._probe(), name="registry-probe")
         watch = asyncio.create_task(self._watch(revision), name="registry-watch")
         try:
@@ -192,6 +248,11 @@ class Mirror:
                     self._trust.deleted(event.key)
             else:
                 outcome = self.catalog.put(event.key, event.value, event.revision)
+            if self._raw is not None:
+                if event.value is None:
+                    self._raw.delete(event.key, event.revision)
+                else:
+                    self._raw.put(event.key, event.value, event.revision)
             self._record(outcome, count=1)
             if self._trust is not None:
                 self._retry_held(outcome)
@@ -241,7 +302,7 @@ class Mirror:
     def _healthy(self) -> None:
         self._last_contact = time.monotonic()
         if self.stale:
-            if self.synced.is_set():
+            if self.synced.is_set() or self.restored_at is not None:
                 log.info("registry mirror: etcd reachable again; serving live state")
             self.stale = False
             self.error = None

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
-from federation.core.backoff import Backoff
+from federation.core.backoff import Backoff, registry_backoff
 from federation.core.codec import dump_json
 from federation.core.errors import RecordError, RegistryUnavailable
 from federation.core.keys import Keys
@@ -130,7 +130,7 @@ class PolicyReader:
         self._client = client
         self._keys = keys
         self.kind = kind
-        self._backoff = backoff or Backoff()
+        self._backoff = backoff or registry_backoff()
         self._reject_log = LogLimiter(interval=log_interval, capacity=1024)
         self.index: PolicyIndex[Any] = PolicyIndex(keys, parse_key=kind.parse_key, decode=kind.decode,
                                                    verify=verify or (lambda _k, v: content(v)),

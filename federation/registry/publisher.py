@@ -1,4 +1,8 @@
-"""Keeps one site's records in etcd, bound to the agent's lease, writing only what changed."""
+"""Keeps one site's records in etcd, bound to the agent's lease, writing only what changed.
+
+The lease is refreshed from a thread of its own (`federation.registry.leasekeeper`), so that a busy event
+loop cannot make it expire; the publisher hears from it when the lease is lost or keepalives fail.
+"""
 
 from __future__ import annotations
 
@@ -10,20 +14,21 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from federation.core.backoff import Backoff
+from federation.core.backoff import REGISTRY_CAP, Backoff
 from federation.core.errors import MeshfedError, RegistryUnavailable
 from federation.core.keys import Keys
 from federation.core.records import ServiceExport, Site
 from federation.registry.etcd import Delete, EtcdClient, Put, reconnecting
+from federation.registry.leasekeeper import LeaseKeeper
 from federation.registry.publishing import DeleteOp, PutOp, Stored, desired_records, plan
 from federation.registry.sealing import Seal, owner_of, seal
 from federation.runtime.files import write_private
-from federation.runtime.values import Changes, Readable
+from federation.runtime.values import Changes, Readable, Value
 
 log = logging.getLogger(__name__)
 
 _RELIST_EVERY = 10
-"""Keepalive rounds between re-reads of our own keys (to repair keys deleted by hand)."""
+"""Keepalive intervals between re-reads of our own keys (to repair keys deleted by hand)."""
 
 
 class LeaseLost(RegistryUnavailable):
@@ -92,6 +97,7 @@ class Publisher:
         lease_file: Path | None = None,
         backoff: Backoff | None = None,
         clock: Callable[[], float] = time.time,
+        keeper: LeaseKeeper | None = None,
         sealer: Readable[Seal | None] | None = None,
         owner: str = "",
         on_duplicate: str = "wait",
@@ -105,8 +111,12 @@ class Publisher:
         self._lease_file = lease_file
         # Retries must come well within the lease TTL: etcd restarts a lease's countdown when it comes back,
         # and a publisher still backing off then lets the lease, and every record of the site, expire.
-        self._backoff = backoff or Backoff(base=0.2, cap=max(0.5, ttl / 4))
+        self._backoff = backoff or Backoff(base=0.1, cap=min(REGISTRY_CAP, max(0.5, ttl / 4)))
         self._clock = clock
+        self.keeper = keeper or LeaseKeeper(client.endpoints, client.tls, client.timeout)
+        """Refreshes the lease from its own thread."""
+        self._keeper_news: Value[tuple[str, int, str]] = Value(("", 0, ""), name="lease keeper")
+        """("lost", lease, "") or ("failing", lease, reason) from the keeper's thread; a new tuple each time."""
         self._sealer = sealer
         self._owner = owner
         """Which agent instance this is (the site record says it): a copy of this machine is another."""
@@ -134,7 +144,10 @@ class Publisher:
 
     async def run(self) -> None:
         """Publish until cancelled, reconnecting with backoff."""
-        await reconnecting(self._client, self._session, self._on_error)
+        try:
+            await reconnecting(self._client, self._session, self._on_error)
+        finally:
+            self.keeper.stop()
 
     def _on_error(self, exc: RegistryUnavailable) -> float:
         self.settled.clear()
@@ -152,19 +165,30 @@ class Publisher:
         self._forget_lease()
 
     async def _session(self) -> None:
-        self.lease = await self._acquire_lease()
-        self._actual, _ = await self._owned()
-        await self._fence()
-        with Changes(*self._inputs) as changes:
-            await self._keep(changes, max(self._ttl / 3, 0.2))
+        self.lease, left = await self._acquire_lease()
+        loop = asyncio.get_running_loop()
 
-    async def _fence(self) -> None:
+        def news(kind: str, lease: int, reason: str = "") -> None:  # on the keeper's thread
+            loop.call_soon_threadsafe(self._keeper_news.set, (kind, lease, reason))
+
+        def keep(left: int) -> None:
+            self.keeper.keep(self.lease, self._ttl, left, lambda lease: news("lost", lease),
+                             lambda reason: news("failing", self.lease, reason))
+
+        with Changes(*self._inputs, self._keeper_news) as changes:
+            seen = self._keeper_news.get()  # what the keeper says from here on counts, during the fence too
+            keep(left)
+            self._actual, _ = await self._owned()
+            await self._fence(keep)
+            await self._keep(changes, max(self._ttl / 3, 0.2) * _RELIST_EVERY, seen)
+
+    async def _fence(self, keep: Callable[[int], None]) -> None:
         """Write nothing while another live agent holds the site: wait for it to go, or refuse (the setting).
 
         The site record is bound to its writer's lease, so a record whose lease is not ours belongs to a
         living agent (etcd deletes it when the lease expires). One bound to our own lease but naming
         another owner was written by a copy of this machine that shares our lease file: we leave that
-        lease to it and take a new one once the site is free.
+        lease to it (the keeper drops it) and take a new one, handed to `keep`, once the site is free.
         """
         key = self._keys.site(self.site.name)
         warned = False
@@ -186,38 +210,43 @@ class Publisher:
                 log.warning("registry publisher: %s; waiting for it to go before writing anything", what)
                 warned = True
             if have.lease == self.lease:
+                self.keeper.drop()
                 self._forget_lease()  # a copy's lease: never ours to keep alive
                 self.lease = 0
             await asyncio.sleep(max(self._ttl / 2, 0.2))
             if not self.lease:
-                self.lease = await self._acquire_lease()
+                self.lease, left = await self._acquire_lease()
+                keep(left)
             self._actual, _ = await self._owned()
 
-    async def _keep(self, changes: Changes, interval: float) -> None:
-        """Write what changed at once; refresh the lease every `interval`; re-read our keys now and then."""
-        rounds = 0
-        last_keepalive = time.monotonic()
+    async def _keep(self, changes: Changes, relist: float, seen: tuple[str, int, str]) -> None:
+        """Write what changed at once; re-read our keys every `relist` seconds (and look that no other agent
+        took the site over); end when the keeper says the lease is lost or keepalives fail (the session then
+        starts again, keeping the lease if it lives)."""
+        loop = asyncio.get_running_loop()
+        due = loop.time() + relist
         while True:
             await self._sync()
             self._backoff.reset()
             self.published.set()
-            wait = interval - (time.monotonic() - last_keepalive)
-            if wait > 0:
-                with contextlib.suppress(TimeoutError):
-                    # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow the cancellation that
-                    # stops the agent when it lands as the event fires (CPython gh-86296).
-                    async with asyncio.timeout(wait):
-                        await changes.wait()
-            if time.monotonic() - last_keepalive < interval:
-                continue
-            left = await self._client.keepalive(self.lease)
-            last_keepalive = time.monotonic()
-            if left <= 0:
-                self._forget_lease()
-                raise LeaseLost(f"lease {self.lease:x} expired; re-registering site {self.site.name}")
-            rounds += 1
-            if rounds % _RELIST_EVERY == 0:
+            with contextlib.suppress(TimeoutError):
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow the cancellation that
+                # stops the agent when it lands as the event fires (CPython gh-86296).
+                async with asyncio.timeout(max(0.0, due - loop.time())):
+                    await changes.wait()
+            news = self._keeper_news.get()
+            if news is not seen:
+                seen = news
+                kind, lease, reason = news
+                if lease == self.lease and kind == "lost":
+                    self.keeper.drop()
+                    self._forget_lease()
+                    raise LeaseLost(f"lease {self.lease:x} expired; re-registering site {self.site.name}")
+                if lease == self.lease and kind == "failing":
+                    raise RegistryUnavailable(f"lease keepalive failed: {reason}")
+            if loop.time() >= due:
                 self._actual, _ = await self._owned()
+                due = loop.time() + relist
                 have = self._actual.get(self._keys.site(self.site.name))
                 if not self._mine(have, owner_of(have.value) if have is not None else ""):
                     raise _Contended(f"another agent took over the record of site {self.site.name}")
@@ -273,19 +302,20 @@ class Publisher:
         self._site_revision = site_kv.mod_revision if site_kv is not None else 0
         return own, rev
 
-    async def _acquire_lease(self) -> int:
+    async def _acquire_lease(self) -> tuple[int, int]:
         """Reuse our lease while it lives (after an etcd outage, or the previous run's after a restart: then
-        nothing is rewritten), else grant one."""
+        nothing is rewritten), else grant one; the lease and the seconds it has left."""
         previous = self.lease or self._read_lease_file()
         if previous:
             left = await self._client.keepalive(previous)
             if left > 0:
-                log.info("registry publisher: took over lease %x (%ds left)", previous, left)
-                return previous
+                if previous != self.lease:
+                    log.info("registry publisher: took over lease %x (%ds left)", previous, left)
+                return previous, left
         lease = await self._client.grant(self._ttl)
         self._write_lease_file(lease)
         log.info("registry publisher: site %s holds lease %x (ttl %ds)", self.site.name, lease, self._ttl)
-        return lease
+        return lease, self._ttl
 
     def _read_lease_file(self) -> int:
         if self._lease_file is None:

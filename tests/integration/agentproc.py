@@ -119,5 +119,17 @@ class AgentProcess:
             raise AssertionError(f"agent did not stop on SIGTERM; its log:\n{self.log.read_text()[-20000:]}") from None
 
 
+def dns_a(agent: AgentProcess, name: str) -> list[str]:
+    """The A records the agent's DNS answers for `name` (empty on NXDOMAIN, NODATA or SERVFAIL)."""
+    import dns.message
+    import dns.query
+    import dns.rdatatype
+
+    udp = json.loads(agent.get("/status")[1])["dns"]["udp"][0]
+    host, port = udp.rsplit(":", 1)
+    reply = dns.query.udp(dns.message.make_query(name, dns.rdatatype.A), host, port=int(port), timeout=5)
+    return sorted(rr.address for rrset in reply.answer for rr in rrset)
+
+
 def contextlib_open(path: Path) -> Any:
     return open(path, "ab")

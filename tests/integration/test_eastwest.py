@@ -373,7 +373,7 @@ async def test_idle_streams_and_idle_tunnels_are_closed(tmp_path: Path) -> None:
 
     async with two_sites(tmp_path) as s:
         assert s.gateway is not None
-        s.gateway.settings = dataclasses.replace(s.settings, idle_timeout=0.2, tunnel_idle_timeout=0.3)
+        s.live.set(dataclasses.replace(s.settings, idle_timeout=0.2, tunnel_idle_timeout=0.3))  # a reload
         quiet_stream = await RawTunnel.open(s.gw_port, s.west.client)
         assert (await quiet_stream.request(Request("ns", "echo", "tcp"))).status is Status.OK
         quiet_tunnel = await RawTunnel.open(s.gw_port, s.west.client)

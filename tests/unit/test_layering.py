@@ -35,8 +35,9 @@ ROOMS: dict[str, tuple[str, ...]] = {
 """Each room and the rooms it may import (its own modules always). Arrows only point down."""
 
 ADAPTERS: dict[str, tuple[str, ...]] = {
-    "aetcd": ("federation/registry/etcd.py",),
-    "grpc": ("federation/registry/etcd.py",),
+    # The lease keepalive runs on a thread of its own with gRPC's blocking API (it must not wait for the loop).
+    "aetcd": ("federation/registry/etcd.py", "federation/registry/leasekeeper.py"),
+    "grpc": ("federation/registry/etcd.py", "federation/registry/leasekeeper.py"),
     "kubernetes_asyncio": ("federation/sources/kubernetes/client.py",),
     "pyroute2": ("federation/sources/vm/netlink.py",),
     "zeroconf": ("federation/sources/vm/mdns.py",),

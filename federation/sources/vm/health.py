@@ -13,6 +13,7 @@ import aiohttp
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from federation.core.records import Locality, ServiceExport
+from federation.runtime.values import Changes, Readable
 from federation.sources.vm.checking import UNKNOWN_LOCALITY, Change, CheckState, ServiceId, check_port, convert, observe
 from federation.sources.vm.netlink import own_address
 from federation.sources.vm.settings import AUTO, VmServiceSettings, VmSettings
@@ -64,8 +65,11 @@ class HealthChecker:
         locality: Locality = UNKNOWN_LOCALITY,
         metrics: CollectorRegistry | None = None,
         clock: Callable[[], float] = time.time,
+        live: Readable[VmSettings] | None = None,
     ) -> None:
         self._settings = settings
+        self._live = live
+        """Settings to follow (a reload); None: `settings` for good."""
         self._site = site_name
         self._on_exports = on_exports
         self._locality = locality
@@ -78,22 +82,43 @@ class HealthChecker:
         """Set once the first round of checks has been published."""
 
     async def run(self) -> None:
-        """Check until cancelled."""
-        services = self._settings.services
-        await self._resolve_addresses(services)
+        """Check until cancelled; when `live` holds new settings (a reload), check the new service list."""
         # A fresh connection per check: a kept-alive one would pass while the listener is gone.
         self._session = aiohttp.ClientSession(trust_env=False, connector=aiohttp.TCPConnector(force_close=True))
         try:
-            await asyncio.gather(*(self._check_once(s) for s in services))
-            self._publish()
-            self.ready.set()
-            async with asyncio.TaskGroup() as tg:
-                for s in services:
-                    tg.create_task(self._loop(s), name=f"vm-check-{s.namespace}-{s.name}")
-                # An empty service list still runs until cancelled, like every long-lived task.
-                tg.create_task(asyncio.Event().wait(), name="vm-checks-idle")
+            if self._live is None:
+                await self._round(self._settings)
+                return
+            with Changes(self._live) as changes:
+                while True:
+                    self._settings = self._live.get()
+                    try:
+                        async with asyncio.TaskGroup() as tg:
+                            tg.create_task(self._round(self._settings), name="vm-checks")
+                            tg.create_task(_raise_on(changes), name="vm-checks-reload")
+                    except* _Reloaded:
+                        log.info("vm checks: the service list was reloaded (%d services)",
+                                 len(self._live.get().services))
         finally:
             await asyncio.shield(self._session.close())
+
+    async def _round(self, settings: VmSettings) -> None:
+        """Check `settings.services` until cancelled: a first round (published), then each on its interval."""
+        services = settings.services
+        known = {(s.namespace, s.name) for s in services}
+        for key in [k for k in self._states if k not in known]:  # a service no longer declared
+            del self._states[key]
+            self._addresses.pop(key, None)
+        await self._resolve_addresses(services)
+        await asyncio.gather(*(self._check_once(s) for s in services if (s.namespace, s.name) not in self._states
+                               or not self.ready.is_set()))
+        self._publish()
+        self.ready.set()
+        async with asyncio.TaskGroup() as tg:
+            for s in services:
+                tg.create_task(self._loop(s), name=f"vm-check-{s.namespace}-{s.name}")
+            # An empty service list still runs until cancelled, like every long-lived task.
+            tg.create_task(asyncio.Event().wait(), name="vm-checks-idle")
 
     def status(self) -> list[CheckStatus]:
         """Every declared service's check result, for `meshfed status` and the admin endpoint."""
@@ -209,3 +234,12 @@ def _hostport(address: str, port: int) -> str:
 
 def _short(text: str) -> str:
     return text if len(text) <= _DETAIL_MAX else text[: _DETAIL_MAX - 3] + "..."
+
+
+class _Reloaded(Exception):
+    """The settings changed: end this round of checks and start one with the new ones."""
+
+
+async def _raise_on(changes: Changes) -> None:
+    await changes.wait()
+    raise _Reloaded

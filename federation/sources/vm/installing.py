@@ -36,6 +36,8 @@ After=network-online.target
 [Service]
 Type=exec
 ExecStart=/opt/meshfed/bin/meshfed agent --config /etc/meshfed/agent.yaml
+# `systemctl reload meshfed-agent`: the agent reads its config again and applies what can change live.
+ExecReload=/bin/kill -HUP $MAINPID
 Restart=on-failure
 RestartSec=2
 TimeoutStopSec=30

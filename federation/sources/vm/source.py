@@ -21,7 +21,7 @@ from federation.core.exportset import ExportSet
 from federation.core.records import Locality, ServiceExport, ServiceType
 from federation.core.view import MeshView, ServiceId, VipTable
 from federation.core.vips import VipAddresses
-from federation.runtime.values import Readable, Value, follow
+from federation.runtime.values import Derived, Readable, Value, follow
 from federation.sources.vm.addressing import Vip
 from federation.sources.vm.checking import UNKNOWN_LOCALITY
 from federation.sources.vm.health import HealthChecker
@@ -52,13 +52,15 @@ class VmSource:
         *,
         mesh: Readable[MeshView] | None = None,
         vips: Readable[VipTable] | None = None,
-        static_exports: Iterable[ServiceExport] = (),
+        static_exports: Iterable[ServiceExport] | Readable[tuple[ServiceExport, ...]] = (),
         locality: Locality = UNKNOWN_LOCALITY,
         vip_ranges: Sequence[str] = (),
         metrics: CollectorRegistry | None = None,
         discovery_settle: float = DISCOVERY_SETTLE,
         netns: str | None = None,
+        live: Readable[VmSettings] | None = None,
     ) -> None:
+        """`static_exports` and `live` (the VM settings) may be holders the source follows (a reload)."""
         self._settings = settings
         self._mesh = mesh
         self._vip_table = vips
@@ -74,9 +76,13 @@ class VmSource:
         """
         self.groups = ExportSet(self._deliver)
         """The exports of each producer (static, checks, LAN), merged."""
-        self.groups.group("static")(tuple(static_exports))
+        self._static: Readable[tuple[ServiceExport, ...]] | None = None
+        if isinstance(static_exports, Value | Derived):
+            self._static = static_exports
+            static_exports = static_exports.get()
+        self.groups.group("static")(tuple(static_exports))  # type: ignore[arg-type]
         self.checks = HealthChecker(settings, site_name, self.groups.group("checks"), locality=locality,
-                                    metrics=metrics)
+                                    metrics=metrics, live=live)
         self.discovery = (LanDiscovery(settings, site_name, self.groups.group("lan"), metrics=metrics)
                           if settings.discovery.enabled else None)
         self.announcer = MdnsAnnouncer(settings, site_name) if settings.announce else None
@@ -154,6 +160,8 @@ class VmSource:
                 tg.create_task(self._reconcile_vips(), name="vm-vip-interface")
             if self._mesh is not None:
                 tg.create_task(self._follow_mesh(self._mesh), name="vm-follow-mesh")
+            if self._static is not None:
+                tg.create_task(self._follow_static(self._static), name="vm-static-exports")
             await self.checks.ready.wait()
             if self.discovery is not None:
                 await asyncio.sleep(self._settle)
@@ -167,6 +175,11 @@ class VmSource:
         async for _ in follow(mesh, vips):
             if mesh.get().complete:  # an empty view before the sync would drop every VIP
                 self.update(mesh.get(), vips.get())
+
+    async def _follow_static(self, static: Readable[tuple[ServiceExport, ...]]) -> None:
+        """The static exports follow the settings (a reload)."""
+        async for _ in follow(static):
+            self.groups.group("static")(tuple(static.get()))
 
     def _deliver(self, exports: Sequence[ServiceExport]) -> None:
         if self.ready.is_set():

@@ -1,0 +1,59 @@
+"""Which sites' gateways the egress could reach lately: `unreachable`, kept current as failures age out.
+
+A thin asyncio shell around the pure `gateway.balancing.SiteHealth`: the egress reports each tunnel
+that failed or worked; `unreachable` (DNS reads it, to answer sites used last) changes at once, and
+again when the oldest failure's hold runs out. A newly unreachable site is logged at most once a
+minute (an overloaded link flaps).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from federation.runtime.values import Value
+from gateway.balancing import SiteHealth
+from gateway.refusals import Throttle
+
+log = logging.getLogger(__name__)
+_throttle = Throttle()
+
+
+class Reachability:
+    """The sites whose gateways failed lately, as a value holder; `close()` stops its timer."""
+
+    def __init__(self, health: SiteHealth | None = None) -> None:
+        self.health = health or SiteHealth()
+        self.unreachable: Value[frozenset[str]] = Value(frozenset(), name="unreachable sites")
+        """Sites whose gateway could not be reached lately (DNS leaves them out while others serve)."""
+        self._timer: asyncio.TimerHandle | None = None
+
+    def failed(self, site: str) -> None:
+        """A tunnel to `site`'s gateway failed now."""
+        self.health.failed(site, time.monotonic())
+        self._changed()
+
+    def succeeded(self, site: str) -> None:
+        """A tunnel to `site`'s gateway worked."""
+        if self.health.succeeded(site):
+            self._changed()
+
+    def close(self) -> None:
+        """Stop looking again later."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _changed(self) -> None:
+        """Publish the unreachable sites; look again when the oldest failure's hold runs out."""
+        now = time.monotonic()
+        down = self.health.down(now)
+        for site in sorted(down - self.unreachable.get()):
+            _throttle.log(log, logging.WARNING, ("unreachable", site),
+                          "gateways of %s unreachable: DNS answers leave them out while others serve", site)
+        self.unreachable.set(down)
+        self.close()
+        expiry = self.health.next_expiry()
+        if expiry is not None:
+            self._timer = asyncio.get_running_loop().call_later(max(0.0, expiry - now), self._changed)
