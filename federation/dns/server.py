@@ -11,9 +11,8 @@ import asyncio
 import errno
 import ipaddress
 import logging
-import socket
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Coroutine, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Gauge
@@ -26,6 +25,7 @@ from federation.dns.fastpath import FastPath
 from federation.dns.forwarding import Forwarder, read_resolv_conf, upstream_addresses, wait_all
 from federation.dns.nodes import Zone
 from federation.dns.settings import DnsSettings, split_hostport
+from federation.dns.udp import UdpSocket, udp_socket
 from federation.dns.zone import ZoneBuilder
 from federation.runtime.values import Readable, follow
 
@@ -61,7 +61,7 @@ class DnsServer:
         self._configure(settings)
         self.zone: Zone | None = None
         self._forwarder: Forwarder | None = None
-        self._udp: list[_UdpSocket] = []
+        self._udp: list[UdpSocket] = []
         self._tcp: list[asyncio.Server] = []
         self._closed_fast = 0
         self._tasks: set[asyncio.Task[None]] = set()
@@ -138,7 +138,7 @@ class DnsServer:
             if port == 0 and host in tcp_ports:
                 port = tcp_ports[host]
             for _ in range(s.workers):
-                worker = _UdpSocket(self, _udp_socket(host, port, reuse=s.workers > 1), loop)
+                worker = UdpSocket(self, udp_socket(host, port, reuse=s.workers > 1), loop)
                 self._udp.append(worker)
                 port = worker.address[1]
 
@@ -261,7 +261,7 @@ class DnsServer:
         out["udp", "fast"] += self._closed_fast + sum(w.fast for w in self._udp)
         return out
 
-    def _datagram(self, data: bytes, addr: tuple[str, int], transport: _UdpSocket) -> None:
+    def _datagram(self, data: bytes, addr: tuple[str, int], transport: UdpSocket) -> None:
         res = self._slow(data, udp=True)
         if isinstance(res, bytes):
             transport.sendto(res, addr)
@@ -274,7 +274,7 @@ class DnsServer:
                 return
             self._spawn(self._forward_udp(res, addr, transport))
 
-    async def _forward_udp(self, fwd: Forward, addr: tuple[str, int], transport: _UdpSocket) -> None:
+    async def _forward_udp(self, fwd: Forward, addr: tuple[str, int], transport: UdpSocket) -> None:
         out = await self.forward(fwd, udp=True)
         if out is not None and not transport.is_closing():
             transport.sendto(out, addr)
@@ -309,63 +309,6 @@ class DnsServer:
             writer.close()
 
 
-class _UdpSocket:
-    """One UDP socket read in a tight loop on readiness: far less work per datagram than a protocol."""
-
-    BATCH = 64
-    """Datagrams handled per wake-up before yielding to the loop (TCP and timers must not starve)."""
-
-    def __init__(self, server: DnsServer, sock: socket.socket, loop: asyncio.AbstractEventLoop) -> None:
-        self._server = server
-        self._sock = sock
-        self._loop = loop
-        self._answer: Callable[[bytes, bool], bytes | None] = server.fast.answer
-        host, port = sock.getsockname()[:2]
-        self.address = (str(host), int(port))
-        self.fast = 0
-        self._closed = False
-        loop.add_reader(sock.fileno(), self._readable)
-
-    def is_closing(self) -> bool:
-        return self._closed
-
-    def sendto(self, data: bytes, addr: tuple[str, int]) -> None:
-        try:
-            self._sock.sendto(data, addr)
-        except OSError as exc:  # a full send buffer (BlockingIOError) or an unreachable client: UDP drops
-            self._send_failed(addr, exc)
-
-    def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self._loop.remove_reader(self._sock.fileno())
-            self._sock.close()
-
-    def _send_failed(self, addr: tuple[str, int], exc: OSError) -> None:
-        if log.isEnabledFor(logging.DEBUG) and self._server._limiter.allow(("send", addr[0]), time.monotonic()):
-            log.debug("dns udp send to %s failed: %s", addr[0], exc)
-
-    def _readable(self) -> None:
-        recv, send, answer = self._sock.recvfrom, self._sock.sendto, self._answer
-        for _ in range(self.BATCH):
-            try:
-                data, addr = recv(65535)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                log.debug("dns udp receive failed: %s", exc)
-                return
-            out = answer(data, True)
-            if out is None:
-                self._server._datagram(data, addr, self)
-                continue
-            self.fast += 1
-            try:
-                send(out, addr)
-            except OSError as exc:
-                self._send_failed(addr, exc)
-
-
 class _Counters:
     """Exports the server's plain-int counters to Prometheus at scrape time."""
 
@@ -382,20 +325,6 @@ class _Counters:
         for reason, n in self._server._err.items():
             errors.add_metric([reason], n)
         yield errors
-
-
-def _udp_socket(host: str, port: int, *, reuse: bool) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_DGRAM)
-    try:
-        if reuse:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind((host, port))
-        sock.setblocking(False)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
 
 
 def own_addresses(bound: list[tuple[str, int]]) -> list[str]:

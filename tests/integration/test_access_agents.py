@@ -47,11 +47,12 @@ async def roundtrip(address: tuple[str, int]) -> bool:
     try:
         async with asyncio.timeout(5):
             reader, writer = await asyncio.open_connection(*address)
-            writer.write(b"ping")
-            writer.write_eof()
-            ok = await reader.read() == b"ping"
-            writer.close()
-            return ok
+            try:
+                writer.write(b"ping")
+                writer.write_eof()
+                return await reader.read() == b"ping"
+            finally:
+                writer.close()  # a refused stream is reset: close it all the same (no unclosed writer)
     except (OSError, TimeoutError):
         return False
 

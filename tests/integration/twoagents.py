@@ -49,10 +49,12 @@ class Load:
             try:
                 async with asyncio.timeout(10):
                     reader, writer = await asyncio.open_connection(*self.address)
-                    writer.write(payload)
-                    writer.write_eof()
-                    got = await reader.read()
-                    writer.close()
+                    try:
+                        writer.write(payload)
+                        writer.write_eof()
+                        got = await reader.read()
+                    finally:
+                        writer.close()
                 if got != payload:
                     self.failures.append(f"connection {i}: got {got!r}")
                 else:
