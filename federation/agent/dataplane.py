@@ -199,10 +199,7 @@ class DataPlane:
         # DNS answers, the VIP interface and the egress use the same addresses: the ones the egress can serve
         # (a listener binds one address per service port; the capture listener takes IPv6 VIPs too).
         # Read from the view, so they change with it.
-        mesh = self.mesh
-        family = 0 if self.capture is not None and self.capture.active and self.capture.ipv6 else 4
-        self.addresses = Derived(lambda: VipAddresses(mesh.get().vips, family=family), mesh,
-                                 name="ClusterSetIP addresses")
+        self.addresses = served_addresses(self.mesh, self.capture)
         config = self.config
         capturing = self.capture is not None and self.capture.active
         self.vm = VmSource(s.vm, s.site.name, mesh=self.mesh, vips=self.addresses, static_exports=self._static,
@@ -303,3 +300,12 @@ def _merged(static: tuple[ServiceExport, ...], kubernetes: tuple[ServiceExport, 
     merged.set("kubernetes", kubernetes)
     return merged.merged()
 
+
+def served_addresses(mesh: Readable[MeshView], capture: EgressCapture | None) -> Derived[VipTable]:
+    """The VIPs DNS answers, the VIP interface holds and the egress serves: the ones the egress can serve.
+
+    A per-port listener binds one address per service port, so IPv4 only; the capture listener takes the
+    IPv6 VIPs too. Read from the view, so they change with it (shared with the tests that wire a VM source).
+    """
+    family = 0 if capture is not None and capture.active and capture.ipv6 else 4
+    return Derived(lambda: VipAddresses(mesh.get().vips, family=family), mesh, name="ClusterSetIP addresses")

@@ -13,9 +13,9 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
+from federation.agent.dataplane import served_addresses
 from federation.core.backoff import Backoff
 from federation.core.keys import Keys
-from federation.core.vips import VipAddresses
 from federation.registry.allocator import VipAllocator
 from federation.registry.embedded import EtcdProcess
 from federation.registry.etcd import EtcdClient
@@ -50,10 +50,9 @@ async def tasks(**coros: object) -> AsyncIterator[dict[str, asyncio.Task[None]]]
 
 
 def vm_b_source(mirror: Mirror, netns: str) -> VmSource:
-    """vm-b's VM source, wired as the agent's data plane wires it (federation/agent/dataplane.py)."""
+    """vm-b's VM source, fed the addresses the agent's data plane feeds it (one function for both)."""
     mesh = mirror.mesh
-    return VmSource(VmSettings(), "vm-b", mesh=mesh, vips=Derived(lambda: VipAddresses(mesh.get().vips), mesh),
-                    netns=netns)
+    return VmSource(VmSettings(), "vm-b", mesh=mesh, vips=served_addresses(mesh, None), netns=netns)
 
 
 async def test_vm_export_reaches_other_vm_as_vip_and_restart_converges(etcd: EtcdProcess, netns: str) -> None:
