@@ -68,6 +68,8 @@ class ZoneBuilder:
         self.local_site = local_site
         self.ttl = ttl
         self.site_pinning = site_pinning
+        self._hosts: dict[ServiceId, dict[str, tuple[ServiceExport, dict[int, tuple[Labels, Node]]]]] = {}
+        """Headless services: each export's host names and nodes, while the export is the same object."""
         self._here: Site | None = None
         """This site as the answers see it: name, network and locality only (the last the registry showed)."""
         self._parts: dict[tuple[str, str], _Part] = {}
@@ -117,6 +119,7 @@ class ZoneBuilder:
             svc = services.get(key)
             old = self._parts.get(key)
             if svc is None:
+                self._hosts.pop(key, None)
                 if old is not None:
                     self._remove(key, old)
                     del self._parts[key]
@@ -246,6 +249,7 @@ class ZoneBuilder:
         base = self._name(name, ns, "svc")
         nodes: dict[Labels, Node] = {}
         if svc.type is ServiceType.CLUSTER_SET_IP:
+            self._hosts.pop((ns, name), None)  # headless before, perhaps
             a, aaaa = pack(vips)
             # The bare name's SRV: one per port, as Kubernetes DNS answers `<svc>.<ns>.svc.cluster.local`.
             nodes[base] = Node(a=a, aaaa=aaaa, srv=_spread((0, p.port, base) for p in svc.ports), glue=(base,))
@@ -259,14 +263,16 @@ class ZoneBuilder:
             if not ordered:
                 return nodes  # no ready endpoint: the name does not exist (KEP-1645: NXDOMAIN)
             targets: list[tuple[ServiceExport, Endpoint, Labels]] = []
-            all_addrs: list[str] = []
+            hosts_of = self._hosts_of(svc)
+            v4: dict[bytes, None] = {}
+            v6: dict[bytes, None] = {}
             for export, ep in ordered:
-                host = self._name(_hostname(ep), export.site, name, ns, "svc")
-                a, aaaa = pack(ep.addresses)
-                nodes[host] = Node(a=a, aaaa=aaaa)
+                host, node = hosts_of[export.site][id(ep)]
+                nodes[host] = node
                 targets.append((export, ep, host))
-                all_addrs.extend(ep.addresses)
-            a, aaaa = pack(all_addrs)
+                v4.update(dict.fromkeys(node.a))
+                v6.update(dict.fromkeys(node.aaaa))
+            a, aaaa = tuple(v4), tuple(v6)
             hosts = tuple(host for _, _, host in targets)
             # One SRV per ready endpoint and port (identical records collapse, as in any RRset).
             bare = _spread((0, ep.port_for(p), host) for p in svc.ports for export, ep, host in targets
@@ -290,6 +296,25 @@ class ZoneBuilder:
                     a, aaaa = pack([addr for _, ep in eps for addr in ep.addresses])
                     nodes[self._name(export.site, name, ns, "svc")] = Node(a=a, aaaa=aaaa)
         return nodes
+
+    def _hosts_of(self, svc: FederatedService) -> dict[str, dict[int, tuple[Labels, Node]]]:
+        """Site -> (id of each endpoint -> its host name and node), kept per export while the export is the
+        same object: one endpoint change rebuilds the names of its own export, not of the service's."""
+        key = (svc.namespace, svc.name)
+        old = self._hosts.get(key, {})
+        new: dict[str, tuple[ServiceExport, dict[int, tuple[Labels, Node]]]] = {}
+        for export in svc.exports:
+            hit = old.get(export.site)
+            if hit is None or hit[0] is not export:
+                made: dict[int, tuple[Labels, Node]] = {}
+                for ep in export.endpoints:
+                    a, aaaa = pack(ep.addresses)
+                    made[id(ep)] = (self._name(_hostname(ep), export.site, svc.name, svc.namespace, "svc"),
+                                    Node(a=a, aaaa=aaaa))
+                hit = (export, made)
+            new[export.site] = hit
+        self._hosts[key] = new
+        return {site: made for site, (_, made) in new.items()}
 
     def _order(
         self,
