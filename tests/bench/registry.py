@@ -217,6 +217,8 @@ async def run_agent(etcd: EtcdProcess, tmp: Path, args: argparse.Namespace) -> d
                           gateway={"ca_dir": str(tmp / "west-ca"), "listen_address": "127.0.0.1", "listen_port": 0})
     data = yaml.safe_load(config.read_text())
     data["site"]["network"] = "net-a"  # A's network: the egress connects straight to A's endpoints
+    # Site A here is a hand publisher that does not sign (signing costs are measured by --signing-only).
+    data["registry"]["signatures"] = "accept"
     config.write_text(yaml.safe_dump(data))
     floor_seen: dict[str, float] = {}
     prop = Propagation("127.0.0.1", dns_port)
