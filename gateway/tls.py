@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from federation.pki.issuing import Authority, Issued, cert_pem, issue_gateway, site_of_ca
+from federation.pki.issuing import Authority, Issued, cert_pem, issue_gateway, seconds_to_half_life, site_of_ca
 from federation.pki.verifying import TrustBundle
 from federation.runtime.files import write_private
 from federation.runtime.values import Readable, Value, follow
@@ -274,9 +274,7 @@ class CertificateStore:
 
     def seconds_to_renewal(self) -> float:
         """Seconds until half the current leaf's lifetime has passed (0 if already past)."""
-        cert = self.issued.cert
-        half = cert.not_valid_before_utc + (cert.not_valid_after_utc - cert.not_valid_before_utc) / 2
-        return max(0.0, (half - self._clock()).total_seconds())
+        return seconds_to_half_life(self.issued.cert, self._clock())
 
     async def run(self, min_interval: float = 1.0) -> None:
         """Renew at half life, forever; a failed renewal is logged and retried after `min_interval`."""

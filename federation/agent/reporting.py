@@ -24,7 +24,7 @@ def registry_report(
     every = view.services()
     only = selection.site
     candidates = every.keys() if only is None else [k for k, svc in every.items() if only in svc.sites]
-    keys, next_cursor = selection.page(candidates)
+    keys, next_cursor, matched = selection.page(candidates)
     services = []
     for ns, name in keys:
         svc = every[(ns, name)]
@@ -76,9 +76,7 @@ def registry_report(
         "revoked": [{"site": k, "reason": v.reason, "at": v.at} for k, v in sorted((revoked or {}).items())
                     if only is None or k == only],
         **({} if selection == EVERYTHING else
-           {"page": selection.report(len(candidates) if selection.service is None else
-                                     sum(1 for k in candidates if selection.wants_service(*k)),
-                                     len(services), next_cursor)}),
+           {"page": selection.report(matched, len(services), next_cursor)}),
     }
 
 

@@ -38,14 +38,15 @@ class Selection:
         pattern = self.service if "/" in self.service else f"*/{self.service}"
         return fnmatchcase(f"{namespace}/{name}", pattern)
 
-    def page(self, keys: Iterable[tuple[str, str]]) -> tuple[list[tuple[str, str]], str | None]:
-        """The service keys of this page (sorted), and the cursor of the next page (None: this is the last)."""
-        ordered = sorted((k for k in keys if self.wants_service(*k) and (self.after is None or _name(k) > self.after)),
-                         key=_name)
+    def page(self, keys: Iterable[tuple[str, str]]) -> tuple[list[tuple[str, str]], str | None, int]:
+        """The service keys of this page (sorted), the cursor of the next page (None: this is the last), and
+        how many keys the filter keeps in all (every page's)."""
+        matched = [k for k in keys if self.wants_service(*k)]
+        ordered = sorted((k for k in matched if self.after is None or _name(k) > self.after), key=_name)
         if self.limit is None or len(ordered) <= self.limit:
-            return ordered, None
+            return ordered, None, len(matched)
         shown = ordered[: self.limit]
-        return shown, _name(shown[-1])
+        return shown, _name(shown[-1]), len(matched)
 
     def report(self, total: int, shown: int, next_cursor: str | None) -> dict[str, Any]:
         """The `page` member of a document: what was asked and how to go on."""

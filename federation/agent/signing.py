@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from federation.pki.issuing import Authority, PkiError
+from federation.pki.issuing import Authority, PkiError, seconds_to_half_life
 from federation.pki.signing import (
     SIGNER_CERT,
     SIGNER_KEY,
@@ -55,9 +55,7 @@ class SigningKeys:
 
     def seconds_to_renewal(self) -> float:
         """Seconds until half the current signer's lifetime has passed."""
-        cert = self.current.cert
-        half = cert.not_valid_before_utc + (cert.not_valid_after_utc - cert.not_valid_before_utc) / 2
-        return max(0.0, (half - self._clock()).total_seconds())
+        return seconds_to_half_life(self.current.cert, self._clock())
 
     async def run(self, min_interval: float = 1.0) -> None:
         """Renew at half life, forever; a failed renewal is logged and tried again."""

@@ -112,7 +112,7 @@ def _data_plane(plane: DataPlane, selection: Selection) -> dict[str, Any]:
     only = selection.site
     imported = [k for k, svc in every.items() if any(e.site != site for e in svc.exports)
                 and (only is None or only in svc.sites)]
-    keys, next_cursor = selection.page(imported)
+    keys, next_cursor, matched = selection.page(imported)
     imports = []
     for ns, name in keys:
         svc = every[(ns, name)]
@@ -159,8 +159,7 @@ def _data_plane(plane: DataPlane, selection: Selection) -> dict[str, Any]:
                      "endpoints": len(e.endpoints)} for e in plane.exports.get()],
         "checks": checks,
         "imports": imports,
-        **({} if selection == EVERYTHING else {"page": selection.report(
-            sum(1 for k in imported if selection.wants_service(*k)), len(imports), next_cursor)}),
+        **({} if selection == EVERYTHING else {"page": selection.report(matched, len(imports), next_cursor)}),
     }  # fmt: skip
 
 

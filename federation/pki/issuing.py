@@ -317,3 +317,8 @@ def _aki(issuer: x509.Certificate) -> x509.AuthorityKeyIdentifier:
     ski = issuer.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
     return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
 
+
+def seconds_to_half_life(cert: x509.Certificate, now: dt.datetime) -> float:
+    """Seconds from `now` until half of `cert`'s lifetime has passed (0 if already past): when to renew it."""
+    half = cert.not_valid_before_utc + (cert.not_valid_after_utc - cert.not_valid_before_utc) / 2
+    return max(0.0, (half - now).total_seconds())

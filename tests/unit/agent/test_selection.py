@@ -28,12 +28,12 @@ def test_following_next_visits_every_match_once_in_name_order(limit: int, patter
     seen: list[tuple[str, str]] = []
     after = None
     for _ in range(len(KEYS) + 1):
-        page, after = Selection(service=pattern, limit=limit, after=after).page(KEYS)
+        page, after, _ = Selection(service=pattern, limit=limit, after=after).page(KEYS)
         assert len(page) <= limit
         seen.extend(page)
         if after is None:
             break
-    everything, last = Selection(service=pattern).page(KEYS)
+    everything, last, _ = Selection(service=pattern).page(KEYS)
     assert last is None
     assert seen == everything
     assert [f"{a}/{b}" for a, b in seen] == sorted(f"{a}/{b}" for a, b in seen)
