@@ -63,6 +63,14 @@ class GatewaySettings:
     """Bytes per read into the one buffer a process shares: large reads cut Python's cost per byte."""
     high_water: int = setting(1024 * 1024, lo=16 * 1024, hi=64 * 1024 * 1024)
     """Bytes queued towards a slow side before the other stops reading; bulk streams need room in flight."""
+    probe_interval: float = setting(5.0, lo=0.0, hi=3600.0)
+    """Seconds between probes of each remote gateway (jittered by a fifth); 0: no probes. linkerd's default is
+    a few seconds: a dead gateway shows within one interval."""
+    probe_rate: float = setting(20.0, positive=True)
+    """Probes started per second at most: 1,000 imported sites are then probed every 50 s, not every interval,
+    and each gateway of such a mesh answers about this many handshakes a second."""
+    probe_concurrency: int = setting(16, lo=1, hi=1024)
+    """Probes in flight at once: a gateway that never answers holds one slot for its timeout, not the round."""
 
     def validate(self) -> None:
         """Checks between fields."""

@@ -46,6 +46,7 @@ from federation.sources.vm.source import VmSource
 from gateway.balancing import Placement
 from gateway.eastwest import EastWestGateway
 from gateway.egress import Egress
+from gateway.probing import Prober
 from gateway.streams import set_read_size
 from gateway.tls import CertificateStore
 from gateway.workers import GatewayWorkers
@@ -79,6 +80,8 @@ class DataPlane:
         self.eastwest: EastWestGateway | None = None
         self.workers: GatewayWorkers | None = None
         self.egress: Egress | None = None
+        self.prober: Prober | None = None
+        """Probes the gateways of the sites this one imports from (`/gateways`, `meshfed gateways`)."""
         self.dns: DnsServer | None = None
         self.vips: VipAllocator | None = None
         self.capture: EgressCapture | None = None
@@ -134,6 +137,8 @@ class DataPlane:
         if self.egress is not None:
             yield "egress", self.egress.run()
             yield "egress-authorization", self.egress.enforce()
+        if self.prober is not None:
+            yield "gateway-probes", self.prober.run()
         if self.dns is not None:
             yield "dns-server", self.dns.run()
         if self.vips is not None:
@@ -264,6 +269,8 @@ class DataPlane:
                              self.metrics, placement=self._placement(), local_services=self._vips_here(),
                              capture=capture, access=self.access)
         await self.egress.start()
+        self.prober = Prober(s.site.name, self.mesh, self.certs.client, self.certs.trust, self._gateway_settings,
+                             self.metrics, pools=self.egress.pools)
         if self.capture is not None and self.egress.capture is not None:
             await self.capture.install(self.egress.capture.address[1])
         advertised = s.site.gateway_address or host

@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry, Gauge
 
 from federation.agent.admin import AdminServer
 from federation.agent.dataplane import DataPlane
+from federation.agent.gateways import gateways_document
 from federation.agent.identity import Identity
 from federation.agent.reloading import Reloader
 from federation.agent.reporting import registry_report
@@ -167,6 +168,8 @@ class Agent:
                 revoked=verifier.revocations.get().sites if verifier is not None else None, selection=selection,
             ))  # fmt: skip
             admin.add_document("/status", self.status)
+            admin.add_document("/gateways", lambda selection: gateways_document(
+                s.site.name, plane.prober, selection, self.config.get().gateway.probe_interval))
             self.admin_address = await admin.start()
             write_private(s.state_dir / ADMIN_ADDR_FILE, "{}:{}\n".format(*self.admin_address).encode())
             async with asyncio.TaskGroup() as tg:
