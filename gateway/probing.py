@@ -32,7 +32,7 @@ from federation.core.view import MeshView
 from federation.pki.verifying import PeerRejected
 from federation.runtime.values import Readable
 from gateway.pool import PoolKey, TunnelPool
-from gateway.preamble import ProbeAnswer, Status
+from gateway.preamble import ProbeAnswer, Request, Status
 from gateway.settings import GatewaySettings
 from gateway.tls import Bundle, ResumingContext
 
@@ -62,6 +62,9 @@ class ProbeResult:
     """The peer's clock minus ours, in seconds, at the middle of the round trip (None: not measured)."""
     at: float = 0.0
     """When the probe ended (seconds since the epoch)."""
+    stage: str = ""
+    """Where a failed probe stopped: connect (TCP), tls (the handshake), identity (not a gateway of that site),
+    answer (the tunnel opened but the answer was wrong or missing)."""
 
 
 class LatencyWindow:
@@ -234,41 +237,55 @@ class Prober:
 
     async def probe(self, site: str, gateway: Gateway) -> ProbeResult:
         """One probe of `gateway` of `site`: handshake (the peer must be a gateway of `site`), probe, close."""
+        return await self._through(site, gateway, None)
+
+    async def stream(self, site: str, gateway: Gateway, request: Request) -> ProbeResult:
+        """Open a real stream through a fresh tunnel (the far gateway connects to an endpoint), then close it:
+        ok when the gateway answered OK. `meshfed verify` runs one per imported service."""
+        return await self._through(site, gateway, request)
+
+    async def _through(self, site: str, gateway: Gateway, request: Request | None) -> ProbeResult:
         s = self._settings.get()
         key = (site, gateway.address, gateway.port)
         pool = TunnelPool(key, gateway, self.context, self.trust, self.mesh, 0, 1.0, s.handshake_timeout,
                           _no_spawn)
         start = time.perf_counter()
         tunnel = None
+        handshake = None
         try:
             async with asyncio.timeout(s.handshake_timeout):
                 tunnel = await pool.open()
             handshake = time.perf_counter() - start
             self._nonce = (self._nonce + 1) % (1 << 63)
             sent_wall, sent = self._clock(), time.perf_counter()
-            async with asyncio.timeout(s.connect_timeout):
-                answer = await tunnel.probe(self._nonce)
+            async with asyncio.timeout(s.connect_timeout * (2 if request is not None else 1)):
+                answer = await (tunnel.probe(self._nonce) if request is None else tunnel.request(request))
             rtt = time.perf_counter() - sent
         except TimeoutError:
-            why = (f"no TLS handshake within {s.handshake_timeout:g}s" if tunnel is None
-                   else f"no probe answer within {s.connect_timeout:g}s")
-            return ProbeResult(False, why, at=self._clock())
+            if tunnel is None:
+                return ProbeResult(False, f"no TCP connect and TLS handshake within {s.handshake_timeout:g}s",
+                                   stage="connect", at=self._clock())
+            return ProbeResult(False, f"no answer through the tunnel within {s.connect_timeout:g}s",
+                               handshake, stage="answer", at=self._clock())
         except (OSError, RemoteProtocolError, PeerRejected) as exc:
-            return ProbeResult(False, describe_failure(exc), at=self._clock())
+            stage, reason = classify(exc, opened=tunnel is not None)
+            return ProbeResult(False, reason, handshake, stage=stage, at=self._clock())
         finally:
-            if tunnel is not None:
+            if tunnel is not None:  # after an OK the far gateway's stream ends unclean: the endpoint is reset
                 tunnel.close()
         if isinstance(answer, ProbeAnswer):
             skew = answer.time_ms / 1000 - (sent_wall + rtt / 2)
             if answer.site != site:
                 return ProbeResult(False, f"the gateway answered for site {answer.site}, not {site}",
-                                   handshake, rtt, at=self._clock())
+                                   handshake, rtt, stage="identity", at=self._clock())
             return ProbeResult(True, "", handshake, rtt, skew, at=self._clock())
-        if answer.status is Status.BAD_REQUEST:  # a gateway from before probes: alive, no clock
+        if answer.status is Status.OK:
+            return ProbeResult(True, "", handshake, rtt, at=self._clock())
+        if request is None and answer.status is Status.BAD_REQUEST:  # a gateway from before probes: no clock
             return ProbeResult(True, "answers, but not probes (an older agent): no clock skew", handshake, rtt,
                                at=self._clock())
-        return ProbeResult(False, f"probe answered {answer.status.name}: {answer.reason}", handshake, rtt,
-                           at=self._clock())
+        return ProbeResult(False, f"the gateway answered {answer.status.name}: {answer.reason}", handshake, rtt,
+                           stage="answer", at=self._clock())
 
     def document(self, keys: list[TargetKey]) -> list[dict[str, Any]]:
         """The /gateways entries of `keys` (in that order)."""
@@ -322,21 +339,22 @@ class Prober:
             slots.release()
 
 
-def describe_failure(exc: BaseException) -> str:
-    """Why a handshake or probe failed, in an operator's words."""
+def classify(exc: BaseException, opened: bool) -> tuple[str, str]:
+    """Where a handshake or probe failed (a ProbeResult stage) and why, in an operator's words."""
     if isinstance(exc, ConnectionRefusedError):
-        return "connection refused (no gateway listening there)"
-    if isinstance(exc, ConnectionResetError):
-        return f"the gateway closed the connection before answering ({exc})"
+        return "connect", "connection refused (no gateway listening there)"
     if isinstance(exc, ssl.SSLCertVerificationError):
-        return f"TLS: the gateway's certificate does not verify: {exc.verify_message or exc.reason}"
+        return "tls", f"TLS: the gateway's certificate does not verify: {exc.verify_message or exc.reason}"
     if isinstance(exc, ssl.SSLError):
-        return f"TLS: {exc.reason or exc}"
+        return "tls", f"TLS: {exc.reason or exc}"
     if isinstance(exc, PeerRejected):
-        return f"identity: {exc}"
+        return "identity", f"identity: {exc}"
     if isinstance(exc, RemoteProtocolError):
-        return f"preamble: {exc}"
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        return "answer", f"preamble: {exc}"
+    if isinstance(exc, ConnectionResetError) and opened:
+        # TLS 1.3: the server checks our certificate after our handshake finished; its refusal shows here.
+        return "answer", f"the gateway closed the tunnel before answering (did it refuse our certificate?): {exc}"
+    return ("answer" if opened else "connect"), f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 def _no_spawn(coro: Any, name: str = "") -> None:  # a probe's pool never refills

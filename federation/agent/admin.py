@@ -11,6 +11,7 @@ parameter is a 400 naming it.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import socket
 from collections.abc import Callable
@@ -55,7 +56,8 @@ class AdminServer:
         self._degraded.append((name, check))
 
     def add_document(self, path: str, producer: Callable[[Selection], Any]) -> None:
-        """Serve `producer(selection)` as JSON at `path` (e.g. /registry), the selection from the query."""
+        """Serve `producer(selection)` (or what it returns, awaited) as JSON at `path` (e.g. /registry), the
+        selection from the query."""
         self._documents[path] = producer
 
     async def start(self) -> tuple[str, int]:
@@ -100,7 +102,10 @@ class AdminServer:
             selection = parse_selection(req.query)
         except ConfigError as exc:
             return web.Response(status=400, text=f"{req.path}: {exc}\n")
-        return web.json_response(self._documents[req.path](selection))
+        document = self._documents[req.path](selection)
+        if inspect.isawaitable(document):  # an active check (/verify) works while it is asked
+            document = await document
+        return web.json_response(document)
 
 
 def _checks(checks: list[tuple[str, Check]], word: str,

@@ -24,6 +24,7 @@ from federation.agent.reporting import registry_report
 from federation.agent.selection import EVERYTHING, Selection
 from federation.agent.settings import ADMIN_ADDR_FILE, AgentSettings
 from federation.agent.status import agent_status
+from federation.agent.verifying import verify_document
 from federation.core.imports import EVERYTHING as IMPORT_EVERYTHING
 from federation.core.imports import import_filter
 from federation.core.keys import Keys
@@ -170,6 +171,8 @@ class Agent:
             admin.add_document("/status", self.status)
             admin.add_document("/gateways", lambda selection: gateways_document(
                 s.site.name, plane.prober, selection, self.config.get().gateway.probe_interval))
+            admin.add_document("/verify", lambda selection: verify_document(
+                s.site.name, mirror, plane, identity, self.files, selection))
             self.admin_address = await admin.start()
             write_private(s.state_dir / ADMIN_ADDR_FILE, "{}:{}\n".format(*self.admin_address).encode())
             async with asyncio.TaskGroup() as tg:
