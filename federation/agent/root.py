@@ -172,7 +172,7 @@ class Agent:
             admin.add_document("/gateways", lambda selection: gateways_document(
                 s.site.name, plane.prober, selection, self.config.get().gateway.probe_interval))
             admin.add_document("/verify", lambda selection: verify_document(
-                s.site.name, mirror, plane, identity, self.files, selection))
+                s.site.name, mirror, self.keys, plane, identity, self.files, selection))
             self.admin_address = await admin.start()
             write_private(s.state_dir / ADMIN_ADDR_FILE, "{}:{}\n".format(*self.admin_address).encode())
             async with asyncio.TaskGroup() as tg:

@@ -24,6 +24,7 @@ from federation.agent.identity import Identity
 from federation.agent.selection import Selection
 from federation.agent.status import expiries
 from federation.agent.verdicts import FAIL, PASS, WARN, files_line, line, overlaps, skew_line
+from federation.core.keys import Keys
 from federation.core.records import Gateway
 from federation.core.view import FederatedService, MeshView
 from federation.registry.mirror import Mirror
@@ -35,8 +36,9 @@ CONCURRENCY = 16
 """Sites checked at once: a site whose gateway never answers holds one slot for its timeouts."""
 
 
-async def verify_document(site: str, mirror: Mirror, plane: DataPlane | None, identity: Identity | None,
-                          files: OpenFilesWatch | None, selection: Selection) -> dict[str, Any]:
+async def verify_document(site: str, mirror: Mirror, keys: Keys, plane: DataPlane | None,
+                          identity: Identity | None, files: OpenFilesWatch | None,
+                          selection: Selection) -> dict[str, Any]:
     """The /verify document: `?site=` checks one site, `?service=` one service (ns/name)."""
     view = mirror.mesh.get()
     lines: list[dict[str, Any]] = [_registry_line(mirror)]
@@ -45,7 +47,7 @@ async def verify_document(site: str, mirror: Mirror, plane: DataPlane | None, id
 
     async def one(other: str) -> list[dict[str, Any]]:
         async with slots:
-            return await _site(view, site, other, plane, selection)
+            return await _site(view, site, other, plane, selection, mirror.catalog.rejected.get(keys.site(other)))
 
     for found in await asyncio.gather(*(one(o) for o in others)):
         lines.extend(found)
@@ -69,8 +71,12 @@ def _registry_line(mirror: Mirror) -> dict[str, Any]:
 
 
 async def _site(view: MeshView, own: str, other: str, plane: DataPlane | None,
-                selection: Selection) -> list[dict[str, Any]]:
+                selection: Selection, refused: str | None) -> list[dict[str, Any]]:
     record = view.sites.get(other)
+    if record is None and refused is not None:
+        return [line("site-record", other, FAIL, None, f"site {other}'s record is in etcd but refused: {refused}",
+                     f"meshfed registry ls (REJECTED RECORDS); a site CA from another mesh root? "
+                     f"(meshfed ca site {other} --ca ROOT)")]
     if record is None:
         return [line("site-record", other, FAIL, None, f"site {other} has no record in the registry",
                      f"meshfed registry ls --site {other}; is the agent of {other} running and reaching etcd?")]

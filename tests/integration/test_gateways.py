@@ -13,6 +13,7 @@ from typing import Any
 
 from federation.registry.embedded import EtcdProcess
 from tests.integration.agentproc import AgentProcess
+from tests.integration.test_revocation import roundtrip
 from tests.integration.twoagents import meshfed, two_agents, until
 from tests.tunnelhelp import EchoServer
 
@@ -30,6 +31,7 @@ async def test_west_sees_easts_gateway_alive_with_latencies_then_down_with_the_r
     agents: dict[str, AgentProcess] = {}
     try:
         address = await two_agents(agents, tmp_path, etcd.endpoint, ca, port, ttl=60, probe_interval=0.3)
+        await until(lambda: roundtrip(address), "west reaching east's service")
         reader, writer = await asyncio.open_connection(*address)  # a stream through the egress's pool
         writer.write(b"hi")
         assert await reader.readexactly(2) == b"hi"
@@ -49,7 +51,8 @@ async def test_west_sees_easts_gateway_alive_with_latencies_then_down_with_the_r
         assert (await gateways(agents["east"]))["gateways"] == []  # east imports nothing from west
 
         paged = await gateways(agents["west"], "?site=nowhere")
-        assert paged["gateways"] == [] and paged["page"]["matched"] == 0
+        assert paged["gateways"] == []
+        assert paged["page"]["matched"] == 0
 
         metrics = (await asyncio.to_thread(agents["west"].get, "/metrics"))[1]
         assert 'meshfed_gateway_alive{gateway="gateway",site="east"} 1.0' in metrics
@@ -58,7 +61,8 @@ async def test_west_sees_easts_gateway_alive_with_latencies_then_down_with_the_r
         cfg = str(agents["west"].config)
         out = await meshfed("gateways", "--config", cfg)
         line = next(ln for ln in out.stdout.splitlines() if ln.startswith("east "))
-        assert " ALIVE " in line and "ms" in line, out.stdout
+        assert " ALIVE " in line, out.stdout
+        assert "ms" in line, out.stdout
         as_json = json.loads((await meshfed("gateways", "--config", cfg, "--json")).stdout)
         assert as_json["gateways"][0]["site"] == "east"
         writer.close()
@@ -77,7 +81,8 @@ async def test_west_sees_easts_gateway_alive_with_latencies_then_down_with_the_r
         assert 'meshfed_gateway_alive{gateway="gateway",site="east"} 0.0' in metrics
         out = await meshfed("gateways", "--config", cfg)
         line = next(ln for ln in out.stdout.splitlines() if ln.startswith("east "))
-        assert " DOWN " in line and "connection refused" in line, out.stdout
+        assert " DOWN " in line, out.stdout
+        assert "connection refused" in line, out.stdout
     finally:
         for agent in agents.values():
             await asyncio.to_thread(agent.stop)

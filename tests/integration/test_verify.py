@@ -57,7 +57,7 @@ async def test_a_healthy_mesh_passes_then_a_killed_gateway_and_a_record_without_
                                              "the gateway connected a stream to an endpoint")]
         assert echo.connections >= 1  # the stream reached the endpoint
         (dns_line,) = results(lines, "dns")
-        assert dns_line[0] == "echo.ns.svc.clusterset.local" and dns_line[1] == "PASS", dns_line
+        assert dns_line[:2] == ("echo.ns.svc.clusterset.local", "PASS"), dns_line
         assert results(lines, "etcd")[0][1] == "PASS"
         assert ("/meshfed/v1/sites/west", "PASS", "may write its own prefix") in results(lines, "etcd-write")
         assert {r[1] for r in results(lines, "certificate")} == {"PASS"}
@@ -72,9 +72,11 @@ async def test_a_healthy_mesh_passes_then_a_killed_gateway_and_a_record_without_
         assert code == 1
         assert ("ns/nothing at east", "FAIL", "east exports no service ns/nothing") in results(lines, "service")
         code, out, _ = await verify(west, "--site", "nowhere")
-        assert code == 1 and "FAIL  site-record  nowhere" in out, out
+        assert code == 1
+        assert "FAIL  site-record  nowhere" in out, out
         bad = await meshfed("verify", "--config", str(west), "--service", "echo", ok=False)
-        assert bad.returncode == 2 and "is not NAMESPACE/NAME" in bad.stderr
+        assert bad.returncode == 2
+        assert "is not NAMESPACE/NAME" in bad.stderr
 
         await asyncio.to_thread(agents["east"].kill)  # its record stays for the 60 s lease
         code, out, lines = await verify(west)
@@ -91,7 +93,8 @@ async def test_a_healthy_mesh_passes_then_a_killed_gateway_and_a_record_without_
         code, out, lines = await verify(west, "--site", "east")
         assert code == 1
         (lease,) = results(lines, "record-lease")
-        assert lease[:2] == ("east", "FAIL") and "bound to no lease" in lease[2]
+        assert lease[:2] == ("east", "FAIL")
+        assert "bound to no lease" in lease[2]
     finally:
         for agent in agents.values():
             await asyncio.to_thread(agent.stop)
@@ -114,20 +117,20 @@ async def test_a_site_ca_from_another_root_fails_the_mtls_line(etcd: EtcdProcess
         cfg.write_text(cfg.read_text().replace(str(tmp_path / "ca-east"), str(tmp_path / "ca-east-other")))
         agents["east"] = AgentProcess(cfg, tmp_path / "east").start()
 
-        async def east_changed() -> bool:
-            doc = json.loads((await asyncio.to_thread(agents["west"].get, "/gateways"))[1])
-            return any(g["site"] == "east" and g["state"] == "DOWN" for g in doc["gateways"]) or \
-                "east" not in {s["name"] for s in json.loads((await asyncio.to_thread(agents["west"].get,
-                                                                                   "/registry"))[1])["sites"]}
+        async def east_refused() -> bool:
+            reg = json.loads((await asyncio.to_thread(agents["west"].get, "/registry"))[1])
+            return "/meshfed/v1/sites/east" in {r["key"] for r in reg["rejected"]}
 
-        await until(east_changed, "west no longer getting through to east")
+        await until(east_refused, "west refusing east's new site record")
         code, out, lines = await verify(agents["west"].config, "--site", "east")
         assert code == 1, out
-        failed = [(ln["check"], ln["detail"]) for ln in lines if ln["result"] == "FAIL"]
-        # Either west refuses east's records (signed by a signer from a foreign root) or east's certificate.
-        assert failed and failed[0][0] in ("site-record", "mtls"), failed
-        if failed[0][0] == "mtls":
-            assert "does not verify" in failed[0][1]
+        failed = [(ln["check"], ln["subject"], ln["detail"]) for ln in lines if ln["result"] == "FAIL"]
+        # West refuses east's records first: their signer's chain ends at a root west does not trust.
+        assert len(failed) == 1, out
+        check, subject, detail = failed[0]
+        assert (check, subject) == ("site-record", "east")
+        assert detail.startswith("site east's record is in etcd but refused: "), detail
+        assert "a site CA from another mesh root?" in out, out
     finally:
         for agent in agents.values():
             await asyncio.to_thread(agent.stop)
