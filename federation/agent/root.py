@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry, Gauge
 
 from federation.agent.admin import AdminServer
 from federation.agent.dataplane import DataPlane
+from federation.agent.explaining import explain_document
 from federation.agent.gateways import gateways_document
 from federation.agent.identity import Identity
 from federation.agent.reloading import Reloader
@@ -173,6 +174,8 @@ class Agent:
                 s.site.name, plane.prober, selection, self.config.get().gateway.probe_interval))
             admin.add_document("/verify", lambda selection: verify_document(
                 s.site.name, mirror, self.keys, plane, identity, self.files, selection))
+            admin.add_query_document("/explain", lambda query: explain_document(
+                s.site.name, s.dns.zone, mirror.mesh.get(), plane, query))
             self.admin_address = await admin.start()
             write_private(s.state_dir / ADMIN_ADDR_FILE, "{}:{}\n".format(*self.admin_address).encode())
             async with asyncio.TaskGroup() as tg:

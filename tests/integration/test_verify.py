@@ -78,6 +78,29 @@ async def test_a_healthy_mesh_passes_then_a_killed_gateway_and_a_record_without_
         assert bad.returncode == 2
         assert "is not NAMESPACE/NAME" in bad.stderr
 
+        # explain: the same mesh, step by step.
+        out = await meshfed("explain", "echo.ns.svc.clusterset.local", "--live", "--config", str(west))
+        print(out.stdout)  # the sample in docs/operations.md
+        steps = {s["step"]: s for s in json.loads((await meshfed("explain", "ns/echo", "--live", "--json",
+                                                                 "--config", str(west))).stdout)["steps"]}
+        assert steps["dns"]["answer"] == dns_line[2].split(" ")[0]  # the VIP verify found DNS answering
+        assert steps["port"]["answer"] == "tcp (7/TCP)"
+        assert steps["access-policy"]["answer"].startswith("allowed for site west")
+        (route,) = steps["routes"]["routes"]
+        assert (route["kind"], route["site"], route["health"]) == ("gateway", "east", "ALIVE")
+        assert steps["live"]["ok"], steps["live"]
+        assert steps["live"]["handshakeMs"] > 0
+        assert "is not shown" in steps["traffic-policy"]["answer"]
+        assert "1) gateway gateway of east at 127.0.0.1:" in out.stdout
+        east_view = await meshfed("explain", "ns/echo", "--from", "east", "--config", str(west), ok=False)
+        assert "this site's own endpoint" in east_view.stdout, east_view.stdout
+        missing = await meshfed("explain", "ns/nothing", "--config", str(west), ok=False)
+        assert missing.returncode == 1
+        assert "NXDOMAIN: no site exports ns/nothing" in missing.stdout
+        bad = await meshfed("explain", "www.example.com", "--config", str(west), ok=False)
+        assert bad.returncode == 2
+        assert "is not in the federated zone" in bad.stderr
+
         await asyncio.to_thread(agents["east"].kill)  # its record stays for the 60 s lease
         code, out, lines = await verify(west)
         assert code == 1, out
