@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry, Gauge
 from federation.agent.admin import AdminServer
 from federation.agent.dataplane import DataPlane
 from federation.agent.explaining import explain_document
-from federation.agent.gateways import gateways_document
+from federation.agent.gateways import gateways_document, status_warnings
 from federation.agent.identity import Identity
 from federation.agent.reloading import Reloader
 from federation.agent.reporting import registry_report
@@ -112,9 +112,15 @@ class Agent:
 
     def status(self, selection: Selection = EVERYTHING) -> dict[str, Any]:
         """What `meshfed status` prints (the admin endpoint's /status)."""
-        return agent_status(self.settings, self.mirror, self.publisher, self.plane,
-                            self.etcd.endpoint if self.etcd is not None else None, self.links,
-                            self.reloader.describe(), self.identity, selection)
+        out = agent_status(self.settings, self.mirror, self.publisher, self.plane,
+                           self.etcd.endpoint if self.etcd is not None else None, self.links,
+                           self.reloader.describe(), self.identity, selection)
+        sites = self.keys.sites()
+        out["warnings"] = status_warnings(
+            self.plane.prober if self.plane is not None else None,
+            self.mirror.catalog.rejected if self.mirror is not None else {},
+            lambda k: k.startswith(sites) and "/" not in k[len(sites):], (self.files.used, self.files.limit))
+        return out
 
     async def _run(self, endpoints: tuple[str, ...], stop: asyncio.Event) -> None:
         s = self.settings

@@ -63,6 +63,7 @@ async def test_west_sees_easts_gateway_alive_with_latencies_then_down_with_the_r
         line = next(ln for ln in out.stdout.splitlines() if ln.startswith("east "))
         assert " ALIVE " in line, out.stdout
         assert "ms" in line, out.stdout
+        assert "WARNING" not in (await meshfed("status", "--config", cfg)).stdout
         as_json = json.loads((await meshfed("gateways", "--config", cfg, "--json")).stdout)
         assert as_json["gateways"][0]["site"] == "east"
         writer.close()
@@ -83,6 +84,9 @@ async def test_west_sees_easts_gateway_alive_with_latencies_then_down_with_the_r
         line = next(ln for ln in out.stdout.splitlines() if ln.startswith("east "))
         assert " DOWN " in line, out.stdout
         assert "connection refused" in line, out.stdout
+        status = await meshfed("status", "--config", cfg)
+        assert ("WARNING: gateway gateway of site east is DOWN: connection refused (no gateway listening there) "
+                "(meshfed verify --site east)") in status.stdout
     finally:
         for agent in agents.values():
             await asyncio.to_thread(agent.stop)

@@ -154,6 +154,8 @@ async def test_a_site_ca_from_another_root_fails_the_mtls_line(etcd: EtcdProcess
         assert (check, subject) == ("site-record", "east")
         assert detail.startswith("site east's record is in etcd but refused: "), detail
         assert "a site CA from another mesh root?" in out, out
+        status = await meshfed("status", "--config", str(agents["west"].config))
+        assert "WARNING: site record /meshfed/v1/sites/east is refused: " in status.stdout
     finally:
         for agent in agents.values():
             await asyncio.to_thread(agent.stop)
