@@ -198,11 +198,12 @@ def _vips_and_capture(status: dict[str, Any]) -> list[dict[str, Any]]:
                         f"ip addr show dev {vif['name']}; the agent's log (netlink)"))
     table = (status.get("egress") or {}).get("table")
     if table:
-        run = subprocess.run(["nft", "list", "table", "inet", table], capture_output=True, text=True, timeout=10,
+        # `table` is what /status says: the family and the name ("inet meshfed").
+        run = subprocess.run(["nft", "list", "table", *table.split()], capture_output=True, text=True, timeout=10,
                              check=False)
-        out.append(line("capture", f"inet {table}", PASS if run.returncode == 0 else FAIL, None,
+        out.append(line("capture", table, PASS if run.returncode == 0 else FAIL, None,
                         "the redirect rules are in place" if run.returncode == 0
-                        else f"nft list table inet {table}: {run.stderr.strip()}",
+                        else f"nft list table {table}: {(run.stderr.strip().splitlines() or ['failed'])[0]}",
                         "the agent's log (egress capture); restart the agent to install them again"))
     return out
 
