@@ -5,7 +5,7 @@ prober opens a fresh mTLS connection as the egress would (the peer's SPIFFE ID m
 site), sends a preamble `Probe` and times the answer. A fresh connection each time, not a pooled tunnel:
 it proves that a new client would get in now (a pooled tunnel can outlive a gateway's broken certificate).
 Cost is bounded at any mesh size: at most `gateway.probe_rate` probes start per second and
-`gateway.probe_concurrency` run at once, so 1,000 sites are probed every 50 s rather than every interval.
+`gateway.probe_concurrency` run at once, so 1,000 sites are probed every 100 s rather than every interval.
 
 `LatencyWindow` and `probe_targets` are pure; `Prober` is the shell. `GatewayState.describe` is the
 shape of one entry of the admin's /gateways document (docs/operations.md, "meshfed gateways").
@@ -261,6 +261,7 @@ class Prober:
             async with asyncio.timeout(s.connect_timeout * (2 if request is not None else 1)):
                 answer = await (tunnel.probe(self._nonce) if request is None else tunnel.request(request))
             rtt = time.perf_counter() - sent
+            pool.remember_session(tunnel)  # offered for resumption, as the egress does
         except TimeoutError:
             if tunnel is None:
                 return ProbeResult(False, f"no TCP connect and TLS handshake within {s.handshake_timeout:g}s",

@@ -66,9 +66,9 @@ class GatewaySettings:
     probe_interval: float = setting(5.0, lo=0.0, hi=3600.0)
     """Seconds between probes of each remote gateway (jittered by a fifth); 0: no probes. linkerd's default is
     a few seconds: a dead gateway shows within one interval."""
-    probe_rate: float = setting(20.0, positive=True)
-    """Probes started per second at most: 1,000 imported sites are then probed every 50 s, not every interval,
-    and each gateway of such a mesh answers about this many handshakes a second."""
+    probe_rate: float = setting(10.0, positive=True)
+    """Probes started per second at most: a probe costs ~7 ms of CPU for both ends (tests/bench/probing.py), so
+    this is ~3% of a core here and at each gateway of a 1,000-site mesh, whose round then takes 100 s."""
     probe_concurrency: int = setting(16, lo=1, hi=1024)
     """Probes in flight at once: a gateway that never answers holds one slot for its timeout, not the round."""
 
