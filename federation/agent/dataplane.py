@@ -198,8 +198,13 @@ class DataPlane:
                                      ranges=s.dns.vip_ranges, grace=s.dns.vip_grace)
         # DNS answers, the VIP interface and the egress use the same addresses: the ones the egress can serve
         # (a listener binds one address per service port; the capture listener takes IPv6 VIPs too).
-        # Read from the view, so they change with it.
-        self.addresses = served_addresses(self.mesh, self.capture)
+        # Read from the view, so they change with it. With VIPs off nothing here binds them, and a client
+        # that got one would leave by the default route to whatever answers there: answer none.
+        if self._vips_here() or s.dns.answer_unserved_vips:
+            self.addresses = served_addresses(self.mesh, self.capture)
+        elif s.dns.enabled:
+            log.warning("vm.vip_interface is empty: ClusterSetIP names answer no address at this site (nothing "
+                        "here serves the VIPs); clients use the egress listeners `meshfed status` lists")
         config = self.config
         capturing = self.capture is not None and self.capture.active
         self.vm = VmSource(s.vm, s.site.name, mesh=self.mesh, vips=self.addresses, static_exports=self._static,
