@@ -192,15 +192,18 @@ class DataPlane:
 
     def _start_vm(self) -> None:
         s = self.settings
-        if s.dns.enabled:
-            # It plans from live views only: it releases what a view lacks, so never from a restored one.
+        serving = self._vips_here() or s.dns.answer_unserved_vips
+        if s.dns.enabled and serving:
+            # It plans from live views only: it releases what a view lacks, so never from a restored one. It
+            # allocates the families this site serves (IPv6 only where capture listens on it), so no VIP is
+            # allocated that no site serves.
             self.vips = VipAllocator(self._vip_client, Keys(s.registry.prefix), self._allocator_mesh,
-                                     ranges=s.dns.vip_ranges, grace=s.dns.vip_grace)
+                                     ranges=served_ranges(s.dns.vip_ranges, self.capture), grace=s.dns.vip_grace)
         # DNS answers, the VIP interface and the egress use the same addresses: the ones the egress can serve
         # (a listener binds one address per service port; the capture listener takes IPv6 VIPs too).
         # Read from the view, so they change with it. With VIPs off nothing here binds them, and a client
         # that got one would leave by the default route to whatever answers there: answer none.
-        if self._vips_here() or s.dns.answer_unserved_vips:
+        if serving:
             self.addresses = served_addresses(self.mesh, self.capture)
         elif s.dns.enabled:
             log.warning("vm.vip_interface is empty: ClusterSetIP names answer no address at this site (nothing "
@@ -304,6 +307,12 @@ def _merged(static: tuple[ServiceExport, ...], kubernetes: tuple[ServiceExport, 
     merged.set("static", static)
     merged.set("kubernetes", kubernetes)
     return merged.merged()
+
+
+def served_ranges(ranges: tuple[str, ...], capture: EgressCapture | None) -> tuple[str, ...]:
+    """The VIP ranges of the families this site serves: IPv4 always, IPv6 where the capture listener takes it."""
+    ipv6 = capture is not None and capture.active and capture.ipv6
+    return tuple(r for r in ranges if ipv6 or ipaddress.ip_network(r, strict=False).version == 4)
 
 
 def served_addresses(mesh: Readable[MeshView], capture: EgressCapture | None) -> Derived[VipTable]:
