@@ -46,6 +46,7 @@ from federation.sources.vm.source import VmSource
 from gateway.balancing import Placement
 from gateway.eastwest import EastWestGateway
 from gateway.egress import Egress
+from gateway.ingress import IngressListener, IngressMetrics
 from gateway.streams import set_read_size
 from gateway.tls import CertificateStore
 from gateway.workers import GatewayWorkers
@@ -79,6 +80,8 @@ class DataPlane:
         self.eastwest: EastWestGateway | None = None
         self.workers: GatewayWorkers | None = None
         self.egress: Egress | None = None
+        self.ingress: list[IngressListener] = []
+        """Listeners for clients outside the mesh (`ingress:`), handed to the egress."""
         self.dns: DnsServer | None = None
         self.vips: VipAllocator | None = None
         self.capture: EgressCapture | None = None
@@ -112,6 +115,7 @@ class DataPlane:
                         "(cross-network traffic is off; run `meshfed ca site` and set it)")
         if s.kubernetes.enabled:
             self._start_kubernetes()
+        await self._start_ingress()
         chain = (self.certs.chain,) if self.certs is not None else ()
         self.site_record = Derived(self._site_record, self._gateway, *chain, name="site record")
         if s.dns.enabled:
@@ -163,6 +167,8 @@ class DataPlane:
 
     async def drain(self, grace: float) -> None:
         """Stop accepting new connections; let relayed streams finish for up to `grace` seconds."""
+        for listener in self.ingress:
+            listener.close()
         if self.egress is not None:
             self.egress.stop_accepting()
         if self.eastwest is not None:
@@ -178,6 +184,9 @@ class DataPlane:
 
     async def close(self) -> None:
         """Close what is left: tunnels, streams, DNS, worker processes, the certificate directory."""
+        for listener in self.ingress:
+            listener.close()
+            await listener.wait_closed()
         for part in (self.egress, self.eastwest, self.workers):
             if part is not None:
                 await part.close()
@@ -215,6 +224,15 @@ class DataPlane:
                            live=Derived(lambda: config.get().vm, config, name="vm settings"),
                            vip_ranges=s.dns.vip_ranges if capturing else ())
         self.exports = self.vm.exports
+
+    async def _start_ingress(self) -> None:
+        if not self.settings.ingress or self.egress is None:
+            return  # settings.validate refuses ingress without gateway.ca_dir, so without an egress
+        metrics = IngressMetrics(self.metrics)
+        for item in self.settings.ingress:
+            listener = IngressListener(item, self.mesh, self.egress.admit, metrics)
+            await listener.start()
+            self.ingress.append(listener)
 
     def _start_kubernetes(self) -> None:
         s = self.settings
