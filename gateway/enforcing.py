@@ -165,7 +165,13 @@ class Enforcer:
             conn.release()
             self.egress_metrics.connections.labels("client_gone").inc()
             return
-        await self._connect(client, key, rules, state, self._prepare(view, key, rules), conn)
+        try:
+            await self._connect(client, key, rules, state, self._prepare(view, key, rules), conn)
+        except Exception:  # our bug: this client is reset, every other one is still served
+            if _throttle.allow(("bug", key)):
+                log.exception("routing a client of %s/%s:%s by its traffic policy failed", *key)
+            self.egress_metrics.connections.labels("no_route").inc()
+            reset_transport(client.transport)
 
     # -- private
 

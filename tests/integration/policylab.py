@@ -198,7 +198,8 @@ async def lab(tmp: Path) -> AsyncIterator[Lab]:
 
 
 async def who(addr: tuple[str, int], timeout: float = 5.0) -> str:
-    """The name of the server a new connection lands on; "" if it was reset or closed first."""
+    """The name of the server a new connection lands on; "" if it was reset or closed first, "timeout" if
+    nothing came within `timeout` seconds."""
     try:
         async with asyncio.timeout(timeout):
             reader, writer = await asyncio.open_connection(*addr)
@@ -210,6 +211,8 @@ async def who(addr: tuple[str, int], timeout: float = 5.0) -> str:
                     await writer.wait_closed()
     except ConnectionError:
         return ""
+    except TimeoutError:
+        return "timeout"
     return line.decode().strip()
 
 
