@@ -140,9 +140,10 @@ class Agent:
             verify=verifier.mesh_policy if verifier is not None else None,
             protect_deletes=s.registry.signatures is Mode.REQUIRE,
         )  # fmt: skip
+        # Deletes are not protected: traffic policies have no signed tombstone, and a deleted one leaves the
+        # service routed as without policies (an attacker gains nothing an access policy would have refused).
         traffic = self.traffic = PolicyReader(
-            client("traffic-policies"), self.keys, verify=verifier.mesh_policy if verifier is not None else None,
-            protect_deletes=s.registry.signatures is Mode.REQUIRE)
+            client("traffic-policies"), self.keys, verify=verifier.mesh_policy if verifier is not None else None)
         self.metrics.register(PolicyMetrics(traffic))
         # What may delete or release (VIP allocation) waits for a live listing, never acts on a restored one.
         before = MeshView.before_sync()
