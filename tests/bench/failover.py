@@ -9,12 +9,14 @@ count and time) through west's egress; after --fault-at seconds east's agent die
 - `stop`: SIGSTOP of east's agent: its gateway black-holes connections (a hung host, or a WAN partition)
   and its lease expires after registry.lease_ttl (10 s) like a dead site's.
 
-Each fault runs twice in the same run, with an empty TrafficPolicy applied (every default: retries,
-outlier ejection, per-try timeout) and with no policy (the behaviour before issue 12: next route on a
-refused connect, the gateway's 10 s handshake + 5 s connect timeouts). A connection fails when no name
+Each fault runs with an empty TrafficPolicy applied (every default: retries, outlier ejection, 3 s per-try
+timeout), optionally with `--modes` others (a 1 s per-try timeout), and with no policy (the behaviour
+before issue 12: next route on a refused connect, the gateway's 10 s handshake + 5 s connect timeouts),
+all in the same run. A connection fails when no name
 came back within --patience seconds. Each run has its own registry prefix, so runs do not meet.
 
     .venv/bin/python -m tests.bench.failover [--rate 50] [--seconds 30] [--fault-at 5] [--patience 5]
+        [--modes "default policy" "connectPerTry 1s"] [--faults kill stop]
 """
 
 from __future__ import annotations
@@ -35,6 +37,9 @@ from pathlib import Path
 from federation.registry.embedded import EtcdProcess
 from tests.integration.agentproc import AgentProcess, write_config
 from tests.integration.policylab import NamedServer
+
+MODES = {"default policy": "{}", "connectPerTry 1s": "{timeouts: {connectPerTry: 1s}}"}
+"""The policies compared with no policy: every default, and a shorter per-try timeout."""
 
 
 @dataclass
@@ -90,7 +95,7 @@ async def listener(agent: AgentProcess) -> tuple[str, int]:
 
 async def scenario(tmp: Path, etcd: EtcdProcess, ports: dict[str, int], fault: str, mode: str,
                    args: argparse.Namespace) -> Run:
-    prefix = f"/bench-{fault}-{mode}"
+    prefix = f"/bench-{fault}-{mode.replace(' ', '-').replace(':', '')}"
     agents: dict[str, AgentProcess] = {}
     run = Run(fault, mode)
     stopped = False
@@ -99,7 +104,7 @@ async def scenario(tmp: Path, etcd: EtcdProcess, ports: dict[str, int], fault: s
             exports = [] if site == "west" else [{
                 "namespace": "shop", "name": "web", "ports": [{"name": "tcp", "port": 80}],
                 "endpoints": [{"addresses": ["127.0.0.1"], "ports": {"tcp": ports[site]}}]}]
-            state = tmp / f"{fault}-{mode}" / site
+            state = tmp / prefix.strip("/") / site
             state.mkdir(parents=True)
             cfg = write_config(state.parent / f"{site}.yaml", site, [etcd.endpoint], state, exports, ttl=10,
                                registry={"prefix": prefix},
@@ -109,10 +114,10 @@ async def scenario(tmp: Path, etcd: EtcdProcess, ports: dict[str, int], fault: s
         for agent in agents.values():
             await asyncio.to_thread(agent.wait_ready, 60)
         addr = await listener(agents["west"])
-        if mode == "default policy":
-            doc = tmp / "default.yaml"
+        if mode in MODES:
+            doc = tmp / "policy.yaml"
             doc.write_text("apiVersion: meshfed.io/v1alpha1\nkind: TrafficPolicy\n"
-                           "metadata: {namespace: shop, name: web}\nspec: {}\n")
+                           f"metadata: {{namespace: shop, name: web}}\nspec: {MODES[mode]}\n")
             # Signed by an operator: agents run registry.signatures require (the default) and skip unsigned ones.
             await meshfed("policy", "apply", "-f", str(doc), "--endpoints", etcd.endpoint.removeprefix("http://"),
                           "--prefix", prefix, "--operator", str(tmp / "operator"))
@@ -175,7 +180,7 @@ async def main(args: argparse.Namespace) -> None:
             ports = {site: s.port for site, s in servers.items()}
             runs = []
             for fault in args.faults:
-                for mode in ("default policy", "no policy"):
+                for mode in [*args.modes, "no policy"]:
                     print(f"running: {fault}, {mode} ...", flush=True)
                     runs.append(await scenario(tmp, etcd, ports, fault, mode, args))
             print(f"\n{args.rate:g} connections/s for {args.seconds:g} s through west's egress; east's agent dies "
@@ -199,5 +204,6 @@ if __name__ == "__main__":
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--fault-at", type=float, default=5.0)
     parser.add_argument("--patience", type=float, default=5.0)
+    parser.add_argument("--modes", nargs="+", default=["default policy"], choices=list(MODES))
     parser.add_argument("--faults", nargs="+", default=["kill", "stop"], choices=["kill", "stop"])
     asyncio.run(main(parser.parse_args()))
