@@ -9,6 +9,7 @@ task group, and stopping goes in order: stop accepting, drain, close.
     vm.held_vips --> egress placement
     kubernetes.cluster_ips --> DNS (Kubernetes);  egress.listening --> Kubernetes derived slices
     egress.unreachable --> DNS (sites used last);  kubernetes.eastwest_address --> site record
+    traffic policy reader's policies --> egress (enforced on new connections)
     vm.exports / kubernetes.exports (+ static exports) --> `exports` --> publisher
 """
 
@@ -46,6 +47,7 @@ from federation.sources.vm.source import VmSource
 from gateway.balancing import Placement
 from gateway.eastwest import EastWestGateway
 from gateway.egress import Egress
+from gateway.enforcing import Policies
 from gateway.ingress import IngressListener, IngressMetrics
 from gateway.streams import set_read_size
 from gateway.tls import CertificateStore
@@ -62,7 +64,7 @@ class DataPlane:
     def __init__(self, settings: AgentSettings, mesh: Readable[MeshView], metrics: CollectorRegistry,
                  vip_client: TxnClient, identity: Identity | None = None,
                  access: Readable[AccessState] | None = None, *, allocator_mesh: Readable[MeshView] | None = None,
-                 config: Readable[AgentSettings] | None = None) -> None:
+                 config: Readable[AgentSettings] | None = None, policies: Readable[Policies] | None = None) -> None:
         self.settings = settings
         self.config: Readable[AgentSettings] = config or Value(settings, name="agent settings")
         """The settings as reloaded (SIGHUP): the parts that can follow a change read them from here."""
@@ -70,6 +72,8 @@ class DataPlane:
         self.access = access
         """The access policies, mesh default and revocations the gateway and the egress enforce."""
         self.mesh = mesh
+        self.policies = policies
+        """The traffic policies in force (the registry's policy reader): the egress enforces them."""
         self._allocator_mesh = allocator_mesh or mesh
         """What the VIP allocator reconciles against: only live views (it releases what a view lacks)."""
         self.metrics = metrics
@@ -288,7 +292,7 @@ class DataPlane:
         capture = self.capture.bind if self.capture is not None and self.capture.active else None
         self.egress = Egress(s.site.name, self.mesh, self.certs.client, self.certs.trust, self._gateway_settings,
                              self.metrics, placement=self._placement(), local_services=self._vips_here(),
-                             capture=capture, access=self.access)
+                             capture=capture, access=self.access, policies=self.policies)
         await self.egress.start()
         if self.capture is not None and self.egress.capture is not None:
             await self.capture.install(self.egress.capture.address[1])
