@@ -99,6 +99,7 @@ class Egress:
         self.metrics.mode.labels("listeners").set(0 if capture is not None else 1)
         self._servers: dict[ListenerKey, asyncio.Server] = {}
         self._pools: dict[PoolKey, TunnelPool] = {}
+        self.pools: Mapping[PoolKey, TunnelPool] = self._pools  # read only: the prober counts their tunnels
         self._tasks: set[asyncio.Task[None]] = set()
         self._plan = ListenerPlan(site, local_services, self._is_captured)
         self._turn = 0

@@ -49,6 +49,7 @@ from gateway.eastwest import EastWestGateway
 from gateway.egress import Egress
 from gateway.enforcing import Policies
 from gateway.ingress import IngressListener, IngressMetrics
+from gateway.probing import Prober
 from gateway.streams import set_read_size
 from gateway.tls import CertificateStore
 from gateway.workers import GatewayWorkers
@@ -86,6 +87,8 @@ class DataPlane:
         self.egress: Egress | None = None
         self.ingress: list[IngressListener] = []
         """Listeners for clients outside the mesh (`ingress:`), handed to the egress."""
+        self.prober: Prober | None = None
+        """Probes the gateways of the sites this one imports from (`/gateways`, `meshfed gateways`)."""
         self.dns: DnsServer | None = None
         self.vips: VipAllocator | None = None
         self.capture: EgressCapture | None = None
@@ -142,6 +145,8 @@ class DataPlane:
         if self.egress is not None:
             yield "egress", self.egress.run()
             yield "egress-authorization", self.egress.enforce()
+        if self.prober is not None:
+            yield "gateway-probes", self.prober.run()
         if self.dns is not None:
             yield "dns-server", self.dns.run()
         if self.vips is not None:
@@ -294,6 +299,8 @@ class DataPlane:
                              self.metrics, placement=self._placement(), local_services=self._vips_here(),
                              capture=capture, access=self.access, policies=self.policies)
         await self.egress.start()
+        self.prober = Prober(s.site.name, self.mesh, self.certs.client, self.certs.trust, self._gateway_settings,
+                             self.metrics, pools=self.egress.pools)
         if self.capture is not None and self.egress.capture is not None:
             await self.capture.install(self.egress.capture.address[1])
         advertised = s.site.gateway_address or host
