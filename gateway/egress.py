@@ -304,10 +304,10 @@ class Egress:
         self._track(splice, held, key)
         return True
 
-    async def _tunnel(self, client: PlainLeg, route: Route, key: ListenerKey) -> bool:
+    async def _tunnel(self, client: PlainLeg, route: Route, key: ListenerKey, hostname: str | None = None) -> bool:
         assert not isinstance(route, Direct)
         pool = self._pool(route.site, route.gateway)
-        req = Request(key[0], key[1], key[2])
+        req = Request(key[0], key[1], key[2], hostname)  # a hostname: that one endpoint (gateway.headless)
         for _ in range(2):  # a pooled tunnel may have died idle: one fresh retry on the same gateway
             tunnel = None
             try:

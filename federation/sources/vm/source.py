@@ -17,6 +17,7 @@ from collections.abc import Iterable, Sequence
 from prometheus_client import CollectorRegistry
 
 from federation.core.backoff import Backoff
+from federation.core.endpoints import EndpointAddresses
 from federation.core.exportset import ExportSet
 from federation.core.records import Locality, ServiceExport, ServiceType
 from federation.core.view import MeshView, ServiceId, VipTable
@@ -59,11 +60,14 @@ class VmSource:
         discovery_settle: float = DISCOVERY_SETTLE,
         netns: str | None = None,
         live: Readable[VmSettings] | None = None,
+        endpoints: Readable[EndpointAddresses] | None = None,
     ) -> None:
-        """`static_exports` and `live` (the VM settings) may be holders the source follows (a reload)."""
+        """`static_exports` and `live` (the VM settings) may be holders the source follows (a reload);
+        `endpoints`: addresses of headless endpoints of other networks, held on the interface like VIPs."""
         self._settings = settings
         self._mesh = mesh
         self._vip_table = vips
+        self._endpoints = endpoints
         self.exports: Value[tuple[ServiceExport, ...]] = Value((), name="vm exports")
         """The site's merged export list, once `ready` (static, checked and LAN services)."""
         self._held: Sequence[ServiceExport] | None = None
@@ -131,6 +135,8 @@ class VmSource:
         for key in keys:
             svc = view.services().get(key)
             addresses = vips.get(key, ()) if svc is not None and svc.type is ServiceType.CLUSTER_SET_IP else ()
+            if svc is not None and svc.type is ServiceType.HEADLESS and self._endpoints is not None:
+                addresses = tuple(r.address for r in self._endpoints.get().get(key, ()))
             new = frozenset(_address(a) for a in addresses)
             old = self._by_service.pop(key, frozenset())
             if new:
@@ -172,7 +178,7 @@ class VmSource:
     async def _follow_mesh(self, mesh: Readable[MeshView]) -> None:
         """VIPs and announcements follow the mesh view and the VIP table, from the initial sync on."""
         vips = self._vip_table if self._vip_table is not None else Value({})
-        async for _ in follow(mesh, vips):
+        async for _ in follow(mesh, vips, *(h for h in (self._endpoints,) if h is not None)):
             if mesh.get().complete:  # an empty view before the sync would drop every VIP
                 self.update(mesh.get(), vips.get())
 

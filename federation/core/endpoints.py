@@ -1,0 +1,192 @@
+"""Addresses of remote headless endpoints, as this site answers them: one per endpoint of another network. Pure.
+
+A headless service's endpoints on another network cannot be routed to from here. Each gets an address
+of this site's own choosing (from `ranges`: on a VM site a range of its own, on a Kubernetes site a
+static band of the service CIDR), which DNS answers for `<hostname>.<site>.<svc>.<ns>.svc.clusterset.local`
+and the service name, and where the egress listens to send the client to that one endpoint through its
+site's gateway. The address means something only at this site: nothing is written to the registry,
+nothing is signed, and memory follows the headless endpoints this site imports (the `imports:` scoping
+decides what the view holds), not the mesh.
+
+    book = EndpointAllocator(["240.241.0.0/16"], "west", "net-2")
+    table = book.update(view)                       # incremental: only the services the view changed
+    table.get(("shop", "db"))                       # (RemoteEndpoint("east", "db-0", "240.241.12.7", ...), ...)
+
+The address of an endpoint is a hash of (namespace, service, site, hostname) into the ranges, probing
+forward past taken ones, and it keeps its address while it exists: restarts and other sites' changes
+give the same answers, and one endpoint's arrival never moves another.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+
+from federation.core.records import Endpoint, ServiceType
+from federation.core.view import MeshView, ServiceId
+
+EndpointKey = tuple[str, str, str, str]
+"""(namespace, service, site, hostname)"""
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteEndpoint:
+    """An endpoint of `site` on another network, reached here at `address` (`hostname`: its DNS label)."""
+
+    site: str
+    hostname: str
+    address: str
+    endpoint: Endpoint
+
+
+class EndpointAddresses(Mapping[ServiceId, tuple[RemoteEndpoint, ...]]):
+    """Service -> its remote endpoints with their addresses here. A service's tuple is the same object
+    until that service's endpoints or addresses change, so readers compare per service by identity."""
+
+    __slots__ = ("_services", "unplaced")
+
+    def __init__(self, services: Mapping[ServiceId, tuple[RemoteEndpoint, ...]], unplaced: int = 0) -> None:
+        self._services = services
+        self.unplaced = unplaced
+        """Remote endpoints left without an address (the ranges are full): DNS leaves them out."""
+
+    def __getitem__(self, key: ServiceId) -> tuple[RemoteEndpoint, ...]:
+        return self._services[key]
+
+    def __iter__(self) -> Iterator[ServiceId]:
+        return iter(self._services)
+
+    def __len__(self) -> int:
+        return len(self._services)
+
+    def addresses(self) -> dict[ServiceId, tuple[str, ...]]:
+        """Service -> the addresses of its remote endpoints (what a VIP interface holds)."""
+        return {k: tuple(r.address for r in v) for k, v in self._services.items()}
+
+
+NONE = EndpointAddresses({})
+
+
+def hostname_of(ep: Endpoint) -> str:
+    """The endpoint's DNS label: its hostname, else its first address with dashes (as CoreDNS names it)."""
+    if ep.hostname:
+        return ep.hostname
+    return ep.addresses[0].replace(".", "-").replace(":", "-") if ep.addresses else ""
+
+
+def remote_sites(view: MeshView, service: ServiceId, own_site: str, own_network: str) -> list[str]:
+    """The sites exporting headless `service` from another network than `own_network`."""
+    svc = view.service(*service)
+    if svc is None or svc.type is not ServiceType.HEADLESS:
+        return []
+    out = []
+    for export in svc.exports:
+        site = view.sites.get(export.site)
+        if export.site != own_site and site is not None and site.network != own_network:
+            out.append(export.site)
+    return out
+
+
+class EndpointAllocator:
+    """Keeps an address per remote headless endpoint, service by service (`update` costs the change)."""
+
+    def __init__(self, ranges: Sequence[str], own_site: str, own_network: str) -> None:
+        self.own_site = own_site
+        self.own_network = own_network
+        self._ranges = [ipaddress.ip_network(r, strict=False) for r in ranges]
+        self._size = sum(_usable(n) for n in self._ranges)
+        self._taken: dict[int, EndpointKey] = {}
+        self._slot: dict[EndpointKey, int] = {}
+        self._services: dict[ServiceId, tuple[RemoteEndpoint, ...]] = {}
+        self._last: MeshView | None = None
+        self._table = NONE
+        self._unplaced: dict[ServiceId, int] = {}
+
+    @property
+    def capacity(self) -> int:
+        """How many endpoints the ranges can hold."""
+        return self._size
+
+    def update(self, view: MeshView) -> EndpointAddresses:
+        """The addresses for `view`; after a registry change only the services it changed are looked at."""
+        if not view.complete:
+            return self._table
+        before = self._last
+        diff = None
+        if before is not None and view.history is not None and view.history is before.history:
+            diff = view.changes_since(before.generation)
+        keys = sorted(view.services().keys() | self._services.keys()) if diff is None else sorted(diff.services)
+        self._last = view
+        changed = False
+        for key in keys:
+            changed |= self._service(view, key)
+        if changed or diff is None:
+            self._table = EndpointAddresses(dict(self._services), sum(self._unplaced.values()))
+        return self._table
+
+    def _service(self, view: MeshView, key: ServiceId) -> bool:
+        """Bring one service's addresses to `view`; True if they changed."""
+        svc = view.service(*key)
+        wanted: list[tuple[str, str, Endpoint]] = []
+        if svc is not None:
+            remote = set(remote_sites(view, key, self.own_site, self.own_network))
+            wanted = [(e.site, hostname_of(ep), ep) for e in svc.exports if e.site in remote
+                      for ep in e.endpoints if hostname_of(ep)]
+        old = self._services.get(key, ())
+        keep = {(key[0], key[1], site, host) for site, host, _ in wanted}
+        for r in old:
+            ek = (key[0], key[1], r.site, r.hostname)
+            if ek not in keep:
+                del self._taken[self._slot.pop(ek)]
+        out: list[RemoteEndpoint] = []
+        unplaced = 0
+        for site, host, ep in wanted:
+            ek = (key[0], key[1], site, host)
+            slot = self._slot.get(ek)
+            if slot is None:
+                slot = self._place(ek)
+                if slot is None:
+                    unplaced += 1
+                    continue
+            out.append(RemoteEndpoint(site, host, self._address(slot), ep))
+        new = tuple(out)
+        self._unplaced.pop(key, None)
+        if unplaced:
+            self._unplaced[key] = unplaced
+        if new == old:
+            return False
+        if new:
+            self._services[key] = new
+        else:
+            self._services.pop(key, None)
+        return True
+
+    def _place(self, ek: EndpointKey) -> int | None:
+        if not self._size or len(self._taken) >= self._size:
+            return None
+        start = int.from_bytes(hashlib.sha256("/".join(ek).encode()).digest()[:8], "big") % self._size
+        slot = start
+        while slot in self._taken:
+            slot = (slot + 1) % self._size
+        self._taken[slot] = ek
+        self._slot[ek] = slot
+        return slot
+
+    def _address(self, slot: int) -> str:
+        for net in self._ranges:
+            n = _usable(net)
+            if slot < n:
+                return str(net.network_address + slot + (0 if net.version == 4 and net.prefixlen >= 31 else 1))
+            slot -= n
+        raise IndexError(slot)
+
+
+def _usable(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> int:
+    """Addresses of `net` an endpoint may take: not the network address (nor IPv4's broadcast); at most 2**24."""
+    if net.version == 4 and net.prefixlen >= 31:
+        n = net.num_addresses
+    else:
+        n = net.num_addresses - (2 if net.version == 4 else 1)
+    return min(n, 2**24)
