@@ -43,7 +43,6 @@ async def main(argv: list[str]) -> None:
     }, "headlessnode")
     plane = DataPlane(settings, Value(view), CollectorRegistry(), _NoVips())  # type: ignore[arg-type]
     await plane.start()
-    assert plane.dns is not None and plane.hosts is not None and plane.endpoints is not None
     try:
         await _serve(plane)
     except* _Stop:
@@ -53,7 +52,9 @@ async def main(argv: list[str]) -> None:
 
 
 async def _serve(plane: DataPlane) -> None:
-    assert plane.dns is not None and plane.hosts is not None and plane.endpoints is not None
+    assert plane.dns is not None
+    assert plane.hosts is not None
+    assert plane.endpoints is not None
     async with asyncio.TaskGroup() as tg:
         for name, coro in plane.tasks():
             if name == "vip-allocator":
