@@ -103,6 +103,8 @@ class EndpointAllocator:
         self._last: MeshView | None = None
         self._table = NONE
         self._unplaced: dict[ServiceId, int] = {}
+        """Services with endpoints the full ranges left without an address: tried again when one is freed."""
+        self._freed = False
 
     @property
     def capacity(self) -> int:
@@ -120,8 +122,13 @@ class EndpointAllocator:
         keys = sorted(view.services().keys() | self._services.keys()) if diff is None else sorted(diff.services)
         self._last = view
         changed = False
+        self._freed = False
         for key in keys:
             changed |= self._service(view, key)
+        if self._unplaced and self._freed:
+            # Addresses came free while endpoints wait for one: those services try again (smallest first).
+            for key in sorted(self._unplaced.keys() - set(keys)):
+                changed |= self._service(view, key)
         if changed or diff is None:
             self._table = EndpointAddresses(dict(self._services), sum(self._unplaced.values()))
         return self._table
@@ -140,6 +147,7 @@ class EndpointAllocator:
             ek = (key[0], key[1], r.site, r.hostname)
             if ek not in keep:
                 del self._taken[self._slot.pop(ek)]
+                self._freed = True
         out: list[RemoteEndpoint] = []
         unplaced = 0
         for site, host, ep in wanted:
@@ -152,11 +160,11 @@ class EndpointAllocator:
                     continue
             out.append(RemoteEndpoint(site, host, self._address(slot), ep))
         new = tuple(out)
-        self._unplaced.pop(key, None)
+        waiting = self._unplaced.pop(key, 0)
         if unplaced:
             self._unplaced[key] = unplaced
         if new == old:
-            return False
+            return waiting != unplaced
         if new:
             self._services[key] = new
         else:
