@@ -144,3 +144,17 @@ def test_the_view_before_the_sync_changes_nothing() -> None:
     table = book.update(_view(_export("east", "db", ["db-0"])))
     assert book.update(MeshView.before_sync()) is table
     assert dataclasses.is_dataclass(table[("shop", "db")][0])
+
+
+def test_an_endpoint_left_out_of_a_full_range_takes_an_address_freed_by_another_service() -> None:
+    cat = Catalog(KEYS)
+    for rev, (s, net) in enumerate((("west", "net-w"), ("east", "net-e")), 1):
+        cat.put(KEYS.site(s), encode_site(_site(s, net)), rev)
+    cat.put(KEYS.service("east", "shop", "db"), encode_export(_export("east", "db", ["db-0", "db-1"])), 3)
+    cat.put(KEYS.service("east", "shop", "mq"), encode_export(_export("east", "mq", ["mq-0"])), 4)
+    book = EndpointAllocator(["240.241.0.0/30"], "west", "net-w")  # two usable addresses
+    assert book.update(cat.view()).unplaced == 1
+    cat.delete(KEYS.service("east", "shop", "db"), 5)  # mq is not in this change, and waits
+    table = book.update(cat.view())
+    assert [r.hostname for r in table[("shop", "mq")]] == ["mq-0"]
+    assert table.unplaced == 0
