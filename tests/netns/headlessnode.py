@@ -1,8 +1,8 @@
 """An asking VM site's data plane as the agent assembles it (federation.agent.dataplane.DataPlane), in a namespace.
 
-    python -m tests.netns.headlessnode SITE NETWORK CA_DIR VIEW_FILE LAN_ADDRESS WAN_ADDRESS STATE_DIR
+    python -m tests.netns.headlessnode SITE NETWORK CA_DIR VIEW_FILE LAN_ADDRESS WAN_ADDRESS STATE_DIR CAPTURE
 
-Builds the real DataPlane of a VM site (VIP interface `meshfed0`, egress in per-port listener mode, the
+Builds the real DataPlane of a VM site (VIP interface `meshfed0`, egress capture `off` or `on`, the
 endpoint listeners, DNS on LAN_ADDRESS) on a fixed mesh view (the registry is not what this tests), runs
 its long-lived tasks, and prints `READY {"dns": port}` once DNS answers the remote headless endpoints and
 every endpoint listener is bound at its address. Runs until stdin closes.
@@ -32,14 +32,14 @@ class _NoVips:
 
 
 async def main(argv: list[str]) -> None:
-    site, network, ca_dir, view_file, lan, wan, state = argv
+    site, network, ca_dir, view_file, lan, wan, state, capture = argv
     view = load_view(Path(view_file))
     settings = parse_settings({
         "site": {"name": site, "network": network, "kind": "vm", "gateway_address": wan},
         "state_dir": state,
         "gateway": {"ca_dir": ca_dir, "listen_address": wan, "listen_port": 0, "egress_address": "127.0.0.1"},
         "dns": {"udp": [f"{lan}:0"], "tcp": [f"{lan}:0"], "forwarding": False},
-        "vm": {"egress_capture": "off", "address": lan},
+        "vm": {"egress_capture": capture, "address": lan},
     }, "headlessnode")
     plane = DataPlane(settings, Value(view), CollectorRegistry(), _NoVips())  # type: ignore[arg-type]
     await plane.start()
@@ -68,7 +68,9 @@ async def _serve(plane: DataPlane) -> None:
                 break
             await asyncio.sleep(0.05)
         listeners = {"/".join(k): list(v) for k, v in plane.hosts.listening.get().items()}
-        print("READY", json.dumps({"dns": plane.dns.udp_addresses[0][1], "listeners": listeners}), flush=True)
+        mode = plane.egress.mode if plane.egress is not None else ""
+        print("READY", json.dumps({"dns": plane.dns.udp_addresses[0][1], "listeners": listeners, "mode": mode}),
+              flush=True)
         await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
         await plane.drain(0.5)
         raise _Stop

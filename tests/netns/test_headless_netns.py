@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -77,10 +78,10 @@ def sample(ns: str, host: str, name: str) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def asking_site(ns: str, ca: Path, view_file: Path, state: Path) -> Iterator[dict[str, object]]:
+def asking_site(ns: str, ca: Path, view_file: Path, state: Path, capture: str) -> Iterator[dict[str, object]]:
     proc = subprocess.Popen(
         ["ip", "netns", "exec", ns, sys.executable, "-m", "tests.netns.headlessnode", "a", "net-a", str(ca),
-         str(view_file), "198.18.1.1", "198.19.0.1", str(state)],
+         str(view_file), "198.18.1.1", "198.19.0.1", str(state), capture],
         cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
@@ -94,7 +95,12 @@ def asking_site(ns: str, ca: Path, view_file: Path, state: Path) -> Iterator[dic
         stop_by_stdin(proc)
 
 
-def test_a_remote_statefulset_pod_is_reached_by_its_hostname_through_the_gateways(tmp_path: Path) -> None:
+@pytest.mark.parametrize("capture", ["off", "on"])
+def test_a_remote_statefulset_pod_is_reached_by_its_hostname_through_the_gateways(tmp_path: Path, capture: str) -> None:
+    """With the egress in per-port listener mode and in capture mode (where the VIP ranges are redirected
+    and the endpoint addresses, outside them, are held and listened on one by one)."""
+    if capture == "on" and not shutil.which("nft"):
+        pytest.skip("nft is not installed (Debian package nftables)")
     mesh = Mesh()
     for s in ("a", "b"):
         save_site(tmp_path / s, mesh.site_ca(s))
@@ -116,8 +122,9 @@ def test_a_remote_statefulset_pod_is_reached_by_its_hostname_through_the_gateway
         sh("ip", "-n", ns["a"], "route", "add", "240.241.0.0/16", "via", "198.18.1.1")
         with sample(ns["b"], PODS["db-0"], "db"), sample(ns["b"], PODS["db-1"], "db"), \
                 node(ns["gb"], "gateway", "b", str(tmp_path / "b"), str(view_file), "198.19.0.2"), \
-                asking_site(ns["ga"], tmp_path / "a", view_file, tmp_path / "state") as ready:
+                asking_site(ns["ga"], tmp_path / "a", view_file, tmp_path / "state", capture) as ready:
             dns_port = int(ready["dns"])  # type: ignore[call-overload]
+            assert ready["mode"] == ("capture" if capture == "on" else "listeners"), ready
             # The pods' own addresses are not routable from the asking site's network, nor from its host.
             for where in (ns["a"], ns["ga"]):
                 direct = in_ns(where, f"import socket; socket.create_connection(('{PODS['db-0']}', {DB_PORT}), 3)")
