@@ -96,6 +96,7 @@ class HostListeners:
         self.endpoints = endpoints
         self._plan = HostPlan()
         self._servers: dict[HostKey, asyncio.Server] = {}
+        self._unplaced = 0
         self.listening: Value[Mapping[HostKey, tuple[str, int]]] = Value(
             immutables.Map(), name="endpoint listeners", same=operator.is_)
         """(namespace, service, port name, site, hostname) -> the (host, port) its listener is bound to."""
@@ -125,7 +126,14 @@ class HostListeners:
         view, placement = self.egress.mesh.get(), self.egress.placement.get()
         if not view.complete:
             return
-        check, wanted = self._plan.step(self.endpoints.get(), view, placement)
+        table = self.endpoints.get()
+        if table.unplaced != self._unplaced:
+            self._unplaced = table.unplaced
+            if table.unplaced:
+                log.warning("%d headless endpoint(s) of other networks have no address here: the endpoint "
+                            "ranges are full (vm.endpoint_ranges / kubernetes.endpoint_ranges); DNS leaves them out",
+                            table.unplaced)
+        check, wanted = self._plan.step(table, view, placement)
         current = self.listening.get()
         mutation = (current if isinstance(current, immutables.Map) else immutables.Map(current)).mutate()
         loop = asyncio.get_running_loop()
