@@ -57,9 +57,14 @@ class HostPlan:
             services = set(table) | set(self._by_service)
         else:
             before = last[0]
-            services = {k for k in set(table) | set(before) if table.get(k) is not before.get(k)}
+            moved = table.changes_since(before)
+            services = set(moved) if moved is not None else {
+                k for k in set(table) | set(before) if table.get(k) is not before.get(k)}
             diff = view.changes_since(last[1].generation) if view.history is last[1].history else None
-            services |= set(diff.services) & (set(table) | set(self._by_service)) if diff is not None else set(table)
+            if diff is None:
+                services |= set(table)
+            else:
+                services |= {k for k in diff.services if k in table or k in self._by_service}
         self._last = (table, view, placement)
         check: set[HostKey] = set()
         for key in services:

@@ -21,14 +21,19 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+
+import immutables
 
 from federation.core.records import Endpoint, ServiceType
 from federation.core.view import MeshView, ServiceId
 
 EndpointKey = tuple[str, str, str, str]
 """(namespace, service, site, hostname)"""
+LOG_DEPTH = 256
+"""Tables whose changes a later one still names (a reader further behind compares every service)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,15 +47,32 @@ class RemoteEndpoint:
 
 
 class EndpointAddresses(Mapping[ServiceId, tuple[RemoteEndpoint, ...]]):
-    """Service -> its remote endpoints with their addresses here. A service's tuple is the same object
-    until that service's endpoints or addresses change, so readers compare per service by identity."""
+    """Service -> its remote endpoints with their addresses here (immutable). A service's tuple is the same
+    object until that service's endpoints or addresses change; `changes_since` names the services that
+    changed since an earlier table of the same allocator, so a reader's work follows the change."""
 
-    __slots__ = ("_services", "unplaced")
+    __slots__ = ("_far", "_log", "_services", "generation", "unplaced")
 
-    def __init__(self, services: Mapping[ServiceId, tuple[RemoteEndpoint, ...]], unplaced: int = 0) -> None:
+    def __init__(self, services: Mapping[ServiceId, tuple[RemoteEndpoint, ...]], unplaced: int = 0,
+                 generation: int = 0, log: deque[tuple[int, frozenset[ServiceId]]] | None = None,
+                 far: Mapping[ServiceId, frozenset[str]] | None = None) -> None:
         self._services = services
+        self._far = far if far is not None else {}
         self.unplaced = unplaced
         """Remote endpoints left without an address (the ranges are full): DNS leaves them out."""
+        self.generation = generation
+        self._log = log
+
+    def changes_since(self, other: EndpointAddresses) -> frozenset[ServiceId] | None:
+        """The services whose entry differs from `other`'s (an earlier table); None: not known, compare all."""
+        if other is self:
+            return frozenset()
+        if self._log is None or other._log is not self._log or other.generation > self.generation:
+            return None
+        entries = [(g, c) for g, c in self._log if other.generation < g <= self.generation]
+        if len(entries) != self.generation - other.generation:
+            return None  # older than the log keeps
+        return frozenset().union(*(c for _, c in entries))
 
     def __getitem__(self, key: ServiceId) -> tuple[RemoteEndpoint, ...]:
         return self._services[key]
@@ -60,6 +82,10 @@ class EndpointAddresses(Mapping[ServiceId, tuple[RemoteEndpoint, ...]]):
 
     def __len__(self) -> int:
         return len(self._services)
+
+    def far(self, key: ServiceId) -> frozenset[str]:
+        """The sites exporting `key` from another network (their endpoints: at an address here, or left out)."""
+        return self._far.get(key, frozenset())
 
     def addresses(self) -> dict[ServiceId, tuple[str, ...]]:
         """Service -> the addresses of its remote endpoints (what a VIP interface holds)."""
@@ -99,12 +125,17 @@ class EndpointAllocator:
         self._size = sum(_usable(n) for n in self._ranges)
         self._taken: dict[int, EndpointKey] = {}
         self._slot: dict[EndpointKey, int] = {}
-        self._services: dict[ServiceId, tuple[RemoteEndpoint, ...]] = {}
+        self._services: immutables.Map[ServiceId, tuple[RemoteEndpoint, ...]] = immutables.Map()
+        self._pending: dict[ServiceId, tuple[RemoteEndpoint, ...]] = {}
+        self._far: immutables.Map[ServiceId, frozenset[str]] = immutables.Map()
+        self._log: deque[tuple[int, frozenset[ServiceId]]] = deque(maxlen=LOG_DEPTH)
+        self._generation = 0
         self._last: MeshView | None = None
         self._table = NONE
         self._unplaced: dict[ServiceId, int] = {}
         """Services with endpoints the full ranges left without an address: tried again when one is freed."""
         self._freed = False
+        self._far_now: dict[ServiceId, frozenset[str]] = {}
 
     @property
     def capacity(self) -> int:
@@ -119,10 +150,11 @@ class EndpointAllocator:
         diff = None
         if before is not None and view.history is not None and view.history is before.history:
             diff = view.changes_since(before.generation)
-        keys = sorted(view.services().keys() | self._services.keys()) if diff is None else sorted(diff.services)
+        keys = sorted({*view.services(), *self._services}) if diff is None else sorted(diff.services)
         self._last = view
         changed = False
         self._freed = False
+        self._pending, self._far_now = {}, {}
         for key in keys:
             changed |= self._service(view, key)
         if self._unplaced and self._freed:
@@ -130,17 +162,36 @@ class EndpointAllocator:
             for key in sorted(self._unplaced.keys() - set(keys)):
                 changed |= self._service(view, key)
         if changed or diff is None:
-            self._table = EndpointAddresses(dict(self._services), sum(self._unplaced.values()))
+            mutation, far = self._services.mutate(), self._far.mutate()
+            for key, new in self._pending.items():
+                if new:
+                    mutation[key] = new
+                elif key in mutation:
+                    del mutation[key]
+                sites = self._far_now.get(key)
+                if sites:
+                    far[key] = sites
+                elif key in far:
+                    del far[key]
+            self._services, self._far = mutation.finish(), far.finish()
+            self._generation += 1
+            self._log.append((self._generation, frozenset(self._pending)))
+            self._table = EndpointAddresses(self._services, sum(self._unplaced.values()), self._generation, self._log,
+                                            self._far)
         return self._table
 
     def _service(self, view: MeshView, key: ServiceId) -> bool:
         """Bring one service's addresses to `view`; True if they changed."""
         svc = view.service(*key)
         wanted: list[tuple[str, str, Endpoint]] = []
+        remote: frozenset[str] = frozenset()
         if svc is not None:
-            remote = set(remote_sites(view, key, self.own_site, self.own_network))
+            remote = frozenset(remote_sites(view, key, self.own_site, self.own_network))
             wanted = [(e.site, hostname_of(ep), ep) for e in svc.exports if e.site in remote
                       for ep in e.endpoints if hostname_of(ep)]
+        far_changed = remote != self._far.get(key, frozenset())
+        if far_changed:
+            self._far_now[key] = remote
         old = self._services.get(key, ())
         keep = {(key[0], key[1], site, host) for site, host, _ in wanted}
         for r in old:
@@ -163,12 +214,9 @@ class EndpointAllocator:
         waiting = self._unplaced.pop(key, 0)
         if unplaced:
             self._unplaced[key] = unplaced
-        if new == old:
+        if new == old and not far_changed:
             return waiting != unplaced
-        if new:
-            self._services[key] = new
-        else:
-            self._services.pop(key, None)
+        self._pending[key] = new
         return True
 
     def _place(self, ek: EndpointKey) -> int | None:

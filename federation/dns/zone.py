@@ -42,6 +42,8 @@ __all__ = ["AAAA", "DNS_VERSION", "IN", "NS", "PTR", "SOA", "SRV", "TXT", "A", "
            "ZoneBuilder", "labels_of", "name_of", "reverse_labels"]
 
 _EMPTY = Node()
+Remote = tuple[tuple[RemoteEndpoint, ...], frozenset[str]] | None
+"""A headless service's remote endpoints with their addresses here, and its sites on other networks (None: off)."""
 
 # ---------------------------------------------------------------- building a zone
 
@@ -49,8 +51,7 @@ _EMPTY = Node()
 class _Part(NamedTuple):
     """One service's share of the zone, and what it was built from."""
 
-    fingerprint: tuple[FederatedService, tuple[Site | None, ...], frozenset[str], tuple[str, ...], Site | None,
-                       tuple[RemoteEndpoint, ...] | None]
+    fingerprint: tuple[FederatedService, tuple[Site | None, ...], frozenset[str], tuple[str, ...], Site | None, Remote]
     nodes: Mapping[Labels, Node]
     ents: tuple[Labels, ...]
 
@@ -137,7 +138,8 @@ class ZoneBuilder:
             if stale and not _staleness_matters(exports, stale):
                 stale = frozenset()
             addrs = vips.get(key, ()) if svc.type is ServiceType.CLUSTER_SET_IP else ()
-            remote = None if endpoints is None or svc.type is not ServiceType.HEADLESS else endpoints.get(key, ())
+            remote = None if endpoints is None or svc.type is not ServiceType.HEADLESS else (
+                endpoints.get(key, ()), endpoints.far(key))
             fingerprint = (svc, tuple(view.sites.get(e.site) for e in exports), stale, addrs, local, remote)
             if old is not None and old.fingerprint == fingerprint:
                 continue
@@ -176,9 +178,9 @@ class ZoneBuilder:
         if vips is not vips_before and not (_of_view(vips, view) and _of_view(vips_before, before)):
             todo |= {k for k in vips.keys() | vips_before.keys() if vips.get(k) != vips_before.get(k)}
         if endpoints is not None and endpoints_before is not None and endpoints is not endpoints_before:
-            # Per service the same tuple while unchanged: the cost is the headless services with remote endpoints.
-            todo |= {k for k in endpoints.keys() | endpoints_before.keys()
-                     if endpoints.get(k) is not endpoints_before.get(k)}
+            moved = endpoints.changes_since(endpoints_before)  # else: per service, the same tuple while unchanged
+            todo |= moved if moved is not None else {k for k in endpoints.keys() | endpoints_before.keys()
+                                                     if endpoints.get(k) is not endpoints_before.get(k)}
         return todo
 
     def _forget(self, key: ServiceId, part: _Part) -> None:
@@ -259,7 +261,7 @@ class ZoneBuilder:
         stale: frozenset[str],
         vips: tuple[str, ...],
         local: Site | None,
-        remote: tuple[RemoteEndpoint, ...] | None = None,
+        remote: Remote = None,
     ) -> Mapping[Labels, Node]:
         ns, name = svc.namespace, svc.name
         base = self._name(name, ns, "svc")
@@ -279,7 +281,7 @@ class ZoneBuilder:
             if not ordered:
                 return nodes  # no ready endpoint: the name does not exist (KEP-1645: NXDOMAIN)
             targets: list[tuple[ServiceExport, Endpoint, Labels]] = []
-            hosts_of = self._hosts_of(svc, sites, local, remote)
+            hosts_of = self._hosts_of(svc, remote)
             v4: dict[bytes, None] = {}
             v6: dict[bytes, None] = {}
             for export, ep in ordered:
@@ -318,23 +320,20 @@ class ZoneBuilder:
                     nodes[self._name(export.site, name, ns, "svc")] = Node(a=a, aaaa=aaaa)
         return nodes
 
-    def _hosts_of(self, svc: FederatedService, sites: Mapping[str, Site], local: Site | None,
-                  remote: tuple[RemoteEndpoint, ...] | None) -> dict[str, dict[int, tuple[Labels, Node]]]:
+    def _hosts_of(self, svc: FederatedService, remote: Remote) -> dict[str, dict[int, tuple[Labels, Node]]]:
         """Site -> (id of each endpoint -> its host name and node), kept per export while the export is the
         same object: one endpoint change rebuilds the names of its own export, not of the service's.
 
-        With `remote`, an endpoint of a site on another network is named at its address here (and an
-        endpoint without one is left out)."""
+        With `remote` (the endpoint table's entry: addresses here, and the sites on other networks), an
+        endpoint of such a site is named at its address here, and one without an address is left out."""
         key = (svc.namespace, svc.name)
         old = self._hosts.get(key, {})
         new: dict[str, tuple[ServiceExport, object, dict[int, tuple[Labels, Node]]]] = {}
         here: dict[str, dict[str, str]] = {}
-        for r in remote or ():
+        for r in remote[0] if remote is not None else ():
             here.setdefault(r.site, {})[r.hostname] = r.address
         for export in svc.exports:
-            site = sites.get(export.site)
-            far = remote is not None and export.site != self.local_site and (
-                site is None or local is None or site.network != local.network)
+            far = remote is not None and export.site in remote[1]
             mine = here.get(export.site) if far else None
             tag = (far, tuple(sorted(mine.items())) if mine else ())
             hit = old.get(export.site)

@@ -9,8 +9,6 @@ endpoints; the StatefulSet spec also connects to each hostname and checks it rea
 
 from __future__ import annotations
 
-import pytest
-
 from tests.conformance.harness import Cluster, Driver, eventually, hello_service
 
 REPLICAS = 2
