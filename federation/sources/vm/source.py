@@ -68,6 +68,8 @@ class VmSource:
         self._mesh = mesh
         self._vip_table = vips
         self._endpoints = endpoints
+        self._table: EndpointAddresses | None = None
+        """The endpoint table the interface followed last."""
         self.exports: Value[tuple[ServiceExport, ...]] = Value((), name="vm exports")
         """The site's merged export list, once `ready` (static, checked and LAN services)."""
         self._held: Sequence[ServiceExport] | None = None
@@ -129,14 +131,19 @@ class VmSource:
                 and vips.allocations is view.vips and before[1].allocations is before[0].vips:
             diff = view.changes_since(before[0].generation) if view.history is before[0].history else None
         keys = view.services().keys() | self._by_service.keys() if diff is None else diff.services
+        table = self._endpoints.get() if self._endpoints is not None else None
+        if table is not None and diff is not None and self._table is not None:
+            moved = table.changes_since(self._table)  # an endpoint given an address freed by another service
+            keys = keys | (moved if moved is not None else table.keys() | self._table.keys())
+        self._table = table
         if diff is None:
             self._by_service, self._counts = {}, {}
         changed = False
         for key in keys:
             svc = view.services().get(key)
             addresses = vips.get(key, ()) if svc is not None and svc.type is ServiceType.CLUSTER_SET_IP else ()
-            if svc is not None and svc.type is ServiceType.HEADLESS and self._endpoints is not None:
-                addresses = tuple(r.address for r in self._endpoints.get().get(key, ()))
+            if svc is not None and svc.type is ServiceType.HEADLESS and table is not None:
+                addresses = tuple(r.address for r in table.get(key, ()))
             new = frozenset(_address(a) for a in addresses)
             old = self._by_service.pop(key, frozenset())
             if new:
