@@ -168,7 +168,7 @@ class EndpointAllocator:
                     mutation[key] = new
                 elif key in mutation:
                     del mutation[key]
-                sites = self._far_now.get(key)
+            for key, sites in self._far_now.items():
                 if sites:
                     far[key] = sites
                 elif key in far:

@@ -158,3 +158,27 @@ def test_an_endpoint_left_out_of_a_full_range_takes_an_address_freed_by_another_
     table = book.update(cat.view())
     assert [r.hostname for r in table[("shop", "mq")]] == ["mq-0"]
     assert table.unplaced == 0
+
+
+def test_a_table_names_the_services_changed_since_an_earlier_one() -> None:
+    cat = Catalog(KEYS)
+    for rev, (s, net) in enumerate((("west", "net-w"), ("east", "net-e")), 1):
+        cat.put(KEYS.site(s), encode_site(_site(s, net)), rev)
+    cat.put(KEYS.service("east", "shop", "db"), encode_export(_export("east", "db", ["db-0"])), 3)
+    cat.put(KEYS.service("east", "shop", "mq"), encode_export(_export("east", "mq", ["mq-0"])), 4)
+    book = EndpointAllocator([RANGE], "west", "net-w")
+    first = book.update(cat.view())
+    cat.put(KEYS.service("east", "shop", "db"), encode_export(_export("east", "db", ["db-0", "db-1"])), 5)
+    second = book.update(cat.view())
+    cat.put(KEYS.service("east", "shop", "web"), encode_export(_export("east", "web", ["w-0"], headless=False)), 6)
+    third = book.update(cat.view())  # nothing headless changed: the same table
+    cat.delete(KEYS.service("east", "shop", "mq"), 7)
+    fourth = book.update(cat.view())
+    assert third is second
+    assert second.changes_since(first) == {("shop", "db")}
+    assert fourth.changes_since(first) == {("shop", "db"), ("shop", "mq")}
+    assert fourth.changes_since(fourth) == frozenset()
+    assert first.changes_since(fourth) is None  # backwards: not known
+    assert fourth.changes_since(EndpointAllocator([RANGE], "west", "net-w").update(cat.view())) is None
+    assert fourth.far(("shop", "db")) == {"east"}
+    assert fourth.far(("shop", "mq")) == frozenset()

@@ -84,6 +84,8 @@ _with_networks = st.lists(st.one_of(
 
 @settings(max_examples=150)
 @given(_with_networks)
+@example([("site", "west", "a", True), ("export", "west", "db", [1], True, 80),  # a remote pod comes, then another
+          ("export", "west", "db", [1, 2], True, 80)])
 def test_incremental_zone_with_endpoint_addresses_equals_a_fresh_build(ops: list[tuple[object, ...]]) -> None:
     """The same, with this site's addresses for headless endpoints of other networks (sites moving between
     networks, a range small enough to fill): the incremental zone equals a fresh build from the same table."""
