@@ -190,7 +190,7 @@ class HostListeners:
             if client.lost:
                 egress.metrics.connections.labels("client_gone").inc()
                 return
-            if await egress._tunnel(client, ViaGateway(site, gateway), (ns, name, port), hostname):
+            if await egress._tunnel(client, ViaGateway(site, gateway), (ns, name, port), hostname=hostname):
                 egress.metrics.connections.labels("relayed").inc()
                 return
         egress.metrics.connections.labels("no_route" if allowed else "denied").inc()

@@ -20,7 +20,7 @@ from federation.core.keys import Keys
 from federation.core.view import MeshView
 from federation.core.vips import Allocation, Claim, encode_allocation, encode_claim
 from federation.registry.etcd import Absent, Delete, Put, Unchanged
-from federation.registry.vipalloc import Allocate, DropClaim, Mark, Op, Release, Service, next_release, plan
+from federation.registry.vipalloc import Allocate, DropClaim, Extend, Mark, Op, Release, Service, next_release, plan
 from federation.runtime.values import Changes, Readable, wait_until
 
 log = logging.getLogger(__name__)
@@ -173,6 +173,20 @@ class VipAllocator:
             deletes += [Delete(self._keys.claim(cl.address)) for cl in op.claims]
             if await c.commit_if(conditions, deletes):
                 log.info("vip allocation: released the VIPs of %s/%s", *a.service)
+        elif isinstance(op, Extend):
+            a = op.allocation
+            now = self._clock()
+            grown = Allocation(a.service, a.addresses + op.addresses, a.unused_since)
+            extend: list[Absent | Unchanged] = [Unchanged(self._keys.vip(*a.service), a.revision)]
+            extend += [Absent(self._keys.claim(address)) for address in op.addresses]
+            writes: list[Put | Delete] = [Put(self._keys.claim(address), encode_claim(Claim(address, a.service, now)))
+                                          for address in op.addresses]
+            writes.append(Put(self._keys.vip(*a.service), encode_allocation(grown)))
+            if await c.commit_if(extend, writes):
+                log.info("vip allocation: %s/%s also got %s (a family this site serves)", *a.service,
+                         ", ".join(op.addresses))
+            else:
+                self.retry_due = True  # another site extended it first, or the allocation changed meanwhile
         elif isinstance(op, DropClaim):
             await c.commit_if([Unchanged(self._keys.claim(op.claim.address), op.claim.revision)],
                               [Delete(self._keys.claim(op.claim.address))])

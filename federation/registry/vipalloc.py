@@ -35,6 +35,14 @@ class Allocate:
 
 
 @dataclass(frozen=True, slots=True)
+class Extend:
+    """Claim `addresses` (families the allocation lacks and this site serves), then add them to it, if unchanged."""
+
+    allocation: Allocation
+    addresses: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Mark:
     """Start (`unused_since` a time) or stop (None) the grace period of an allocation, if unchanged."""
 
@@ -57,7 +65,7 @@ class DropClaim:
     claim: Claim
 
 
-Op = Allocate | Mark | Release | DropClaim
+Op = Allocate | Extend | Mark | Release | DropClaim
 
 
 def needs_vip(view: MeshView, service: Service) -> bool:
@@ -72,7 +80,10 @@ def plan(view: MeshView, services: Iterable[Service] | None, *, now: float, grac
     """The operations that bring `view`'s VIPs to one allocation per service that needs one, releasing
     after `grace`; for `services` only (None: every service and allocation, and stray claims).
 
-    `pending` are services this allocator has just allocated and does not see in the view yet.
+    `pending` are services this allocator has just allocated and does not see in the view yet. `ranges` are
+    the families this site serves: an allocation gets an address of a family only once some site serves it
+    (an IPv6 VIP nobody listens on would only make AAAA answers that lead nowhere), and an allocation that
+    lacks a family this site serves is extended with one (its other addresses never change).
     """
     allocations, claims = view.vips, view.claims
     keys = set(services) if services is not None else set(view.services()) | set(allocations)
@@ -90,6 +101,10 @@ def plan(view: MeshView, services: Iterable[Service] | None, *, now: float, grac
         elif wanted:
             if alloc.unused_since is not None:
                 ops.append(Mark(alloc, None))
+            elif service not in waiting and (missing := _missing(alloc, ranges)):
+                addrs = tuple(pick(service, net, taken) for net in missing)
+                taken.update(addrs)
+                ops.append(Extend(alloc, addrs))
         elif alloc.unused_since is None:
             ops.append(Mark(alloc, now))
         elif now - alloc.unused_since >= grace:
@@ -100,6 +115,12 @@ def plan(view: MeshView, services: Iterable[Service] | None, *, now: float, grac
         ops.extend(DropClaim(claim) for address, claim in sorted(claims.items())
                    if address not in used and now - claim.claimed_at >= grace)
     return ops
+
+
+def _missing(alloc: Allocation, ranges: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network],
+             ) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    have = {ipaddress.ip_address(a).version for a in alloc.addresses}
+    return [net for net in ranges if net.version not in have]
 
 
 def next_release(view: MeshView, grace: float) -> float | None:
