@@ -303,10 +303,10 @@ class Egress:
         return True
 
     async def _tunnel(self, client: PlainLeg, route: Route, key: ListenerKey, note: list[str] | None = None,
-                      idle: float | None = None) -> bool:
+                      idle: float | None = None, hostname: str | None = None) -> bool:
         assert not isinstance(route, Direct)
         pool = self._pool(route.site, route.gateway)
-        req = Request(key[0], key[1], key[2])
+        req = Request(key[0], key[1], key[2], hostname)  # a hostname: that one endpoint (gateway.headless)
         for _ in range(2):  # a pooled tunnel may have died idle: one fresh retry on the same gateway
             tunnel = None
             try:
