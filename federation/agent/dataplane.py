@@ -194,8 +194,13 @@ class DataPlane:
         s = self.settings
         if s.dns.enabled:
             # It plans from live views only: it releases what a view lacks, so never from a restored one.
+            ident = self.identity
+            verifier = ident.verifier if ident is not None else None
             self.vips = VipAllocator(self._vip_client, Keys(s.registry.prefix), self._allocator_mesh,
-                                     ranges=s.dns.vip_ranges, grace=s.dns.vip_grace)
+                                     ranges=s.dns.vip_ranges, grace=s.dns.vip_grace,
+                                     seal=ident.signing.seal if ident is not None and ident.signing else None,
+                                     resign=(lambda kid: verifier.resign_due(kid, s.site.name)) if verifier
+                                     else (lambda kid: False))
         # DNS answers, the VIP interface and the egress use the same addresses: the ones the egress can serve
         # (a listener binds one address per service port; the capture listener takes IPv6 VIPs too).
         # Read from the view, so they change with it.

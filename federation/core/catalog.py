@@ -164,6 +164,10 @@ class Catalog:
             yield out
         self.revision = revision
 
+    def revision_of(self, key: str) -> int:
+        """The etcd revision of the value last put at `key`, accepted or refused (0: unknown)."""
+        return self._revs.get(key, 0)
+
     def forget(self, keys: Iterable[str] | None = None) -> None:
         """Forget at which revision `keys` (default: every key) were applied, so that the next put or listing
         decodes and verifies them again (the roots or revocations they were verified against changed)."""
@@ -238,10 +242,14 @@ class Catalog:
                 self._put_site(decode_site(parsed, value), key, out)
                 return
             if isinstance(parsed, VipKey):
+                if self._check is not None:
+                    self._check(key, parsed, value)
                 self._put_vip(parsed, decode_allocation(value, self._revs.get(key, 0)), key)
                 out.changed = True
                 return
             if isinstance(parsed, ClaimKey):
+                if self._check is not None:
+                    self._check(key, parsed, value)
                 self._put_claim(parsed, decode_claim(value, self._revs.get(key, 0)), key)
                 out.changed = True
                 return

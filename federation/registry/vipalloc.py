@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from federation.core.errors import MeshfedError
@@ -100,6 +100,14 @@ def plan(view: MeshView, services: Iterable[Service] | None, *, now: float, grac
         ops.extend(DropClaim(claim) for address, claim in sorted(claims.items())
                    if address not in used and now - claim.claimed_at >= grace)
     return ops
+
+
+def unsealed(view: MeshView, due: Callable[[str], bool]) -> list[Allocation | Claim]:
+    """The VIP records this allocator should sign again: unsigned ones (a mesh being upgraded) and those whose
+    signer `due` says is retired (this site's renewed signer, or the signer of a site that left)."""
+    out: list[Allocation | Claim] = [a for a in view.vips.values() if a.signed is None or due(a.signed[0])]
+    out += [c for c in view.claims.values() if c.signed is None or due(c.signed[0])]
+    return out
 
 
 def next_release(view: MeshView, grace: float) -> float | None:
