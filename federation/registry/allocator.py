@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 
 from federation.core.errors import MeshfedError, RecordError
-from federation.core.keys import Keys
+from federation.core.keys import Keys, VipKey
 from federation.core.view import MeshView
 from federation.core.vips import Allocation, Claim, encode_allocation, encode_claim
 from federation.registry.etcd import Absent, Delete, Put, Unchanged
@@ -140,17 +140,18 @@ class VipAllocator:
         self._pending = {s: t for s, t in self._pending.items() if now - t < PENDING_FOR and s not in view.vips}
         self._solo = {s for s in self._solo if s not in view.vips}
         self.retry_due = False
+        refused = [(p.namespace, p.name) for p in map(self._keys.parse, view.refused_vips) if isinstance(p, VipKey)]
         ops = plan(view, services, now=self._clock(), grace=self._grace, ranges=self._ranges,
-                   pending=self._pending)
+                   pending=self._pending, refused=refused)
         if time.monotonic() < self._hold_until:
             ops = [op for op in ops if not isinstance(op, Allocate)]
             self.retry_due = True
         solo = [op for op in ops if isinstance(op, Allocate) and op.service in self._solo]
         allocate = [op for op in ops if isinstance(op, Allocate) and op.service not in self._solo]
         for start in range(0, len(allocate), self._batch):
-            await self._allocate(allocate[start:start + self._batch])
+            await self._allocate(allocate[start:start + self._batch], view)
         for alone in solo:  # services of a batch another agent got in before: one at a time, none holds up another
-            await self._allocate([alone])
+            await self._allocate([alone], view)
         for op in ops:
             if not isinstance(op, Allocate):
                 await self._apply(op)
@@ -194,17 +195,27 @@ class VipAllocator:
         now = int(self._clock() * 1000)
         return kit.sign(key, body, max(now, previous[1] + 1) if previous is not None else now)
 
-    async def _allocate(self, batch: list[Allocate]) -> None:
+    async def _allocate(self, batch: list[Allocate], view: MeshView) -> None:
         now = self._clock()
         conditions: list[Absent | Unchanged] = []
         writes: list[Put | Delete] = []
+
+        def vacant(key: str) -> Absent | Unchanged:
+            """Absent, or holding a record readers refuse (a forgery): replaced as long as it is unchanged."""
+            refused = view.refused_vips.get(key)
+            return Unchanged(key, refused) if refused else Absent(key)
+
         for op in batch:
+            reused = {c.address: c for c in op.reused}
             for address in op.addresses:
-                conditions.append(Absent(self._keys.claim(address)))
                 key = self._keys.claim(address)
+                if address in reused:
+                    conditions.append(Unchanged(key, reused[address].revision))
+                    continue
+                conditions.append(vacant(key))
                 writes.append(Put(key, self._sign(key, encode_claim(Claim(address, op.service, now)))))
             key = self._keys.vip(*op.service)
-            conditions.append(Absent(key))
+            conditions.append(vacant(key))
             writes.append(Put(key, self._sign(key, encode_allocation(Allocation(op.service, op.addresses)))))
         self.transactions += 1
         if await self._client.commit_if(conditions, writes):

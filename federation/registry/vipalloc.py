@@ -28,10 +28,13 @@ _SCHEMA = 1
 
 @dataclass(frozen=True, slots=True)
 class Allocate:
-    """Claim `addresses` for `service`, then create its allocation (both only if absent)."""
+    """Claim `addresses` for `service`, then create its allocation (both only if absent, or refused by readers)."""
 
     service: Service
     addresses: tuple[str, ...]
+    reused: tuple[Claim, ...] = ()
+    """Claims of `service` that no allocation uses (its allocation was lost, say to a forgery readers refuse):
+    their addresses are taken again, so the service keeps its VIP."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,25 +71,38 @@ def needs_vip(view: MeshView, service: Service) -> bool:
 
 def plan(view: MeshView, services: Iterable[Service] | None, *, now: float, grace: float,
          ranges: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network],
-         pending: Iterable[Service] = ()) -> list[Op]:
+         pending: Iterable[Service] = (), refused: Iterable[Service] = ()) -> list[Op]:
     """The operations that bring `view`'s VIPs to one allocation per service that needs one, releasing
     after `grace`; for `services` only (None: every service and allocation, and stray claims).
 
-    `pending` are services this allocator has just allocated and does not see in the view yet.
+    `pending` are services this allocator has just allocated and does not see in the view yet; `refused`, those
+    whose allocation key holds a record this reader refuses or holds (its claims are not dropped meanwhile).
     """
     allocations, claims = view.vips, view.claims
     keys = set(services) if services is not None else set(view.services()) | set(allocations)
     ops: list[Op] = []
-    taken = set(claims)
+    used = {a for alloc in allocations.values() for a in alloc.addresses}
+    taken = set(claims) | used  # an address an allocation uses is never given again, claim or no claim
     waiting = set(pending)
+    spare: dict[Service, list[Claim]] | None = None
     for service in sorted(keys):
         alloc = allocations.get(service)
         wanted = needs_vip(view, service)
         if alloc is None:
             if wanted and service not in waiting:
-                addrs = tuple(pick(service, net, taken) for net in ranges)
+                if spare is None:
+                    spare = {}
+                    for c in claims.values():
+                        if c.address not in used:
+                            spare.setdefault(c.service, []).append(c)
+                addrs, reused = [], []
+                for net in ranges:
+                    own = next((c for c in spare.get(service, ()) if ipaddress.ip_address(c.address) in net), None)
+                    if own is not None:
+                        reused.append(own)
+                    addrs.append(own.address if own is not None else pick(service, net, taken))
                 taken.update(addrs)
-                ops.append(Allocate(service, addrs))
+                ops.append(Allocate(service, tuple(addrs), tuple(reused)))
         elif wanted:
             if alloc.unused_since is not None:
                 ops.append(Mark(alloc, None))
@@ -96,9 +112,9 @@ def plan(view: MeshView, services: Iterable[Service] | None, *, now: float, grac
             ops.append(Release(alloc, tuple(claims[a] for a in alloc.addresses
                                             if a in claims and claims[a].service == service)))
     if services is None:
-        used = {a for alloc in allocations.values() for a in alloc.addresses}
+        held = set(refused)
         ops.extend(DropClaim(claim) for address, claim in sorted(claims.items())
-                   if address not in used and now - claim.claimed_at >= grace)
+                   if address not in used and claim.service not in held and now - claim.claimed_at >= grace)
     return ops
 
 

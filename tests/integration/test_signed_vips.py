@@ -2,7 +2,7 @@
 
 Site east's publisher and VIP allocator sign what they write; verifying mirrors read. A raw writer (a stolen
 etcd credential) swaps two allocations, forges one, or strips a signature: each is refused, logged once with
-its key, and never enters a view. A reader started afterwards lists mesh/vips/ before the site records that
+its key, and never enters a view; the allocator then writes the services' own VIPs back. A reader started afterwards lists mesh/vips/ before the site records that
 verify it (keys sort so) and still takes every VIP; an upgrading mesh's unsigned VIPs are signed again.
 """
 
@@ -120,16 +120,29 @@ async def test_a_raw_etcd_writer_cannot_swap_or_forge_vips(running: Running, etc
         "stripped": "the VIP record is not signed (registry.signatures is require)",
     }[attack]
     caplog.set_level(logging.WARNING, logger="federation.registry.mirror")
+    allocating = running.tasks.pop()  # stopped while the refusal is looked at, so it cannot repair it first
+    await stop([allocating])
     async with EtcdClient([etcd.endpoint]) as client:
         await client.commit([Put(k, v) for k, v in forged])  # one transaction: no view shows half a swap
-    await eventually(lambda: a in mirror.catalog.rejected, what="the forged VIP refused")
+    await eventually(lambda: a in mirror.mesh.get().refused_vips, what="the forged VIP refused")
     assert expected in mirror.catalog.rejected[a]
-    assert vip(mirror, "s001") != addr_b  # never in any view
+    assert vip(mirror, "s001") is None  # the forged addresses are in no view
     assert vip(mirror, "s003") is not None  # nothing else disturbed
     if attack == "swap":
-        assert vip(mirror, "s002") != addr_a
-    await raw_put(etcd, a, forged[0][1] + b" ")  # written again: counted, not logged again
-    await asyncio.sleep(0.3)
+        assert vip(mirror, "s002") is None
+    # The allocator replaces what readers refuse, compare-and-swap, keeping each service's claimed address.
+    running.tasks.append(asyncio.create_task(running.allocator.run(), name="vips"))
+    await eventually(lambda: vip(mirror, "s001") == addr_a and vip(mirror, "s002") == addr_b,
+                     what="the allocator restoring both VIPs")
+    assert a not in mirror.catalog.rejected
+    assert running.signers.signer("east").kid.encode() in await raw_get(etcd, a)
+    again = forged[0][1] + b" "
+    await raw_put(etcd, a, again)  # written again: refused, not logged again, and replaced again
+    deadline = asyncio.get_running_loop().time() + 10
+    while await raw_get(etcd, a) == again:
+        assert asyncio.get_running_loop().time() < deadline, "the second forgery was not replaced"
+        await asyncio.sleep(0.05)
+    await eventually(lambda: vip(mirror, "s001") == addr_a, what="s001's VIP back")
     lines = [r.getMessage() for r in caplog.records if a in r.getMessage()]
     assert len(lines) == 1, lines
     assert expected in lines[0]
