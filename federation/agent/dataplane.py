@@ -39,6 +39,7 @@ from federation.dns.server import DnsServer
 from federation.pki.issuing import load_site
 from federation.registry.allocator import TxnClient, VipAllocator
 from federation.runtime.values import Derived, Readable, Value, follow
+from federation.sources.kubernetes.policysync import PolicyWriter
 from federation.sources.kubernetes.source import KubernetesSource
 from federation.sources.vm.capture import EgressCapture, precondition
 from federation.sources.vm.netlink import own_address
@@ -61,7 +62,7 @@ class DataPlane:
     def __init__(self, settings: AgentSettings, mesh: Readable[MeshView], metrics: CollectorRegistry,
                  vip_client: TxnClient, identity: Identity | None = None,
                  access: Readable[AccessState] | None = None, *, allocator_mesh: Readable[MeshView] | None = None,
-                 config: Readable[AgentSettings] | None = None) -> None:
+                 config: Readable[AgentSettings] | None = None, policies: PolicyWriter | None = None) -> None:
         self.settings = settings
         self.config: Readable[AgentSettings] = config or Value(settings, name="agent settings")
         """The settings as reloaded (SIGHUP): the parts that can follow a change read them from here."""
@@ -73,6 +74,8 @@ class DataPlane:
         """What the VIP allocator reconciles against: only live views (it releases what a view lacks)."""
         self.metrics = metrics
         self._vip_client = vip_client
+        self._policies = policies
+        """Writes a Kubernetes site's policy objects to the registry (agent/policysigning.py)."""
         self.vm: VmSource | None = None
         self.kubernetes: KubernetesSource | None = None
         self.certs: CertificateStore | None = None
@@ -217,7 +220,7 @@ class DataPlane:
         s = self.settings
         self.kubernetes = KubernetesSource(
             s.kubernetes, s.site.name, mesh=self.mesh, listeners=self.egress.listening if self.egress else None,
-            locality=s.site.locality, metrics=self.metrics,
+            locality=s.site.locality, metrics=self.metrics, policies=self._policies,
         )  # fmt: skip
         static, kube = self._static, self.kubernetes.exports
         self.exports = Derived(lambda: _merged(static.get(), kube.get()), static, kube, name="exports")
