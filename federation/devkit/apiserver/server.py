@@ -1,7 +1,8 @@
 """`DevApiServer`: the development Kubernetes API server, on 127.0.0.1 with TLS, for tests, the demo and kubectl.
 
 It serves Namespaces, Services, EndpointSlices, CustomResourceDefinitions and whatever those CRDs
-define (by default deploy/kubernetes/crds.yaml: the MCS ServiceExport and ServiceImport), with
+define (by default every CRD file of deploy/kubernetes/: the MCS ServiceExport and ServiceImport, and
+meshfed's TrafficPolicy, AccessPolicy and MeshAccessPolicy), with
 discovery, list/watch (resourceVersion, 410 Gone, bookmarks), the four write verbs and Tables, so
 the agent and a real `kubectl` both work against it. TLS certificates come from meshfed's own CA
 code; clients authenticate with the bearer token or a client certificate from the same CA.
