@@ -353,6 +353,9 @@ class RecordVerifier:
         cert = load_pem_cert(obj["signer"])
         if kid_of(cert) != split.signature.kid:
             raise RecordError(f"signed by key {split.signature.kid}, not by the signer it names")
+        revoked = self.revocations.get().operators.get(split.signature.kid)
+        if revoked is not None:
+            raise RecordError(f"signed by operator key {split.signature.kid}, which is revoked ({revoked.reason})")
         at = signed_time(split.signature)
         if at > self._clock() + CLOCK_SKEW:
             raise RecordError(f"signed at {at:%Y-%m-%d %H:%M:%S}Z, in the future")
