@@ -200,7 +200,8 @@ async def test_without_an_operator_key_nothing_is_written_and_a_cli_policy_is_no
     try:
         site = await start(etcd, api, mesh, tmp_path, None, tasks)
         await kubectl(site.config, "apply", "-f", "-", stdin=POLICIES)
-        await eventually(lambda: accepted(api, "trafficpolicies", "web") is not None, what="the condition")
+        await eventually(lambda: accepted(api, "trafficpolicies", "web") is not None
+                         and accepted(api, "trafficpolicies", "bad") is not None, what="the conditions")
         status, reason, message = accepted(api, "trafficpolicies", "web")  # type: ignore[misc]
         assert (status, reason) == ("False", "NotSigned")
         assert "kubernetes.operator_key_dir" in message
@@ -218,7 +219,8 @@ async def test_without_an_operator_key_nothing_is_written_and_a_cli_policy_is_no
         await eventually(lambda: (accepted(api, "trafficpolicies", "web") or ("",))[0:2] == ("False", "Conflict"),
                          what="the conflict reported")
         assert "written with meshfed policy apply" in accepted(api, "trafficpolicies", "web")[2]  # type: ignore[index]
-        assert accepted(api, "accesspolicies", "web")[0] == "True"  # type: ignore[index]
+        await eventually(lambda: (accepted(api, "accesspolicies", "web") or ("",))[0] == "True",
+                         what="the access policy synced now that there is a key")
         got = await meshfed("policy", "get", "shop/web", "-o", "json", *ep)
         assert json.loads(got.stdout)["spec"]["timeouts"]["connect"] == "9s"
     finally:
