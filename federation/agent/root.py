@@ -20,6 +20,7 @@ from federation.agent.dataplane import DataPlane
 from federation.agent.explaining import explain_document
 from federation.agent.gateways import gateways_document, status_warnings
 from federation.agent.identity import Identity
+from federation.agent.policysigning import kubernetes_policies
 from federation.agent.reloading import Reloader
 from federation.agent.reporting import registry_report
 from federation.agent.selection import EVERYTHING, Selection
@@ -159,7 +160,8 @@ class Agent:
         live = Derived(lambda: mirror.mesh.get() if mirror.live.get() else before, mirror.mesh, mirror.live,
                        name="live mesh view")
         plane = self.plane = DataPlane(s, mirror.mesh, self.metrics, client("vip-allocator"), identity, access.state,
-                                       allocator_mesh=live, config=self.config, policies=traffic.policies)
+                                       allocator_mesh=live, config=self.config, policies=traffic.policies,
+                                       policy_writer=kubernetes_policies(s, lambda: client("policy-sync"), verifier))
         admin = AdminServer(s.admin.address, s.admin.port, self.metrics)
         try:
             await plane.start()
