@@ -20,6 +20,7 @@ from federation.agent.dataplane import DataPlane
 from federation.agent.explaining import explain_document
 from federation.agent.gateways import gateways_document, status_warnings
 from federation.agent.identity import Identity
+from federation.agent.policysigning import kubernetes_policies
 from federation.agent.reloading import Reloader
 from federation.agent.reporting import registry_report
 from federation.agent.selection import EVERYTHING, Selection
@@ -37,6 +38,7 @@ from federation.registry.embedded import EtcdProcess
 from federation.registry.etcd import EtcdClient
 from federation.registry.link import Links
 from federation.registry.mirror import Mirror, RegistryMetrics
+from federation.registry.policies import PolicyMetrics, PolicyReader
 from federation.registry.publisher import Publisher
 from federation.registry.snapshot import RawListing, SnapshotFile
 from federation.runtime.files import write_private
@@ -81,6 +83,8 @@ class Agent:
         self.plane: DataPlane | None = None
         self.identity: Identity | None = None
         self.access: AccessReader | None = None
+        self.traffic: PolicyReader | None = None
+        """The traffic policies in force, live from the registry (the egress enforces them)."""
         self.admin_address: tuple[str, int] | None = None
         self.links = Links()
         """Every registry client's link to etcd (readiness detail, status, metrics)."""
@@ -146,12 +150,18 @@ class Agent:
             verify=verifier.mesh_policy if verifier is not None else None,
             protect_deletes=s.registry.signatures is Mode.REQUIRE,
         )  # fmt: skip
+        # Deletes are not protected: traffic policies have no signed tombstone, and a deleted one leaves the
+        # service routed as without policies (an attacker gains nothing an access policy would have refused).
+        traffic = self.traffic = PolicyReader(
+            client("traffic-policies"), self.keys, verify=verifier.mesh_policy if verifier is not None else None)
+        self.metrics.register(PolicyMetrics(traffic))
         # What may delete or release (VIP allocation) waits for a live listing, never acts on a restored one.
         before = MeshView.before_sync()
         live = Derived(lambda: mirror.mesh.get() if mirror.live.get() else before, mirror.mesh, mirror.live,
                        name="live mesh view")
         plane = self.plane = DataPlane(s, mirror.mesh, self.metrics, client("vip-allocator"), identity, access.state,
-                                       allocator_mesh=live, config=self.config)
+                                       allocator_mesh=live, config=self.config, policies=traffic.policies,
+                                       policy_writer=kubernetes_policies(s, lambda: client("policy-sync"), verifier))
         admin = AdminServer(s.admin.address, s.admin.port, self.metrics)
         try:
             await plane.start()
@@ -194,6 +204,7 @@ class Agent:
                     spawn("registry-snapshot", snapshot.run())
                 spawn("open-files", self.files.run())
                 spawn("access-policies", access.run())
+                spawn("traffic-policies", traffic.run())
                 spawn("registry-publisher", after(plane.exports_ready(), publisher.run()))
                 for name, work in plane.tasks():
                     spawn(name, work)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -38,7 +39,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     configure_logging(args.log_level, args.log_format)
-    return handler(args)
+    try:
+        return handler(args)
+    except BrokenPipeError:  # `meshfed ... | head`: the reader has what it wanted, so no traceback
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # the interpreter's final flush must not fail again
+        return 141  # what a shell reports for a command ended by SIGPIPE (128 + 13)
 
 
 def version_text() -> str:
