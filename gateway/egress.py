@@ -13,12 +13,9 @@ only for the others; a captured client whose original destination names no servi
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import operator
-import socket
 import ssl
-import struct
 import time
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import Any
@@ -45,6 +42,7 @@ from gateway.balancing import (
 )
 from gateway.capture import CaptureListener, reset
 from gateway.destinations import CapturedServices, Destination, captured_type
+from gateway.enforcing import Enforcer, Policies, noted
 from gateway.listening import ListenerPlan
 from gateway.pool import PoolKey, TunnelPool
 from gateway.preamble import Request, Status
@@ -70,7 +68,7 @@ class Egress:
                  bundle: Bundle, settings: GatewaySettings | Readable[GatewaySettings] | None = None,
                  registry: CollectorRegistry | None = None, placement: Readable[Placement] | None = None,
                  local_services: bool = False, capture: Bind | None = None,
-                 access: Readable[AccessState] | None = None) -> None:
+                 access: Readable[AccessState] | None = None, policies: Readable[Policies] | None = None) -> None:
         self.site = site
         self.mesh = mesh
         self.context = client_context
@@ -81,6 +79,7 @@ class Egress:
         registry = registry or CollectorRegistry()
         self.metrics = EgressMetrics(registry)
         self.authorizer = Authorizer(access, "egress", registry)  # this site's own clients, direct routes included
+        self.enforcer = Enforcer(site, self.metrics, self._direct, self._tunnel, policies, registry)
         self._keys: dict[Any, ListenerKey] = {}
         self.placement: Readable[Placement] = placement or Value(
             Placement(fallback=(self.settings.egress_address, self.settings.egress_port)), name="placement")
@@ -100,6 +99,7 @@ class Egress:
         self.metrics.mode.labels("listeners").set(0 if capture is not None else 1)
         self._servers: dict[ListenerKey, asyncio.Server] = {}
         self._pools: dict[PoolKey, TunnelPool] = {}
+        self.pools: Mapping[PoolKey, TunnelPool] = self._pools  # read only: the prober counts their tunnels
         self._tasks: set[asyncio.Task[None]] = set()
         self._plan = ListenerPlan(site, local_services, self._is_captured)
         self._turn = 0
@@ -258,6 +258,9 @@ class Egress:
         """Connect `client` through the first route that accepts it, or close it."""
         view = self.mesh.get()
         allowed = self.authorizer.check(key[:2], self._peer()).allowed  # counted and logged when denied
+        if allowed and (rules := self.enforcer.rules(view, key)) is not None:
+            await self.enforcer.route(client, key, view, rules)
+            return
         self._turn += 1
         for route in routes(view, self.site, *key, turn=self._turn)[:MAX_ROUTES] if allowed else ():
             if client.lost:
@@ -270,13 +273,7 @@ class Egress:
         self.metrics.connections.labels("no_route" if allowed else "denied").inc()
         if allowed:
             _throttle.log(log, logging.WARNING, ("no-route", key), "no route accepted a client of %s/%s:%s", *key)
-        if client.transport is not None:
-            # A reset, not a clean close: the client sees "connection reset", not an empty answer it
-            # might take for the service's own.
-            sock = client.transport.get_extra_info("socket")
-            with contextlib.suppress(OSError, AttributeError):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            client.transport.abort()
+        reset_transport(client.transport)  # a reset, so the client cannot take an empty answer for the service's
 
     async def enforce(self) -> None:
         """Close the streams of this site's clients that a changed access policy now denies, until cancelled."""
@@ -286,7 +283,8 @@ class Egress:
     def _peer(self) -> Peer:
         return site_peer(self.mesh.get(), self.site, current(self.trust).trust_domain, self.settings.name)
 
-    async def _direct(self, client: PlainLeg, route: Direct, key: ListenerKey) -> bool:
+    async def _direct(self, client: PlainLeg, route: Direct, key: ListenerKey, note: list[str] | None = None,
+                      idle: float | None = None) -> bool:
         loop = asyncio.get_running_loop()
         t = route.target
         try:
@@ -294,17 +292,19 @@ class Egress:
                 _, leg = await loop.create_connection(PlainLeg, t.address, t.port)
         except (OSError, TimeoutError) as exc:
             self.metrics.attempts.labels("direct", "refused").inc()
+            noted(note, "refused")
             _throttle.log(log, logging.INFO, ("direct", t), "direct connect to %s:%d failed: %s",
                           t.address, t.port, exc)
             return False
         self.metrics.attempts.labels("direct", "ok").inc()
         held: list[Any] = []
-        splice = Splice(client, leg, self.settings.idle_timeout, lambda _clean: self._untrack(held),
+        splice = Splice(client, leg, idle or self.settings.idle_timeout, lambda _clean: self._untrack(held),
                         high_water=self.settings.high_water)
         self._track(splice, held, key)
         return True
 
-    async def _tunnel(self, client: PlainLeg, route: Route, key: ListenerKey) -> bool:
+    async def _tunnel(self, client: PlainLeg, route: Route, key: ListenerKey, note: list[str] | None = None,
+                      idle: float | None = None) -> bool:
         assert not isinstance(route, Direct)
         pool = self._pool(route.site, route.gateway)
         req = Request(key[0], key[1], key[2])
@@ -324,6 +324,7 @@ class Egress:
                     tunnel.close()
                     pool.give_back(tunnel)
                 self.metrics.attempts.labels("gateway", "failed").inc()
+                noted(note, "gateway")
                 self.reach.failed(route.site)
                 if isinstance(exc, PeerRejected):  # not a gateway of that site: say so, and try another route
                     self.metrics.refusals.labels(exc.cause).inc()
@@ -339,6 +340,7 @@ class Egress:
             pool.remember_session(tunnel)
             if resp.status is not Status.OK:
                 self.metrics.attempts.labels("gateway", resp.status.name.lower()).inc()
+                noted(note, resp.status.name.lower())
                 _throttle.log(log, logging.INFO, ("status", route.site, key, resp.status),
                               "gateway of %s answered %s for %s/%s:%s: %s", route.site, resp.status.name, *key,
                          resp.reason)
@@ -352,7 +354,8 @@ class Egress:
             def done(_clean: bool, tunnel: Any = tunnel, held: list[Any] = held) -> None:
                 self._untrack(held)
                 pool.give_back(tunnel)
-            self._track(tunnel.attach(client, self.settings.idle_timeout, done, self.settings.high_water), held, key)
+            self._track(tunnel.attach(client, idle or self.settings.idle_timeout, done, self.settings.high_water),
+                        held, key)
             return True
         return False
 

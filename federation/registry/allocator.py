@@ -29,6 +29,7 @@ from federation.registry.sealing import Seal
 from federation.registry.vipalloc import (
     Allocate,
     DropClaim,
+    Extend,
     Mark,
     Op,
     Release,
@@ -250,6 +251,22 @@ class VipAllocator:
             deletes += [Delete(self._keys.claim(cl.address)) for cl in op.claims]
             if await c.commit_if(conditions, deletes):
                 log.info("vip allocation: released the VIPs of %s/%s", *a.service)
+        elif isinstance(op, Extend):
+            a = op.allocation
+            now = self._clock()
+            grown = Allocation(a.service, a.addresses + op.addresses, a.unused_since)
+            extend: list[Absent | Unchanged] = [Unchanged(self._keys.vip(*a.service), a.revision)]
+            extend += [Absent(self._keys.claim(address)) for address in op.addresses]
+            writes: list[Put | Delete] = [
+                Put(key, self._sign(key, encode_claim(Claim(address, a.service, now))))
+                for address in op.addresses for key in (self._keys.claim(address),)]
+            key = self._keys.vip(*a.service)
+            writes.append(Put(key, self._sign(key, encode_allocation(grown), a.signed)))
+            if await c.commit_if(extend, writes):
+                log.info("vip allocation: %s/%s also got %s (a family this site serves)", *a.service,
+                         ", ".join(op.addresses))
+            else:
+                self.retry_due = True  # another site extended it first, or the allocation changed meanwhile
         elif isinstance(op, DropClaim):
             await c.commit_if([Unchanged(self._keys.claim(op.claim.address), op.claim.revision)],
                               [Delete(self._keys.claim(op.claim.address))])

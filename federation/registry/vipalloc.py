@@ -38,6 +38,14 @@ class Allocate:
 
 
 @dataclass(frozen=True, slots=True)
+class Extend:
+    """Claim `addresses` (families the allocation lacks and this site serves), then add them to it, if unchanged."""
+
+    allocation: Allocation
+    addresses: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Mark:
     """Start (`unused_since` a time) or stop (None) the grace period of an allocation, if unchanged."""
 
@@ -60,7 +68,7 @@ class DropClaim:
     claim: Claim
 
 
-Op = Allocate | Mark | Release | DropClaim
+Op = Allocate | Extend | Mark | Release | DropClaim
 
 
 def needs_vip(view: MeshView, service: Service) -> bool:
@@ -77,6 +85,9 @@ def plan(view: MeshView, services: Iterable[Service] | None, *, now: float, grac
 
     `pending` are services this allocator has just allocated and does not see in the view yet; `refused`, those
     whose allocation key holds a record this reader refuses or holds (its claims are not dropped meanwhile).
+    `ranges` are the families this site serves: an allocation gets an address of a family only once some site
+    serves it (an IPv6 VIP nobody listens on would only make AAAA answers that lead nowhere), and an allocation
+    that lacks a family this site serves is extended with one (its other addresses never change).
     """
     allocations, claims = view.vips, view.claims
     keys = set(services) if services is not None else set(view.services()) | set(allocations)
@@ -95,17 +106,22 @@ def plan(view: MeshView, services: Iterable[Service] | None, *, now: float, grac
                     for c in claims.values():
                         if c.address not in used:
                             spare.setdefault(c.service, []).append(c)
-                addrs, reused = [], []
+                chosen: list[str] = []
+                reused: list[Claim] = []
                 for net in ranges:
                     own = next((c for c in spare.get(service, ()) if ipaddress.ip_address(c.address) in net), None)
                     if own is not None:
                         reused.append(own)
-                    addrs.append(own.address if own is not None else pick(service, net, taken))
-                taken.update(addrs)
-                ops.append(Allocate(service, tuple(addrs), tuple(reused)))
+                    chosen.append(own.address if own is not None else pick(service, net, taken))
+                taken.update(chosen)
+                ops.append(Allocate(service, tuple(chosen), tuple(reused)))
         elif wanted:
             if alloc.unused_since is not None:
                 ops.append(Mark(alloc, None))
+            elif service not in waiting and (missing := _missing(alloc, ranges)):
+                addrs = tuple(pick(service, net, taken) for net in missing)
+                taken.update(addrs)
+                ops.append(Extend(alloc, addrs))
         elif alloc.unused_since is None:
             ops.append(Mark(alloc, now))
         elif now - alloc.unused_since >= grace:
@@ -124,6 +140,12 @@ def unsealed(view: MeshView, due: Callable[[str], bool]) -> list[Allocation | Cl
     out: list[Allocation | Claim] = [a for a in view.vips.values() if a.signed is None or due(a.signed[0])]
     out += [c for c in view.claims.values() if c.signed is None or due(c.signed[0])]
     return out
+
+
+def _missing(alloc: Allocation, ranges: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network],
+             ) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    have = {ipaddress.ip_address(a).version for a in alloc.addresses}
+    return [net for net in ranges if net.version not in have]
 
 
 def next_release(view: MeshView, grace: float) -> float | None:

@@ -24,6 +24,7 @@ from federation.registry.mirror import Mirror
 from federation.registry.policysync import PolicyOwner
 from federation.registry.publisher import Publisher
 from federation.runtime.values import Value, follow
+from federation.sources.kubernetes.conversion import ENDPOINT_LABELS_ANNOTATION
 from federation.sources.kubernetes.importing import derived_name
 from federation.sources.kubernetes.policysync import PolicyWriter
 from federation.sources.kubernetes.settings import KubernetesSettings
@@ -239,6 +240,36 @@ def rbac_rules() -> set[tuple[str, str, str]]:
             for rule in doc["rules"]:
                 granted |= {(v, g, r) for v in rule["verbs"] for g in rule["apiGroups"] for r in rule["resources"]}
     return granted
+
+
+async def test_endpoints_carry_the_pod_labels_the_serviceexport_names_and_follow_them(etcd: EtcdProcess,
+                                                                                        tmp_path: Path) -> None:
+    """The labels a weighted split selects on (`version: v2`) come from the pods behind the slice endpoints, for
+    the keys the ServiceExport names; a relabelled pod relabels its endpoint."""
+    def pod(address: str, labels: dict[str, str]) -> dict[str, Any]:
+        return {"apiVersion": "v1", "kind": "Pod", "metadata": {"namespace": "shop", "name": f"pod-{address}",
+                                                                "labels": labels},
+                "status": {"phase": "Running"}}
+
+    async with DevApiServer() as api, cluster(etcd, tmp_path, api) as c:
+        api.put(pod("10.244.1.5", {"version": "v1", "app": "web"}))
+        api.put(pod("10.244.1.6", {"version": "v2", "app": "web"}))
+        api.put(service())
+        api.put(endpointslice(endpoints=[endpoint("10.244.1.5"), endpoint("10.244.1.6")]))
+        se = serviceexport()
+        se["metadata"]["annotations"] = {ENDPOINT_LABELS_ANNOTATION: "version"}
+        api.put(se)
+        key = ("east", "shop", "web")
+
+        def labels() -> list[tuple[tuple[str, str], ...]]:
+            e = c.exported().get(key)
+            return [x.labels for x in e.endpoints] if e is not None else []
+
+        await eventually(lambda: labels() == [(("version", "v1"),), (("version", "v2"),)], what="pod labels")
+        api.put(pod("10.244.1.5", {"version": "v2", "app": "web"}))
+        await eventually(lambda: labels() == [(("version", "v2"),), (("version", "v2"),)], what="a relabelled pod")
+        assert c.source.stores["pods"][("shop", "pod-10.244.1.5")]["metadata"].keys() == {
+            "namespace", "name", "resourceVersion", "labels"}  # only what is needed is kept
 
 
 async def test_rbac_grants_exactly_the_calls_the_agent_makes(etcd: EtcdProcess, tmp_path: Path) -> None:

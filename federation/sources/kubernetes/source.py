@@ -50,7 +50,14 @@ from federation.sources.kubernetes.watching import Reflector, WatchMetrics
 
 log = logging.getLogger(__name__)
 
-WATCHED = ("services", "endpointslices", "serviceexports", "serviceimports")
+WATCHED = ("services", "endpointslices", "serviceexports", "serviceimports", "pods")
+
+
+def pod_labels_only(pod: dict[str, Any]) -> dict[str, Any]:
+    """What the agent keeps of a pod: its key, version and labels (for the endpoint labels a ServiceExport names,
+    conversion.ENDPOINT_LABELS_ANNOTATION), so a large cluster's pods cost a few hundred bytes each."""
+    meta = pod.get("metadata") or {}
+    return {"metadata": {k: meta[k] for k in ("namespace", "name", "resourceVersion", "labels") if k in meta}}
 
 
 class SourceMetrics:
@@ -153,7 +160,7 @@ class KubernetesSource:
             self._reflectors = {
                 r: Reflector(
                     client, r, self._wake.set, metrics=self._metrics.watch, backoff=self._backoff(),
-                    watch_timeout=self.settings.watch_timeout,
+                    watch_timeout=self.settings.watch_timeout, keep=pod_labels_only if r == "pods" else None,
                 )
                 for r in WATCHED
             }
@@ -210,7 +217,7 @@ class KubernetesSource:
         s = self.stores
         conversion = convert_all(
             s["services"].values(), s["endpointslices"].values(), s["serviceexports"].values(),
-            self.site, self._locality, self._owned,
+            self.site, self._locality, self._owned, s["pods"].values(),
         )  # fmt: skip
         self._publish(conversion)
         failed = await self._write_status(client, conversion)

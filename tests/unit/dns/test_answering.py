@@ -276,6 +276,20 @@ def test_dns_update_is_not_implemented(signed: bool) -> None:
     assert FastPath(answerer).answer(wire, True) is None  # the fast path leaves it to the answerer
 
 
+def test_a_tsig_signed_query_is_told_the_key_is_not_known_here() -> None:
+    """This server holds no TSIG keys: a signed query (dig -y) gets NOTAUTH (RFC 8945 5.2), not FORMERR."""
+    answerer = Answerer(ZoneBuilder(ZONE, local_site="x").origin, forwarding=False)
+    query = dns.message.make_query("web.shop.svc.clusterset.local", "A")
+    query.use_tsig(dns.tsigkeyring.from_text({"k.": "c2VjcmV0c2VjcmV0c2VjcmV0"}), keyname="k.")
+    wire = query.to_wire()
+    for udp in (True, False):
+        out = answerer.handle(wire, build(), udp=udp)
+        assert isinstance(out, bytes)
+        assert out[:2] == wire[:2]
+        assert rcode(out) == dns.rcode.NOTAUTH
+    assert FastPath(answerer).answer(wire, True) is None  # the fast path leaves it to the answerer
+
+
 def test_hostile_and_odd_messages() -> None:
     answerer = Answerer(ZoneBuilder(ZONE, local_site="x").origin, forwarding=False)
     zone = build()
