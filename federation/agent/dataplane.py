@@ -10,6 +10,7 @@ task group, and stopping goes in order: stop accepting, drain, close.
     kubernetes.cluster_ips --> DNS (Kubernetes);  egress.listening --> Kubernetes derived slices
     egress.unreachable --> DNS (sites used last);  kubernetes.eastwest_address --> site record
     traffic policy reader's policies --> egress (enforced on new connections)
+    endpoint addresses (from mesh) --> DNS, VM interface, endpoint listeners; their `listening` --> Kubernetes
     vm.exports / kubernetes.exports (+ static exports) --> `exports` --> publisher
 """
 
@@ -29,6 +30,7 @@ from prometheus_client import CollectorRegistry
 import federation
 from federation.agent.identity import Identity
 from federation.agent.settings import AgentSettings
+from federation.core.endpoints import EndpointAddresses, EndpointAllocator
 from federation.core.errors import ConfigError
 from federation.core.exportset import ExportSet
 from federation.core.keys import Keys
@@ -49,6 +51,7 @@ from gateway.balancing import Placement
 from gateway.eastwest import EastWestGateway
 from gateway.egress import Egress
 from gateway.enforcing import Policies
+from gateway.headless import HostListeners
 from gateway.ingress import IngressListener, IngressMetrics
 from gateway.probing import Prober
 from gateway.streams import set_read_size
@@ -89,6 +92,10 @@ class DataPlane:
         self.eastwest: EastWestGateway | None = None
         self.workers: GatewayWorkers | None = None
         self.egress: Egress | None = None
+        self.hosts: HostListeners | None = None
+        """Egress listeners of headless endpoints of other networks (one per endpoint address and port)."""
+        self.endpoints: Readable[EndpointAddresses] | None = None
+        """This site's address for each headless endpoint of another network (None: off, see _endpoint_table)."""
         self.ingress: list[IngressListener] = []
         """Listeners for clients outside the mesh (`ingress:`), handed to the egress."""
         self.prober: Prober | None = None
@@ -114,6 +121,7 @@ class DataPlane:
         the egress listeners), the gateway and egress (so the first site record names the gateway), the
         Kubernetes source (its derived slices point at the egress listeners), then DNS."""
         s = self.settings
+        self.endpoints = self._endpoint_table()
         if s.site.kind == "vm":
             self.capture = EgressCapture(s.vm.egress_capture, s.dns.vip_ranges, where=str(s.source),
                                          unavailable=precondition(s.vm, s.dns.enabled, bool(s.gateway.ca_dir)))
@@ -134,7 +142,8 @@ class DataPlane:
             config = self.config
             self.dns = DnsServer(s.dns, local_site=s.site.name, mesh=self.mesh, vips=self.addresses,
                                  last_resort=down, registry=self.metrics,
-                                 live=Derived(lambda: config.get().dns, config, name="dns settings"))
+                                 live=Derived(lambda: config.get().dns, config, name="dns settings"),
+                                 endpoints=self.endpoints)
             await self.dns.start()
 
     def tasks(self) -> Iterator[Task]:
@@ -151,6 +160,8 @@ class DataPlane:
             yield "egress-authorization", self.egress.enforce()
         if self.prober is not None:
             yield "gateway-probes", self.prober.run()
+        if self.hosts is not None:
+            yield "egress-endpoints", self.hosts.run()
         if self.dns is not None:
             yield "dns-server", self.dns.run()
         if self.vips is not None:
@@ -182,8 +193,9 @@ class DataPlane:
         """Stop accepting new connections; let relayed streams finish for up to `grace` seconds."""
         for listener in self.ingress:
             listener.close()
-        if self.egress is not None:
-            self.egress.stop_accepting()
+        for part in (self.egress, self.hosts):
+            if part is not None:
+                part.stop_accepting()
         if self.eastwest is not None:
             await self.eastwest.stop_accepting()
         waits = [part.active.wait_idle(grace) for part in (self.egress, self.eastwest) if part is not None]
@@ -200,7 +212,7 @@ class DataPlane:
         for listener in self.ingress:
             listener.close()
             await listener.wait_closed()
-        for part in (self.egress, self.eastwest, self.workers):
+        for part in (self.hosts, self.egress, self.eastwest, self.workers):
             if part is not None:
                 await part.close()
         if self.capture is not None:
@@ -218,7 +230,7 @@ class DataPlane:
         if s.dns.enabled and serving:
             # It plans from live views only: it releases what a view lacks, so never from a restored one. It
             # allocates the families this site serves (IPv6 only where capture listens on it), so no VIP is
-            # allocated that no site serves. It signs what it writes with the site's registry signer.
+            # allocated that no site serves.
             ident = self.identity
             verifier = ident.verifier if ident is not None else None
             self.vips = VipAllocator(self._vip_client, Keys(s.registry.prefix), self._allocator_mesh,
@@ -240,7 +252,7 @@ class DataPlane:
         self.vm = VmSource(s.vm, s.site.name, mesh=self.mesh, vips=self.addresses, static_exports=self._static,
                            locality=s.site.locality, metrics=self.metrics,
                            live=Derived(lambda: config.get().vm, config, name="vm settings"),
-                           vip_ranges=s.dns.vip_ranges if capturing else ())
+                           vip_ranges=s.dns.vip_ranges if capturing else (), endpoints=self.endpoints)
         self.exports = self.vm.exports
 
     async def _start_ingress(self) -> None:
@@ -256,7 +268,8 @@ class DataPlane:
         s = self.settings
         self.kubernetes = KubernetesSource(
             s.kubernetes, s.site.name, mesh=self.mesh, listeners=self.egress.listening if self.egress else None,
-            locality=s.site.locality, metrics=self.metrics, policies=self._policy_writer,
+            locality=s.site.locality, metrics=self.metrics, endpoints=self.endpoints,
+            endpoint_listeners=self.hosts.listening if self.hosts else None, policies=self._policy_writer,
         )  # fmt: skip
         static, kube = self._static, self.kubernetes.exports
         self.exports = Derived(lambda: _merged(static.get(), kube.get()), static, kube, name="exports")
@@ -310,6 +323,9 @@ class DataPlane:
         await self.egress.start()
         self.prober = Prober(s.site.name, self.mesh, self.certs.client, self.certs.trust, self._gateway_settings,
                              self.metrics, pools=self.egress.pools)
+        if self.endpoints is not None:
+            self.hosts = HostListeners(self.egress, self.endpoints)
+            await self.hosts.start()
         if self.capture is not None and self.egress.capture is not None:
             await self.capture.install(self.egress.capture.address[1])
         advertised = s.site.gateway_address or host
@@ -324,6 +340,20 @@ class DataPlane:
             advertised = vm_address if vm_address != "auto" else await own_address()
             log.info("gateway advertised at this VM's address %s (set site.gateway_address to change it)", advertised)
         self._gateway = Value(Gateway(gw.name, advertised, port), name="advertised gateway")
+
+    def _endpoint_table(self) -> Readable[EndpointAddresses] | None:
+        """Addresses for headless endpoints of other networks, where this site can serve them: a VM with a VIP
+        interface (`vm.endpoint_ranges`) or a Kubernetes site given a static band (`kubernetes.endpoint_ranges`),
+        with an egress. Allocated here from the view, nothing written anywhere (docs/architecture.md)."""
+        s = self.settings
+        if not s.gateway.ca_dir:
+            return None
+        ranges = s.kubernetes.endpoint_ranges if s.kubernetes.enabled else s.vm.endpoint_ranges if (
+            self._vips_here()) else ()
+        if not ranges:
+            return None
+        book, mesh = EndpointAllocator(ranges, s.site.name, s.site.network), self.mesh
+        return Derived(lambda: book.update(mesh.get()), mesh, name="endpoint addresses")
 
     def _vips_here(self) -> bool:
         return self.settings.site.kind == "vm" and bool(self.settings.vm.vip_interface)

@@ -258,8 +258,9 @@ class VipAllocator:
             extend: list[Absent | Unchanged] = [Unchanged(self._keys.vip(*a.service), a.revision)]
             extend += [Absent(self._keys.claim(address)) for address in op.addresses]
             writes: list[Put | Delete] = [
-                Put(key, self._sign(key, encode_claim(Claim(address, a.service, now))))
-                for address in op.addresses for key in (self._keys.claim(address),)]
+                Put(self._keys.claim(address), self._sign(self._keys.claim(address),
+                                                          encode_claim(Claim(address, a.service, now))))
+                for address in op.addresses]
             key = self._keys.vip(*a.service)
             writes.append(Put(key, self._sign(key, encode_allocation(grown), a.signed)))
             if await c.commit_if(extend, writes):

@@ -88,50 +88,67 @@ def plan(view: MeshView, services: Iterable[Service] | None, *, now: float, grac
     `ranges` are the families this site serves: an allocation gets an address of a family only once some site
     serves it (an IPv6 VIP nobody listens on would only make AAAA answers that lead nowhere), and an allocation
     that lacks a family this site serves is extended with one (its other addresses never change).
+
+    Only a new address needs the set of every address in use, so a pass over changed services that allocates
+    nothing costs in proportion to them, not to the mesh.
     """
     allocations, claims = view.vips, view.claims
     keys = set(services) if services is not None else set(view.services()) | set(allocations)
     ops: list[Op] = []
-    used = {a for alloc in allocations.values() for a in alloc.addresses}
-    taken = set(claims) | used  # an address an allocation uses is never given again, claim or no claim
+    used: set[str] = set()
+    taken: set[str] = set()
     waiting = set(pending)
     spare: dict[Service, list[Claim]] | None = None
+
+    def in_use() -> None:
+        if not taken:  # an address an allocation uses is never given again, claim or no claim
+            used.update(a for alloc in allocations.values() for a in alloc.addresses)
+            taken.update(claims, used, ("",))  # "" marks it computed, even for an empty mesh
+
     for service in sorted(keys):
         alloc = allocations.get(service)
         wanted = needs_vip(view, service)
         if alloc is None:
             if wanted and service not in waiting:
+                in_use()
                 if spare is None:
                     spare = {}
                     for c in claims.values():
                         if c.address not in used:
                             spare.setdefault(c.service, []).append(c)
-                chosen: list[str] = []
-                reused: list[Claim] = []
+                addrs, reused = [], []
                 for net in ranges:
                     own = next((c for c in spare.get(service, ()) if ipaddress.ip_address(c.address) in net), None)
                     if own is not None:
                         reused.append(own)
-                    chosen.append(own.address if own is not None else pick(service, net, taken))
-                taken.update(chosen)
-                ops.append(Allocate(service, tuple(chosen), tuple(reused)))
+                    addrs.append(own.address if own is not None else pick(service, net, taken))
+                taken.update(addrs)
+                ops.append(Allocate(service, tuple(addrs), tuple(reused)))
         elif wanted:
             if alloc.unused_since is not None:
                 ops.append(Mark(alloc, None))
             elif service not in waiting and (missing := _missing(alloc, ranges)):
-                addrs = tuple(pick(service, net, taken) for net in missing)
-                taken.update(addrs)
-                ops.append(Extend(alloc, addrs))
+                in_use()
+                more = tuple(pick(service, net, taken) for net in missing)
+                taken.update(more)
+                ops.append(Extend(alloc, more))
         elif alloc.unused_since is None:
             ops.append(Mark(alloc, now))
         elif now - alloc.unused_since >= grace:
             ops.append(Release(alloc, tuple(claims[a] for a in alloc.addresses
                                             if a in claims and claims[a].service == service)))
     if services is None:
+        in_use()
         held = set(refused)
         ops.extend(DropClaim(claim) for address, claim in sorted(claims.items())
                    if address not in used and claim.service not in held and now - claim.claimed_at >= grace)
     return ops
+
+
+def _missing(alloc: Allocation, ranges: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network],
+             ) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    have = {ipaddress.ip_address(a).version for a in alloc.addresses}
+    return [net for net in ranges if net.version not in have]
 
 
 def unsealed(view: MeshView, due: Callable[[str], bool]) -> list[Allocation | Claim]:
@@ -140,12 +157,6 @@ def unsealed(view: MeshView, due: Callable[[str], bool]) -> list[Allocation | Cl
     out: list[Allocation | Claim] = [a for a in view.vips.values() if a.signed is None or due(a.signed[0])]
     out += [c for c in view.claims.values() if c.signed is None or due(c.signed[0])]
     return out
-
-
-def _missing(alloc: Allocation, ranges: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network],
-             ) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
-    have = {ipaddress.ip_address(a).version for a in alloc.addresses}
-    return [net for net in ranges if net.version not in have]
 
 
 def next_release(view: MeshView, grace: float) -> float | None:
