@@ -98,7 +98,7 @@ class Egress:
         self.metrics.mode.labels("capture").set(1 if capture is not None else 0)
         self.metrics.mode.labels("listeners").set(0 if capture is not None else 1)
         self._servers: dict[ListenerKey, asyncio.Server] = {}
-        self._pools: dict[PoolKey, TunnelPool] = {}
+        self.pools: dict[PoolKey, TunnelPool] = {}  # the prober reads them (tunnels open and pooled)
         self._tasks: set[asyncio.Task[None]] = set()
         self._plan = ListenerPlan(site, local_services, self._is_captured)
         self._turn = 0
@@ -158,7 +158,7 @@ class Egress:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         for relay in list(self._active):
             relay.finish(clean=False)
-        for pool in self._pools.values():
+        for pool in self.pools.values():
             pool.close()
         for server in self._servers.values():
             await server.wait_closed()
@@ -202,8 +202,8 @@ class Egress:
         self.metrics.captured.set(len(self._captured))
         self.listening.set(mutation.finish())
         if step.sites_changed:
-            for pool_key in [k for k in self._pools if k[0] not in view.sites]:
-                self._pools.pop(pool_key).close()
+            for pool_key in [k for k in self.pools if k[0] not in view.sites]:
+                self.pools.pop(pool_key).close()
         self._warm(view, [*(k for k in check if k in self._servers), *captured])
 
     def _is_captured(self, view: MeshView, key: ListenerKey) -> bool:
@@ -375,11 +375,11 @@ class Egress:
 
     def _pool(self, site: str, gateway: Any) -> TunnelPool:
         key = (site, gateway.address, gateway.port)
-        pool = self._pools.get(key)
+        pool = self.pools.get(key)
         if pool is None or pool.gateway != gateway:
             if pool is not None:
                 pool.close()
-            pool = self._pools[key] = TunnelPool(
+            pool = self.pools[key] = TunnelPool(
                 key, gateway, self.context, self.trust, self.mesh,
                 self.settings.pool_size, self.settings.pool_idle, self.settings.handshake_timeout, self.spawn,
                 keep=self.settings.pool_max, max_age=self.settings.tunnel_max_age, active=self.active,

@@ -42,6 +42,7 @@ from federation.dns.server import DnsServer
 from federation.pki.issuing import load_site
 from federation.registry.allocator import TxnClient, VipAllocator
 from federation.runtime.values import Derived, Readable, Value, follow
+from federation.sources.kubernetes.policysync import PolicyWriter
 from federation.sources.kubernetes.source import KubernetesSource
 from federation.sources.vm.capture import EgressCapture, precondition
 from federation.sources.vm.netlink import own_address
@@ -52,6 +53,7 @@ from gateway.egress import Egress
 from gateway.enforcing import Policies
 from gateway.headless import HostListeners
 from gateway.ingress import IngressListener, IngressMetrics
+from gateway.probing import Prober
 from gateway.streams import set_read_size
 from gateway.tls import CertificateStore
 from gateway.workers import GatewayWorkers
@@ -67,7 +69,8 @@ class DataPlane:
     def __init__(self, settings: AgentSettings, mesh: Readable[MeshView], metrics: CollectorRegistry,
                  vip_client: TxnClient, identity: Identity | None = None,
                  access: Readable[AccessState] | None = None, *, allocator_mesh: Readable[MeshView] | None = None,
-                 config: Readable[AgentSettings] | None = None, policies: Readable[Policies] | None = None) -> None:
+                 config: Readable[AgentSettings] | None = None, policies: Readable[Policies] | None = None,
+                 policy_writer: PolicyWriter | None = None) -> None:
         self.settings = settings
         self.config: Readable[AgentSettings] = config or Value(settings, name="agent settings")
         """The settings as reloaded (SIGHUP): the parts that can follow a change read them from here."""
@@ -81,6 +84,8 @@ class DataPlane:
         """What the VIP allocator reconciles against: only live views (it releases what a view lacks)."""
         self.metrics = metrics
         self._vip_client = vip_client
+        self._policy_writer = policy_writer
+        """Writes a Kubernetes site's policy objects to the registry (agent/policysigning.py)."""
         self.vm: VmSource | None = None
         self.kubernetes: KubernetesSource | None = None
         self.certs: CertificateStore | None = None
@@ -93,6 +98,8 @@ class DataPlane:
         """This site's address for each headless endpoint of another network (None: off, see _endpoint_table)."""
         self.ingress: list[IngressListener] = []
         """Listeners for clients outside the mesh (`ingress:`), handed to the egress."""
+        self.prober: Prober | None = None
+        """Probes the gateways of the sites this one imports from (`/gateways`, `meshfed gateways`)."""
         self.dns: DnsServer | None = None
         self.vips: VipAllocator | None = None
         self.capture: EgressCapture | None = None
@@ -151,6 +158,8 @@ class DataPlane:
         if self.egress is not None:
             yield "egress", self.egress.run()
             yield "egress-authorization", self.egress.enforce()
+        if self.prober is not None:
+            yield "gateway-probes", self.prober.run()
         if self.hosts is not None:
             yield "egress-endpoints", self.hosts.run()
         if self.dns is not None:
@@ -222,8 +231,13 @@ class DataPlane:
             # It plans from live views only: it releases what a view lacks, so never from a restored one. It
             # allocates the families this site serves (IPv6 only where capture listens on it), so no VIP is
             # allocated that no site serves.
+            ident = self.identity
+            verifier = ident.verifier if ident is not None else None
             self.vips = VipAllocator(self._vip_client, Keys(s.registry.prefix), self._allocator_mesh,
-                                     ranges=served_ranges(s.dns.vip_ranges, self.capture), grace=s.dns.vip_grace)
+                                     ranges=served_ranges(s.dns.vip_ranges, self.capture), grace=s.dns.vip_grace,
+                                     seal=ident.signing.seal if ident is not None and ident.signing else None,
+                                     resign=(lambda kid: verifier.resign_due(kid, s.site.name)) if verifier
+                                     else (lambda kid: False))
         # DNS answers, the VIP interface and the egress use the same addresses: the ones the egress can serve
         # (a listener binds one address per service port; the capture listener takes IPv6 VIPs too).
         # Read from the view, so they change with it. With VIPs off nothing here binds them, and a client
@@ -255,7 +269,7 @@ class DataPlane:
         self.kubernetes = KubernetesSource(
             s.kubernetes, s.site.name, mesh=self.mesh, listeners=self.egress.listening if self.egress else None,
             locality=s.site.locality, metrics=self.metrics, endpoints=self.endpoints,
-            endpoint_listeners=self.hosts.listening if self.hosts else None,
+            endpoint_listeners=self.hosts.listening if self.hosts else None, policies=self._policy_writer,
         )  # fmt: skip
         static, kube = self._static, self.kubernetes.exports
         self.exports = Derived(lambda: _merged(static.get(), kube.get()), static, kube, name="exports")
@@ -307,6 +321,8 @@ class DataPlane:
                              self.metrics, placement=self._placement(), local_services=self._vips_here(),
                              capture=capture, access=self.access, policies=self.policies)
         await self.egress.start()
+        self.prober = Prober(s.site.name, self.mesh, self.certs.client, self.certs.trust, self._gateway_settings,
+                             self.metrics, pools=self.egress.pools)
         if self.endpoints is not None:
             self.hosts = HostListeners(self.egress, self.endpoints)
             await self.hosts.start()

@@ -17,12 +17,16 @@ from prometheus_client import CollectorRegistry, Gauge
 
 from federation.agent.admin import AdminServer
 from federation.agent.dataplane import DataPlane
+from federation.agent.explaining import explain_document
+from federation.agent.gateways import gateways_document, status_warnings
 from federation.agent.identity import Identity
+from federation.agent.policysigning import kubernetes_policies
 from federation.agent.reloading import Reloader
 from federation.agent.reporting import registry_report
 from federation.agent.selection import EVERYTHING, Selection
 from federation.agent.settings import ADMIN_ADDR_FILE, AgentSettings
 from federation.agent.status import agent_status
+from federation.agent.verifying import verify_document
 from federation.core.imports import EVERYTHING as IMPORT_EVERYTHING
 from federation.core.imports import import_filter
 from federation.core.keys import Keys
@@ -112,9 +116,15 @@ class Agent:
 
     def status(self, selection: Selection = EVERYTHING) -> dict[str, Any]:
         """What `meshfed status` prints (the admin endpoint's /status)."""
-        return agent_status(self.settings, self.mirror, self.publisher, self.plane,
-                            self.etcd.endpoint if self.etcd is not None else None, self.links,
-                            self.reloader.describe(), self.identity, selection)
+        out = agent_status(self.settings, self.mirror, self.publisher, self.plane,
+                           self.etcd.endpoint if self.etcd is not None else None, self.links,
+                           self.reloader.describe(), self.identity, selection)
+        sites = self.keys.sites()
+        out["warnings"] = status_warnings(
+            self.plane.prober if self.plane is not None else None,
+            self.mirror.catalog.rejected if self.mirror is not None else {},
+            lambda k: k.startswith(sites) and "/" not in k[len(sites):], (self.files.used, self.files.limit))
+        return out
 
     async def _run(self, endpoints: tuple[str, ...], stop: asyncio.Event) -> None:
         s = self.settings
@@ -150,7 +160,8 @@ class Agent:
         live = Derived(lambda: mirror.mesh.get() if mirror.live.get() else before, mirror.mesh, mirror.live,
                        name="live mesh view")
         plane = self.plane = DataPlane(s, mirror.mesh, self.metrics, client("vip-allocator"), identity, access.state,
-                                       allocator_mesh=live, config=self.config, policies=traffic.policies)
+                                       allocator_mesh=live, config=self.config, policies=traffic.policies,
+                                       policy_writer=kubernetes_policies(s, lambda: client("policy-sync"), verifier))
         admin = AdminServer(s.admin.address, s.admin.port, self.metrics)
         try:
             await plane.start()
@@ -175,6 +186,12 @@ class Agent:
                 revoked=verifier.revocations.get().sites if verifier is not None else None, selection=selection,
             ))  # fmt: skip
             admin.add_document("/status", self.status)
+            admin.add_document("/gateways", lambda selection: gateways_document(
+                s.site.name, plane.prober, selection, self.config.get().gateway.probe_interval))
+            admin.add_document("/verify", lambda selection: verify_document(
+                s.site.name, mirror, self.keys, plane, identity, self.files, selection))
+            admin.add_query_document("/explain", lambda query: explain_document(
+                s.site.name, s.dns.zone, mirror.mesh.get(), plane, query))
             self.admin_address = await admin.start()
             write_private(s.state_dir / ADMIN_ADDR_FILE, "{}:{}\n".format(*self.admin_address).encode())
             async with asyncio.TaskGroup() as tg:

@@ -8,12 +8,12 @@ import sys
 from collections.abc import Callable, Sequence
 
 import federation
-from federation.cli import agent, ca, demo, etcd, join, policy, registry, resolve, site, vm
+from federation.cli import agent, ca, demo, etcd, explain, gateways, join, policy, registry, resolve, site, verify, vm
 from federation.cli.logsetup import configure_logging
 
 Handler = Callable[[argparse.Namespace], int]
 
-COMMAND_GROUPS = (agent, registry, policy, site, resolve, ca, join, etcd, vm, demo)
+COMMAND_GROUPS = (agent, gateways, verify, explain, registry, policy, site, resolve, ca, join, etcd, vm, demo)
 """Each has `add_commands(sub)`, which sets a `handler=` default on its parsers; help lists them in this order."""
 
 

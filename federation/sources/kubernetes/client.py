@@ -59,6 +59,8 @@ RESOURCES = {
     "serviceexports": Resource("multicluster.x-k8s.io", "v1alpha1", "serviceexports"),
     "serviceimports": Resource("multicluster.x-k8s.io", "v1alpha1", "serviceimports"),
     "pods": Resource("", "v1", "pods"),
+    "trafficpolicies": Resource("meshfed.io", "v1alpha1", "trafficpolicies"),
+    "accesspolicies": Resource("meshfed.io", "v1alpha1", "accesspolicies"),
 }
 
 _CHUNK_LIMIT = 16 * 1024 * 1024

@@ -55,6 +55,12 @@ class KubernetesSettings:
     """Batches bursts of watch events (a rollout) into one reconcile."""
     resync: float = setting(300.0, positive=True)
     """A full re-plan every five minutes repairs owned objects changed by hand."""
+    policies: bool = True
+    """Sync TrafficPolicy and AccessPolicy objects (deploy/kubernetes/policy-crds.yaml, access-crds.yaml) into
+    the registry: on by default, as kustomization.yaml installs their CRDs."""
+    operator_key_dir: str = ""
+    """A directory with operator.crt and operator.key (0600) from `meshfed ca operator`, mounted from a Secret,
+    that signs the synced policies; empty: none, so with registry.signatures: require nothing is synced."""
 
     def validate(self) -> None:
         """Checks between fields."""

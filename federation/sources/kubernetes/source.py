@@ -45,6 +45,7 @@ from federation.sources.kubernetes.importing import (
     Patch,
     plan_imports,
 )
+from federation.sources.kubernetes.policysync import PolicySync, PolicyWriter
 from federation.sources.kubernetes.settings import KubernetesSettings
 from federation.sources.kubernetes.watching import Reflector, WatchMetrics
 
@@ -96,6 +97,7 @@ class KubernetesSource:
         metrics: CollectorRegistry | None = None,
         clock: Callable[[], float] = time.time,
         client: KubeClient | None = None,
+        policies: PolicyWriter | None = None,
     ) -> None:
         self.settings = settings
         self.site = site
@@ -118,6 +120,9 @@ class KubernetesSource:
         self._metrics = SourceMetrics(metrics or CollectorRegistry())
         self._clock = clock
         self._client = client
+        self._policies = policies
+        """Writes the cluster's TrafficPolicy and AccessPolicy objects to the registry (None: not synced)."""
+        self.policy_sync: PolicySync | None = None
         self._owned = (settings.owned_label, settings.owned_value)
         self._wake = asyncio.Event()
         self._reflectors: dict[str, Reflector] = {}
@@ -169,6 +174,9 @@ class KubernetesSource:
                 for r, reflector in self._reflectors.items():
                     tg.create_task(reflector.run(), name=f"kubernetes-watch-{r}")
                 tg.create_task(self._reconcile_loop(client), name="kubernetes-reconcile")
+                if self._policies is not None:
+                    self.policy_sync = PolicySync(client, self._policies, self.settings, metrics=self._metrics.watch)
+                    tg.create_task(self.policy_sync.run(), name="kubernetes-policies")
                 held = [h for h in (self._mesh, self._listeners, self._endpoints, self._endpoint_listeners)
                         if h is not None]
                 if held:

@@ -82,6 +82,25 @@ def test_taken_addresses_are_skipped_and_two_new_services_never_share_one() -> N
     assert len(set(addrs)) == 2
 
 
+def test_a_service_whose_allocation_was_lost_keeps_its_claimed_address() -> None:
+    # Its allocation is gone from the view (readers refused a forgery there); its claim is still valid.
+    mine = Claim("240.240.7.7", WEB, 1.0, revision=5)
+    ops = plan(with_vips(exporting("web"), claims=[mine]), None, now=2, grace=60, ranges=RANGES)
+    op = ops[0]
+    assert isinstance(op, Allocate)
+    assert op.addresses[0] == "240.240.7.7"
+    assert op.reused == (mine,)
+    assert ipaddress.ip_address(op.addresses[1]) in RANGES[1]  # a new one where it had none
+
+
+def test_an_address_an_allocation_uses_is_never_given_again_even_without_its_claim() -> None:
+    # A raw writer replaced db's claim with a forgery readers refuse: the address is still db's.
+    first = pick(WEB, RANGES[0], set())
+    v = with_vips(exporting("web", "db"), [Allocation(("shop", "db"), (first,))])
+    ops = plan(v, None, now=1, grace=60, ranges=RANGES[:1])
+    assert [op.addresses[0] != first for op in ops if isinstance(op, Allocate)] == [True]
+
+
 def test_a_full_range_is_an_error() -> None:
     net = ipaddress.ip_network("240.240.0.0/30")
     with pytest.raises(MeshfedError, match="full"):
@@ -107,6 +126,14 @@ def test_orphan_claims_are_dropped_after_the_grace_period() -> None:
     orphan = Claim("240.240.0.5", WEB, 10.0)
     assert plan(with_vips(exporting(), claims=[orphan]), None, now=20, grace=60, ranges=RANGES) == []
     assert plan(with_vips(exporting(), claims=[orphan]), None, now=70, grace=60, ranges=RANGES) == [DropClaim(orphan)]
+
+
+def test_claims_of_an_allocation_readers_refuse_or_hold_are_not_dropped() -> None:
+    # Its allocation is held (signed by a signer whose site record has not arrived) or forged: not orphaned.
+    claim = Claim("240.240.0.5", WEB, 10.0)
+    v = with_vips(exporting(), claims=[claim])
+    assert plan(v, None, now=700, grace=60, ranges=RANGES, refused=[WEB]) == []
+    assert plan(v, None, now=700, grace=60, ranges=RANGES) == [DropClaim(claim)]
 
 
 def test_codec_round_trip_and_rejects() -> None:
