@@ -33,6 +33,7 @@ from federation.pki.verifying import PeerRejected
 from federation.runtime.values import Readable
 from gateway.pool import PoolKey, TunnelPool
 from gateway.preamble import ProbeAnswer, Request, Status
+from gateway.reachability import Reachability
 from gateway.settings import GatewaySettings
 from gateway.tls import Bundle, ResumingContext
 
@@ -185,7 +186,7 @@ class Prober:
     def __init__(self, site: str, mesh: Readable[MeshView], context: ResumingContext, bundle: Bundle,
                  settings: Readable[GatewaySettings], registry: CollectorRegistry | None = None,
                  pools: Mapping[PoolKey, TunnelPool] | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, reach: Reachability | None = None) -> None:
         self.site = site
         self.mesh = mesh
         self.context = context
@@ -194,6 +195,9 @@ class Prober:
         self.metrics = ProbeMetrics(registry or CollectorRegistry())
         self.pools: Mapping[PoolKey, TunnelPool] = pools if pools is not None else {}
         """The egress's tunnel pools, for the tunnels open and pooled per gateway."""
+        self.reach = reach
+        """The egress's view of which sites' gateways fail (DNS answers them last): probes feed it too, so a dead
+        site leaves DNS answers with no client traffic at all, and comes back with its first good probe."""
         self.states: dict[TargetKey, GatewayState] = {}
         self.services: dict[TargetKey, list[str]] = {}
         self._clock = clock
@@ -328,6 +332,11 @@ class Prober:
                 return  # the target left or changed while probed
             was = state.alive
             state.record(result)
+            if self.reach is not None:
+                if result.ok:
+                    self.reach.succeeded(state.site)
+                elif not any(o.site == state.site and o.alive for o in self.states.values()):
+                    self.reach.failed(state.site)  # every gateway of the site is down
             self.metrics.alive.labels(*key).set(1 if result.ok else 0)
             if result.ok and result.rtt is not None:
                 self.metrics.latency.labels(key[0]).observe(result.rtt)

@@ -325,7 +325,7 @@ class DataPlane:
                              capture=capture, access=self.access, policies=self.policies)
         await self.egress.start()
         self.prober = Prober(s.site.name, self.mesh, self.certs.client, self.certs.trust, self._gateway_settings,
-                             self.metrics, pools=self.egress.pools)
+                             self.metrics, pools=self.egress.pools, reach=self.egress.reach)
         if self.endpoints is not None:
             self.hosts = HostListeners(self.egress, self.endpoints)
             await self.hosts.start()

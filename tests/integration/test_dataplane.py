@@ -70,8 +70,9 @@ async def running(plane: DataPlane) -> AsyncIterator[DataPlane]:
 
 
 @contextlib.asynccontextmanager
-async def two_sites(tmp: Path, **east_gateway: object) -> AsyncIterator[tuple[DataPlane, DataPlane, Value[MeshView],
-                                                                             list[ServiceExport]]]:
+async def two_sites(tmp: Path, west_gateway: dict[str, object] | None = None,
+                    **east_gateway: object) -> AsyncIterator[tuple[DataPlane, DataPlane, Value[MeshView],
+                                                                   list[ServiceExport]]]:
     mesh = Mesh()
     for site in ("east", "west"):
         save_site(tmp / site, mesh.site_ca(site))
@@ -79,7 +80,7 @@ async def two_sites(tmp: Path, **east_gateway: object) -> AsyncIterator[tuple[Da
     echo_port = await echo.start()
     holder: Value[MeshView] = Value(MeshView.before_sync())
     east = DataPlane(settings(tmp, "east", **east_gateway), holder, CollectorRegistry(), NoEtcd())
-    west = DataPlane(settings(tmp, "west"), holder, CollectorRegistry(), NoEtcd())
+    west = DataPlane(settings(tmp, "west", **(west_gateway or {})), holder, CollectorRegistry(), NoEtcd())
     exports = [export("east", "ns", "echo", 7, endpoint_ports=(echo_port,))]
     try:
         async with running(east), running(west):
@@ -187,3 +188,17 @@ def ssl_socket(ctx: ssl.SSLContext, port: int):  # type: ignore[no-untyped-def]
 
     with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, ctx.wrap_socket(raw) as tls:
         yield tls
+
+
+async def test_probes_take_a_dead_site_out_with_no_client_traffic(tmp_path: Path) -> None:
+    """The prober feeds the egress's reachability (DNS answers unreachable sites last): a gateway that stops
+    answering makes its site unreachable at west without any client connecting, within a few probes."""
+    async with two_sites(tmp_path, {"probe_interval": 0.3}) as (east, west, _holder, _exports):
+        assert west.egress is not None
+        assert east.eastwest is not None
+        await asyncio.sleep(1.0)  # a few good probes first
+        assert "east" not in west.egress.unreachable.get()
+        await east.eastwest.close()
+        async with asyncio.timeout(10):
+            await wait_until(west.egress.unreachable, lambda down: "east" in down)
+        assert west.egress.active.count == 0  # no client was involved
