@@ -66,7 +66,7 @@ async def test_tunnels_are_pooled_and_reused(tmp_path: Path) -> None:
         addr = eg.listeners()[KEY]
         for i in range(10):
             assert await roundtrip(addr, b"ping %d" % i) == b"ping %d" % i
-        pool = next(iter(eg._pools.values()))
+        pool = next(iter(eg.pools.values()))
         assert pool.handshakes <= 4
         assert eg.metrics.reused._value.get() >= 8
         assert s.echo.connections == 10
@@ -155,7 +155,7 @@ async def test_same_network_goes_direct_without_a_gateway(tmp_path: Path) -> Non
         await eg.start()
         try:
             assert await roundtrip(eg.listeners()[("ns", "local", "tcp")], b"direct") == b"direct"
-            assert eg._pools == {}
+            assert eg.pools == {}
         finally:
             await eg.close()
 
@@ -191,7 +191,7 @@ async def test_certificate_rotation_during_a_long_transfer(tmp_path: Path) -> No
                 # A new connection handshakes with the renewed certificates meanwhile (in full: west's cached
                 # TLS session would carry the old ones), while the transfer goes on over the old ones.
                 assert await roundtrip(addr, b"new") == b"new"
-                [(fresh, _)] = next(iter(eg._pools.values()))._idle
+                [(fresh, _)] = next(iter(eg.pools.values()))._idle
                 tls = fresh.transport.get_extra_info("ssl_object")  # type: ignore[union-attr]
                 assert not tls.session_reused
                 assert serial(tls.getpeercert(binary_form=True)) == new[0]  # what east's gateway presented
@@ -220,7 +220,7 @@ async def _closed_port() -> int:
 
 async def test_the_first_client_finds_a_warm_pool(tmp_path: Path) -> None:
     async with two_sites(tmp_path) as s, egress_of_west(s, pool_size=2) as eg:
-        pool = next(iter(eg._pools.values()))
+        pool = next(iter(eg.pools.values()))
         async with asyncio.timeout(10):
             while pool.idle < 2:
                 await asyncio.sleep(0.01)
@@ -289,7 +289,7 @@ async def test_later_handshakes_resume_the_tls_session(tmp_path: Path) -> None:
         writer1.write(b"a")
         assert await reader1.readexactly(1) == b"a"
         assert await roundtrip(addr, b"b") == b"b"
-        pool = next(iter(eg._pools.values()))
+        pool = next(iter(eg.pools.values()))
         tunnel = await pool.open()
         try:
             assert tunnel.transport is not None
@@ -306,6 +306,6 @@ async def test_tunnels_past_their_max_age_are_not_reused(tmp_path: Path) -> None
         addr = eg.listeners()[KEY]
         for i in range(3):
             assert await roundtrip(addr, b"%d" % i) == b"%d" % i
-        pool = next(iter(eg._pools.values()))
+        pool = next(iter(eg.pools.values()))
         assert pool.handshakes == 3
         assert pool.idle == 0
