@@ -32,6 +32,7 @@ from federation.pki.issuing import Authority
 from federation.registry.access import AccessReader
 from federation.registry.embedded import EtcdProcess
 from federation.registry.etcd import EtcdClient
+from federation.registry.heartbeat import HeartbeatWriter, LagMeter
 from federation.registry.link import Links
 from federation.registry.mirror import Mirror, RegistryMetrics
 from federation.registry.publisher import Publisher
@@ -79,6 +80,8 @@ class Agent:
         self.identity: Identity | None = None
         self.access: AccessReader | None = None
         self.admin_address: tuple[str, int] | None = None
+        self.lag = LagMeter(self.metrics)
+        """How far behind this agent sees each site (the heartbeats its watch delivers)."""
         self.links = Links()
         """Every registry client's link to etcd (readiness detail, status, metrics)."""
         self.links.register(self.metrics)
@@ -109,9 +112,14 @@ class Agent:
 
     def status(self, selection: Selection = EVERYTHING) -> dict[str, Any]:
         """What `meshfed status` prints (the admin endpoint's /status)."""
-        return agent_status(self.settings, self.mirror, self.publisher, self.plane,
-                            self.etcd.endpoint if self.etcd is not None else None, self.links,
-                            self.reloader.describe(), self.identity, selection)
+        doc = agent_status(self.settings, self.mirror, self.publisher, self.plane,
+                           self.etcd.endpoint if self.etcd is not None else None, self.links,
+                           self.reloader.describe(), self.identity, selection)
+        if self.mirror is not None:
+            self.lag.prune(self.mirror.mesh.get().sites)
+        lag = self.lag.report()
+        doc["registry"]["lag"] = {k: v for k, v in lag.items() if selection.site in (None, k)}
+        return doc
 
     async def _run(self, endpoints: tuple[str, ...], stop: asyncio.Event) -> None:
         s = self.settings
@@ -125,7 +133,8 @@ class Agent:
         verifier = identity.verifier
         raw = RawListing(s.registry.snapshot_max_bytes) if s.registry.snapshot else None
         mirror = self.mirror = Mirror(client("mirror"), self.keys, metrics=RegistryMetrics(self.metrics),
-                                      trust=verifier, raw=raw, imports=import_filter(s.imports, s.site.name))
+                                      trust=verifier, raw=raw, imports=import_filter(s.imports, s.site.name),
+                                      lag=self.lag.take)
         if s.imports != IMPORT_EVERYTHING:
             log.info("imports scoped to %s: other services are left out of the mirror", ", ".join(s.imports))
         snapshot = SnapshotFile(s.state_dir / SNAPSHOT_FILE, self.keys.root(), raw) if raw is not None else None
@@ -180,6 +189,11 @@ class Agent:
                 spawn("open-files", self.files.run())
                 spawn("access-policies", access.run())
                 spawn("registry-publisher", after(plane.exports_ready(), publisher.run()))
+                if s.registry.heartbeat_interval:
+                    spawn("registry-heartbeat", HeartbeatWriter(
+                        client("heartbeat"), self.keys, s.site.name, s.registry.heartbeat_interval,
+                        lease=lambda: publisher.lease if publisher.published.is_set() and publisher.held_by is None
+                        else 0, sealer=identity.signing.seal if identity.signing is not None else None).run())
                 for name, work in plane.tasks():
                     spawn(name, work)
                 for name, work in identity.tasks():
