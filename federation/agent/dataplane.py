@@ -43,6 +43,7 @@ from federation.sources.kubernetes.source import KubernetesSource
 from federation.sources.vm.capture import EgressCapture, precondition
 from federation.sources.vm.netlink import own_address
 from federation.sources.vm.source import VmSource
+from gateway.accesslog import AccessLog
 from gateway.balancing import Placement
 from gateway.eastwest import EastWestGateway
 from gateway.egress import Egress
@@ -72,6 +73,8 @@ class DataPlane:
         self._allocator_mesh = allocator_mesh or mesh
         """What the VIP allocator reconciles against: only live views (it releases what a view lacks)."""
         self.metrics = metrics
+        self.accesslog = AccessLog(settings.access_log, metrics)
+        """One JSON line per relayed connection, egress and gateway (off unless `access_log.path` is set)."""
         self._vip_client = vip_client
         self.vm: VmSource | None = None
         self.kubernetes: KubernetesSource | None = None
@@ -144,6 +147,8 @@ class DataPlane:
             yield "kubernetes-source", self.kubernetes.run()
         if self.eastwest is not None:
             yield "gateway-read-size", self._follow_read_size()
+        if self.accesslog.enabled:
+            yield "access-log", self.accesslog.run()
 
     async def _follow_read_size(self) -> None:
         """The process's read buffer follows `gateway.read_size` (a reload)."""
@@ -250,7 +255,8 @@ class DataPlane:
                               f"{self.certs.site!r}, not {s.site.name!r}")
         set_read_size(gw.read_size)
         self.eastwest = EastWestGateway(s.site.name, self.mesh, self.certs.server, self.certs.trust,
-                                        self._gateway_settings, self.metrics, access=self.access)
+                                        self._gateway_settings, self.metrics, access=self.access,
+                                        accesslog=self.accesslog)
         await self.eastwest.start()
         host, port = self.eastwest.address
         if gw.workers > 1:
@@ -262,7 +268,7 @@ class DataPlane:
         capture = self.capture.bind if self.capture is not None and self.capture.active else None
         self.egress = Egress(s.site.name, self.mesh, self.certs.client, self.certs.trust, self._gateway_settings,
                              self.metrics, placement=self._placement(), local_services=self._vips_here(),
-                             capture=capture, access=self.access)
+                             capture=capture, access=self.access, accesslog=self.accesslog)
         await self.egress.start()
         if self.capture is not None and self.egress.capture is not None:
             await self.capture.install(self.egress.capture.address[1])

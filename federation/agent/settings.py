@@ -48,6 +48,7 @@ from federation.registry.publisher import DUPLICATE_MODES
 from federation.runtime.files import TlsFiles
 from federation.sources.kubernetes.settings import KubernetesSettings
 from federation.sources.vm.settings import VmSettings
+from gateway.accesslog import AccessLogSettings
 from gateway.settings import GatewaySettings
 
 
@@ -185,6 +186,8 @@ class AgentSettings:
     """Used by sites of kind vm."""
     kubernetes: KubernetesSettings = KubernetesSettings()
     """Off unless enabled (sites of kind kubernetes)."""
+    access_log: AccessLogSettings = AccessLogSettings()
+    """Off: one JSON line per relayed connection costs a busy gateway; set `path` (a file or `-`) to turn it on."""
     source: str = "<defaults>"
     """The file these settings came from, for messages (not a key of the file)."""
 
