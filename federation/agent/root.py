@@ -23,6 +23,7 @@ from federation.agent.reporting import registry_report
 from federation.agent.selection import EVERYTHING, Selection
 from federation.agent.settings import ADMIN_ADDR_FILE, AgentSettings
 from federation.agent.status import agent_status
+from federation.agent.topology import topology
 from federation.core.imports import EVERYTHING as IMPORT_EVERYTHING
 from federation.core.imports import import_filter
 from federation.core.keys import Keys
@@ -119,6 +120,10 @@ class Agent:
             self.lag.prune(self.mirror.mesh.get().sites)
         lag = self.lag.report()
         doc["registry"]["lag"] = {k: v for k, v in lag.items() if selection.site in (None, k)}
+        if self.mirror is not None:
+            egress = self.plane.egress if self.plane is not None else None
+            doc["topology"] = topology(self.mirror.mesh.get(), self.settings.site.name,
+                                       egress.unreachable.get() if egress is not None else frozenset(), lag, selection)
         return doc
 
     async def _run(self, endpoints: tuple[str, ...], stop: asyncio.Event) -> None:
