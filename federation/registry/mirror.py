@@ -251,7 +251,8 @@ class Mirror:
                     self._trust.deleted(event.key)
             else:
                 outcome = self.catalog.put(event.key, event.value, event.revision)
-            if self._raw is not None:
+            # A heartbeat is no state worth saving: it would have the snapshot rewritten every few seconds.
+            if self._raw is not None and outcome.beat is None and outcome.beat_gone is None:
                 if event.value is None:
                     self._raw.delete(event.key, event.revision)
                 else:

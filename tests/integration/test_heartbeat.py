@@ -28,6 +28,7 @@ from federation.registry.etcd import EtcdClient, Put
 from federation.registry.heartbeat import HeartbeatWriter, LagMeter
 from federation.registry.mirror import Mirror
 from federation.registry.sealing import Seal
+from federation.registry.snapshot import RawListing
 from federation.runtime.values import Value
 from tests.integration.agentproc import AgentProcess, web_export, write_config
 from tests.pkihelp import Mesh, Signers
@@ -73,7 +74,7 @@ async def running(etcd: EtcdProcess, tmp_path: Path) -> AsyncIterator[Running]:
     metrics = CollectorRegistry()
     lag = LagMeter(metrics)
     verifier = RecordVerifier(KEYS, TrustBundle.from_pem(mesh.bundle_pem()), Mode.REQUIRE)
-    mirror = Mirror(EtcdClient([etcd.endpoint]), KEYS, trust=verifier, lag=lag.take)
+    mirror = Mirror(EtcdClient([etcd.endpoint]), KEYS, trust=verifier, lag=lag.take, raw=RawListing(1 << 24))
     tasks = {n: asyncio.create_task(w, name=n) for n, w in
              (("east", east.run()), ("heartbeat", writer.run()), ("mirror", mirror.run()))}
     r = Running(east, writer, mirror, metrics, lag, tasks, mesh, signers)
@@ -106,12 +107,16 @@ async def test_heartbeats_are_signed_on_the_lease_and_measured_without_a_new_vie
     assert sample.interval == 0.2
     assert not r.mirror.catalog.rejected
     view, version = r.mirror.mesh.get(), r.mirror.mesh.version
+    raw = r.mirror._raw
+    assert raw is not None
+    saved = raw.changed.version
     seen = r.count()
     await eventually(lambda: r.count() >= seen + 5, what="five more heartbeats")
     # Five registry writes arrived and were measured, and what DNS, the egress and the VIP allocator follow
     # did not move: no new view, not even an equal one.
     assert r.mirror.mesh.version == version
     assert r.mirror.mesh.get() is view
+    assert raw.changed.version == saved  # nor does the registry snapshot get rewritten for them
     buckets = r.metrics.get_sample_value("meshfed_registry_lag_seconds_bucket", {"site": "east", "le": "+Inf"})
     assert buckets == r.count()
 
