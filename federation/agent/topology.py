@@ -3,7 +3,7 @@
 Sites grouped by network and locality, each with its gateways and this site's link to it (direct on our
 network, else through its gateway: healthy, or unreachable as the egress found lately), the propagation lag
 from it (its heartbeat), and a page of services with the sites that back them and their readiness. Pure: it
-reads an immutable view and plain values. Sites are listed in full (a 1,000-site mesh is ~150 KB); the page
+reads an immutable view and plain values. Sites are listed in full (a 1,000-site mesh is ~200 KB); the page
 draws networks with many sites as one group. Services follow the document's selection (`?service=`,
 `?limit=`, `?after=`), so a page of them costs the page.
 """

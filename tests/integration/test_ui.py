@@ -89,3 +89,48 @@ async def test_the_page_draws_every_site_and_link_and_follows_a_site_leaving(etc
     finally:
         for a in agents.values():
             await asyncio.to_thread(a.stop)
+
+
+@pytest.mark.timeout(180)
+async def test_the_page_stays_usable_at_a_thousand_sites(etcd: EtcdProcess, tmp_path: Path) -> None:
+    """1,000 site records in 10 networks (written raw, as an accept-mode registry takes them): each network is
+    one box with one link per health, a click lists a network's sites, and a poll stays small and quick."""
+    from federation.core.codec import encode_site
+    from federation.core.keys import Keys
+    from federation.core.records import Gateway, Locality, Site
+    from federation.registry.etcd import EtcdClient, Put
+
+    keys = Keys()
+    # Gateways on a closed loopback port: no site exports anything, so nothing ever connects to them.
+    sites = [Site(f"s{i:04d}", f"net-{i % 10}", Locality(f"r{i % 3}", f"z{i % 5}"),
+                  gateways=(Gateway("gw", "127.0.0.1", 1),)) for i in range(1000)]
+    async with EtcdClient([etcd.endpoint]) as client:
+        ops = [Put(keys.site(s.name), encode_site(s)) for s in sites]
+        for start in range(0, len(ops), 100):
+            await client.commit(ops[start:start + 100])
+    cfg = write_config(tmp_path / "west.yaml", "west", [etcd.endpoint], tmp_path / "west", [web()])
+    west = AgentProcess(cfg, tmp_path / "west").start()
+    try:
+        await asyncio.to_thread(west.wait_ready)
+        admin = await asyncio.to_thread(west.admin)
+        status, body = await asyncio.to_thread(west.get, "/status?limit=50")
+        assert status == 200
+        assert len(body) < 400_000, len(body)  # every site, ~250 bytes each, and one page of services
+        async with Browser.start(tmp_path) as b:
+            await b.goto(admin + "/ui")
+            await b.until('document.getElementById("counts").textContent === "1001 sites in 11 networks"',
+                          what="the whole mesh counted")
+            assert await b.eval('document.querySelectorAll("[data-network-group]").length') == 10
+            assert await b.eval('document.querySelectorAll("[data-site]").length') == 1  # west alone, drawn
+            links = await b.eval('[...document.querySelectorAll("[data-link]")].map(e => e.dataset.link).sort()')
+            assert links == [f"west->network:net-{i}" for i in range(10)]  # one per network, not 1,000
+            # A poll (fetch + draw) of the whole mesh, measured in the page.
+            took = await b.eval("(async () => { const t = performance.now(); await poll(); "
+                                "return performance.now() - t; })()")
+            assert took < 2000, took  # well within the 2 s refresh
+            await b.eval('document.querySelector(\'[data-network-group="net-3"]\').dispatchEvent(new Event("click"))')
+            await b.until('document.querySelectorAll("[data-network=\\"net-3\\"]").length === 100',
+                          what="net-3's sites listed")
+            (tmp_path / "ui-1000.png").write_bytes(await b.screenshot())
+    finally:
+        await asyncio.to_thread(west.stop)
