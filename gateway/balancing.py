@@ -9,6 +9,7 @@ from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from federation.core.endpoints import hostname_of
 from federation.core.records import Gateway, Locality, Protocol, ServiceExport, ServicePort
 from federation.core.view import MeshView, PortId, VipTable
 
@@ -88,11 +89,12 @@ def find_port(ports: Sequence[ServicePort], port: str | int) -> ServicePort | No
 
 
 def endpoint_targets(export: ServiceExport, port: ServicePort, hostname: str | None = None) -> list[Target]:
-    """Targets of the ready endpoints of `export` for `port` (only the one named `hostname`, if given)."""
+    """Targets of the ready endpoints of `export` for `port` (only the one named `hostname`, if given: its
+    hostname, or for one without, its first address dashed as DNS names it)."""
     return [
         Target(e.addresses[0], e.port_for(port))
         for e in export.endpoints
-        if e.ready and e.addresses and (hostname is None or e.hostname == hostname)
+        if e.ready and e.addresses and (hostname is None or hostname_of(e) == hostname)
     ]
 
 

@@ -13,12 +13,9 @@ only for the others; a captured client whose original destination names no servi
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import operator
-import socket
 import ssl
-import struct
 import time
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import Any
@@ -33,19 +30,10 @@ from federation.pki.verifying import PeerRejected
 from federation.runtime.values import Readable, Value, follow
 from gateway.accesslog import AccessLog
 from gateway.authorization import Authorizer, site_peer
-from gateway.balancing import (
-    Bind,
-    Close,
-    Direct,
-    ListenerKey,
-    Open,
-    Placement,
-    Route,
-    plan,
-    routes,
-)
+from gateway.balancing import Bind, Close, Direct, ListenerKey, Open, Placement, Route, plan, routes
 from gateway.capture import CaptureListener, reset
 from gateway.destinations import CapturedServices, Destination, captured_type
+from gateway.enforcing import Enforcer, Policies, noted
 from gateway.listening import ListenerPlan
 from gateway.pool import PoolKey, TunnelPool
 from gateway.preamble import Request, Status
@@ -71,7 +59,8 @@ class Egress:
                  bundle: Bundle, settings: GatewaySettings | Readable[GatewaySettings] | None = None,
                  registry: CollectorRegistry | None = None, placement: Readable[Placement] | None = None,
                  local_services: bool = False, capture: Bind | None = None,
-                 access: Readable[AccessState] | None = None, accesslog: AccessLog | None = None) -> None:
+                 access: Readable[AccessState] | None = None, policies: Readable[Policies] | None = None,
+                 accesslog: AccessLog | None = None) -> None:
         self.site = site
         self.accesslog = accesslog or AccessLog()
         self.mesh = mesh
@@ -83,6 +72,7 @@ class Egress:
         registry = registry or CollectorRegistry()
         self.metrics = EgressMetrics(registry)
         self.authorizer = Authorizer(access, "egress", registry)  # this site's own clients, direct routes included
+        self.enforcer = Enforcer(site, self.metrics, self._direct, self._tunnel, policies, registry)
         self._keys: dict[Any, ListenerKey] = {}
         self.placement: Readable[Placement] = placement or Value(
             Placement(fallback=(self.settings.egress_address, self.settings.egress_port)), name="placement")
@@ -101,7 +91,7 @@ class Egress:
         self.metrics.mode.labels("capture").set(1 if capture is not None else 0)
         self.metrics.mode.labels("listeners").set(0 if capture is not None else 1)
         self._servers: dict[ListenerKey, asyncio.Server] = {}
-        self._pools: dict[PoolKey, TunnelPool] = {}
+        self.pools: dict[PoolKey, TunnelPool] = {}  # the prober reads them (tunnels open and pooled)
         self._tasks: set[asyncio.Task[None]] = set()
         self._plan = ListenerPlan(site, local_services, self._is_captured)
         self._turn = 0
@@ -161,7 +151,7 @@ class Egress:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         for relay in list(self._active):
             relay.finish(clean=False)
-        for pool in self._pools.values():
+        for pool in self.pools.values():
             pool.close()
         for server in self._servers.values():
             await server.wait_closed()
@@ -204,8 +194,8 @@ class Egress:
         self.metrics.captured.set(len(self._captured))
         self.listening.set(mutation.finish())
         if step.sites_changed:
-            for pool_key in [k for k in self._pools if k[0] not in view.sites]:
-                self._pools.pop(pool_key).close()
+            for pool_key in [k for k in self.pools if k[0] not in view.sites]:
+                self.pools.pop(pool_key).close()
         self._warm(view, [*(k for k in check if k in self._servers), *captured])
 
     def _is_captured(self, view: MeshView, key: ListenerKey) -> bool:
@@ -259,6 +249,9 @@ class Egress:
         """Connect `client` through the first route that accepts it, or close it."""
         view = self.mesh.get()
         allowed = self.authorizer.check(key[:2], self._peer()).allowed  # counted and logged when denied
+        if allowed and (rules := self.enforcer.rules(view, key)) is not None:
+            await self.enforcer.route(client, key, view, rules)
+            return
         self._turn += 1
         for tries, route in enumerate(routes(view, self.site, *key, turn=self._turn)[:MAX_ROUTES] if allowed else ()):
             if client.lost:
@@ -272,13 +265,7 @@ class Egress:
         self.metrics.connections.labels("no_route" if allowed else "denied").inc()
         if allowed:
             _throttle.log(log, logging.WARNING, ("no-route", key), "no route accepted a client of %s/%s:%s", *key)
-        if client.transport is not None:
-            # A reset, not a clean close: the client sees "connection reset", not an empty answer it
-            # might take for the service's own.
-            sock = client.transport.get_extra_info("socket")
-            with contextlib.suppress(OSError, AttributeError):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            client.transport.abort()
+        reset_transport(client.transport)  # a reset, so the client cannot take an empty answer for the service's
 
     async def enforce(self) -> None:
         """Close the streams of this site's clients that a changed access policy now denies, until cancelled."""
@@ -288,7 +275,8 @@ class Egress:
     def _peer(self) -> Peer:
         return site_peer(self.mesh.get(), self.site, current(self.trust).trust_domain, self.settings.name)
 
-    async def _direct(self, client: PlainLeg, route: Direct, key: ListenerKey) -> bool:
+    async def _direct(self, client: PlainLeg, route: Direct, key: ListenerKey, note: list[str] | None = None,
+                      idle: float | None = None) -> bool:
         loop = asyncio.get_running_loop()
         t = route.target
         try:
@@ -296,20 +284,22 @@ class Egress:
                 _, leg = await loop.create_connection(PlainLeg, t.address, t.port)
         except (OSError, TimeoutError) as exc:
             self.metrics.attempts.labels("direct", "refused").inc()
+            noted(note, "refused")
             _throttle.log(log, logging.INFO, ("direct", t), "direct connect to %s:%d failed: %s",
                           t.address, t.port, exc)
             return False
         self.metrics.attempts.labels("direct", "ok").inc()
         held: list[Any] = []
-        splice = Splice(client, leg, self.settings.idle_timeout, lambda _clean: self._untrack(held),
+        splice = Splice(client, leg, idle or self.settings.idle_timeout, lambda _clean: self._untrack(held),
                         high_water=self.settings.high_water)
         self._track(splice, held, key)
         return True
 
-    async def _tunnel(self, client: PlainLeg, route: Route, key: ListenerKey) -> bool:
+    async def _tunnel(self, client: PlainLeg, route: Route, key: ListenerKey, note: list[str] | None = None,
+                      idle: float | None = None, hostname: str | None = None) -> bool:
         assert not isinstance(route, Direct)
         pool = self._pool(route.site, route.gateway)
-        req = Request(key[0], key[1], key[2])
+        req = Request(key[0], key[1], key[2], hostname)  # a hostname: that one endpoint (gateway.headless)
         for _ in range(2):  # a pooled tunnel may have died idle: one fresh retry on the same gateway
             tunnel = None
             try:
@@ -326,6 +316,7 @@ class Egress:
                     tunnel.close()
                     pool.give_back(tunnel)
                 self.metrics.attempts.labels("gateway", "failed").inc()
+                noted(note, "gateway")
                 self.reach.failed(route.site)
                 if isinstance(exc, PeerRejected):  # not a gateway of that site: say so, and try another route
                     self.metrics.refusals.labels(exc.cause).inc()
@@ -341,6 +332,7 @@ class Egress:
             pool.remember_session(tunnel)
             if resp.status is not Status.OK:
                 self.metrics.attempts.labels("gateway", resp.status.name.lower()).inc()
+                noted(note, resp.status.name.lower())
                 _throttle.log(log, logging.INFO, ("status", route.site, key, resp.status),
                               "gateway of %s answered %s for %s/%s:%s: %s", route.site, resp.status.name, *key,
                          resp.reason)
@@ -354,7 +346,8 @@ class Egress:
             def done(_clean: bool, tunnel: Any = tunnel, held: list[Any] = held) -> None:
                 self._untrack(held)
                 pool.give_back(tunnel)
-            self._track(tunnel.attach(client, self.settings.idle_timeout, done, self.settings.high_water), held, key)
+            self._track(tunnel.attach(client, idle or self.settings.idle_timeout, done, self.settings.high_water),
+                        held, key)
             return True
         return False
 
@@ -375,11 +368,11 @@ class Egress:
 
     def _pool(self, site: str, gateway: Any) -> TunnelPool:
         key = (site, gateway.address, gateway.port)
-        pool = self._pools.get(key)
+        pool = self.pools.get(key)
         if pool is None or pool.gateway != gateway:
             if pool is not None:
                 pool.close()
-            pool = self._pools[key] = TunnelPool(
+            pool = self.pools[key] = TunnelPool(
                 key, gateway, self.context, self.trust, self.mesh,
                 self.settings.pool_size, self.settings.pool_idle, self.settings.handshake_timeout, self.spawn,
                 keep=self.settings.pool_max, max_age=self.settings.tunnel_max_age, active=self.active,

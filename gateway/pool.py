@@ -14,7 +14,7 @@ from federation.core.records import Gateway
 from federation.core.view import MeshView
 from federation.pki.verifying import PeerRejected, verify_peer
 from federation.runtime.values import Readable
-from gateway.preamble import NEED_DATA, Preamble, Request, Response, Role
+from gateway.preamble import NEED_DATA, Preamble, Probe, ProbeAnswer, Request, Response, Role
 from gateway.refusals import Throttle
 from gateway.relay import HIGH_WATER, ActiveStreams, Done, PlainLeg, Stream, TunnelLeg
 from gateway.tls import Bundle, ResumingContext, current
@@ -32,7 +32,7 @@ class EgressTunnel(TunnelLeg):
     def __init__(self) -> None:
         super().__init__()
         self._preamble: Preamble | None = None
-        self._answer: asyncio.Future[Response] | None = None
+        self._answer: asyncio.Future[Response | ProbeAnswer] | None = None
         self._pending = b""
         self.streams = 0
         self.session_saved = False
@@ -52,10 +52,24 @@ class EgressTunnel(TunnelLeg):
 
     async def request(self, req: Request) -> Response:
         """Send a stream request and wait for the status; OSError or RemoteProtocolError on failure."""
+        answer = await self._exchange(req)
+        if not isinstance(answer, Response):
+            raise RemoteProtocolError("a probe answer where a stream status belongs", cause="message-type")
+        return answer
+
+    async def probe(self, nonce: int) -> Response | ProbeAnswer:
+        """Send a probe and wait for its answer (a gateway older than probes answers a `bad request`
+        Response and closes the tunnel); OSError or RemoteProtocolError on failure."""
+        answer = await self._exchange(Probe(nonce))
+        if isinstance(answer, ProbeAnswer) and answer.nonce != nonce:
+            raise RemoteProtocolError(f"probe answer for nonce {answer.nonce}, not {nonce}", cause="bad-nonce")
+        return answer
+
+    async def _exchange(self, message: Request | Probe) -> Response | ProbeAnswer:
         assert self.transport is not None
         self._preamble = Preamble(Role.CLIENT)
         self._answer = asyncio.get_running_loop().create_future()
-        self.transport.write(self._preamble.send(req))
+        self.transport.write(self._preamble.send(message))
         try:
             return await self._answer
         finally:
@@ -85,7 +99,7 @@ class EgressTunnel(TunnelLeg):
             return
         if event is NEED_DATA:
             return
-        assert isinstance(event, Response)
+        assert isinstance(event, Response | ProbeAnswer)
         self._pending = self._preamble.trailing_data
         self._answer.set_result(event)
 
@@ -154,6 +168,11 @@ class TunnelPool:
     def idle(self) -> int:
         """Tunnels open and waiting for a stream."""
         return len(self._idle)
+
+    @property
+    def in_use(self) -> int:
+        """Tunnels carrying a stream (or waiting for its status)."""
+        return len(self._in_use)
 
     def give_back(self, tunnel: EgressTunnel) -> None:
         """Return a taken tunnel: kept if its stream ended cleanly and the pool has room, else closed."""

@@ -5,6 +5,11 @@ Wire format of each message (network byte order):
 Request body:  ns (u8 len + ascii) | service (u8 len + ascii) | port kind u8 (0 name: u8 len + ascii,
                1 number: u16) | endpoint hostname (u8 len + ascii; 0 = any endpoint)
 Response body: status u8 | reason (u8 len + utf-8, for logs)
+Probe (type 3) body:  nonce u64
+Probe answer (type 4) body: nonce u64 | the gateway's wall clock, ms since the epoch u64 | site (u8 len + ascii)
+A probe is answered at once and opens no stream (the egress's prober measures the tunnel with it, and
+estimates clock skew from the time). A gateway older than probes answers a probe with a `bad request`
+response and closes the tunnel: the prober reads that as alive, without a clock.
 No socket, no clock, no logging: the shells feed bytes in and write what `send` returns.
 """
 
@@ -13,6 +18,7 @@ from __future__ import annotations
 import enum
 import re
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -22,7 +28,9 @@ VERSION: Final = 1
 MAX_BODY: Final = 512
 """Longer than any valid request (4 labels of 63 bytes); anything above is refused before buffering it."""
 _HEADER = struct.Struct("!BBH")
-_REQUEST, _RESPONSE = 1, 2
+_REQUEST, _RESPONSE, _PROBE, _PROBE_ANSWER = 1, 2, 3, 4
+_PROBE_BODY = struct.Struct("!Q")
+_ANSWER_HEAD = struct.Struct("!QQ")
 _LABEL = re.compile(rb"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _PORT_NAME = re.compile(rb"^[a-z0-9]([-a-z0-9]{0,13}[a-z0-9])?$")
 
@@ -73,7 +81,23 @@ class Response:
     reason: str = ""
 
 
-Event = Request | Response
+@dataclass(frozen=True, slots=True)
+class Probe:
+    """Are you there? Answered with a ProbeAnswer carrying the same nonce; opens no stream."""
+
+    nonce: int
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeAnswer:
+    """The gateway's answer to a Probe: the nonce, its wall clock (ms since the epoch) and its site."""
+
+    nonce: int
+    time_ms: int
+    site: str
+
+
+Event = Request | Response | Probe | ProbeAnswer
 
 
 class Preamble:
@@ -104,16 +128,16 @@ class Preamble:
         if len(self._buf) < _HEADER.size:
             return NEED_DATA
         _, kind, length = _HEADER.unpack_from(self._buf)
-        want = _REQUEST if self.role is Role.SERVER else _RESPONSE
-        if kind != want:
-            raise RemoteProtocolError(f"preamble message type {kind} where {want} belongs", cause="message-type")
+        want = (_REQUEST, _PROBE) if self.role is Role.SERVER else (_RESPONSE, _PROBE_ANSWER)
+        if kind not in want:
+            raise RemoteProtocolError(f"preamble message type {kind} where {want[0]} belongs", cause="message-type")
         if length > MAX_BODY:
             raise RemoteProtocolError(f"preamble of {length} bytes is over the limit of {MAX_BODY}", cause="too-long")
         end = _HEADER.size + length
         if len(self._buf) < end:
             return NEED_DATA
         body = _Reader(bytes(self._buf[_HEADER.size:end]))
-        event = _decode_request(body) if kind == _REQUEST else _decode_response(body)
+        event = _DECODERS[kind](body)
         if body.left():
             raise RemoteProtocolError(f"preamble has {body.left()} bytes after its last field", cause="trailing-bytes")
         del self._buf[:end]
@@ -127,6 +151,13 @@ class Preamble:
         if isinstance(event, Response) and self.role is Role.SERVER:
             reason = event.reason.encode()[:255]
             return _frame(_RESPONSE, bytes((event.status,)) + _short(reason.decode(errors="ignore").encode()))
+        if isinstance(event, Probe) and self.role is Role.CLIENT:
+            return _frame(_PROBE, _PROBE_BODY.pack(_u64(event.nonce)))
+        if isinstance(event, ProbeAnswer) and self.role is Role.SERVER:
+            if not _LABEL.match(event.site.encode()):
+                raise LocalProtocolError(f"site {event.site!r} is not a DNS label")
+            return _frame(_PROBE_ANSWER, _ANSWER_HEAD.pack(_u64(event.nonce), _u64(event.time_ms))
+                          + _short(event.site.encode()))
         raise LocalProtocolError(f"a {self.role.value} does not send {type(event).__name__}")
 
 
@@ -134,6 +165,12 @@ def _frame(kind: int, body: bytes) -> bytes:
     if len(body) > MAX_BODY:
         raise LocalProtocolError(f"preamble body of {len(body)} bytes is over {MAX_BODY}")
     return _HEADER.pack(VERSION, kind, len(body)) + body
+
+
+def _u64(n: int) -> int:
+    if not 0 <= n < 1 << 64:
+        raise LocalProtocolError(f"{n} does not fit 64 bits")
+    return n
 
 
 def _short(b: bytes) -> bytes:
@@ -184,6 +221,21 @@ def _decode_response(body: _Reader) -> Response:
         raise RemoteProtocolError(f"preamble status {code} is unknown", cause="bad-status") from None
     reason = body.field("reason").decode("utf-8", errors="replace")
     return Response(status, reason)
+
+
+def _decode_probe(body: _Reader) -> Probe:
+    (nonce,) = _PROBE_BODY.unpack(body.take("nonce", _PROBE_BODY.size))
+    return Probe(nonce)
+
+
+def _decode_probe_answer(body: _Reader) -> ProbeAnswer:
+    nonce, time_ms = _ANSWER_HEAD.unpack(body.take("probe answer", _ANSWER_HEAD.size))
+    return ProbeAnswer(nonce, time_ms, body.label("site", _LABEL))
+
+
+_DECODERS: dict[int, Callable[[_Reader], Event]] = {
+    _REQUEST: _decode_request, _RESPONSE: _decode_response, _PROBE: _decode_probe, _PROBE_ANSWER: _decode_probe_answer,
+}
 
 
 class _Reader:

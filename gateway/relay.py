@@ -76,6 +76,8 @@ class PlainLeg(_LargeReads):
         self.lost = False
         self.early_eof = False
         self.early = bytearray()
+        self.on_lost: Callable[[], None] | None = None
+        """Called once the connection is gone (the egress's traffic policy counts open connections with it)."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass asyncio's
@@ -110,6 +112,8 @@ class PlainLeg(_LargeReads):
         self.lost = True
         if self.sink is not None:
             self.sink.plain_lost(self, exc)
+        if self.on_lost is not None:
+            self.on_lost()
         if self.attached:
             # The leg and its transport refer to each other: let reference counting free both now rather
             # than leave them to a full garbage collection (thousands of closed connections pile up).

@@ -63,6 +63,14 @@ class GatewaySettings:
     """Bytes per read into the one buffer a process shares: large reads cut Python's cost per byte."""
     high_water: int = setting(1024 * 1024, lo=16 * 1024, hi=64 * 1024 * 1024)
     """Bytes queued towards a slow side before the other stops reading; bulk streams need room in flight."""
+    probe_interval: float = setting(5.0, lo=0.0, hi=3600.0)
+    """Seconds between probes of each remote gateway (jittered by a fifth); 0: no probes. linkerd's default is
+    a few seconds: a dead gateway shows within one interval."""
+    probe_rate: float = setting(10.0, positive=True)
+    """Probes started per second at most: a probe costs ~7 ms of CPU for both ends (tests/bench/probing.py), so
+    this is ~3% of a core here and at each gateway of a 1,000-site mesh, whose round then takes 100 s."""
+    probe_concurrency: int = setting(16, lo=1, hi=1024)
+    """Probes in flight at once: a gateway that never answers holds one slot for its timeout, not the round."""
 
     def validate(self) -> None:
         """Checks between fields."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import time
 from collections.abc import Coroutine
 from typing import Any, Protocol, cast
 
@@ -21,7 +22,7 @@ from gateway.accesslog import AccessLog
 from gateway.admission import Admission, admit
 from gateway.authorization import Authorizer
 from gateway.balancing import EndpointPicker
-from gateway.preamble import NEED_DATA, Preamble, Request, Response, Role, Status
+from gateway.preamble import NEED_DATA, Preamble, Probe, ProbeAnswer, Request, Response, Role, Status
 from gateway.refusals import GatewayMetrics, Refusals, Throttle
 from gateway.relay import ActiveStreams, PlainLeg, Stream, TunnelLeg
 from gateway.settings import GatewaySettings
@@ -140,9 +141,15 @@ class GatewayTunnel(TunnelLeg):
             return
         if event is NEED_DATA:
             return
-        assert isinstance(event, Request)
         self._cancel_timer()
         trailing = self._preamble.trailing_data
+        if isinstance(event, Probe):  # the peer's prober: answered at once, no stream, not counted as one
+            if self.transport is not None and not self.closed:
+                self.transport.write(Preamble(Role.SERVER).send(
+                    ProbeAnswer(event.nonce, time.time_ns() // 1_000_000, self.gw.site)))
+            self._await_request(trailing)
+            return
+        assert isinstance(event, Request)
         view = self.gw.mesh.get()
         if self.peer_site not in view.sites:
             # The peer's site left the registry since the handshake (`run` is about to close the tunnel).

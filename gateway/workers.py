@@ -2,9 +2,11 @@
 
 The agent's process runs the first gateway; `GatewayWorkers` starts `workers - 1` more with
 `python -m gateway.workers`; its `run()` follows the mesh view and the issued certificate and sends
-each worker the view as a JSON line on its stdin after every change (and `reload` after a renewal);
-closing stdin stops them. A worker's metrics stay in that worker. The kernel spreads new connections
-over all processes.
+each worker what a gateway reads of the view (every site record, and this site's own exports: a gateway
+admits streams to its own site only) as JSON lines on its stdin: the whole of it at start, then after
+every change only the records that changed, so a registry change costs the workers in proportion to
+the change (and `reload` after a renewal); closing stdin stops them. A worker's metrics stay in that
+worker. The kernel spreads new connections over all processes.
 """
 
 from __future__ import annotations
@@ -15,13 +17,14 @@ import json
 import logging
 import operator
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from federation.core.codec import decode_export, decode_site, encode_export, encode_site
 from federation.core.keys import ServiceKey, SiteKey
 from federation.core.policy.access import AccessState, state_document, state_from_document
-from federation.core.view import MeshView
+from federation.core.view import Changes, MeshView, ServiceId
 from federation.pki.verifying import TrustBundle
 from federation.runtime.values import Readable, Value, follow
 from gateway.settings import GatewaySettings
@@ -29,12 +32,55 @@ from gateway.settings import GatewaySettings
 log = logging.getLogger(__name__)
 
 
-def encode_view(view: MeshView) -> bytes:
-    """One JSON line holding every site and export record of `view` (the registry codec)."""
+def encode_view(view: MeshView, site: str | None = None) -> bytes:
+    """One JSON line holding every site record of `view` and its export records (the registry codec): all of
+    them, or with `site` only that site's."""
+    exports = view.exports.values() if site is None else (e for e in view.exports.values() if e.site == site)
     return json.dumps({
         "sites": [encode_site(s).decode() for s in view.sites.values()],
-        "exports": [encode_export(e).decode() for e in view.exports.values()],
+        "exports": [encode_export(e).decode() for e in exports],
     }).encode() + b"\n"
+
+
+def encode_delta(view: MeshView, site: str, changes: Changes, held: set[ServiceId]) -> bytes | None:
+    """One JSON line with what `changes` changed of what a worker holds (site records, `site`'s own exports in
+    `held`, which it updates), each record or null for gone; None when nothing a worker holds changed."""
+    sites = {name: _text(encode_site, view.sites.get(name)) for name in sorted(changes.sites)}
+    exports: dict[str, str | None] = {}
+    for service in sorted(changes.services):
+        export = view.exports.get((site, *service))
+        if export is not None:
+            held.add(service)
+        elif service in held:
+            held.discard(service)
+        else:
+            continue  # another site's service: a worker does not hold it
+        exports["/".join(service)] = _text(encode_export, export)
+    if not sites and not exports:
+        return None
+    return json.dumps({"delta": {"sites": sites, "exports": exports}}).encode() + b"\n"
+
+
+def apply_delta(view: MeshView, site: str, line: bytes) -> MeshView:
+    """The view a worker holds after a line of `encode_delta` (records validated again)."""
+    delta = json.loads(line)["delta"]
+    sites, exports = dict(view.sites), dict(view.exports)
+    for name, raw in delta["sites"].items():
+        if raw is None:
+            sites.pop(name, None)
+        else:
+            sites[name] = decode_site(SiteKey(name), raw.encode())
+    for service, raw in delta["exports"].items():
+        ns, name = service.split("/", 1)
+        if raw is None:
+            exports.pop((site, ns, name), None)
+        else:
+            exports[(site, ns, name)] = decode_export(ServiceKey(site, ns, name), raw.encode())
+    return MeshView(sites=sites, exports=exports)
+
+
+def _text(encode: Callable[[Any], bytes], record: object | None) -> str | None:
+    return None if record is None else encode(record).decode()
 
 
 def decode_view(line: bytes) -> MeshView:
@@ -65,17 +111,28 @@ class GatewayWorkers:
         self.access: Readable[AccessState] = access or Value(AccessState(), name="no access policies")
         """The access state the workers enforce (sent as a JSON line after every change)."""
         self._procs: list[asyncio.subprocess.Process] = []
+        self._sent = mesh.get()
+        self._held: set[ServiceId] = set()
+        """This site's services whose export the workers hold."""
 
     async def run(self) -> None:
-        """Send every new mesh view to the workers, and `reload` after every renewal, until cancelled."""
-        sent_view, sent_cert, sent_access = self.mesh.get(), self.certificate.get(), self.access.get()
+        """Send what changed of every new mesh view to the workers, and `reload` after every renewal, until
+        cancelled."""
+        sent_view, sent_cert, sent_access = self._sent, self.certificate.get(), self.access.get()
         async for _ in follow(self.mesh, self.certificate, self.access):
             if self.access.get() is not sent_access:
                 sent_access = self.access.get()
                 self._send(_access_line(sent_access))
-            if self.mesh.get() is not sent_view:
-                sent_view = self.mesh.get()
-                self._send(encode_view(sent_view))
+            view = self.mesh.get()
+            if view is not sent_view:
+                # A view built by hand (no history) says nothing of what changed: everything again, as when
+                # this is too far behind to know.
+                changes = view.changes_since(sent_view.generation) if view.history is not None else None
+                if changes is None:
+                    self._send(self._whole(view))
+                elif (line := encode_delta(view, self.site, changes, self._held)) is not None:
+                    self._send(line)
+                sent_view = view
             if self.certificate.get() is not sent_cert:
                 sent_cert = self.certificate.get()
                 self._send(b"reload\n")
@@ -97,7 +154,9 @@ class GatewayWorkers:
             self._procs.append(proc)
             assert proc.stdin is not None
             assert proc.stdout is not None
-            proc.stdin.write(encode_view(self.mesh.get()))
+            if i == 0:
+                whole = self._whole(self.mesh.get())
+            proc.stdin.write(whole)
             proc.stdin.write(_access_line(self.access.get()))
             line = await proc.stdout.readline()
             if not line.startswith(b"READY"):
@@ -119,6 +178,11 @@ class GatewayWorkers:
                 proc.kill()
                 await proc.wait()
         self._procs.clear()
+
+    def _whole(self, view: MeshView) -> bytes:
+        self._sent = view
+        self._held = {(e.namespace, e.name) for e in view.exports.values() if e.site == self.site}
+        return encode_view(view, self.site)
 
     def _send(self, line: bytes) -> None:
         for proc in self._procs:
@@ -162,6 +226,8 @@ async def _worker(config: dict[str, Any]) -> None:
             grace = float(json.loads(line)["stop"])
         elif line.startswith(b'{"access"'):
             access.set(state_from_document(json.loads(line)["access"]))
+        elif line.startswith(b'{"delta"'):
+            mesh.set(apply_delta(mesh.get(), config["site"], line))
         else:
             mesh.set(decode_view(line))
     tunnels.cancel()

@@ -11,9 +11,10 @@ parameter is a 400 naming it.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from aiohttp import web
@@ -40,6 +41,7 @@ class AdminServer:
         self._ready: list[tuple[str, Check]] = []
         self._degraded: list[tuple[str, Check]] = []
         self._documents: dict[str, Callable[[Selection], Any]] = {}
+        self._queried: dict[str, Callable[[Mapping[str, str]], Any]] = {}
         self._runner: web.AppRunner | None = None
         self.bound: tuple[str, int] | None = None
 
@@ -56,8 +58,14 @@ class AdminServer:
         self._degraded.append((name, check))
 
     def add_document(self, path: str, producer: Callable[[Selection], Any]) -> None:
-        """Serve `producer(selection)` as JSON at `path` (e.g. /registry), the selection from the query."""
+        """Serve `producer(selection)` (or what it returns, awaited) as JSON at `path` (e.g. /registry), the
+        selection from the query."""
         self._documents[path] = producer
+
+    def add_query_document(self, path: str, producer: Callable[[Mapping[str, str]], Any]) -> None:
+        """Serve `producer(query)` (awaited if it returns an awaitable) as JSON at `path`, the query parameters
+        as they come (`/explain`); a ConfigError from it is a 400 with its reason."""
+        self._queried[path] = producer
 
     async def start(self) -> tuple[str, int]:
         """Listen; returns the bound (host, port) (port 0 picks one)."""
@@ -67,6 +75,8 @@ class AdminServer:
         app.router.add_get("/metrics", self._metrics_handler)
         for path in self._documents:
             app.router.add_get(path, self._document)
+        for path in self._queried:
+            app.router.add_get(path, self._query_document)
         for path in PAGES:
             app.router.add_get(path, self._page)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
@@ -107,7 +117,19 @@ class AdminServer:
             selection = parse_selection(req.query)
         except ConfigError as exc:
             return web.Response(status=400, text=f"{req.path}: {exc}\n")
-        return web.json_response(self._documents[req.path](selection))
+        document = self._documents[req.path](selection)
+        if inspect.isawaitable(document):  # an active check (/verify) works while it is asked
+            document = await document
+        return web.json_response(document)
+
+    async def _query_document(self, req: web.Request) -> web.Response:
+        try:
+            document = self._queried[req.path](dict(req.query))
+            if inspect.isawaitable(document):
+                document = await document
+        except ConfigError as exc:
+            return web.Response(status=400, text=f"{req.path}: {exc}\n")
+        return web.json_response(document)
 
 
 def _checks(checks: list[tuple[str, Check]], word: str,

@@ -9,6 +9,8 @@ task group, and stopping goes in order: stop accepting, drain, close.
     vm.held_vips --> egress placement
     kubernetes.cluster_ips --> DNS (Kubernetes);  egress.listening --> Kubernetes derived slices
     egress.unreachable --> DNS (sites used last);  kubernetes.eastwest_address --> site record
+    traffic policy reader's policies --> egress (enforced on new connections)
+    endpoint addresses (from mesh) --> DNS, VM interface, endpoint listeners; their `listening` --> Kubernetes
     vm.exports / kubernetes.exports (+ static exports) --> `exports` --> publisher
 """
 
@@ -28,6 +30,7 @@ from prometheus_client import CollectorRegistry
 import federation
 from federation.agent.identity import Identity
 from federation.agent.settings import AgentSettings
+from federation.core.endpoints import EndpointAddresses, EndpointAllocator
 from federation.core.errors import ConfigError
 from federation.core.exportset import ExportSet
 from federation.core.keys import Keys
@@ -39,6 +42,7 @@ from federation.dns.server import DnsServer
 from federation.pki.issuing import load_site
 from federation.registry.allocator import TxnClient, VipAllocator
 from federation.runtime.values import Derived, Readable, Value, follow
+from federation.sources.kubernetes.policysync import PolicyWriter
 from federation.sources.kubernetes.source import KubernetesSource
 from federation.sources.vm.capture import EgressCapture, precondition
 from federation.sources.vm.netlink import own_address
@@ -47,6 +51,10 @@ from gateway.accesslog import AccessLog
 from gateway.balancing import Placement
 from gateway.eastwest import EastWestGateway
 from gateway.egress import Egress
+from gateway.enforcing import Policies
+from gateway.headless import HostListeners
+from gateway.ingress import IngressListener, IngressMetrics
+from gateway.probing import Prober
 from gateway.streams import set_read_size
 from gateway.tls import CertificateStore
 from gateway.workers import GatewayWorkers
@@ -62,7 +70,8 @@ class DataPlane:
     def __init__(self, settings: AgentSettings, mesh: Readable[MeshView], metrics: CollectorRegistry,
                  vip_client: TxnClient, identity: Identity | None = None,
                  access: Readable[AccessState] | None = None, *, allocator_mesh: Readable[MeshView] | None = None,
-                 config: Readable[AgentSettings] | None = None) -> None:
+                 config: Readable[AgentSettings] | None = None, policies: Readable[Policies] | None = None,
+                 policy_writer: PolicyWriter | None = None) -> None:
         self.settings = settings
         self.config: Readable[AgentSettings] = config or Value(settings, name="agent settings")
         """The settings as reloaded (SIGHUP): the parts that can follow a change read them from here."""
@@ -70,18 +79,30 @@ class DataPlane:
         self.access = access
         """The access policies, mesh default and revocations the gateway and the egress enforce."""
         self.mesh = mesh
+        self.policies = policies
+        """The traffic policies in force (the registry's policy reader): the egress enforces them."""
         self._allocator_mesh = allocator_mesh or mesh
         """What the VIP allocator reconciles against: only live views (it releases what a view lacks)."""
         self.metrics = metrics
         self.accesslog = AccessLog(settings.access_log, metrics)
         """One JSON line per relayed connection, egress and gateway (off unless `access_log.path` is set)."""
         self._vip_client = vip_client
+        self._policy_writer = policy_writer
+        """Writes a Kubernetes site's policy objects to the registry (agent/policysigning.py)."""
         self.vm: VmSource | None = None
         self.kubernetes: KubernetesSource | None = None
         self.certs: CertificateStore | None = None
         self.eastwest: EastWestGateway | None = None
         self.workers: GatewayWorkers | None = None
         self.egress: Egress | None = None
+        self.hosts: HostListeners | None = None
+        """Egress listeners of headless endpoints of other networks (one per endpoint address and port)."""
+        self.endpoints: Readable[EndpointAddresses] | None = None
+        """This site's address for each headless endpoint of another network (None: off, see _endpoint_table)."""
+        self.ingress: list[IngressListener] = []
+        """Listeners for clients outside the mesh (`ingress:`), handed to the egress."""
+        self.prober: Prober | None = None
+        """Probes the gateways of the sites this one imports from (`/gateways`, `meshfed gateways`)."""
         self.dns: DnsServer | None = None
         self.vips: VipAllocator | None = None
         self.capture: EgressCapture | None = None
@@ -103,6 +124,7 @@ class DataPlane:
         the egress listeners), the gateway and egress (so the first site record names the gateway), the
         Kubernetes source (its derived slices point at the egress listeners), then DNS."""
         s = self.settings
+        self.endpoints = self._endpoint_table()
         if s.site.kind == "vm":
             self.capture = EgressCapture(s.vm.egress_capture, s.dns.vip_ranges, where=str(s.source),
                                          unavailable=precondition(s.vm, s.dns.enabled, bool(s.gateway.ca_dir)))
@@ -115,6 +137,7 @@ class DataPlane:
                         "(cross-network traffic is off; run `meshfed ca site` and set it)")
         if s.kubernetes.enabled:
             self._start_kubernetes()
+        await self._start_ingress()
         chain = (self.certs.chain,) if self.certs is not None else ()
         self.site_record = Derived(self._site_record, self._gateway, *chain, name="site record")
         if s.dns.enabled:
@@ -122,7 +145,8 @@ class DataPlane:
             config = self.config
             self.dns = DnsServer(s.dns, local_site=s.site.name, mesh=self.mesh, vips=self.addresses,
                                  last_resort=down, registry=self.metrics,
-                                 live=Derived(lambda: config.get().dns, config, name="dns settings"))
+                                 live=Derived(lambda: config.get().dns, config, name="dns settings"),
+                                 endpoints=self.endpoints)
             await self.dns.start()
 
     def tasks(self) -> Iterator[Task]:
@@ -137,6 +161,10 @@ class DataPlane:
         if self.egress is not None:
             yield "egress", self.egress.run()
             yield "egress-authorization", self.egress.enforce()
+        if self.prober is not None:
+            yield "gateway-probes", self.prober.run()
+        if self.hosts is not None:
+            yield "egress-endpoints", self.hosts.run()
         if self.dns is not None:
             yield "dns-server", self.dns.run()
         if self.vips is not None:
@@ -168,8 +196,11 @@ class DataPlane:
 
     async def drain(self, grace: float) -> None:
         """Stop accepting new connections; let relayed streams finish for up to `grace` seconds."""
-        if self.egress is not None:
-            self.egress.stop_accepting()
+        for listener in self.ingress:
+            listener.close()
+        for part in (self.egress, self.hosts):
+            if part is not None:
+                part.stop_accepting()
         if self.eastwest is not None:
             await self.eastwest.stop_accepting()
         waits = [part.active.wait_idle(grace) for part in (self.egress, self.eastwest) if part is not None]
@@ -183,7 +214,10 @@ class DataPlane:
 
     async def close(self) -> None:
         """Close what is left: tunnels, streams, DNS, worker processes, the certificate directory."""
-        for part in (self.egress, self.eastwest, self.workers):
+        for listener in self.ingress:
+            listener.close()
+            await listener.wait_closed()
+        for part in (self.hosts, self.egress, self.eastwest, self.workers):
             if part is not None:
                 await part.close()
         if self.capture is not None:
@@ -197,27 +231,50 @@ class DataPlane:
 
     def _start_vm(self) -> None:
         s = self.settings
-        if s.dns.enabled:
-            # It plans from live views only: it releases what a view lacks, so never from a restored one.
+        serving = self._vips_here() or s.dns.answer_unserved_vips
+        if s.dns.enabled and serving:
+            # It plans from live views only: it releases what a view lacks, so never from a restored one. It
+            # allocates the families this site serves (IPv6 only where capture listens on it), so no VIP is
+            # allocated that no site serves.
+            ident = self.identity
+            verifier = ident.verifier if ident is not None else None
             self.vips = VipAllocator(self._vip_client, Keys(s.registry.prefix), self._allocator_mesh,
-                                     ranges=s.dns.vip_ranges, grace=s.dns.vip_grace)
+                                     ranges=served_ranges(s.dns.vip_ranges, self.capture), grace=s.dns.vip_grace,
+                                     seal=ident.signing.seal if ident is not None and ident.signing else None,
+                                     resign=(lambda kid: verifier.resign_due(kid, s.site.name)) if verifier
+                                     else (lambda kid: False))
         # DNS answers, the VIP interface and the egress use the same addresses: the ones the egress can serve
         # (a listener binds one address per service port; the capture listener takes IPv6 VIPs too).
-        # Read from the view, so they change with it.
-        self.addresses = served_addresses(self.mesh, self.capture)
+        # Read from the view, so they change with it. With VIPs off nothing here binds them, and a client
+        # that got one would leave by the default route to whatever answers there: answer none.
+        if serving:
+            self.addresses = served_addresses(self.mesh, self.capture)
+        elif s.dns.enabled:
+            log.warning("vm.vip_interface is empty: ClusterSetIP names answer no address at this site (nothing "
+                        "here serves the VIPs); clients use the egress listeners `meshfed status` lists")
         config = self.config
         capturing = self.capture is not None and self.capture.active
         self.vm = VmSource(s.vm, s.site.name, mesh=self.mesh, vips=self.addresses, static_exports=self._static,
                            locality=s.site.locality, metrics=self.metrics,
                            live=Derived(lambda: config.get().vm, config, name="vm settings"),
-                           vip_ranges=s.dns.vip_ranges if capturing else ())
+                           vip_ranges=s.dns.vip_ranges if capturing else (), endpoints=self.endpoints)
         self.exports = self.vm.exports
+
+    async def _start_ingress(self) -> None:
+        if not self.settings.ingress or self.egress is None:
+            return  # settings.validate refuses ingress without gateway.ca_dir, so without an egress
+        metrics = IngressMetrics(self.metrics)
+        for item in self.settings.ingress:
+            listener = IngressListener(item, self.mesh, self.egress.admit, metrics)
+            await listener.start()
+            self.ingress.append(listener)
 
     def _start_kubernetes(self) -> None:
         s = self.settings
         self.kubernetes = KubernetesSource(
             s.kubernetes, s.site.name, mesh=self.mesh, listeners=self.egress.listening if self.egress else None,
-            locality=s.site.locality, metrics=self.metrics,
+            locality=s.site.locality, metrics=self.metrics, endpoints=self.endpoints,
+            endpoint_listeners=self.hosts.listening if self.hosts else None, policies=self._policy_writer,
         )  # fmt: skip
         static, kube = self._static, self.kubernetes.exports
         self.exports = Derived(lambda: _merged(static.get(), kube.get()), static, kube, name="exports")
@@ -268,8 +325,14 @@ class DataPlane:
         capture = self.capture.bind if self.capture is not None and self.capture.active else None
         self.egress = Egress(s.site.name, self.mesh, self.certs.client, self.certs.trust, self._gateway_settings,
                              self.metrics, placement=self._placement(), local_services=self._vips_here(),
-                             capture=capture, access=self.access, accesslog=self.accesslog)
+                             capture=capture, access=self.access, policies=self.policies,
+                             accesslog=self.accesslog)
         await self.egress.start()
+        self.prober = Prober(s.site.name, self.mesh, self.certs.client, self.certs.trust, self._gateway_settings,
+                             self.metrics, pools=self.egress.pools)
+        if self.endpoints is not None:
+            self.hosts = HostListeners(self.egress, self.endpoints)
+            await self.hosts.start()
         if self.capture is not None and self.egress.capture is not None:
             await self.capture.install(self.egress.capture.address[1])
         advertised = s.site.gateway_address or host
@@ -284,6 +347,20 @@ class DataPlane:
             advertised = vm_address if vm_address != "auto" else await own_address()
             log.info("gateway advertised at this VM's address %s (set site.gateway_address to change it)", advertised)
         self._gateway = Value(Gateway(gw.name, advertised, port), name="advertised gateway")
+
+    def _endpoint_table(self) -> Readable[EndpointAddresses] | None:
+        """Addresses for headless endpoints of other networks, where this site can serve them: a VM with a VIP
+        interface (`vm.endpoint_ranges`) or a Kubernetes site given a static band (`kubernetes.endpoint_ranges`),
+        with an egress. Allocated here from the view, nothing written anywhere (docs/architecture.md)."""
+        s = self.settings
+        if not s.gateway.ca_dir:
+            return None
+        ranges = s.kubernetes.endpoint_ranges if s.kubernetes.enabled else s.vm.endpoint_ranges if (
+            self._vips_here()) else ()
+        if not ranges:
+            return None
+        book, mesh = EndpointAllocator(ranges, s.site.name, s.site.network), self.mesh
+        return Derived(lambda: book.update(mesh.get()), mesh, name="endpoint addresses")
 
     def _vips_here(self) -> bool:
         return self.settings.site.kind == "vm" and bool(self.settings.vm.vip_interface)
@@ -305,6 +382,12 @@ def _merged(static: tuple[ServiceExport, ...], kubernetes: tuple[ServiceExport, 
     merged.set("static", static)
     merged.set("kubernetes", kubernetes)
     return merged.merged()
+
+
+def served_ranges(ranges: tuple[str, ...], capture: EgressCapture | None) -> tuple[str, ...]:
+    """The VIP ranges of the families this site serves: IPv4 always, IPv6 where the capture listener takes it."""
+    ipv6 = capture is not None and capture.active and capture.ipv6
+    return tuple(r for r in ranges if ipv6 or ipaddress.ip_network(r, strict=False).version == 4)
 
 
 def served_addresses(mesh: Readable[MeshView], capture: EgressCapture | None) -> Derived[VipTable]:

@@ -150,7 +150,7 @@ def format_status(status: Mapping[str, Any]) -> str:
     state = "STALE" if reg["stale"] else ("synced" if reg["synced"] else "syncing")
     warnings = [c["warning"] for c in status.get("certificates", []) if c.get("warning")]
     held = status["registry"].get("heldBy")
-    lines = [f"WARNING: {w}" for w in warnings]
+    lines = [f"WARNING: {w}" for w in [*warnings, *status.get("warnings", [])]]
     if held:
         lines.append(f"WARNING: another agent holds this site ({held}): this one writes nothing until it goes")
     lines += [

@@ -17,13 +17,17 @@ from prometheus_client import CollectorRegistry, Gauge
 
 from federation.agent.admin import AdminServer
 from federation.agent.dataplane import DataPlane
+from federation.agent.explaining import explain_document
+from federation.agent.gateways import gateways_document, status_warnings
 from federation.agent.identity import Identity
+from federation.agent.policysigning import kubernetes_policies
 from federation.agent.reloading import Reloader
 from federation.agent.reporting import registry_report
 from federation.agent.selection import EVERYTHING, Selection
 from federation.agent.settings import ADMIN_ADDR_FILE, AgentSettings
 from federation.agent.status import agent_status
 from federation.agent.topology import topology
+from federation.agent.verifying import verify_document
 from federation.core.imports import EVERYTHING as IMPORT_EVERYTHING
 from federation.core.imports import import_filter
 from federation.core.keys import Keys
@@ -36,6 +40,7 @@ from federation.registry.etcd import EtcdClient
 from federation.registry.heartbeat import HeartbeatWriter, LagMeter
 from federation.registry.link import Links
 from federation.registry.mirror import Mirror, RegistryMetrics
+from federation.registry.policies import PolicyMetrics, PolicyReader
 from federation.registry.publisher import Publisher
 from federation.registry.snapshot import RawListing, SnapshotFile
 from federation.runtime.files import write_private
@@ -80,6 +85,8 @@ class Agent:
         self.plane: DataPlane | None = None
         self.identity: Identity | None = None
         self.access: AccessReader | None = None
+        self.traffic: PolicyReader | None = None
+        """The traffic policies in force, live from the registry (the egress enforces them)."""
         self.admin_address: tuple[str, int] | None = None
         self.lag = LagMeter(self.metrics)
         """How far behind this agent sees each site (the heartbeats its watch delivers)."""
@@ -113,18 +120,23 @@ class Agent:
 
     def status(self, selection: Selection = EVERYTHING) -> dict[str, Any]:
         """What `meshfed status` prints (the admin endpoint's /status)."""
-        doc = agent_status(self.settings, self.mirror, self.publisher, self.plane,
+        out = agent_status(self.settings, self.mirror, self.publisher, self.plane,
                            self.etcd.endpoint if self.etcd is not None else None, self.links,
                            self.reloader.describe(), self.identity, selection)
+        sites = self.keys.sites()
+        out["warnings"] = status_warnings(
+            self.plane.prober if self.plane is not None else None,
+            self.mirror.catalog.rejected if self.mirror is not None else {},
+            lambda k: k.startswith(sites) and "/" not in k[len(sites):], (self.files.used, self.files.limit))
         if self.mirror is not None:
             self.lag.prune(self.mirror.mesh.get().sites)
         lag = self.lag.report()
-        doc["registry"]["lag"] = {k: v for k, v in lag.items() if selection.site in (None, k)}
+        out["registry"]["lag"] = {k: v for k, v in lag.items() if selection.site in (None, k)}
         if self.mirror is not None:
             egress = self.plane.egress if self.plane is not None else None
-            doc["topology"] = topology(self.mirror.mesh.get(), self.settings.site.name,
+            out["topology"] = topology(self.mirror.mesh.get(), self.settings.site.name,
                                        egress.unreachable.get() if egress is not None else frozenset(), lag, selection)
-        return doc
+        return out
 
     async def _run(self, endpoints: tuple[str, ...], stop: asyncio.Event) -> None:
         s = self.settings
@@ -151,12 +163,18 @@ class Agent:
             verify=verifier.mesh_policy if verifier is not None else None,
             protect_deletes=s.registry.signatures is Mode.REQUIRE,
         )  # fmt: skip
+        # Deletes are not protected: traffic policies have no signed tombstone, and a deleted one leaves the
+        # service routed as without policies (an attacker gains nothing an access policy would have refused).
+        traffic = self.traffic = PolicyReader(
+            client("traffic-policies"), self.keys, verify=verifier.mesh_policy if verifier is not None else None)
+        self.metrics.register(PolicyMetrics(traffic))
         # What may delete or release (VIP allocation) waits for a live listing, never acts on a restored one.
         before = MeshView.before_sync()
         live = Derived(lambda: mirror.mesh.get() if mirror.live.get() else before, mirror.mesh, mirror.live,
                        name="live mesh view")
         plane = self.plane = DataPlane(s, mirror.mesh, self.metrics, client("vip-allocator"), identity, access.state,
-                                       allocator_mesh=live, config=self.config)
+                                       allocator_mesh=live, config=self.config, policies=traffic.policies,
+                                       policy_writer=kubernetes_policies(s, lambda: client("policy-sync"), verifier))
         admin = AdminServer(s.admin.address, s.admin.port, self.metrics)
         try:
             await plane.start()
@@ -181,6 +199,12 @@ class Agent:
                 revoked=verifier.revocations.get().sites if verifier is not None else None, selection=selection,
             ))  # fmt: skip
             admin.add_document("/status", self.status)
+            admin.add_document("/gateways", lambda selection: gateways_document(
+                s.site.name, plane.prober, selection, self.config.get().gateway.probe_interval))
+            admin.add_document("/verify", lambda selection: verify_document(
+                s.site.name, mirror, self.keys, plane, identity, self.files, selection))
+            admin.add_query_document("/explain", lambda query: explain_document(
+                s.site.name, s.dns.zone, mirror.mesh.get(), plane, query))
             self.admin_address = await admin.start()
             write_private(s.state_dir / ADMIN_ADDR_FILE, "{}:{}\n".format(*self.admin_address).encode())
             async with asyncio.TaskGroup() as tg:
@@ -193,6 +217,7 @@ class Agent:
                     spawn("registry-snapshot", snapshot.run())
                 spawn("open-files", self.files.run())
                 spawn("access-policies", access.run())
+                spawn("traffic-policies", traffic.run())
                 spawn("registry-publisher", after(plane.exports_ready(), publisher.run()))
                 if s.registry.heartbeat_interval:
                     spawn("registry-heartbeat", HeartbeatWriter(

@@ -49,6 +49,7 @@ from federation.runtime.files import TlsFiles
 from federation.sources.kubernetes.settings import KubernetesSettings
 from federation.sources.vm.settings import VmSettings
 from gateway.accesslog import AccessLogSettings
+from gateway.ingress import IngressSettings
 from gateway.settings import GatewaySettings
 
 
@@ -188,6 +189,9 @@ class AgentSettings:
     """Off unless enabled (sites of kind kubernetes)."""
     access_log: AccessLogSettings = AccessLogSettings()
     """Off: one JSON line per relayed connection costs a busy gateway; set `path` (a file or `-`) to turn it on."""
+    ingress: tuple[IngressSettings, ...] = ()
+    """Listeners for clients outside the mesh (global ingress), each to a service or by TLS server name;
+    none by default: opening a port to the outside is the operator's choice."""
     source: str = "<defaults>"
     """The file these settings came from, for messages (not a key of the file)."""
 
@@ -197,6 +201,11 @@ class AgentSettings:
 
     def validate(self) -> None:
         """Checks between sections."""
+        if self.ingress and not self.gateway.ca_dir:
+            raise Invalid("ingress", "ingress clients are routed by the egress, which needs gateway.ca_dir")
+        listens = [i.listen for i in self.ingress]
+        if len(set(listens)) != len(listens):
+            raise Invalid("ingress", "two listeners on the same address and port")
         if self.kubernetes.enabled and self.site.kind != "kubernetes":
             raise Invalid("kubernetes.enabled", f"site {self.site.name} is of kind {self.site.kind}, not kubernetes")
         if self.registry.signatures is Mode.REQUIRE and not self.gateway.ca_dir:

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 
 import federation
-from federation.cli import agent, ca, demo, etcd, join, policy, registry, resolve, site, vm
+from federation.cli import agent, ca, demo, etcd, explain, gateways, join, policy, registry, resolve, site, verify, vm
 from federation.cli.logsetup import configure_logging
 
 Handler = Callable[[argparse.Namespace], int]
 
-COMMAND_GROUPS = (agent, registry, policy, site, resolve, ca, join, etcd, vm, demo)
+COMMAND_GROUPS = (agent, gateways, verify, explain, registry, policy, site, resolve, ca, join, etcd, vm, demo)
 """Each has `add_commands(sub)`, which sets a `handler=` default on its parsers; help lists them in this order."""
 
 
@@ -38,7 +39,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     configure_logging(args.log_level, args.log_format)
-    return handler(args)
+    try:
+        return handler(args)
+    except BrokenPipeError:  # `meshfed ... | head`: the reader has what it wanted, so no traceback
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # the interpreter's final flush must not fail again
+        return 141  # what a shell reports for a command ended by SIGPIPE (128 + 13)
 
 
 def version_text() -> str:

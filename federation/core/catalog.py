@@ -91,6 +91,7 @@ class Catalog:
         self._resolved: immutables.Map[ServiceId, FederatedService] = immutables.Map()
         self._vips: immutables.Map[ServiceId, Allocation] = immutables.Map()
         self._claims: immutables.Map[str, Claim] = immutables.Map()
+        self._refused_vips: immutables.Map[str, int] = immutables.Map()
         self._by_service: dict[ServiceId, set[ExportId]] = {}
         self._by_site: dict[str, set[ExportId]] = {}
         self._rejected: dict[str, str] = {}
@@ -127,6 +128,7 @@ class Catalog:
         if not known:
             return out
         self._rejected.pop(key, None)
+        self._refuse_vip(key, None)
         self._remove(key, out)
         return out
 
@@ -169,6 +171,10 @@ class Catalog:
             yield out
         self.revision = revision
 
+    def revision_of(self, key: str) -> int:
+        """The etcd revision of the value last put at `key`, accepted or refused (0: unknown)."""
+        return self._revs.get(key, 0)
+
     def forget(self, keys: Iterable[str] | None = None) -> None:
         """Forget at which revision `keys` (default: every key) were applied, so that the next put or listing
         decodes and verifies them again (the roots or revocations they were verified against changed)."""
@@ -205,6 +211,7 @@ class Catalog:
         self._view = MeshView(
             sites=self._sites, exports=self._exports, revision=self.revision, generation=self._generation,
             resolved=self._resolved, history=self._log, vips=self._vips, claims=self._claims,
+            refused_vips=self._refused_vips,
         )  # fmt: skip
         return self._view
 
@@ -248,12 +255,15 @@ class Catalog:
                 out.beat = decode_heartbeat(parsed, value)
                 self._rejected.pop(key, None)
                 return
-            if isinstance(parsed, VipKey):
-                self._put_vip(parsed, decode_allocation(value, self._revs.get(key, 0)), key)
-                out.changed = True
-                return
-            if isinstance(parsed, ClaimKey):
-                self._put_claim(parsed, decode_claim(value, self._revs.get(key, 0)), key)
+            if isinstance(parsed, VipKey | ClaimKey):
+                self._refuse_vip(key, self._revs.get(key, 0) or None)
+                if self._check is not None:
+                    self._check(key, parsed, value)
+                if isinstance(parsed, VipKey):
+                    self._put_vip(parsed, decode_allocation(value, self._revs.get(key, 0)), key)
+                else:
+                    self._put_claim(parsed, decode_claim(value, self._revs.get(key, 0)), key)
+                self._refuse_vip(key, None)
                 out.changed = True
                 return
             if not isinstance(parsed, ServiceKey):
@@ -269,6 +279,15 @@ class Catalog:
             out.rejected.append(Rejected(key, str(exc)))
             # The key no longer holds a valid record: a fresh reader would not see one either.
             self._remove(key, out)
+
+    def _refuse_vip(self, key: str, revision: int | None) -> None:
+        """Note (a revision) or clear (None) a refused record at a `mesh/vips/` key."""
+        if revision is not None:
+            self._refused_vips = self._refused_vips.set(key, revision)
+            self._claims_changed = True
+        elif key in self._refused_vips:
+            self._refused_vips = self._refused_vips.delete(key)
+            self._claims_changed = True
 
     def _put_site(self, site: Site, key: str, out: Outcome) -> None:
         self._rejected.pop(key, None)

@@ -8,7 +8,7 @@ access can neither roll the mesh back to an old root nor lift a revocation by de
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,19 +55,27 @@ class Revoked:
 
 @dataclass(frozen=True, slots=True)
 class Revocations:
-    """The sites the operator has cut off: readers drop their records, gateways refuse their certificates."""
+    """The sites the operator has cut off: readers drop their records, gateways refuse their certificates; and the
+    operator keys revoked: nothing they sign is taken any more."""
 
     sites: Mapping[str, Revoked] = field(default_factory=dict)
     sequence: int = 0
+    operators: Mapping[str, Revoked] = field(default_factory=dict)
+    """Key id (as signatures name it) -> why and when it was revoked."""
 
     def revoke(self, site: str, reason: str, at: float) -> Revocations:
         """The list with `site` revoked (a new sequence)."""
         check_label("site", site)
-        return Revocations({**self.sites, site: Revoked(reason, at)}, self.sequence + 1)
+        return Revocations({**self.sites, site: Revoked(reason, at)}, self.sequence + 1, self.operators)
 
     def restore(self, site: str) -> Revocations:
         """The list with `site` no longer revoked (a new sequence)."""
-        return Revocations({k: v for k, v in self.sites.items() if k != site}, self.sequence + 1)
+        return Revocations({k: v for k, v in self.sites.items() if k != site}, self.sequence + 1, self.operators)
+
+    def revoke_operator(self, kid: str, reason: str, at: float) -> Revocations:
+        """The list with the operator key `kid` revoked (a new sequence); it cannot be restored."""
+        _check_kid(kid)
+        return Revocations(self.sites, self.sequence + 1, {**self.operators, kid: Revoked(reason, at)})
 
 
 def trust_body(doc: TrustDocument) -> dict[str, Any]:
@@ -92,8 +100,11 @@ def decode_trust(data: bytes) -> TrustDocument:
 
 def revocations_body(doc: Revocations, signer_pem: str) -> dict[str, Any]:
     """The record of a revocation list (to be signed by the operator whose certificate is `signer_pem`)."""
-    return {"schema": SCHEMA, "kind": REVOCATIONS_KIND, "sequence": doc.sequence, "signer": signer_pem,
+    body = {"schema": SCHEMA, "kind": REVOCATIONS_KIND, "sequence": doc.sequence, "signer": signer_pem,
             "sites": {k: {"reason": v.reason, "at": v.at} for k, v in sorted(doc.sites.items())}}
+    if doc.operators:  # absent when empty: the list reads the same to agents that know no operator revocations
+        body["operators"] = {k: {"reason": v.reason, "at": v.at} for k, v in sorted(doc.operators.items())}
+    return body
 
 
 def decode_revocations(data: bytes) -> Revocations:
@@ -102,16 +113,29 @@ def decode_revocations(data: bytes) -> Revocations:
     raw = obj.get("sites")
     if not isinstance(raw, dict) or len(raw) > MAX_REVOKED:
         raise RecordError(f"sites is not a mapping of at most {MAX_REVOKED} sites")
-    sites: dict[str, Revoked] = {}
+    ops = obj.get("operators", {})
+    if not isinstance(ops, dict) or len(ops) > MAX_REVOKED:
+        raise RecordError(f"operators is not a mapping of at most {MAX_REVOKED} key ids")
+    return Revocations(_entries("sites", raw, lambda name: check_label("sites", name)), _sequence(obj),
+                       _entries("operators", ops, _check_kid))
+
+
+def _entries(field_: str, raw: dict[str, Any], check: Callable[[str], None]) -> dict[str, Revoked]:
+    out: dict[str, Revoked] = {}
     for name, entry in raw.items():
-        check_label("sites", name)
+        check(name)
         if not isinstance(entry, dict):
-            raise RecordError(f"sites.{name} is not an object")
+            raise RecordError(f"{field_}.{name} is not an object")
         reason, at = entry.get("reason", ""), entry.get("at", 0)
         if not isinstance(reason, str) or not isinstance(at, int | float) or isinstance(at, bool):
-            raise RecordError(f"sites.{name}: reason must be a string and at a number")
-        sites[name] = Revoked(reason[:200], float(at))
-    return Revocations(sites, _sequence(obj))
+            raise RecordError(f"{field_}.{name}: reason must be a string and at a number")
+        out[name] = Revoked(reason[:200], float(at))
+    return out
+
+
+def _check_kid(kid: object) -> None:
+    if not isinstance(kid, str) or len(kid) != 32 or any(c not in "0123456789abcdef" for c in kid):
+        raise RecordError(f"operator key id {kid!r} is not 32 lowercase hex digits")
 
 
 def _sequence(obj: dict[str, Any]) -> int:

@@ -168,6 +168,15 @@ def ip_address(value: str) -> str | None:
     return None
 
 
+def ip_network(value: str) -> str | None:
+    """An IPv4 or IPv6 network of at least four addresses (`10.0.0.0/24`)."""
+    try:
+        net = ipaddress.ip_network(value)
+    except ValueError as exc:
+        return f"{value!r} is not a network ({exc})"
+    return f"{value!r} is too small" if net.num_addresses < 4 else None
+
+
 def optional_ip(value: str) -> str | None:
     """Empty, or an IP address."""
     return ip_address(value) if value else None

@@ -273,6 +273,9 @@ class MeshView:
     vips: Mapping[ServiceId, Allocation] = field(default_factory=dict, compare=False, repr=False)
     """The mesh-wide VIP allocation of each ClusterSetIP service."""
     claims: Mapping[str, Claim] = field(default_factory=dict, compare=False, repr=False)
+    refused_vips: Mapping[str, int] = field(default_factory=dict, compare=False, repr=False)
+    """`mesh/vips/` keys holding a record this reader refuses (forged, unsigned...), with its etcd revision:
+    the allocator replaces them, compare-and-swap, as it would create an absent one."""
     """Every claimed VIP address, with the service it is claimed for."""
     _memo: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
     """Results computed once per snapshot (the snapshot never changes, so they stay right)."""

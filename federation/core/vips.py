@@ -32,6 +32,8 @@ class Allocation:
     unused_since: float | None = None
     revision: int = field(default=0, compare=False)
     """The etcd revision the record was read at (for compare-and-swap); 0 when not read from etcd."""
+    signed: tuple[str, int] | None = field(default=None, compare=False)
+    """(key id, signed-at ms) of the signature the stored record carries; None when unsigned."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +45,8 @@ class Claim:
     claimed_at: float
     revision: int = field(default=0, compare=False)
     """The etcd revision the record was read at (for compare-and-swap)."""
+    signed: tuple[str, int] | None = field(default=None, compare=False)
+    """(key id, signed-at ms) of the signature the stored record carries; None when unsigned."""
 
 
 def encode_allocation(a: Allocation) -> bytes:
@@ -69,7 +73,7 @@ def decode_allocation(data: bytes, revision: int = 0) -> Allocation:
     if unused is not None and (not isinstance(unused, int | float) or isinstance(unused, bool)):
         raise RecordError("unusedSince is not a number or null")
     return Allocation((_s(obj, "namespace"), _s(obj, "name")), tuple(addrs),
-                      None if unused is None else float(unused), revision)
+                      None if unused is None else float(unused), revision, _signed(obj))
 
 
 def decode_claim(data: bytes, revision: int = 0) -> Claim:
@@ -80,7 +84,7 @@ def decode_claim(data: bytes, revision: int = 0) -> Claim:
         raise RecordError("claimedAt is not a number")
     address = _s(obj, "address")
     check_ip("address", address)
-    return Claim(address, (_s(obj, "namespace"), _s(obj, "name")), float(at), revision)
+    return Claim(address, (_s(obj, "namespace"), _s(obj, "name")), float(at), revision, _signed(obj))
 
 
 class VipAddresses(Mapping[ServiceId, tuple[str, ...]]):
@@ -120,6 +124,15 @@ class VipAddresses(Mapping[ServiceId, tuple[str, ...]]):
 def family_of(address: str) -> int:
     """4 or 6."""
     return ipaddress.ip_address(address).version
+
+
+def _signed(obj: dict[str, Any]) -> tuple[str, int] | None:
+    """The key id and time of the record's signature (verified by the reader's check, not here)."""
+    sig = obj.get("sig")
+    if not isinstance(sig, dict):
+        return None
+    kid, at = sig.get("kid"), sig.get("at")
+    return (kid, at) if isinstance(kid, str) and isinstance(at, int) and not isinstance(at, bool) else None
 
 
 def _s(obj: dict[str, Any], name: str) -> str:

@@ -163,7 +163,14 @@ def _show(demo: Demo, say: Any) -> int:
 
     say("== 2. the same federated name, asked in each site (VM sites answer the mesh-wide VIP; the Kubernetes\n"
         "      site east answers the ClusterIP of the Service meshfed derived for the import)\n")
-    for site in demo.sites:
+    for site, where in demo.sites.items():
+        if not demo.netns and not where.kubernetes:  # no VIP interface on loopback: nothing here serves a VIP
+            res = demo.resolve(site, f"web.shop.svc.{ZONE}")
+            answer = _indent(res.stdout.strip() or "(no address)", 6)
+            say(f"  [{site}] $ meshfed resolve web.shop.svc.{ZONE}\n{answer}\n"
+                f"      (loopback mode: no VIP interface here, so DNS answers no address; clients use the\n"
+                f"       egress listener {demo.url(site, 'web')})\n")
+            continue
         # Answers follow the registry within moments (on Kubernetes, once the derived Service has its IP).
         demo.wait_for(lambda site=site: " A " in demo.resolve(site, f"web.shop.svc.{ZONE}").stdout, 15,
                       f"an answer in {site}")

@@ -51,6 +51,12 @@ class Answerer:
             query = dns.message.from_wire(wire)
         except dns.message.ShortHeader:
             return None
+        except dns.message.UnknownTSIGKey:
+            # A TSIG-signed query: this server holds no keys, so the key is unknown to it. RFC 8945 5.2: NOTAUTH
+            # (unsigned, as it cannot sign), not FORMERR, so the client knows it is the key and not its bytes.
+            if (wire[2] >> 3) & 0xF != dns.opcode.QUERY:
+                return header_only(wire, dns.rcode.NOTIMP)
+            return header_only(wire, dns.rcode.NOTAUTH)
         except Exception:  # any decode failure of remote bytes: FORMERR (RFC 1035 4.1.1) ...
             # ... unless the header asks for an opcode we do not implement: NOTIMP whatever follows,
             # e.g. a TSIG-signed UPDATE (nsupdate -k), which dnspython cannot parse without the key.

@@ -18,6 +18,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client.core import CounterMetricFamily, Metric
 
+from federation.core.endpoints import EndpointAddresses
 from federation.core.ratelimit import LogLimiter
 from federation.core.view import MeshView, VipTable
 from federation.dns.answering import Answerer, Forward
@@ -52,12 +53,15 @@ class DnsServer:
         last_resort: Readable[frozenset[str]] | None = None,
         registry: CollectorRegistry | None = None,
         live: Readable[DnsSettings] | None = None,
+        endpoints: Readable[EndpointAddresses] | None = None,
     ) -> None:
         self.settings = settings
         self._live = live
         """Settings to follow (a reload): TTL, forwarding, upstreams and site pinning apply to the next answer."""
         self._local_site = local_site
         self._inputs = (mesh, vips, last_resort)
+        self._endpoints = endpoints
+        """This site's addresses for headless endpoints of other networks (None: their own are answered)."""
         self._configure(settings)
         self.zone: Zone | None = None
         self._forwarder: Forwarder | None = None
@@ -183,7 +187,7 @@ class DnsServer:
         mesh, vips, last_resort = self._inputs
         if mesh is None:
             raise ValueError("DnsServer.run needs the mesh view holder")
-        held = [h for h in (*self._inputs, self._live) if h is not None]
+        held = [h for h in (*self._inputs, self._live, self._endpoints) if h is not None]
         async for _ in follow(*held):
             if self._live is not None and self._live.get() is not self.settings:
                 self._reconfigure(self._live.get())
@@ -201,14 +205,16 @@ class DnsServer:
         services for the moment of a build), and the fast path forgets what the build changed once it is done.
         """
         started = time.perf_counter()
-        zone = await asyncio.to_thread(self._builder.build, view, stale_sites, vips)
+        endpoints = self._endpoints.get() if self._endpoints is not None else None
+        zone = await asyncio.to_thread(self._builder.build, view, stale_sites, vips, endpoints)
         self._installed(zone, started)
 
     def update(self, view: MeshView, stale_sites: frozenset[str] = frozenset(), vips: VipTable | None = None) -> None:
         """Answer from `view` from now on; `stale_sites` (stale records or gateways down) are used last;
         `vips` gives the address of each ClusterSetIP service."""
         started = time.perf_counter()
-        self._installed(self._builder.build(view, stale_sites, vips or {}), started)
+        endpoints = self._endpoints.get() if self._endpoints is not None else None
+        self._installed(self._builder.build(view, stale_sites, vips or {}, endpoints), started)
 
     def _installed(self, zone: Zone, started: float) -> None:
         self.fast.update(zone)

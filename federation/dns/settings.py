@@ -74,6 +74,9 @@ class DnsSettings:
     """Class E space and a ULA (RFC 4193) prefix that no site network routes; one IPv4 and one IPv6 range."""
     vip_grace: float = setting(600.0, positive=True)
     """Ten minutes: a site that restarts or briefly unexports keeps its clients' cached VIP."""
+    answer_unserved_vips: bool = False
+    """Off: a VM site whose VIPs are off (`vm.vip_interface: ""`) answers no ClusterSetIP address, since nothing
+    there serves it; on only for a resolver whose clients reach the VIPs elsewhere (and for tests)."""
     workers: int = setting(1, lo=1, hi=64)
     """UDP sockets sharing the port with SO_REUSEPORT; one event loop gains little from more."""
     max_udp_payload: int = setting(1232, lo=512, hi=4096)

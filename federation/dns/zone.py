@@ -13,6 +13,7 @@ from typing import NamedTuple
 
 import dns.name
 
+from federation.core.endpoints import EndpointAddresses, RemoteEndpoint, hostname_of
 from federation.core.records import Endpoint, ServiceExport, ServiceType, Site
 from federation.core.view import FederatedService, MeshView, ServiceId, VipTable
 from federation.core.vips import VipAddresses
@@ -41,6 +42,8 @@ __all__ = ["AAAA", "DNS_VERSION", "IN", "NS", "PTR", "SOA", "SRV", "TXT", "A", "
            "ZoneBuilder", "labels_of", "name_of", "reverse_labels"]
 
 _EMPTY = Node()
+Remote = tuple[tuple[RemoteEndpoint, ...], frozenset[str]] | None
+"""A headless service's remote endpoints with their addresses here, and its sites on other networks (None: off)."""
 
 # ---------------------------------------------------------------- building a zone
 
@@ -48,7 +51,7 @@ _EMPTY = Node()
 class _Part(NamedTuple):
     """One service's share of the zone, and what it was built from."""
 
-    fingerprint: tuple[FederatedService, tuple[Site | None, ...], frozenset[str], tuple[str, ...], Site | None]
+    fingerprint: tuple[FederatedService, tuple[Site | None, ...], frozenset[str], tuple[str, ...], Site | None, Remote]
     nodes: Mapping[Labels, Node]
     ents: tuple[Labels, ...]
 
@@ -68,7 +71,7 @@ class ZoneBuilder:
         self.local_site = local_site
         self.ttl = ttl
         self.site_pinning = site_pinning
-        self._hosts: dict[ServiceId, dict[str, tuple[ServiceExport, dict[int, tuple[Labels, Node]]]]] = {}
+        self._hosts: dict[ServiceId, dict[str, tuple[ServiceExport, object, dict[int, tuple[Labels, Node]]]]] = {}
         """Headless services: each export's host names and nodes, while the export is the same object."""
         self._here: Site | None = None
         """This site as the answers see it: name, network and locality only (the last the registry showed)."""
@@ -83,7 +86,7 @@ class ZoneBuilder:
         self._moved: set[ServiceId] = set()
         """Services a shared name moved to or from in this build (the fast path encodes them again)."""
         self._site_services: dict[str, set[ServiceId]] = {}
-        self._built: tuple[MeshView, frozenset[str], VipTable, Site | None] | None = None
+        self._built: tuple[MeshView, frozenset[str], VipTable, Site | None, EndpointAddresses | None] | None = None
         self._nodes_view = MappingProxyType(self._nodes)
         self._parts_view = MappingProxyType(self._part_nodes)
         self._owners_view = MappingProxyType(self._owner)
@@ -96,8 +99,13 @@ class ZoneBuilder:
         self._nodes[self.apex] = Node(soa=True, ns=(ns,), glue=(ns,))
         self._nodes[ns] = Node(a=a, aaaa=aaaa)
 
-    def build(self, view: MeshView, stale_sites: frozenset[str], vips: VipTable) -> Zone:
+    def build(self, view: MeshView, stale_sites: frozenset[str], vips: VipTable,
+              endpoints: EndpointAddresses | None = None) -> Zone:
         """The zone for `view`; `stale_sites` are left out wherever another site has ready endpoints.
+
+        With `endpoints` (this site's addresses for headless endpoints of other networks) those endpoints
+        are answered at their address here, and one without an address is left out; without, every
+        headless endpoint is answered at its own addresses.
 
         Only the services that can have changed since the last build are looked at: those the view says
         changed, those of sites whose staleness flipped, those whose VIPs changed. A build after a
@@ -111,7 +119,7 @@ class ZoneBuilder:
         # briefly gone (a lease that expired under load) or rewritten (new gateways): no full rebuild then.
         local = self._here
         services = view.services()
-        todo = self._todo(view, stale_sites, vips, local)
+        todo = self._todo(view, stale_sites, vips, local, endpoints)
         full = todo is None
         if todo is None:
             todo = set(services) | set(self._parts)
@@ -130,10 +138,12 @@ class ZoneBuilder:
             if stale and not _staleness_matters(exports, stale):
                 stale = frozenset()
             addrs = vips.get(key, ()) if svc.type is ServiceType.CLUSTER_SET_IP else ()
-            fingerprint = (svc, tuple(view.sites.get(e.site) for e in exports), stale, addrs, local)
+            remote = None if endpoints is None or svc.type is not ServiceType.HEADLESS else (
+                endpoints.get(key, ()), endpoints.far(key))
+            fingerprint = (svc, tuple(view.sites.get(e.site) for e in exports), stale, addrs, local, remote)
             if old is not None and old.fingerprint == fingerprint:
                 continue
-            nodes = self._service(svc, view.sites, stale_sites, addrs, local)
+            nodes = self._service(svc, view.sites, stale_sites, addrs, local, remote)
             new = _Part(fingerprint, nodes, self._ents(nodes))
             if old is not None:
                 self._remove(key, old)
@@ -143,18 +153,21 @@ class ZoneBuilder:
             self._part_nodes[key] = nodes
             for e in exports:
                 self._site_services.setdefault(e.site, set()).add(key)
-        self._built = (view, stale_sites, vips, local)
+        self._built = (view, stale_sites, vips, local, endpoints)
         moved, self._moved = frozenset(self._moved), set()
         changed = None if full else frozenset(todo) | moved
         return Zone(self.origin, self.ttl, view.revision % 2**32, self._nodes_view, self._parts_view, changed, moved,
                     self._owners_view)
 
-    def _todo(self, view: MeshView, stale: frozenset[str], vips: VipTable, local: Site | None) -> set[ServiceId] | None:
+    def _todo(self, view: MeshView, stale: frozenset[str], vips: VipTable, local: Site | None,
+              endpoints: EndpointAddresses | None) -> set[ServiceId] | None:
         """The services that can have changed since the last build; None: all of them."""
         if self._built is None:
             return None
-        before, stale_before, vips_before, local_before = self._built
+        before, stale_before, vips_before, local_before, endpoints_before = self._built
         if local != local_before or view.history is None or view.history is not before.history:
+            return None
+        if (endpoints is None) != (endpoints_before is None):
             return None
         changes = view.changes_since(before.generation)
         if changes is None:
@@ -164,6 +177,10 @@ class ZoneBuilder:
             todo |= self._site_services.get(site, set())
         if vips is not vips_before and not (_of_view(vips, view) and _of_view(vips_before, before)):
             todo |= {k for k in vips.keys() | vips_before.keys() if vips.get(k) != vips_before.get(k)}
+        if endpoints is not None and endpoints_before is not None and endpoints is not endpoints_before:
+            moved = endpoints.changes_since(endpoints_before)  # else: per service, the same tuple while unchanged
+            todo |= moved if moved is not None else {k for k in endpoints.keys() | endpoints_before.keys()
+                                                     if endpoints.get(k) is not endpoints_before.get(k)}
         return todo
 
     def _forget(self, key: ServiceId, part: _Part) -> None:
@@ -244,6 +261,7 @@ class ZoneBuilder:
         stale: frozenset[str],
         vips: tuple[str, ...],
         local: Site | None,
+        remote: Remote = None,
     ) -> Mapping[Labels, Node]:
         ns, name = svc.namespace, svc.name
         base = self._name(name, ns, "svc")
@@ -263,15 +281,20 @@ class ZoneBuilder:
             if not ordered:
                 return nodes  # no ready endpoint: the name does not exist (KEP-1645: NXDOMAIN)
             targets: list[tuple[ServiceExport, Endpoint, Labels]] = []
-            hosts_of = self._hosts_of(svc)
+            hosts_of = self._hosts_of(svc, remote)
             v4: dict[bytes, None] = {}
             v6: dict[bytes, None] = {}
             for export, ep in ordered:
-                host, node = hosts_of[export.site][id(ep)]
+                hit = hosts_of[export.site].get(id(ep))
+                if hit is None:
+                    continue  # another network's endpoint without an address here: never an unroutable one
+                host, node = hit
                 nodes[host] = node
                 targets.append((export, ep, host))
                 v4.update(dict.fromkeys(node.a))
                 v6.update(dict.fromkeys(node.aaaa))
+            if not targets:
+                return {}
             a, aaaa = tuple(v4), tuple(v6)
             hosts = tuple(host for _, _, host in targets)
             # One SRV per ready endpoint and port (identical records collapse, as in any RRset).
@@ -297,24 +320,37 @@ class ZoneBuilder:
                     nodes[self._name(export.site, name, ns, "svc")] = Node(a=a, aaaa=aaaa)
         return nodes
 
-    def _hosts_of(self, svc: FederatedService) -> dict[str, dict[int, tuple[Labels, Node]]]:
+    def _hosts_of(self, svc: FederatedService, remote: Remote) -> dict[str, dict[int, tuple[Labels, Node]]]:
         """Site -> (id of each endpoint -> its host name and node), kept per export while the export is the
-        same object: one endpoint change rebuilds the names of its own export, not of the service's."""
+        same object: one endpoint change rebuilds the names of its own export, not of the service's.
+
+        With `remote` (the endpoint table's entry: addresses here, and the sites on other networks), an
+        endpoint of such a site is named at its address here, and one without an address is left out."""
         key = (svc.namespace, svc.name)
         old = self._hosts.get(key, {})
-        new: dict[str, tuple[ServiceExport, dict[int, tuple[Labels, Node]]]] = {}
+        new: dict[str, tuple[ServiceExport, object, dict[int, tuple[Labels, Node]]]] = {}
+        here: dict[str, dict[str, str]] = {}
+        for r in remote[0] if remote is not None else ():
+            here.setdefault(r.site, {})[r.hostname] = r.address
         for export in svc.exports:
+            far = remote is not None and export.site in remote[1]
+            mine = here.get(export.site) if far else None
+            tag = (far, tuple(sorted(mine.items())) if mine else ())
             hit = old.get(export.site)
-            if hit is None or hit[0] is not export:
+            if hit is None or hit[0] is not export or hit[1] != tag:
                 made: dict[int, tuple[Labels, Node]] = {}
                 for ep in export.endpoints:
-                    a, aaaa = pack(ep.addresses)
-                    made[id(ep)] = (self._name(_hostname(ep), export.site, svc.name, svc.namespace, "svc"),
+                    label = hostname_of(ep)
+                    addresses = ep.addresses if not far else ((mine or {})[label],) if label in (mine or {}) else ()
+                    if not addresses:
+                        continue
+                    a, aaaa = pack(addresses)
+                    made[id(ep)] = (self._name(label, export.site, svc.name, svc.namespace, "svc"),
                                     Node(a=a, aaaa=aaaa))
-                hit = (export, made)
+                hit = (export, tag, made)
             new[export.site] = hit
         self._hosts[key] = new
-        return {site: made for site, (_, made) in new.items()}
+        return {site: made for site, (_, _, made) in new.items()}
 
     def _order(
         self,
@@ -361,9 +397,3 @@ def _staleness_matters(exports: tuple[ServiceExport, ...], stale: frozenset[str]
         return False
     return any(ep.ready for e in exports if e.site not in stale for ep in e.endpoints)
 
-
-def _hostname(ep: Endpoint) -> str:
-    """The endpoint's hostname, else its first address with dashes (as CoreDNS names unnamed endpoints)."""
-    if ep.hostname:
-        return ep.hostname
-    return ep.addresses[0].replace(".", "-").replace(":", "-")

@@ -41,6 +41,7 @@ from federation.pki.signing import (
     verify_site_signer,
 )
 from federation.pki.verifying import TrustBundle
+from federation.pki.viprecords import Entry, VipRecords
 from federation.runtime.values import Value
 
 Clock = Callable[[], dt.datetime]
@@ -87,6 +88,7 @@ class RecordVerifier:
         self._pending: dict[str, dict[str, tuple[bytes, int]]] = {}
         self._pending_count = 0
         self._chains: dict[tuple[str, str, int], tuple[str, x509.Certificate, dt.datetime] | str] = {}
+        self._vips = VipRecords()
         self.rejected = 0
 
     # -- what the catalog calls
@@ -99,7 +101,8 @@ class RecordVerifier:
     def _check(self, key: str, parsed: object, value: bytes) -> None:
         site = getattr(parsed, "site", None)
         if site is None:
-            self._mesh_record(key, value)
+            self._vips.check(key, value, signer=self._vip_signer, revoked=self._revoked, mode=self.mode,
+                             latest=self._latest, now=self._clock(), fresh=self._fresh)
             return
         revoked = self.revocations.get().sites.get(site)
         if revoked is not None:
@@ -130,20 +133,38 @@ class RecordVerifier:
         """Forget what was known of a deleted record."""
         self._latest.pop(key, None)
         site = self._site_of(key)
-        if site is not None and key == self._keys.site(site):
-            # Gone (its lease expired): its next site record says again what to verify its records with.
-            self._sites.pop(site, None)
+        if site is None:
+            self._vips.forget(key)
+        elif key == self._keys.site(site):
+            # Gone (its lease expired): its next site record says again what to verify its records with. The
+            # VIPs it allocated still verify with its signers until the allocators that remain re-sign them.
+            trust = self._sites.pop(site, None)
+            if trust is not None:
+                self._vips.retire(site, trust.signers, self._clock())
             self._drop_pending(site)
-        elif site is not None:
+        else:
             entries = self._pending.get(site)
             if entries is not None and entries.pop(key, None) is not None:
                 self._pending_count -= 1
 
     def retry(self, site: str) -> list[tuple[str, bytes, int]]:
-        """Records of `site` held back until its site record came, to apply again."""
+        """Records of `site` held back until its site record came (its own, and VIP records its signers signed),
+        to apply again."""
         entries = self._pending.pop(site, {})
         self._pending_count -= len(entries)
-        return [(k, v, r) for k, (v, r) in sorted(entries.items())]
+        trust = self._sites.get(site)
+        vips = self._vips.release(trust.signers, self._clock()) if trust is not None else []
+        return [(k, v, r) for k, (v, r) in sorted(entries.items())] + vips
+
+    def resign_due(self, kid: str, site: str) -> bool:
+        """Whether the allocator of `site` should re-sign a VIP record signed by `kid`: it is a signer of `site`
+        other than its current one (renewed), or of a site that left the registry."""
+        if self._vips.retired(kid) is not None:
+            return True
+        if self._kids.get(kid) != site:
+            return False
+        trust = self._sites.get(site)
+        return trust is not None and next(iter(trust.signers), None) != kid
 
     def hold(self, key: str, value: bytes) -> None:
         """Keep a record rejected for want of its site's signers, to try again when they come (bounded)."""
@@ -199,6 +220,7 @@ class RecordVerifier:
             del self._kids[kid]
         for kid in valid:
             self._kids[kid] = site
+        self._vips.returned(valid)
         self._sites[site] = _SiteTrust(valid, frozenset(listed) if listed is not None else None)
         self._signing_sites.add(site)
         self._latest[key] = sig.at
@@ -332,6 +354,9 @@ class RecordVerifier:
         cert = load_pem_cert(obj["signer"])
         if kid_of(cert) != split.signature.kid:
             raise RecordError(f"signed by key {split.signature.kid}, not by the signer it names")
+        revoked = self.revocations.get().operators.get(split.signature.kid)
+        if revoked is not None:
+            raise RecordError(f"signed by operator key {split.signature.kid}, which is revoked ({revoked.reason})")
         at = signed_time(split.signature)
         if at > self._clock() + CLOCK_SKEW:
             raise RecordError(f"signed at {at:%Y-%m-%d %H:%M:%S}Z, in the future")
@@ -351,19 +376,20 @@ class RecordVerifier:
         obj.pop("signer", None)
         return dump_json(obj)
 
-    def _mesh_record(self, key: str, value: bytes) -> None:
-        """VIP allocations and claims: checked when signed by a site; the allocator does not sign them yet."""
-        split = envelope.split(value)
-        if split.signature is None:
-            return
-        site = self._kids.get(split.signature.kid)
-        trust = self._sites.get(site) if site is not None else None
-        entry = trust.signers.get(split.signature.kid) if trust is not None else None
-        if entry is None:
-            raise RecordError(f"signed by key {split.signature.kid}, which no site record lists")
-        check_signature(entry[0], key, split)
-
     # -- private
+
+    def _vip_signer(self, kid: str) -> Entry | None:
+        site = self._kids.get(kid)
+        why = self._revoked(site) if site is not None else None
+        if why is not None:
+            raise RecordError(f"signed by site {site}, which is revoked by the operator ({why})")
+        trust = self._sites.get(site) if site is not None else None
+        entry = trust.signers.get(kid) if trust is not None else None
+        return (site, *entry) if site is not None and entry is not None else None
+
+    def _revoked(self, site: str) -> str | None:
+        revoked = self.revocations.get().sites.get(site)
+        return None if revoked is None else revoked.reason or "no reason given"
 
     def _site_of(self, key: str) -> str | None:
         head = self._keys.sites()

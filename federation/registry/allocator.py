@@ -4,6 +4,11 @@ It reads the VIPs from the mesh view (the mirror watches them with everything el
 etcd itself, and it looks again only when services that need a VIP came or went, or when a grace
 period ends. Writes are compare-and-swap transactions of up to `batch` services each: a new mesh of
 5,000 services gets every VIP in about a hundred transactions.
+
+Every record it writes is signed by the site's registry signer (`seal`), as the site's own records are, so
+readers in `registry.signatures: require` take no VIP record a raw etcd writer made. Records signed by a
+retired signer (this site's, renewed; or a departed site's) or by no one (a mesh being upgraded) are signed
+again, compare-and-swap on their revision, so that they go on verifying.
 """
 
 from __future__ import annotations
@@ -16,11 +21,23 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 
 from federation.core.errors import MeshfedError, RecordError
-from federation.core.keys import Keys
+from federation.core.keys import Keys, VipKey
 from federation.core.view import MeshView
 from federation.core.vips import Allocation, Claim, encode_allocation, encode_claim
 from federation.registry.etcd import Absent, Delete, Put, Unchanged
-from federation.registry.vipalloc import Allocate, DropClaim, Mark, Op, Release, Service, next_release, plan
+from federation.registry.sealing import Seal
+from federation.registry.vipalloc import (
+    Allocate,
+    DropClaim,
+    Extend,
+    Mark,
+    Op,
+    Release,
+    Service,
+    next_release,
+    plan,
+    unsealed,
+)
 from federation.runtime.values import Changes, Readable, wait_until
 
 log = logging.getLogger(__name__)
@@ -55,6 +72,8 @@ class VipAllocator:
         grace: float = 600.0,
         batch: int = BATCH,
         clock: Callable[[], float] = time.time,
+        seal: Readable[Seal | None] | None = None,
+        resign: Callable[[str], bool] = lambda kid: False,
     ) -> None:
         self._client = client
         self._keys = keys
@@ -63,6 +82,10 @@ class VipAllocator:
         self._grace = grace
         self._batch = batch
         self._clock = clock
+        self._seal = seal
+        self._resign = resign
+        """Whether a record signed by this key id is this allocator's to sign again (the verifier says)."""
+        self._sealed_with: object = None
         self._pending: dict[Service, float] = {}
         self._solo: set[Service] = set()
         self._hold_until = 0.0
@@ -83,15 +106,20 @@ class VipAllocator:
         await wait_until(self._mesh, lambda v: v.complete)
         seen: int | None = None
         deadline: tuple[object, float | None] = (None, None)
-        with Changes(self._mesh) as changes:
+        with Changes(self._mesh, *([self._seal] if self._seal is not None else [])) as changes:
             while True:
                 view = self._mesh.get()
                 diff = view.changes_since(seen) if seen is not None else None
                 services = None if diff is None else diff.services
+                kit = self._seal.get() if self._seal is not None else None
+                resign = diff is None or bool(diff.sites) or kit is not self._sealed_with
                 retry = None
-                if services is None or services:
+                if services is None or services or resign:
                     try:
                         await self.reconcile(view, services)
+                        if resign and kit is not None:
+                            await self.resign(view)
+                        self._sealed_with = kit
                     except MeshfedError as exc:
                         log.warning("vip allocation: %s; keeping the VIPs the registry shows", exc)
                         retry = RETRY
@@ -113,34 +141,83 @@ class VipAllocator:
         self._pending = {s: t for s, t in self._pending.items() if now - t < PENDING_FOR and s not in view.vips}
         self._solo = {s for s in self._solo if s not in view.vips}
         self.retry_due = False
+        refused = [(p.namespace, p.name) for p in map(self._keys.parse, view.refused_vips) if isinstance(p, VipKey)]
         ops = plan(view, services, now=self._clock(), grace=self._grace, ranges=self._ranges,
-                   pending=self._pending)
+                   pending=self._pending, refused=refused)
         if time.monotonic() < self._hold_until:
             ops = [op for op in ops if not isinstance(op, Allocate)]
             self.retry_due = True
         solo = [op for op in ops if isinstance(op, Allocate) and op.service in self._solo]
         allocate = [op for op in ops if isinstance(op, Allocate) and op.service not in self._solo]
         for start in range(0, len(allocate), self._batch):
-            await self._allocate(allocate[start:start + self._batch])
+            await self._allocate(allocate[start:start + self._batch], view)
         for alone in solo:  # services of a batch another agent got in before: one at a time, none holds up another
-            await self._allocate([alone])
+            await self._allocate([alone], view)
         for op in ops:
             if not isinstance(op, Allocate):
                 await self._apply(op)
         return ops
 
+    async def resign(self, view: MeshView) -> int:
+        """Sign again the VIP records that are unsigned or signed by a retired signer; returns how many.
+
+        Each batch is one transaction conditioned on every record's revision: a record changed meanwhile (or
+        signed again by another allocator first) fails the batch, and the next pass sees what is left."""
+        todo = unsealed(view, self._resign)
+        done = 0
+        step = max(1, self._batch * 3 // 2)  # one condition and one put per record
+        for start in range(0, len(todo), step):
+            conditions: list[Absent | Unchanged] = []
+            writes: list[Put | Delete] = []
+            for record in todo[start:start + step]:
+                if isinstance(record, Allocation):
+                    key, body = self._keys.vip(*record.service), encode_allocation(record)
+                else:
+                    key, body = self._keys.claim(record.address), encode_claim(record)
+                conditions.append(Unchanged(key, record.revision))
+                writes.append(Put(key, self._sign(key, body, record.signed)))
+            self.transactions += 1
+            if await self._client.commit_if(conditions, writes):
+                done += len(writes)
+            else:
+                self.conflicts += 1
+                self.retry_due = True
+        if done:
+            log.info("vip allocation: signed %d VIP record(s) again (unsigned, or by a retired signer)", done)
+        return done
+
     # -- private
 
-    async def _allocate(self, batch: list[Allocate]) -> None:
+    def _sign(self, key: str, body: bytes, previous: tuple[str, int] | None = None) -> bytes:
+        """The value to store: `body` signed by this site's current signer (later than the one it replaces)."""
+        kit = self._seal.get() if self._seal is not None else None
+        if kit is None:
+            return body
+        now = int(self._clock() * 1000)
+        return kit.sign(key, body, max(now, previous[1] + 1) if previous is not None else now)
+
+    async def _allocate(self, batch: list[Allocate], view: MeshView) -> None:
         now = self._clock()
         conditions: list[Absent | Unchanged] = []
         writes: list[Put | Delete] = []
+
+        def vacant(key: str) -> Absent | Unchanged:
+            """Absent, or holding a record readers refuse (a forgery): replaced as long as it is unchanged."""
+            refused = view.refused_vips.get(key)
+            return Unchanged(key, refused) if refused else Absent(key)
+
         for op in batch:
+            reused = {c.address: c for c in op.reused}
             for address in op.addresses:
-                conditions.append(Absent(self._keys.claim(address)))
-                writes.append(Put(self._keys.claim(address), encode_claim(Claim(address, op.service, now))))
-            conditions.append(Absent(self._keys.vip(*op.service)))
-            writes.append(Put(self._keys.vip(*op.service), encode_allocation(Allocation(op.service, op.addresses))))
+                key = self._keys.claim(address)
+                if address in reused:
+                    conditions.append(Unchanged(key, reused[address].revision))
+                    continue
+                conditions.append(vacant(key))
+                writes.append(Put(key, self._sign(key, encode_claim(Claim(address, op.service, now)))))
+            key = self._keys.vip(*op.service)
+            conditions.append(vacant(key))
+            writes.append(Put(key, self._sign(key, encode_allocation(Allocation(op.service, op.addresses)))))
         self.transactions += 1
         if await self._client.commit_if(conditions, writes):
             started = time.monotonic()
@@ -163,8 +240,9 @@ class VipAllocator:
         if isinstance(op, Mark):
             a = op.allocation
             new = Allocation(a.service, a.addresses, op.unused_since)
-            await c.commit_if([Unchanged(self._keys.vip(*a.service), a.revision)],
-                              [Put(self._keys.vip(*a.service), encode_allocation(new))])
+            key = self._keys.vip(*a.service)
+            value = self._sign(key, encode_allocation(new), a.signed)
+            await c.commit_if([Unchanged(key, a.revision)], [Put(key, value)])
         elif isinstance(op, Release):
             a = op.allocation
             conditions: list[Absent | Unchanged] = [Unchanged(self._keys.vip(*a.service), a.revision)]
@@ -173,6 +251,23 @@ class VipAllocator:
             deletes += [Delete(self._keys.claim(cl.address)) for cl in op.claims]
             if await c.commit_if(conditions, deletes):
                 log.info("vip allocation: released the VIPs of %s/%s", *a.service)
+        elif isinstance(op, Extend):
+            a = op.allocation
+            now = self._clock()
+            grown = Allocation(a.service, a.addresses + op.addresses, a.unused_since)
+            extend: list[Absent | Unchanged] = [Unchanged(self._keys.vip(*a.service), a.revision)]
+            extend += [Absent(self._keys.claim(address)) for address in op.addresses]
+            writes: list[Put | Delete] = [
+                Put(self._keys.claim(address), self._sign(self._keys.claim(address),
+                                                          encode_claim(Claim(address, a.service, now))))
+                for address in op.addresses]
+            key = self._keys.vip(*a.service)
+            writes.append(Put(key, self._sign(key, encode_allocation(grown), a.signed)))
+            if await c.commit_if(extend, writes):
+                log.info("vip allocation: %s/%s also got %s (a family this site serves)", *a.service,
+                         ", ".join(op.addresses))
+            else:
+                self.retry_due = True  # another site extended it first, or the allocation changed meanwhile
         elif isinstance(op, DropClaim):
             await c.commit_if([Unchanged(self._keys.claim(op.claim.address), op.claim.revision)],
                               [Delete(self._keys.claim(op.claim.address))])

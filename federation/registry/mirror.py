@@ -144,6 +144,8 @@ class Mirror:
         for key in sorted(self._documents & set(saved.listing)):
             self._document(key, saved.listing[key].value)
         outcome = self.catalog.resync(saved.listing, saved.revision)
+        if self._trust is not None:
+            self._retry_held(outcome)  # VIP records sort before the site records that verify them
         self._record(outcome, count=len(saved.listing))
         self._flush(initial=True)
         self.restored_at = saved.saved_at
@@ -206,6 +208,9 @@ class Mirror:
             if loop.time() - turn > TURN:
                 await asyncio.sleep(0)  # a listing of a large mesh must not stall DNS, tunnels or the lease
                 turn = loop.time()
+        if self._trust is not None:
+            # VIP records sort before the site records whose signers verify them: held, applied now.
+            self._retry_held(outcome)
         self.sessions += 1
         if self.sessions > 1:
             self._metrics.resyncs.inc()
@@ -302,6 +307,7 @@ class Mirror:
         for event in outcome.events:
             if isinstance(event, SiteAdded | SiteChanged):
                 for key, value, rev in self._trust.retry(event.site.name):
+                    rev = rev or self.catalog.revision_of(key)  # VIP records need it for compare-and-swap
                     self.catalog.forget([key])
                     self._record(self.catalog.put(key, value, rev), count=0)
 

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
 from federation.core.backoff import Backoff, registry_backoff
 from federation.core.codec import dump_json
 from federation.core.errors import RecordError, RegistryUnavailable
@@ -181,6 +183,23 @@ class PolicyReader:
                             "(delete it with `meshfed policy delete --operator`)", self.kind.kind, key)
         if outcome.changed:
             self.policies.set(MappingProxyType(dict(self.index.policies())))
+
+
+class PolicyMetrics:
+    """A reader's counts as Prometheus series (a collector: read at scrape time, nothing to keep in step)."""
+
+    def __init__(self, reader: PolicyReader) -> None:
+        self._reader = reader
+
+    def collect(self) -> list[Metric]:
+        kind = self._reader.kind.kind
+        rejected = CounterMetricFamily(
+            "meshfed_policy_records_rejected", "Policy records skipped because they failed validation or "
+            "verification (the policy in force before stays)", labels=["kind"])
+        rejected.add_metric([kind], self._reader.index.rejections)
+        in_force = GaugeMetricFamily("meshfed_policies", "Policies in force", labels=["kind"])
+        in_force.add_metric([kind], len(self._reader.policies.get()))
+        return [rejected, in_force]
 
 
 def _same(stored: bytes, record: dict[str, Any], signed: bool) -> bool:

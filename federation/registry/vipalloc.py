@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from federation.core.errors import MeshfedError
@@ -28,9 +28,20 @@ _SCHEMA = 1
 
 @dataclass(frozen=True, slots=True)
 class Allocate:
-    """Claim `addresses` for `service`, then create its allocation (both only if absent)."""
+    """Claim `addresses` for `service`, then create its allocation (both only if absent, or refused by readers)."""
 
     service: Service
+    addresses: tuple[str, ...]
+    reused: tuple[Claim, ...] = ()
+    """Claims of `service` that no allocation uses (its allocation was lost, say to a forgery readers refuse):
+    their addresses are taken again, so the service keeps its VIP."""
+
+
+@dataclass(frozen=True, slots=True)
+class Extend:
+    """Claim `addresses` (families the allocation lacks and this site serves), then add them to it, if unchanged."""
+
+    allocation: Allocation
     addresses: tuple[str, ...]
 
 
@@ -57,7 +68,7 @@ class DropClaim:
     claim: Claim
 
 
-Op = Allocate | Mark | Release | DropClaim
+Op = Allocate | Extend | Mark | Release | DropClaim
 
 
 def needs_vip(view: MeshView, service: Service) -> bool:
@@ -68,38 +79,84 @@ def needs_vip(view: MeshView, service: Service) -> bool:
 
 def plan(view: MeshView, services: Iterable[Service] | None, *, now: float, grace: float,
          ranges: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network],
-         pending: Iterable[Service] = ()) -> list[Op]:
+         pending: Iterable[Service] = (), refused: Iterable[Service] = ()) -> list[Op]:
     """The operations that bring `view`'s VIPs to one allocation per service that needs one, releasing
     after `grace`; for `services` only (None: every service and allocation, and stray claims).
 
-    `pending` are services this allocator has just allocated and does not see in the view yet.
+    `pending` are services this allocator has just allocated and does not see in the view yet; `refused`, those
+    whose allocation key holds a record this reader refuses or holds (its claims are not dropped meanwhile).
+    `ranges` are the families this site serves: an allocation gets an address of a family only once some site
+    serves it (an IPv6 VIP nobody listens on would only make AAAA answers that lead nowhere), and an allocation
+    that lacks a family this site serves is extended with one (its other addresses never change).
+
+    Only a new address needs the set of every address in use, so a pass over changed services that allocates
+    nothing costs in proportion to them, not to the mesh.
     """
     allocations, claims = view.vips, view.claims
     keys = set(services) if services is not None else set(view.services()) | set(allocations)
     ops: list[Op] = []
-    taken = set(claims)
+    used: set[str] = set()
+    taken: set[str] = set()
     waiting = set(pending)
+    spare: dict[Service, list[Claim]] | None = None
+
+    def in_use() -> None:
+        if not taken:  # an address an allocation uses is never given again, claim or no claim
+            used.update(a for alloc in allocations.values() for a in alloc.addresses)
+            taken.update(claims, used, ("",))  # "" marks it computed, even for an empty mesh
+
     for service in sorted(keys):
         alloc = allocations.get(service)
         wanted = needs_vip(view, service)
         if alloc is None:
             if wanted and service not in waiting:
-                addrs = tuple(pick(service, net, taken) for net in ranges)
+                in_use()
+                if spare is None:
+                    spare = {}
+                    for c in claims.values():
+                        if c.address not in used:
+                            spare.setdefault(c.service, []).append(c)
+                addrs, reused = [], []
+                for net in ranges:
+                    own = next((c for c in spare.get(service, ()) if ipaddress.ip_address(c.address) in net), None)
+                    if own is not None:
+                        reused.append(own)
+                    addrs.append(own.address if own is not None else pick(service, net, taken))
                 taken.update(addrs)
-                ops.append(Allocate(service, addrs))
+                ops.append(Allocate(service, tuple(addrs), tuple(reused)))
         elif wanted:
             if alloc.unused_since is not None:
                 ops.append(Mark(alloc, None))
+            elif service not in waiting and (missing := _missing(alloc, ranges)):
+                in_use()
+                more = tuple(pick(service, net, taken) for net in missing)
+                taken.update(more)
+                ops.append(Extend(alloc, more))
         elif alloc.unused_since is None:
             ops.append(Mark(alloc, now))
         elif now - alloc.unused_since >= grace:
             ops.append(Release(alloc, tuple(claims[a] for a in alloc.addresses
                                             if a in claims and claims[a].service == service)))
     if services is None:
-        used = {a for alloc in allocations.values() for a in alloc.addresses}
+        in_use()
+        held = set(refused)
         ops.extend(DropClaim(claim) for address, claim in sorted(claims.items())
-                   if address not in used and now - claim.claimed_at >= grace)
+                   if address not in used and claim.service not in held and now - claim.claimed_at >= grace)
     return ops
+
+
+def _missing(alloc: Allocation, ranges: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network],
+             ) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    have = {ipaddress.ip_address(a).version for a in alloc.addresses}
+    return [net for net in ranges if net.version not in have]
+
+
+def unsealed(view: MeshView, due: Callable[[str], bool]) -> list[Allocation | Claim]:
+    """The VIP records this allocator should sign again: unsigned ones (a mesh being upgraded) and those whose
+    signer `due` says is retired (this site's renewed signer, or the signer of a site that left)."""
+    out: list[Allocation | Claim] = [a for a in view.vips.values() if a.signed is None or due(a.signed[0])]
+    out += [c for c in view.claims.values() if c.signed is None or due(c.signed[0])]
+    return out
 
 
 def next_release(view: MeshView, grace: float) -> float | None:

@@ -14,7 +14,8 @@ new connection through B's egress listener lands on the new backend (a connectio
 Also reports the mirror's memory per 100,000 endpoints (tracemalloc), and what signed records cost
 (issue 13): signing on write (the publisher's seal step) against encoding alone, and verifying on read
 (a catalog listing with the record verifier) against decoding alone, per record and projected to a
-1,000-site mesh of 100,000 exports. Prints ratios, not just times.
+1,000-site mesh of 100,000 exports, and the same for VIP allocations and claims (tests/bench/vipsigning.py).
+Prints ratios, not just times.
 
     .venv/bin/python -m tests.bench.registry [--rate 2000] [--services 100] [--per-service 100]
                                              [--agent-changes 1000] [--agent-rate 200] [--route-changes 50]
@@ -49,6 +50,7 @@ from federation.registry.embedded import EtcdProcess, free_port
 from federation.registry.etcd import EtcdClient
 from federation.registry.mirror import Mirror
 from tests.bench.scaleobserve import Propagation, answers
+from tests.bench.vipsigning import print_vips, vip_costs
 from tests.integration.agentproc import AgentProcess, write_config
 from tests.pkihelp import now
 from tests.util import HandPublisher, site
@@ -410,6 +412,7 @@ async def _until(check: Callable[[], bool], limit: float) -> None:
 async def main_async(args: argparse.Namespace) -> None:
     if args.signing_only:
         print_signing(signing_costs(args.sites, args.per_site, args.endpoints))
+        print_vips(vip_costs())
         return
     with tempfile.TemporaryDirectory() as tmp:
         results = {}
@@ -451,6 +454,7 @@ async def main_async(args: argparse.Namespace) -> None:
     held, raw = memory_per_100k()
     print(f"mirror memory: {held:.1f} MiB per 100,000 endpoints (raw JSON values: {raw:.1f} MiB, ratio {held / raw:.1f}x)")
     print_signing(signing_costs(args.sites, args.per_site, args.endpoints))
+    print_vips(vip_costs())
 
 
 def main() -> None:

@@ -79,7 +79,8 @@ def agent_config(tmp: Path, args: argparse.Namespace, endpoint: str, dns_port: i
     data = yaml.safe_load(path.read_text())
     data["site"].update(network=mesh.OBSERVER_NETWORK, region="region-0", zone="zone-a")
     data["registry"]["timeout"] = 5
-    data["dns"] = {"udp": [f"127.0.0.1:{dns_port}"], "tcp": [f"127.0.0.1:{dns_port}"]}
+    data["dns"] = {"udp": [f"127.0.0.1:{dns_port}"], "tcp": [f"127.0.0.1:{dns_port}"],
+                   "answer_unserved_vips": True}  # the probe asks for VIPs it never connects to
     data["gateway"] = {"ca_dir": str(tmp / "pki" / "observer"), "listen_address": "127.0.0.1", "listen_port": 0}
     data["vm"] = {"vip_interface": args.vip_interface or (CAPTURE_INTERFACE if args.capture else "")}
     for item in args.set + ([CAPTURE_SETTING] if args.capture else []):

@@ -135,7 +135,7 @@ class Soak:
             "registry": {"endpoints": [self.etcd.endpoint], "lease_ttl": TTL},
             "admin": {"address": s.wan_ip, "port": 15000},
             "gateway": {"ca_dir": str(self.state / "ca" / name), "listen_address": s.wan_ip, "listen_port": 15443},
-            "dns": {"udp": ["127.0.0.1:53"], "tcp": ["127.0.0.1:53"]},
+            "dns": {"udp": ["127.0.0.1:53"], "tcp": ["127.0.0.1:53"], "answer_unserved_vips": True},
             "vm": {"vip_interface": ""},
         }
         if name == "east":

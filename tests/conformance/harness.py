@@ -221,6 +221,7 @@ def start_mesh(mesh: MeshOfTwo, etcd_endpoint: str, root: Path) -> MeshOfTwo:
             root / f"{name}.yaml", name, [etcd_endpoint], root / name, [],
             dns={"udp": ["127.0.0.1:0"], "tcp": ["127.0.0.1:0"], "upstreams": [cluster_dns.address]},
             kubernetes={"enabled": True, "kubeconfig": str(kubeconfig), "egress_address": "127.0.0.1",
+                        "endpoint_ranges": [f"127.{96 + i}.240.0/20"],  # handed out last here
                         "backoff_base": 0.05, "backoff_cap": 0.5, "reconcile_delay": 0.01},
             gateway={"ca_dir": str(root / "ca" / name), "listen_address": "127.0.0.1", "listen_port": 0,
                      "egress_address": "127.0.0.1"},

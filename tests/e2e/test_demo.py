@@ -24,6 +24,8 @@ def test_demo_on_loopback_runs_every_step_and_leaves_nothing(tmp_path: Path) -> 
     assert "LOOPBACK MODE (asked for with --loopback)" in text
     for step in ("== 1.", "== 2.", "== 3.", "== 4.", "== 5.", "== demo done"):
         assert step in text
+    # no VIP interface on loopback: the VM sites' DNS answers no VIP nothing here serves (issue 14)
+    assert text.count("loopback mode: no VIP interface here, so DNS answers no address") == 2
     assert "web served by east" in text
     assert "api served by east" in text
     assert "-> east via direct" in text

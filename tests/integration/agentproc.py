@@ -24,8 +24,9 @@ def write_config(path: Path, site: str, endpoints: list[str], state_dir: Path, e
         "admin": {"address": "127.0.0.1", "port": 0},
         "state_dir": str(state_dir),
         "exports": exports,
-        # Loopback tests share the host: DNS on free ports, no VIP interface in the host's namespace.
-        "dns": {"udp": ["127.0.0.1:0"], "tcp": ["127.0.0.1:0"]},
+        # Loopback tests share the host: DNS on free ports, no VIP interface in the host's namespace, and DNS
+        # still answers the VIPs (the tests check them; nothing connects to them).
+        "dns": {"udp": ["127.0.0.1:0"], "tcp": ["127.0.0.1:0"], "answer_unserved_vips": True},
         "vm": {"vip_interface": ""},
     }
     for key, value in extra.items():

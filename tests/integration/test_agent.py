@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from federation.registry.embedded import EtcdProcess
-from tests.integration.agentproc import AgentProcess, web_export, write_config
+from tests.integration.agentproc import AgentProcess, dns_a, web_export, write_config
 
 
 def etcdctl(etcd: EtcdProcess, *args: str) -> str:
@@ -351,3 +351,30 @@ def test_status_lists_a_vm_sites_own_exports_with_their_checks(etcd: EtcdProcess
         rows = exports()
         assert f"1/1    ok (tcp connect to 127.0.0.1:{up.getsockname()[1]} succeeded)" in rows["shop/cart"]
         assert "0/1    FAILING" in rows["shop/gone"]
+
+
+def test_a_site_whose_vips_are_off_answers_no_vip(etcd: EtcdProcess, tmp_path: Path,
+                                                  agents: list[AgentProcess]) -> None:
+    """Nothing binds the VIPs at a site with `vm.vip_interface: ""` (the loopback demo): an address there would
+    leave by the default route to a stranger, so its DNS answers none (NODATA) and says why once. The setting
+    that answers them anyway is what the other loopback tests run with."""
+    import dns.message
+    import dns.query
+    import dns.rcode
+
+    east_cfg = write_config(tmp_path / "east.yaml", "east", [etcd.endpoint], tmp_path / "east", [web_export()])
+    west_cfg = write_config(tmp_path / "west.yaml", "west", [etcd.endpoint], tmp_path / "west", [],
+                            dns={"answer_unserved_vips": False})
+    east = AgentProcess(east_cfg, tmp_path / "east").start()
+    west = AgentProcess(west_cfg, tmp_path / "west").start()
+    agents.extend([east, west])
+    east.wait_ready()
+    west.wait_ready()
+    wait_for(lambda: dns_a(east, "web.shop.svc.clusterset.local"), what="a VIP where it is answered")
+    host, port = json.loads(west.get("/status")[1])["dns"]["udp"][0].rsplit(":", 1)
+    name = "web.shop.svc.clusterset.local"
+    wait_for(lambda: any(s["name"] == "web" for s in west.registry()["services"]), what="web in west's view")
+    reply = dns.query.udp(dns.message.make_query(name, "A"), host, port=int(port), timeout=5)
+    assert reply.rcode() == dns.rcode.NOERROR  # NODATA: the name exists, no address here
+    assert not reply.answer
+    assert west.log.read_text().count("ClusterSetIP names answer no address at this site") == 1

@@ -364,3 +364,11 @@ async def test_every_record_type_from_real_registry_records(etcd: EtcdProcess) -
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
             await writer.close()
+
+
+@pytest.mark.skipif(shutil.which("dig") is None, reason="dig not installed (bind9-dnsutils)")
+async def test_dig_with_a_tsig_key_is_told_notauth() -> None:
+    """`dig -y` signs its query with a key this server does not hold: NOTAUTH, as RFC 8945 says (it was FORMERR)."""
+    async with serving(mesh()) as server:
+        out = await dig(server, "-y", "hmac-sha256:k:c2VjcmV0c2VjcmV0c2VjcmV0", "web.shop.svc.clusterset.local")
+        assert "status: NOTAUTH" in out

@@ -112,6 +112,36 @@ async def test_two_vm_sites_get_the_same_vip_and_release_waits_for_the_grace_per
             await c.close()
 
 
+async def test_no_site_serves_ipv6_so_none_is_allocated_until_one_does(etcd: EtcdProcess) -> None:
+    """Sites with per-port listeners serve IPv4 VIPs only: their allocators take no IPv6 address (AAAA would
+    lead nowhere). A site whose capture listener takes IPv6 joins: it adds one IPv6 VIP per service, and the
+    IPv4 VIPs clients have cached stay. Two such sites racing add one, not two."""
+    services = [export("east", "shop", f"svc{i}", ["10.0.0.1"]) for i in range(5)]
+    await write(etcd, [Put(KEYS.site("east"), encode_site(site("east")))]
+                + [Put(KEYS.service("east", "shop", e.name), encode_export(e)) for e in services])
+    mirror = mirror_of(etcd)
+    clients = [EtcdClient([etcd.endpoint], timeout=3) for _ in range(3)]
+    v4_only = VipAllocator(clients[0], KEYS, mirror.mesh, ranges=RANGES[:1])
+    try:
+        async with tasks(mirror.run(), v4_only.run()):
+            await eventually(lambda: len(mirror.mesh.get().vips) == 5, what="5 allocations")
+            before = {k: a.addresses for k, a in mirror.mesh.get().vips.items()}
+            assert all(len(addrs) == 1 and addrs[0].startswith("240.240.") for addrs in before.values())
+            both = [VipAllocator(c, KEYS, mirror.mesh, ranges=RANGES) for c in clients[1:]]
+            async with tasks(*(a.run() for a in both)):
+                await eventually(lambda: all(len(a.addresses) == 2 for a in mirror.mesh.get().vips.values()),
+                                 what="an IPv6 VIP added to every allocation")
+                await asyncio.sleep(0.3)  # let a loser of the race see the winner's write
+                after = mirror.mesh.get()
+                for key, allocation in after.vips.items():
+                    assert allocation.addresses[0] == before[key][0]  # the IPv4 VIP never moves
+                    assert allocation.addresses[1].startswith("fd6d:6573:6866:6564:")
+                assert len(after.claims) == 10  # one claim per address: the racing site claimed nothing extra
+    finally:
+        for c in clients:
+            await c.close()
+
+
 async def test_two_vm_site_agents_answer_the_same_vip(etcd: EtcdProcess) -> None:
     await write(etcd, [Put(KEYS.site(s), encode_site(site(s))) for s in ("east", "west")] + [
         Put(KEYS.service("east", "shop", "web"), encode_export(export("east", "shop", "web", ["10.0.0.1"]))),

@@ -72,3 +72,39 @@ async def test_agent_exports_from_kubernetes_and_writes_status(etcd: EtcdProcess
         finally:
             code = await asyncio.to_thread(agent.stop)
         assert code == 0, agent.log.read_text()[-5000:]
+
+
+async def test_agent_syncs_a_traffic_policy_object_into_the_registry(etcd: EtcdProcess, tmp_path: Path) -> None:
+    """The agent's own wiring: its Kubernetes source syncs policy objects (unsigned: this mesh accepts them)."""
+    from federation.core.keys import Keys
+    from federation.core.policy.codec import policy_key
+    from federation.devkit.objects import namespace
+    from federation.registry.etcd import EtcdClient
+
+    async with DevApiServer() as api:
+        api.put(namespace("shop"))
+        api.put({"apiVersion": "meshfed.io/v1alpha1", "kind": "TrafficPolicy",
+                 "metadata": {"namespace": "shop", "name": "web", "generation": 1},
+                 "spec": {"retries": {"attempts": 2}}})
+        kube = {"enabled": True, "kubeconfig": str(api.kubeconfig(tmp_path / "kubeconfig")), "backoff_base": 0.05,
+                "backoff_cap": 0.5, "reconcile_delay": 0.01}
+        cfg = write_config(tmp_path / "east.yaml", "east", [etcd.endpoint], tmp_path / "east", [], kubernetes=kube)
+        data = yaml.safe_load(cfg.read_text())
+        data["site"]["kind"] = "kubernetes"
+        cfg.write_text(yaml.safe_dump(data))
+        agent = AgentProcess(cfg, tmp_path / "east").start()
+
+        def accepted() -> tuple[str, str] | None:
+            obj = api.get("trafficpolicies", "shop", "web") or {}
+            found = [(c["status"], c["message"]) for c in (obj.get("status") or {}).get("conditions", [])]
+            return found[0] if found else None
+        try:
+            await asyncio.to_thread(agent.wait_ready, 30.0)
+            await eventually(lambda: accepted() == ("True", "in the registry (unsigned)"), 20, "Accepted")
+            async with EtcdClient([etcd.endpoint]) as client:
+                kv = await client.get(policy_key(Keys(), "shop", "web"))
+            assert kv is not None
+            assert b'"meshfed.io/owner":"kubernetes/east"' in kv.value
+        finally:
+            code = await asyncio.to_thread(agent.stop)
+        assert code == 0, agent.log.read_text()[-5000:]

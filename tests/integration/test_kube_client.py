@@ -56,3 +56,43 @@ async def test_list_create_patch_delete_and_errors(tmp_path: Path) -> None:
             await client.list_all("services")
     finally:
         await client.close()
+
+
+async def test_a_reflector_that_keeps_only_labels_wakes_on_labels_only(tmp_path: Path) -> None:
+    """The pods reflector keeps each pod's labels: a pod whose status changes (every probe, every restart in a
+    big cluster) updates the store and wakes no reconcile; a relabelled one does."""
+    import asyncio
+
+    from prometheus_client import CollectorRegistry
+
+    from federation.core.backoff import Backoff
+    from federation.sources.kubernetes.source import pod_labels_only
+    from federation.sources.kubernetes.watching import Reflector, WatchMetrics
+    from tests.util import eventually
+
+    def pod(labels: dict[str, str], phase: str) -> dict[str, object]:
+        return {"apiVersion": "v1", "kind": "Pod", "metadata": {"namespace": "shop", "name": "p", "labels": labels},
+                "status": {"phase": phase}}
+
+    async with DevApiServer() as api:
+        client = await KubeClient.connect(KubernetesSettings(kubeconfig=str(api.kubeconfig(tmp_path / "k"))))
+        wakes: list[int] = []
+        reflector = Reflector(client, "pods", lambda: wakes.append(1), metrics=WatchMetrics(CollectorRegistry()),
+                              backoff=Backoff(base=0.05, cap=0.3), keep=pod_labels_only)
+        task = asyncio.create_task(reflector.run())
+        try:
+            api.put(pod({"version": "v1"}, "Pending"))
+            await eventually(lambda: ("shop", "p") in reflector.store, what="the pod listed or watched")
+            before = len(wakes)
+            rv = reflector.store[("shop", "p")]["metadata"]["resourceVersion"]
+            api.put(pod({"version": "v1"}, "Running"))
+            await eventually(lambda: reflector.store[("shop", "p")]["metadata"]["resourceVersion"] != rv,
+                             what="the status change seen")
+            assert len(wakes) == before
+            assert "status" not in reflector.store[("shop", "p")]
+            api.put(pod({"version": "v2"}, "Running"))
+            await eventually(lambda: len(wakes) == before + 1, what="a wake for the new label")
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await client.close()

@@ -21,9 +21,12 @@ from federation.devkit.objects import endpoint, endpointslice, service, servicee
 from federation.registry.embedded import EtcdProcess
 from federation.registry.etcd import EtcdClient
 from federation.registry.mirror import Mirror
+from federation.registry.policysync import PolicyOwner
 from federation.registry.publisher import Publisher
 from federation.runtime.values import Value, follow
+from federation.sources.kubernetes.conversion import ENDPOINT_LABELS_ANNOTATION
 from federation.sources.kubernetes.importing import derived_name
+from federation.sources.kubernetes.policysync import PolicyWriter
 from federation.sources.kubernetes.settings import KubernetesSettings
 from federation.sources.kubernetes.source import KubernetesSource
 from tests.util import HandPublisher, eventually, export, site
@@ -53,7 +56,8 @@ class Cluster:
 
 
 @asynccontextmanager
-async def cluster(etcd: EtcdProcess, tmp_path: Path, api: DevApiServer) -> AsyncIterator[Cluster]:
+async def cluster(etcd: EtcdProcess, tmp_path: Path, api: DevApiServer,
+                  policies: PolicyWriter | None = None) -> AsyncIterator[Cluster]:
     """Site `east` (network net-a) run as a Kubernetes site against `api`."""
     settings = KubernetesSettings(enabled=True, kubeconfig=str(api.kubeconfig(tmp_path / "kubeconfig")),
                                   backoff_base=0.05, backoff_cap=0.3, reconcile_delay=0.01, request_timeout=3,
@@ -61,7 +65,7 @@ async def cluster(etcd: EtcdProcess, tmp_path: Path, api: DevApiServer) -> Async
     mirror = Mirror(EtcdClient([etcd.endpoint], timeout=3), KEYS, backoff=fast())
     metrics = CollectorRegistry()
     source = KubernetesSource(settings, "east", mesh=mirror.mesh, listeners=Value(_EveryPort(("0.0.0.0", EGRESS[1]))),
-                              metrics=metrics)
+                              metrics=metrics, policies=policies)
     publisher = Publisher(EtcdClient([etcd.endpoint], timeout=3), KEYS, Value(site("east")), source.exports, ttl=5,
                           backoff=fast())
     c = Cluster(api, source, mirror, metrics)
@@ -238,10 +242,44 @@ def rbac_rules() -> set[tuple[str, str, str]]:
     return granted
 
 
+async def test_endpoints_carry_the_pod_labels_the_serviceexport_names_and_follow_them(etcd: EtcdProcess,
+                                                                                        tmp_path: Path) -> None:
+    """The labels a weighted split selects on (`version: v2`) come from the pods behind the slice endpoints, for
+    the keys the ServiceExport names; a relabelled pod relabels its endpoint."""
+    def pod(address: str, labels: dict[str, str]) -> dict[str, Any]:
+        return {"apiVersion": "v1", "kind": "Pod", "metadata": {"namespace": "shop", "name": f"pod-{address}",
+                                                                "labels": labels},
+                "status": {"phase": "Running"}}
+
+    async with DevApiServer() as api, cluster(etcd, tmp_path, api) as c:
+        api.put(pod("10.244.1.5", {"version": "v1", "app": "web"}))
+        api.put(pod("10.244.1.6", {"version": "v2", "app": "web"}))
+        api.put(service())
+        api.put(endpointslice(endpoints=[endpoint("10.244.1.5"), endpoint("10.244.1.6")]))
+        se = serviceexport()
+        se["metadata"]["annotations"] = {ENDPOINT_LABELS_ANNOTATION: "version"}
+        api.put(se)
+        key = ("east", "shop", "web")
+
+        def labels() -> list[tuple[tuple[str, str], ...]]:
+            e = c.exported().get(key)
+            return [x.labels for x in e.endpoints] if e is not None else []
+
+        await eventually(lambda: labels() == [(("version", "v1"),), (("version", "v2"),)], what="pod labels")
+        api.put(pod("10.244.1.5", {"version": "v2", "app": "web"}))
+        await eventually(lambda: labels() == [(("version", "v2"),), (("version", "v2"),)], what="a relabelled pod")
+        assert c.source.stores["pods"][("shop", "pod-10.244.1.5")]["metadata"].keys() == {
+            "namespace", "name", "resourceVersion", "labels"}  # only what is needed is kept
+
+
 async def test_rbac_grants_exactly_the_calls_the_agent_makes(etcd: EtcdProcess, tmp_path: Path) -> None:
     near = export("near", name="db", addresses=("10.1.0.5",))
-    async with DevApiServer() as api, cluster(etcd, tmp_path, api) as c:
+    writer = PolicyOwner(EtcdClient([etcd.endpoint], timeout=3), KEYS, "east", sign=None, require=False)
+    async with DevApiServer() as api, cluster(etcd, tmp_path, api, policies=writer) as c:
         seed_web(api)
+        for kind, spec in (("TrafficPolicy", {"retries": {"attempts": 2}}), ("AccessPolicy", {"rules": []})):
+            api.put({"apiVersion": "meshfed.io/v1alpha1", "kind": kind, "spec": spec,
+                     "metadata": {"namespace": "shop", "name": "web", "generation": 1}})
         pub = other_site(etcd, "near", "net-a", [near])
         async with running(pub):
             await eventually(lambda: api.get("serviceimports", "shop", "db") is not None and c.conditions(), what="sync")
@@ -258,6 +296,8 @@ async def test_rbac_grants_exactly_the_calls_the_agent_makes(etcd: EtcdProcess, 
             # The import and its derived Service go in separate calls: wait for both deletes.
             await eventually(lambda: api.get("serviceimports", "shop", "db") is None
                              and api.get("services", "shop", derived_name("db")) is None, what="import deleted")
+        await eventually(lambda: all((api.get(r, "shop", "web") or {}).get("status") for r in
+                                     ("trafficpolicies", "accesspolicies")), what="policy objects' status")
     used = {(verb, group, res) for verb, group, res in api.calls}
     assert used == rbac_rules()
 

@@ -69,6 +69,7 @@ def test_apply_get_ls_diff_delete(etcd: EtcdProcess, tmp_path: Path) -> None:
     out = meshfed("policy", "apply", "-f", canary, *ep)
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == ["trafficpolicy shop/web configured", "trafficpolicy shop/db configured"]
+    assert "not signed (no --operator)" in out.stderr  # agents that require signatures skip them
     assert set(asyncio.run(raw_keys(etcd))) == {policy_key(KEYS, "shop", "web"), policy_key(KEYS, "shop", "db")}
     again = meshfed("policy", "apply", "-f", canary, *ep)
     assert again.stdout.splitlines() == ["trafficpolicy shop/web unchanged", "trafficpolicy shop/db unchanged"]

@@ -91,3 +91,42 @@ async def test_a_revoked_site_is_cut_off_at_once_and_restored(etcd: EtcdProcess,
             with contextlib.suppress(Exception):
                 agent.stop()
         await echo.close()
+
+
+async def test_a_revoked_operator_key_signs_nothing_agents_take(etcd: EtcdProcess, tmp_path: Path) -> None:
+    """`meshfed site revoke-operator`: policies the revoked key signs afterwards are refused by verifying readers."""
+    from federation.core.policy.kinds import ACCESS
+    from federation.core.verification import Mode
+    from federation.pki.records import RecordVerifier
+    from federation.pki.verifying import TrustBundle
+    from federation.registry.policies import PolicyReader
+
+    ep = ("--endpoints", etcd.endpoint)
+    ca = tmp_path / "ca"
+    await meshfed("ca", "init", "--trust-domain", "mesh.example", "--out", str(ca))
+    for name in ("alice", "mallory"):
+        await meshfed("ca", "operator", name, "--ca", str(ca), "--out", str(tmp_path / name))
+    out = await meshfed("site", "revoke-operator", str(tmp_path / "mallory" / "operator.crt"), "--reason", "stolen",
+                        "--operator", str(tmp_path / "mallory"), *ep, ok=False)
+    assert "cannot revoke itself" in out.stderr
+    doc = "apiVersion: meshfed.io/v1alpha1\nkind: AccessPolicy\nmetadata: {{namespace: shop, name: {}}}\nspec: {{rules: []}}\n"
+    (tmp_path / "old.yaml").write_text(doc.format("old"))
+    (tmp_path / "new.yaml").write_text(doc.format("web"))
+    # Signed before the key was stolen: alice vouches for it (--resign) as she revokes the key.
+    await meshfed("policy", "apply", "-f", str(tmp_path / "old.yaml"), "--operator", str(tmp_path / "mallory"), *ep)
+    out = await meshfed("site", "revoke-operator", str(tmp_path / "mallory" / "operator.crt"), "--reason", "stolen",
+                        "--resign", "--operator", str(tmp_path / "alice"), *ep)
+    assert "revoked: agents take nothing it signs from now on (revocation list 1)" in out.stdout
+    assert "/mesh/policies/access/shop/old: signed again by" in out.stdout
+    assert "operator key" in (await meshfed("site", "ls", *ep)).stdout
+    await meshfed("policy", "apply", "-f", str(tmp_path / "new.yaml"), "--operator", str(tmp_path / "mallory"), *ep)
+    verifier = RecordVerifier(Keys(), TrustBundle.from_pem((ca / "ca.crt").read_bytes()), Mode.REQUIRE)
+    async with EtcdClient([etcd.endpoint]) as client:
+        kv = await client.get(revocations_key(Keys()))
+        assert kv is not None
+        verifier.document(revocations_key(Keys()), kv.value)
+        reader = PolicyReader(client, Keys(), kind=ACCESS, verify=verifier.mesh_policy, protect_deletes=True)
+        outcome = await reader.refresh()
+    assert ("shop", "web") not in reader.policies.get()
+    assert ("shop", "old") in reader.policies.get()
+    assert any("which is revoked (stolen)" in r.reason for r in outcome.rejected)

@@ -40,7 +40,8 @@ def agent_in_netns(tmp_path: Path) -> Iterator[str]:
                          "signatures": "accept"},  # a DNS-only agent: no site CA to sign with
             "admin": {"address": "127.0.0.1", "port": 0},
             "state_dir": str(tmp_path / "state"),
-            "dns": {"udp": [f"{ADDRESS}:53"], "tcp": [f"{ADDRESS}:53"], "forwarding": False},
+            "dns": {"udp": [f"{ADDRESS}:53"], "tcp": [f"{ADDRESS}:53"], "forwarding": False,
+                    "answer_unserved_vips": True},
             "vm": {"vip_interface": ""},
             "exports": [
                 {"namespace": "shop", "name": "web", "ports": [{"name": "http", "port": 80}],

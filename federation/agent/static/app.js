@@ -37,8 +37,12 @@ async function probes() {
     const rows = Array.isArray(doc) ? doc : (doc.gateways || []);
     const out = {};
     for (const g of rows) {
-      const latency = g.latencyMs ?? g.p50Ms ?? (g.latency && (g.latency.p50Ms ?? g.latency.p50)) ?? null;
-      out[g.site] = { alive: g.alive ?? g.ALIVE ?? null, latencyMs: latency };
+      // latencyMs: {p50, p95, p99, samples} over the last minute (ms); else the last probe's round trip.
+      const q = g.latencyMs;
+      const latency = q && typeof q === "object" ? q.p50 : (q ?? g.rttMs ?? null);
+      const prev = out[g.site];  // a site with several gateways: alive if any is, the best latency
+      out[g.site] = { alive: prev && prev.alive ? true : (g.alive ?? null),
+                      latencyMs: prev && prev.latencyMs != null && (latency == null || prev.latencyMs < latency) ? prev.latencyMs : latency };
     }
     return out;
   } catch (e) {

@@ -68,7 +68,8 @@ def from_document(doc: Any, where: str = "") -> m.TrafficPolicy:
     partition = spec.take("partition", lambda p, v: s.read_partition(v, p), m.Partition())
     ingress = spec.take("ingress", lambda p, v: v, None)
     if ingress:
-        raise PolicyError(spec.at("ingress"), "global ingress is not supported yet (issue 12, phase 2); leave it out")
+        raise PolicyError(spec.at("ingress"), "global ingress is configured on the site that hosts it (the agent "
+                          "config's ingress: list, docs/traffic.md), not in a policy; leave it out")
     spec.done()
     return m.TrafficPolicy(namespace, name, rules, ports, partition)
 

@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     s = sub.add_parser("serve", help="run a server until SIGTERM")
     s.add_argument("--kubeconfig", type=Path, required=True, help="where to write the kubeconfig for it")
     s.add_argument("--objects", type=Path, help="JSON list of objects to start with")
-    s.add_argument("--crds", type=Path, help="CRDs to serve (default: deploy/kubernetes/crds.yaml)")
+    s.add_argument("--crds", type=Path, help="CRDs to serve (default: every CRD file in deploy/kubernetes/)")
     s.add_argument("--listen", default="127.0.0.1:0", help="address:port (port 0: any free port)")
     s.add_argument("--service-cidr", action="append", help="ClusterIP range, one per family (default 10.96.0.0/16)")
     s.add_argument("--name", default="dev", help="the cluster's name in the kubeconfig")

@@ -62,6 +62,7 @@ BUILTINS = (
     Resource("", "services", "Service", ("v1",), "v1", "service", status=True, short_names=("svc",),
              categories=("all",)),
     Resource("discovery.k8s.io", "endpointslices", "EndpointSlice", ("v1",), "v1", "endpointslice"),
+    Resource("", "pods", "Pod", ("v1",), "v1", "pod", status=True, short_names=("po",), categories=("all",)),
     Resource("apiextensions.k8s.io", "customresourcedefinitions", "CustomResourceDefinition", ("v1",), "v1",
              "customresourcedefinition", namespaced=False, status=True, short_names=("crd", "crds")),
 )

@@ -1,7 +1,8 @@
 """`DevApiServer`: the development Kubernetes API server, on 127.0.0.1 with TLS, for tests, the demo and kubectl.
 
 It serves Namespaces, Services, EndpointSlices, CustomResourceDefinitions and whatever those CRDs
-define (by default deploy/kubernetes/crds.yaml: the MCS ServiceExport and ServiceImport), with
+define (by default every CRD file of deploy/kubernetes/: the MCS ServiceExport and ServiceImport, and
+meshfed's TrafficPolicy, AccessPolicy and MeshAccessPolicy), with
 discovery, list/watch (resourceVersion, 410 Gone, bookmarks), the four write verbs and Tables, so
 the agent and a real `kubectl` both work against it. TLS certificates come from meshfed's own CA
 code; clients authenticate with the bearer token or a client certificate from the same CA.
@@ -34,7 +35,10 @@ from federation.pki.servercerts import issue_client, issue_server, new_ca
 from federation.runtime.files import write_private
 
 REPO_CRDS = Path(__file__).resolve().parents[3] / "deploy" / "kubernetes" / "crds.yaml"
-"""The CRDs a source checkout ships; served from the start unless the caller says otherwise."""
+"""The MCS CRDs a source checkout ships."""
+REPO_CRD_FILES = tuple(REPO_CRDS.parent / f for f in ("crds.yaml", "policy-crds.yaml", "access-crds.yaml"))
+"""Every CRD file deploy/kubernetes/kustomization.yaml installs; served from the start unless the caller says
+otherwise, as on a cluster the manifests were applied to."""
 TOKEN = "meshfed-dev-token"  # noqa: S105 - the development server's default bearer token, not a secret
 DEFAULT_SERVICE_CIDRS = ("10.96.0.0/16",)
 """kubeadm's default service CIDR: single-stack IPv4, as most development clusters run."""
@@ -61,7 +65,9 @@ class DevApiServer:
         self.host = host
         self.port = port
         self.tls = tls
-        self._crds = load_crds(REPO_CRDS) if crds is None and REPO_CRDS.exists() else crds or []
+        if crds is None:
+            crds = [c for path in REPO_CRD_FILES if path.exists() for c in load_crds(path)]
+        self._crds = crds
         self._runner: web.AppRunner | None = None
         self._dir: Path | None = None
         self.ca_pem = b""

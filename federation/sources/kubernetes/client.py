@@ -58,6 +58,9 @@ RESOURCES = {
     "endpointslices": Resource("discovery.k8s.io", "v1", "endpointslices"),
     "serviceexports": Resource("multicluster.x-k8s.io", "v1alpha1", "serviceexports"),
     "serviceimports": Resource("multicluster.x-k8s.io", "v1alpha1", "serviceimports"),
+    "pods": Resource("", "v1", "pods"),
+    "trafficpolicies": Resource("meshfed.io", "v1alpha1", "trafficpolicies"),
+    "accesspolicies": Resource("meshfed.io", "v1alpha1", "accesspolicies"),
 }
 
 _CHUNK_LIMIT = 16 * 1024 * 1024

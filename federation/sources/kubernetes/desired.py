@@ -6,6 +6,11 @@ addresses pods here can route), session affinity, internal traffic policy and tr
 of the oldest export, and the exported labels and annotations. The EndpointSlices are MCS slices
 (`multicluster.kubernetes.io/service-name`, `.../source-cluster`), one group per source site:
 endpoints of sites on this network directly, the local egress listener for sites on other networks.
+
+A headless service's endpoints on another network (with `endpoints`, this site's addresses for them) are
+one slice endpoint each, with its hostname and its address here; that address is the ClusterIP of a
+selector-less per-endpoint Service (labelled `ENDPOINT_OF_LABEL`, not an MCS object) whose own slice
+points at the egress listener of that endpoint, so kube-proxy takes `<address>:<port>` there.
 """
 
 from __future__ import annotations
@@ -15,12 +20,15 @@ import ipaddress
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from federation.core.endpoints import RemoteEndpoint
 from federation.core.records import ServiceType, Site
 from federation.core.view import FederatedService, MeshView
 from federation.sources.kubernetes.conversion import Obj
 
 EgressTarget = Callable[[str, str, str], "tuple[str, int] | None"]
 """(namespace, name, port name) -> (address, port) of the local egress listener, or None."""
+EndpointTarget = Callable[[str, str, str, str, str], "tuple[str, int] | None"]
+"""(namespace, name, port name, site, hostname) -> (address, port) of that endpoint's egress listener, or None."""
 
 SERVICES = "services"
 ENDPOINTSLICES = "endpointslices"
@@ -30,6 +38,8 @@ MCS_SERVICE_LABEL = "multicluster.kubernetes.io/service-name"
 SOURCE_CLUSTER_LABEL = "multicluster.kubernetes.io/source-cluster"
 SLICE_SERVICE_LABEL = "kubernetes.io/service-name"
 SLICE_MANAGER_LABEL = "endpointslice.kubernetes.io/managed-by"
+ENDPOINT_OF_LABEL = "multicluster.meshfed.io/endpoint-of"
+"""On a per-endpoint Service and its slice: the imported service it stands for one endpoint of."""
 SLICE_MANAGER = "agent.meshfed.io"
 """A label value (no "/" allowed), in the form the EndpointSlice controller uses for its own."""
 MAX_SLICE_ENDPOINTS = 100
@@ -47,8 +57,11 @@ def derived_name(name: str) -> str:
 
 
 def desired_objects(view: MeshView, svc: FederatedService, own: Site, egress_target: EgressTarget,
-                    owned: tuple[str, str], current_svc: Obj | None) -> list[tuple[str, dict[str, Any]]]:
-    """(resource, object) for everything `svc` needs in this cluster."""
+                    owned: tuple[str, str], current_svc: Obj | None,
+                    remote: tuple[RemoteEndpoint, ...] | None = None,
+                    endpoint_target: EndpointTarget | None = None) -> list[tuple[str, dict[str, Any]]]:
+    """(resource, object) for everything `svc` needs in this cluster; `remote`: the addresses here of its
+    headless endpoints on other networks (None: the egress listener stands for each such site)."""
     ns, name = svc.namespace, svc.name
     derived = derived_name(name)
     headless = svc.type is ServiceType.HEADLESS
@@ -66,7 +79,10 @@ def desired_objects(view: MeshView, svc: FederatedService, own: Site, egress_tar
         "spec": derived_spec,
     }
     out: list[tuple[str, dict[str, Any]]] = [(SERVICES, service), (SERVICEIMPORTS, _import(svc, owned, current_svc))]
-    for (site, family, port_key), endpoints in sorted(_endpoint_groups(view, svc, own, egress_target).items()):
+    if remote is not None and headless:
+        out.extend(_per_endpoint(svc, remote, owned, derived, endpoint_target))
+    for (site, family, port_key), endpoints in sorted(_endpoint_groups(view, svc, own, egress_target,
+                                                                       remote).items()):
         slice_labels = {**labels, SLICE_SERVICE_LABEL: derived, SLICE_MANAGER_LABEL: SLICE_MANAGER,
                         SOURCE_CLUSTER_LABEL: site}
         for chunk in range(0, len(endpoints), MAX_SLICE_ENDPOINTS):
@@ -134,8 +150,9 @@ def _import(svc: FederatedService, owned: tuple[str, str], current_svc: Obj | No
     }
 
 
-def _endpoint_groups(view: MeshView, svc: FederatedService, own: Site,
-                     egress_target: EgressTarget) -> dict[tuple[str, str, PortKey], list[dict[str, Any]]]:
+def _endpoint_groups(view: MeshView, svc: FederatedService, own: Site, egress_target: EgressTarget,
+                     remote: tuple[RemoteEndpoint, ...] | None = None,
+                     ) -> dict[tuple[str, str, PortKey], list[dict[str, Any]]]:
     """Slice endpoints by (source site, address family, port mapping): a slice has one port list."""
     groups: dict[tuple[str, str, PortKey], list[dict[str, Any]]] = {}
     headless = svc.type is ServiceType.HEADLESS
@@ -162,6 +179,14 @@ def _endpoint_groups(view: MeshView, svc: FederatedService, own: Site,
                         item["zone"] = e.locality.zone
                     groups.setdefault((export.site, family, port_key), []).append(item)
             continue
+        if remote is not None and headless:
+            # Another network, headless: each endpoint at its address here (its per-endpoint Service).
+            port_key = tuple((p.name, p.port, p.protocol.value) for p in served)
+            for r in remote:
+                if r.site == export.site:
+                    groups.setdefault((export.site, _family(r.address), port_key), []).append(
+                        {"addresses": [r.address], "conditions": {"ready": r.endpoint.ready}, "hostname": r.hostname})
+            continue
         # Another network: the local egress listener stands for the site's endpoints, ready while one is.
         ready = any(e.ready for e in export.endpoints)
         by_address: dict[str, list[tuple[str, int, str]]] = {}
@@ -174,6 +199,39 @@ def _endpoint_groups(view: MeshView, svc: FederatedService, own: Site,
                 groups.setdefault((export.site, family, tuple(plist)), []).append(
                     {"addresses": [address], "conditions": {"ready": ready}})
     return groups
+
+
+def _per_endpoint(svc: FederatedService, remote: tuple[RemoteEndpoint, ...], owned: tuple[str, str],
+                  derived: str, endpoint_target: EndpointTarget | None) -> list[tuple[str, dict[str, Any]]]:
+    """A selector-less Service at each remote endpoint's address, and a slice to its egress listeners."""
+    out: list[tuple[str, dict[str, Any]]] = []
+    for r in remote:
+        served = [p for p in svc.ports if svc.serves(r.site, p.name)]
+        digest = hashlib.sha256(f"{r.site}|{r.hostname}|{r.address}".encode()).hexdigest()[:8]
+        name = f"{derived}-{digest}"
+        labels = {owned[0]: owned[1], ENDPOINT_OF_LABEL: svc.name}
+        out.append((SERVICES, {
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": name, "namespace": svc.namespace, "labels": dict(labels)},
+            "spec": {"type": "ClusterIP", "clusterIP": r.address, "clusterIPs": [r.address],
+                     "ports": [_port(p.name, p.port, p.protocol.value) for p in served]},
+        }))  # fmt: skip
+        by_host: dict[str, list[tuple[str, int, str]]] = {}
+        for p in served:
+            target = endpoint_target(svc.namespace, svc.name, p.name, r.site, r.hostname) if endpoint_target else None
+            if target is not None:
+                by_host.setdefault(target[0], []).append((p.name, target[1], p.protocol.value))
+        for host, plist in sorted(by_host.items()):
+            tail = hashlib.sha256(host.encode()).hexdigest()[:6]
+            out.append((ENDPOINTSLICES, {
+                "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                "metadata": {"name": f"{name}-{tail}", "namespace": svc.namespace,
+                             "labels": {**labels, SLICE_SERVICE_LABEL: name, SLICE_MANAGER_LABEL: SLICE_MANAGER}},
+                "addressType": _family(host) or "IPv4",
+                "endpoints": [{"addresses": [host], "conditions": {"ready": r.endpoint.ready}}],
+                "ports": [_port(n, number, proto) for n, number, proto in plist],
+            }))  # fmt: skip
+    return out
 
 
 def _port(name: str, number: int, protocol: str, app_protocol: str = "") -> dict[str, Any]:

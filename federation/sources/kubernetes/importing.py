@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from federation.core.endpoints import EndpointAddresses
 from federation.core.records import Site
 from federation.core.view import MeshView
 from federation.sources.kubernetes.conversion import Obj, ObjKey, is_owned, key_of
@@ -26,6 +27,7 @@ from federation.sources.kubernetes.desired import (
     SLICE_SERVICE_LABEL,
     SOURCE_CLUSTER_LABEL,
     EgressTarget,
+    EndpointTarget,
     derived_name,
     desired_objects,
 )
@@ -89,13 +91,18 @@ def plan_imports(
     existing: Owned,
     egress_target: EgressTarget,
     owned: tuple[str, str],
+    endpoints: EndpointAddresses | None = None,
+    endpoint_target: EndpointTarget | None = None,
 ) -> list[Op]:
-    """The operations that make the owned objects match the mesh view."""
+    """The operations that make the owned objects match the mesh view (`endpoints`: this site's addresses of
+    headless endpoints on other networks, each a per-endpoint Service; None: off)."""
     desired: dict[str, dict[ObjKey, dict[str, Any]]] = {r: {} for r in RESOURCES}
     for (ns, name), svc in view.services().items():
         derived = derived_name(name)
         current_svc = _owned(existing.services, owned).get((ns, derived))
-        for resource, obj in desired_objects(view, svc, own, egress_target, owned, current_svc):
+        remote = endpoints.get((ns, name), ()) if endpoints is not None else None
+        for resource, obj in desired_objects(view, svc, own, egress_target, owned, current_svc, remote,
+                                             endpoint_target):
             desired[resource][key_of(obj)] = obj
     ops: list[Op] = []
     recreate: list[Op] = []

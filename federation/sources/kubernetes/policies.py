@@ -1,7 +1,6 @@
 """Pure conversion of TrafficPolicy and AccessPolicy objects (meshfed.io/v1alpha1, deploy/kubernetes/policy-crds.yaml,
-access-crds.yaml) into policies, and the `Accepted` condition an agent writes back. The sync itself comes
-with issue 12 phase 2 (the registry record must be signed by an operator key, which an agent does not hold:
-the sync writes through `meshfed policy apply`'s signer, or the mesh runs registry.signatures: accept).
+access-crds.yaml) into policies, and the `Accepted` condition an agent writes back (`policysync.py` runs the
+sync; the registry side, signing and ownership, is `federation/registry/policysync.py`).
 
 The object is the same document `meshfed policy apply` takes; server-side fields (uid, resourceVersion,
 managedFields, status...) are ignored. The object's namespace and name are the service it governs.
@@ -23,6 +22,7 @@ from federation.sources.kubernetes.conversion import Obj, ObjKey, format_time, k
 
 REASON_ACCEPTED = "Accepted"
 REASON_INVALID = "Invalid"
+ACCEPTED_MESSAGE = "the policy is valid"
 
 
 @dataclass(slots=True)
@@ -54,11 +54,12 @@ def convert_policies(objects: Iterable[Obj]) -> PolicyConversion:
     return out
 
 
-def policy_conditions(previous: Sequence[Obj], error: str | None, now: float, generation: int = 0
-                      ) -> list[dict[str, Any]]:
-    """The `Accepted` condition of one object; lastTransitionTime kept while its status does not change."""
-    status, reason, message = (("False", REASON_INVALID, error) if error is not None
-                               else ("True", REASON_ACCEPTED, "the policy is valid"))
+def policy_conditions(previous: Sequence[Obj], error: str | None, now: float, generation: int = 0, *,
+                      reason: str = REASON_INVALID, accepted: str = ACCEPTED_MESSAGE) -> list[dict[str, Any]]:
+    """The `Accepted` condition of one object (False with `reason` and the `error` message, or True saying
+    `accepted`); lastTransitionTime kept while its status does not change."""
+    status, reason, message = (("False", reason, error) if error is not None
+                               else ("True", REASON_ACCEPTED, accepted))
     old = next((c for c in previous if isinstance(c, Mapping) and c.get("type") == "Accepted"), None)
     since = old.get("lastTransitionTime") if old is not None and old.get("status") == status else None
     return [{"type": "Accepted", "status": status, "reason": reason, "message": message,

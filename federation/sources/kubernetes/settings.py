@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from federation.core.settings import Invalid, dns_label, optional_ip, setting
+from federation.core.settings import Invalid, dns_label, ip_network, optional_ip, setting
 
 _LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 _LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
@@ -40,6 +40,9 @@ class KubernetesSettings:
     egress_address: str = setting("", check=optional_ip)
     """Where pods reach the egress listeners when those listen on 0.0.0.0 or loopback: the pod IP
     (downward API, MESHFED_POD_IP in the Deployment); empty uses the listener's own address."""
+    endpoint_ranges: tuple[str, ...] = setting((), check=ip_network)
+    """ClusterIPs for the per-endpoint Services of headless endpoints of other networks: a part of the
+    service CIDR's static band (KEP-3070) that nothing else requests. Empty: off, as the CIDR is the cluster's."""
     request_timeout: float = setting(10.0, positive=True)
     """Long enough for a loaded API server, short enough to notice a dead one before clients do."""
     watch_timeout: int = setting(300, lo=1, hi=3600)
@@ -52,6 +55,12 @@ class KubernetesSettings:
     """Batches bursts of watch events (a rollout) into one reconcile."""
     resync: float = setting(300.0, positive=True)
     """A full re-plan every five minutes repairs owned objects changed by hand."""
+    policies: bool = True
+    """Sync TrafficPolicy and AccessPolicy objects (deploy/kubernetes/policy-crds.yaml, access-crds.yaml) into
+    the registry: on by default, as kustomization.yaml installs their CRDs."""
+    operator_key_dir: str = ""
+    """A directory with operator.crt and operator.key (0600) from `meshfed ca operator`, mounted from a Secret,
+    that signs the synced policies; empty: none, so with registry.signatures: require nothing is synced."""
 
     def validate(self) -> None:
         """Checks between fields."""

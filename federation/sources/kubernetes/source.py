@@ -19,6 +19,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from federation.core.backoff import Backoff
+from federation.core.endpoints import EndpointAddresses
 from federation.core.ratelimit import LogLimiter
 from federation.core.records import Locality, ServiceExport
 from federation.core.view import MeshView, PortId, VipTable
@@ -44,12 +45,20 @@ from federation.sources.kubernetes.importing import (
     Patch,
     plan_imports,
 )
+from federation.sources.kubernetes.policysync import PolicySync, PolicyWriter
 from federation.sources.kubernetes.settings import KubernetesSettings
 from federation.sources.kubernetes.watching import Reflector, WatchMetrics
 
 log = logging.getLogger(__name__)
 
-WATCHED = ("services", "endpointslices", "serviceexports", "serviceimports")
+WATCHED = ("services", "endpointslices", "serviceexports", "serviceimports", "pods")
+
+
+def pod_labels_only(pod: dict[str, Any]) -> dict[str, Any]:
+    """What the agent keeps of a pod: its key, version and labels (for the endpoint labels a ServiceExport names,
+    conversion.ENDPOINT_LABELS_ANNOTATION), so a large cluster's pods cost a few hundred bytes each."""
+    meta = pod.get("metadata") or {}
+    return {"metadata": {k: meta[k] for k in ("namespace", "name", "resourceVersion", "labels") if k in meta}}
 
 
 class SourceMetrics:
@@ -82,10 +91,13 @@ class KubernetesSource:
         *,
         mesh: Readable[MeshView] | None = None,
         listeners: Readable[Mapping[PortId, tuple[str, int]]] | None = None,
+        endpoints: Readable[EndpointAddresses] | None = None,
+        endpoint_listeners: Readable[Mapping[tuple[str, str, str, str, str], tuple[str, int]]] | None = None,
         locality: Locality = NOWHERE,
         metrics: CollectorRegistry | None = None,
         clock: Callable[[], float] = time.time,
         client: KubeClient | None = None,
+        policies: PolicyWriter | None = None,
     ) -> None:
         self.settings = settings
         self.site = site
@@ -95,6 +107,9 @@ class KubernetesSource:
         """Set once the owned objects match a mesh view for the first time."""
         self._mesh = mesh
         self._listeners = listeners
+        self._endpoints = endpoints
+        """This site's addresses for headless endpoints of other networks: per-endpoint Services (None: off)."""
+        self._endpoint_listeners = endpoint_listeners
         self.exports: Value[tuple[ServiceExport, ...]] = Value((), name="kubernetes exports")
         """What the cluster's ServiceExports export, once every cache has listed (`synced`)."""
         self.cluster_ips: Value[VipTable] = Value(MappingProxyType({}), name="derived ClusterIPs")
@@ -105,6 +120,9 @@ class KubernetesSource:
         self._metrics = SourceMetrics(metrics or CollectorRegistry())
         self._clock = clock
         self._client = client
+        self._policies = policies
+        """Writes the cluster's TrafficPolicy and AccessPolicy objects to the registry (None: not synced)."""
+        self.policy_sync: PolicySync | None = None
         self._owned = (settings.owned_label, settings.owned_value)
         self._wake = asyncio.Event()
         self._reflectors: dict[str, Reflector] = {}
@@ -148,7 +166,7 @@ class KubernetesSource:
             self._reflectors = {
                 r: Reflector(
                     client, r, self._wake.set, metrics=self._metrics.watch, backoff=self._backoff(),
-                    watch_timeout=self.settings.watch_timeout,
+                    watch_timeout=self.settings.watch_timeout, keep=pod_labels_only if r == "pods" else None,
                 )
                 for r in WATCHED
             }
@@ -156,7 +174,11 @@ class KubernetesSource:
                 for r, reflector in self._reflectors.items():
                     tg.create_task(reflector.run(), name=f"kubernetes-watch-{r}")
                 tg.create_task(self._reconcile_loop(client), name="kubernetes-reconcile")
-                held = [h for h in (self._mesh, self._listeners) if h is not None]
+                if self._policies is not None:
+                    self.policy_sync = PolicySync(client, self._policies, self.settings, metrics=self._metrics.watch)
+                    tg.create_task(self.policy_sync.run(), name="kubernetes-policies")
+                held = [h for h in (self._mesh, self._listeners, self._endpoints, self._endpoint_listeners)
+                        if h is not None]
                 if held:
                     tg.create_task(self._follow(held), name="kubernetes-follow-mesh")
         finally:
@@ -202,7 +224,7 @@ class KubernetesSource:
         s = self.stores
         conversion = convert_all(
             s["services"].values(), s["endpointslices"].values(), s["serviceexports"].values(),
-            self.site, self._locality, self._owned,
+            self.site, self._locality, self._owned, s["pods"].values(),
         )  # fmt: skip
         self._publish(conversion)
         failed = await self._write_status(client, conversion)
@@ -212,7 +234,8 @@ class KubernetesSource:
             self._publish_addresses()
             return failed
         existing = Owned(s["services"], s["serviceimports"], s["endpointslices"])
-        ops = plan_imports(view, own, existing, self._egress, self._owned)
+        ops = plan_imports(view, own, existing, self._egress, self._owned,
+                           self._endpoints.get() if self._endpoints is not None else None, self._egress_endpoint)
         unavailable, wrote = await self._apply(client, ops)
         if wrote and not unavailable:
             self._wake.set()  # writes change what the plan sees (a new Service's cluster IP): plan again
@@ -307,6 +330,14 @@ class KubernetesSource:
     def _egress(self, namespace: str, name: str, port_name: str) -> tuple[str, int] | None:
         """The egress listener as pods reach it: a wildcard or loopback bind is advertised as egress_address."""
         target = self._listeners.get().get((namespace, name, port_name)) if self._listeners is not None else None
+        return self._reachable(target)
+
+    def _egress_endpoint(self, namespace: str, name: str, port: str, site: str, host: str) -> tuple[str, int] | None:
+        """The listener of one remote headless endpoint, as pods reach it (see `_egress`)."""
+        held = self._endpoint_listeners
+        return self._reachable(held.get().get((namespace, name, port, site, host)) if held is not None else None)
+
+    def _reachable(self, target: tuple[str, int] | None) -> tuple[str, int] | None:
         if target is None:
             return None
         host, port = target

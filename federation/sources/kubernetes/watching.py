@@ -46,8 +46,12 @@ class Reflector:
         metrics: WatchMetrics,
         backoff: Backoff,
         watch_timeout: int = 300,
+        keep: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
     ) -> None:
         self.resource = resource
+        self._keep = keep
+        """What of each object the store keeps (all of it when None); a change to nothing kept, only to the
+        resourceVersion, updates the store without waking anyone."""
         self.store: dict[ObjKey, dict[str, Any]] = {}
         self.synced = asyncio.Event()
         self._client = client
@@ -91,7 +95,7 @@ class Reflector:
     async def _list(self) -> None:
         items, rv = await self._client.list_all(self.resource)
         self._metrics.relists.labels(self.resource).inc()
-        fresh = {key_of(o): o for o in items}
+        fresh = {key_of(o): self._keep(o) if self._keep else o for o in items}
         changed = _rvs(fresh) != _rvs(self.store)
         self.store = fresh
         self._rv = rv
@@ -118,13 +122,23 @@ class Reflector:
                 if self.store.pop(k, None) is None:
                     continue
             elif etype in ("ADDED", "MODIFIED"):
-                if not _newer(obj, self.store.get(k)):
+                if self._keep is not None:
+                    obj = self._keep(obj)
+                old = self.store.get(k)
+                if not _newer(obj, old):
                     continue
                 self.store[k] = obj
+                if self._keep is not None and old is not None and _unversioned(obj) == _unversioned(old):
+                    continue  # e.g. a pod's status changed, not the labels kept
             else:
                 continue
             self._on_change()
         return got
+
+
+def _unversioned(obj: dict[str, Any]) -> dict[str, Any]:
+    meta = {k: v for k, v in (obj.get("metadata") or {}).items() if k != "resourceVersion"}
+    return {**obj, "metadata": meta}
 
 
 def _rvs(store: dict[ObjKey, dict[str, Any]]) -> dict[ObjKey, Any]:

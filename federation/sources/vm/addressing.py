@@ -60,3 +60,10 @@ def range_addresses(ranges: Sequence[str]) -> dict[Vip, int]:
         net = ipaddress.ip_network(r, strict=False)
         out[net.network_address + 1] = net.prefixlen
     return out
+
+
+def outside(vips: Iterable[Vip], ranges: Mapping[Vip, int]) -> frozenset[Vip]:
+    """The addresses of `vips` in none of `ranges` (one address per range with its prefix length, as
+    `range_addresses` gives them): what capture mode still holds one by one (headless endpoints' addresses)."""
+    nets = [ipaddress.ip_network(f"{a}/{n}", strict=False) for a, n in ranges.items()]
+    return frozenset(v for v in vips if not any(v.version == n.version and v in n for n in nets))

@@ -21,7 +21,7 @@ from pyroute2 import netns as pyroute2_netns
 from pyroute2.netlink.exceptions import NetlinkError
 
 from federation.core.errors import ConfigError
-from federation.sources.vm.addressing import Vip, plan, range_addresses
+from federation.sources.vm.addressing import Vip, outside, plan, range_addresses
 from federation.sources.vm.settings import VmSettings
 
 log = logging.getLogger(__name__)
@@ -93,7 +93,8 @@ class VipInterface:
     async def reconcile(self, vips: Iterable[Vip]) -> None:
         """Make the interface (created if missing, up) hold exactly `vips` (in capture mode: one address per
         VIP range, whatever `vips` are); a no-op in fallback."""
-        desired = frozenset(self._ranges) if self._ranges else frozenset(vips)
+        # In capture mode also any address outside the ranges (a headless endpoint's, held as itself).
+        desired = frozenset(self._ranges) | outside(vips, self._ranges) if self._ranges else frozenset(vips)
         async with self._lock:
             if self._fallback is not None:
                 return

@@ -9,7 +9,7 @@ from typing import Any
 
 from federation.core.errors import ConfigError, RecordError
 from federation.core.records import Labels, Protocol, ServiceType, check_labels, labels_of
-from federation.core.settings import Invalid, dns_label, ip_address, required, setting
+from federation.core.settings import Invalid, dns_label, ip_address, ip_network, required, setting
 
 AUTO = "auto"
 """An address of "auto" means the host's own address, found with pyroute2 at start."""
@@ -196,6 +196,9 @@ class VmSettings:
     vip_interface: str = setting("meshfed0", check=_interface_name)
     """A dummy interface of our own, so VIPs never mix with the operator's addresses and vanish with it.
     Empty: no VIPs; imported services get loopback egress ports (shared hosts, tests)."""
+    endpoint_ranges: tuple[str, ...] = setting(("240.241.0.0/16",), check=ip_network)
+    """Where this VM gives each headless endpoint of another network an address of its own (on vip_interface):
+    class E space next to the VIP range, local to this VM (no registry writes); a /16 holds 65,534. Empty: off."""
     egress_capture: str = setting("auto", parse=_capture_mode)
     """auto: one egress listener for the whole VIP range (nftables redirect) where the agent may install it
     (root, nft), else a listener per service port, so thousands of imports cost one socket and unprivileged

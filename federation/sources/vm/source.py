@@ -17,6 +17,7 @@ from collections.abc import Iterable, Sequence
 from prometheus_client import CollectorRegistry
 
 from federation.core.backoff import Backoff
+from federation.core.endpoints import EndpointAddresses
 from federation.core.exportset import ExportSet
 from federation.core.records import Locality, ServiceExport, ServiceType
 from federation.core.view import MeshView, ServiceId, VipTable
@@ -59,11 +60,16 @@ class VmSource:
         discovery_settle: float = DISCOVERY_SETTLE,
         netns: str | None = None,
         live: Readable[VmSettings] | None = None,
+        endpoints: Readable[EndpointAddresses] | None = None,
     ) -> None:
-        """`static_exports` and `live` (the VM settings) may be holders the source follows (a reload)."""
+        """`static_exports` and `live` (the VM settings) may be holders the source follows (a reload);
+        `endpoints`: addresses of headless endpoints of other networks, held on the interface like VIPs."""
         self._settings = settings
         self._mesh = mesh
         self._vip_table = vips
+        self._endpoints = endpoints
+        self._table: EndpointAddresses | None = None
+        """The endpoint table the interface followed last."""
         self.exports: Value[tuple[ServiceExport, ...]] = Value((), name="vm exports")
         """The site's merged export list, once `ready` (static, checked and LAN services)."""
         self._held: Sequence[ServiceExport] | None = None
@@ -125,12 +131,19 @@ class VmSource:
                 and vips.allocations is view.vips and before[1].allocations is before[0].vips:
             diff = view.changes_since(before[0].generation) if view.history is before[0].history else None
         keys = view.services().keys() | self._by_service.keys() if diff is None else diff.services
+        table = self._endpoints.get() if self._endpoints is not None else None
+        if table is not None and diff is not None and self._table is not None:
+            moved = table.changes_since(self._table)  # an endpoint given an address freed by another service
+            keys = keys | (moved if moved is not None else table.keys() | self._table.keys())
+        self._table = table
         if diff is None:
             self._by_service, self._counts = {}, {}
         changed = False
         for key in keys:
             svc = view.services().get(key)
             addresses = vips.get(key, ()) if svc is not None and svc.type is ServiceType.CLUSTER_SET_IP else ()
+            if svc is not None and svc.type is ServiceType.HEADLESS and table is not None:
+                addresses = tuple(r.address for r in table.get(key, ()))
             new = frozenset(_address(a) for a in addresses)
             old = self._by_service.pop(key, frozenset())
             if new:
@@ -172,7 +185,7 @@ class VmSource:
     async def _follow_mesh(self, mesh: Readable[MeshView]) -> None:
         """VIPs and announcements follow the mesh view and the VIP table, from the initial sync on."""
         vips = self._vip_table if self._vip_table is not None else Value({})
-        async for _ in follow(mesh, vips):
+        async for _ in follow(mesh, vips, *(h for h in (self._endpoints,) if h is not None)):
             if mesh.get().complete:  # an empty view before the sync would drop every VIP
                 self.update(mesh.get(), vips.get())
 

@@ -15,6 +15,7 @@ import dns.tsigkeyring
 import dns.update
 import pytest
 
+from federation.core.endpoints import EndpointAllocator
 from federation.core.records import Endpoint, Locality, Protocol, ServicePort
 from federation.core.view import MeshView
 from federation.dns.answering import Answerer, Forward
@@ -276,6 +277,20 @@ def test_dns_update_is_not_implemented(signed: bool) -> None:
     assert FastPath(answerer).answer(wire, True) is None  # the fast path leaves it to the answerer
 
 
+def test_a_tsig_signed_query_is_told_the_key_is_not_known_here() -> None:
+    """This server holds no TSIG keys: a signed query (dig -y) gets NOTAUTH (RFC 8945 5.2), not FORMERR."""
+    answerer = Answerer(ZoneBuilder(ZONE, local_site="x").origin, forwarding=False)
+    query = dns.message.make_query("web.shop.svc.clusterset.local", "A")
+    query.use_tsig(dns.tsigkeyring.from_text({"k.": "c2VjcmV0c2VjcmV0c2VjcmV0"}), keyname="k.")
+    wire = query.to_wire()
+    for udp in (True, False):
+        out = answerer.handle(wire, build(), udp=udp)
+        assert isinstance(out, bytes)
+        assert out[:2] == wire[:2]
+        assert rcode(out) == dns.rcode.NOTAUTH
+    assert FastPath(answerer).answer(wire, True) is None  # the fast path leaves it to the answerer
+
+
 def test_hostile_and_odd_messages() -> None:
     answerer = Answerer(ZoneBuilder(ZONE, local_site="x").origin, forwarding=False)
     zone = build()
@@ -390,3 +405,37 @@ def test_the_zone_name_is_configurable() -> None:
     assert texts(ask_here("7.0.240.240.in-addr.arpa", "PTR")) == ["web.shop.svc.mesh.example."]
     assert ask_here("web.shop.svc.clusterset.local").rcode() == dns.rcode.REFUSED
     assert ask_here("nope.mesh.example").authority[0].name.to_text() == "mesh.example."
+
+
+def test_headless_endpoints_of_other_networks_are_answered_at_their_address_here() -> None:
+    near = dataclasses.replace(site("near", "us", "a"), network="net-east")  # on east's network
+    v = view([site("east", "us", "a"), site("west", "us", "b"), near], [
+        export("west", "shop", "db", ["10.1.0.1", "10.1.0.2", "10.1.0.3"], headless=True,
+               hostnames=["db-0", None, "db-2"]),
+        export("near", "shop", "db", ["10.3.0.1"], headless=True, hostnames=["db-5"]),
+    ])
+    capacity = EndpointAllocator(["240.241.0.0/30"], "east", "net-east")  # two addresses: db-2 is left out
+    table = capacity.update(v)
+    here = {r.hostname: r.address for r in table[("shop", "db")]}
+    assert set(here) == {"db-0", "10-1-0-2"}
+    zone = ZoneBuilder(ZONE, local_site="east").build(v, frozenset(), VIPS, table)
+    assert texts(ask(zone, "db-0.west.db.shop.svc.clusterset.local")) == [here["db-0"]]
+    assert texts(ask(zone, "10-1-0-2.west.db.shop.svc.clusterset.local")) == [here["10-1-0-2"]]
+    assert texts(ask(zone, "db-5.near.db.shop.svc.clusterset.local")) == ["10.3.0.1"]  # same network: its own
+    no = ask(zone, "db-2.west.db.shop.svc.clusterset.local")  # no address here: never the unroutable one
+    assert no.rcode() == dns.rcode.NXDOMAIN
+    bare = ask(zone, "db.shop.svc.clusterset.local")
+    assert sorted(texts(bare)) == sorted(["10.3.0.1", *here.values()])
+    srv = ask(zone, "_http._tcp.db.shop.svc.clusterset.local", "SRV")
+    assert sorted(t.split()[3] for t in texts(srv)) == sorted(
+        f"{h}.{s}.db.shop.svc.clusterset.local." for h, s in (("db-5", "near"), ("db-0", "west"), ("10-1-0-2", "west")))
+    assert sorted(texts(srv, "additional")) == sorted(["10.3.0.1", *here.values()])
+    assert "10.1.0.1" not in texts(ask(zone, "db.shop.svc.clusterset.local", "SRV"), "additional")
+
+
+def test_a_headless_service_whose_only_endpoints_have_no_address_here_does_not_exist() -> None:
+    v = view([site("east", "us", "a"), site("west", "us", "b")], [
+        export("west", "shop", "db", ["10.1.0.1"], headless=True, hostnames=["db-0"])])
+    zone = ZoneBuilder(ZONE, local_site="east").build(v, frozenset(), VIPS, EndpointAllocator([], "east", "net-east")
+                                                      .update(v))
+    assert ask(zone, "db.shop.svc.clusterset.local").rcode() == dns.rcode.NXDOMAIN

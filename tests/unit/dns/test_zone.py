@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from types import MappingProxyType
 
 from hypothesis import example, given, settings
@@ -9,10 +10,12 @@ from hypothesis import strategies as st
 
 from federation.core.catalog import Catalog
 from federation.core.codec import encode_export, encode_site
+from federation.core.endpoints import EndpointAllocator
 from federation.core.keys import Keys
 from federation.core.records import ServicePort, ServiceType
 from federation.dns.answering import Answerer
 from federation.dns.fastpath import FastPath
+from federation.dns.nodes import pack
 from federation.dns.zone import ZoneBuilder
 from tests.dnshelp import ZONE, export, site
 
@@ -71,3 +74,54 @@ def test_incremental_zone_equals_a_fresh_build(ops: list[tuple[object, ...]]) ->
         fresh_fast.update(fresh)
         assert fast._table == fresh_fast._table
     assert ServiceType.HEADLESS  # the strategy builds both types
+
+
+_with_networks = st.lists(st.one_of(
+    _ops.filter(bool).map(lambda ops: ops[0]),
+    st.tuples(st.just("network"), st.sampled_from(SITES), st.sampled_from(("net-east", "net-x"))),
+), max_size=30)
+
+
+@settings(max_examples=150)
+@given(_with_networks)
+@example([("site", "west", "a", True), ("export", "west", "db", [1], True, 80),  # a remote pod comes, then another
+          ("export", "west", "db", [1, 2], True, 80)])
+def test_incremental_zone_with_endpoint_addresses_equals_a_fresh_build(ops: list[tuple[object, ...]]) -> None:
+    """The same, with this site's addresses for headless endpoints of other networks (sites moving between
+    networks, a range small enough to fill): the incremental zone equals a fresh build from the same table."""
+    cat = Catalog(KEYS)
+    builder = ZoneBuilder(ZONE, local_site="east")
+    book = EndpointAllocator(["240.241.0.0/29"], "east", "net-east")
+    stale: frozenset[str] = frozenset()
+    table = MappingProxyType({})
+    for rev, op in enumerate(ops, 1):
+        if op[0] in ("site", "network"):
+            name = str(op[1])
+            if op[0] == "network":
+                record = dataclasses.replace(site(name), network=str(op[2]))
+            elif op[3]:
+                record = site(name, zone=str(op[2]))
+            else:
+                cat.delete(KEYS.site(name), rev)
+                record = None
+            if record is not None:
+                cat.put(KEYS.site(name), encode_site(record), rev)
+        elif op[0] == "export":
+            _, name, svc, hosts, headless, port = op
+            e = export(name, "shop", str(svc), [f"10.0.{SITES.index(name)}.{h}" for h in sorted(set(hosts))],
+                       headless=bool(headless), ports=(ServicePort("http", int(port)),))  # type: ignore[call-overload]
+            cat.put(KEYS.service(name, "shop", str(svc)), encode_export(e), rev)
+        elif op[0] == "unexport":
+            cat.delete(KEYS.service(str(op[1]), "shop", str(op[2])), rev)
+        elif op[0] == "stale":
+            stale = frozenset(op[1])  # type: ignore[arg-type]
+        view = cat.view()
+        endpoints = book.update(view)
+        zone = builder.build(view, stale, table, endpoints)
+        fresh = ZoneBuilder(ZONE, local_site="east").build(view, stale, table, endpoints)
+        assert dict(zone.nodes) == dict(fresh.nodes)
+        for svc, remote in endpoints.items():  # a remote endpoint's name answers its address here, only
+            for r in remote:
+                node = zone.nodes.get((r.hostname.encode(), r.site.encode(), svc[1].encode(), b"shop", b"svc",
+                                       *builder.apex))
+                assert node is None or node.a == pack([r.address])[0]

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from federation.core.errors import LocalProtocolError, RemoteProtocolError
 from gateway.framing import ABORT_FRAME, END_FRAME, MAX_FRAME, Deframer, header
-from gateway.preamble import MAX_BODY, NEED_DATA, Preamble, Request, Response, Role, Status
+from gateway.preamble import MAX_BODY, NEED_DATA, Preamble, Probe, ProbeAnswer, Request, Response, Role, Status
 
 labels = st.from_regex(r"\A[a-z0-9]([-a-z0-9]{0,20}[a-z0-9])?\Z")
 port_names = st.from_regex(r"\A[a-z0-9]([-a-z0-9]{0,13}[a-z0-9])?\Z")
@@ -129,3 +129,29 @@ def test_arbitrary_tunnel_bytes_only_raise_remote_protocol_error(data: bytes) ->
         Deframer().feed(data)
     except RemoteProtocolError:
         pass
+
+
+@settings(deadline=None)  # shared CI machines: a slow example is not a failure
+@given(st.integers(0, (1 << 64) - 1), st.integers(0, (1 << 64) - 1), labels, st.integers(1, 8))
+def test_probe_and_its_answer_round_trip(nonce: int, time_ms: int, site: str, chunk: int) -> None:
+    assert _decode(Role.SERVER, Preamble(Role.CLIENT).send(Probe(nonce)), chunk) == Probe(nonce)
+    answer = ProbeAnswer(nonce, time_ms, site)
+    assert _decode(Role.CLIENT, Preamble(Role.SERVER).send(answer), chunk) == answer
+
+
+def test_a_probe_is_sent_by_clients_only_and_answered_by_servers_only() -> None:
+    with pytest.raises(LocalProtocolError):
+        Preamble(Role.SERVER).send(Probe(1))
+    with pytest.raises(LocalProtocolError):
+        Preamble(Role.CLIENT).send(ProbeAnswer(1, 2, "east"))
+    with pytest.raises(LocalProtocolError):
+        Preamble(Role.SERVER).send(ProbeAnswer(1, 2, "Not A Label"))
+    # A client does not take a probe from a server, nor a server an answer from a client.
+    p = Preamble(Role.CLIENT)
+    p.receive_data(b"\x01\x03\x00\x08" + bytes(8))
+    with pytest.raises(RemoteProtocolError):
+        p.next_event()
+    p = Preamble(Role.SERVER)
+    p.receive_data(b"\x01\x04\x00\x11" + bytes(16) + b"\x00")
+    with pytest.raises(RemoteProtocolError):
+        p.next_event()

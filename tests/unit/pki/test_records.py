@@ -211,3 +211,38 @@ def test_a_trust_bundle_is_taken_only_when_a_root_in_force_signed_it(mesh: Mesh,
     foreign = TrustDocument("other.example", (cert_pem(other.cert).decode(),), 3)
     with pytest.raises(Exception, match="trust domains are never merged"):
         verifier.document(key, root_signer(new).sign(key, trust_body(foreign), signers.at()))
+
+
+def test_a_revoked_operator_key_signs_nothing_readers_take(mesh: Mesh, signers: Signers) -> None:
+    from federation.core.meshdocs import decode_revocations
+    from federation.core.policy import access
+
+    _, verifier = reader(mesh)
+    key = revocations_key(KEYS)
+    alice, mallory = signers.operator("alice"), signers.operator("mallory")
+    policy_key = access.key_of(KEYS, "shop", "web")
+    policy = access.encode({"apiVersion": "meshfed.io/v1alpha1", "kind": "AccessPolicy",
+                            "metadata": {"namespace": "shop", "name": "web"}, "spec": {"rules": []}})
+    assert verifier.mesh_policy(policy_key, mallory.sign(policy_key, {**policy, "signer": mallory.cert_pem()},
+                                                         signers.at()))
+    # alice revokes mallory's key; a site revoked before stays revoked, and the list reads back the same.
+    doc = Revocations().revoke("edge", "", 1.0).revoke_operator(mallory.kid, "key stolen", 2.0)
+    assert decode_revocations(dump_json_of(revocations_body(doc, alice.cert_pem()))) == doc
+    verifier.document(key, alice.sign(key, revocations_body(doc, alice.cert_pem()), signers.at()))
+    with pytest.raises(Exception, match=f"signed by operator key {mallory.kid}, which is revoked \\(key stolen\\)"):
+        verifier.mesh_policy(policy_key, mallory.sign(policy_key, {**policy, "signer": mallory.cert_pem()},
+                                                      signers.at()))
+    # ...nor can it sign a newer list that lifts its own revocation.
+    lifted = Revocations(doc.sites, doc.sequence + 1)
+    with pytest.raises(Exception, match="which is revoked"):
+        verifier.document(key, mallory.sign(key, revocations_body(lifted, mallory.cert_pem()), signers.at()))
+    assert mallory.kid in verifier.revocations.get().operators
+    assert verifier.revocations.get().restore("edge").operators == doc.operators  # restoring a site keeps it
+    assert verifier.mesh_policy(policy_key, alice.sign(policy_key, {**policy, "signer": alice.cert_pem()},
+                                                       signers.at()))
+
+
+def dump_json_of(body: dict) -> bytes:  # type: ignore[type-arg]
+    from federation.core.codec import dump_json
+
+    return dump_json(body)

@@ -15,7 +15,7 @@ from federation.core.errors import MeshfedError, RecordError
 from federation.core.keys import Keys
 from federation.core.view import MeshView
 from federation.core.vips import Allocation, Claim, decode_allocation, decode_claim, encode_allocation, encode_claim
-from federation.registry.vipalloc import Allocate, DropClaim, Mark, Release, needs_vip, pick, plan
+from federation.registry.vipalloc import Allocate, DropClaim, Extend, Mark, Release, needs_vip, pick, plan
 from tests.dnshelp import export, site, view
 
 RANGES = [ipaddress.ip_network("240.240.0.0/16"), ipaddress.ip_network("fd6d:6573:6866:6564::/64")]
@@ -52,6 +52,26 @@ def test_a_new_service_gets_one_address_per_range_from_a_hash_of_its_name() -> N
     assert plan(exporting("web"), None, now=1, grace=60, ranges=RANGES, pending=[WEB]) == []  # written, not seen yet
 
 
+def test_only_the_families_a_site_serves_are_allocated_and_a_later_one_extends_the_allocation() -> None:
+    """A mesh whose sites serve IPv4 only allocates no IPv6 VIP (AAAA would lead nowhere); a site that serves
+    IPv6 (capture) adds one to every allocation, keeping the IPv4 address clients have cached."""
+    (op,) = plan(exporting("web"), None, now=1, grace=60, ranges=RANGES[:1])
+    assert isinstance(op, Allocate)
+    (v4,) = op.addresses
+    alloc = Allocation(WEB, (v4,), revision=7)
+    v = with_vips(exporting("web"), [alloc], [Claim(v4, WEB, 1.0)])
+    assert plan(v, None, now=2, grace=60, ranges=RANGES[:1]) == []  # an IPv4-only site: nothing to do
+    (grow,) = plan(v, None, now=2, grace=60, ranges=RANGES)
+    assert isinstance(grow, Extend)
+    assert grow.allocation == alloc
+    (v6,) = grow.addresses
+    assert ipaddress.ip_address(v6) in RANGES[1]
+    assert v6 == pick(WEB, RANGES[1], set())  # the address any other IPv6 site would pick
+    full = with_vips(exporting("web"), [Allocation(WEB, (v4, v6))], [Claim(v4, WEB, 1.0), Claim(v6, WEB, 1.0)])
+    assert plan(full, None, now=2, grace=60, ranges=RANGES) == []
+    assert plan(v, None, now=2, grace=60, ranges=RANGES, pending=[WEB]) == []
+
+
 def test_taken_addresses_are_skipped_and_two_new_services_never_share_one() -> None:
     first = pick(WEB, RANGES[0], set())
     assert pick(WEB, RANGES[0], {first}) != first
@@ -60,6 +80,25 @@ def test_taken_addresses_are_skipped_and_two_new_services_never_share_one() -> N
     addrs = [a for op in ops if isinstance(op, Allocate) for a in op.addresses]
     assert first not in addrs
     assert len(set(addrs)) == 2
+
+
+def test_a_service_whose_allocation_was_lost_keeps_its_claimed_address() -> None:
+    # Its allocation is gone from the view (readers refused a forgery there); its claim is still valid.
+    mine = Claim("240.240.7.7", WEB, 1.0, revision=5)
+    ops = plan(with_vips(exporting("web"), claims=[mine]), None, now=2, grace=60, ranges=RANGES)
+    op = ops[0]
+    assert isinstance(op, Allocate)
+    assert op.addresses[0] == "240.240.7.7"
+    assert op.reused == (mine,)
+    assert ipaddress.ip_address(op.addresses[1]) in RANGES[1]  # a new one where it had none
+
+
+def test_an_address_an_allocation_uses_is_never_given_again_even_without_its_claim() -> None:
+    # A raw writer replaced db's claim with a forgery readers refuse: the address is still db's.
+    first = pick(WEB, RANGES[0], set())
+    v = with_vips(exporting("web", "db"), [Allocation(("shop", "db"), (first,))])
+    ops = plan(v, None, now=1, grace=60, ranges=RANGES[:1])
+    assert [op.addresses[0] != first for op in ops if isinstance(op, Allocate)] == [True]
 
 
 def test_a_full_range_is_an_error() -> None:
@@ -87,6 +126,14 @@ def test_orphan_claims_are_dropped_after_the_grace_period() -> None:
     orphan = Claim("240.240.0.5", WEB, 10.0)
     assert plan(with_vips(exporting(), claims=[orphan]), None, now=20, grace=60, ranges=RANGES) == []
     assert plan(with_vips(exporting(), claims=[orphan]), None, now=70, grace=60, ranges=RANGES) == [DropClaim(orphan)]
+
+
+def test_claims_of_an_allocation_readers_refuse_or_hold_are_not_dropped() -> None:
+    # Its allocation is held (signed by a signer whose site record has not arrived) or forged: not orphaned.
+    claim = Claim("240.240.0.5", WEB, 10.0)
+    v = with_vips(exporting(), claims=[claim])
+    assert plan(v, None, now=700, grace=60, ranges=RANGES, refused=[WEB]) == []
+    assert plan(v, None, now=700, grace=60, ranges=RANGES) == [DropClaim(claim)]
 
 
 def test_codec_round_trip_and_rejects() -> None:
@@ -134,6 +181,6 @@ def test_planning_only_the_changed_services_equals_planning_everything(events: l
 def _service(op: object) -> tuple[str, str] | None:
     if isinstance(op, Allocate):
         return op.service
-    if isinstance(op, Mark | Release):
+    if isinstance(op, Mark | Release | Extend):
         return op.allocation.service
     return None

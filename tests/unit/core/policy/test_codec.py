@@ -172,7 +172,7 @@ BAD = [
      "spec.faults[0].sourceSites[0]", "is not a DNS label"),
     (doc({"partition": {"mode": "StopAfter"}}), "spec.partition.after", "is required with mode StopAfter"),
     (doc({"partition": {"mode": "FailClosed", "after": "1m"}}), "spec.partition.after", "StopAfter only"),
-    (doc({"ingress": {"port": 443}}), "spec.ingress", "not supported yet"),
+    (doc({"ingress": {"port": 443}}), "spec.ingress", "configured on the site that hosts it"),
     (doc({"ports": [{"port": "http", "partition": {}}]}), "spec.ports[0].partition", "whole service only"),
     (doc({"ports": [{"port": "http", "retires": {}}]}), "spec.ports[0].retires", "unknown field"),
     (doc({"ports": [{"port": "http"}, {"port": "http"}]}), "spec.ports[1].port", "has an entry already"),

@@ -5,8 +5,15 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from federation.core.endpoints import EndpointAllocator
 from federation.core.records import Endpoint, EndpointPort, ServiceExport, ServicePort, ServiceType, Site
 from federation.core.view import MeshView
+from federation.sources.kubernetes.desired import (
+    ENDPOINT_OF_LABEL,
+    MCS_SERVICE_LABEL,
+    SLICE_SERVICE_LABEL,
+    SOURCE_CLUSTER_LABEL,
+)
 from federation.sources.kubernetes.importing import (
     Create,
     Delete,
@@ -236,3 +243,45 @@ def test_slices_per_source_site_carry_only_the_ports_that_site_serves() -> None:
     assert by_site["near"]["ports"] == [{"name": "tcp", "port": 42, "protocol": "TCP"}]
     assert by_site["far"]["ports"] == [{"name": "tcp2", "port": 20004, "protocol": "TCP"}]  # its egress listener
     assert by_site["far"]["endpoints"] == [{"addresses": ["10.244.0.7"], "conditions": {"ready": True}}]
+
+
+def endpoint_listener(ns: str, name: str, port: str, site: str, host: str) -> tuple[str, int] | None:
+    return ("10.244.0.7", 30000 + int(host.rsplit("-", 1)[1]))
+
+
+def test_a_remote_headless_endpoint_is_a_slice_endpoint_with_its_hostname_and_a_service_of_its_own() -> None:
+    e = ServiceExport("far", "shop", "db", (ServicePort("pg", 5432),), type=ServiceType.HEADLESS,
+                      endpoints=(Endpoint(("10.2.0.5",), hostname="db-0"),
+                                 Endpoint(("10.2.0.6",), hostname="db-1", ready=False)))
+    v = view(e)
+    table = EndpointAllocator(["10.96.240.0/20"], "here", "net-a").update(v)
+    here = {r.hostname: r.address for r in table[("shop", "db")]}
+    ops = plan_imports(v, HERE, Owned(), egress, OWNED, table, endpoint_listener)
+    services = creates(ops, "services")
+    derived = derived_name("db")
+    mcs = [s for s in creates(ops, "endpointslices") if s["metadata"]["labels"].get(MCS_SERVICE_LABEL)]
+    [sl] = mcs  # one MCS slice: one endpoint per remote pod, the service's own port
+    assert sl["endpoints"] == [
+        {"addresses": [here["db-0"]], "conditions": {"ready": True}, "hostname": "db-0"},
+        {"addresses": [here["db-1"]], "conditions": {"ready": False}, "hostname": "db-1"},
+    ]
+    assert sl["ports"] == [{"name": "pg", "port": 5432, "protocol": "TCP"}]
+    assert sl["metadata"]["labels"][SOURCE_CLUSTER_LABEL] == "far"
+    per = {s["spec"]["clusterIP"]: s for s in services if s["metadata"]["name"] != derived}
+    assert set(per) == set(here.values())  # a ClusterIP Service at each address, no MCS label on it
+    for s in per.values():
+        assert MCS_SERVICE_LABEL not in s["metadata"]["labels"]
+        assert s["metadata"]["labels"][ENDPOINT_OF_LABEL] == "db"
+        assert s["spec"]["ports"] == [{"name": "pg", "port": 5432, "protocol": "TCP"}]
+    own = {s["metadata"]["labels"][SLICE_SERVICE_LABEL]: s for s in creates(ops, "endpointslices") if s not in mcs}
+    by_host = {host: own[per[address]["metadata"]["name"]] for host, address in here.items()}
+    assert by_host["db-1"]["endpoints"] == [{"addresses": ["10.244.0.7"], "conditions": {"ready": False}}]
+    assert by_host["db-1"]["ports"] == [{"name": "pg", "port": 30001, "protocol": "TCP"}]  # its listener
+    assert by_host["db-0"]["ports"] == [{"name": "pg", "port": 30000, "protocol": "TCP"}]
+    state = apply(ops, Owned())
+    assert [op for op in plan_imports(v, HERE, state, egress, OWNED, table, endpoint_listener)
+            if not isinstance(op, Patch) or op.subresource != "status"] == []
+    gone = plan_imports(view(), HERE, state, egress, OWNED, EndpointAllocator(["10.96.240.0/20"], "here", "net-a")
+                        .update(view()), endpoint_listener)
+    assert {(op.resource, op.name) for op in gone if isinstance(op, Delete)} >= {
+        ("services", s["metadata"]["name"]) for s in per.values()}

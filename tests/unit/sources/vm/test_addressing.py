@@ -7,7 +7,7 @@ import ipaddress
 from hypothesis import given
 from hypothesis import strategies as st
 
-from federation.sources.vm.addressing import Vip, plan
+from federation.sources.vm.addressing import Vip, outside, plan, range_addresses
 
 
 def ip(text: str) -> Vip:
@@ -58,3 +58,10 @@ def test_capture_mode_holds_one_address_per_range_with_its_prefix() -> None:
     assert p.add == (ip("240.240.0.1"), ip("fd6d:6573:6866:6564::1"))
     assert p.remove == ((ip("240.240.0.1"), 32), (ip("240.240.0.7"), 32))
     assert not plan(ranges, [(a, n) for a, n in ranges.items()], ranges)
+
+
+def test_capture_mode_holds_the_ranges_and_every_address_outside_them_one_by_one() -> None:
+    ranges = range_addresses(["240.240.0.0/16", "fd6d:6573:6866:6564::/64"])
+    vips = [ipaddress.ip_address(a) for a in ("240.240.0.7", "240.241.0.9", "fd6d:6573:6866:6564::7", "fd00::9")]
+    assert outside(vips, ranges) == {ipaddress.ip_address("240.241.0.9"), ipaddress.ip_address("fd00::9")}
+    assert outside(vips, {}) == frozenset(vips)

@@ -1,0 +1,354 @@
+"""Traffic policies enforced on the egress's new connections: the asyncio shell around `gateway.policy`.
+
+A service with a `TrafficPolicy` (the agent's policy reader hands the egress its holder) has each new
+client go: circuit breaker (over a service limit: reset at once) -> the prepared `RoutePlan` (split,
+health after outlier ejection, locality failover) -> faults (by source and destination site) -> one
+connect within the per-try timeout -> on failure, ejection evidence and a retry on a new pick (jittered
+backoff, the retry budget, the total connect timeout), all before any client byte went upstream.
+Services without a policy are routed as before (`gateway.balancing.routes`), by the egress itself.
+
+Plans are prepared once per service port, mesh view and policy; a new connection costs one health pass
+and a few draws. A policy change applies to the next new connection; open ones are never cut by it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter
+
+from federation.core.policy.model import AbortKind, Rules, TrafficPolicy
+from federation.core.records import Gateway
+from federation.core.view import MeshView
+from federation.runtime.values import Readable
+from gateway.balancing import Direct, ListenerKey, Route, Target, ViaGateway, find_port
+from gateway.policy import faults, retrying
+from gateway.policy.breaker import Breaker, Verdict
+from gateway.policy.outlier import Capped, Ejected, Outliers
+from gateway.policy.plan import RoutePlan
+from gateway.policy.retrying import Budget, Failure, GiveUp
+from gateway.policy.steering import Place, candidates
+from gateway.refusals import EgressMetrics, Throttle
+from gateway.relay import PlainLeg
+from gateway.shedding import reset_transport
+
+log = logging.getLogger(__name__)
+_throttle = Throttle()
+
+Policies = Mapping[tuple[str, str], TrafficPolicy]
+"""(namespace, name) -> the service's traffic policy in force (the policy reader's holder)."""
+
+Attempt = Callable[[PlainLeg, Any, ListenerKey, list[str], float], Awaitable[bool]]
+"""The egress's connect of a client over one route (`_direct`, `_tunnel`): True once relayed; on failure it
+appends why to the list (`refused`, `gateway`, a gateway status name)."""
+
+_FAILURES = {
+    "refused": Failure.REFUSED, "timeout": Failure.TIMEOUT, "gateway": Failure.GATEWAY,
+    "no_healthy_endpoint": Failure.NO_ENDPOINT, "no_such_service": Failure.NO_ENDPOINT,
+    "forbidden": Failure.FORBIDDEN, "bad_request": Failure.GATEWAY,
+}
+"""What the egress noted about a failed attempt (gateway.egress `_direct`/`_tunnel`) as a retry failure."""
+
+
+def noted(note: list[str] | None, what: str) -> None:
+    """Record why an attempt failed, where the caller asked (the policy path does; the plain path not)."""
+    if note is not None:
+        note.append(what)
+
+
+class PolicyMetrics:
+    """What traffic policies did to new connections, registered in the agent's registry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.actions = Counter(
+            "meshfed_egress_policy_actions_total",
+            "Traffic-policy actions on new connections: retry, ejected_endpoint, ejected_gateway, ejection_capped, "
+            "breaker_service, breaker_site, budget_spent, fault_delay, fault_abort, max_duration",
+            ["action"], registry=registry)
+
+
+@dataclasses.dataclass(slots=True)
+class _Service:
+    """What one service's connections share: ejections, breaker counts, the retry budget."""
+
+    outliers: Outliers
+    breaker: Breaker
+    budget: Budget
+
+
+@dataclasses.dataclass(slots=True)
+class _Prepared:
+    """A RoutePlan and what the connect loop needs from it, valid while `service`, `sites`, `rules` stay."""
+
+    service: object
+    sites: object
+    rules: Rules
+    plan: RoutePlan
+    by_site: dict[str, frozenset[int]]
+    gateways: dict[str, tuple[Gateway, ...]]
+    ready: int
+
+
+@dataclasses.dataclass(slots=True)
+class _Conn:
+    """One admitted client: released once, when its connection is gone."""
+
+    service: _Service
+    site: str | None = None
+    timer: asyncio.TimerHandle | None = None
+    released: bool = False
+
+    def release(self) -> None:
+        if self.released:
+            return
+        self.released = True
+        self.service.breaker.close()
+        self.service.budget.closed()
+        if self.site is not None:
+            self.service.breaker.disconnected(self.site)
+        if self.timer is not None:
+            self.timer.cancel()
+
+
+class Enforcer:
+    """Routes the egress's clients of services that have a traffic policy."""
+
+    def __init__(self, site: str, egress_metrics: EgressMetrics, direct: Attempt, tunnel: Attempt,
+                 policies: Readable[Policies] | None, registry: CollectorRegistry,
+                 rng: random.Random | None = None) -> None:
+        self.site = site
+        self.egress_metrics = egress_metrics
+        self._direct = direct
+        self._tunnel = tunnel
+        self.policies = policies
+        self.metrics = PolicyMetrics(registry)
+        self.rng = rng or random.Random()  # noqa: S311 - load balancing, not cryptography
+        self._services: dict[tuple[str, str], _Service] = {}
+        self._prepared: dict[ListenerKey, _Prepared] = {}
+        self._seen = -1
+
+    def rules(self, view: MeshView, key: ListenerKey) -> Rules | None:
+        """The rules for a new client of `key`, or None when its service has no policy (the plain path)."""
+        if self.policies is None:
+            return None
+        current = self.policies.get()
+        if self.policies.version != self._seen:
+            self._seen = self.policies.version
+            for gone in [s for s in self._services if s not in current]:
+                del self._services[gone]
+            for k in [k for k in self._prepared if k[:2] not in current]:
+                del self._prepared[k]
+        policy = current.get((key[0], key[1]))
+        if policy is None:
+            return None
+        svc = view.service(key[0], key[1])
+        port = find_port(svc.ports, key[2]) if svc is not None else None
+        return policy.rules_for(key[2], port.port if port is not None else 0)
+
+    async def route(self, client: PlainLeg, key: ListenerKey, view: MeshView, rules: Rules) -> None:
+        """Connect `client` as `rules` say, or reset it."""
+        state = self._state(key, rules)
+        verdict = state.breaker.open()
+        if verdict.rejects_client:
+            self._refuse(client, key, "breaker_service", f"circuit breaker: {verdict.value} limit")
+            return
+        conn = _Conn(state)
+        state.budget.opened()
+        client.on_lost = conn.release
+        if client.lost:
+            conn.release()
+            self.egress_metrics.connections.labels("client_gone").inc()
+            return
+        try:
+            await self._connect(client, key, rules, state, self._prepare(view, key, rules), conn)
+        except Exception:  # our bug: this client is reset, every other one is still served
+            if _throttle.allow(("bug", key)):
+                log.exception("routing a client of %s/%s:%s by its traffic policy failed", *key)
+            self.egress_metrics.connections.labels("no_route").inc()
+            reset_transport(client.transport)
+
+    # -- private
+
+    async def _connect(self, client: PlainLeg, key: ListenerKey, rules: Rules, state: _Service, prep: _Prepared,
+                       conn: _Conn) -> None:
+        loop, t = asyncio.get_running_loop(), rules.timeouts
+        start = loop.time()
+        tried: set[int] = set()
+        attempt, per_try, fault = 0, min(t.connect_per_try, t.connect), None
+        why = "no healthy endpoint"
+        retry = False
+        try:
+            while not client.lost:
+                now = time.monotonic()
+                choice = prep.plan.choose(state.outliers.health(prep.plan.routes, now).healthy, self.rng, tried)
+                c, i = choice.candidate, choice.index
+                if c is None or i is None:
+                    break
+                if fault is None:
+                    fault = faults.decide(rules.faults, self.site, c.site, self.rng)
+                    if fault.delay > 0:
+                        self.metrics.actions.labels("fault_delay").inc()
+                        await asyncio.sleep(fault.delay)
+                        continue  # pick again: health may have changed while waiting
+                    if fault.abort is AbortKind.REFUSE:
+                        self._refuse(client, key, "fault_abort", "fault injection: abort (Refuse)")
+                        return
+                admitted = state.breaker.connecting(c.site)
+                if admitted.rejects_client:
+                    self._refuse(client, key, "breaker_service", f"circuit breaker: {admitted.value} limit")
+                    return
+                if admitted is not Verdict.OK:
+                    self.metrics.actions.labels("breaker_site").inc()
+                    tried |= prep.by_site[c.site]
+                    continue
+                attempt += 1
+                route, note = self._route_to(prep, state, i, now), list[str]()
+                try:
+                    async with asyncio.timeout(per_try):
+                        ok = await (self._direct if isinstance(route, Direct) else self._tunnel)(
+                            client, route, key, note, t.idle)
+                except TimeoutError:
+                    ok = False
+                    note.append("timeout")
+                except BaseException:
+                    state.breaker.connect_failed(c.site)
+                    raise
+                if retry:
+                    state.budget.retry_ended()
+                    retry = False
+                if ok:
+                    self._connected(client, state, prep, i, route, fault, conn, t.max_connection_duration)
+                    return
+                state.breaker.connect_failed(c.site)
+                failure = self._failed(state, prep, i, route, note, now, tried)
+                decision = retrying.decide(rules.retries, t, attempt, failure, loop.time() - start, False,
+                                           state.budget, self.rng)
+                if isinstance(decision, GiveUp):
+                    why = decision.reason
+                    if "budget" in why:
+                        self.metrics.actions.labels("budget_spent").inc()
+                    break
+                self.metrics.actions.labels("retry").inc()
+                state.budget.retry_started()
+                retry = True
+                await asyncio.sleep(decision.delay)
+                per_try = decision.per_try
+        finally:
+            if retry:
+                state.budget.retry_ended()
+        if client.lost:
+            self.egress_metrics.connections.labels("client_gone").inc()
+            return
+        _throttle.log(log, logging.WARNING, ("no-route", key), "no route accepted a client of %s/%s:%s: %s",
+                      *key, why)
+        self.egress_metrics.connections.labels("no_route").inc()
+        reset_transport(client.transport)
+
+    def _connected(self, client: PlainLeg, state: _Service, prep: _Prepared, i: int, route: Route,
+                   fault: faults.FaultDecision | None, conn: _Conn, max_duration: float | None) -> None:
+        now = time.monotonic()
+        site = prep.plan.candidates[i].site
+        state.breaker.connected(site)
+        conn.site = site
+        state.outliers.endpoint_succeeded(prep.plan.routes[i].endpoint, now)
+        if isinstance(route, ViaGateway):
+            state.outliers.gateway_succeeded((site, route.gateway.name), now)
+        self.egress_metrics.connections.labels("relayed").inc()
+        if fault is not None and fault.abort is AbortKind.RESET:
+            self.metrics.actions.labels("fault_abort").inc()
+            reset_transport(client.transport)
+        elif max_duration is not None and not conn.released:
+            conn.timer = asyncio.get_running_loop().call_later(max_duration, self._expire, client)
+
+    def _expire(self, client: PlainLeg) -> None:
+        """maxConnectionDuration reached: end the connection (the client sees a reset and reconnects)."""
+        if not client.lost:
+            self.metrics.actions.labels("max_duration").inc()
+            reset_transport(client.transport)
+
+    def _failed(self, state: _Service, prep: _Prepared, i: int, route: Route, note: Sequence[str], now: float,
+                tried: set[int]) -> Failure:
+        """Count the evidence of one failed attempt, leave out what it rules out, and say what failed."""
+        what = note[-1] if note else "gateway"
+        failure = _FAILURES.get(what, Failure.REFUSED)
+        site = prep.plan.candidates[i].site
+        tried.add(i)
+        outcome: Ejected | Capped | None = None
+        kind = "endpoint"
+        if isinstance(route, Direct):
+            outcome = state.outliers.endpoint_failed(prep.plan.routes[i].endpoint, now, prep.ready)
+        else:
+            # The remote gateway answers for its whole site: a failed stream rules out the site for this
+            # connection; evidence counts against the gateway when it was not reached, else the endpoint.
+            tried |= prep.by_site[site]
+            if failure in (Failure.GATEWAY, Failure.TIMEOUT):
+                kind = "gateway"
+                outcome = state.outliers.gateway_failed((site, route.gateway.name), now)
+            elif failure is not Failure.FORBIDDEN:
+                state.outliers.gateway_succeeded((site, route.gateway.name), now)
+                outcome = state.outliers.endpoint_failed(prep.plan.routes[i].endpoint, now, prep.ready)
+        if isinstance(outcome, Ejected):
+            self.metrics.actions.labels(f"ejected_{kind}").inc()
+            _throttle.log(log, logging.INFO, ("ejected", outcome.key), "ejected %s %s for %.0fs (ejection %d)",
+                          kind, outcome.key, outcome.until - now, outcome.ejections)
+        elif isinstance(outcome, Capped):
+            self.metrics.actions.labels("ejection_capped").inc()
+        return failure
+
+    def _route_to(self, prep: _Prepared, state: _Service, i: int, now: float) -> Route:
+        c = prep.plan.candidates[i]
+        if not prep.plan.routes[i].gateways:
+            return Direct(c.site, Target(c.address, c.port))
+        gateways = prep.gateways[c.site]
+        live = [g for g in gateways if not state.outliers.gateway_ejected((c.site, g.name), now)] or gateways
+        return ViaGateway(c.site, live[self.rng.randrange(len(live))])
+
+    def _refuse(self, client: PlainLeg, key: ListenerKey, action: str, reason: str) -> None:
+        self.metrics.actions.labels(action).inc()
+        self.egress_metrics.connections.labels("policy_reset").inc()
+        _throttle.log(log, logging.INFO, (action, key), "reset a client of %s/%s:%s: %s", *key, reason)
+        reset_transport(client.transport)
+
+    def _state(self, key: ListenerKey, rules: Rules) -> _Service:
+        state = self._services.get(key[:2])
+        if state is None:
+            state = self._services[key[:2]] = _Service(
+                Outliers(rules.outlier_detection), Breaker(rules.circuit_breaker), Budget(rules.retries.budget))
+        else:
+            # New limits and thresholds apply to new connections; what is open or ejected runs its course.
+            state.outliers.update(rules.outlier_detection)
+            state.breaker.update(rules.circuit_breaker)
+            state.budget.settings = rules.retries.budget
+        return state
+
+    def _prepare(self, view: MeshView, key: ListenerKey, rules: Rules) -> _Prepared:
+        svc = view.service(key[0], key[1])
+        prep = self._prepared.get(key)
+        if prep is not None and prep.service is svc and prep.sites is view.sites and prep.rules is rules:
+            return prep
+        own = view.sites.get(self.site)
+        client = Place(self.site, own.network, own.locality.region, own.locality.zone) if own is not None \
+            else Place(self.site, "")
+        found = candidates(view, *key)
+        gateways = {c.site: view.sites[c.site].gateways for c in found}
+        cands = []
+        for c in found:
+            direct = c.place.network == client.network
+            # MCS: a site whose port of this name differs gets none of its traffic; a remote site with no
+            # gateway cannot be reached. Both stay in the levels, as not ready.
+            usable = svc is not None and svc.serves(c.site, key[2]) and (direct or bool(gateways.get(c.site)))
+            cands.append(c if usable or not c.healthy else dataclasses.replace(c, healthy=False))
+        plan = RoutePlan(client, cands, rules, {s: [g.name for g in gws] for s, gws in gateways.items()})
+        by_site: dict[str, set[int]] = {}
+        for i, c in enumerate(plan.candidates):
+            by_site.setdefault(c.site, set()).add(i)
+        prep = _Prepared(svc, view.sites, rules, plan, {s: frozenset(m) for s, m in by_site.items()}, gateways,
+                         sum(1 for c in plan.candidates if c.healthy))
+        self._prepared[key] = prep
+        return prep
