@@ -183,13 +183,20 @@ class Enforcer:
         attempt, per_try, fault = 0, min(t.connect_per_try, t.connect), None
         why = "no healthy endpoint"
         retry = False
+        reopened = -1
         try:
             while not client.lost:
                 now = time.monotonic()
                 choice = prep.plan.choose(state.outliers.health(prep.plan.routes, now).healthy, self.rng, tried)
                 c, i = choice.candidate, choice.index
                 if c is None or i is None:
-                    break
+                    if not tried or reopened == attempt:
+                        break
+                    # Everything was tried once (a single surviving site whose try timed out on a busy
+                    # host): a retry may go back to what failed rather than fail the client.
+                    tried.clear()
+                    reopened = attempt
+                    continue
                 if fault is None:
                     fault = faults.decide(rules.faults, self.site, c.site, self.rng)
                     if fault.delay > 0:

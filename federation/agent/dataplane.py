@@ -261,9 +261,12 @@ class DataPlane:
         self.exports = self.vm.exports
 
     async def _start_ingress(self) -> None:
+        # Registered on every site (no samples until a listener has clients), so dashboards and alerts do not
+        # depend on which sites host ingress.
+        self.ingress_metrics = IngressMetrics(self.metrics)
         if not self.settings.ingress or self.egress is None:
             return  # settings.validate refuses ingress without gateway.ca_dir, so without an egress
-        metrics = IngressMetrics(self.metrics)
+        metrics = self.ingress_metrics
         for item in self.settings.ingress:
             listener = IngressListener(item, self.mesh, self.egress.admit, metrics)
             await listener.start()

@@ -119,3 +119,14 @@ def _question(name: str, rdtype: str | None) -> tuple[dns.name.Name, dns.rdataty
     except ValueError:
         return dns.name.from_text(name), dns.rdatatype.from_text(rdtype or "A")
     return dns.reversename.from_address(name), dns.rdatatype.from_text(rdtype or "PTR")
+
+
+def ask_a(name: str, host: str, port: int, timeout: float = 3.0) -> tuple[list[str], str]:
+    """The A records a DNS server answers for `name` (sorted) and the rcode's name; OSError (dnspython's
+    errors wrapped: this module is the CLI's DNS client) when no reply comes."""
+    try:
+        reply = dns.query.udp(dns.message.make_query(name, dns.rdatatype.A), host, port=port, timeout=timeout)
+    except dns.exception.DNSException as exc:
+        raise OSError(str(exc) or type(exc).__name__) from exc
+    got = sorted(r.address for rrset in reply.answer if rrset.rdtype == dns.rdatatype.A for r in rrset)
+    return got, dns.rcode.to_text(reply.rcode())

@@ -25,9 +25,11 @@ from typing import Any
 
 from federation.agent.settings import ADMIN_ADDR_FILE, AgentSettings, load_settings
 from federation.agent.verdicts import FAIL, PASS, WARN, exit_code, line
+from federation.cli.resolve import ask_a
 from federation.core.errors import ConfigError, RegistryUnavailable
 from federation.core.keys import Keys
 from federation.registry.etcd import EtcdClient
+from federation.sources.vm.nftables import CaptureUnavailable, NftCapture
 
 VERIFY_TIMEOUT = 120.0
 """Seconds the agent may take for its checks: a thousand sites at 16 at a time, most answering in ms."""
@@ -142,12 +144,6 @@ def _dns_ports_free(settings: AgentSettings) -> list[dict[str, Any]]:
 
 def _dns(status: dict[str, Any]) -> list[dict[str, Any]]:
     """The agent's DNS answers, as a client here asks them, against the addresses the registry gives."""
-    import dns.exception
-    import dns.message
-    import dns.query
-    import dns.rcode
-    import dns.rdatatype
-
     d = status.get("dns")
     if not d or not d.get("udp"):
         return []
@@ -159,15 +155,13 @@ def _dns(status: dict[str, Any]) -> list[dict[str, Any]]:
         qname = f"{name}.{ns}.svc.{d['zone']}"
         t0 = time.perf_counter()
         try:
-            reply = dns.query.udp(dns.message.make_query(qname, dns.rdatatype.A), host, port=int(port), timeout=3)
-        except (dns.exception.DNSException, OSError) as exc:
+            got, rcode = ask_a(qname, host, int(port))
+        except OSError as exc:
             out.append(line("dns", qname, FAIL, time.perf_counter() - t0, f"no answer from {host}:{port}: {exc}",
                             "meshfed status (dns); the agent's log"))
             continue
         took = time.perf_counter() - t0
-        got = sorted(r.address for rrset in reply.answer if rrset.rdtype == dns.rdatatype.A for r in rrset)
         want = sorted(v for v in imp.get("vips", []) if ":" not in v)
-        rcode = dns.rcode.to_text(reply.rcode())
         if want and got != want:
             out.append(line("dns", qname, FAIL, took, f"answers {', '.join(got) or rcode}, the registry says "
                             f"{', '.join(want)}", f"meshfed resolve {qname}; meshfed registry ls --service "
@@ -198,12 +192,14 @@ def _vips_and_capture(status: dict[str, Any]) -> list[dict[str, Any]]:
                         f"ip addr show dev {vif['name']}; the agent's log (netlink)"))
     table = (status.get("egress") or {}).get("table")
     if table:
-        # `table` is what /status says: the family and the name ("inet meshfed").
-        run = subprocess.run(["nft", "list", "table", *table.split()], capture_output=True, text=True, timeout=10,
-                             check=False)
-        out.append(line("capture", table, PASS if run.returncode == 0 else FAIL, None,
-                        "the redirect rules are in place" if run.returncode == 0
-                        else f"nft list table {table}: {(run.stderr.strip().splitlines() or ['failed'])[0]}",
+        # `table` is what /status says: the family and the name ("inet meshfed"); nftables.py runs nft.
+        try:
+            found = asyncio.run(NftCapture((), table=table.split()[-1]).installed())
+            problem = None if found is not None else f"nft list table {table}: Error: No such file or directory"
+        except CaptureUnavailable as exc:
+            problem = f"nft list table {table}: {exc.reason}"
+        out.append(line("capture", table, PASS if problem is None else FAIL, None,
+                        problem or "the redirect rules are in place",
                         "the agent's log (egress capture); restart the agent to install them again"))
     return out
 

@@ -165,8 +165,10 @@ async def scenario(tmp: Path, etcd: EtcdProcess, ports: dict[str, int], fault: s
 
 
 async def main(args: argparse.Namespace) -> None:
-    with tempfile.TemporaryDirectory(prefix="meshfed-failover-") as d:
+    with contextlib.nullcontext(args.keep) if args.keep else tempfile.TemporaryDirectory(
+            prefix="meshfed-failover-") as d:
         tmp = Path(d)
+        tmp.mkdir(parents=True, exist_ok=True)
         etcd = EtcdProcess(data_dir=tmp / "etcd")
         await asyncio.to_thread(etcd.start)
         servers = {site: NamedServer(site) for site in ("east", "edge")}
@@ -204,6 +206,7 @@ if __name__ == "__main__":
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--fault-at", type=float, default=5.0)
     parser.add_argument("--patience", type=float, default=5.0)
+    parser.add_argument("--keep", help="a new directory for the agents' state and logs, kept afterwards")
     parser.add_argument("--modes", nargs="+", default=["default policy"], choices=list(MODES))
     parser.add_argument("--faults", nargs="+", default=["kill", "stop"], choices=["kill", "stop"])
     asyncio.run(main(parser.parse_args()))

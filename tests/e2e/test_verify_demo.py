@@ -2,7 +2,8 @@
 
 Three sites on three networks (east a Kubernetes-style site, west and edge VM sites with VIPs on meshfed0 and
 capture rules), each command run inside west's namespace as an operator there would. Then a fault only this
-topology has: west's capture rules removed behind the agent's back, which verify names.
+topology has: west's capture rules, then one of its VIP addresses, removed behind the agent's back, which
+verify names.
 """
 
 from __future__ import annotations
@@ -71,3 +72,13 @@ def test_verify_gateways_and_explain_on_a_healthy_demo_then_capture_rules_remove
     (capture,) = [ln for ln in json.loads(out)["lines"] if ln["check"] == "capture"]
     assert capture["result"] == "FAIL"
     assert capture["detail"] == f"nft list table {table}: Error: No such file or directory"
+
+    vif = json.loads(meshfed(demo, "west", "status", "--json")[1])["vipInterface"]
+    gone = vif["addresses"][0]
+    flushed = demo.lab.run("west", ["ip", "addr", "del", gone, "dev", vif["name"]])
+    assert flushed.returncode == 0, flushed.stderr
+    code, out = meshfed(demo, "west", "verify", "--json")
+    assert code == 1
+    (vips,) = [ln for ln in json.loads(out)["lines"] if ln["check"] == "vips"]
+    assert vips["result"] == "FAIL"
+    assert vips["detail"] == f"missing on the interface: {gone}"
