@@ -175,8 +175,6 @@ class DataPlane:
             yield "kubernetes-source", self.kubernetes.run()
         if self.eastwest is not None:
             yield "gateway-read-size", self._follow_read_size()
-        if self.accesslog.enabled:
-            yield "access-log", self.accesslog.run()
 
     async def _follow_read_size(self) -> None:
         """The process's read buffer follows `gateway.read_size` (a reload)."""
@@ -328,8 +326,7 @@ class DataPlane:
         capture = self.capture.bind if self.capture is not None and self.capture.active else None
         self.egress = Egress(s.site.name, self.mesh, self.certs.client, self.certs.trust, self._gateway_settings,
                              self.metrics, placement=self._placement(), local_services=self._vips_here(),
-                             capture=capture, access=self.access, policies=self.policies,
-                             accesslog=self.accesslog)
+                             capture=capture, access=self.access, policies=self.policies, accesslog=self.accesslog)
         await self.egress.start()
         self.prober = Prober(s.site.name, self.mesh, self.certs.client, self.certs.trust, self._gateway_settings,
                              self.metrics, pools=self.egress.pools)

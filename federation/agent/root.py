@@ -226,6 +226,8 @@ class Agent:
                         else 0, sealer=identity.signing.seal if identity.signing is not None else None).run())
                 for name, work in plane.tasks():
                     spawn(name, work)
+                if plane.accesslog.enabled:
+                    spawn("access-log", plane.accesslog.run())
                 for name, work in identity.tasks():
                     spawn(name, work)
                 tg.create_task(self._stop_on(stop, plane), name="stop")
