@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 HERE=$(pwd)
 VENV="$HERE/.venv"
-APT_PACKAGES=(etcd-server etcd-client bind9-dnsutils iproute2 procps curl haproxy iperf3 prometheus zonemaster-cli nftables dnsperf unbound nsd)
+APT_PACKAGES=(etcd-server etcd-client bind9-dnsutils iproute2 procps curl haproxy iperf3 prometheus zonemaster-cli nftables dnsperf unbound nsd chromium)
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 

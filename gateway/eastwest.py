@@ -22,6 +22,7 @@ from federation.core.records import Site
 from federation.core.view import MeshView
 from federation.pki.verifying import TrustBundle
 from federation.runtime.values import Readable, follow
+from gateway.accesslog import AccessLog
 from gateway.authorization import Authorizer
 from gateway.balancing import EndpointPicker
 from gateway.refusals import GatewayMetrics, Refusals, Throttle, handshake_cause, handshake_reason
@@ -41,7 +42,8 @@ class EastWestGateway:
 
     def __init__(self, site: str, mesh: Readable[MeshView], server_context: ssl.SSLContext,
                  bundle: Bundle, settings: GatewaySettings | Readable[GatewaySettings] | None = None,
-                 registry: CollectorRegistry | None = None, access: Readable[AccessState] | None = None) -> None:
+                 registry: CollectorRegistry | None = None, access: Readable[AccessState] | None = None,
+                 accesslog: AccessLog | None = None) -> None:
         self.site = site
         self.mesh = mesh
         """The registry view: read at every handshake and stream request, followed by `run`."""
@@ -57,6 +59,8 @@ class EastWestGateway:
         """Access policy on every stream, from the peer's verified certificate; revoked sites."""
         self.refusals = Refusals(log, self.metrics.refusals)
         self.picker = EndpointPicker()
+        self.accesslog = accesslog or AccessLog()
+        """One line per stream relayed to an endpoint (off unless `access_log.path` is set)."""
         self.active = ActiveStreams()
         self._server: asyncio.Server | None = None
         self._lsock: socket.socket | None = None

@@ -28,18 +28,9 @@ from federation.core.policy.access import AccessState, Peer
 from federation.core.view import MeshView
 from federation.pki.verifying import PeerRejected
 from federation.runtime.values import Readable, Value, follow
+from gateway.accesslog import AccessLog
 from gateway.authorization import Authorizer, site_peer
-from gateway.balancing import (
-    Bind,
-    Close,
-    Direct,
-    ListenerKey,
-    Open,
-    Placement,
-    Route,
-    plan,
-    routes,
-)
+from gateway.balancing import Bind, Close, Direct, ListenerKey, Open, Placement, Route, plan, routes
 from gateway.capture import CaptureListener, reset
 from gateway.destinations import CapturedServices, Destination, captured_type
 from gateway.enforcing import Enforcer, Policies, noted
@@ -68,8 +59,10 @@ class Egress:
                  bundle: Bundle, settings: GatewaySettings | Readable[GatewaySettings] | None = None,
                  registry: CollectorRegistry | None = None, placement: Readable[Placement] | None = None,
                  local_services: bool = False, capture: Bind | None = None,
-                 access: Readable[AccessState] | None = None, policies: Readable[Policies] | None = None) -> None:
+                 access: Readable[AccessState] | None = None, policies: Readable[Policies] | None = None,
+                 accesslog: AccessLog | None = None) -> None:
         self.site = site
+        self.accesslog = accesslog or AccessLog()
         self.mesh = mesh
         self.context = client_context
         self.trust = bundle
@@ -190,8 +183,7 @@ class Egress:
                 log.info("egress listener for %s/%s:%s closed", *op.key)
             elif isinstance(op, Open):
                 try:
-                    server = await loop.create_server(
-                        self._factory(op.key), op.bind[0], op.bind[1], backlog=1024)
+                    server = await loop.create_server(self._factory(op.key), op.bind[0], op.bind[1], backlog=1024)
                 except OSError as exc:
                     log.error("egress listener for %s/%s:%s on %s:%d failed: %s", *op.key, *op.bind, exc)
                     continue
@@ -261,13 +253,14 @@ class Egress:
             await self.enforcer.route(client, key, view, rules)
             return
         self._turn += 1
-        for route in routes(view, self.site, *key, turn=self._turn)[:MAX_ROUTES] if allowed else ():
+        for tries, route in enumerate(routes(view, self.site, *key, turn=self._turn)[:MAX_ROUTES] if allowed else ()):
             if client.lost:
                 self.metrics.connections.labels("client_gone").inc()
                 return
             if await (self._direct(client, route, key) if isinstance(route, Direct)
                       else self._tunnel(client, route, key)):
                 self.metrics.connections.labels("relayed").inc()
+                self.accesslog.egress(client, key, route, tries)
                 return
         self.metrics.connections.labels("no_route" if allowed else "denied").inc()
         if allowed:

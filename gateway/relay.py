@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Protocol, cast
+from typing import Any, Protocol, cast
 
 from federation.core.errors import RemoteProtocolError
 from gateway.framing import ABORT_FRAME, END_FRAME, Deframer, header
@@ -196,6 +196,10 @@ class Stream:
         self.done = False
         self.bytes_up = 0
         self.bytes_down = 0
+        self.clean: bool | None = None
+        """How it ended (None: not yet): True when both ends finished cleanly (the access log's result)."""
+        self.on_end: Callable[[Any], None] | None = None
+        """Called with the stream once it is over, after `on_done` (the access log makes its line)."""
         self._idle_timeout = idle_timeout
         self._seen = (0, 0)
         self._idle_strikes = 0
@@ -292,6 +296,7 @@ class Stream:
         if self.done:
             return
         self.done = True
+        self.clean = clean
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -306,6 +311,8 @@ class Stream:
                 self._tt.write(ABORT_FRAME)
             self.tunnel.close()
         self._on_done(clean)
+        if self.on_end is not None:
+            self.on_end(self)
 
     def _check_idle(self) -> None:
         self._timer = None

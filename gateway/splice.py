@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from gateway.relay import HIGH_WATER, Done
@@ -21,6 +22,13 @@ class Splice:
         assert a.transport is not None
         assert b.transport is not None
         self._legs = {id(a): (a, b), id(b): (b, a)}
+        self.plain = a
+        """The client's leg (`a`): bytes from it count up, bytes to it down."""
+        self.bytes_up = 0
+        self.bytes_down = 0
+        self.clean: bool | None = None
+        self.on_end: Callable[[Splice], None] | None = None
+        """Called once it is over, after `on_done` (the access log makes its line)."""
         self._eof: set[int] = set()
         self._on_done = on_done
         self.done = False
@@ -54,6 +62,10 @@ class Splice:
 
     def plain_data(self, leg: PlainLeg, data: bytes) -> None:
         self._count += 1
+        if leg is self.plain:
+            self.bytes_up += len(data)
+        else:
+            self.bytes_down += len(data)
         other = self._legs[id(leg)][1]
         assert other.transport is not None
         other.transport.write(data)
@@ -84,6 +96,7 @@ class Splice:
         if self.done:
             return
         self.done = True
+        self.clean = clean
         if self._timer is not None:
             self._timer.cancel()
         for a, _ in self._legs.values():
@@ -91,6 +104,8 @@ class Splice:
             if a.transport is not None:
                 a.transport.close() if clean else a.transport.abort()
         self._on_done(clean)
+        if self.on_end is not None:
+            self.on_end(self)
 
     def _check_idle(self) -> None:
         self._timer = None

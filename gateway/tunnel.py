@@ -18,6 +18,7 @@ from federation.core.policy.access import Peer
 from federation.core.view import MeshView
 from federation.pki.verifying import PeerRejected, TrustBundle, verify_peer
 from federation.runtime.values import Readable
+from gateway.accesslog import AccessLog
 from gateway.admission import Admission, admit
 from gateway.authorization import Authorizer
 from gateway.balancing import EndpointPicker
@@ -46,6 +47,7 @@ class TunnelHost(Protocol):
     tunnels: set[GatewayTunnel]
     ended: Throttle
     authorizer: Authorizer
+    accesslog: AccessLog
 
     @property
     def bundle(self) -> TrustBundle: ...
@@ -179,7 +181,7 @@ class GatewayTunnel(TunnelLeg):
     async def _connect(self, admission: Admission) -> None:
         loop = asyncio.get_running_loop()
         order = self.gw.picker.order(admission.key, admission.targets, loop.time())
-        for target in order[:MAX_ATTEMPTS]:
+        for tries, target in enumerate(order[:MAX_ATTEMPTS]):
             if self.closed:
                 return
             try:
@@ -199,6 +201,8 @@ class GatewayTunnel(TunnelLeg):
             self.gw.active.add()
             self._last = Stream(self, leg, self.gw.settings.idle_timeout, self._stream_done, pending=pending,
                                 high_water=self.gw.settings.high_water)
+            self.gw.accesslog.inbound(self._last, admission.key, self.peer_site, self.peer,
+                                      f"{target.address}:{target.port}", tries)
             if self.transport is not None and not self.closed:
                 self.transport.resume_reading()
             return

@@ -1,4 +1,4 @@
-"""The admin HTTP endpoint: /healthz, /readyz, /metrics and JSON documents (/registry, /status).
+"""The admin HTTP endpoint: /healthz, /readyz, /metrics, JSON documents (/registry, /status) and the /ui page.
 
 /readyz fails only while the agent cannot serve (before its first complete view); what it serves in a
 degraded way (etcd unreachable for some registry client, a stale view) is listed in its body, one
@@ -21,6 +21,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from federation.agent.selection import Selection, parse_selection
+from federation.agent.ui import HEADERS, PAGES
 from federation.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,8 @@ class AdminServer:
             app.router.add_get(path, self._document)
         for path in self._queried:
             app.router.add_get(path, self._query_document)
+        for path in PAGES:
+            app.router.add_get(path, self._page)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
@@ -104,6 +107,10 @@ class AdminServer:
     async def _metrics_handler(self, _req: web.Request) -> web.Response:
         body = generate_latest(self._metrics)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _page(self, req: web.Request) -> web.Response:
+        body, kind = PAGES[req.path]
+        return web.Response(body=body, content_type=kind, charset="utf-8", headers=HEADERS)
 
     async def _document(self, req: web.Request) -> web.Response:
         try:

@@ -47,6 +47,7 @@ from federation.sources.kubernetes.source import KubernetesSource
 from federation.sources.vm.capture import EgressCapture, precondition
 from federation.sources.vm.netlink import own_address
 from federation.sources.vm.source import VmSource
+from gateway.accesslog import AccessLog
 from gateway.balancing import Placement
 from gateway.eastwest import EastWestGateway
 from gateway.egress import Egress
@@ -83,6 +84,8 @@ class DataPlane:
         self._allocator_mesh = allocator_mesh or mesh
         """What the VIP allocator reconciles against: only live views (it releases what a view lacks)."""
         self.metrics = metrics
+        self.accesslog = AccessLog(settings.access_log, metrics)
+        """One JSON line per relayed connection, egress and gateway (off unless `access_log.path` is set)."""
         self._vip_client = vip_client
         self._policy_writer = policy_writer
         """Writes a Kubernetes site's policy objects to the registry (agent/policysigning.py)."""
@@ -310,7 +313,8 @@ class DataPlane:
                               f"{self.certs.site!r}, not {s.site.name!r}")
         set_read_size(gw.read_size)
         self.eastwest = EastWestGateway(s.site.name, self.mesh, self.certs.server, self.certs.trust,
-                                        self._gateway_settings, self.metrics, access=self.access)
+                                        self._gateway_settings, self.metrics, access=self.access,
+                                        accesslog=self.accesslog)
         await self.eastwest.start()
         host, port = self.eastwest.address
         if gw.workers > 1:
@@ -322,7 +326,7 @@ class DataPlane:
         capture = self.capture.bind if self.capture is not None and self.capture.active else None
         self.egress = Egress(s.site.name, self.mesh, self.certs.client, self.certs.trust, self._gateway_settings,
                              self.metrics, placement=self._placement(), local_services=self._vips_here(),
-                             capture=capture, access=self.access, policies=self.policies)
+                             capture=capture, access=self.access, policies=self.policies, accesslog=self.accesslog)
         await self.egress.start()
         self.prober = Prober(s.site.name, self.mesh, self.certs.client, self.certs.trust, self._gateway_settings,
                              self.metrics, pools=self.egress.pools, reach=self.egress.reach)

@@ -26,6 +26,7 @@ from federation.agent.reporting import registry_report
 from federation.agent.selection import EVERYTHING, Selection
 from federation.agent.settings import ADMIN_ADDR_FILE, AgentSettings
 from federation.agent.status import agent_status
+from federation.agent.topology import topology
 from federation.agent.verifying import verify_document
 from federation.core.imports import EVERYTHING as IMPORT_EVERYTHING
 from federation.core.imports import import_filter
@@ -36,6 +37,7 @@ from federation.pki.issuing import Authority
 from federation.registry.access import AccessReader
 from federation.registry.embedded import EtcdProcess
 from federation.registry.etcd import EtcdClient
+from federation.registry.heartbeat import HeartbeatWriter, LagMeter
 from federation.registry.link import Links
 from federation.registry.mirror import Mirror, RegistryMetrics
 from federation.registry.policies import PolicyMetrics, PolicyReader
@@ -86,6 +88,8 @@ class Agent:
         self.traffic: PolicyReader | None = None
         """The traffic policies in force, live from the registry (the egress enforces them)."""
         self.admin_address: tuple[str, int] | None = None
+        self.lag = LagMeter(self.metrics)
+        """How far behind this agent sees each site (the heartbeats its watch delivers)."""
         self.links = Links()
         """Every registry client's link to etcd (readiness detail, status, metrics)."""
         self.links.register(self.metrics)
@@ -124,6 +128,14 @@ class Agent:
             self.plane.prober if self.plane is not None else None,
             self.mirror.catalog.rejected if self.mirror is not None else {},
             lambda k: k.startswith(sites) and "/" not in k[len(sites):], (self.files.used, self.files.limit))
+        if self.mirror is not None:
+            self.lag.prune(self.mirror.mesh.get().sites)
+        lag = self.lag.report()
+        out["registry"]["lag"] = {k: v for k, v in lag.items() if selection.site in (None, k)}
+        if self.mirror is not None:
+            egress = self.plane.egress if self.plane is not None else None
+            out["topology"] = topology(self.mirror.mesh.get(), self.settings.site.name,
+                                       egress.unreachable.get() if egress is not None else frozenset(), lag, selection)
         return out
 
     async def _run(self, endpoints: tuple[str, ...], stop: asyncio.Event) -> None:
@@ -138,7 +150,8 @@ class Agent:
         verifier = identity.verifier
         raw = RawListing(s.registry.snapshot_max_bytes) if s.registry.snapshot else None
         mirror = self.mirror = Mirror(client("mirror"), self.keys, metrics=RegistryMetrics(self.metrics),
-                                      trust=verifier, raw=raw, imports=import_filter(s.imports, s.site.name))
+                                      trust=verifier, raw=raw, imports=import_filter(s.imports, s.site.name),
+                                      lag=self.lag.take)
         if s.imports != IMPORT_EVERYTHING:
             log.info("imports scoped to %s: other services are left out of the mirror", ", ".join(s.imports))
         snapshot = SnapshotFile(s.state_dir / SNAPSHOT_FILE, self.keys.root(), raw) if raw is not None else None
@@ -206,8 +219,15 @@ class Agent:
                 spawn("access-policies", access.run())
                 spawn("traffic-policies", traffic.run())
                 spawn("registry-publisher", after(plane.exports_ready(), publisher.run()))
+                if s.registry.heartbeat_interval:
+                    spawn("registry-heartbeat", HeartbeatWriter(
+                        client("heartbeat"), self.keys, s.site.name, s.registry.heartbeat_interval,
+                        lease=lambda: publisher.lease if publisher.published.is_set() and publisher.held_by is None
+                        else 0, sealer=identity.signing.seal if identity.signing is not None else None).run())
                 for name, work in plane.tasks():
                     spawn(name, work)
+                if plane.accesslog.enabled:
+                    spawn("access-log", plane.accesslog.run())
                 for name, work in identity.tasks():
                     spawn(name, work)
                 tg.create_task(self._stop_on(stop, plane), name="stop")

@@ -48,6 +48,7 @@ from federation.registry.publisher import DUPLICATE_MODES
 from federation.runtime.files import TlsFiles
 from federation.sources.kubernetes.settings import KubernetesSettings
 from federation.sources.vm.settings import VmSettings
+from gateway.accesslog import AccessLogSettings
 from gateway.ingress import IngressSettings
 from gateway.settings import GatewaySettings
 
@@ -108,6 +109,9 @@ class RegistrySettings:
     """Seconds a dead agent's records outlive it: short for quick failover, long enough to ride out a stall."""
     timeout: float = setting(5.0, lo=0.1, hi=120.0)
     """Seconds an etcd call may take before the agent treats etcd as unreachable."""
+    heartbeat_interval: float = setting(30.0, lo=0.0, hi=3600.0, check=lambda v: None if v == 0 or v >= 1
+                                        else f"{v} is below 1 s (0 turns the heartbeat off)")
+    """Seconds between the site's heartbeats (the lag metric); 30 s is ~33 writes/s at 1,000 sites; 0: off."""
     tls: TlsFiles | None = setting(None, parse=_tls)
     """Client TLS for etcd (ca, cert, key files); None talks plaintext (only sensible on loopback)."""
     snapshot: bool = True
@@ -183,6 +187,8 @@ class AgentSettings:
     """Used by sites of kind vm."""
     kubernetes: KubernetesSettings = KubernetesSettings()
     """Off unless enabled (sites of kind kubernetes)."""
+    access_log: AccessLogSettings = AccessLogSettings()
+    """Off: one JSON line per relayed connection costs a busy gateway; set `path` (a file or `-`) to turn it on."""
     ingress: tuple[IngressSettings, ...] = ()
     """Listeners for clients outside the mesh (global ingress), each to a service or by TLS server name;
     none by default: opening a port to the outside is the operator's choice."""

@@ -17,7 +17,8 @@ import immutables
 
 from federation.core.codec import decode_export, decode_site
 from federation.core.errors import RecordError
-from federation.core.keys import ClaimKey, Keys, ServiceKey, SiteKey, VipKey
+from federation.core.heartbeat import Heartbeat, decode_heartbeat
+from federation.core.keys import ClaimKey, HeartbeatKey, Keys, ServiceKey, SiteKey, VipKey
 from federation.core.records import ServiceExport, Site
 from federation.core.verification import RecordCheck
 from federation.core.view import (
@@ -58,6 +59,10 @@ class Outcome:
     rejected: list[Rejected] = field(default_factory=list)
     changed: bool = False
     """True when a record without typed events changed (VIP allocations and claims): a new view is due."""
+    beat: Heartbeat | None = None
+    """A site's new heartbeat (verified): for the lag meter only; it makes no view."""
+    beat_gone: str | None = None
+    """The site whose heartbeat was deleted (its lease expired)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,6 +249,12 @@ class Catalog:
                     self._check(key, parsed, value)
                 self._put_site(decode_site(parsed, value), key, out)
                 return
+            if isinstance(parsed, HeartbeatKey):
+                if self._check is not None:
+                    self._check(key, parsed, value)
+                out.beat = decode_heartbeat(parsed, value)
+                self._rejected.pop(key, None)
+                return
             if isinstance(parsed, VipKey | ClaimKey):
                 self._refuse_vip(key, self._revs.get(key, 0) or None)
                 if self._check is not None:
@@ -332,6 +343,9 @@ class Catalog:
                 self._vips = self._vips.delete(service)
                 self._vips_changed.add(service)
                 out.changed = True
+            return
+        if isinstance(parsed, HeartbeatKey):
+            out.beat_gone = parsed.site
             return
         if isinstance(parsed, ClaimKey):
             if parsed.address in self._claims:

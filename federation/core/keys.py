@@ -27,6 +27,13 @@ class ServiceKey:
 
 
 @dataclass(frozen=True, slots=True)
+class HeartbeatKey:
+    """A parsed `<prefix>/sites/<site>/heartbeat` key: the site's heartbeat (propagation lag), beside its record."""
+
+    site: str
+
+
+@dataclass(frozen=True, slots=True)
 class ChunkKey:
     """A parsed `<prefix>/sites/<site>/services/<ns>/<name>/endpoints/<index>` key: one endpoint chunk."""
 
@@ -51,7 +58,7 @@ class ClaimKey:
     address: str
 
 
-Parsed = SiteKey | ServiceKey | ChunkKey | VipKey | ClaimKey
+Parsed = SiteKey | ServiceKey | ChunkKey | HeartbeatKey | VipKey | ClaimKey
 
 MAX_CHUNKS = 10_000
 """More endpoint chunks than any export needs (100 endpoints each: a million endpoints)."""
@@ -78,6 +85,10 @@ class Keys:
     def site_children(self, site: str) -> str:
         """Prefix of the keys a site writes below its record."""
         return f"{self.prefix}/sites/{site}/"
+
+    def heartbeat(self, site: str) -> str:
+        """The site's heartbeat: rewritten every `registry.heartbeat_interval`, read for the lag only."""
+        return f"{self.prefix}/sites/{site}/heartbeat"
 
     def service(self, site: str, namespace: str, name: str) -> str:
         """One site's export of one service."""
@@ -111,6 +122,9 @@ class Keys:
         if len(parts) == 1:
             check_label("site", parts[0])
             return SiteKey(parts[0])
+        if len(parts) == 2 and parts[1] == "heartbeat":
+            check_label("site", parts[0])
+            return HeartbeatKey(parts[0])
         if len(parts) == 4 and parts[1] == "services":
             site, _, ns, name = parts
             check_label("site", site)
@@ -125,7 +139,8 @@ class Keys:
             if not index.isdigit() or int(index) >= MAX_CHUNKS or (index != "0" and index.startswith("0")):
                 raise RecordError(f"key {key!r}: chunk index {index!r} is not a number below {MAX_CHUNKS}")
             return ChunkKey(site, ns, name, int(index))
-        raise RecordError(f"key {key!r} does not fit the layout sites/<site>[/services/<ns>/<name>[/endpoints/<i>]]")
+        raise RecordError(f"key {key!r} does not fit the layout "
+                         "sites/<site>[/heartbeat|/services/<ns>/<name>[/endpoints/<i>]]")
 
     def _parse_mesh(self, key: str) -> VipKey | ClaimKey | None:
         head = f"{self.prefix}/mesh/vips/"

@@ -82,6 +82,7 @@ class Mirror:
         imports: Imports | None = None,
         trust: RegistryTrust | None = None,
         raw: RawListing | None = None,
+        lag: Callable[[Outcome], None] | None = None,
     ) -> None:
         self._client = client
         self._keys = keys
@@ -107,6 +108,8 @@ class Mirror:
         self.restored_at: float | None = None
         """When the snapshot this mirror serves until its first listing was written (Unix time), if any."""
         self._raw = raw
+        self._lag = lag
+        """Takes the heartbeats the watch delivers (`registry.heartbeat.LagMeter.take`); listings are not lag."""
         self.stale = True
         self.error: str | None = None
         self.sessions = 0
@@ -253,12 +256,15 @@ class Mirror:
                     self._trust.deleted(event.key)
             else:
                 outcome = self.catalog.put(event.key, event.value, event.revision)
-            if self._raw is not None:
+            # A heartbeat is no state worth saving: it would have the snapshot rewritten every few seconds.
+            if self._raw is not None and outcome.beat is None and outcome.beat_gone is None:
                 if event.value is None:
                     self._raw.delete(event.key, event.revision)
                 else:
                     self._raw.put(event.key, event.value, event.revision)
             self._record(outcome, count=1)
+            if self._lag is not None and (outcome.beat is not None or outcome.beat_gone is not None):
+                self._lag(outcome)
             if self._trust is not None:
                 self._retry_held(outcome)
             now = loop.time()

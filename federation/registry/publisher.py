@@ -294,7 +294,8 @@ class Publisher:
     async def _owned(self) -> tuple[dict[str, Stored], int]:
         name = self.site.name
         children, rev = await self._client.get_prefix(self._keys.site_children(name))
-        own = {k: Stored(v.value, v.lease) for k, v in children.items()}
+        # The heartbeat is written by its own writer (registry.heartbeat): never ours to plan or delete.
+        own = {k: Stored(v.value, v.lease) for k, v in children.items() if k != self._keys.heartbeat(name)}
         site_kv = await self._client.get(self._keys.site(name))
         if site_kv is not None:
             own[self._keys.site(name)] = Stored(site_kv.value, site_kv.lease)

@@ -130,3 +130,19 @@ def test_every_settings_field_says_why_its_default() -> None:
                 assert isinstance(nxt, ast.Expr), f"{where} has no docstring"
                 assert isinstance(nxt.value, ast.Constant), f"{where} has no docstring"
     assert len(seen) >= 6
+
+
+def test_the_heartbeat_and_the_access_log_have_safe_defaults_and_bounds() -> None:
+    cfg = parse_settings(SITE, "x.yaml")
+    assert cfg.registry.heartbeat_interval == 30.0
+    assert cfg.access_log.path == ""  # off
+    assert parse_settings({**SITE, "registry": {"signatures": "accept", "heartbeat_interval": 0}},
+                          "x.yaml").registry.heartbeat_interval == 0
+    with pytest.raises(ConfigError, match=r"registry.heartbeat_interval: 0.5 is below 1 s \(0 turns the heartbeat off\)"):
+        parse_settings({**SITE, "registry": {"signatures": "accept", "heartbeat_interval": 0.5}}, "x.yaml")
+    cfg = parse_settings({**SITE, "access_log": {"path": "-", "sample": 0.1}}, "x.yaml")
+    assert (cfg.access_log.path, cfg.access_log.sample, cfg.access_log.buffer) == ("-", 0.1, 10_000)
+    with pytest.raises(ConfigError, match=r"access_log.sample: 2(\.0)? is not in 0(\.0)?\.\.1"):
+        parse_settings({**SITE, "access_log": {"sample": 2}}, "x.yaml")
+    with pytest.raises(ConfigError, match=r"access_log.where: unknown field"):
+        parse_settings({**SITE, "access_log": {"where": "-"}}, "x.yaml")
