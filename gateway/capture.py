@@ -97,20 +97,15 @@ def reset(leg: PlainLeg) -> None:
     leg.transport.abort()
 
 
-class CaptureListener:
-    """The one listener of capture mode: `start()` binds it, each client goes to `route` or `unknown`."""
+class SocketListener:
+    """One listening socket (dual stack on "::") whose clients are `PlainLeg`s: bind, address, close."""
 
-    def __init__(self, index: DestinationIndex, route: Route, unknown: Unknown) -> None:
-        self.index = index
-        """Read for every new client; the egress keeps it following the mesh and the VIP table."""
-        self._route = route
-        self._unknown = unknown
+    def __init__(self) -> None:
         self._server: asyncio.Server | None = None
 
-    async def start(self, host: str = "::", port: int = 0) -> None:
-        """Bind and start accepting."""
+    async def _serve(self, host: str, port: int, leg: Callable[[], PlainLeg]) -> None:
         sock = dual_stack_socket(host, port)
-        self._server = await asyncio.get_running_loop().create_server(lambda: _CapturedLeg(self), sock=sock)
+        self._server = await asyncio.get_running_loop().create_server(leg, sock=sock)
 
     @property
     def address(self) -> tuple[str, int]:
@@ -121,7 +116,7 @@ class CaptureListener:
         return str(host), int(port)
 
     def close(self) -> None:
-        """Stop accepting (accepted clients go on)."""
+        """Stop accepting (clients already accepted go on)."""
         if self._server is not None:
             self._server.close()
 
@@ -129,6 +124,21 @@ class CaptureListener:
         """Wait until the listening socket is closed."""
         if self._server is not None:
             await self._server.wait_closed()
+
+
+class CaptureListener(SocketListener):
+    """The one listener of capture mode: `start()` binds it, each client goes to `route` or `unknown`."""
+
+    def __init__(self, index: DestinationIndex, route: Route, unknown: Unknown) -> None:
+        super().__init__()
+        self.index = index
+        """Read for every new client; the egress keeps it following the mesh and the VIP table."""
+        self._route = route
+        self._unknown = unknown
+
+    async def start(self, host: str = "::", port: int = 0) -> None:
+        """Bind and start accepting."""
+        await self._serve(host, port, lambda: _CapturedLeg(self))
 
     def accepted(self, leg: PlainLeg) -> None:
         """A client arrived: find its service port, or hand it to `unknown`."""

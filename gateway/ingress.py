@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry, Counter
 from federation.core.settings import Invalid, setting
 from federation.core.view import MeshView
 from federation.runtime.values import Readable
-from gateway.capture import dual_stack_socket, reset
+from gateway.capture import SocketListener, reset
 from gateway.destinations import ListenerKey
 from gateway.refusals import Throttle
 from gateway.relay import PlainLeg
@@ -90,7 +90,7 @@ class IngressMetrics:
         )  # fmt: skip
 
 
-class IngressListener:
+class IngressListener(SocketListener):
     """One `IngressSettings` listener: `start()` binds it; each client is handed to `admit` or reset."""
 
     def __init__(self, settings: IngressSettings, mesh: Readable[MeshView], admit: Admit,
@@ -99,33 +99,14 @@ class IngressListener:
         self._mesh = mesh
         self._admit = admit
         self._metrics = metrics
-        self._server: asyncio.Server | None = None
+        super().__init__()
 
     async def start(self) -> None:
         """Bind and start accepting."""
         host, _, port = self.settings.listen.rpartition(":")
-        sock = dual_stack_socket(host.strip("[]"), int(port))
-        self._server = await asyncio.get_running_loop().create_server(lambda: _IngressLeg(self), sock=sock)
+        await self._serve(host.strip("[]"), int(port), lambda: _IngressLeg(self))
         log.info("ingress listener on %s:%d (%s)", *self.address,
                  self.settings.service or f"{len(self.settings.routes)} TLS server name route(s)")
-
-    @property
-    def address(self) -> tuple[str, int]:
-        """(host, port) bound; ("", 0) before `start()`."""
-        if self._server is None or not self._server.sockets:
-            return "", 0
-        host, port = self._server.sockets[0].getsockname()[:2]
-        return str(host), int(port)
-
-    def close(self) -> None:
-        """Stop accepting (clients already routed go on)."""
-        if self._server is not None:
-            self._server.close()
-
-    async def wait_closed(self) -> None:
-        """Wait until the listening socket is closed."""
-        if self._server is not None:
-            await self._server.wait_closed()
 
     # -- one client
 
