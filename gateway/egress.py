@@ -36,13 +36,14 @@ from gateway.destinations import CapturedServices, Destination, captured_type
 from gateway.enforcing import Enforcer, Policies, noted
 from gateway.listening import ListenerPlan
 from gateway.pool import PoolKey, TunnelPool
-from gateway.preamble import Request, Status
+from gateway.preamble import Status
 from gateway.reachability import Reachability
 from gateway.refusals import EgressMetrics, Throttle
 from gateway.relay import ActiveStreams, PlainLeg
 from gateway.settings import GatewaySettings, live
 from gateway.shedding import Shedder, reset_transport
 from gateway.splice import Splice
+from gateway.subsets import SubsetSupport
 from gateway.tls import Bundle, ResumingContext, current
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,7 @@ class Egress:
         self.metrics = EgressMetrics(registry)
         self.authorizer = Authorizer(access, "egress", registry)  # this site's own clients, direct routes included
         self.enforcer = Enforcer(site, self.metrics, self._direct, self._tunnel, policies, registry)
+        self.subsets = SubsetSupport()  # a split's labels in the stream request; old gateways get none
         self._keys: dict[Any, ListenerKey] = {}
         self.placement: Readable[Placement] = placement or Value(
             Placement(fallback=(self.settings.egress_address, self.settings.egress_port)), name="placement")
@@ -299,7 +301,7 @@ class Egress:
                       idle: float | None = None, hostname: str | None = None) -> bool:
         assert not isinstance(route, Direct)
         pool = self._pool(route.site, route.gateway)
-        req = Request(key[0], key[1], key[2], hostname)  # a hostname: that one endpoint (gateway.headless)
+        req = self.subsets.request(key, route, time.monotonic(), hostname)  # hostname: one endpoint (headless)
         for _ in range(2):  # a pooled tunnel may have died idle: one fresh retry on the same gateway
             tunnel = None
             try:
@@ -337,7 +339,10 @@ class Egress:
                               "gateway of %s answered %s for %s/%s:%s: %s", route.site, resp.status.name, *key,
                          resp.reason)
                 pool.give_back(tunnel)
-                return False
+                if (legacy := self.subsets.retry(req, resp, route, time.monotonic())) is None:
+                    return False
+                req = legacy  # an old gateway refused the subset: the same request without it
+                continue
             if tunnel.closed:  # lost right after its status (its transport is gone): a fresh tunnel, once
                 continue
             self.metrics.attempts.labels("gateway", "ok").inc()

@@ -24,7 +24,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter
 
 from federation.core.policy.model import AbortKind, Rules, TrafficPolicy
-from federation.core.records import Gateway
+from federation.core.records import Gateway, Labels
 from federation.core.view import MeshView
 from federation.runtime.values import Readable
 from gateway.balancing import Direct, ListenerKey, Route, Target, ViaGateway, find_port
@@ -215,7 +215,7 @@ class Enforcer:
                     tried |= prep.by_site[c.site]
                     continue
                 attempt += 1
-                route, note = self._route_to(prep, state, i, now), list[str]()
+                route, note = self._route_to(prep, state, i, now, self._subset(rules, choice.target)), list[str]()
                 try:
                     async with asyncio.timeout(per_try):
                         ok = await (self._direct if isinstance(route, Direct) else self._tunnel)(
@@ -308,13 +308,18 @@ class Enforcer:
             self.metrics.actions.labels("ejection_capped").inc()
         return failure
 
-    def _route_to(self, prep: _Prepared, state: _Service, i: int, now: float) -> Route:
+    def _route_to(self, prep: _Prepared, state: _Service, i: int, now: float, subset: Labels = ()) -> Route:
         c = prep.plan.candidates[i]
         if not prep.plan.routes[i].gateways:
             return Direct(c.site, Target(c.address, c.port))
         gateways = prep.gateways[c.site]
         live = [g for g in gateways if not state.outliers.gateway_ejected((c.site, g.name), now)] or gateways
-        return ViaGateway(c.site, live[self.rng.randrange(len(live))])
+        return ViaGateway(c.site, live[self.rng.randrange(len(live))], subset)
+
+    @staticmethod
+    def _subset(rules: Rules, target: int | None) -> Labels:
+        """The drawn split target's labels, for the remote gateway to pick within (none for a fallback)."""
+        return rules.split[target].labels if target is not None else ()
 
     def _refuse(self, client: PlainLeg, key: ListenerKey, action: str, reason: str) -> None:
         self.metrics.actions.labels(action).inc()

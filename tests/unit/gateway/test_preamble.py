@@ -79,7 +79,7 @@ def test_a_length_over_the_limit_is_refused_before_the_body_arrives() -> None:
     (b"\x01\x01\x00\x0b\x02NS\x03svc\x01\x00\x50\x00", "not a valid name"),
     (b"\x01\x01\x00\x0b\x02ns\x03svc\x07\x00\x50\x00", "port kind"),
     (b"\x01\x01\x00\x0b\x02ns\x03svc\x01\x00\x00\x00", "port 0"),
-    (b"\x01\x01\x00\x0c\x02ns\x03svc\x01\x00\x50\x00\x00", "after its last field"),
+    (b"\x01\x01\x00\x0c\x02ns\x03svc\x01\x00\x50\x00\x00", "ends inside extension"),
 ])
 def test_malformed_requests_name_their_fault(data: bytes, reason: str) -> None:
     p = Preamble(Role.SERVER)
