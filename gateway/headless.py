@@ -20,8 +20,10 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import immutables
+from prometheus_client import Counter
 
 from federation.core.endpoints import EndpointAddresses, RemoteEndpoint
+from federation.core.policy.model import Timeouts
 from federation.core.records import Protocol
 from federation.core.view import MeshView, ServiceId
 from federation.runtime.values import Readable, Value, follow
@@ -29,6 +31,7 @@ from gateway.balancing import Bind, Placement, ViaGateway
 from gateway.capture import reset
 from gateway.refusals import Throttle
 from gateway.relay import PlainLeg
+from gateway.shedding import reset_transport
 
 if TYPE_CHECKING:
     from gateway.egress import Egress
@@ -180,24 +183,65 @@ class HostListeners:
         egress.spawn(self.route(client, key), name="egress-endpoint-{}/{}:{}@{}/{}".format(*key))
 
     async def route(self, client: PlainLeg, key: HostKey) -> None:
-        """Tunnel `client` to the endpoint of `key` through a gateway of its own site, or reset it."""
+        """Tunnel `client` to the endpoint of `key` through a gateway of its own site, or reset it. The
+        service's traffic policy sets the timeouts (each gateway within `connectPerTry`, all within
+        `connect`; `idle`; `maxConnectionDuration`); nothing else of it applies: no other endpoint will do."""
         egress = self.egress
         ns, name, port, site, hostname = key
+        view = egress.mesh.get()
         allowed = egress.authorizer.check((ns, name), egress._peer()).allowed
-        record = egress.mesh.get().sites.get(site)
+        record = view.sites.get(site)
         gateways: tuple[Any, ...] = record.gateways if record is not None and allowed else ()
-        for gateway in gateways[:MAX_GATEWAYS]:
-            if client.lost:
-                egress.metrics.connections.labels("client_gone").inc()
-                return
-            if await egress._tunnel(client, ViaGateway(site, gateway), (ns, name, port), hostname=hostname):
-                egress.metrics.connections.labels("relayed").inc()
-                return
+        rules = egress.enforcer.rules(view, (ns, name, port)) if gateways else None
+        t = rules.timeouts if rules is not None else None
+        try:
+            async with asyncio.timeout(t.connect if t is not None else None):
+                for gateway in gateways[:MAX_GATEWAYS]:
+                    if client.lost:
+                        egress.metrics.connections.labels("client_gone").inc()
+                        return
+                    if await self._try(client, ViaGateway(site, gateway), key, t):
+                        egress.metrics.connections.labels("relayed").inc()
+                        if t is not None and t.max_connection_duration is not None:
+                            limit(client, t.max_connection_duration, egress.enforcer.metrics.actions)
+                        return
+        except TimeoutError:
+            _throttle.log(log, logging.INFO, ("connect-timeout", key), "a client of %s/%s:%s endpoint %s of %s "
+                          "waited the policy's connect timeout (%.1fs): reset", ns, name, port, hostname, site,
+                          t.connect if t is not None else 0.0)
         egress.metrics.connections.labels("no_route" if allowed else "denied").inc()
         if allowed:
             _throttle.log(log, logging.WARNING, ("no-route", key),
                           "no gateway of %s accepted a client of %s/%s:%s endpoint %s", site, ns, name, port, hostname)
         reset(client)
+
+
+    async def _try(self, client: PlainLeg, route: ViaGateway, key: HostKey, t: Timeouts | None) -> bool:
+        """One gateway, within the policy's `connectPerTry` (if any)."""
+        ns, name, port, _, hostname = key
+        try:
+            async with asyncio.timeout(min(t.connect_per_try, t.connect) if t is not None else None):
+                return await self.egress._tunnel(client, route, (ns, name, port), idle=t.idle if t else None,
+                                                 hostname=hostname)
+        except TimeoutError:
+            self.egress.metrics.attempts.labels("gateway", "timeout").inc()
+            return False
+
+
+def limit(client: PlainLeg, seconds: float, actions: Counter) -> None:
+    """Reset `client` once it has been connected `seconds` (maxConnectionDuration), unless it is gone first."""
+    def expire() -> None:
+        if not client.lost:
+            actions.labels("max_duration").inc()
+            reset_transport(client.transport)
+    timer = asyncio.get_running_loop().call_later(seconds, expire)
+    before = client.on_lost
+
+    def lost() -> None:
+        timer.cancel()
+        if before is not None:
+            before()
+    client.on_lost = lost
 
 
 class _HostLeg(PlainLeg):
