@@ -151,6 +151,10 @@ class Enforcer:
         port = find_port(svc.ports, key[2]) if svc is not None else None
         return policy.rules_for(key[2], port.port if port is not None else 0)
 
+    def state(self, namespace: str, name: str) -> _Service | None:
+        """A service's live ejections, breaker counts and retry budget (None before its first client)."""
+        return self._services.get((namespace, name))
+
     async def route(self, client: PlainLeg, key: ListenerKey, view: MeshView, rules: Rules) -> None:
         """Connect `client` as `rules` say, or reset it."""
         state = self._state(key, rules)
