@@ -296,8 +296,10 @@ class Enforcer:
             outcome = state.outliers.endpoint_failed(prep.plan.routes[i].endpoint, now, prep.ready)
         else:
             # The remote gateway answers for its whole site: a failed stream rules out the site for this
-            # connection; evidence counts against the gateway when it was not reached, else the endpoint.
-            tried |= prep.by_site[site]
+            # connection (only the subset's endpoints there, when it had none of the subset); evidence counts
+            # against the gateway when it was not reached, else the endpoint.
+            tried |= prep.by_site[site] if what != "no_healthy_endpoint" or not route.subset else {
+                j for j in prep.by_site[site] if all(prep.plan.candidates[j].label(k) == v for k, v in route.subset)}
             if failure in (Failure.GATEWAY, Failure.TIMEOUT):
                 kind = "gateway"
                 outcome = state.outliers.gateway_failed((site, route.gateway.name), now)
