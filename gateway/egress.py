@@ -302,7 +302,7 @@ class Egress:
         assert not isinstance(route, Direct)
         pool = self._pool(route.site, route.gateway)
         req = self.subsets.request(key, route, time.monotonic(), hostname)  # hostname: one endpoint (headless)
-        for _ in range(2):  # a pooled tunnel may have died idle: one fresh retry on the same gateway
+        for _ in range(2 + bool(req.subset)):  # a pooled tunnel may have died idle: one more (and an old gateway)
             tunnel = None
             try:
                 async with asyncio.timeout(self.settings.handshake_timeout + self.settings.connect_timeout):
