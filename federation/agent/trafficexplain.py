@@ -10,7 +10,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from federation.core.policy.model import FaultRule, Rules, SplitTarget, TrafficPolicy
-from federation.core.policy.sections import write_circuit_breaker, write_faults, write_split, write_timeouts
+from federation.core.policy.sections import (
+    write_circuit_breaker,
+    write_faults,
+    write_retries,
+    write_split,
+    write_timeouts,
+)
 from federation.core.policy.units import format_duration
 from federation.core.records import ServicePort
 from federation.core.view import FederatedService, MeshView
@@ -35,7 +41,7 @@ def traffic_step(policies: Mapping[tuple[str, str], TrafficPolicy], view: MeshVi
     extra: dict[str, Any] = {
         "policy": name, "portEntry": entry, "split": write_split(rules.split),
         "timeouts": write_timeouts(rules.timeouts), "circuitBreaker": write_circuit_breaker(rules.circuit_breaker),
-        "retries": {"attempts": rules.retries.attempts, "perTry": format_duration(rules.timeouts.connect_per_try)},
+        "retries": write_retries(rules.retries),
     }
     live: dict[str, Any] | None = None
     if from_site != own_site:
@@ -47,7 +53,8 @@ def traffic_step(policies: Mapping[tuple[str, str], TrafficPolicy], view: MeshVi
     else:
         lines, live = _live(state, now)
         details += lines
-    details += [_breaker(rules, state if from_site == own_site else None), _timeouts(rules), _retries(rules, state)]
+    mine = state if from_site == own_site else None
+    details += [_breaker(rules, mine), _timeouts(rules), _retries(rules, mine)]
     faults = [(i, f) for i, f in enumerate(rules.faults) if not f.source_sites or from_site in f.source_sites]
     details += _faults(faults, from_site)
     extra["faults"] = [{"rule": i + 1, **write_faults((f,))[0]} for i, f in faults]

@@ -100,4 +100,5 @@ def test_another_sites_view_names_its_faults_but_not_this_agents_live_state() ->
     assert "fault rule 1 for clients of north, routed to any site: abort (Refuse) 100%" in text
     assert "run meshfed explain on north's agent" in text
     assert "ejected now" not in text
+    assert "now 0 retrying" not in text  # this agent's budget is not north's
     assert step["live"] is None
