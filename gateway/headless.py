@@ -203,7 +203,7 @@ class HostListeners:
                     if await self._try(client, ViaGateway(site, gateway), key, t):
                         egress.metrics.connections.labels("relayed").inc()
                         if t is not None and t.max_connection_duration is not None:
-                            limit(client, t.max_connection_duration, egress.enforcer.metrics.actions)
+                            _limit_duration(client, t.max_connection_duration, egress.enforcer.metrics.actions)
                         return
         except TimeoutError:
             _throttle.log(log, logging.INFO, ("connect-timeout", key), "a client of %s/%s:%s endpoint %s of %s "
@@ -214,7 +214,6 @@ class HostListeners:
             _throttle.log(log, logging.WARNING, ("no-route", key),
                           "no gateway of %s accepted a client of %s/%s:%s endpoint %s", site, ns, name, port, hostname)
         reset(client)
-
 
     async def _try(self, client: PlainLeg, route: ViaGateway, key: HostKey, t: Timeouts | None) -> bool:
         """One gateway, within the policy's `connectPerTry` (if any)."""
@@ -228,7 +227,7 @@ class HostListeners:
             return False
 
 
-def limit(client: PlainLeg, seconds: float, actions: Counter) -> None:
+def _limit_duration(client: PlainLeg, seconds: float, actions: Counter) -> None:
     """Reset `client` once it has been connected `seconds` (maxConnectionDuration), unless it is gone first."""
     def expire() -> None:
         if not client.lost:
