@@ -17,7 +17,8 @@ from gateway.preamble import EXT_SUBSET, NEED_DATA, Preamble, Request, Response,
 from gateway.subsets import SubsetSupport
 
 names = st.from_regex(r"\A[a-z0-9]([-a-z0-9]{0,20}[a-z0-9])?\Z")
-keys = st.from_regex(r"\A([a-z0-9]([-a-z0-9.]{0,8}[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,10}[A-Za-z0-9])?\Z")
+keys = st.from_regex(r"\A([a-z0-9]([-a-z0-9]{0,6}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,6}[a-z0-9])?)?/)?"
+                     r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,10}[A-Za-z0-9])?\Z")
 values = st.from_regex(r"\A([A-Za-z0-9]([-A-Za-z0-9_.]{0,10}[A-Za-z0-9])?)?\Z")
 subsets = st.dictionaries(keys, values, max_size=6).map(lambda d: tuple(sorted(d.items())))
 V1_REQUEST = b"\x01\x01\x00\x0f\x04shop\x03web\x00\x03tcp\x00"
@@ -30,7 +31,7 @@ def _decode(data: bytes) -> object:
     return p.next_event()
 
 
-@settings(deadline=None)  # shared CI machines: a slow example is not a failure
+@settings(deadline=None, max_examples=40)  # shared CI machines: label keys are slow to generate
 @given(names, names, subsets, st.one_of(st.none(), names))
 def test_a_request_with_a_subset_round_trips(ns: str, svc: str, subset: tuple[tuple[str, str], ...],
                                              hostname: str | None) -> None:
