@@ -87,6 +87,8 @@ class Egress:
         self.capture_bind = capture
         """Where the capture listener binds (capture mode); None: a listener per service port."""
         self.capture: CaptureListener | None = None
+        self.claims: list[Callable[[PlainLeg, Destination], bool]] = []
+        """Offered a captured client whose destination is no VIP first (headless endpoints' addresses)."""
         self._captured = CapturedServices(site, local_services)
         self.metrics.mode.labels("capture").set(1 if capture is not None else 0)
         self.metrics.mode.labels("listeners").set(0 if capture is not None else 1)
@@ -128,7 +130,7 @@ class Egress:
         out = {}
         for key in self._servers if keys is None else keys:
             server = self._servers.get(key)
-            if server is not None:
+            if server is not None and server.sockets:  # none once stop_accepting() closed it
                 host, port = server.sockets[0].getsockname()[:2]
                 out[key] = (host, port)
         return out
@@ -233,6 +235,8 @@ class Egress:
 
     def _unknown(self, client: PlainLeg, dest: Destination | None) -> None:
         """A captured client whose destination is no service port: reset it, as one with no route."""
+        if dest is not None and any(claim(client, dest) for claim in self.claims):
+            return
         self.metrics.connections.labels("unknown_destination").inc()
         where = f"{dest[0]}:{dest[1]}" if dest is not None else "an unknown destination (not redirected)"
         _throttle.log(log, logging.WARNING, ("unknown-destination", dest),

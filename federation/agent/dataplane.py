@@ -126,7 +126,8 @@ class DataPlane:
         s = self.settings
         self.endpoints = self._endpoint_table()
         if s.site.kind == "vm":
-            self.capture = EgressCapture(s.vm.egress_capture, s.dns.vip_ranges, where=str(s.source),
+            ranges = (*s.dns.vip_ranges, *(s.vm.endpoint_ranges if self.endpoints is not None else ()))
+            self.capture = EgressCapture(s.vm.egress_capture, ranges, where=str(s.source),
                                          unavailable=precondition(s.vm, s.dns.enabled, bool(s.gateway.ca_dir)))
             await self.capture.decide()
             self._start_vm()
@@ -251,11 +252,10 @@ class DataPlane:
             log.warning("vm.vip_interface is empty: ClusterSetIP names answer no address at this site (nothing "
                         "here serves the VIPs); clients use the egress listeners `meshfed status` lists")
         config = self.config
-        capturing = self.capture is not None and self.capture.active
         self.vm = VmSource(s.vm, s.site.name, mesh=self.mesh, vips=self.addresses, static_exports=self._static,
                            locality=s.site.locality, metrics=self.metrics,
                            live=Derived(lambda: config.get().vm, config, name="vm settings"),
-                           vip_ranges=s.dns.vip_ranges if capturing else (), endpoints=self.endpoints)
+                           vip_ranges=self.capture.captured if self.capture else (), endpoints=self.endpoints)
         self.exports = self.vm.exports
 
     async def _start_ingress(self) -> None:
@@ -331,7 +331,7 @@ class DataPlane:
         self.prober = Prober(s.site.name, self.mesh, self.certs.client, self.certs.trust, self._gateway_settings,
                              self.metrics, pools=self.egress.pools, reach=self.egress.reach)
         if self.endpoints is not None:
-            self.hosts = HostListeners(self.egress, self.endpoints)
+            self.hosts = HostListeners(self.egress, self.endpoints, self.capture.captured if self.capture else ())
             await self.hosts.start()
         if self.capture is not None and self.egress.capture is not None:
             await self.capture.install(self.egress.capture.address[1])

@@ -64,7 +64,7 @@ async def _serve(plane: DataPlane) -> None:
         want = sum(len(v) for v in plane.endpoints.get().values())
         for _ in range(400):  # bounded: 20 s
             bound = plane.hosts.listening.get()
-            if want and len(bound) >= want and all(h != "127.0.0.1" for h, _ in bound.values()):
+            if want and len(bound) >= want and all(h != "127.0.0.1" for h, _ in bound.values()):  # or captured
                 break
             await asyncio.sleep(0.05)
         listeners = {"/".join(k): list(v) for k, v in plane.hosts.listening.get().items()}
