@@ -60,7 +60,8 @@ class Egress:
                  registry: CollectorRegistry | None = None, placement: Readable[Placement] | None = None,
                  local_services: bool = False, capture: Bind | None = None,
                  access: Readable[AccessState] | None = None, policies: Readable[Policies] | None = None,
-                 accesslog: AccessLog | None = None) -> None:
+                 accesslog: AccessLog | None = None, headless_captured: bool = False) -> None:
+        """`headless_captured`: capture also takes headless endpoints' addresses (gateway.headless): no listener."""
         self.site = site
         self.accesslog = accesslog or AccessLog()
         self.mesh = mesh
@@ -86,6 +87,7 @@ class Egress:
         """Also listen for services only this site exports (a VM's own services at their VIP)."""
         self.capture_bind = capture
         """Where the capture listener binds (capture mode); None: a listener per service port."""
+        self._headless_captured = capture is not None and headless_captured
         self.capture: CaptureListener | None = None
         self.claims: list[Callable[[PlainLeg, Destination], bool]] = []
         """Offered a captured client whose destination is no VIP first (headless endpoints' addresses)."""
@@ -201,11 +203,12 @@ class Egress:
         self._warm(view, [*(k for k in check if k in self._servers), *captured])
 
     def _is_captured(self, view: MeshView, key: ListenerKey) -> bool:
-        """True if the capture listener serves `key`'s service (capture mode, a ClusterSetIP service)."""
+        """True if the capture listener serves `key`'s service (capture mode: ClusterSetIP, and headless when
+        its endpoints' addresses are captured too)."""
         if self.capture_bind is None:
             return False
         svc = view.service(key[0], key[1])
-        return svc is not None and captured_type(svc)
+        return svc is not None and (captured_type(svc) or self._headless_captured)
 
     def _warm(self, view: MeshView, listeners: Iterable[ListenerKey]) -> None:
         """Pre-open tunnels to the first gateway each listener would use, so no client waits for them."""

@@ -69,8 +69,9 @@ async def _serve(plane: DataPlane) -> None:
             await asyncio.sleep(0.05)
         listeners = {"/".join(k): list(v) for k, v in plane.hosts.listening.get().items()}
         mode = plane.egress.mode if plane.egress is not None else ""
-        print("READY", json.dumps({"dns": plane.dns.udp_addresses[0][1], "listeners": listeners, "mode": mode}),
-              flush=True)
+        per_port = len(plane.egress.listeners()) if plane.egress is not None else 0
+        print("READY", json.dumps({"dns": plane.dns.udp_addresses[0][1], "listeners": listeners, "mode": mode,
+                                   "per_port": per_port}), flush=True)
         await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
         await plane.drain(0.5)
         raise _Stop

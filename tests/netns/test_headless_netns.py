@@ -143,6 +143,8 @@ def test_a_remote_statefulset_pod_is_reached_by_its_hostname_through_the_gateway
                                        text=True, timeout=20, check=True).stdout
             on_db = [line for line in listening.splitlines() if f":{DB_PORT} " in line]
             assert len(on_db) == (0 if capture == "on" else len(PODS)), listening
+            # Capture mode: the headless service has no per-port loopback listener either (per-port mode: one).
+            assert ready["per_port"] == (0 if capture == "on" else 1), ready
             # The service name answers the same per-endpoint addresses, and SRV names each pod.
             bare = ask(ns["a"], dns_port, f"db.{ZONE}")
             assert sorted(bare["ANSWER"].rsplit(" ", 1)[0].split()) == sorted(seen.values()), bare
