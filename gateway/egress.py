@@ -35,7 +35,7 @@ from gateway.capture import CaptureListener, reset
 from gateway.destinations import CapturedServices, Destination, captured_type
 from gateway.enforcing import Enforcer, Policies, noted
 from gateway.listening import ListenerPlan
-from gateway.pool import PoolKey, TunnelPool
+from gateway.pool import PoolKey, TunnelPool, pool_of
 from gateway.preamble import Status
 from gateway.reachability import Reachability
 from gateway.refusals import EgressMetrics, Throttle
@@ -61,7 +61,8 @@ class Egress:
                  registry: CollectorRegistry | None = None, placement: Readable[Placement] | None = None,
                  local_services: bool = False, capture: Bind | None = None,
                  access: Readable[AccessState] | None = None, policies: Readable[Policies] | None = None,
-                 accesslog: AccessLog | None = None) -> None:
+                 accesslog: AccessLog | None = None, headless_captured: bool = False) -> None:
+        """`headless_captured`: capture also takes headless endpoints' addresses (gateway.headless): no listener."""
         self.site = site
         self.accesslog = accesslog or AccessLog()
         self.mesh = mesh
@@ -88,7 +89,10 @@ class Egress:
         """Also listen for services only this site exports (a VM's own services at their VIP)."""
         self.capture_bind = capture
         """Where the capture listener binds (capture mode); None: a listener per service port."""
+        self._headless_captured = capture is not None and headless_captured
         self.capture: CaptureListener | None = None
+        self.claims: list[Callable[[PlainLeg, Destination], bool]] = []
+        """Offered a captured client whose destination is no VIP first (headless endpoints' addresses)."""
         self._captured = CapturedServices(site, local_services)
         self.metrics.mode.labels("capture").set(1 if capture is not None else 0)
         self.metrics.mode.labels("listeners").set(0 if capture is not None else 1)
@@ -130,7 +134,7 @@ class Egress:
         out = {}
         for key in self._servers if keys is None else keys:
             server = self._servers.get(key)
-            if server is not None:
+            if server is not None and server.sockets:  # none once stop_accepting() closed it
                 host, port = server.sockets[0].getsockname()[:2]
                 out[key] = (host, port)
         return out
@@ -201,11 +205,12 @@ class Egress:
         self._warm(view, [*(k for k in check if k in self._servers), *captured])
 
     def _is_captured(self, view: MeshView, key: ListenerKey) -> bool:
-        """True if the capture listener serves `key`'s service (capture mode, a ClusterSetIP service)."""
+        """True if the capture listener serves `key`'s service (capture mode: ClusterSetIP, and headless when
+        its endpoints' addresses are captured too)."""
         if self.capture_bind is None:
             return False
         svc = view.service(key[0], key[1])
-        return svc is not None and captured_type(svc)
+        return svc is not None and (captured_type(svc) or self._headless_captured)
 
     def _warm(self, view: MeshView, listeners: Iterable[ListenerKey]) -> None:
         """Pre-open tunnels to the first gateway each listener would use, so no client waits for them."""
@@ -235,6 +240,8 @@ class Egress:
 
     def _unknown(self, client: PlainLeg, dest: Destination | None) -> None:
         """A captured client whose destination is no service port: reset it, as one with no route."""
+        if dest is not None and any(claim(client, dest) for claim in self.claims):
+            return
         self.metrics.connections.labels("unknown_destination").inc()
         where = f"{dest[0]}:{dest[1]}" if dest is not None else "an unknown destination (not redirected)"
         _throttle.log(log, logging.WARNING, ("unknown-destination", dest),
@@ -372,17 +379,8 @@ class Egress:
                 self.active.done()
 
     def _pool(self, site: str, gateway: Any) -> TunnelPool:
-        key = (site, gateway.address, gateway.port)
-        pool = self.pools.get(key)
-        if pool is None or pool.gateway != gateway:
-            if pool is not None:
-                pool.close()
-            pool = self.pools[key] = TunnelPool(
-                key, gateway, self.context, self.trust, self.mesh,
-                self.settings.pool_size, self.settings.pool_idle, self.settings.handshake_timeout, self.spawn,
-                keep=self.settings.pool_max, max_age=self.settings.tunnel_max_age, active=self.active,
-            )
-        return pool
+        return pool_of(self.pools, site, gateway, self.context, self.trust, self.mesh, self.settings, self.spawn,
+                       self.active)
 
 
 class _ClientLeg(PlainLeg):

@@ -7,16 +7,19 @@ other site is tried: a StatefulSet's pod is not interchangeable with another sit
 
 `HostPlan` (pure) says which listeners the table wants and where each binds, looking again only at the
 services whose entry changed; `HostListeners` (the shell) binds them and routes their clients through the
-egress's tunnels, pools, access checks and metrics.
+egress's tunnels, pools, access checks and metrics. In capture mode the endpoint ranges are redirected to
+the egress's one capture listener like the VIP ranges: an endpoint there gets no socket of its own, only an
+entry (its address and port) that the capture listener's clients are looked up in.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import operator
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import immutables
@@ -29,6 +32,7 @@ from federation.core.view import MeshView, ServiceId
 from federation.runtime.values import Readable, Value, follow
 from gateway.balancing import Bind, Placement, ViaGateway
 from gateway.capture import reset
+from gateway.destinations import Destination
 from gateway.refusals import Throttle
 from gateway.relay import PlainLeg
 from gateway.shedding import reset_transport
@@ -43,12 +47,15 @@ HostKey = tuple[str, str, str, str, str]
 """(namespace, service, port name, site, hostname): one listener of one remote endpoint."""
 MAX_GATEWAYS = 4
 """Gateways of the endpoint's site tried per client before giving up on it."""
+CAPTURED = "captured"
+"""The host of a Bind that the capture listener serves (the endpoint's address is in a captured range)."""
 
 
 class HostPlan:
     """The listeners an endpoint table wants; `step` looks again only at services whose entry changed."""
 
-    def __init__(self) -> None:
+    def __init__(self, captured: Sequence[str] = ()) -> None:
+        self._captured = tuple(ipaddress.ip_network(r, strict=False) for r in captured)
         self._last: tuple[EndpointAddresses, MeshView | None, Placement] | None = None
         self._by_service: dict[ServiceId, dict[HostKey, Bind]] = {}
 
@@ -72,7 +79,7 @@ class HostPlan:
         check: set[HostKey] = set()
         for key in services:
             old = self._by_service.pop(key, {})
-            new = wanted_of(view, key, table.get(key, ()), placement)
+            new = wanted_of(view, key, table.get(key, ()), placement, self._captured)
             if new:
                 self._by_service[key] = new
             check |= old.keys() | new.keys()
@@ -80,10 +87,11 @@ class HostPlan:
         return check, wanted
 
 
-def wanted_of(view: MeshView, service: ServiceId, remote: tuple[RemoteEndpoint, ...],
-              placement: Placement) -> dict[HostKey, Bind]:
-    """The listeners of one service's remote endpoints: at the endpoint's address where this host holds it
-    (a VM's interface), else on the placement's fallback (Kubernetes: a derived Service per endpoint)."""
+def wanted_of(view: MeshView, service: ServiceId, remote: tuple[RemoteEndpoint, ...], placement: Placement,
+              captured: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network] = ()) -> dict[HostKey, Bind]:
+    """The listeners of one service's remote endpoints: (CAPTURED, port) where the address is in a captured
+    range, at the endpoint's address where this host holds it (a VM's interface), else on the placement's
+    fallback (Kubernetes: a derived Service per endpoint)."""
     svc = view.service(*service)
     if svc is None:
         return {}
@@ -92,18 +100,27 @@ def wanted_of(view: MeshView, service: ServiceId, remote: tuple[RemoteEndpoint, 
         for p in svc.ports:
             if p.protocol is Protocol.TCP and svc.serves(r.site, p.name):
                 key = (service[0], service[1], p.name, r.site, r.hostname)
-                out[key] = (r.address, p.port) if r.address in placement.held and p.port else placement.fallback
+                if captured and p.port and _inside(r.address, captured):
+                    out[key] = (CAPTURED, p.port)
+                else:
+                    out[key] = (r.address, p.port) if r.address in placement.held and p.port else placement.fallback
     return out
 
 
 class HostListeners:
     """Binds the listeners of remote headless endpoints and routes their clients through `egress`."""
 
-    def __init__(self, egress: Egress, endpoints: Readable[EndpointAddresses]) -> None:
+    def __init__(self, egress: Egress, endpoints: Readable[EndpointAddresses], captured: Sequence[str] = ()) -> None:
+        """`captured`: the ranges redirected to the egress's capture listener (capture mode)."""
         self.egress = egress
         self.endpoints = endpoints
-        self._plan = HostPlan()
-        self._servers: dict[HostKey, asyncio.Server] = {}
+        self._plan = HostPlan(captured)
+        self._servers: dict[HostKey, tuple[asyncio.Server, tuple[str, int]]] = {}
+        self._claimed: dict[HostKey, Destination] = {}
+        self._by_destination: dict[Destination, HostKey] = {}
+        self._closed = False
+        if captured:
+            egress.claims.append(self.claim)
         self._unplaced = 0
         self.listening: Value[Mapping[HostKey, tuple[str, int]]] = Value(
             immutables.Map(), name="endpoint listeners", same=operator.is_)
@@ -119,20 +136,31 @@ class HostListeners:
             await self._apply()
 
     def stop_accepting(self) -> None:
-        """Close every listener (relayed streams are the egress's, and drain with it)."""
-        for server in self._servers.values():
+        """Close every listener and take no more captured clients (relayed streams are the egress's, and
+        drain with it); nothing is opened after this."""
+        self._closed = True
+        self._by_destination.clear()
+        for server, _ in self._servers.values():
             server.close()
 
     async def close(self) -> None:
         """Close the listeners and wait for them."""
         self.stop_accepting()
-        for server in self._servers.values():
+        for server, _ in self._servers.values():
             await server.wait_closed()
         self._servers.clear()
 
+    def claim(self, client: PlainLeg, dest: Destination) -> bool:
+        """Take a captured client bound for a remote headless endpoint's address and port (True), else False."""
+        key = self._by_destination.get(dest)
+        if key is None:
+            return False
+        self.admit(client, key)
+        return True
+
     async def _apply(self) -> None:
         view, placement = self.egress.mesh.get(), self.egress.placement.get()
-        if not view.complete:
+        if not view.complete or self._closed:
             return
         table = self.endpoints.get()
         if table.unplaced != self._unplaced:
@@ -146,27 +174,66 @@ class HostListeners:
         mutation = (current if isinstance(current, immutables.Map) else immutables.Map(current)).mutate()
         loop = asyncio.get_running_loop()
         for key in sorted(check):
-            server = self._servers.get(key)
+            if self._closed:
+                break  # stopped while a listener was being opened: open nothing more
             want = wanted.get(key)
-            if server is not None:
-                host, port = server.sockets[0].getsockname()[:2]
-                if want is not None and want[0] == host and want[1] in (0, port):
-                    continue
-                self._servers.pop(key).close()
-                if key in mutation:
-                    del mutation[key]
+            if self._unclaim(key, want, table) or self._unbind(key, want):
+                continue
+            if key in mutation:
+                del mutation[key]
             if want is None:
-                log.info("egress listener for %s/%s:%s of %s endpoint %s closed", *key)
+                log.debug("egress listener for %s/%s:%s of %s endpoint %s closed", *key)
+                continue
+            if want[0] == CAPTURED:
+                dest = self._claim_of(key, want[1], table)
+                if dest is not None:
+                    self._claimed[key] = dest
+                    self._by_destination[dest] = key
+                    mutation[key] = (str(dest[0]), dest[1])
                 continue
             try:
                 server = await loop.create_server(self._factory(key), want[0], want[1], backlog=1024)
             except OSError as exc:
                 log.error("egress listener for %s/%s:%s of %s endpoint %s on %s:%d failed: %s", *key, *want, exc)
                 continue
-            self._servers[key] = server
-            mutation[key] = tuple(server.sockets[0].getsockname()[:2])
-            log.info("egress listener for %s/%s:%s of %s endpoint %s on %s:%d", *key, *mutation[key])
+            bound = server.sockets[0].getsockname()[:2] if server.sockets else ("", 0)
+            if self._closed or not bound[1]:
+                server.close()
+                break
+            self._servers[key] = (server, (str(bound[0]), int(bound[1])))
+            mutation[key] = self._servers[key][1]
+            log.debug("egress listener for %s/%s:%s of %s endpoint %s on %s:%d", *key, *mutation[key])
         self.listening.set(mutation.finish())
+
+    def _unbind(self, key: HostKey, want: Bind | None) -> bool:
+        """True if `key`'s listener already binds where `want` says; else closes it (if any), False."""
+        held = self._servers.get(key)
+        if held is None:
+            return False
+        if want is not None and want[0] == held[1][0] and want[1] in (0, held[1][1]):
+            return True
+        self._servers.pop(key)[0].close()
+        return False
+
+    def _unclaim(self, key: HostKey, want: Bind | None, table: EndpointAddresses) -> bool:
+        """True if `key`'s captured entry is still what `want` says; else drops it (if any), False."""
+        dest = self._claimed.get(key)
+        if dest is None:
+            return False
+        if want is not None and want[0] == CAPTURED and self._claim_of(key, want[1], table) == dest:
+            return True
+        del self._claimed[key]
+        if self._by_destination.get(dest) == key:
+            del self._by_destination[dest]
+        return False
+
+    @staticmethod
+    def _claim_of(key: HostKey, port: int, table: EndpointAddresses) -> Destination | None:
+        """The (address, port) clients of `key` connect to (its endpoint's address here)."""
+        for r in table.get(key[:2], ()):
+            if r.site == key[3] and r.hostname == key[4]:
+                return ipaddress.ip_address(r.address), port
+        return None
 
     def _factory(self, key: HostKey) -> Callable[[], _HostLeg]:
         return lambda: _HostLeg(self, key)
@@ -241,6 +308,11 @@ def _limit_duration(client: PlainLeg, seconds: float, actions: Counter) -> None:
         if before is not None:
             before()
     client.on_lost = lost
+
+
+def _inside(address: str, nets: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
+    ip = ipaddress.ip_address(address)
+    return any(ip.version == n.version and ip in n for n in nets)
 
 
 class _HostLeg(PlainLeg):
