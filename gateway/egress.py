@@ -35,6 +35,7 @@ from gateway.capture import CaptureListener, reset
 from gateway.destinations import CapturedServices, Destination, captured_type
 from gateway.enforcing import Enforcer, Policies, noted
 from gateway.listening import ListenerPlan
+from gateway.partition import PartitionGate
 from gateway.pool import PoolKey, TunnelPool
 from gateway.preamble import Request, Status
 from gateway.reachability import Reachability
@@ -77,6 +78,7 @@ class Egress:
         self.placement: Readable[Placement] = placement or Value(
             Placement(fallback=(self.settings.egress_address, self.settings.egress_port)), name="placement")
         self.reach = Reachability()
+        self.enforcer.sites_down, self.partition = self.reach.sites_down, PartitionGate(policies, registry)
         self.unreachable = self.reach.unreachable
         """Sites whose gateway could not be reached lately (DNS leaves them out while others serve)."""
         self.listening: Value[Mapping[ListenerKey, tuple[str, int]]] = Value(
@@ -248,12 +250,15 @@ class Egress:
     async def route(self, client: PlainLeg, key: ListenerKey) -> None:
         """Connect `client` through the first route that accepts it, or close it."""
         view = self.mesh.get()
+        if self.partition.refuses(client, key):  # the registry is away and the service's policy says stop
+            return
         allowed = self.authorizer.check(key[:2], self._peer()).allowed  # counted and logged when denied
         if allowed and (rules := self.enforcer.rules(view, key)) is not None:
             await self.enforcer.route(client, key, view, rules)
             return
         self._turn += 1
-        for tries, route in enumerate(routes(view, self.site, *key, turn=self._turn)[:MAX_ROUTES] if allowed else ()):
+        found = self.reach.prefer(routes(view, self.site, *key, turn=self._turn), *key[:2]) if allowed else []
+        for tries, route in enumerate(found[:MAX_ROUTES]):
             if client.lost:
                 self.metrics.connections.labels("client_gone").inc()
                 return

@@ -56,6 +56,14 @@ _FAILURES = {
 """What the egress noted about a failed attempt (gateway.egress `_direct`/`_tunnel`) as a retry failure."""
 
 
+def probed(prep: _Prepared, healthy: Sequence[bool], down: frozenset[str]) -> Sequence[bool]:
+    """`healthy` less the candidates at sites active health found down, unless that leaves none (last resort)."""
+    if not down:
+        return healthy
+    out = [h and prep.plan.candidates[i].site not in down for i, h in enumerate(healthy)]
+    return out if any(out) else healthy
+
+
 def noted(note: list[str] | None, what: str) -> None:
     """Record why an attempt failed, where the caller asked (the policy path does; the plain path not)."""
     if note is not None:
@@ -132,6 +140,8 @@ class Enforcer:
         self._services: dict[tuple[str, str], _Service] = {}
         self._prepared: dict[ListenerKey, _Prepared] = {}
         self._seen = -1
+        self.sites_down: Callable[[str, str], frozenset[str]] = lambda _ns, _name: frozenset()
+        """Sites active health found without a ready endpoint for a service (gateway.reachability)."""
 
     def rules(self, view: MeshView, key: ListenerKey) -> Rules | None:
         """The rules for a new client of `key`, or None when its service has no policy (the plain path)."""
@@ -187,7 +197,8 @@ class Enforcer:
         try:
             while not client.lost:
                 now = time.monotonic()
-                choice = prep.plan.choose(state.outliers.health(prep.plan.routes, now).healthy, self.rng, tried)
+                healthy = probed(prep, state.outliers.health(prep.plan.routes, now).healthy, self.sites_down(*key[:2]))
+                choice = prep.plan.choose(healthy, self.rng, tried)
                 c, i = choice.candidate, choice.index
                 if c is None or i is None:
                     if not tried or reopened == attempt:

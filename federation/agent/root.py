@@ -178,6 +178,8 @@ class Agent:
         admin = AdminServer(s.admin.address, s.admin.port, self.metrics)
         try:
             await plane.start()
+            if plane.egress is not None:  # partition behaviour: how old the view the egress routes on is
+                plane.egress.partition.staleness = mirror.staleness
             publisher = self.publisher = Publisher(
                 client("publisher"), self.keys, plane.site_record, plane.exports,
                 ttl=s.registry.lease_ttl, lease_file=s.state_dir / "lease",
