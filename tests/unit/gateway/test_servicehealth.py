@@ -1,0 +1,71 @@
+"""Pure cores of per-service active health and partition behaviour: the health query codec on hostile
+bytes, the thresholds of the prober's table, the partition decision."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from federation.core.errors import RemoteProtocolError
+from federation.core.policy.model import ActiveHealth, Partition, PartitionMode
+from gateway.healthquery import Health, HealthAnswer, HealthQuery
+from gateway.partition import decide
+from gateway.preamble import NEED_DATA, Preamble, Role
+from gateway.serviceprobes import HealthTable
+
+WEB = ("shop", "web")
+
+
+def test_a_query_and_its_answer_round_trip() -> None:
+    query = HealthQuery(7, (WEB, ("a", "b")))
+    server = Preamble(Role.SERVER)
+    server.receive_data(Preamble(Role.CLIENT).send(query))
+    assert server.next_event() == query
+    client = Preamble(Role.CLIENT)
+    client.receive_data(Preamble(Role.SERVER).send(HealthAnswer(7, (Health.READY, Health.NOT_EXPORTED))))
+    assert client.next_event() == HealthAnswer(7, (Health.READY, Health.NOT_EXPORTED))
+
+
+def test_a_state_from_a_later_release_reads_as_unknown() -> None:
+    client = Preamble(Role.CLIENT)
+    client.receive_data(b"\x01\x06\x00\x0b" + (7).to_bytes(8, "big") + b"\x00\x01\x09")
+    assert client.next_event() == HealthAnswer(7, (Health.UNKNOWN,))
+
+
+@given(st.binary(max_size=300))
+def test_hostile_bytes_after_a_query_header_never_crash(body: bytes) -> None:
+    server = Preamble(Role.SERVER)
+    server.receive_data(b"\x01\x05" + len(body).to_bytes(2, "big") + body)
+    try:
+        event = server.next_event()
+    except RemoteProtocolError:
+        return
+    assert event is NEED_DATA or isinstance(event, HealthQuery)
+
+
+def test_thresholds_take_a_site_out_and_back_and_unknown_changes_nothing() -> None:
+    table, ah = HealthTable(), ActiveHealth(unhealthy_threshold=2, healthy_threshold=2)
+    table.set_services(WEB, ["east", "edge"])
+    assert table.observe("east", WEB, Health.READY, "", ah, 1.0) == "HEALTHY"  # first answer: at once
+    assert table.observe("east", WEB, Health.NO_READY_ENDPOINT, "x", ah, 2.0) is None
+    assert table.observe("east", WEB, Health.UNKNOWN, "", ah, 3.0) is None  # neither up nor down
+    assert table.observe("east", WEB, None, "unreachable", ah, 4.0) == "UNHEALTHY"
+    assert table.unhealthy == {("east", *WEB)}
+    assert table.observe("east", WEB, Health.READY, "", ah, 5.0) is None  # one lucky probe is not enough
+    assert table.observe("east", WEB, Health.READY, "", ah, 6.0) == "HEALTHY"
+    table.observe("edge", WEB, None, "x", ah, 7.0)
+    table.observe("edge", WEB, None, "x", ah, 8.0)
+    assert table.unknown("edge", WEB, "older agent", 9.0) == "UNKNOWN"
+    assert not table.unhealthy
+    table.set_services(WEB, ["east"])
+    assert set(table.by_site) == {"east"}
+
+
+@pytest.mark.parametrize(("mode", "after", "stale", "refused"), [
+    (PartitionMode.KEEP_SERVING, None, 1e9, False), (PartitionMode.FAIL_CLOSED, None, 0.0, False),
+    (PartitionMode.FAIL_CLOSED, None, 0.1, True), (PartitionMode.STOP_AFTER, 30.0, 29.0, False),
+    (PartitionMode.STOP_AFTER, 30.0, 30.0, True),
+])
+def test_partition_decision(mode: PartitionMode, after: float | None, stale: float, refused: bool) -> None:
+    assert (decide(Partition(mode, after), stale) is not None) is refused
