@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from federation.agent.gateways import status_warnings
+from federation.cli.gateways import format_gateways
 from federation.core.backoff import Backoff
 from federation.core.keys import Keys
 from federation.registry.embedded import EtcdProcess
@@ -50,9 +52,14 @@ async def test_a_site_whose_only_endpoint_died_leaves_routes_within_5s_with_no_t
             await eventually(lambda: DOWN in egress.reach.services.get(), timeout=5.0, what="east out for shop/web")
             assert time.monotonic() - died < 5.0
             assert DOWN in egress.reach.avoid.get()  # what DNS answers last
-            entry = p.service_probes.describe("east")  # what /gateways shows for each of east's gateways
+            p._follow(it.view_value.get())  # the gateway targets, as a round of gateway probes would
+            doc = {"site": "west", "gateways": p.document([("east", "gw")])}
+            entry = doc["gateways"][0]["serviceHealth"]
             assert entry["unhealthy"] == 1
             assert entry["notHealthy"]["shop/web"]["state"] == "UNHEALTHY"
+            assert "  east  shop/web  UNHEALTHY  no ready endpoint there" in format_gateways(doc)
+            assert any(w.startswith("service shop/web at site east is left out of DNS answers and routes: ")
+                       for w in status_warnings(p, {}, lambda _k: False, None))
             failed = it.attempts("gateway", "no_healthy_endpoint") + it.attempts("gateway", "refused")
             assert collections.Counter(await many(it.address, 20, parallel=4)) == {"edge": 20}
             assert it.attempts("gateway", "no_healthy_endpoint") + it.attempts("gateway", "refused") == failed
@@ -119,7 +126,7 @@ async def test_partition_modes_with_a_stopped_etcd(tmp_path: Path, etcd: EtcdPro
             etcd.pause()
             await eventually(lambda: mirror.stale, what="the mirror to see etcd gone")
             assert await who(it.address) == "east"  # KeepServing, the default
-            it.set_policy("{}\n".replace("{}", "partition: {mode: FailClosed}"))
+            it.set_policy("partition: {mode: FailClosed}")
             assert await who(it.address) == ""
             assert egress.partition.refused.labels("FailClosed")._value.get() == 1
             it.set_policy("partition: {mode: StopAfter, after: 60s}")
