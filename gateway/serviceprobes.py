@@ -78,39 +78,53 @@ class ServiceState:
 
 
 class HealthTable:
-    """The state of every (site, service) probed, and which are unhealthy. Pure."""
+    """The state of every (site, service) probed, and which are unhealthy. Pure.
 
-    def __init__(self) -> None:
+    A round costs in proportion to the sites due, not to every pair: each site keeps the earliest due
+    time of its services, and the services of a site asked together stay due together.
+    """
+
+    def __init__(self, slack: float = 0.5) -> None:
+        self.slack = slack
+        """Services due within this many seconds are asked with those due now (they then stay aligned)."""
         self.states: dict[Key, ServiceState] = {}
         self.by_site: dict[str, set[ServiceId]] = {}
+        self.sites_of: dict[ServiceId, set[str]] = {}
         self.unhealthy: set[Key] = set()
+        self._site_due: dict[str, float] = {}
 
     def set_services(self, service: ServiceId, sites: Iterable[str]) -> None:
         """`service` is probed at exactly `sites` from now on (none: not at all)."""
         want = set(sites)
-        for site, services in list(self.by_site.items()):
-            if service in services and site not in want:
-                services.discard(service)
-                self.states.pop((site, *service), None)
-                self.unhealthy.discard((site, *service))
-                if not services:
-                    del self.by_site[site]
+        for site in self.sites_of.get(service, set()) - want:
+            services = self.by_site[site]
+            services.discard(service)
+            self.states.pop((site, *service), None)
+            self.unhealthy.discard((site, *service))
+            if not services:
+                del self.by_site[site]
+                self._site_due.pop(site, None)
         for site in want:
             self.by_site.setdefault(site, set()).add(service)
             self.states.setdefault((site, *service), ServiceState())
+            self._site_due[site] = 0.0  # a new service is asked at the next round
+        if want:
+            self.sites_of[service] = want
+        else:
+            self.sites_of.pop(service, None)
 
     def due(self, now: float) -> dict[str, list[ServiceId]]:
-        """The services to ask each site about now, sorted."""
+        """The services to ask each site about now (and those due within `slack`), sorted."""
         out: dict[str, list[ServiceId]] = {}
-        for site, services in self.by_site.items():
-            ready = sorted(s for s in services if self.states[(site, *s)].due <= now)
+        for site in [s for s, t in self._site_due.items() if t <= now]:
+            ready = sorted(s for s in self.by_site[site] if self.states[(site, *s)].due <= now + self.slack)
             if ready:
                 out[site] = ready
         return out
 
     def next_due(self) -> float | None:
         """The earliest time some service is due (monotonic)."""
-        return min((s.due for s in self.states.values()), default=None)
+        return min(self._site_due.values(), default=None)
 
     def asked(self, site: str, services: Iterable[ServiceId], now: float, interval: Callable[[ServiceId], float],
               jitter: float = 1.0) -> None:
@@ -119,6 +133,8 @@ class HealthTable:
             state = self.states.get((site, *service))
             if state is not None:
                 state.due = now + interval(service) * jitter
+        if site in self.by_site:
+            self._site_due[site] = min(self.states[(site, *s)].due for s in self.by_site[site])
 
     def observe(self, site: str, service: ServiceId, answer: Health | None, reason: str, settings: ActiveHealth,
                 wall: float) -> str | None:
@@ -212,7 +228,8 @@ class ServiceProbes:
         self._generation = -1
         self._policy_version = -1
         self._nonce = random.getrandbits(63)
-        self._turn = 0
+        self._busy: set[str] = set()
+        self._good: dict[str, str] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(settings.get().probe_concurrency)
 
@@ -272,28 +289,32 @@ class ServiceProbes:
     async def _round(self, s: GatewaySettings, view: MeshView) -> None:
         now = time.monotonic()
         for site, services in self.table.due(now).items():
-            for i in range(0, len(services), MAX_SERVICES):
-                batch = services[i:i + MAX_SERVICES]
-                self.table.asked(site, batch, now, lambda svc: self.settings_for(svc).interval,
-                                 random.uniform(0.9, 1.1))  # noqa: S311 - spreading load, not secrets
-                await self._slots.acquire()
-                task = asyncio.get_running_loop().create_task(self._ask(site, batch), name=f"service-probe-{site}")
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
-                await asyncio.sleep(1.0 / QUERY_RATE)
+            if site in self._busy:
+                continue  # its last queries have not ended (a black-holed gateway): no second tunnel to it
+            self.table.asked(site, services, now, lambda svc: self.settings_for(svc).interval,
+                             random.uniform(0.9, 1.1))  # noqa: S311 - spreading load, not secrets
+            batches = [services[i:i + MAX_SERVICES] for i in range(0, len(services), MAX_SERVICES)]
+            await self._slots.acquire()
+            self._busy.add(site)
+            task = asyncio.get_running_loop().create_task(self._ask(site, batches), name=f"service-probe-{site}")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            await asyncio.sleep(len(batches) / QUERY_RATE)
 
-    async def _ask(self, site: str, batch: list[ServiceId]) -> None:
+    async def _ask(self, site: str, batches: list[list[ServiceId]]) -> None:
+        """One site's queries, one after the other over the same tunnel."""
         try:
-            await self._ask_one(site, batch)
+            for batch in batches:
+                await self._ask_one(site, batch)
         finally:
+            self._busy.discard(site)
             self._slots.release()
 
     async def _ask_one(self, site: str, batch: list[ServiceId]) -> None:
         view, s = self.mesh.get(), self._settings.get()
         record = view.sites.get(site)
-        gateways = list(record.gateways) if record is not None else []
-        self._turn += 1
-        gateways = gateways[self._turn % len(gateways):] + gateways[:self._turn % len(gateways)] if gateways else []
+        gateways = sorted(record.gateways if record is not None else (),
+                          key=lambda g: g.name != self._good.get(site))  # the one that answered last first
         timeout = max(self.settings_for(svc).timeout for svc in batch)
         reason = "no gateway"
         for gateway in gateways:
@@ -311,6 +332,7 @@ class ServiceProbes:
                 reason = f"gateway {gateway.name} unreachable: {type(exc).__name__}{f': {exc}' if str(exc) else ''}"
                 continue
             pool.give_back(tunnel)
+            self._good[site] = gateway.name
             self._take(site, batch, answer)
             return
         self.metrics.answers.labels("unreachable").inc(len(batch))

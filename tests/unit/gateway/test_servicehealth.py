@@ -69,3 +69,23 @@ def test_thresholds_take_a_site_out_and_back_and_unknown_changes_nothing() -> No
 ])
 def test_partition_decision(mode: PartitionMode, after: float | None, stale: float, refused: bool) -> None:
     assert (decide(Partition(mode, after), stale) is not None) is refused
+
+
+def test_services_of_a_site_are_asked_together_each_at_its_interval() -> None:
+    table = HealthTable(slack=0.5)
+    api = ("shop", "api")
+    table.set_services(WEB, ["east"])
+    table.set_services(api, ["east", "edge"])
+    assert table.due(0.0) == {"east": [api, WEB], "edge": [api]}
+    table.asked("east", [api, WEB], 0.0, lambda s: 1.0 if s == WEB else 5.0)
+    table.asked("edge", [api], 0.0, lambda s: 5.0)
+    assert table.next_due() == 1.0
+    assert table.due(0.9) == {}
+    assert table.due(1.0) == {"east": [WEB]}
+    table.asked("east", [WEB], 1.0, lambda s: 1.0)
+    assert table.due(4.6) == {"east": [api, WEB]}  # api is due within the slack: asked with web
+    table.set_services(api, ["edge"])
+    assert set(table.sites_of[api]) == {"edge"}
+    assert ("east", *api) not in table.states
+    table.set_services(WEB, [])
+    assert set(table.by_site) == {"edge"}
