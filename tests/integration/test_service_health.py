@@ -97,7 +97,7 @@ async def test_a_gateway_from_before_health_queries_is_unknown_never_down(tmp_pa
             assert (state.state, state.reason) == ("UNKNOWN", "the gateway does not answer health queries "
                                                    "(an older agent)")
             assert p.service_probes.metrics.answers.labels("old_gateway")._value.get() == 1
-            await asyncio.sleep(2.5)  # rounds that would have asked again: not for a minute
+            await asyncio.sleep(1.5)  # a round that would have asked again (1 s interval): not for a minute
             assert p.service_probes.metrics.answers.labels("old_gateway")._value.get() == 1
             assert it.egress is not None
             assert not it.egress.reach.services.get()
