@@ -63,8 +63,9 @@ async def test_a_site_whose_only_endpoint_died_leaves_routes_within_5s_with_no_t
             failed = it.attempts("gateway", "no_healthy_endpoint") + it.attempts("gateway", "refused")
             assert collections.Counter(await many(it.address, 20, parallel=4)) == {"edge": 20}
             assert it.attempts("gateway", "no_healthy_endpoint") + it.attempts("gateway", "refused") == failed
-            it.set_policy("{}")  # the policy path too
+            it.set_policy("{}")  # the policy path too: east is not even tried (nor ejected)
             assert collections.Counter(await many(it.address, 20, parallel=4)) == {"edge": 20}
+            assert it.attempts("gateway", "no_healthy_endpoint") + it.attempts("gateway", "refused") == failed
             await east.start()  # the same port
             await eventually(lambda: DOWN not in egress.reach.services.get(), timeout=6.0, what="east back")
             assert set(await many(it.address, 40, parallel=4)) == {"east", "edge"}
