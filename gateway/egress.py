@@ -78,7 +78,8 @@ class Egress:
         self.placement: Readable[Placement] = placement or Value(
             Placement(fallback=(self.settings.egress_address, self.settings.egress_port)), name="placement")
         self.reach = Reachability()
-        self.enforcer.sites_down, self.partition = self.reach.sites_down, PartitionGate(policies, registry)
+        self.partition = PartitionGate(policies, registry, mesh)
+        self.enforcer.sites_down, self.enforcer.sites_refused = self.reach.sites_down, self.partition.stale_sites
         self.unreachable = self.reach.unreachable
         """Sites whose gateway could not be reached lately (DNS leaves them out while others serve)."""
         self.listening: Value[Mapping[ListenerKey, tuple[str, int]]] = Value(

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from federation.agent.gateways import status_warnings
 from federation.cli.gateways import format_gateways
@@ -16,6 +17,7 @@ from federation.core.backoff import Backoff
 from federation.core.keys import Keys
 from federation.registry.embedded import EtcdProcess
 from federation.registry.etcd import EtcdClient
+from federation.registry.heartbeat import HeartbeatWriter, LagMeter
 from federation.registry.mirror import Mirror
 from federation.runtime.values import Value
 from gateway.preamble import Preamble, Response, Role, Status
@@ -111,36 +113,51 @@ async def test_a_gateway_from_before_health_queries_is_unknown_never_down(tmp_pa
 
 @pytest.mark.timeout(90)
 async def test_partition_modes_with_a_stopped_etcd(tmp_path: Path, etcd: EtcdProcess) -> None:
-    """SIGSTOP of the test's own etcd: FailClosed refuses at once, StopAfter after `after`, KeepServing
+    """A site whose heartbeats stop (the registry live) is left out by FailClosed, served by KeepServing.
+    Then SIGSTOP of the test's own etcd: FailClosed refuses at once, StopAfter after `after`, KeepServing
     serves all along; all serve again once etcd is back."""
+    lag = LagMeter(CollectorRegistry())
     mirror = Mirror(EtcdClient([etcd.endpoint], timeout=1), Keys(), probe_interval=0.3, probe_timeout=0.5,
-                    backoff=Backoff(base=0.05, cap=0.3))
+                    backoff=Backoff(base=0.05, cap=0.3), lag=lag.take)
+    writer = EtcdClient([etcd.endpoint], timeout=1)
+    tasks = [asyncio.create_task(mirror.run(), name="mirror")]
     async with lab(tmp_path) as it:
         await it.add("east", [NamedServer("east")], EU1)
+        await it.add("edge", [NamedServer("edge")], EU1)
         egress = await it.start_egress(EU1)
-        egress.partition.staleness = mirror.staleness
-        task = asyncio.create_task(mirror.run(), name="mirror")
+        egress.partition.staleness, egress.partition.site_staleness = mirror.staleness, lag.stale_for
         try:
-            await eventually(lambda: not mirror.stale, what="the mirror live")
-            it.set_policy("{}")
-            assert await who(it.address) == "east"
+            lease = await writer.grant(30)
+            beats = {s: asyncio.create_task(HeartbeatWriter(writer, Keys(), s, 0.2, lease=lambda: lease).run(),
+                                            name=f"heartbeat-{s}") for s in ("east", "edge")}
+            tasks.extend(beats.values())
+            await eventually(lambda: not mirror.stale and {"east", "edge"} <= set(lag.last), what="heartbeats")
+            it.set_policy("partition: {mode: FailClosed}")
+            assert set(await many(it.address, 20, parallel=4)) == {"east", "edge"}
+            beats["east"].cancel()  # east's agent cut off from etcd: its records go stale, the registry answers
+            await eventually(lambda: lag.stale_for("east") > 0, what="east's heartbeat overdue")
+            assert collections.Counter(await many(it.address, 20, parallel=4)) == {"edge": 20}
+            it.set_policy("{}")  # KeepServing: east's last known endpoints serve
+            assert set(await many(it.address, 20, parallel=4)) == {"east", "edge"}
             etcd.pause()
             await eventually(lambda: mirror.stale, what="the mirror to see etcd gone")
-            assert await who(it.address) == "east"  # KeepServing, the default
+            assert await who(it.address) != ""  # KeepServing, the default
             it.set_policy("partition: {mode: FailClosed}")
-            assert await who(it.address) == ""
+            assert await who(it.address) == ""  # the whole service now, not one site
             assert egress.partition.refused.labels("FailClosed")._value.get() == 1
             it.set_policy("partition: {mode: StopAfter, after: 60s}")
-            assert await who(it.address) == "east"  # stale for less than a minute
+            assert await who(it.address) != ""  # stale for less than a minute
             it.set_policy("partition: {mode: StopAfter, after: 1s}")
             await eventually(lambda: mirror.staleness() >= 1.0, what="a second stale")
             assert await who(it.address) == ""
             assert egress.partition.refused.labels("StopAfter")._value.get() == 1
             etcd.resume()
-            await eventually(lambda: not mirror.stale, what="the mirror live again")
-            assert await who(it.address) == "east"
+            await eventually(lambda: not mirror.stale and lag.stale_for("edge") == 0, what="the mirror live again")
+            assert await who(it.address) == "edge"  # east is still stale (no heartbeat): left out, as it says
         finally:
             etcd.resume()
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             await mirror._client.close()
+            await writer.close()
