@@ -38,7 +38,7 @@ def prober(it: Lab) -> Prober:
 
 
 @pytest.mark.timeout(60)
-async def test_a_site_whose_only_endpoint_died_leaves_routes_within_5s_with_no_traffic_and_comes_back(
+async def test_a_dead_endpoint_or_gateway_takes_its_site_out_within_5s_with_no_traffic_and_back_after(
         tmp_path: Path) -> None:
     async with lab(tmp_path) as it:
         east = NamedServer("east")
@@ -71,6 +71,13 @@ async def test_a_site_whose_only_endpoint_died_leaves_routes_within_5s_with_no_t
             await east.start()  # the same port
             await eventually(lambda: DOWN not in egress.reach.services.get(), timeout=6.0, what="east back")
             assert set(await many(it.address, 40, parallel=4)) == {"east", "edge"}
+            gateway = it.sites["east"].gateway
+            assert gateway is not None
+            await gateway.close()  # a dead gateway, its endpoint alive: out again, with no client traffic
+            died = time.monotonic()
+            await eventually(lambda: DOWN in egress.reach.services.get(), timeout=5.0, what="east out again")
+            assert time.monotonic() - died < 5.0
+            assert p.service_probes.table.states[DOWN].reason.startswith("gateway gw unreachable: ")
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
