@@ -7,6 +7,9 @@ it proves that a new client would get in now (a pooled tunnel can outlive a gate
 Cost is bounded at any mesh size: at most `gateway.probe_rate` probes start per second and
 `gateway.probe_concurrency` run at once, so 1,000 sites are probed every 100 s rather than every interval.
 
+Beside these, the prober runs the per-service probes ("a ready endpoint for X?", gateway.serviceprobes) over
+tunnels kept open, and puts what they find in the document of each gateway (`serviceHealth`).
+
 `LatencyWindow` and `probe_targets` are pure; `Prober` is the shell. `GatewayState.describe` is the
 shape of one entry of the admin's /gateways document (docs/operations.md, "meshfed gateways").
 """
