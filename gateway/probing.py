@@ -219,7 +219,11 @@ class Prober:
     async def run(self) -> None:
         """Probe every target, round after round, and the services behind them, until cancelled (idle while
         probe_interval is 0)."""
-        services = asyncio.get_running_loop().create_task(self.service_probes.run(), name="service-probes")
+        async with asyncio.TaskGroup() as tg:  # either failing ends both, and the agent says which failed
+            tg.create_task(self.service_probes.run(), name="service-probes")
+            tg.create_task(self._rounds(), name="gateway-probe-rounds")
+
+    async def _rounds(self) -> None:
         try:
             while True:
                 interval = self._settings.get().probe_interval
@@ -230,10 +234,10 @@ class Prober:
                 await self.round()
                 await asyncio.sleep(max(0.0, interval * random.uniform(0.8, 1.2) - (time.monotonic() - started)))  # noqa: S311
         finally:
-            services.cancel()
             for task in self._tasks:
                 task.cancel()
-            await asyncio.gather(services, *self._tasks, return_exceptions=True)
+            if self._tasks:
+                await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def round(self) -> None:
         """Probe each target once, at most probe_rate a second and probe_concurrency at once."""

@@ -306,6 +306,9 @@ class ServiceProbes:
         try:
             for batch in batches:
                 await self._ask_one(site, batch)
+        except Exception:  # our bug: this site's answers are lost this round, every other site is still asked
+            if _throttle.allow(("bug", site)):
+                log.exception("asking site %s about its services failed", site)
         finally:
             self._busy.discard(site)
             self._slots.release()
