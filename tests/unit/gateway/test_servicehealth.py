@@ -8,11 +8,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from federation.core.errors import RemoteProtocolError
+from federation.core.policy.codec import from_document
 from federation.core.policy.model import ActiveHealth, Partition, PartitionMode
+from federation.core.records import Gateway
 from gateway.healthquery import Health, HealthAnswer, HealthQuery
 from gateway.partition import decide
 from gateway.preamble import NEED_DATA, Preamble, Role
-from gateway.serviceprobes import HealthTable
+from gateway.serviceprobes import DEFAULT, HealthTable, settings_for, targets
+from tests.pkihelp import Mesh, export, view
 
 WEB = ("shop", "web")
 
@@ -89,3 +92,17 @@ def test_services_of_a_site_are_asked_together_each_at_its_interval() -> None:
     assert ("east", *api) not in table.states
     table.set_services(WEB, [])
     assert set(table.by_site) == {"edge"}
+
+
+def test_who_is_asked_and_with_which_settings() -> None:
+    mesh = Mesh()
+    gw = (Gateway("gw", "127.0.0.1", 15443),)
+    sites = [mesh.site("west", network="n1"), mesh.site("lan", network="n1", gateways=gw),
+             mesh.site("east", network="n2", gateways=gw), mesh.site("bare", network="n3")]
+    exports = [export(s, "shop", "web", 80) for s in ("west", "lan", "east", "bare")]
+    assert targets(view(sites, exports), "west", WEB) == ["east"]  # not itself, its network, nor gatewayless
+    policy = from_document({"apiVersion": "meshfed.io/v1alpha1", "kind": "TrafficPolicy",
+                            "metadata": {"namespace": "shop", "name": "web"},
+                            "spec": {"activeHealth": {"interval": "500ms", "timeout": "500ms", "enabled": False}}})
+    assert settings_for({}, WEB) is DEFAULT
+    assert settings_for({WEB: policy}, WEB) == ActiveHealth(enabled=False, interval=0.5, timeout=0.5)
