@@ -25,6 +25,7 @@ from federation.runtime.values import Readable, follow
 from gateway.accesslog import AccessLog
 from gateway.authorization import Authorizer
 from gateway.balancing import EndpointPicker
+from gateway.endpointchecks import EndpointChecks
 from gateway.refusals import GatewayMetrics, Refusals, Throttle, handshake_cause, handshake_reason
 from gateway.relay import ActiveStreams
 from gateway.settings import GatewaySettings, live
@@ -59,6 +60,8 @@ class EastWestGateway:
         """Access policy on every stream, from the peer's verified certificate; revoked sites."""
         self.refusals = Refusals(log, self.metrics.refusals)
         self.picker = EndpointPicker()
+        self.health = EndpointChecks(site, mesh, self.spawn, lambda: self.settings.connect_timeout, registry)
+        """Answers other sites' health queries ("a ready endpoint for X?") from checks of this site's endpoints."""
         self.accesslog = accesslog or AccessLog()
         """One line per stream relayed to an endpoint (off unless `access_log.path` is set)."""
         self.active = ActiveStreams()

@@ -35,6 +35,7 @@ from gateway.capture import CaptureListener, reset
 from gateway.destinations import CapturedServices, Destination, captured_type
 from gateway.enforcing import Enforcer, Policies, noted
 from gateway.listening import ListenerPlan
+from gateway.partition import PartitionGate
 from gateway.pool import PoolKey, TunnelPool, pool_of
 from gateway.preamble import Status
 from gateway.reachability import Reachability
@@ -80,6 +81,8 @@ class Egress:
         self.placement: Readable[Placement] = placement or Value(
             Placement(fallback=(self.settings.egress_address, self.settings.egress_port)), name="placement")
         self.reach = Reachability()
+        self.partition = PartitionGate(policies, registry, mesh)
+        self.enforcer.sites_down, self.enforcer.sites_refused = self.reach.sites_down, self.partition.stale_sites
         self.unreachable = self.reach.unreachable
         """Sites whose gateway could not be reached lately (DNS leaves them out while others serve)."""
         self.listening: Value[Mapping[ListenerKey, tuple[str, int]]] = Value(
@@ -119,7 +122,7 @@ class Egress:
     async def start(self) -> None:
         """Open the capture listener (capture mode) and the listeners the current view and placement want."""
         if self.capture_bind is not None and self.capture is None:
-            self.capture = CaptureListener(self._captured.index, self._route_captured, self._unknown)
+            self.capture = CaptureListener(self._captured.index, self.admit, self._unknown)
             await self.capture.start(*self.capture_bind)
             log.info("egress capture listener on [%s]:%d", *self.capture.address)
         await self._apply()
@@ -225,9 +228,6 @@ class Egress:
     def _factory(self, key: ListenerKey) -> Callable[[], _ClientLeg]:
         return lambda: _ClientLeg(self, key)
 
-    def _route_captured(self, client: PlainLeg, key: ListenerKey) -> None:
-        self.admit(client, key)
-
     def admit(self, client: PlainLeg, key: ListenerKey) -> None:
         """Route a new client of `key`, or reset it at once beyond `max_connections` or `accept_rate`."""
         why = self.shedder.refuse(self.active.count + len(self._tasks), time.monotonic())
@@ -257,12 +257,15 @@ class Egress:
     async def route(self, client: PlainLeg, key: ListenerKey) -> None:
         """Connect `client` through the first route that accepts it, or close it."""
         view = self.mesh.get()
+        if self.partition.refuses(client, key):  # the registry is away and the service's policy says stop
+            return
         allowed = self.authorizer.check(key[:2], self._peer()).allowed  # counted and logged when denied
         if allowed and (rules := self.enforcer.rules(view, key)) is not None:
             await self.enforcer.route(client, key, view, rules)
             return
         self._turn += 1
-        for tries, route in enumerate(routes(view, self.site, *key, turn=self._turn)[:MAX_ROUTES] if allowed else ()):
+        found = self.reach.prefer(routes(view, self.site, *key, turn=self._turn), *key[:2]) if allowed else []
+        for tries, route in enumerate(found[:MAX_ROUTES]):
             if client.lost:
                 self.metrics.connections.labels("client_gone").inc()
                 return

@@ -56,6 +56,17 @@ _FAILURES = {
 """What the egress noted about a failed attempt (gateway.egress `_direct`/`_tunnel`) as a retry failure."""
 
 
+def probed(prep: _Prepared, healthy: Sequence[bool], down: frozenset[str], refused: frozenset[str]) -> Sequence[bool]:
+    """`healthy` less the candidates at `refused` sites, and at sites active health found `down` unless that
+    leaves none (last resort)."""
+    if not down and not refused:
+        return healthy
+    sites = [c.site for c in prep.plan.candidates]
+    allowed = [h and sites[i] not in refused for i, h in enumerate(healthy)]
+    out = [h and sites[i] not in down for i, h in enumerate(allowed)]
+    return out if any(out) else allowed
+
+
 def noted(note: list[str] | None, what: str) -> None:
     """Record why an attempt failed, where the caller asked (the policy path does; the plain path not)."""
     if note is not None:
@@ -132,6 +143,10 @@ class Enforcer:
         self._services: dict[tuple[str, str], _Service] = {}
         self._prepared: dict[ListenerKey, _Prepared] = {}
         self._seen = -1
+        self.sites_down: Callable[[str, str], frozenset[str]] = lambda _ns, _name: frozenset()
+        """Sites active health found without a ready endpoint for a service (gateway.reachability)."""
+        self.sites_refused: Callable[[str, str], frozenset[str]] = lambda _ns, _name: frozenset()
+        """Sites partition behaviour leaves out for a service, their records stale (gateway.partition)."""
 
     def rules(self, view: MeshView, key: ListenerKey) -> Rules | None:
         """The rules for a new client of `key`, or None when its service has no policy (the plain path)."""
@@ -188,10 +203,12 @@ class Enforcer:
         why = "no healthy endpoint"
         retry = False
         reopened = -1
+        down, refused = self.sites_down(*key[:2]), self.sites_refused(*key[:2])
         try:
             while not client.lost:
                 now = time.monotonic()
-                choice = prep.plan.choose(state.outliers.health(prep.plan.routes, now).healthy, self.rng, tried)
+                healthy = probed(prep, state.outliers.health(prep.plan.routes, now).healthy, down, refused)
+                choice = prep.plan.choose(healthy, self.rng, tried)
                 c, i = choice.candidate, choice.index
                 if c is None or i is None:
                     if not tried or reopened == attempt:

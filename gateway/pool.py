@@ -14,6 +14,7 @@ from federation.core.records import Gateway
 from federation.core.view import MeshView
 from federation.pki.verifying import PeerRejected, verify_peer
 from federation.runtime.values import Readable
+from gateway.healthquery import HealthAnswer, HealthQuery
 from gateway.preamble import NEED_DATA, Preamble, Probe, ProbeAnswer, Request, Response, Role
 from gateway.refusals import Throttle
 from gateway.relay import HIGH_WATER, ActiveStreams, Done, PlainLeg, Stream, TunnelLeg
@@ -33,7 +34,7 @@ class EgressTunnel(TunnelLeg):
     def __init__(self) -> None:
         super().__init__()
         self._preamble: Preamble | None = None
-        self._answer: asyncio.Future[Response | ProbeAnswer] | None = None
+        self._answer: asyncio.Future[Response | ProbeAnswer | HealthAnswer] | None = None
         self._pending = b""
         self.streams = 0
         self.session_saved = False
@@ -62,11 +63,20 @@ class EgressTunnel(TunnelLeg):
         """Send a probe and wait for its answer (a gateway older than probes answers a `bad request`
         Response and closes the tunnel); OSError or RemoteProtocolError on failure."""
         answer = await self._exchange(Probe(nonce))
-        if isinstance(answer, ProbeAnswer) and answer.nonce != nonce:
-            raise RemoteProtocolError(f"probe answer for nonce {answer.nonce}, not {nonce}", cause="bad-nonce")
+        if isinstance(answer, HealthAnswer) or (isinstance(answer, ProbeAnswer) and answer.nonce != nonce):
+            raise RemoteProtocolError(f"not the answer to probe {nonce}", cause="bad-nonce")
         return answer
 
-    async def _exchange(self, message: Request | Probe) -> Response | ProbeAnswer:
+    async def health(self, query: HealthQuery) -> Response | HealthAnswer:
+        """Send a health query and wait for its answer (a gateway older than health queries answers a `bad
+        request` Response and closes the tunnel); OSError or RemoteProtocolError on failure."""
+        answer = await self._exchange(query)
+        if isinstance(answer, ProbeAnswer) or (isinstance(answer, HealthAnswer) and (
+                answer.nonce != query.nonce or len(answer.states) != len(query.services))):
+            raise RemoteProtocolError("a health answer that does not match its query", cause="bad-nonce")
+        return answer
+
+    async def _exchange(self, message: Request | Probe | HealthQuery) -> Response | ProbeAnswer | HealthAnswer:
         assert self.transport is not None
         self._preamble = Preamble(Role.CLIENT)
         self._answer = asyncio.get_running_loop().create_future()
@@ -100,7 +110,7 @@ class EgressTunnel(TunnelLeg):
             return
         if event is NEED_DATA:
             return
-        assert isinstance(event, Response | ProbeAnswer)
+        assert isinstance(event, Response | ProbeAnswer | HealthAnswer)
         self._pending = self._preamble.trailing_data
         self._answer.set_result(event)
 

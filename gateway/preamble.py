@@ -15,6 +15,7 @@ Probe answer (type 4) body: nonce u64 | the gateway's wall clock, ms since the e
 A probe is answered at once and opens no stream (the egress's prober measures the tunnel with it, and
 estimates clock skew from the time). A gateway older than probes answers a probe with a `bad request`
 response and closes the tunnel: the prober reads that as alive, without a clock.
+Health query (5) and answer (6): gateway.healthquery ("a ready endpoint for each of these services?").
 No socket, no clock, no logging: the shells feed bytes in and write what `send` returns.
 """
 
@@ -29,6 +30,11 @@ from typing import Final
 
 from federation.core.errors import LocalProtocolError, RecordError, RemoteProtocolError
 from federation.core.records import MAX_ENDPOINT_LABELS, Labels, check_labels
+from gateway import healthquery as hq
+from gateway.healthquery import HealthAnswer, HealthQuery
+from gateway.wire import Reader as _Reader
+from gateway.wire import short as _short
+from gateway.wire import u64 as _u64
 
 VERSION: Final = 1
 MAX_BODY: Final = 512
@@ -106,7 +112,7 @@ class ProbeAnswer:
     site: str
 
 
-Event = Request | Response | Probe | ProbeAnswer
+Event = Request | Response | Probe | ProbeAnswer | HealthQuery | HealthAnswer
 
 
 class Preamble:
@@ -137,11 +143,12 @@ class Preamble:
         if len(self._buf) < _HEADER.size:
             return NEED_DATA
         _, kind, length = _HEADER.unpack_from(self._buf)
-        want = (_REQUEST, _PROBE) if self.role is Role.SERVER else (_RESPONSE, _PROBE_ANSWER)
+        want = (_REQUEST, _PROBE, hq.QUERY) if self.role is Role.SERVER else (_RESPONSE, _PROBE_ANSWER, hq.ANSWER)
         if kind not in want:
             raise RemoteProtocolError(f"preamble message type {kind} where {want[0]} belongs", cause="message-type")
-        if length > MAX_BODY:
-            raise RemoteProtocolError(f"preamble of {length} bytes is over the limit of {MAX_BODY}", cause="too-long")
+        limit = hq.MAX_QUERY_BODY if kind == hq.QUERY else MAX_BODY
+        if length > limit:
+            raise RemoteProtocolError(f"preamble of {length} bytes is over the limit of {limit}", cause="too-long")
         end = _HEADER.size + length
         if len(self._buf) < end:
             return NEED_DATA
@@ -167,25 +174,17 @@ class Preamble:
                 raise LocalProtocolError(f"site {event.site!r} is not a DNS label")
             return _frame(_PROBE_ANSWER, _ANSWER_HEAD.pack(_u64(event.nonce), _u64(event.time_ms))
                           + _short(event.site.encode()))
+        if isinstance(event, HealthQuery) and self.role is Role.CLIENT:
+            return _frame(hq.QUERY, hq.encode_query(event), hq.MAX_QUERY_BODY)
+        if isinstance(event, HealthAnswer) and self.role is Role.SERVER:
+            return _frame(hq.ANSWER, hq.encode_answer(event))
         raise LocalProtocolError(f"a {self.role.value} does not send {type(event).__name__}")
 
 
-def _frame(kind: int, body: bytes) -> bytes:
-    if len(body) > MAX_BODY:
-        raise LocalProtocolError(f"preamble body of {len(body)} bytes is over {MAX_BODY}")
+def _frame(kind: int, body: bytes, limit: int = MAX_BODY) -> bytes:
+    if len(body) > limit:
+        raise LocalProtocolError(f"preamble body of {len(body)} bytes is over {limit}")
     return _HEADER.pack(VERSION, kind, len(body)) + body
-
-
-def _u64(n: int) -> int:
-    if not 0 <= n < 1 << 64:
-        raise LocalProtocolError(f"{n} does not fit 64 bits")
-    return n
-
-
-def _short(b: bytes) -> bytes:
-    if len(b) > 255:
-        raise LocalProtocolError("preamble field longer than 255 bytes")
-    return bytes((len(b),)) + b
 
 
 def _encode_request(r: Request) -> bytes:
@@ -287,38 +286,6 @@ def _decode_probe_answer(body: _Reader) -> ProbeAnswer:
 
 _DECODERS: dict[int, Callable[[_Reader], Event]] = {
     _REQUEST: _decode_request, _RESPONSE: _decode_response, _PROBE: _decode_probe, _PROBE_ANSWER: _decode_probe_answer,
+    hq.QUERY: hq.decode_query, hq.ANSWER: hq.decode_answer,
 }
 
-
-class _Reader:
-    def __init__(self, data: bytes) -> None:
-        self._data = data
-        self._pos = 0
-
-    def left(self) -> int:
-        return len(self._data) - self._pos
-
-    def take(self, what: str, n: int) -> bytes:
-        if self.left() < n:
-            raise RemoteProtocolError(f"preamble ends inside {what}", cause="truncated")
-        chunk = self._data[self._pos:self._pos + n]
-        self._pos += n
-        return chunk
-
-    def u8(self, what: str) -> int:
-        return self.take(what, 1)[0]
-
-    def u16(self, what: str) -> int:
-        value: int = struct.unpack("!H", self.take(what, 2))[0]
-        return value
-
-    def field(self, what: str) -> bytes:
-        return self.take(what, self.u8(what))
-
-    def label(self, what: str, pattern: re.Pattern[bytes], empty_ok: bool = False) -> str:
-        raw = self.field(what)
-        if empty_ok and not raw:
-            return ""
-        if not pattern.match(raw):
-            raise RemoteProtocolError(f"preamble {what} {raw[:64]!r} is not a valid name", cause="bad-name")
-        return raw.decode("ascii")

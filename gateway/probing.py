@@ -7,6 +7,9 @@ it proves that a new client would get in now (a pooled tunnel can outlive a gate
 Cost is bounded at any mesh size: at most `gateway.probe_rate` probes start per second and
 `gateway.probe_concurrency` run at once, so 1,000 sites are probed every 100 s rather than every interval.
 
+Beside these, the prober runs the per-service probes ("a ready endpoint for X?", gateway.serviceprobes) over
+tunnels kept open, and puts what they find in the document of each gateway (`serviceHealth`).
+
 `LatencyWindow` and `probe_targets` are pure; `Prober` is the shell. `GatewayState.describe` is the
 shape of one entry of the admin's /gateways document (docs/operations.md, "meshfed gateways").
 """
@@ -34,6 +37,7 @@ from federation.runtime.values import Readable
 from gateway.pool import PoolKey, TunnelPool
 from gateway.preamble import ProbeAnswer, Request, Status
 from gateway.reachability import Reachability
+from gateway.serviceprobes import Policies, ServiceProbes
 from gateway.settings import GatewaySettings
 from gateway.tls import Bundle, ResumingContext
 
@@ -173,6 +177,7 @@ class ProbeMetrics:
     """meshfed_gateway_alive{site,gateway} and meshfed_gateway_probe_seconds{site}."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
         self.alive = Gauge("meshfed_gateway_alive", "1 if the last probe of a remote gateway got an answer, else 0",
                            ["site", "gateway"], registry=registry)
         self.latency = Histogram("meshfed_gateway_probe_seconds",
@@ -186,7 +191,8 @@ class Prober:
     def __init__(self, site: str, mesh: Readable[MeshView], context: ResumingContext, bundle: Bundle,
                  settings: Readable[GatewaySettings], registry: CollectorRegistry | None = None,
                  pools: Mapping[PoolKey, TunnelPool] | None = None,
-                 clock: Callable[[], float] = time.time, reach: Reachability | None = None) -> None:
+                 clock: Callable[[], float] = time.time, reach: Reachability | None = None,
+                 policies: Readable[Policies] | None = None) -> None:
         self.site = site
         self.mesh = mesh
         self.context = context
@@ -199,6 +205,11 @@ class Prober:
         """The egress's view of which sites' gateways fail (DNS answers them last): probes feed it too, so a dead
         site leaves DNS answers with no client traffic at all, and comes back with its first good probe."""
         self.states: dict[TargetKey, GatewayState] = {}
+        self._by_site: dict[str, set[TargetKey]] = {}
+        """The targets of each site: "is every gateway of this site down?" looks at that site's alone."""
+        self.service_probes = ServiceProbes(site, mesh, context, bundle, settings, policies,
+                                            self.metrics.registry, reach.services if reach is not None else None)
+        """Per service: "a ready endpoint for X?" (gateway.serviceprobes), run beside the gateway probes."""
         self.services: dict[TargetKey, list[str]] = {}
         self._clock = clock
         self._generation = -1
@@ -206,7 +217,13 @@ class Prober:
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def run(self) -> None:
-        """Probe every target, round after round, until cancelled (idle while probe_interval is 0)."""
+        """Probe every target, round after round, and the services behind them, until cancelled (idle while
+        probe_interval is 0)."""
+        async with asyncio.TaskGroup() as tg:  # either failing ends both, and the agent says which failed
+            tg.create_task(self.service_probes.run(), name="service-probes")
+            tg.create_task(self._rounds(), name="gateway-probe-rounds")
+
+    async def _rounds(self) -> None:
         try:
             while True:
                 interval = self._settings.get().probe_interval
@@ -300,8 +317,10 @@ class Prober:
             state = self.states.get(key)
             if state is not None:
                 g = state.gateway
-                out.append(state.describe(now, self.pools.get((state.site, g.address, g.port)),
-                                          self.services.get(key, [])))
+                entry = state.describe(now, self.pools.get((state.site, g.address, g.port)),
+                                       self.services.get(key, []))
+                entry["serviceHealth"] = self.service_probes.describe(state.site)
+                out.append(entry)
         return out
 
     def _follow(self, view: MeshView) -> None:
@@ -312,12 +331,16 @@ class Prober:
         targets = probe_targets(view, self.site)
         for key in [k for k in self.states if k not in targets]:
             del self.states[key]
+            self._by_site.get(key[0], set()).discard(key)
+            if not self._by_site.get(key[0], True):
+                del self._by_site[key[0]]
             with contextlib.suppress(KeyError):
                 self.metrics.alive.remove(*key)
         for key, (site, gateway, services) in targets.items():
             state = self.states.get(key)
             if state is None or state.gateway != gateway:
                 self.states[key] = GatewayState(site, gateway)
+                self._by_site.setdefault(site, set()).add(key)
             self.services[key] = services
         for key in [k for k in self.services if k not in targets]:
             del self.services[key]
@@ -335,7 +358,7 @@ class Prober:
             if self.reach is not None:
                 if result.ok:
                     self.reach.succeeded(state.site)
-                elif not any(o.site == state.site and o.alive for o in self.states.values()):
+                elif not any(self.states[k].alive for k in self._by_site.get(state.site, ()) if k in self.states):
                     self.reach.failed(state.site)  # every gateway of the site is down
             self.metrics.alive.labels(*key).set(1 if result.ok else 0)
             if result.ok and result.rtt is not None:

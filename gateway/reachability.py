@@ -11,13 +11,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Sequence
+from typing import TypeVar
 
-from federation.runtime.values import Value
-from gateway.balancing import SiteHealth
+from federation.runtime.values import Derived, Value
+from gateway.balancing import Route, SiteHealth
 from gateway.refusals import Throttle
 
 log = logging.getLogger(__name__)
 _throttle = Throttle()
+RouteT = TypeVar("RouteT", bound=Route)
 
 
 class Reachability:
@@ -27,6 +30,11 @@ class Reachability:
         self.health = health or SiteHealth()
         self.unreachable: Value[frozenset[str]] = Value(frozenset(), name="unreachable sites")
         """Sites whose gateway could not be reached lately (DNS leaves them out while others serve)."""
+        self.services: Value[frozenset[tuple[str, str, str]]] = Value(frozenset(), name="services down at sites")
+        """(site, namespace, name) that active health found without a ready endpoint (gateway.serviceprobes)."""
+        self.avoid: Derived[frozenset[str | tuple[str, str, str]]] = Derived(
+            lambda: self.unreachable.get() | self.services.get(), self.unreachable, self.services, name="avoid")
+        """Both, as DNS takes them: a site (every service there) or (site, namespace, name), answered last."""
         self._timer: asyncio.TimerHandle | None = None
 
     def failed(self, site: str) -> None:
@@ -38,6 +46,18 @@ class Reachability:
         """A tunnel to `site`'s gateway worked."""
         if self.health.succeeded(site):
             self._changed()
+
+    def sites_down(self, namespace: str, name: str) -> frozenset[str]:
+        """The sites active health found without a ready endpoint for `namespace/name`."""
+        down = self.services.get()
+        return frozenset(s for s, ns, n in down if (ns, n) == (namespace, name)) if down else frozenset()
+
+    def prefer(self, routes: Sequence[RouteT], namespace: str, name: str) -> list[RouteT]:
+        """`routes` with those to sites down for the service moved last (used only when nothing else works)."""
+        down = self.sites_down(namespace, name)
+        if not down:
+            return list(routes)
+        return [r for r in routes if r.site not in down] + [r for r in routes if r.site in down]
 
     def close(self) -> None:
         """Stop looking again later."""

@@ -22,6 +22,8 @@ from gateway.accesslog import AccessLog
 from gateway.admission import Admission, admit
 from gateway.authorization import Authorizer
 from gateway.balancing import EndpointPicker
+from gateway.endpointchecks import EndpointChecks
+from gateway.healthquery import HealthQuery
 from gateway.preamble import NEED_DATA, Preamble, Probe, ProbeAnswer, Request, Response, Role, Status
 from gateway.refusals import GatewayMetrics, Refusals, Throttle
 from gateway.relay import ActiveStreams, PlainLeg, Stream, TunnelLeg
@@ -48,6 +50,7 @@ class TunnelHost(Protocol):
     ended: Throttle
     authorizer: Authorizer
     accesslog: AccessLog
+    health: EndpointChecks
 
     @property
     def bundle(self) -> TrustBundle: ...
@@ -143,10 +146,11 @@ class GatewayTunnel(TunnelLeg):
             return
         self._cancel_timer()
         trailing = self._preamble.trailing_data
-        if isinstance(event, Probe):  # the peer's prober: answered at once, no stream, not counted as one
+        if isinstance(event, Probe | HealthQuery):  # the peer's probers: answered at once, no stream
             if self.transport is not None and not self.closed:
                 self.transport.write(Preamble(Role.SERVER).send(
-                    ProbeAnswer(event.nonce, time.time_ns() // 1_000_000, self.gw.site)))
+                    ProbeAnswer(event.nonce, time.time_ns() // 1_000_000, self.gw.site) if isinstance(event, Probe)
+                    else self.gw.health.answer(event)))
             self._await_request(trailing)
             return
         assert isinstance(event, Request)

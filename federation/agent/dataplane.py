@@ -8,7 +8,7 @@ task group, and stopping goes in order: stop accepting, drain, close.
     mirror.mesh's VIPs (allocated by the VIP allocator) --> DNS (VM), VM interface, egress placement
     vm.held_vips --> egress placement
     kubernetes.cluster_ips --> DNS (Kubernetes);  egress.listening --> Kubernetes derived slices
-    egress.unreachable --> DNS (sites used last);  kubernetes.eastwest_address --> site record
+    egress.reach.avoid --> DNS (sites, or sites per service, used last);  kubernetes.eastwest_address --> site record
     traffic policy reader's policies --> egress (enforced on new connections)
     endpoint addresses (from mesh) --> DNS, VM interface, endpoint listeners; their `listening` --> Kubernetes
     vm.exports / kubernetes.exports (+ static exports) --> `exports` --> publisher
@@ -141,7 +141,7 @@ class DataPlane:
         chain = (self.certs.chain,) if self.certs is not None else ()
         self.site_record = Derived(self._site_record, self._gateway, *chain, name="site record")
         if s.dns.enabled:
-            down = self.egress.unreachable if self.egress is not None else None
+            down = self.egress.reach.avoid if self.egress is not None else None
             config = self.config
             self.dns = DnsServer(s.dns, local_site=s.site.name, mesh=self.mesh, vips=self.addresses,
                                  last_resort=down, registry=self.metrics,
@@ -329,7 +329,7 @@ class DataPlane:
                              headless_captured=capture is not None and self.endpoints is not None)
         await self.egress.start()
         self.prober = Prober(s.site.name, self.mesh, self.certs.client, self.certs.trust, self._gateway_settings,
-                             self.metrics, pools=self.egress.pools, reach=self.egress.reach)
+                             self.metrics, pools=self.egress.pools, reach=self.egress.reach, policies=self.policies)
         if self.endpoints is not None:
             self.hosts = HostListeners(self.egress, self.endpoints, self.capture.captured if self.capture else ())
             await self.hosts.start()

@@ -38,7 +38,8 @@ def gateways_document(site: str, prober: Prober | None, selection: Selection = E
 def status_warnings(prober: Prober | None, rejected: Mapping[str, str], site_keys: Callable[[str], bool],
                     files: tuple[int, int] | None) -> list[str]:
     """What `meshfed verify` would fail or warn about that the agent knows without asking anyone: gateways
-    the prober finds down, clock skew it measured, site records refused, open files near the limit."""
+    the prober finds down, services active health leaves out, clock skew it measured, site records refused,
+    open files near the limit."""
     out = []
     for (site, name), state in sorted((prober.states if prober is not None else {}).items()):
         last = state.last
@@ -48,6 +49,14 @@ def status_warnings(prober: Prober | None, rejected: Mapping[str, str], site_key
             out.append(f"gateway {name} of site {site} is DOWN: {last.reason} (meshfed verify --site {site})")
         elif last.skew is not None and abs(last.skew) >= SKEW_WARN:
             out.append(f"the clock of site {site} is {last.skew:+.1f}s from ours (meshfed verify --site {site})")
+    if prober is not None:
+        table = prober.service_probes.table
+        down = sorted(table.unhealthy)
+        for site, ns, name in down[:5]:
+            out.append(f"service {ns}/{name} at site {site} is left out of DNS answers and routes: "
+                       f"{table.states[(site, ns, name)].reason} (meshfed gateways --site {site})")
+        if len(down) > 5:
+            out.append(f"{len(down) - 5} more services at other sites are left out by active health (meshfed gateways)")
     refused = [(k, r) for k, r in sorted(rejected.items()) if site_keys(k)]
     for key, reason in refused[:5]:
         out.append(f"site record {key} is refused: {reason} (meshfed registry ls)")

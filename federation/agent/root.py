@@ -178,6 +178,9 @@ class Agent:
         admin = AdminServer(s.admin.address, s.admin.port, self.metrics)
         try:
             await plane.start()
+            if plane.egress is not None:  # partition behaviour: how old the view the egress routes on is
+                plane.egress.partition.staleness = mirror.staleness
+                plane.egress.partition.site_staleness = self.lag.stale_for
             publisher = self.publisher = Publisher(
                 client("publisher"), self.keys, plane.site_record, plane.exports,
                 ttl=s.registry.lease_ttl, lease_file=s.state_dir / "lease",

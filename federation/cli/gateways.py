@@ -43,10 +43,18 @@ def cmd_gateways(args: argparse.Namespace) -> int:
 
 def format_gateways(data: dict[str, Any]) -> str:
     """The table `meshfed gateways` prints."""
-    rows = [("SITE", "GATEWAY", "ADDRESS", "ALIVE", "SERVICES", "P50", "P95", "P99", "TUNNELS", "POOLED", "REASON")]
+    rows = [("SITE", "GATEWAY", "ADDRESS", "ALIVE", "SERVICES", "OUT", "P50", "P95", "P99", "TUNNELS", "POOLED",
+             "REASON")]
+    notes: dict[str, list[str]] = {}
     for g in data.get("gateways", []):
         q = g.get("latencyMs") or {}
+        health = g.get("serviceHealth")  # absent from an older agent's document
+        if g["site"] not in notes:  # the same for each gateway of the site
+            notes[g["site"]] = [f"  {g['site']}  {name}  {st['state']}  {st['reason']}".rstrip()
+                                for name, st in sorted((health or {}).get("notHealthy", {}).items())
+                                if st["state"] == "UNHEALTHY" or st["reason"] != "not probed yet"]
         rows.append((g["site"], g["gateway"], g["address"], g["state"], str(len(g["services"])),
+                     str(health["unhealthy"]) if health else "-",
                      *(_ms(q.get(k)) for k in ("p50", "p95", "p99")),
                      str(g["tunnels"]["open"]), str(g["tunnels"]["pooled"]),
                      g["reason"] if g["state"] != "ALIVE" else (g["reason"] or "")))
@@ -59,6 +67,9 @@ def format_gateways(data: dict[str, Any]) -> str:
         head += f"\n{data['reason']}"
     if len(rows) == 1:
         lines.append("(no remote gateway: this site imports from no other site)")
+    if any(notes.values()):
+        lines.append("services not healthy there (OUT: left out of DNS answers and routes by active health):")
+        lines.extend(line for site in sorted(notes) for line in notes[site])
     return head + "\n" + "\n".join(line.rstrip() for line in lines)
 
 

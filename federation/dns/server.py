@@ -27,7 +27,7 @@ from federation.dns.forwarding import Forwarder, read_resolv_conf, upstream_addr
 from federation.dns.nodes import Zone
 from federation.dns.settings import DnsSettings, split_hostport
 from federation.dns.udp import UdpSocket, udp_socket
-from federation.dns.zone import ZoneBuilder
+from federation.dns.zone import Stale, ZoneBuilder
 from federation.runtime.values import Readable, follow
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ class DnsServer:
         local_site: str,
         mesh: Readable[MeshView] | None = None,
         vips: Readable[VipTable] | None = None,
-        last_resort: Readable[frozenset[str]] | None = None,
+        last_resort: Readable[frozenset[Stale]] | None = None,
         registry: CollectorRegistry | None = None,
         live: Readable[DnsSettings] | None = None,
         endpoints: Readable[EndpointAddresses] | None = None,
@@ -196,7 +196,7 @@ class DnsServer:
                 await self.rebuild(view, last_resort.get() if last_resort is not None else frozenset(),
                                    vips.get() if vips is not None else {})
 
-    async def rebuild(self, view: MeshView, stale_sites: frozenset[str], vips: VipTable) -> None:
+    async def rebuild(self, view: MeshView, stale_sites: frozenset[Stale], vips: VipTable) -> None:
         """`update`, with the zone built on a worker thread: the loop keeps answering meanwhile.
 
         A full build at 1,000 sites takes seconds of Python; on the serving loop it delayed every answer
@@ -209,7 +209,7 @@ class DnsServer:
         zone = await asyncio.to_thread(self._builder.build, view, stale_sites, vips, endpoints)
         self._installed(zone, started)
 
-    def update(self, view: MeshView, stale_sites: frozenset[str] = frozenset(), vips: VipTable | None = None) -> None:
+    def update(self, view: MeshView, stale_sites: frozenset[Stale] = frozenset(), vips: VipTable | None = None) -> None:
         """Answer from `view` from now on; `stale_sites` (stale records or gateways down) are used last;
         `vips` gives the address of each ClusterSetIP service."""
         started = time.perf_counter()

@@ -44,6 +44,8 @@ __all__ = ["AAAA", "DNS_VERSION", "IN", "NS", "PTR", "SOA", "SRV", "TXT", "A", "
 _EMPTY = Node()
 Remote = tuple[tuple[RemoteEndpoint, ...], frozenset[str]] | None
 """A headless service's remote endpoints with their addresses here, and its sites on other networks (None: off)."""
+Stale = str | tuple[str, str, str]
+"""Answered last: a site (stale records, gateways down), or (site, ns, name) where active health found none ready."""
 
 # ---------------------------------------------------------------- building a zone
 
@@ -86,7 +88,7 @@ class ZoneBuilder:
         self._moved: set[ServiceId] = set()
         """Services a shared name moved to or from in this build (the fast path encodes them again)."""
         self._site_services: dict[str, set[ServiceId]] = {}
-        self._built: tuple[MeshView, frozenset[str], VipTable, Site | None, EndpointAddresses | None] | None = None
+        self._built: tuple[MeshView, frozenset[Stale], VipTable, Site | None, EndpointAddresses | None] | None = None
         self._nodes_view = MappingProxyType(self._nodes)
         self._parts_view = MappingProxyType(self._part_nodes)
         self._owners_view = MappingProxyType(self._owner)
@@ -99,9 +101,9 @@ class ZoneBuilder:
         self._nodes[self.apex] = Node(soa=True, ns=(ns,), glue=(ns,))
         self._nodes[ns] = Node(a=a, aaaa=aaaa)
 
-    def build(self, view: MeshView, stale_sites: frozenset[str], vips: VipTable,
+    def build(self, view: MeshView, stale_sites: frozenset[Stale], vips: VipTable,
               endpoints: EndpointAddresses | None = None) -> Zone:
-        """The zone for `view`; `stale_sites` are left out wherever another site has ready endpoints.
+        """The zone for `view`; `stale_sites` (see Stale) are left out wherever another site has ready endpoints.
 
         With `endpoints` (this site's addresses for headless endpoints of other networks) those endpoints
         are answered at their address here, and one without an address is left out; without, every
@@ -134,7 +136,7 @@ class ZoneBuilder:
                     self._forget(key, old)
                 continue
             exports = svc.exports
-            stale = stale_sites.intersection(e.site for e in exports) if stale_sites else stale_sites
+            stale = frozenset(e.site for e in exports if e.site in stale_sites or (e.site, *key) in stale_sites)
             if stale and not _staleness_matters(exports, stale):
                 stale = frozenset()
             addrs = vips.get(key, ()) if svc.type is ServiceType.CLUSTER_SET_IP else ()
@@ -143,7 +145,7 @@ class ZoneBuilder:
             fingerprint = (svc, tuple(view.sites.get(e.site) for e in exports), stale, addrs, local, remote)
             if old is not None and old.fingerprint == fingerprint:
                 continue
-            nodes = self._service(svc, view.sites, stale_sites, addrs, local, remote)
+            nodes = self._service(svc, view.sites, stale, addrs, local, remote)
             new = _Part(fingerprint, nodes, self._ents(nodes))
             if old is not None:
                 self._remove(key, old)
@@ -159,7 +161,7 @@ class ZoneBuilder:
         return Zone(self.origin, self.ttl, view.revision % 2**32, self._nodes_view, self._parts_view, changed, moved,
                     self._owners_view)
 
-    def _todo(self, view: MeshView, stale: frozenset[str], vips: VipTable, local: Site | None,
+    def _todo(self, view: MeshView, stale: frozenset[Stale], vips: VipTable, local: Site | None,
               endpoints: EndpointAddresses | None) -> set[ServiceId] | None:
         """The services that can have changed since the last build; None: all of them."""
         if self._built is None:
@@ -173,8 +175,8 @@ class ZoneBuilder:
         if changes is None:
             return None
         todo = set(changes.services)
-        for site in stale ^ stale_before:
-            todo |= self._site_services.get(site, set())
+        for item in stale ^ stale_before:
+            todo |= self._site_services.get(item, set()) if isinstance(item, str) else {(item[1], item[2])}
         if vips is not vips_before and not (_of_view(vips, view) and _of_view(vips_before, before)):
             todo |= {k for k in vips.keys() | vips_before.keys() if vips.get(k) != vips_before.get(k)}
         if endpoints is not None and endpoints_before is not None and endpoints is not endpoints_before:
@@ -393,7 +395,6 @@ def _spread(records: Iterable[tuple[int, int, Labels]]) -> tuple[tuple[int, int,
 
 def _staleness_matters(exports: tuple[ServiceExport, ...], stale: frozenset[str]) -> bool:
     """False when leaving stale sites out changes nothing: a VIP answer, or no fresh ready endpoint."""
-    if all(e.type is ServiceType.CLUSTER_SET_IP for e in exports):
-        return False
-    return any(ep.ready for e in exports if e.site not in stale for ep in e.endpoints)
+    return not all(e.type is ServiceType.CLUSTER_SET_IP for e in exports) and any(
+        ep.ready for e in exports if e.site not in stale for ep in e.endpoints)
 

@@ -133,6 +133,12 @@ class LagMeter:
         for site in [s for s in self.last if s not in keep]:
             self.forget(site)
 
+    def stale_for(self, site: str) -> float:
+        """Seconds `site`'s records have been stale: its heartbeat overdue (2 intervals + 1 s after the last
+        came, as `report` says), 0 while on time or when it never sent one (an agent older than heartbeats)."""
+        s = self.last.get(site)
+        return 0.0 if s is None else max(0.0, self._clock() - s.received - (2 * s.interval + 1))
+
     def report(self) -> dict[str, dict[str, Any]]:
         """Per site: the last lag, how long ago its last heartbeat came, and whether it is overdue."""
         now = self._clock()

@@ -6,7 +6,8 @@
 - `sink PKI_DIR`: the peer gateways of the simulated sites. One TLS 1.3 listener on 127.0.0.1 that
   presents, by SNI (`<gateway>.<site>.<trust domain>`, as the egress sends it), the gateway certificate
   of the site asked for, so the observer's egress can pre-open its tunnels as it would to real gateways;
-  it holds them open, answers a gateway probe for that site (as a live gateway does) and discards the rest. Prints `READY <port>`.
+  it holds them open, answers a gateway probe for that site and its health queries (every service READY),
+  as a live gateway does, and discards the rest. Prints `READY <port>`.
 - `probe DNS_HOST:PORT NAMES_FILE [RTT_HOST:PORT]`: on each `measure <seconds> [<least>]` line of input,
   sends one A query every 10 ms (names drawn at random from the file) and, when a tunnel address is
   given, one 64-byte round trip every 10 ms on one connection through it, in two threads of their own
@@ -37,6 +38,7 @@ import dns.rdatatype
 
 from federation.core.errors import RemoteProtocolError
 from federation.core.keys import Keys
+from gateway.healthquery import Health, HealthAnswer, HealthQuery
 from gateway.preamble import NEED_DATA, Preamble, Probe, ProbeAnswer, Role
 from tests.bench.scalemesh import change_of
 
@@ -83,18 +85,25 @@ class _Hold(asyncio.Protocol):
         if self._preamble is None or self._transport is None:
             return
         self._preamble.receive_data(data)
-        try:
-            event = self._preamble.next_event()
-        except RemoteProtocolError:
-            self._preamble = None
-            return
-        if isinstance(event, Probe):
-            sslobj = self._transport.get_extra_info("ssl_object")
-            site = self._sites.get(id(sslobj.context) if sslobj is not None else 0, "")
-            if site:
-                self._transport.write(self._preamble.send(ProbeAnswer(event.nonce, int(time.time() * 1000), site)))
-        if event is not NEED_DATA:
-            self._preamble = None
+        while self._preamble is not None:
+            try:
+                event = self._preamble.next_event()
+            except RemoteProtocolError:
+                self._preamble = None
+                return
+            if event is NEED_DATA:
+                return
+            if isinstance(event, Probe):
+                sslobj = self._transport.get_extra_info("ssl_object")
+                site = self._sites.get(id(sslobj.context) if sslobj is not None else 0, "")
+                if site:
+                    self._transport.write(self._preamble.send(ProbeAnswer(event.nonce, int(time.time() * 1000), site)))
+            elif isinstance(event, HealthQuery):  # every simulated site has a ready endpoint for what it exports
+                self._transport.write(self._preamble.send(HealthAnswer(event.nonce, (Health.READY,) * len(event.services))))
+                rest, self._preamble = self._preamble.trailing_data, Preamble(Role.SERVER)
+                self._preamble.receive_data(rest)  # the next query on the same tunnel
+                continue
+            self._preamble = None  # a stream request (or after a probe): the rest is discarded
 
 
 async def sink(pki: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import socket
 from types import MappingProxyType
 
 from hypothesis import example, given, settings
@@ -16,7 +17,7 @@ from federation.core.records import ServicePort, ServiceType
 from federation.dns.answering import Answerer
 from federation.dns.fastpath import FastPath
 from federation.dns.nodes import pack
-from federation.dns.zone import ZoneBuilder
+from federation.dns.zone import Stale, ZoneBuilder
 from tests.dnshelp import ZONE, export, site
 
 KEYS = Keys()
@@ -28,7 +29,8 @@ _ops = st.lists(st.one_of(
     st.tuples(st.just("export"), st.sampled_from(SITES), st.sampled_from(NAMES),
               st.lists(st.integers(1, 9), max_size=3), st.booleans(), st.sampled_from((80, 81))),
     st.tuples(st.just("unexport"), st.sampled_from(SITES), st.sampled_from(NAMES)),
-    st.tuples(st.just("stale"), st.sets(st.sampled_from(SITES))),
+    st.tuples(st.just("stale"), st.sets(st.sampled_from(SITES) | st.tuples(  # a site, or one service there
+        st.sampled_from(SITES), st.just("shop"), st.sampled_from(NAMES)))),
     st.tuples(st.just("vip"), st.sampled_from(NAMES), st.integers(0, 3)),
 ), max_size=30)
 
@@ -41,7 +43,7 @@ def test_incremental_zone_equals_a_fresh_build(ops: list[tuple[object, ...]]) ->
     cat = Catalog(KEYS)
     builder = ZoneBuilder(ZONE, local_site="east")
     fast = FastPath(Answerer(builder.origin))
-    stale: frozenset[str] = frozenset()
+    stale: frozenset[Stale] = frozenset()
     vips: dict[tuple[str, str], tuple[str, ...]] = {}
     table = MappingProxyType(dict(vips))
     for rev, op in enumerate(ops, 1):
@@ -125,3 +127,24 @@ def test_incremental_zone_with_endpoint_addresses_equals_a_fresh_build(ops: list
                 node = zone.nodes.get((r.hostname.encode(), r.site.encode(), svc[1].encode(), b"shop", b"svc",
                                        *builder.apex))
                 assert node is None or node.a == pack([r.address])[0]
+
+
+def test_a_site_down_for_one_service_is_answered_last_for_that_service_only() -> None:
+    """Active health found east without a ready endpoint for shop/db: db answers west's endpoint, api both."""
+    cat = Catalog(KEYS)
+    for rev, (name, svc, addr) in enumerate([("east", "db", "10.0.0.1"), ("west", "db", "10.0.1.1"),
+                                             ("east", "api", "10.0.0.2"), ("west", "api", "10.0.1.2")], 1):
+        cat.put(KEYS.site(name), encode_site(site(name, zone="a")), rev)
+        cat.put(KEYS.service(name, "shop", svc), encode_export(export(name, "shop", svc, [addr], headless=True)),
+                rev + 10)
+    builder = ZoneBuilder(ZONE, local_site="far")
+
+    def answer(zone: object, svc: str) -> set[str]:
+        node = dict(zone.nodes)[(svc.encode(), b"shop", b"svc", b"clusterset", b"local")]  # type: ignore[attr-defined]
+        return {socket.inet_ntoa(a) for a in node.a}
+
+    both = builder.build(cat.view(), frozenset(), {})
+    assert answer(both, "db") == {"10.0.0.1", "10.0.1.1"}
+    zone = builder.build(cat.view(), frozenset({("east", "shop", "db")}), {})
+    assert answer(zone, "db") == {"10.0.1.1"}
+    assert answer(zone, "api") == {"10.0.0.2", "10.0.1.2"}
