@@ -34,6 +34,7 @@ from gateway.balancing import Bind, Close, Direct, ListenerKey, Open, Placement,
 from gateway.capture import CaptureListener, reset
 from gateway.destinations import CapturedServices, Destination, captured_type
 from gateway.enforcing import Enforcer, Policies, noted
+from gateway.identities import NO_WORKLOADS, Workloads, client_workload
 from gateway.listening import ListenerPlan
 from gateway.pool import PoolKey, TunnelPool
 from gateway.preamble import Request, Status
@@ -73,7 +74,8 @@ class Egress:
         self.metrics = EgressMetrics(registry)
         self.authorizer = Authorizer(access, "egress", registry)  # this site's own clients, direct routes included
         self.enforcer = Enforcer(site, self.metrics, self._direct, self._tunnel, policies, registry)
-        self._keys: dict[Any, ListenerKey] = {}
+        self.workloads: Readable[Workloads] = NO_WORKLOADS  # the site's source sets it: who is behind a client
+        self._keys: dict[Any, tuple[ListenerKey, str | None]] = {}
         self.placement: Readable[Placement] = placement or Value(
             Placement(fallback=(self.settings.egress_address, self.settings.egress_port)), name="placement")
         self.reach = Reachability()
@@ -247,8 +249,8 @@ class Egress:
 
     async def route(self, client: PlainLeg, key: ListenerKey) -> None:
         """Connect `client` through the first route that accepts it, or close it."""
-        view = self.mesh.get()
-        allowed = self.authorizer.check(key[:2], self._peer()).allowed  # counted and logged when denied
+        view, source = self.mesh.get(), self._peer(client_workload(self.workloads, client))
+        allowed = self.authorizer.check(key[:2], source).allowed  # counted and logged when denied
         if allowed and (rules := self.enforcer.rules(view, key)) is not None:
             await self.enforcer.route(client, key, view, rules)
             return
@@ -260,7 +262,7 @@ class Egress:
             if await (self._direct(client, route, key) if isinstance(route, Direct)
                       else self._tunnel(client, route, key)):
                 self.metrics.connections.labels("relayed").inc()
-                self.accesslog.egress(client, key, route, tries)
+                self.accesslog.egress(client, key, route, tries, source.workload)
                 return
         self.metrics.connections.labels("no_route" if allowed else "denied").inc()
         if allowed:
@@ -269,11 +271,11 @@ class Egress:
 
     async def enforce(self) -> None:
         """Close the streams of this site's clients that a changed access policy now denies, until cancelled."""
-        await self.authorizer.enforce(lambda: ((r, k[:2]) for r, k in self._keys.items() if r in self._active),
+        await self.authorizer.enforce(lambda: ((r, k[:2], w) for r, (k, w) in self._keys.items() if r in self._active),
                                       self._peer)
 
-    def _peer(self) -> Peer:
-        return site_peer(self.mesh.get(), self.site, current(self.trust).trust_domain, self.settings.name)
+    def _peer(self, workload: str | None = None) -> Peer:
+        return site_peer(self.mesh.get(), self.site, current(self.trust).trust_domain, self.settings.name, workload)
 
     async def _direct(self, client: PlainLeg, route: Direct, key: ListenerKey, note: list[str] | None = None,
                       idle: float | None = None) -> bool:
@@ -292,15 +294,16 @@ class Egress:
         held: list[Any] = []
         splice = Splice(client, leg, idle or self.settings.idle_timeout, lambda _clean: self._untrack(held),
                         high_water=self.settings.high_water)
-        self._track(splice, held, key)
+        self._track(splice, held, key, client)
         return True
 
     async def _tunnel(self, client: PlainLeg, route: Route, key: ListenerKey, note: list[str] | None = None,
                       idle: float | None = None, hostname: str | None = None) -> bool:
         assert not isinstance(route, Direct)
         pool = self._pool(route.site, route.gateway)
-        req = Request(key[0], key[1], key[2], hostname)  # a hostname: that one endpoint (gateway.headless)
+        workload = client_workload(self.workloads, client)
         for _ in range(2):  # a pooled tunnel may have died idle: one fresh retry on the same gateway
+            req = Request(*key, hostname, None if pool.legacy else workload)  # a hostname: that endpoint (headless)
             tunnel = None
             try:
                 async with asyncio.timeout(self.settings.handshake_timeout + self.settings.connect_timeout):
@@ -330,6 +333,10 @@ class Egress:
             if reused:
                 self.metrics.reused.inc()
             pool.remember_session(tunnel)
+            if resp.status is Status.BAD_REQUEST and req.workload and not pool.legacy:
+                pool.legacy = True  # a gateway older than preamble extensions: ask again, naming no workload
+                pool.give_back(tunnel)
+                continue
             if resp.status is not Status.OK:
                 self.metrics.attempts.labels("gateway", resp.status.name.lower()).inc()
                 noted(note, resp.status.name.lower())
@@ -347,16 +354,16 @@ class Egress:
                 self._untrack(held)
                 pool.give_back(tunnel)
             self._track(tunnel.attach(client, idle or self.settings.idle_timeout, done, self.settings.high_water),
-                        held, key)
+                        held, key, client)
             return True
         return False
 
-    def _track(self, relay: Any, held: list[Any], key: ListenerKey) -> None:
+    def _track(self, relay: Any, held: list[Any], key: ListenerKey, client: Any) -> None:
         # A relay may have ended inside its constructor (client gone): then there is nothing to track.
         if not relay.done:
             held.append(relay)
             self._active.add(relay)
-            self._keys[relay] = key
+            self._keys[relay] = (key, client_workload(self.workloads, client))
             self.active.add()
 
     def _untrack(self, held: list[Any]) -> None:

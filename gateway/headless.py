@@ -27,6 +27,7 @@ from federation.core.view import MeshView, ServiceId
 from federation.runtime.values import Readable, Value, follow
 from gateway.balancing import Bind, Placement, ViaGateway
 from gateway.capture import reset
+from gateway.identities import client_workload
 from gateway.refusals import Throttle
 from gateway.relay import PlainLeg
 
@@ -183,7 +184,7 @@ class HostListeners:
         """Tunnel `client` to the endpoint of `key` through a gateway of its own site, or reset it."""
         egress = self.egress
         ns, name, port, site, hostname = key
-        allowed = egress.authorizer.check((ns, name), egress._peer()).allowed
+        allowed = egress.authorizer.check((ns, name), egress._peer(client_workload(egress.workloads, client))).allowed
         record = egress.mesh.get().sites.get(site)
         gateways: tuple[Any, ...] = record.gateways if record is not None and allowed else ()
         for gateway in gateways[:MAX_GATEWAYS]:

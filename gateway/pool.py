@@ -6,6 +6,7 @@ import asyncio
 import collections
 import datetime as dt
 import logging
+import time
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -139,6 +140,20 @@ class TunnelPool:
         self.handshakes = 0
         self.closed = False
         self._active = active
+        self._legacy_until = 0.0
+
+    LEGACY_HOLD = 600.0
+    """How long a gateway that refused a preamble extension gets requests without one (then: asked again,
+    in case it was upgraded meanwhile)."""
+
+    @property
+    def legacy(self) -> bool:
+        """True while the gateway is taken for one older than preamble extensions (its streams name no workload)."""
+        return time.monotonic() < self._legacy_until
+
+    @legacy.setter
+    def legacy(self, value: bool) -> None:
+        self._legacy_until = time.monotonic() + self.LEGACY_HOLD if value else 0.0
 
     @property
     def server_name(self) -> str:

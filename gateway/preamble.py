@@ -4,6 +4,10 @@ Wire format of each message (network byte order):
     version u8 (=1) | type u8 (1 request, 2 response) | body length u16 (<= MAX_BODY) | body
 Request body:  ns (u8 len + ascii) | service (u8 len + ascii) | port kind u8 (0 name: u8 len + ascii,
                1 number: u16) | endpoint hostname (u8 len + ascii; 0 = any endpoint)
+               | extensions: zero or more of (type u8 | u8 len + value), each type at most once
+Extension types: 1 workload (`ns/sa` of the client behind the stream, as the sending site knows it).
+A gateway skips an extension type it does not know, so a later field is additive; a gateway older than
+extensions refuses any (`bad request`), and the egress then asks again without (gateway.identities).
 Response body: status u8 | reason (u8 len + utf-8, for logs)
 Probe (type 3) body:  nonce u64
 Probe answer (type 4) body: nonce u64 | the gateway's wall clock, ms since the epoch u64 | site (u8 len + ascii)
@@ -31,8 +35,12 @@ _HEADER = struct.Struct("!BBH")
 _REQUEST, _RESPONSE, _PROBE, _PROBE_ANSWER = 1, 2, 3, 4
 _PROBE_BODY = struct.Struct("!Q")
 _ANSWER_HEAD = struct.Struct("!QQ")
-_LABEL = re.compile(rb"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
-_PORT_NAME = re.compile(rb"^[a-z0-9]([-a-z0-9]{0,13}[a-z0-9])?$")
+_LABEL = re.compile(rb"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\Z")  # \Z: `$` would let a trailing newline through
+_PORT_NAME = re.compile(rb"^[a-z0-9]([-a-z0-9]{0,13}[a-z0-9])?\Z")
+_WORKLOAD = re.compile(rb"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?/"
+                       rb"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*\Z")
+"""`ns/sa`: a namespace (DNS label) and a service account name (a DNS subdomain, as Kubernetes has it)."""
+_EXT_WORKLOAD = 1
 
 
 class Status(enum.IntEnum):
@@ -71,6 +79,8 @@ class Request:
     service: str
     port: str | int
     hostname: str | None = None
+    workload: str | None = None
+    """`ns/sa` of the client (at most 255 bytes): the gateway takes it in the scope of the peer's site only."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,7 +203,12 @@ def _encode_request(r: Request) -> bytes:
         if not _PORT_NAME.match(r.port.encode()):
             raise LocalProtocolError(f"port name {r.port!r} is not valid")
         out += b"\x00" + _short(r.port.encode())
-    return out + _short((r.hostname or "").encode())
+    out += _short((r.hostname or "").encode())
+    if r.workload is not None:
+        if not _WORKLOAD.match(r.workload.encode()) or len(r.workload) > 255:
+            raise LocalProtocolError(f"workload {r.workload!r} is not namespace/service-account")
+        out += bytes((_EXT_WORKLOAD,)) + _short(r.workload.encode())
+    return out
 
 
 def _decode_request(body: _Reader) -> Request:
@@ -210,7 +225,20 @@ def _decode_request(body: _Reader) -> Request:
     else:
         raise RemoteProtocolError(f"preamble port kind {kind} is neither name (0) nor number (1)", cause="bad-port")
     hostname = body.label("hostname", _LABEL, empty_ok=True)
-    return Request(ns, service, port, hostname or None)
+    seen: set[int] = set()
+    workload = None
+    while body.left():
+        kind = body.u8("extension type")
+        if kind in seen:
+            raise RemoteProtocolError(f"preamble extension {kind} is given twice", cause="bad-extension")
+        seen.add(kind)
+        value = body.field(f"extension {kind}")
+        if kind == _EXT_WORKLOAD:
+            if not _WORKLOAD.match(value):
+                raise RemoteProtocolError(f"preamble workload {value[:64]!r} is not namespace/service-account",
+                                          cause="bad-workload")
+            workload = value.decode("ascii")
+    return Request(ns, service, port, hostname or None, workload)
 
 
 def _decode_response(body: _Reader) -> Response:
