@@ -34,7 +34,7 @@ from gateway.balancing import Bind, Close, Direct, ListenerKey, Open, Placement,
 from gateway.capture import CaptureListener, reset
 from gateway.destinations import CapturedServices, Destination, captured_type
 from gateway.enforcing import Enforcer, Policies, noted
-from gateway.identities import NO_WORKLOADS, Workloads, client_workload
+from gateway.identities import NO_WORKLOADS, client_workload
 from gateway.listening import ListenerPlan
 from gateway.pool import PoolKey, TunnelPool
 from gateway.preamble import Request, Status
@@ -74,7 +74,7 @@ class Egress:
         self.metrics = EgressMetrics(registry)
         self.authorizer = Authorizer(access, "egress", registry)  # this site's own clients, direct routes included
         self.enforcer = Enforcer(site, self.metrics, self._direct, self._tunnel, policies, registry)
-        self.workloads: Readable[Workloads] = NO_WORKLOADS  # the site's source sets it: who is behind a client
+        self.workloads = NO_WORKLOADS  # the site's source sets it (federation.core.workloads): who is behind a client
         self._keys: dict[Any, tuple[ListenerKey, str | None]] = {}
         self.placement: Readable[Placement] = placement or Value(
             Placement(fallback=(self.settings.egress_address, self.settings.egress_port)), name="placement")

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from federation.core.errors import LocalProtocolError, RemoteProtocolError
+from federation.core.workloads import is_workload
 
 VERSION: Final = 1
 MAX_BODY: Final = 512
@@ -37,9 +38,6 @@ _PROBE_BODY = struct.Struct("!Q")
 _ANSWER_HEAD = struct.Struct("!QQ")
 _LABEL = re.compile(rb"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\Z")  # \Z: `$` would let a trailing newline through
 _PORT_NAME = re.compile(rb"^[a-z0-9]([-a-z0-9]{0,13}[a-z0-9])?\Z")
-_WORKLOAD = re.compile(rb"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?/"
-                       rb"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*\Z")
-"""`ns/sa`: a namespace (DNS label) and a service account name (a DNS subdomain, as Kubernetes has it)."""
 _EXT_WORKLOAD = 1
 
 
@@ -205,7 +203,7 @@ def _encode_request(r: Request) -> bytes:
         out += b"\x00" + _short(r.port.encode())
     out += _short((r.hostname or "").encode())
     if r.workload is not None:
-        if not _WORKLOAD.match(r.workload.encode()) or len(r.workload) > 255:
+        if not is_workload(r.workload):
             raise LocalProtocolError(f"workload {r.workload!r} is not namespace/service-account")
         out += bytes((_EXT_WORKLOAD,)) + _short(r.workload.encode())
     return out
@@ -234,7 +232,7 @@ def _decode_request(body: _Reader) -> Request:
         seen.add(kind)
         value = body.field(f"extension {kind}")
         if kind == _EXT_WORKLOAD:
-            if not _WORKLOAD.match(value):
+            if not is_workload(value.decode("latin-1")):  # any bytes decode; only ascii `ns/sa` passes
                 raise RemoteProtocolError(f"preamble workload {value[:64]!r} is not namespace/service-account",
                                           cause="bad-workload")
             workload = value.decode("ascii")
