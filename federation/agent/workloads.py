@@ -52,5 +52,5 @@ def vm_workloads(vm: VmSettings, vip_ranges: tuple[str, ...], address: str) -> W
     networks = dict(vm.workload_identities)
     if vm.workload_identity:
         own = [*LOCAL, *vip_ranges, *vm.endpoint_ranges, *([address] if address else [])]
-        networks.update({n: vm.workload_identity for n in own})
+        networks.update(dict.fromkeys(own, vm.workload_identity))
     return Workloads(networks=by_network(networks))
