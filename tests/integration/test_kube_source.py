@@ -301,6 +301,8 @@ async def test_rbac_grants_exactly_the_calls_the_agent_makes(etcd: EtcdProcess, 
         for kind, spec in (("TrafficPolicy", {"retries": {"attempts": 2}}), ("AccessPolicy", {"rules": []})):
             api.put({"apiVersion": "meshfed.io/v1alpha1", "kind": kind, "spec": spec,
                      "metadata": {"namespace": "shop", "name": "web", "generation": 1}})
+        api.put({"apiVersion": "meshfed.io/v1alpha1", "kind": "MeshAccessPolicy", "spec": {"defaultAction": "Allow"},
+                 "metadata": {"name": "default", "generation": 1}})
         pub = other_site(etcd, "near", "net-a", [near])
         async with running(pub):
             await eventually(lambda: api.get("serviceimports", "shop", "db") is not None and c.conditions(), what="sync")
@@ -318,7 +320,9 @@ async def test_rbac_grants_exactly_the_calls_the_agent_makes(etcd: EtcdProcess, 
             await eventually(lambda: api.get("serviceimports", "shop", "db") is None
                              and api.get("services", "shop", derived_name("db")) is None, what="import deleted")
         await eventually(lambda: all((api.get(r, "shop", "web") or {}).get("status") for r in
-                                     ("trafficpolicies", "accesspolicies")), what="policy objects' status")
+                                     ("trafficpolicies", "accesspolicies"))
+                         and (api.get("meshaccesspolicies", "", "default") or {}).get("status"),
+                         what="policy objects' status")
     used = {(verb, group, res) for verb, group, res in api.calls}
     assert used == rbac_rules()
 

@@ -1,7 +1,7 @@
-"""The policy sync of a Kubernetes site: TrafficPolicy and AccessPolicy objects into the registry, and back an
-`Accepted` condition on each object (`kubectl get tp,ap` shows it).
+"""The policy sync of a Kubernetes site: TrafficPolicy, AccessPolicy and MeshAccessPolicy objects into the registry,
+and back an `Accepted` condition on each object (`kubectl get tp,ap,meshaccesspolicy` shows it).
 
-Two reflectors keep the objects; after both have listed (nothing is written or deleted before: HasSynced), each
+Three reflectors keep the objects; after both have listed (nothing is written or deleted before: HasSynced), each
 change (and every `resync`) converts every object with the codecs `meshfed policy apply` uses
 (`policies.convert_policy`), hands the valid ones to the writer, which writes the registry records this site
 owns (`federation/registry/policysync.py`, injected: sources do not import the registry), and writes each
@@ -21,6 +21,7 @@ from typing import Any, Protocol
 from federation.core.backoff import Backoff
 from federation.core.errors import MeshfedError, PolicyError
 from federation.core.policy.access import KIND as ACCESS_KIND
+from federation.core.policy.access import MESH_KIND
 from federation.core.policy.model import KIND as TRAFFIC_KIND
 from federation.core.ratelimit import LogLimiter
 from federation.sources.kubernetes.client import ApiError, ApiUnavailable, KubeClient
@@ -30,7 +31,7 @@ from federation.sources.kubernetes.watching import Reflector, WatchMetrics
 
 log = logging.getLogger(__name__)
 
-RESOURCES = {"trafficpolicies": TRAFFIC_KIND, "accesspolicies": ACCESS_KIND}
+RESOURCES = {"trafficpolicies": TRAFFIC_KIND, "accesspolicies": ACCESS_KIND, "meshaccesspolicies": MESH_KIND}
 """The watched resources and the kind of policy each holds."""
 Ident = tuple[str, str, str]
 """(kind, namespace, name)"""
@@ -130,7 +131,7 @@ class PolicySync:
                                                {"status": {"conditions": conditions}}, subresource="status")
         except ApiError as exc:
             if exc.code == 404:
-                return  # deleted meanwhile
+                return  # deleted meanwhile (or, for MeshAccessPolicy, a cluster without its CRD: nothing to report)
             raise
         self.reflectors[resource].apply(updated)
 
