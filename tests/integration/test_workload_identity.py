@@ -217,3 +217,62 @@ def test_a_request_naming_a_workload_is_what_the_egress_sends() -> None:
     """The bytes of HOSTILE's neighbours: a valid workload extension, as the egress encodes it."""
     wire = Preamble(Role.CLIENT).send(Request("ns", "echo", "tcp", None, "shop/web"))
     assert wire == _request_with(b"\x01\x08shop/web")
+
+
+class OldGateway:
+    """A gateway from before preamble extensions, as the peer sees it: a request with any byte after the hostname
+    gets `bad request` and the tunnel closed (what that decoder did); others get ok and an echo of each frame."""
+
+    def __init__(self) -> None:
+        self.requests: list[str | None] = []
+        self.server: asyncio.Server | None = None
+
+    async def start(self, context: Any) -> int:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=context)
+        port: int = self.server.sockets[0].getsockname()[1]
+        return port
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        from gateway.preamble import NEED_DATA, Response
+
+        try:
+            while True:
+                p = Preamble(Role.SERVER)
+                while (event := p.next_event()) is NEED_DATA:
+                    data = await reader.read(4096)
+                    if not data:
+                        return
+                    p.receive_data(data)
+                assert isinstance(event, Request)
+                self.requests.append(event.workload)
+                if event.workload is not None:
+                    writer.write(Preamble(Role.SERVER).send(Response(Status.BAD_REQUEST, "bad request")))
+                    return
+                writer.write(Preamble(Role.SERVER).send(Response(Status.OK)))
+                while (n := struct.unpack("!I", await reader.readexactly(4))[0]) != 0:  # echo until END
+                    writer.write(struct.pack("!I", n) + await reader.readexactly(n))
+                writer.write(struct.pack("!I", 0))
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+
+
+async def test_a_gateway_older_than_extensions_is_asked_again_without_the_workload(tmp_path: Path) -> None:
+    async with two_sites(tmp_path) as s:
+        old = OldGateway()
+        s.gw_port = await old.start(s.east.server)  # east's gateway, as the view names it, is the old one
+        s.publish()
+        try:
+            async with egress_of_west(s) as eg:
+                addr = eg.listeners()[("ns", "echo", "tcp")]
+                assert await echo_from(addr, "127.0.0.2") == b"ping"  # refused with the workload, then ok without
+                assert await echo_from(addr, "127.0.0.2") == b"ping"
+                assert old.requests == ["shop/web", None, None]  # remembered: not asked with it again
+        finally:
+            await old.close()
