@@ -31,7 +31,8 @@ from federation.core.workloads import is_workload
 
 VERSION: Final = 1
 MAX_BODY: Final = 512
-"""Longer than any valid request (4 labels of 63 bytes); anything above is refused before buffering it."""
+"""Longer than any valid request (4 labels of 63 bytes and a workload of 255: 466); anything above is refused
+before buffering it."""
 _HEADER = struct.Struct("!BBH")
 _REQUEST, _RESPONSE, _PROBE, _PROBE_ANSWER = 1, 2, 3, 4
 _PROBE_BODY = struct.Struct("!Q")
