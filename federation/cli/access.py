@@ -185,12 +185,10 @@ async def _revocations(client: Any, keys: Any) -> Any:
 
 def _site_trust_domain(ca_chain: str) -> str:
     """The trust domain of a site's intermediate, as its site record carries it ("" if unreadable)."""
-    from cryptography import x509
-
-    from federation.pki.issuing import PkiError, trust_domain_of
+    from federation.pki.issuing import PkiError, load_certs, trust_domain_of
 
     try:
-        return trust_domain_of(x509.load_pem_x509_certificates(ca_chain.encode())[0])
+        return trust_domain_of(load_certs(ca_chain.encode())[0])
     except (ValueError, IndexError, PkiError):
         return ""
 
