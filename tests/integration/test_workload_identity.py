@@ -276,3 +276,18 @@ async def test_a_gateway_older_than_extensions_is_asked_again_without_the_worklo
                 assert old.requests == ["shop/web", None, None]  # remembered: not asked with it again
         finally:
             await old.close()
+
+
+async def test_a_direct_same_network_route_is_decided_by_identity_at_the_egress(tmp_path: Path) -> None:
+    from tests.integration.test_access_control import direct_route, policy
+    from tests.integration.test_access_control import only as only_policies
+
+    async with direct_route(tmp_path) as (eg, state, echo):
+        eg.workloads = Value(Workloads({"127.0.0.2": "shop/web", "127.0.0.3": "shop/batch"}), name="workloads")
+        state.set(only_policies(policy("ns/local", NO_BATCH)))
+        addr = eg.listeners()[("ns", "local", "tcp")]
+        assert await echo_from(addr, "127.0.0.2") == b"ping"
+        assert await echo_from(addr, "127.0.0.3") == b"reset"  # batch: reset before any connect
+        assert await echo_from(addr, "127.0.0.4") == b"reset"  # unknown: may be batch, so the Deny matches
+        assert echo.connections == 1
+        assert eg.authorizer.denied.labels("ns/local:no-batch")._value.get() == 2
