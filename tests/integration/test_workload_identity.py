@@ -15,11 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from federation.core.policy import access
 from federation.core.policy.access import AccessState, Action, MeshAccess
-from federation.core.workloads import Workloads
+from federation.core.workloads import Workloads, is_workload
 from federation.runtime.values import Value
 from gateway.egress import Egress
 from gateway.framing import ABORT_FRAME
@@ -143,6 +145,38 @@ async def test_bad_workload_bytes_are_refused_cleanly_and_nothing_else_stops(
         bystander.send(b"unharmed")
         assert await bystander.receive_frame() == b"unharmed"
         await bystander.close()
+
+
+@pytest.fixture
+async def sites(tmp_path: Path) -> AsyncIterator[TwoSites]:
+    """One running gateway for every example of a Hypothesis test (so each example costs one handshake)."""
+    async with two_sites(tmp_path) as s:
+        s.access.set(only(allow(WEST_WEB)))
+        yield s
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(value=st.one_of(
+    st.binary(max_size=255), st.from_regex(r"\A[a-z0-9./\-]{1,40}\Z").map(str.encode),
+    st.builds(lambda a, b: f"{a}/{b}".encode(), *[st.from_regex(r"\A[a-z0-9]([-a-z0-9]{0,8}[a-z0-9])?\Z")] * 2)))
+async def test_any_workload_bytes_through_a_real_tunnel_are_refused_or_taken_in_the_peers_scope(
+        sites: TwoSites, value: bytes) -> None:
+    assert sites.gateway is not None
+    t = await RawTunnel.open(sites.gw_port, sites.west.client)
+    try:
+        t.writer.write(_request_with(bytes((1, len(value))) + value))
+        resp = await t.response()
+        if not is_workload(value.decode("latin-1")):
+            assert (resp.status, resp.reason) == (Status.BAD_REQUEST, "bad request")
+            assert await t.closed_by_peer()
+        elif value == b"shop/web":
+            assert resp.status is Status.OK
+        else:  # a valid name, in west's scope: not west's web, so no Allow matches
+            scoped = f"{TD}/west/ns/{value.decode().replace('/', '/sa/')}"
+            assert (resp.status, resp.reason) == (
+                Status.FORBIDDEN, f"denied by access policy: no Allow rule of ns/echo matches site west ({scoped})")
+    finally:
+        await t.close()
 
 
 # ---------------------------------------------------------------- the egress names its clients' workloads
