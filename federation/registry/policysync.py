@@ -51,9 +51,10 @@ class Held:
 
 
 def plan(declared: Mapping[Ident, Any], stored: Mapping[str, bytes], keys: Keys, owner: str, *,
-         sign: Sign | None, read: Read) -> tuple[list[Put | Delete], dict[Ident, Refusal | None]]:
+         sign: Sign | None, read: Read, mesh: bool = True) -> tuple[list[Put | Delete], dict[Ident, Refusal | None]]:
     """The writes that make the registry hold exactly the declared policies among the records `owner` owns,
-    and for each declared policy None (in the registry) or why not."""
+    and for each declared policy None (in the registry) or why not; `mesh` False: the MeshAccessPolicy
+    objects are not known (not yet listed), so the mesh record is left as it is."""
     held = {key: _held(key, value, read) for key, value in stored.items()}
     ops: list[Put | Delete] = []
     out: dict[Ident, Refusal | None] = {}
@@ -80,6 +81,8 @@ def plan(declared: Mapping[Ident, Any], stored: Mapping[str, bytes], keys: Keys,
         ops.append(Put(key, sign(key, record) if sign is not None else dump_json(record)))
     for key, have in sorted(held.items()):
         if key in wanted or have is None or have.tombstone or have.owner != owner:
+            continue
+        if key == mesh_key and not mesh:
             continue
         if key == mesh_key:  # back to the defaults, owned by no one (a bare delete changes nothing in readers)
             defaults = access.encode(access.mesh_to_document(access.MeshAccess()))
@@ -111,9 +114,9 @@ class PolicyOwner:
         self.writes = 0
         """Records written or deleted (tests and metrics)."""
 
-    async def sync(self, declared: Mapping[Ident, Any]) -> dict[Ident, Refusal | None]:
+    async def sync(self, declared: Mapping[Ident, Any], *, mesh: bool = True) -> dict[Ident, Refusal | None]:
         """Write what `declared` needs; for each declared policy None (in the registry) or (reason, message).
-        RegistryUnavailable if etcd cannot be reached (nothing is known to be written)."""
+        `mesh`: see `plan`. RegistryUnavailable if etcd cannot be reached (nothing is known to be written)."""
         if self._require and self._sign is None:
             why = ("no operator key to sign it with (registry.signatures is require): set kubernetes.operator_key_dir "
                    "to a directory from `meshfed ca operator`, mounted from a Secret")
@@ -122,10 +125,10 @@ class PolicyOwner:
         for kind in KINDS.values():
             kvs, _ = await self._client.get_prefix(kind.prefix(self._keys))
             stored.update((k, kv.value) for k, kv in kvs.items())
-        mesh = await self._client.get(access.mesh_key(self._keys))
-        if mesh is not None:
-            stored[access.mesh_key(self._keys)] = mesh.value
-        ops, out = plan(declared, stored, self._keys, self.owner, sign=self._sign, read=self._read)
+        held = await self._client.get(access.mesh_key(self._keys))
+        if held is not None:
+            stored[access.mesh_key(self._keys)] = held.value
+        ops, out = plan(declared, stored, self._keys, self.owner, sign=self._sign, read=self._read, mesh=mesh)
         for start in range(0, len(ops), _TXN):
             await self._client.commit(ops[start:start + _TXN])
         self.writes += len(ops)

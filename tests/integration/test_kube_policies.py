@@ -287,6 +287,25 @@ async def test_the_mesh_access_policy_object_is_synced_signed_and_reset_when_del
         await stop(tasks)
 
 
+async def test_without_the_mesh_access_policy_crd_the_other_kinds_still_sync(
+        etcd: EtcdProcess, mesh: Mesh, operator_dir: Path, tmp_path: Path) -> None:
+    """A cluster (or a ClusterRole) from before the MeshAccessPolicy sync: its list fails, the rest goes on."""
+    from federation.devkit.apiserver.server import REPO_CRD_FILES, load_crds
+
+    crds = [c for path in REPO_CRD_FILES for c in load_crds(path)
+            if c["metadata"]["name"] != "meshaccesspolicies.meshfed.io"]
+    tasks: list[asyncio.Task[None]] = []
+    async with DevApiServer(crds=crds) as api:
+        api.put(namespace("shop"))
+        try:
+            site = await start(etcd, api, mesh, tmp_path, operator_dir, tasks)
+            await kubectl(site.config, "apply", "-f", "-", stdin=POLICIES.split("---")[0])
+            await eventually(lambda: (accepted(api, "trafficpolicies", "web") or ("",))[0] == "True",
+                             what="the TrafficPolicy synced without the MeshAccessPolicy CRD")
+        finally:
+            await stop(tasks)
+
+
 def test_an_operator_key_readable_by_others_is_refused(mesh: Mesh, operator_dir: Path) -> None:
     os.chmod(operator_dir / OPERATOR_KEY, 0o644)  # the mistake under test
     with pytest.raises(ConfigError, match="readable by group or others"):
