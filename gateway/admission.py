@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from federation.core.records import Labels
 from federation.core.view import MeshView
 from gateway.balancing import Target, endpoint_targets, find_port
 from gateway.preamble import Request, Status
@@ -18,7 +19,9 @@ class Admission:
     targets: tuple[Target, ...] = ()
     key: tuple[str, str, str] = ("", "", "")
     cause: str = ""
-    """The kind of refusal (`not-exported`, `no-port`, `no-ready-endpoint`), for log de-duplication."""
+    """The kind of refusal (`not-exported`, `no-port`, `no-ready-endpoint`, `no-subset-endpoint`), for logs."""
+    subset: Labels = ()
+    """The request's subset: the endpoint picker keeps a turn per subset."""
 
 
 def admit(view: MeshView, site: str, req: Request) -> Admission:
@@ -31,9 +34,13 @@ def admit(view: MeshView, site: str, req: Request) -> Admission:
     if port is None:
         return Admission(Status.NO_SUCH_SERVICE, f"{req.namespace}/{req.service} has no port {req.port}",
                          cause="no-port")
-    targets = endpoint_targets(export, port, req.hostname)
+    targets = endpoint_targets(export, port, req.hostname, req.subset)
+    if not targets and req.subset:
+        subset = ",".join(f"{k}={v}" for k, v in req.subset)
+        return Admission(Status.NO_HEALTHY_ENDPOINT, f"{req.namespace}/{req.service} has no ready endpoint of "
+                         f"subset {subset}", cause="no-subset-endpoint")
     if not targets:
         what = f"endpoint {req.hostname}" if req.hostname else "endpoint"
         return Admission(Status.NO_HEALTHY_ENDPOINT, f"{req.namespace}/{req.service} has no ready {what}",
                          cause="no-ready-endpoint")
-    return Admission(Status.OK, "", tuple(targets), (req.namespace, req.service, port.name))
+    return Admission(Status.OK, "", tuple(targets), (req.namespace, req.service, port.name), subset=req.subset)

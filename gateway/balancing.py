@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from federation.core.endpoints import hostname_of
-from federation.core.records import Gateway, Locality, Protocol, ServiceExport, ServicePort
+from federation.core.records import Gateway, Labels, Locality, Protocol, ServiceExport, ServicePort
 from federation.core.view import MeshView, PortId, VipTable
 
 ListenerKey = PortId
@@ -41,6 +41,8 @@ class ViaGateway:
 
     site: str
     gateway: Gateway
+    subset: Labels = ()
+    """The split target's labels: the gateway picks only endpoints carrying them (empty: any endpoint)."""
 
 
 Route = Direct | ViaGateway
@@ -88,13 +90,16 @@ def find_port(ports: Sequence[ServicePort], port: str | int) -> ServicePort | No
     return None
 
 
-def endpoint_targets(export: ServiceExport, port: ServicePort, hostname: str | None = None) -> list[Target]:
+def endpoint_targets(export: ServiceExport, port: ServicePort, hostname: str | None = None,
+                     subset: Labels = ()) -> list[Target]:
     """Targets of the ready endpoints of `export` for `port` (only the one named `hostname`, if given: its
-    hostname, or for one without, its first address dashed as DNS names it)."""
+    hostname, or for one without, its first address dashed as DNS names it; only those carrying every
+    label of `subset`)."""
     return [
         Target(e.addresses[0], e.port_for(port))
         for e in export.endpoints
         if e.ready and e.addresses and (hostname is None or hostname_of(e) == hostname)
+        and all(e.label(k) == v for k, v in subset)
     ]
 
 

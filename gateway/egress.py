@@ -36,14 +36,15 @@ from gateway.destinations import CapturedServices, Destination, captured_type
 from gateway.enforcing import Enforcer, Policies, noted
 from gateway.identities import NO_WORKLOADS, client_workload
 from gateway.listening import ListenerPlan
-from gateway.pool import PoolKey, TunnelPool
-from gateway.preamble import Request, Status
+from gateway.pool import PoolKey, TunnelPool, pool_of
+from gateway.preamble import Status
 from gateway.reachability import Reachability
 from gateway.refusals import EgressMetrics, Throttle
 from gateway.relay import ActiveStreams, PlainLeg
 from gateway.settings import GatewaySettings, live
 from gateway.shedding import Shedder, reset_transport
 from gateway.splice import Splice
+from gateway.subsets import SubsetSupport
 from gateway.tls import Bundle, ResumingContext, current
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,8 @@ class Egress:
                  registry: CollectorRegistry | None = None, placement: Readable[Placement] | None = None,
                  local_services: bool = False, capture: Bind | None = None,
                  access: Readable[AccessState] | None = None, policies: Readable[Policies] | None = None,
-                 accesslog: AccessLog | None = None) -> None:
+                 accesslog: AccessLog | None = None, headless_captured: bool = False) -> None:
+        """`headless_captured`: capture also takes headless endpoints' addresses (gateway.headless): no listener."""
         self.site = site
         self.accesslog = accesslog or AccessLog()
         self.mesh = mesh
@@ -75,6 +77,7 @@ class Egress:
         self.authorizer = Authorizer(access, "egress", registry)  # this site's own clients, direct routes included
         self.enforcer = Enforcer(site, self.metrics, self._direct, self._tunnel, policies, registry)
         self.workloads = NO_WORKLOADS  # the site's source sets it (federation.core.workloads): who is behind a client
+        self.subsets = SubsetSupport()  # a split's labels in the stream request; old gateways get none
         self._keys: dict[Any, tuple[ListenerKey, str | None]] = {}
         self.placement: Readable[Placement] = placement or Value(
             Placement(fallback=(self.settings.egress_address, self.settings.egress_port)), name="placement")
@@ -88,7 +91,10 @@ class Egress:
         """Also listen for services only this site exports (a VM's own services at their VIP)."""
         self.capture_bind = capture
         """Where the capture listener binds (capture mode); None: a listener per service port."""
+        self._headless_captured = capture is not None and headless_captured
         self.capture: CaptureListener | None = None
+        self.claims: list[Callable[[PlainLeg, Destination], bool]] = []
+        """Offered a captured client whose destination is no VIP first (headless endpoints' addresses)."""
         self._captured = CapturedServices(site, local_services)
         self.metrics.mode.labels("capture").set(1 if capture is not None else 0)
         self.metrics.mode.labels("listeners").set(0 if capture is not None else 1)
@@ -130,7 +136,7 @@ class Egress:
         out = {}
         for key in self._servers if keys is None else keys:
             server = self._servers.get(key)
-            if server is not None:
+            if server is not None and server.sockets:  # none once stop_accepting() closed it
                 host, port = server.sockets[0].getsockname()[:2]
                 out[key] = (host, port)
         return out
@@ -201,11 +207,12 @@ class Egress:
         self._warm(view, [*(k for k in check if k in self._servers), *captured])
 
     def _is_captured(self, view: MeshView, key: ListenerKey) -> bool:
-        """True if the capture listener serves `key`'s service (capture mode, a ClusterSetIP service)."""
+        """True if the capture listener serves `key`'s service (capture mode: ClusterSetIP, and headless when
+        its endpoints' addresses are captured too)."""
         if self.capture_bind is None:
             return False
         svc = view.service(key[0], key[1])
-        return svc is not None and captured_type(svc)
+        return svc is not None and (captured_type(svc) or self._headless_captured)
 
     def _warm(self, view: MeshView, listeners: Iterable[ListenerKey]) -> None:
         """Pre-open tunnels to the first gateway each listener would use, so no client waits for them."""
@@ -235,6 +242,8 @@ class Egress:
 
     def _unknown(self, client: PlainLeg, dest: Destination | None) -> None:
         """A captured client whose destination is no service port: reset it, as one with no route."""
+        if dest is not None and any(claim(client, dest) for claim in self.claims):
+            return
         self.metrics.connections.labels("unknown_destination").inc()
         where = f"{dest[0]}:{dest[1]}" if dest is not None else "an unknown destination (not redirected)"
         _throttle.log(log, logging.WARNING, ("unknown-destination", dest),
@@ -301,9 +310,9 @@ class Egress:
                       idle: float | None = None, hostname: str | None = None) -> bool:
         assert not isinstance(route, Direct)
         pool = self._pool(route.site, route.gateway)
-        workload = client_workload(self.workloads, client)
-        for _ in range(2):  # a pooled tunnel may have died idle: one fresh retry on the same gateway
-            req = Request(*key, hostname, None if pool.legacy else workload)  # a hostname: that endpoint (headless)
+        req = self.subsets.request(key, route, time.monotonic(), hostname,  # hostname: one endpoint (headless)
+                                   client_workload(self.workloads, client))
+        for _ in range(2 + bool(req.subset or req.workload)):  # a pooled tunnel may have died idle: one more
             tunnel = None
             try:
                 async with asyncio.timeout(self.settings.handshake_timeout + self.settings.connect_timeout):
@@ -333,10 +342,6 @@ class Egress:
             if reused:
                 self.metrics.reused.inc()
             pool.remember_session(tunnel)
-            if resp.status is Status.BAD_REQUEST and req.workload and not pool.legacy:
-                pool.legacy = True  # a gateway older than preamble extensions: ask again, naming no workload
-                pool.give_back(tunnel)
-                continue
             if resp.status is not Status.OK:
                 self.metrics.attempts.labels("gateway", resp.status.name.lower()).inc()
                 noted(note, resp.status.name.lower())
@@ -344,7 +349,10 @@ class Egress:
                               "gateway of %s answered %s for %s/%s:%s: %s", route.site, resp.status.name, *key,
                          resp.reason)
                 pool.give_back(tunnel)
-                return False
+                if (legacy := self.subsets.retry(req, resp, route, time.monotonic())) is None:
+                    return False
+                req = legacy  # an old gateway refused the subset: the same request without it
+                continue
             if tunnel.closed:  # lost right after its status (its transport is gone): a fresh tunnel, once
                 continue
             self.metrics.attempts.labels("gateway", "ok").inc()
@@ -374,17 +382,8 @@ class Egress:
                 self.active.done()
 
     def _pool(self, site: str, gateway: Any) -> TunnelPool:
-        key = (site, gateway.address, gateway.port)
-        pool = self.pools.get(key)
-        if pool is None or pool.gateway != gateway:
-            if pool is not None:
-                pool.close()
-            pool = self.pools[key] = TunnelPool(
-                key, gateway, self.context, self.trust, self.mesh,
-                self.settings.pool_size, self.settings.pool_idle, self.settings.handshake_timeout, self.spawn,
-                keep=self.settings.pool_max, max_age=self.settings.tunnel_max_age, active=self.active,
-            )
-        return pool
+        return pool_of(self.pools, site, gateway, self.context, self.trust, self.mesh, self.settings, self.spawn,
+                       self.active)
 
 
 class _ClientLeg(PlainLeg):

@@ -24,7 +24,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter
 
 from federation.core.policy.model import AbortKind, Rules, TrafficPolicy
-from federation.core.records import Gateway
+from federation.core.records import Gateway, Labels
 from federation.core.view import MeshView
 from federation.runtime.values import Readable
 from gateway.balancing import Direct, ListenerKey, Route, Target, ViaGateway, find_port
@@ -151,6 +151,10 @@ class Enforcer:
         port = find_port(svc.ports, key[2]) if svc is not None else None
         return policy.rules_for(key[2], port.port if port is not None else 0)
 
+    def state(self, namespace: str, name: str) -> _Service | None:
+        """A service's live ejections, breaker counts and retry budget (None before its first client)."""
+        return self._services.get((namespace, name))
+
     async def route(self, client: PlainLeg, key: ListenerKey, view: MeshView, rules: Rules) -> None:
         """Connect `client` as `rules` say, or reset it."""
         state = self._state(key, rules)
@@ -215,7 +219,7 @@ class Enforcer:
                     tried |= prep.by_site[c.site]
                     continue
                 attempt += 1
-                route, note = self._route_to(prep, state, i, now), list[str]()
+                route, note = self._route_to(prep, state, i, now, self._subset(rules, choice.target)), list[str]()
                 try:
                     async with asyncio.timeout(per_try):
                         ok = await (self._direct if isinstance(route, Direct) else self._tunnel)(
@@ -292,8 +296,10 @@ class Enforcer:
             outcome = state.outliers.endpoint_failed(prep.plan.routes[i].endpoint, now, prep.ready)
         else:
             # The remote gateway answers for its whole site: a failed stream rules out the site for this
-            # connection; evidence counts against the gateway when it was not reached, else the endpoint.
-            tried |= prep.by_site[site]
+            # connection (only the subset's endpoints there, when it had none of the subset); evidence counts
+            # against the gateway when it was not reached, else the endpoint.
+            tried |= prep.by_site[site] if what != "no_healthy_endpoint" or not route.subset else {
+                j for j in prep.by_site[site] if all(prep.plan.candidates[j].label(k) == v for k, v in route.subset)}
             if failure in (Failure.GATEWAY, Failure.TIMEOUT):
                 kind = "gateway"
                 outcome = state.outliers.gateway_failed((site, route.gateway.name), now)
@@ -308,13 +314,18 @@ class Enforcer:
             self.metrics.actions.labels("ejection_capped").inc()
         return failure
 
-    def _route_to(self, prep: _Prepared, state: _Service, i: int, now: float) -> Route:
+    def _route_to(self, prep: _Prepared, state: _Service, i: int, now: float, subset: Labels = ()) -> Route:
         c = prep.plan.candidates[i]
         if not prep.plan.routes[i].gateways:
             return Direct(c.site, Target(c.address, c.port))
         gateways = prep.gateways[c.site]
         live = [g for g in gateways if not state.outliers.gateway_ejected((c.site, g.name), now)] or gateways
-        return ViaGateway(c.site, live[self.rng.randrange(len(live))])
+        return ViaGateway(c.site, live[self.rng.randrange(len(live))], subset)
+
+    @staticmethod
+    def _subset(rules: Rules, target: int | None) -> Labels:
+        """The drawn split target's labels, for the remote gateway to pick within (none for a fallback)."""
+        return rules.split[target].labels if target is not None else ()
 
     def _refuse(self, client: PlainLeg, key: ListenerKey, action: str, reason: str) -> None:
         self.metrics.actions.labels(action).inc()

@@ -7,29 +7,36 @@ other site is tried: a StatefulSet's pod is not interchangeable with another sit
 
 `HostPlan` (pure) says which listeners the table wants and where each binds, looking again only at the
 services whose entry changed; `HostListeners` (the shell) binds them and routes their clients through the
-egress's tunnels, pools, access checks and metrics.
+egress's tunnels, pools, access checks and metrics. In capture mode the endpoint ranges are redirected to
+the egress's one capture listener like the VIP ranges: an endpoint there gets no socket of its own, only an
+entry (its address and port) that the capture listener's clients are looked up in.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import operator
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import immutables
+from prometheus_client import Counter
 
 from federation.core.endpoints import EndpointAddresses, RemoteEndpoint
+from federation.core.policy.model import Timeouts
 from federation.core.records import Protocol
 from federation.core.view import MeshView, ServiceId
 from federation.runtime.values import Readable, Value, follow
 from gateway.balancing import Bind, Placement, ViaGateway
 from gateway.capture import reset
+from gateway.destinations import Destination
 from gateway.identities import client_workload
 from gateway.refusals import Throttle
 from gateway.relay import PlainLeg
+from gateway.shedding import reset_transport
 
 if TYPE_CHECKING:
     from gateway.egress import Egress
@@ -41,12 +48,15 @@ HostKey = tuple[str, str, str, str, str]
 """(namespace, service, port name, site, hostname): one listener of one remote endpoint."""
 MAX_GATEWAYS = 4
 """Gateways of the endpoint's site tried per client before giving up on it."""
+CAPTURED = "captured"
+"""The host of a Bind that the capture listener serves (the endpoint's address is in a captured range)."""
 
 
 class HostPlan:
     """The listeners an endpoint table wants; `step` looks again only at services whose entry changed."""
 
-    def __init__(self) -> None:
+    def __init__(self, captured: Sequence[str] = ()) -> None:
+        self._captured = tuple(ipaddress.ip_network(r, strict=False) for r in captured)
         self._last: tuple[EndpointAddresses, MeshView | None, Placement] | None = None
         self._by_service: dict[ServiceId, dict[HostKey, Bind]] = {}
 
@@ -70,7 +80,7 @@ class HostPlan:
         check: set[HostKey] = set()
         for key in services:
             old = self._by_service.pop(key, {})
-            new = wanted_of(view, key, table.get(key, ()), placement)
+            new = wanted_of(view, key, table.get(key, ()), placement, self._captured)
             if new:
                 self._by_service[key] = new
             check |= old.keys() | new.keys()
@@ -78,10 +88,11 @@ class HostPlan:
         return check, wanted
 
 
-def wanted_of(view: MeshView, service: ServiceId, remote: tuple[RemoteEndpoint, ...],
-              placement: Placement) -> dict[HostKey, Bind]:
-    """The listeners of one service's remote endpoints: at the endpoint's address where this host holds it
-    (a VM's interface), else on the placement's fallback (Kubernetes: a derived Service per endpoint)."""
+def wanted_of(view: MeshView, service: ServiceId, remote: tuple[RemoteEndpoint, ...], placement: Placement,
+              captured: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network] = ()) -> dict[HostKey, Bind]:
+    """The listeners of one service's remote endpoints: (CAPTURED, port) where the address is in a captured
+    range, at the endpoint's address where this host holds it (a VM's interface), else on the placement's
+    fallback (Kubernetes: a derived Service per endpoint)."""
     svc = view.service(*service)
     if svc is None:
         return {}
@@ -90,18 +101,27 @@ def wanted_of(view: MeshView, service: ServiceId, remote: tuple[RemoteEndpoint, 
         for p in svc.ports:
             if p.protocol is Protocol.TCP and svc.serves(r.site, p.name):
                 key = (service[0], service[1], p.name, r.site, r.hostname)
-                out[key] = (r.address, p.port) if r.address in placement.held and p.port else placement.fallback
+                if captured and p.port and _inside(r.address, captured):
+                    out[key] = (CAPTURED, p.port)
+                else:
+                    out[key] = (r.address, p.port) if r.address in placement.held and p.port else placement.fallback
     return out
 
 
 class HostListeners:
     """Binds the listeners of remote headless endpoints and routes their clients through `egress`."""
 
-    def __init__(self, egress: Egress, endpoints: Readable[EndpointAddresses]) -> None:
+    def __init__(self, egress: Egress, endpoints: Readable[EndpointAddresses], captured: Sequence[str] = ()) -> None:
+        """`captured`: the ranges redirected to the egress's capture listener (capture mode)."""
         self.egress = egress
         self.endpoints = endpoints
-        self._plan = HostPlan()
-        self._servers: dict[HostKey, asyncio.Server] = {}
+        self._plan = HostPlan(captured)
+        self._servers: dict[HostKey, tuple[asyncio.Server, tuple[str, int]]] = {}
+        self._claimed: dict[HostKey, Destination] = {}
+        self._by_destination: dict[Destination, HostKey] = {}
+        self._closed = False
+        if captured:
+            egress.claims.append(self.claim)
         self._unplaced = 0
         self.listening: Value[Mapping[HostKey, tuple[str, int]]] = Value(
             immutables.Map(), name="endpoint listeners", same=operator.is_)
@@ -117,20 +137,31 @@ class HostListeners:
             await self._apply()
 
     def stop_accepting(self) -> None:
-        """Close every listener (relayed streams are the egress's, and drain with it)."""
-        for server in self._servers.values():
+        """Close every listener and take no more captured clients (relayed streams are the egress's, and
+        drain with it); nothing is opened after this."""
+        self._closed = True
+        self._by_destination.clear()
+        for server, _ in self._servers.values():
             server.close()
 
     async def close(self) -> None:
         """Close the listeners and wait for them."""
         self.stop_accepting()
-        for server in self._servers.values():
+        for server, _ in self._servers.values():
             await server.wait_closed()
         self._servers.clear()
 
+    def claim(self, client: PlainLeg, dest: Destination) -> bool:
+        """Take a captured client bound for a remote headless endpoint's address and port (True), else False."""
+        key = self._by_destination.get(dest)
+        if key is None:
+            return False
+        self.admit(client, key)
+        return True
+
     async def _apply(self) -> None:
         view, placement = self.egress.mesh.get(), self.egress.placement.get()
-        if not view.complete:
+        if not view.complete or self._closed:
             return
         table = self.endpoints.get()
         if table.unplaced != self._unplaced:
@@ -144,27 +175,66 @@ class HostListeners:
         mutation = (current if isinstance(current, immutables.Map) else immutables.Map(current)).mutate()
         loop = asyncio.get_running_loop()
         for key in sorted(check):
-            server = self._servers.get(key)
+            if self._closed:
+                break  # stopped while a listener was being opened: open nothing more
             want = wanted.get(key)
-            if server is not None:
-                host, port = server.sockets[0].getsockname()[:2]
-                if want is not None and want[0] == host and want[1] in (0, port):
-                    continue
-                self._servers.pop(key).close()
-                if key in mutation:
-                    del mutation[key]
+            if self._unclaim(key, want, table) or self._unbind(key, want):
+                continue
+            if key in mutation:
+                del mutation[key]
             if want is None:
-                log.info("egress listener for %s/%s:%s of %s endpoint %s closed", *key)
+                log.debug("egress listener for %s/%s:%s of %s endpoint %s closed", *key)
+                continue
+            if want[0] == CAPTURED:
+                dest = self._claim_of(key, want[1], table)
+                if dest is not None:
+                    self._claimed[key] = dest
+                    self._by_destination[dest] = key
+                    mutation[key] = (str(dest[0]), dest[1])
                 continue
             try:
                 server = await loop.create_server(self._factory(key), want[0], want[1], backlog=1024)
             except OSError as exc:
                 log.error("egress listener for %s/%s:%s of %s endpoint %s on %s:%d failed: %s", *key, *want, exc)
                 continue
-            self._servers[key] = server
-            mutation[key] = tuple(server.sockets[0].getsockname()[:2])
-            log.info("egress listener for %s/%s:%s of %s endpoint %s on %s:%d", *key, *mutation[key])
+            bound = server.sockets[0].getsockname()[:2] if server.sockets else ("", 0)
+            if self._closed or not bound[1]:
+                server.close()
+                break
+            self._servers[key] = (server, (str(bound[0]), int(bound[1])))
+            mutation[key] = self._servers[key][1]
+            log.debug("egress listener for %s/%s:%s of %s endpoint %s on %s:%d", *key, *mutation[key])
         self.listening.set(mutation.finish())
+
+    def _unbind(self, key: HostKey, want: Bind | None) -> bool:
+        """True if `key`'s listener already binds where `want` says; else closes it (if any), False."""
+        held = self._servers.get(key)
+        if held is None:
+            return False
+        if want is not None and want[0] == held[1][0] and want[1] in (0, held[1][1]):
+            return True
+        self._servers.pop(key)[0].close()
+        return False
+
+    def _unclaim(self, key: HostKey, want: Bind | None, table: EndpointAddresses) -> bool:
+        """True if `key`'s captured entry is still what `want` says; else drops it (if any), False."""
+        dest = self._claimed.get(key)
+        if dest is None:
+            return False
+        if want is not None and want[0] == CAPTURED and self._claim_of(key, want[1], table) == dest:
+            return True
+        del self._claimed[key]
+        if self._by_destination.get(dest) == key:
+            del self._by_destination[dest]
+        return False
+
+    @staticmethod
+    def _claim_of(key: HostKey, port: int, table: EndpointAddresses) -> Destination | None:
+        """The (address, port) clients of `key` connect to (its endpoint's address here)."""
+        for r in table.get(key[:2], ()):
+            if r.site == key[3] and r.hostname == key[4]:
+                return ipaddress.ip_address(r.address), port
+        return None
 
     def _factory(self, key: HostKey) -> Callable[[], _HostLeg]:
         return lambda: _HostLeg(self, key)
@@ -181,24 +251,69 @@ class HostListeners:
         egress.spawn(self.route(client, key), name="egress-endpoint-{}/{}:{}@{}/{}".format(*key))
 
     async def route(self, client: PlainLeg, key: HostKey) -> None:
-        """Tunnel `client` to the endpoint of `key` through a gateway of its own site, or reset it."""
+        """Tunnel `client` to the endpoint of `key` through a gateway of its own site, or reset it. The
+        service's traffic policy sets the timeouts (each gateway within `connectPerTry`, all within
+        `connect`; `idle`; `maxConnectionDuration`); nothing else of it applies: no other endpoint will do."""
         egress = self.egress
         ns, name, port, site, hostname = key
+        view = egress.mesh.get()
         allowed = egress.authorizer.check((ns, name), egress._peer(client_workload(egress.workloads, client))).allowed
-        record = egress.mesh.get().sites.get(site)
+        record = view.sites.get(site)
         gateways: tuple[Any, ...] = record.gateways if record is not None and allowed else ()
-        for gateway in gateways[:MAX_GATEWAYS]:
-            if client.lost:
-                egress.metrics.connections.labels("client_gone").inc()
-                return
-            if await egress._tunnel(client, ViaGateway(site, gateway), (ns, name, port), hostname=hostname):
-                egress.metrics.connections.labels("relayed").inc()
-                return
+        rules = egress.enforcer.rules(view, (ns, name, port)) if gateways else None
+        t = rules.timeouts if rules is not None else None
+        try:
+            async with asyncio.timeout(t.connect if t is not None else None):
+                for gateway in gateways[:MAX_GATEWAYS]:
+                    if client.lost:
+                        egress.metrics.connections.labels("client_gone").inc()
+                        return
+                    if await self._try(client, ViaGateway(site, gateway), key, t):
+                        egress.metrics.connections.labels("relayed").inc()
+                        if t is not None and t.max_connection_duration is not None:
+                            _limit_duration(client, t.max_connection_duration, egress.enforcer.metrics.actions)
+                        return
+        except TimeoutError:
+            _throttle.log(log, logging.INFO, ("connect-timeout", key), "a client of %s/%s:%s endpoint %s of %s "
+                          "waited the policy's connect timeout (%.1fs): reset", ns, name, port, hostname, site,
+                          t.connect if t is not None else 0.0)
         egress.metrics.connections.labels("no_route" if allowed else "denied").inc()
         if allowed:
             _throttle.log(log, logging.WARNING, ("no-route", key),
                           "no gateway of %s accepted a client of %s/%s:%s endpoint %s", site, ns, name, port, hostname)
         reset(client)
+
+    async def _try(self, client: PlainLeg, route: ViaGateway, key: HostKey, t: Timeouts | None) -> bool:
+        """One gateway, within the policy's `connectPerTry` (if any)."""
+        ns, name, port, _, hostname = key
+        try:
+            async with asyncio.timeout(min(t.connect_per_try, t.connect) if t is not None else None):
+                return await self.egress._tunnel(client, route, (ns, name, port), idle=t.idle if t else None,
+                                                 hostname=hostname)
+        except TimeoutError:
+            self.egress.metrics.attempts.labels("gateway", "timeout").inc()
+            return False
+
+
+def _limit_duration(client: PlainLeg, seconds: float, actions: Counter) -> None:
+    """Reset `client` once it has been connected `seconds` (maxConnectionDuration), unless it is gone first."""
+    def expire() -> None:
+        if not client.lost:
+            actions.labels("max_duration").inc()
+            reset_transport(client.transport)
+    timer = asyncio.get_running_loop().call_later(seconds, expire)
+    before = client.on_lost
+
+    def lost() -> None:
+        timer.cancel()
+        if before is not None:
+            before()
+    client.on_lost = lost
+
+
+def _inside(address: str, nets: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
+    ip = ipaddress.ip_address(address)
+    return any(ip.version == n.version and ip in n for n in nets)
 
 
 class _HostLeg(PlainLeg):

@@ -6,7 +6,6 @@ import asyncio
 import collections
 import datetime as dt
 import logging
-import time
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -18,6 +17,7 @@ from federation.runtime.values import Readable
 from gateway.preamble import NEED_DATA, Preamble, Probe, ProbeAnswer, Request, Response, Role
 from gateway.refusals import Throttle
 from gateway.relay import HIGH_WATER, ActiveStreams, Done, PlainLeg, Stream, TunnelLeg
+from gateway.settings import GatewaySettings
 from gateway.tls import Bundle, ResumingContext, current
 
 log = logging.getLogger(__name__)
@@ -140,20 +140,6 @@ class TunnelPool:
         self.handshakes = 0
         self.closed = False
         self._active = active
-        self._legacy_until = 0.0
-
-    LEGACY_HOLD = 600.0
-    """How long a gateway that refused a preamble extension gets requests without one (then: asked again,
-    in case it was upgraded meanwhile)."""
-
-    @property
-    def legacy(self) -> bool:
-        """True while the gateway is taken for one older than preamble extensions (its streams name no workload)."""
-        return time.monotonic() < self._legacy_until
-
-    @legacy.setter
-    def legacy(self, value: bool) -> None:
-        self._legacy_until = time.monotonic() + self.LEGACY_HOLD if value else 0.0
 
     @property
     def server_name(self) -> str:
@@ -281,3 +267,19 @@ class TunnelPool:
                 break
         tunnel.close()
 
+
+
+def pool_of(pools: dict[PoolKey, TunnelPool], site: str, gateway: Gateway, context: ResumingContext, trust: Bundle,
+            mesh: Readable[MeshView], settings: GatewaySettings, spawn: Callable[..., Any],
+            active: ActiveStreams) -> TunnelPool:
+    """The pool of `pools` for `gateway` of `site`, made (or remade, if the gateway changed) with `settings`."""
+    key = (site, gateway.address, gateway.port)
+    pool = pools.get(key)
+    if pool is None or pool.gateway != gateway:
+        if pool is not None:
+            pool.close()
+        pool = pools[key] = TunnelPool(
+            key, gateway, context, trust, mesh, settings.pool_size, settings.pool_idle, settings.handshake_timeout,
+            spawn, keep=settings.pool_max, max_age=settings.tunnel_max_age, active=active,
+        )
+    return pool

@@ -4,10 +4,13 @@ Wire format of each message (network byte order):
     version u8 (=1) | type u8 (1 request, 2 response) | body length u16 (<= MAX_BODY) | body
 Request body:  ns (u8 len + ascii) | service (u8 len + ascii) | port kind u8 (0 name: u8 len + ascii,
                1 number: u16) | endpoint hostname (u8 len + ascii; 0 = any endpoint)
-               | extensions: zero or more of (type u8 | u8 len + value), each type at most once
-Extension types: 1 workload (`ns/sa` of the client behind the stream, as the sending site knows it).
-A gateway skips an extension type it does not know, so a later field is additive; a gateway older than
-extensions refuses any (`bad request`), and the egress then asks again without (gateway.identities).
+               | extensions: zero or more of tag u8 | length u8 | value, to the end of the body, each tag once
+Extension tags: 1 subset: the label selector `k=v,k2=v2` (keys sorted, at most 16) the endpoint must match;
+2 workload: `ns/sa` of the client behind the stream, as the sending site knows it (the gateway takes it in
+the scope of the peer's verified site only).
+A gateway skips tags it does not know, so a newer egress may add one; a gateway older than extensions
+refuses any with `bad request` (trailing bytes), and the egress sends that gateway the request again
+without them (gateway.subsets). An egress that sends none is answered as before.
 Response body: status u8 | reason (u8 len + utf-8, for logs)
 Probe (type 3) body:  nonce u64
 Probe answer (type 4) body: nonce u64 | the gateway's wall clock, ms since the epoch u64 | site (u8 len + ascii)
@@ -26,20 +29,23 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
-from federation.core.errors import LocalProtocolError, RemoteProtocolError
+from federation.core.errors import LocalProtocolError, RecordError, RemoteProtocolError
+from federation.core.records import MAX_ENDPOINT_LABELS, Labels, check_labels
 from federation.core.workloads import is_workload
 
 VERSION: Final = 1
-MAX_BODY: Final = 512
-"""Longer than any valid request (4 labels of 63 bytes and a workload of 255: 466); anything above is refused
-before buffering it."""
+MAX_BODY: Final = 1024
+"""Longer than any valid request (4 labels of 63 bytes, a subset and a workload of 255 each: 723); anything
+above is refused before buffering it. Gateways before extensions capped it at 512 and refuse a longer one
+with `bad request`, as they refuse any extension: the egress asks those again without extensions."""
 _HEADER = struct.Struct("!BBH")
 _REQUEST, _RESPONSE, _PROBE, _PROBE_ANSWER = 1, 2, 3, 4
 _PROBE_BODY = struct.Struct("!Q")
 _ANSWER_HEAD = struct.Struct("!QQ")
 _LABEL = re.compile(rb"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\Z")  # \Z: `$` would let a trailing newline through
 _PORT_NAME = re.compile(rb"^[a-z0-9]([-a-z0-9]{0,13}[a-z0-9])?\Z")
-_EXT_WORKLOAD = 1
+EXT_SUBSET: Final = 1
+EXT_WORKLOAD: Final = 2
 
 
 class Status(enum.IntEnum):
@@ -78,6 +84,8 @@ class Request:
     service: str
     port: str | int
     hostname: str | None = None
+    subset: Labels = ()
+    """Only endpoints carrying all these labels (a split target's); empty: any endpoint."""
     workload: str | None = None
     """`ns/sa` of the client (at most 255 bytes): the gateway takes it in the scope of the peer's site only."""
 
@@ -203,10 +211,50 @@ def _encode_request(r: Request) -> bytes:
             raise LocalProtocolError(f"port name {r.port!r} is not valid")
         out += b"\x00" + _short(r.port.encode())
     out += _short((r.hostname or "").encode())
+    if r.subset:
+        out += bytes((EXT_SUBSET,)) + _short(encode_subset(r.subset))
     if r.workload is not None:
         if not is_workload(r.workload):
             raise LocalProtocolError(f"workload {r.workload!r} is not namespace/service-account")
-        out += bytes((_EXT_WORKLOAD,)) + _short(r.workload.encode())
+        out += bytes((EXT_WORKLOAD,)) + _short(r.workload.encode())
+    return out
+
+
+def encode_subset(subset: Labels) -> bytes:
+    """The subset extension's value, `k=v,k2=v2`; LocalProtocolError if the labels are invalid or too long."""
+    try:
+        check_labels("subset", subset)
+    except RecordError as exc:
+        raise LocalProtocolError(str(exc)) from None
+    raw = ",".join(f"{k}={v}" for k, v in subset).encode()
+    if len(raw) > 255:
+        raise LocalProtocolError(f"subset of {len(raw)} bytes is over 255")
+    return raw
+
+
+def _decode_subset(raw: bytes) -> Labels:
+    try:
+        if not raw.isascii():
+            raise RecordError(f"subset {raw[:64]!r} is not ascii")
+        pairs = tuple(tuple(item.split("=", 1)) for item in raw.decode().split(","))
+        if len(pairs) > MAX_ENDPOINT_LABELS or any(len(p) != 2 for p in pairs):
+            raise RecordError(f"subset {raw[:64]!r} is not k=v pairs (at most {MAX_ENDPOINT_LABELS})")
+        subset: Labels = tuple((k, v) for k, v in pairs)
+        check_labels("subset", subset)
+    except RecordError as exc:
+        raise RemoteProtocolError(f"preamble {exc}", cause="bad-subset") from None
+    return subset
+
+
+def _decode_extensions(body: _Reader) -> dict[int, bytes]:
+    """Tag -> value of the extensions after the request's last fixed field (unknown tags are kept, unread)."""
+    out: dict[int, bytes] = {}
+    while body.left():
+        tag = body.u8("extension tag")
+        value = body.field("extension")
+        if tag in out:
+            raise RemoteProtocolError(f"preamble extension {tag} is given twice", cause="bad-extension")
+        out[tag] = value
     return out
 
 
@@ -224,20 +272,13 @@ def _decode_request(body: _Reader) -> Request:
     else:
         raise RemoteProtocolError(f"preamble port kind {kind} is neither name (0) nor number (1)", cause="bad-port")
     hostname = body.label("hostname", _LABEL, empty_ok=True)
-    seen: set[int] = set()
-    workload = None
-    while body.left():
-        kind = body.u8("extension type")
-        if kind in seen:
-            raise RemoteProtocolError(f"preamble extension {kind} is given twice", cause="bad-extension")
-        seen.add(kind)
-        value = body.field(f"extension {kind}")
-        if kind == _EXT_WORKLOAD:
-            if not is_workload(value.decode("latin-1")):  # any bytes decode; only ascii `ns/sa` passes
-                raise RemoteProtocolError(f"preamble workload {value[:64]!r} is not namespace/service-account",
-                                          cause="bad-workload")
-            workload = value.decode("ascii")
-    return Request(ns, service, port, hostname or None, workload)
+    ext = _decode_extensions(body)
+    subset = _decode_subset(ext[EXT_SUBSET]) if EXT_SUBSET in ext else ()
+    workload = ext.get(EXT_WORKLOAD)
+    if workload is not None and not is_workload(workload.decode("latin-1")):  # any bytes decode; ascii passes
+        raise RemoteProtocolError(f"preamble workload {workload[:64]!r} is not namespace/service-account",
+                                  cause="bad-workload")
+    return Request(ns, service, port, hostname or None, subset, workload.decode("ascii") if workload else None)
 
 
 def _decode_response(body: _Reader) -> Response:

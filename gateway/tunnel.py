@@ -184,7 +184,7 @@ class GatewayTunnel(TunnelLeg):
 
     async def _connect(self, admission: Admission) -> None:
         loop = asyncio.get_running_loop()
-        order = self.gw.picker.order(admission.key, admission.targets, loop.time())
+        order = self.gw.picker.order((*admission.key, admission.subset), admission.targets, loop.time())
         for tries, target in enumerate(order[:MAX_ATTEMPTS]):
             if self.closed:
                 return

@@ -29,15 +29,14 @@ from prometheus_client import CollectorRegistry
 
 import federation
 from federation.agent.identity import Identity
+from federation.agent.serving import merged_exports, served_addresses, served_ranges
 from federation.agent.settings import AgentSettings
 from federation.core.endpoints import EndpointAddresses, EndpointAllocator
 from federation.core.errors import ConfigError
-from federation.core.exportset import ExportSet
 from federation.core.keys import Keys
 from federation.core.policy.access import AccessState
 from federation.core.records import Gateway, ServiceExport, Site
 from federation.core.view import MeshView, VipTable
-from federation.core.vips import VipAddresses
 from federation.dns.server import DnsServer
 from federation.pki.issuing import load_site
 from federation.registry.allocator import TxnClient, VipAllocator
@@ -126,7 +125,8 @@ class DataPlane:
         s = self.settings
         self.endpoints = self._endpoint_table()
         if s.site.kind == "vm":
-            self.capture = EgressCapture(s.vm.egress_capture, s.dns.vip_ranges, where=str(s.source),
+            ranges = (*s.dns.vip_ranges, *(s.vm.endpoint_ranges if self.endpoints is not None else ()))
+            self.capture = EgressCapture(s.vm.egress_capture, ranges, where=str(s.source),
                                          unavailable=precondition(s.vm, s.dns.enabled, bool(s.gateway.ca_dir)))
             await self.capture.decide()
             self._start_vm()
@@ -251,11 +251,10 @@ class DataPlane:
             log.warning("vm.vip_interface is empty: ClusterSetIP names answer no address at this site (nothing "
                         "here serves the VIPs); clients use the egress listeners `meshfed status` lists")
         config = self.config
-        capturing = self.capture is not None and self.capture.active
         self.vm = VmSource(s.vm, s.site.name, mesh=self.mesh, vips=self.addresses, static_exports=self._static,
                            locality=s.site.locality, metrics=self.metrics,
                            live=Derived(lambda: config.get().vm, config, name="vm settings"),
-                           vip_ranges=s.dns.vip_ranges if capturing else (), endpoints=self.endpoints)
+                           vip_ranges=self.capture.captured if self.capture else (), endpoints=self.endpoints)
         self.exports = self.vm.exports
 
     async def _start_ingress(self) -> None:
@@ -278,7 +277,7 @@ class DataPlane:
             endpoint_listeners=self.hosts.listening if self.hosts else None, policies=self._policy_writer,
         )  # fmt: skip
         static, kube = self._static, self.kubernetes.exports
-        self.exports = Derived(lambda: _merged(static.get(), kube.get()), static, kube, name="exports")
+        self.exports = Derived(lambda: merged_exports(static.get(), kube.get()), static, kube, name="exports")
         self.addresses = self.kubernetes.cluster_ips
         if self._gateway.get() is None and self.eastwest is not None and not s.site.gateway_address:
             log.info("gateway address not configured: waiting for the east-west LoadBalancer's ingress address")
@@ -319,19 +318,20 @@ class DataPlane:
         host, port = self.eastwest.address
         if gw.workers > 1:
             # More processes on the same port (SO_REUSEPORT), fed each registry view and renewed certificate.
-            self.workers = GatewayWorkers(s.site.name, gw, self.certs.chain_file, self.certs.key_file,
-                                          self.certs.bundle_file, gw.workers - 1, self.mesh, self.certs.changed,
-                                          self.access)
+            c = self.certs
+            self.workers = GatewayWorkers(s.site.name, gw, c.chain_file, c.key_file, c.bundle_file, gw.workers - 1,
+                                          self.mesh, c.changed, self.access)
             await self.workers.start(port)
         capture = self.capture.bind if self.capture is not None and self.capture.active else None
         self.egress = Egress(s.site.name, self.mesh, self.certs.client, self.certs.trust, self._gateway_settings,
                              self.metrics, placement=self._placement(), local_services=self._vips_here(),
-                             capture=capture, access=self.access, policies=self.policies, accesslog=self.accesslog)
+                             capture=capture, access=self.access, policies=self.policies, accesslog=self.accesslog,
+                             headless_captured=capture is not None and self.endpoints is not None)
         await self.egress.start()
         self.prober = Prober(s.site.name, self.mesh, self.certs.client, self.certs.trust, self._gateway_settings,
                              self.metrics, pools=self.egress.pools, reach=self.egress.reach)
         if self.endpoints is not None:
-            self.hosts = HostListeners(self.egress, self.endpoints)
+            self.hosts = HostListeners(self.egress, self.endpoints, self.capture.captured if self.capture else ())
             await self.hosts.start()
         if self.capture is not None and self.egress.capture is not None:
             await self.capture.install(self.egress.capture.address[1])
@@ -374,27 +374,3 @@ class DataPlane:
             return Value(Placement(fallback=fallback), name="placement")
         table, held = self.addresses, self.vm.held_vips
         return Derived(lambda: Placement(fallback, table.get(), held.get()), table, held, name="placement")
-
-
-def _merged(static: tuple[ServiceExport, ...], kubernetes: tuple[ServiceExport, ...]) -> tuple[ServiceExport, ...]:
-    """Static exports first (they win a namespace/name), then the cluster's."""
-    merged = ExportSet(lambda _exports: None)
-    merged.set("static", static)
-    merged.set("kubernetes", kubernetes)
-    return merged.merged()
-
-
-def served_ranges(ranges: tuple[str, ...], capture: EgressCapture | None) -> tuple[str, ...]:
-    """The VIP ranges of the families this site serves: IPv4 always, IPv6 where the capture listener takes it."""
-    ipv6 = capture is not None and capture.active and capture.ipv6
-    return tuple(r for r in ranges if ipv6 or ipaddress.ip_network(r, strict=False).version == 4)
-
-
-def served_addresses(mesh: Readable[MeshView], capture: EgressCapture | None) -> Derived[VipTable]:
-    """The VIPs DNS answers, the VIP interface holds and the egress serves: the ones the egress can serve.
-
-    A per-port listener binds one address per service port, so IPv4 only; the capture listener takes the
-    IPv6 VIPs too. Read from the view, so they change with it (shared with the tests that wire a VM source).
-    """
-    family = 0 if capture is not None and capture.active and capture.ipv6 else 4
-    return Derived(lambda: VipAddresses(mesh.get().vips, family=family), mesh, name="ClusterSetIP addresses")

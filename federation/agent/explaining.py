@@ -2,8 +2,8 @@
 in which order and why, which gateway, what the access policy says; with `live`, a real stream's timings.
 
 `explain` is pure (the view, the addresses DNS serves here, the access state and the gateways' health come
-in as arguments); `live` is the shell part that opens a tunnel. Traffic policy (issue 12: splits,
-outlier ejection, retries) is not shown yet: the output says so.
+in as arguments); `live` is the shell part that opens a tunnel. The traffic policy's step is
+`federation.agent.trafficexplain`.
 """
 
 from __future__ import annotations
@@ -13,16 +13,15 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from federation.agent.trafficexplain import traffic_step
 from federation.core.errors import ConfigError
 from federation.core.policy.access import AccessState, Peer, decide
+from federation.core.policy.model import TrafficPolicy
 from federation.core.records import ServiceType
 from federation.core.view import FederatedService, MeshView
 from gateway.balancing import Direct, ViaGateway, endpoint_targets, find_port, routes
 from gateway.preamble import Request
 from gateway.tls import current
-
-TRAFFIC_POLICY_NOTE = ("traffic policy (splits, outlier ejection, retries) is not shown: the egress applies it "
-                       "on top of this order")
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,9 +56,11 @@ def parse_name(name: str, zone: str, from_site: str, port: str | None) -> Questi
 
 def explain(view: MeshView, own_site: str, q: Question, addresses: Mapping[tuple[str, str], Any],
             access: AccessState, trust_domain: str, health: Mapping[str, str],
-            unreachable: Collection[str] = ()) -> dict[str, Any]:
+            unreachable: Collection[str] = (), policies: Mapping[tuple[str, str], TrafficPolicy] | None = None,
+            state: Any | None = None, now: float = 0.0) -> dict[str, Any]:
     """The explanation, step by step. `addresses`: what DNS serves here (VIP or ClusterIP, by service);
-    `health`: site -> ALIVE/DOWN (from the prober), for the gateway routes."""
+    `health`: site -> ALIVE/DOWN (from the prober), for the gateway routes; `policies`: the traffic policies
+    in force, `state` the egress's live state of the service (gateway.enforcing), at monotonic time `now`."""
     steps: list[dict[str, Any]] = []
     out: dict[str, Any] = {"name": q.qname, "service": f"{q.namespace}/{q.name}", "from": q.from_site, "steps": steps}
     svc = view.service(q.namespace, q.name)
@@ -81,7 +82,7 @@ def explain(view: MeshView, own_site: str, q: Question, addresses: Mapping[tuple
     steps.append(_step("port", f"{port.name} ({port.port}/{port.protocol.value})"))
     steps.append(_policy(view, q, src.network, access, trust_domain))
     steps.append(_routes(view, q, svc, port.name, health))
-    steps.append(_step("traffic-policy", TRAFFIC_POLICY_NOTE))
+    steps.append(traffic_step(policies or {}, view, svc, port, q.from_site, own_site, state, now))
     out["port"] = port.name
     return out
 
@@ -196,8 +197,11 @@ async def explain_document(own_site: str, zone: str, view: MeshView, plane: Any,
     domain = current(trust).trust_domain if trust is not None else "cluster.local"
     prober = plane.prober if plane is not None else None
     health = {k[0]: st.describe(0.0, None, [])["state"] for k, st in prober.states.items()} if prober else {}
+    enforcer = egress.enforcer if egress is not None else None
+    policies = enforcer.policies.get() if enforcer is not None and enforcer.policies is not None else {}
     out = explain(view, own_site, q, plane.addresses.get() if plane is not None else {}, access, domain, health,
-                  egress.unreachable.get() if egress is not None else ())
+                  egress.unreachable.get() if egress is not None else (), policies,
+                  enforcer.state(q.namespace, q.name) if enforcer is not None else None, time.monotonic())
     if query.get("live") in ("1", "true", "yes") and "port" in out:
         if prober is None or q.from_site != own_site:
             out["steps"].append(_step("live", "not run: only from this site, and only with a gateway", ok=False))

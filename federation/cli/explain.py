@@ -1,4 +1,5 @@
-"""`meshfed explain NAME`: step by step, what DNS answers, which routes the egress tries and why, the policy."""
+"""`meshfed explain NAME`: step by step, what DNS answers, which routes the egress tries and why, the access
+policy, and the traffic policy's effect (split, ejections, breaker, timeouts, retries, faults)."""
 
 from __future__ import annotations
 
@@ -62,6 +63,8 @@ def format_explain(data: dict[str, Any]) -> str:
             out.append(f"{'':18}{n}) {via}: {r['why']}")
         for left in step.get("leftOut", []):
             out.append(f"{'':18}left out: {left}")
+        for line in step.get("details", []):
+            out.append(f"{'':18}{line}")
         if step.get("handshakeMs") is not None and step.get("answerMs") is not None:
             out.append(f"{'':18}handshake {step['handshakeMs']:.1f}ms, stream answer {step['answerMs']:.1f}ms, "
                        f"total {step['totalMs']:.1f}ms")

@@ -134,6 +134,12 @@ class Outliers:
         """Endpoints out at `now`."""
         return sum(1 for st in self._endpoints.values() if st.until > now)
 
+    def ejections(self, now: float) -> list[tuple[str, Hashable, float, int]]:
+        """What is ejected now: (`endpoint` or `gateway`, its key, seconds left, its ejection count)."""
+        return [(kind, key, st.until - now, st.ejections)
+                for kind, table in (("endpoint", self._endpoints), ("gateway", self._gateways))
+                for key, st in table.items() if st.until > now]
+
     def health(self, routes: Sequence[Route], now: float) -> Health:
         """Which of `routes` may take a new connection at `now`."""
         if not self.settings.enabled:

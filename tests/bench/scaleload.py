@@ -143,12 +143,14 @@ class Loader:
     async def change(self, rng: random.Random) -> None:
         """One endpoint change: a new address for a ready endpoint of a random site's headless export.
 
-        Endpoints are drawn without replacement (until all were changed once), so no change is overwritten
+        Only sites on the observer's network are drawn: it answers their headless endpoints at the pods' own
+        addresses, while an endpoint of another network keeps the address the observer gave it (issue 15),
+        which a new pod address does not change (its egress route does). Endpoints are drawn without replacement (until all were changed once), so no change is overwritten
         by a later one before an observer could show it.
         """
         if not self.slots:
             self.slots = [(i, pos, e) for i, positions in self.headless.items() for pos in positions
-                          for e in range(self.shape.endpoints)]
+                          for e in range(self.shape.endpoints) if mesh.same_network_as_observer(self.shape, i)]
             rng.shuffle(self.slots)
         i, pos, e = self.slots.pop()
         async with self.locks.setdefault(i, asyncio.Lock()):  # one site writes its records in order

@@ -95,9 +95,19 @@ def site_services(shape: Shape, i: int) -> list[int]:
     return block + extra
 
 
+def network_of(shape: Shape, i: int) -> str:
+    """The network of simulated site `i`."""
+    return f"net-{i % shape.networks:02d}"
+
+
+def same_network_as_observer(shape: Shape, i: int) -> bool:
+    """True if site `i` shares the observer's network (its endpoints are answered at their own addresses)."""
+    return network_of(shape, i) == OBSERVER_NETWORK
+
+
 def site_record(shape: Shape, i: int, gateway: Gateway | None, ca_chain: str) -> Site:
     return Site(
-        name=site_name(i), network=f"net-{i % shape.networks:02d}", locality=locality(i),
+        name=site_name(i), network=network_of(shape, i), locality=locality(i),
         kind="vm" if i % 3 == 0 else "kubernetes", gateways=(gateway,) if gateway else (),
         ca_chain=ca_chain, agent_version="0.1.0",
     )  # fmt: skip

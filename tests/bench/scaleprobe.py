@@ -6,7 +6,7 @@
 - `sink PKI_DIR`: the peer gateways of the simulated sites. One TLS 1.3 listener on 127.0.0.1 that
   presents, by SNI (`<gateway>.<site>.<trust domain>`, as the egress sends it), the gateway certificate
   of the site asked for, so the observer's egress can pre-open its tunnels as it would to real gateways;
-  it holds them open and reads nothing from them. Prints `READY <port>`.
+  it holds them open, answers a gateway probe for that site (as a live gateway does) and discards the rest. Prints `READY <port>`.
 - `probe DNS_HOST:PORT NAMES_FILE [RTT_HOST:PORT]`: on each `measure <seconds> [<least>]` line of input,
   sends one A query every 10 ms (names drawn at random from the file) and, when a tunnel address is
   given, one 64-byte round trip every 10 ms on one connection through it, in two threads of their own
@@ -35,7 +35,9 @@ import dns.message
 import dns.query
 import dns.rdatatype
 
+from federation.core.errors import RemoteProtocolError
 from federation.core.keys import Keys
+from gateway.preamble import NEED_DATA, Preamble, Probe, ProbeAnswer, Role
 from tests.bench.scalemesh import change_of
 
 PERIOD = 0.01
@@ -66,10 +68,33 @@ async def floor(endpoint: str) -> None:
 
 
 class _Hold(asyncio.Protocol):
-    """An accepted tunnel: kept open, bytes discarded (a pooled tunnel sends none until it is used)."""
+    """An accepted tunnel: kept open; a probe is answered as the site's gateway would, other bytes discarded
+    (a pooled tunnel sends none until it is used)."""
+
+    def __init__(self, sites: dict[int, str]) -> None:
+        self._sites = sites
+        self._transport: asyncio.Transport | None = None
+        self._preamble: Preamble | None = Preamble(Role.SERVER)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
-        pass
+        if self._preamble is None or self._transport is None:
+            return
+        self._preamble.receive_data(data)
+        try:
+            event = self._preamble.next_event()
+        except RemoteProtocolError:
+            self._preamble = None
+            return
+        if isinstance(event, Probe):
+            sslobj = self._transport.get_extra_info("ssl_object")
+            site = self._sites.get(id(sslobj.context) if sslobj is not None else 0, "")
+            if site:
+                self._transport.write(self._preamble.send(ProbeAnswer(event.nonce, int(time.time() * 1000), site)))
+        if event is not NEED_DATA:
+            self._preamble = None
 
 
 async def sink(pki: Path) -> None:
@@ -82,6 +107,7 @@ async def sink(pki: Path) -> None:
     if not contexts:
         raise SystemExit(f"sink: no *.pem under {pki}")
     default = next(iter(contexts.values()))
+    sites = {id(ctx): site for site, ctx in contexts.items()}
 
     def by_sni(sslobj: ssl.SSLObject, name: str | None, _ctx: ssl.SSLContext) -> None:
         labels = (name or "").split(".")
@@ -90,7 +116,8 @@ async def sink(pki: Path) -> None:
 
     default.sni_callback = cast(Any, by_sni)
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(_Hold, "127.0.0.1", 0, ssl=default, backlog=4096, ssl_handshake_timeout=30)
+    server = await loop.create_server(lambda: _Hold(sites), "127.0.0.1", 0, ssl=default, backlog=4096,
+                                      ssl_handshake_timeout=30)
     print("READY", server.sockets[0].getsockname()[1], flush=True)
     await loop.run_in_executor(None, sys.stdin.read)
     server.close()

@@ -9,6 +9,7 @@ process; and a usage error.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import subprocess
@@ -19,6 +20,22 @@ from federation.registry.embedded import EtcdProcess
 from tests.integration.agentproc import AgentProcess, write_config
 from tests.integration.twoagents import meshfed, two_agents, until
 from tests.tunnelhelp import EchoServer
+
+POLICY = """\
+apiVersion: meshfed.io/v1alpha1
+kind: TrafficPolicy
+metadata: {namespace: ns, name: echo}
+spec:
+  split: [{weight: 100, site: east}]
+  circuitBreaker: {maxConnections: 50}
+  faults:
+    - {sourceSites: [west], delay: {fixed: 1ms, percent: 1}}
+    - {sourceSites: [north], abort: {kind: Refuse, percent: 100}}
+  ports:
+    - port: tcp
+      timeouts: {connectPerTry: 1s, idle: 30m}
+      retries: {attempts: 2}
+"""
 
 
 async def verify(config: Path, *args: str) -> tuple[int, str, list[dict[str, Any]]]:
@@ -41,11 +58,13 @@ async def test_a_healthy_mesh_passes_then_a_killed_gateway_and_a_record_without_
         etcd: EtcdProcess, tmp_path: Path) -> None:
     ca = tmp_path / "ca"
     await meshfed("ca", "init", "--trust-domain", "mesh.example", "--out", str(ca))
+    await meshfed("ca", "operator", "ops", "--ca", str(ca), "--out", str(tmp_path / "ops"))
+    (tmp_path / "policy.yaml").write_text(POLICY)
     echo = EchoServer()
     port = await echo.start()
     agents: dict[str, AgentProcess] = {}
     try:
-        await two_agents(agents, tmp_path, etcd.endpoint, ca, port, ttl=60)
+        address = await two_agents(agents, tmp_path, etcd.endpoint, ca, port, ttl=60)
         west = agents["west"].config
         code, out, lines = await verify(west)
         assert code == 0, out
@@ -90,7 +109,7 @@ async def test_a_healthy_mesh_passes_then_a_killed_gateway_and_a_record_without_
         assert (route["kind"], route["site"], route["health"]) == ("gateway", "east", "ALIVE")
         assert steps["live"]["ok"], steps["live"]
         assert steps["live"]["handshakeMs"] > 0
-        assert "is not shown" in steps["traffic-policy"]["answer"]
+        assert steps["traffic-policy"]["answer"] == "no TrafficPolicy for ns/echo: clients are routed in the order above"
         assert "1) gateway gateway of east at 127.0.0.1:" in out.stdout
         east_view = await meshfed("explain", "ns/echo", "--from", "east", "--config", str(west), ok=False)
         assert "this site's own endpoint" in east_view.stdout, east_view.stdout
@@ -101,6 +120,20 @@ async def test_a_healthy_mesh_passes_then_a_killed_gateway_and_a_record_without_
         assert bad.returncode == 2
         assert "is not in the federated zone" in bad.stderr
 
+        # A traffic policy, signed by the operator: explain shows what it does to west's clients.
+        await meshfed("policy", "apply", "-f", str(tmp_path / "policy.yaml"), "--operator", str(tmp_path / "ops"),
+                      "--endpoints", etcd.endpoint)
+
+        async def traffic() -> dict[str, Any] | None:
+            out = await meshfed("explain", "ns/echo", "--json", "--config", str(west))
+            step = {s["step"]: s for s in json.loads(out.stdout)["steps"]}["traffic-policy"]
+            return step if step["policy"] else None
+
+        step = await until(traffic, "west's egress enforcing the policy", timeout=10)
+        assert step["answer"] == "TrafficPolicy ns/echo applies, with its entry for port tcp"
+        assert step["timeouts"]["connectPerTry"] == "1s"
+        assert step["live"] == {"ejected": [], "connections": 0, "pending": 0}  # no client yet
+
         await asyncio.to_thread(agents["east"].kill)  # its record stays for the 60 s lease
         code, out, lines = await verify(west)
         assert code == 1, out
@@ -108,6 +141,21 @@ async def test_a_healthy_mesh_passes_then_a_killed_gateway_and_a_record_without_
         assert gw[1:] == ("FAIL", "connection refused (no gateway listening there)")
         assert "next: is the agent of east running" in out
         assert results(lines, "stream") == []  # not tried through a gateway that is not there
+        # One client of the dead site: two refused tries eject east's gateway; explain says so.
+        with contextlib.suppress(OSError):
+            reader, writer = await asyncio.open_connection(*address)
+            await asyncio.wait_for(reader.read(), 10)
+            writer.close()
+        out = await meshfed("explain", "ns/echo", "--config", str(west), ok=False)
+        print(out.stdout)  # the sample in docs/operations.md
+        assert "ejected now: gateway gateway of east (" in out.stdout, out.stdout
+        assert "split: 100% to site east: 1 ready endpoint(s) (east 1)" in out.stdout
+        assert "circuit breaker: service connections 50, pending 1024; per site connections no limit, pending 256; " \
+               "now 0 open, 0 pending" in out.stdout
+        assert "timeouts: connect 10s in all, 1s per try, idle 30m, max duration none" in out.stdout
+        assert "retries: 2 attempt(s) in all" in out.stdout
+        assert "fault rule 1 for clients of west, routed to any site: delay 1ms on 1%" in out.stdout
+        assert "fault rule 2" not in out.stdout  # north's drill
 
         # A record bound to no lease outlives its agent: what a hand-written or left-over record looks like.
         key = "/meshfed/v1/sites/east"

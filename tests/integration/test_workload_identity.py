@@ -47,7 +47,7 @@ NO_BATCH = {"name": "no-batch", "action": "Deny", "from": {"identities": [WEST_B
 
 
 async def streaming(t: RawTunnel, workload: str | None) -> RawTunnel:
-    assert (await t.request(Request("ns", "echo", "tcp", None, workload))).status is Status.OK
+    assert (await t.request(Request("ns", "echo", "tcp", None, workload=workload))).status is Status.OK
     t.send(b"running")
     assert await t.receive_frame() == b"running"
     return t
@@ -57,11 +57,11 @@ async def test_a_site_claiming_another_sites_workload_gets_only_its_own_scope(tm
     async with two_sites(tmp_path) as s:
         s.access.set(only(allow(EAST_WEB)))  # east's web may; west presents west's certificate and says shop/web
         t = await RawTunnel.open(s.gw_port, s.west.client)
-        resp = await t.request(Request("ns", "echo", "tcp", None, "shop/web"))
+        resp = await t.request(Request("ns", "echo", "tcp", None, workload="shop/web"))
         assert (resp.status, resp.reason) == (
             Status.FORBIDDEN, f"denied by access policy: no Allow rule of ns/echo matches site west ({WEST_WEB})")
         s.access.set(only(allow(WEST_WEB)))
-        assert (await t.request(Request("ns", "echo", "tcp", None, "shop/web"))).status is Status.OK
+        assert (await t.request(Request("ns", "echo", "tcp", None, workload="shop/web"))).status is Status.OK
         t.end()
         assert await t.receive_until_end() == b""
         resp = await t.request(Request("ns", "echo", "tcp"))  # no workload named: unknown, never an Allow
@@ -77,7 +77,7 @@ async def test_a_stream_denied_by_an_identity_rule_gets_forbidden_and_the_log_li
         caplog.set_level(logging.WARNING, logger="gateway.authorization")
         t = await RawTunnel.open(s.gw_port, s.west.client)
         for workload in ("shop/batch", "shop/batch", None):  # None: unknown, so it may be batch: denied too
-            resp = await t.request(Request("ns", "echo", "tcp", None, workload))
+            resp = await t.request(Request("ns", "echo", "tcp", None, workload=workload))
             assert (resp.status, resp.reason) == (Status.FORBIDDEN,
                                                   "denied by access policy: denied by rule no-batch of ns/echo")
         web = await streaming(t, "shop/web")  # the same tunnel, another workload: allowed
@@ -115,14 +115,14 @@ def _request_with(extension: bytes) -> bytes:
 
 
 HOSTILE = [
-    b"\x01\x09SHOP/web1",  # upper case
-    b"\x01\x09shop/web\n",  # a trailing newline
-    b"\x01\x08shop/web" + b"\x01\x09shop/web2",  # the workload twice
-    b"\x01\x2espiffe://mesh.example/site/east/ns/shop/sa/web"[:48],  # a whole SPIFFE ID of another site
-    b"\x01\x0d../east/x/web",
-    b"\x01\x05shop/",
-    b"\x01\x08shop\x00web",
-    b"\x01\x20" + b"a" * 10,  # shorter than it says
+    b"\x02\x09SHOP/web1",  # upper case
+    b"\x02\x09shop/web\n",  # a trailing newline
+    b"\x02\x08shop/web" + b"\x02\x09shop/web2",  # the workload twice
+    b"\x02\x2espiffe://mesh.example/site/east/ns/shop/sa/web"[:48],  # a whole SPIFFE ID of another site
+    b"\x02\x0d../east/x/web",
+    b"\x02\x05shop/",
+    b"\x02\x08shop\x00web",
+    b"\x02\x20" + b"a" * 10,  # shorter than it says
 ]
 
 
@@ -164,7 +164,7 @@ async def test_any_workload_bytes_through_a_real_tunnel_are_refused_or_taken_in_
     assert sites.gateway is not None
     t = await RawTunnel.open(sites.gw_port, sites.west.client)
     try:
-        t.writer.write(_request_with(bytes((1, len(value))) + value))
+        t.writer.write(_request_with(bytes((2, len(value))) + value))
         resp = await t.response()
         if not is_workload(value.decode("latin-1")):
             assert (resp.status, resp.reason) == (Status.BAD_REQUEST, "bad request")
@@ -249,8 +249,8 @@ async def test_the_egress_denies_by_identity_before_any_route_and_closes_on_a_fl
 
 def test_a_request_naming_a_workload_is_what_the_egress_sends() -> None:
     """The bytes of HOSTILE's neighbours: a valid workload extension, as the egress encodes it."""
-    wire = Preamble(Role.CLIENT).send(Request("ns", "echo", "tcp", None, "shop/web"))
-    assert wire == _request_with(b"\x01\x08shop/web")
+    wire = Preamble(Role.CLIENT).send(Request("ns", "echo", "tcp", None, workload="shop/web"))
+    assert wire == _request_with(b"\x02\x08shop/web")
 
 
 class OldGateway:

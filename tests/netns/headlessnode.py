@@ -64,13 +64,14 @@ async def _serve(plane: DataPlane) -> None:
         want = sum(len(v) for v in plane.endpoints.get().values())
         for _ in range(400):  # bounded: 20 s
             bound = plane.hosts.listening.get()
-            if want and len(bound) >= want and all(h != "127.0.0.1" for h, _ in bound.values()):
+            if want and len(bound) >= want and all(h != "127.0.0.1" for h, _ in bound.values()):  # or captured
                 break
             await asyncio.sleep(0.05)
         listeners = {"/".join(k): list(v) for k, v in plane.hosts.listening.get().items()}
         mode = plane.egress.mode if plane.egress is not None else ""
-        print("READY", json.dumps({"dns": plane.dns.udp_addresses[0][1], "listeners": listeners, "mode": mode}),
-              flush=True)
+        per_port = len(plane.egress.listeners()) if plane.egress is not None else 0
+        print("READY", json.dumps({"dns": plane.dns.udp_addresses[0][1], "listeners": listeners, "mode": mode,
+                                   "per_port": per_port}), flush=True)
         await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
         await plane.drain(0.5)
         raise _Stop

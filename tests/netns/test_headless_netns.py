@@ -97,8 +97,8 @@ def asking_site(ns: str, ca: Path, view_file: Path, state: Path, capture: str) -
 
 @pytest.mark.parametrize("capture", ["off", "on"])
 def test_a_remote_statefulset_pod_is_reached_by_its_hostname_through_the_gateways(tmp_path: Path, capture: str) -> None:
-    """With the egress in per-port listener mode and in capture mode (where the VIP ranges are redirected
-    and the endpoint addresses, outside them, are held and listened on one by one)."""
+    """With the egress in per-port listener mode (a listener at each endpoint's address) and in capture mode
+    (the endpoint range is redirected to the one capture listener, like the VIP range: no socket each)."""
     if capture == "on" and not shutil.which("nft"):
         pytest.skip("nft is not installed (Debian package nftables)")
     mesh = Mesh()
@@ -139,6 +139,12 @@ def test_a_remote_statefulset_pod_is_reached_by_its_hostname_through_the_gateway
                 assert got.get("BODY") == f"db served by b ({PODS[host]}:{DB_PORT})", got
                 assert seen.setdefault(host, address) == address, (host, address, seen)
             assert len(set(seen.values())) == len(PODS), seen
+            listening = subprocess.run(["ip", "netns", "exec", ns["ga"], "ss", "-ltnH"], capture_output=True,
+                                       text=True, timeout=20, check=True).stdout
+            on_db = [line for line in listening.splitlines() if f":{DB_PORT} " in line]
+            assert len(on_db) == (0 if capture == "on" else len(PODS)), listening
+            # Capture mode: the headless service has no per-port loopback listener either (per-port mode: one).
+            assert ready["per_port"] == (0 if capture == "on" else 1), ready
             # The service name answers the same per-endpoint addresses, and SRV names each pod.
             bare = ask(ns["a"], dns_port, f"db.{ZONE}")
             assert sorted(bare["ANSWER"].rsplit(" ", 1)[0].split()) == sorted(seen.values()), bare

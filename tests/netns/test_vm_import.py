@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from federation.agent.dataplane import served_addresses, served_ranges
+from federation.agent.serving import served_addresses, served_ranges
 from federation.core.backoff import Backoff
 from federation.core.keys import Keys
 from federation.registry.allocator import VipAllocator

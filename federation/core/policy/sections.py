@@ -120,6 +120,9 @@ def read_split(value: Any, path: str) -> tuple[m.SplitTarget, ...]:
                                labels=s.take("labels", label_map, ()))
         if target.site is None and not target.labels:
             raise PolicyError(s.path, "needs a site, labels, or both, to say which endpoints get this share")
+        if len(",".join(f"{k}={v}" for k, v in target.labels)) > 255:
+            raise PolicyError(f"{s.path}.labels", "are over 255 bytes as k=v,k2=v2 (a stream request carries "
+                              "them to the remote gateway): select with fewer or shorter labels")
         if any(t.site == target.site and t.labels == target.labels for t in out):
             raise PolicyError(s.path, "selects the same endpoints as an earlier entry")
         s.done()

@@ -76,6 +76,11 @@ class EgressCapture:
         return ("::" if self.ipv6 else "0.0.0.0", 0)  # noqa: S104 - see above
 
     @property
+    def captured(self) -> tuple[str, ...]:
+        """The ranges redirected to the listener (VIPs, then headless endpoints' addresses); none unless active."""
+        return self.rules.ranges if self.active else ()
+
+    @property
     def mode(self) -> str:
         """"capture" or "listeners"."""
         return "capture" if self.active else "listeners"

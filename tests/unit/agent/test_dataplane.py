@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from federation.agent.dataplane import served_ranges
+from federation.agent.serving import served_ranges
 from federation.sources.vm.capture import EgressCapture
 
 RANGES = ("240.240.0.0/16", "fd6d:6573:6866:6564::/64")

@@ -3,6 +3,8 @@ followed change by change as a fresh plan would have them; the far side picks th
 
 from __future__ import annotations
 
+import ipaddress
+
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -14,7 +16,7 @@ from federation.core.records import Endpoint, Locality, Protocol, ServiceExport,
 from federation.core.view import MeshView
 from gateway.admission import admit
 from gateway.balancing import Placement, Target
-from gateway.headless import HostPlan, wanted_of
+from gateway.headless import CAPTURED, HostPlan, wanted_of
 from gateway.preamble import Request, Status
 
 KEYS = Keys()
@@ -48,6 +50,18 @@ def test_a_listener_per_remote_endpoint_and_tcp_port_at_its_address_where_held()
     }
 
 
+def test_in_capture_mode_an_endpoint_in_a_captured_range_gets_no_listener_of_its_own() -> None:
+    v = _view(_db("far", ["db-0", "db-1"]))
+    table = EndpointAllocator(["240.241.0.0/16"], "me", "net-a").update(v)
+    remote = table[("shop", "db")]
+    captured = [ipaddress.ip_network("240.241.0.0/16")]
+    wanted = wanted_of(v, ("shop", "db"), remote, Placement(FALLBACK, {}, frozenset()), captured)
+    assert wanted == {("shop", "db", "pg", "far", "db-0"): (CAPTURED, 5432),
+                      ("shop", "db", "pg", "far", "db-1"): (CAPTURED, 5432)}
+    other = [ipaddress.ip_network("240.240.0.0/16")]  # only the VIP range captured: listeners as before
+    assert set(wanted_of(v, ("shop", "db"), remote, Placement(FALLBACK, {}, frozenset()), other).values()) == {FALLBACK}
+
+
 def test_the_far_gateway_sends_a_named_request_to_that_endpoint_only() -> None:
     v = _view(_db("far", ["db-0", None, "db-2"]))
     got = admit(v, "far", Request("shop", "db", "pg", hostname="db-2"))
@@ -67,14 +81,16 @@ _ops = st.lists(st.one_of(
 
 
 @settings(max_examples=120)
-@given(_ops)
-@example([("hold", {1, 2, 3, 4, 5, 6}), ("export", "db", {0}, 5432), ("export", "db", {0}, 5433)])  # a port moves
-def test_following_changes_equals_a_fresh_plan(ops: list[tuple[object, ...]]) -> None:
+@given(_ops, st.booleans())
+@example([("hold", {1, 2, 3, 4, 5, 6}), ("export", "db", {0}, 5432), ("export", "db", {0}, 5433)], False)  # a port moves
+def test_following_changes_equals_a_fresh_plan(ops: list[tuple[object, ...]], capture: bool) -> None:
     cat = Catalog(KEYS)
     cat.put(KEYS.site("me"), encode_site(_site("me", "net-a")), 1)
     cat.put(KEYS.site("far"), encode_site(_site("far", "net-b")), 2)
     book = EndpointAllocator(["240.241.0.0/29"], "me", "net-a")
-    plan = HostPlan()
+    ranges = ("240.241.0.4/30",) if capture else ()  # half the range captured, half held or not
+    plan = HostPlan(ranges)
+    nets = [ipaddress.ip_network(r) for r in ranges]
     listening: dict[tuple[str, str, str, str, str], tuple[str, int]] = {}
     held: frozenset[str] = frozenset()
     for rev, op in enumerate(ops, 3):
@@ -93,5 +109,5 @@ def test_following_changes_equals_a_fresh_plan(ops: list[tuple[object, ...]]) ->
         for key in check:
             listening.pop(key, None)
         listening.update(wanted)
-        fresh = {k: b for svc, remote in table.items() for k, b in wanted_of(view, svc, remote, placement).items()}
+        fresh = {k: b for svc, remote in table.items() for k, b in wanted_of(view, svc, remote, placement, nets).items()}
         assert listening == fresh

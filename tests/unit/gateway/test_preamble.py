@@ -15,7 +15,8 @@ port_names = st.from_regex(r"\A[a-z0-9]([-a-z0-9]{0,13}[a-z0-9])?\Z")
 service_accounts = st.from_regex(r"\A[a-z0-9]([-a-z0-9]{0,30}[a-z0-9])?(\.[a-z0-9]{1,10})?\Z")
 workloads = st.one_of(st.none(), st.builds(lambda ns, sa: f"{ns}/{sa}", labels, service_accounts))
 requests = st.builds(
-    Request, labels, labels, st.one_of(port_names, st.integers(1, 65535)), st.one_of(st.none(), labels), workloads
+    Request, labels, labels, st.one_of(port_names, st.integers(1, 65535)), st.one_of(st.none(), labels),
+    workload=workloads
 )
 responses = st.builds(Response, st.sampled_from(Status), st.text(max_size=40))
 
@@ -81,10 +82,10 @@ def test_a_length_over_the_limit_is_refused_before_the_body_arrives() -> None:
     (b"\x01\x01\x00\x0b\x02NS\x03svc\x01\x00\x50\x00", "not a valid name"),
     (b"\x01\x01\x00\x0b\x02ns\x03svc\x07\x00\x50\x00", "port kind"),
     (b"\x01\x01\x00\x0b\x02ns\x03svc\x01\x00\x00\x00", "port 0"),
-    (b"\x01\x01\x00\x0c\x02ns\x03svc\x01\x00\x50\x00\x00", "ends inside extension 0"),
+    (b"\x01\x01\x00\x0c\x02ns\x03svc\x01\x00\x50\x00\x00", "ends inside extension"),
     (b"\x01\x01\x00\x0c\x03ns\n\x03svc\x01\x00\x50\x00", "not a valid name"),  # no newline after a label
-    (b"\x01\x01\x00\x13\x02ns\x03svc\x01\x00\x50\x00\x01\x04ns/a\x01\x00", "given twice"),
-    (b"\x01\x01\x00\x12\x02ns\x03svc\x01\x00\x50\x00\x01\x05ns/A\n", "not namespace/service-account"),
+    (b"\x01\x01\x00\x13\x02ns\x03svc\x01\x00\x50\x00\x02\x04ns/a\x02\x00", "given twice"),
+    (b"\x01\x01\x00\x12\x02ns\x03svc\x01\x00\x50\x00\x02\x05ns/A\n", "not namespace/service-account"),
 ])
 def test_malformed_requests_name_their_fault(data: bytes, reason: str) -> None:
     p = Preamble(Role.SERVER)
@@ -94,18 +95,18 @@ def test_malformed_requests_name_their_fault(data: bytes, reason: str) -> None:
 
 
 def test_an_unknown_extension_is_skipped_so_later_fields_are_additive() -> None:
-    wire = Preamble(Role.CLIENT).send(Request("ns", "svc", 80, None, "shop/web"))
+    wire = Preamble(Role.CLIENT).send(Request("ns", "svc", 80, None, workload="shop/web"))
     extra = b"\x09\x03abc"  # a type this gateway does not know, after the workload
     p = Preamble(Role.SERVER)
     p.receive_data(wire[:2] + (len(wire) - 4 + len(extra)).to_bytes(2, "big") + wire[4:] + extra + b"data")
-    assert p.next_event() == Request("ns", "svc", 80, None, "shop/web")
+    assert p.next_event() == Request("ns", "svc", 80, None, workload="shop/web")
     assert p.trailing_data == b"data"
 
 
 @settings(deadline=None)  # shared CI machines: a slow example is not a failure
 @given(st.binary(max_size=255))
 def test_any_workload_bytes_decode_to_a_valid_workload_or_are_refused_cleanly(value: bytes) -> None:
-    body = b"\x02ns\x03svc\x01\x00\x50\x00\x01" + bytes((len(value),)) + value
+    body = b"\x02ns\x03svc\x01\x00\x50\x00\x02" + bytes((len(value),)) + value
     p = Preamble(Role.SERVER)
     p.receive_data(b"\x01\x01" + len(body).to_bytes(2, "big") + body)
     try:
@@ -134,7 +135,7 @@ def test_a_role_sends_only_its_own_messages() -> None:
     with pytest.raises(LocalProtocolError):
         Preamble(Role.CLIENT).send(Request("NS", "svc", 80))
     with pytest.raises(LocalProtocolError, match="namespace/service-account"):
-        Preamble(Role.CLIENT).send(Request("ns", "svc", 80, None, "shop/web/x"))
+        Preamble(Role.CLIENT).send(Request("ns", "svc", 80, None, workload="shop/web/x"))
 
 
 @settings(deadline=None)  # shared CI machines: a slow example is not a failure
