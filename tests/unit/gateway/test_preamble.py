@@ -196,3 +196,10 @@ def test_a_probe_is_sent_by_clients_only_and_answered_by_servers_only() -> None:
     p.receive_data(b"\x01\x04\x00\x11" + bytes(16) + b"\x00")
     with pytest.raises(RemoteProtocolError):
         p.next_event()
+
+
+def test_the_largest_subset_and_workload_fit_one_request_and_round_trip() -> None:
+    subset = (("a" * 60, "b" * 60), ("c" * 60, "d" * 60))  # 243 bytes as k=v,k=v
+    workload = "n" * 63 + "/" + ".".join(["s" * 63, "t" * 63, "u" * 63])  # 255 bytes
+    req = Request("x" * 63, "y" * 63, "z" * 15, "h" * 63, subset, workload)
+    assert _decode(Role.SERVER, Preamble(Role.CLIENT).send(req), 64) == req
