@@ -10,7 +10,8 @@ A line: `time` (start, RFC 3339 UTC), `source` (client address; inbound: the pee
 peer site for inbound), `gateway` (the gateway tunnelled through; direct:
 the endpoint; inbound: the endpoint it reached), `bytesUp` (client
 to service), `bytesDown`, `durationMs`, `result` (ok: both ends finished cleanly; reset: aborted, idle or
-refused midway), `retries` (routes or endpoints that failed before this one).
+refused midway), `retries` (routes or endpoints that failed before this one), `identity` (only where known:
+the client's workload SPIFFE ID, in the scope of the site that vouched for it).
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ class AccessLog:
 
     # -- what the data plane calls
 
-    def egress(self, client: Any, key: ListenerKey, route: Route, retries: int) -> None:
+    def egress(self, client: Any, key: ListenerKey, route: Route, retries: int, identity: str | None = None) -> None:
         """A client of this site's egress is relayed over `route` after `retries` routes failed."""
         relay = getattr(client, "sink", None)
         if relay is None or not self._sampled():
@@ -90,14 +91,17 @@ class AccessLog:
         else:
             via, gateway = "gateway", f"{route.gateway.address}:{route.gateway.port}"
         self._started(relay, {"source": _peer(client), "service": f"{key[0]}/{key[1]}", "port": key[2],
-                              "route": via, "site": route.site, "gateway": gateway, "retries": retries})
+                              "route": via, "site": route.site, "gateway": gateway, "retries": retries,
+                              **({"identity": identity} if identity else {})})
 
-    def inbound(self, relay: Any, key: ListenerKey, peer_site: str, peer: str, endpoint: str, retries: int) -> None:
+    def inbound(self, relay: Any, key: ListenerKey, peer_site: str, peer: str, endpoint: str, retries: int,
+                identity: str | None = None) -> None:
         """A stream from another site's egress reached `endpoint` through this site's gateway."""
         if not self._sampled():
             return
         self._started(relay, {"source": peer, "service": f"{key[0]}/{key[1]}", "port": key[2], "route": "inbound",
-                              "site": peer_site, "gateway": endpoint, "retries": retries})
+                              "site": peer_site, "gateway": endpoint, "retries": retries,
+                              **({"identity": identity} if identity else {})})
 
     def ended(self, relay: Any) -> None:
         """The relay is over: make its line (bytes from the relay, result from how it ended)."""

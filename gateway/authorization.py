@@ -14,7 +14,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
 
-from federation.core.policy.access import AccessState, Decision, Peer, decide
+from federation.core.policy.access import AccessState, Decision, Peer, decide, workload_id
 from federation.core.view import MeshView
 from federation.runtime.values import Readable, Value, follow
 from gateway.refusals import Throttle
@@ -22,10 +22,20 @@ from gateway.refusals import Throttle
 log = logging.getLogger(__name__)
 
 
-def site_peer(view: MeshView, site: str, trust_domain: str, gateway: str) -> Peer:
-    """This site as the source of its own clients' streams: its network, and the identity its gateway shows."""
+def site_peer(view: MeshView, site: str, trust_domain: str, gateway: str, workload: str | None = None) -> Peer:
+    """This site as the source of its own clients' streams: its network, the identity its gateway shows, and
+    the client's workload (`ns/sa`) where the site knows it."""
     own = view.sites.get(site)
-    return Peer(site, own.network if own is not None else "", f"spiffe://{trust_domain}/site/{site}/gateway/{gateway}")
+    return Peer(site, own.network if own is not None else "", f"spiffe://{trust_domain}/site/{site}/gateway/{gateway}",
+                workload_id(trust_domain, site, workload) if workload else None)
+
+
+def vouched(gateway_identity: str, site: str, workload: str | None) -> str | None:
+    """The SPIFFE ID of the workload `ns/sa` a peer gateway named, in the scope of its own verified `site` only:
+    whatever it claims, a site can vouch for its own workloads and never for another site's."""
+    if workload is None:
+        return None
+    return workload_id(gateway_identity.removeprefix("spiffe://").split("/", 1)[0], site, workload)
 
 _NO_POLICIES: Readable[AccessState] = Value(AccessState(), name="no access policies")
 
@@ -59,26 +69,26 @@ class Authorizer:
             self.denied.labels(decision.rule).inc()
             self._throttle.log(log, logging.WARNING, ("denied", peer.site, service, decision.rule),
                                "%s denied a stream from site %s%s to %s/%s: %s (rule %s)", self.point, peer.site,
-                               f" ({peer.identity})" if peer.identity else "", *service, decision.reason,
-                               decision.rule)
+                               f" ({peer.workload or peer.identity})" if peer.identity else "", *service,
+                               decision.reason, decision.rule)
         return decision
 
     def recheck(self, service: tuple[str, str], peer: Peer) -> Decision:
         """The decision for an established stream after a change (not counted as a refusal)."""
         return decide(self.access.get(), service, peer)
 
-    async def enforce(self, streams: Callable[[], Iterable[tuple[Any, tuple[str, str]]]],
-                      peer: Callable[[], Peer]) -> None:
-        """Close, on every change of the access state, the `streams()` (relay, service) of `peer()` that it now
-        denies (unless the mesh lets established streams finish), until cancelled."""
+    async def enforce(self, streams: Callable[[], Iterable[tuple[Any, tuple[str, str], str | None]]],
+                      peer: Callable[[str | None], Peer]) -> None:
+        """Close, on every change of the access state, the `streams()` (relay, service, workload) whose source
+        `peer(workload)` it now denies (unless the mesh lets established streams finish), until cancelled."""
         async for _ in follow(self.access):
             if not self.state.mesh.close_on_deny:
                 continue
-            source = peer()
-            by_service: dict[tuple[str, str], list[Any]] = {}
-            for relay, service in list(streams()):
-                by_service.setdefault(service, []).append(relay)
-            for service, relays in sorted(by_service.items()):
+            by_service: dict[tuple[tuple[str, str], str], list[Any]] = {}
+            for relay, service, workload in list(streams()):
+                by_service.setdefault((service, workload or ""), []).append(relay)
+            for (service, workload), relays in sorted(by_service.items()):
+                source = peer(workload or None)
                 decision = self.recheck(service, source)
                 if not decision.allowed:
                     self.closing(decision, source, service, len(relays))
@@ -89,5 +99,6 @@ class Authorizer:
         """Report `count` established streams closed by `decision`."""
         self.closed.labels(decision.rule).inc(count)
         self._throttle.log(log, logging.WARNING, ("closed", peer.site, service, decision.rule),
-                           "%s closing %d established stream(s) from site %s to %s/%s: now %s (rule %s)", self.point,
-                           count, peer.site, *service, decision.reason, decision.rule)
+                           "%s closing %d established stream(s) from site %s%s to %s/%s: now %s (rule %s)",
+                           self.point, count, peer.site, f" ({peer.workload})" if peer.workload else "", *service,
+                           decision.reason, decision.rule)

@@ -159,12 +159,12 @@ class EastWestGateway:
 
     def _close_denied(self, sites: Mapping[str, Site]) -> None:
         """End the tunnels whose running stream the access state in force now denies."""
-        groups: dict[tuple[str, str, tuple[str, str]], list[GatewayTunnel]] = {}
+        groups: dict[tuple[str, str, str, tuple[str, str]], list[GatewayTunnel]] = {}
         for t in self.tunnels:
             if t.stream is not None and t.service is not None and t.peer_site in sites and not t.closed:
-                groups.setdefault((t.peer_site, t.identity, t.service), []).append(t)
-        for (site, identity, service), tunnels in sorted(groups.items(), key=lambda g: g[0]):
-            peer = Peer(site, sites[site].network, identity)
+                groups.setdefault((t.peer_site, t.identity, t.workload or "", t.service), []).append(t)
+        for (site, identity, workload, service), tunnels in sorted(groups.items(), key=lambda g: g[0]):
+            peer = Peer(site, sites[site].network, identity, workload or None)
             decision = self.authorizer.recheck(service, peer)
             if not decision.allowed:
                 self.authorizer.closing(decision, peer, service, len(tunnels))

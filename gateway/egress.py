@@ -34,6 +34,7 @@ from gateway.balancing import Bind, Close, Direct, ListenerKey, Open, Placement,
 from gateway.capture import CaptureListener, reset
 from gateway.destinations import CapturedServices, Destination, captured_type
 from gateway.enforcing import Enforcer, Policies, noted
+from gateway.identities import NO_WORKLOADS, client_workload
 from gateway.listening import ListenerPlan
 from gateway.partition import PartitionGate
 from gateway.pool import PoolKey, TunnelPool, pool_of
@@ -46,6 +47,7 @@ from gateway.shedding import Shedder, reset_transport
 from gateway.splice import Splice
 from gateway.subsets import SubsetSupport
 from gateway.tls import Bundle, ResumingContext, current
+from gateway.tracking import TrackedRelays
 
 log = logging.getLogger(__name__)
 _throttle = Throttle()
@@ -76,8 +78,8 @@ class Egress:
         self.metrics = EgressMetrics(registry)
         self.authorizer = Authorizer(access, "egress", registry)  # this site's own clients, direct routes included
         self.enforcer = Enforcer(site, self.metrics, self._direct, self._tunnel, policies, registry)
+        self.workloads = NO_WORKLOADS  # the site's source sets it (federation.core.workloads): who is behind a client
         self.subsets = SubsetSupport()  # a split's labels in the stream request; old gateways get none
-        self._keys: dict[Any, ListenerKey] = {}
         self.placement: Readable[Placement] = placement or Value(
             Placement(fallback=(self.settings.egress_address, self.settings.egress_port)), name="placement")
         self.reach = Reachability()
@@ -104,8 +106,8 @@ class Egress:
         self._tasks: set[asyncio.Task[None]] = set()
         self._plan = ListenerPlan(site, local_services, self._is_captured)
         self._turn = 0
-        self._active: set[Any] = set()
         self.active = ActiveStreams()
+        self.relays = TrackedRelays(self.active)
 
     @property
     def settings(self) -> GatewaySettings:
@@ -158,7 +160,7 @@ class Egress:
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
-        for relay in list(self._active):
+        for relay in self.relays.relays():
             relay.finish(clean=False)
         for pool in self.pools.values():
             pool.close()
@@ -256,10 +258,10 @@ class Egress:
 
     async def route(self, client: PlainLeg, key: ListenerKey) -> None:
         """Connect `client` through the first route that accepts it, or close it."""
-        view = self.mesh.get()
+        view, source = self.mesh.get(), self._peer(client_workload(self.workloads, client))
         if self.partition.refuses(client, key):  # the registry is away and the service's policy says stop
             return
-        allowed = self.authorizer.check(key[:2], self._peer()).allowed  # counted and logged when denied
+        allowed = self.authorizer.check(key[:2], source).allowed  # counted and logged when denied
         if allowed and (rules := self.enforcer.rules(view, key)) is not None:
             await self.enforcer.route(client, key, view, rules)
             return
@@ -272,7 +274,7 @@ class Egress:
             if await (self._direct(client, route, key) if isinstance(route, Direct)
                       else self._tunnel(client, route, key)):
                 self.metrics.connections.labels("relayed").inc()
-                self.accesslog.egress(client, key, route, tries)
+                self.accesslog.egress(client, key, route, tries, source.workload)
                 return
         self.metrics.connections.labels("no_route" if allowed else "denied").inc()
         if allowed:
@@ -281,11 +283,10 @@ class Egress:
 
     async def enforce(self) -> None:
         """Close the streams of this site's clients that a changed access policy now denies, until cancelled."""
-        await self.authorizer.enforce(lambda: ((r, k[:2]) for r, k in self._keys.items() if r in self._active),
-                                      self._peer)
+        await self.authorizer.enforce(self.relays.streams, self._peer)
 
-    def _peer(self) -> Peer:
-        return site_peer(self.mesh.get(), self.site, current(self.trust).trust_domain, self.settings.name)
+    def _peer(self, workload: str | None = None) -> Peer:
+        return site_peer(self.mesh.get(), self.site, current(self.trust).trust_domain, self.settings.name, workload)
 
     async def _direct(self, client: PlainLeg, route: Direct, key: ListenerKey, note: list[str] | None = None,
                       idle: float | None = None) -> bool:
@@ -302,17 +303,18 @@ class Egress:
             return False
         self.metrics.attempts.labels("direct", "ok").inc()
         held: list[Any] = []
-        splice = Splice(client, leg, idle or self.settings.idle_timeout, lambda _clean: self._untrack(held),
+        splice = Splice(client, leg, idle or self.settings.idle_timeout, lambda _clean: self.relays.untrack(held),
                         high_water=self.settings.high_water)
-        self._track(splice, held, key)
+        self.relays.track(splice, held, key, client_workload(self.workloads, client))
         return True
 
     async def _tunnel(self, client: PlainLeg, route: Route, key: ListenerKey, note: list[str] | None = None,
                       idle: float | None = None, hostname: str | None = None) -> bool:
         assert not isinstance(route, Direct)
         pool = self._pool(route.site, route.gateway)
-        req = self.subsets.request(key, route, time.monotonic(), hostname)  # hostname: one endpoint (headless)
-        for _ in range(2 + bool(req.subset)):  # a pooled tunnel may have died idle: one more (and an old gateway)
+        req = self.subsets.request(key, route, time.monotonic(), hostname,  # hostname: one endpoint (headless)
+                                   client_workload(self.workloads, client))
+        for _ in range(2 + bool(req.subset or req.workload)):  # a pooled tunnel may have died idle: one more
             tunnel = None
             try:
                 async with asyncio.timeout(self.settings.handshake_timeout + self.settings.connect_timeout):
@@ -359,27 +361,12 @@ class Egress:
             held: list[Any] = []
 
             def done(_clean: bool, tunnel: Any = tunnel, held: list[Any] = held) -> None:
-                self._untrack(held)
+                self.relays.untrack(held)
                 pool.give_back(tunnel)
-            self._track(tunnel.attach(client, idle or self.settings.idle_timeout, done, self.settings.high_water),
-                        held, key)
+            self.relays.track(tunnel.attach(client, idle or self.settings.idle_timeout, done, self.settings.high_water),
+                              held, key, client_workload(self.workloads, client))
             return True
         return False
-
-    def _track(self, relay: Any, held: list[Any], key: ListenerKey) -> None:
-        # A relay may have ended inside its constructor (client gone): then there is nothing to track.
-        if not relay.done:
-            held.append(relay)
-            self._active.add(relay)
-            self._keys[relay] = key
-            self.active.add()
-
-    def _untrack(self, held: list[Any]) -> None:
-        for relay in held:
-            self._keys.pop(relay, None)
-            if relay in self._active:
-                self._active.discard(relay)
-                self.active.done()
 
     def _pool(self, site: str, gateway: Any) -> TunnelPool:
         return pool_of(self.pools, site, gateway, self.context, self.trust, self.mesh, self.settings, self.spawn,

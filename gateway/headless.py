@@ -33,6 +33,7 @@ from federation.runtime.values import Readable, Value, follow
 from gateway.balancing import Bind, Placement, ViaGateway
 from gateway.capture import reset
 from gateway.destinations import Destination
+from gateway.identities import client_workload
 from gateway.refusals import Throttle
 from gateway.relay import PlainLeg
 from gateway.shedding import reset_transport
@@ -256,7 +257,7 @@ class HostListeners:
         egress = self.egress
         ns, name, port, site, hostname = key
         view = egress.mesh.get()
-        allowed = egress.authorizer.check((ns, name), egress._peer()).allowed
+        allowed = egress.authorizer.check((ns, name), egress._peer(client_workload(egress.workloads, client))).allowed
         record = view.sites.get(site)
         gateways: tuple[Any, ...] = record.gateways if record is not None and allowed else ()
         rules = egress.enforcer.rules(view, (ns, name, port)) if gateways else None

@@ -167,6 +167,9 @@ class IngressListener(SocketListener):
 class _IngressLeg(PlainLeg):
     """A client of an ingress listener; with SNI routes it reads the ClientHello before it is routed."""
 
+    outside = True
+    """From outside the mesh: its source address names no workload, even one a pod here has too."""
+
     def __init__(self, listener: IngressListener) -> None:
         super().__init__()
         self.listener = listener

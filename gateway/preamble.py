@@ -4,8 +4,10 @@ Wire format of each message (network byte order):
     version u8 (=1) | type u8 (1 request, 2 response) | body length u16 (<= MAX_BODY) | body
 Request body:  ns (u8 len + ascii) | service (u8 len + ascii) | port kind u8 (0 name: u8 len + ascii,
                1 number: u16) | endpoint hostname (u8 len + ascii; 0 = any endpoint)
-               | extensions: zero or more of tag u8 | length u8 | value, to the end of the body
-Extension tags: 1 subset: the label selector `k=v,k2=v2` (keys sorted, at most 16) the endpoint must match.
+               | extensions: zero or more of tag u8 | length u8 | value, to the end of the body, each tag once
+Extension tags: 1 subset: the label selector `k=v,k2=v2` (keys sorted, at most 16) the endpoint must match;
+2 workload: `ns/sa` of the client behind the stream, as the sending site knows it (the gateway takes it in
+the scope of the peer's verified site only).
 A gateway skips tags it does not know, so a newer egress may add one; a gateway older than extensions
 refuses any with `bad request` (trailing bytes), and the egress sends that gateway the request again
 without them (gateway.subsets). An egress that sends none is answered as before.
@@ -30,6 +32,7 @@ from typing import Final
 
 from federation.core.errors import LocalProtocolError, RecordError, RemoteProtocolError
 from federation.core.records import MAX_ENDPOINT_LABELS, Labels, check_labels
+from federation.core.workloads import is_workload
 from gateway import healthquery as hq
 from gateway.healthquery import HealthAnswer, HealthQuery
 from gateway.wire import Reader as _Reader
@@ -37,15 +40,18 @@ from gateway.wire import short as _short
 from gateway.wire import u64 as _u64
 
 VERSION: Final = 1
-MAX_BODY: Final = 512
-"""Longer than any valid request (4 labels of 63 bytes); anything above is refused before buffering it."""
+MAX_BODY: Final = 1024
+"""Longer than any valid request (4 labels of 63 bytes, a subset and a workload of 255 each: 723); anything
+above is refused before buffering it. Gateways before extensions capped it at 512 and refuse a longer one
+with `bad request`, as they refuse any extension: the egress asks those again without extensions."""
 _HEADER = struct.Struct("!BBH")
 _REQUEST, _RESPONSE, _PROBE, _PROBE_ANSWER = 1, 2, 3, 4
 _PROBE_BODY = struct.Struct("!Q")
 _ANSWER_HEAD = struct.Struct("!QQ")
-_LABEL = re.compile(rb"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
-_PORT_NAME = re.compile(rb"^[a-z0-9]([-a-z0-9]{0,13}[a-z0-9])?$")
+_LABEL = re.compile(rb"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\Z")  # \Z: `$` would let a trailing newline through
+_PORT_NAME = re.compile(rb"^[a-z0-9]([-a-z0-9]{0,13}[a-z0-9])?\Z")
 EXT_SUBSET: Final = 1
+EXT_WORKLOAD: Final = 2
 
 
 class Status(enum.IntEnum):
@@ -86,6 +92,8 @@ class Request:
     hostname: str | None = None
     subset: Labels = ()
     """Only endpoints carrying all these labels (a split target's); empty: any endpoint."""
+    workload: str | None = None
+    """`ns/sa` of the client (at most 255 bytes): the gateway takes it in the scope of the peer's site only."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,6 +212,10 @@ def _encode_request(r: Request) -> bytes:
     out += _short((r.hostname or "").encode())
     if r.subset:
         out += bytes((EXT_SUBSET,)) + _short(encode_subset(r.subset))
+    if r.workload is not None:
+        if not is_workload(r.workload):
+            raise LocalProtocolError(f"workload {r.workload!r} is not namespace/service-account")
+        out += bytes((EXT_WORKLOAD,)) + _short(r.workload.encode())
     return out
 
 
@@ -261,7 +273,11 @@ def _decode_request(body: _Reader) -> Request:
     hostname = body.label("hostname", _LABEL, empty_ok=True)
     ext = _decode_extensions(body)
     subset = _decode_subset(ext[EXT_SUBSET]) if EXT_SUBSET in ext else ()
-    return Request(ns, service, port, hostname or None, subset)
+    workload = ext.get(EXT_WORKLOAD)
+    if workload is not None and not is_workload(workload.decode("latin-1")):  # any bytes decode; ascii passes
+        raise RemoteProtocolError(f"preamble workload {workload[:64]!r} is not namespace/service-account",
+                                  cause="bad-workload")
+    return Request(ns, service, port, hostname or None, subset, workload.decode("ascii") if workload else None)
 
 
 def _decode_response(body: _Reader) -> Response:

@@ -20,7 +20,7 @@ from federation.pki.verifying import PeerRejected, TrustBundle, verify_peer
 from federation.runtime.values import Readable
 from gateway.accesslog import AccessLog
 from gateway.admission import Admission, admit
-from gateway.authorization import Authorizer
+from gateway.authorization import Authorizer, vouched
 from gateway.balancing import EndpointPicker
 from gateway.endpointchecks import EndpointChecks
 from gateway.healthquery import HealthQuery
@@ -72,6 +72,8 @@ class GatewayTunnel(TunnelLeg):
         self.peer_expiry: dt.datetime | None = None
         self.service: tuple[str, str] | None = None
         """The service of the stream running (or last run) in this tunnel."""
+        self.workload: str | None = None
+        """Its client's SPIFFE ID, in the scope of the peer's site (None: the peer named none)."""
         self._early = bytearray()
         self._ready = False
         self._preamble = Preamble(Role.SERVER)
@@ -161,7 +163,9 @@ class GatewayTunnel(TunnelLeg):
                          f"{self.identity}: site {self.peer_site} is no longer in the registry",
                          Status.FORBIDDEN, close=True)
             return
-        peer = Peer(self.peer_site, view.sites[self.peer_site].network, self.identity)
+        # A site vouches for its own workloads only: `ns/sa` is taken in the scope of the verified peer's site.
+        workload = vouched(self.identity, self.peer_site, event.workload)
+        peer = Peer(self.peer_site, view.sites[self.peer_site].network, self.identity, workload)
         decision = self.gw.authorizer.check((event.namespace, event.service), peer)
         if not decision.allowed:
             # Counted and logged (once a minute per source, service and rule) by the authorizer.
@@ -175,7 +179,7 @@ class GatewayTunnel(TunnelLeg):
                          close=False)
             self._await_request(trailing)
             return
-        self.service = (event.namespace, event.service)
+        self.service, self.workload = (event.namespace, event.service), workload
         self._connecting = True
         self._pending = bytearray(trailing)
         assert self.transport is not None
@@ -206,7 +210,7 @@ class GatewayTunnel(TunnelLeg):
             self._last = Stream(self, leg, self.gw.settings.idle_timeout, self._stream_done, pending=pending,
                                 high_water=self.gw.settings.high_water)
             self.gw.accesslog.inbound(self._last, admission.key, self.peer_site, self.peer,
-                                      f"{target.address}:{target.port}", tries)
+                                      f"{target.address}:{target.port}", tries, self.workload)
             if self.transport is not None and not self.closed:
                 self.transport.resume_reading()
             return

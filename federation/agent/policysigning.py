@@ -10,6 +10,7 @@ policy object is refused with reason NotSigned (nothing is written); under `acce
 from __future__ import annotations
 
 import datetime as dt
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -43,10 +44,13 @@ def operator_sign(directory: Path, verifier: RecordVerifier | None) -> tuple[Sig
     """What signs with the operator key in `directory`, and the operator's name; ConfigError naming the problem."""
     where = f"kubernetes.operator_key_dir: {directory}"
     try:
-        mode = (directory / OPERATOR_KEY).stat().st_mode & 0o777
+        st = (directory / OPERATOR_KEY).stat()
     except OSError as exc:
         raise ConfigError(f"{where}: {exc.strerror or exc}") from None
-    if mode & 0o077:
+    mode = st.st_mode & 0o777
+    # A Secret mounted with defaultMode 0400 under a pod's fsGroup is 0440 with the agent's own group (the
+    # kubelet adds group read): that group is the pod's, so only group access by another group is refused.
+    if mode & 0o007 or (mode & 0o070 and st.st_gid != os.getegid()):
         raise ConfigError(f"{where}: {OPERATOR_KEY} is readable by group or others (mode {mode:04o}); "
                           "mount the Secret with defaultMode 0400")
     try:

@@ -28,6 +28,7 @@ from federation.agent.settings import ADMIN_ADDR_FILE, AgentSettings
 from federation.agent.status import agent_status
 from federation.agent.topology import topology
 from federation.agent.verifying import verify_document
+from federation.agent.workloads import wire_workloads
 from federation.core.imports import EVERYTHING as IMPORT_EVERYTHING
 from federation.core.imports import import_filter
 from federation.core.keys import Keys
@@ -181,6 +182,7 @@ class Agent:
             if plane.egress is not None:  # partition behaviour: how old the view the egress routes on is
                 plane.egress.partition.staleness = mirror.staleness
                 plane.egress.partition.site_staleness = self.lag.stale_for
+            await wire_workloads(plane)
             publisher = self.publisher = Publisher(
                 client("publisher"), self.keys, plane.site_record, plane.exports,
                 ttl=s.registry.lease_ttl, lease_file=s.state_dir / "lease",

@@ -23,8 +23,9 @@ from federation.core.errors import ConfigError, RecordError, RegistryUnavailable
 from federation.core.keys import SiteKey
 from federation.core.meshdocs import decode_revocations, revocations_key
 from federation.core.policy import access
-from federation.core.policy.access import Peer, decide
+from federation.core.policy.access import Peer, decide, workload_id
 from federation.core.policy.kinds import SIGNER
+from federation.core.workloads import is_workload
 from federation.registry.access import AccessReader
 from federation.registry.policies import PolicyStore, Sign, Stored
 from federation.runtime.values import Value
@@ -88,8 +89,10 @@ def add_check(psub: Any) -> None:
     check = psub.add_parser("check", help="may a site reach a service? (allowed or denied, and by which rule)")
     check.add_argument("--from", dest="source", required=True, metavar="SITE", help="the site the stream comes from")
     check.add_argument("--to", dest="service", required=True, metavar="NS/NAME", help="the service")
-    check.add_argument("--identity", default=None,
-                       help="the source's SPIFFE ID (default: its gateway's, spiffe://<td>/site/SITE/gateway/gateway)")
+    check.add_argument("--identity", default=None, metavar="NS/SA",
+                       help="the source workload (namespace/service-account), taken as SITE vouches for it: "
+                       "spiffe://<td>/site/SITE/ns/NS/sa/SA (default: unknown); or a whole SPIFFE ID for the "
+                       "gateway (default: spiffe://<td>/site/SITE/gateway/gateway)")
     check.add_argument("--network", default=None, help="the source's network (default: from its site record)")
     check.add_argument("--json", action="store_true", help="print JSON")
     add_registry_options(check)
@@ -109,10 +112,12 @@ def cmd_check(args: argparse.Namespace) -> int:
     verdict = "allowed" if decision.allowed else "denied"
     if args.json:
         print(json.dumps({"allowed": decision.allowed, "rule": decision.rule, "reason": decision.reason,
-                          "from": {"site": peer.site, "network": peer.network, "identity": peer.identity},
+                          "from": {"site": peer.site, "network": peer.network, "identity": peer.identity,
+                                   "workload": peer.workload},
                           "to": args.service, "notes": notes}, indent=2))
     else:
-        print(f"{verdict}: {args.source} -> {args.service}: {decision.reason} (rule {decision.rule})")
+        who = f"{args.source} ({peer.workload})" if peer.workload else args.source
+        print(f"{verdict}: {who} -> {args.service}: {decision.reason} (rule {decision.rule})")
         for note in notes:
             print(f"  note: {note}")
     return 0 if decision.allowed else 1
@@ -143,18 +148,26 @@ async def _check(args: argparse.Namespace, service: tuple[str, str]) -> tuple[An
         raise RegistryUnavailable(f"etcd at {','.join(client.endpoints)} did not answer in time") from None
     finally:
         await client.close()
+    try:
+        site = decode_site(SiteKey(args.source), envelope.split(site_kv.value).body) if site_kv else None
+    except RecordError:
+        site = None
     network = args.network
     if network is None:
-        try:
-            site = decode_site(SiteKey(args.source), envelope.split(site_kv.value).body) if site_kv else None
-        except RecordError:
-            site = None
         network = site.network if site is not None else ""
         if site is None:
             notes.append(f"site {args.source} is not in the registry: its network is unknown (--network)")
-    td = _trust_domain(config)
-    identity_id = args.identity or (f"spiffe://{td}/site/{args.source}/gateway/gateway" if td else None)
-    peer = Peer(args.source, network, identity_id)
+    td = _trust_domain(config) or (_site_trust_domain(site.ca_chain) if site is not None else "")
+    given = args.identity or ""
+    if given and not given.startswith("spiffe://") and not is_workload(given):
+        raise ConfigError(f"--identity {given!r} is neither namespace/service-account nor a SPIFFE ID")
+    if given and not given.startswith("spiffe://") and not td:
+        raise ConfigError(f"--identity {given}: the trust domain is unknown (give --config of an agent, or a "
+                          f"--from site in the registry)")
+    gateway = given if given.startswith("spiffe://") else (
+        f"spiffe://{td}/site/{args.source}/gateway/gateway" if td else None)
+    workload = workload_id(td, args.source, given) if given and not given.startswith("spiffe://") else None
+    peer = Peer(args.source, network, gateway, workload)
     return decide(reader.state.get(), service, peer), peer, notes
 
 
@@ -168,6 +181,16 @@ async def _revocations(client: Any, keys: Any) -> Any:
         return decode_revocations(envelope.split(kv.value).body)
     except RecordError:
         return Revocations()
+
+
+def _site_trust_domain(ca_chain: str) -> str:
+    """The trust domain of a site's intermediate, as its site record carries it ("" if unreadable)."""
+    from federation.pki.issuing import PkiError, load_certs, trust_domain_of
+
+    try:
+        return trust_domain_of(load_certs(ca_chain.encode())[0])
+    except (ValueError, IndexError, PkiError):
+        return ""
 
 
 def _trust_domain(config: Any) -> str:

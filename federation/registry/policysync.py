@@ -1,4 +1,5 @@
-"""Writing the policies a Kubernetes site declares (TrafficPolicy, AccessPolicy objects) into the registry.
+"""Writing the policies a Kubernetes site declares (TrafficPolicy, AccessPolicy, MeshAccessPolicy objects) into
+the registry.
 
 The records written here are the site's: each carries the annotation `meshfed.io/owner: kubernetes/<site>`
 in its metadata (signed with the rest; every reader's codec ignores annotations). The sync writes and deletes
@@ -6,7 +7,10 @@ only records it owns: a policy the registry already holds from `meshfed policy a
 another site is left alone and the object is refused with reason `Conflict`, and an owned record whose
 object is gone is deleted (a signed tombstone for access policies, which a bare delete cannot remove).
 With `registry.signatures: require` and no operator key, nothing is written: every object is refused with
-reason `NotSigned`. `plan` is the pure core; `PolicyOwner` reads etcd, applies it and says what happened.
+reason `NotSigned`. The one MeshAccessPolicy of the mesh is owned the same way; when its object is gone the
+record goes back to the defaults (Allow, closeOnDeny), signed and owned by no one, since readers keep a
+MeshAccessPolicy that is merely deleted. `plan` is the pure core; `PolicyOwner` reads etcd, applies it and
+says what happened.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import Any
 from federation.core.codec import dump_json
 from federation.core.errors import RecordError
 from federation.core.keys import Keys
+from federation.core.policy import access
 from federation.core.policy.kinds import KINDS, PolicyKind, content
 from federation.registry.etcd import Delete, EtcdClient, Put
 from federation.registry.policies import Sign
@@ -46,30 +51,42 @@ class Held:
 
 
 def plan(declared: Mapping[Ident, Any], stored: Mapping[str, bytes], keys: Keys, owner: str, *,
-         sign: Sign | None, read: Read) -> tuple[list[Put | Delete], dict[Ident, Refusal | None]]:
+         sign: Sign | None, read: Read, mesh: bool = True) -> tuple[list[Put | Delete], dict[Ident, Refusal | None]]:
     """The writes that make the registry hold exactly the declared policies among the records `owner` owns,
-    and for each declared policy None (in the registry) or why not."""
+    and for each declared policy None (in the registry) or why not; `mesh` False: the MeshAccessPolicy
+    objects are not known (not yet listed), so the mesh record is left as it is."""
     held = {key: _held(key, value, read) for key, value in stored.items()}
     ops: list[Put | Delete] = []
     out: dict[Ident, Refusal | None] = {}
     wanted: set[str] = set()
+    mesh_key = access.mesh_key(keys)
     for ident, policy in sorted(declared.items(), key=lambda kv: kv[0]):
-        kind = KINDS[ident[0]]
-        key = kind.key(keys, ident[1], ident[2])
+        if ident[0] == access.MESH_KIND:
+            key, what, fresh = mesh_key, "MeshAccessPolicy", access.encode(access.mesh_to_document(policy))
+        else:
+            kind = KINDS[ident[0]]
+            key, fresh = kind.key(keys, ident[1], ident[2]), kind.record(policy)
+            what = f"{kind.kind} for {ident[1]}/{ident[2]}"
         wanted.add(key)
         have = held.get(key)
         if have is not None and not have.tombstone and have.owner != owner:
             who = f"by {have.owner}" if have.owner else "with meshfed policy apply"
-            out[ident] = ("Conflict", f"the registry holds a {kind.kind} for {ident[1]}/{ident[2]} written {who}; "
+            out[ident] = ("Conflict", f"the registry holds a {what} written {who}; "
                                       "it is left in force (remove it there to let this object own it)")
             continue
         out[ident] = None
-        record = _owned(kind.record(policy), owner)
+        record = _owned(fresh, owner)
         if have is not None and have.body == dump_json(record) and (sign is None or have.signed):
             continue
         ops.append(Put(key, sign(key, record) if sign is not None else dump_json(record)))
     for key, have in sorted(held.items()):
         if key in wanted or have is None or have.tombstone or have.owner != owner:
+            continue
+        if key == mesh_key and not mesh:
+            continue
+        if key == mesh_key:  # back to the defaults, owned by no one (a bare delete changes nothing in readers)
+            defaults = access.encode(access.mesh_to_document(access.MeshAccess()))
+            ops.append(Put(key, sign(key, defaults)) if sign is not None else Delete(key))
             continue
         found = _kind_of(key, keys)
         if found is None:
@@ -97,9 +114,9 @@ class PolicyOwner:
         self.writes = 0
         """Records written or deleted (tests and metrics)."""
 
-    async def sync(self, declared: Mapping[Ident, Any]) -> dict[Ident, Refusal | None]:
+    async def sync(self, declared: Mapping[Ident, Any], *, mesh: bool = True) -> dict[Ident, Refusal | None]:
         """Write what `declared` needs; for each declared policy None (in the registry) or (reason, message).
-        RegistryUnavailable if etcd cannot be reached (nothing is known to be written)."""
+        `mesh`: see `plan`. RegistryUnavailable if etcd cannot be reached (nothing is known to be written)."""
         if self._require and self._sign is None:
             why = ("no operator key to sign it with (registry.signatures is require): set kubernetes.operator_key_dir "
                    "to a directory from `meshfed ca operator`, mounted from a Secret")
@@ -108,7 +125,10 @@ class PolicyOwner:
         for kind in KINDS.values():
             kvs, _ = await self._client.get_prefix(kind.prefix(self._keys))
             stored.update((k, kv.value) for k, kv in kvs.items())
-        ops, out = plan(declared, stored, self._keys, self.owner, sign=self._sign, read=self._read)
+        held = await self._client.get(access.mesh_key(self._keys))
+        if held is not None:
+            stored[access.mesh_key(self._keys)] = held.value
+        ops, out = plan(declared, stored, self._keys, self.owner, sign=self._sign, read=self._read, mesh=mesh)
         for start in range(0, len(ops), _TXN):
             await self._client.commit(ops[start:start + _TXN])
         self.writes += len(ops)

@@ -37,10 +37,15 @@ kind: AccessPolicy
 metadata: {namespace: ns, name: echo}
 spec:
   rules:
+    - name: no-batch
+      action: Deny
+      from: {identities: ["spiffe://mesh.example/site/west/ns/shop/sa/batch"]}
     - name: west-gateway
       action: Allow
       from: {identities: ["spiffe://mesh.example/site/west/*"]}
 """
+WEST_VM = {"vm": {"vip_interface": "", "address": "127.0.0.1", "workload_identity": "shop/web"}}
+"""West's processes are workload shop/web (its egress names it; LOCKDOWN denies only west's shop/batch)."""
 
 
 async def roundtrip(address: tuple[str, int]) -> bool:
@@ -73,7 +78,7 @@ async def test_signed_access_policies_are_enforced_and_checked(etcd: EtcdProcess
     port = await echo.start()
     agents: dict[str, AgentProcess] = {}
     try:
-        address = await two_agents(agents, tmp_path, etcd.endpoint, ca, port)
+        address = await two_agents(agents, tmp_path, etcd.endpoint, ca, port, west=WEST_VM)
         await until(lambda: roundtrip(address), "west reaching east's service")
         check = ("policy", "check", "--from", "west", "--to", "ns/echo", "--config", str(tmp_path / "east.yaml"))
 
@@ -111,7 +116,14 @@ async def test_signed_access_policies_are_enforced_and_checked(etcd: EtcdProcess
         # Lock the mesh down: only what an Allow rule names gets through.
         await meshfed("policy", "apply", "-f", str(tmp_path / "lockdown.yaml"), *ops, *ep)
         await asyncio.sleep(1.0)
-        assert await roundtrip(address)  # west's gateway identity is allowed
+        assert await roundtrip(address)  # west's shop/web: not batch, and in west's scope (the wildcard)
+        out = await meshfed("policy", "check", "--from", "west", "--identity", "shop/batch", "--to", "ns/echo",
+                            "--config", str(tmp_path / "east.yaml"), *ep, ok=False)
+        assert out.stdout.startswith("denied: west (spiffe://mesh.example/site/west/ns/shop/sa/batch) -> ns/echo: "
+                                     "denied by rule no-batch of ns/echo (rule ns/echo:no-batch)"), out.stdout
+        out = await meshfed("policy", "check", "--from", "west", "--identity", "shop/web", "--to", "ns/echo", *ep,
+                            ok=True)  # no --config: the trust domain from west's site record
+        assert "allowed by rule west-gateway of ns/echo (rule ns/echo:west-gateway)" in out.stdout, out.stdout
         out = await meshfed("policy", "check", "--from", "edge", "--to", "ns/echo", "--network", "dmz",
                             "--config", str(tmp_path / "east.yaml"), *ep, ok=False)
         assert "denied: edge -> ns/echo: no Allow rule of ns/echo matches site edge" in out.stdout

@@ -20,6 +20,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from federation.core.records import Gateway, Locality
+from federation.core.workloads import Workloads
 from federation.runtime.values import Value
 from gateway.accesslog import AccessLog, AccessLogSettings
 from gateway.egress import Egress
@@ -58,6 +59,7 @@ async def test_a_tunnelled_connection_gets_a_line_at_the_egress_and_at_the_gatew
         s.gateway.accesslog = east_log  # the agent hands it to the constructor
         eg = Egress("west", s.mesh_value, s.west.client, s.west.bundle, GatewaySettings(pool_size=1),
                     registry=CollectorRegistry(), accesslog=west_log)
+        eg.workloads = Value(Workloads({"127.0.0.1": "shop/web"}), name="workloads")  # the client's workload
         await eg.start()
         try:
             payloads = [b"a" * 10, b"b" * 70_000, b"c" * 3]
@@ -74,7 +76,8 @@ async def test_a_tunnelled_connection_gets_a_line_at_the_egress_and_at_the_gatew
     assert [e["bytesDown"] for e in east] == [len(p) for p in payloads]
     w, e = west[0], east[0]
     assert set(w) == {"time", "source", "service", "port", "route", "site", "gateway", "bytesUp", "bytesDown",
-                      "durationMs", "result", "retries"}
+                      "durationMs", "result", "retries", "identity"}
+    assert w["identity"] == e["identity"] == "spiffe://mesh.example/site/west/ns/shop/sa/web"  # east: in west's scope
     assert (w["service"], w["port"], w["route"], w["site"], w["result"], w["retries"]) == \
         ("ns/echo", "tcp", "gateway", "east", "ok", 0)
     assert w["gateway"] == f"127.0.0.1:{s.gw_port}"

@@ -66,8 +66,8 @@ async def test_a_reflector_that_keeps_only_labels_wakes_on_labels_only(tmp_path:
     from prometheus_client import CollectorRegistry
 
     from federation.core.backoff import Backoff
-    from federation.sources.kubernetes.source import pod_labels_only
     from federation.sources.kubernetes.watching import Reflector, WatchMetrics
+    from federation.sources.kubernetes.workloads import pod_kept
     from tests.util import eventually
 
     def pod(labels: dict[str, str], phase: str) -> dict[str, object]:
@@ -78,7 +78,7 @@ async def test_a_reflector_that_keeps_only_labels_wakes_on_labels_only(tmp_path:
         client = await KubeClient.connect(KubernetesSettings(kubeconfig=str(api.kubeconfig(tmp_path / "k"))))
         wakes: list[int] = []
         reflector = Reflector(client, "pods", lambda: wakes.append(1), metrics=WatchMetrics(CollectorRegistry()),
-                              backoff=Backoff(base=0.05, cap=0.3), keep=pod_labels_only)
+                              backoff=Backoff(base=0.05, cap=0.3), keep=pod_kept)
         task = asyncio.create_task(reflector.run())
         try:
             api.put(pod({"version": "v1"}, "Pending"))

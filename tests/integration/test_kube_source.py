@@ -272,6 +272,27 @@ async def test_endpoints_carry_the_pod_labels_the_serviceexport_names_and_follow
             "namespace", "name", "resourceVersion", "labels"}  # only what is needed is kept
 
 
+async def test_the_workload_behind_a_pod_ip_follows_the_pods(etcd: EtcdProcess, tmp_path: Path) -> None:
+    """Pod IP -> namespace/serviceAccount, as the egress names it: added, finished, deleted; never a host-network
+    pod's (the node's) address."""
+    def pod(name: str, ip: str, sa: str, phase: str = "Running", host: bool = False) -> dict[str, Any]:
+        return {"apiVersion": "v1", "kind": "Pod", "metadata": {"namespace": "shop", "name": name},
+                "spec": {"serviceAccountName": sa, "hostNetwork": host, "containers": [{"name": "c", "image": "i"}]},
+                "status": {"phase": phase, "podIP": ip, "podIPs": [{"ip": ip}]}}
+
+    async with DevApiServer() as api, cluster(etcd, tmp_path, api) as c:
+        api.put(pod("web-1", "10.244.1.5", "web"))
+        api.put(pod("node-agent", "192.0.2.10", "agent", host=True))
+        await eventually(lambda: dict(c.source.workloads.get().addresses) == {"10.244.1.5": "shop/web"},
+                         what="the pod's workload")
+        api.put(pod("batch-1", "10.244.1.6", "batch"))
+        await eventually(lambda: c.source.workloads.get().lookup("10.244.1.6") == "shop/batch", what="a new pod")
+        api.put(pod("batch-1", "10.244.1.6", "batch", phase="Succeeded"))
+        await eventually(lambda: c.source.workloads.get().lookup("10.244.1.6") is None, what="a finished pod")
+        api.remove("pods", "shop", "web-1")
+        await eventually(lambda: not c.source.workloads.get().addresses, what="a deleted pod")
+
+
 async def test_rbac_grants_exactly_the_calls_the_agent_makes(etcd: EtcdProcess, tmp_path: Path) -> None:
     near = export("near", name="db", addresses=("10.1.0.5",))
     writer = PolicyOwner(EtcdClient([etcd.endpoint], timeout=3), KEYS, "east", sign=None, require=False)
@@ -280,6 +301,8 @@ async def test_rbac_grants_exactly_the_calls_the_agent_makes(etcd: EtcdProcess, 
         for kind, spec in (("TrafficPolicy", {"retries": {"attempts": 2}}), ("AccessPolicy", {"rules": []})):
             api.put({"apiVersion": "meshfed.io/v1alpha1", "kind": kind, "spec": spec,
                      "metadata": {"namespace": "shop", "name": "web", "generation": 1}})
+        api.put({"apiVersion": "meshfed.io/v1alpha1", "kind": "MeshAccessPolicy", "spec": {"defaultAction": "Allow"},
+                 "metadata": {"name": "default", "generation": 1}})
         pub = other_site(etcd, "near", "net-a", [near])
         async with running(pub):
             await eventually(lambda: api.get("serviceimports", "shop", "db") is not None and c.conditions(), what="sync")
@@ -297,7 +320,9 @@ async def test_rbac_grants_exactly_the_calls_the_agent_makes(etcd: EtcdProcess, 
             await eventually(lambda: api.get("serviceimports", "shop", "db") is None
                              and api.get("services", "shop", derived_name("db")) is None, what="import deleted")
         await eventually(lambda: all((api.get(r, "shop", "web") or {}).get("status") for r in
-                                     ("trafficpolicies", "accesspolicies")), what="policy objects' status")
+                                     ("trafficpolicies", "accesspolicies"))
+                         and (api.get("meshaccesspolicies", "", "default") or {}).get("status"),
+                         what="policy objects' status")
     used = {(verb, group, res) for verb, group, res in api.calls}
     assert used == rbac_rules()
 

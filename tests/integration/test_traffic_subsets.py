@@ -92,7 +92,7 @@ async def test_an_old_gateway_refuses_the_subset_and_is_sent_the_request_without
         assert 1 <= first <= 16  # at most the clients of the first burst: then the egress knows
         assert collections.Counter(await many(it.address, 20, parallel=4))[""] == 0
         assert it.attempts("gateway", "bad_request") == first
-        assert "does not take label subsets" in caplog.text
+        assert "does not take preamble extensions" in caplog.text
 
 
 @pytest.mark.timeout(90)

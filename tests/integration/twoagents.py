@@ -83,16 +83,17 @@ class Load:
 
 
 async def two_agents(agents: dict[str, AgentProcess], tmp_path: Path, etcd_endpoint: str, ca: Path,
-                     echo_port: int, ttl: int = 3, **gateway: Any) -> tuple[str, int]:
-    """Start agents east (exporting ns/echo at `echo_port`) and west into `agents` (the caller stops them), with
-    site CAs from `ca`; returns west's egress listener for ns/echo."""
+                     echo_port: int, ttl: int = 3, west: dict[str, Any] | None = None,
+                     **gateway: Any) -> tuple[str, int]:
+    """Start agents east (exporting ns/echo at `echo_port`) and west (`west`: more of its config) into `agents`
+    (the caller stops them), with site CAs from `ca`; returns west's egress listener for ns/echo."""
     for site in ("east", "west"):
         await meshfed("ca", "site", site, "--ca", str(ca), "--out", str(tmp_path / f"ca-{site}"))
         exports = [{"namespace": "ns", "name": "echo", "ports": [{"name": "tcp", "port": 7}],
                     "endpoints": [{"addresses": ["127.0.0.1"], "ports": {"tcp": echo_port}}]}] if site == "east" else []
         cfg = write_config(tmp_path / f"{site}.yaml", site, [etcd_endpoint], tmp_path / site, exports, ttl=ttl,
                            gateway={"ca_dir": str(tmp_path / f"ca-{site}"), "listen_address": "127.0.0.1",
-                                    "listen_port": 0, **gateway})
+                                    "listen_port": 0, **gateway}, **((west or {}) if site == "west" else {}))
         agents[site] = AgentProcess(cfg, tmp_path / site).start()
     for agent in agents.values():
         await asyncio.to_thread(agent.wait_ready, 30)

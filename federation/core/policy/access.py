@@ -5,7 +5,8 @@ for sources matched by site, network and SPIFFE identity. Evaluated as Istio's A
 any matching Deny rule denies; else, if the policy has Allow rules, one of them must match; else the
 mesh default applies (allow, unless a MeshAccessPolicy says deny). A source attribute the enforcing point
 cannot know (a workload identity, where only the site is known) matches a Deny rule and no Allow rule,
-so an unknown identity can never widen access (Istio's rule for TCP). docs/security.md has the model.
+so an unknown identity can never widen access (Istio's rule for TCP); a workload's is in the scope of the
+site that vouched for it (`workload_id`). docs/security.md has the model.
 """
 
 from __future__ import annotations
@@ -99,7 +100,9 @@ class Peer:
     site: str
     network: str
     identity: str | None = None
-    """Its SPIFFE ID, or None where it cannot be known."""
+    """Its gateway's SPIFFE ID, or None where it cannot be known."""
+    workload: str | None = None
+    """The workload's SPIFFE ID in the scope of `site` (`workload_id`), or None where unknown."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,8 +140,8 @@ def decide(state: AccessState, service: ServiceId, peer: Peer) -> Decision:
             if _matches(rule.source, peer, deny=False):
                 return Decision(True, f"{where}:{rule.name}", f"allowed by rule {rule.name} of {where}")
         if allows:
-            return Decision(False, f"{where}:no-allow-match",
-                            f"no Allow rule of {where} matches site {peer.site}")
+            who = f"site {peer.site}" + (f" ({peer.workload})" if peer.workload else "")
+            return Decision(False, f"{where}:no-allow-match", f"no Allow rule of {where} matches {who}")
     allowed = state.mesh.default_action is Action.ALLOW
     return Decision(allowed, "default", f"{'allowed' if allowed else 'denied'} by the mesh default "
                     f"({state.mesh.default_action.value})")
@@ -150,15 +153,38 @@ def _matches(source: Source, peer: Peer, deny: bool) -> bool:
     if source.networks and "*" not in source.networks and peer.network not in source.networks:
         return False
     if source.identities:
+        known = [i for i in (peer.identity, peer.workload) if i]
+        if any(_identity(p, i) for p in source.identities for i in known):
+            return True
         if peer.identity is None:
             return deny  # unknown: matches a Deny, never an Allow
-        if not any(_identity(p, peer.identity) for p in source.identities):
-            return False
+        if peer.workload is None:  # the site is known, its workload is not: may it be one the rule names?
+            scope = workload_scope(peer.identity, peer.site)
+            return deny and any(_could_name(p, scope) for p in source.identities)
+        return False
     return True
+
+
+def workload_id(trust_domain: str, site: str, workload: str) -> str:
+    """The SPIFFE ID of workload `ns/sa` as site `site` vouches for it: `spiffe://<td>/site/<site>/ns/<ns>/sa/<sa>`."""
+    ns, _, sa = workload.partition("/")
+    return f"spiffe://{trust_domain}/site/{site}/ns/{ns}/sa/{sa}"
+
+
+def workload_scope(identity: str, site: str) -> str:
+    """Where the workload IDs of `site` begin, from any SPIFFE ID of the mesh (`identity`, e.g. its gateway's)."""
+    trust_domain = identity.removeprefix("spiffe://").split("/", 1)[0]
+    return f"spiffe://{trust_domain}/site/{site}/ns/"
 
 
 def _identity(pattern: str, identity: str) -> bool:
     return identity.startswith(pattern[:-1]) if pattern.endswith("*") else identity == pattern
+
+
+def _could_name(pattern: str, scope: str) -> bool:
+    """Whether `pattern` can match some workload ID that begins with `scope`."""
+    stem = pattern[:-1] if pattern.endswith("*") else pattern
+    return stem.startswith(scope) or (pattern.endswith("*") and scope.startswith(stem))
 
 
 # ---------------------------------------------------------------- documents

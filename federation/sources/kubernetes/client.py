@@ -61,6 +61,7 @@ RESOURCES = {
     "pods": Resource("", "v1", "pods"),
     "trafficpolicies": Resource("meshfed.io", "v1alpha1", "trafficpolicies"),
     "accesspolicies": Resource("meshfed.io", "v1alpha1", "accesspolicies"),
+    "meshaccesspolicies": Resource("meshfed.io", "v1alpha1", "meshaccesspolicies"),  # cluster-scoped
 }
 
 _CHUNK_LIMIT = 16 * 1024 * 1024
@@ -134,7 +135,7 @@ class KubeClient:
         self, resource: str, namespace: str, name: str, body: Mapping[str, Any], subresource: str = ""
     ) -> dict[str, Any]:
         """JSON merge patch (RFC 7386) of one object or its subresource."""
-        path = RESOURCES[resource].path(namespace, name, subresource)
+        path = RESOURCES[resource].path(namespace or None, name, subresource)  # "": a cluster-scoped object
         return await self._call("PATCH", path, body=body, content_type="application/merge-patch+json")
 
     async def delete(self, resource: str, namespace: str, name: str) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 
 from federation.core.errors import PolicyError
 from federation.core.policy.access import KIND as ACCESS_KIND
-from federation.core.policy.access import AccessPolicy
+from federation.core.policy.access import MESH_KIND, AccessPolicy, MeshAccess, mesh_from_document
 from federation.core.policy.access import from_document as access_from_document
 from federation.core.policy.codec import from_document
 from federation.core.policy.model import TrafficPolicy
@@ -33,10 +33,13 @@ class PolicyConversion:
     invalid: dict[ObjKey, str] = field(default_factory=dict)
 
 
-def convert_policy(obj: Obj) -> TrafficPolicy | AccessPolicy:
-    """The policy of one TrafficPolicy or AccessPolicy object; PolicyError naming the field and the reason."""
+def convert_policy(obj: Obj) -> TrafficPolicy | AccessPolicy | MeshAccess:
+    """The policy of one TrafficPolicy, AccessPolicy or MeshAccessPolicy object; PolicyError naming the field and
+    the reason."""
     if obj.get("kind") == ACCESS_KIND:
         return access_from_document(obj)
+    if obj.get("kind") == MESH_KIND:
+        return mesh_from_document(obj)
     return from_document(obj)
 
 

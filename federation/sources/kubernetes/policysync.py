@@ -1,7 +1,7 @@
-"""The policy sync of a Kubernetes site: TrafficPolicy and AccessPolicy objects into the registry, and back an
-`Accepted` condition on each object (`kubectl get tp,ap` shows it).
+"""The policy sync of a Kubernetes site: TrafficPolicy, AccessPolicy and MeshAccessPolicy objects into the registry,
+and back an `Accepted` condition on each object (`kubectl get tp,ap,meshaccesspolicy` shows it).
 
-Two reflectors keep the objects; after both have listed (nothing is written or deleted before: HasSynced), each
+Three reflectors keep the objects; after both have listed (nothing is written or deleted before: HasSynced), each
 change (and every `resync`) converts every object with the codecs `meshfed policy apply` uses
 (`policies.convert_policy`), hands the valid ones to the writer, which writes the registry records this site
 owns (`federation/registry/policysync.py`, injected: sources do not import the registry), and writes each
@@ -21,6 +21,7 @@ from typing import Any, Protocol
 from federation.core.backoff import Backoff
 from federation.core.errors import MeshfedError, PolicyError
 from federation.core.policy.access import KIND as ACCESS_KIND
+from federation.core.policy.access import MESH_KIND
 from federation.core.policy.model import KIND as TRAFFIC_KIND
 from federation.core.ratelimit import LogLimiter
 from federation.sources.kubernetes.client import ApiError, ApiUnavailable, KubeClient
@@ -30,8 +31,9 @@ from federation.sources.kubernetes.watching import Reflector, WatchMetrics
 
 log = logging.getLogger(__name__)
 
-RESOURCES = {"trafficpolicies": TRAFFIC_KIND, "accesspolicies": ACCESS_KIND}
+RESOURCES = {"trafficpolicies": TRAFFIC_KIND, "accesspolicies": ACCESS_KIND, "meshaccesspolicies": MESH_KIND}
 """The watched resources and the kind of policy each holds."""
+_MESH = "meshaccesspolicies"
 Ident = tuple[str, str, str]
 """(kind, namespace, name)"""
 
@@ -39,8 +41,10 @@ Ident = tuple[str, str, str]
 class PolicyWriter(Protocol):
     """What writes the declared policies to the registry (federation.registry.policysync.PolicyOwner)."""
 
-    async def sync(self, declared: Mapping[Ident, Any]) -> Mapping[Ident, tuple[str, str] | None]:
-        """Write them; per policy None (in the registry) or (reason, message)."""
+    async def sync(self, declared: Mapping[Ident, Any], *, mesh: bool = True
+                   ) -> Mapping[Ident, tuple[str, str] | None]:
+        """Write them; per policy None (in the registry) or (reason, message). `mesh`: whether the
+        MeshAccessPolicy objects are known (else the mesh record is left as it is)."""
         ...
 
     @property
@@ -76,15 +80,18 @@ class PolicySync:
         """One pass: convert every object, write the valid ones, update the conditions that changed."""
         declared: dict[Ident, Any] = {}
         invalid: dict[Ident, str] = {}
+        # The MeshAccessPolicy objects count only once listed: an agent whose ClusterRole predates them (or a
+        # cluster without their CRD) syncs the other kinds meanwhile, and leaves the mesh record alone.
+        mesh = self.reflectors[_MESH].synced.is_set()
         # The objects as they are now: ones that arrive while the registry is written wait for the next pass.
-        seen = {r: list(self.reflectors[r].store.items()) for r in RESOURCES}
+        seen = {r: list(self.reflectors[r].store.items()) if r != _MESH or mesh else [] for r in RESOURCES}
         for resource, kind in RESOURCES.items():
             for (ns, name), obj in seen[resource]:
                 try:
                     declared[(kind, ns, name)] = convert_policy(obj)
                 except PolicyError as exc:
                     invalid[(kind, ns, name)] = str(exc)
-        results = await self._writer.sync(declared)
+        results = await self._writer.sync(declared, mesh=mesh)
         signer = self._writer.signed_by
         accepted = f"in the registry, signed by operator key {signer}" if signer else "in the registry (unsigned)"
         now = self._clock()
@@ -107,7 +114,7 @@ class PolicySync:
     # -- private
 
     async def _loop(self) -> None:
-        await asyncio.gather(*(r.synced.wait() for r in self.reflectors.values()))
+        await asyncio.gather(*(r.synced.wait() for k, r in self.reflectors.items() if k != _MESH))
         retry = self._backoff()
         while True:
             try:
@@ -130,7 +137,7 @@ class PolicySync:
                                                {"status": {"conditions": conditions}}, subresource="status")
         except ApiError as exc:
             if exc.code == 404:
-                return  # deleted meanwhile
+                return  # deleted meanwhile (or, for MeshAccessPolicy, a cluster without its CRD: nothing to report)
             raise
         self.reflectors[resource].apply(updated)
 

@@ -23,6 +23,7 @@ from federation.core.endpoints import EndpointAddresses
 from federation.core.ratelimit import LogLimiter
 from federation.core.records import Locality, ServiceExport
 from federation.core.view import MeshView, PortId, VipTable
+from federation.core.workloads import Workloads
 from federation.runtime.values import Readable, Value, follow
 from federation.sources.kubernetes.client import ApiError, ApiUnavailable, KubeClient
 from federation.sources.kubernetes.conversion import (
@@ -48,17 +49,11 @@ from federation.sources.kubernetes.importing import (
 from federation.sources.kubernetes.policysync import PolicySync, PolicyWriter
 from federation.sources.kubernetes.settings import KubernetesSettings
 from federation.sources.kubernetes.watching import Reflector, WatchMetrics
+from federation.sources.kubernetes.workloads import pod_kept, workloads_of
 
 log = logging.getLogger(__name__)
 
 WATCHED = ("services", "endpointslices", "serviceexports", "serviceimports", "pods")
-
-
-def pod_labels_only(pod: dict[str, Any]) -> dict[str, Any]:
-    """What the agent keeps of a pod: its key, version and labels (for the endpoint labels a ServiceExport names,
-    conversion.ENDPOINT_LABELS_ANNOTATION), so a large cluster's pods cost a few hundred bytes each."""
-    meta = pod.get("metadata") or {}
-    return {"metadata": {k: meta[k] for k in ("namespace", "name", "resourceVersion", "labels") if k in meta}}
 
 
 class SourceMetrics:
@@ -114,6 +109,9 @@ class KubernetesSource:
         """What the cluster's ServiceExports export, once every cache has listed (`synced`)."""
         self.cluster_ips: Value[VipTable] = Value(MappingProxyType({}), name="derived ClusterIPs")
         """The ClusterIP of each derived Service: the ClusterSetIP address pods here can route."""
+        self.workloads: Value[Workloads] = Value(Workloads(), name="kubernetes workloads")
+        """Pod IP -> `namespace/serviceAccount` (the egress names it in its clients' streams), once pods listed."""
+        self._pods_changed = True
         self.eastwest_address: Value[str | None] = Value(None, name="east-west LoadBalancer address")
         """The east-west LoadBalancer's first ingress address, once the cloud has assigned one."""
         self._locality = locality
@@ -165,8 +163,9 @@ class KubernetesSource:
         try:
             self._reflectors = {
                 r: Reflector(
-                    client, r, self._wake.set, metrics=self._metrics.watch, backoff=self._backoff(),
-                    watch_timeout=self.settings.watch_timeout, keep=pod_labels_only if r == "pods" else None,
+                    client, r, self._on_pods if r == "pods" else self._wake.set, metrics=self._metrics.watch,
+                    backoff=self._backoff(), watch_timeout=self.settings.watch_timeout,
+                    keep=pod_kept if r == "pods" else None,
                 )
                 for r in WATCHED
             }
@@ -186,6 +185,10 @@ class KubernetesSource:
                 await asyncio.shield(client.close())
 
     # ------------------------------------------------------------ internals
+
+    def _on_pods(self) -> None:
+        self._pods_changed = True
+        self._wake.set()
 
     async def _follow(self, held: list[Readable[Any]]) -> None:
         """A new mesh view or egress listener: rewrite imports and conflict status to match."""
@@ -222,6 +225,9 @@ class KubernetesSource:
     async def _reconcile(self, client: KubeClient) -> bool:
         """One pass; True if some write failed and the pass should be retried."""
         s = self.stores
+        if self._pods_changed:  # batched with the rest of the pass: one index per burst of pod events
+            self._pods_changed = False
+            self.workloads.set(workloads_of(s["pods"].values()))
         conversion = convert_all(
             s["services"].values(), s["endpointslices"].values(), s["serviceexports"].values(),
             self.site, self._locality, self._owned, s["pods"].values(),

@@ -10,6 +10,7 @@ from typing import Any
 from federation.core.errors import ConfigError, RecordError
 from federation.core.records import Labels, Protocol, ServiceType, check_labels, labels_of
 from federation.core.settings import Invalid, dns_label, ip_address, ip_network, required, setting
+from federation.core.workloads import is_workload
 
 AUTO = "auto"
 """An address of "auto" means the host's own address, found with pyroute2 at start."""
@@ -55,6 +56,30 @@ def _interface_name(value: str) -> str | None:
     if value and (len(value) > 15 or "/" in value or " " in value):
         return f"{value!r} is not a Linux interface name (1..15 chars)"
     return None
+
+
+def _workload(value: str) -> str | None:
+    return None if not value or is_workload(value) else (
+        f"{value!r} is not namespace/service-account (a DNS label, a slash, a DNS subdomain)")
+
+
+def _workload_networks(raw: Any, where: str) -> tuple[tuple[str, str], ...]:
+    """A mapping of source networks to `ns/sa`, as sorted (network, workload) pairs."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: must be a mapping of networks (CIDR) to namespace/service-account")
+    out = []
+    for network, workload in raw.items():
+        try:
+            net = str(ipaddress.ip_network(str(network), strict=False))
+        except ValueError:
+            raise ConfigError(f"{where}: {network!r} is not a network (CIDR)") from None
+        why = _workload(workload) if isinstance(workload, str) and workload else f"{workload!r} is not text"
+        if why:
+            raise ConfigError(f"{where}.{network}: {why}")
+        out.append((net, workload))
+    return tuple(sorted(out))
 
 
 def _capture_mode(raw: Any, where: str) -> str:
@@ -203,6 +228,13 @@ class VmSettings:
     """auto: one egress listener for the whole VIP range (nftables redirect) where the agent may install it
     (root, nft), else a listener per service port, so thousands of imports cost one socket and unprivileged
     agents still work; on: fail at start if capture is impossible; off: always a listener per port."""
+    workload_identity: str = setting("", check=_workload)
+    """`ns/sa` of the processes on this VM (clients from its loopback and its own address), which other sites'
+    access policies see as `spiffe://<td>/site/<site>/ns/<ns>/sa/<sa>`. Empty: none, so a rule by identity
+    sees them as unknown (a matching Deny denies, no Allow allows): one VM is one trust unit (docs/security.md)."""
+    workload_identities: tuple[tuple[str, str], ...] = setting((), parse=_workload_networks)
+    """LAN clients that route the VIP range through this VM, by source network: `{"10.0.5.0/24": "lan/printers"}`
+    (the most specific network wins). None by default: a LAN address is only as trustworthy as the LAN."""
 
     def validate(self) -> None:
         """Checks between fields."""

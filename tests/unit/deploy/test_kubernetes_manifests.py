@@ -80,6 +80,19 @@ def test_deployment_probes_ports_and_services_line_up() -> None:
         assert (sel.get("matchLabels") or sel).items() <= labels.items()
 
 
+def test_the_operator_key_secret_is_mounted_read_only_where_the_config_comment_points() -> None:
+    spec = by_kind("Deployment")["spec"]["template"]["spec"]
+    [c] = spec["containers"]
+    [mount] = [m for m in c["volumeMounts"] if m["name"] == "operator-key"]
+    [volume] = [v for v in spec["volumes"] if v["name"] == "operator-key"]
+    assert mount["readOnly"] is True
+    assert volume["secret"]["defaultMode"] in (0o400, 0o600)  # what kubernetes.operator_key_dir requires
+    assert volume["secret"]["optional"] is True  # a site that syncs no policies starts without it
+    text = by_kind("ConfigMap", "meshfed-agent")["data"]["agent.yaml"]
+    assert f"# operator_key_dir: {mount['mountPath']}" in text
+    assert spec["securityContext"]["fsGroup"] == spec["securityContext"]["runAsGroup"]  # 0440, the agent's group
+
+
 def test_admission_policy_uses_the_owned_label() -> None:
     policy = by_kind("ValidatingAdmissionPolicy")
     assert repr(KubernetesSettings().owned_label) in str(policy["spec"]["variables"])

@@ -12,8 +12,11 @@ from gateway.preamble import MAX_BODY, NEED_DATA, Preamble, Probe, ProbeAnswer, 
 
 labels = st.from_regex(r"\A[a-z0-9]([-a-z0-9]{0,20}[a-z0-9])?\Z")
 port_names = st.from_regex(r"\A[a-z0-9]([-a-z0-9]{0,13}[a-z0-9])?\Z")
+service_accounts = st.from_regex(r"\A[a-z0-9]([-a-z0-9]{0,30}[a-z0-9])?(\.[a-z0-9]{1,10})?\Z")
+workloads = st.one_of(st.none(), st.builds(lambda ns, sa: f"{ns}/{sa}", labels, service_accounts))
 requests = st.builds(
-    Request, labels, labels, st.one_of(port_names, st.integers(1, 65535)), st.one_of(st.none(), labels)
+    Request, labels, labels, st.one_of(port_names, st.integers(1, 65535)), st.one_of(st.none(), labels),
+    workload=workloads
 )
 responses = st.builds(Response, st.sampled_from(Status), st.text(max_size=40))
 
@@ -80,12 +83,48 @@ def test_a_length_over_the_limit_is_refused_before_the_body_arrives() -> None:
     (b"\x01\x01\x00\x0b\x02ns\x03svc\x07\x00\x50\x00", "port kind"),
     (b"\x01\x01\x00\x0b\x02ns\x03svc\x01\x00\x00\x00", "port 0"),
     (b"\x01\x01\x00\x0c\x02ns\x03svc\x01\x00\x50\x00\x00", "ends inside extension"),
+    (b"\x01\x01\x00\x0c\x03ns\n\x03svc\x01\x00\x50\x00", "not a valid name"),  # no newline after a label
+    (b"\x01\x01\x00\x13\x02ns\x03svc\x01\x00\x50\x00\x02\x04ns/a\x02\x00", "given twice"),
+    (b"\x01\x01\x00\x12\x02ns\x03svc\x01\x00\x50\x00\x02\x05ns/A\n", "not namespace/service-account"),
 ])
 def test_malformed_requests_name_their_fault(data: bytes, reason: str) -> None:
     p = Preamble(Role.SERVER)
     p.receive_data(data)
     with pytest.raises(RemoteProtocolError, match=reason):
         p.next_event()
+
+
+def test_an_unknown_extension_is_skipped_so_later_fields_are_additive() -> None:
+    wire = Preamble(Role.CLIENT).send(Request("ns", "svc", 80, None, workload="shop/web"))
+    extra = b"\x09\x03abc"  # a type this gateway does not know, after the workload
+    p = Preamble(Role.SERVER)
+    p.receive_data(wire[:2] + (len(wire) - 4 + len(extra)).to_bytes(2, "big") + wire[4:] + extra + b"data")
+    assert p.next_event() == Request("ns", "svc", 80, None, workload="shop/web")
+    assert p.trailing_data == b"data"
+
+
+@settings(deadline=None)  # shared CI machines: a slow example is not a failure
+@given(st.binary(max_size=255))
+def test_any_workload_bytes_decode_to_a_valid_workload_or_are_refused_cleanly(value: bytes) -> None:
+    body = b"\x02ns\x03svc\x01\x00\x50\x00\x02" + bytes((len(value),)) + value
+    p = Preamble(Role.SERVER)
+    p.receive_data(b"\x01\x01" + len(body).to_bytes(2, "big") + body)
+    try:
+        event = p.next_event()
+    except RemoteProtocolError as exc:
+        causes = [exc.cause]
+    else:
+        causes = []
+    if causes:
+        assert causes == ["bad-workload"]
+        return
+    assert isinstance(event, Request)
+    assert event.workload is not None
+    ns, sa = event.workload.split("/")
+    assert ns
+    assert sa
+    assert event.workload.isascii()
+    assert event.workload == event.workload.strip().lower()
 
 
 def test_a_role_sends_only_its_own_messages() -> None:
@@ -95,6 +134,8 @@ def test_a_role_sends_only_its_own_messages() -> None:
         Preamble(Role.CLIENT).send(Response(Status.OK))
     with pytest.raises(LocalProtocolError):
         Preamble(Role.CLIENT).send(Request("NS", "svc", 80))
+    with pytest.raises(LocalProtocolError, match="namespace/service-account"):
+        Preamble(Role.CLIENT).send(Request("ns", "svc", 80, None, workload="shop/web/x"))
 
 
 @settings(deadline=None)  # shared CI machines: a slow example is not a failure
@@ -155,3 +196,10 @@ def test_a_probe_is_sent_by_clients_only_and_answered_by_servers_only() -> None:
     p.receive_data(b"\x01\x04\x00\x11" + bytes(16) + b"\x00")
     with pytest.raises(RemoteProtocolError):
         p.next_event()
+
+
+def test_the_largest_subset_and_workload_fit_one_request_and_round_trip() -> None:
+    subset = (("a" * 60, "b" * 60), ("c" * 60, "d" * 60))  # 243 bytes as k=v,k=v
+    workload = "n" * 63 + "/" + ".".join(["s" * 63, "t" * 63, "u" * 63])  # 255 bytes
+    req = Request("x" * 63, "y" * 63, "z" * 15, "h" * 63, subset, workload)
+    assert _decode(Role.SERVER, Preamble(Role.CLIENT).send(req), 64) == req

@@ -104,3 +104,40 @@ def test_a_record_that_does_not_verify_is_replaced() -> None:
     ops, out = plan({("TrafficPolicy", "shop", "web"): traffic()}, stored, KEYS, ME, sign=sign, read=refuse)
     assert out[("TrafficPolicy", "shop", "web")] is None
     assert [op.key for op in ops] == [key]
+
+
+MESH = ("MeshAccessPolicy", "", "default")
+
+
+def mesh_record(owner: str | None, mesh: access.MeshAccess) -> bytes:
+    record = access.encode(access.mesh_to_document(mesh))
+    if owner is not None:
+        record["metadata"]["annotations"] = {OWNER: owner}
+    return sign(access.mesh_key(KEYS), record)
+
+
+def test_the_mesh_access_policy_is_owned_like_the_others_and_reset_to_the_defaults_when_gone() -> None:
+    key, lockdown = access.mesh_key(KEYS), access.MeshAccess(access.Action.DENY)
+    ops, out = plan({MESH: lockdown}, {}, KEYS, ME, sign=sign, read=read)
+    assert out == {MESH: None}
+    [put] = ops
+    assert isinstance(put, Put)
+    assert put.key == key
+    assert json.loads(read(key, put.value))["spec"]["defaultAction"] == "Deny"
+    assert json.loads(read(key, put.value))["metadata"]["annotations"] == {OWNER: ME}
+    # The object is gone: the defaults, signed and owned by no one (readers keep a record merely deleted).
+    [reset] = plan({}, {key: mesh_record(ME, lockdown)}, KEYS, ME, sign=sign, read=read)[0]
+    assert isinstance(reset, Put)
+    assert b'"sig":{' in reset.value
+    assert access.decode_mesh(read(key, reset.value)) == access.MeshAccess()
+    assert OWNER.encode() not in reset.value
+    assert plan({}, {key: mesh_record(None, access.MeshAccess())}, KEYS, ME, sign=sign, read=read)[0] == []
+    # The objects not listed yet (an older ClusterRole, no CRD): the record is left as it is.
+    assert plan({}, {key: mesh_record(ME, lockdown)}, KEYS, ME, sign=sign, read=read, mesh=False)[0] == []
+    # Written with the CLI, or by another site: left alone, the object refused.
+    for owner, who in ((None, "with meshfed policy apply"), ("kubernetes/west", "by kubernetes/west")):
+        ops, out = plan({MESH: lockdown}, {key: mesh_record(owner, access.MeshAccess())}, KEYS, ME, sign=sign,
+                        read=read)
+        assert ops == []
+        assert out[MESH] == ("Conflict", f"the registry holds a MeshAccessPolicy written {who}; it is left in force "
+                                         "(remove it there to let this object own it)")

@@ -151,3 +151,31 @@ def test_objects_and_stored_documents_match_the_crd_and_convert() -> None:
     assert "is not one of Allow, Deny" in out.invalid[("shop", "db")]
     mesh_schema = crds["MeshAccessPolicy"]["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
     jsonschema.validate(access.mesh_to_document(MeshAccess(Action.DENY)), mesh_schema)
+
+
+WEB = "spiffe://mesh.example/site/east/ns/shop/sa/web"
+
+
+def test_a_workload_identity_matches_only_in_the_scope_of_the_site_that_vouched_for_it() -> None:
+    allow = state({"name": "web", "action": "Allow", "from": {"identities": [WEB]}})
+    east_web = Peer("east", "net-1", EAST.identity, access.workload_id("mesh.example", "east", "shop/web"))
+    assert east_web.workload == WEB
+    assert decide(allow, ("shop", "web"), east_web).rule == "shop/web:web"
+    edge_web = Peer("edge", "dmz", EDGE.identity, access.workload_id("mesh.example", "edge", "shop/web"))
+    d = decide(allow, ("shop", "web"), edge_web)  # the same ns/sa claimed by another site: not east's web
+    assert (d.allowed, d.reason) == (False, f"no Allow rule of shop/web matches site edge ({edge_web.workload})")
+    assert not decide(allow, ("shop", "web"), EAST).allowed  # east, workload unknown: never an Allow
+
+
+def test_an_unknown_workload_matches_a_deny_that_could_name_it_and_no_other() -> None:
+    for pattern in (WEB, "spiffe://mesh.example/site/east/ns/*", "spiffe://mesh.example/site/east/ns/shop/*"):
+        deny = state({"name": "no-web", "action": "Deny", "from": {"identities": [pattern]}})
+        assert decide(deny, ("shop", "web"), EAST).rule == "shop/web:no-web", pattern  # may be web: denied
+        other = Peer("east", "net-1", EAST.identity, access.workload_id("mesh.example", "east", "shop/api"))
+        assert decide(deny, ("shop", "web"), other).allowed == (pattern == WEB)  # a known other workload
+    deny = state({"name": "no-edge-web", "action": "Deny",
+                  "from": {"identities": ["spiffe://mesh.example/site/edge/ns/shop/sa/web"]}})
+    assert decide(deny, ("shop", "web"), EAST).allowed  # cannot be one of edge's workloads
+    gateways = state({"name": "no-gw", "action": "Deny",
+                      "from": {"identities": ["spiffe://mesh.example/site/east/gateway/*"]}})
+    assert not decide(gateways, ("shop", "web"), EAST).allowed  # the gateway's own identity is known
