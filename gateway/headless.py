@@ -163,7 +163,8 @@ class HostListeners:
             self._servers[key] = server
             mutation[key] = tuple(server.sockets[0].getsockname()[:2])
             log.info("egress listener for %s/%s:%s of %s endpoint %s on %s:%d", *key, *mutation[key])
-        self.listening.set(mutation.finish())
+        if len(mutation) != len(current) or any(mutation.get(k) != current.get(k) for k in check):
+            self.listening.set(mutation.finish())  # a new map only when a listener changed: followers diff it
 
     def _factory(self, key: HostKey) -> Callable[[], _HostLeg]:
         return lambda: _HostLeg(self, key)

@@ -14,10 +14,11 @@ from typing import Any
 
 from federation.core.endpoints import EndpointAddresses
 from federation.core.records import Site
-from federation.core.view import MeshView
+from federation.core.view import MeshView, ServiceId
 from federation.sources.kubernetes.conversion import Obj, ObjKey, is_owned, key_of
 from federation.sources.kubernetes.desired import (
     DEFAULT_AFFINITY_TIMEOUT,
+    ENDPOINT_OF_LABEL,
     ENDPOINTSLICES,
     MCS_SERVICE_LABEL,
     SERVICEIMPORTS,
@@ -30,11 +31,28 @@ from federation.sources.kubernetes.desired import (
     EndpointTarget,
     derived_name,
     desired_objects,
+    labels_of,
 )
 
-__all__ = ["MCS_SERVICE_LABEL", "SLICE_MANAGER", "SLICE_MANAGER_LABEL", "SLICE_SERVICE_LABEL",
-           "SOURCE_CLUSTER_LABEL", "Create", "Delete", "EgressTarget", "Op", "Owned", "Patch", "derived_name",
-           "plan_imports"]
+__all__ = [
+    "MCS_SERVICE_LABEL",
+    "SLICE_MANAGER",
+    "SLICE_MANAGER_LABEL",
+    "SLICE_SERVICE_LABEL",
+    "SOURCE_CLUSTER_LABEL",
+    "Create",
+    "Delete",
+    "EgressTarget",
+    "ImportIndex",
+    "ImportPlanner",
+    "Inputs",
+    "Op",
+    "Owned",
+    "Patch",
+    "Touched",
+    "derived_name",
+    "plan_imports",
+]
 
 RESOURCES = (SERVICES, SERVICEIMPORTS, ENDPOINTSLICES)
 
@@ -96,43 +114,189 @@ def plan_imports(
 ) -> list[Op]:
     """The operations that make the owned objects match the mesh view (`endpoints`: this site's addresses of
     headless endpoints on other networks, each a per-endpoint Service; None: off)."""
-    desired: dict[str, dict[ObjKey, dict[str, Any]]] = {r: {} for r in RESOURCES}
-    for (ns, name), svc in view.services().items():
-        derived = derived_name(name)
-        current_svc = _owned(existing.services, owned).get((ns, derived))
-        remote = endpoints.get((ns, name), ()) if endpoints is not None else None
-        for resource, obj in desired_objects(view, svc, own, egress_target, owned, current_svc, remote,
-                                             endpoint_target):
-            desired[resource][key_of(obj)] = obj
-    ops: list[Op] = []
-    recreate: list[Op] = []
-    for resource in RESOURCES:
-        actual = _owned(existing.of(resource), owned)
-        for k, want in sorted(desired[resource].items()):
-            have = actual.get(k)
-            if have is None:
-                ops.append(Create(resource, want))
-            elif resource == SERVICES and _headless(have) != _headless(want):
-                recreate.append(Delete(resource, *k))  # clusterIP is immutable
-                ops.append(Create(resource, want))
-            elif _projection(resource, have, want) != _projection(resource, want, want):
-                ops.append(Patch(resource, k[0], k[1], _patch_body(resource, want, have)))
-            if have is not None and resource == SERVICEIMPORTS and _clusters(have) != _clusters(want):
-                ops.append(Patch(resource, k[0], k[1], {"status": want["status"]}, "status"))
-    deletes: list[Op] = [
-        Delete(resource, *k)
-        for resource in reversed(RESOURCES)
-        for k in sorted(_owned(existing.of(resource), owned))
-        if k not in desired[resource]
-    ]
-    return recreate + ops + deletes
+    return ImportIndex().apply(Inputs(view, own, existing, egress_target, owned, endpoints, endpoint_target))
+
+
+@dataclass(frozen=True, slots=True)
+class Inputs:
+    """What the desired objects are computed from, and what the cluster holds now."""
+
+    view: MeshView
+    own: Site
+    existing: Owned
+    egress_target: EgressTarget
+    owned: tuple[str, str]
+    endpoints: EndpointAddresses | None = None
+    endpoint_target: EndpointTarget | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Touched:
+    """What changed since the last plan: services (their exports, a site they are exported from, their
+    egress listeners or endpoint addresses) and owned objects in the cluster (resource, key)."""
+
+    services: frozenset[ServiceId] = frozenset()
+    objects: frozenset[tuple[str, ObjKey]] = frozenset()
+
+
+class ImportIndex:
+    """The desired objects of every imported service, kept per service (issue 11: work in proportion to the
+    change). Pure: `apply(inputs, touched)` recomputes the touched services' objects only and returns the
+    operations for them, the ones a full plan of the same inputs would return when the cluster matched the
+    previous plan; `touched=None` (the first pass, a relist, a periodic resync) recomputes everything."""
+
+    def __init__(self) -> None:
+        self._by_service: dict[ServiceId, dict[tuple[str, ObjKey], dict[str, Any]]] = {}
+        self._desired: dict[str, dict[ObjKey, dict[str, Any]]] = {r: {} for r in RESOURCES}
+        self._network: str | None = None
+        self.computed = 0
+        """Services whose desired objects were computed, in all (tests and the benchmark read it)."""
+
+    def desired(self) -> dict[str, dict[ObjKey, dict[str, Any]]]:
+        """Every desired object, by resource and key (a copy)."""
+        return {r: dict(objs) for r, objs in self._desired.items()}
+
+    def apply(self, inputs: Inputs, touched: Touched | None = None) -> list[Op]:
+        """The operations for what `touched` says changed (None: everything)."""
+        view, existing = inputs.view, inputs.existing
+        if touched is None or inputs.own.network != self._network:  # our network decides every slice
+            self._by_service.clear()
+            self._desired = {r: {} for r in RESOURCES}
+            self._network = inputs.own.network
+            services: set[ServiceId] = set(view.services())
+            candidates = {(r, k) for r in RESOURCES for k, o in existing.of(r).items() if is_owned(o, inputs.owned)}
+        else:
+            services = set(touched.services)
+            candidates = set(touched.objects)
+            for resource, k in touched.objects:
+                obj = existing.of(resource).get(k)
+                owner = _service_of(resource, k, obj) if obj is not None and is_owned(obj, inputs.owned) else None
+                services.update(s for s in (owner, self._owner(resource, k)) if s is not None)
+        for ident in services:
+            old = self._by_service.pop(ident, {})
+            for resource, k in old:
+                self._desired[resource].pop(k, None)
+            candidates.update(old)
+            new = self._compute(inputs, ident)
+            if new:
+                self._by_service[ident] = new
+                for (resource, k), obj in new.items():
+                    self._desired[resource][k] = obj
+                candidates.update(new)
+        return self._diff(inputs, candidates)
+
+    def _owner(self, resource: str, k: ObjKey) -> ServiceId | None:
+        obj = self._desired[resource].get(k)
+        return _service_of(resource, k, obj) if obj is not None else None
+
+    def _compute(self, inputs: Inputs, ident: ServiceId) -> dict[tuple[str, ObjKey], dict[str, Any]]:
+        svc = inputs.view.services().get(ident)
+        if svc is None:
+            return {}
+        self.computed += 1
+        ns, name = ident
+        current = inputs.existing.services.get((ns, derived_name(name)))
+        current_svc = current if current is not None and is_owned(current, inputs.owned) else None
+        remote = inputs.endpoints.get(ident, ()) if inputs.endpoints is not None else None
+        return {(resource, key_of(obj)): obj
+                for resource, obj in desired_objects(inputs.view, svc, inputs.own, inputs.egress_target, inputs.owned,
+                                                     current_svc, remote, inputs.endpoint_target)}
+
+    def _diff(self, inputs: Inputs, candidates: set[tuple[str, ObjKey]]) -> list[Op]:
+        ops: list[Op] = []
+        recreate: list[Op] = []
+        deletes: list[Delete] = []
+        for resource in RESOURCES:
+            store = inputs.existing.of(resource)
+            desired = self._desired[resource]
+            for k in sorted(k for r, k in candidates if r == resource):
+                want = desired.get(k)
+                found = store.get(k)
+                have = found if found is not None and is_owned(found, inputs.owned) else None
+                if want is None:
+                    if have is not None:
+                        deletes.append(Delete(resource, *k))
+                elif have is None:
+                    ops.append(Create(resource, want))
+                elif resource == SERVICES and _headless(have) != _headless(want):
+                    recreate.append(Delete(resource, *k))  # clusterIP is immutable
+                    ops.append(Create(resource, want))
+                elif _projection(resource, have, want) != _projection(resource, want, want):
+                    ops.append(Patch(resource, k[0], k[1], _patch_body(resource, want, have)))
+                if want is not None and have is not None and resource == SERVICEIMPORTS \
+                        and _clusters(have) != _clusters(want):
+                    ops.append(Patch(resource, k[0], k[1], {"status": want["status"]}, "status"))
+        deletes.sort(key=lambda op: (-RESOURCES.index(op.resource), op.namespace, op.name))
+        return recreate + ops + deletes
+
+
+class ImportPlanner:
+    """Follows what changed between passes of the import plan and keeps its `ImportIndex`. Pure.
+
+    The shell calls `touch` for every owned object the cluster (or its own write) changed, and `plan` with
+    the inputs of a pass; the services to compute again come from the mesh view's change log, the egress
+    listener maps (a key whose listener came, went or moved) and the endpoint address table."""
+
+    def __init__(self) -> None:
+        self.index = ImportIndex()
+        self._seen: int | None = None
+        self._listeners: Mapping[Any, Any] | None = None
+        self._endpoint_listeners: Mapping[Any, Any] | None = None
+        self._endpoints: EndpointAddresses | None = None
+        self._objects: set[tuple[str, ObjKey]] = set()
+        self._full = True
+
+    def touch(self, resource: str, key: ObjKey | None) -> None:
+        """An owned object of `resource` changed in the cluster (None: the resource was listed again)."""
+        if key is None:
+            self._full = True
+        else:
+            self._objects.add((resource, key))
+
+    def reset(self) -> None:
+        """Plan everything next time (a pass failed, or a periodic resync is due)."""
+        self._full = True
+
+    def plan(self, inputs: Inputs, listeners: Mapping[Any, Any], endpoint_listeners: Mapping[Any, Any]) -> list[Op]:
+        """The operations of this pass; `listeners`: PortId -> egress listener, `endpoint_listeners`: (ns, name,
+        port, site, host) -> listener, as the targets of `inputs` read them."""
+        changes = inputs.view.changes_since(self._seen) if self._seen is not None and not self._full else None
+        touched: Touched | None = None
+        if changes is not None:
+            services = set(changes.services)
+            services.update(_changed(self._listeners, listeners))
+            services.update(_changed(self._endpoint_listeners, endpoint_listeners))
+            if inputs.endpoints is not self._endpoints:
+                since = inputs.endpoints.changes_since(self._endpoints) \
+                    if inputs.endpoints is not None and self._endpoints is not None else None
+                services.update(since if since is not None else {*(inputs.endpoints or {}), *(self._endpoints or {})})
+            touched = Touched(frozenset(services), frozenset(self._objects))
+        ops = self.index.apply(inputs, touched)
+        self._seen, self._full = inputs.view.generation, False
+        self._listeners, self._endpoint_listeners, self._endpoints = listeners, endpoint_listeners, inputs.endpoints
+        self._objects.clear()
+        return ops
+
+
+def _changed(old: Mapping[Any, Any] | None, new: Mapping[Any, Any]) -> set[ServiceId]:
+    """The services with a listener key that came, went or moved from `old` to `new` (keys start ns, name)."""
+    if old is new:
+        return set()
+    old = old or {}
+    keys = {k for k, v in new.items() if old.get(k) != v} | {k for k in old if k not in new}
+    return {(k[0], k[1]) for k in keys}
+
+
+def _service_of(resource: str, k: ObjKey, obj: Obj) -> ServiceId | None:
+    """The imported service an owned object belongs to (its ServiceImport's key, or the MCS label)."""
+    if resource == SERVICEIMPORTS:
+        return k
+    labels = labels_of(obj)
+    name = labels.get(MCS_SERVICE_LABEL) or labels.get(ENDPOINT_OF_LABEL)
+    return (k[0], name) if isinstance(name, str) else None
 
 
 # ---------------------------------------------------------------- comparing
-
-
-def _owned(objs: Mapping[ObjKey, Obj], owned: tuple[str, str]) -> dict[ObjKey, Obj]:
-    return {k: o for k, o in objs.items() if is_owned(o, owned)}
 
 
 def _headless(obj: Obj) -> bool:

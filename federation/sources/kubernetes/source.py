@@ -8,7 +8,7 @@ latest mesh view) into exports, ServiceExport status and writes of owned objects
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import functools
 import ipaddress
 import logging
 import time
@@ -38,12 +38,14 @@ from federation.sources.kubernetes.conversion import (
 )
 from federation.sources.kubernetes.importing import (
     MCS_SERVICE_LABEL,
+    RESOURCES,
     Create,
     Delete,
+    ImportPlanner,
+    Inputs,
     Op,
     Owned,
     Patch,
-    plan_imports,
 )
 from federation.sources.kubernetes.policysync import PolicySync, PolicyWriter
 from federation.sources.kubernetes.settings import KubernetesSettings
@@ -128,6 +130,8 @@ class KubernetesSource:
         self._reflectors: dict[str, Reflector] = {}
         self._published: list[ServiceExport] | None = None
         self._limiter = LogLimiter()
+        self._planner = ImportPlanner()
+        """The import plan's index: a pass computes only the services that changed (issue 11)."""
         self._refused: dict[tuple[str, ObjKey], float] = {}
         """Writes the API server refused (4xx), with when: not retried before backoff_cap has passed."""
 
@@ -167,6 +171,7 @@ class KubernetesSource:
                 r: Reflector(
                     client, r, self._wake.set, metrics=self._metrics.watch, backoff=self._backoff(),
                     watch_timeout=self.settings.watch_timeout, keep=pod_labels_only if r == "pods" else None,
+                    on_key=functools.partial(self._planner.touch, r) if r in RESOURCES else None,
                 )
                 for r in WATCHED
             }
@@ -213,9 +218,11 @@ class KubernetesSource:
             retry.reset()
             # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that arrives
             # as the event is set (gh-86296), which would leave this task running after its group is cancelled.
-            with contextlib.suppress(TimeoutError):
+            try:
                 async with asyncio.timeout(self.settings.resync):
                     await self._wake.wait()
+            except TimeoutError:
+                self._planner.reset()  # the periodic resync plans every service again
             self._wake.clear()
             await asyncio.sleep(self.settings.reconcile_delay)  # batch a burst of events
 
@@ -234,8 +241,10 @@ class KubernetesSource:
             self._publish_addresses()
             return failed
         existing = Owned(s["services"], s["serviceimports"], s["endpointslices"])
-        ops = plan_imports(view, own, existing, self._egress, self._owned,
-                           self._endpoints.get() if self._endpoints is not None else None, self._egress_endpoint)
+        inputs = Inputs(view, own, existing, self._egress, self._owned,
+                        self._endpoints.get() if self._endpoints is not None else None, self._egress_endpoint)
+        ops = self._planner.plan(inputs, self._listeners.get() if self._listeners is not None else {},
+                                 self._endpoint_listeners.get() if self._endpoint_listeners is not None else {})
         unavailable, wrote = await self._apply(client, ops)
         if wrote and not unavailable:
             self._wake.set()  # writes change what the plan sees (a new Service's cluster IP): plan again
@@ -296,6 +305,7 @@ class KubernetesSource:
             reflector = self._reflectors[op.resource]
             refused_at = self._refused.get((resource, _op_key(op)))
             if refused_at is not None and now - refused_at < self.settings.backoff_cap:
+                self._planner.touch(op.resource, _op_key(op))  # looked at again by the next pass
                 continue
             try:
                 if isinstance(op, Create):
@@ -314,16 +324,19 @@ class KubernetesSource:
                     reflector.apply({"metadata": {"namespace": k[0], "name": k[1]}}, deleted=True)
             except ApiUnavailable as exc:
                 self._write_failed(resource, verb, _op_key(op), exc)
+                self._planner.reset()
                 return True, wrote  # the server is away: stop this pass, retry all of it later
             except ApiError as exc:
                 # Refused: a missing namespace, a foreign object of the same name, the admission policy.
                 # Retried at the next change or resync, not in a loop; the log line says why.
                 self._write_failed(resource, verb, _op_key(op), exc)
                 self._refused[(resource, _op_key(op))] = now
+                self._planner.touch(op.resource, _op_key(op))
                 continue
             self._metrics.writes.labels(resource, verb).inc()
             log.info("kubernetes: %s %s %s/%s", verb, resource, *k)
             self._refused.pop((resource, k), None)
+            self._planner.touch(op.resource, k)  # the next pass sees the result (a new Service's cluster IP)
             wrote += 1
         return False, wrote
 
