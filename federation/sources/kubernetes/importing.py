@@ -8,13 +8,14 @@ agent's (the owned label plus the exported ones), so an exported label that goes
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from federation.core.endpoints import EndpointAddresses
-from federation.core.records import Site
-from federation.core.view import MeshView, ServiceId
+from federation.core.records import ServiceExport, Site
+from federation.core.view import FederatedService, MeshView, ServiceId
 from federation.sources.kubernetes.conversion import Obj, ObjKey, is_owned, key_of
 from federation.sources.kubernetes.desired import (
     DEFAULT_AFFINITY_TIMEOUT,
@@ -30,8 +31,9 @@ from federation.sources.kubernetes.desired import (
     EgressTarget,
     EndpointTarget,
     derived_name,
-    desired_objects,
+    head_objects,
     labels_of,
+    slice_objects,
 )
 
 __all__ = [
@@ -44,7 +46,6 @@ __all__ = [
     "Delete",
     "EgressTarget",
     "ImportIndex",
-    "ImportPlanner",
     "Inputs",
     "Op",
     "Owned",
@@ -139,18 +140,34 @@ class Touched:
     objects: frozenset[tuple[str, ObjKey]] = frozenset()
 
 
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    """What one service's desired objects were computed from, and its slices by source site."""
+
+    shape: FederatedService
+    """The service without its exports and conflicts: while it stays, a site's slices depend on its export only."""
+    targets: tuple[Any, ...]
+    remote: Any
+    groups: dict[str, tuple[ServiceExport, str | None, list[tuple[str, dict[str, Any]]]]]
+    """site -> (its export, its network, its EndpointSlices)"""
+
+
 class ImportIndex:
-    """The desired objects of every imported service, kept per service (issue 11: work in proportion to the
-    change). Pure: `apply(inputs, touched)` recomputes the touched services' objects only and returns the
-    operations for them, the ones a full plan of the same inputs would return when the cluster matched the
-    previous plan; `touched=None` (the first pass, a relist, a periodic resync) recomputes everything."""
+    """The desired objects of every imported service, kept per service and source site (issue 11: work in
+    proportion to the change). Pure: `apply(inputs, touched)` recomputes the touched services only (and of
+    those, the EndpointSlices of the sites whose export or network changed) and returns the operations for
+    what changed, the ones a full plan of the same inputs would return when the cluster matched the previous
+    plan; `touched=None` (the first pass, a relist, a periodic resync) recomputes and compares everything."""
 
     def __init__(self) -> None:
         self._by_service: dict[ServiceId, dict[tuple[str, ObjKey], dict[str, Any]]] = {}
+        self._entries: dict[ServiceId, _Entry] = {}
         self._desired: dict[str, dict[ObjKey, dict[str, Any]]] = {r: {} for r in RESOURCES}
         self._network: str | None = None
         self.computed = 0
         """Services whose desired objects were computed, in all (tests and the benchmark read it)."""
+        self.sliced = 0
+        """Source sites whose EndpointSlices were computed, in all."""
 
     def desired(self) -> dict[str, dict[ObjKey, dict[str, Any]]]:
         """Every desired object, by resource and key (a copy)."""
@@ -161,6 +178,7 @@ class ImportIndex:
         view, existing = inputs.view, inputs.existing
         if touched is None or inputs.own.network != self._network:  # our network decides every slice
             self._by_service.clear()
+            self._entries.clear()
             self._desired = {r: {} for r in RESOURCES}
             self._network = inputs.own.network
             services: set[ServiceId] = set(view.services())
@@ -176,13 +194,14 @@ class ImportIndex:
             old = self._by_service.pop(ident, {})
             for resource, k in old:
                 self._desired[resource].pop(k, None)
-            candidates.update(old)
             new = self._compute(inputs, ident)
+            # Only objects computed afresh are compared with the cluster; one kept from the last pass is as it was.
+            candidates.update(k for k, obj in old.items() if new.get(k) is not obj)
+            candidates.update(k for k, obj in new.items() if old.get(k) is not obj)
             if new:
                 self._by_service[ident] = new
                 for (resource, k), obj in new.items():
                     self._desired[resource][k] = obj
-                candidates.update(new)
         return self._diff(inputs, candidates)
 
     def _owner(self, resource: str, k: ObjKey) -> ServiceId | None:
@@ -190,7 +209,9 @@ class ImportIndex:
         return _service_of(resource, k, obj) if obj is not None else None
 
     def _compute(self, inputs: Inputs, ident: ServiceId) -> dict[tuple[str, ObjKey], dict[str, Any]]:
-        svc = inputs.view.services().get(ident)
+        view = inputs.view
+        svc = view.services().get(ident)
+        old = self._entries.pop(ident, None)
         if svc is None:
             return {}
         self.computed += 1
@@ -198,9 +219,31 @@ class ImportIndex:
         current = inputs.existing.services.get((ns, derived_name(name)))
         current_svc = current if current is not None and is_owned(current, inputs.owned) else None
         remote = inputs.endpoints.get(ident, ()) if inputs.endpoints is not None else None
-        return {(resource, key_of(obj)): obj
-                for resource, obj in desired_objects(inputs.view, svc, inputs.own, inputs.egress_target, inputs.owned,
-                                                     current_svc, remote, inputs.endpoint_target)}
+        targets = tuple(inputs.egress_target(ns, name, p.name) for p in svc.ports)
+        shape = dataclasses.replace(svc, exports=(), conflicts=())
+        groups = {}
+        todo: list[ServiceExport] = []
+        for e in svc.exports:
+            site = view.sites.get(e.site)
+            network = site.network if site is not None else None
+            kept = old.groups.get(e.site) if old is not None else None
+            if kept is not None and kept[0] is e and kept[1] == network and old is not None \
+                    and old.shape == shape and old.targets == targets and old.remote is remote:
+                groups[e.site] = kept
+            else:
+                todo.append(e)
+                groups[e.site] = (e, network, [])
+        if todo:
+            self.sliced += len(todo)
+            fresh = slice_objects(view, svc, inputs.own, inputs.egress_target, inputs.owned, remote, tuple(todo))
+            for e in todo:
+                groups[e.site] = (e, groups[e.site][1], fresh.get(e.site, []))
+        self._entries[ident] = _Entry(shape, targets, remote, groups)
+        out = {(resource, key_of(obj)): obj
+               for resource, obj in head_objects(svc, inputs.owned, current_svc, remote, inputs.endpoint_target)}
+        for _, _, objs in groups.values():
+            out.update(((resource, key_of(obj)), obj) for resource, obj in objs)
+        return out
 
     def _diff(self, inputs: Inputs, candidates: set[tuple[str, ObjKey]]) -> list[Op]:
         ops: list[Op] = []
@@ -228,63 +271,6 @@ class ImportIndex:
                     ops.append(Patch(resource, k[0], k[1], {"status": want["status"]}, "status"))
         deletes.sort(key=lambda op: (-RESOURCES.index(op.resource), op.namespace, op.name))
         return recreate + ops + deletes
-
-
-class ImportPlanner:
-    """Follows what changed between passes of the import plan and keeps its `ImportIndex`. Pure.
-
-    The shell calls `touch` for every owned object the cluster (or its own write) changed, and `plan` with
-    the inputs of a pass; the services to compute again come from the mesh view's change log, the egress
-    listener maps (a key whose listener came, went or moved) and the endpoint address table."""
-
-    def __init__(self) -> None:
-        self.index = ImportIndex()
-        self._seen: int | None = None
-        self._listeners: Mapping[Any, Any] | None = None
-        self._endpoint_listeners: Mapping[Any, Any] | None = None
-        self._endpoints: EndpointAddresses | None = None
-        self._objects: set[tuple[str, ObjKey]] = set()
-        self._full = True
-
-    def touch(self, resource: str, key: ObjKey | None) -> None:
-        """An owned object of `resource` changed in the cluster (None: the resource was listed again)."""
-        if key is None:
-            self._full = True
-        else:
-            self._objects.add((resource, key))
-
-    def reset(self) -> None:
-        """Plan everything next time (a pass failed, or a periodic resync is due)."""
-        self._full = True
-
-    def plan(self, inputs: Inputs, listeners: Mapping[Any, Any], endpoint_listeners: Mapping[Any, Any]) -> list[Op]:
-        """The operations of this pass; `listeners`: PortId -> egress listener, `endpoint_listeners`: (ns, name,
-        port, site, host) -> listener, as the targets of `inputs` read them."""
-        changes = inputs.view.changes_since(self._seen) if self._seen is not None and not self._full else None
-        touched: Touched | None = None
-        if changes is not None:
-            services = set(changes.services)
-            services.update(_changed(self._listeners, listeners))
-            services.update(_changed(self._endpoint_listeners, endpoint_listeners))
-            if inputs.endpoints is not self._endpoints:
-                since = inputs.endpoints.changes_since(self._endpoints) \
-                    if inputs.endpoints is not None and self._endpoints is not None else None
-                services.update(since if since is not None else {*(inputs.endpoints or {}), *(self._endpoints or {})})
-            touched = Touched(frozenset(services), frozenset(self._objects))
-        ops = self.index.apply(inputs, touched)
-        self._seen, self._full = inputs.view.generation, False
-        self._listeners, self._endpoint_listeners, self._endpoints = listeners, endpoint_listeners, inputs.endpoints
-        self._objects.clear()
-        return ops
-
-
-def _changed(old: Mapping[Any, Any] | None, new: Mapping[Any, Any]) -> set[ServiceId]:
-    """The services with a listener key that came, went or moved from `old` to `new` (keys start ns, name)."""
-    if old is new:
-        return set()
-    old = old or {}
-    keys = {k for k, v in new.items() if old.get(k) != v} | {k for k in old if k not in new}
-    return {(k[0], k[1]) for k in keys}
 
 
 def _service_of(resource: str, k: ObjKey, obj: Obj) -> ServiceId | None:

@@ -41,13 +41,13 @@ from federation.sources.kubernetes.importing import (
     RESOURCES,
     Create,
     Delete,
-    ImportPlanner,
     Inputs,
     Op,
     Owned,
     Patch,
 )
 from federation.sources.kubernetes.policysync import PolicySync, PolicyWriter
+from federation.sources.kubernetes.replanning import ImportPlanner
 from federation.sources.kubernetes.settings import KubernetesSettings
 from federation.sources.kubernetes.watching import Reflector, WatchMetrics
 

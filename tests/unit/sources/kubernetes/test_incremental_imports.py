@@ -16,13 +16,13 @@ from federation.core.records import ServicePort, ServiceType
 from federation.sources.kubernetes.importing import (
     Create,
     ImportIndex,
-    ImportPlanner,
     Inputs,
     Op,
     Owned,
     Patch,
     plan_imports,
 )
+from federation.sources.kubernetes.replanning import ImportPlanner
 from tests.unit.sources.kubernetes.test_importing import OWNED, apply
 from tests.util import export, site
 
@@ -152,12 +152,13 @@ def test_one_export_change_computes_that_service_only() -> None:
         for resource, k in _touched_objects(ops):
             planner.touch(resource, k)
     assert planner.plan(Inputs(view, view.sites["here"], state, target, OWNED), listeners, {}) == []
-    computed = planner.index.computed
+    computed, sliced = planner.index.computed, planner.index.sliced
     cat.put(KEYS.service("far", "shop", "db"), encode_export(export("far", "db", addresses=("10.9.0.1", "10.9.0.2"))),
             100)
     view = cat.view()
     ops = planner.plan(Inputs(view, view.sites["here"], state, target, OWNED), listeners, {})
     assert planner.index.computed == computed + 1  # db alone
+    assert planner.index.sliced == sliced + 1  # and of db, the slices of far's export alone
     assert ops == plan_imports(view, view.sites["here"], state, target, OWNED)
     # A site record change computes the services that site exports (here: every one; none when none).
     cat.put(KEYS.site("near"), encode_site(site("near", "net-b", zone="z9")), 101)

@@ -1,0 +1,69 @@
+"""What a pass of the Kubernetes import plan computes again: the services the mesh view's change log, the
+egress listener maps, the endpoint address table or the watch of owned objects say changed. Pure."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from federation.core.endpoints import EndpointAddresses
+from federation.core.view import ServiceId
+from federation.sources.kubernetes.conversion import ObjKey
+from federation.sources.kubernetes.importing import ImportIndex, Inputs, Op, Touched
+
+
+class ImportPlanner:
+    """Follows what changed between passes of the import plan and keeps its `ImportIndex`. Pure.
+
+    The shell calls `touch` for every owned object the cluster (or its own write) changed, and `plan` with
+    the inputs of a pass; the services to compute again come from the mesh view's change log, the egress
+    listener maps (a key whose listener came, went or moved) and the endpoint address table."""
+
+    def __init__(self) -> None:
+        self.index = ImportIndex()
+        self._seen: int | None = None
+        self._listeners: Mapping[Any, Any] | None = None
+        self._endpoint_listeners: Mapping[Any, Any] | None = None
+        self._endpoints: EndpointAddresses | None = None
+        self._objects: set[tuple[str, ObjKey]] = set()
+        self._full = True
+
+    def touch(self, resource: str, key: ObjKey | None) -> None:
+        """An owned object of `resource` changed in the cluster (None: the resource was listed again)."""
+        if key is None:
+            self._full = True
+        else:
+            self._objects.add((resource, key))
+
+    def reset(self) -> None:
+        """Plan everything next time (a pass failed, or a periodic resync is due)."""
+        self._full = True
+
+    def plan(self, inputs: Inputs, listeners: Mapping[Any, Any], endpoint_listeners: Mapping[Any, Any]) -> list[Op]:
+        """The operations of this pass; `listeners`: PortId -> egress listener, `endpoint_listeners`: (ns, name,
+        port, site, host) -> listener, as the targets of `inputs` read them."""
+        changes = inputs.view.changes_since(self._seen) if self._seen is not None and not self._full else None
+        touched: Touched | None = None
+        if changes is not None:
+            services = set(changes.services)
+            services.update(_changed(self._listeners, listeners))
+            services.update(_changed(self._endpoint_listeners, endpoint_listeners))
+            if inputs.endpoints is not self._endpoints:
+                since = inputs.endpoints.changes_since(self._endpoints) \
+                    if inputs.endpoints is not None and self._endpoints is not None else None
+                services.update(since if since is not None else {*(inputs.endpoints or {}), *(self._endpoints or {})})
+            touched = Touched(frozenset(services), frozenset(self._objects))
+        ops = self.index.apply(inputs, touched)
+        self._seen, self._full = inputs.view.generation, False
+        self._listeners, self._endpoint_listeners, self._endpoints = listeners, endpoint_listeners, inputs.endpoints
+        self._objects.clear()
+        return ops
+
+
+def _changed(old: Mapping[Any, Any] | None, new: Mapping[Any, Any]) -> set[ServiceId]:
+    """The services with a listener key that came, went or moved from `old` to `new` (keys start ns, name)."""
+    if old is new:
+        return set()
+    old = old or {}
+    keys = {k for k, v in new.items() if old.get(k) != v} | {k for k in old if k not in new}
+    return {(k[0], k[1]) for k in keys}
