@@ -3,12 +3,13 @@ egress listener maps, the endpoint address table or the watch of owned objects s
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from federation.core.endpoints import EndpointAddresses
 from federation.core.view import ServiceId
-from federation.sources.kubernetes.conversion import ObjKey
+from federation.sources.kubernetes.conversion import Obj, ObjKey, is_owned
+from federation.sources.kubernetes.desired import MCS_SERVICE_LABEL, SERVICES
 from federation.sources.kubernetes.importing import ImportIndex, Inputs, Op, Touched
 
 
@@ -27,6 +28,9 @@ class ImportPlanner:
         self._endpoints: EndpointAddresses | None = None
         self._objects: set[tuple[str, ObjKey]] = set()
         self._full = True
+        self._ips = ClusterIps()
+        self._ip_keys: set[ObjKey] | None = None
+        """Services changed since the cluster IPs were last read (None: all)."""
 
     def touch(self, resource: str, key: ObjKey | None) -> None:
         """An owned object of `resource` changed in the cluster (None: the resource was listed again)."""
@@ -34,6 +38,17 @@ class ImportPlanner:
             self._full = True
         else:
             self._objects.add((resource, key))
+        if resource == SERVICES and self._ip_keys is not None:
+            if key is None:
+                self._ip_keys = None
+            else:
+                self._ip_keys.add(key)
+
+    def cluster_ips(self, services: Mapping[ObjKey, Obj], owned: tuple[str, str]) -> Mapping[ServiceId, str] | None:
+        """(namespace, name) -> the ClusterIP of its derived Service, if it changed since the last call (looks
+        at the Services touched since then only)."""
+        keys, self._ip_keys = self._ip_keys, set()
+        return self._ips.update(services, keys, owned)
 
     def reset(self) -> None:
         """Plan everything next time (a pass failed, or a periodic resync is due)."""
@@ -67,3 +82,42 @@ def _changed(old: Mapping[Any, Any] | None, new: Mapping[Any, Any]) -> set[Servi
     old = old or {}
     keys = {k for k, v in new.items() if old.get(k) != v} | {k for k in old if k not in new}
     return {(k[0], k[1]) for k in keys}
+
+
+class ClusterIps:
+    """The ClusterIP of each derived Service (the ClusterSetIP pods here can route), kept per Service key. Pure."""
+
+    def __init__(self) -> None:
+        self._by_key: dict[ObjKey, tuple[ServiceId, str]] = {}
+        self._table: dict[ServiceId, str] = {}
+
+    def update(self, services: Mapping[ObjKey, Obj], keys: Iterable[ObjKey] | None,
+               owned: tuple[str, str]) -> Mapping[ServiceId, str] | None:
+        """Look again at `keys` of `services` (None: all of them); the new table if it changed, else None."""
+        if keys is None:
+            self._by_key.clear()
+            self._table.clear()
+            keys = services
+            changed = True
+        else:
+            changed = False
+        for k in keys:
+            old = self._by_key.pop(k, None)
+            if old is not None:
+                self._table.pop(old[0], None)
+            new = _cluster_ip(services.get(k), owned)
+            if new is not None:
+                self._by_key[k] = new
+                self._table[new[0]] = new[1]
+            changed = changed or new != old
+        return dict(self._table) if changed else None
+
+
+def _cluster_ip(obj: Obj | None, owned: tuple[str, str]) -> tuple[ServiceId, str] | None:
+    if obj is None or not is_owned(obj, owned):
+        return None
+    meta, spec = obj.get("metadata") or {}, obj.get("spec") or {}
+    name, ip = (meta.get("labels") or {}).get(MCS_SERVICE_LABEL), spec.get("clusterIP")
+    if isinstance(name, str) and isinstance(ip, str) and ip not in ("", "None"):
+        return (str(meta.get("namespace", "")), name), ip
+    return None

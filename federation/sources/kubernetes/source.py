@@ -37,7 +37,6 @@ from federation.sources.kubernetes.conversion import (
     same_conditions,
 )
 from federation.sources.kubernetes.importing import (
-    MCS_SERVICE_LABEL,
     RESOURCES,
     Create,
     Delete,
@@ -131,6 +130,7 @@ class KubernetesSource:
         self._published: list[ServiceExport] | None = None
         self._limiter = LogLimiter()
         self._planner = ImportPlanner()
+        self._counted = False
         """The import plan's index: a pass computes only the services that changed (issue 11)."""
         self._refused: dict[tuple[str, ObjKey], float] = {}
         """Writes the API server refused (4xx), with when: not retried before backoff_cap has passed."""
@@ -150,18 +150,6 @@ class KubernetesSource:
                 if isinstance(address, str) and address:
                     return address
         return None
-
-    def _imported_ips(self) -> dict[tuple[str, str], str]:
-        """(namespace, name) -> cluster IP of each derived Service: the ClusterSetIP pods here can route."""
-        out = {}
-        for obj in self.stores.get("services", {}).values():
-            if not is_owned(obj, self._owned):
-                continue
-            meta, spec = obj.get("metadata") or {}, obj.get("spec") or {}
-            name, ip = (meta.get("labels") or {}).get(MCS_SERVICE_LABEL), spec.get("clusterIP")
-            if isinstance(name, str) and isinstance(ip, str) and ip not in ("", "None"):
-                out[(str(meta.get("namespace", "")), name)] = ip
-        return out
 
     async def run(self) -> None:
         """Watch and reconcile until cancelled."""
@@ -249,14 +237,18 @@ class KubernetesSource:
         if wrote and not unavailable:
             self._wake.set()  # writes change what the plan sees (a new Service's cluster IP): plan again
         failed = failed or unavailable
-        self._metrics.imports.set(sum(1 for o in s["serviceimports"].values() if is_owned(o, self._owned)))
+        if any(op.resource == "serviceimports" and not isinstance(op, Patch) for op in ops) or not self._counted:
+            self._counted = True  # a count of every ServiceImport only when one came or went
+            self._metrics.imports.set(sum(1 for o in s["serviceimports"].values() if is_owned(o, self._owned)))
         self._publish_addresses()
         if not failed:
             self.imports_synced.set()
         return failed
 
     def _publish_addresses(self) -> None:
-        self.cluster_ips.set(MappingProxyType({k: (ip,) for k, ip in self._imported_ips().items()}))
+        ips = self._planner.cluster_ips(self.stores.get("services", {}), self._owned)
+        if ips is not None:
+            self.cluster_ips.set(MappingProxyType({k: (ip,) for k, ip in ips.items()}))
         if self.eastwest_address.set(self._eastwest_address()) and self.eastwest_address.get():
             log.info("kubernetes: the east-west LoadBalancer's address is %s", self.eastwest_address.get())
 

@@ -3,6 +3,7 @@ and a change computes only the services it touched."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import immutables
@@ -22,7 +23,7 @@ from federation.sources.kubernetes.importing import (
     Patch,
     plan_imports,
 )
-from federation.sources.kubernetes.replanning import ImportPlanner
+from federation.sources.kubernetes.replanning import ClusterIps, ImportPlanner
 from tests.unit.sources.kubernetes.test_importing import OWNED, apply
 from tests.util import export, site
 
@@ -76,6 +77,7 @@ def test_following_events_plans_what_a_fresh_full_plan_plans(events: list[tuple[
     listeners: immutables.Map[tuple[str, str, str], tuple[str, int]] = immutables.Map()
     planner = ImportPlanner()
     state, serial = Owned(), [0]
+    published: list[Mapping[tuple[str, str], str] | None] = [None]
 
     def target(ns: str, name: str, port: str) -> tuple[str, int] | None:
         return listeners.get((ns, name, port))
@@ -95,6 +97,11 @@ def test_following_events_plans_what_a_fresh_full_plan_plans(events: list[tuple[
             state = _cluster_ips(ops, state, serial)
             for resource, k in _touched_objects(ops):
                 planner.touch(resource, k)
+            ips = planner.cluster_ips(state.services, OWNED)
+            fresh_ips = ClusterIps().update(state.services, None, OWNED)
+            if ips is not None:
+                published[0] = ips
+            assert published[0] == fresh_ips
             if not ops:
                 break
 
