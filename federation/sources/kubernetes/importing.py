@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from federation.core.endpoints import EndpointAddresses
-from federation.core.records import ServiceExport, Site
+from federation.core.records import ServiceExport, ServiceType, Site
 from federation.core.view import FederatedService, MeshView, ServiceId
 from federation.sources.kubernetes.conversion import Obj, ObjKey, is_owned, key_of
 from federation.sources.kubernetes.desired import (
@@ -140,6 +140,10 @@ class Touched:
     objects: frozenset[tuple[str, ObjKey]] = frozenset()
 
 
+Keyed = tuple[tuple[str, ObjKey], dict[str, Any]]
+"""((resource, key), object)"""
+
+
 @dataclass(frozen=True, slots=True)
 class _Entry:
     """What one service's desired objects were computed from, and its slices by source site."""
@@ -148,8 +152,13 @@ class _Entry:
     """The service without its exports and conflicts: while it stays, a site's slices depend on its export only."""
     targets: tuple[Any, ...]
     remote: Any
-    groups: dict[str, tuple[ServiceExport, str | None, list[tuple[str, dict[str, Any]]]]]
+    groups: dict[str, tuple[ServiceExport, str | None, list[Keyed]]]
     """site -> (its export, its network, its EndpointSlices)"""
+    exports: tuple[ServiceExport, ...]
+    current: Obj | None
+    """The derived Service the ServiceImport's IPs were read from (the store's object)."""
+    head: list[Keyed]
+    """The derived Service, the ServiceImport and the per-endpoint objects."""
 
 
 class ImportIndex:
@@ -221,14 +230,14 @@ class ImportIndex:
         remote = inputs.endpoints.get(ident, ()) if inputs.endpoints is not None else None
         targets = tuple(inputs.egress_target(ns, name, p.name) for p in svc.ports)
         shape = dataclasses.replace(svc, exports=(), conflicts=())
-        groups = {}
+        same = old is not None and old.shape == shape and old.remote is remote
+        groups: dict[str, tuple[ServiceExport, str | None, list[Keyed]]] = {}
         todo: list[ServiceExport] = []
         for e in svc.exports:
             site = view.sites.get(e.site)
             network = site.network if site is not None else None
-            kept = old.groups.get(e.site) if old is not None else None
-            if kept is not None and kept[0] is e and kept[1] == network and old is not None \
-                    and old.shape == shape and old.targets == targets and old.remote is remote:
+            kept = old.groups.get(e.site) if same and old is not None and old.targets == targets else None
+            if kept is not None and kept[0] is e and kept[1] == network:
                 groups[e.site] = kept
             else:
                 todo.append(e)
@@ -237,12 +246,17 @@ class ImportIndex:
             self.sliced += len(todo)
             fresh = slice_objects(view, svc, inputs.own, inputs.egress_target, inputs.owned, remote, tuple(todo))
             for e in todo:
-                groups[e.site] = (e, groups[e.site][1], fresh.get(e.site, []))
-        self._entries[ident] = _Entry(shape, targets, remote, groups)
-        out = {(resource, key_of(obj)): obj
-               for resource, obj in head_objects(svc, inputs.owned, current_svc, remote, inputs.endpoint_target)}
+                groups[e.site] = (e, groups[e.site][1], _keyed(fresh.get(e.site, [])))
+        if same and old is not None and old.current is current_svc and len(old.exports) == len(svc.exports) \
+                and (remote is None or svc.type is not ServiceType.HEADLESS) \
+                and all(a is b for a, b in zip(old.exports, svc.exports, strict=True)):
+            head = old.head  # e.g. a site record changed that moves none of this service's objects
+        else:
+            head = _keyed(head_objects(svc, inputs.owned, current_svc, remote, inputs.endpoint_target))
+        self._entries[ident] = _Entry(shape, targets, remote, groups, svc.exports, current_svc, head)
+        out = dict(head)
         for _, _, objs in groups.values():
-            out.update(((resource, key_of(obj)), obj) for resource, obj in objs)
+            out.update(objs)
         return out
 
     def _diff(self, inputs: Inputs, candidates: set[tuple[str, ObjKey]]) -> list[Op]:
@@ -271,6 +285,10 @@ class ImportIndex:
                     ops.append(Patch(resource, k[0], k[1], {"status": want["status"]}, "status"))
         deletes.sort(key=lambda op: (-RESOURCES.index(op.resource), op.namespace, op.name))
         return recreate + ops + deletes
+
+
+def _keyed(objs: list[tuple[str, dict[str, Any]]]) -> list[Keyed]:
+    return [((resource, key_of(obj)), obj) for resource, obj in objs]
 
 
 def _service_of(resource: str, k: ObjKey, obj: Obj) -> ServiceId | None:
