@@ -23,6 +23,8 @@ class ImportPlanner:
     def __init__(self) -> None:
         self.index = ImportIndex()
         self._seen: int | None = None
+        self._history: object = None
+        """The change log of the view planned last: a view of another (a restored snapshot's) means plan all."""
         self._listeners: Mapping[Any, Any] | None = None
         self._endpoint_listeners: Mapping[Any, Any] | None = None
         self._endpoints: EndpointAddresses | None = None
@@ -57,7 +59,9 @@ class ImportPlanner:
     def plan(self, inputs: Inputs, listeners: Mapping[Any, Any], endpoint_listeners: Mapping[Any, Any]) -> list[Op]:
         """The operations of this pass; `listeners`: PortId -> egress listener, `endpoint_listeners`: (ns, name,
         port, site, host) -> listener, as the targets of `inputs` read them."""
-        changes = inputs.view.changes_since(self._seen) if self._seen is not None and not self._full else None
+        view = inputs.view
+        known = self._seen is not None and not self._full and view.history is not None and view.history is self._history
+        changes = view.changes_since(self._seen) if known and self._seen is not None else None  # another log: all
         touched: Touched | None = None
         if changes is not None:
             services = set(changes.services)
@@ -69,7 +73,7 @@ class ImportPlanner:
                 services.update(since if since is not None else {*(inputs.endpoints or {}), *(self._endpoints or {})})
             touched = Touched(frozenset(services), frozenset(self._objects))
         ops = self.index.apply(inputs, touched)
-        self._seen, self._full = inputs.view.generation, False
+        self._seen, self._full, self._history = view.generation, False, view.history
         self._listeners, self._endpoint_listeners, self._endpoints = listeners, endpoint_listeners, inputs.endpoints
         self._objects.clear()
         return ops

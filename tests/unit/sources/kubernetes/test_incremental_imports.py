@@ -177,3 +177,25 @@ def test_one_export_change_computes_that_service_only() -> None:
     assert planner.plan(Inputs(view, view.sites["here"], state, target, OWNED), listeners, {}) == []
     assert planner.index.computed == computed + 5
     assert not [op for op in ops if isinstance(op, Patch) and op.name != "db" and "db" not in op.name]
+
+
+def test_a_view_of_another_change_log_is_planned_in_full() -> None:
+    """A restored snapshot's view and the live mirror's count generations apart: no change log spans both."""
+    def catalog(addresses: tuple[str, ...]) -> Catalog:
+        cat = Catalog(KEYS)
+        cat.put(KEYS.site("here"), encode_site(site("here", "net-a")), 1)
+        cat.put(KEYS.site("far"), encode_site(site("far", "net-a")), 2)
+        cat.put(KEYS.service("far", "shop", "web"), encode_export(export("far", "web", addresses=addresses)), 3)
+        return cat
+
+    def target(ns: str, name: str, port: str) -> tuple[str, int] | None:
+        return None
+
+    planner = ImportPlanner()
+    restored = catalog(("10.9.0.1",)).view()
+    state = apply(planner.plan(Inputs(restored, restored.sites["here"], Owned(), target, OWNED), {}, {}), Owned())
+    live = catalog(("10.9.0.1", "10.9.0.2")).view()  # same generation, another log, another endpoint
+    assert live.generation == restored.generation
+    ops = planner.plan(Inputs(live, live.sites["here"], state, target, OWNED), {}, {})
+    assert ops == plan_imports(live, live.sites["here"], state, target, OWNED)
+    assert "endpointslices" in [op.resource for op in ops]  # the slice with the new endpoint
