@@ -9,6 +9,7 @@ agent's (the owned label plus the exported ones), so an exported label that goes
 from __future__ import annotations
 
 import dataclasses
+import operator
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -138,6 +139,8 @@ class Touched:
 
     services: frozenset[ServiceId] = frozenset()
     objects: frozenset[tuple[str, ObjKey]] = frozenset()
+    sites: frozenset[str] = frozenset()
+    """Sites whose record came, went or changed (their network decides their slices)."""
 
 
 Keyed = tuple[tuple[str, ObjKey], dict[str, Any]]
@@ -199,25 +202,31 @@ class ImportIndex:
                 obj = existing.of(resource).get(k)
                 owner = _service_of(resource, k, obj) if obj is not None and is_owned(obj, inputs.owned) else None
                 services.update(s for s in (owner, self._owner(resource, k)) if s is not None)
+        moved = None if touched is None else touched.sites
         for ident in services:
             old = self._by_service.pop(ident, {})
-            for resource, k in old:
-                self._desired[resource].pop(k, None)
-            new = self._compute(inputs, ident)
+            new = self._compute(inputs, ident, moved, old)
             # Only objects computed afresh are compared with the cluster; one kept from the last pass is as it was.
-            candidates.update(k for k, obj in old.items() if new.get(k) is not obj)
-            candidates.update(k for k, obj in new.items() if old.get(k) is not obj)
+            for key in old if new is not old else ():
+                if key not in new:
+                    self._desired[key[0]].pop(key[1], None)
+                    candidates.add(key)
+            for key, obj in new.items() if new is not old else ():
+                if old.get(key) is not obj:
+                    self._desired[key[0]][key[1]] = obj
+                    candidates.add(key)
             if new:
                 self._by_service[ident] = new
-                for (resource, k), obj in new.items():
-                    self._desired[resource][k] = obj
         return self._diff(inputs, candidates)
 
     def _owner(self, resource: str, k: ObjKey) -> ServiceId | None:
         obj = self._desired[resource].get(k)
         return _service_of(resource, k, obj) if obj is not None else None
 
-    def _compute(self, inputs: Inputs, ident: ServiceId) -> dict[tuple[str, ObjKey], dict[str, Any]]:
+    def _compute(self, inputs: Inputs, ident: ServiceId, moved: frozenset[str] | None,
+                 before: dict[tuple[str, ObjKey], dict[str, Any]]) -> dict[tuple[str, ObjKey], dict[str, Any]]:
+        """The desired objects of `ident`, reusing what the last pass computed where its inputs are the same
+        objects (`moved`: the sites whose record changed; None: do not assume only they did)."""
         view = inputs.view
         svc = view.services().get(ident)
         old = self._entries.pop(ident, None)
@@ -231,29 +240,38 @@ class ImportIndex:
         targets = tuple(inputs.egress_target(ns, name, p.name) for p in svc.ports)
         shape = dataclasses.replace(svc, exports=(), conflicts=())
         same = old is not None and old.shape == shape and old.remote is remote
-        groups: dict[str, tuple[ServiceExport, str | None, list[Keyed]]] = {}
+        kept_exports = same and old is not None and len(old.exports) == len(svc.exports) \
+            and all(map(operator.is_, old.exports, svc.exports))
+        kept_groups = old.groups if same and old is not None and old.targets == targets else {}
+        if kept_exports and kept_groups and moved is not None:
+            check = [e for e in svc.exports if e.site in moved]  # only these can have moved to another network
+            groups = kept_groups
+        else:
+            check, groups = list(svc.exports), {}
         todo: list[ServiceExport] = []
-        for e in svc.exports:
+        for e in check:
             site = view.sites.get(e.site)
             network = site.network if site is not None else None
-            kept = old.groups.get(e.site) if same and old is not None and old.targets == targets else None
+            kept = kept_groups.get(e.site)
             if kept is not None and kept[0] is e and kept[1] == network:
                 groups[e.site] = kept
             else:
                 todo.append(e)
+                groups = dict(groups) if groups is kept_groups else groups
                 groups[e.site] = (e, network, [])
         if todo:
             self.sliced += len(todo)
             fresh = slice_objects(view, svc, inputs.own, inputs.egress_target, inputs.owned, remote, tuple(todo))
             for e in todo:
                 groups[e.site] = (e, groups[e.site][1], _keyed(fresh.get(e.site, [])))
-        if same and old is not None and old.current is current_svc and len(old.exports) == len(svc.exports) \
-                and (remote is None or svc.type is not ServiceType.HEADLESS) \
-                and all(a is b for a, b in zip(old.exports, svc.exports, strict=True)):
+        if kept_exports and old is not None and old.current is current_svc \
+                and (remote is None or svc.type is not ServiceType.HEADLESS):
             head = old.head  # e.g. a site record changed that moves none of this service's objects
         else:
             head = _keyed(head_objects(svc, inputs.owned, current_svc, remote, inputs.endpoint_target))
         self._entries[ident] = _Entry(shape, targets, remote, groups, svc.exports, current_svc, head)
+        if old is not None and groups is old.groups and head is old.head:
+            return before  # nothing computed afresh
         out = dict(head)
         for _, _, objs in groups.values():
             out.update(objs)

@@ -71,7 +71,7 @@ class ImportPlanner:
                 since = inputs.endpoints.changes_since(self._endpoints) \
                     if inputs.endpoints is not None and self._endpoints is not None else None
                 services.update(since if since is not None else {*(inputs.endpoints or {}), *(self._endpoints or {})})
-            touched = Touched(frozenset(services), frozenset(self._objects))
+            touched = Touched(frozenset(services), frozenset(self._objects), changes.sites)
         ops = self.index.apply(inputs, touched)
         self._seen, self._full, self._history = view.generation, False, view.history
         self._listeners, self._endpoint_listeners, self._endpoints = listeners, endpoint_listeners, inputs.endpoints
