@@ -7,7 +7,7 @@ drawn from min(5000, 50 x sites), each exported by about 2 sites at 10 sites and
 observer is a Kubernetes site importing all of it. An export change moves one endpoint address of one export;
 a site record change moves one site to another zone (every slice of its 100 exports says the zone).
 
-    .venv/bin/python -m tests.bench.incremental [--sites 10,1000] [--endpoints 10] [--repeat 5]
+    .venv/bin/python -m tests.bench.incremental [--sites 10,1000,10] [--endpoints 10] [--repeat 7]
 """
 
 from __future__ import annotations
@@ -197,9 +197,10 @@ def vip_pass(view: MeshView, sites: int, repeat: int) -> dict[str, float]:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
-    p.add_argument("--sites", default="10,1000", help="comma-separated site counts (default 10,1000)")
+    p.add_argument("--sites", default="10,1000,10",
+                   help="comma-separated site counts; a size given twice counts with its best run (default 10,1000,10)")
     p.add_argument("--endpoints", type=int, default=10, help="endpoints per export (default 10, as scale.py)")
-    p.add_argument("--repeat", type=int, default=5, help="changes of each kind per size; medians are printed")
+    p.add_argument("--repeat", type=int, default=7, help="changes of each kind per size; medians are printed")
     args = p.parse_args()
     rows = []
     for n in (int(x) for x in args.sites.split(",")):
@@ -218,14 +219,18 @@ def main() -> int:
         m = row["vip"]
         print(f"{row['sites']:>6} {row['exports']:>8} {m['records']:>8} | {'vip: one site record':<22}"
               f" {m['incremental'] * ms:>9.3f} ms {m['full'] * ms:>11.2f} ms {m['full'] / m['incremental']:>8.0f}x")
-    if len(rows) >= 2:
-        small, large = rows[0], rows[-1]
-        print(f"\n{large['sites']} vs {small['sites']} sites (goal ~1x):")
+    sizes = sorted({row["sites"] for row in rows})
+    if len(sizes) >= 2:
+        # A size measured more than once (--sites 10,1000,10, against a machine whose load changes) counts
+        # with its best run: the ratio compares the work, not what other processes did meanwhile.
+        def best(n: int, what: str, kind: str) -> float:
+            return min(row[what][kind] for row in rows if row["sites"] == n)
+
+        print(f"\n{sizes[-1]} vs {sizes[0]} sites (goal ~1x):")
         for what, label in (("export", "k8s one export change"), ("site", "k8s one site record"),
                             ("vip", "vip one site record")):
-            a, b = small[what], large[what]
-            print(f"  {label:<24} incremental {b['incremental'] / a['incremental']:6.1f}x"
-                  f"   full (before) {b['full'] / a['full']:7.1f}x")
+            print(f"  {label:<24} incremental {best(sizes[-1], what, 'incremental') / best(sizes[0], what, 'incremental'):6.1f}x"
+                  f"   full (before) {best(sizes[-1], what, 'full') / best(sizes[0], what, 'full'):7.1f}x")
     return 0
 
 
