@@ -9,7 +9,7 @@ from typing import Any
 from federation.core.endpoints import EndpointAddresses
 from federation.core.view import ServiceId
 from federation.sources.kubernetes.conversion import Obj, ObjKey, is_owned
-from federation.sources.kubernetes.desired import MCS_SERVICE_LABEL, SERVICES
+from federation.sources.kubernetes.desired import MCS_SERVICE_LABEL, SERVICEIMPORTS, SERVICES
 from federation.sources.kubernetes.importing import ImportIndex, Inputs, Op, Touched
 
 
@@ -31,6 +31,8 @@ class ImportPlanner:
         self._objects: set[tuple[str, ObjKey]] = set()
         self._full = True
         self._ips = ClusterIps()
+        self.imports_changed = True
+        """A ServiceImport came, went or changed since the shell last counted them (it clears this)."""
         self._ip_keys: set[ObjKey] | None = None
         """Services changed since the cluster IPs were last read (None: all)."""
 
@@ -40,6 +42,7 @@ class ImportPlanner:
             self._full = True
         else:
             self._objects.add((resource, key))
+        self.imports_changed = self.imports_changed or resource == SERVICEIMPORTS
         if resource == SERVICES and self._ip_keys is not None:
             if key is None:
                 self._ip_keys = None

@@ -130,7 +130,6 @@ class KubernetesSource:
         self._published: list[ServiceExport] | None = None
         self._limiter = LogLimiter()
         self._planner = ImportPlanner()
-        self._counted = False
         """The import plan's index: a pass computes only the services that changed (issue 11)."""
         self._refused: dict[tuple[str, ObjKey], float] = {}
         """Writes the API server refused (4xx), with when: not retried before backoff_cap has passed."""
@@ -237,8 +236,8 @@ class KubernetesSource:
         if wrote and not unavailable:
             self._wake.set()  # writes change what the plan sees (a new Service's cluster IP): plan again
         failed = failed or unavailable
-        if any(op.resource == "serviceimports" and not isinstance(op, Patch) for op in ops) or not self._counted:
-            self._counted = True  # a count of every ServiceImport only when one came or went
+        if self._planner.imports_changed:  # a count of every ServiceImport only when one came, went or changed
+            self._planner.imports_changed = False
             self._metrics.imports.set(sum(1 for o in s["serviceimports"].values() if is_owned(o, self._owned)))
         self._publish_addresses()
         if not failed:
