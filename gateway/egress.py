@@ -203,7 +203,8 @@ class Egress:
                 log.info("egress listener for %s/%s:%s on %s:%d", *op.key, *mutation[op.key])
         self.metrics.listeners.set(len(self._servers) + (self.capture is not None))
         self.metrics.captured.set(len(self._captured))
-        self.listening.set(mutation.finish())
+        if len(mutation) != len(listening) or any(mutation.get(k) != listening.get(k) for k in check):
+            self.listening.set(mutation.finish())  # a new map only when a listener changed: followers diff it
         if step.sites_changed:
             for pool_key in [k for k in self.pools if k[0] not in view.sites]:
                 self.pools.pop(pool_key).close()

@@ -204,7 +204,8 @@ class HostListeners:
             self._servers[key] = (server, (str(bound[0]), int(bound[1])))
             mutation[key] = self._servers[key][1]
             log.debug("egress listener for %s/%s:%s of %s endpoint %s on %s:%d", *key, *mutation[key])
-        self.listening.set(mutation.finish())
+        if len(mutation) != len(current) or any(mutation.get(k) != current.get(k) for k in check):
+            self.listening.set(mutation.finish())  # a new map only when a listener changed: followers diff it
 
     def _unbind(self, key: HostKey, want: Bind | None) -> bool:
         """True if `key`'s listener already binds where `want` says; else closes it (if any), False."""

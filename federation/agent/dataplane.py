@@ -240,7 +240,7 @@ class DataPlane:
                                      ranges=served_ranges(s.dns.vip_ranges, self.capture), grace=s.dns.vip_grace,
                                      seal=ident.signing.seal if ident is not None and ident.signing else None,
                                      resign=(lambda kid: verifier.resign_due(kid, s.site.name)) if verifier
-                                     else (lambda kid: False))
+                                     else (lambda kid: False), signer_site=verifier.signer_site if verifier else None)
         # DNS answers, the VIP interface and the egress use the same addresses: the ones the egress can serve
         # (a listener binds one address per service port; the capture listener takes IPv6 VIPs too).
         # Read from the view, so they change with it. With VIPs off nothing here binds them, and a client

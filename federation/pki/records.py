@@ -159,12 +159,12 @@ class RecordVerifier:
     def resign_due(self, kid: str, site: str) -> bool:
         """Whether the allocator of `site` should re-sign a VIP record signed by `kid`: it is a signer of `site`
         other than its current one (renewed), or of a site that left the registry."""
-        if self._vips.retired(kid) is not None:
-            return True
-        if self._kids.get(kid) != site:
-            return False
-        trust = self._sites.get(site)
-        return trust is not None and next(iter(trust.signers), None) != kid
+        trust = self._sites.get(site) if self._kids.get(kid) == site else None
+        return self._vips.retired(kid) is not None or (trust is not None and next(iter(trust.signers), None) != kid)
+
+    def signer_site(self, kid: str) -> str | None:
+        """The site whose registry signer `kid` is, or was (a site that left the registry), if known."""
+        return self._kids.get(kid) or self._vips.retired(kid)
 
     def hold(self, key: str, value: bytes) -> None:
         """Keep a record rejected for want of its site's signers, to try again when they come (bounded)."""

@@ -34,9 +34,9 @@ from federation.registry.vipalloc import (
     Op,
     Release,
     Service,
+    SignedBy,
     next_release,
     plan,
-    unsealed,
 )
 from federation.runtime.values import Changes, Readable, wait_until
 
@@ -74,6 +74,7 @@ class VipAllocator:
         clock: Callable[[], float] = time.time,
         seal: Readable[Seal | None] | None = None,
         resign: Callable[[str], bool] = lambda kid: False,
+        signer_site: Callable[[str], str | None] | None = None,
     ) -> None:
         self._client = client
         self._keys = keys
@@ -85,6 +86,8 @@ class VipAllocator:
         self._seal = seal
         self._resign = resign
         """Whether a record signed by this key id is this allocator's to sign again (the verifier says)."""
+        self._signed = SignedBy(signer_site)
+        """The VIP records by signing site (`signer_site`: the site of a key id; None: all under one)."""
         self._sealed_with: object = None
         self._pending: dict[Service, float] = {}
         self._solo: set[Service] = set()
@@ -113,12 +116,13 @@ class VipAllocator:
                 services = None if diff is None else diff.services
                 kit = self._seal.get() if self._seal is not None else None
                 resign = diff is None or bool(diff.sites) or kit is not self._sealed_with
+                signers = None if diff is None or kit is not self._sealed_with else diff.sites
                 retry = None
                 if services is None or services or resign:
                     try:
                         await self.reconcile(view, services)
                         if resign and kit is not None:
-                            await self.resign(view)
+                            await self.resign(view, signers)
                         self._sealed_with = kit
                     except MeshfedError as exc:
                         log.warning("vip allocation: %s; keeping the VIPs the registry shows", exc)
@@ -158,12 +162,14 @@ class VipAllocator:
                 await self._apply(op)
         return ops
 
-    async def resign(self, view: MeshView) -> int:
+    async def resign(self, view: MeshView, sites: Iterable[str] | None = None) -> int:
         """Sign again the VIP records that are unsigned or signed by a retired signer; returns how many.
+        `sites`: look only at the records signed by these sites' signers (those a site record change can make
+        due) and at unsigned ones; None: at every record.
 
         Each batch is one transaction conditioned on every record's revision: a record changed meanwhile (or
         signed again by another allocator first) fails the batch, and the next pass sees what is left."""
-        todo = unsealed(view, self._resign)
+        todo = self._signed.due(view, sites, self._resign)
         done = 0
         step = max(1, self._batch * 3 // 2)  # one condition and one put per record
         for start in range(0, len(todo), step):

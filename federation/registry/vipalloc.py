@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from federation.core.errors import MeshfedError
 from federation.core.records import ServiceType
@@ -20,6 +21,7 @@ from federation.core.view import MeshView, ServiceId
 from federation.core.vips import Allocation, Claim
 
 Service = ServiceId
+Record = Allocation | Claim
 _SCHEMA = 1
 
 
@@ -157,6 +159,72 @@ def unsealed(view: MeshView, due: Callable[[str], bool]) -> list[Allocation | Cl
     out: list[Allocation | Claim] = [a for a in view.vips.values() if a.signed is None or due(a.signed[0])]
     out += [c for c in view.claims.values() if c.signed is None or due(c.signed[0])]
     return out
+
+
+class SignedBy:
+    """The view's VIP records by the site whose registry signer signed them, so that a site record change
+    looks at that site's records only, not at every VIP of the mesh (issue 11). Pure.
+
+    `site_of` names the site of a key id (a departed site's too); records unsigned, or signed by a key no site
+    is known for, are kept under None and looked at on every pass, as they are due whatever the site; so are
+    records that came or changed since the last pass. A pass thus returns what `unsealed` would, as long as
+    whether a key id is due changes only with its site's record (or with every record: sites=None)."""
+
+    def __init__(self, site_of: Callable[[str], str | None] | None = None) -> None:
+        self._site_of = site_of or (lambda kid: None)
+        self._vips: Mapping[Service, Allocation] = {}
+        self._claims: Mapping[str, Claim] = {}
+        self._by_site: dict[str | None, dict[object, Allocation | Claim]] = {}
+        self._where: dict[object, str | None] = {}
+        self._fresh: set[object] = set()
+        """Records that came or changed since the last pass: looked at whatever their site."""
+        self.looked_at = 0
+        """Records whose signer was checked, in all (tests and the benchmark read it)."""
+
+    def due(self, view: MeshView, sites: Iterable[str] | None, due: Callable[[str], bool]) -> list[Allocation | Claim]:
+        """What `unsealed` returns, looking only at the records signed by `sites` (None: every record)."""
+        self._follow(view)
+        if sites is None:
+            records = [r for bucket in self._by_site.values() for r in bucket.values()]
+        else:
+            chosen = {*sites, None}
+            records = [r for s in chosen for r in self._by_site.get(s, {}).values()]
+            records += [self._by_site[self._where[k]][k] for k in self._fresh if self._where[k] not in chosen]
+        self._fresh.clear()
+        self.looked_at += len(records)
+        return [r for r in records if r.signed is None or due(r.signed[0])]
+
+    def _follow(self, view: MeshView) -> None:
+        """Index the records that came, went or changed since the last view (the maps are persistent: the same
+        map object when no VIP record changed)."""
+        if self._vips is not view.vips:
+            self._follow_map("vip", self._vips, view.vips)
+        if self._claims is not view.claims:
+            self._follow_map("claim", self._claims, view.claims)
+        self._vips, self._claims = view.vips, view.claims
+
+    def _follow_map(self, tag: str, old: Mapping[Any, Record], new: Mapping[Any, Record]) -> None:
+        for k in [k for k in old if k not in new]:
+            self._drop((tag, k))
+        for k, record in new.items():
+            if old.get(k) is not record:
+                self._put((tag, k), record)
+
+    def _put(self, key: object, record: Allocation | Claim) -> None:
+        self._drop(key)
+        site = self._site_of(record.signed[0]) if record.signed is not None else None
+        self._by_site.setdefault(site, {})[key] = record
+        self._where[key] = site
+        self._fresh.add(key)
+
+    def _drop(self, key: object) -> None:
+        self._fresh.discard(key)
+        if key in self._where:
+            site = self._where.pop(key)
+            bucket = self._by_site[site]
+            del bucket[key]
+            if not bucket:
+                del self._by_site[site]
 
 
 def next_release(view: MeshView, grace: float) -> float | None:

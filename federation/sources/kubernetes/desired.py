@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from federation.core.endpoints import RemoteEndpoint
-from federation.core.records import ServiceType, Site
+from federation.core.records import ServiceExport, ServiceType, Site
 from federation.core.view import FederatedService, MeshView
 from federation.sources.kubernetes.conversion import Obj
 
@@ -62,6 +62,17 @@ def desired_objects(view: MeshView, svc: FederatedService, own: Site, egress_tar
                     endpoint_target: EndpointTarget | None = None) -> list[tuple[str, dict[str, Any]]]:
     """(resource, object) for everything `svc` needs in this cluster; `remote`: the addresses here of its
     headless endpoints on other networks (None: the egress listener stands for each such site)."""
+    out = head_objects(svc, owned, current_svc, remote, endpoint_target)
+    for objs in slice_objects(view, svc, own, egress_target, owned, remote).values():
+        out.extend(objs)
+    return out
+
+
+def head_objects(svc: FederatedService, owned: tuple[str, str], current_svc: Obj | None,
+                 remote: tuple[RemoteEndpoint, ...] | None = None,
+                 endpoint_target: EndpointTarget | None = None) -> list[tuple[str, dict[str, Any]]]:
+    """The objects of `svc` that are not one source site's EndpointSlices: the derived Service, the
+    ServiceImport and the per-endpoint Services with their slices."""
     ns, name = svc.namespace, svc.name
     derived = derived_name(name)
     headless = svc.type is ServiceType.HEADLESS
@@ -81,16 +92,26 @@ def desired_objects(view: MeshView, svc: FederatedService, own: Site, egress_tar
     out: list[tuple[str, dict[str, Any]]] = [(SERVICES, service), (SERVICEIMPORTS, _import(svc, owned, current_svc))]
     if remote is not None and headless:
         out.extend(_per_endpoint(svc, remote, owned, derived, endpoint_target))
-    for (site, family, port_key), endpoints in sorted(_endpoint_groups(view, svc, own, egress_target,
-                                                                       remote).items()):
+    return out
+
+
+def slice_objects(view: MeshView, svc: FederatedService, own: Site, egress_target: EgressTarget,
+                  owned: tuple[str, str], remote: tuple[RemoteEndpoint, ...] | None = None,
+                  exports: tuple[ServiceExport, ...] | None = None) -> dict[str, list[tuple[str, dict[str, Any]]]]:
+    """The MCS EndpointSlices of `svc` by source site, for `exports` (None: all of the service's)."""
+    derived = derived_name(svc.name)
+    labels = {owned[0]: owned[1], MCS_SERVICE_LABEL: svc.name}
+    out: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+    for (site, family, port_key), endpoints in sorted(_endpoint_groups(view, svc, own, egress_target, remote,
+                                                                       exports).items()):
         slice_labels = {**labels, SLICE_SERVICE_LABEL: derived, SLICE_MANAGER_LABEL: SLICE_MANAGER,
                         SOURCE_CLUSTER_LABEL: site}
         for chunk in range(0, len(endpoints), MAX_SLICE_ENDPOINTS):
             digest = hashlib.sha256(f"{site}|{family}|{port_key}|{chunk}".encode()).hexdigest()[:8]
-            out.append((ENDPOINTSLICES, {
+            out.setdefault(site, []).append((ENDPOINTSLICES, {
                 "apiVersion": "discovery.k8s.io/v1",
                 "kind": "EndpointSlice",
-                "metadata": {"name": f"{derived}-{digest}", "namespace": ns, "labels": dict(slice_labels)},
+                "metadata": {"name": f"{derived}-{digest}", "namespace": svc.namespace, "labels": dict(slice_labels)},
                 "addressType": family,
                 "endpoints": endpoints[chunk:chunk + MAX_SLICE_ENDPOINTS],
                 "ports": [_port(pname, number, proto) for pname, number, proto in port_key],
@@ -151,7 +172,7 @@ def _import(svc: FederatedService, owned: tuple[str, str], current_svc: Obj | No
 
 
 def _endpoint_groups(view: MeshView, svc: FederatedService, own: Site, egress_target: EgressTarget,
-                     remote: tuple[RemoteEndpoint, ...] | None = None,
+                     remote: tuple[RemoteEndpoint, ...] | None = None, exports: tuple[ServiceExport, ...] | None = None,
                      ) -> dict[tuple[str, str, PortKey], list[dict[str, Any]]]:
     """Slice endpoints by (source site, address family, port mapping): a slice has one port list."""
     groups: dict[tuple[str, str, PortKey], list[dict[str, Any]]] = {}
@@ -161,7 +182,7 @@ def _endpoint_groups(view: MeshView, svc: FederatedService, own: Site, egress_ta
         target = egress_target(svc.namespace, svc.name, p.name)
         if target is not None:
             listeners[p.name] = target
-    for export in svc.exports:
+    for export in svc.exports if exports is None else exports:
         site = view.sites.get(export.site)
         if site is None:
             continue

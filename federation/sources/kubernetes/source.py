@@ -8,7 +8,7 @@ latest mesh view) into exports, ServiceExport status and writes of owned objects
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import functools
 import ipaddress
 import logging
 import time
@@ -38,15 +38,16 @@ from federation.sources.kubernetes.conversion import (
     same_conditions,
 )
 from federation.sources.kubernetes.importing import (
-    MCS_SERVICE_LABEL,
+    RESOURCES,
     Create,
     Delete,
+    Inputs,
     Op,
     Owned,
     Patch,
-    plan_imports,
 )
 from federation.sources.kubernetes.policysync import PolicySync, PolicyWriter
+from federation.sources.kubernetes.replanning import ImportPlanner
 from federation.sources.kubernetes.settings import KubernetesSettings
 from federation.sources.kubernetes.watching import Reflector, WatchMetrics
 from federation.sources.kubernetes.workloads import pod_kept, workloads_of
@@ -126,6 +127,8 @@ class KubernetesSource:
         self._reflectors: dict[str, Reflector] = {}
         self._published: list[ServiceExport] | None = None
         self._limiter = LogLimiter()
+        self._planner = ImportPlanner()
+        """The import plan's index: a pass computes only the services that changed (issue 11)."""
         self._refused: dict[tuple[str, ObjKey], float] = {}
         """Writes the API server refused (4xx), with when: not retried before backoff_cap has passed."""
 
@@ -145,18 +148,6 @@ class KubernetesSource:
                     return address
         return None
 
-    def _imported_ips(self) -> dict[tuple[str, str], str]:
-        """(namespace, name) -> cluster IP of each derived Service: the ClusterSetIP pods here can route."""
-        out = {}
-        for obj in self.stores.get("services", {}).values():
-            if not is_owned(obj, self._owned):
-                continue
-            meta, spec = obj.get("metadata") or {}, obj.get("spec") or {}
-            name, ip = (meta.get("labels") or {}).get(MCS_SERVICE_LABEL), spec.get("clusterIP")
-            if isinstance(name, str) and isinstance(ip, str) and ip not in ("", "None"):
-                out[(str(meta.get("namespace", "")), name)] = ip
-        return out
-
     async def run(self) -> None:
         """Watch and reconcile until cancelled."""
         client = self._client or await KubeClient.connect(self.settings)  # a bad config ends the agent at start
@@ -166,6 +157,7 @@ class KubernetesSource:
                     client, r, self._on_pods if r == "pods" else self._wake.set, metrics=self._metrics.watch,
                     backoff=self._backoff(), watch_timeout=self.settings.watch_timeout,
                     keep=pod_kept if r == "pods" else None,
+                    on_key=functools.partial(self._planner.touch, r) if r in RESOURCES else None,
                 )
                 for r in WATCHED
             }
@@ -216,9 +208,11 @@ class KubernetesSource:
             retry.reset()
             # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that arrives
             # as the event is set (gh-86296), which would leave this task running after its group is cancelled.
-            with contextlib.suppress(TimeoutError):
+            try:
                 async with asyncio.timeout(self.settings.resync):
                     await self._wake.wait()
+            except TimeoutError:
+                self._planner.reset()  # the periodic resync plans every service again
             self._wake.clear()
             await asyncio.sleep(self.settings.reconcile_delay)  # batch a burst of events
 
@@ -240,20 +234,26 @@ class KubernetesSource:
             self._publish_addresses()
             return failed
         existing = Owned(s["services"], s["serviceimports"], s["endpointslices"])
-        ops = plan_imports(view, own, existing, self._egress, self._owned,
-                           self._endpoints.get() if self._endpoints is not None else None, self._egress_endpoint)
+        inputs = Inputs(view, own, existing, self._egress, self._owned,
+                        self._endpoints.get() if self._endpoints is not None else None, self._egress_endpoint)
+        ops = self._planner.plan(inputs, self._listeners.get() if self._listeners is not None else {},
+                                 self._endpoint_listeners.get() if self._endpoint_listeners is not None else {})
         unavailable, wrote = await self._apply(client, ops)
         if wrote and not unavailable:
             self._wake.set()  # writes change what the plan sees (a new Service's cluster IP): plan again
         failed = failed or unavailable
-        self._metrics.imports.set(sum(1 for o in s["serviceimports"].values() if is_owned(o, self._owned)))
+        if self._planner.imports_changed:  # a count of every ServiceImport only when one came, went or changed
+            self._planner.imports_changed = False
+            self._metrics.imports.set(sum(1 for o in s["serviceimports"].values() if is_owned(o, self._owned)))
         self._publish_addresses()
         if not failed:
             self.imports_synced.set()
         return failed
 
     def _publish_addresses(self) -> None:
-        self.cluster_ips.set(MappingProxyType({k: (ip,) for k, ip in self._imported_ips().items()}))
+        ips = self._planner.cluster_ips(self.stores.get("services", {}), self._owned)
+        if ips is not None:
+            self.cluster_ips.set(MappingProxyType({k: (ip,) for k, ip in ips.items()}))
         if self.eastwest_address.set(self._eastwest_address()) and self.eastwest_address.get():
             log.info("kubernetes: the east-west LoadBalancer's address is %s", self.eastwest_address.get())
 
@@ -302,6 +302,7 @@ class KubernetesSource:
             reflector = self._reflectors[op.resource]
             refused_at = self._refused.get((resource, _op_key(op)))
             if refused_at is not None and now - refused_at < self.settings.backoff_cap:
+                self._planner.touch(op.resource, _op_key(op))  # looked at again by the next pass
                 continue
             try:
                 if isinstance(op, Create):
@@ -320,16 +321,19 @@ class KubernetesSource:
                     reflector.apply({"metadata": {"namespace": k[0], "name": k[1]}}, deleted=True)
             except ApiUnavailable as exc:
                 self._write_failed(resource, verb, _op_key(op), exc)
+                self._planner.reset()
                 return True, wrote  # the server is away: stop this pass, retry all of it later
             except ApiError as exc:
                 # Refused: a missing namespace, a foreign object of the same name, the admission policy.
                 # Retried at the next change or resync, not in a loop; the log line says why.
                 self._write_failed(resource, verb, _op_key(op), exc)
                 self._refused[(resource, _op_key(op))] = now
+                self._planner.touch(op.resource, _op_key(op))
                 continue
             self._metrics.writes.labels(resource, verb).inc()
             log.info("kubernetes: %s %s %s/%s", verb, resource, *k)
             self._refused.pop((resource, k), None)
+            self._planner.touch(op.resource, k)  # the next pass sees the result (a new Service's cluster IP)
             wrote += 1
         return False, wrote
 

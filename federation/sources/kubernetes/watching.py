@@ -47,11 +47,14 @@ class Reflector:
         backoff: Backoff,
         watch_timeout: int = 300,
         keep: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+        on_key: Callable[[ObjKey | None], None] | None = None,
     ) -> None:
         self.resource = resource
         self._keep = keep
         """What of each object the store keeps (all of it when None); a change to nothing kept, only to the
         resourceVersion, updates the store without waking anyone."""
+        self._on_key = on_key
+        """Told the key of each object that changed, before `on_change` (None: the store was listed again)."""
         self.store: dict[ObjKey, dict[str, Any]] = {}
         self.synced = asyncio.Event()
         self._client = client
@@ -103,6 +106,8 @@ class Reflector:
         self.synced.set()
         log.debug("kubernetes: listed %d %s at resourceVersion %s", len(fresh), self.resource, rv)
         if changed or first:
+            if self._on_key is not None:
+                self._on_key(None)
             self._on_change()
 
     async def _watch(self) -> bool:
@@ -132,6 +137,8 @@ class Reflector:
                     continue  # e.g. a pod's status changed, not the labels kept
             else:
                 continue
+            if self._on_key is not None:
+                self._on_key(k)
             self._on_change()
         return got
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 
+import immutables
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -15,7 +16,18 @@ from federation.core.errors import MeshfedError, RecordError
 from federation.core.keys import Keys
 from federation.core.view import MeshView
 from federation.core.vips import Allocation, Claim, decode_allocation, decode_claim, encode_allocation, encode_claim
-from federation.registry.vipalloc import Allocate, DropClaim, Extend, Mark, Release, needs_vip, pick, plan
+from federation.registry.vipalloc import (
+    Allocate,
+    DropClaim,
+    Extend,
+    Mark,
+    Release,
+    SignedBy,
+    needs_vip,
+    pick,
+    plan,
+    unsealed,
+)
 from tests.dnshelp import export, site, view
 
 RANGES = [ipaddress.ip_network("240.240.0.0/16"), ipaddress.ip_network("fd6d:6573:6866:6564::/64")]
@@ -184,3 +196,71 @@ def _service(op: object) -> tuple[str, str] | None:
     if isinstance(op, Mark | Release | Extend):
         return op.allocation.service
     return None
+
+
+_SIGNERS = {"a1": "a", "a2": "a", "b1": "b", "m1": "me", "m2": "me"}
+_vip_events = st.lists(st.one_of(
+    st.tuples(st.just("sign"), st.sampled_from(["web", "db", "api"]), st.sampled_from([None, *sorted(_SIGNERS)])),
+    st.tuples(st.just("claim"), st.integers(1, 4), st.sampled_from([None, *sorted(_SIGNERS)])),
+    st.tuples(st.just("drop"), st.sampled_from(["web", "db", "api"]), st.none()),
+    st.tuples(st.just("leave"), st.sampled_from(["a", "b"]), st.none()),
+    st.tuples(st.just("renew"), st.none(), st.none()),
+    st.tuples(st.just("site"), st.sampled_from(["a", "b", "me"]), st.none()),
+), max_size=30)
+
+
+@given(_vip_events)
+def test_resigning_by_signing_site_finds_what_a_full_scan_finds(events: list[tuple[object, object, object]]) -> None:
+    """A site record change looks only at the VIP records its site signed (and new or unsigned ones), and finds
+    every record a scan of the whole view would; the allocator then signs them with its current key."""
+    left: set[str] = set()
+    current = ["m1"]
+
+    def due(kid: str) -> bool:  # as RecordVerifier.resign_due has it for the allocator of "me"
+        return _SIGNERS[kid] in left or (_SIGNERS[kid] == "me" and kid != current[0])
+
+    vips: immutables.Map[tuple[str, str], Allocation] = immutables.Map()
+    claims: immutables.Map[str, Claim] = immutables.Map()
+    index = SignedBy(_SIGNERS.get)
+    rev = 1
+    for what, arg, kid in [("renew", None, None), *events]:
+        rev += 1
+        signed = (str(kid), rev) if kid is not None else None
+        sites: set[str] | None = set()
+        if what == "sign":
+            vips = vips.set(("shop", str(arg)), Allocation(("shop", str(arg)), ("240.240.0.1",), None, rev, signed))
+        elif what == "claim":
+            claims = claims.set(f"240.240.0.{arg}", Claim(f"240.240.0.{arg}", ("shop", "web"), 1.0, rev, signed))
+        elif what == "drop":
+            vips = vips.delete(("shop", str(arg))) if ("shop", str(arg)) in vips else vips
+        elif what == "leave":
+            left.add(str(arg))
+            sites = {str(arg)}
+        elif what == "site":
+            sites = {str(arg)}
+        else:  # this site's signer renewed: the allocator looks at everything
+            current[0] = "m2" if current[0] == "m1" else "m1"
+            sites = None
+        if sites == set():
+            continue  # only a site record change (or a new signer) starts a pass, as in VipAllocator.run
+        v = MeshView(sites={}, exports={}, vips=vips, claims=claims)
+        found = index.due(v, sites, due)
+        assert {id(r) for r in found} == {id(r) for r in unsealed(v, due)}
+        for r in found:  # the allocator's writes: the view then holds them signed by its current key
+            rev += 1
+            if isinstance(r, Allocation):
+                vips = vips.set(r.service, dataclasses.replace(r, revision=rev, signed=(current[0], rev)))
+            else:
+                claims = claims.set(r.address, dataclasses.replace(r, revision=rev, signed=(current[0], rev)))
+
+
+def test_a_site_record_change_looks_at_that_sites_vip_records_only() -> None:
+    vips = {("shop", f"s{i}"): Allocation(("shop", f"s{i}"), ("240.240.0.1",), None, 1, (f"k{i % 10}", 1))
+            for i in range(100)}
+    index = SignedBy(lambda kid: f"site{kid[1:]}")
+    v = MeshView(sites={}, exports={}, vips=vips, claims={})
+    assert len(index.due(v, None, lambda kid: False)) == 0
+    assert index.looked_at == 100
+    assert [r.service for r in index.due(v, {"site3"}, lambda kid: kid == "k3")] == [
+        ("shop", f"s{i}") for i in range(3, 100, 10)]
+    assert index.looked_at == 110
