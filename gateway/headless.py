@@ -48,6 +48,8 @@ HostKey = tuple[str, str, str, str, str]
 """(namespace, service, port name, site, hostname): one listener of one remote endpoint."""
 MAX_GATEWAYS = 4
 """Gateways of the endpoint's site tried per client before giving up on it."""
+MEMO_LIMIT = 1 << 20
+"""Addresses remembered as inside or outside the captured ranges, at most (a bound, not a cache policy)."""
 CAPTURED = "captured"
 """The host of a Bind that the capture listener serves (the endpoint's address is in a captured range)."""
 
@@ -59,12 +61,15 @@ class HostPlan:
         self._captured = tuple(ipaddress.ip_network(r, strict=False) for r in captured)
         self._last: tuple[EndpointAddresses, MeshView | None, Placement] | None = None
         self._by_service: dict[ServiceId, dict[HostKey, Bind]] = {}
+        self._service_of: dict[str, ServiceId] = {}
+        """Endpoint address -> its service, for the services planned: a VIP interface change looks at those only."""
+        self._inside: dict[str, bool] = {}
 
     def step(self, table: EndpointAddresses, view: MeshView, placement: Placement) -> tuple[set[HostKey],
                                                                                              dict[HostKey, Bind]]:
         """(keys to look at, where each wanted one among them binds)."""
         last = self._last
-        if last is None or last[2] != placement or last[1] is None:
+        if last is None or last[2].fallback != placement.fallback or last[1] is None:
             services = set(table) | set(self._by_service)
         else:
             before = last[0]
@@ -76,11 +81,20 @@ class HostPlan:
                 services |= set(table)
             else:
                 services |= {k for k in diff.services if k in table or k in self._by_service}
+            if last[2].held is not placement.held:  # only services with an endpoint held or let go (not the VIPs)
+                services |= {self._service_of[a] for a in last[2].held ^ placement.held if a in self._service_of}
         self._last = (table, view, placement)
         check: set[HostKey] = set()
+        before_table = last[0] if last is not None else None
         for key in services:
             old = self._by_service.pop(key, {})
-            new = wanted_of(view, key, table.get(key, ()), placement, self._captured)
+            for r in before_table.get(key, ()) if before_table is not None else ():
+                if self._service_of.get(r.address) == key:
+                    del self._service_of[r.address]
+            remote = table.get(key, ())
+            for r in remote:
+                self._service_of[r.address] = key
+            new = wanted_of(view, key, remote, placement, self._captured, self._inside)
             if new:
                 self._by_service[key] = new
             check |= old.keys() | new.keys()
@@ -89,7 +103,8 @@ class HostPlan:
 
 
 def wanted_of(view: MeshView, service: ServiceId, remote: tuple[RemoteEndpoint, ...], placement: Placement,
-              captured: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network] = ()) -> dict[HostKey, Bind]:
+              captured: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network] = (),
+              memo: dict[str, bool] | None = None) -> dict[HostKey, Bind]:
     """The listeners of one service's remote endpoints: (CAPTURED, port) where the address is in a captured
     range, at the endpoint's address where this host holds it (a VM's interface), else on the placement's
     fallback (Kubernetes: a derived Service per endpoint)."""
@@ -101,7 +116,7 @@ def wanted_of(view: MeshView, service: ServiceId, remote: tuple[RemoteEndpoint, 
         for p in svc.ports:
             if p.protocol is Protocol.TCP and svc.serves(r.site, p.name):
                 key = (service[0], service[1], p.name, r.site, r.hostname)
-                if captured and p.port and _inside(r.address, captured):
+                if captured and p.port and _inside(r.address, captured, memo):
                     out[key] = (CAPTURED, p.port)
                 else:
                     out[key] = (r.address, p.port) if r.address in placement.held and p.port else placement.fallback
@@ -171,6 +186,7 @@ class HostListeners:
                             "ranges are full (vm.endpoint_ranges / kubernetes.endpoint_ranges); DNS leaves them out",
                             table.unplaced)
         check, wanted = self._plan.step(table, view, placement)
+        spots = _Spots(table)
         current = self.listening.get()
         mutation = (current if isinstance(current, immutables.Map) else immutables.Map(current)).mutate()
         loop = asyncio.get_running_loop()
@@ -178,7 +194,7 @@ class HostListeners:
             if self._closed:
                 break  # stopped while a listener was being opened: open nothing more
             want = wanted.get(key)
-            if self._unclaim(key, want, table) or self._unbind(key, want):
+            if self._unclaim(key, want, spots) or self._unbind(key, want):
                 continue
             if key in mutation:
                 del mutation[key]
@@ -186,7 +202,7 @@ class HostListeners:
                 log.debug("egress listener for %s/%s:%s of %s endpoint %s closed", *key)
                 continue
             if want[0] == CAPTURED:
-                dest = self._claim_of(key, want[1], table)
+                dest = _claim_of(key, want[1], spots)
                 if dest is not None:
                     self._claimed[key] = dest
                     self._by_destination[dest] = key
@@ -217,25 +233,19 @@ class HostListeners:
         self._servers.pop(key)[0].close()
         return False
 
-    def _unclaim(self, key: HostKey, want: Bind | None, table: EndpointAddresses) -> bool:
+    def _unclaim(self, key: HostKey, want: Bind | None, spots: _Spots) -> bool:
         """True if `key`'s captured entry is still what `want` says; else drops it (if any), False."""
         dest = self._claimed.get(key)
         if dest is None:
             return False
-        if want is not None and want[0] == CAPTURED and self._claim_of(key, want[1], table) == dest:
+        if want is not None and want[0] == CAPTURED and _claim_of(key, want[1], spots) == dest:
             return True
         del self._claimed[key]
         if self._by_destination.get(dest) == key:
             del self._by_destination[dest]
         return False
 
-    @staticmethod
-    def _claim_of(key: HostKey, port: int, table: EndpointAddresses) -> Destination | None:
-        """The (address, port) clients of `key` connect to (its endpoint's address here)."""
-        for r in table.get(key[:2], ()):
-            if r.site == key[3] and r.hostname == key[4]:
-                return ipaddress.ip_address(r.address), port
-        return None
+
 
     def _factory(self, key: HostKey) -> Callable[[], _HostLeg]:
         return lambda: _HostLeg(self, key)
@@ -312,9 +322,39 @@ def _limit_duration(client: PlainLeg, seconds: float, actions: Counter) -> None:
     client.on_lost = lost
 
 
-def _inside(address: str, nets: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
+class _Spots:
+    """The address each remote endpoint of a table has here, indexed per service on first use."""
+
+    def __init__(self, table: EndpointAddresses) -> None:
+        self.table = table
+        self._by_service: dict[ServiceId, dict[tuple[str, str], str]] = {}
+
+    def address(self, key: HostKey) -> str | None:
+        service = key[:2]
+        spots = self._by_service.get(service)
+        if spots is None:
+            spots = self._by_service[service] = {(r.site, r.hostname): r.address for r in self.table.get(service, ())}
+        return spots.get((key[3], key[4]))
+
+
+def _claim_of(key: HostKey, port: int, spots: _Spots) -> Destination | None:
+    """The (address, port) clients of `key` connect to (its endpoint's address here)."""
+    address = spots.address(key)
+    return (ipaddress.ip_address(address), port) if address is not None else None
+
+
+def _inside(address: str, nets: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network],
+            memo: dict[str, bool] | None = None) -> bool:
+    """Whether `address` is in one of `nets` (remembered in `memo`, at most one entry per endpoint address)."""
+    if memo is not None and (known := memo.get(address)) is not None:
+        return known
     ip = ipaddress.ip_address(address)
-    return any(ip.version == n.version and ip in n for n in nets)
+    inside = any(ip.version == n.version and ip in n for n in nets)
+    if memo is not None:
+        if len(memo) > MEMO_LIMIT:
+            memo.clear()
+        memo[address] = inside
+    return inside
 
 
 class _HostLeg(PlainLeg):

@@ -139,6 +139,10 @@ def decode(data: bytes, prefix: str, max_bytes: int) -> Saved:
         raise RecordError(f"malformed snapshot: {exc}") from None
 
 
+SHARE = 20
+"""A write taking t seconds of CPU is followed by none for SHARE x t (at least `interval`): at most 5 % of a core."""
+
+
 class SnapshotFile:
     """Reads the snapshot at start and keeps it up to date from a `RawListing` (`run`)."""
 
@@ -147,6 +151,8 @@ class SnapshotFile:
         self.prefix = prefix
         self.raw = raw
         self.interval = interval
+        self.cost = 0.0
+        """CPU seconds the last write took (encoding and compressing the whole listing)."""
         self.written = 0
         """Snapshots written since start (tests, status)."""
         self._saved: tuple[int, int] = (-1, -1)
@@ -171,15 +177,19 @@ class SnapshotFile:
         write on the way out keeps the newest state for the next start."""
         loop = asyncio.get_running_loop()
         last = 0.0
+        gap = self.interval
         try:
             async for _ in follow(self.raw.changed):
-                wait = last + self.interval - loop.time()
+                wait = last + gap - loop.time()
                 if wait > 0:
                     await asyncio.sleep(wait)
                 last = loop.time()
                 due = self._due()
                 if due is not None:
                     await asyncio.to_thread(self._write, *due)
+                    # The whole listing is written each time: a large registry under churn is written less
+                    # often, so the snapshot costs at most 1/SHARE of a core whatever the mesh size.
+                    gap = max(self.interval, SHARE * self.cost)
         finally:
             due = self._due()
             if due is not None:
@@ -204,8 +214,10 @@ class SnapshotFile:
         if over:
             self.path.unlink(missing_ok=True)  # an old snapshot would be served as if it were the last one
             return False
+        started = time.thread_time()
         data = encode(items, revision, self.prefix, time.time())
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         write_private(self.path, data)
+        self.cost = time.thread_time() - started
         self.written += 1
         return True

@@ -66,4 +66,6 @@ def outside(vips: Iterable[Vip], ranges: Mapping[Vip, int]) -> frozenset[Vip]:
     """The addresses of `vips` in none of `ranges` (one address per range with its prefix length, as
     `range_addresses` gives them): what capture mode still holds one by one (headless endpoints' addresses)."""
     nets = [ipaddress.ip_network(f"{a}/{n}", strict=False) for a, n in ranges.items()]
-    return frozenset(v for v in vips if not any(v.version == n.version and v in n for n in nets))
+    spans = [(n.version, int(n.network_address), int(n.broadcast_address)) for n in nets]
+    return frozenset(v for v in vips if not any(v.version == version and low <= int(v) <= high
+                                                for version, low, high in spans))
