@@ -6,7 +6,8 @@ import dataclasses
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from federation.core.codec import decode_export, encode_export, encode_site
+from federation.core.chunks import encode_chunk, place, plan_layout
+from federation.core.codec import Layout, decode_export_layout, encode_export, encode_site
 from federation.core.errors import RecordError
 from federation.core.keys import Keys, ServiceKey
 from federation.core.records import ServiceExport, Site, validate_export, validate_site
@@ -37,11 +38,14 @@ def desired_records(
     exports: Iterable[ServiceExport],
     actual: Mapping[str, Stored],
     now: float,
+    chunk_size: int = 0,
 ) -> dict[str, bytes]:
     """Every key/value the site should hold.
 
     An export keeps the `exported_at` already stored for it (so a restart does not make it the youngest
-    export and lose a conflict it had won); a new export is stamped `now`.
+    export and lose a conflict it had won); a new export is stamped `now`. With `chunk_size`, an export of
+    more endpoints is an export record plus endpoint chunks (`core/chunks.py`), keeping the stored layout
+    while it fits, so that one endpoint change rewrites one chunk.
     """
     validate_site(site)
     out = {keys.site(site.name): encode_site(site)}
@@ -49,10 +53,16 @@ def desired_records(
         if export.site != site.name:
             raise RecordError(f"export {export.namespace}/{export.name} names site {export.site!r}, not {site.name!r}")
         key = keys.service(site.name, export.namespace, export.name)
-        stamp = export.exported_at or _stored_stamp(keys, key, actual) or now
+        stored = _stored(keys, key, actual)
+        stamp = export.exported_at or (stored[0].exported_at if stored else 0.0) or now
         stamped = dataclasses.replace(export, exported_at=stamp)
         validate_export(stamped)
-        out[key] = encode_export(stamped)
+        layout = plan_layout(len(export.endpoints), chunk_size, stored[1] if stored else None, int(now * 1000))
+        out[key] = encode_export(stamped, layout)
+        if layout is not None:
+            for i, endpoints in enumerate(place(stamped.endpoints, layout.chunks)):
+                out[keys.chunk(site.name, export.namespace, export.name, i)] = encode_chunk(
+                    stamped, i, layout.generation, endpoints)
     return out
 
 
@@ -67,14 +77,31 @@ def plan(desired: Mapping[str, bytes], actual: Mapping[str, Stored], lease: int)
     return ops
 
 
-def _stored_stamp(keys: Keys, key: str, actual: Mapping[str, Stored]) -> float:
+def packed(ops: list[PutOp | DeleteOp], limit: int) -> list[list[PutOp | DeleteOp]]:
+    """`ops` in transactions of at most `limit`, the ops of one export (its record and its chunks) in one
+    transaction wherever they fit in one, so that a reader never sees half of one change."""
+    groups: dict[str, list[PutOp | DeleteOp]] = {}
+    for op in ops:
+        groups.setdefault(op.key.split("/endpoints/", 1)[0], []).append(op)
+    out: list[list[PutOp | DeleteOp]] = [[]]
+    for group in groups.values():
+        if out[-1] and len(out[-1]) + len(group) > limit:
+            out.append([])
+        out[-1].extend(group)
+        while len(out[-1]) > limit:  # one export of more chunks than a transaction holds
+            out.insert(len(out) - 1, out[-1][:limit])
+            del out[-1][:limit]
+    return [batch for batch in out if batch]
+
+
+def _stored(keys: Keys, key: str, actual: Mapping[str, Stored]) -> tuple[ServiceExport, Layout | None] | None:
     have = actual.get(key)
     if have is None:
-        return 0.0
+        return None
     try:
         parsed = keys.parse(key)
         if not isinstance(parsed, ServiceKey):
-            return 0.0
-        return decode_export(parsed, have.value).exported_at
+            return None
+        return decode_export_layout(parsed, have.value)
     except RecordError:
-        return 0.0
+        return None
