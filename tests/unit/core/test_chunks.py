@@ -118,6 +118,10 @@ def _net(events: list[Event]) -> list[tuple[str, str]]:
     return sorted(out)
 
 
+def _addresses(view: MeshView) -> dict[tuple[str, str], set[str]]:
+    return {e.service: {ep.addresses[0] for ep in e.endpoints} for e in view.exports.values()}
+
+
 def _exports(view: MeshView) -> dict[object, ServiceExport]:
     return {k: _norm(v) for k, v in view.exports.items()}
 
@@ -156,6 +160,7 @@ def test_a_catalog_fed_chunked_records_sees_what_one_fed_whole_records_sees(
     for rev, services in enumerate(steps, start=1):
         exports = [_export(name, tuple(_endpoint(n, ready) for n, ready in eps)) for name, eps in sorted(services.items())]
         events: dict[str, list[Event]] = {"whole": [], "chunked": []}
+        before = _addresses(cat_whole.view())
         for label, writer, cat in (("whole", whole, cat_whole), ("chunked", chunked, cat_chunked)):
             ops = writer.step(exports, float(rev))
             rnd.shuffle(ops)  # etcd gives the events of one transaction in any order
@@ -163,6 +168,13 @@ def test_a_catalog_fed_chunked_records_sees_what_one_fed_whole_records_sees(
                 out = cat.put(op.key, op.value, rev) if isinstance(op, PutOp) else cat.delete(op.key, rev)
                 assert not out.rejected, out.rejected
                 events[label] += out.events
+        after = _addresses(cat_whole.view())
+        for ev in events["chunked"]:  # halfway through a transaction: never two layouts mixed
+            if isinstance(ev, ServiceAdded | ServiceChanged):
+                seen = [e.addresses[0] for e in ev.export.endpoints]
+                old, new = before.get(ev.export.service, set()), after.get(ev.export.service, set())
+                assert len(seen) == len(set(seen)), "an endpoint twice"
+                assert old & new <= set(seen) <= old | new, "an endpoint lost or invented"
         assert _net(events["whole"]) == _net(events["chunked"])
         assert _exports(cat_whole.view()) == _exports(cat_chunked.view())
     fresh = Catalog(KEYS)  # a reader that lists the chunked records once sees the same
@@ -178,3 +190,19 @@ def test_whole_record_is_what_an_older_writer_writes_and_is_read_beside_chunked_
         cat.put(k, v)
     got = cat.view().exports
     assert _norm(got[("east", "shop", "old")]).endpoints == _norm(got[("east", "shop", "new")]).endpoints
+
+
+def test_a_shrinking_layout_read_export_first_keeps_the_old_export_until_its_chunks_are_in() -> None:
+    writer, cat = _Writer(SIZE), Catalog(KEYS)
+    for op in writer.step([_export("web", tuple(_endpoint(i) for i in range(30)))], 1.0):
+        assert isinstance(op, PutOp)
+        cat.put(op.key, op.value, 1)
+    ops = writer.step([_export("web", tuple(_endpoint(i) for i in range(7)))], 2.0)  # 8 chunks to 2
+    header = next(op for op in ops if op.key == KEYS.service("east", "shop", "web"))
+    assert isinstance(header, PutOp)
+    cat.put(header.key, header.value, 2)  # chunks 0 and 1 of the old layout are still there
+    assert len(cat.view().exports[("east", "shop", "web")].endpoints) == 30
+    for op in ops:
+        if op is not header:
+            cat.put(op.key, op.value, 2) if isinstance(op, PutOp) else cat.delete(op.key, 2)
+    assert len(cat.view().exports[("east", "shop", "web")].endpoints) == 7
