@@ -63,9 +63,13 @@ class _Mesh:
         return self.metrics_registry.get_sample_value("meshfed_registry_records_rejected_total") or 0.0
 
     async def revisions(self, prefix: str) -> dict[str, int]:
+        return {k: rev for k, (rev, _) in (await self.stored(prefix)).items()}
+
+    async def stored(self, prefix: str) -> dict[str, tuple[int, int]]:
+        """key -> (mod revision, lease)"""
         async with EtcdClient([self.etcd.endpoint]) as client:
             kvs, _ = await client.get_prefix(prefix)
-        return {k: kv.mod_revision for k, kv in kvs.items()}
+        return {k: (kv.mod_revision, kv.lease) for k, kv in kvs.items()}
 
     async def raw(self, key: str, value: bytes | None = None) -> bytes:
         async with EtcdClient([self.etcd.endpoint]) as client:
@@ -110,6 +114,7 @@ async def test_one_endpoint_change_rewrites_one_chunk_and_a_mixed_mesh_reads_the
         before = await lab.revisions(KEYS.site_children("east"))
         chunk_keys = sorted(k for k in before if "/endpoints/" in k)
         assert chunk_keys == [KEYS.chunk("east", "shop", "web", i) for i in range(3)]
+        assert {lease for _, lease in (await lab.stored(KEYS.site_children("east"))).values()} == {east.lease}
         header = json.loads(await lab.raw(WEB))
         assert (header["endpointChunks"], "endpoints" in header) == (3, False)
         assert json.loads(await lab.raw(KEYS.service("west", "shop", "web")))["endpoints"]
