@@ -20,7 +20,7 @@ from federation.core.keys import Keys
 from federation.core.records import ServiceExport, Site
 from federation.registry.etcd import MAX_TXN_OPS, Delete, EtcdClient, Put, reconnecting
 from federation.registry.leasekeeper import LeaseKeeper
-from federation.registry.publishing import DeleteOp, PutOp, Stored, desired_records, packed, plan
+from federation.registry.publishing import DeleteOp, Memo, PutOp, Stored, desired_records, packed, plan
 from federation.registry.sealing import Seal, owner_of, seal
 from federation.runtime.files import write_private
 from federation.runtime.values import Changes, Readable, Value
@@ -125,6 +125,8 @@ class Publisher:
         self._fields = site_fields
         self._chunk_size = chunk_size
         """Endpoints per chunk of a large export (`registry.endpoint_chunk_size`); 0 writes whole records."""
+        self._memo: Memo = {}
+        """The records each export was planned into, so that a change re-encodes the changed exports only."""
         self._actual: dict[str, Stored] = {}
         self._site_revision: int | None = None
         """The site record's mod revision as last read, until our first write of a session (then None)."""
@@ -266,7 +268,8 @@ class Publisher:
         at = self.settled.versions()
         now = self._clock()
         site = self._site.get()
-        desired = desired_records(self._keys, site, self._exports.get(), self._actual, now, self._chunk_size)
+        desired = desired_records(self._keys, site, self._exports.get(), self._actual, now, self._chunk_size,
+                                  self._memo)
         kit = self._sealer.get() if self._sealer is not None else None
         if kit is not None:
             stored = {k: v.value for k, v in self._actual.items()}

@@ -39,33 +39,59 @@ def desired_records(
     actual: Mapping[str, Stored],
     now: float,
     chunk_size: int = 0,
+    memo: Memo | None = None,
 ) -> dict[str, bytes]:
     """Every key/value the site should hold.
 
     An export keeps the `exported_at` already stored for it (so a restart does not make it the youngest
     export and lose a conflict it had won); a new export is stamped `now`. With `chunk_size`, an export of
     more endpoints is an export record plus endpoint chunks (`core/chunks.py`), keeping the stored layout
-    while it fits, so that one endpoint change rewrites one chunk.
+    while it fits, so that one endpoint change rewrites one chunk. With `memo` (kept by the caller between
+    calls), an export equal to the one of the last call, over the same stored record, is not validated and
+    encoded again: a change costs the changed exports, not the site.
     """
     validate_site(site)
     out = {keys.site(site.name): encode_site(site)}
+    seen: set[str] = set()
     for export in exports:
         if export.site != site.name:
             raise RecordError(f"export {export.namespace}/{export.name} names site {export.site!r}, not {site.name!r}")
         key = keys.service(site.name, export.namespace, export.name)
         have = actual.get(key)
+        seen.add(key)
+        hit = memo.get(key) if memo is not None else None
+        if hit is not None and hit[1] == chunk_size and hit[2] == (have.value if have else None) and hit[0] == export:
+            out.update(hit[3])
+            continue
+        mine = _records(keys, site, export, key, have, actual, now, chunk_size)
+        if memo is not None:
+            memo[key] = (export, chunk_size, have.value if have else None, mine)
+        out.update(mine)
+    if memo is not None:
+        for key in set(memo) - seen:
+            del memo[key]
+    return out
+
+
+Memo = dict[str, tuple[ServiceExport, int, bytes | None, dict[str, bytes]]]
+"""export key -> (the export, the chunk size, the stored value it was planned over, its records)"""
+
+
+def _records(keys: Keys, site: Site, export: ServiceExport, key: str, have: Stored | None,
+             actual: Mapping[str, Stored], now: float, chunk_size: int) -> dict[str, bytes]:
+    """The records of one export: its record, and its chunks when it is chunked."""
         # Decoded only when needed: a stored whole record is as large as its endpoints; a chunked one is small.
-        chunked = have is not None and chunk_size > 0 and b'"endpointChunks"' in have.value
-        stored = _stored(keys, key, actual) if chunked or (have is not None and not export.exported_at) else None
-        stamp = export.exported_at or (stored[0].exported_at if stored else 0.0) or now
-        stamped = dataclasses.replace(export, exported_at=stamp)
-        validate_export(stamped)
-        layout = plan_layout(len(export.endpoints), chunk_size, stored[1] if stored else None, int(now * 1000))
-        out[key] = encode_export(stamped, layout)
-        if layout is not None:
-            for i, endpoints in enumerate(place(stamped.endpoints, layout.chunks)):
-                out[keys.chunk(site.name, export.namespace, export.name, i)] = encode_chunk(
-                    stamped, i, layout.generation, endpoints)
+    chunked = have is not None and chunk_size > 0 and b'"endpointChunks"' in have.value
+    stored = _stored(keys, key, actual) if chunked or (have is not None and not export.exported_at) else None
+    stamp = export.exported_at or (stored[0].exported_at if stored else 0.0) or now
+    stamped = dataclasses.replace(export, exported_at=stamp)
+    validate_export(stamped)
+    layout = plan_layout(len(export.endpoints), chunk_size, stored[1] if stored else None, int(now * 1000))
+    out = {key: encode_export(stamped, layout)}
+    if layout is not None:
+        for i, endpoints in enumerate(place(stamped.endpoints, layout.chunks)):
+            out[keys.chunk(site.name, export.namespace, export.name, i)] = encode_chunk(
+                stamped, i, layout.generation, endpoints)
     return out
 
 

@@ -16,7 +16,7 @@ from federation.core.errors import RecordError
 from federation.core.keys import ChunkKey, Keys
 from federation.core.records import Endpoint, EndpointPort, ServiceExport, ServicePort
 from federation.core.view import Event, MeshView, ServiceAdded, ServiceChanged, ServiceRemoved
-from federation.registry.publishing import DeleteOp, PutOp, Stored, desired_records, plan
+from federation.registry.publishing import DeleteOp, Memo, PutOp, Stored, desired_records, plan
 from tests.util import site
 
 KEYS = Keys()
@@ -132,9 +132,11 @@ class _Writer:
     def __init__(self, chunk_size: int) -> None:
         self.chunk_size = chunk_size
         self.actual: dict[str, Stored] = {}
+        self.memo: Memo = {}
 
     def step(self, exports: list[ServiceExport], now: float) -> list[PutOp | DeleteOp]:
-        desired = desired_records(KEYS, site("east"), exports, self.actual, now, self.chunk_size)
+        desired = desired_records(KEYS, site("east"), exports, self.actual, now, self.chunk_size, self.memo)
+        assert desired == desired_records(KEYS, site("east"), exports, self.actual, now, self.chunk_size)
         ops = plan(desired, self.actual, 1)
         for op in ops:
             if isinstance(op, PutOp):
