@@ -156,7 +156,7 @@ def decode_export(key: ServiceKey, data: bytes) -> ServiceExport:
 def decode_export_layout(key: ServiceKey, data: bytes) -> tuple[ServiceExport, Layout | None]:
     """Validate and decode an export record stored under `key`, and its chunk layout (None: endpoints inline)."""
     obj = load_record(data, "ServiceExport")
-    layout = _layout_in(obj)
+    layout = layout_of(obj)
     for fld, want in (("site", key.site), ("namespace", key.namespace), ("name", key.name)):
         got = _str(obj, fld)
         if got != want:
@@ -199,7 +199,8 @@ def decode_export_layout(key: ServiceKey, data: bytes) -> tuple[ServiceExport, L
     return export, layout
 
 
-def _layout_in(obj: dict[str, Any]) -> Layout | None:
+def layout_of(obj: dict[str, Any]) -> Layout | None:
+    """The chunk layout an export record's JSON object names (None: its endpoints are inline)."""
     chunks, generation = obj.get("endpointChunks"), obj.get("generation")
     if chunks is None:
         return None

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from federation.core.chunks import encode_chunk, place, plan_layout
-from federation.core.codec import Layout, decode_export_layout, encode_export, encode_site
+from federation.core.codec import Layout, encode_export, encode_site, layout_of
 from federation.core.errors import RecordError
-from federation.core.keys import Keys, ServiceKey
+from federation.core.keys import Keys
 from federation.core.records import ServiceExport, Site, validate_export, validate_site
 
 
@@ -63,7 +64,7 @@ def desired_records(
         if hit is not None and hit[1] == chunk_size and hit[2] == (have.value if have else None) and hit[0] == export:
             out.update(hit[3])
             continue
-        mine = _records(keys, site, export, key, have, actual, now, chunk_size)
+        mine = _records(keys, site, export, key, have, now, chunk_size)
         if memo is not None:
             memo[key] = (export, chunk_size, have.value if have else None, mine)
         out.update(mine)
@@ -78,15 +79,15 @@ Memo = dict[str, tuple[ServiceExport, int, bytes | None, dict[str, bytes]]]
 
 
 def _records(keys: Keys, site: Site, export: ServiceExport, key: str, have: Stored | None,
-             actual: Mapping[str, Stored], now: float, chunk_size: int) -> dict[str, bytes]:
+             now: float, chunk_size: int) -> dict[str, bytes]:
     """The records of one export: its record, and its chunks when it is chunked."""
-        # Decoded only when needed: a stored whole record is as large as its endpoints; a chunked one is small.
+    # Read only when needed (a stored whole record is as large as its endpoints), and never validated again.
     chunked = have is not None and chunk_size > 0 and b'"endpointChunks"' in have.value
-    stored = _stored(keys, key, actual) if chunked or (have is not None and not export.exported_at) else None
-    stamp = export.exported_at or (stored[0].exported_at if stored else 0.0) or now
+    stored_at, stored_layout = _stored(have) if chunked or not export.exported_at else (0.0, None)
+    stamp = export.exported_at or stored_at or now
     stamped = dataclasses.replace(export, exported_at=stamp)
     validate_export(stamped)
-    layout = plan_layout(len(export.endpoints), chunk_size, stored[1] if stored else None, int(now * 1000))
+    layout = plan_layout(len(export.endpoints), chunk_size, stored_layout, int(now * 1000))
     out = {key: encode_export(stamped, layout)}
     if layout is not None:
         for i, endpoints in enumerate(place(stamped.endpoints, layout.chunks)):
@@ -123,14 +124,15 @@ def packed(ops: list[PutOp | DeleteOp], limit: int) -> list[list[PutOp | DeleteO
     return [batch for batch in out if batch]
 
 
-def _stored(keys: Keys, key: str, actual: Mapping[str, Stored]) -> tuple[ServiceExport, Layout | None] | None:
-    have = actual.get(key)
+def _stored(have: Stored | None) -> tuple[float, Layout | None]:
+    """The `exportedAt` and chunk layout of a stored export ((0.0, None) when there is none or it is unreadable):
+    its JSON read, its endpoints not decoded (this publisher wrote it; readers validate it)."""
     if have is None:
-        return None
+        return 0.0, None
     try:
-        parsed = keys.parse(key)
-        if not isinstance(parsed, ServiceKey):
-            return None
-        return decode_export_layout(parsed, have.value)
-    except RecordError:
-        return None
+        obj = json.loads(have.value)
+        at = obj.get("exportedAt", 0.0) if isinstance(obj, dict) else 0.0
+        layout = layout_of(obj) if isinstance(obj, dict) else None
+    except (ValueError, RecordError):
+        return 0.0, None
+    return (float(at) if isinstance(at, int | float) and not isinstance(at, bool) else 0.0), layout
