@@ -183,3 +183,20 @@ async def test_forged_replayed_and_other_generation_chunks_are_refused_and_count
     finally:
         await _stop(tasks)
 
+
+
+async def test_no_view_holds_half_of_one_transaction(lab: _Mesh) -> None:
+    east = lab.publisher("east", "net-a", [_web("east", 900)], chunk_size=10)  # 90 chunks: one transaction
+    tasks = await _running(east)
+    try:
+        await eventually(lambda: len(lab.endpoints("east")) == 900, what="east's 90-chunk service")
+        ready: list[int] = []
+        lab.mirror.subscribe(lambda view, _: ready.append(sum(e.ready for e in view.exports[("east", "shop", "web")]
+                                                              .endpoints)))
+        every_down = dataclasses.replace(_web("east", 900), endpoints=tuple(
+            dataclasses.replace(e, ready=False) for e in _web("east", 900).endpoints))
+        east.set_exports([every_down])  # every chunk rewritten, in one transaction
+        await eventually(lambda: bool(ready) and ready[-1] == 0, what="every endpoint down")
+        assert set(ready) == {0}, ready
+    finally:
+        await _stop(tasks)
