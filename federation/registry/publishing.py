@@ -108,13 +108,16 @@ def plan(desired: Mapping[str, bytes], actual: Mapping[str, Stored], lease: int)
 
 
 def packed(ops: list[PutOp | DeleteOp], limit: int) -> list[list[PutOp | DeleteOp]]:
-    """`ops` in transactions of at most `limit`, the ops of one export (its record and its chunks) in one
+    """`ops` in transactions of at most `limit`, the ops of one export (its chunks, then its record) in one
     transaction wherever they fit in one, so that a reader never sees half of one change."""
     groups: dict[str, list[PutOp | DeleteOp]] = {}
     for op in ops:
         groups.setdefault(op.key.split("/endpoints/", 1)[0], []).append(op)
     out: list[list[PutOp | DeleteOp]] = [[]]
     for group in groups.values():
+        # Chunks first, the export record last: should one export take more than one transaction, a reader in
+        # between holds the new chunks (of a later generation than the record it has) and keeps the old export.
+        group.sort(key=lambda op: "/endpoints/" not in op.key)
         if out[-1] and len(out[-1]) + len(group) > limit:
             out.append([])
         out[-1].extend(group)

@@ -16,7 +16,7 @@ from federation.core.errors import RecordError
 from federation.core.keys import ChunkKey, Keys
 from federation.core.records import Endpoint, EndpointPort, ServiceExport, ServicePort
 from federation.core.view import Event, MeshView, ServiceAdded, ServiceChanged, ServiceRemoved
-from federation.registry.publishing import DeleteOp, Memo, PutOp, Stored, desired_records, plan
+from federation.registry.publishing import DeleteOp, Memo, PutOp, Stored, desired_records, packed, plan
 from tests.util import site
 
 KEYS = Keys()
@@ -208,3 +208,25 @@ def test_a_shrinking_layout_read_export_first_keeps_the_old_export_until_its_chu
         if op is not header:
             cat.put(op.key, op.value, 2) if isinstance(op, PutOp) else cat.delete(op.key, 2)
     assert len(cat.view().exports[("east", "shop", "web")].endpoints) == 7
+
+
+def test_a_layout_written_over_several_transactions_is_seen_whole_or_not_at_all() -> None:
+    writer, cat = _Writer(SIZE), Catalog(KEYS)
+    old = _export("web", tuple(_endpoint(i) for i in range(10)))
+    for op in writer.step([old], 1.0):
+        cat.put(op.key, op.value, 1)
+    new = _export("web", tuple(_endpoint(i) for i in range(40, 80)))
+    state = {k: v.value for k, v in writer.actual.items()}
+    batches = packed(writer.step([new], 2.0), 3)  # a transaction of 3 operations: 10 chunks and the record take 4
+    assert len(batches) > 1
+    for rev, batch in enumerate(batches, start=2):
+        for op in batch:
+            out = cat.put(op.key, op.value, rev) if isinstance(op, PutOp) else cat.delete(op.key, rev)
+            assert not out.rejected
+            if isinstance(op, PutOp):
+                state[op.key] = op.value
+            else:
+                del state[op.key]
+        assert not Catalog(KEYS).resync(state, rev).rejected  # a reader listing in between: nothing refused
+        got = _norm(cat.view().exports[("east", "shop", "web")])
+        assert got == (_norm(new) if rev == len(batches) + 1 else _norm(old))

@@ -74,8 +74,9 @@ def test_the_ops_of_one_export_share_a_transaction_where_they_fit() -> None:
     ops: list[PutOp | DeleteOp] = [PutOp(KEYS.service("east", "shop", f"s{i}"), b"") for i in range(3)]
     ops += [PutOp(KEYS.chunk("east", "shop", "s1", c), b"") for c in range(4)]
     batches = packed(sorted(ops, key=lambda op: op.key), 4)
-    # s0 | s1 and three of its chunks | its last chunk (more than a transaction holds) and s2
+    # s0 | four chunks of s1 | s1 itself (more than a transaction holds: its record last) and s2
     assert [len(b) for b in batches] == [1, 4, 2]
     assert {op.key.split("/endpoints/")[0] for op in batches[1]} == {KEYS.service("east", "shop", "s1")}
+    assert batches[2][0].key == KEYS.service("east", "shop", "s1")  # its record after all its chunks
     big = [PutOp(KEYS.chunk("east", "shop", "s1", c), b"") for c in range(9)]
     assert [len(b) for b in packed(big, 4)] == [4, 4, 1]
