@@ -188,6 +188,7 @@ class Agent:
                 ttl=s.registry.lease_ttl, lease_file=s.state_dir / "lease",
                 sealer=identity.signing.seal if identity.signing is not None else None,
                 owner=identity.owner, on_duplicate=s.registry.on_duplicate, site_fields=identity.site_fields,
+                chunk_size=s.registry.endpoint_chunk_size,
             )  # fmt: skip
             identity.on_new_ca.append(lambda ca: self._switch_site_ca(ca, plane, publisher))
             admin.add_readiness("registry", lambda: None if mirror.mesh.get().complete

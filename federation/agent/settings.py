@@ -121,6 +121,10 @@ class RegistrySettings:
     signatures: Mode = Mode.REQUIRE
     """require: only records that verify count, so a raw etcd writer cannot steer traffic; accept (during an
     upgrade from unsigned agents) also takes unsigned records of sites that have never signed."""
+    endpoint_chunk_size: int = setting(0, lo=0, hi=10_000)
+    """Endpoints per chunk record of a large export (100 is Kubernetes' EndpointSlice size), so that one endpoint
+    change rewrites one chunk; 0, the default of this release, writes whole records, which agents of the previous
+    release read (they read no chunks): set it once every agent of the mesh runs this release (docs/operations.md)."""
     on_duplicate: str = setting("wait", check=lambda v: None if v in DUPLICATE_MODES
                                 else f"{v!r} is not one of {', '.join(DUPLICATE_MODES)}")
     """wait: a second agent of the same site writes nothing until the first is gone (a restored VM image,

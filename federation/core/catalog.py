@@ -15,10 +15,11 @@ from types import MappingProxyType
 
 import immutables
 
-from federation.core.codec import decode_export, decode_site
+from federation.core.chunks import Chunked, decode_chunk
+from federation.core.codec import decode_export_layout, decode_site
 from federation.core.errors import RecordError
 from federation.core.heartbeat import Heartbeat, decode_heartbeat
-from federation.core.keys import ClaimKey, HeartbeatKey, Keys, ServiceKey, SiteKey, VipKey
+from federation.core.keys import ChunkKey, ClaimKey, HeartbeatKey, Keys, ServiceKey, SiteKey, VipKey
 from federation.core.records import ServiceExport, Site
 from federation.core.verification import RecordCheck
 from federation.core.view import (
@@ -64,6 +65,12 @@ class Outcome:
     beat_gone: str | None = None
     """The site whose heartbeat was deleted (its lease expired)."""
 
+    def add(self, other: Outcome) -> None:
+        """Take in the events, rejects and changes of `other` (not its heartbeats)."""
+        self.events += other.events
+        self.rejected += other.rejected
+        self.changed = self.changed or other.changed
+
 
 @dataclass(frozen=True, slots=True)
 class Listed:
@@ -94,6 +101,8 @@ class Catalog:
         self._refused_vips: immutables.Map[str, int] = immutables.Map()
         self._by_service: dict[ServiceId, set[ExportId]] = {}
         self._by_site: dict[str, set[ExportId]] = {}
+        self._chunked = Chunked()
+        """Chunked exports' records and chunks (docs/architecture.md, "The record envelope")."""
         self._rejected: dict[str, str] = {}
         self._dirty: set[ServiceId] = set()
         """Services to resolve again."""
@@ -139,9 +148,7 @@ class Catalog:
         """
         out = Outcome()
         for step in self.resync_steps(kvs, revision):
-            out.events += step.events
-            out.rejected += step.rejected
-            out.changed = out.changed or step.changed
+            out.add(step)
         return out
 
     def resync_steps(self, kvs: Mapping[str, Listed | bytes], revision: int, batch: int = 512) -> Iterator[Outcome]:
@@ -154,9 +161,7 @@ class Catalog:
         for start in range(0, len(gone), batch):
             out = Outcome()
             for key in gone[start:start + batch]:
-                sub = self.delete(key)
-                out.events += sub.events
-                out.changed = out.changed or sub.changed
+                out.add(self.delete(key))
             yield out
         keys = sorted(kvs)
         for start in range(0, len(keys), batch):
@@ -164,10 +169,7 @@ class Catalog:
             for key in keys[start:start + batch]:
                 listed = kvs[key]
                 value, rev = (listed.value, listed.mod_revision) if isinstance(listed, Listed) else (listed, 0)
-                sub = self.put(key, value, rev)
-                out.events += sub.events
-                out.rejected += sub.rejected
-                out.changed = out.changed or sub.changed
+                out.add(self.put(key, value, rev))
             yield out
         self.revision = revision
 
@@ -244,17 +246,6 @@ class Catalog:
             parsed = self._keys.parse(key)
             if parsed is None:
                 return
-            if isinstance(parsed, SiteKey):
-                if self._check is not None:
-                    self._check(key, parsed, value)
-                self._put_site(decode_site(parsed, value), key, out)
-                return
-            if isinstance(parsed, HeartbeatKey):
-                if self._check is not None:
-                    self._check(key, parsed, value)
-                out.beat = decode_heartbeat(parsed, value)
-                self._rejected.pop(key, None)
-                return
             if isinstance(parsed, VipKey | ClaimKey):
                 self._refuse_vip(key, self._revs.get(key, 0) or None)
                 if self._check is not None:
@@ -266,14 +257,30 @@ class Catalog:
                 self._refuse_vip(key, None)
                 out.changed = True
                 return
-            if not isinstance(parsed, ServiceKey):
-                return  # endpoint chunks: not written by this release
-            if self._imports is not None and not self._imports(parsed):
+            if (isinstance(parsed, ServiceKey | ChunkKey) and self._imports is not None
+                    and not self._imports(ServiceKey(parsed.site, parsed.namespace, parsed.name))):
                 self.skipped += 1
                 return
             if self._check is not None:
                 self._check(key, parsed, value)
-            self._put_export(parsed, decode_export(parsed, value), key, out)
+            if isinstance(parsed, SiteKey):
+                self._put_site(decode_site(parsed, value), key, out)
+                return
+            if isinstance(parsed, HeartbeatKey):
+                out.beat = decode_heartbeat(parsed, value)
+                self._rejected.pop(key, None)
+                return
+            ident = (parsed.site, parsed.namespace, parsed.name)
+            if isinstance(parsed, ChunkKey):  # one chunk decoded; the export is joined from those already held
+                self._chunked.put(ident, decode_chunk(parsed, value))
+                self._rejected.pop(key, None)
+                export = self._chunked.assemble(ident)
+            else:
+                export, layout = decode_export_layout(parsed, value)
+                self._chunked.header(ident, export, layout)
+                export = export if layout is None else self._chunked.assemble(ident)
+            if export is not None:  # else incomplete: the last complete version stays (a layout being rewritten)
+                self._put_export(ident, export, key, out)
         except RecordError as exc:
             self._rejected[key] = str(exc)
             out.rejected.append(Rejected(key, str(exc)))
@@ -302,15 +309,14 @@ class Catalog:
         else:
             out.events.append(SiteChanged(site, old))
 
-    def _put_export(self, parsed: ServiceKey, export: ServiceExport, key: str, out: Outcome) -> None:
+    def _put_export(self, ident: ExportId, export: ServiceExport, key: str, out: Outcome) -> None:
         self._rejected.pop(key, None)
-        ident = (parsed.site, parsed.namespace, parsed.name)
         old = self._exports.get(ident)
         if old == export:
             return
         self._exports = self._exports.set(ident, export)
         self._by_service.setdefault(export.service, set()).add(ident)
-        self._by_site.setdefault(parsed.site, set()).add(ident)
+        self._by_site.setdefault(ident[0], set()).add(ident)
         self._dirty.add(export.service)
         out.events.append(ServiceAdded(export) if old is None else ServiceChanged(export, old))
 
@@ -360,8 +366,11 @@ class Catalog:
                 self._sites_changed.add(site.name)
                 self._touch_site(site.name)
                 out.events.append(SiteRemoved(site))
+        elif isinstance(parsed, ChunkKey):
+            self._chunked.drop((parsed.site, parsed.namespace, parsed.name), parsed.index)
         elif isinstance(parsed, ServiceKey):
             ident = (parsed.site, parsed.namespace, parsed.name)
+            self._chunked.header(ident, None)
             export = self._exports.get(ident)
             if export is not None:
                 self._exports = self._exports.delete(ident)

@@ -6,10 +6,11 @@ Every decode validates and raises `RecordError` with a precise reason.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from federation.core.errors import RecordError
-from federation.core.keys import ServiceKey, SiteKey
+from federation.core.keys import MAX_CHUNKS, ServiceKey, SiteKey
 from federation.core.records import (
     Endpoint,
     EndpointPort,
@@ -51,8 +52,17 @@ def encode_site(site: Site) -> bytes:
     )
 
 
-def encode_export(export: ServiceExport) -> bytes:
-    """The export record as canonical JSON bytes."""
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """How a chunked export's endpoints are laid out: `chunks` records of kind EndpointChunk, all of `generation`
+    (docs/architecture.md, "The record envelope"; `core/chunks.py`)."""
+
+    chunks: int
+    generation: int
+
+
+def encode_export(export: ServiceExport, layout: Layout | None = None) -> bytes:
+    """The export record as canonical JSON bytes; with `layout`, its endpoints are in chunks (not in it)."""
     out: dict[str, Any] = {
         "schema": SCHEMA,
         "kind": "ServiceExport",
@@ -61,9 +71,13 @@ def encode_export(export: ServiceExport) -> bytes:
         "name": export.name,
         "type": export.type.value,
         "ports": [_port_out(p) for p in export.ports],
-        "endpoints": [_endpoint_out(e) for e in export.endpoints],
         "exportedAt": export.exported_at,
     }
+    if layout is None:
+        out["endpoints"] = [_endpoint_out(e) for e in export.endpoints]
+    else:
+        out["endpointChunks"] = layout.chunks
+        out["generation"] = layout.generation
     if export.ip_families:
         out["ipFamilies"] = list(export.ip_families)
     for key, value in (("sessionAffinity", export.session_affinity),
@@ -135,8 +149,14 @@ def decode_site(key: SiteKey, data: bytes) -> Site:
 
 
 def decode_export(key: ServiceKey, data: bytes) -> ServiceExport:
-    """Validate and decode an export record stored under `key`."""
+    """Validate and decode an export record stored under `key` (a chunked one: without its endpoints)."""
+    return decode_export_layout(key, data)[0]
+
+
+def decode_export_layout(key: ServiceKey, data: bytes) -> tuple[ServiceExport, Layout | None]:
+    """Validate and decode an export record stored under `key`, and its chunk layout (None: endpoints inline)."""
     obj = load_record(data, "ServiceExport")
+    layout = layout_of(obj)
     for fld, want in (("site", key.site), ("namespace", key.namespace), ("name", key.name)):
         got = _str(obj, fld)
         if got != want:
@@ -146,7 +166,10 @@ def decode_export(key: ServiceKey, data: bytes) -> ServiceExport:
     except ValueError:
         raise RecordError(f"type {obj.get('type')!r} is not ClusterSetIP or Headless") from None
     ports = tuple(_port_in(p, i) for i, p in enumerate(_list(obj, "ports")))
-    endpoints = tuple(_endpoint_in(e, i) for i, e in enumerate(_list(obj, "endpoints", required=False)))
+    raw = _list(obj, "endpoints", required=False)
+    if layout is not None and raw:
+        raise RecordError("a chunked export (endpointChunks) carries no endpoints of its own")
+    endpoints = tuple(_endpoint_in(e, i) for i, e in enumerate(raw))
     exported_at = obj.get("exportedAt", 0.0)
     if not isinstance(exported_at, int | float) or isinstance(exported_at, bool):
         raise RecordError("exportedAt is not a number")
@@ -173,7 +196,29 @@ def decode_export(key: ServiceKey, data: bytes) -> ServiceExport:
         exported_annotations=_string_map(obj, "exportedAnnotations"),
     )
     validate_export(export)
-    return export
+    return export, layout
+
+
+def layout_of(obj: dict[str, Any]) -> Layout | None:
+    """The chunk layout an export record's JSON object names (None: its endpoints are inline)."""
+    chunks, generation = obj.get("endpointChunks"), obj.get("generation")
+    if chunks is None:
+        return None
+    if not isinstance(chunks, int) or isinstance(chunks, bool) or not 1 <= chunks <= MAX_CHUNKS:
+        raise RecordError(f"endpointChunks {chunks!r} is not a number in 1..{MAX_CHUNKS}")
+    if not isinstance(generation, int) or isinstance(generation, bool) or generation < 0:
+        raise RecordError(f"generation {generation!r} is not a whole number")
+    return Layout(chunks, generation)
+
+
+def endpoint_out(e: Endpoint) -> dict[str, Any]:
+    """One endpoint as records hold it (exports and endpoint chunks)."""
+    return _endpoint_out(e)
+
+
+def endpoint_in(value: Any, i: int) -> Endpoint:
+    """One endpoint of a record, decoded (not yet validated: `records.validate_endpoints`)."""
+    return _endpoint_in(value, i)
 
 
 def _opt_str(obj: dict[str, Any], name: str) -> str | None:

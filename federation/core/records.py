@@ -194,9 +194,19 @@ def validate_export(export: ServiceExport) -> None:
         if p.app_protocol and (len(p.app_protocol) > 316 or not _QUALIFIED.match(p.app_protocol)):
             raise RecordError(f"ports[{i}].appProtocol {p.app_protocol!r} is not a protocol name")
     _validate_service_fields(export)
+    validate_endpoints(export.endpoints, seen)
+
+
+def validate_endpoints(endpoints: tuple[Endpoint, ...], port_names: set[str] | frozenset[str] | None
+                       ) -> tuple[frozenset[str], frozenset[str]]:
+    """Raise RecordError naming the first thing wrong with `endpoints`; their hostnames and the port names they use.
+
+    `port_names` are the service's (None: an endpoint chunk, checked against its export when assembled).
+    """
     hostnames: set[str] = set()
+    used: set[str] = set()
     checked_ports: set[tuple[EndpointPort, ...]] = set()
-    for i, e in enumerate(export.endpoints):
+    for i, e in enumerate(endpoints):
         if not e.addresses:
             raise RecordError(f"endpoints[{i}].addresses is empty")
         if len(e.addresses) > _MAX_ADDRESSES:
@@ -206,9 +216,10 @@ def validate_export(export: ServiceExport) -> None:
                 check_ip(f"endpoints[{i}].addresses", a)
         if e.ports not in checked_ports:  # endpoints of one export mostly share one ports tuple
             for ep in e.ports:
-                if ep.name not in seen:
+                if port_names is not None and ep.name not in port_names:
                     raise RecordError(f"endpoints[{i}].ports names {ep.name!r}, which is not a service port")
                 _check_port(f"endpoints[{i}].ports.{ep.name}", ep.port)
+                used.add(ep.name)
             checked_ports.add(e.ports)
         if e.hostname is not None:
             check_label(f"endpoints[{i}].hostname", e.hostname)
@@ -219,6 +230,7 @@ def validate_export(export: ServiceExport) -> None:
             raise RecordError(f"endpoints[{i}].weight {e.weight} is not in 0..65535")
         if e.labels:
             check_labels(f"endpoints[{i}].labels", e.labels)
+    return frozenset(hostnames), frozenset(used)
 
 
 def _validate_service_fields(export: ServiceExport) -> None:

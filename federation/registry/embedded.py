@@ -76,7 +76,7 @@ class EtcdProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         if not self.client_port:
             self.client_port = free_port(self.host)
-        if not self.peer_port:
+        while not self.peer_port or self.peer_port == self.client_port:  # the kernel may hand the same port twice
             self.peer_port = free_port(self.host)
         scheme = "https" if self.tls else "http"
         client_url = f"{scheme}://{self.host}:{self.client_port}"

@@ -243,7 +243,14 @@ class Mirror:
     async def _watch(self, revision: int) -> None:
         loop = asyncio.get_running_loop()
         turn = loop.time()
+        last = revision
         async for event in self._client.watch_prefix(self._keys.root(), revision + 1):
+            if event.revision != last and loop.time() - turn > TURN:
+                # A burst of changes: publish what is applied and let the data plane run before going on; only
+                # between revisions, so that no view holds half of one transaction (an export and its chunks).
+                await asyncio.sleep(0)
+                turn = loop.time()
+            last = event.revision
             if event.key in self._documents:
                 effect = self._document(event.key, event.value)
                 for site in sorted(effect.drop_sites):
@@ -267,12 +274,7 @@ class Mirror:
                 self._lag(outcome)
             if self._trust is not None:
                 self._retry_held(outcome)
-            now = loop.time()
             self._last_contact = time.monotonic()
-            if now - turn > TURN:
-                # A burst of changes: publish what is applied and let the data plane run before going on.
-                await asyncio.sleep(0)
-                turn = loop.time()
 
     async def _probe(self) -> None:
         """Detect a silent etcd (partition, stopped process) that leaves the watch hanging."""

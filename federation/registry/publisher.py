@@ -18,9 +18,9 @@ from federation.core.backoff import REGISTRY_CAP, Backoff
 from federation.core.errors import MeshfedError, RegistryUnavailable
 from federation.core.keys import Keys
 from federation.core.records import ServiceExport, Site
-from federation.registry.etcd import Delete, EtcdClient, Put, reconnecting
+from federation.registry.etcd import MAX_TXN_OPS, Delete, EtcdClient, Put, reconnecting
 from federation.registry.leasekeeper import LeaseKeeper
-from federation.registry.publishing import DeleteOp, PutOp, Stored, desired_records, plan
+from federation.registry.publishing import DeleteOp, Memo, PutOp, Stored, desired_records, packed, plan
 from federation.registry.sealing import Seal, owner_of, seal
 from federation.runtime.files import write_private
 from federation.runtime.values import Changes, Readable, Value
@@ -102,6 +102,7 @@ class Publisher:
         owner: str = "",
         on_duplicate: str = "wait",
         site_fields: Readable[Mapping[str, Any]] | None = None,
+        chunk_size: int = 0,
     ) -> None:
         self._client = client
         self._keys = keys
@@ -122,6 +123,10 @@ class Publisher:
         """Which agent instance this is (the site record says it): a copy of this machine is another."""
         self._on_duplicate = on_duplicate
         self._fields = site_fields
+        self._chunk_size = chunk_size
+        """Endpoints per chunk of a large export (`registry.endpoint_chunk_size`); 0 writes whole records."""
+        self._memo: Memo = {}
+        """The records each export was planned into, so that a change re-encodes the changed exports only."""
         self._actual: dict[str, Stored] = {}
         self._site_revision: int | None = None
         """The site record's mod revision as last read, until our first write of a session (then None)."""
@@ -263,7 +268,8 @@ class Publisher:
         at = self.settled.versions()
         now = self._clock()
         site = self._site.get()
-        desired = desired_records(self._keys, site, self._exports.get(), self._actual, now)
+        desired = desired_records(self._keys, site, self._exports.get(), self._actual, now, self._chunk_size,
+                                  self._memo)
         kit = self._sealer.get() if self._sealer is not None else None
         if kit is not None:
             stored = {k: v.value for k, v in self._actual.items()}
@@ -276,11 +282,12 @@ class Publisher:
         guard = None
         if self._site_revision is not None:
             guard = (self._keys.site(site.name), self._site_revision)
-        done = await self._client.commit(
-            [Put(op.key, op.value, self.lease) if isinstance(op, PutOp) else Delete(op.key) for op in ops], guard
-        )
-        if not done:
-            raise _Contended(f"another agent wrote the record of site {site.name} just now; looking again")
+        for n, batch in enumerate(packed(ops, MAX_TXN_OPS)):
+            done = await self._client.commit(
+                [Put(op.key, op.value, self.lease) if isinstance(op, PutOp) else Delete(op.key) for op in batch],
+                guard if n == 0 else None)
+            if not done:
+                raise _Contended(f"another agent wrote the record of site {site.name} just now; looking again")
         self._site_revision = None
         for op in ops:
             if isinstance(op, DeleteOp):

@@ -15,10 +15,14 @@ Also reports the mirror's memory per 100,000 endpoints (tracemalloc), and what s
 (issue 13): signing on write (the publisher's seal step) against encoding alone, and verifying on read
 (a catalog listing with the record verifier) against decoding alone, per record and projected to a
 1,000-site mesh of 100,000 exports, and the same for VIP allocations and claims (tests/bench/vipsigning.py).
+With `--chunks both` (the default) every etcd part runs twice in the same run, site A writing whole records
+and then endpoint chunks of `--chunk-size` (issue 11), each beside its own bare-watch floor; first it prints
+what one endpoint change costs the writer and a reader in either form (tests/bench/chunkcost.py).
 Prints ratios, not just times.
 
     .venv/bin/python -m tests.bench.registry [--rate 2000] [--services 100] [--per-service 100]
                                              [--agent-changes 1000] [--agent-rate 200] [--route-changes 50]
+                                             [--chunks both|on|off] [--chunk-size 10]
     .venv/bin/python -m tests.bench.registry --signing-only [--sites 20] [--per-site 100] [--endpoints 10]
 """
 
@@ -30,6 +34,7 @@ import dataclasses
 import datetime
 import gc
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -49,6 +54,7 @@ from federation.pki.issuing import new_root, new_site_ca, save_site
 from federation.registry.embedded import EtcdProcess, free_port
 from federation.registry.etcd import EtcdClient
 from federation.registry.mirror import Mirror
+from tests.bench.chunkcost import print_change_costs
 from tests.bench.scaleobserve import Propagation, answers
 from tests.bench.vipsigning import print_vips, vip_costs
 from tests.integration.agentproc import AgentProcess, write_config
@@ -108,8 +114,9 @@ def pct(values: list[float], p: float) -> float:
     return values[min(len(values) - 1, int(len(values) * p))]
 
 
-async def run_mirror(etcd: EtcdProcess, services: int, per: int, rate: float) -> list[float]:
-    pub = HandPublisher(EtcdClient([etcd.endpoint]), KEYS, site("east"), make_exports(services, per, 0), ttl=30)
+async def run_mirror(etcd: EtcdProcess, services: int, per: int, rate: float, chunk_size: int = 0) -> list[float]:
+    pub = HandPublisher(EtcdClient([etcd.endpoint]), KEYS, site("east"), make_exports(services, per, 0), ttl=30,
+                        chunk_size=chunk_size)
     mirror = Mirror(EtcdClient([etcd.endpoint]), KEYS)
     base = services * per
     observed: dict[int, float] = {}
@@ -140,9 +147,10 @@ async def run_mirror(etcd: EtcdProcess, services: int, per: int, rate: float) ->
     return lags(submitted, observed)
 
 
-async def run_floor(etcd: EtcdProcess, services: int, per: int, rate: float) -> list[float]:
-    """The same workload observed by a bare aetcd watch that only decodes JSON."""
-    pub = HandPublisher(EtcdClient([etcd.endpoint]), KEYS, site("east"), make_exports(services, per, 0), ttl=30)
+async def run_floor(etcd: EtcdProcess, services: int, per: int, rate: float, chunk_size: int = 0) -> list[float]:
+    """The same workload observed by a bare aetcd watch that only decodes JSON (of export or chunk records)."""
+    pub = HandPublisher(EtcdClient([etcd.endpoint]), KEYS, site("east"), make_exports(services, per, 0), ttl=30,
+                        chunk_size=chunk_size)
     base = services * per
     observed: dict[int, float] = {}
     submitted: dict[int, float] = {}
@@ -193,7 +201,8 @@ def memory_per_100k(services: int = 1000, per: int = 100) -> tuple[float, float]
     return held * 100_000 / (services * per), raw * 100_000 / (services * per)
 
 
-async def run_agent(etcd: EtcdProcess, tmp: Path, args: argparse.Namespace) -> dict[str, list[float]]:
+async def run_agent(etcd: EtcdProcess, tmp: Path, args: argparse.Namespace, chunk_size: int = 0
+                    ) -> dict[str, list[float]]:
     """Site B as a real agent: lags to its DNS answer and to its egress route, and a bare watch of the same."""
     services, per = args.services, args.per_service
     root = new_root("mesh.example", now())
@@ -212,7 +221,8 @@ async def run_agent(etcd: EtcdProcess, tmp: Path, args: argparse.Namespace) -> d
 
     routes = [routed(r, ports[0]) for r in range(4)]
     current = hosts(0)
-    pub = HandPublisher(EtcdClient([etcd.endpoint]), KEYS, site("east"), [*current, *routes], ttl=30)
+    pub = HandPublisher(EtcdClient([etcd.endpoint]), KEYS, site("east"), [*current, *routes], ttl=30,
+                        chunk_size=chunk_size)
     dns_port = free_port()
     config = write_config(tmp / "west.yaml", "west", [etcd.endpoint], tmp / "west", [], ttl=10,
                           dns={"udp": [f"127.0.0.1:{dns_port}"], "tcp": [f"127.0.0.1:{dns_port}"]},
@@ -414,43 +424,58 @@ async def main_async(args: argparse.Namespace) -> None:
         print_signing(signing_costs(args.sites, args.per_site, args.endpoints))
         print_vips(vip_costs())
         return
-    with tempfile.TemporaryDirectory() as tmp:
-        results = {}
-        for name, fn in (("floor", run_floor), ("mirror", run_mirror)):
-            etcd = EtcdProcess(data_dir=Path(tmp) / name)
-            etcd.start()
-            try:
-                results[name] = await fn(etcd, args.services, args.per_service, args.rate)
-            finally:
-                etcd.stop()
-        seen = None
-        if args.agent_changes or args.route_changes:
-            etcd = EtcdProcess(data_dir=Path(tmp) / "agent")
-            etcd.start()
-            try:
-                seen = await run_agent(etcd, Path(tmp), args)
-            finally:
-                etcd.stop()
-    floor, mirror = results["floor"], results["mirror"]
-    n = args.services * args.per_service
-    print(f"registry benchmark: {n} endpoint changes in {args.services} services, paced at {args.rate:.0f}/s")
-    print(f"{'observer':<28}{'changes seen':>14}{'p50 lag ms':>12}{'p99 lag ms':>12}")
-    for name, vals in (("bare aetcd watch (floor)", floor), ("meshfed mirror", mirror)):
-        print(f"{name:<28}{len(vals):>14}{pct(vals, 0.5) * 1e3:>12.1f}{pct(vals, 0.99) * 1e3:>12.1f}")
-    print(f"ratio mirror/floor: p50 {pct(mirror, 0.5) / pct(floor, 0.5):.2f}x, "
-          f"p99 {pct(mirror, 0.99) / pct(floor, 0.99):.2f}x, mean {statistics.mean(mirror) / statistics.mean(floor):.2f}x")
-    if seen is not None:
-        print(f"\nwhat site B's agent shows: {args.agent_changes} endpoint changes at {args.agent_rate:.0f}/s, "
-              f"{args.route_changes} route changes 100 ms apart")
-        print(f"{'observer':<34}{'changes seen':>14}{'p50 lag ms':>12}{'p99 lag ms':>12}")
-        for name, vals in seen.items():
-            shown = [v for v in vals if v != float("inf")]
-            print(f"{name:<34}{f'{len(shown)}/{len(vals)}':>14}{pct(sorted(vals), 0.5) * 1e3:>12.1f}"
-                  f"{pct(sorted(vals), 0.99) * 1e3:>12.1f}")
-        dns_lag, dns_floor = sorted(seen["agent DNS answer"]), sorted(seen["bare aetcd watch (floor)"])
-        if dns_lag and dns_floor:
-            print(f"ratio DNS answer/floor: p50 {pct(dns_lag, 0.5) / pct(dns_floor, 0.5):.2f}x, "
-                  f"p99 {pct(dns_lag, 0.99) / pct(dns_floor, 0.99):.2f}x")
+    sizes = {"off": [0], "on": [args.chunk_size], "both": [0, args.chunk_size]}[args.chunks]
+    print(f"load average at start: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    print_change_costs(args.per_service, sizes)
+    dns: dict[int, tuple[list[float], list[float]]] = {}
+    for size in sizes:
+        mode = f"chunks of {size}" if size else "whole records"
+        with tempfile.TemporaryDirectory() as tmp:
+            results = {}
+            for name, fn in (("floor", run_floor), ("mirror", run_mirror)):
+                etcd = EtcdProcess(data_dir=Path(tmp) / name)
+                etcd.start()
+                try:
+                    results[name] = await fn(etcd, args.services, args.per_service, args.rate, size)
+                finally:
+                    etcd.stop()
+            seen = None
+            if args.agent_changes or args.route_changes:
+                etcd = EtcdProcess(data_dir=Path(tmp) / "agent")
+                etcd.start()
+                try:
+                    seen = await run_agent(etcd, Path(tmp), args, size)
+                finally:
+                    etcd.stop()
+        floor, mirror = results["floor"], results["mirror"]
+        n = args.services * args.per_service
+        print(f"\n[{mode}] registry benchmark: {n} endpoint changes in {args.services} services, paced at "
+              f"{args.rate:.0f}/s (load average {os.getloadavg()[0]:.1f})")
+        print(f"{'observer':<28}{'changes seen':>14}{'p50 lag ms':>12}{'p99 lag ms':>12}")
+        for name, vals in (("bare aetcd watch (floor)", floor), ("meshfed mirror", mirror)):
+            print(f"{name:<28}{len(vals):>14}{pct(vals, 0.5) * 1e3:>12.1f}{pct(vals, 0.99) * 1e3:>12.1f}")
+        print(f"ratio mirror/floor: p50 {pct(mirror, 0.5) / pct(floor, 0.5):.2f}x, "
+              f"p99 {pct(mirror, 0.99) / pct(floor, 0.99):.2f}x, "
+              f"mean {statistics.mean(mirror) / statistics.mean(floor):.2f}x")
+        if seen is not None:
+            print(f"[{mode}] what site B's agent shows: {args.agent_changes} endpoint changes at "
+                  f"{args.agent_rate:.0f}/s, {args.route_changes} route changes 100 ms apart")
+            print(f"{'observer':<34}{'changes seen':>14}{'p50 lag ms':>12}{'p99 lag ms':>12}")
+            for name, vals in seen.items():
+                shown = [v for v in vals if v != float("inf")]
+                print(f"{name:<34}{f'{len(shown)}/{len(vals)}':>14}{pct(sorted(vals), 0.5) * 1e3:>12.1f}"
+                      f"{pct(sorted(vals), 0.99) * 1e3:>12.1f}")
+            dns_lag, dns_floor = sorted(seen["agent DNS answer"]), sorted(seen["bare aetcd watch (floor)"])
+            if dns_lag and dns_floor:
+                dns[size] = (dns_lag, dns_floor)
+                print(f"ratio DNS answer/floor: p50 {pct(dns_lag, 0.5) / pct(dns_floor, 0.5):.2f}x, "
+                      f"p99 {pct(dns_lag, 0.99) / pct(dns_floor, 0.99):.2f}x")
+    if 0 in dns and args.chunk_size in dns and args.chunk_size:
+        (off, off_floor), (on, on_floor) = dns[0], dns[args.chunk_size]
+        print(f"\nheadless DNS lag of one endpoint, chunks of {args.chunk_size} against whole records: "
+              f"p50 {pct(on, 0.5):.2f} s vs {pct(off, 0.5):.2f} s ({pct(on, 0.5) / pct(off, 0.5):.2f}x), "
+              f"p99 {pct(on, 0.99):.2f} s vs {pct(off, 0.99):.2f} s; against the floor of each run: p50 "
+              f"{pct(on, 0.5) / pct(on_floor, 0.5):.1f}x vs {pct(off, 0.5) / pct(off_floor, 0.5):.1f}x")
     held, raw = memory_per_100k()
     print(f"mirror memory: {held:.1f} MiB per 100,000 endpoints (raw JSON values: {raw:.1f} MiB, ratio {held / raw:.1f}x)")
     print_signing(signing_costs(args.sites, args.per_site, args.endpoints))
@@ -465,6 +490,10 @@ def main() -> None:
     parser.add_argument("--agent-changes", type=int, default=1000, help="endpoint changes the agent run makes")
     parser.add_argument("--agent-rate", type=float, default=200.0, help="their pace, changes per second")
     parser.add_argument("--route-changes", type=int, default=50, help="endpoint moves seen through the egress")
+    parser.add_argument("--chunk-size", type=int, default=10,
+                        help="endpoints per chunk when chunks are on (registry.endpoint_chunk_size)")
+    parser.add_argument("--chunks", choices=("both", "on", "off"), default="both",
+                        help="run with endpoint chunks on, off, or both in the same run (default)")
     parser.add_argument("--signing-only", action="store_true", help="only the sign/verify costs (no etcd)")
     parser.add_argument("--sites", type=int, default=20, help="sites in the sign/verify sample")
     parser.add_argument("--per-site", type=int, default=100, help="exports per site in the sign/verify sample")

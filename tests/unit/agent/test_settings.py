@@ -146,3 +146,11 @@ def test_the_heartbeat_and_the_access_log_have_safe_defaults_and_bounds() -> Non
         parse_settings({**SITE, "access_log": {"sample": 2}}, "x.yaml")
     with pytest.raises(ConfigError, match=r"access_log.where: unknown field"):
         parse_settings({**SITE, "access_log": {"where": "-"}}, "x.yaml")
+
+
+def test_endpoint_chunks_are_off_until_asked_for_so_that_older_readers_keep_every_endpoint() -> None:
+    assert parse_settings(SITE, "x.yaml").registry.endpoint_chunk_size == 0
+    cfg = parse_settings({**SITE, "registry": {"signatures": "accept", "endpoint_chunk_size": 100}}, "x.yaml")
+    assert cfg.registry.endpoint_chunk_size == 100
+    with pytest.raises(ConfigError, match=r"registry.endpoint_chunk_size: -1 is not in 0\.\.10000"):
+        parse_settings({**SITE, "registry": {"signatures": "accept", "endpoint_chunk_size": -1}}, "x.yaml")

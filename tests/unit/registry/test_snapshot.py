@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 from pathlib import Path
@@ -106,3 +107,16 @@ def test_the_file_is_private_written_only_when_changed_and_removed_when_over_the
 def test_an_unreadable_file_is_not_used(tmp_path: Path) -> None:
     (tmp_path / "registry.snapshot").write_bytes(b"not gzip")
     assert SnapshotFile(tmp_path / "registry.snapshot", PREFIX, RawListing(MIB)).load() is None
+
+
+def test_a_snapshot_of_chunked_exports_restores_them_whole() -> None:
+    from federation.core.records import Endpoint
+    from federation.registry.publishing import desired_records
+
+    big = dataclasses.replace(export("east", "web"), endpoints=tuple(Endpoint((f"10.0.0.{i}",)) for i in range(1, 60)))
+    records = desired_records(KEYS, site("east"), [big], {}, 1.0, chunk_size=10)
+    assert sum("/endpoints/" in k for k in records) == 6
+    saved = decode(encode({k: (v, 3) for k, v in records.items()}, 3, PREFIX, 1.0), PREFIX, MIB)
+    restored = Catalog(KEYS)
+    restored.resync(saved.listing, saved.revision)
+    assert sorted(restored.view().exports[("east", "shop", "web")].endpoints, key=repr) == sorted(big.endpoints, key=repr)
