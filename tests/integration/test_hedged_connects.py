@@ -10,7 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from federation.core.records import Locality
+from federation.core.records import Gateway, Locality
+from gateway import racing
+from gateway.balancing import ViaGateway
+from gateway.racing import Race, Try
 from tests.integration.policylab import Lab, NamedServer, lab, who
 from tests.util import eventually
 
@@ -109,3 +112,42 @@ async def test_a_slow_gateway_keeps_its_traffic_and_is_hedged_only_until_its_lat
             assert it.action("ejected_gateway") == 0
     finally:
         await slow.close()
+
+
+def _try(gate: asyncio.Event, result: bool, per_try: float = 5.0, site: str = "east") -> Try:
+    async def attempt(note: list[str]) -> bool:
+        await gate.wait()
+        if not result:
+            note.append(racing.LATE)
+        return result
+
+    return racing.start(attempt, per_try, 0, site, ViaGateway(site, Gateway("gw", "127.0.0.1", 1)), "test-try")
+
+
+async def test_a_race_keeps_the_first_ok_and_cancels_the_hedge_or_lets_a_beaten_first_try_run_on() -> None:
+    first_gate, hedge_gate = asyncio.Event(), asyncio.Event()
+    race = Race(_try(first_gate, True))
+    hedge = _try(hedge_gate, True, site="edge")
+    waiting = asyncio.create_task(race.run(0.0, lambda: hedge))
+    await eventually(lambda: race.hedged)
+    first_gate.set()
+    assert await waiting is race.tries[0]
+    assert hedge.task.cancelled()
+    assert race.loser is None
+
+    first_gate.clear()
+    race = Race(_try(first_gate, False))
+    hedge = _try(hedge_gate, True, site="edge")
+    hedge_gate.set()
+    assert await race.run(0.0, lambda: hedge) is hedge
+    assert race.loser is race.tries[0]  # runs on: its late answer or its timeout is the evidence
+    first_gate.set()
+    assert await race.tries[0].task is False
+    assert race.tries[0].answered()
+
+
+async def test_a_try_that_never_answers_ends_at_its_per_try_timeout_with_no_hedge_to_start() -> None:
+    race = Race(_try(asyncio.Event(), True, per_try=0.05))
+    assert await race.run(0.0, lambda: None) is None
+    assert race.tries[0].note == ["timeout"]
+    assert not race.tries[0].answered()
