@@ -297,7 +297,7 @@ class Enforcer:
         first = race.tries[0]
         if not isinstance(first.route, ViaGateway):
             return None
-        return hedging.delay(rules.retries.hedge, self.answers.p99((first.site, first.route.gateway.name)), per_try)
+        return hedging.delay(rules.retries.hedge, self.answers.p95((first.site, first.route.gateway.name)), per_try)
 
     def _hedge(self, client: PlainLeg, key: ListenerKey, prep: Prepared, state: _Service, race: Race,
                tried: set[int], now: float, per_try: float, idle: float) -> Try | None:
@@ -306,7 +306,10 @@ class Enforcer:
         first = race.tries[0]
         healthy = state.outliers.health(prep.plan.routes, now).healthy
         j = prep.plan.choose(healthy, self.rng, tried | prep.by_site[first.site]).index
-        if j is None or not prep.plan.routes[j].gateways or not state.budget.allows():
+        if j is None or not prep.plan.routes[j].gateways:
+            return None
+        if not state.budget.allows():
+            self.metrics.actions.labels("budget_spent").inc()
             return None
         site = prep.plan.candidates[j].site
         if state.breaker.connecting(site) is not Verdict.OK:

@@ -71,14 +71,17 @@ class Race:
         return first if self.hedged and not first.task.done() else None
 
     async def run(self, hedge_after: float | None, hedge: Callable[[], Try | None]) -> Try | None:
-        """The try that connected the client, or None when every try failed. After `hedge_after` seconds
-        without an end, `hedge()` may start a second try (None: it did not)."""
+        """The try that connected the client, or None when every try failed. Every `hedge_after` seconds
+        without an end, `hedge()` may start a second try (None: not now)."""
         first = self.tries[0]
         try:
-            if hedge_after is not None:
+            while hedge_after is not None and not first.task.done():
+                # Asked again each `hedge_after` while the first try runs: a retry budget spent by other
+                # clients' hedges a moment ago may allow this one now.
                 await asyncio.wait([first.task], timeout=hedge_after)
                 if not first.task.done() and (second := hedge()) is not None:
                     self.tries.append(second)
+                    break
             while True:
                 for t in self.tries:
                     if t.won:

@@ -72,6 +72,12 @@ class Run:
     """(start relative to the fault, latency, site or "" for a failure)."""
     healed: float | None = None
     """When the fault was undone (partition: the link came back), relative to the fault."""
+    actions: dict[str, float] = field(default_factory=dict)
+    """West's meshfed_egress_policy_actions_total by action at the end of the run."""
+
+    def actions_line(self) -> str:
+        shown = ", ".join(f"{k} {v:g}" for k, v in sorted(self.actions.items()) if v)
+        return f"- {self.fault}, {self.mode}: {shown or 'none'}"
 
     def row(self) -> str:
         after = [r for r in self.started if r[0] >= 0]
@@ -93,6 +99,15 @@ def site_fields(config: Path, **fields: str) -> None:
     doc = yaml.safe_load(config.read_text())
     doc["site"].update(fields)
     config.write_text(yaml.safe_dump(doc))
+
+
+async def policy_actions(west: AgentProcess) -> dict[str, float]:
+    """West's meshfed_egress_policy_actions_total, by action."""
+    out = {}
+    for line in (await asyncio.to_thread(west.get, "/metrics"))[1].splitlines():
+        if line.startswith('meshfed_egress_policy_actions_total{action="'):
+            out[line.split('"')[1]] = float(line.rsplit(" ", 1)[1])
+    return out
 
 
 async def meshfed(*args: str) -> None:
@@ -209,6 +224,7 @@ async def loopback(tmp: Path, etcd: EtcdProcess, ports: dict[str, int], prefix: 
                 site_fields(cfg, gateway_address=FRONT)
             agents[site] = AgentProcess(cfg, state).start()
         for agent in agents.values():
+            await asyncio.to_thread(agent.admin, 120)  # a busy shared host: starting can take a while
             await asyncio.to_thread(agent.wait_ready, 60)
         mesh = Loopback(agents, await listener(agents["west"]))
         if front:
@@ -248,6 +264,7 @@ async def scenario(tmp: Path, etcd: EtcdProcess, ports: dict[str, int], fault: s
                 os.kill(east.pid, signal.SIGKILL if fault == "kill" else signal.SIGSTOP)
 
         await drive(mesh.addr, run, args, strike)
+        run.actions = await policy_actions(mesh.agents["west"])
     return run
 
 
@@ -311,6 +328,10 @@ async def main(args: argparse.Namespace) -> None:
             print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
             for run in runs:
                 print(run.row())
+            print("\nWhat west's traffic policy did (meshfed_egress_policy_actions_total):\n")
+            for run in runs:
+                if run.mode != "no policy":
+                    print(run.actions_line())
             if shares is not None:
                 print(f"\n{shares}")
         finally:

@@ -21,7 +21,7 @@ from typing import Any
 
 from federation.devkit.lab import DEFAULT_SITES, Lab
 from federation.registry.embedded import EtcdProcess
-from tests.bench.failover import MODES, Run, apply_policy, both_seen, drive, listener, site_fields
+from tests.bench.failover import MODES, Run, apply_policy, both_seen, drive, listener, policy_actions, site_fields
 from tests.integration.agentproc import AgentProcess, write_config
 
 ENDPOINT_PORT = 8080
@@ -95,12 +95,14 @@ async def one(tmp: Path, lab: Lab, etcd: EtcdProcess, mode: str, args: argparse.
             site_fields(cfg, network=s.network, gateway_address=s.wan_ip)
             agents[name] = LabAgent(lab, name, cfg, state).start()
         for agent in agents.values():
+            await asyncio.to_thread(agent.admin, 120)  # a busy shared host: starting can take a while
             await asyncio.to_thread(agent.wait_ready, 60)
         addr = await listener(agents["west"])
         if mode in MODES:
             await apply_policy(tmp, etcd, prefix, MODES[mode], agents["west"])
         await both_seen(addr, args.patience)
         await drive(addr, run, args, lambda: link(lab, "east", "down"), lambda: link(lab, "east", "up"))
+        run.actions = await policy_actions(agents["west"])
     finally:
         with contextlib.suppress(subprocess.SubprocessError):
             link(lab, "east", "up")

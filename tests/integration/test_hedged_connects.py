@@ -102,7 +102,7 @@ async def test_a_slow_gateway_keeps_its_traffic_and_is_hedged_only_until_its_lat
             first = [await who(it.address, timeout=5.0) for _ in range(4)]
             assert it.egress is not None
             answers = it.egress.enforcer.answers
-            await eventually(lambda: (answers.p99(("east", "gw")) or 0.0) >= 0.3, timeout=10)
+            await eventually(lambda: (answers.p95(("east", "gw")) or 0.0) >= 0.3, timeout=10)
             hedges = it.action("hedge")
             later = collections.Counter([await who(it.address, timeout=5.0) for _ in range(6)])
             assert set(first) <= {"east", "edge"}, first
@@ -148,6 +148,6 @@ async def test_a_race_keeps_the_first_ok_and_cancels_the_hedge_or_lets_a_beaten_
 
 async def test_a_try_that_never_answers_ends_at_its_per_try_timeout_with_no_hedge_to_start() -> None:
     race = Race(_try(asyncio.Event(), True, per_try=0.05))
-    assert await race.run(0.0, lambda: None) is None
+    assert await race.run(0.01, lambda: None) is None
     assert race.tries[0].note == ["timeout"]
     assert not race.tries[0].answered()

@@ -182,7 +182,7 @@ class Hedge:
     reached the application yet, so a second try cannot duplicate a byte; it counts as a retry (budget)."""
     min_delay: float = 0.25
     """RFC 8305's Connection Attempt Delay: below it a busy host's own scheduling would start needless
-    hedges; the delay is 3 x the gateway's recent p99 answer time when that is longer."""
+    hedges; the delay is 3 x the gateway's recent p95 answer time when that is longer."""
 
 
 @dataclass(frozen=True, slots=True)
