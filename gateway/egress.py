@@ -358,6 +358,11 @@ class Egress:
                 continue
             if tunnel.closed:  # lost right after its status (its transport is gone): a fresh tunnel, once
                 continue
+            if client.attached:  # a hedged try on another route took the client first (gateway.racing)
+                noted(note, "late")
+                tunnel.close()
+                pool.give_back(tunnel)
+                return False
             self.metrics.attempts.labels("gateway", "ok").inc()
             held: list[Any] = []
 

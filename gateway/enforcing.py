@@ -15,26 +15,28 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry
 
 from federation.core.policy.model import AbortKind, Rules, TrafficPolicy
-from federation.core.records import Gateway, Labels
+from federation.core.records import Labels
 from federation.core.view import MeshView
 from federation.runtime.values import Readable
-from gateway.balancing import Direct, ListenerKey, Route, Target, ViaGateway, find_port
-from gateway.policy import faults, retrying
+from gateway import racing
+from gateway.balancing import Direct, ListenerKey, Route, ViaGateway, find_port
+from gateway.policy import faults, hedging, retrying
 from gateway.policy.breaker import Breaker, Verdict
 from gateway.policy.outlier import Capped, Ejected, Outliers
-from gateway.policy.plan import RoutePlan
 from gateway.policy.retrying import Budget, Failure, GiveUp
-from gateway.policy.steering import Place, candidates
-from gateway.refusals import EgressMetrics, Throttle
+from gateway.preparing import Prepared, prepare
+from gateway.racing import Race, Try
+from gateway.refusals import EgressMetrics, PolicyMetrics, Throttle
 from gateway.relay import PlainLeg
 from gateway.shedding import reset_transport
 
@@ -56,32 +58,10 @@ _FAILURES = {
 """What the egress noted about a failed attempt (gateway.egress `_direct`/`_tunnel`) as a retry failure."""
 
 
-def probed(prep: _Prepared, healthy: Sequence[bool], down: frozenset[str], refused: frozenset[str]) -> Sequence[bool]:
-    """`healthy` less the candidates at `refused` sites, and at sites active health found `down` unless that
-    leaves none (last resort)."""
-    if not down and not refused:
-        return healthy
-    sites = [c.site for c in prep.plan.candidates]
-    allowed = [h and sites[i] not in refused for i, h in enumerate(healthy)]
-    out = [h and sites[i] not in down for i, h in enumerate(allowed)]
-    return out if any(out) else allowed
-
-
 def noted(note: list[str] | None, what: str) -> None:
     """Record why an attempt failed, where the caller asked (the policy path does; the plain path not)."""
     if note is not None:
         note.append(what)
-
-
-class PolicyMetrics:
-    """What traffic policies did to new connections, registered in the agent's registry."""
-
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.actions = Counter(
-            "meshfed_egress_policy_actions_total",
-            "Traffic-policy actions on new connections: retry, ejected_endpoint, ejected_gateway, ejection_capped, "
-            "breaker_service, breaker_site, budget_spent, fault_delay, fault_abort, max_duration",
-            ["action"], registry=registry)
 
 
 @dataclasses.dataclass(slots=True)
@@ -91,19 +71,6 @@ class _Service:
     outliers: Outliers
     breaker: Breaker
     budget: Budget
-
-
-@dataclasses.dataclass(slots=True)
-class _Prepared:
-    """A RoutePlan and what the connect loop needs from it, valid while `service`, `sites`, `rules` stay."""
-
-    service: object
-    sites: object
-    rules: Rules
-    plan: RoutePlan
-    by_site: dict[str, frozenset[int]]
-    gateways: dict[str, tuple[Gateway, ...]]
-    ready: int
 
 
 @dataclasses.dataclass(slots=True)
@@ -141,8 +108,10 @@ class Enforcer:
         self.metrics = PolicyMetrics(registry)
         self.rng = rng or random.Random()  # noqa: S311 - load balancing, not cryptography
         self._services: dict[tuple[str, str], _Service] = {}
-        self._prepared: dict[ListenerKey, _Prepared] = {}
+        self._prepared: dict[ListenerKey, Prepared] = {}
         self._seen = -1
+        self.answers = hedging.Answers()
+        """Recent answer times per gateway (site, name), which set when an unanswered try is hedged."""
         self.sites_down: Callable[[str, str], frozenset[str]] = lambda _ns, _name: frozenset()
         """Sites active health found without a ready endpoint for a service (gateway.reachability)."""
         self.sites_refused: Callable[[str, str], frozenset[str]] = lambda _ns, _name: frozenset()
@@ -194,7 +163,7 @@ class Enforcer:
 
     # -- private
 
-    async def _connect(self, client: PlainLeg, key: ListenerKey, rules: Rules, state: _Service, prep: _Prepared,
+    async def _connect(self, client: PlainLeg, key: ListenerKey, rules: Rules, state: _Service, prep: Prepared,
                        conn: _Conn) -> None:
         loop, t = asyncio.get_running_loop(), rules.timeouts
         start = loop.time()
@@ -203,12 +172,10 @@ class Enforcer:
         why = "no healthy endpoint"
         retry = False
         reopened = -1
-        down, refused = self.sites_down(*key[:2]), self.sites_refused(*key[:2])
         try:
             while not client.lost:
                 now = time.monotonic()
-                healthy = probed(prep, state.outliers.health(prep.plan.routes, now).healthy, down, refused)
-                choice = prep.plan.choose(healthy, self.rng, tried)
+                choice = prep.plan.choose(self._healthy(key, prep, state, now), self.rng, tried)
                 c, i = choice.candidate, choice.index
                 if c is None or i is None:
                     if not tried or reopened == attempt:
@@ -236,25 +203,41 @@ class Enforcer:
                     tried |= prep.by_site[c.site]
                     continue
                 attempt += 1
-                route, note = self._route_to(prep, state, i, now, self._subset(rules, choice.target)), list[str]()
+                race = Race(self._try(client, key, prep, state, i, c.site, now, per_try, t.idle,
+                                      prep.subset(choice.target)))
+                hedge = functools.partial(self._hedge, client, key, prep, state, race, tried, now, per_try, t.idle)
+                can_hedge = attempt < rules.retries.attempts and loop.time() - start < t.connect
                 try:
-                    async with asyncio.timeout(per_try):
-                        ok = await (self._direct if isinstance(route, Direct) else self._tunnel)(
-                            client, route, key, note, t.idle)
-                except TimeoutError:
-                    ok = False
-                    note.append("timeout")
+                    won = await race.run(self._hedge_after(rules, race, per_try) if can_hedge else None, hedge)
                 except BaseException:
-                    state.breaker.connect_failed(c.site)
+                    for x in race.tries:
+                        state.breaker.connect_failed(x.site)
                     raise
+                finally:
+                    if race.hedged:
+                        attempt += 1
+                        state.budget.retry_ended()
                 if retry:
                     state.budget.retry_ended()
                     retry = False
-                if ok:
-                    self._connected(client, state, prep, i, route, fault, conn, t.max_connection_duration)
+                failure = Failure.GATEWAY
+                for x in race.tries:
+                    if x is not won and x is not race.loser:
+                        failure = self._settle(state, prep, x, tried)
+                if won is not None:
+                    self._connected(client, state, prep, won.index, won.route, fault, conn, t.max_connection_duration)
+                    self._sample(won)
+                    if race.hedged and won is race.tries[1]:
+                        self.metrics.actions.labels("hedge_won").inc()
+                    if (loser := race.loser) is not None:  # runs on to its timeout: the evidence about its gateway
+                        try:
+                            await asyncio.wait([loser.task])
+                        except BaseException:
+                            loser.task.cancel()
+                            state.breaker.connect_failed(loser.site)
+                            raise
+                        self._settle(state, prep, loser, tried)
                     return
-                state.breaker.connect_failed(c.site)
-                failure = self._failed(state, prep, i, route, note, now, tried)
                 decision = retrying.decide(rules.retries, t, attempt, failure, loop.time() - start, False,
                                            state.budget, self.rng)
                 if isinstance(decision, GiveUp):
@@ -278,7 +261,7 @@ class Enforcer:
         self.egress_metrics.connections.labels("no_route").inc()
         reset_transport(client.transport)
 
-    def _connected(self, client: PlainLeg, state: _Service, prep: _Prepared, i: int, route: Route,
+    def _connected(self, client: PlainLeg, state: _Service, prep: Prepared, i: int, route: Route,
                    fault: faults.FaultDecision | None, conn: _Conn, max_duration: float | None) -> None:
         now = time.monotonic()
         site = prep.plan.candidates[i].site
@@ -300,7 +283,63 @@ class Enforcer:
             self.metrics.actions.labels("max_duration").inc()
             reset_transport(client.transport)
 
-    def _failed(self, state: _Service, prep: _Prepared, i: int, route: Route, note: Sequence[str], now: float,
+    def _healthy(self, key: ListenerKey, prep: Prepared, state: _Service, now: float) -> Sequence[bool]:
+        """Candidates not ejected, less the sites active health or partition behaviour leave out."""
+        healthy = state.outliers.health(prep.plan.routes, now).healthy
+        return prep.probed(healthy, self.sites_down(*key[:2]), self.sites_refused(*key[:2]))
+
+    def _try(self, client: PlainLeg, key: ListenerKey, prep: Prepared, state: _Service, i: int, site: str,
+             now: float, per_try: float, idle: float, subset: Labels = ()) -> Try:
+        route = prep.route_to(state.outliers, i, now, self.rng, subset)
+        attempt = self._direct if isinstance(route, Direct) else self._tunnel
+        return racing.start(lambda note: attempt(client, route, key, note, idle), per_try, i, site, route,
+                            "egress-try-{}/{}:{}".format(*key))
+
+    def _hedge_after(self, rules: Rules, race: Race, per_try: float) -> float | None:
+        """When the first try of `race` is hedged: only a try through a gateway (a direct try has no gateway
+        whose answers say what is late, and the egress's direct connect cannot tell that it lost a race)."""
+        first = race.tries[0]
+        if not isinstance(first.route, ViaGateway):
+            return None
+        return hedging.delay(rules.retries.hedge, self.answers.p95((first.site, first.route.gateway.name)), per_try)
+
+    def _hedge(self, client: PlainLeg, key: ListenerKey, prep: Prepared, state: _Service, race: Race,
+               tried: set[int], now: float, per_try: float, idle: float) -> Try | None:
+        """A second try on the next route beside the unanswered first one, if the plan has another gateway
+        route, its site's breaker admits it, and the retry budget allows one more retry."""
+        first = race.tries[0]
+        choice = prep.plan.choose(self._healthy(key, prep, state, now), self.rng, tried | prep.by_site[first.site])
+        j = choice.index
+        if j is None or not prep.plan.routes[j].gateways:
+            return None
+        if not state.budget.allows():
+            self.metrics.actions.labels("budget_spent").inc()
+            return None
+        site = prep.plan.candidates[j].site
+        if state.breaker.connecting(site) is not Verdict.OK:
+            return None
+        state.budget.retry_started()
+        self.metrics.actions.labels("hedge").inc()
+        return self._try(client, key, prep, state, j, site, time.monotonic(), per_try, idle, prep.subset(choice.target))
+
+    def _settle(self, state: _Service, prep: Prepared, x: Try, tried: set[int]) -> Failure:
+        """A try that did not connect the client ended: its pending connect is over; count its evidence."""
+        state.breaker.connect_failed(x.site)
+        self._sample(x)
+        if x.task.cancelled():
+            return Failure.TIMEOUT
+        if x.note and x.note[-1] == racing.LATE:
+            assert isinstance(x.route, ViaGateway)
+            state.outliers.gateway_succeeded((x.site, x.route.gateway.name), time.monotonic())
+            return Failure.TIMEOUT
+        return self._failed(state, prep, x.index, x.route, x.note, time.monotonic(), tried)
+
+    def _sample(self, x: Try) -> None:
+        if x.answered():
+            assert isinstance(x.route, ViaGateway)
+            self.answers.record((x.site, x.route.gateway.name), asyncio.get_running_loop().time() - x.started)
+
+    def _failed(self, state: _Service, prep: Prepared, i: int, route: Route, note: Sequence[str], now: float,
                 tried: set[int]) -> Failure:
         """Count the evidence of one failed attempt, leave out what it rules out, and say what failed."""
         what = note[-1] if note else "gateway"
@@ -331,19 +370,6 @@ class Enforcer:
             self.metrics.actions.labels("ejection_capped").inc()
         return failure
 
-    def _route_to(self, prep: _Prepared, state: _Service, i: int, now: float, subset: Labels = ()) -> Route:
-        c = prep.plan.candidates[i]
-        if not prep.plan.routes[i].gateways:
-            return Direct(c.site, Target(c.address, c.port))
-        gateways = prep.gateways[c.site]
-        live = [g for g in gateways if not state.outliers.gateway_ejected((c.site, g.name), now)] or gateways
-        return ViaGateway(c.site, live[self.rng.randrange(len(live))], subset)
-
-    @staticmethod
-    def _subset(rules: Rules, target: int | None) -> Labels:
-        """The drawn split target's labels, for the remote gateway to pick within (none for a fallback)."""
-        return rules.split[target].labels if target is not None else ()
-
     def _refuse(self, client: PlainLeg, key: ListenerKey, action: str, reason: str) -> None:
         self.metrics.actions.labels(action).inc()
         self.egress_metrics.connections.labels("policy_reset").inc()
@@ -362,28 +388,8 @@ class Enforcer:
             state.budget.settings = rules.retries.budget
         return state
 
-    def _prepare(self, view: MeshView, key: ListenerKey, rules: Rules) -> _Prepared:
-        svc = view.service(key[0], key[1])
+    def _prepare(self, view: MeshView, key: ListenerKey, rules: Rules) -> Prepared:
         prep = self._prepared.get(key)
-        if prep is not None and prep.service is svc and prep.sites is view.sites and prep.rules is rules:
-            return prep
-        own = view.sites.get(self.site)
-        client = Place(self.site, own.network, own.locality.region, own.locality.zone) if own is not None \
-            else Place(self.site, "")
-        found = candidates(view, *key)
-        gateways = {c.site: view.sites[c.site].gateways for c in found}
-        cands = []
-        for c in found:
-            direct = c.place.network == client.network
-            # MCS: a site whose port of this name differs gets none of its traffic; a remote site with no
-            # gateway cannot be reached. Both stay in the levels, as not ready.
-            usable = svc is not None and svc.serves(c.site, key[2]) and (direct or bool(gateways.get(c.site)))
-            cands.append(c if usable or not c.healthy else dataclasses.replace(c, healthy=False))
-        plan = RoutePlan(client, cands, rules, {s: [g.name for g in gws] for s, gws in gateways.items()})
-        by_site: dict[str, set[int]] = {}
-        for i, c in enumerate(plan.candidates):
-            by_site.setdefault(c.site, set()).add(i)
-        prep = _Prepared(svc, view.sites, rules, plan, {s: frozenset(m) for s, m in by_site.items()}, gateways,
-                         sum(1 for c in plan.candidates if c.healthy))
-        self._prepared[key] = prep
+        if prep is None or not prep.fresh(view, key, rules):
+            prep = self._prepared[key] = prepare(self.site, view, key, rules)
         return prep

@@ -113,3 +113,14 @@ class EgressMetrics:
                               registry=registry)
         self.refusals = Counter("meshfed_egress_refusals_total", "Peers refused, by reason", ["reason"],
                                 registry=registry)
+
+
+class PolicyMetrics:
+    """What traffic policies did to new connections, registered in the agent's registry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.actions = Counter(
+            "meshfed_egress_policy_actions_total",
+            "Traffic-policy actions on new connections: retry, ejected_endpoint, ejected_gateway, ejection_capped, "
+            "breaker_service, breaker_site, budget_spent, fault_delay, fault_abort, max_duration, hedge, hedge_won",
+            ["action"], registry=registry)

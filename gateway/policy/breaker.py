@@ -63,7 +63,8 @@ class Breaker:
             return self._reject(Verdict.SERVICE_PENDING)
         if _over(per_site.max_pending_connects, self.site_pending[site]):
             return self._reject(Verdict.SITE_PENDING)
-        if _over(per_site.max_connections, self.site_connections[site]):
+        # Connects in flight count too: each may become a connection, and admitted together they would overshoot.
+        if _over(per_site.max_connections, self.site_connections[site] + self.site_pending[site]):
             return self._reject(Verdict.SITE_CONNECTIONS)
         self.pending += 1
         self.site_pending[site] += 1

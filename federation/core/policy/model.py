@@ -173,6 +173,19 @@ class RetryBudget:
 
 
 @dataclass(frozen=True, slots=True)
+class Hedge:
+    """Hedged connects through gateways (Happy Eyeballs, RFC 8305): a try whose gateway has not answered
+    within a few times its recent answer time is raced by a try on the next route; the first answer wins."""
+
+    enabled: bool = True
+    """On: a black-holed gateway costs a client the hedge delay, not the per-try timeout, and nothing has
+    reached the application yet, so a second try cannot duplicate a byte; it counts as a retry (budget)."""
+    min_delay: float = 0.25
+    """RFC 8305's Connection Attempt Delay: below it a busy host's own scheduling would start needless
+    hedges; the delay is 3 x the gateway's recent p95 answer time when that is longer."""
+
+
+@dataclass(frozen=True, slots=True)
 class Retries:
     """Retries before the first byte: a connect that failed is tried again on a new pick."""
 
@@ -182,6 +195,8 @@ class Retries:
     """See Backoff."""
     budget: RetryBudget = RetryBudget()
     """See RetryBudget."""
+    hedge: Hedge = Hedge()
+    """On; see Hedge."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -177,14 +177,19 @@ def read_retries(value: Any, path: str) -> m.Retries:
     budget = m.RetryBudget(g.take("percent", percent(), d.budget.percent),
                            g.take("minRetries", integer(0, 100_000), d.budget.min_retries))
     g.done()
+    h = Section(s.take("hedge", lambda _p, v: v, None), s.at("hedge"))
+    hedge = m.Hedge(h.take("enabled", boolean, d.hedge.enabled),
+                    h.take("minDelay", duration(0.01, 60), d.hedge.min_delay))
+    h.done()
     s.done()
-    return m.Retries(attempts, m.Backoff(base, cap), budget)
+    return m.Retries(attempts, m.Backoff(base, cap), budget, hedge)
 
 
 def write_retries(p: m.Retries) -> dict[str, Any]:
     return {"attempts": p.attempts,
             "backoff": {"base": format_duration(p.backoff.base), "max": format_duration(p.backoff.max)},
-            "budget": {"percent": format_number(p.budget.percent), "minRetries": p.budget.min_retries}}
+            "budget": {"percent": format_number(p.budget.percent), "minRetries": p.budget.min_retries},
+            "hedge": {"enabled": p.hedge.enabled, "minDelay": format_duration(p.hedge.min_delay)}}
 
 
 def read_circuit_breaker(value: Any, path: str) -> m.CircuitBreaker:

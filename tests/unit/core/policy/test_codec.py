@@ -128,6 +128,9 @@ BAD = [
     (doc({"retry": {}}), "spec.retry", "unknown field"),
     (doc({"retries": {"attempts": 0}}), "spec.retries.attempts", "0 is not in 1..10"),
     (doc({"retries": {"attempts": "3"}}), "spec.retries.attempts", "is not a whole number"),
+    (doc({"retries": {"hedge": {"minDelay": "5ms"}}}), "spec.retries.hedge.minDelay", "is not between 10ms and"),
+    (doc({"retries": {"hedge": {"enabled": "yes"}}}), "spec.retries.hedge.enabled", "is not true or false"),
+    (doc({"retries": {"hedge": {"after": "1s"}}}), "spec.retries.hedge.after", "unknown field"),
     (doc({"retries": {"backoff": {"base": "1s", "max": "100ms"}}}), "spec.retries.backoff.max", "shorter than base"),
     (doc({"timeouts": {"connect": "1s", "connectPerTry": "2s"}}), "spec.timeouts.connectPerTry",
      "longer than connect 1s"),
@@ -238,7 +241,9 @@ def specs(draw: st.DrawFn) -> dict[str, Any]:
     spec: dict[str, Any] = {}
     if draw(st.booleans()):
         spec["retries"] = {"attempts": draw(st.integers(1, 10)),
-                           "budget": {"percent": draw(st.integers(0, 100)), "minRetries": draw(st.integers(0, 9))}}
+                           "budget": {"percent": draw(st.integers(0, 100)), "minRetries": draw(st.integers(0, 9))},
+                           "hedge": {"enabled": draw(st.booleans()),
+                                     "minDelay": draw(st.integers(10, 60_000).map(lambda ms: f"{ms}ms"))}}
     if draw(st.booleans()):
         spec["timeouts"] = {"connect": "1h", "connectPerTry": draw(durations), "idle": draw(durations),
                             "maxConnectionDuration": draw(st.none() | durations.filter(lambda d: int(d[:-2]) >= 1000))}
