@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
-import statistics
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -28,6 +27,7 @@ from gateway.pool import TunnelPool
 from gateway.probing import Prober, _no_spawn
 from gateway.serviceprobes import HealthTable
 from gateway.settings import GatewaySettings
+from tests.bench.probing import sequential
 from tests.pkihelp import export
 from tests.tunnelhelp import two_sites
 
@@ -68,15 +68,7 @@ async def main(count: int) -> None:
             for name, work in (("gateway probe: handshake + probe (reference)", probe),
                                ("health query, 1 service, kept tunnel", query(names[:1])),
                                (f"health query, {MAX_SERVICES} services, kept tunnel", query(names))):
-                walls = []
-                cpu0 = time.process_time()
-                for _ in range(count):
-                    t0 = time.perf_counter()
-                    await work()
-                    walls.append(time.perf_counter() - t0)
-                cpu = (time.process_time() - cpu0) / count
-                walls.sort()
-                rows.append((name, statistics.median(walls), walls[int(len(walls) * 0.99) - 1], cpu))
+                rows.append((name, *await sequential(work, count)))
             pool.close()
             print(f"| {count} sequential, loopback | p50 ms | p99 ms | CPU ms (both ends) |")
             print("| --- | --- | --- | --- |")
