@@ -242,7 +242,9 @@ class Prober:
     async def round(self) -> None:
         """Probe each target once, at most probe_rate a second and probe_concurrency at once."""
         view = self.mesh.get()
-        if not view.complete:
+        # Before this site's own record is in the registry, every gateway refuses it ("not in the registry"):
+        # probing then would only report false DOWNs (seen on an agent's restart) and steer traffic away.
+        if not view.complete or self.site not in view.sites:
             return
         self._follow(view)
         s = self._settings.get()

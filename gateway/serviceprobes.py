@@ -239,7 +239,7 @@ class ServiceProbes:
             while True:
                 s = self._settings.get()
                 view = self.mesh.get()
-                if s.probe_interval <= 0 or not view.complete:
+                if s.probe_interval <= 0 or not view.complete or self.site not in view.sites:  # see Prober.round
                     await asyncio.sleep(1.0)
                     continue
                 self._follow(view)

@@ -109,8 +109,9 @@ def test_failover_to_another_site_when_the_endpoint_stops(mesh: Demo) -> None:
         mesh.start_sample("east", "web")
         mesh.set_endpoint_ready("east", "web", ready=True)
     mesh.wait_for(lambda: _ready(mesh, "west", "shop/web", "east") == 1, 20, "east's endpoint back")
-    ok, body, _ = mesh.curl("west", url)
-    assert body.startswith("web served by east")
+    # West's active health took east's web out while it refused; it is back after its healthy threshold of
+    # good probes (gateway.serviceprobes), and then east, the nearer site, serves again.
+    mesh.wait_for(lambda: mesh.curl("west", url)[1].startswith("web served by east"), 20, "west to route to east")
 
 
 def test_killed_agent_disappears_from_dns_within_the_ttl_and_returns(mesh: Demo) -> None:
@@ -161,13 +162,15 @@ def test_etcd_outage_of_ten_seconds_changes_nothing_clients_see(mesh: Demo) -> N
     # A steady state first: an import re-created by an earlier test gets its new ClusterIP on east a moment later.
     mesh.wait_for(lambda: all(dig(mesh, site, n) for site in mesh.sites for n in names), 30, "every name everywhere")
     before = {(site, n): dig(mesh, site, n) for site in mesh.sites for n in names}
+    # ...and west's probes settled: a restarted west (the test before) routes to east once it probed it ALIVE.
+    mesh.wait_for(lambda: mesh.curl("west", url)[1].startswith("web served by east"), 30, "west to route web to east")
     mesh.etcd.stop()
     try:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             ok, body, _ = mesh.curl("west", url)
             assert ok, f"request failed during the etcd outage: {body}"
-            assert body.startswith("web served by east")
+            assert body.startswith("web served by east"), body
             assert dig(mesh, "edge", names[2]) == before[("edge", names[2])]
             time.sleep(1)
         assert mesh.status("west")["registry"]["stale"] is True
