@@ -366,12 +366,12 @@ def _names(what: str) -> Any:
 
 
 def _identities(path: str, value: Any) -> tuple[str, ...]:
-    out = []
-    for i, item in enumerate(f.items(path, value, MAX_MATCHES)):
-        if not isinstance(item, str) or not item.startswith("spiffe://") or len(item) > 2048 or "*" in item[:-1]:
+    items = f.items(path, value, MAX_MATCHES)
+    for i, item in enumerate(items):  # printable ASCII without a space: no newline or NUL reaches a log or a match
+        if (not isinstance(item, str) or not item.startswith("spiffe://") or len(item) > 2048 or "*" in item[:-1]
+                or not (item.isascii() and item.isprintable()) or " " in item):
             raise PolicyError(f"{path}[{i}]", f"{item!r} is not a SPIFFE ID (a trailing * matches any rest)")
-        out.append(item)
-    return tuple(out)
+    return tuple(items)
 
 
 def _text(path: str, value: Any) -> str:
