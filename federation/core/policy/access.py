@@ -160,7 +160,7 @@ def _matches(source: Source, peer: Peer, deny: bool) -> bool:
             return deny  # unknown: matches a Deny, never an Allow
         if peer.workload is None:  # the site is known, its workload is not: may it be one the rule names?
             scope = workload_scope(peer.identity, peer.site)
-            return deny and any(_could_name(p, scope) for p in source.identities)
+            return deny and any(could_name(p, scope) for p in source.identities)
         return False
     return True
 
@@ -181,7 +181,7 @@ def _identity(pattern: str, identity: str) -> bool:
     return identity.startswith(pattern[:-1]) if pattern.endswith("*") else identity == pattern
 
 
-def _could_name(pattern: str, scope: str) -> bool:
+def could_name(pattern: str, scope: str) -> bool:
     """Whether `pattern` can match some workload ID that begins with `scope`."""
     stem = pattern[:-1] if pattern.endswith("*") else pattern
     return stem.startswith(scope) or (pattern.endswith("*") and scope.startswith(stem))
