@@ -1,6 +1,9 @@
-"""Active health queries and access policy through real tunnels (tests/integration/policylab.py): a gateway
-tells a peer its policy refuses nothing of a service's state (FORBIDDEN, counted, logged once), and the peer's
-prober takes that service's route from its site out, with the reason, instead of calling the gateway dead."""
+"""Active health queries and access policy through real tunnels (tests/integration/policylab.py).
+
+A gateway tells a peer nothing of the state of a service the policy closes to it (FORBIDDEN, counted,
+logged once); the peer's prober takes that service's route from its site out, with the reason, instead of
+calling the gateway dead. A query naming a service with a control character is refused like any
+malformed preamble."""
 
 from __future__ import annotations
 
@@ -15,8 +18,11 @@ from federation.agent.gateways import status_warnings
 from federation.core.policy import access
 from federation.core.policy.access import AccessState, Action, MeshAccess
 from federation.runtime.values import Value
+from gateway.preamble import Status
 from tests.integration.policylab import EU1, NamedServer, lab, many
+from tests.integration.test_eastwest import _hostile
 from tests.integration.test_service_health import prober
+from tests.tunnelhelp import RawTunnel, two_sites
 from tests.util import eventually
 
 EAST = ("east", "shop", "web")
@@ -74,3 +80,20 @@ async def test_a_service_the_policy_closes_to_the_asker_is_forbidden_not_its_sta
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+
+
+@pytest.mark.parametrize("name", [b"echo\n", b"echo\x00"])
+async def test_a_health_query_naming_a_service_with_a_control_character_is_refused(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, name: bytes) -> None:
+    """Through a real tunnel: `bad-request`, the tunnel closed, one refusal line; a running stream goes on."""
+    caplog.set_level(logging.DEBUG, logger="gateway")
+    async with two_sites(tmp_path) as s:
+        async def attack() -> None:
+            t = await RawTunnel.open(s.gw_port, s.west.client)
+            body = (7).to_bytes(8, "big") + (1).to_bytes(2, "big") + b"\x02ns" + bytes((len(name),)) + name
+            t.writer.write(b"\x01\x05" + len(body).to_bytes(2, "big") + body)
+            resp = await t.response()
+            assert resp.status is Status.BAD_REQUEST
+            assert await t.closed_by_peer()
+            await t.close()
+        await _hostile(s, caplog, attack, "is not a valid name")
