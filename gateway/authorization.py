@@ -15,6 +15,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter
 
 from federation.core.policy.access import AccessState, Decision, Peer, decide, workload_id
+from federation.core.policy.reach import site_decision
 from federation.core.view import MeshView
 from federation.runtime.values import Readable, Value, follow
 from gateway.refusals import Throttle
@@ -72,6 +73,17 @@ class Authorizer:
                                f" ({peer.workload or peer.identity})" if peer.identity else "", *service,
                                decision.reason, decision.rule)
         return decision
+
+    def site_refusal(self, view: MeshView, site: str, identity: str) -> Callable[[tuple[str, str]], str | None]:
+        """For a health query from `site` (its gateway's `identity`): why a service is closed to every stream the
+        site could open, or None (federation.core.policy.reach); not counted as a refused stream."""
+        own = view.sites.get(site)
+        peer, state = Peer(site, own.network if own is not None else "", identity), self.state
+
+        def refusal(service: tuple[str, str]) -> str | None:
+            decision = site_decision(state, service, peer)
+            return None if decision.allowed else f"{decision.reason} (rule {decision.rule})"
+        return refusal
 
     def recheck(self, service: tuple[str, str], peer: Peer) -> Decision:
         """The decision for an established stream after a change (not counted as a refusal)."""

@@ -8,6 +8,10 @@ immediate (from the last check); a query also starts a check of each service who
 most one check per service per `FRESH` seconds, `MAX_CHECKS` at once, each stopping at the first endpoint
 that accepts (one connect per service, as long as it lives). Only services someone asks about are checked.
 
+A service the access policy closes to the asking site (every stream it could open would be refused,
+federation.core.policy.reach) is answered FORBIDDEN, never checked: its state is not the asker's to know.
+Counted in `meshfed_gateway_health_denied_total`, logged once a minute per asking site.
+
 `LocalHealth` is pure (time as an argument); `EndpointChecks` is the shell the gateway's tunnels call.
 """
 
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
@@ -26,6 +31,9 @@ from federation.core.view import MeshView
 from federation.runtime.values import Readable
 from gateway.balancing import Target, endpoint_targets
 from gateway.healthquery import Health, HealthAnswer, HealthQuery
+from gateway.refusals import Throttle
+
+log = logging.getLogger(__name__)
 
 FRESH = 1.0
 """Seconds a check's result stands before a query starts the next: ActiveHealth's 1 s interval."""
@@ -103,14 +111,30 @@ class EndpointChecks:
                               ["result"], registry=registry)
         for result in ("ok", "failed"):
             self.checks.labels(result)
+        self.denied = Counter("meshfed_gateway_health_denied", "Services of health queries answered FORBIDDEN: "
+                              "the access policy closes them to the asking site", registry=registry)
+        self._throttle = Throttle(60.0, 4096)
 
-    def answer(self, query: HealthQuery) -> HealthAnswer:
-        """The answer, at once; checks whose results are old start in the background."""
+    def answer(self, query: HealthQuery, asker: str = "",
+               refuse: Callable[[ServiceId], str | None] = lambda _: None) -> HealthAnswer:
+        """The answer, at once; checks whose results are old start in the background. A service `refuse`
+        gives a reason for (the access policy closes it to site `asker`) is FORBIDDEN and not checked."""
         self.queries.inc()
-        states, start = self.local.answer(self.mesh.get(), self.site, query.services, time.monotonic())
+        denied = {key: why for key in query.services if (why := refuse(key)) is not None}
+        asked = [key for key in query.services if key not in denied]
+        states, start = self.local.answer(self.mesh.get(), self.site, asked, time.monotonic())
         for key, targets in start:
             self._spawn(self._check(key, targets), f"endpoint-check-{key[0]}-{key[1]}")
-        return HealthAnswer(query.nonce, states)
+        if not denied:
+            return HealthAnswer(query.nonce, states)
+        it = iter(states)
+        out = tuple(Health.FORBIDDEN if key in denied else next(it) for key in query.services)
+        self.denied.inc(len(query.services) - len(asked))
+        (key, why), *_ = denied.items()
+        self._throttle.log(log, logging.WARNING, ("health-denied", asker),
+                           "health query from site %s: %d service(s) answered FORBIDDEN, e.g. %s/%s: %s", asker,
+                           len(denied), *key, why)
+        return HealthAnswer(query.nonce, out)
 
     async def _check(self, key: ServiceId, targets: list[Target]) -> None:
         ok = False

@@ -6,7 +6,8 @@ Two message types beside gateway.preamble's (which frames and dispatches them):
     Health answer (type 6) body: nonce u64 | count u16 | count x state u8 (`Health`, in the query's order)
 Like a probe, a query is answered at once and opens no stream. A gateway older than health queries answers
 `bad request` and closes the tunnel (its codec refuses an unknown message type): the asker reads that as
-`unknown` for every service, never as down. A state a later gateway adds reads as `unknown` too.
+`unknown` for every service, never as down. A state a later gateway adds reads as `unknown` too (so an
+older prober reads FORBIDDEN, added with access policies, as `unknown`).
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ class Health(enum.IntEnum):
     """Exported here, but no endpoint is ready, or every ready one refused its last check."""
     NOT_EXPORTED = 3
     """This site does not export the service (any more)."""
+    FORBIDDEN = 4
+    """The access policy here refuses every stream the asking site could open to it: says nothing of its endpoints."""
 
 
 _KNOWN = frozenset(int(h) for h in Health)

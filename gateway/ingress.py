@@ -35,7 +35,7 @@ Admit = Callable[[PlainLeg, ListenerKey], None]
 
 def _hostport(value: str) -> str | None:
     host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535 or not host.strip("[]"):
+    if not sep or not (port.isascii() and port.isdigit()) or not 0 <= int(port) <= 65535 or not host.strip("[]"):
         return f"{value!r} is not host:port (e.g. 0.0.0.0:8443)"
     return None
 

@@ -7,6 +7,8 @@ answers say "no ready endpoint" `unhealthyThreshold` times in a row, or whose si
 be reached as often, is unhealthy at that site: DNS answers and routes leave the site out for that service
 while another site serves it (never the last one), until `healthyThreshold` answers say READY again. An
 answer of `unknown` (a gateway older than health queries, a first check not finished) changes nothing.
+One answer of `forbidden` (the site's access policy refuses every stream from here) takes the service
+out at once: not a dead gateway, a decision; it comes back when that policy lets this site in again.
 
 Each service follows its traffic policy's `activeHealth` (interval, timeout, thresholds, on/off; the
 defaults without a policy). Cost is bounded: one query per remote site and 128 services per interval, at
@@ -152,7 +154,7 @@ class HealthTable:
         new = state.state
         if good and (state.state == "UNKNOWN" or state.passes >= settings.healthy_threshold):
             new = "HEALTHY"
-        elif not good and state.fails >= settings.unhealthy_threshold:
+        elif not good and (state.fails >= settings.unhealthy_threshold or answer is Health.FORBIDDEN):  # a decision
             new = "UNHEALTHY"
         return self._move(site, service, state, new, wall)
 
@@ -198,7 +200,7 @@ class ProbeMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.answers = Counter("meshfed_service_probe_answers", "Per-service health answers from remote sites' "
                                "gateways, by answer", ["answer"], registry=registry)
-        for answer in ("ready", "no_ready_endpoint", "not_exported", "unknown", "unreachable", "old_gateway"):
+        for answer in (*(h.name.lower() for h in Health), "unreachable", "old_gateway"):
             self.answers.labels(answer)
         self.unhealthy = Gauge("meshfed_service_probe_unhealthy",
                                "(site, service) pairs left out of DNS answers and routes by active health",
@@ -362,7 +364,9 @@ class ServiceProbes:
         wall = self._clock()
         for service, answer in zip(batch, answers, strict=True):
             why = reason or {Health.NO_READY_ENDPOINT: "no ready endpoint there (or every one refused its check)",
-                             Health.NOT_EXPORTED: "no longer exported there"}.get(answer or Health.UNKNOWN, "")
+                             Health.NOT_EXPORTED: "no longer exported there",
+                             Health.FORBIDDEN: "its access policy refuses streams from this site (FORBIDDEN)"
+                             }.get(answer or Health.UNKNOWN, "")
             new = self.table.observe(site, service, answer, why, self.settings_for(service), wall)
             if new is not None and (new == "UNHEALTHY" or _throttle.allow(("back", site, service))):
                 log.log(logging.WARNING if new == "UNHEALTHY" else logging.INFO,

@@ -152,7 +152,8 @@ class GatewayTunnel(TunnelLeg):
             if self.transport is not None and not self.closed:
                 self.transport.write(Preamble(Role.SERVER).send(
                     ProbeAnswer(event.nonce, time.time_ns() // 1_000_000, self.gw.site) if isinstance(event, Probe)
-                    else self.gw.health.answer(event)))
+                    else self.gw.health.answer(event, self.peer_site, self.gw.authorizer.site_refusal(
+                        self.gw.mesh.get(), self.peer_site, self.identity))))
             self._await_request(trailing)
             return
         assert isinstance(event, Request)

@@ -12,7 +12,7 @@ from typing import Final
 
 from federation.core.errors import LocalProtocolError, RemoteProtocolError
 
-LABEL: Final = re.compile(rb"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+LABEL: Final = re.compile(rb"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\Z")
 """A DNS label: namespaces, service names, sites, hostnames."""
 
 

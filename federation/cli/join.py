@@ -44,6 +44,7 @@ from federation.pki.issuing import (
 from federation.pki.joining import (
     JoinRefused,
     check_issued,
+    check_request,
     decode_token,
     endpoint_cert,
     entries_from_json,
@@ -178,6 +179,7 @@ class JoinServer:
             token_id, secret, site, csr = (str(request[k]) for k in ("id", "secret", "site", "csr"))
         except (KeyError, TypeError):
             raise JoinRefused("a join request names id, secret, site and csr") from None
+        check_request(token_id, site)
         now = dt.datetime.now(dt.UTC)
         with _locked(self.ca_dir) as entries:
             entries.update(redeem(entries, token_id, secret, site, now, by=peer))

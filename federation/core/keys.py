@@ -136,7 +136,8 @@ class Keys:
             check_label("site", site)
             check_label("namespace", ns)
             check_label("service name", name)
-            if not index.isdigit() or int(index) >= MAX_CHUNKS or (index != "0" and index.startswith("0")):
+            if (not (index.isascii() and index.isdigit()) or int(index) >= MAX_CHUNKS  # isdigit alone takes "\u0663"
+                    or (index != "0" and index.startswith("0"))):
                 raise RecordError(f"key {key!r}: chunk index {index!r} is not a number below {MAX_CHUNKS}")
             return ChunkKey(site, ns, name, int(index))
         raise RecordError(f"key {key!r} does not fit the layout "

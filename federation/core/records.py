@@ -13,14 +13,14 @@ from dataclasses import dataclass
 
 from federation.core.errors import RecordError
 
-_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
-_PORT_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,13}[a-z0-9])?$")
-_QUALIFIED = re.compile(r"^([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
-_LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
-_POLICY_WORD = re.compile(r"^[A-Z][A-Za-z]{0,62}$")
+_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\Z")
+_PORT_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,13}[a-z0-9])?\Z")
+_QUALIFIED = re.compile(r"^([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?\Z")
+_LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?\Z")
+_POLICY_WORD = re.compile(r"^[A-Z][A-Za-z]{0,62}\Z")
 _MAX_ADDRESSES = 100
-_LABEL_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
-_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_LABEL_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?\Z")
+_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*\Z")
 MAX_ENDPOINT_LABELS = 16
 """Labels per endpoint: enough for subsets (version, track, tier), small enough for 1,000-endpoint records."""
 
@@ -332,11 +332,13 @@ _IPV4 = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}\Z")
 
 
 def check_ip(what: str, value: str) -> None:
-    """Raise RecordError unless `value` is an IP address; `what` names the field."""
+    """Raise RecordError unless `value` is an IP address without a zone (`%eth0`: any text); `what` names the field."""
     if isinstance(value, str) and _IPV4.match(value):
         return
     try:
         ipaddress.ip_address(value)
+        if "%" in value:
+            raise ValueError(value)
     except ValueError:
         raise RecordError(f"{what} {value!r} is not an IP address") from None
 
@@ -344,7 +346,8 @@ def check_ip(what: str, value: str) -> None:
 def _check_host(what: str, value: str) -> None:
     try:
         ipaddress.ip_address(value)
-        return
+        if "%" not in value:
+            return
     except ValueError:
         pass
     labels = value.rstrip(".").split(".")

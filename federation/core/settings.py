@@ -156,7 +156,7 @@ def convert(hint: Any, raw: Any, where: str, spec: Spec = Spec()) -> Any:
 
 # ---------------------------------------------------------------- checks every section uses
 
-_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\Z")
 
 
 def ip_address(value: str) -> str | None:
@@ -190,7 +190,7 @@ def dns_label(value: str) -> str | None:
 def host_port(value: str) -> str | None:
     """host:port with a port in 1..65535."""
     host, sep, port = value.removeprefix("http://").removeprefix("https://").rpartition(":")
-    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+    if not sep or not host or not (port.isascii() and port.isdigit()) or not 1 <= int(port) <= 65535:
         return f"{value!r} is not host:port"
     return None
 

@@ -26,8 +26,8 @@ LEAF_LIFETIME = dt.timedelta(hours=24)
 BACKDATE = dt.timedelta(minutes=5)
 """Certificates start a little in the past so a peer whose clock runs slightly behind accepts them."""
 
-_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
-_TRUST_DOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\Z")
+_TRUST_DOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?\Z")
 
 ROOT_CERT, ROOT_KEY = "ca.crt", "ca.key"
 SITE_CERT, SITE_KEY, TRUST_BUNDLE = "site.crt", "site.key", "trust-bundle.pem"

@@ -18,6 +18,7 @@ import datetime as dt
 import hashlib
 import hmac
 import json
+import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -43,6 +44,9 @@ from federation.pki.issuing import (
 PREFIX = "mfjoin1."
 MAX_TTL = dt.timedelta(days=7)
 """A token is for one join soon: a week at most, an hour by default (the CLI)."""
+_ID = re.compile(r"[0-9a-f]{16}")
+_SECRET = re.compile(r"[A-Za-z0-9_-]{43}")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 class JoinRefused(MeshfedError):
@@ -104,10 +108,24 @@ def decode_token(text: str) -> Token:
                       str(obj["ca"]))
     except (ValueError, KeyError, TypeError, binascii.Error):
         raise JoinRefused("the join token is damaged (copy it again, whole)") from None
-    check_label("site", token.site)
-    if not token.url.startswith("https://"):
+    check_request(token.id, token.site)
+    if not _SECRET.fullmatch(token.secret):
+        raise JoinRefused("the join token's secret is not 43 URL-safe base64 characters (copy it again, whole)")
+    if not _SHA256.fullmatch(token.root_sha256):
+        raise JoinRefused("the join token's root fingerprint is not 64 hex digits (copy it again, whole)")
+    if not token.url.startswith("https://") or not token.url.isprintable():
         raise JoinRefused("the join token names no https:// endpoint")
     return token
+
+
+def check_request(token_id: str, site: str) -> None:
+    """JoinRefused unless a token id and site have the shapes `new_token` makes (fullmatch: no trailing newline)."""
+    if not _ID.fullmatch(token_id):
+        raise JoinRefused(f"join token id {token_id[:40]!r} is not 16 hex digits")
+    try:
+        check_label("site", site)
+    except MeshfedError as exc:
+        raise JoinRefused(str(exc)) from None
 
 
 def redeem(entries: Mapping[str, Entry], token_id: str, secret: str, site: str, now: dt.datetime,

@@ -55,7 +55,7 @@ CLOCK_SKEW = dt.timedelta(minutes=5)
 SIGNER_CERT, SIGNER_KEY = "registry-signer.crt", "registry-signer.key"
 OPERATOR_CERT, OPERATOR_KEY = "operator.crt", "operator.key"
 
-_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\Z")
 _ERRORS: tuple[type[Exception], ...] = (
     ValueError, VerificationError, x509.InvalidVersion, x509.DuplicateExtension, x509.UnsupportedGeneralNameType,
     UnsupportedAlgorithm, PkiError,

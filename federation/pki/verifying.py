@@ -28,8 +28,8 @@ _PARSE_ERRORS: tuple[type[Exception], ...] = (
 )
 _VERIFY_ERRORS: tuple[type[Exception], ...] = (VerificationError, *_PARSE_ERRORS)
 _ISSUER_ERRORS: tuple[type[Exception], ...] = (PkiError, *_PARSE_ERRORS)
-_SEGMENT = re.compile(r"^[A-Za-z0-9._-]+$")
-_TRUST_DOMAIN = re.compile(r"^[a-z0-9._-]+$")
+_SEGMENT = re.compile(r"^[A-Za-z0-9._-]+\Z")
+_TRUST_DOMAIN = re.compile(r"^[a-z0-9._-]+\Z")
 
 
 class PeerRejected(MeshfedError):

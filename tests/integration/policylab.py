@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 from prometheus_client import CollectorRegistry
 
+from federation.core.policy.access import AccessState
 from federation.core.policy.codec import from_document
 from federation.core.policy.model import TrafficPolicy
 from federation.core.records import Endpoint, EndpointPort, Gateway, Locality, ServiceExport, ServicePort
@@ -106,7 +107,7 @@ class Lab:
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def add(self, name: str, servers: list[NamedServer], locality: Locality = EU1,
-                  network: str | None = None) -> LabSite:
+                  network: str | None = None, access: Readable[AccessState] | None = None) -> LabSite:
         """A site; with its own network it gets a real gateway, on west's network its endpoints are direct."""
         site = LabSite(name, locality, network or f"net-{name}", servers,
                        CertificateStore(self.mesh.site_ca(name), "gw", self.tmp / name))
@@ -115,7 +116,8 @@ class Lab:
             await s.start()
         if name != "west" and site.network != "net-west":
             settings = GatewaySettings(listen_address="127.0.0.1", listen_port=0, connect_timeout=1.0)
-            site.gateway = EastWestGateway(name, self.view_value, site.store.server, site.store.bundle, settings)
+            site.gateway = EastWestGateway(name, self.view_value, site.store.server, site.store.bundle, settings,
+                                           access=access)
             await site.gateway.start()
             site.gateway_port = site.gateway.address[1]
             self._tasks.append(asyncio.create_task(site.gateway.run(), name=f"gateway-{name}"))

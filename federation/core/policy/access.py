@@ -160,7 +160,7 @@ def _matches(source: Source, peer: Peer, deny: bool) -> bool:
             return deny  # unknown: matches a Deny, never an Allow
         if peer.workload is None:  # the site is known, its workload is not: may it be one the rule names?
             scope = workload_scope(peer.identity, peer.site)
-            return deny and any(_could_name(p, scope) for p in source.identities)
+            return deny and any(could_name(p, scope) for p in source.identities)
         return False
     return True
 
@@ -181,7 +181,7 @@ def _identity(pattern: str, identity: str) -> bool:
     return identity.startswith(pattern[:-1]) if pattern.endswith("*") else identity == pattern
 
 
-def _could_name(pattern: str, scope: str) -> bool:
+def could_name(pattern: str, scope: str) -> bool:
     """Whether `pattern` can match some workload ID that begins with `scope`."""
     stem = pattern[:-1] if pattern.endswith("*") else pattern
     return stem.startswith(scope) or (pattern.endswith("*") and scope.startswith(stem))
@@ -366,12 +366,12 @@ def _names(what: str) -> Any:
 
 
 def _identities(path: str, value: Any) -> tuple[str, ...]:
-    out = []
-    for i, item in enumerate(f.items(path, value, MAX_MATCHES)):
-        if not isinstance(item, str) or not item.startswith("spiffe://") or len(item) > 2048 or "*" in item[:-1]:
+    items = f.items(path, value, MAX_MATCHES)
+    for i, item in enumerate(items):  # printable ASCII without a space: no newline or NUL reaches a log or a match
+        if (not isinstance(item, str) or not item.startswith("spiffe://") or len(item) > 2048 or "*" in item[:-1]
+                or not (item.isascii() and item.isprintable()) or " " in item):
             raise PolicyError(f"{path}[{i}]", f"{item!r} is not a SPIFFE ID (a trailing * matches any rest)")
-        out.append(item)
-    return tuple(out)
+    return tuple(items)
 
 
 def _text(path: str, value: Any) -> str:

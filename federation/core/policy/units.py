@@ -8,8 +8,8 @@ from typing import Any
 
 from federation.core.errors import PolicyError
 
-_DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)(ms|h|m|s))+$")
-_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+_DURATION = re.compile(r"^(?:([0-9]+(?:\.[0-9]+)?)(ms|h|m|s))+\Z")
+_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|h|m|s)")
 _UNIT_MS = {"h": 3_600_000, "m": 60_000, "s": 1_000, "ms": 1}
 MAX_DURATION = 7 * 86400.0
 """A week: longer than any timeout or ejection a policy needs, short enough to catch a unit slip (`5h` for `5s`)."""

@@ -145,7 +145,7 @@ def _check_string(value: str, schema: Schema, where: str, errors: list[str]) -> 
     if "minLength" in schema and len(value) < schema["minLength"]:
         errors.append(f"{where}: Invalid value: {value!r}: {where} in body should be at least "
                       f"{schema['minLength']} chars long")
-    if "pattern" in schema and not re.search(schema["pattern"], value):
+    if "pattern" in schema and not re.search(_go_pattern(schema["pattern"]), value):
         errors.append(f"{where}: Invalid value: {value!r}: {where} in body should match '{schema['pattern']}'")
     if schema.get("format") == "date-time":
         try:
@@ -204,3 +204,9 @@ def _kind_of(value: Any) -> str:
         if _is_type(value, kind):
             return kind
     return "null"
+
+
+def _go_pattern(pattern: str) -> str:
+    """`pattern` with Go's meaning of `$` (the end of the text, as the real apiserver has it), not Python's
+    (which also matches before a trailing newline, so "abc\\n" would pass `^[a-z]+$`)."""
+    return re.sub(r"(?<!\\)\$", r"\\Z", pattern)

@@ -17,7 +17,7 @@ AUTO = "auto"
 
 CHECK_KINDS = ("tcp", "http", "command", "none")
 CAPTURE_MODES = ("auto", "on", "off")
-_PORT_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,13}[a-z0-9])?$")
+_PORT_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,13}[a-z0-9])?\Z")
 
 
 def _check_kind(value: str) -> str | None:

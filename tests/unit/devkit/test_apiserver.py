@@ -153,3 +153,10 @@ def test_the_service_proxy_sends_each_port_to_its_slices_ready_endpoints() -> No
           "ports": [{"name": "http", "port": 8080}],
           "endpoints": [{"addresses": ["127.0.0.5"]}, {"addresses": ["127.0.0.6"], "conditions": {"ready": False}}]}
     assert desired([svc], [sl]) == {("127.96.0.10", 80): ([("127.0.0.5", 8080)], True)}
+
+
+def test_a_schema_pattern_ending_in_dollar_refuses_a_trailing_newline_as_go_does() -> None:
+    schema = {"type": "string", "pattern": r"^([0-9]+(\.[0-9]+)?(ms|h|m|s))+$"}
+    assert validate("5s", schema) == []
+    assert validate("5s\n", schema) != []  # Python's `$` alone would take it; the real apiserver does not
+    assert validate("a$", {"type": "string", "pattern": r"^a\$$"}) == []  # an escaped `$` stays a dollar sign

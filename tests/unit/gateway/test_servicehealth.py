@@ -106,3 +106,38 @@ def test_who_is_asked_and_with_which_settings() -> None:
                             "spec": {"activeHealth": {"interval": "500ms", "timeout": "500ms", "enabled": False}}})
     assert settings_for({}, WEB) is DEFAULT
     assert settings_for({WEB: policy}, WEB) == ActiveHealth(enabled=False, interval=0.5, timeout=0.5)
+
+
+def test_one_forbidden_answer_takes_a_service_out_at_once_with_its_reason() -> None:
+    table, ah = HealthTable(), ActiveHealth(unhealthy_threshold=3, healthy_threshold=2)
+    table.set_services(WEB, ["east", "edge"])
+    assert table.observe("east", WEB, Health.READY, "", ah, 1.0) == "HEALTHY"
+    assert table.observe("east", WEB, Health.FORBIDDEN, "denied there", ah, 2.0) == "UNHEALTHY"  # not after 3
+    assert table.unhealthy == {("east", *WEB)}
+    assert table.states[("east", *WEB)].reason == "denied there"
+    assert table.observe("east", WEB, Health.READY, "", ah, 3.0) is None  # the policy let us in again: 2 passes
+    assert table.observe("east", WEB, Health.READY, "", ah, 4.0) == "HEALTHY"
+
+
+def test_a_forbidden_service_is_answered_so_and_never_checked() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from federation.runtime.values import Value
+    from gateway.endpointchecks import EndpointChecks
+
+    mesh = Mesh()
+    exports = [export("east", "shop", "web", 80), export("east", "shop", "cart", 80)]
+    spawned: list[str] = []
+
+    def spawn(coro: object, name: str) -> None:
+        spawned.append(name)
+        coro.close()  # type: ignore[attr-defined]
+
+    checks = EndpointChecks("east", Value(view([mesh.site("east")], exports), name="mesh"), spawn, lambda: 1.0,
+                            CollectorRegistry())
+    assert checks.denied._value.get() == 0  # registered at start: exposed at 0
+    query = HealthQuery(7, (("shop", "web"), ("shop", "cart"), ("shop", "gone"), ("shop", "web")))
+    answer = checks.answer(query, "west", lambda s: "denied by rule r of shop/web" if s == WEB else None)
+    assert answer == HealthAnswer(7, (Health.FORBIDDEN, Health.UNKNOWN, Health.NOT_EXPORTED, Health.FORBIDDEN))
+    assert spawned == ["endpoint-check-shop-cart"]  # the forbidden service's endpoints are not even checked
+    assert checks.denied._value.get() == 2
