@@ -82,7 +82,10 @@ def agent_config(tmp: Path, args: argparse.Namespace, endpoint: str, dns_port: i
     data["dns"] = {"udp": [f"127.0.0.1:{dns_port}"], "tcp": [f"127.0.0.1:{dns_port}"],
                    "answer_unserved_vips": True}  # the probe asks for VIPs it never connects to
     data["gateway"] = {"ca_dir": str(tmp / "pki" / "observer"), "listen_address": "127.0.0.1", "listen_port": 0}
-    data["vm"] = {"vip_interface": args.vip_interface or (CAPTURE_INTERFACE if args.capture else "")}
+    data["vm"] = {"vip_interface": args.vip_interface or (CAPTURE_INTERFACE if args.capture else ""),
+                  # a fifth of 5,000 services headless, at ~20 sites of 10 endpoints each, nearly all on other
+                  # networks: ~190,000 endpoint addresses, more than the default 240.241.0.0/16 holds (65,534)
+                  "endpoint_ranges": ["241.0.0.0/8"]}
     for item in args.set + ([CAPTURE_SETTING] if args.capture else []):
         dotted, _, raw = item.partition("=")
         section, _, name = dotted.partition(".")
