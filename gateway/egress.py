@@ -1,8 +1,9 @@
 """The egress: a local listener per imported service port, relaying each client to the best reachable route.
 
-Routes come from `gateway.balancing.routes`: endpoints on our own network directly, else a gateway
-of another site through a pooled mTLS tunnel. A refused connect or a non-ok status moves on to the
-next route before any application byte is sent. `run()` keeps the listeners matching the mesh view
+Every client is routed by the enforcer (`gateway.enforcing`) under its service's TrafficPolicy, or the
+default rules when the service has none: endpoints on our own network directly, else a gateway of another
+site through a pooled mTLS tunnel; a refused, failed or hung connect is retried (and hedged) on another
+route before any application byte is sent. `run()` keeps the listeners matching the mesh view
 and the placement (where each listener binds); `unreachable` says which sites' gateways failed lately.
 
 In capture mode (`capture=` a bind address: a VM agent that installed netfilter redirect rules) one
@@ -52,8 +53,6 @@ from gateway.tracking import TrackedRelays
 log = logging.getLogger(__name__)
 _throttle = Throttle()
 
-MAX_ROUTES = 4
-"""Routes tried per client connection before giving up on it."""
 
 class Egress:
     """Egress listeners of one site: `start()` binds them, `run()` keeps them following the mesh view and
@@ -85,6 +84,8 @@ class Egress:
         self.reach = Reachability()
         self.partition = PartitionGate(policies, registry, mesh)
         self.enforcer.sites_down, self.enforcer.sites_refused = self.reach.sites_down, self.partition.stale_sites
+        self.enforcer.relayed = self.accesslog.egress
+        self.reach.gateway_alive = self.enforcer.gateway_alive
         self.unreachable = self.reach.unreachable
         """Sites whose gateway could not be reached lately (DNS leaves them out while others serve)."""
         self.listening: Value[Mapping[ListenerKey, tuple[str, int]]] = Value(
@@ -105,7 +106,6 @@ class Egress:
         self.pools: dict[PoolKey, TunnelPool] = {}  # the prober reads them (tunnels open and pooled)
         self._tasks: set[asyncio.Task[None]] = set()
         self._plan = ListenerPlan(site, local_services, self._is_captured)
-        self._turn = 0
         self.active = ActiveStreams()
         self.relays = TrackedRelays(self.active)
 
@@ -258,28 +258,14 @@ class Egress:
         task.add_done_callback(self._tasks.discard)
 
     async def route(self, client: PlainLeg, key: ListenerKey) -> None:
-        """Connect `client` through the first route that accepts it, or close it."""
+        """Connect `client` as its service's rules say (its TrafficPolicy's or the defaults), or reset it."""
         view, source = self.mesh.get(), self._peer(client_workload(self.workloads, client))
         if self.partition.refuses(client, key):  # the registry is away and the service's policy says stop
             return
-        allowed = self.authorizer.check(key[:2], source).allowed  # counted and logged when denied
-        if allowed and (rules := self.enforcer.rules(view, key)) is not None:
-            await self.enforcer.route(client, key, view, rules)
+        if self.authorizer.check(key[:2], source).allowed:  # counted and logged when denied
+            await self.enforcer.route(client, key, view, self.enforcer.rules(view, key), source.workload)
             return
-        self._turn += 1
-        found = self.reach.prefer(routes(view, self.site, *key, turn=self._turn), *key[:2]) if allowed else []
-        for tries, route in enumerate(found[:MAX_ROUTES]):
-            if client.lost:
-                self.metrics.connections.labels("client_gone").inc()
-                return
-            if await (self._direct(client, route, key) if isinstance(route, Direct)
-                      else self._tunnel(client, route, key)):
-                self.metrics.connections.labels("relayed").inc()
-                self.accesslog.egress(client, key, route, tries, source.workload)
-                return
-        self.metrics.connections.labels("no_route" if allowed else "denied").inc()
-        if allowed:
-            _throttle.log(log, logging.WARNING, ("no-route", key), "no route accepted a client of %s/%s:%s", *key)
+        self.metrics.connections.labels("denied").inc()
         reset_transport(client.transport)  # a reset, so the client cannot take an empty answer for the service's
 
     async def enforce(self) -> None:

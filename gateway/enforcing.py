@@ -1,11 +1,12 @@
 """Traffic policies enforced on the egress's new connections: the asyncio shell around `gateway.policy`.
 
-A service with a `TrafficPolicy` (the agent's policy reader hands the egress its holder) has each new
-client go: circuit breaker (over a service limit: reset at once) -> the prepared `RoutePlan` (split,
-health after outlier ejection, locality failover) -> faults (by source and destination site) -> one
-connect within the per-try timeout -> on failure, ejection evidence and a retry on a new pick (jittered
+Every service's new clients go (by its `TrafficPolicy`'s rules, which the agent's policy reader hands the
+egress, or by `DEFAULT_RULES`, the rules an empty spec gets, when it has none): circuit breaker (over a
+service limit: reset at once) -> the prepared `RoutePlan` (split, health after outlier ejection, locality
+failover) -> faults (by source and destination site) -> one connect within the per-try timeout (hedged by
+a second route when it is late) -> on failure, ejection evidence and a retry on a new pick (jittered
 backoff, the retry budget, the total connect timeout), all before any client byte went upstream.
-Services without a policy are routed as before (`gateway.balancing.routes`), by the egress itself.
+Failover never depends on a policy object being there (docs/traffic.md).
 
 Plans are prepared once per service port, mesh view and policy; a new connection costs one health pass
 and a few draws. A policy change applies to the next new connection; open ones are never cut by it.
@@ -14,7 +15,6 @@ and a few draws. A policy change applies to the next new connection; open ones a
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import functools
 import logging
 import random
@@ -24,12 +24,13 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from federation.core.policy.model import AbortKind, Rules, TrafficPolicy
+from federation.core.policy.model import DEFAULT_RULES, AbortKind, Rules, TrafficPolicy
 from federation.core.records import Labels
 from federation.core.view import MeshView
 from federation.runtime.values import Readable
 from gateway import racing
 from gateway.balancing import Direct, ListenerKey, Route, ViaGateway, find_port
+from gateway.enforcedstate import Admitted, ServiceState
 from gateway.policy import faults, hedging, retrying
 from gateway.policy.breaker import Breaker, Verdict
 from gateway.policy.outlier import Capped, Ejected, Outliers
@@ -59,43 +60,13 @@ _FAILURES = {
 
 
 def noted(note: list[str] | None, what: str) -> None:
-    """Record why an attempt failed, where the caller asked (the policy path does; the plain path not)."""
+    """Record why an attempt failed, where the caller asked (the enforcer does; headless endpoints not)."""
     if note is not None:
         note.append(what)
 
 
-@dataclasses.dataclass(slots=True)
-class _Service:
-    """What one service's connections share: ejections, breaker counts, the retry budget."""
-
-    outliers: Outliers
-    breaker: Breaker
-    budget: Budget
-
-
-@dataclasses.dataclass(slots=True)
-class _Conn:
-    """One admitted client: released once, when its connection is gone."""
-
-    service: _Service
-    site: str | None = None
-    timer: asyncio.TimerHandle | None = None
-    released: bool = False
-
-    def release(self) -> None:
-        if self.released:
-            return
-        self.released = True
-        self.service.breaker.close()
-        self.service.budget.closed()
-        if self.site is not None:
-            self.service.breaker.disconnected(self.site)
-        if self.timer is not None:
-            self.timer.cancel()
-
-
 class Enforcer:
-    """Routes the egress's clients of services that have a traffic policy."""
+    """Routes the egress's clients of every service, by its traffic policy or the default rules."""
 
     def __init__(self, site: str, egress_metrics: EgressMetrics, direct: Attempt, tunnel: Attempt,
                  policies: Readable[Policies] | None, registry: CollectorRegistry,
@@ -107,46 +78,53 @@ class Enforcer:
         self.policies = policies
         self.metrics = PolicyMetrics(registry)
         self.rng = rng or random.Random()  # noqa: S311 - load balancing, not cryptography
-        self._services: dict[tuple[str, str], _Service] = {}
+        self._services: dict[tuple[str, str], ServiceState] = {}
         self._prepared: dict[ListenerKey, Prepared] = {}
-        self._seen = -1
+        self._generation = -1
         self.answers = hedging.Answers()
         """Recent answer times per gateway (site, name), which set when an unanswered try is hedged."""
         self.sites_down: Callable[[str, str], frozenset[str]] = lambda _ns, _name: frozenset()
         """Sites active health found without a ready endpoint for a service (gateway.reachability)."""
         self.sites_refused: Callable[[str, str], frozenset[str]] = lambda _ns, _name: frozenset()
         """Sites partition behaviour leaves out for a service, their records stale (gateway.partition)."""
+        self.relayed: Callable[[PlainLeg, ListenerKey, Route, int, str | None], None] = lambda *_: None
+        """Told of each relayed client, its route, the tries that failed before, its identity (the access log)."""
 
-    def rules(self, view: MeshView, key: ListenerKey) -> Rules | None:
-        """The rules for a new client of `key`, or None when its service has no policy (the plain path)."""
-        if self.policies is None:
-            return None
-        current = self.policies.get()
-        if self.policies.version != self._seen:
-            self._seen = self.policies.version
-            for gone in [s for s in self._services if s not in current]:
+    def rules(self, view: MeshView, key: ListenerKey) -> Rules:
+        """The rules for a new client of `key`: its TrafficPolicy's, or `DEFAULT_RULES` when it has none."""
+        if view.generation != self._generation:  # a service gone from the view takes its state with it
+            self._generation = view.generation
+            for gone in [s for s in self._services if view.service(*s) is None]:
                 del self._services[gone]
-            for k in [k for k in self._prepared if k[:2] not in current]:
+            for k in [k for k in self._prepared if view.service(k[0], k[1]) is None]:
                 del self._prepared[k]
-        policy = current.get((key[0], key[1]))
+        policy = self.policies.get().get((key[0], key[1])) if self.policies is not None else None
         if policy is None:
-            return None
+            return DEFAULT_RULES
         svc = view.service(key[0], key[1])
         port = find_port(svc.ports, key[2]) if svc is not None else None
         return policy.rules_for(key[2], port.port if port is not None else 0)
 
-    def state(self, namespace: str, name: str) -> _Service | None:
+    def gateway_alive(self, site: str, gateway: str) -> None:
+        """An active probe through `site`'s `gateway` passed: its ejection ends for every service (as Envoy's
+        successful_active_health_check_uneject_host), so a gateway back from a hang serves again at once."""
+        now = time.monotonic()
+        for state in self._services.values():
+            state.outliers.gateway_succeeded((site, gateway), now)
+
+    def state(self, namespace: str, name: str) -> ServiceState | None:
         """A service's live ejections, breaker counts and retry budget (None before its first client)."""
         return self._services.get((namespace, name))
 
-    async def route(self, client: PlainLeg, key: ListenerKey, view: MeshView, rules: Rules) -> None:
-        """Connect `client` as `rules` say, or reset it."""
+    async def route(self, client: PlainLeg, key: ListenerKey, view: MeshView, rules: Rules,
+                    identity: str | None = None) -> None:
+        """Connect `client` (of workload `identity`, where known) as `rules` say, or reset it."""
         state = self._state(key, rules)
         verdict = state.breaker.open()
         if verdict.rejects_client:
             self._refuse(client, key, "breaker_service", f"circuit breaker: {verdict.value} limit")
             return
-        conn = _Conn(state)
+        conn = Admitted(state, identity)
         state.budget.opened()
         client.on_lost = conn.release
         if client.lost:
@@ -163,8 +141,8 @@ class Enforcer:
 
     # -- private
 
-    async def _connect(self, client: PlainLeg, key: ListenerKey, rules: Rules, state: _Service, prep: Prepared,
-                       conn: _Conn) -> None:
+    async def _connect(self, client: PlainLeg, key: ListenerKey, rules: Rules, state: ServiceState, prep: Prepared,
+                       conn: Admitted) -> None:
         loop, t = asyncio.get_running_loop(), rules.timeouts
         start = loop.time()
         tried: set[int] = set()
@@ -226,6 +204,7 @@ class Enforcer:
                         failure = self._settle(state, prep, x, tried)
                 if won is not None:
                     self._connected(client, state, prep, won.index, won.route, fault, conn, t.max_connection_duration)
+                    self.relayed(client, key, won.route, attempt - 1, conn.identity)
                     self._sample(won)
                     if race.hedged and won is race.tries[1]:
                         self.metrics.actions.labels("hedge_won").inc()
@@ -261,8 +240,8 @@ class Enforcer:
         self.egress_metrics.connections.labels("no_route").inc()
         reset_transport(client.transport)
 
-    def _connected(self, client: PlainLeg, state: _Service, prep: Prepared, i: int, route: Route,
-                   fault: faults.FaultDecision | None, conn: _Conn, max_duration: float | None) -> None:
+    def _connected(self, client: PlainLeg, state: ServiceState, prep: Prepared, i: int, route: Route,
+                   fault: faults.FaultDecision | None, conn: Admitted, max_duration: float | None) -> None:
         now = time.monotonic()
         site = prep.plan.candidates[i].site
         state.breaker.connected(site)
@@ -283,12 +262,12 @@ class Enforcer:
             self.metrics.actions.labels("max_duration").inc()
             reset_transport(client.transport)
 
-    def _healthy(self, key: ListenerKey, prep: Prepared, state: _Service, now: float) -> Sequence[bool]:
+    def _healthy(self, key: ListenerKey, prep: Prepared, state: ServiceState, now: float) -> Sequence[bool]:
         """Candidates not ejected, less the sites active health or partition behaviour leave out."""
         healthy = state.outliers.health(prep.plan.routes, now).healthy
         return prep.probed(healthy, self.sites_down(*key[:2]), self.sites_refused(*key[:2]))
 
-    def _try(self, client: PlainLeg, key: ListenerKey, prep: Prepared, state: _Service, i: int, site: str,
+    def _try(self, client: PlainLeg, key: ListenerKey, prep: Prepared, state: ServiceState, i: int, site: str,
              now: float, per_try: float, idle: float, subset: Labels = ()) -> Try:
         route = prep.route_to(state.outliers, i, now, self.rng, subset)
         attempt = self._direct if isinstance(route, Direct) else self._tunnel
@@ -303,7 +282,7 @@ class Enforcer:
             return None
         return hedging.delay(rules.retries.hedge, self.answers.p95((first.site, first.route.gateway.name)), per_try)
 
-    def _hedge(self, client: PlainLeg, key: ListenerKey, prep: Prepared, state: _Service, race: Race,
+    def _hedge(self, client: PlainLeg, key: ListenerKey, prep: Prepared, state: ServiceState, race: Race,
                tried: set[int], now: float, per_try: float, idle: float) -> Try | None:
         """A second try on the next route beside the unanswered first one, if the plan has another gateway
         route, its site's breaker admits it, and the retry budget allows one more retry."""
@@ -322,7 +301,7 @@ class Enforcer:
         self.metrics.actions.labels("hedge").inc()
         return self._try(client, key, prep, state, j, site, time.monotonic(), per_try, idle, prep.subset(choice.target))
 
-    def _settle(self, state: _Service, prep: Prepared, x: Try, tried: set[int]) -> Failure:
+    def _settle(self, state: ServiceState, prep: Prepared, x: Try, tried: set[int]) -> Failure:
         """A try that did not connect the client ended: its pending connect is over; count its evidence."""
         state.breaker.connect_failed(x.site)
         self._sample(x)
@@ -339,7 +318,7 @@ class Enforcer:
             assert isinstance(x.route, ViaGateway)
             self.answers.record((x.site, x.route.gateway.name), asyncio.get_running_loop().time() - x.started)
 
-    def _failed(self, state: _Service, prep: Prepared, i: int, route: Route, note: Sequence[str], now: float,
+    def _failed(self, state: ServiceState, prep: Prepared, i: int, route: Route, note: Sequence[str], now: float,
                 tried: set[int]) -> Failure:
         """Count the evidence of one failed attempt, leave out what it rules out, and say what failed."""
         what = note[-1] if note else "gateway"
@@ -376,10 +355,10 @@ class Enforcer:
         _throttle.log(log, logging.INFO, (action, key), "reset a client of %s/%s:%s: %s", *key, reason)
         reset_transport(client.transport)
 
-    def _state(self, key: ListenerKey, rules: Rules) -> _Service:
+    def _state(self, key: ListenerKey, rules: Rules) -> ServiceState:
         state = self._services.get(key[:2])
         if state is None:
-            state = self._services[key[:2]] = _Service(
+            state = self._services[key[:2]] = ServiceState(
                 Outliers(rules.outlier_detection), Breaker(rules.circuit_breaker), Budget(rules.retries.budget))
         else:
             # New limits and thresholds apply to new connections; what is open or ejected runs its course.

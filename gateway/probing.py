@@ -359,7 +359,7 @@ class Prober:
             state.record(result)
             if self.reach is not None:
                 if result.ok:
-                    self.reach.succeeded(state.site)
+                    self.reach.succeeded(state.site, state.gateway.name)
                 elif not any(self.states[k].alive for k in self._by_site.get(state.site, ()) if k in self.states):
                     self.reach.failed(state.site)  # every gateway of the site is down
             self.metrics.alive.labels(*key).set(1 if result.ok else 0)

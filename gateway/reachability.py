@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 from federation.runtime.values import Derived, Value
@@ -35,6 +35,8 @@ class Reachability:
         self.avoid: Derived[frozenset[str | tuple[str, str, str]]] = Derived(
             lambda: self.unreachable.get() | self.services.get(), self.unreachable, self.services, name="avoid")
         """Both, as DNS takes them: a site (every service there) or (site, namespace, name), answered last."""
+        self.gateway_alive: Callable[[str, str], None] = lambda _site, _gateway: None
+        """Told when an active probe through (site, gateway name) passed: the egress ends its ejection."""
         self._timer: asyncio.TimerHandle | None = None
 
     def failed(self, site: str) -> None:
@@ -42,8 +44,10 @@ class Reachability:
         self.health.failed(site, time.monotonic())
         self._changed()
 
-    def succeeded(self, site: str) -> None:
-        """A tunnel to `site`'s gateway worked."""
+    def succeeded(self, site: str, probed: str | None = None) -> None:
+        """A tunnel to `site`'s gateway worked (`probed`: the gateway an active probe passed through)."""
+        if probed is not None:
+            self.gateway_alive(site, probed)
         if self.health.succeeded(site):
             self._changed()
 

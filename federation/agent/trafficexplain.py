@@ -1,7 +1,8 @@
-"""`meshfed explain`'s traffic-policy step: which TrafficPolicy applies to a service port, what it does to a
-new connection from a site (split, locality, ejection, circuit breaker, timeouts, retries, faults), and the
-live state of this agent's egress for the service (what is ejected now, breaker counts, retry budget). Pure:
-the policies, the egress's state of the service and the monotonic time come in as arguments.
+"""`meshfed explain`'s traffic-policy step: which TrafficPolicy applies to a service port (or the defaults,
+when it has none), what it does to a new connection from a site (split, locality, ejection, circuit breaker,
+timeouts, retries, faults), and the live state of this agent's egress for the service (what is ejected now,
+breaker counts, retry budget). Pure: the policies, the egress's state of the service and the monotonic time
+come in as arguments.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from federation.core.policy.model import FaultRule, Rules, SplitTarget, TrafficPolicy
+from federation.core.policy.model import DEFAULT_RULES, FaultRule, Rules, SplitTarget, TrafficPolicy
 from federation.core.policy.sections import (
     write_circuit_breaker,
     write_faults,
@@ -30,16 +31,17 @@ def traffic_step(policies: Mapping[tuple[str, str], TrafficPolicy], view: MeshVi
     name = f"{svc.namespace}/{svc.name}"
     policy = policies.get((svc.namespace, svc.name))
     if policy is None:
-        return _step(f"no TrafficPolicy for {name}: clients are routed in the order above",
-                     why="the egress's plain path: nearest first, the next route on a refused connect "
-                     "(meshfed policy apply -f FILE sets one; docs/traffic.md)", policy=None)
-    rules = policy.rules_for(port.name, port.port)
-    entry = next((p.port for p in policy.ports if p.rules is rules), None)
-    answer = f"TrafficPolicy {name} applies" + (f", with its entry for port {entry}" if entry is not None
-                                                 else f" (no entry for port {port.name}: the service's rules)")
+        rules, entry = DEFAULT_RULES, None
+        answer = f"defaults (no TrafficPolicy for {name}): every default rule, as an empty spec has"
+    else:
+        rules = policy.rules_for(port.name, port.port)
+        entry = next((p.port for p in policy.ports if p.rules is rules), None)
+        answer = f"TrafficPolicy {name} applies" + (f", with its entry for port {entry}" if entry is not None
+                                                     else f" (no entry for port {port.name}: the service's rules)")
     details = [*_split(rules.split, svc, from_site), _locality(rules), _outliers(rules)]
     extra: dict[str, Any] = {
-        "policy": name, "portEntry": entry, "split": write_split(rules.split),
+        "policy": name if policy is not None else None, "defaults": policy is None, "portEntry": entry,
+        "split": write_split(rules.split),
         "timeouts": write_timeouts(rules.timeouts), "circuitBreaker": write_circuit_breaker(rules.circuit_breaker),
         "retries": write_retries(rules.retries),
     }
@@ -59,8 +61,10 @@ def traffic_step(policies: Mapping[tuple[str, str], TrafficPolicy], view: MeshVi
     details += _faults(faults, from_site)
     extra["faults"] = [{"rule": i + 1, **write_faults((f,))[0]} for i, f in faults]
     extra["live"] = live
-    return _step(answer, why="the egress orders the routes by this policy (split, then locality and health), not "
-                 "in the order above; changes apply to new connections within a second", details=details, **extra)
+    why = "the egress orders the routes by " + ("this policy" if policy is not None else "the default rules (meshfed "
+                                                "policy apply -f FILE sets others; docs/traffic.md)")
+    return _step(answer, why=why + " (split, then locality and health), not in the order above; changes apply to new "
+                 "connections within a second", details=details, **extra)
 
 
 def _step(answer: str, why: str, **extra: Any) -> dict[str, Any]:

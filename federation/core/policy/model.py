@@ -288,6 +288,12 @@ class Rules:
     """No faults, ever, unless an operator writes them."""
 
 
+DEFAULT_RULES = Rules()
+"""The rules of a service without a TrafficPolicy: every default, the same object an empty spec gets. Hedged
+connects, retries within the budget, outlier ejection and the per-try timeout never wait for a policy object
+to exist (Istio's failover silently needs outlierDetection: istio#48084)."""
+
+
 @dataclass(frozen=True, slots=True)
 class PortRules:
     """The rules for one service port (a name or a number), fully resolved."""
@@ -306,8 +312,8 @@ class TrafficPolicy:
     """The service's namespace (metadata.namespace)."""
     name: str
     """The service's name (metadata.name)."""
-    rules: Rules = Rules()
-    """Every default: an empty spec is a valid policy."""
+    rules: Rules = DEFAULT_RULES
+    """Every default: an empty spec is a valid policy, and a service without one is routed by the same rules."""
     ports: tuple[PortRules, ...] = ()
     """No per-port entries: every port follows `rules`."""
     partition: Partition = Partition()

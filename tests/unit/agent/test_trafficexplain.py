@@ -59,10 +59,19 @@ class _State:
         self.budget = Budget(rules.retries.budget)
 
 
-def test_without_a_policy_the_step_says_the_plain_order_applies() -> None:
+def test_without_a_policy_the_step_shows_the_defaults_in_force() -> None:
     step = _step({})
-    assert step["answer"] == "no TrafficPolicy for shop/web: clients are routed in the order above"
+    assert step["answer"] == "defaults (no TrafficPolicy for shop/web): every default rule, as an empty spec has"
     assert step["policy"] is None
+    assert step["defaults"] is True
+    empty = _step({("shop", "web"): _policy("{}")})
+    assert empty["defaults"] is False
+    for field in ("timeouts", "retries", "circuitBreaker", "split"):
+        assert step[field] == empty[field], field  # the same rules as an empty spec
+    text = "\n".join(step["details"])
+    assert "ejection: an endpoint after" in text
+    assert "retries: " in text
+    assert "timeouts: connect" in text
 
 
 def test_the_policy_its_port_entry_split_breaker_timeouts_retries_and_the_askers_faults() -> None:
