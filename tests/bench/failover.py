@@ -18,8 +18,8 @@ connections per second for --seconds seconds (bounded in count and time) through
 
 Each fault runs with an empty TrafficPolicy applied (every default: hedged connects, retries, outlier
 ejection, 3 s per-try timeout), optionally with other `--modes` (a 1 s per-try timeout, hedging off), and
-with no policy (the plain path: next route on a refused connect, the gateway's 10 s handshake + 5 s
-connect timeouts), all in the same run. A connection fails when no name came back within --patience
+with no policy at all (which since the defaults work gets the same default rules: the row shows that
+nothing has to be applied), all in the same run. A connection fails when no name came back within --patience
 seconds. Each run has its own registry prefix (loopback) or lab (namespaces), so runs do not meet.
 
 With --split N (default 10,000; 0: none), N connections through a 90/10 split of east and edge, at most
